@@ -1,0 +1,1 @@
+"""Ternary weights: quantizers, BitLinear (QAT), packing formats, packed linear."""
