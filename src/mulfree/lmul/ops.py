@@ -339,5 +339,5 @@ def lmatmul(
     if squeeze_cols:
         out = out.squeeze(-1)
     if squeeze_rows:
-        out = out.squeeze(-2)
+        out = out.squeeze(-1 if squeeze_cols else -2)
     return out
