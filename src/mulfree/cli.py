@@ -17,6 +17,7 @@ from mulfree.errors import MulfreeError
 # Modules that contribute subcommands (each has `register(subparsers)`).
 COMMAND_MODULES = [
     "mulfree.lmul.cli",
+    "mulfree.train.cli",
 ]
 
 

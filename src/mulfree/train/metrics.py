@@ -1,0 +1,71 @@
+"""Training metrics: one JSON object per line, and a PNG plot of the loss curves."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    """Append-only JSONL file of records, each with a `step` (optimizer steps completed)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past `step`: a killed run may have logged steps its checkpoint lacks,
+        and the resumed run will log them again."""
+        if not self.path.is_file():
+            return
+        keep = [r for r in self.read() if r.get("step", 0) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def append(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        out = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill mid-write carries nothing worth keeping
+        return out
+
+
+def plot_losses(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:
+    """Plot train loss (and held-out loss) against tokens seen; returns the PNG path."""
+    train = [(r["tokens"], r["loss"]) for r in records if "loss" in r]
+    val = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
+    if not train and not val:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers; the file is the output
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train", lw=1.2)
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="held-out", lw=1.5, ms=4)
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

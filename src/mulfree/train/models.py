@@ -1,0 +1,105 @@
+"""Turn a model name into a freshly initialised Hugging Face causal LM.
+
+The trainer is model-agnostic: anything `AutoModelForCausalLM.from_config` builds and whose
+forward takes `input_ids=..., labels=...` and returns `.loss` trains. A model is named either by
+a path (a folder with `config.json`, or a JSON config file with a `model_type`) or by a preset
+name of the models that ship with mulfree (MatMul-free `hgrn_bit` presets and the matched
+Transformer++ baselines).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mulfree.errors import MulfreeError
+
+MATMUL_FREE_MODEL_TYPES = frozenset({"hgrn_bit"})
+
+
+def _presets() -> dict[str, Any]:
+    """name -> callable returning a fresh transformers config, from the models package."""
+    from mulfree.train import _presets as p
+
+    return p.presets()
+
+
+def available_models() -> list[str]:
+    """Preset names accepted by `--model` (besides paths to config files)."""
+    return sorted(_presets())
+
+
+def _config_from_path(path: Path):
+    from transformers import AutoConfig
+
+    cfg_file = path / "config.json" if path.is_dir() else path
+    if not cfg_file.is_file():
+        raise MulfreeError(f"no config.json in model folder {path}")
+    try:
+        d = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MulfreeError(f"cannot read model config {cfg_file}: {e}") from None
+    if not isinstance(d, dict) or "model_type" not in d:
+        raise MulfreeError(f"model config {cfg_file} has no model_type")
+    _register_mulfree_models()
+    model_type = d.pop("model_type")
+    try:
+        return AutoConfig.for_model(model_type, **d)
+    except ValueError:
+        raise MulfreeError(f"unknown model_type {model_type!r} in {cfg_file}") from None
+
+
+def _register_mulfree_models() -> None:
+    # Importing the models package registers `hgrn_bit` with transformers' Auto classes.
+    try:
+        import mulfree.models  # noqa: F401
+    except ImportError:
+        pass
+
+
+def model_config(name: str, vocab_size: int, eos_id: int, overrides: dict[str, Any] | None = None):
+    """The transformers config for `name`, with the tokenizer's vocab size and special ids."""
+    path = Path(name).expanduser()
+    if path.exists():
+        cfg = _config_from_path(path)
+    else:
+        presets = _presets()
+        if name not in presets:
+            known = ", ".join(sorted(presets)) or "none installed"
+            raise MulfreeError(
+                f"unknown model {name!r}: give a preset ({known}) or a path to a config.json"
+            )
+        cfg = presets[name]()
+    for k, v in (overrides or {}).items():
+        if not hasattr(cfg, k):
+            raise MulfreeError(f"model config {cfg.model_type!r} has no field {k!r}")
+        setattr(cfg, k, v)
+    cfg.vocab_size = vocab_size
+    # Documents are separated by the end-of-text token, so it is also what generation stops at.
+    cfg.bos_token_id = eos_id
+    cfg.eos_token_id = eos_id
+    cfg.pad_token_id = eos_id
+    return cfg
+
+
+def is_matmul_free(cfg) -> bool:
+    return getattr(cfg, "model_type", None) in MATMUL_FREE_MODEL_TYPES
+
+
+def build_model(cfg, seed: int) -> torch.nn.Module:
+    """A float32 model from `cfg`, its initial weights a function of `seed` only."""
+    from transformers import AutoModelForCausalLM
+
+    _register_mulfree_models()
+    torch.manual_seed(seed)
+    try:
+        model = AutoModelForCausalLM.from_config(cfg)
+    except ValueError as e:
+        raise MulfreeError(
+            f"cannot build a causal LM from config {cfg.model_type!r}: {e}"
+        ) from None
+    # Master weights are float32 whatever dtype a config file names; bf16 is autocast only.
+    return model.float()
