@@ -1,0 +1,69 @@
+/* Shared declarations of the compiled core `mulfree._C` (plain C11, no torch headers).
+ *
+ * Every kernel family follows the same shape (ggml-style):
+ *   - a scalar `*_scalar` function that is the spec and builds on every platform;
+ *   - per-architecture SIMD variants marked MF_TARGET_AVX2 / MF_TARGET_AVX512, compiled into the
+ *     same object with __attribute__((target)) so the build needs no -mavx flags;
+ *   - ONE selection function per family that maps an ISA level (mf_isa_resolve) to its variants.
+ * ISA levels are small integers shared with Python (mulfree.kernels.ISA_LEVELS).
+ */
+#ifndef MF_COMMON_H
+#define MF_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum {
+    MF_ISA_AUTO = -1,   /* best level this CPU supports */
+    MF_ISA_SCALAR = 0,  /* portable C: the spec */
+    MF_ISA_AVX2 = 1,    /* x86-64 AVX2 */
+    MF_ISA_AVX512 = 2,  /* x86-64 AVX-512 F+BW+VL */
+};
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define MF_X86 1
+#define MF_TARGET_AVX2 __attribute__((target("avx2")))
+#define MF_TARGET_AVX512 __attribute__((target("avx2,avx512f,avx512bw,avx512vl")))
+#else
+#define MF_X86 0
+#endif
+
+#define MF_ALIGN 64
+
+/* Highest ISA level the running CPU supports (cpuid via __builtin_cpu_supports). */
+int mf_isa_max(void);
+/* requested = MF_ISA_AUTO -> mf_isa_max(); otherwise min(requested, mf_isa_max()). */
+int mf_isa_resolve(int requested);
+/* Thread count for a kernel: requested > 0 is used as is, else the OpenMP default. */
+int mf_threads(int64_t requested);
+/* Grow-only, 64-byte aligned scratch owned by the calling thread (kept between calls so the
+ * hot path neither mallocs nor page-faults). Returns NULL on allocation failure. */
+void *mf_scratch(size_t bytes);
+
+static inline int64_t mf_round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+static inline size_t mf_align_up(size_t x) { return (x + MF_ALIGN - 1) & ~(size_t)(MF_ALIGN - 1); }
+
+/* ---------------------------------------------------------------------------------------------
+ * Packed ternary formats (the pure-torch spec is src/mulfree/ternary/packing.py).
+ * A weight q in {-1, 0, +1} is stored as the code c = q + 1 in {0, 1, 2}.
+ *
+ * "tq2" (2 bits/weight): rows padded to a multiple of 32, in-features to a multiple of 16 (pad
+ * code 1 = weight 0). Blocks of 32 rows x 16 inputs, row-block major then k-block:
+ *     block[nb][kb].q[u][r] = c(k0) | c(k0+1) << 2 | c(k0+2) << 4 | c(k0+3) << 6,
+ *     row n = 32 nb + r, k0 = 16 kb + 4 u.
+ * One byte holds 4 consecutive inputs of one row, and a 32-byte unit q[u] holds them for 32
+ * rows, so a SIMD byte lane is a row: the low nibble indexes the (k0, k0+1) pair table and the
+ * high nibble the (k0+2, k0+3) table, and no horizontal reduction is ever needed.
+ *
+ * "tq1" (1.6 bits/weight): 5 codes per byte, byte = sum_i c(5 j + i) * 3^i (i < 5, < 243),
+ * row-major [N][ceil(K / 5)], trailing codes 1. A storage format: converted to tq2 to run.
+ * ------------------------------------------------------------------------------------------- */
+#define MF_TQ2_ROWS 32
+#define MF_TQ2_K 16
+typedef struct {
+    uint8_t q[MF_TQ2_K / 4][MF_TQ2_ROWS];
+} mf_tq2_block;
+_Static_assert(sizeof(mf_tq2_block) == 128, "tq2 block must be 32 rows x 16 inputs x 2 bits");
+
+#define MF_TQ1_TRITS 5
+#endif

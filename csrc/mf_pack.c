@@ -1,0 +1,152 @@
+/* Packing of ternary weights (scalar: packing runs once per model, not per token).
+ * The spec is the pure-torch code in src/mulfree/ternary/packing.py; tests compare atol=0. */
+#include "mf_py.h" /* Python.h first, as CPython requires */
+
+#include <string.h>
+
+#include "mf_common.h"
+
+/* tq2: q int8 [N][K] in {-1,0,1} -> blocks [ceil(N/32)][ceil(K/16)] (see mf_common.h). */
+static void tq2_pack(const int8_t *q, int64_t N, int64_t K, uint8_t *out) {
+    const int64_t NB = mf_round_up(N, MF_TQ2_ROWS) / MF_TQ2_ROWS;
+    const int64_t KB = mf_round_up(K, MF_TQ2_K) / MF_TQ2_K;
+    for (int64_t nb = 0; nb < NB; ++nb)
+        for (int64_t kb = 0; kb < KB; ++kb) {
+            mf_tq2_block *blk = (mf_tq2_block *)out + nb * KB + kb;
+            for (int u = 0; u < MF_TQ2_K / 4; ++u)
+                for (int r = 0; r < MF_TQ2_ROWS; ++r) {
+                    const int64_t n = nb * MF_TQ2_ROWS + r;
+                    unsigned byte = 0;
+                    for (int i = 0; i < 4; ++i) {
+                        const int64_t k = kb * MF_TQ2_K + 4 * u + i;
+                        const unsigned c = (n < N && k < K) ? (unsigned)(q[n * K + k] + 1) : 1u;
+                        byte |= (c & 3u) << (2 * i);
+                    }
+                    blk->q[u][r] = (uint8_t)byte;
+                }
+        }
+}
+
+/* Code 3 never comes out of the packer; like the kernels, unpack reads it as weight 0. */
+static const int8_t TQ2_CODE_TO_Q[4] = {-1, 0, 1, 0};
+
+static void tq2_unpack(const uint8_t *w, int64_t N, int64_t K, int8_t *q) {
+    const int64_t KB = mf_round_up(K, MF_TQ2_K) / MF_TQ2_K;
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k) {
+            const mf_tq2_block *blk =
+                (const mf_tq2_block *)w + (n / MF_TQ2_ROWS) * KB + k / MF_TQ2_K;
+            const int kk = (int)(k % MF_TQ2_K);
+            const unsigned byte = blk->q[kk / 4][n % MF_TQ2_ROWS];
+            q[n * K + k] = TQ2_CODE_TO_Q[(byte >> (2 * (kk % 4))) & 3u];
+        }
+}
+
+static void tq1_pack(const int8_t *q, int64_t N, int64_t K, uint8_t *out) {
+    const int64_t KB = (K + MF_TQ1_TRITS - 1) / MF_TQ1_TRITS;
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t j = 0; j < KB; ++j) {
+            unsigned byte = 0;
+            for (int i = MF_TQ1_TRITS - 1; i >= 0; --i) {  /* Horner: c0 + 3 (c1 + 3 (...)) */
+                const int64_t k = j * MF_TQ1_TRITS + i;
+                const unsigned c = k < K ? (unsigned)(q[n * K + k] + 1) : 1u;
+                byte = byte * 3u + c;
+            }
+            out[n * KB + j] = (uint8_t)byte;
+        }
+}
+
+/* Returns the number of invalid bytes (>= 243); their weights are written as 0. */
+static int64_t tq1_unpack(const uint8_t *w, int64_t N, int64_t K, int8_t *q) {
+    const int64_t KB = (K + MF_TQ1_TRITS - 1) / MF_TQ1_TRITS;
+    int64_t bad = 0;
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t j = 0; j < KB; ++j) {
+            const unsigned b = w[n * KB + j];
+            bad += b >= 243;
+            unsigned v = b < 243 ? b : 121u; /* 121 = five codes 1: invalid bytes read as 0 */
+            for (int i = 0; i < MF_TQ1_TRITS; ++i, v /= 3u) {
+                const int64_t k = j * MF_TQ1_TRITS + i;
+                if (k < K) q[n * K + k] = (int8_t)((int)(v % 3u) - 1);
+            }
+        }
+    return bad;
+}
+
+/* tq1 -> tq2 without an int8 [N][K] intermediate (row block by row block). */
+static int64_t tq1_to_tq2(const uint8_t *w, int64_t N, int64_t K, uint8_t *out) {
+    const int64_t NB = mf_round_up(N, MF_TQ2_ROWS) / MF_TQ2_ROWS;
+    const int64_t KB2 = mf_round_up(K, MF_TQ2_K) / MF_TQ2_K;
+    const int64_t KB1 = (K + MF_TQ1_TRITS - 1) / MF_TQ1_TRITS;
+    int64_t bad = 0;
+    int8_t rows[MF_TQ2_ROWS * 64];
+    memset(out, 0x55, (size_t)(NB * KB2) * sizeof(mf_tq2_block)); /* 0x55: four codes 1 */
+    for (int64_t nb = 0; nb < NB; ++nb) {
+        const int64_t nr = N - nb * MF_TQ2_ROWS < MF_TQ2_ROWS ? N - nb * MF_TQ2_ROWS : MF_TQ2_ROWS;
+        /* one 64-input slab of 32 rows at a time, through the int8 spec decoders */
+        for (int64_t k0 = 0; k0 < K; k0 += 60) {
+            const int64_t kn = K - k0 < 60 ? K - k0 : 60; /* 60 = 12 tq1 bytes, 15 aligned */
+            for (int64_t r = 0; r < nr; ++r) {
+                int64_t bad_r = tq1_unpack(w + (nb * MF_TQ2_ROWS + r) * KB1 + k0 / MF_TQ1_TRITS,
+                                           1, kn, rows + r * 64);
+                bad += bad_r;
+            }
+            for (int64_t r = 0; r < nr; ++r)
+                for (int64_t i = 0; i < kn; ++i) {
+                    const int64_t k = k0 + i;
+                    mf_tq2_block *blk = (mf_tq2_block *)out + nb * KB2 + k / MF_TQ2_K;
+                    const int kk = (int)(k % MF_TQ2_K);
+                    uint8_t *byte = &blk->q[kk / 4][r];
+                    const unsigned sh = 2u * (unsigned)(kk % 4);
+                    *byte = (uint8_t)((*byte & ~(3u << sh)) |
+                                      ((unsigned)(rows[r * 64 + i] + 1) << sh));
+                }
+        }
+    }
+    return bad;
+}
+
+MF_PYFUNC(tq2_pack, "tq2_pack(q_ptr, N, K, out_ptr): int8 [N,K] -> tq2 blocks.") {
+    (void)self;
+    void *q, *out;
+    int64_t N, K;
+    if (mf_parse_args(args, nargs, "pllp", &q, &N, &K, &out) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS tq2_pack(q, N, K, out);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+MF_PYFUNC(tq2_unpack, "tq2_unpack(w_ptr, N, K, q_ptr): tq2 blocks -> int8 [N,K].") {
+    (void)self;
+    void *w, *q;
+    int64_t N, K;
+    if (mf_parse_args(args, nargs, "pllp", &w, &N, &K, &q) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS tq2_unpack(w, N, K, q);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+MF_PYFUNC(tq1_pack, "tq1_pack(q_ptr, N, K, out_ptr): int8 [N,K] -> 5 trits/byte.") {
+    (void)self;
+    void *q, *out;
+    int64_t N, K;
+    if (mf_parse_args(args, nargs, "pllp", &q, &N, &K, &out) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS tq1_pack(q, N, K, out);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+MF_PYFUNC(tq1_unpack, "tq1_unpack(w_ptr, N, K, q_ptr) -> number of invalid bytes.") {
+    (void)self;
+    void *w, *q;
+    int64_t N, K, bad;
+    if (mf_parse_args(args, nargs, "pllp", &w, &N, &K, &q) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS bad = tq1_unpack(w, N, K, q);
+    Py_END_ALLOW_THREADS return PyLong_FromLongLong(bad);
+}
+
+MF_PYFUNC(tq1_to_tq2, "tq1_to_tq2(w_ptr, N, K, out_ptr) -> number of invalid bytes.") {
+    (void)self;
+    void *w, *out;
+    int64_t N, K, bad;
+    if (mf_parse_args(args, nargs, "pllp", &w, &N, &K, &out) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS bad = tq1_to_tq2(w, N, K, out);
+    Py_END_ALLOW_THREADS return PyLong_FromLongLong(bad);
+}

@@ -1,0 +1,388 @@
+/* Ternary linear on tq2-packed weights: y[m, n] = acc[m, n] / (s_x[m] * s_w), where
+ * acc[m, n] = sum_k q_x[m, k] * q_w[n, k] is computed with integer adds and subtracts only.
+ *
+ * Pipeline per call (one OpenMP region):
+ *   1. quantize every token to int8 absmax (the rule of mulfree.ternary.quant.act_quant_int8);
+ *   2. SIMD paths: per token, one 16-entry table per pair of inputs (a, b), built with adds:
+ *        T[c0 + 4 c1] = s(c0) a + s(c1) b,  s = {-1, 0, +1, 0}[code],  T in [-256, 254];
+ *      kept exact as two byte planes tb = T & 31 (0..31) and ta = T >> 5 (-8..7), T = 32 ta + tb;
+ *   3. each thread owns a contiguous range of 32-row blocks; a weight byte's low/high nibble is a
+ *      table index (vpshufb), the looked-up bytes are summed in byte lanes (8 lookups cannot
+ *      overflow: 8 * 31 <= 255 and 8 * 8 <= 128), widened by shifts/masks into int16 every
+ *      block and into int32 every <= 64 blocks (64 * 248 < 32767): acc = 32 A + B;
+ *   4. one float rescale per output.
+ * No multiply instruction anywhere in steps 2-3 (no maddubs / dpbusd / pmull).
+ * The scalar kernel reads the packed codes directly and is the spec; every SIMD path must give
+ * the same int32 accumulators (tests/kernels/test_ternary_kernels.py, atol=0).
+ */
+#include "mf_py.h" /* Python.h first, as CPython requires */
+
+#include <math.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "mf_common.h"
+#if MF_X86
+#include <immintrin.h>
+#endif
+
+#define ACT_EPS 1e-5f       /* quant.ACT_EPS */
+#define FLUSH_BLOCKS 64     /* int16 -> int32 every <= 64 blocks (1024 inputs) */
+#define TAB_L2_BYTES (256 * 1024) /* batch-N k-chunk: tables of all tokens of a chunk fit L2 */
+
+/* ------------------------------------------------------------------------------------------
+ * 1. Activation quantization. Spec: scale = 127 / max(amax, 1e-5); q = clamp(rint(x * scale)).
+ * Float multiplies here are the quantizer's, once per input, outside the add-only product.
+ * ---------------------------------------------------------------------------------------- */
+static inline float act_scale(float amax) {
+    /* torch evaluates `127.0 / t` as t.reciprocal() * 127: two fp32 roundings, kept here */
+    const float r = 1.0f / (amax > ACT_EPS ? amax : ACT_EPS);
+    return r * 127.0f;
+}
+
+static void act_quant_scalar(const float *x, int64_t K, int64_t Kp, int8_t *q, float *scale) {
+    float amax = 0.0f;
+    for (int64_t k = 0; k < K; ++k) {
+        const float a = fabsf(x[k]);
+        amax = a > amax ? a : amax;
+    }
+    const float s = act_scale(amax);
+    for (int64_t k = 0; k < K; ++k) {
+        float v = nearbyintf(x[k] * s); /* round half to even, as torch.round */
+        v = v < -128.0f ? -128.0f : (v > 127.0f ? 127.0f : v);
+        q[k] = (int8_t)v;
+    }
+    for (int64_t k = K; k < Kp; ++k) q[k] = 0;
+    *scale = s;
+}
+
+#if MF_X86
+MF_TARGET_AVX2 static void act_quant_avx2(const float *x, int64_t K, int64_t Kp, int8_t *q,
+                                          float *scale) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 vmax = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_loadu_ps(x + k), absmask));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, vmax);
+    float amax = 0.0f;
+    for (int i = 0; i < 8; ++i) amax = lanes[i] > amax ? lanes[i] : amax;
+    for (; k < K; ++k) {
+        const float a = fabsf(x[k]);
+        amax = a > amax ? a : amax;
+    }
+    const float s = act_scale(amax);
+    const __m256 vs = _mm256_set1_ps(s), lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (k = 0; k + 32 <= K; k += 32) {
+        __m256i i4[4];
+        for (int j = 0; j < 4; ++j) {
+            __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + k + 8 * j), vs);
+            v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+            i4[j] = _mm256_cvtps_epi32(v);
+        }
+        /* packs work per 128-bit lane; the final dword permutation restores input order */
+        const __m256i w01 = _mm256_packs_epi32(i4[0], i4[1]), w23 = _mm256_packs_epi32(i4[2], i4[3]);
+        const __m256i b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), order);
+        _mm256_storeu_si256((__m256i *)(q + k), b);
+    }
+    for (; k < K; ++k) {
+        float v = nearbyintf(x[k] * s);
+        v = v < -128.0f ? -128.0f : (v > 127.0f ? 127.0f : v);
+        q[k] = (int8_t)v;
+    }
+    for (k = K; k < Kp; ++k) q[k] = 0;
+    *scale = s;
+}
+#endif
+
+/* ------------------------------------------------------------------------------------------
+ * 3a. Scalar kernel (the spec): 32 rows of a row block over nkb blocks, adds into acc[32].
+ * q points at the first input of the k range; tab is unused.
+ * ---------------------------------------------------------------------------------------- */
+static void tq2_kern_scalar(const int8_t *q, const uint8_t *tab, const mf_tq2_block *w,
+                            int64_t nkb, int32_t *acc) {
+    (void)tab;
+    for (int r = 0; r < MF_TQ2_ROWS; ++r) {
+        int32_t s = 0;
+        for (int64_t kb = 0; kb < nkb; ++kb)
+            for (int u = 0; u < MF_TQ2_K / 4; ++u) {
+                const unsigned byte = w[kb].q[u][r];
+                for (int i = 0; i < 4; ++i) {
+                    const unsigned c = (byte >> (2 * i)) & 3u;
+                    const int32_t x = q[kb * MF_TQ2_K + 4 * u + i];
+                    if (c == 2u)
+                        s += x;
+                    else if (c == 0u)
+                        s -= x;
+                }
+            }
+        acc[r] += s;
+    }
+}
+
+/* Combine per-row partial sums: rows 2j / 2j+1 sit in the even / odd byte of int16 word j. */
+static inline void flush_rows(const int16_t *ae, const int16_t *ao, const int16_t *be,
+                              const int16_t *bo, int nwords, int32_t *acc) {
+    for (int j = 0; j < nwords; ++j) {
+        const int r = 2 * (j % (MF_TQ2_ROWS / 2));
+        /* 32 * A + B, written as a shift of the unsigned bit pattern (no multiply, no UB) */
+        acc[r] += (int32_t)((uint32_t)(int32_t)ae[j] << 5) + be[j];
+        acc[r + 1] += (int32_t)((uint32_t)(int32_t)ao[j] << 5) + bo[j];
+    }
+}
+
+#if MF_X86
+/* ------------------------------------------------------------------------------------------
+ * 2/3b. AVX2. Tables: per input pair g, 32 bytes = tb[16] | ta[16] (broadcast to both lanes).
+ * ---------------------------------------------------------------------------------------- */
+#define TQ2_TAB_AVX2 (8 * 32) /* bytes per block per token: 8 pairs */
+
+MF_TARGET_AVX2 static inline __m256i pair_table_avx2(int8_t a, int8_t b) {
+    /* entry e = c0 + 4 c1: +a where c0 == 2, -a where c0 == 0, same for b with c1 */
+    const __m256i ap = _mm256_setr_epi16(0, 0, -1, 0, 0, 0, -1, 0, 0, 0, -1, 0, 0, 0, -1, 0);
+    const __m256i an = _mm256_setr_epi16(-1, 0, 0, 0, -1, 0, 0, 0, -1, 0, 0, 0, -1, 0, 0, 0);
+    const __m256i bp = _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, 0, 0, 0, 0);
+    const __m256i bn = _mm256_setr_epi16(-1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m256i va = _mm256_set1_epi16(a), vb = _mm256_set1_epi16(b);
+    __m256i t = _mm256_sub_epi16(_mm256_and_si256(va, ap), _mm256_and_si256(va, an));
+    t = _mm256_add_epi16(t, _mm256_and_si256(vb, bp));
+    t = _mm256_sub_epi16(t, _mm256_and_si256(vb, bn));
+    const __m256i tb = _mm256_and_si256(t, _mm256_set1_epi16(31));
+    const __m256i ta = _mm256_srai_epi16(t, 5);
+    /* packs: [tb0-7 ta0-7 | tb8-15 ta8-15] -> qwords (0,2,1,3): [tb0-15 | ta0-15] */
+    return _mm256_permute4x64_epi64(_mm256_packs_epi16(tb, ta), 0xD8);
+}
+
+MF_TARGET_AVX2 static void tq2_tables_avx2(const int8_t *q, int64_t nkb, uint8_t *tab) {
+    for (int64_t g = 0; g < nkb * (MF_TQ2_K / 2); ++g)
+        _mm256_store_si256((__m256i *)(tab + 32 * g), pair_table_avx2(q[2 * g], q[2 * g + 1]));
+}
+
+MF_TARGET_AVX2 static void tq2_kern_avx2(const int8_t *q, const uint8_t *tab,
+                                         const mf_tq2_block *w, int64_t nkb, int32_t *acc) {
+    (void)q;
+    const __m256i nib = _mm256_set1_epi8(0x0F), low = _mm256_set1_epi16(0x00FF);
+    int64_t kb = 0;
+    while (kb < nkb) {
+        const int64_t kend = kb + FLUSH_BLOCKS < nkb ? kb + FLUSH_BLOCKS : nkb;
+        __m256i ae = _mm256_setzero_si256(), ao = ae, be = ae, bo = ae;
+        for (; kb < kend; ++kb) {
+            const uint8_t *t = tab + kb * TQ2_TAB_AVX2;
+            __m256i bsum = _mm256_setzero_si256(), asum = bsum;
+            for (int u = 0; u < MF_TQ2_K / 4; ++u) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)w[kb].q[u]);
+                const __m256i ilo = _mm256_and_si256(v, nib);
+                const __m256i ihi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+                const uint8_t *tl = t + 64 * u, *th = tl + 32; /* pairs 2u and 2u + 1 */
+                const __m256i tbl = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)tl));
+                const __m256i tal = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(tl + 16)));
+                const __m256i tbh = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)th));
+                const __m256i tah = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(th + 16)));
+                bsum = _mm256_add_epi8(bsum, _mm256_shuffle_epi8(tbl, ilo));
+                asum = _mm256_add_epi8(asum, _mm256_shuffle_epi8(tal, ilo));
+                bsum = _mm256_add_epi8(bsum, _mm256_shuffle_epi8(tbh, ihi));
+                asum = _mm256_add_epi8(asum, _mm256_shuffle_epi8(tah, ihi));
+            }
+            /* widen the 8 lookups per byte: even rows = low byte, odd rows = high byte */
+            be = _mm256_add_epi16(be, _mm256_and_si256(bsum, low));
+            bo = _mm256_add_epi16(bo, _mm256_srli_epi16(bsum, 8));
+            ae = _mm256_add_epi16(ae, _mm256_srai_epi16(_mm256_slli_epi16(asum, 8), 8));
+            ao = _mm256_add_epi16(ao, _mm256_srai_epi16(asum, 8));
+        }
+        int16_t e16[4][16] __attribute__((aligned(32)));
+        _mm256_store_si256((__m256i *)e16[0], ae);
+        _mm256_store_si256((__m256i *)e16[1], ao);
+        _mm256_store_si256((__m256i *)e16[2], be);
+        _mm256_store_si256((__m256i *)e16[3], bo);
+        flush_rows(e16[0], e16[1], e16[2], e16[3], 16, acc);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * 2/3c. AVX-512 (F+BW). A zmm holds two 32-byte units (u, u+1) of one block, so its tables
+ * are [T(lo pair of u) x2 lanes | T(lo pair of u+1) x2 lanes] and likewise for the high pairs.
+ * Per block and token: 2 unit pairs x (tb_lo, ta_lo, tb_hi, ta_hi) x 64 bytes = 512 bytes.
+ * ---------------------------------------------------------------------------------------- */
+#define TQ2_TAB_AVX512 (2 * 4 * 64)
+
+MF_TARGET_AVX512 static void tq2_tables_avx512(const int8_t *q, int64_t nkb, uint8_t *tab) {
+    for (int64_t g = 0; g < nkb * (MF_TQ2_K / 2); ++g) {
+        const __m256i t = pair_table_avx2(q[2 * g], q[2 * g + 1]);
+        const __m128i tb = _mm256_castsi256_si128(t), ta = _mm256_extracti128_si256(t, 1);
+        /* pair g of block kb = g / 8: unit u = (g % 8) / 2, nibble = g % 2; unit pair p = u / 2 */
+        const int gi = (int)(g % 8), u = gi / 2, nibble = gi % 2, p = u / 2, half = u % 2;
+        uint8_t *base = tab + (g / 8) * TQ2_TAB_AVX512 + p * 256 + nibble * 128 + half * 32;
+        _mm_store_si128((__m128i *)base, tb);
+        _mm_store_si128((__m128i *)(base + 16), tb);
+        _mm_store_si128((__m128i *)(base + 64), ta);
+        _mm_store_si128((__m128i *)(base + 80), ta);
+    }
+}
+
+MF_TARGET_AVX512 static void tq2_kern_avx512(const int8_t *q, const uint8_t *tab,
+                                             const mf_tq2_block *w, int64_t nkb, int32_t *acc) {
+    (void)q;
+    const __m512i nib = _mm512_set1_epi8(0x0F), low = _mm512_set1_epi16(0x00FF);
+    int64_t kb = 0;
+    while (kb < nkb) {
+        const int64_t kend = kb + FLUSH_BLOCKS < nkb ? kb + FLUSH_BLOCKS : nkb;
+        __m512i ae = _mm512_setzero_si512(), ao = ae, be = ae, bo = ae;
+        for (; kb < kend; ++kb) {
+            const uint8_t *t = tab + kb * TQ2_TAB_AVX512;
+            __m512i bsum = _mm512_setzero_si512(), asum = bsum;
+            for (int p = 0; p < 2; ++p) { /* 4 lookups per byte per block */
+                const __m512i v = _mm512_loadu_si512((const void *)w[kb].q[2 * p]);
+                const __m512i ilo = _mm512_and_si512(v, nib);
+                const __m512i ihi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+                const uint8_t *tp = t + 256 * p;
+                bsum = _mm512_add_epi8(bsum, _mm512_shuffle_epi8(_mm512_load_si512((const void *)tp), ilo));
+                asum = _mm512_add_epi8(asum, _mm512_shuffle_epi8(_mm512_load_si512((const void *)(tp + 64)), ilo));
+                bsum = _mm512_add_epi8(bsum, _mm512_shuffle_epi8(_mm512_load_si512((const void *)(tp + 128)), ihi));
+                asum = _mm512_add_epi8(asum, _mm512_shuffle_epi8(_mm512_load_si512((const void *)(tp + 192)), ihi));
+            }
+            be = _mm512_add_epi16(be, _mm512_and_si512(bsum, low));
+            bo = _mm512_add_epi16(bo, _mm512_srli_epi16(bsum, 8));
+            ae = _mm512_add_epi16(ae, _mm512_srai_epi16(_mm512_slli_epi16(asum, 8), 8));
+            ao = _mm512_add_epi16(ao, _mm512_srai_epi16(asum, 8));
+        }
+        /* words 0-15 hold rows of the even unit, words 16-31 the same rows of the odd unit */
+        int16_t e16[4][32] __attribute__((aligned(64)));
+        _mm512_store_si512((void *)e16[0], ae);
+        _mm512_store_si512((void *)e16[1], ao);
+        _mm512_store_si512((void *)e16[2], be);
+        _mm512_store_si512((void *)e16[3], bo);
+        flush_rows(e16[0], e16[1], e16[2], e16[3], 32, acc);
+    }
+}
+#endif /* MF_X86 */
+
+/* ------------------------------------------------------------------------------------------
+ * The one dispatch point of this kernel family.
+ * ---------------------------------------------------------------------------------------- */
+typedef void (*quant_fn)(const float *, int64_t, int64_t, int8_t *, float *);
+typedef void (*tables_fn)(const int8_t *, int64_t, uint8_t *);
+typedef void (*kern_fn)(const int8_t *, const uint8_t *, const mf_tq2_block *, int64_t, int32_t *);
+typedef struct {
+    quant_fn quant;
+    tables_fn tables;       /* NULL: the kernel reads q directly */
+    kern_fn kern;
+    int64_t tab_per_block;  /* table bytes per 16-input block per token */
+} tq2_impl;
+
+static tq2_impl tq2_select(int isa) {
+    const tq2_impl scalar = {act_quant_scalar, NULL, tq2_kern_scalar, 0};
+#if MF_X86
+    if (isa >= MF_ISA_AVX512) return (tq2_impl){act_quant_avx2, tq2_tables_avx512, tq2_kern_avx512, TQ2_TAB_AVX512};
+    if (isa >= MF_ISA_AVX2) return (tq2_impl){act_quant_avx2, tq2_tables_avx2, tq2_kern_avx2, TQ2_TAB_AVX2};
+#endif
+    (void)isa;
+    return scalar;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Driver. x [M][K] fp32, w tq2 blocks of an [N][K] weight, y [M][N] fp32; acc_out [M][N]
+ * int32 (optional, for tests). Returns the ISA level used, or -1 if scratch allocation failed.
+ * ---------------------------------------------------------------------------------------- */
+static int tq2_linear(const float *x, int64_t M, int64_t K, const mf_tq2_block *w, int64_t N,
+                      float w_scale, float *y, int32_t *acc_out, int64_t threads, int isa_req) {
+    const int isa = mf_isa_resolve(isa_req);
+    const tq2_impl impl = tq2_select(isa);
+    const int64_t KB = mf_round_up(K, MF_TQ2_K) / MF_TQ2_K, Kp = KB * MF_TQ2_K;
+    const int64_t NB = mf_round_up(N, MF_TQ2_ROWS) / MF_TQ2_ROWS, Np = NB * MF_TQ2_ROWS;
+    const int64_t tab_tok = impl.tab_per_block * KB;
+    const size_t q_bytes = mf_align_up((size_t)(M * Kp)), s_bytes = mf_align_up((size_t)M * 4);
+    const size_t t_bytes = mf_align_up((size_t)(M * tab_tok)), a_bytes = (size_t)(M * Np) * 4;
+    uint8_t *scratch = mf_scratch(q_bytes + s_bytes + t_bytes + a_bytes);
+    if (scratch == NULL) return -1;
+    int8_t *qx = (int8_t *)scratch;
+    float *sx = (float *)(scratch + q_bytes);
+    uint8_t *tab = scratch + q_bytes + s_bytes;
+    int32_t *acc = (int32_t *)(scratch + q_bytes + s_bytes + t_bytes);
+
+    /* k-chunk: decode keeps the whole k range (weights streamed strictly in order); prefill
+     * limits the chunk so the tables of all M tokens stay in L2 while each 32-row slab of
+     * weights (<= a few KB) is reused from L1 by every token. */
+    int64_t kcb = KB;
+    if (M > 1 && impl.tab_per_block > 0) {
+        kcb = TAB_L2_BYTES / (M * impl.tab_per_block);
+        kcb = kcb < 4 ? 4 : (kcb > KB ? KB : kcb);
+    }
+    int nt = mf_threads(threads);
+    if (nt > NB) nt = (int)NB;
+    if (nt < 1) nt = 1;
+
+#pragma omp parallel num_threads(nt)
+    {
+#ifdef _OPENMP
+        const int tid = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+        const int tid = 0, T = 1;
+#endif
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < M; ++m) impl.quant(x + m * K, K, Kp, qx + m * Kp, &sx[m]);
+        if (impl.tables != NULL) {
+            /* M x T work items so a single token's tables are also built by all threads */
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < M * T; ++i) {
+                const int64_t m = i / T, c = i % T;
+                const int64_t b0 = KB * c / T, b1 = KB * (c + 1) / T;
+                impl.tables(qx + m * Kp + b0 * MF_TQ2_K, b1 - b0,
+                            tab + m * tab_tok + b0 * impl.tab_per_block);
+            }
+        }
+        const int64_t nb0 = NB * tid / T, nb1 = NB * (tid + 1) / T;
+        for (int64_t m = 0; m < M; ++m)
+            memset(acc + m * Np + nb0 * MF_TQ2_ROWS, 0, (size_t)((nb1 - nb0) * MF_TQ2_ROWS) * 4);
+        for (int64_t kb0 = 0; kb0 < KB; kb0 += kcb) {
+            const int64_t nkb = KB - kb0 < kcb ? KB - kb0 : kcb;
+            for (int64_t nb = nb0; nb < nb1; ++nb)
+                for (int64_t m = 0; m < M; ++m)
+                    impl.kern(qx + m * Kp + kb0 * MF_TQ2_K, tab + m * tab_tok + kb0 * impl.tab_per_block,
+                              w + nb * KB + kb0, nkb, acc + m * Np + nb * MF_TQ2_ROWS);
+        }
+        /* 4. the one float rescale per output (same fp32 ops as the torch reference) */
+        const int64_t n0 = nb0 * MF_TQ2_ROWS, n1 = nb1 * MF_TQ2_ROWS < N ? nb1 * MF_TQ2_ROWS : N;
+        for (int64_t m = 0; m < M; ++m) {
+            const float den = sx[m] * w_scale;
+            for (int64_t n = n0; n < n1; ++n) y[m * N + n] = (float)acc[m * Np + n] / den;
+            if (acc_out != NULL)
+                for (int64_t n = n0; n < n1; ++n) acc_out[m * N + n] = acc[m * Np + n];
+        }
+    }
+    return isa;
+}
+
+static int act_quant(const float *x, int64_t M, int64_t K, int8_t *q, float *s, int isa_req) {
+    const int isa = mf_isa_resolve(isa_req);
+    const tq2_impl impl = tq2_select(isa);
+    for (int64_t m = 0; m < M; ++m) impl.quant(x + m * K, K, K, q + m * K, &s[m]);
+    return isa;
+}
+
+MF_PYFUNC(tq2_linear,
+          "tq2_linear(x, M, K, w, N, w_scale, y, acc_or_0, threads, isa) -> isa used; see docs.") {
+    (void)self;
+    void *x, *w, *y, *acc;
+    int64_t M, K, N, threads, isa;
+    double w_scale;
+    if (mf_parse_args(args, nargs, "pllpldppll", &x, &M, &K, &w, &N, &w_scale, &y, &acc, &threads,
+                      &isa) < 0)
+        return NULL;
+    int used;
+    Py_BEGIN_ALLOW_THREADS used = tq2_linear(x, M, K, w, N, (float)w_scale, y, acc, threads, (int)isa);
+    Py_END_ALLOW_THREADS if (used < 0) return PyErr_NoMemory();
+    return PyLong_FromLong(used);
+}
+
+MF_PYFUNC(act_quant_i8, "act_quant_i8(x, M, K, q, s, isa) -> isa used: int8 absmax per row.") {
+    (void)self;
+    void *x, *q, *s;
+    int64_t M, K, isa;
+    if (mf_parse_args(args, nargs, "pllppl", &x, &M, &K, &q, &s, &isa) < 0) return NULL;
+    return PyLong_FromLong(act_quant(x, M, K, q, s, (int)isa));
+}

@@ -1,0 +1,41 @@
+"""Python side of the compiled core `mulfree._C`: loading, CPU dispatch, threads, fallback.
+
+How a kernel reaches C (csrc/README is this docstring):
+- csrc/<family>.c holds a scalar reference (the spec), SIMD variants marked MF_TARGET_AVX2 /
+  MF_TARGET_AVX512, and one selection function from an ISA level (mf_isa_resolve) to variants;
+- a `MF_PYFUNC(name, "doc")` in that file becomes `mulfree._C.name` (setup.py generates the
+  method table; arguments are ints for tensor.data_ptr()/sizes and floats for scales);
+- a launcher here (see ternary.py) resolves the ISA (`resolve_isa`) and threads
+  (`resolve_threads`), allocates outputs and calls `core().name(...)`;
+- the public op falls back to torch when `resolve_isa` returns "torch".
+"""
+
+from mulfree.kernels._core import (
+    ISA_LEVELS,
+    TORCH,
+    available,
+    available_isas,
+    core,
+    isa_max,
+    load_error,
+    resolve_isa,
+    resolve_threads,
+    set_isa,
+    use_isa,
+    warn_slow_path_once,
+)
+
+__all__ = [
+    "ISA_LEVELS",
+    "TORCH",
+    "available",
+    "available_isas",
+    "core",
+    "isa_max",
+    "load_error",
+    "resolve_isa",
+    "resolve_threads",
+    "set_isa",
+    "use_isa",
+    "warn_slow_path_once",
+]

@@ -1,0 +1,153 @@
+"""Loading the compiled core, choosing its ISA level and thread count, and the slow-path warning.
+
+ISA selection, in order of precedence:
+  1. the `isa=` argument of a kernel function ("torch", "scalar", "avx2", "avx512" or "auto");
+  2. `set_isa(name)` / `with use_isa(name):` (process-wide);
+  3. the environment variable MULFREE_ISA (read at import);
+  4. "auto": the best level this CPU supports (the C side checks with __builtin_cpu_supports).
+"torch" is the pure-torch path, which is also what runs when `mulfree._C` cannot be loaded (not
+built, or MULFREE_DISABLE_C=1); the first kernel call then warns once that this is the slow path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
+from types import ModuleType
+
+import torch
+
+from mulfree.errors import MulfreeError
+
+#: ISA levels of the compiled core, as the integers csrc/mf_common.h uses.
+ISA_LEVELS = {"scalar": 0, "avx2": 1, "avx512": 2}
+TORCH = "torch"
+AUTO = "auto"
+
+_C: ModuleType | None = None
+_load_error: str | None = None
+_loaded = False
+_warned = False
+_forced: str | None = os.environ.get("MULFREE_ISA") or None
+
+
+def _load() -> ModuleType | None:
+    global _C, _load_error, _loaded
+    if not _loaded:
+        _loaded = True
+        if os.environ.get("MULFREE_DISABLE_C", "") == "1":
+            _load_error = "disabled by MULFREE_DISABLE_C=1"
+        else:
+            try:
+                from mulfree import _C as mod  # the extension built from csrc/ by setup.py
+            except ImportError as e:
+                _load_error = f"{type(e).__name__}: {e}"
+            else:
+                _C = mod
+    return _C
+
+
+def core() -> ModuleType | None:
+    """The compiled module `mulfree._C`, or None when it is unavailable (see `load_error`)."""
+    return _load()
+
+
+def available() -> bool:
+    """True when the compiled core is loaded."""
+    return _load() is not None
+
+
+def load_error() -> str | None:
+    """Why the compiled core is unavailable (None when it is loaded)."""
+    _load()
+    return _load_error
+
+
+def warn_slow_path_once() -> None:
+    """Say once per process that kernels run on the pure-torch path because _C is missing."""
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    warnings.warn(
+        "mulfree: the compiled core mulfree._C is not available "
+        f"({load_error()}); ternary kernels run on the SLOW pure-torch path. "
+        "Rebuild with `pip install -e . --no-build-isolation` (needs a C compiler with OpenMP).",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def isa_max() -> str:
+    """Best ISA level of this CPU for the compiled core ("torch" when it is unavailable)."""
+    C = _load()
+    if C is None:
+        return TORCH
+    level = C.isa_max()
+    return next(name for name, v in ISA_LEVELS.items() if v == level)
+
+
+def available_isas() -> list[str]:
+    """Every path that can run here, slowest first: "torch", then the compiled levels."""
+    best = isa_max()
+    if best == TORCH:
+        return [TORCH]
+    return [TORCH] + [n for n, v in ISA_LEVELS.items() if v <= ISA_LEVELS[best]]
+
+
+def _check_name(name: str) -> str:
+    if name not in ISA_LEVELS and name not in (TORCH, AUTO):
+        raise MulfreeError(
+            f"unknown ISA {name!r}; choose one of: auto, torch, {', '.join(ISA_LEVELS)}"
+        )
+    return name
+
+
+def set_isa(name: str | None) -> None:
+    """Force an ISA level process-wide (None or "auto" = best available)."""
+    global _forced
+    _forced = None if name in (None, AUTO) else _check_name(name)
+
+
+@contextlib.contextmanager
+def use_isa(name: str | None) -> Iterator[None]:
+    """`with use_isa("scalar"): ...` runs the kernels inside on that level."""
+    global _forced
+    old = _forced
+    set_isa(name)
+    try:
+        yield
+    finally:
+        _forced = old
+
+
+def resolve_isa(isa: str | None = None) -> str:
+    """The path a kernel call will take: "torch", "scalar", "avx2" or "avx512".
+
+    Asking for a level this CPU lacks is an error (a silent downgrade would make a test of that
+    level pass vacuously). Without the compiled core everything resolves to "torch" and the
+    slow-path warning is given once.
+    """
+    name = _check_name(isa or _forced or AUTO)
+    if name == TORCH:
+        return TORCH
+    if _load() is None:
+        warn_slow_path_once()
+        return TORCH
+    best = isa_max()
+    if name == AUTO:
+        return best
+    if ISA_LEVELS[name] > ISA_LEVELS[best]:
+        raise MulfreeError(f"ISA {name!r} is not supported by this CPU (best: {best})")
+    return name
+
+
+def resolve_threads(threads: int | None = None) -> int:
+    """Kernel thread count: `threads` when given (> 0), else torch.get_num_threads()."""
+    if threads is None:
+        return torch.get_num_threads()
+    if threads < 1:
+        raise MulfreeError(f"threads must be >= 1, got {threads}")
+    return int(threads)

@@ -1,0 +1,154 @@
+"""Inference-only linear layer on packed ternary weights (BitLinear's forward, without multiplies).
+
+`ternary_linear(x, packed)` computes exactly what BitLinear's fake-quant forward computes,
+    F.linear(act_fake_quant(x), weight_fake_quant(w)),
+as y = acc / (s_x * s_w), where acc = q_x · q_w is an exact int32 sum of adds/subtracts of int8
+activations (csrc/mf_ternary.c). The two differ only by the fp32 rounding of the reference's
+K products and its summation: |y - ref| <= (K + 2) * 2^-24 * sum_k |x_fq[k] * w_fq[k]| (each
+term of the reference carries <= 3 roundings of 2^-24 relative plus the summation error; the
+int path is exact up to its one division). Against the int path itself the compiled kernels
+and the pure-torch path are bit-identical.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mulfree import kernels
+from mulfree.errors import MulfreeError
+from mulfree.kernels import ternary as K_
+from mulfree.ternary.packing import FORMATS, PackedTernary, packed_nbytes
+from mulfree.ternary.quant import act_quant_int8
+
+# fp32 holds every partial sum of the int reference exactly while 128 * K < 2^24.
+MAX_IN_FEATURES = (1 << 24) // 128 - 1
+
+
+def ternary_linear_torch(
+    x2d: torch.Tensor, packed: PackedTernary, *, return_acc: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The pure-torch path (also the int reference): x2d [M, K] float32 -> y [M, N] float32.
+
+    acc = F.linear(q_x, q_w) in fp32 is exact: every product and partial sum is an integer of
+    magnitude <= 128 K < 2^24. Then y = acc / (s_x * s_w), the same fp32 ops as the kernels.
+    """
+    q, s = act_quant_int8(x2d)  # [M, K] int8, [M, 1] fp32
+    acc = F.linear(q.float(), packed.q_float())  # [M, N], integer-valued
+    y = acc / (s * packed.scale)
+    return (y, acc.to(torch.int32)) if return_acc else y
+
+
+def ternary_linear(
+    x: torch.Tensor,
+    packed: PackedTernary,
+    bias: torch.Tensor | None = None,
+    *,
+    threads: int | None = None,
+    isa: str | None = None,
+) -> torch.Tensor:
+    """y = BitLinear fake-quant forward of x with a packed ternary weight.
+
+    Args:
+        x: [..., K] float (any float dtype; quantized from its fp32 value), K = in_features.
+        packed: PackedTernary of an [N, K] weight (tq2, or tq1 which is converted first).
+        bias: optional [N], added after the rescale.
+        threads: kernel threads (default torch.get_num_threads()).
+        isa: "auto" | "avx512" | "avx2" | "scalar" | "torch" (default: mulfree.kernels setting).
+    Returns:
+        y: [..., N] in x's dtype.
+    """
+    K, N = packed.in_features, packed.out_features
+    if x.shape[-1] != K:
+        raise MulfreeError(f"ternary_linear: x has {x.shape[-1]} features, weight expects {K}")
+    if K > MAX_IN_FEATURES:
+        raise MulfreeError(f"ternary_linear: in_features {K} > {MAX_IN_FEATURES} is not supported")
+    if packed.format != "tq2":
+        packed = packed.to_format("tq2")
+    lead = x.shape[:-1]
+    x2d = x.reshape(-1, K).to(torch.float32).contiguous()  # [M, K]
+    path = kernels.resolve_isa(isa)
+    if path == kernels.TORCH:
+        y = ternary_linear_torch(x2d, packed)
+    else:
+        y = K_.tq2_linear(
+            x2d,
+            packed.data,
+            N,
+            float(packed.scale),
+            threads=kernels.resolve_threads(threads),
+            isa=path,
+        )
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.reshape(*lead, N).to(x.dtype)  # [..., N]
+
+
+class PackedTernaryLinear(nn.Module):
+    """nn.Linear-shaped inference layer holding a tq2-packed ternary weight and its scale.
+
+    Buffers (saved in state_dict): `weight_packed` uint8 [packed_nbytes("tq2", N, K)],
+    `weight_scale` float32 0-d, and `bias` [N] when present.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        nbytes = packed_nbytes("tq2", out_features, in_features)
+        # 0x55 = four codes 1 = an all-zero weight until one is loaded
+        self.register_buffer("weight_packed", torch.full((nbytes,), 0x55, dtype=torch.uint8))
+        self.register_buffer("weight_scale", torch.ones((), dtype=torch.float32))
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32))
+        else:
+            self.bias = None
+        self._packed: PackedTernary | None = None
+
+    @classmethod
+    def from_packed(
+        cls, packed: PackedTernary, bias: torch.Tensor | None = None
+    ) -> PackedTernaryLinear:
+        if packed.format not in FORMATS:
+            raise MulfreeError(f"unknown packed format {packed.format!r}")
+        packed = packed.to_format("tq2")
+        m = cls(packed.in_features, packed.out_features, bias=bias is not None)
+        m.weight_packed.copy_(packed.data)
+        m.weight_scale.copy_(packed.scale)
+        if bias is not None:
+            m.bias.copy_(bias.detach().float())
+        return m
+
+    @classmethod
+    def from_float(
+        cls, weight: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> PackedTernaryLinear:
+        """From a float weight [N, K], quantized with BitLinear's rule (absmean ternary)."""
+        return cls.from_packed(PackedTernary.from_float(weight), bias)
+
+    @classmethod
+    def from_bitlinear(cls, module: nn.Module) -> PackedTernaryLinear:
+        """From any nn.Linear-like module (BitLinear included): uses .weight and .bias."""
+        return cls.from_float(module.weight, getattr(module, "bias", None))
+
+    def packed(self) -> PackedTernary:
+        """The weight as a PackedTernary view of the buffers (rebuilt if they were replaced)."""
+        p = self._packed
+        # views share the buffers' storage, so in-place updates (load_state_dict) are seen;
+        # a replaced buffer (.to(), assignment) has a new address and triggers a rebuild
+        if (
+            p is None
+            or p.data.data_ptr() != self.weight_packed.data_ptr()
+            or p.scale.data_ptr() != self.weight_scale.data_ptr()
+        ):
+            p = PackedTernary(
+                self.weight_packed, self.weight_scale, self.out_features, self.in_features
+            )
+            self._packed = p
+        return p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ternary_linear(x, self.packed(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, format=tq2"

@@ -1,0 +1,231 @@
+"""Packed formats for ternary weights (one float scale per tensor, w ≈ q / scale).
+
+A weight q in {-1, 0, +1} is stored as the code c = q + 1 in {0, 1, 2}.
+
+"tq2" — 2 bits per weight, the format the kernels run on. Rows are padded to a multiple of 32
+and in-features to a multiple of 16 with code 1 (weight 0). Blocks of 32 rows x 16 inputs
+(128 bytes, `mf_tq2_block` in csrc/mf_common.h), ordered [row block][k block]; inside a block,
+byte q[u][r] holds inputs 4u..4u+3 of row r as c0 | c1 << 2 | c2 << 4 | c3 << 6. A SIMD byte
+lane is therefore one row, and each nibble indexes a 16-entry table of an input pair.
+
+"tq1" — 1.6 bits per weight (5 trits per byte, 3^5 = 243 <= 256): row-major
+[N][ceil(K / 5)], byte = sum_i c(5j + i) * 3^i, trailing codes 1. A storage format (files,
+transfers); `to_tq2` converts it for the kernels.
+
+The `*_ref` functions are the pure-torch spec; `pack`/`unpack`/`to_tq2` use the compiled core
+when it is loaded and the spec otherwise (tests check both give the same bytes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from mulfree import kernels
+from mulfree.errors import MulfreeError
+from mulfree.kernels import ternary as K_
+from mulfree.ternary.quant import weight_quant_ternary
+
+FORMATS = ("tq2", "tq1")
+TQ2_ROWS = 32  # rows per block (one byte lane per row in a 256-bit register)
+TQ2_K = 16  # inputs per block (4 units of 4 inputs)
+TQ1_TRITS = 5
+_TQ2_CODE_TO_Q = torch.tensor([-1, 0, 1, 0], dtype=torch.int8)  # code 3 is never written
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def packed_nbytes(fmt: str, out_features: int, in_features: int) -> int:
+    """Bytes of an [out_features, in_features] weight in format `fmt`."""
+    if fmt == "tq2":
+        return (
+            _ceil_div(out_features, TQ2_ROWS)
+            * TQ2_ROWS
+            * _ceil_div(in_features, TQ2_K)
+            * TQ2_K
+            // 4
+        )
+    if fmt == "tq1":
+        return out_features * _ceil_div(in_features, TQ1_TRITS)
+    raise MulfreeError(f"unknown packed format {fmt!r}; expected one of {FORMATS}")
+
+
+def _check_q(q: torch.Tensor) -> torch.Tensor:
+    if q.dim() != 2:
+        raise MulfreeError(f"ternary weight must be 2-D [out, in], got shape {tuple(q.shape)}")
+    q = q.to(torch.int8).contiguous()
+    if q.numel() and (q.min() < -1 or q.max() > 1):
+        raise MulfreeError("ternary weight codes must be in {-1, 0, 1}")
+    return q
+
+
+# ---------------------------------------------------------------------------------------------
+# Spec (pure torch)
+# ---------------------------------------------------------------------------------------------
+def pack_tq2_ref(q: torch.Tensor) -> torch.Tensor:
+    """q: [N, K] int8 in {-1, 0, 1} -> tq2 bytes [packed_nbytes("tq2", N, K)] uint8."""
+    q = _check_q(q)
+    N, K = q.shape
+    NB, KB = _ceil_div(N, TQ2_ROWS), _ceil_div(K, TQ2_K)
+    codes = torch.ones(NB * TQ2_ROWS, KB * TQ2_K, dtype=torch.uint8)  # [Np, Kp], pad = code 1
+    codes[:N, :K] = (q + 1).to(torch.uint8)
+    codes = codes.view(NB, TQ2_ROWS, KB, TQ2_K // 4, 4)  # [nb, r, kb, u, i]
+    codes = codes.permute(0, 2, 3, 1, 4)  # [nb, kb, u, r, i]
+    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)
+    byte = (codes << shifts).sum(dim=-1, dtype=torch.uint8)  # bit fields are disjoint
+    return byte.reshape(-1).contiguous()  # [nb * kb * u * r]
+
+
+def unpack_tq2_ref(data: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
+    """tq2 bytes -> q [out_features, in_features] int8."""
+    N, K = out_features, in_features
+    NB, KB = _ceil_div(N, TQ2_ROWS), _ceil_div(K, TQ2_K)
+    byte = data.view(NB, KB, TQ2_K // 4, TQ2_ROWS, 1)  # [nb, kb, u, r, 1]
+    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)
+    codes = (byte >> shifts) & 3  # [nb, kb, u, r, i]
+    codes = codes.permute(0, 3, 1, 2, 4).reshape(NB * TQ2_ROWS, KB * TQ2_K)  # [Np, Kp]
+    return _TQ2_CODE_TO_Q[codes[:N, :K].long()]
+
+
+def pack_tq1_ref(q: torch.Tensor) -> torch.Tensor:
+    """q: [N, K] int8 in {-1, 0, 1} -> tq1 bytes [N * ceil(K / 5)] uint8."""
+    q = _check_q(q)
+    N, K = q.shape
+    KB = _ceil_div(K, TQ1_TRITS)
+    codes = torch.ones(N, KB * TQ1_TRITS, dtype=torch.int32)  # pad = code 1
+    codes[:, :K] = q.to(torch.int32) + 1
+    codes = codes.view(N, KB, TQ1_TRITS)  # [n, j, i]
+    pow3 = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int32)
+    return (codes * pow3).sum(dim=-1).to(torch.uint8).reshape(-1)  # [n * j], values < 243
+
+
+def unpack_tq1_ref(data: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
+    """tq1 bytes -> q [out_features, in_features] int8. Raises on a byte >= 243."""
+    N, K = out_features, in_features
+    KB = _ceil_div(K, TQ1_TRITS)
+    b = data.view(N, KB, 1).to(torch.int32)  # [n, j, 1]
+    if b.numel() and int(b.max()) >= 243:
+        raise MulfreeError("corrupt tq1 data: byte value >= 243")
+    pow3 = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int32)
+    codes = (b // pow3) % 3  # [n, j, i]
+    return (codes.view(N, KB * TQ1_TRITS)[:, :K] - 1).to(torch.int8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast paths (compiled core when loaded, else the spec)
+# ---------------------------------------------------------------------------------------------
+def _use_c() -> bool:
+    return kernels.resolve_isa() != kernels.TORCH
+
+
+def pack(q: torch.Tensor, fmt: str = "tq2") -> torch.Tensor:
+    """q: [N, K] int8 in {-1, 0, 1} -> packed bytes of format `fmt`."""
+    q = _check_q(q)
+    nbytes = packed_nbytes(fmt, *q.shape)
+    if not _use_c():
+        return pack_tq2_ref(q) if fmt == "tq2" else pack_tq1_ref(q)
+    return K_.tq2_pack(q, nbytes) if fmt == "tq2" else K_.tq1_pack(q, nbytes)
+
+
+def _check_data(data: torch.Tensor, fmt: str, n: int, k: int) -> torch.Tensor:
+    want = packed_nbytes(fmt, n, k)
+    if data.dtype != torch.uint8 or data.numel() != want:
+        raise MulfreeError(
+            f"{fmt} data for a [{n}, {k}] weight must be {want} uint8 bytes, "
+            f"got {data.numel()} {data.dtype}"
+        )
+    return data.reshape(-1).contiguous()
+
+
+def unpack(data: torch.Tensor, fmt: str, out_features: int, in_features: int) -> torch.Tensor:
+    """Packed bytes of format `fmt` -> q [out_features, in_features] int8."""
+    data = _check_data(data, fmt, out_features, in_features)
+    if not _use_c():
+        ref = unpack_tq2_ref if fmt == "tq2" else unpack_tq1_ref
+        return ref(data, out_features, in_features)
+    if fmt == "tq2":
+        return K_.tq2_unpack(data, out_features, in_features)
+    q, bad = K_.tq1_unpack(data, out_features, in_features)
+    if bad:
+        raise MulfreeError(f"corrupt tq1 data: {bad} byte(s) >= 243")
+    return q
+
+
+def tq1_to_tq2(data: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
+    """tq1 bytes -> tq2 bytes of the same weight."""
+    data = _check_data(data, "tq1", out_features, in_features)
+    if not _use_c():
+        return pack_tq2_ref(unpack_tq1_ref(data, out_features, in_features))
+    nbytes = packed_nbytes("tq2", out_features, in_features)
+    out, bad = K_.tq1_to_tq2(data, out_features, in_features, nbytes)
+    if bad:
+        raise MulfreeError(f"corrupt tq1 data: {bad} byte(s) >= 243")
+    return out
+
+
+@dataclass
+class PackedTernary:
+    """A packed ternary weight [out_features, in_features]: w ≈ unpack(data) / scale."""
+
+    data: torch.Tensor  # uint8 [packed_nbytes(format, out_features, in_features)]
+    scale: torch.Tensor  # float32 0-d
+    out_features: int
+    in_features: int
+    format: str = "tq2"
+    _q_cache: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise MulfreeError(f"unknown packed format {self.format!r}; expected one of {FORMATS}")
+        self.data = _check_data(self.data, self.format, self.out_features, self.in_features)
+        self.scale = torch.as_tensor(self.scale, dtype=torch.float32).reshape(())
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, fmt: str = "tq2") -> PackedTernary:
+        """Quantize a float weight [N, K] with BitLinear's rule (quant.weight_quant_ternary)."""
+        if weight.dim() != 2:
+            raise MulfreeError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
+        q, scale = weight_quant_ternary(weight.detach())
+        return cls.from_int(q, scale, fmt)
+
+    @classmethod
+    def from_int(
+        cls, q: torch.Tensor, scale: torch.Tensor | float, fmt: str = "tq2"
+    ) -> PackedTernary:
+        """Pack integer codes q [N, K] in {-1, 0, 1} with their scale (w ≈ q / scale)."""
+        q = _check_q(q)
+        return cls(pack(q, fmt), torch.as_tensor(scale), q.shape[0], q.shape[1], fmt)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel()
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.nbytes / max(1, self.out_features * self.in_features)
+
+    def unpack(self) -> torch.Tensor:
+        """q [out_features, in_features] int8."""
+        return unpack(self.data, self.format, self.out_features, self.in_features)
+
+    def to_format(self, fmt: str) -> PackedTernary:
+        """The same weight in another format."""
+        if fmt == self.format:
+            return self
+        if self.format == "tq1" and fmt == "tq2":
+            data = tq1_to_tq2(self.data, self.out_features, self.in_features)
+            return PackedTernary(data, self.scale, self.out_features, self.in_features, "tq2")
+        return PackedTernary.from_int(self.unpack(), self.scale, fmt)
+
+    def dequantize(self) -> torch.Tensor:
+        """w [out_features, in_features] float32 = q / scale (BitLinear's weight_fake_quant)."""
+        return self.unpack().float() / self.scale
+
+    def q_float(self) -> torch.Tensor:
+        """q as float32 [N, K], cached (used by the pure-torch path)."""
+        if self._q_cache is None:
+            self._q_cache = self.unpack().float()
+        return self._q_cache
