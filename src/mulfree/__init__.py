@@ -1,6 +1,7 @@
 """mulfree: language models without floating-point multiplication in their heavy parts.
 
-Public API (re-exports only). Heavy submodules are imported lazily.
+Public API (re-exports only). Heavy submodules are imported lazily, except that the
+transformers registration at the bottom imports the model classes.
 """
 
 from mulfree.errors import MulfreeError
@@ -17,3 +18,11 @@ def __getattr__(name):
 
         return importlib.import_module("mulfree.lmul")
     raise AttributeError(f"module 'mulfree' has no attribute {name!r}")
+
+
+# `import mulfree` registers model_type "hgrn_bit" with transformers' AutoConfig / AutoModel /
+# AutoModelForCausalLM registries, so `AutoModelForCausalLM.from_pretrained(dir)` loads MatMul-free
+# checkpoints. Registration needs the model classes, so this imports torch and transformers.
+from mulfree.models import register_with_transformers as _register_with_transformers  # noqa: E402
+
+_register_with_transformers()

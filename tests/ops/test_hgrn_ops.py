@@ -51,7 +51,9 @@ def test_chunk_matches_naive_outputs_and_grads(lead, T, D, with_h0):
         if r is None:
             assert g is None, name
             continue
-        torch.testing.assert_close(g, r, rtol=SCAN_RTOL, atol=SCAN_ATOL, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            g, r, rtol=SCAN_RTOL, atol=SCAN_ATOL, msg=lambda m, n=name: f"{n}: {m}"
+        )
 
 
 def test_final_state_equals_last_output_and_chaining():

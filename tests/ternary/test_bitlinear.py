@@ -22,7 +22,9 @@ def official_bitlinear(x, w, norm_w):
     return F.linear(xq, wq)
 
 
-@pytest.mark.parametrize("shape", [(3, 17), (2, 5, 64), (1, 1, 500)], ids=lambda s: "x" + "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "shape", [(3, 17), (2, 5, 64), (1, 1, 500)], ids=lambda s: "x" + "x".join(map(str, s))
+)
 def test_forward_equals_official_formula(shape):
     torch.manual_seed(0)
     layer = BitLinear(shape[-1], 31)
@@ -88,7 +90,9 @@ def test_quantize_converts_linears_and_skips_head():
     x = torch.randn(3, 12)
     with torch.no_grad():
         h = official_bitlinear(x, net.body[0].weight, net.body[0].norm.weight) + net.body[0].bias
-        ref = net.lm_head(official_bitlinear(torch.relu(h), net.body[2].weight, net.body[2].norm.weight))
+        ref = net.lm_head(
+            official_bitlinear(torch.relu(h), net.body[2].weight, net.body[2].norm.weight)
+        )
         torch.testing.assert_close(net(x), ref, rtol=0, atol=0)
 
 

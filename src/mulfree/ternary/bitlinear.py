@@ -28,11 +28,17 @@ from mulfree.ternary.quant import act_fake_quant, weight_fake_quant
 BITLINEAR_NORM_EPS = 1e-8
 
 
+def acc_dtype(x: torch.Tensor) -> torch.dtype:
+    """Dtype for norms and recurrences: float32, or float64 when the input is float64."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 class RMSNorm(nn.Module):
     """y = x * (1 / sqrt(mean(x^2) + eps)) * weight, computed in float32, returned in x's dtype.
 
     Same arithmetic as the official fused RMSNorm kernel (which loads to float32 and stores in the
-    input dtype). Shared by BitLinear's input norm and the model's norms.
+    input dtype). Shared by BitLinear's input norm and the model's norms. (float64 inputs stay
+    float64, which tests use to rule out rounding-order effects.)
     """
 
     def __init__(self, hidden_size: int, eps: float = 1e-6):
@@ -42,9 +48,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        dt = acc_dtype(x)
+        xf = x.to(dt)
         rstd = 1.0 / torch.sqrt(xf.square().mean(-1, keepdim=True) + self.eps)
-        return (xf * rstd * self.weight.float()).to(x.dtype)
+        return (xf * rstd * self.weight.to(dt)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.hidden_size}, eps={self.eps}"
@@ -57,7 +64,9 @@ class BitLinear(nn.Linear):
     keep their usual names, shapes and initialisation hooks.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, device=None, dtype=None):
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = False, device=None, dtype=None
+    ):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.norm = RMSNorm(in_features, eps=BITLINEAR_NORM_EPS)
         if device is not None or dtype is not None:
@@ -86,7 +95,9 @@ class TernaryConfig:
 
     def __post_init__(self):
         if isinstance(self.skip, str):
-            raise MulfreeError("TernaryConfig.skip must be a tuple of patterns, not a single string")
+            raise MulfreeError(
+                "TernaryConfig.skip must be a tuple of patterns, not a single string"
+            )
         self.skip = tuple(self.skip)
 
 
@@ -101,14 +112,20 @@ def quantize_(model: nn.Module, config: TernaryConfig | None = None) -> nn.Modul
     targets = [
         name
         for name, m in model.named_modules()
-        if type(m) is nn.Linear and name and not any(fnmatch.fnmatchcase(name, p) for p in config.skip)
+        if type(m) is nn.Linear
+        and name
+        and not any(fnmatch.fnmatchcase(name, p) for p in config.skip)
     ]
     for name in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         old = getattr(parent, child)
         new = BitLinear(
-            old.in_features, old.out_features, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype
+            old.in_features,
+            old.out_features,
+            bias=old.bias is not None,
+            device=old.weight.device,
+            dtype=old.weight.dtype,
         )
         new.weight = old.weight
         if old.bias is not None:

@@ -9,7 +9,7 @@ So the whole sequence is a prefix scan:
 3. add that state, decayed by the chunk-local gate products: h = b + a * h_in.
 Gate products stay in linear space: they are products of numbers in [0, 1], so they can only
 underflow towards 0, which is the correct limit (a log-space cumsum would need exp(-A) and can
-overflow). All arithmetic is float32.
+overflow). All arithmetic is float32 (float64 if the inputs are float64).
 
 The backward pass is the same recurrence run backwards in time (dL/dh_t = do_t + f_{t+1} dL/dh_{t+1}),
 so it reuses the scan instead of storing log2(T) autograd intermediates.
@@ -24,7 +24,9 @@ import torch
 CHUNK = 64
 
 
-def _inclusive_scan(a: torch.Tensor, b: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _inclusive_scan(
+    a: torch.Tensor, b: torch.Tensor, dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Doubling scan along `dim` from a zero state: returns (prod_{s<=t} a_s, h_t)."""
     L = a.shape[dim]
     k = 1
@@ -38,7 +40,7 @@ def _inclusive_scan(a: torch.Tensor, b: torch.Tensor, dim: int) -> tuple[torch.T
 
 
 def _scan(x: torch.Tensor, f: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
-    """x, f: [N, T, D] float32, h0: [N, D] float32 or None -> h: [N, T, D] float32."""
+    """x, f: [N, T, D], h0: [N, D] or None, all one float dtype -> h: [N, T, D]."""
     N, T, D = x.shape
     C = min(CHUNK, T)
     n = -(-T // C)
@@ -73,7 +75,9 @@ class _ChunkHGRNFunction(torch.autograd.Function):
         # g_t = dL/dh_t (total) = dh_t + f_{t+1} g_{t+1}: the forward scan on time-reversed inputs.
         f_next = torch.cat([f[:, 1:], f.new_zeros(N, 1, D)], 1)  # [N, T, D], f_next_t = f_{t+1}
         g = _scan(dh.flip(1).contiguous(), f_next.flip(1).contiguous(), None).flip(1)
-        h_prev = torch.cat([h0.unsqueeze(1) if h0 is not None else h.new_zeros(N, 1, D), h[:, :-1]], 1)
+        h_prev = torch.cat(
+            [h0.unsqueeze(1) if h0 is not None else h.new_zeros(N, 1, D), h[:, :-1]], 1
+        )
         df = g * h_prev
         dh0 = g[:, 0] * f[:, 0] if h0 is not None and ctx.needs_input_grad[2] else None
         return g, df, dh0
@@ -91,25 +95,35 @@ def chunk_hgrn(
         x: [..., T, D] input (already gated: the model passes SiLU(i) * (1 - f)).
         f: [..., T, D] forget gate in [0, 1], same shape as x.
         initial_state: [..., D] state before the first step, or None for zeros.
-        output_final_state: also return h_{T-1} (float32).
+        output_final_state: also return h_{T-1}.
 
     Returns:
         (o, final_state): o is [..., T, D] in x's dtype holding every h_t; final_state is
-        [..., D] float32 or None. Differentiable in x, f and initial_state.
+        [..., D] float32 (float64 for float64 x) or None. Differentiable in x, f and initial_state.
     """
     if x.shape != f.shape:
-        raise ValueError(f"x and f must have the same shape, got {tuple(x.shape)} and {tuple(f.shape)}")
+        raise ValueError(
+            f"x and f must have the same shape, got {tuple(x.shape)} and {tuple(f.shape)}"
+        )
     lead, T, D = x.shape[:-2], x.shape[-2], x.shape[-1]
     if initial_state is not None and initial_state.shape != lead + (D,):
         raise ValueError(
             f"initial_state must have shape {tuple(lead + (D,))}, got {tuple(initial_state.shape)}"
         )
+    # float32 state, or float64 for float64 inputs.
+    dt = torch.promote_types(x.dtype, torch.float32)
     if T == 0:
-        final = initial_state.float() if initial_state is not None else x.new_zeros(lead + (D,), dtype=torch.float32)
+        final = (
+            initial_state.to(dt)
+            if initial_state is not None
+            else x.new_zeros(lead + (D,), dtype=dt)
+        )
         return x, (final if output_final_state else None)
-    xf = x.float().reshape(-1, T, D).contiguous()  # [N, T, D], N = prod(lead)
-    ff = f.float().reshape(-1, T, D).contiguous()  # [N, T, D]
-    h0 = initial_state.float().reshape(-1, D).contiguous() if initial_state is not None else None  # [N, D]
+    xf = x.to(dt).reshape(-1, T, D).contiguous()  # [N, T, D], N = prod(lead)
+    ff = f.to(dt).reshape(-1, T, D).contiguous()  # [N, T, D]
+    h0 = (
+        initial_state.to(dt).reshape(-1, D).contiguous() if initial_state is not None else None
+    )  # [N, D]
     h = _ChunkHGRNFunction.apply(xf, ff, h0)  # [N, T, D]
     o = h.reshape(x.shape)  # [..., T, D]
     final = h[:, -1].reshape(lead + (D,)) if output_final_state else None  # [..., D]

@@ -18,27 +18,30 @@ def naive_recurrent_hgrn(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Sequential reference of h_t = f_t * h_{t-1} + x_t, accumulated in float32.
+    """Sequential reference of h_t = f_t * h_{t-1} + x_t, accumulated in float32 (or float64).
 
     Args:
         x: [..., T, D] input (already gated: the model passes SiLU(i) * (1 - f)).
         f: [..., T, D] forget gate in [0, 1], same shape as x.
         initial_state: [..., D] state before the first step, or None for zeros.
-        output_final_state: also return h_{T-1} (float32).
+        output_final_state: also return h_{T-1}.
 
     Returns:
         (o, final_state): o is [..., T, D] in x's dtype holding every h_t; final_state is
-        [..., D] float32 or None.
+        [..., D] float32 (float64 for float64 x) or None.
     """
     if x.shape != f.shape:
-        raise ValueError(f"x and f must have the same shape, got {tuple(x.shape)} and {tuple(f.shape)}")
+        raise ValueError(
+            f"x and f must have the same shape, got {tuple(x.shape)} and {tuple(f.shape)}"
+        )
     T = x.shape[-2]
-    h = x.new_zeros(x.shape[:-2] + x.shape[-1:], dtype=torch.float32)
+    dt = torch.promote_types(x.dtype, torch.float32)  # float32 state, float64 for float64 inputs
+    h = x.new_zeros(x.shape[:-2] + x.shape[-1:], dtype=dt)
     if initial_state is not None:
-        h = h + initial_state.float()
+        h = h + initial_state.to(dt)
     outs = []
     for t in range(T):
-        h = f[..., t, :].float() * h + x[..., t, :].float()
+        h = f[..., t, :].to(dt) * h + x[..., t, :].to(dt)
         outs.append(h)
-    o = torch.stack(outs, dim=-2) if outs else x.new_zeros(x.shape, dtype=torch.float32)
+    o = torch.stack(outs, dim=-2) if outs else x.new_zeros(x.shape, dtype=dt)
     return o.to(x.dtype), (h if output_final_state else None)

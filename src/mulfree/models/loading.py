@@ -1,0 +1,58 @@
+"""Load a causal LM checkpoint directory (config.json + safetensors) with one-line errors.
+
+`AutoModelForCausalLM.from_pretrained(dir)` works too once `mulfree` is imported; this wrapper
+checks the directory first so that a wrong path, a missing or unreadable config, an unknown
+model_type, absent safetensors or mismatched tensors each give a single MulfreeError line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mulfree.errors import MulfreeError
+
+# model_type values this package knows how to build.
+KNOWN_MODEL_TYPES = ("hgrn_bit", "llama")
+
+
+def load_causal_lm(path: str | Path, **kwargs):
+    """Load the model saved in directory `path`; kwargs go to `from_pretrained` (e.g. dtype=...).
+
+    Reads safetensors only. Any missing, unexpected or wrongly shaped tensor is an error.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from mulfree.models.mmfree.modeling_mmfree import _raise_on_bad_load
+
+    path = Path(path)
+    if not path.is_dir():
+        raise MulfreeError(f"model directory not found: {path}")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise MulfreeError(f"no config.json in {path}")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MulfreeError(f"cannot read {cfg_file}: {e}") from None
+    model_type = cfg.get("model_type") if isinstance(cfg, dict) else None
+    if model_type not in KNOWN_MODEL_TYPES:
+        raise MulfreeError(
+            f"unknown model_type {model_type!r} in {cfg_file}; mulfree loads: {', '.join(KNOWN_MODEL_TYPES)}"
+        )
+    if not any(path.glob("*.safetensors")):
+        raise MulfreeError(
+            f"no .safetensors weights in {path} (only safetensors checkpoints are loaded)"
+        )
+    kwargs.setdefault("use_safetensors", True)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            str(path), output_loading_info=True, **kwargs
+        )
+    except MulfreeError:
+        raise
+    except (OSError, ValueError, RuntimeError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MulfreeError(f"cannot load {path}: {first_line}") from None
+    _raise_on_bad_load(info, path)
+    return model

@@ -1,0 +1,149 @@
+"""Configuration of the MatMul-free LM (model_type `hgrn_bit`, as in the official `HGRNBitConfig`).
+
+Field names and defaults follow the official `mmfreelm` / `fla` HGRNBitConfig so that official
+`config.json` files load unchanged. Values are validated in `__post_init__`; a bad value raises
+`MulfreeError` with one line saying which field and why.
+
+Named shapes: `HGRNBitConfig.from_name("370M")` etc. (see `PRESETS`).
+"""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+from mulfree.errors import MulfreeError
+
+# attn_mode values: "fused_recurrent" is the official name (its Triton kernel computes the plain
+# recurrence); here it and "chunk" run the chunked parallel scan, "naive" runs the spec loop. All
+# three compute the same values.
+ATTN_MODES = ("fused_recurrent", "chunk", "naive")
+
+# The official MLP always applies SiLU (`swiglu`) whatever `hidden_act` says; accept only the
+# names that mean that, so a config can't claim an activation the model does not compute.
+HIDDEN_ACTS = ("swish", "silu")
+
+# Released checkpoints (Zhu et al. 2024, ridger/MMfreeLM-*) and small shapes for CPU training.
+# Small presets use a vocabulary that suits a tokenizer trained on a small corpus; pass
+# vocab_size=... to from_name to match the actual tokenizer.
+PRESETS: dict[str, dict] = {
+    "370M": dict(hidden_size=1024, num_hidden_layers=24, vocab_size=32000),
+    "1.3B": dict(hidden_size=2048, num_hidden_layers=24, vocab_size=32000),
+    "2.7B": dict(hidden_size=2560, num_hidden_layers=32, vocab_size=32000),
+    # ~1.9M params at vocab 4096 (d 128, 4 layers, I 512).
+    "tiny": dict(hidden_size=128, num_hidden_layers=4, vocab_size=4096),
+    # ~6.4M params at vocab 8192 (d 256, 6 layers, I 768).
+    "mini": dict(hidden_size=256, num_hidden_layers=6, vocab_size=8192),
+    # ~31M params at vocab 8192 (d 512, 8 layers, I 1536).
+    "small": dict(hidden_size=512, num_hidden_layers=8, vocab_size=8192),
+}
+
+
+def mlp_intermediate_size(
+    hidden_size: int, hidden_ratio: int | float | None, intermediate_size: int | None
+) -> int:
+    """The GLU width the official HGRNBitMLP uses: given, or 256 * ceil(int(d * ratio * 2/3) / 256)."""
+    if intermediate_size is not None:
+        return intermediate_size
+    ratio = 4 if hidden_ratio is None else hidden_ratio
+    size = int(hidden_size * ratio * 2 / 3)
+    return 256 * ((size + 256 - 1) // 256)
+
+
+class HGRNBitConfig(PretrainedConfig):
+    """Config of HGRNBitForCausalLM; fields as the official HGRNBitConfig."""
+
+    model_type = "hgrn_bit"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    vocab_size: int = 32000
+    hidden_size: int = 2048
+    num_hidden_layers: int = 24
+    attn_mode: str = "fused_recurrent"
+    num_heads: int = 1
+    expand_ratio: int | float = 1
+    use_short_conv: bool = False
+    conv_size: int = 4
+    share_conv_kernel: bool = True
+    use_lower_bound: bool = True
+    hidden_ratio: int | float | None = 4
+    intermediate_size: int | None = None
+    hidden_act: str = "swish"
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    tie_word_embeddings: bool = False
+    initializer_range: float = 0.02
+    fuse_cross_entropy: bool = True
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._check()
+
+    def _check(self) -> None:
+        def positive_int(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise MulfreeError(f"hgrn_bit config: {name} must be a positive integer, got {v!r}")
+
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_heads",
+            "max_position_embeddings",
+        ):
+            positive_int(name)
+        if self.attn_mode not in ATTN_MODES:
+            raise MulfreeError(
+                f"hgrn_bit config: attn_mode must be one of {ATTN_MODES}, got {self.attn_mode!r}"
+            )
+        if self.use_short_conv:
+            raise MulfreeError(
+                "hgrn_bit config: use_short_conv=True is not supported (the released MatMul-free checkpoints do not use it)"
+            )
+        if not self.expand_ratio or self.expand_ratio <= 0:
+            raise MulfreeError(
+                f"hgrn_bit config: expand_ratio must be > 0, got {self.expand_ratio!r}"
+            )
+        if int(self.hidden_size * self.expand_ratio) % self.num_heads:
+            raise MulfreeError(
+                f"hgrn_bit config: hidden_size*expand_ratio ({int(self.hidden_size * self.expand_ratio)}) "
+                f"must be divisible by num_heads ({self.num_heads})"
+            )
+        if self.intermediate_size is not None:
+            positive_int("intermediate_size")
+        elif self.hidden_ratio is not None and self.hidden_ratio <= 0:
+            raise MulfreeError(
+                f"hgrn_bit config: hidden_ratio must be > 0, got {self.hidden_ratio!r}"
+            )
+        if self.hidden_act not in HIDDEN_ACTS:
+            raise MulfreeError(
+                f"hgrn_bit config: hidden_act must be one of {HIDDEN_ACTS} (the model applies SiLU), got {self.hidden_act!r}"
+            )
+        if not self.rms_norm_eps > 0:
+            raise MulfreeError(
+                f"hgrn_bit config: rms_norm_eps must be > 0, got {self.rms_norm_eps!r}"
+            )
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise MulfreeError(
+                f"hgrn_bit config: pad_token_id {self.pad_token_id} is outside the vocabulary (size {self.vocab_size})"
+            )
+
+    @property
+    def layer_types(self) -> list[str]:
+        # Tells transformers' DynamicCache to hold a recurrent state (no KV) for every layer.
+        return ["linear_attention"] * self.num_hidden_layers
+
+    @property
+    def mlp_intermediate_size(self) -> int:
+        return mlp_intermediate_size(self.hidden_size, self.hidden_ratio, self.intermediate_size)
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> HGRNBitConfig:
+        """A named shape from `PRESETS` ("370M", "1.3B", "2.7B", "tiny", "mini", "small"), with overrides."""
+        if name not in PRESETS:
+            raise MulfreeError(f"unknown MatMul-free preset {name!r}; known: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
