@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 # flag dest -> TrainConfig field, for flags whose names differ from the field.
 _RENAMED = {"out": "out_dir"}
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from mulfree.train.loop import train
 
     result = train(config_from_args(args))
-    if result is not None:
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary, not one per process
         val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f}"
         print(f"model: {result.model_dir}")
         print(f"steps {result.steps}, tokens {result.tokens_seen:,}, held-out loss {val}")

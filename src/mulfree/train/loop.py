@@ -430,6 +430,11 @@ def export_model(model, raw, tok, eos: str, model_dir: Path, info: dict, ctx: Di
     sd = get_model_state_dict(
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
+    # Drop second names of tied parameters (lm_head = embeddings): the gathered copies no longer
+    # share memory, and the HF file should hold the tensor once, as save_pretrained would.
+    unique = {n for n, _ in raw.named_parameters()}
+    aliases = {n for n, _ in raw.named_parameters(remove_duplicate=False)} - unique
+    sd = {k: v for k, v in sd.items() if k not in aliases}
     if ctx.is_main:
         tmp = model_dir.with_name(f".tmp-{model_dir.name}")
         shutil.rmtree(tmp, ignore_errors=True)
