@@ -150,3 +150,24 @@ def test_bf16_autocast_trains(setup, tmp_path):
     assert res.val_loss is not None and res.val_loss < 10
     ckpt = load_file(str(tmp_path / "checkpoints" / "step_00000004" / "model.safetensors"))
     assert all(t.dtype == torch.float32 for t in ckpt.values())  # master weights stay fp32
+
+
+def test_matmul_free_model_trains_saves_and_loads(setup, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg = config(setup, tmp_path, model="mmfree-tiny", max_steps=8, warmup_steps=2, log_every=1,
+                 eval_every=0, checkpoint_every=0,
+                 extra={"hidden_size": 32, "num_hidden_layers": 2})  # fmt: skip
+    res = train(cfg)
+    model = AutoModelForCausalLM.from_pretrained(res.model_dir)
+    assert model.config.model_type == "hgrn_bit" and model.config.hidden_size == 32
+    assert res.num_params == sum(p.numel() for p in model.parameters())
+    ckpt = load_file(str(res.out_dir / "checkpoints" / "step_00000008" / "model.safetensors"))
+    for name, t in model.state_dict().items():
+        assert torch.equal(t, ckpt[name]), name
+    # The MatMul-free recipe halves the learning rate from the midpoint on (auto for hgrn_bit).
+    lrs = [json.loads(x)["lr"] for x in res.metrics_path.read_text().splitlines() if '"lr"' in x]
+    from mulfree.train import lr_at
+
+    assert lrs == [lr_at(s, cfg, True) for s in range(8)]
+    assert lrs[4] == pytest.approx(0.5 * lr_at(4, cfg, False))

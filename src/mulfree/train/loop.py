@@ -45,7 +45,7 @@ from mulfree.train.checkpoint import (
 from mulfree.train.config import TrainConfig
 from mulfree.train.distributed import DistContext, init_distributed
 from mulfree.train.metrics import MetricsLog, plot_losses
-from mulfree.train.models import build_model, is_matmul_free, model_config
+from mulfree.train.models import build_model, fit_to_tokenizer, is_matmul_free, model_config
 
 MODEL_INFO_FORMAT = "mulfree-trained-model"
 
@@ -209,13 +209,20 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     if saved:
         _check_resume_config(cfg, saved, resume_from)
 
-    # --- data and tokenizer: everything that can fail on user input happens before any write ---
-    docs = read_documents(cfg.data, cfg.text_field)
+    # --- everything that can fail on user input happens before any write, cheapest first ---
+    mcfg = model_config(cfg.model, cfg.extra)
+    max_pos = getattr(mcfg, "max_position_embeddings", None)
+    if max_pos is not None and cfg.seq_len > max_pos:
+        raise MulfreeError(
+            f"seq_len {cfg.seq_len} exceeds the model's max_position_embeddings {max_pos}"
+        )
+    tok = None
     if saved:
         tok = load_tokenizer(out / "tokenizer.json")
     elif cfg.tokenizer:
         tok = load_tokenizer(cfg.tokenizer)
-    else:
+    docs = read_documents(cfg.data, cfg.text_field)
+    if tok is None:
         from tokenizers import Tokenizer
 
         # One process trains; the others receive the exact same tokenizer as JSON.
@@ -243,12 +250,7 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         )
     accum = per_rank // micro
 
-    mcfg = model_config(cfg.model, tok.get_vocab_size(), eos_id, cfg.extra)
-    max_pos = getattr(mcfg, "max_position_embeddings", None)
-    if max_pos is not None and cfg.seq_len > max_pos:
-        raise MulfreeError(
-            f"seq_len {cfg.seq_len} exceeds the model's max_position_embeddings {max_pos}"
-        )
+    fit_to_tokenizer(mcfg, tok.get_vocab_size(), eos_id)
     raw = build_model(mcfg, cfg.seed).to(ctx.device)
     num_params = sum(p.numel() for p in raw.parameters())
     halve = cfg.lr_halve_at_midpoint

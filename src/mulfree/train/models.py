@@ -60,8 +60,8 @@ def _register_mulfree_models() -> None:
         pass
 
 
-def model_config(name: str, vocab_size: int, eos_id: int, overrides: dict[str, Any] | None = None):
-    """The transformers config for `name`, with the tokenizer's vocab size and special ids."""
+def model_config(name: str, overrides: dict[str, Any] | None = None):
+    """The transformers config named by `name` (preset or path), with field overrides."""
     path = Path(name).expanduser()
     if path.exists():
         cfg = _config_from_path(path)
@@ -77,6 +77,11 @@ def model_config(name: str, vocab_size: int, eos_id: int, overrides: dict[str, A
         if not hasattr(cfg, k):
             raise MulfreeError(f"model config {cfg.model_type!r} has no field {k!r}")
         setattr(cfg, k, v)
+    return cfg
+
+
+def fit_to_tokenizer(cfg, vocab_size: int, eos_id: int):
+    """Give `cfg` the tokenizer's vocabulary size and its end-of-text id as bos/eos/pad."""
     cfg.vocab_size = vocab_size
     # Documents are separated by the end-of-text token, so it is also what generation stops at.
     cfg.bos_token_id = eos_id
