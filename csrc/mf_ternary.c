@@ -5,11 +5,13 @@
  *   1. quantize every token to int8 absmax (the rule of mulfree.ternary.quant.act_quant_int8);
  *   2. SIMD paths: per token, one 16-entry table per pair of inputs (a, b), built with adds:
  *        T[c0 + 4 c1] = s(c0) a + s(c1) b,  s = {-1, 0, +1, 0}[code],  T in [-256, 254];
- *      kept exact as two byte planes tb = T & 31 (0..31) and ta = T >> 5 (-8..7), T = 32 ta + tb;
+ *      kept exact as two byte planes tb = T & 31 (0..31), ta = (T + 256) >> 5 (0..15),
+ *      T + 256 = 32 ta + tb (the +256 per lookup is subtracted once per row at the end);
  *   3. each thread owns a contiguous range of 32-row blocks; a weight byte's low/high nibble is a
  *      table index (vpshufb), the looked-up bytes are summed in byte lanes (8 lookups cannot
- *      overflow: 8 * 31 <= 255 and 8 * 8 <= 128), widened by shifts/masks into int16 every
- *      block and into int32 every <= 64 blocks (64 * 248 < 32767): acc = 32 A + B;
+ *      overflow: 8 * 31 <= 255 and 8 * 15 <= 255), widened by shifts/masks into int16 every
+ *      block and into int32 every <= 64 blocks (64 * 248 < 32767): acc = 32 A + B - bias;
+ *      up to 4 tokens share each loaded weight vector and its nibble indices (batch N);
  *   4. one float rescale per output.
  * No multiply instruction anywhere in steps 2-3 (no maddubs / dpbusd / pmull).
  * The scalar kernel reads the packed codes directly and is the spec; every SIMD path must give
@@ -101,44 +103,55 @@ MF_TARGET_AVX2 static void act_quant_avx2(const float *x, int64_t K, int64_t Kp,
 #endif
 
 /* ------------------------------------------------------------------------------------------
- * 3a. Scalar kernel (the spec): 32 rows of a row block over nkb blocks, adds into acc[32].
- * q points at the first input of the k range; tab is unused.
+ * 3. Kernels. kern(q, qs, tab, ts, w, nkb, acc, as, ntok): for ntok tokens (token t: inputs
+ * q + t qs, tables tab + t ts, accumulators acc + t as), the 32 rows of one row block over nkb
+ * blocks; adds into acc[t][0..31]. Each weight slab is loaded once per tile of <= 4 tokens.
  * ---------------------------------------------------------------------------------------- */
-static void tq2_kern_scalar(const int8_t *q, const uint8_t *tab, const mf_tq2_block *w,
-                            int64_t nkb, int32_t *acc) {
+
+/* 3a. Scalar (the spec): reads the packed codes and the int8 inputs directly; tab unused. */
+static void tq2_kern_scalar(const int8_t *q, int64_t qs, const uint8_t *tab, int64_t ts,
+                            const mf_tq2_block *w, int64_t nkb, int32_t *acc, int64_t as,
+                            int64_t ntok) {
     (void)tab;
-    for (int r = 0; r < MF_TQ2_ROWS; ++r) {
-        int32_t s = 0;
-        for (int64_t kb = 0; kb < nkb; ++kb)
-            for (int u = 0; u < MF_TQ2_K / 4; ++u) {
-                const unsigned byte = w[kb].q[u][r];
-                for (int i = 0; i < 4; ++i) {
-                    const unsigned c = (byte >> (2 * i)) & 3u;
-                    const int32_t x = q[kb * MF_TQ2_K + 4 * u + i];
-                    if (c == 2u)
-                        s += x;
-                    else if (c == 0u)
-                        s -= x;
+    (void)ts;
+    for (int64_t t = 0; t < ntok; ++t)
+        for (int r = 0; r < MF_TQ2_ROWS; ++r) {
+            int32_t s = 0;
+            for (int64_t kb = 0; kb < nkb; ++kb)
+                for (int u = 0; u < MF_TQ2_K / 4; ++u) {
+                    const unsigned byte = w[kb].q[u][r];
+                    for (int i = 0; i < 4; ++i) {
+                        const unsigned c = (byte >> (2 * i)) & 3u;
+                        const int32_t x = q[t * qs + kb * MF_TQ2_K + 4 * u + i];
+                        if (c == 2u)
+                            s += x;
+                        else if (c == 0u)
+                            s -= x;
+                    }
                 }
-            }
-        acc[r] += s;
-    }
+            acc[t * as + r] += s;
+        }
 }
 
-/* Combine per-row partial sums: rows 2j / 2j+1 sit in the even / odd byte of int16 word j. */
+/* Combine per-row partial sums of nblk blocks: rows 2j / 2j+1 sit in the even / odd byte of
+ * int16 word j (words j and j + 16 hold the same rows on AVX-512). The table stores
+ * T + 256 = 32 A + B, so sum T = 32 sum A + sum B - 256 * (8 lookups per block) * nblk. */
 static inline void flush_rows(const int16_t *ae, const int16_t *ao, const int16_t *be,
-                              const int16_t *bo, int nwords, int32_t *acc) {
+                              const int16_t *bo, int nwords, int64_t nblk, int32_t *acc) {
+    const int32_t bias = (int32_t)((uint32_t)nblk << 11);
+    for (int r = 0; r < MF_TQ2_ROWS; ++r) acc[r] -= bias;
     for (int j = 0; j < nwords; ++j) {
         const int r = 2 * (j % (MF_TQ2_ROWS / 2));
-        /* 32 * A + B, written as a shift of the unsigned bit pattern (no multiply, no UB) */
-        acc[r] += (int32_t)((uint32_t)(int32_t)ae[j] << 5) + be[j];
-        acc[r + 1] += (int32_t)((uint32_t)(int32_t)ao[j] << 5) + bo[j];
+        /* shifts of non-negative int16 sums: no multiply */
+        acc[r] += (int32_t)((uint32_t)(uint16_t)ae[j] << 5) + be[j];
+        acc[r + 1] += (int32_t)((uint32_t)(uint16_t)ao[j] << 5) + bo[j];
     }
 }
 
 #if MF_X86
 /* ------------------------------------------------------------------------------------------
- * 2/3b. AVX2. Tables: per input pair g, 32 bytes = tb[16] | ta[16] (broadcast to both lanes).
+ * 2/3b. AVX2. Tables: per input pair g, 32 bytes = tb[16] | ta[16] (broadcast to both lanes),
+ * tb = T & 31 in 0..31 and ta = (T + 256) >> 5 in 0..15, so T + 256 = 32 ta + tb.
  * ---------------------------------------------------------------------------------------- */
 #define TQ2_TAB_AVX2 (8 * 32) /* bytes per block per token: 8 pairs */
 
@@ -152,8 +165,9 @@ MF_TARGET_AVX2 static inline __m256i pair_table_avx2(int8_t a, int8_t b) {
     __m256i t = _mm256_sub_epi16(_mm256_and_si256(va, ap), _mm256_and_si256(va, an));
     t = _mm256_add_epi16(t, _mm256_and_si256(vb, bp));
     t = _mm256_sub_epi16(t, _mm256_and_si256(vb, bn));
+    t = _mm256_add_epi16(t, _mm256_set1_epi16(256)); /* 0..510 */
     const __m256i tb = _mm256_and_si256(t, _mm256_set1_epi16(31));
-    const __m256i ta = _mm256_srai_epi16(t, 5);
+    const __m256i ta = _mm256_srli_epi16(t, 5);
     /* packs: [tb0-7 ta0-7 | tb8-15 ta8-15] -> qwords (0,2,1,3): [tb0-15 | ta0-15] */
     return _mm256_permute4x64_epi64(_mm256_packs_epi16(tb, ta), 0xD8);
 }
@@ -163,44 +177,61 @@ MF_TARGET_AVX2 static void tq2_tables_avx2(const int8_t *q, int64_t nkb, uint8_t
         _mm256_store_si256((__m256i *)(tab + 32 * g), pair_table_avx2(q[2 * g], q[2 * g + 1]));
 }
 
-MF_TARGET_AVX2 static void tq2_kern_avx2(const int8_t *q, const uint8_t *tab,
-                                         const mf_tq2_block *w, int64_t nkb, int32_t *acc) {
-    (void)q;
+#define BCAST(p) _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(p)))
+
+/* TB tokens at once (TB a compile-time constant after inlining). */
+MF_TARGET_AVX2 static inline __attribute__((always_inline)) void tq2_tile_avx2(
+    const uint8_t *tab, int64_t ts, const mf_tq2_block *w, int64_t nkb, int32_t *acc, int64_t as,
+    const int TB) {
     const __m256i nib = _mm256_set1_epi8(0x0F), low = _mm256_set1_epi16(0x00FF);
     int64_t kb = 0;
     while (kb < nkb) {
-        const int64_t kend = kb + FLUSH_BLOCKS < nkb ? kb + FLUSH_BLOCKS : nkb;
-        __m256i ae = _mm256_setzero_si256(), ao = ae, be = ae, bo = ae;
+        const int64_t k0 = kb, kend = kb + FLUSH_BLOCKS < nkb ? kb + FLUSH_BLOCKS : nkb;
+        __m256i e[4][4]; /* [token][ae, ao, be, bo] int16 sums */
+        for (int t = 0; t < TB; ++t) e[t][0] = e[t][1] = e[t][2] = e[t][3] = _mm256_setzero_si256();
         for (; kb < kend; ++kb) {
-            const uint8_t *t = tab + kb * TQ2_TAB_AVX2;
-            __m256i bsum = _mm256_setzero_si256(), asum = bsum;
+            __m256i bs[4], as_[4];
+            for (int t = 0; t < TB; ++t) bs[t] = as_[t] = _mm256_setzero_si256();
             for (int u = 0; u < MF_TQ2_K / 4; ++u) {
                 const __m256i v = _mm256_loadu_si256((const __m256i *)w[kb].q[u]);
                 const __m256i ilo = _mm256_and_si256(v, nib);
                 const __m256i ihi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
-                const uint8_t *tl = t + 64 * u, *th = tl + 32; /* pairs 2u and 2u + 1 */
-                const __m256i tbl = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)tl));
-                const __m256i tal = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(tl + 16)));
-                const __m256i tbh = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)th));
-                const __m256i tah = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(th + 16)));
-                bsum = _mm256_add_epi8(bsum, _mm256_shuffle_epi8(tbl, ilo));
-                asum = _mm256_add_epi8(asum, _mm256_shuffle_epi8(tal, ilo));
-                bsum = _mm256_add_epi8(bsum, _mm256_shuffle_epi8(tbh, ihi));
-                asum = _mm256_add_epi8(asum, _mm256_shuffle_epi8(tah, ihi));
+                for (int t = 0; t < TB; ++t) {
+                    const uint8_t *tl = tab + t * ts + kb * TQ2_TAB_AVX2 + 64 * u; /* pair 2u */
+                    bs[t] = _mm256_add_epi8(bs[t], _mm256_shuffle_epi8(BCAST(tl), ilo));
+                    as_[t] = _mm256_add_epi8(as_[t], _mm256_shuffle_epi8(BCAST(tl + 16), ilo));
+                    bs[t] = _mm256_add_epi8(bs[t], _mm256_shuffle_epi8(BCAST(tl + 32), ihi));
+                    as_[t] = _mm256_add_epi8(as_[t], _mm256_shuffle_epi8(BCAST(tl + 48), ihi));
+                }
             }
-            /* widen the 8 lookups per byte: even rows = low byte, odd rows = high byte */
-            be = _mm256_add_epi16(be, _mm256_and_si256(bsum, low));
-            bo = _mm256_add_epi16(bo, _mm256_srli_epi16(bsum, 8));
-            ae = _mm256_add_epi16(ae, _mm256_srai_epi16(_mm256_slli_epi16(asum, 8), 8));
-            ao = _mm256_add_epi16(ao, _mm256_srai_epi16(asum, 8));
+            /* widen the 8 lookups per byte (<= 8 * 31 and <= 8 * 15): even rows = low byte */
+            for (int t = 0; t < TB; ++t) {
+                e[t][0] = _mm256_add_epi16(e[t][0], _mm256_and_si256(as_[t], low));
+                e[t][1] = _mm256_add_epi16(e[t][1], _mm256_srli_epi16(as_[t], 8));
+                e[t][2] = _mm256_add_epi16(e[t][2], _mm256_and_si256(bs[t], low));
+                e[t][3] = _mm256_add_epi16(e[t][3], _mm256_srli_epi16(bs[t], 8));
+            }
         }
-        int16_t e16[4][16] __attribute__((aligned(32)));
-        _mm256_store_si256((__m256i *)e16[0], ae);
-        _mm256_store_si256((__m256i *)e16[1], ao);
-        _mm256_store_si256((__m256i *)e16[2], be);
-        _mm256_store_si256((__m256i *)e16[3], bo);
-        flush_rows(e16[0], e16[1], e16[2], e16[3], 16, acc);
+        for (int t = 0; t < TB; ++t) {
+            int16_t e16[4][16] __attribute__((aligned(32)));
+            for (int i = 0; i < 4; ++i) _mm256_store_si256((__m256i *)e16[i], e[t][i]);
+            flush_rows(e16[0], e16[1], e16[2], e16[3], 16, kend - k0, acc + t * as);
+        }
     }
+}
+
+MF_TARGET_AVX2 static void tq2_kern_avx2(const int8_t *q, int64_t qs, const uint8_t *tab,
+                                         int64_t ts, const mf_tq2_block *w, int64_t nkb,
+                                         int32_t *acc, int64_t as, int64_t ntok) {
+    (void)q;
+    (void)qs;
+    int64_t t = 0;
+    for (; t + 4 <= ntok; t += 4) tq2_tile_avx2(tab + t * ts, ts, w, nkb, acc + t * as, as, 4);
+    if (ntok - t >= 2) {
+        tq2_tile_avx2(tab + t * ts, ts, w, nkb, acc + t * as, as, 2);
+        t += 2;
+    }
+    if (ntok - t == 1) tq2_tile_avx2(tab + t * ts, ts, w, nkb, acc + t * as, as, 1);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -214,7 +245,7 @@ MF_TARGET_AVX512 static void tq2_tables_avx512(const int8_t *q, int64_t nkb, uin
     for (int64_t g = 0; g < nkb * (MF_TQ2_K / 2); ++g) {
         const __m256i t = pair_table_avx2(q[2 * g], q[2 * g + 1]);
         const __m128i tb = _mm256_castsi256_si128(t), ta = _mm256_extracti128_si256(t, 1);
-        /* pair g of block kb = g / 8: unit u = (g % 8) / 2, nibble = g % 2; unit pair p = u / 2 */
+        /* pair g of block g / 8: unit u = (g % 8) / 2, nibble = g % 2; unit pair p = u / 2 */
         const int gi = (int)(g % 8), u = gi / 2, nibble = gi % 2, p = u / 2, half = u % 2;
         uint8_t *base = tab + (g / 8) * TQ2_TAB_AVX512 + p * 256 + nibble * 128 + half * 32;
         _mm_store_si128((__m128i *)base, tb);
@@ -224,40 +255,59 @@ MF_TARGET_AVX512 static void tq2_tables_avx512(const int8_t *q, int64_t nkb, uin
     }
 }
 
-MF_TARGET_AVX512 static void tq2_kern_avx512(const int8_t *q, const uint8_t *tab,
-                                             const mf_tq2_block *w, int64_t nkb, int32_t *acc) {
-    (void)q;
+MF_TARGET_AVX512 static inline __attribute__((always_inline)) void tq2_tile_avx512(
+    const uint8_t *tab, int64_t ts, const mf_tq2_block *w, int64_t nkb, int32_t *acc, int64_t as,
+    const int TB) {
     const __m512i nib = _mm512_set1_epi8(0x0F), low = _mm512_set1_epi16(0x00FF);
     int64_t kb = 0;
     while (kb < nkb) {
-        const int64_t kend = kb + FLUSH_BLOCKS < nkb ? kb + FLUSH_BLOCKS : nkb;
-        __m512i ae = _mm512_setzero_si512(), ao = ae, be = ae, bo = ae;
+        const int64_t k0 = kb, kend = kb + FLUSH_BLOCKS < nkb ? kb + FLUSH_BLOCKS : nkb;
+        __m512i e[4][4];
+        for (int t = 0; t < TB; ++t) e[t][0] = e[t][1] = e[t][2] = e[t][3] = _mm512_setzero_si512();
         for (; kb < kend; ++kb) {
-            const uint8_t *t = tab + kb * TQ2_TAB_AVX512;
-            __m512i bsum = _mm512_setzero_si512(), asum = bsum;
+            __m512i bs[4], as_[4];
+            for (int t = 0; t < TB; ++t) bs[t] = as_[t] = _mm512_setzero_si512();
             for (int p = 0; p < 2; ++p) { /* 4 lookups per byte per block */
                 const __m512i v = _mm512_loadu_si512((const void *)w[kb].q[2 * p]);
                 const __m512i ilo = _mm512_and_si512(v, nib);
                 const __m512i ihi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
-                const uint8_t *tp = t + 256 * p;
-                bsum = _mm512_add_epi8(bsum, _mm512_shuffle_epi8(_mm512_load_si512((const void *)tp), ilo));
-                asum = _mm512_add_epi8(asum, _mm512_shuffle_epi8(_mm512_load_si512((const void *)(tp + 64)), ilo));
-                bsum = _mm512_add_epi8(bsum, _mm512_shuffle_epi8(_mm512_load_si512((const void *)(tp + 128)), ihi));
-                asum = _mm512_add_epi8(asum, _mm512_shuffle_epi8(_mm512_load_si512((const void *)(tp + 192)), ihi));
+                for (int t = 0; t < TB; ++t) {
+                    const uint8_t *tp = tab + t * ts + kb * TQ2_TAB_AVX512 + 256 * p;
+#define LD(o) _mm512_load_si512((const void *)(tp + (o)))
+                    bs[t] = _mm512_add_epi8(bs[t], _mm512_shuffle_epi8(LD(0), ilo));
+                    as_[t] = _mm512_add_epi8(as_[t], _mm512_shuffle_epi8(LD(64), ilo));
+                    bs[t] = _mm512_add_epi8(bs[t], _mm512_shuffle_epi8(LD(128), ihi));
+                    as_[t] = _mm512_add_epi8(as_[t], _mm512_shuffle_epi8(LD(192), ihi));
+#undef LD
+                }
             }
-            be = _mm512_add_epi16(be, _mm512_and_si512(bsum, low));
-            bo = _mm512_add_epi16(bo, _mm512_srli_epi16(bsum, 8));
-            ae = _mm512_add_epi16(ae, _mm512_srai_epi16(_mm512_slli_epi16(asum, 8), 8));
-            ao = _mm512_add_epi16(ao, _mm512_srai_epi16(asum, 8));
+            for (int t = 0; t < TB; ++t) {
+                e[t][0] = _mm512_add_epi16(e[t][0], _mm512_and_si512(as_[t], low));
+                e[t][1] = _mm512_add_epi16(e[t][1], _mm512_srli_epi16(as_[t], 8));
+                e[t][2] = _mm512_add_epi16(e[t][2], _mm512_and_si512(bs[t], low));
+                e[t][3] = _mm512_add_epi16(e[t][3], _mm512_srli_epi16(bs[t], 8));
+            }
         }
-        /* words 0-15 hold rows of the even unit, words 16-31 the same rows of the odd unit */
-        int16_t e16[4][32] __attribute__((aligned(64)));
-        _mm512_store_si512((void *)e16[0], ae);
-        _mm512_store_si512((void *)e16[1], ao);
-        _mm512_store_si512((void *)e16[2], be);
-        _mm512_store_si512((void *)e16[3], bo);
-        flush_rows(e16[0], e16[1], e16[2], e16[3], 32, acc);
+        for (int t = 0; t < TB; ++t) {
+            int16_t e16[4][32] __attribute__((aligned(64)));
+            for (int i = 0; i < 4; ++i) _mm512_store_si512((void *)e16[i], e[t][i]);
+            flush_rows(e16[0], e16[1], e16[2], e16[3], 32, kend - k0, acc + t * as);
+        }
     }
+}
+
+MF_TARGET_AVX512 static void tq2_kern_avx512(const int8_t *q, int64_t qs, const uint8_t *tab,
+                                             int64_t ts, const mf_tq2_block *w, int64_t nkb,
+                                             int32_t *acc, int64_t as, int64_t ntok) {
+    (void)q;
+    (void)qs;
+    int64_t t = 0;
+    for (; t + 4 <= ntok; t += 4) tq2_tile_avx512(tab + t * ts, ts, w, nkb, acc + t * as, as, 4);
+    if (ntok - t >= 2) {
+        tq2_tile_avx512(tab + t * ts, ts, w, nkb, acc + t * as, as, 2);
+        t += 2;
+    }
+    if (ntok - t == 1) tq2_tile_avx512(tab + t * ts, ts, w, nkb, acc + t * as, as, 1);
 }
 #endif /* MF_X86 */
 
@@ -266,7 +316,8 @@ MF_TARGET_AVX512 static void tq2_kern_avx512(const int8_t *q, const uint8_t *tab
  * ---------------------------------------------------------------------------------------- */
 typedef void (*quant_fn)(const float *, int64_t, int64_t, int8_t *, float *);
 typedef void (*tables_fn)(const int8_t *, int64_t, uint8_t *);
-typedef void (*kern_fn)(const int8_t *, const uint8_t *, const mf_tq2_block *, int64_t, int32_t *);
+typedef void (*kern_fn)(const int8_t *, int64_t, const uint8_t *, int64_t, const mf_tq2_block *,
+                        int64_t, int32_t *, int64_t, int64_t);
 typedef struct {
     quant_fn quant;
     tables_fn tables;       /* NULL: the kernel reads q directly */
@@ -277,8 +328,10 @@ typedef struct {
 static tq2_impl tq2_select(int isa) {
     const tq2_impl scalar = {act_quant_scalar, NULL, tq2_kern_scalar, 0};
 #if MF_X86
-    if (isa >= MF_ISA_AVX512) return (tq2_impl){act_quant_avx2, tq2_tables_avx512, tq2_kern_avx512, TQ2_TAB_AVX512};
-    if (isa >= MF_ISA_AVX2) return (tq2_impl){act_quant_avx2, tq2_tables_avx2, tq2_kern_avx2, TQ2_TAB_AVX2};
+    if (isa >= MF_ISA_AVX512)
+        return (tq2_impl){act_quant_avx2, tq2_tables_avx512, tq2_kern_avx512, TQ2_TAB_AVX512};
+    if (isa >= MF_ISA_AVX2)
+        return (tq2_impl){act_quant_avx2, tq2_tables_avx2, tq2_kern_avx2, TQ2_TAB_AVX2};
 #endif
     (void)isa;
     return scalar;
@@ -341,9 +394,8 @@ static int tq2_linear(const float *x, int64_t M, int64_t K, const mf_tq2_block *
         for (int64_t kb0 = 0; kb0 < KB; kb0 += kcb) {
             const int64_t nkb = KB - kb0 < kcb ? KB - kb0 : kcb;
             for (int64_t nb = nb0; nb < nb1; ++nb)
-                for (int64_t m = 0; m < M; ++m)
-                    impl.kern(qx + m * Kp + kb0 * MF_TQ2_K, tab + m * tab_tok + kb0 * impl.tab_per_block,
-                              w + nb * KB + kb0, nkb, acc + m * Np + nb * MF_TQ2_ROWS);
+                impl.kern(qx + kb0 * MF_TQ2_K, Kp, tab + kb0 * impl.tab_per_block, tab_tok,
+                          w + nb * KB + kb0, nkb, acc + nb * MF_TQ2_ROWS, Np, M);
         }
         /* 4. the one float rescale per output (same fp32 ops as the torch reference) */
         const int64_t n0 = nb0 * MF_TQ2_ROWS, n1 = nb1 * MF_TQ2_ROWS < N ? nb1 * MF_TQ2_ROWS : N;

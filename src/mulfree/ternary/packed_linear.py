@@ -12,6 +12,8 @@ and the pure-torch path are bit-identical.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,14 +88,21 @@ def ternary_linear(
 
 
 class PackedTernaryLinear(nn.Module):
-    """nn.Linear-shaped inference layer holding a tq2-packed ternary weight and its scale.
+    """Inference form of BitLinear: optional input norm, then `ternary_linear` on packed weights.
 
     Buffers (saved in state_dict): `weight_packed` uint8 [packed_nbytes("tq2", N, K)],
-    `weight_scale` float32 0-d, and `bias` [N] when present.
+    `weight_scale` float32 0-d, `bias` [N] when present; `norm` is BitLinear's input RMSNorm
+    when built with `from_bitlinear` (None for a bare linear).
+    For fp32 inputs the output equals BitLinear's no-grad forward within the tolerance stated in
+    this module's docstring; for other dtypes activations are quantized from their fp32 value
+    (quant.act_quant_int8), as the packed engine does.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, norm: nn.Module | None = None
+    ) -> None:
         super().__init__()
+        self.norm = norm
         self.in_features, self.out_features = in_features, out_features
         nbytes = packed_nbytes("tq2", out_features, in_features)
         # 0x55 = four codes 1 = an all-zero weight until one is loaded
@@ -107,12 +116,16 @@ class PackedTernaryLinear(nn.Module):
 
     @classmethod
     def from_packed(
-        cls, packed: PackedTernary, bias: torch.Tensor | None = None
+        cls,
+        packed: PackedTernary,
+        bias: torch.Tensor | None = None,
+        norm: nn.Module | None = None,
     ) -> PackedTernaryLinear:
+        """From a PackedTernary (tq1 is converted to tq2), with optional bias and input norm."""
         if packed.format not in FORMATS:
             raise MulfreeError(f"unknown packed format {packed.format!r}")
         packed = packed.to_format("tq2")
-        m = cls(packed.in_features, packed.out_features, bias=bias is not None)
+        m = cls(packed.in_features, packed.out_features, bias=bias is not None, norm=norm)
         m.weight_packed.copy_(packed.data)
         m.weight_scale.copy_(packed.scale)
         if bias is not None:
@@ -128,8 +141,12 @@ class PackedTernaryLinear(nn.Module):
 
     @classmethod
     def from_bitlinear(cls, module: nn.Module) -> PackedTernaryLinear:
-        """From any nn.Linear-like module (BitLinear included): uses .weight and .bias."""
-        return cls.from_float(module.weight, getattr(module, "bias", None))
+        """From a BitLinear (or any nn.Linear-like module): its .weight, .bias and, when it has
+        one, a copy of its input norm `.norm`, so that forward(x) equals module(x)."""
+        norm = getattr(module, "norm", None)
+        norm = copy.deepcopy(norm).requires_grad_(False) if norm is not None else None
+        packed = PackedTernary.from_float(module.weight)
+        return cls.from_packed(packed, getattr(module, "bias", None), norm)
 
     def packed(self) -> PackedTernary:
         """The weight as a PackedTernary view of the buffers (rebuilt if they were replaced)."""
@@ -148,6 +165,8 @@ class PackedTernaryLinear(nn.Module):
         return p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None:
+            x = self.norm(x)
         return ternary_linear(x, self.packed(), self.bias)
 
     def extra_repr(self) -> str:

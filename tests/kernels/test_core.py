@@ -1,0 +1,87 @@
+"""The compiled core's loader and dispatch: ISA forcing, thread counts, the slow-path warning."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mulfree import kernels
+from mulfree.errors import MulfreeError
+
+
+def test_available_isas_are_ordered_and_include_torch():
+    isas = kernels.available_isas()
+    assert isas[0] == "torch"
+    assert isas[1:] == [n for n in kernels.ISA_LEVELS if n in isas]
+    assert kernels.isa_max() == isas[-1]
+
+
+def test_resolve_and_force_isa():
+    assert kernels.resolve_isa("torch") == "torch"
+    best = kernels.isa_max()
+    assert kernels.resolve_isa("auto") == best
+    with kernels.use_isa("torch"):
+        assert kernels.resolve_isa() == "torch"
+        assert kernels.resolve_isa("auto") == best  # an explicit argument wins
+    assert kernels.resolve_isa() == best
+    with pytest.raises(MulfreeError, match="unknown ISA"):
+        kernels.resolve_isa("sse9")
+
+
+@pytest.mark.skipif(not kernels.available(), reason="compiled core not built")
+def test_unsupported_isa_is_an_error_not_a_silent_downgrade():
+    if kernels.isa_max() == "avx512":
+        pytest.skip("this CPU supports every level")
+    with pytest.raises(MulfreeError, match="not supported by this CPU"):
+        kernels.resolve_isa("avx512")
+
+
+def test_threads_default_to_torch():
+    assert kernels.resolve_threads() == torch.get_num_threads()
+    assert kernels.resolve_threads(3) == 3
+    with pytest.raises(MulfreeError):
+        kernels.resolve_threads(0)
+
+
+@pytest.mark.skipif(not kernels.available(), reason="compiled core not built")
+def test_method_table_is_generated_from_csrc():
+    C = kernels.core()
+    for name in ("isa_max", "tq2_linear", "act_quant_i8", "tq2_pack", "tq1_to_tq2"):
+        assert callable(getattr(C, name))
+    assert C.isa_resolve(-1) == kernels.ISA_LEVELS[kernels.isa_max()]
+    assert C.default_threads() >= 1
+    with pytest.raises(TypeError, match="expected 1 arguments"):
+        C.isa_resolve()
+
+
+FALLBACK = r"""
+import warnings
+import torch
+from mulfree import kernels
+from mulfree.ternary.packed_linear import PackedTernaryLinear, ternary_linear_torch
+assert not kernels.available() and "MULFREE_DISABLE_C" in kernels.load_error()
+torch.manual_seed(0)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    layer = PackedTernaryLinear.from_float(torch.randn(40, 70))  # packing warns (first use)
+    x = torch.randn(3, 70)
+    y1 = layer(x)
+    y2 = layer(x)
+slow = [w for w in caught if "SLOW pure-torch path" in str(w.message)]
+assert len(slow) == 1, [str(w.message) for w in caught]
+assert torch.equal(y1, y2)
+assert torch.equal(y1, ternary_linear_torch(x, layer.packed()))
+print("fallback-ok")
+"""
+
+
+def test_pure_torch_fallback_imports_works_and_warns_once():
+    env = dict(os.environ, MULFREE_DISABLE_C="1")
+    env.pop("MULFREE_ISA", None)
+    out = subprocess.run(
+        [sys.executable, "-c", FALLBACK], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "fallback-ok" in out.stdout
