@@ -150,6 +150,16 @@ def lmul_forward(
         raise MulfreeError(
             f"shapes {tuple(a.shape)} and {tuple(b.shape)} do not broadcast"
         ) from None
+    from mulfree.lmul import fast  # the compiled route, when it applies
+
+    out = fast.lmul_elementwise(a, b, f, k, mode)
+    if out is not None:
+        return out
+    return lmul_reference(a, b, f, k, mode)
+
+
+def lmul_reference(a: torch.Tensor, b: torch.Tensor, f: FloatFormat, k: int, mode: str):
+    """The pure-torch elementwise L-Mul (broadcasting): the twin of the compiled kernel."""
     return from_bits(combine(prepare(a, f, k), prepare(b, f, k), f, k, mode), f)
 
 
@@ -213,6 +223,16 @@ def _accumulate(acc: torch.Tensor, p: torch.Tensor, acc_dtype: torch.dtype) -> t
     return (acc + p).to(acc_dtype).float()
 
 
+def canonicalize_nan_(out: torch.Tensor) -> torch.Tensor:
+    """Write every NaN of an L-Matmul result as the positive quiet NaN, in place.
+
+    Products already are canonical, but float additions pick which NaN they propagate (and
+    inf - inf makes x86's negative "indefinite" NaN), so the order of operands in an add would
+    otherwise leak into the result's bits.
+    """
+    return out.masked_fill_(out.isnan(), float("nan"))
+
+
 def lmatmul_reference(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -227,7 +247,7 @@ def lmatmul_reference(
     acc = +0.0 (float32); for k = 0 .. K-1: acc = round_acc(fp32(acc + float32(p_k))), where
     p_k = lmul(a[m, k], b[k, n]) in the operands' format and round_acc rounds to acc_dtype
     (identity for float32; bfloat16 round-to-nearest-even; float8_e4m3fn by torch's saturating
-    cast).
+    cast). NaN results are written as the canonical positive quiet NaN.
     """
     f = get_format(a.dtype)
     k_bits = check_mantissa_bits(f, mantissa_bits)
@@ -246,11 +266,18 @@ def lmatmul_reference(
         prod = from_bits(combine(xa, xb, f, k_bits, mode), f).float()  # [kc, B, M, N]
         for j in range(k1 - k0):
             acc = _accumulate(acc, prod[j], acc_dtype)
-    return acc.to(acc_dtype)
+    return canonicalize_nan_(acc).to(acc_dtype)
 
 
 def _lmatmul_3d(a, b, mantissa_bits, mode, acc_dtype):
-    """Dispatch point for [B, M, K] x [B, K, N]."""
+    """Dispatch point for [B, M, K] x [B, K, N]: the compiled kernel when it applies."""
+    from mulfree.lmul import fast
+
+    f = get_format(a.dtype)
+    k = check_mantissa_bits(f, mantissa_bits)
+    out = fast.lmatmul_3d(a, b, f, k, mode, acc_dtype)
+    if out is not None:
+        return out
     return lmatmul_reference(a, b, mantissa_bits=mantissa_bits, mode=mode, acc_dtype=acc_dtype)
 
 
