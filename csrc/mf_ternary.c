@@ -348,14 +348,20 @@ static int tq2_linear(const float *x, int64_t M, int64_t K, const mf_tq2_block *
     const int64_t KB = mf_round_up(K, MF_TQ2_K) / MF_TQ2_K, Kp = KB * MF_TQ2_K;
     const int64_t NB = mf_round_up(N, MF_TQ2_ROWS) / MF_TQ2_ROWS, Np = NB * MF_TQ2_ROWS;
     const int64_t tab_tok = impl.tab_per_block * KB;
+    int nt = mf_threads(threads);
+    if (nt > NB) nt = (int)NB;
+    if (nt < 1) nt = 1;
+    /* With fewer tokens than threads (decode), every thread quantizes and builds the tables
+     * itself (a few us) instead of splitting the work: the region then has no barrier but its
+     * join, which matters when the cores are shared and a waiting thread may lose its slice. */
+    const int priv = M < nt;
+    const int ncopy = priv ? nt : 1;
     const size_t q_bytes = mf_align_up((size_t)(M * Kp)), s_bytes = mf_align_up((size_t)M * 4);
     const size_t t_bytes = mf_align_up((size_t)(M * tab_tok)), a_bytes = (size_t)(M * Np) * 4;
-    uint8_t *scratch = mf_scratch(q_bytes + s_bytes + t_bytes + a_bytes);
+    const size_t copy_bytes = q_bytes + s_bytes + t_bytes;
+    uint8_t *scratch = mf_scratch(copy_bytes * (size_t)ncopy + a_bytes);
     if (scratch == NULL) return -1;
-    int8_t *qx = (int8_t *)scratch;
-    float *sx = (float *)(scratch + q_bytes);
-    uint8_t *tab = scratch + q_bytes + s_bytes;
-    int32_t *acc = (int32_t *)(scratch + q_bytes + s_bytes + t_bytes);
+    int32_t *acc = (int32_t *)(scratch + copy_bytes * (size_t)ncopy);
 
     /* k-chunk: decode keeps the whole k range (weights streamed strictly in order); prefill
      * limits the chunk so the tables of all M tokens stay in L2 while each 32-row slab of
@@ -365,9 +371,6 @@ static int tq2_linear(const float *x, int64_t M, int64_t K, const mf_tq2_block *
         kcb = TAB_L2_BYTES / (M * impl.tab_per_block);
         kcb = kcb < 4 ? 4 : (kcb > KB ? KB : kcb);
     }
-    int nt = mf_threads(threads);
-    if (nt > NB) nt = (int)NB;
-    if (nt < 1) nt = 1;
 
 #pragma omp parallel num_threads(nt)
     {
@@ -376,18 +379,24 @@ static int tq2_linear(const float *x, int64_t M, int64_t K, const mf_tq2_block *
 #else
         const int tid = 0, T = 1;
 #endif
+        uint8_t *mine = scratch + (priv ? copy_bytes * (size_t)tid : 0);
+        int8_t *qx = (int8_t *)mine;
+        float *sx = (float *)(mine + q_bytes);
+        uint8_t *tab = mine + q_bytes + s_bytes;
+        /* 1-2. quantize + tables, per token */
+        if (priv) {
+            for (int64_t m = 0; m < M; ++m) {
+                impl.quant(x + m * K, K, Kp, qx + m * Kp, &sx[m]);
+                if (impl.tables != NULL) impl.tables(qx + m * Kp, KB, tab + m * tab_tok);
+            }
+        } else {
 #pragma omp for schedule(static)
-        for (int64_t m = 0; m < M; ++m) impl.quant(x + m * K, K, Kp, qx + m * Kp, &sx[m]);
-        if (impl.tables != NULL) {
-            /* M x T work items so a single token's tables are also built by all threads */
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < M * T; ++i) {
-                const int64_t m = i / T, c = i % T;
-                const int64_t b0 = KB * c / T, b1 = KB * (c + 1) / T;
-                impl.tables(qx + m * Kp + b0 * MF_TQ2_K, b1 - b0,
-                            tab + m * tab_tok + b0 * impl.tab_per_block);
+            for (int64_t m = 0; m < M; ++m) {
+                impl.quant(x + m * K, K, Kp, qx + m * Kp, &sx[m]);
+                if (impl.tables != NULL) impl.tables(qx + m * Kp, KB, tab + m * tab_tok);
             }
         }
+        /* 3. this thread's row blocks */
         const int64_t nb0 = NB * tid / T, nb1 = NB * (tid + 1) / T;
         for (int64_t m = 0; m < M; ++m)
             memset(acc + m * Np + nb0 * MF_TQ2_ROWS, 0, (size_t)((nb1 - nb0) * MF_TQ2_ROWS) * 4);
