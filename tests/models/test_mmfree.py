@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -312,6 +313,10 @@ def test_save_load_round_trip_is_exact(tmp_path):
     )
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "hgrn_bit"
     assert set(load_file(str(tmp_path / "model.safetensors"))) == set(model.state_dict())
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["mulfree_format"] == "mulfree.hgrn_bit" and meta["mulfree_format_version"] == "1"
+    assert json.loads(meta["config"])["hidden_size"] == D and meta["format"] == "pt"
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     ids = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
@@ -397,6 +402,25 @@ def test_unexpected_tensor_is_named(tmp_path):
     with pytest.raises(MulfreeError) as e:
         AutoModelForCausalLM.from_pretrained(d)
     assert "unexpected tensors: model.layers.0.attn.h_conv1d.weight" in one_line(e)
+
+
+def test_newer_format_version_is_refused(tmp_path):
+    sd = official_state_dict()
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    save_file(
+        sd,
+        str(d / "model.safetensors"),
+        metadata={
+            "format": "pt",
+            "mulfree_format": "mulfree.hgrn_bit",
+            "mulfree_format_version": "99",
+        },
+    )
+    (d / "config.json").write_text(json.dumps(official_config_dict()))
+    with pytest.raises(MulfreeError) as e:
+        load_causal_lm(d)
+    assert "format version 99" in one_line(e)
 
 
 def test_unknown_model_type(tmp_path):

@@ -99,3 +99,26 @@ def test_quantize_converts_linears_and_skips_head():
 def test_ternary_config_rejects_single_string():
     with pytest.raises(MulfreeError, match="tuple of patterns"):
         TernaryConfig(skip="lm_head")
+
+
+def test_eval_weight_cache_tracks_weight_updates():
+    torch.manual_seed(3)
+    layer = BitLinear(16, 8).eval()
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        y1 = layer(x)
+        assert layer._wq_cache is not None
+        torch.testing.assert_close(
+            y1, official_bitlinear(x, layer.weight, layer.norm.weight), rtol=0, atol=0
+        )
+        layer.weight.mul_(-2.0)  # in-place update, as an optimizer step or load_state_dict does
+        y2 = layer(x)
+    torch.testing.assert_close(
+        y2, official_bitlinear(x, layer.weight.detach(), layer.norm.weight.detach()), rtol=0, atol=0
+    )
+    assert not torch.equal(y1, y2)
+    layer.train()
+    assert layer._wq_cache is None
+    with torch.no_grad():
+        layer(x)
+    assert layer._wq_cache is None  # training mode never caches

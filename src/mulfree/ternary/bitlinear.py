@@ -62,6 +62,10 @@ class BitLinear(nn.Linear):
 
     Subclasses nn.Linear like the official class, so `weight` [out, in] (and optional `bias`)
     keep their usual names, shapes and initialisation hooks.
+
+    In eval mode without autograd the quantized weight is computed once and kept (a second copy
+    of the weight, not saved in the state dict) until the weight changes: re-quantizing every
+    weight on every decoding step costs ~50x the matmul itself. train() drops the copy.
     """
 
     def __init__(
@@ -71,6 +75,21 @@ class BitLinear(nn.Linear):
         self.norm = RMSNorm(in_features, eps=BITLINEAR_NORM_EPS)
         if device is not None or dtype is not None:
             self.norm.to(device=device, dtype=dtype)
+        self._wq_cache: tuple[tuple, torch.Tensor] | None = None
+
+    def _quantized_weight(self) -> torch.Tensor:
+        w = self.weight
+        # _version changes on every in-place update (optimizer steps, load_state_dict, copy_),
+        # data_ptr on reassignment or .to(): either invalidates the cached value.
+        key = (w._version, w.data_ptr(), w.dtype, w.device)
+        if self._wq_cache is None or self._wq_cache[0] != key:
+            self._wq_cache = (key, weight_fake_quant(w))
+        return self._wq_cache[1]
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._wq_cache = None
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)
@@ -79,7 +98,8 @@ class BitLinear(nn.Linear):
             x_q = x + (act_fake_quant(x) - x).detach()
             w_q = w + (weight_fake_quant(w) - w).detach()
         else:
-            x_q, w_q = act_fake_quant(x), weight_fake_quant(w)
+            x_q = act_fake_quant(x)
+            w_q = weight_fake_quant(w) if self.training else self._quantized_weight()
         return F.linear(x_q, w_q, self.bias)
 
 

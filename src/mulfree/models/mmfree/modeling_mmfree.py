@@ -17,7 +17,11 @@ declares every layer "linear_attention"): memory per sequence is constant, whate
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
+import struct
 from pathlib import Path
 
 import torch
@@ -33,6 +37,11 @@ from mulfree.errors import MulfreeError
 from mulfree.models.mmfree.configuration_mmfree import HGRNBitConfig
 from mulfree.ops.hgrn import chunk_hgrn, naive_recurrent_hgrn
 from mulfree.ternary.bitlinear import BitLinear, RMSNorm, acc_dtype
+
+# Written into the metadata of every saved safetensors file (with the config), so a weights file
+# says what it is without its directory. Bump the version when the tensor layout changes.
+FORMAT_NAME = "mulfree.hgrn_bit"
+FORMAT_VERSION = 1
 
 # ---------------------------------------------------------------------------------------------
 # Norms. RMSNorm (float32 inside) comes from mulfree.ternary.bitlinear, where BitLinear uses it.
@@ -267,6 +276,39 @@ class HGRNBitPreTrainedModel(PreTrainedModel):
             _raise_on_bad_load(info, pretrained_model_name_or_path)
         return (model, info) if want_info else model
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save_pretrained (config.json + safetensors), then the format name, version
+        and config are added to each safetensors file's metadata."""
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        extra = {
+            "mulfree_format": FORMAT_NAME,
+            "mulfree_format_version": str(FORMAT_VERSION),
+            "config": self.config.to_json_string(use_diff=False),
+        }
+        for file in Path(save_directory).glob("*.safetensors"):
+            _add_safetensors_metadata(file, extra)
+        return out
+
+
+def _add_safetensors_metadata(path: Path, extra: dict[str, str]) -> None:
+    """Merge `extra` into a safetensors file's `__metadata__`, copying the tensor bytes unchanged.
+
+    transformers' save_pretrained has no way to pass file metadata. Tensor offsets in the header
+    are relative to the data section, so only the header changes; the rewrite is atomic.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    with open(path, "rb") as src:
+        (n,) = struct.unpack("<Q", src.read(8))
+        header = json.loads(src.read(n))
+        header["__metadata__"] = {**header.get("__metadata__", {}), **extra}
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # keep the data section 8-byte aligned, as safetensors does
+        with open(tmp, "wb") as dst:
+            dst.write(struct.pack("<Q", len(blob)))
+            dst.write(blob)
+            shutil.copyfileobj(src, dst, 1 << 24)
+    os.replace(tmp, path)
+
 
 def _check_checkpoint(cls, config: HGRNBitConfig, path: Path) -> None:
     """Compare the tensor names and shapes in `path`'s safetensors files with what `cls` expects."""
@@ -276,12 +318,22 @@ def _check_checkpoint(cls, config: HGRNBitConfig, path: Path) -> None:
     for file in sorted(path.glob("*.safetensors")):
         try:
             with safe_open(str(file), framework="pt") as sf:
+                meta = sf.metadata() or {}
                 for key in sf.keys():
                     found[key] = tuple(sf.get_slice(key).get_shape())
         except Exception as e:  # a truncated or foreign file: say which one, in one line
             raise MulfreeError(
                 f"cannot read {file}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
             ) from None
+        if meta.get("mulfree_format", FORMAT_NAME) != FORMAT_NAME:
+            raise MulfreeError(
+                f"{file} holds {meta['mulfree_format']!r}, not {FORMAT_NAME!r} weights"
+            )
+        if int(meta.get("mulfree_format_version", FORMAT_VERSION)) > FORMAT_VERSION:
+            raise MulfreeError(
+                f"{file} is format version {meta['mulfree_format_version']}; this mulfree reads up to "
+                f"{FORMAT_VERSION} (upgrade mulfree)"
+            )
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in cls(config).state_dict().items()}
     # Tied weights may be stored once.
