@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from .helpers import cli_env, run_cli, write_corpus, write_tiny_llama
 
-STEPS = 80
+STEPS = 40
 
 
 def _args(corpus, model, out):

@@ -48,6 +48,7 @@ from mulfree.train.metrics import MetricsLog, plot_losses
 from mulfree.train.models import build_model, fit_to_tokenizer, is_matmul_free, model_config
 
 MODEL_INFO_FORMAT = "mulfree-trained-model"
+PLOT_INTERVAL_S = 60.0
 
 
 @dataclass
@@ -290,12 +291,17 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         "num_params": num_params,
     }
 
+    last_plot = [time.monotonic()]
+
     def checkpoint(step: int) -> None:
         state = dict(
             trainer_state, samples_seen=step * cfg.batch_size, tokens_seen=step * tokens_per_step
         )
         save_checkpoint(out, step, model, opt, state, ctx, cfg.keep_checkpoints)
-        if ctx.is_main:
+        # Refresh the plot with checkpoints, but at most once a minute: drawing costs ~0.2 s,
+        # too much to pay every few steps of a small model.
+        if ctx.is_main and time.monotonic() - last_plot[0] >= PLOT_INTERVAL_S:
+            last_plot[0] = time.monotonic()
             plot_losses(
                 metrics.read(), out / "loss.png", title=f"{cfg.model} ({num_params:,} params)"
             )
