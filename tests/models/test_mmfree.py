@@ -239,6 +239,19 @@ def test_generate_greedy_equals_argmax_of_full_forward():
     assert torch.equal(logits[:, 6:-1].argmax(-1), out[:, 7:])
 
 
+def test_beam_search_with_cache_equals_without():
+    # Beam search reorders the recurrent states between steps (Cache.reorder_cache).
+    model = tiny_model(seed=10)
+    prompt = torch.randint(0, V, (2, 5), generator=torch.Generator().manual_seed(10))
+    kw = dict(
+        attention_mask=torch.ones_like(prompt), max_new_tokens=6, num_beams=3, do_sample=False
+    )
+    with torch.no_grad():
+        cached = model.generate(prompt, **kw)
+        uncached = model.generate(prompt, use_cache=False, **kw)
+    assert torch.equal(cached, uncached)
+
+
 def test_left_padding_does_not_change_real_tokens():
     model = tiny_model(seed=4)
     seq = torch.randint(3, V, (1, 11), generator=torch.Generator().manual_seed(4))
