@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mulfree import energy
 from mulfree.errors import MulfreeError
 from mulfree.lmul.formats import FloatFormat, check_mantissa_bits, get_format, offset_exponent
 from mulfree.lmul.reference import MODES
@@ -150,6 +151,16 @@ def lmul_forward(
         raise MulfreeError(
             f"shapes {tuple(a.shape)} and {tuple(b.shape)} do not broadcast"
         ) from None
+    if energy.counting():  # declare the true op mix: one integer add per product
+        with energy.opaque():
+            out = _lmul_dispatch(a, b, f, k, mode)
+        energy.record("lmul", f.bits, out.numel())
+        energy.record_io([a, b], [out])
+        return out
+    return _lmul_dispatch(a, b, f, k, mode)
+
+
+def _lmul_dispatch(a, b, f, k, mode):
     from mulfree.lmul import fast  # the compiled route, when it applies
 
     out = fast.lmul_elementwise(a, b, f, k, mode)
@@ -271,6 +282,20 @@ def lmatmul_reference(
 
 def _lmatmul_3d(a, b, mantissa_bits, mode, acc_dtype):
     """Dispatch point for [B, M, K] x [B, K, N]: the compiled kernel when it applies."""
+    if energy.counting():  # declare the true op mix: K L-Mul products and K-1 adds per output
+        with energy.opaque():
+            out = _lmatmul_dispatch(a, b, mantissa_bits, mode, acc_dtype)
+        bsz, m_rows, k_dim = a.shape
+        n_out = bsz * m_rows * b.shape[2]
+        energy.record("lmul", get_format(a.dtype).bits, n_out * k_dim)
+        acc_bits = torch.finfo(acc_dtype).bits
+        energy.record("fp_add", acc_bits, n_out * max(k_dim - 1, 0))
+        energy.record_io([a, b], [out])
+        return out
+    return _lmatmul_dispatch(a, b, mantissa_bits, mode, acc_dtype)
+
+
+def _lmatmul_dispatch(a, b, mantissa_bits, mode, acc_dtype):
     from mulfree.lmul import fast
 
     f = get_format(a.dtype)
