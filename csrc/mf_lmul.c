@@ -11,9 +11,9 @@
  * sequentially over K for every output: acc = +0; acc = fp32(acc + p_k). Two SIMD routes:
  *  - fast (int mode, no inf/NaN operand, no product can overflow — checked per call): operands
  *    are prepared once (flush-to-zero, rounding to k bits) into packed panels; per
- *    multiply-accumulate: one int32 add (the L-Mul constant is folded into A), one compare
- *    (is the result a normal number?), one ternary-logic op to set the sign, one masked fp32
- *    add. Zeros are encoded as magnitudes that make every sum fall below the smallest normal,
+ *    multiply-accumulate: one int32 add of magnitudes (the L-Mul constant is folded into A),
+ *    one compare (is the result a normal number?), one int32 add of sign-carrying encodings
+ *    (the product's bits), one masked fp32 add. Zeros are encoded as magnitudes that make every sum fall below the smallest normal,
  *    so a zero or an underflowing product adds nothing — which equals adding +-0, since the
  *    float32 accumulator, starting at +0 and summing in round-to-nearest, is never -0.
  *  - full: every product with the complete IEEE-style handling (any operands, both modes).
@@ -459,8 +459,12 @@ MF_TARGET_AVX2 static void lmatmul_full_avx2(const lm_vconst *c, const uint32_t 
     }
 }
 
-/* Fast route. Panels: A in blocks of MR rows, [mb][K][MR] int32 magnitudes (with the L-Mul
- * constant folded in) and sign words; B in panels of NR columns, [nb][K][NR]. */
+/* Fast route. Panels: A in blocks of MR rows, [mb][K][MR]; B in panels of NR columns,
+ * [nb][K][NR]. Each operand has two int32 encodings: its magnitude (A's with the L-Mul constant
+ * subtracted) and a signed one, magnitude + sign * 2^31 (mod 2^32). On a lane whose product is
+ * a normal number r = |a| + |b| - C, in [2^23, 2^31), the magnitudes add to r and the signed
+ * encodings add to r + (s_a + s_b) 2^31 = (s_a xor s_b) | r mod 2^32: the float bits of the
+ * product. The magnitude sum decides validity (>= 2^23); the signed sum is the value. */
 #define MR512 6
 #define NR512 32
 #define MR256 4
@@ -479,9 +483,8 @@ MF_TARGET_AVX512 static void fast_kernel_avx512(const int32_t *am, const uint32_
             const __m512i a = V512(am[kk * MR512 + r]), sa = V512(as[kk * MR512 + r]);
             const __m512i t0 = _mm512_add_epi32(a, b0), t1 = _mm512_add_epi32(a, b1);
             const __mmask16 ok0 = _mm512_cmpgt_epi32_mask(t0, lo_m1), ok1 = _mm512_cmpgt_epi32_mask(t1, lo_m1);
-            /* t | (sa ^ sb): 0xF6 = A | (B ^ C) */
-            const __m512i v0 = _mm512_ternarylogic_epi32(t0, sa, s0, 0xF6);
-            const __m512i v1 = _mm512_ternarylogic_epi32(t1, sa, s1, 0xF6);
+            /* the signed encodings add to sign | magnitude on every valid lane */
+            const __m512i v0 = _mm512_add_epi32(sa, s0), v1 = _mm512_add_epi32(sa, s1);
             acc[r][0] = _mm512_mask_add_ps(acc[r][0], ok0, acc[r][0], _mm512_castsi512_ps(v0));
             acc[r][1] = _mm512_mask_add_ps(acc[r][1], ok1, acc[r][1], _mm512_castsi512_ps(v1));
         }
@@ -508,9 +511,10 @@ MF_TARGET_AVX2 static void fast_kernel_avx2(const int32_t *am, const uint32_t *a
             const __m256i a = V256(am[kk * MR256 + r]), sa = V256(as[kk * MR256 + r]);
             const __m256i t0 = _mm256_add_epi32(a, b0), t1 = _mm256_add_epi32(a, b1);
             const __m256i ok0 = _mm256_cmpgt_epi32(t0, lo_m1), ok1 = _mm256_cmpgt_epi32(t1, lo_m1);
-            /* invalid lanes become +0.0, which leaves the accumulator unchanged */
-            const __m256i v0 = _mm256_and_si256(ok0, _mm256_or_si256(t0, _mm256_xor_si256(sa, s0)));
-            const __m256i v1 = _mm256_and_si256(ok1, _mm256_or_si256(t1, _mm256_xor_si256(sa, s1)));
+            /* signed encodings add to sign | magnitude on valid lanes; invalid lanes become
+             * +0.0, which leaves the accumulator unchanged */
+            const __m256i v0 = _mm256_and_si256(ok0, _mm256_add_epi32(sa, s0));
+            const __m256i v1 = _mm256_and_si256(ok1, _mm256_add_epi32(sa, s1));
             acc[r][0] = _mm256_add_ps(acc[r][0], _mm256_castsi256_ps(v0));
             acc[r][1] = _mm256_add_ps(acc[r][1], _mm256_castsi256_ps(v1));
         }
@@ -592,8 +596,9 @@ static void lmatmul_fast(int level, const uint32_t *A, const uint32_t *B, float 
                     const int64_t i = mb * MR + r;
                     uint32_t s = 0, g = 0;
                     if (i < M) g = prep_f32(A[i * K + kk], k, &s);
-                    apm[(mb * K + kk) * MR + r] = g ? (int32_t)((int64_t)g - lconst) : za;
-                    aps[(mb * K + kk) * MR + r] = s;
+                    const int32_t mag = g ? (int32_t)((int64_t)g - lconst) : za;
+                    apm[(mb * K + kk) * MR + r] = mag;
+                    aps[(mb * K + kk) * MR + r] = (uint32_t)mag + s; /* mod 2^32 */
                 }
 #pragma omp for schedule(static)
         for (int64_t nb = 0; nb < nblocks; ++nb)
@@ -603,7 +608,7 @@ static void lmatmul_fast(int level, const uint32_t *A, const uint32_t *B, float 
                     uint32_t s = 0, g = 0;
                     if (j < N) g = prep_f32(B[kk * N + j], k, &s);
                     bpm[(nb * K + kk) * NR + c] = g ? (int32_t)g : zb;
-                    bps[(nb * K + kk) * NR + c] = s;
+                    bps[(nb * K + kk) * NR + c] = g ? (g | s) : (uint32_t)zb;
                 }
         /* Tiles: each B panel (K x NR, in L2) is reused over all row blocks. */
 #pragma omp for schedule(static) collapse(2)
