@@ -1,0 +1,691 @@
+/* L-Mul (elementwise) and L-Matmul kernels. The semantics are those of
+ * src/mulfree/lmul/reference.py (docs/lmul.md); `lmul_one` below is their C transcription and the
+ * scalar spec of every SIMD path here, which must give the same bits.
+ *
+ * Formats (ids shared with mulfree.lmul.fast): 0 float32, 1 bfloat16, 2 float16,
+ * 3 float8_e4m3fn, 4 float8_e5m2. The SIMD elementwise paths handle the 32/16-bit formats in
+ * 32-bit lanes; fp8 runs on the scalar path.
+ *
+ * L-Matmul works on float32 containers (bfloat16 int-mode L-Mul is exactly float32-container
+ * L-Mul with k <= 7, so the Python side widens bf16 operands) and accumulates in float32,
+ * sequentially over K for every output: acc = +0; acc = fp32(acc + p_k). Two SIMD routes:
+ *  - fast (int mode, no inf/NaN operand, no product can overflow — checked per call): operands
+ *    are prepared once (flush-to-zero, rounding to k bits) into packed panels; per
+ *    multiply-accumulate: one int32 add of magnitudes (the L-Mul constant is folded into A),
+ *    one compare (is the result a normal number?), one int32 add of sign-carrying encodings
+ *    (the product's bits), one masked fp32 add. Zeros are encoded as magnitudes that make every sum fall below the smallest normal,
+ *    so a zero or an underflowing product adds nothing — which equals adding +-0, since the
+ *    float32 accumulator, starting at +0 and summing in round-to-nearest, is never -0.
+ *  - full: every product with the complete IEEE-style handling (any operands, both modes).
+ * No multiply instruction is used for the products.
+ */
+#include "mf_py.h" /* Python.h first, as CPython requires */
+
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "mf_common.h"
+#if MF_X86
+#include <immintrin.h>
+#endif
+
+/* ---------------------------------------------------------------------------------------------
+ * Formats and the scalar spec
+ * ------------------------------------------------------------------------------------------- */
+typedef struct {
+    int bits, m, bias, has_inf;
+    uint32_t sign_mask, man_mask, inf_mag, max_finite, nan_bits;
+} lm_fmt;
+
+static int fmt_init(int id, lm_fmt *f) {
+    static const int table[5][4] = {/* bits, exponent bits, mantissa bits, has_inf */
+                                     {32, 8, 23, 1}, {16, 8, 7, 1}, {16, 5, 10, 1},
+                                     {8, 4, 3, 0},   {8, 5, 2, 1}};
+    if (id < 0 || id > 4) return -1;
+    const int e = table[id][1];
+    f->bits = table[id][0];
+    f->m = table[id][2];
+    f->has_inf = table[id][3];
+    f->bias = (1 << (e - 1)) - 1;
+    f->sign_mask = 1u << (f->bits - 1);
+    f->man_mask = (1u << f->m) - 1;
+    const uint32_t all_ones = (1u << e) - 1;
+    f->inf_mag = all_ones << f->m;
+    if (f->has_inf) {
+        f->max_finite = ((all_ones - 1) << f->m) | f->man_mask;
+        f->nan_bits = f->inf_mag | (1u << (f->m - 1));
+    } else { /* e4m3fn: only S.1111.111 is NaN; 1.110b * 2^8 = 448 is the largest finite */
+        f->max_finite = (all_ones << f->m) | (f->man_mask - 1);
+        f->nan_bits = (all_ones << f->m) | f->man_mask;
+    }
+    return 0;
+}
+
+static inline int offset_l(int k) { return k <= 3 ? k : (k == 4 ? 3 : 4); }
+
+/* L-Mul's integer constant (bias << m) - (2^m >> l(k)): 0x3F780000 for float32. */
+static inline uint32_t lmul_const(const lm_fmt *f, int k) {
+    return ((uint32_t)f->bias << f->m) - ((1u << f->m) >> offset_l(k));
+}
+
+static inline int is_nan_mag(const lm_fmt *f, uint32_t mag) {
+    return f->has_inf ? mag > f->inf_mag : mag == f->nan_bits;
+}
+
+/* Flush-to-zero and round to k mantissa bits (RNE); NaN and inf pass through. */
+static inline uint32_t prep_mag(const lm_fmt *f, uint32_t mag, int k) {
+    if (is_nan_mag(f, mag) || (f->has_inf && mag == f->inf_mag)) return mag;
+    if ((mag >> f->m) == 0) return 0;
+    const int drop = f->m - k;
+    if (drop == 0) return mag;
+    const uint32_t half = 1u << (drop - 1);
+    const uint32_t r = ((mag + (half - 1) + ((mag >> drop) & 1)) >> drop) << drop;
+    if (r > f->max_finite) return f->has_inf ? f->inf_mag : (f->max_finite >> drop) << drop;
+    return r;
+}
+
+static uint32_t lmul_one(const lm_fmt *f, uint32_t x, uint32_t y, int k, int mode) {
+    const uint32_t sign = (x ^ y) & f->sign_mask;
+    const uint32_t ax = prep_mag(f, x & (f->sign_mask - 1), k);
+    const uint32_t ay = prep_mag(f, y & (f->sign_mask - 1), k);
+    if (is_nan_mag(f, ax) || is_nan_mag(f, ay)) return f->nan_bits;
+    const int xi = f->has_inf && ax == f->inf_mag, yi = f->has_inf && ay == f->inf_mag;
+    if (xi || yi) return (ax == 0 || ay == 0) ? f->nan_bits : (sign | f->inf_mag);
+    if (ax == 0 || ay == 0) return sign;
+    int64_t r;
+    if (mode == 0) {
+        r = (int64_t)ax + ay - lmul_const(f, k);
+        if (r < (int64_t)(1u << f->m)) r = -1;
+    } else {
+        int64_t s = (int64_t)(1u << f->m) + (ax & f->man_mask) + (ay & f->man_mask) +
+                    ((1u << f->m) >> offset_l(k));
+        int64_t e = (int64_t)(ax >> f->m) + (ay >> f->m) - f->bias;
+        if (s >= (int64_t)(2u << f->m)) {
+            const int64_t lost = s & 1;
+            s >>= 1;
+            if (lost && (s & 1)) s += 1;
+            e += 1;
+        }
+        r = e <= 0 ? -1 : ((e << f->m) | (s - (1u << f->m)));
+    }
+    if (r < 0) return sign;
+    if (r > (int64_t)f->max_finite) return sign | (f->has_inf ? f->inf_mag : f->max_finite);
+    return sign | (uint32_t)r;
+}
+
+static inline uint32_t load_bits(const void *p, int64_t i, int bits) {
+    if (bits == 32) return ((const uint32_t *)p)[i];
+    if (bits == 16) return ((const uint16_t *)p)[i];
+    return ((const uint8_t *)p)[i];
+}
+
+static inline void store_bits(void *p, int64_t i, int bits, uint32_t v) {
+    if (bits == 32)
+        ((uint32_t *)p)[i] = v;
+    else if (bits == 16)
+        ((uint16_t *)p)[i] = (uint16_t)v;
+    else
+        ((uint8_t *)p)[i] = (uint8_t)v;
+}
+
+static void lmul_ew_scalar(const lm_fmt *f, const void *x, const void *y, void *out, int64_t lo,
+                           int64_t hi, int k, int mode) {
+    for (int64_t i = lo; i < hi; ++i)
+        store_bits(out, i, f->bits, lmul_one(f, load_bits(x, i, f->bits), load_bits(y, i, f->bits), k, mode));
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Vector constants of one (format, k, mode) for the 32-bit-lane SIMD paths
+ * ------------------------------------------------------------------------------------------- */
+typedef struct {
+    uint32_t sign_mask, mag_mask, man_mask, inf_mag, max_finite, over_mag, nan_bits;
+    uint32_t min_normal, lconst, under_sum, round_half_m1, off, one, two;
+    int drop, m, bias, has_inf, mode;
+} lm_vconst;
+
+static void vconst_init(const lm_fmt *f, int k, int mode, lm_vconst *c) {
+    c->sign_mask = f->sign_mask;
+    c->mag_mask = f->sign_mask - 1;
+    c->man_mask = f->man_mask;
+    c->inf_mag = f->inf_mag;
+    c->max_finite = f->max_finite;
+    c->over_mag = f->has_inf ? f->inf_mag : f->max_finite;
+    c->nan_bits = f->nan_bits;
+    c->min_normal = 1u << f->m;
+    c->lconst = lmul_const(f, k);
+    c->under_sum = c->lconst + c->min_normal; /* ax + ay below this underflows */
+    c->drop = f->m - k;
+    c->round_half_m1 = c->drop > 0 ? (1u << (c->drop - 1)) - 1 : 0;
+    c->off = (1u << f->m) >> offset_l(k);
+    c->one = 1u << f->m;
+    c->two = 2u << f->m;
+    c->m = f->m;
+    c->bias = f->bias;
+    c->has_inf = f->has_inf;
+    c->mode = mode;
+}
+
+#if MF_X86
+/* ----------------------------------- AVX-512: 16 lanes ------------------------------------- */
+#define V512(x) _mm512_set1_epi32((int)(x))
+
+MF_TARGET_AVX512 static inline __m512i prep512(const lm_vconst *c, __m512i mag, __mmask16 *nan,
+                                                __mmask16 *inf, __mmask16 *zero) {
+    *nan = c->has_inf ? _mm512_cmpgt_epu32_mask(mag, V512(c->inf_mag))
+                      : _mm512_cmpeq_epi32_mask(mag, V512(c->nan_bits));
+    mag = _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(mag, V512(c->min_normal)), mag);
+    if (c->drop > 0) {
+        const __m128i sh = _mm_cvtsi32_si128(c->drop);
+        __m512i lsb = _mm512_and_si512(_mm512_srl_epi32(mag, sh), V512(1));
+        __m512i r = _mm512_add_epi32(_mm512_add_epi32(mag, V512(c->round_half_m1)), lsb);
+        r = _mm512_sll_epi32(_mm512_srl_epi32(r, sh), sh);
+        const uint32_t over = c->has_inf ? c->inf_mag : (c->max_finite >> c->drop) << c->drop;
+        r = _mm512_mask_mov_epi32(r, _mm512_cmpgt_epu32_mask(r, V512(c->max_finite)), V512(over));
+        mag = _mm512_mask_mov_epi32(r, *nan, mag);
+    }
+    *inf = c->has_inf ? _mm512_cmpeq_epi32_mask(mag, V512(c->inf_mag)) : 0;
+    *zero = _mm512_cmpeq_epi32_mask(mag, _mm512_setzero_si512());
+    return mag;
+}
+
+/* Full-semantics L-Mul of 16 lanes of bit patterns (format in 32-bit lanes). */
+MF_TARGET_AVX512 static inline __m512i lmul512(const lm_vconst *c, __m512i x, __m512i y) {
+    const __m512i sign = _mm512_and_si512(_mm512_xor_si512(x, y), V512(c->sign_mask));
+    __mmask16 nx, ix, zx, ny, iy, zy;
+    const __m512i ax = prep512(c, _mm512_and_si512(x, V512(c->mag_mask)), &nx, &ix, &zx);
+    const __m512i ay = prep512(c, _mm512_and_si512(y, V512(c->mag_mask)), &ny, &iy, &zy);
+    __m512i r;
+    __mmask16 under;
+    if (c->mode == 0) {
+        const __m512i sum = _mm512_add_epi32(ax, ay); /* <= 2 * 0x7FFFFFFF: no wrap */
+        under = _mm512_cmplt_epu32_mask(sum, V512(c->under_sum));
+        r = _mm512_sub_epi32(sum, V512(c->lconst));
+    } else {
+        __m512i s = _mm512_add_epi32(_mm512_and_si512(ax, V512(c->man_mask)),
+                                     _mm512_and_si512(ay, V512(c->man_mask)));
+        s = _mm512_add_epi32(s, V512(c->one + c->off));
+        const __m128i shm = _mm_cvtsi32_si128(c->m);
+        __m512i e = _mm512_add_epi32(_mm512_srl_epi32(ax, shm), _mm512_srl_epi32(ay, shm));
+        e = _mm512_sub_epi32(e, V512(c->bias));
+        const __mmask16 carry = _mm512_cmpge_epu32_mask(s, V512(c->two));
+        __m512i sh = _mm512_srli_epi32(s, 1);
+        sh = _mm512_add_epi32(sh, _mm512_and_si512(_mm512_and_si512(s, sh), V512(1)));
+        s = _mm512_mask_mov_epi32(s, carry, sh);
+        e = _mm512_mask_add_epi32(e, carry, e, V512(1));
+        under = _mm512_cmple_epi32_mask(e, _mm512_setzero_si512());
+        r = _mm512_or_si512(_mm512_sll_epi32(e, shm), _mm512_sub_epi32(s, V512(c->one)));
+    }
+    __m512i res = _mm512_mask_mov_epi32(r, _mm512_cmpgt_epu32_mask(r, V512(c->max_finite)),
+                                        V512(c->over_mag));
+    res = _mm512_maskz_mov_epi32(~(under | zx | zy), res);
+    res = _mm512_or_si512(res, sign);
+    res = _mm512_mask_mov_epi32(res, ix | iy, _mm512_or_si512(sign, V512(c->inf_mag)));
+    const __mmask16 nan = nx | ny | (ix & zy) | (zx & iy);
+    return _mm512_mask_mov_epi32(res, nan, V512(c->nan_bits));
+}
+
+MF_TARGET_AVX512 static void lmul_ew_avx512(const lm_fmt *f, const lm_vconst *c, const void *x,
+                                            const void *y, void *out, int64_t lo, int64_t hi,
+                                            int k, int mode) {
+    int64_t i = lo;
+    if (f->bits == 32) {
+        for (; i + 16 <= hi; i += 16) {
+            const __m512i vx = _mm512_loadu_si512((const uint32_t *)x + i);
+            const __m512i vy = _mm512_loadu_si512((const uint32_t *)y + i);
+            _mm512_storeu_si512((uint32_t *)out + i, lmul512(c, vx, vy));
+        }
+    } else if (f->bits == 16) {
+        for (; i + 16 <= hi; i += 16) {
+            const __m512i vx = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)x + i)));
+            const __m512i vy = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)y + i)));
+            _mm256_storeu_si256((__m256i *)((uint16_t *)out + i), _mm512_cvtepi32_epi16(lmul512(c, vx, vy)));
+        }
+    }
+    lmul_ew_scalar(f, x, y, out, i, hi, k, mode);
+}
+
+/* ----------------------------------- AVX2: 8 lanes ----------------------------------------- */
+#define V256(x) _mm256_set1_epi32((int)(x))
+
+MF_TARGET_AVX2 static inline __m256i gt_u32(__m256i a, __m256i b) { /* a > b, unsigned */
+    const __m256i flip = V256(0x80000000u);
+    return _mm256_cmpgt_epi32(_mm256_xor_si256(a, flip), _mm256_xor_si256(b, flip));
+}
+
+MF_TARGET_AVX2 static inline __m256i sel256(__m256i mask, __m256i yes, __m256i no) {
+    return _mm256_blendv_epi8(no, yes, mask);
+}
+
+MF_TARGET_AVX2 static inline __m256i prep256(const lm_vconst *c, __m256i mag, __m256i *nan,
+                                             __m256i *inf, __m256i *zero) {
+    *nan = c->has_inf ? gt_u32(mag, V256(c->inf_mag)) : _mm256_cmpeq_epi32(mag, V256(c->nan_bits));
+    mag = _mm256_andnot_si256(gt_u32(V256(c->min_normal), mag), mag); /* flush below min normal */
+    if (c->drop > 0) {
+        const __m128i sh = _mm_cvtsi32_si128(c->drop);
+        __m256i lsb = _mm256_and_si256(_mm256_srl_epi32(mag, sh), V256(1));
+        __m256i r = _mm256_add_epi32(_mm256_add_epi32(mag, V256(c->round_half_m1)), lsb);
+        r = _mm256_sll_epi32(_mm256_srl_epi32(r, sh), sh);
+        const uint32_t over = c->has_inf ? c->inf_mag : (c->max_finite >> c->drop) << c->drop;
+        r = sel256(gt_u32(r, V256(c->max_finite)), V256(over), r);
+        mag = sel256(*nan, mag, r);
+    }
+    *inf = c->has_inf ? _mm256_cmpeq_epi32(mag, V256(c->inf_mag)) : _mm256_setzero_si256();
+    *zero = _mm256_cmpeq_epi32(mag, _mm256_setzero_si256());
+    return mag;
+}
+
+MF_TARGET_AVX2 static inline __m256i lmul256(const lm_vconst *c, __m256i x, __m256i y) {
+    const __m256i sign = _mm256_and_si256(_mm256_xor_si256(x, y), V256(c->sign_mask));
+    __m256i nx, ix, zx, ny, iy, zy;
+    const __m256i ax = prep256(c, _mm256_and_si256(x, V256(c->mag_mask)), &nx, &ix, &zx);
+    const __m256i ay = prep256(c, _mm256_and_si256(y, V256(c->mag_mask)), &ny, &iy, &zy);
+    __m256i r, under;
+    if (c->mode == 0) {
+        const __m256i sum = _mm256_add_epi32(ax, ay);
+        under = gt_u32(V256(c->under_sum), sum);
+        r = _mm256_sub_epi32(sum, V256(c->lconst));
+    } else {
+        __m256i s = _mm256_add_epi32(_mm256_and_si256(ax, V256(c->man_mask)),
+                                     _mm256_and_si256(ay, V256(c->man_mask)));
+        s = _mm256_add_epi32(s, V256(c->one + c->off));
+        const __m128i shm = _mm_cvtsi32_si128(c->m);
+        __m256i e = _mm256_add_epi32(_mm256_srl_epi32(ax, shm), _mm256_srl_epi32(ay, shm));
+        e = _mm256_sub_epi32(e, V256(c->bias));
+        const __m256i carry = gt_u32(s, V256(c->two - 1));
+        __m256i sh = _mm256_srli_epi32(s, 1);
+        sh = _mm256_add_epi32(sh, _mm256_and_si256(_mm256_and_si256(s, sh), V256(1)));
+        s = sel256(carry, sh, s);
+        e = _mm256_sub_epi32(e, carry); /* carry lanes are -1: e + 1 */
+        under = _mm256_cmpgt_epi32(V256(1), e);
+        r = _mm256_or_si256(_mm256_sll_epi32(e, shm), _mm256_sub_epi32(s, V256(c->one)));
+    }
+    __m256i res = sel256(gt_u32(r, V256(c->max_finite)), V256(c->over_mag), r);
+    res = _mm256_andnot_si256(_mm256_or_si256(under, _mm256_or_si256(zx, zy)), res);
+    res = _mm256_or_si256(res, sign);
+    res = sel256(_mm256_or_si256(ix, iy), _mm256_or_si256(sign, V256(c->inf_mag)), res);
+    const __m256i nan = _mm256_or_si256(_mm256_or_si256(nx, ny),
+                                        _mm256_or_si256(_mm256_and_si256(ix, zy), _mm256_and_si256(zx, iy)));
+    return sel256(nan, V256(c->nan_bits), res);
+}
+
+MF_TARGET_AVX2 static void lmul_ew_avx2(const lm_fmt *f, const lm_vconst *c, const void *x,
+                                        const void *y, void *out, int64_t lo, int64_t hi, int k,
+                                        int mode) {
+    int64_t i = lo;
+    if (f->bits == 32) {
+        for (; i + 8 <= hi; i += 8) {
+            const __m256i vx = _mm256_loadu_si256((const __m256i *)((const uint32_t *)x + i));
+            const __m256i vy = _mm256_loadu_si256((const __m256i *)((const uint32_t *)y + i));
+            _mm256_storeu_si256((__m256i *)((uint32_t *)out + i), lmul256(c, vx, vy));
+        }
+    } else if (f->bits == 16) {
+        for (; i + 8 <= hi; i += 8) {
+            const __m256i vx = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)x + i)));
+            const __m256i vy = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)y + i)));
+            const __m256i r = lmul256(c, vx, vy); /* lanes < 2^16: pack without saturation */
+            const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+            _mm_storeu_si128((__m128i *)((uint16_t *)out + i), packed);
+        }
+    }
+    lmul_ew_scalar(f, x, y, out, i, hi, k, mode);
+}
+#endif /* MF_X86 */
+
+/* One selection point for the elementwise family. */
+static void lmul_ew_run(int isa, const lm_fmt *f, const lm_vconst *c, const void *x,
+                        const void *y, void *out, int64_t lo, int64_t hi, int k, int mode) {
+#if MF_X86
+    if (isa >= MF_ISA_AVX512) {
+        lmul_ew_avx512(f, c, x, y, out, lo, hi, k, mode);
+        return;
+    }
+    if (isa >= MF_ISA_AVX2) {
+        lmul_ew_avx2(f, c, x, y, out, lo, hi, k, mode);
+        return;
+    }
+#else
+    (void)c;
+    (void)isa;
+#endif
+    lmul_ew_scalar(f, x, y, out, lo, hi, k, mode);
+}
+
+MF_PYFUNC(lmul_ew, "lmul_ew(x, y, out, n, fmt, k, mode, isa, threads): elementwise L-Mul.") {
+    (void)self;
+    void *x, *y, *out;
+    int64_t n, fmt_id, k, mode, isa, threads;
+    if (mf_parse_args(args, nargs, "pppllllll", &x, &y, &out, &n, &fmt_id, &k, &mode, &isa, &threads) < 0)
+        return NULL;
+    lm_fmt f;
+    if (fmt_init((int)fmt_id, &f) < 0 || k < 1 || k > f.m || mode < 0 || mode > 1) {
+        PyErr_SetString(PyExc_ValueError, "lmul_ew: bad format, k or mode");
+        return NULL;
+    }
+    lm_vconst c;
+    vconst_init(&f, (int)k, (int)mode, &c);
+    const int level = mf_isa_resolve((int)isa);
+    const int nt = mf_threads(threads);
+    Py_BEGIN_ALLOW_THREADS;
+    const int64_t chunk = 1 << 14; /* 16k elements per task: spreads work, stays in L1/L2 */
+    const int64_t tasks = (n + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(nt) schedule(static) if (tasks > 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+        const int64_t lo = t * chunk, hi = lo + chunk < n ? lo + chunk : n;
+        lmul_ew_run(level, &f, &c, x, y, out, lo, hi, (int)k, (int)mode);
+    }
+    Py_END_ALLOW_THREADS;
+    Py_RETURN_NONE;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * L-Matmul (float32 containers, float32 accumulation)
+ * ------------------------------------------------------------------------------------------- */
+static const lm_fmt *f32_fmt(void) {
+    static lm_fmt f;
+    static int done = 0;
+    if (!done) {
+        fmt_init(0, &f);
+        done = 1;
+    }
+    return &f;
+}
+
+static inline float bits_f32(uint32_t u) {
+    float v;
+    memcpy(&v, &u, 4);
+    return v;
+}
+
+/* The scalar spec: every product by lmul_one, accumulated in order k = 0 .. K-1. */
+static void lmatmul_scalar(const uint32_t *A, const uint32_t *B, float *C, int64_t M, int64_t K,
+                           int64_t N, int k, int mode, int64_t m_lo, int64_t m_hi) {
+    const lm_fmt *f = f32_fmt();
+    for (int64_t i = m_lo; i < m_hi; ++i)
+        for (int64_t j = 0; j < N; ++j) {
+            float acc = 0.0f;
+            for (int64_t kk = 0; kk < K; ++kk) acc += bits_f32(lmul_one(f, A[i * K + kk], B[kk * N + j], k, mode));
+            C[i * N + j] = acc;
+        }
+}
+
+#if MF_X86
+/* Full-semantics rows: out row i = sum_k lmul(A[i,k], B[k,:]), vectorized over N. */
+MF_TARGET_AVX512 static void lmatmul_full_avx512(const lm_vconst *c, const uint32_t *A,
+                                                 const uint32_t *B, float *C, int64_t K, int64_t N,
+                                                 int k, int mode, int64_t m_lo, int64_t m_hi) {
+    const lm_fmt *f = f32_fmt();
+    for (int64_t i = m_lo; i < m_hi; ++i) {
+        int64_t j = 0;
+        for (; j + 16 <= N; j += 16) {
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t kk = 0; kk < K; ++kk) {
+                const __m512i p = lmul512(c, V512(A[i * K + kk]), _mm512_loadu_si512(B + kk * N + j));
+                acc = _mm512_add_ps(acc, _mm512_castsi512_ps(p));
+            }
+            _mm512_storeu_ps(C + i * N + j, acc);
+        }
+        for (; j < N; ++j) {
+            float acc = 0.0f;
+            for (int64_t kk = 0; kk < K; ++kk) acc += bits_f32(lmul_one(f, A[i * K + kk], B[kk * N + j], k, mode));
+            C[i * N + j] = acc;
+        }
+    }
+}
+
+MF_TARGET_AVX2 static void lmatmul_full_avx2(const lm_vconst *c, const uint32_t *A,
+                                             const uint32_t *B, float *C, int64_t K, int64_t N,
+                                             int k, int mode, int64_t m_lo, int64_t m_hi) {
+    const lm_fmt *f = f32_fmt();
+    for (int64_t i = m_lo; i < m_hi; ++i) {
+        int64_t j = 0;
+        for (; j + 8 <= N; j += 8) {
+            __m256 acc = _mm256_setzero_ps();
+            for (int64_t kk = 0; kk < K; ++kk) {
+                const __m256i p = lmul256(c, V256(A[i * K + kk]),
+                                          _mm256_loadu_si256((const __m256i *)(B + kk * N + j)));
+                acc = _mm256_add_ps(acc, _mm256_castsi256_ps(p));
+            }
+            _mm256_storeu_ps(C + i * N + j, acc);
+        }
+        for (; j < N; ++j) {
+            float acc = 0.0f;
+            for (int64_t kk = 0; kk < K; ++kk) acc += bits_f32(lmul_one(f, A[i * K + kk], B[kk * N + j], k, mode));
+            C[i * N + j] = acc;
+        }
+    }
+}
+
+/* Fast route. Panels: A in blocks of MR rows, [mb][K][MR]; B in panels of NR columns,
+ * [nb][K][NR]. Each operand has two int32 encodings: its magnitude (A's with the L-Mul constant
+ * subtracted) and a signed one, magnitude + sign * 2^31 (mod 2^32). On a lane whose product is
+ * a normal number r = |a| + |b| - C, in [2^23, 2^31), the magnitudes add to r and the signed
+ * encodings add to r + (s_a + s_b) 2^31 = (s_a xor s_b) | r mod 2^32: the float bits of the
+ * product. The magnitude sum decides validity (>= 2^23); the signed sum is the value. */
+#define MR512 6
+#define NR512 32
+#define MR256 4
+#define NR256 16
+
+MF_TARGET_AVX512 static void fast_kernel_avx512(const int32_t *am, const uint32_t *as,
+                                                const int32_t *bm, const uint32_t *bs, int64_t K,
+                                                float *C, int64_t ldc, int rows, int cols) {
+    __m512 acc[MR512][2];
+    for (int r = 0; r < MR512; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    const __m512i lo_m1 = V512((1u << 23) - 1);
+    for (int64_t kk = 0; kk < K; ++kk) {
+        const __m512i b0 = _mm512_loadu_si512(bm + kk * NR512), b1 = _mm512_loadu_si512(bm + kk * NR512 + 16);
+        const __m512i s0 = _mm512_loadu_si512(bs + kk * NR512), s1 = _mm512_loadu_si512(bs + kk * NR512 + 16);
+        for (int r = 0; r < MR512; ++r) {
+            const __m512i a = V512(am[kk * MR512 + r]), sa = V512(as[kk * MR512 + r]);
+            const __m512i t0 = _mm512_add_epi32(a, b0), t1 = _mm512_add_epi32(a, b1);
+            const __mmask16 ok0 = _mm512_cmpgt_epi32_mask(t0, lo_m1), ok1 = _mm512_cmpgt_epi32_mask(t1, lo_m1);
+            /* the signed encodings add to sign | magnitude on every valid lane */
+            const __m512i v0 = _mm512_add_epi32(sa, s0), v1 = _mm512_add_epi32(sa, s1);
+            acc[r][0] = _mm512_mask_add_ps(acc[r][0], ok0, acc[r][0], _mm512_castsi512_ps(v0));
+            acc[r][1] = _mm512_mask_add_ps(acc[r][1], ok1, acc[r][1], _mm512_castsi512_ps(v1));
+        }
+    }
+    for (int r = 0; r < rows; ++r) {
+        const int c0 = cols < 16 ? cols : 16, c1 = cols > 16 ? cols - 16 : 0;
+        _mm512_mask_storeu_ps(C + r * ldc, (__mmask16)((1u << c0) - 1), acc[r][0]);
+        if (c1) _mm512_mask_storeu_ps(C + r * ldc + 16, (__mmask16)((1u << c1) - 1), acc[r][1]);
+    }
+}
+
+MF_TARGET_AVX2 static void fast_kernel_avx2(const int32_t *am, const uint32_t *as,
+                                            const int32_t *bm, const uint32_t *bs, int64_t K,
+                                            float *C, int64_t ldc, int rows, int cols) {
+    __m256 acc[MR256][2];
+    for (int r = 0; r < MR256; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    const __m256i lo_m1 = V256((1u << 23) - 1);
+    for (int64_t kk = 0; kk < K; ++kk) {
+        const __m256i b0 = _mm256_loadu_si256((const __m256i *)(bm + kk * NR256));
+        const __m256i b1 = _mm256_loadu_si256((const __m256i *)(bm + kk * NR256 + 8));
+        const __m256i s0 = _mm256_loadu_si256((const __m256i *)(bs + kk * NR256));
+        const __m256i s1 = _mm256_loadu_si256((const __m256i *)(bs + kk * NR256 + 8));
+        for (int r = 0; r < MR256; ++r) {
+            const __m256i a = V256(am[kk * MR256 + r]), sa = V256(as[kk * MR256 + r]);
+            const __m256i t0 = _mm256_add_epi32(a, b0), t1 = _mm256_add_epi32(a, b1);
+            const __m256i ok0 = _mm256_cmpgt_epi32(t0, lo_m1), ok1 = _mm256_cmpgt_epi32(t1, lo_m1);
+            /* signed encodings add to sign | magnitude on valid lanes; invalid lanes become
+             * +0.0, which leaves the accumulator unchanged */
+            const __m256i v0 = _mm256_and_si256(ok0, _mm256_add_epi32(sa, s0));
+            const __m256i v1 = _mm256_and_si256(ok1, _mm256_add_epi32(sa, s1));
+            acc[r][0] = _mm256_add_ps(acc[r][0], _mm256_castsi256_ps(v0));
+            acc[r][1] = _mm256_add_ps(acc[r][1], _mm256_castsi256_ps(v1));
+        }
+    }
+    float tmp[16];
+    for (int r = 0; r < rows; ++r) {
+        _mm256_storeu_ps(tmp, acc[r][0]);
+        _mm256_storeu_ps(tmp + 8, acc[r][1]);
+        memcpy(C + r * ldc, tmp, (size_t)cols * sizeof(float));
+    }
+}
+#endif /* MF_X86 */
+
+/* Prepared operand: sign word and magnitude after flush-to-zero and rounding (float32). */
+static inline uint32_t prep_f32(uint32_t bits, int k, uint32_t *sign) {
+    *sign = bits & 0x80000000u;
+    return prep_mag(f32_fmt(), bits & 0x7FFFFFFFu, k);
+}
+
+/* Scan both operands: 1 if the fast route applies (no inf/NaN, no product can overflow, some
+ * product can be normal), 0 if not; *all_under = 1 when every product underflows. Also returns
+ * the largest prepared magnitudes. */
+static int fast_route_ok(const uint32_t *A, const uint32_t *B, int64_t nA, int64_t nB, int k,
+                         uint32_t lconst, int64_t *amax_f, int64_t *bmax, int *all_under, int nt) {
+    int64_t am = -1, bmx = -1;
+    int special = 0;
+#pragma omp parallel for num_threads(nt) reduction(max : am) reduction(| : special) schedule(static)
+    for (int64_t i = 0; i < nA; ++i) {
+        uint32_t s;
+        const uint32_t g = prep_f32(A[i], k, &s);
+        special |= g >= 0x7F800000u;
+        if (g != 0 && (int64_t)g > am) am = g;
+    }
+#pragma omp parallel for num_threads(nt) reduction(max : bmx) reduction(| : special) schedule(static)
+    for (int64_t i = 0; i < nB; ++i) {
+        uint32_t s;
+        const uint32_t g = prep_f32(B[i], k, &s);
+        special |= g >= 0x7F800000u;
+        if (g != 0 && (int64_t)g > bmx) bmx = g;
+    }
+    *all_under = 0;
+    if (special) return 0;
+    if (am < 0 || bmx < 0 || am + bmx - (int64_t)lconst < (1 << 23)) {
+        *all_under = 1; /* a zero operand, or every product underflows: the result is +0 */
+        return 1;
+    }
+    if (am + bmx - (int64_t)lconst > 0x7F7FFFFF) return 0; /* some product may overflow */
+    *amax_f = am - (int64_t)lconst;
+    *bmax = bmx;
+    return 1;
+}
+
+static void lmatmul_fast(int level, const uint32_t *A, const uint32_t *B, float *C, int64_t M,
+                         int64_t K, int64_t N, int k, uint32_t lconst, int64_t amax_f,
+                         int64_t bmax, int nt) {
+#if MF_X86
+    const int MR = level >= MF_ISA_AVX512 ? MR512 : MR256;
+    const int NR = level >= MF_ISA_AVX512 ? NR512 : NR256;
+    const int64_t lo = 1 << 23;
+    /* Zero encodings: every sum that involves one lands below the smallest normal without
+     * int32 overflow (see the file comment and docs/lmul.md). */
+    const int32_t za = (int32_t)(lo - 1 - bmax), zb = (int32_t)(lo - 1 - amax_f);
+    const int64_t mblocks = (M + MR - 1) / MR, nblocks = (N + NR - 1) / NR;
+    int32_t *apm = aligned_alloc(MF_ALIGN, mf_align_up((size_t)(mblocks * K * MR) * 4));
+    uint32_t *aps = aligned_alloc(MF_ALIGN, mf_align_up((size_t)(mblocks * K * MR) * 4));
+    int32_t *bpm = aligned_alloc(MF_ALIGN, mf_align_up((size_t)(nblocks * K * NR) * 4));
+    uint32_t *bps = aligned_alloc(MF_ALIGN, mf_align_up((size_t)(nblocks * K * NR) * 4));
+    if (!apm || !aps || !bpm || !bps) {
+        free(apm), free(aps), free(bpm), free(bps);
+        lmatmul_scalar(A, B, C, M, K, N, k, 0, 0, M); /* out of memory: the slow, exact route */
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+#pragma omp for schedule(static) nowait
+        for (int64_t mb = 0; mb < mblocks; ++mb)
+            for (int64_t kk = 0; kk < K; ++kk)
+                for (int r = 0; r < MR; ++r) {
+                    const int64_t i = mb * MR + r;
+                    uint32_t s = 0, g = 0;
+                    if (i < M) g = prep_f32(A[i * K + kk], k, &s);
+                    const int32_t mag = g ? (int32_t)((int64_t)g - lconst) : za;
+                    apm[(mb * K + kk) * MR + r] = mag;
+                    aps[(mb * K + kk) * MR + r] = (uint32_t)mag + s; /* mod 2^32 */
+                }
+#pragma omp for schedule(static)
+        for (int64_t nb = 0; nb < nblocks; ++nb)
+            for (int64_t kk = 0; kk < K; ++kk)
+                for (int c = 0; c < NR; ++c) {
+                    const int64_t j = nb * NR + c;
+                    uint32_t s = 0, g = 0;
+                    if (j < N) g = prep_f32(B[kk * N + j], k, &s);
+                    bpm[(nb * K + kk) * NR + c] = g ? (int32_t)g : zb;
+                    bps[(nb * K + kk) * NR + c] = g ? (g | s) : (uint32_t)zb;
+                }
+        /* Tiles: each B panel (K x NR, in L2) is reused over all row blocks. */
+#pragma omp for schedule(static) collapse(2)
+        for (int64_t nb = 0; nb < nblocks; ++nb)
+            for (int64_t mb = 0; mb < mblocks; ++mb) {
+                const int rows = (int)(M - mb * MR < MR ? M - mb * MR : MR);
+                const int cols = (int)(N - nb * NR < NR ? N - nb * NR : NR);
+                float *ct = C + mb * MR * N + nb * NR;
+                if (level >= MF_ISA_AVX512)
+                    fast_kernel_avx512(apm + mb * K * MR, aps + mb * K * MR, bpm + nb * K * NR,
+                                       bps + nb * K * NR, K, ct, N, rows, cols);
+                else
+                    fast_kernel_avx2(apm + mb * K * MR, aps + mb * K * MR, bpm + nb * K * NR,
+                                     bps + nb * K * NR, K, ct, N, rows, cols);
+            }
+    }
+    free(apm), free(aps), free(bpm), free(bps);
+#else
+    (void)level, (void)lconst, (void)amax_f, (void)bmax, (void)nt;
+    lmatmul_scalar(A, B, C, M, K, N, k, 0, 0, M);
+#endif
+}
+
+static void lmatmul_full(int level, const uint32_t *A, const uint32_t *B, float *C, int64_t M,
+                         int64_t K, int64_t N, int k, int mode, int nt) {
+    lm_vconst c;
+    vconst_init(f32_fmt(), k, mode, &c);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t i = 0; i < M; ++i) {
+#if MF_X86
+        if (level >= MF_ISA_AVX512) {
+            lmatmul_full_avx512(&c, A, B, C, K, N, k, mode, i, i + 1);
+            continue;
+        }
+        if (level >= MF_ISA_AVX2) {
+            lmatmul_full_avx2(&c, A, B, C, K, N, k, mode, i, i + 1);
+            continue;
+        }
+#endif
+        lmatmul_scalar(A, B, C, M, K, N, k, mode, i, i + 1);
+    }
+}
+
+MF_PYFUNC(lmatmul_f32, "lmatmul_f32(a, b, c, batch, M, K, N, k, mode, isa, threads, route) -> fast?") {
+    /* route: -1 = best (fast when it applies), 0 = full semantics only. Returns 1 if the fast
+     * route ran for every batch element, 0 otherwise. */
+    (void)self;
+    void *a, *b, *c;
+    int64_t batch, M, K, N, k, mode, isa, threads, route;
+    if (mf_parse_args(args, nargs, "ppplllllllll", &a, &b, &c, &batch, &M, &K, &N, &k, &mode, &isa,
+                      &threads, &route) < 0)
+        return NULL;
+    if (k < 1 || k > 23 || mode < 0 || mode > 1 || batch < 0 || M < 0 || K < 0 || N < 0) {
+        PyErr_SetString(PyExc_ValueError, "lmatmul_f32: bad arguments");
+        return NULL;
+    }
+    const int level = mf_isa_resolve((int)isa);
+    const int nt = mf_threads(threads);
+    const uint32_t lconst = lmul_const(f32_fmt(), (int)k);
+    int all_fast = 1;
+    Py_BEGIN_ALLOW_THREADS;
+    for (int64_t bi = 0; bi < batch; ++bi) {
+        const uint32_t *A = (const uint32_t *)a + bi * M * K;
+        const uint32_t *B = (const uint32_t *)b + bi * K * N;
+        float *C = (float *)c + bi * M * N;
+        int64_t amax_f = 0, bmax = 0;
+        int all_under = 0;
+        const int fast = route != 0 && mode == 0 && level >= MF_ISA_AVX2 &&
+                         fast_route_ok(A, B, M * K, K * N, (int)k, lconst, &amax_f, &bmax, &all_under, nt);
+        if (fast && all_under)
+            memset(C, 0, (size_t)(M * N) * sizeof(float));
+        else if (fast)
+            lmatmul_fast(level, A, B, C, M, K, N, (int)k, lconst, amax_f, bmax, nt);
+        else
+            lmatmul_full(level, A, B, C, M, K, N, (int)k, (int)mode, nt);
+        all_fast &= fast;
+    }
+    Py_END_ALLOW_THREADS;
+    return PyLong_FromLong(all_fast);
+}
