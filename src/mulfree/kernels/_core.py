@@ -31,6 +31,7 @@ _load_error: str | None = None
 _loaded = False
 _warned = False
 _forced: str | None = os.environ.get("MULFREE_ISA") or None
+_best: str | None = None  # cached isa_max() of a loaded core
 
 
 def _load() -> ModuleType | None:
@@ -82,11 +83,14 @@ def warn_slow_path_once() -> None:
 
 def isa_max() -> str:
     """Best ISA level of this CPU for the compiled core ("torch" when it is unavailable)."""
-    C = _load()
-    if C is None:
-        return TORCH
-    level = C.isa_max()
-    return next(name for name, v in ISA_LEVELS.items() if v == level)
+    global _best
+    if _best is None:
+        C = _load()
+        if C is None:
+            return TORCH
+        level = C.isa_max()
+        _best = next(name for name, v in ISA_LEVELS.items() if v == level)
+    return _best
 
 
 def available_isas() -> list[str]:
@@ -130,7 +134,10 @@ def resolve_isa(isa: str | None = None) -> str:
     level pass vacuously). Without the compiled core everything resolves to "torch" and the
     slow-path warning is given once.
     """
-    name = _check_name(isa or _forced or AUTO)
+    name = isa or _forced or AUTO
+    if name == AUTO and _best is not None:  # the per-call fast path
+        return _best
+    name = _check_name(name)
     if name == TORCH:
         return TORCH
     if _load() is None:

@@ -68,23 +68,21 @@ def ternary_linear(
         raise MulfreeError(f"ternary_linear: in_features {K} > {MAX_IN_FEATURES} is not supported")
     if packed.format != "tq2":
         packed = packed.to_format("tq2")
-    lead = x.shape[:-1]
-    x2d = x.reshape(-1, K).to(torch.float32).contiguous()  # [M, K]
+    # per-call work kept small: decode calls this ~170 times per token
+    x2d = x
+    if x.dim() != 2 or x.dtype != torch.float32 or not x.is_contiguous():
+        x2d = x.reshape(-1, K).to(torch.float32).contiguous()  # [M, K]
     path = kernels.resolve_isa(isa)
     if path == kernels.TORCH:
         y = ternary_linear_torch(x2d, packed)
     else:
-        y = K_.tq2_linear(
-            x2d,
-            packed.data,
-            N,
-            float(packed.scale),
-            threads=kernels.resolve_threads(threads),
-            isa=path,
-        )
+        nt = torch.get_num_threads() if threads is None else kernels.resolve_threads(threads)
+        y = K_.tq2_linear(x2d, packed.data, N, packed.scale_value, threads=nt, isa=path)
     if bias is not None:
-        y = y + bias.to(torch.float32)
-    return y.reshape(*lead, N).to(x.dtype)  # [..., N]
+        y = y.add_(bias)
+    if x.dim() != 2:
+        y = y.reshape(*x.shape[:-1], N)  # [..., N]
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
 class PackedTernaryLinear(nn.Module):
@@ -113,6 +111,7 @@ class PackedTernaryLinear(nn.Module):
         else:
             self.bias = None
         self._packed: PackedTernary | None = None
+        self._packed_key: tuple[int, int, int, int] | None = None
 
     @classmethod
     def from_packed(
@@ -150,19 +149,14 @@ class PackedTernaryLinear(nn.Module):
 
     def packed(self) -> PackedTernary:
         """The weight as a PackedTernary view of the buffers (rebuilt if they were replaced)."""
-        p = self._packed
-        # views share the buffers' storage, so in-place updates (load_state_dict) are seen;
-        # a replaced buffer (.to(), assignment) has a new address and triggers a rebuild
-        if (
-            p is None
-            or p.data.data_ptr() != self.weight_packed.data_ptr()
-            or p.scale.data_ptr() != self.weight_scale.data_ptr()
-        ):
-            p = PackedTernary(
-                self.weight_packed, self.weight_scale, self.out_features, self.in_features
-            )
-            self._packed = p
-        return p
+        # rebuilt when a buffer is replaced (new address) or modified in place (version counter,
+        # e.g. load_state_dict)
+        wp, ws = self.weight_packed, self.weight_scale
+        key = (wp.data_ptr(), wp._version, ws.data_ptr(), ws._version)
+        if self._packed is None or key != self._packed_key:
+            self._packed = PackedTernary(wp, ws, self.out_features, self.in_features)
+            self._packed_key = key
+        return self._packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm is not None:

@@ -182,6 +182,9 @@ class PackedTernary:
             raise MulfreeError(f"unknown packed format {self.format!r}; expected one of {FORMATS}")
         self.data = _check_data(self.data, self.format, self.out_features, self.in_features)
         self.scale = torch.as_tensor(self.scale, dtype=torch.float32).reshape(())
+        # read once: a PackedTernary is immutable (PackedTernaryLinear rebuilds its view when
+        # its buffers change)
+        self.scale_value = float(self.scale)
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, fmt: str = "tq2") -> PackedTernary:
