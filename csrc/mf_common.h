@@ -37,7 +37,9 @@ int mf_isa_resolve(int requested);
 /* Thread count for a kernel: requested > 0 is used as is, else the OpenMP default. */
 int mf_threads(int64_t requested);
 /* Grow-only, 64-byte aligned scratch owned by the calling thread (kept between calls so the
- * hot path neither mallocs nor page-faults). Returns NULL on allocation failure. */
+ * hot path neither mallocs nor page-faults). Returns NULL on allocation failure. A later call
+ * may move the buffer: size everything once before an OpenMP region and share that pointer
+ * (calling it inside the region from the master thread would free the shared buffer). */
 void *mf_scratch(size_t bytes);
 
 static inline int64_t mf_round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
