@@ -8,7 +8,10 @@ from mulfree.errors import MulfreeError
 
 __version__ = "0.1.0"
 
-__all__ = ["MulfreeError", "__version__", "lmul"]
+__all__ = ["LMulConfig", "MulfreeError", "__version__", "apply_lmul_", "lmul", "remove_lmul_"]
+
+# Public names served lazily from submodules: name -> module.
+_LAZY = {name: "mulfree.attention" for name in ("LMulConfig", "apply_lmul_", "remove_lmul_")}
 
 
 def __getattr__(name):
@@ -17,6 +20,10 @@ def __getattr__(name):
         import importlib
 
         return importlib.import_module("mulfree.lmul")
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'mulfree' has no attribute {name!r}")
 
 

@@ -18,6 +18,7 @@ from mulfree.errors import MulfreeError
 COMMAND_MODULES = [
     "mulfree.lmul.cli",
     "mulfree.train.cli",
+    "mulfree.hub.cli",
 ]
 
 
