@@ -34,6 +34,7 @@
 #define ACT_EPS 1e-5f       /* quant.ACT_EPS */
 #define FLUSH_BLOCKS 64     /* int16 -> int32 every <= 64 blocks (1024 inputs) */
 #define TAB_L2_BYTES (256 * 1024) /* batch-N k-chunk: tables of all tokens of a chunk fit L2 */
+#define TOKENS_PER_PASS 64 /* tokens per pass over the weights (bounds scratch: 64 tables) */
 
 /* ------------------------------------------------------------------------------------------
  * 1. Activation quantization. Spec: scale = 127 / max(amax, 1e-5); q = clamp(rint(x * scale)).
@@ -343,6 +344,16 @@ static tq2_impl tq2_select(int isa) {
  * ---------------------------------------------------------------------------------------- */
 static int tq2_linear(const float *x, int64_t M, int64_t K, const mf_tq2_block *w, int64_t N,
                       float w_scale, float *y, int32_t *acc_out, int64_t threads, int isa_req) {
+    if (M > TOKENS_PER_PASS) { /* long prefill: bounded scratch, weights re-read per pass */
+        int isa = 0;
+        for (int64_t m0 = 0; m0 < M; m0 += TOKENS_PER_PASS) {
+            const int64_t mc = M - m0 < TOKENS_PER_PASS ? M - m0 : TOKENS_PER_PASS;
+            isa = tq2_linear(x + m0 * K, mc, K, w, N, w_scale, y + m0 * N,
+                             acc_out != NULL ? acc_out + m0 * N : NULL, threads, isa_req);
+            if (isa < 0) return isa;
+        }
+        return isa;
+    }
     const int isa = mf_isa_resolve(isa_req);
     const tq2_impl impl = tq2_select(isa);
     const int64_t KB = mf_round_up(K, MF_TQ2_K) / MF_TQ2_K, Kp = KB * MF_TQ2_K;
