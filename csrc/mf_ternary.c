@@ -185,6 +185,12 @@ MF_TARGET_AVX2 static inline __attribute__((always_inline)) void tq2_tile_avx2(
     const uint8_t *tab, int64_t ts, const mf_tq2_block *w, int64_t nkb, int32_t *acc, int64_t as,
     const int TB) {
     const __m256i nib = _mm256_set1_epi8(0x0F), low = _mm256_set1_epi16(0x00FF);
+    /* per-token pointers by repeated addition: not even the address arithmetic multiplies */
+    const uint8_t *tt[4];
+    int32_t *at[4];
+    tt[0] = tab;
+    at[0] = acc;
+    for (int t = 1; t < TB; ++t) tt[t] = tt[t - 1] + ts, at[t] = at[t - 1] + as;
     int64_t kb = 0;
     while (kb < nkb) {
         const int64_t k0 = kb, kend = kb + FLUSH_BLOCKS < nkb ? kb + FLUSH_BLOCKS : nkb;
@@ -198,7 +204,7 @@ MF_TARGET_AVX2 static inline __attribute__((always_inline)) void tq2_tile_avx2(
                 const __m256i ilo = _mm256_and_si256(v, nib);
                 const __m256i ihi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
                 for (int t = 0; t < TB; ++t) {
-                    const uint8_t *tl = tab + t * ts + kb * TQ2_TAB_AVX2 + 64 * u; /* pair 2u */
+                    const uint8_t *tl = tt[t] + (kb << 8) + (u << 6); /* 256 B/block, pair 2u */
                     bs[t] = _mm256_add_epi8(bs[t], _mm256_shuffle_epi8(BCAST(tl), ilo));
                     as_[t] = _mm256_add_epi8(as_[t], _mm256_shuffle_epi8(BCAST(tl + 16), ilo));
                     bs[t] = _mm256_add_epi8(bs[t], _mm256_shuffle_epi8(BCAST(tl + 32), ihi));
@@ -216,7 +222,7 @@ MF_TARGET_AVX2 static inline __attribute__((always_inline)) void tq2_tile_avx2(
         for (int t = 0; t < TB; ++t) {
             int16_t e16[4][16] __attribute__((aligned(32)));
             for (int i = 0; i < 4; ++i) _mm256_store_si256((__m256i *)e16[i], e[t][i]);
-            flush_rows(e16[0], e16[1], e16[2], e16[3], 16, kend - k0, acc + t * as);
+            flush_rows(e16[0], e16[1], e16[2], e16[3], 16, kend - k0, at[t]);
         }
     }
 }
@@ -227,12 +233,18 @@ MF_TARGET_AVX2 static void tq2_kern_avx2(const int8_t *q, int64_t qs, const uint
     (void)q;
     (void)qs;
     int64_t t = 0;
-    for (; t + 4 <= ntok; t += 4) tq2_tile_avx2(tab + t * ts, ts, w, nkb, acc + t * as, as, 4);
+    for (; t + 4 <= ntok; t += 4) {
+        tq2_tile_avx2(tab, ts, w, nkb, acc, as, 4);
+        tab += ts + ts + ts + ts;
+        acc += as + as + as + as;
+    }
     if (ntok - t >= 2) {
-        tq2_tile_avx2(tab + t * ts, ts, w, nkb, acc + t * as, as, 2);
+        tq2_tile_avx2(tab, ts, w, nkb, acc, as, 2);
+        tab += ts + ts;
+        acc += as + as;
         t += 2;
     }
-    if (ntok - t == 1) tq2_tile_avx2(tab + t * ts, ts, w, nkb, acc + t * as, as, 1);
+    if (ntok - t == 1) tq2_tile_avx2(tab, ts, w, nkb, acc, as, 1);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -260,6 +272,11 @@ MF_TARGET_AVX512 static inline __attribute__((always_inline)) void tq2_tile_avx5
     const uint8_t *tab, int64_t ts, const mf_tq2_block *w, int64_t nkb, int32_t *acc, int64_t as,
     const int TB) {
     const __m512i nib = _mm512_set1_epi8(0x0F), low = _mm512_set1_epi16(0x00FF);
+    const uint8_t *tt[4];
+    int32_t *at[4];
+    tt[0] = tab;
+    at[0] = acc;
+    for (int t = 1; t < TB; ++t) tt[t] = tt[t - 1] + ts, at[t] = at[t - 1] + as;
     int64_t kb = 0;
     while (kb < nkb) {
         const int64_t k0 = kb, kend = kb + FLUSH_BLOCKS < nkb ? kb + FLUSH_BLOCKS : nkb;
@@ -273,7 +290,7 @@ MF_TARGET_AVX512 static inline __attribute__((always_inline)) void tq2_tile_avx5
                 const __m512i ilo = _mm512_and_si512(v, nib);
                 const __m512i ihi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
                 for (int t = 0; t < TB; ++t) {
-                    const uint8_t *tp = tab + t * ts + kb * TQ2_TAB_AVX512 + 256 * p;
+                    const uint8_t *tp = tt[t] + (kb << 9) + (p << 8); /* 512 B/block */
 #define LD(o) _mm512_load_si512((const void *)(tp + (o)))
                     bs[t] = _mm512_add_epi8(bs[t], _mm512_shuffle_epi8(LD(0), ilo));
                     as_[t] = _mm512_add_epi8(as_[t], _mm512_shuffle_epi8(LD(64), ilo));
@@ -292,7 +309,7 @@ MF_TARGET_AVX512 static inline __attribute__((always_inline)) void tq2_tile_avx5
         for (int t = 0; t < TB; ++t) {
             int16_t e16[4][32] __attribute__((aligned(64)));
             for (int i = 0; i < 4; ++i) _mm512_store_si512((void *)e16[i], e[t][i]);
-            flush_rows(e16[0], e16[1], e16[2], e16[3], 32, kend - k0, acc + t * as);
+            flush_rows(e16[0], e16[1], e16[2], e16[3], 32, kend - k0, at[t]);
         }
     }
 }
@@ -303,12 +320,18 @@ MF_TARGET_AVX512 static void tq2_kern_avx512(const int8_t *q, int64_t qs, const 
     (void)q;
     (void)qs;
     int64_t t = 0;
-    for (; t + 4 <= ntok; t += 4) tq2_tile_avx512(tab + t * ts, ts, w, nkb, acc + t * as, as, 4);
+    for (; t + 4 <= ntok; t += 4) {
+        tq2_tile_avx512(tab, ts, w, nkb, acc, as, 4);
+        tab += ts + ts + ts + ts;
+        acc += as + as + as + as;
+    }
     if (ntok - t >= 2) {
-        tq2_tile_avx512(tab + t * ts, ts, w, nkb, acc + t * as, as, 2);
+        tq2_tile_avx512(tab, ts, w, nkb, acc, as, 2);
+        tab += ts + ts;
+        acc += as + as;
         t += 2;
     }
-    if (ntok - t == 1) tq2_tile_avx512(tab + t * ts, ts, w, nkb, acc + t * as, as, 1);
+    if (ntok - t == 1) tq2_tile_avx512(tab, ts, w, nkb, acc, as, 1);
 }
 #endif /* MF_X86 */
 
