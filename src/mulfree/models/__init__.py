@@ -2,24 +2,35 @@
 
 `register_with_transformers()` (called by `import mulfree`) adds `hgrn_bit` to transformers'
 AutoConfig / AutoModel / AutoModelForCausalLM registries, so `from_pretrained(dir)` finds it.
+The Transformer++ builders and the checkpoint loader are imported on first use: the Llama model
+code is not needed to register `hgrn_bit`, and `import mulfree` should stay as light as it can.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+import importlib
 
-from mulfree.models.loading import load_causal_lm
 from mulfree.models.mmfree import PRESETS, HGRNBitConfig, HGRNBitForCausalLM, HGRNBitModel
-from mulfree.models.transformerpp import (
-    build_transformerpp,
-    transformerpp_config,
-    transformerpp_config_for,
-)
+
+_LAZY = {
+    "build_transformerpp": "mulfree.models.transformerpp",
+    "transformerpp_config": "mulfree.models.transformerpp",
+    "transformerpp_config_for": "mulfree.models.transformerpp",
+    "load_causal_lm": "mulfree.models.loading",
+}
 
 
 def register_with_transformers() -> None:
     """Register `hgrn_bit` with transformers' Auto classes (idempotent)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
     AutoConfig.register(HGRNBitConfig.model_type, HGRNBitConfig, exist_ok=True)
     AutoModel.register(HGRNBitConfig, HGRNBitModel, exist_ok=True)
     AutoModelForCausalLM.register(HGRNBitConfig, HGRNBitForCausalLM, exist_ok=True)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mulfree.models' has no attribute {name!r}")
 
 
 __all__ = [

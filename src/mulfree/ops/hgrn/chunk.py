@@ -124,7 +124,12 @@ def chunk_hgrn(
     h0 = (
         initial_state.to(dt).reshape(-1, D).contiguous() if initial_state is not None else None
     )  # [N, D]
-    h = _ChunkHGRNFunction.apply(xf, ff, h0)  # [N, T, D]
+    if T == 1:
+        # One decoding step: the recurrence itself, as the spec loop writes it (no scan set-up).
+        prev = h0.unsqueeze(1) if h0 is not None else xf.new_zeros(xf.shape)  # [N, 1, D]
+        h = ff * prev + xf  # [N, 1, D]
+    else:
+        h = _ChunkHGRNFunction.apply(xf, ff, h0)  # [N, T, D]
     o = h.reshape(x.shape)  # [..., T, D]
     final = h[:, -1].reshape(lead + (D,)) if output_final_state else None  # [..., D]
     return o.to(x.dtype), final
