@@ -59,8 +59,8 @@ def test_pack_shapes_split_and_determinism():
     tokens = np.arange(1000, dtype=np.int32)
     p = pack(tokens, seq_len=10, val_fraction=0.1, seed=3)
     assert p.train.shape == (90, 10) and p.val.shape == (10, 10)
-    assert p.train.dtype == torch.int64
-    rows = torch.cat([p.train, p.val])[:, 0].sort().values
+    assert p.train.dtype == torch.int32
+    rows = torch.cat([p.train, p.val])[:, 0].long().sort().values
     assert torch.equal(rows, torch.arange(0, 1000, 10))  # disjoint and complete
     q = pack(tokens, seq_len=10, val_fraction=0.1, seed=3)
     assert torch.equal(p.val, q.val) and p.fingerprint == q.fingerprint

@@ -19,6 +19,8 @@ from tokenizers import Tokenizer
 
 from mulfree.errors import MulfreeError
 
+ENCODE_CHUNK = 256
+
 
 def tokenize_documents(docs: Sequence[str], tok: Tokenizer, eos_id: int) -> np.ndarray:
     """Encode documents (no special tokens added) and join them, each followed by `eos_id`.
@@ -26,9 +28,12 @@ def tokenize_documents(docs: Sequence[str], tok: Tokenizer, eos_id: int) -> np.n
     Returns a 1-D int32 array (every vocabulary we train fits in int32).
     """
     pieces = []
-    for enc in tok.encode_batch(list(docs), add_special_tokens=False):
-        pieces.append(np.asarray(enc.ids, dtype=np.int32))
-        pieces.append(np.asarray([eos_id], dtype=np.int32))
+    eos = np.asarray([eos_id], dtype=np.int32)
+    # In chunks: an Encoding holds offsets and token strings too, far more than the ids.
+    for i in range(0, len(docs), ENCODE_CHUNK):
+        for enc in tok.encode_batch(list(docs[i : i + ENCODE_CHUNK]), add_special_tokens=False):
+            pieces.append(np.asarray(enc.ids, dtype=np.int32))
+            pieces.append(eos)
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
 
 
@@ -36,8 +41,9 @@ def tokenize_documents(docs: Sequence[str], tok: Tokenizer, eos_id: int) -> np.n
 class PackedCorpus:
     """Packed sequences split into train / validation rows."""
 
-    train: torch.Tensor  # [n_train, seq_len] int64
-    val: torch.Tensor  # [n_val, seq_len] int64
+    # int32 halves the memory of int64; batches are widened to int64 when they are taken.
+    train: torch.Tensor  # [n_train, seq_len] int32
+    val: torch.Tensor  # [n_val, seq_len] int32
     fingerprint: str  # sha256 over the tokens and the split: resume refuses different data
     num_tokens: int  # tokens in the corpus before packing drops the tail
 
@@ -58,7 +64,7 @@ def pack(tokens: np.ndarray, seq_len: int, val_fraction: float, seed: int) -> Pa
             f"the corpus is too small: {len(tokens)} tokens make {n} sequence(s) of {seq_len}, "
             f"need at least {want_val + 1} (add text or lower --seq-len)"
         )
-    rows = torch.from_numpy(tokens[: n * seq_len].astype(np.int64)).view(n, seq_len)  # [n, T]
+    rows = torch.from_numpy(tokens[: n * seq_len].astype(np.int32)).view(n, seq_len)  # [n, T]
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=g)
     is_val = torch.zeros(n, dtype=torch.bool)

@@ -153,7 +153,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     for s in range(0, per_rank, micro):
-        x = val[mine[s : s + micro]].to(ctx.device)  # [b, T]
+        x = val[mine[s : s + micro]].to(ctx.device, torch.long)  # [b, T]
         with _autocast(cfg, ctx):
             logits = model(input_ids=x).logits  # [b, T, V]
         # Row loss = mean over its T-1 next-token targets; float32 so bf16 logits stay accurate.
@@ -292,12 +292,14 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     }
 
     last_plot = [time.monotonic()]
+    last_ckpt = [start_step if resume_from else -1]
 
     def checkpoint(step: int) -> None:
         state = dict(
             trainer_state, samples_seen=step * cfg.batch_size, tokens_seen=step * tokens_per_step
         )
         save_checkpoint(out, step, model, opt, state, ctx, cfg.keep_checkpoints)
+        last_ckpt[0] = step
         # Refresh the plot with checkpoints, but at most once a minute: drawing costs ~0.2 s,
         # too much to pay every few steps of a small model.
         if ctx.is_main and time.monotonic() - last_plot[0] >= PLOT_INTERVAL_S:
@@ -347,7 +349,7 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         for j in range(accum):
             # This process's rows of the global batch: micro-step j, slot `rank`.
             start = base + j * micro * ctx.world_size + ctx.rank * micro
-            x = corpus.train[stream.indices(start, micro)].to(ctx.device)  # [micro, T]
+            x = corpus.train[stream.indices(start, micro)].to(ctx.device, torch.long)  # [micro, T]
             with _grad_sync(model, cfg, ctx, sync=j == accum - 1):
                 with _autocast(cfg, ctx):  # backward outside autocast, as torch recommends
                     loss = model(input_ids=x, labels=x).loss / accum
@@ -395,7 +397,7 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         bar.close()
 
     val_loss = log_eval(cfg.max_steps)
-    if not list_checkpoints(out) or list_checkpoints(out)[-1][0] != cfg.max_steps:
+    if last_ckpt[0] != cfg.max_steps:  # decided from state every process shares, not the disk
         checkpoint(cfg.max_steps)
     model_dir = out / "model"
     info = {
