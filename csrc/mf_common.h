@@ -22,8 +22,13 @@ enum {
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define MF_X86 1
+/* overridable so a test harness can build the AVX-512 code on an emulation header (SIMDe) */
+#ifndef MF_TARGET_AVX2
 #define MF_TARGET_AVX2 __attribute__((target("avx2")))
+#endif
+#ifndef MF_TARGET_AVX512
 #define MF_TARGET_AVX512 __attribute__((target("avx2,avx512f,avx512bw,avx512vl")))
+#endif
 #else
 #define MF_X86 0
 #endif
