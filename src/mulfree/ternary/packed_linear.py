@@ -7,7 +7,8 @@ activations (csrc/mf_ternary.c). The two differ only by the fp32 rounding of the
 K products and its summation: |y - ref| <= (K + 2) * 2^-24 * sum_k |x_fq[k] * w_fq[k]| (each
 term of the reference carries <= 3 roundings of 2^-24 relative plus the summation error; the
 int path is exact up to its one division). Against the int path itself the compiled kernels
-and the pure-torch path are bit-identical.
+and the pure-torch path are bit-identical. Inference only: outputs carry no autograd graph
+(train with BitLinear, then pack).
 """
 
 from __future__ import annotations
