@@ -58,3 +58,15 @@ def test_build_runs_forward_and_loss():
 def test_unknown_preset():
     with pytest.raises(MulfreeError, match="unknown preset 'huge'"):
         transformerpp_config("huge")
+
+
+def test_saved_transformerpp_loads_through_load_causal_lm(tmp_path):
+    from mulfree.models import load_causal_lm
+
+    torch.manual_seed(1)
+    model = build_transformerpp("tiny", vocab_size=300).eval()
+    model.save_pretrained(tmp_path)
+    loaded = load_causal_lm(tmp_path).eval()
+    ids = torch.randint(0, 300, (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
