@@ -100,6 +100,9 @@ class HGRNBitConfig(PretrainedConfig):
             raise MulfreeError(
                 f"hgrn_bit config: attn_mode must be one of {ATTN_MODES}, got {self.attn_mode!r}"
             )
+        # The official short-convolution branch passes its arguments to ShortConvolution in the
+        # wrong order and never fills the conv cache during prefill, so it has no well-defined
+        # behaviour to match; its depthwise conv would also bring back multiplications.
         if self.use_short_conv:
             raise MulfreeError(
                 "hgrn_bit config: use_short_conv=True is not supported (the released MatMul-free checkpoints do not use it)"
