@@ -171,3 +171,21 @@ def test_matmul_free_model_trains_saves_and_loads(setup, tmp_path):
 
     assert lrs == [lr_at(s, cfg, True) for s in range(8)]
     assert lrs[4] == pytest.approx(0.5 * lr_at(4, cfg, False))
+
+
+def test_matmul_free_resume_from_checkpoint_is_exact(setup, tmp_path):
+    import shutil
+
+    kw = dict(model="mmfree-tiny", max_steps=8, warmup_steps=2, log_every=1, eval_every=0,
+              checkpoint_every=4, extra={"hidden_size": 32, "num_hidden_layers": 2})  # fmt: skip
+    full = train(config(setup, tmp_path / "full", **kw))
+    part = tmp_path / "part"
+    shutil.copytree(full.out_dir, part)
+    shutil.rmtree(part / "checkpoints" / "step_00000008")
+    shutil.rmtree(part / "model")
+    resumed = train(config(setup, part, resume=True, **kw))
+    a = load_file(str(full.model_dir / "model.safetensors"))
+    b = load_file(str(resumed.model_dir / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+    assert resumed.val_loss == full.val_loss
