@@ -17,8 +17,10 @@ from mulfree.errors import MulfreeError
 # Modules that contribute subcommands (each has `register(subparsers)`).
 COMMAND_MODULES = [
     "mulfree.lmul.cli",
+    "mulfree.energy.cli",
     "mulfree.train.cli",
     "mulfree.hub.cli",
+    "mulfree.eval.cli",
 ]
 
 
