@@ -29,11 +29,11 @@ PRESETS: dict[str, dict] = {
     "370M": dict(hidden_size=1024, num_hidden_layers=24, vocab_size=32000),
     "1.3B": dict(hidden_size=2048, num_hidden_layers=24, vocab_size=32000),
     "2.7B": dict(hidden_size=2560, num_hidden_layers=32, vocab_size=32000),
-    # ~1.9M params at vocab 4096 (d 128, 4 layers, I 512).
+    # 2.1M params at vocab 4096 (d 128, 4 layers, I 512).
     "tiny": dict(hidden_size=128, num_hidden_layers=4, vocab_size=4096),
-    # ~6.4M params at vocab 8192 (d 256, 6 layers, I 768).
+    # 9.3M params at vocab 8192 (d 256, 6 layers, I 768).
     "mini": dict(hidden_size=256, num_hidden_layers=6, vocab_size=8192),
-    # ~31M params at vocab 8192 (d 512, 8 layers, I 1536).
+    # 35.7M params at vocab 8192 (d 512, 8 layers, I 1536).
     "small": dict(hidden_size=512, num_hidden_layers=8, vocab_size=8192),
 }
 
