@@ -1,0 +1,596 @@
+"""The HTTP application (Starlette): OpenAI-compatible routes, metrics, health and the web page.
+
+Every error is an OpenAI-style object {"error": {"message", "type", "param", "code"}} with the
+matching status: 400 bad parameters or malformed JSON, 401 missing/wrong API key, 404 unknown
+model or route, 405 wrong method, 408 generation timed out, 413 body too large, 429 all slots
+taken (with Retry-After), 500 model failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.routing import Route
+
+from mulfree.serve.backends import Backend
+from mulfree.serve.config import ServeConfig
+from mulfree.serve.metrics import Metrics
+from mulfree.serve.page import PAGE_HTML
+from mulfree.serve.sampling import SamplingParams
+from mulfree.serve.scheduler import Failed, Finished, GenRequest, QueueFull, Scheduler
+
+MAX_STOP = 4  # OpenAI allows up to 4 stop sequences
+ROLES = ("system", "developer", "user", "assistant", "tool")
+DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks that its client is still there
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = (
+            status,
+            message,
+            type_,
+            param,
+            code,
+        )
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        body = {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+@dataclass
+class Job:
+    """A validated generation request, before submission."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    params: SamplingParams
+    seed: int
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+    ignore_eos: bool
+
+
+class App:
+    """Holds the backend, scheduler and metrics; its methods are the route handlers."""
+
+    def __init__(self, config: ServeConfig, backend: Backend, metrics: Metrics | None = None):
+        self.config = config
+        self.backend = backend
+        self.metrics = metrics or Metrics(backend.model_id, backend.kind)
+        self.scheduler = Scheduler(
+            backend, max_batch=config.max_batch, max_queue=config.max_queue, metrics=self.metrics
+        )
+        self.max_prompt = min(config.max_prompt_tokens or backend.max_context, backend.max_context)
+        self.created = int(time.time())
+
+    # --- plumbing --------------------------------------------------------------------------
+    def _auth(self, request: Request) -> None:
+        key = self.config.api_key
+        if key is None:
+            return
+        got = request.headers.get("authorization", "")
+        scheme, _, token = got.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), key.encode()
+        ):
+            raise ApiError(
+                401,
+                "missing or incorrect API key (send 'Authorization: Bearer <key>')",
+                type_="authentication_error",
+                code="invalid_api_key",
+            )
+
+    async def _read_json(self, request: Request) -> dict:
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        too_big = ApiError(413, f"request body exceeds {limit} bytes", code="request_too_large")
+        if declared is not None:
+            try:
+                if int(declared) > limit:
+                    raise too_big
+            except ValueError:
+                raise ApiError(400, "invalid Content-Length header") from None
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_big
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"malformed JSON body: {e}", code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "the JSON body must be an object", code="invalid_json")
+        return data
+
+    def _check_model(self, data: dict) -> None:
+        model = data.get("model")
+        if model is None:
+            return  # the one served model
+        if not isinstance(model, str):
+            raise ApiError(400, "'model' must be a string", param="model")
+        if model != self.backend.model_id:
+            raise ApiError(
+                404,
+                f"the model {model!r} does not exist; this server serves {self.backend.model_id!r}",
+                param="model",
+                code="model_not_found",
+            )
+
+    def _job(self, data: dict, prompt_ids: list[int], *, chat: bool) -> Job:
+        def number(name, default, lo, hi, *, integer=False):
+            v = data.get(name, default)
+            if v is None:
+                v = default
+            ok = isinstance(v, int) if integer else isinstance(v, int | float)
+            if isinstance(v, bool) or not ok or (isinstance(v, float) and not math.isfinite(v)):
+                raise ApiError(
+                    400, f"'{name}' must be {'an integer' if integer else 'a number'}", param=name
+                )
+            if not lo <= v <= hi:
+                raise ApiError(400, f"'{name}' must be between {lo} and {hi}, got {v}", param=name)
+            return v
+
+        number("n", 1, 1, 1, integer=True)  # one choice per request
+        if data.get("logprobs") not in (None, False) or data.get("top_logprobs") is not None:
+            raise ApiError(400, "logprobs are not supported", param="logprobs")
+        if not prompt_ids:
+            bos = getattr(self.backend.tokenizer, "bos_token_id", None)
+            if bos is None:
+                raise ApiError(400, "the prompt is empty", param="messages" if chat else "prompt")
+            prompt_ids = [bos]
+        room = self.backend.max_context - len(prompt_ids)
+        if len(prompt_ids) > self.max_prompt or room < 1:
+            raise ApiError(
+                400,
+                f"the prompt has {len(prompt_ids)} tokens; this server takes at "
+                f"most {min(self.max_prompt, self.backend.max_context - 1)}",
+                param="messages" if chat else "prompt",
+                code="context_length_exceeded",
+            )
+        name = "max_tokens"
+        if chat and data.get("max_completion_tokens") is not None:
+            name = "max_completion_tokens"
+        if data.get(name) is None:
+            max_tokens = min(self.config.default_max_tokens, room)
+        else:
+            max_tokens = number(name, None, 1, self.config.max_tokens_limit, integer=True)
+            if max_tokens > room:
+                raise ApiError(
+                    400,
+                    f"prompt ({len(prompt_ids)} tokens) + {name} ({max_tokens}) "
+                    f"exceed the context length {self.backend.max_context}",
+                    param=name,
+                    code="context_length_exceeded",
+                )
+        temperature = float(number("temperature", 1.0, 0.0, 2.0))
+        top_p = float(number("top_p", 1.0, 0.0, 1.0))
+        if top_p <= 0:
+            raise ApiError(400, "'top_p' must be > 0", param="top_p")
+        top_k = number("top_k", 0, -1, self.backend.vocab_size, integer=True)
+        seed = data.get("seed")
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little") >> 1
+        elif isinstance(seed, bool) or not isinstance(seed, int):
+            raise ApiError(400, "'seed' must be an integer", param="seed")
+        stop = data.get("stop")
+        if stop is None:
+            stop = []
+        elif isinstance(stop, str):
+            stop = [stop]
+        if (
+            not isinstance(stop, list)
+            or len(stop) > MAX_STOP
+            or not all(isinstance(s, str) and s for s in stop)
+        ):
+            raise ApiError(
+                400,
+                f"'stop' must be a non-empty string or a list of at most "
+                f"{MAX_STOP} non-empty strings",
+                param="stop",
+            )
+        stream = data.get("stream", False)
+        if not isinstance(stream, bool):
+            raise ApiError(400, "'stream' must be a boolean", param="stream")
+        opts = data.get("stream_options") or {}
+        if not isinstance(opts, dict):
+            raise ApiError(400, "'stream_options' must be an object", param="stream_options")
+        ignore_eos = data.get("ignore_eos", False)
+        if not isinstance(ignore_eos, bool):
+            raise ApiError(400, "'ignore_eos' must be a boolean", param="ignore_eos")
+        return Job(
+            prompt_ids,
+            max_tokens,
+            SamplingParams(temperature, top_p, max(top_k, 0)),
+            seed % (1 << 63),
+            tuple(stop),
+            stream,
+            bool(opts.get("include_usage")),
+            ignore_eos,
+        )
+
+    def _completion_prompt(self, data: dict) -> list[int]:
+        prompt = data.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+            prompt = prompt[0]  # a batch of one
+        if isinstance(prompt, str):
+            if len(prompt) > self.config.max_body_bytes:
+                raise ApiError(400, "the prompt is too long", param="prompt")
+            return self.backend.encode(prompt)
+        if isinstance(prompt, list) and all(
+            isinstance(t, int) and not isinstance(t, bool) for t in prompt
+        ):
+            if any(not 0 <= t < self.backend.vocab_size for t in prompt):
+                raise ApiError(400, "a prompt token id is outside the vocabulary", param="prompt")
+            return list(prompt)
+        if prompt is None:
+            raise ApiError(400, "'prompt' is required", param="prompt")
+        raise ApiError(
+            400,
+            "'prompt' must be a string, a list of token ids, or a list of one of "
+            "those (one prompt per request)",
+            param="prompt",
+        )
+
+    def _chat_prompt(self, data: dict) -> list[int]:
+        messages = data.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ApiError(400, "'messages' must be a non-empty list", param="messages")
+        clean = []
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ROLES:
+                raise ApiError(
+                    400, f"messages[{i}] needs a 'role' among {', '.join(ROLES)}", param="messages"
+                )
+            content = m.get("content")
+            if isinstance(content, list):  # content parts: text only
+                if not all(
+                    isinstance(p, dict)
+                    and p.get("type") == "text"
+                    and isinstance(p.get("text"), str)
+                    for p in content
+                ):
+                    raise ApiError(
+                        400, f"messages[{i}].content parts must be text parts", param="messages"
+                    )
+                content = "".join(p["text"] for p in content)
+            elif content is None and m["role"] == "assistant":
+                content = ""
+            if not isinstance(content, str):
+                raise ApiError(400, f"messages[{i}].content must be a string", param="messages")
+            clean.append({"role": m["role"], "content": content})
+        text = self.backend.chat_prompt(clean)
+        if len(text) > self.config.max_body_bytes:
+            raise ApiError(400, "the messages are too long", param="messages")
+        return self.backend.encode(text)
+
+    # --- generation ------------------------------------------------------------------------
+    def _submit(self, job: Job) -> GenRequest:
+        req = GenRequest(
+            job.prompt_ids,
+            job.max_tokens,
+            job.params,
+            job.seed,
+            job.stop,
+            job.ignore_eos,
+            timeout_s=self.config.request_timeout_s,
+        )
+        try:
+            self.scheduler.submit(req)
+        except QueueFull:
+            raise ApiError(
+                429,
+                f"the server is busy: all {self.scheduler.capacity} request slots "
+                "are taken; retry shortly",
+                type_="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": "1"},
+            ) from None
+        return req
+
+    @staticmethod
+    def _failure(ev: Failed) -> ApiError:
+        if ev.kind == "timeout":
+            return ApiError(408, ev.message, type_="timeout_error", code="timeout")
+        return ApiError(500, ev.message, type_="server_error", code="server_error")
+
+    async def _collect(self, request: Request, req: GenRequest):
+        """Wait for a non-streaming request; cancel it if the client goes away meanwhile."""
+        text = []
+        while True:
+            try:
+                ev = await asyncio.wait_for(req.events.get(), DISCONNECT_POLL_S)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    self.scheduler.cancel(req)
+                    return None, None
+                continue
+            if isinstance(ev, Finished):
+                return "".join(text), ev
+            if isinstance(ev, Failed):
+                raise self._failure(ev)
+            text.append(ev.text)
+
+    async def _generate(self, request: Request, endpoint: str, chat: bool):
+        self._auth(request)
+        data = await self._read_json(request)
+        self._check_model(data)
+        ids = self._chat_prompt(data) if chat else self._completion_prompt(data)
+        job = self._job(data, ids, chat=chat)
+        req = self._submit(job)
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        created = int(time.time())
+        if job.stream:
+            return StreamingResponse(
+                self._sse(req, job, rid, created, chat, endpoint),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        try:
+            text, fin = await self._collect(request, req)
+        except BaseException:
+            self.scheduler.cancel(req)
+            raise
+        if fin is None:  # client gone: nobody to answer
+            return PlainTextResponse("", status_code=499)
+        usage = _usage(fin.prompt_tokens, fin.completion_tokens)
+        if chat:
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": fin.reason,
+            }
+            body = {
+                "id": rid,
+                "object": "chat.completion",
+                "created": created,
+                "model": self.backend.model_id,
+                "choices": [choice],
+                "usage": usage,
+            }
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": fin.reason}
+            body = {
+                "id": rid,
+                "object": "text_completion",
+                "created": created,
+                "model": self.backend.model_id,
+                "choices": [choice],
+                "usage": usage,
+            }
+        return JSONResponse(body)
+
+    async def _sse(
+        self, req: GenRequest, job: Job, rid: str, created: int, chat: bool, endpoint: str
+    ):
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        model = self.backend.model_id
+
+        def chunk(delta_text: str | None, finish: str | None, *, role=False) -> str:
+            if chat:
+                delta = (
+                    {"role": "assistant", "content": ""}
+                    if role
+                    else ({} if delta_text is None else {"content": delta_text})
+                )
+                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            else:
+                choice = {
+                    "index": 0,
+                    "text": delta_text or "",
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            body = {
+                "id": rid,
+                "object": obj,
+                "created": created,
+                "model": model,
+                "choices": [choice],
+            }
+            if job.include_usage:
+                body["usage"] = None
+            return f"data: {json.dumps(body)}\n\n"
+
+        finished = False
+        try:
+            if chat:
+                yield chunk(None, None, role=True)
+            while True:
+                ev = await req.events.get()
+                if isinstance(ev, Finished):
+                    yield chunk(None, ev.reason)
+                    if job.include_usage:
+                        body = {
+                            "id": rid,
+                            "object": obj,
+                            "created": created,
+                            "model": model,
+                            "choices": [],
+                            "usage": _usage(ev.prompt_tokens, ev.completion_tokens),
+                        }
+                        yield f"data: {json.dumps(body)}\n\n"
+                    break
+                if isinstance(ev, Failed):
+                    err = self._failure(ev)
+                    body = {
+                        "error": {
+                            "message": err.message,
+                            "type": err.type,
+                            "param": None,
+                            "code": err.code,
+                        }
+                    }
+                    yield f"data: {json.dumps(body)}\n\n"
+                    break
+                yield chunk(ev.text, None)
+            yield "data: [DONE]\n\n"
+            finished = True
+        finally:
+            # A client that disconnects mid-stream cancels this generator: free its slot now.
+            if not finished:
+                self.scheduler.cancel(req)
+
+    # --- routes ----------------------------------------------------------------------------
+    async def completions(self, request: Request):
+        return await self._generate(request, "/v1/completions", chat=False)
+
+    async def chat_completions(self, request: Request):
+        return await self._generate(request, "/v1/chat/completions", chat=True)
+
+    def _model_card(self) -> dict:
+        return {
+            "id": self.backend.model_id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "mulfree",
+        }
+
+    async def models(self, request: Request):
+        self._auth(request)
+        return JSONResponse({"object": "list", "data": [self._model_card()]})
+
+    async def model(self, request: Request):
+        self._auth(request)
+        if request.path_params["model_id"] != self.backend.model_id:
+            raise ApiError(
+                404,
+                f"the model {request.path_params['model_id']!r} does not exist",
+                param="model",
+                code="model_not_found",
+            )
+        return JSONResponse(self._model_card())
+
+    async def health(self, request: Request):
+        active, waiting = self.scheduler.counts()
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": self.backend.model_id,
+                "backend": self.backend.kind,
+                "active": active,
+                "waiting": waiting,
+                "capacity": self.scheduler.capacity,
+            }
+        )
+
+    async def metrics_text(self, request: Request):
+        active, waiting = self.scheduler.counts()
+        return PlainTextResponse(
+            self.metrics.render(active, waiting),
+            media_type="text/plain; version=0.0.4; charset=utf-8",
+        )
+
+    async def page(self, request: Request):
+        return HTMLResponse(PAGE_HTML.replace("{{MODEL_ID}}", json.dumps(self.backend.model_id)))
+
+
+def _usage(prompt: int, completion: int) -> dict:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def build_app(config: ServeConfig, backend: Backend, *, estimate_energy: bool = True) -> Starlette:
+    """The ASGI app serving `backend`; its scheduler thread runs between startup and shutdown."""
+    state = App(config, backend)
+    if estimate_energy and config.energy_table:
+        state.metrics.set_step_energy(*_energy(backend, config.energy_table))
+
+    def wrap(endpoint: str, handler):
+        async def route(request: Request):
+            try:
+                response = await handler(request)
+            except ApiError as e:
+                response = e.response()
+            state.metrics.http_request(endpoint, response.status_code)
+            return response
+
+        return route
+
+    routes = [
+        Route("/", wrap("/", state.page), methods=["GET"]),
+        Route("/health", wrap("/health", state.health), methods=["GET"]),
+        Route("/metrics", wrap("/metrics", state.metrics_text), methods=["GET"]),
+        Route("/v1/models", wrap("/v1/models", state.models), methods=["GET"]),
+        Route("/v1/models/{model_id:path}", wrap("/v1/models", state.model), methods=["GET"]),
+        Route("/v1/completions", wrap("/v1/completions", state.completions), methods=["POST"]),
+        Route(
+            "/v1/chat/completions",
+            wrap("/v1/chat/completions", state.chat_completions),
+            methods=["POST"],
+        ),
+    ]
+
+    async def http_error(request: Request, exc: HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return ApiError(
+            exc.status_code,
+            f"{request.method} {request.url.path}: {exc.detail}",
+            code=code,
+            headers=getattr(exc, "headers", None),
+        ).response()
+
+    async def server_error(request: Request, exc: Exception):
+        return ApiError(
+            500, f"internal error: {type(exc).__name__}", type_="server_error", code="server_error"
+        ).response()
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        state.scheduler.start()
+        try:
+            yield
+        finally:
+            state.scheduler.stop()
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+    )
+    app.state.mulfree = state
+    return app
+
+
+def _energy(backend: Backend, table: str) -> tuple[float, float]:
+    from mulfree.serve.metrics import estimate_step_energy
+
+    return estimate_step_energy(backend, table)

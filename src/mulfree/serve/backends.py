@@ -1,0 +1,261 @@
+"""Backends: what the scheduler needs from a model, and two implementations.
+
+A backend tokenizes, starts a request (prefill its prompt -> its own state + first logits), runs
+one decode step for several requests at once (their states and last tokens -> next-token logits,
+states advanced in place) and frees a request's state.
+
+- `MatMulFreeBackend` (model_type `hgrn_bit`): a request's state is one float32 row
+  [1, hidden*expand_ratio] per layer. A decode step stacks the rows of all active requests along
+  the batch axis into one `HGRNBitCache`, runs the model once on [B, 1] tokens, and splits the
+  advanced states back: one forward per step, whatever the number of requests.
+- `GenericBackend` (any Hugging Face causal LM): a request's state is the model's own cache
+  (`DynamicCache` for attention models); a step runs the requests one after another (batch 1),
+  since KV caches of different lengths do not stack without padding.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mulfree.errors import MulfreeError
+
+# Chat template used when the tokenizer carries none: role-tagged lines, then the assistant tag.
+SIMPLE_CHAT_TEMPLATE = "{role}: {content}\n"
+SIMPLE_CHAT_SUFFIX = "assistant:"
+
+
+@dataclass
+class RequestState:
+    """What a backend keeps for one request between steps."""
+
+    data: Any
+    length: int  # tokens consumed so far (prompt + generated)
+
+
+@dataclass
+class Backend:
+    """Common part of both backends: the model, its tokenizer and the text helpers.
+
+    Subclasses implement `start`, `step` and `free`. All model calls happen on the scheduler's
+    one worker thread; `lock` guards them against the energy estimate run at start-up.
+    """
+
+    model: Any
+    tokenizer: Any
+    model_id: str
+    max_context: int
+    eos_token_ids: frozenset[int] = field(default_factory=frozenset)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    kind = "base"
+
+    # --- text ------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        """The prompt text for chat messages: the tokenizer's chat template, or a simple one."""
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        lines = "".join(
+            SIMPLE_CHAT_TEMPLATE.format(role=m["role"], content=m["content"]) for m in messages
+        )
+        return lines + SIMPLE_CHAT_SUFFIX
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.config.vocab_size)
+
+    # --- model -----------------------------------------------------------------------------
+    def start(self, ids: list[int]) -> tuple[RequestState, torch.Tensor]:
+        """Prefill a prompt: (its state, next-token logits [vocab])."""
+        raise NotImplementedError
+
+    def step(self, states: list[RequestState], tokens: list[int]) -> torch.Tensor:
+        """Feed one token per request; advance each state in place; logits [len(states), vocab]."""
+        raise NotImplementedError
+
+    def free(self, state: RequestState) -> None:
+        state.data = None
+
+
+class MatMulFreeBackend(Backend):
+    kind = "mmfree"
+
+    def _cache(self, per_layer: list[torch.Tensor] | None):
+        from mulfree.models.mmfree.modeling_mmfree import HGRNBitCache
+
+        cache = HGRNBitCache(self.model.config)
+        if per_layer is not None:
+            for i, s in enumerate(per_layer):
+                cache.update_recurrent_state(s, i)
+        return cache
+
+    @staticmethod
+    def _states(cache, n_layers: int) -> list[torch.Tensor]:
+        return [cache.layers[i].recurrent_states[0] for i in range(n_layers)]
+
+    @torch.inference_mode()
+    def start(self, ids):
+        cache = self._cache(None)
+        x = torch.tensor([ids], dtype=torch.long)  # [1, T]
+        out = self.model(input_ids=x, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        n = self.model.config.num_hidden_layers
+        states = [s.clone() for s in self._states(out.past_key_values, n)]  # L x [1, E]
+        return RequestState(states, len(ids)), out.logits[0, -1]
+
+    @torch.inference_mode()
+    def step(self, states, tokens):
+        n = self.model.config.num_hidden_layers
+        # L x [B, E]: row b of layer l is request b's state.
+        stacked = [torch.cat([st.data[layer] for st in states], 0) for layer in range(n)]
+        cache = self._cache(stacked)
+        x = torch.tensor(tokens, dtype=torch.long).unsqueeze(1)  # [B, 1]
+        out = self.model(input_ids=x, past_key_values=cache, use_cache=True)
+        new = self._states(out.past_key_values, n)  # L x [B, E]
+        for b, st in enumerate(states):
+            st.data = [s[b : b + 1].clone() for s in new]  # L x [1, E]
+            st.length += 1
+        return out.logits[:, -1]  # [B, vocab]
+
+
+class GenericBackend(Backend):
+    kind = "generic"
+
+    @torch.inference_mode()
+    def start(self, ids):
+        x = torch.tensor([ids], dtype=torch.long)  # [1, T]
+        out = self.model(input_ids=x, use_cache=True)
+        return RequestState(out.past_key_values, len(ids)), out.logits[0, -1]
+
+    @torch.inference_mode()
+    def step(self, states, tokens):
+        rows = []
+        for st, tok in zip(states, tokens, strict=True):
+            x = torch.tensor([[tok]], dtype=torch.long)  # [1, 1]
+            out = self.model(input_ids=x, past_key_values=st.data, use_cache=True)
+            st.data = out.past_key_values
+            st.length += 1
+            rows.append(out.logits[0, -1])
+        return torch.stack(rows)  # [B, vocab]
+
+
+def _eos_ids(model, tokenizer) -> frozenset[int]:
+    ids: set[int] = set()
+    for v in (
+        getattr(model.config, "eos_token_id", None),
+        getattr(tokenizer, "eos_token_id", None),
+    ):
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, list | tuple):
+            ids.update(int(x) for x in v)
+    gen = getattr(model, "generation_config", None)
+    v = getattr(gen, "eos_token_id", None) if gen is not None else None
+    if isinstance(v, int):
+        ids.add(v)
+    elif isinstance(v, list | tuple):
+        ids.update(int(x) for x in v)
+    return frozenset(ids)
+
+
+def make_backend(
+    model,
+    tokenizer,
+    model_id: str,
+    *,
+    kind: str = "auto",
+    max_context: int | None = None,
+) -> Backend:
+    """Wrap a loaded model + tokenizer. kind: "auto" (MatMul-free when model_type is hgrn_bit),
+    "mmfree" or "generic"."""
+    model_type = getattr(model.config, "model_type", None)
+    if kind == "auto":
+        kind = "mmfree" if model_type == "hgrn_bit" else "generic"
+    if kind == "mmfree" and model_type != "hgrn_bit":
+        raise MulfreeError(f"the mmfree backend serves hgrn_bit models, not {model_type!r}")
+    if kind not in ("mmfree", "generic"):
+        raise MulfreeError(f"unknown backend {kind!r}; choose auto, mmfree or generic")
+    if max_context is None:
+        max_context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+    model.eval()
+    cls = MatMulFreeBackend if kind == "mmfree" else GenericBackend
+    return cls(
+        model=model,
+        tokenizer=tokenizer,
+        model_id=model_id,
+        max_context=max_context,
+        eos_token_ids=_eos_ids(model, tokenizer),
+    )
+
+
+def load_backend(
+    model_dir: str | Path,
+    *,
+    tokenizer_dir: str | Path | None = None,
+    model_id: str | None = None,
+    kind: str = "auto",
+    lmul_bits: int | None = None,
+    max_context: int | None = None,
+    threads: int | None = None,
+) -> Backend:
+    """Load a model directory (config.json + safetensors) and its tokenizer into a backend.
+
+    lmul_bits: apply L-Mul attention (`mulfree.attention.apply_lmul_`) with that many mantissa
+    bits; for attention models only (a MatMul-free model has no attention to replace).
+    """
+    import json
+
+    from transformers import AutoTokenizer
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    path = Path(model_dir)
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise MulfreeError(f"no config.json in {path} (is it a model directory?)")
+    try:
+        model_type = json.loads(cfg_file.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError) as e:
+        raise MulfreeError(f"cannot read {cfg_file}: {e}") from None
+    from mulfree.models.loading import KNOWN_MODEL_TYPES, load_causal_lm
+
+    if model_type in KNOWN_MODEL_TYPES:
+        model = load_causal_lm(path)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise MulfreeError(f"cannot load {path}: {str(e).splitlines()[0]}") from None
+    tok_path = Path(tokenizer_dir) if tokenizer_dir else path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_path), local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise MulfreeError(
+            f"cannot load a tokenizer from {tok_path}: {str(e).splitlines()[0]}"
+        ) from None
+    if lmul_bits is not None:
+        if model_type == "hgrn_bit":
+            raise MulfreeError("--lmul applies to attention models; hgrn_bit has no attention")
+        from mulfree.attention import LMulConfig, apply_lmul_
+
+        apply_lmul_(model, LMulConfig(mantissa_bits=lmul_bits))
+    return make_backend(
+        model,
+        tokenizer,
+        model_id or path.resolve().name,
+        kind=kind,
+        max_context=max_context,
+    )

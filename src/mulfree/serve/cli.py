@@ -1,0 +1,90 @@
+"""`mulfree serve MODEL_DIR`: thin over mulfree.serve.serve(ServeConfig(...))."""
+
+from __future__ import annotations
+
+import os
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API (with a web page at /)",
+        description="Serve a model directory (config.json + safetensors + tokenizer) over HTTP: "
+        "/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics and a page at /.",
+    )
+    p.add_argument("model", help="model directory (config.json, *.safetensors, tokenizer files)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
+    p.add_argument(
+        "--model-id", default=None, help="name clients pass as 'model' (default: folder name)"
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "mmfree", "generic"],
+        help="auto: batched MatMul-free decoding for hgrn_bit models, generic otherwise",
+    )
+    p.add_argument(
+        "--lmul",
+        type=int,
+        default=None,
+        metavar="K",
+        help="apply L-Mul attention with K mantissa bits (HF attention models)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on /v1 (default: $MULFREE_API_KEY)",
+    )
+    p.add_argument("--max-batch", type=int, default=16, help="requests decoding together")
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting; beyond: HTTP 429")
+    p.add_argument("--max-tokens-limit", type=int, default=4096)
+    p.add_argument("--default-max-tokens", type=int, default=256)
+    p.add_argument("--max-prompt-tokens", type=int, default=None)
+    p.add_argument(
+        "--max-context",
+        type=int,
+        default=None,
+        help="prompt + generated tokens per request (default: the model config's)",
+    )
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    p.add_argument("--timeout", type=float, default=600.0, help="per-request time limit, seconds")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument(
+        "--energy-table",
+        default="horowitz_45nm",
+        help="energy table for the per-token estimate ('none' to skip it)",
+    )
+    p.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from mulfree.serve import ServeConfig, serve
+
+    config = ServeConfig(
+        model=args.model,
+        tokenizer=args.tokenizer,
+        model_id=args.model_id,
+        backend=args.backend,
+        lmul=args.lmul,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key or os.environ.get("MULFREE_API_KEY") or None,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        max_tokens_limit=args.max_tokens_limit,
+        default_max_tokens=args.default_max_tokens,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_context=args.max_context,
+        max_body_bytes=args.max_body_bytes,
+        request_timeout_s=args.timeout,
+        threads=args.threads,
+        energy_table=None if args.energy_table == "none" else args.energy_table,
+        log_level=args.log_level,
+    )
+    serve(config)
+    return 0

@@ -1,0 +1,65 @@
+"""ServeConfig: everything `mulfree serve` takes, validated when built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mulfree.errors import MulfreeError
+
+BACKENDS = ("auto", "mmfree", "generic")
+
+
+@dataclass
+class ServeConfig:
+    """Settings of one server. `model` is a model directory (config.json + safetensors, with its
+    tokenizer unless `tokenizer` names another directory)."""
+
+    model: str | None = None
+    tokenizer: str | None = None
+    model_id: str | None = None  # the name clients pass as "model"; default: the folder name
+    backend: str = "auto"
+    lmul: int | None = None  # L-Mul attention mantissa bits for HF attention models
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None  # when set, /v1/* need "Authorization: Bearer <api_key>"
+    max_batch: int = 16  # requests decoding together
+    max_queue: int = 64  # requests waiting for a batch place; beyond: HTTP 429
+    max_tokens_limit: int = 4096  # the largest max_tokens a request may ask for
+    default_max_tokens: int = 256  # when a request gives none
+    max_prompt_tokens: int | None = None  # default: the model's context length
+    max_context: int | None = None  # default: config.max_position_embeddings
+    max_body_bytes: int = 1 << 20
+    request_timeout_s: float = 600.0
+    threads: int | None = None  # torch intra-op threads
+    energy_table: str | None = "horowitz_45nm"  # None: no energy estimate
+    log_level: str = "info"
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise MulfreeError(
+                f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
+            )
+        if not 0 <= int(self.port) <= 65535:
+            raise MulfreeError(f"port must be in 0..65535, got {self.port}")
+        for name in ("max_batch", "max_tokens_limit", "default_max_tokens", "max_body_bytes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise MulfreeError(f"{name} must be a positive integer, got {v!r}")
+        if (
+            isinstance(self.max_queue, bool)
+            or not isinstance(self.max_queue, int)
+            or self.max_queue < 0
+        ):
+            raise MulfreeError(f"max_queue must be an integer >= 0, got {self.max_queue!r}")
+        for name in ("max_prompt_tokens", "max_context", "threads"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise MulfreeError(f"{name} must be a positive integer, got {v!r}")
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise MulfreeError(
+                f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens_limit ({self.max_tokens_limit})"
+            )
+        if not self.request_timeout_s > 0:
+            raise MulfreeError(f"request_timeout_s must be > 0, got {self.request_timeout_s!r}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise MulfreeError("api_key must not be empty")

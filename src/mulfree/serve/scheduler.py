@@ -1,0 +1,320 @@
+"""The scheduler: one worker thread decodes every active request together, step by step.
+
+Requests enter a bounded set of slots: `max_batch` decode together, up to `max_queue` more wait.
+`submit` refuses a request when all slots are taken (the server answers 429). Each worker
+iteration:
+  1. drops requests that were cancelled (client gone) or ran past their deadline, freeing state;
+  2. admits waiting requests into free batch places: prefill -> state + first token;
+  3. runs one batched decode step for all active requests and samples each one's next token
+     with its own generator; finished requests free their state and their slot.
+Outputs travel to the asyncio side as events on the request's own asyncio.Queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from mulfree.serve.backends import Backend, RequestState
+from mulfree.serve.metrics import Metrics
+from mulfree.serve.sampling import SamplingParams, make_generator, sample
+
+
+class QueueFull(Exception):
+    """Every batch place and queue place is taken."""
+
+
+@dataclass
+class Delta:
+    text: str
+
+
+@dataclass
+class Finished:
+    reason: str  # "stop" (eos or a stop string) or "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class Failed:
+    kind: str  # "timeout" or "server_error"
+    message: str
+    completion_tokens: int = 0
+
+
+class Detokenizer:
+    """Incremental decoding that never emits half a character.
+
+    Decodes a short window (a few previous tokens + the new ones) and emits only the part that
+    grew past the previous window's text, holding back text that ends in U+FFFD (a UTF-8
+    sequence split across tokens). The window starts inside the prompt so that tokenizers which
+    drop a leading space at the start of a decode still produce it.
+    """
+
+    CONTEXT = 4
+
+    def __init__(self, backend: Backend, prompt_ids: list[int]):
+        self.backend = backend
+        self.ids = list(prompt_ids[-self.CONTEXT :])
+        self.prefix = 0
+        self.read = len(self.ids)
+
+    def add(self, tok: int) -> str:
+        self.ids.append(tok)
+        before = self.backend.decode(self.ids[self.prefix : self.read])
+        now = self.backend.decode(self.ids[self.prefix :])
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return now[len(before) :]
+        return ""
+
+    def flush(self) -> str:
+        before = self.backend.decode(self.ids[self.prefix : self.read])
+        now = self.backend.decode(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return now[len(before) :] if len(now) > len(before) else ""
+
+
+@dataclass(eq=False)
+class GenRequest:
+    """One generation request; created on the asyncio side, advanced by the worker."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    params: SamplingParams = field(default_factory=SamplingParams)
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    timeout_s: float = 600.0
+    # The asyncio side: events arrive here (Delta..., then one Finished or Failed).
+    loop: asyncio.AbstractEventLoop | None = None
+    events: asyncio.Queue | None = None
+    # Timing (monotonic seconds), for metrics.
+    t_submit: float = 0.0
+    t_first: float | None = None
+    # Worker state.
+    cancelled: bool = False
+    done: bool = False
+    state: RequestState | None = None
+    generator: torch.Generator | None = None
+    n_generated: int = 0
+    last_token: int = -1
+    text: str = ""
+    sent: int = 0
+    detok: Detokenizer | None = None
+
+    @property
+    def deadline(self) -> float:
+        return self.t_submit + self.timeout_s
+
+
+class Scheduler:
+    def __init__(self, backend: Backend, *, max_batch: int, max_queue: int, metrics: Metrics):
+        self.backend = backend
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self._cond = threading.Condition()
+        self._pending: collections.deque[GenRequest] = collections.deque()
+        self._active: list[GenRequest] = []
+        self._inflight = 0  # submitted and not yet finished (pending + active)
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    # --- asyncio side ----------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return self.max_batch + self.max_queue
+
+    def counts(self) -> tuple[int, int]:
+        """(active, waiting) requests."""
+        with self._cond:
+            return len(self._active), self._inflight - len(self._active)
+
+    def submit(self, req: GenRequest) -> None:
+        """Queue a request (raises QueueFull when every slot is taken)."""
+        req.loop = asyncio.get_running_loop()
+        req.events = asyncio.Queue()
+        req.t_submit = time.monotonic()
+        with self._cond:
+            if self._inflight >= self.capacity:
+                raise QueueFull
+            self._inflight += 1
+            self._pending.append(req)
+            self._cond.notify()
+
+    def cancel(self, req: GenRequest) -> None:
+        """The client is gone: the worker frees the request's slot before its next step."""
+        with self._cond:
+            req.cancelled = True
+            self._cond.notify()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mulfree-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    # --- worker side -----------------------------------------------------------------------
+    def _emit(self, req: GenRequest, event) -> None:
+        try:
+            req.loop.call_soon_threadsafe(req.events.put_nowait, event)
+        except RuntimeError:  # the event loop is closed: the server is shutting down
+            pass
+
+    def _release(self, req: GenRequest) -> None:
+        if req.done:
+            return
+        req.done = True
+        if req.state is not None:
+            self.backend.free(req.state)
+            req.state = None
+        with self._cond:
+            self._inflight -= 1
+            if req in self._active:
+                self._active.remove(req)
+
+    def _finish(self, req: GenRequest, reason: str) -> None:
+        if req.detok is not None and reason == "length":
+            req.text += req.detok.flush()
+        end = len(req.text)
+        if req.stop:
+            hit = _find_stop(req.text, req.stop, 0)
+            if hit is not None:
+                end, reason = hit, "stop"
+        if end > req.sent:
+            self._emit(req, Delta(req.text[req.sent : end]))
+            req.sent = end
+        self._emit(req, Finished(reason, len(req.prompt_ids), req.n_generated))
+        self.metrics.request_finished(reason)
+        self._release(req)
+
+    def _fail(self, req: GenRequest, kind: str, message: str) -> None:
+        self._emit(req, Failed(kind, message, req.n_generated))
+        self.metrics.request_finished(kind)
+        self._release(req)
+
+    def _accept(self, req: GenRequest, tok: int) -> None:
+        """Take one sampled token: emit the text it completes, or finish the request."""
+        now = time.monotonic()
+        if req.t_first is None:
+            req.t_first = now
+            self.metrics.first_token(now - req.t_submit)
+        req.n_generated += 1
+        req.last_token = tok
+        if tok in self.backend.eos_token_ids and not req.ignore_eos:
+            self._finish(req, "stop")
+            return
+        piece = req.detok.add(tok)
+        if piece:
+            scan_from = max(0, len(req.text) - _longest(req.stop) + 1)
+            req.text += piece
+            if req.stop:
+                hit = _find_stop(req.text, req.stop, scan_from)
+                if hit is not None:
+                    req.text = req.text[:hit]
+                    self._finish(req, "stop")
+                    return
+            safe = len(req.text) - _holdback(req.text, req.stop)
+            if safe > req.sent:
+                self._emit(req, Delta(req.text[req.sent : safe]))
+                req.sent = safe
+        if req.n_generated >= req.max_tokens or req.state.length >= self.backend.max_context:
+            self._finish(req, "length")
+
+    def _admit(self, req: GenRequest) -> None:
+        req.generator = make_generator(req.seed)
+        req.detok = Detokenizer(self.backend, req.prompt_ids)
+        t0 = time.monotonic()
+        req.state, logits = self.backend.start(req.prompt_ids)
+        self.metrics.prefill(len(req.prompt_ids), time.monotonic() - t0)
+        with self._cond:
+            self._active.append(req)
+        self._accept(req, sample(logits, req.params, req.generator))
+
+    def _sweep(self) -> None:
+        """Free cancelled and expired requests, waiting or active."""
+        now = time.monotonic()
+        with self._cond:
+            gone = [
+                r for r in list(self._pending) + self._active if r.cancelled or now > r.deadline
+            ]
+            for r in gone:
+                if r in self._pending:
+                    self._pending.remove(r)
+        for r in gone:
+            if r.cancelled:
+                self.metrics.request_finished("cancelled")
+                self._release(r)
+            else:
+                self._fail(r, "timeout", f"request timed out after {r.timeout_s:g} s")
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stop and not self._pending and not self._active:
+                    self._cond.wait()
+                if self._stop:
+                    break
+            self._sweep()
+            with self._cond:
+                room = self.max_batch - len(self._active)
+                new = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+            for req in new:
+                try:
+                    self._admit(req)
+                except Exception as e:  # a failing model call must not kill the worker
+                    self._fail(req, "server_error", f"{type(e).__name__}: {e}")
+            with self._cond:
+                batch = [r for r in self._active if not r.done]
+            # Requests admitted in this iteration already have their first token; they join the
+            # step too, which feeds that token.
+            if not batch:
+                continue
+            t0 = time.monotonic()
+            try:
+                logits = self.backend.step([r.state for r in batch], [r.last_token for r in batch])
+            except Exception as e:
+                for r in batch:
+                    self._fail(r, "server_error", f"{type(e).__name__}: {e}")
+                continue
+            self.metrics.decode_step(len(batch), time.monotonic() - t0)
+            for r, row in zip(batch, logits, strict=True):
+                if not r.cancelled:
+                    self._accept(r, sample(row, r.params, r.generator))
+        # Shutting down: tell everyone still waiting.
+        with self._cond:
+            left = list(self._pending) + list(self._active)
+            self._pending.clear()
+        for r in left:
+            self._fail(r, "server_error", "the server is shutting down")
+
+
+def _longest(stop: tuple[str, ...]) -> int:
+    return max((len(s) for s in stop), default=1)
+
+
+def _find_stop(text: str, stop: tuple[str, ...], start: int) -> int | None:
+    """Index of the earliest stop string in text[start:], or None."""
+    hits = [i for s in stop if (i := text.find(s, start)) >= 0]
+    return min(hits) if hits else None
+
+
+def _holdback(text: str, stop: tuple[str, ...]) -> int:
+    """Length of the longest suffix of `text` that could still grow into a stop string."""
+    for k in range(min(len(text), _longest(stop) - 1), 0, -1):
+        tail = text[-k:]
+        if any(s.startswith(tail) for s in stop):
+            return k
+    return 0

@@ -1,0 +1,69 @@
+"""Backends: batched MatMul-free decode steps equal single-request steps and a full forward."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from mulfree.serve.backends import GenericBackend, MatMulFreeBackend, make_backend
+
+# Batched vs single and cached vs full differ only by float32 summation order inside the matmuls
+# (different batch shapes take different BLAS blockings): a few ulps of logits of size ~1.
+LOGIT_ATOL = 1e-5
+
+
+def test_auto_picks_the_batched_backend(backend):
+    assert isinstance(backend, MatMulFreeBackend)
+    assert backend.eos_token_ids == frozenset({0})
+
+
+def test_batched_step_equals_single_steps(backend):
+    prompts = ["Hello world", "The quick brown fox", "A"]
+    tokens = [5, 17, 42]
+    singles = []
+    for p, t in zip(prompts, tokens, strict=True):
+        st, _ = backend.start(backend.encode(p))
+        singles.append(backend.step([st], [t])[0])
+        singles.append(backend.step([st], [t + 1])[0])
+    states = [backend.start(backend.encode(p))[0] for p in prompts]
+    first = backend.step(states, tokens)
+    second = backend.step(states, [t + 1 for t in tokens])
+    for i in range(3):
+        torch.testing.assert_close(first[i], singles[2 * i], atol=LOGIT_ATOL, rtol=0)
+        torch.testing.assert_close(second[i], singles[2 * i + 1], atol=LOGIT_ATOL, rtol=0)
+    assert [s.length for s in states] == [len(backend.encode(p)) + 2 for p in prompts]
+
+
+def test_cached_steps_equal_full_forward(backend):
+    ids = backend.encode("Ternary weights replace")
+    st, logits = backend.start(ids[:3])
+    rows = [logits]
+    for t in ids[3:]:
+        rows.append(backend.step([st], [t])[0])
+    with torch.inference_mode():
+        full = backend.model(input_ids=torch.tensor([ids])).logits[0, 2:]
+    torch.testing.assert_close(torch.stack(rows), full, atol=LOGIT_ATOL, rtol=0)
+
+
+def test_generic_backend_matches_a_full_forward(backend):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=backend.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    llama = make_backend(LlamaForCausalLM(cfg), backend.tokenizer, "llama")
+    assert isinstance(llama, GenericBackend) and llama.max_context == 128
+    a, b = backend.encode("Hello world"), backend.encode("The quick brown fox jumps")
+    sa, _ = llama.start(a)
+    sb, _ = llama.start(b)
+    step = llama.step([sa, sb], [7, 9])
+    with torch.inference_mode():
+        fa = llama.model(input_ids=torch.tensor([a + [7]])).logits[0, -1]
+        fb = llama.model(input_ids=torch.tensor([b + [9]])).logits[0, -1]
+    torch.testing.assert_close(step[0], fa, atol=LOGIT_ATOL, rtol=0)
+    torch.testing.assert_close(step[1], fb, atol=LOGIT_ATOL, rtol=0)

@@ -1,0 +1,62 @@
+"""Sampling policy and the scheduler's text helpers (no server)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mulfree.serve.sampling import SamplingParams, make_generator, sample
+from mulfree.serve.scheduler import Detokenizer, _find_stop, _holdback
+
+
+def test_greedy_is_argmax():
+    logits = torch.tensor([0.1, 3.0, 2.9, -1.0])
+    assert sample(logits, SamplingParams(temperature=0), make_generator(0)) == 1
+
+
+@pytest.mark.parametrize("params", [SamplingParams(top_k=1), SamplingParams(top_p=1e-6)])
+def test_filters_that_keep_one_token_are_greedy(params):
+    g = make_generator(0)
+    logits = torch.randn(500, generator=torch.Generator().manual_seed(1))
+    assert all(sample(logits, params, g) == int(logits.argmax()) for _ in range(20))
+
+
+def test_top_k_and_top_p_restrict_the_support():
+    logits = torch.tensor([4.0, 3.0, 2.0, 1.0, 0.0])
+    g = make_generator(0)
+    seen_k = {sample(logits, SamplingParams(top_k=2), g) for _ in range(300)}
+    assert seen_k == {0, 1}
+    # softmax mass: 0.64, 0.24, 0.09, ...; top_p 0.8 keeps the first two (0.64 < 0.8 <= 0.88).
+    seen_p = {sample(logits, SamplingParams(top_p=0.8), g) for _ in range(300)}
+    assert seen_p == {0, 1}
+
+
+def test_same_seed_same_tokens():
+    logits = torch.randn(64, generator=torch.Generator().manual_seed(2))
+    p = SamplingParams(temperature=1.3, top_p=0.9, top_k=20)
+    a, b = make_generator(7), make_generator(7)
+    assert [sample(logits, p, a) for _ in range(50)] == [sample(logits, p, b) for _ in range(50)]
+
+
+@pytest.mark.parametrize(
+    "text, stop, hold",
+    [("hello wor", ("world",), 3), ("hello", ("xyz",), 0), ("ab\n", ("\n\n",), 1), ("", ("a",), 0)],
+    ids=["partial-word", "no-prefix", "newline", "empty"],
+)
+def test_holdback_keeps_possible_stop_prefixes(text, stop, hold):
+    assert _holdback(text, stop) == hold
+
+
+def test_find_stop_earliest():
+    assert _find_stop("one. two! three.", (".", "!"), 0) == 3
+    assert _find_stop("one. two! three.", (".", "!"), 4) == 8
+    assert _find_stop("none", ("x",), 0) is None
+
+
+def test_detokenizer_rebuilds_the_text(backend):
+    prompt = backend.encode("Hello")
+    text = " world, ternary weights répondent ✓"
+    ids = backend.encode(text)
+    d = Detokenizer(backend, prompt)
+    out = "".join(d.add(t) for t in ids) + d.flush()
+    assert out == text
