@@ -110,15 +110,17 @@ def reference_forward(sd, ids, eps=1e-6):
         sw = 1.0 / wt.abs().mean().clamp_min(1e-5)
         return F.linear(xq, (wt * sw).round().clamp(-1, 1) / sw)
 
-    lb = sd["model.lower_bounds"].softmax(0)
-    lb = lb.cumsum(0) - lb[0]
+    use_lb = "model.lower_bounds" in sd
+    if use_lb:
+        lb = sd["model.lower_bounds"].softmax(0)
+        lb = lb.cumsum(0) - lb[0]
     x = sd["model.embeddings.weight"][ids]
     for li in range(L):
         p = f"model.layers.{li}."
         r = x
         h_in = rms(x, sd[p + "attn_norm.weight"], eps)
         f = bitlinear(h_in, p + "attn.f_proj").sigmoid()
-        if li > 0:
+        if use_lb and li > 0:
             f = lb[li] + (1 - lb[li]) * f
         i = F.silu(bitlinear(h_in, p + "attn.i_proj")) * (1 - f)
         h = torch.zeros(ids.shape[0], D)
@@ -182,6 +184,23 @@ def test_official_checkpoint_loads_through_auto_and_matches_reference(official_d
         for layer in model.model.layers:
             layer.attn.mode = "fused_recurrent"
         torch.testing.assert_close(model(ids).logits, ref, rtol=MODEL_RTOL, atol=MODEL_ATOL)
+
+
+def test_official_variant_without_lower_bounds_and_with_heads(tmp_path):
+    # use_lower_bound=False drops `model.lower_bounds`; num_heads only groups channels of an
+    # elementwise recurrence, so it changes nothing numerically.
+    sd = official_state_dict(seed=3)
+    del sd["model.lower_bounds"]
+    d = write_checkpoint(
+        tmp_path / "ckpt", sd, official_config_dict(use_lower_bound=False, num_heads=4)
+    )
+    model = AutoModelForCausalLM.from_pretrained(d)
+    assert model.model.lower_bounds is None and "model.lower_bounds" not in model.state_dict()
+    ids = torch.randint(0, V, (1, 21), generator=torch.Generator().manual_seed(3))
+    for layer in model.model.layers:
+        layer.attn.mode = "naive"
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference_forward(sd, ids), rtol=0, atol=0)
 
 
 def test_load_causal_lm_helper_loads_official_dir(official_dir):
