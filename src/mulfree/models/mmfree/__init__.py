@@ -1,6 +1,6 @@
-"""The MatMul-free LM (`hgrn_bit`): config, model, and its transformers Auto-class registration."""
+"""The MatMul-free LM (`hgrn_bit`): config, model, and its recurrent-state cache."""
 
 from mulfree.models.mmfree.configuration_mmfree import PRESETS, HGRNBitConfig
-from mulfree.models.mmfree.modeling_mmfree import HGRNBitForCausalLM, HGRNBitModel
+from mulfree.models.mmfree.modeling_mmfree import HGRNBitCache, HGRNBitForCausalLM, HGRNBitModel
 
-__all__ = ["PRESETS", "HGRNBitConfig", "HGRNBitForCausalLM", "HGRNBitModel"]
+__all__ = ["PRESETS", "HGRNBitCache", "HGRNBitConfig", "HGRNBitForCausalLM", "HGRNBitModel"]
