@@ -12,6 +12,7 @@ the Transformer++ uses transformers' KV cache.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -81,6 +82,9 @@ def main(argv=None) -> int:
     from mulfree.models import HGRNBitConfig, HGRNBitForCausalLM, transformerpp_config
     from mulfree.models.mmfree.modeling_mmfree import HGRNBitCache
 
+    # Other processes on a shared machine slow every number here; print the load so a reader can
+    # tell a quiet run from a contended one.
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = HGRNBitConfig.from_name(args.shape)
@@ -133,6 +137,7 @@ def main(argv=None) -> int:
             f"ratio MatMul-free / Transformer++: prefill {r_mm['prefill_tok_s'] / r_tpp['prefill_tok_s']:.2f}x, "
             f"decode {r_mm['decode_tok_s'] / r_tpp['decode_tok_s']:.2f}x"
         )
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
     return 0
 
 
