@@ -50,7 +50,12 @@ def mlp_intermediate_size(
 
 
 class HGRNBitConfig(PretrainedConfig):
-    """Config of HGRNBitForCausalLM; fields as the official HGRNBitConfig."""
+    """Config of HGRNBitForCausalLM; fields as the official HGRNBitConfig.
+
+    Kept only so official config.json files round-trip: conv_size and share_conv_kernel (used only
+    with use_short_conv, refused below), max_position_embeddings (a recurrence has no position
+    limit) and fuse_cross_entropy (the loss here is transformers' cross entropy, same value).
+    """
 
     model_type = "hgrn_bit"
     keys_to_ignore_at_inference = ["past_key_values"]
