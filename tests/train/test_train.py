@@ -189,3 +189,16 @@ def test_matmul_free_resume_from_checkpoint_is_exact(setup, tmp_path):
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
     assert resumed.val_loss == full.val_loss
+
+
+def test_non_finite_gradient_stops_before_the_weights_change(setup, tmp_path, monkeypatch):
+    calls = []
+
+    def nan_norm(params, max_norm):
+        calls.append(1)
+        return torch.tensor(float("nan") if len(calls) == 3 else 1.0)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", nan_norm)
+    with pytest.raises(MulfreeError, match=r"non-finite gradient norm \(nan\) at step 3"):
+        train(config(setup, tmp_path, max_steps=6, checkpoint_every=2, eval_every=0))
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000002"]

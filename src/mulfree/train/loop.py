@@ -45,7 +45,13 @@ from mulfree.train.checkpoint import (
 from mulfree.train.config import TrainConfig
 from mulfree.train.distributed import DistContext, init_distributed
 from mulfree.train.metrics import MetricsLog, plot_losses
-from mulfree.train.models import build_model, fit_to_tokenizer, is_matmul_free, model_config
+from mulfree.train.models import (
+    build_model,
+    config_from_dict,
+    fit_to_tokenizer,
+    is_matmul_free,
+    model_config,
+)
 
 MODEL_INFO_FORMAT = "mulfree-trained-model"
 PLOT_INTERVAL_S = 60.0
@@ -211,7 +217,8 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         _check_resume_config(cfg, saved, resume_from)
 
     # --- everything that can fail on user input happens before any write, cheapest first ---
-    mcfg = model_config(cfg.model, cfg.extra)
+    # A resumed run rebuilds the exact architecture it saved, even if a preset changed since.
+    mcfg = config_from_dict(saved["model_config"]) if saved else model_config(cfg.model, cfg.extra)
     max_pos = getattr(mcfg, "max_position_embeddings", None)
     if max_pos is not None and cfg.seq_len > max_pos:
         raise MulfreeError(
@@ -359,6 +366,13 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         if hasattr(gnorm, "full_tensor"):  # FSDP returns a DTensor
             gnorm = gnorm.full_tensor()
+        # Stop before a non-finite gradient reaches the weights, so the last checkpoint and the
+        # weights in memory stay usable. Every process sees the same (all-reduced) norm.
+        if not math.isfinite(float(gnorm)):
+            raise MulfreeError(
+                f"non-finite gradient norm ({float(gnorm)}) at step {step + 1}; weights left at "
+                f"step {step} (try a lower --lr, or --resume from a checkpoint)"
+            )
         opt.step()
         opt.zero_grad(set_to_none=True)
 

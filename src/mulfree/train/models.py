@@ -32,9 +32,20 @@ def available_models() -> list[str]:
     return sorted(_presets())
 
 
-def _config_from_path(path: Path):
+def config_from_dict(d: dict[str, Any]):
+    """A transformers config from its `to_dict()` form (as stored in checkpoints)."""
     from transformers import AutoConfig
 
+    d = dict(d)
+    model_type = d.pop("model_type", None)
+    _register_mulfree_models()
+    try:
+        return AutoConfig.for_model(model_type, **d)
+    except (ValueError, TypeError) as e:
+        raise MulfreeError(f"cannot rebuild model config of type {model_type!r}: {e}") from None
+
+
+def _config_from_path(path: Path):
     cfg_file = path / "config.json" if path.is_dir() else path
     if not cfg_file.is_file():
         raise MulfreeError(f"no config.json in model folder {path}")
@@ -44,12 +55,12 @@ def _config_from_path(path: Path):
         raise MulfreeError(f"cannot read model config {cfg_file}: {e}") from None
     if not isinstance(d, dict) or "model_type" not in d:
         raise MulfreeError(f"model config {cfg_file} has no model_type")
+    from transformers import CONFIG_MAPPING
+
     _register_mulfree_models()
-    model_type = d.pop("model_type")
-    try:
-        return AutoConfig.for_model(model_type, **d)
-    except ValueError:
-        raise MulfreeError(f"unknown model_type {model_type!r} in {cfg_file}") from None
+    if d["model_type"] not in CONFIG_MAPPING:
+        raise MulfreeError(f"unknown model_type {d['model_type']!r} in {cfg_file}")
+    return config_from_dict(d)
 
 
 def _register_mulfree_models() -> None:
