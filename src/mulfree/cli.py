@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "mulfree.train.cli",
     "mulfree.hub.cli",
     "mulfree.eval.cli",
+    "mulfree.serve.cli",
 ]
 
 

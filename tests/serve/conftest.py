@@ -47,7 +47,9 @@ def server(backend):
 # --- tiny HTTP helpers (stdlib only, so malformed requests can be sent as they are) -----------
 def request(url, method="GET", body=None, headers=None, timeout=30):
     """(status, headers, body bytes) of one request."""
-    data = body if isinstance(body, bytes | None) else json.dumps(body).encode()
+    # bytes and iterators of bytes (sent chunked) go as they are; anything else as JSON.
+    raw = body is None or isinstance(body, bytes) or hasattr(body, "__next__")
+    data = body if raw else json.dumps(body).encode()
     h = {"Content-Type": "application/json"} if data is not None else {}
     h.update(headers or {})
     req = urllib.request.Request(url, data=data, headers=h, method=method)

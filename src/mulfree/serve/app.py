@@ -89,10 +89,16 @@ class App:
         self.config = config
         self.backend = backend
         self.metrics = metrics or Metrics(backend.model_id, backend.kind)
+        # Per request: prompt + generated tokens (the config's limit, else the backend's).
+        self.max_context = config.max_context or backend.max_context
         self.scheduler = Scheduler(
-            backend, max_batch=config.max_batch, max_queue=config.max_queue, metrics=self.metrics
+            backend,
+            max_batch=config.max_batch,
+            max_queue=config.max_queue,
+            metrics=self.metrics,
+            max_context=self.max_context,
         )
-        self.max_prompt = min(config.max_prompt_tokens or backend.max_context, backend.max_context)
+        self.max_prompt = min(config.max_prompt_tokens or self.max_context, self.max_context)
         self.created = int(time.time())
 
     # --- plumbing --------------------------------------------------------------------------
@@ -171,12 +177,12 @@ class App:
             if bos is None:
                 raise ApiError(400, "the prompt is empty", param="messages" if chat else "prompt")
             prompt_ids = [bos]
-        room = self.backend.max_context - len(prompt_ids)
+        room = self.max_context - len(prompt_ids)
         if len(prompt_ids) > self.max_prompt or room < 1:
             raise ApiError(
                 400,
                 f"the prompt has {len(prompt_ids)} tokens; this server takes at "
-                f"most {min(self.max_prompt, self.backend.max_context - 1)}",
+                f"most {min(self.max_prompt, self.max_context - 1)}",
                 param="messages" if chat else "prompt",
                 code="context_length_exceeded",
             )
@@ -191,7 +197,7 @@ class App:
                 raise ApiError(
                     400,
                     f"prompt ({len(prompt_ids)} tokens) + {name} ({max_tokens}) "
-                    f"exceed the context length {self.backend.max_context}",
+                    f"exceed the context length {self.max_context}",
                     param=name,
                     code="context_length_exceeded",
                 )
@@ -327,21 +333,30 @@ class App:
         return ApiError(500, ev.message, type_="server_error", code="server_error")
 
     async def _collect(self, request: Request, req: GenRequest):
-        """Wait for a non-streaming request; cancel it if the client goes away meanwhile."""
+        """Wait for a non-streaming request; cancel it if the client goes away meanwhile.
+
+        The client is checked every DISCONNECT_POLL_S seconds of wall time, whether or not
+        tokens keep arriving."""
+        loop = asyncio.get_running_loop()
         text = []
+        next_check = loop.time() + DISCONNECT_POLL_S
         while True:
             try:
-                ev = await asyncio.wait_for(req.events.get(), DISCONNECT_POLL_S)
+                wait = max(0.0, next_check - loop.time())
+                ev = await asyncio.wait_for(req.events.get(), wait)
             except TimeoutError:
+                ev = None
+            if loop.time() >= next_check:
                 if await request.is_disconnected():
                     self.scheduler.cancel(req)
                     return None, None
-                continue
+                next_check = loop.time() + DISCONNECT_POLL_S
             if isinstance(ev, Finished):
                 return "".join(text), ev
             if isinstance(ev, Failed):
                 raise self._failure(ev)
-            text.append(ev.text)
+            if ev is not None:
+                text.append(ev.text)
 
     async def _generate(self, request: Request, endpoint: str, chat: bool):
         self._auth(request)

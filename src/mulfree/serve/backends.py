@@ -221,6 +221,8 @@ def load_backend(
     if threads:
         torch.set_num_threads(int(threads))
     path = Path(model_dir)
+    if not path.is_dir():
+        raise MulfreeError(f"model directory not found: {path}")
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise MulfreeError(f"no config.json in {path} (is it a model directory?)")

@@ -115,8 +115,17 @@ class GenRequest:
 
 
 class Scheduler:
-    def __init__(self, backend: Backend, *, max_batch: int, max_queue: int, metrics: Metrics):
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        max_batch: int,
+        max_queue: int,
+        metrics: Metrics,
+        max_context: int | None = None,
+    ):
         self.backend = backend
+        self.max_context = max_context or backend.max_context
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.metrics = metrics
@@ -230,7 +239,7 @@ class Scheduler:
             if safe > req.sent:
                 self._emit(req, Delta(req.text[req.sent : safe]))
                 req.sent = safe
-        if req.n_generated >= req.max_tokens or req.state.length >= self.backend.max_context:
+        if req.n_generated >= req.max_tokens or req.state.length >= self.max_context:
             self._finish(req, "length")
 
     def _admit(self, req: GenRequest) -> None:

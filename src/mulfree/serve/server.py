@@ -108,6 +108,9 @@ class ServerThread:
         return self.app.state.mulfree
 
     def start(self, timeout: float = 30.0) -> ServerThread:
+        """Start serving (once; a second call returns at once) and wait until it listens."""
+        if self.thread.is_alive():
+            return self
         self.thread.start()
         t_end = time.monotonic() + timeout
         while not self.server.started:
