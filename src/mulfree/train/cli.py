@@ -27,7 +27,11 @@ def register(sub) -> None:
     a = p.add_argument
     a("--data", nargs="+", metavar="PATH", help="text files, folders, .jsonl files")
     a("--out", required=True, metavar="DIR", help="run folder (checkpoints, metrics, model/)")
-    a("--model", help="preset name or path to a config.json / model folder")
+    a(
+        "--model",
+        help="preset (mmfree-tiny|mini|small|370M|1.3B|2.7B, transformerpp-<same>) "
+        "or path to a config.json / model folder",
+    )
     a(
         "--model-arg",
         action="append",
