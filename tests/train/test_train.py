@@ -61,6 +61,9 @@ def test_train_save_load_round_trip(finished):
     tok = AutoTokenizer.from_pretrained(res.model_dir)
     assert model.config.vocab_size == len(tok) <= 300
     assert model.config.eos_token_id == tok.eos_token_id
+    # The end-of-text embedding is a trained row, not a frozen all-zero padding row.
+    assert model.config.pad_token_id is None
+    assert model.get_input_embeddings().weight[tok.eos_token_id].abs().max() > 0
     # The exported weights are exactly the last checkpoint's.
     ckpt = load_file(str(res.out_dir / "checkpoints" / "step_00000012" / "model.safetensors"))
     for name, t in model.state_dict().items():

@@ -97,7 +97,11 @@ def fit_to_tokenizer(cfg, vocab_size: int, eos_id: int):
     # Documents are separated by the end-of-text token, so it is also what generation stops at.
     cfg.bos_token_id = eos_id
     cfg.eos_token_id = eos_id
-    cfg.pad_token_id = eos_id
+    # No pad id: packed sequences have no padding, and models build nn.Embedding with
+    # padding_idx=pad_token_id, which zeroes that row and never updates it. With pad = eos, every
+    # document boundary would enter the network as an all-zero vector, which the MatMul-free
+    # model's eps-1e-8 RMSNorms turn into exploding gradients.
+    cfg.pad_token_id = None
     return cfg
 
 
