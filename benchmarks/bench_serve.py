@@ -1,0 +1,296 @@
+"""Serving throughput and latency of `mulfree serve` on loopback, with N concurrent streaming clients.
+
+For N = 1, 4, 16 clients, each client sends streaming completions (fixed max_tokens, ignore_eos)
+back to back for a bounded time; we report aggregate generated tokens/s, p50/p99 time to first
+token (TTFT), p50/p99 per-token latency (gaps between streamed tokens, averaged within each
+request: (t_last - t_first) / (tokens - 1)), and the server's peak RSS. Two servers are measured:
+
+  mmfree   the batched MatMul-free backend: one decode step for all active requests
+  generic  the named baseline: the same model served one request per decode step (what the
+           generic Hugging Face backend does for any causal LM)
+
+and the table ends with the batched/baseline tokens/s ratio per N. Default model: a MatMul-free
+preset with random weights (no bundled model exists yet) and a byte-level BPE tokenizer trained
+on this repository's Python sources; pass --model DIR to serve a real model directory instead.
+All traffic goes to 127.0.0.1; every loop is bounded in time and count.
+
+    python benchmarks/bench_serve.py                          # preset "small", 15 s per N
+    python benchmarks/bench_serve.py --preset tiny --seconds 5 --clients 1 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = "The MatMul-free language model keeps a constant-size recurrent state, so"
+
+
+def build_model_dir(preset: str, out: Path, vocab: int) -> Path:
+    """Random-weight MatMul-free preset + a BPE tokenizer trained on the repo's sources."""
+    import torch
+
+    from mulfree.data.tokenizer import EOS_TOKEN, save_hf_tokenizer, train_bpe_tokenizer
+    from mulfree.models import HGRNBitConfig, HGRNBitForCausalLM
+
+    docs = [p.read_text(errors="replace") for p in sorted((REPO / "src").rglob("*.py"))]
+    tok = train_bpe_tokenizer(docs, vocab_size=vocab)
+    torch.manual_seed(0)
+    cfg = HGRNBitConfig.from_name(
+        preset, vocab_size=tok.get_vocab_size(), eos_token_id=0, bos_token_id=0
+    )
+    HGRNBitForCausalLM(cfg).save_pretrained(str(out))
+    save_hf_tokenizer(tok, EOS_TOKEN, out)
+    return out
+
+
+class Server:
+    """`mulfree serve` in a subprocess on a free loopback port."""
+
+    def __init__(self, model_dir: Path, backend: str, threads: int | None, max_batch: int):
+        cmd = [
+            sys.executable,
+            "-m",
+            "mulfree.cli",
+            "serve",
+            str(model_dir),
+            "--port",
+            "0",
+            "--backend",
+            backend,
+            "--max-batch",
+            str(max_batch),
+            "--max-queue",
+            "64",
+            "--log-level",
+            "warning",
+            "--model-id",
+            "bench",
+        ]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        m = re.search(r"http://(127\.0\.0\.1):(\d+)", line)
+        if not m:
+            self.proc.kill()
+            raise SystemExit(f"server did not start: {line!r}")
+        self.host, self.port = m.group(1), int(m.group(2))
+
+    def status(self, key: str) -> int:
+        """A /proc/PID/status field in kB (VmHWM = peak RSS, VmRSS = current)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        return 0
+
+    def metrics(self) -> dict[str, float]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        conn.close()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name.split("{")[0]] = float(value)
+        return out
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def stream_once(host: str, port: int, max_tokens: int, seed: int) -> dict:
+    """One streaming completion; times of the first and last token and the token count."""
+    body = json.dumps(
+        {
+            "model": "bench",
+            "prompt": PROMPT,
+            "max_tokens": max_tokens,
+            "seed": seed,
+            "temperature": 1.0,
+            "stream": True,
+            "ignore_eos": True,
+            "stream_options": {"include_usage": True},
+        }
+    )
+    conn = http.client.HTTPConnection(host, port, timeout=120)
+    t0 = time.perf_counter()
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    if resp.status != 200:
+        conn.close()
+        return {"status": resp.status}
+    t_first = t_last = None
+    tokens = 0
+    buf = b""
+    while True:
+        chunk = resp.read1(65536)
+        if not chunk:
+            break
+        buf += chunk
+        while b"\n\n" in buf:
+            event, buf = buf.split(b"\n\n", 1)
+            data = event[6:]
+            if data == b"[DONE]":
+                continue
+            msg = json.loads(data)
+            if msg.get("usage"):
+                tokens = msg["usage"]["completion_tokens"]
+            if msg.get("choices") and msg["choices"][0]["text"]:
+                now = time.perf_counter()
+                t_first = t_first or now
+                t_last = now
+    conn.close()
+    return {
+        "status": 200,
+        "t0": t0,
+        "ttft": (t_first or t_last or t0) - t0,
+        "per_token": (t_last - t_first) / (tokens - 1) if tokens > 1 and t_first else None,
+        "tokens": tokens,
+        "t_end": time.perf_counter(),
+    }
+
+
+def run_load(server: Server, clients: int, seconds: float, max_tokens: int) -> dict:
+    """`clients` threads send requests back to back until `seconds` pass; in-flight ones finish."""
+    results: list[dict] = []
+    lock = threading.Lock()
+    t_start = time.perf_counter()
+    t_stop = t_start + seconds
+
+    def client(i: int) -> None:
+        k = 0
+        while time.perf_counter() < t_stop and k < 10_000:
+            r = stream_once(server.host, server.port, max_tokens, seed=i * 10_000 + k)
+            with lock:
+                results.append(r)
+            k += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t_start
+    ok = [r for r in results if r["status"] == 200]
+    ttft = sorted(r["ttft"] for r in ok)
+    per_tok = sorted(r["per_token"] for r in ok if r["per_token"] is not None)
+    return {
+        "clients": clients,
+        "requests": len(ok),
+        "errors": len(results) - len(ok),
+        "tokens": sum(r["tokens"] for r in ok),
+        "tokens_per_s": sum(r["tokens"] for r in ok) / wall,
+        "ttft_p50_ms": 1e3 * pct(ttft, 50),
+        "ttft_p99_ms": 1e3 * pct(ttft, 99),
+        "tok_p50_ms": 1e3 * pct(per_tok, 50),
+        "tok_p99_ms": 1e3 * pct(per_tok, 99),
+        "wall_s": wall,
+    }
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    if len(xs) == 1:
+        return xs[0]
+    return statistics.quantiles(xs, n=100, method="inclusive")[min(98, max(0, int(q) - 1))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model directory (default: a random preset)")
+    ap.add_argument(
+        "--preset", default="small", help="MatMul-free preset when --model is not given"
+    )
+    ap.add_argument("--vocab", type=int, default=8192, help="tokenizer vocabulary for the preset")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--seconds", type=float, default=15.0, help="load time per client count")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=None, help="server torch threads")
+    ap.add_argument(
+        "--backends", nargs="+", default=["mmfree", "generic"], choices=["mmfree", "generic"]
+    )
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = (
+            Path(args.model)
+            if args.model
+            else build_model_dir(
+                args.preset, Path(tmp) / f"mmfree-{args.preset}-random", args.vocab
+            )
+        )
+        what = args.model or f"preset {args.preset} (random weights)"
+        print(
+            f"model: {what}; {args.max_tokens} tokens per request; {args.seconds:g} s per N; "
+            f"server threads: {args.threads or 'torch default'}\n"
+        )
+        table: dict[str, list[dict]] = {}
+        for backend in args.backends:
+            server = Server(model_dir, backend, args.threads, max_batch=max(args.clients))
+            try:
+                stream_once(server.host, server.port, 4, seed=0)  # warm-up
+                rss_idle = server.status("VmRSS")
+                rows = []
+                for n in args.clients:
+                    m0 = server.metrics()
+                    row = run_load(server, n, args.seconds, args.max_tokens)
+                    m1 = server.metrics()
+                    steps = m1["mulfree_decode_steps_total"] - m0["mulfree_decode_steps_total"]
+                    gen = (
+                        m1["mulfree_generated_tokens_total"] - m0["mulfree_generated_tokens_total"]
+                    )
+                    reqs = row["requests"]
+                    # Each request's first token comes from its prefill, the rest from steps.
+                    row["mean_batch"] = (gen - reqs) / steps if steps else float("nan")
+                    if backend == "generic":
+                        row["mean_batch"] = 1.0
+                    row["peak_rss_mb"] = server.status("VmHWM") / 1024
+                    row["energy_pj_per_token"] = m1.get("mulfree_energy_per_token_picojoules")
+                    rows.append(row)
+                table[backend] = rows
+                print(f"## {backend} backend (idle RSS {rss_idle / 1024:.0f} MB)")
+                print(
+                    "| N | requests | tok/s | TTFT p50 ms | TTFT p99 ms | tok p50 ms | tok p99 ms "
+                    "| mean batch | peak RSS MB | est. µJ/token |"
+                )
+                print("|---|---|---|---|---|---|---|---|---|---|")
+                for r in rows:
+                    e = r["energy_pj_per_token"]
+                    print(
+                        f"| {r['clients']} | {r['requests']} | {r['tokens_per_s']:.1f} | "
+                        f"{r['ttft_p50_ms']:.0f} | {r['ttft_p99_ms']:.0f} | {r['tok_p50_ms']:.1f} | "
+                        f"{r['tok_p99_ms']:.1f} | {r['mean_batch']:.1f} | {r['peak_rss_mb']:.0f} | "
+                        f"{e / 1e6 if e else float('nan'):.2f} |"
+                    )
+                print()
+            finally:
+                server.stop()
+        if "mmfree" in table and "generic" in table:
+            print("## batched (mmfree) / one-request-per-step (generic) aggregate tokens/s")
+            for a, b in zip(table["mmfree"], table["generic"], strict=True):
+                print(f"N={a['clients']}: {a['tokens_per_s'] / b['tokens_per_s']:.2f}x")
+        if args.json:
+            Path(args.json).write_text(json.dumps(table, indent=2))
+
+
+if __name__ == "__main__":
+    main()
