@@ -19,7 +19,7 @@ def _args(corpus, model, out):
         "train", "--data", str(corpus), "--model", str(model), "--out", str(out),
         "--vocab-size", "300", "--seq-len", "32", "--batch-size", "8", "--micro-batch-size", "4",
         "--max-steps", str(STEPS), "--warmup-steps", "4", "--checkpoint-every", "5",
-        "--eval-every", "20", "--eval-sequences", "8", "--log-every", "1", "--no-progress",
+        "--eval-every", "20", "--eval-sequences", "8", "--log-every", "3", "--no-progress",
     ]  # fmt: skip
 
 

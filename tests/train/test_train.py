@@ -111,7 +111,7 @@ def test_existing_run_needs_resume_and_same_recipe(setup, finished):
         train(config(setup, res.out_dir, resume=True, lr=1e-3))
     before = (res.model_dir / "model.safetensors").read_bytes()
     again = train(config(setup, res.out_dir, resume=True))  # finished: re-exports the same model
-    assert again.val_loss == res.val_loss
+    assert again.val_loss == res.val_loss and again.train_loss == res.train_loss
     assert (res.model_dir / "model.safetensors").read_bytes() == before
 
 

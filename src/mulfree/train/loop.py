@@ -271,9 +271,13 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     )
 
     start_step = 0
+    # Running loss of the current logging interval: checkpointed so a resumed run logs the same
+    # averages as an unbroken one even when checkpoints fall inside a logging interval.
+    log_state = {"interval_loss": 0.0, "interval_steps": 0, "last_loss": None}
     if resume_from:
         state = load_checkpoint(resume_from, model, opt, ctx)
         start_step = state["step"]
+        log_state.update(state.get("log_state", {}))
 
     # --- outputs ---
     metrics = MetricsLog(out / "metrics.jsonl")
@@ -303,7 +307,10 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
 
     def checkpoint(step: int) -> None:
         state = dict(
-            trainer_state, samples_seen=step * cfg.batch_size, tokens_seen=step * tokens_per_step
+            trainer_state,
+            samples_seen=step * cfg.batch_size,
+            tokens_seen=step * tokens_per_step,
+            log_state=dict(log_state),
         )
         save_checkpoint(out, step, model, opt, state, ctx, cfg.keep_checkpoints)
         last_ckpt[0] = step
@@ -343,9 +350,8 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         )
 
     model.train()
-    last_loss = None
     # Throughput counts training steps only, not evaluation or checkpoint writing.
-    interval_loss, interval_steps, interval_time, train_time = 0.0, 0, 0.0, 0.0
+    interval_time, interval_session_steps, train_time = 0.0, 0, 0.0
     for step in range(start_step, cfg.max_steps):
         t0 = time.perf_counter()
         lr = lr_at(step, cfg, halve)
@@ -380,16 +386,18 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         step_loss = float(ctx.all_reduce_sum(loss_sum) / ctx.world_size)
         dt = time.perf_counter() - t0
         interval_time += dt
+        interval_session_steps += 1
         train_time += dt
         if not math.isfinite(step_loss):
             raise MulfreeError(f"the loss became {step_loss} at step {done}; lower --lr")
-        interval_loss += step_loss
-        interval_steps += 1
+        log_state["interval_loss"] += step_loss
+        log_state["interval_steps"] += 1
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
         if done % cfg.log_every == 0 or done == cfg.max_steps:
-            last_loss = interval_loss / interval_steps
+            last_loss = log_state["interval_loss"] / log_state["interval_steps"]
+            log_state["last_loss"] = last_loss
             if ctx.is_main:
                 metrics.append(
                     {
@@ -398,11 +406,12 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
                         "loss": last_loss,
                         "lr": lr,
                         "grad_norm": float(gnorm),
-                        "tokens_per_s": interval_steps * tokens_per_step / interval_time,
+                        "tokens_per_s": interval_session_steps * tokens_per_step / interval_time,
                         "train_time_s": train_time,  # this process's session, since (re)start
                     }
                 )
-            interval_loss, interval_steps, interval_time = 0.0, 0, 0.0
+            log_state.update(interval_loss=0.0, interval_steps=0)
+            interval_time, interval_session_steps = 0.0, 0
         if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.max_steps:
             log_eval(done)
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done != cfg.max_steps:
@@ -420,7 +429,7 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         "steps": cfg.max_steps,
         "tokens_seen": cfg.max_steps * tokens_per_step,
         "num_params": num_params,
-        "final_train_loss": last_loss,
+        "final_train_loss": log_state["last_loss"],
         "final_val_loss": val_loss,
         "final_val_ppl": math.exp(val_loss) if val_loss is not None else None,
         "train_config": cfg.to_dict(),
@@ -438,7 +447,7 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         model_dir,
         cfg.max_steps,
         cfg.max_steps * tokens_per_step,
-        last_loss,
+        log_state["last_loss"],
         val_loss,
         num_params,
         metrics.path,
