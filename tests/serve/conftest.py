@@ -10,11 +10,8 @@ import urllib.request
 
 import pytest
 
-pytest.importorskip("starlette", reason="the serve extra (starlette, uvicorn) is not installed")
-pytest.importorskip("uvicorn", reason="the serve extra (starlette, uvicorn) is not installed")
-
-from mulfree.serve import ServeConfig, ServerThread, load_backend  # noqa: E402
-from tests.serve.helpers import make_model_dir  # noqa: E402
+from mulfree.serve import ServeConfig, ServerThread, load_backend
+from tests.serve.helpers import make_model_dir
 
 MODEL_ID = "tiny"
 
@@ -29,8 +26,14 @@ def backend(model_dir):
     return load_backend(model_dir, max_context=100_000)
 
 
+def need_serve_extra() -> None:
+    for name in ("starlette", "uvicorn"):
+        pytest.importorskip(name, reason="the serve extra (starlette, uvicorn) is not installed")
+
+
 def make_server(backend, **overrides) -> ServerThread:
     """A started server on a free loopback port sharing the session's backend."""
+    need_serve_extra()
     kw = dict(port=0, log_level="warning", max_tokens_limit=50_000, max_context=100_000)
     kw.update(overrides)
     energy = kw.pop("energy", False)

@@ -67,3 +67,31 @@ def test_generic_backend_matches_a_full_forward(backend):
         fb = llama.model(input_ids=torch.tensor([b + [9]])).logits[0, -1]
     torch.testing.assert_close(step[0], fa, atol=LOGIT_ATOL, rtol=0)
     torch.testing.assert_close(step[1], fb, atol=LOGIT_ATOL, rtol=0)
+
+
+def test_load_backend_with_lmul_attention(backend, tmp_path):
+    from mulfree.serve.backends import load_backend
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=backend.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(str(tmp_path))
+    backend.tokenizer.save_pretrained(str(tmp_path))
+    plain = load_backend(tmp_path)
+    lmul = load_backend(tmp_path, lmul_bits=3, model_id="llama-lmul")
+    assert isinstance(lmul, GenericBackend) and lmul.model_id == "llama-lmul"
+    assert "lmul" in str(lmul.model.config._attn_implementation)
+    ids = backend.encode("Hello world")
+    s_plain, l_plain = plain.start(ids)
+    s_lmul, l_lmul = lmul.start(ids)
+    # L-Mul with 3 mantissa bits approximates the products: close to exact attention, not equal.
+    assert not torch.equal(l_plain, l_lmul)
+    torch.testing.assert_close(l_lmul, l_plain, atol=0.1, rtol=0.1)
+    assert lmul.step([s_lmul], [5]).shape == (1, backend.vocab_size)

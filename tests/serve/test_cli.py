@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from mulfree.cli import main
-from tests.serve.conftest import request_json
+from tests.serve.conftest import need_serve_extra, request_json
 
 
 @pytest.mark.parametrize(
@@ -37,6 +37,7 @@ def test_lmul_is_refused_for_matmul_free_models(model_dir, capsys):
 
 
 def test_serve_subprocess(model_dir):
+    need_serve_extra()
     env = {**os.environ, "MULFREE_API_KEY": "k1"}
     proc = subprocess.Popen(
         [

@@ -368,8 +368,9 @@ class App:
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
         if job.stream:
-            return StreamingResponse(
+            return _GenerationStream(
                 self._sse(req, job, rid, created, chat, endpoint),
+                on_close=lambda: self.scheduler.cancel(req),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -531,6 +532,25 @@ class App:
 
     async def page(self, request: Request):
         return HTMLResponse(PAGE_HTML.replace("{{MODEL_ID}}", json.dumps(self.backend.model_id)))
+
+
+class _GenerationStream(StreamingResponse):
+    """A StreamingResponse that releases its request however the response ends.
+
+    The generator's own `finally` does not run when the client disconnects before the first
+    chunk is pulled (Starlette then cancels a stream that never started); this does. Cancelling
+    a request that already finished is a no-op.
+    """
+
+    def __init__(self, content, *, on_close, **kwargs):
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
 
 def _usage(prompt: int, completion: int) -> dict:

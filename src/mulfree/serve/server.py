@@ -58,13 +58,21 @@ def _uvicorn_server(app, config: ServeConfig):
     )
 
 
+def _build_app(config: ServeConfig, backend: Backend, estimate_energy: bool = True):
+    try:
+        from mulfree.serve.app import build_app
+    except ImportError as e:
+        raise MulfreeError(
+            f"serving needs starlette and uvicorn ({e.name} is missing): pip install 'mulfree[serve]'"
+        ) from None
+    return build_app(config, backend, estimate_energy=estimate_energy)
+
+
 def serve(config: ServeConfig, backend: Backend | None = None) -> None:
     """Load the model (unless a backend is given) and serve it until interrupted."""
-    from mulfree.serve.app import build_app
-
     backend = backend or backend_from_config(config)
     sock = _bind(config.host, config.port)
-    app = build_app(config, backend)
+    app = _build_app(config, backend)
     server = _uvicorn_server(app, config)
     host, port = sock.getsockname()[:2]
     auth = " (API key required)" if config.api_key else ""
@@ -84,10 +92,8 @@ class ServerThread:
     def __init__(
         self, config: ServeConfig, backend: Backend | None = None, *, estimate_energy: bool = True
     ):
-        from mulfree.serve.app import build_app
-
         self.backend = backend or backend_from_config(config)
-        self.app = build_app(config, self.backend, estimate_energy=estimate_energy)
+        self.app = _build_app(config, self.backend, estimate_energy)
         self.sock = _bind(config.host, config.port)
         self.host, self.port = self.sock.getsockname()[:2]
         self.server = _uvicorn_server(self.app, config)
