@@ -38,6 +38,7 @@
 
 /* ------------------------------------------------------------------------------------------
  * 1. Activation quantization. Spec: scale = 127 / max(amax, 1e-5); q = clamp(rint(x * scale)).
+ * Inputs must be finite (NaN/inf give unspecified codes, as torch's float->int8 cast does).
  * Float multiplies here are the quantizer's, once per input, outside the add-only product.
  * ---------------------------------------------------------------------------------------- */
 static inline float act_scale(float amax) {
@@ -56,7 +57,7 @@ static void act_quant_scalar(const float *x, int64_t K, int64_t Kp, int8_t *q, f
     for (int64_t k = 0; k < K; ++k) {
         float v = nearbyintf(x[k] * s); /* round half to even, as torch.round */
         v = v < -128.0f ? -128.0f : (v > 127.0f ? 127.0f : v);
-        q[k] = (int8_t)v;
+        q[k] = v == v ? (int8_t)v : 0; /* NaN input (unspecified result, as torch's cast) */
     }
     for (int64_t k = K; k < Kp; ++k) q[k] = 0;
     *scale = s;
@@ -96,7 +97,7 @@ MF_TARGET_AVX2 static void act_quant_avx2(const float *x, int64_t K, int64_t Kp,
     for (; k < K; ++k) {
         float v = nearbyintf(x[k] * s);
         v = v < -128.0f ? -128.0f : (v > 127.0f ? 127.0f : v);
-        q[k] = (int8_t)v;
+        q[k] = v == v ? (int8_t)v : 0;
     }
     for (k = K; k < Kp; ++k) q[k] = 0;
     *scale = s;

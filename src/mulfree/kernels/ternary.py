@@ -27,13 +27,15 @@ def tq2_linear(
     threads: int,
     isa: str,
     return_acc: bool = False,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """x: [M, K] float32 contiguous, w: tq2 bytes of an [N, K] weight -> y [M, N] float32.
 
     With return_acc, also the int32 accumulators acc [M, N] (y = acc / (s_x * w_scale)).
+    `out`: optional preallocated contiguous float32 [M, N] to write y into (no allocation).
     """
     M, K = x.shape
-    y = torch.empty(M, out_features, dtype=torch.float32)
+    y = torch.empty(M, out_features, dtype=torch.float32) if out is None else out
     acc = torch.empty(M, out_features, dtype=torch.int32) if return_acc else None
     if M > 0:
         _lib().tq2_linear(
