@@ -364,15 +364,18 @@ static tq2_impl tq2_select(int isa) {
 
 /* ------------------------------------------------------------------------------------------
  * Driver. x [M][K] fp32, w tq2 blocks of an [N][K] weight, y [M][N] fp32; acc_out [M][N]
- * int32 (optional, for tests). Returns the ISA level used, or -1 if scratch allocation failed.
+ * int32 (optional, for tests). row_scales [N] (optional) replaces w_scale per output row, so
+ * weights sharing an input (q/k/v, gate/up) can run fused as one packed [sum N_i][K] weight.
+ * Returns the ISA level used, or -1 if scratch allocation failed.
  * ---------------------------------------------------------------------------------------- */
 static int tq2_linear(const float *x, int64_t M, int64_t K, const mf_tq2_block *w, int64_t N,
-                      float w_scale, float *y, int32_t *acc_out, int64_t threads, int isa_req) {
+                      float w_scale, const float *row_scales, float *y, int32_t *acc_out,
+                      int64_t threads, int isa_req) {
     if (M > TOKENS_PER_PASS) { /* long prefill: bounded scratch, weights re-read per pass */
         int isa = 0;
         for (int64_t m0 = 0; m0 < M; m0 += TOKENS_PER_PASS) {
             const int64_t mc = M - m0 < TOKENS_PER_PASS ? M - m0 : TOKENS_PER_PASS;
-            isa = tq2_linear(x + m0 * K, mc, K, w, N, w_scale, y + m0 * N,
+            isa = tq2_linear(x + m0 * K, mc, K, w, N, w_scale, row_scales, y + m0 * N,
                              acc_out != NULL ? acc_out + m0 * N : NULL, threads, isa_req);
             if (isa < 0) return isa;
         }
@@ -444,8 +447,13 @@ static int tq2_linear(const float *x, int64_t M, int64_t K, const mf_tq2_block *
         /* 4. the one float rescale per output (same fp32 ops as the torch reference) */
         const int64_t n0 = nb0 * MF_TQ2_ROWS, n1 = nb1 * MF_TQ2_ROWS < N ? nb1 * MF_TQ2_ROWS : N;
         for (int64_t m = 0; m < M; ++m) {
-            const float den = sx[m] * w_scale;
-            for (int64_t n = n0; n < n1; ++n) y[m * N + n] = (float)acc[m * Np + n] / den;
+            if (row_scales == NULL) {
+                const float den = sx[m] * w_scale;
+                for (int64_t n = n0; n < n1; ++n) y[m * N + n] = (float)acc[m * Np + n] / den;
+            } else { /* rows of several fused weights, each with its own tensor scale */
+                for (int64_t n = n0; n < n1; ++n)
+                    y[m * N + n] = (float)acc[m * Np + n] / (sx[m] * row_scales[n]);
+            }
             if (acc_out != NULL)
                 for (int64_t n = n0; n < n1; ++n) acc_out[m * N + n] = acc[m * Np + n];
         }
@@ -461,16 +469,16 @@ static int act_quant(const float *x, int64_t M, int64_t K, int8_t *q, float *s, 
 }
 
 MF_PYFUNC(tq2_linear,
-          "tq2_linear(x, M, K, w, N, w_scale, y, acc_or_0, threads, isa) -> isa used; see docs.") {
+          "tq2_linear(x, M, K, w, N, w_scale, row_scales_or_0, y, acc_or_0, threads, isa) -> isa.") {
     (void)self;
-    void *x, *w, *y, *acc;
+    void *x, *w, *rs, *y, *acc;
     int64_t M, K, N, threads, isa;
     double w_scale;
-    if (mf_parse_args(args, nargs, "pllpldppll", &x, &M, &K, &w, &N, &w_scale, &y, &acc, &threads,
-                      &isa) < 0)
+    if (mf_parse_args(args, nargs, "pllpldpppll", &x, &M, &K, &w, &N, &w_scale, &rs, &y, &acc,
+                      &threads, &isa) < 0)
         return NULL;
     int used;
-    Py_BEGIN_ALLOW_THREADS used = tq2_linear(x, M, K, w, N, (float)w_scale, y, acc, threads, (int)isa);
+    Py_BEGIN_ALLOW_THREADS used = tq2_linear(x, M, K, w, N, (float)w_scale, rs, y, acc, threads, (int)isa);
     Py_END_ALLOW_THREADS if (used < 0) return PyErr_NoMemory();
     return PyLong_FromLong(used);
 }

@@ -111,3 +111,22 @@ def test_empty_batch():
     layer = PackedTernaryLinear.from_float(torch.randn(8, 16))
     for path in PATHS:
         assert ternary_linear(torch.randn(0, 16), layer.packed(), isa=path).shape == (0, 8)
+
+
+@pytest.mark.parametrize("path", [p for p in PATHS if p != "torch"])
+def test_fused_rows_equal_separate_layers(path):
+    """q/k/v-style fusion: one call over stacked weights with per-row scales equals the
+    separate calls bit for bit."""
+    from mulfree.kernels import ternary as KT
+    from mulfree.ternary.packing import fuse_rows
+
+    torch.manual_seed(5)
+    parts = [
+        PackedTernary.from_float(torch.randn(n, 200) * s) for n, s in ((64, 1), (32, 3), (96, 0.1))
+    ]
+    data, row_scales = fuse_rows(parts)
+    x = torch.randn(3, 200)
+    y = KT.tq2_linear(x, data, 192, 1.0, threads=2, isa=path, row_scales=row_scales)
+    assert torch.equal(y, torch.cat([ternary_linear(x, p, isa=path) for p in parts], dim=1))
+    with pytest.raises(MulfreeError, match="multiple of 32"):
+        fuse_rows([PackedTernary.from_float(torch.randn(33, 200))])

@@ -28,18 +28,23 @@ def tq2_linear(
     isa: str,
     return_acc: bool = False,
     out: torch.Tensor | None = None,
+    row_scales: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """x: [M, K] float32 contiguous, w: tq2 bytes of an [N, K] weight -> y [M, N] float32.
 
     With return_acc, also the int32 accumulators acc [M, N] (y = acc / (s_x * w_scale)).
     `out`: optional preallocated contiguous float32 [M, N] to write y into (no allocation).
+    `row_scales`: optional contiguous float32 [N] used instead of w_scale per output row, to run
+    several weights that share an input as one (rows concatenated, each its own tensor scale);
+    `packing.fuse_rows` builds such a weight.
     """
     M, K = x.shape
     y = torch.empty(M, out_features, dtype=torch.float32) if out is None else out
     acc = torch.empty(M, out_features, dtype=torch.int32) if return_acc else None
     if M > 0:
         _lib().tq2_linear(
-            x.data_ptr(), M, K, w.data_ptr(), out_features, float(w_scale), y.data_ptr(),
+            x.data_ptr(), M, K, w.data_ptr(), out_features, float(w_scale),
+            row_scales.data_ptr() if row_scales is not None else 0, y.data_ptr(),
             acc.data_ptr() if acc is not None else 0, threads, ISA_LEVELS[isa],
         )  # fmt: skip
     return (y, acc) if return_acc else y

@@ -232,3 +232,28 @@ class PackedTernary:
         if self._q_cache is None:
             self._q_cache = self.unpack().float()
         return self._q_cache
+
+
+def fuse_rows(parts: list[PackedTernary]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack tq2 weights that share an input (q/k/v, gate/up) into one weight.
+
+    Returns (data, row_scales): tq2 bytes of the [sum N_i, K] weight and float32 [sum N_i] with
+    each part's tensor scale on its rows, for `mulfree.kernels.ternary.tq2_linear(...,
+    row_scales=row_scales)`: one pass (one table build, one thread fork) for all parts, whose
+    outputs are the column slices of y. Row-block aligned: every N_i must be a multiple of 32.
+    """
+    if not parts:
+        raise MulfreeError("fuse_rows: no weights given")
+    k = parts[0].in_features
+    for p in parts:
+        if p.format != "tq2":
+            raise MulfreeError(f"fuse_rows: expected tq2 weights, got {p.format}")
+        if p.in_features != k:
+            raise MulfreeError(f"fuse_rows: in_features differ ({p.in_features} != {k})")
+        if p.out_features % TQ2_ROWS:
+            raise MulfreeError(
+                f"fuse_rows: out_features {p.out_features} is not a multiple of {TQ2_ROWS}"
+            )
+    data = torch.cat([p.data for p in parts])  # row blocks are contiguous: [nb][kb] order
+    row_scales = torch.cat([p.scale.expand(p.out_features) for p in parts]).contiguous()
+    return data, row_scales
