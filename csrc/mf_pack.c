@@ -2,29 +2,38 @@
  * The spec is the pure-torch code in src/mulfree/ternary/packing.py; tests compare atol=0. */
 #include "mf_py.h" /* Python.h first, as CPython requires */
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "mf_common.h"
 
-/* tq2: q int8 [N][K] in {-1,0,1} -> blocks [ceil(N/32)][ceil(K/16)] (see mf_common.h). */
-static void tq2_pack(const int8_t *q, int64_t N, int64_t K, uint8_t *out) {
+/* One row block: codes [32][stride] (row-major, code 1 past K) -> KB tq2 blocks. */
+static void tq2_from_codes(const uint8_t *codes, int64_t stride, int64_t KB, mf_tq2_block *out) {
+    for (int64_t kb = 0; kb < KB; ++kb)
+        for (int u = 0; u < MF_TQ2_K / 4; ++u)
+            for (int r = 0; r < MF_TQ2_ROWS; ++r) {
+                const uint8_t *c = codes + r * stride + kb * MF_TQ2_K + 4 * u;
+                out[kb].q[u][r] = (uint8_t)(c[0] | c[1] << 2 | c[2] << 4 | c[3] << 6);
+            }
+}
+
+/* tq2: q int8 [N][K] in {-1,0,1} -> blocks [ceil(N/32)][ceil(K/16)] (see mf_common.h).
+ * Returns -1 if the row-block buffer cannot be allocated. */
+static int tq2_pack(const int8_t *q, int64_t N, int64_t K, uint8_t *out) {
     const int64_t NB = mf_round_up(N, MF_TQ2_ROWS) / MF_TQ2_ROWS;
-    const int64_t KB = mf_round_up(K, MF_TQ2_K) / MF_TQ2_K;
-    for (int64_t nb = 0; nb < NB; ++nb)
-        for (int64_t kb = 0; kb < KB; ++kb) {
-            mf_tq2_block *blk = (mf_tq2_block *)out + nb * KB + kb;
-            for (int u = 0; u < MF_TQ2_K / 4; ++u)
-                for (int r = 0; r < MF_TQ2_ROWS; ++r) {
-                    const int64_t n = nb * MF_TQ2_ROWS + r;
-                    unsigned byte = 0;
-                    for (int i = 0; i < 4; ++i) {
-                        const int64_t k = kb * MF_TQ2_K + 4 * u + i;
-                        const unsigned c = (n < N && k < K) ? (unsigned)(q[n * K + k] + 1) : 1u;
-                        byte |= (c & 3u) << (2 * i);
-                    }
-                    blk->q[u][r] = (uint8_t)byte;
-                }
+    const int64_t KB = mf_round_up(K, MF_TQ2_K) / MF_TQ2_K, Kp = KB * MF_TQ2_K;
+    uint8_t *codes = malloc((size_t)(MF_TQ2_ROWS * Kp));
+    if (codes == NULL) return -1;
+    for (int64_t nb = 0; nb < NB; ++nb) {
+        memset(codes, 1, (size_t)(MF_TQ2_ROWS * Kp)); /* code 1 = weight 0 in the padding */
+        for (int r = 0; r < MF_TQ2_ROWS && nb * MF_TQ2_ROWS + r < N; ++r) {
+            const int8_t *row = q + (nb * MF_TQ2_ROWS + r) * K;
+            for (int64_t k = 0; k < K; ++k) codes[r * Kp + k] = (uint8_t)(row[k] + 1);
         }
+        tq2_from_codes(codes, Kp, KB, (mf_tq2_block *)out + nb * KB);
+    }
+    free(codes);
+    return 0;
 }
 
 /* Code 3 never comes out of the packer; like the kernels, unpack reads it as weight 0. */
@@ -73,36 +82,35 @@ static int64_t tq1_unpack(const uint8_t *w, int64_t N, int64_t K, int8_t *q) {
     return bad;
 }
 
-/* tq1 -> tq2 without an int8 [N][K] intermediate (row block by row block). */
+/* tq1 -> tq2 without an int8 [N][K] intermediate (row block by row block, table decode).
+ * Returns the number of invalid bytes (>= 243, read as weight 0), or -1 on allocation failure. */
 static int64_t tq1_to_tq2(const uint8_t *w, int64_t N, int64_t K, uint8_t *out) {
     const int64_t NB = mf_round_up(N, MF_TQ2_ROWS) / MF_TQ2_ROWS;
-    const int64_t KB2 = mf_round_up(K, MF_TQ2_K) / MF_TQ2_K;
+    const int64_t KB2 = mf_round_up(K, MF_TQ2_K) / MF_TQ2_K, Kp = KB2 * MF_TQ2_K;
     const int64_t KB1 = (K + MF_TQ1_TRITS - 1) / MF_TQ1_TRITS;
-    int64_t bad = 0;
-    int8_t rows[MF_TQ2_ROWS * 64];
-    memset(out, 0x55, (size_t)(NB * KB2) * sizeof(mf_tq2_block)); /* 0x55: four codes 1 */
-    for (int64_t nb = 0; nb < NB; ++nb) {
-        const int64_t nr = N - nb * MF_TQ2_ROWS < MF_TQ2_ROWS ? N - nb * MF_TQ2_ROWS : MF_TQ2_ROWS;
-        /* one 64-input slab of 32 rows at a time, through the int8 spec decoders */
-        for (int64_t k0 = 0; k0 < K; k0 += 60) {
-            const int64_t kn = K - k0 < 60 ? K - k0 : 60; /* 60 = 12 tq1 bytes, 15 aligned */
-            for (int64_t r = 0; r < nr; ++r) {
-                int64_t bad_r = tq1_unpack(w + (nb * MF_TQ2_ROWS + r) * KB1 + k0 / MF_TQ1_TRITS,
-                                           1, kn, rows + r * 64);
-                bad += bad_r;
-            }
-            for (int64_t r = 0; r < nr; ++r)
-                for (int64_t i = 0; i < kn; ++i) {
-                    const int64_t k = k0 + i;
-                    mf_tq2_block *blk = (mf_tq2_block *)out + nb * KB2 + k / MF_TQ2_K;
-                    const int kk = (int)(k % MF_TQ2_K);
-                    uint8_t *byte = &blk->q[kk / 4][r];
-                    const unsigned sh = 2u * (unsigned)(kk % 4);
-                    *byte = (uint8_t)((*byte & ~(3u << sh)) |
-                                      ((unsigned)(rows[r * 64 + i] + 1) << sh));
-                }
-        }
+    const int64_t stride = Kp + MF_TQ1_TRITS; /* room for the last byte's padding trits */
+    uint8_t dec[256][MF_TQ1_TRITS]; /* byte -> its 5 codes, least significant trit first */
+    for (int b = 0; b < 256; ++b) {
+        unsigned v = b < 243 ? (unsigned)b : 121u; /* 121 = five codes 1 */
+        for (int i = 0; i < MF_TQ1_TRITS; ++i, v /= 3u) dec[b][i] = (uint8_t)(v % 3u);
     }
+    uint8_t *codes = malloc((size_t)(MF_TQ2_ROWS * stride));
+    if (codes == NULL) return -1;
+    int64_t bad = 0;
+    for (int64_t nb = 0; nb < NB; ++nb) {
+        memset(codes, 1, (size_t)(MF_TQ2_ROWS * stride));
+        for (int r = 0; r < MF_TQ2_ROWS && nb * MF_TQ2_ROWS + r < N; ++r) {
+            const uint8_t *src = w + (nb * MF_TQ2_ROWS + r) * KB1;
+            uint8_t *dst = codes + r * stride;
+            for (int64_t j = 0; j < KB1; ++j) {
+                bad += src[j] >= 243;
+                memcpy(dst + MF_TQ1_TRITS * j, dec[src[j]], MF_TQ1_TRITS);
+            }
+            for (int64_t k = K; k < Kp; ++k) dst[k] = 1; /* tq2 padding past K */
+        }
+        tq2_from_codes(codes, stride, KB2, (mf_tq2_block *)out + nb * KB2);
+    }
+    free(codes);
     return bad;
 }
 
@@ -110,9 +118,11 @@ MF_PYFUNC(tq2_pack, "tq2_pack(q_ptr, N, K, out_ptr): int8 [N,K] -> tq2 blocks.")
     (void)self;
     void *q, *out;
     int64_t N, K;
+    int rc;
     if (mf_parse_args(args, nargs, "pllp", &q, &N, &K, &out) < 0) return NULL;
-    Py_BEGIN_ALLOW_THREADS tq2_pack(q, N, K, out);
-    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+    Py_BEGIN_ALLOW_THREADS rc = tq2_pack(q, N, K, out);
+    Py_END_ALLOW_THREADS if (rc < 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
 }
 
 MF_PYFUNC(tq2_unpack, "tq2_unpack(w_ptr, N, K, q_ptr): tq2 blocks -> int8 [N,K].") {
@@ -148,5 +158,6 @@ MF_PYFUNC(tq1_to_tq2, "tq1_to_tq2(w_ptr, N, K, out_ptr) -> number of invalid byt
     int64_t N, K, bad;
     if (mf_parse_args(args, nargs, "pllp", &w, &N, &K, &out) < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS bad = tq1_to_tq2(w, N, K, out);
-    Py_END_ALLOW_THREADS return PyLong_FromLongLong(bad);
+    Py_END_ALLOW_THREADS if (bad < 0) return PyErr_NoMemory();
+    return PyLong_FromLongLong(bad);
 }
