@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mulfree.errors import MulfreeError
+from mulfree.lmul.emul import ElementwiseMul
 from mulfree.ternary.quant import act_fake_quant, weight_fake_quant
 
 # Epsilon of BitLinear's input RMSNorm in the official code (not the model's rms_norm_eps).
@@ -46,12 +47,18 @@ class RMSNorm(nn.Module):
         self.hidden_size = hidden_size
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size))
+        # The fully multiplication-free model switches this to L-Mul (set_elementwise_mul).
+        self.emul = ElementwiseMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dt = acc_dtype(x)
         xf = x.to(dt)
-        rstd = 1.0 / torch.sqrt(xf.square().mean(-1, keepdim=True) + self.eps)
-        return (xf * rstd * self.weight.to(dt)).to(x.dtype)
+        if self.emul.exact:
+            rstd = 1.0 / torch.sqrt(xf.square().mean(-1, keepdim=True) + self.eps)
+            return (xf * rstd * self.weight.to(dt)).to(x.dtype)
+        mul = self.emul  # squares and scalings as L-Mul; the inverse square root remains
+        rstd = torch.rsqrt(mul(xf, xf).mean(-1, keepdim=True) + self.eps)
+        return mul(mul(xf, rstd), self.weight.to(dt)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.hidden_size}, eps={self.eps}"

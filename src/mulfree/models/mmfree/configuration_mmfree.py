@@ -82,6 +82,12 @@ class HGRNBitConfig(PretrainedConfig):
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
     fuse_cross_entropy: bool = True
+    # mulfree extension (not in the official config): "lmul" routes every elementwise multiply
+    # of the token and channel mixers (gates, recurrence, norm scaling, GLU product) through
+    # L-Mul with `elementwise_mul_bits` mantissa bits (None = float32's 23): the fully
+    # multiplication-free model. "exact" is the official model.
+    elementwise_mul: str = "exact"
+    elementwise_mul_bits: int | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -131,6 +137,9 @@ class HGRNBitConfig(PretrainedConfig):
             raise MulfreeError(
                 f"hgrn_bit config: hidden_act must be one of {HIDDEN_ACTS} (the model applies SiLU), got {self.hidden_act!r}"
             )
+        from mulfree.lmul.emul import ElementwiseMul
+
+        ElementwiseMul(self.elementwise_mul, self.elementwise_mul_bits)  # validates both fields
         if not self.rms_norm_eps > 0:
             raise MulfreeError(
                 f"hgrn_bit config: rms_norm_eps must be > 0, got {self.rms_norm_eps!r}"

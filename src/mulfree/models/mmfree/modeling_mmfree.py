@@ -34,6 +34,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from mulfree.errors import MulfreeError
+from mulfree.lmul.emul import ElementwiseMul
 from mulfree.models.mmfree.configuration_mmfree import HGRNBitConfig
 from mulfree.ops.hgrn import chunk_hgrn, naive_recurrent_hgrn
 from mulfree.ternary.bitlinear import BitLinear, RMSNorm, acc_dtype
@@ -54,8 +55,12 @@ class RMSNormSwishGate(RMSNorm):
     def forward(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         dt = acc_dtype(x)
         xf, of = x.to(dt), o.to(dt)
-        rstd = 1.0 / torch.sqrt(xf.square().mean(-1, keepdim=True) + self.eps)
-        return (xf * rstd * self.weight.to(dt) * F.silu(of)).to(x.dtype)
+        if self.emul.exact:
+            rstd = 1.0 / torch.sqrt(xf.square().mean(-1, keepdim=True) + self.eps)
+            return (xf * rstd * self.weight.to(dt) * F.silu(of)).to(x.dtype)
+        mul = self.emul
+        rstd = torch.rsqrt(mul(xf, xf).mean(-1, keepdim=True) + self.eps)
+        return mul(mul(mul(xf, rstd), self.weight.to(dt)), mul.silu(of)).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,6 +104,7 @@ class HGRNBitAttention(nn.Module):
         self.g_proj = BitLinear(hidden_size, self.input_dim, bias=False)
         self.g_norm = RMSNormSwishGate(self.input_dim, eps=layernorm_eps)
         self.o_proj = BitLinear(self.input_dim, hidden_size, bias=False)
+        self.emul = ElementwiseMul()  # L-Mul in the fully multiplication-free model
 
     def forward(
         self,
@@ -110,13 +116,15 @@ class HGRNBitAttention(nn.Module):
         T = hidden_states.shape[1]
         i = self.i_proj(hidden_states)  # [B, T, E]
         f = self.f_proj(hidden_states).sigmoid()  # [B, T, E]
+        mul = self.emul
         # The first layer keeps f unbounded below (its lower bound is 0 anyway).
         if lower_bound is not None and self.layer_idx > 0:
-            f = lower_bound + (1 - lower_bound) * f
-        i = F.silu(i) * (1 - f)
+            f = lower_bound + mul(1 - lower_bound, f)
+        i = mul(mul.silu(i), 1 - f)
         if attention_mask is not None:
             # Left padding: zero input keeps the state at zero until the first real token.
-            i = i * attention_mask[:, -T:].unsqueeze(-1).to(i.dtype)
+            keep = attention_mask[:, -T:].unsqueeze(-1)
+            i = i * keep.to(i.dtype) if mul.exact else torch.where(keep.bool(), i, 0.0)
 
         state = None
         if past_key_values is not None:
@@ -125,8 +133,14 @@ class HGRNBitAttention(nn.Module):
                 state = layer.recurrent_states[0]
         # The recurrence is elementwise, so heads are only a grouping of the channel axis:
         # [B, T, E] is scanned as is.
-        scan = naive_recurrent_hgrn if self.mode == "naive" else chunk_hgrn
-        o, final = scan(i, f, initial_state=state, output_final_state=past_key_values is not None)
+        want_final = past_key_values is not None
+        if not mul.exact:
+            # L-Mul is not associative: the chunked scan would change the value, so the
+            # multiplication-free model runs the recurrence as the loop it is defined by.
+            o, final = naive_recurrent_hgrn(i, f, state, want_final, mul=mul)
+        else:
+            scan = naive_recurrent_hgrn if self.mode == "naive" else chunk_hgrn
+            o, final = scan(i, f, initial_state=state, output_final_state=want_final)
         if past_key_values is not None:
             past_key_values.update_recurrent_state(final.detach(), self.layer_idx)
 
@@ -148,12 +162,14 @@ class HGRNBitMLP(nn.Module):
         self.intermediate_size = intermediate_size
         self.gate_proj = BitLinear(hidden_size, intermediate_size * 2, bias=False)
         self.down_proj = BitLinear(intermediate_size, hidden_size, bias=False)
+        self.emul = ElementwiseMul()  # L-Mul in the fully multiplication-free model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_proj(x).chunk(2, -1)  # [B, T, I] each
         # SiLU(gate) * up in float32, as the official fused `swiglu`.
         dt = acc_dtype(gate)
-        return self.down_proj((F.silu(gate.to(dt)) * up.to(dt)).to(x.dtype))
+        mul = self.emul
+        return self.down_proj(mul(mul.silu(gate.to(dt)), up.to(dt)).to(x.dtype))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,6 +260,17 @@ class HGRNBitPreTrainedModel(PreTrainedModel):
             )
         elif isinstance(module, HGRNBitModel) and module.lower_bounds is not None:
             init.zeros_(module.lower_bounds)
+
+    def set_elementwise_mul(self, kind: str = "exact", mantissa_bits: int | None = None):
+        """Route every elementwise multiply of the mixers and norms through L-Mul ("lmul") or
+        back to exact products ("exact"), in place; recorded in the config so it is saved."""
+        emul = ElementwiseMul(kind, mantissa_bits)  # validates
+        self.config.elementwise_mul = kind
+        self.config.elementwise_mul_bits = mantissa_bits
+        for m in self.modules():
+            if isinstance(getattr(m, "emul", None), ElementwiseMul):
+                m.emul = emul
+        return self
 
     @classmethod
     def from_pretrained(
@@ -390,6 +417,7 @@ class HGRNBitModel(HGRNBitPreTrainedModel):
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.gradient_checkpointing = False
         self.post_init()
+        self.set_elementwise_mul(config.elementwise_mul, config.elementwise_mul_bits)
 
     def get_input_embeddings(self):
         return self.embeddings
@@ -480,6 +508,7 @@ class HGRNBitForCausalLM(HGRNBitPreTrainedModel, GenerationMixin):
         # The head is a ternary BitLinear with its own input norm, as in the official model.
         self.lm_head = BitLinear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+        self.set_elementwise_mul(config.elementwise_mul, config.elementwise_mul_bits)
 
     def get_input_embeddings(self):
         return self.model.embeddings

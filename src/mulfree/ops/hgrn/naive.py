@@ -17,6 +17,7 @@ def naive_recurrent_hgrn(
     f: torch.Tensor,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
+    mul=torch.mul,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sequential reference of h_t = f_t * h_{t-1} + x_t, accumulated in float32 (or float64).
 
@@ -25,6 +26,9 @@ def naive_recurrent_hgrn(
         f: [..., T, D] forget gate in [0, 1], same shape as x.
         initial_state: [..., D] state before the first step, or None for zeros.
         output_final_state: also return h_{T-1}.
+        mul: the product f_t * h_{t-1} (an `ElementwiseMul` in L-Mul mode: the fully
+            multiplication-free model runs this loop, since L-Mul is not associative and the
+            chunked scan would change its value).
 
     Returns:
         (o, final_state): o is [..., T, D] in x's dtype holding every h_t; final_state is
@@ -41,7 +45,7 @@ def naive_recurrent_hgrn(
         h = h + initial_state.to(dt)
     outs = []
     for t in range(T):
-        h = f[..., t, :].to(dt) * h + x[..., t, :].to(dt)
+        h = mul(f[..., t, :].to(dt), h) + x[..., t, :].to(dt)
         outs.append(h)
     o = torch.stack(outs, dim=-2) if outs else x.new_zeros(x.shape, dtype=dt)
     return o.to(x.dtype), (h if output_final_state else None)
