@@ -23,7 +23,18 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def backend(model_dir):
+    """What `mulfree serve` runs by default: packed ternary weights when the kernels are built."""
     return load_backend(model_dir, max_context=100_000)
+
+
+@pytest.fixture(scope="session")
+def float_backend(model_dir):
+    return load_backend(model_dir, max_context=100_000, weights="float")
+
+
+@pytest.fixture(params=["default", "float"])
+def any_backend(request, backend, float_backend):
+    return backend if request.param == "default" else float_backend
 
 
 def need_serve_extra() -> None:

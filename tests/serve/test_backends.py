@@ -2,22 +2,45 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from mulfree import kernels
+from mulfree.errors import MulfreeError
 from mulfree.serve.backends import GenericBackend, MatMulFreeBackend, make_backend
+from mulfree.ternary.bitlinear import BitLinear
 
 # Batched vs single and cached vs full differ only by float32 summation order inside the matmuls
 # (different batch shapes take different BLAS blockings): a few ulps of logits of size ~1.
 LOGIT_ATOL = 1e-5
+# Packed weights: integer ternary products with per-token activation scales, so rows of a batch
+# never interact and a batched step equals single steps bit for bit.
+PACKED_ATOL = 0.0
 
 
-def test_auto_picks_the_batched_backend(backend):
+def test_auto_picks_the_batched_backend(backend, float_backend):
     assert isinstance(backend, MatMulFreeBackend)
     assert backend.eos_token_ids == frozenset({0})
+    assert backend.weights == ("packed" if kernels.available() else "float")
+    assert float_backend.weights == "float"
 
 
-def test_batched_step_equals_single_steps(backend):
+def test_packed_weights_follow_the_float_model(backend, float_backend):
+    if backend.weights != "packed":
+        pytest.skip("the compiled ternary kernels are not built")
+    assert not any(isinstance(m, BitLinear) for m in backend.model.modules())
+    ids = backend.encode("The quick brown fox jumps")
+    _, packed = backend.start(ids)
+    _, ref = float_backend.start(ids)
+    # Same ternary arithmetic; only fp32 rounding differs, which can move an int8 activation
+    # by one step near a rounding boundary: logits agree to a few percent of their spread.
+    assert (packed - ref).abs().max() < 0.05 * ref.std()
+    assert int(packed.argmax()) == int(ref.argmax())
+
+
+def test_batched_step_equals_single_steps(any_backend):
+    backend = any_backend
     prompts = ["Hello world", "The quick brown fox", "A"]
     tokens = [5, 17, 42]
     singles = []
@@ -28,13 +51,15 @@ def test_batched_step_equals_single_steps(backend):
     states = [backend.start(backend.encode(p))[0] for p in prompts]
     first = backend.step(states, tokens)
     second = backend.step(states, [t + 1 for t in tokens])
+    atol = PACKED_ATOL if backend.weights == "packed" else LOGIT_ATOL
     for i in range(3):
-        torch.testing.assert_close(first[i], singles[2 * i], atol=LOGIT_ATOL, rtol=0)
-        torch.testing.assert_close(second[i], singles[2 * i + 1], atol=LOGIT_ATOL, rtol=0)
+        torch.testing.assert_close(first[i], singles[2 * i], atol=atol, rtol=0)
+        torch.testing.assert_close(second[i], singles[2 * i + 1], atol=atol, rtol=0)
     assert [s.length for s in states] == [len(backend.encode(p)) + 2 for p in prompts]
 
 
-def test_cached_steps_equal_full_forward(backend):
+def test_cached_steps_equal_full_forward(any_backend):
+    backend = any_backend
     ids = backend.encode("Ternary weights replace")
     st, logits = backend.start(ids[:3])
     rows = [logits]
@@ -56,7 +81,9 @@ def test_generic_backend_matches_a_full_forward(backend):
         num_key_value_heads=2,
         max_position_embeddings=128,
     )
-    llama = make_backend(LlamaForCausalLM(cfg), backend.tokenizer, "llama")
+    with pytest.raises(MulfreeError, match="packed ternary weights need an hgrn_bit model"):
+        make_backend(LlamaForCausalLM(cfg), backend.tokenizer, "llama", weights="packed")
+    llama = make_backend(LlamaForCausalLM(cfg), backend.tokenizer, "llama", weights="auto")
     assert isinstance(llama, GenericBackend) and llama.max_context == 128
     a, b = backend.encode("Hello world"), backend.encode("The quick brown fox jumps")
     sa, _ = llama.start(a)

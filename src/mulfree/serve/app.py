@@ -517,6 +517,7 @@ class App:
                 "status": "ok",
                 "model": self.backend.model_id,
                 "backend": self.backend.kind,
+                "weights": self.backend.weights,
                 "active": active,
                 "waiting": waiting,
                 "capacity": self.scheduler.capacity,

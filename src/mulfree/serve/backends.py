@@ -50,6 +50,7 @@ class Backend:
     model_id: str
     max_context: int
     eos_token_ids: frozenset[int] = field(default_factory=frozenset)
+    weights: str = "float"  # "packed": BitLinears run on 2-bit packed weights (pack_bitlinear_)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     kind = "base"
@@ -169,6 +170,28 @@ def _eos_ids(model, tokenizer) -> frozenset[int]:
     return frozenset(ids)
 
 
+WEIGHTS = ("auto", "packed", "float")
+
+
+def pack_bitlinear_(model: torch.nn.Module) -> int:
+    """Replace every BitLinear in `model` by `PackedTernaryLinear.from_bitlinear` (in place).
+
+    The packed layer computes BitLinear's no-grad forward with 2-bit weights and int8
+    activations on the add-only ternary kernels (mulfree.ternary.packed_linear); the float
+    weights are dropped. Returns the number of layers replaced.
+    """
+    from mulfree.ternary.bitlinear import BitLinear
+    from mulfree.ternary.packed_linear import PackedTernaryLinear
+
+    n = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, BitLinear):
+                setattr(module, name, PackedTernaryLinear.from_bitlinear(child))
+                n += 1
+    return n
+
+
 def make_backend(
     model,
     tokenizer,
@@ -176,10 +199,22 @@ def make_backend(
     *,
     kind: str = "auto",
     max_context: int | None = None,
+    weights: str = "float",
 ) -> Backend:
     """Wrap a loaded model + tokenizer. kind: "auto" (MatMul-free when model_type is hgrn_bit),
-    "mmfree" or "generic"."""
+    "mmfree" or "generic". weights: "float" (as loaded), "packed" (pack_bitlinear_ first) or
+    "auto" (packed for hgrn_bit when the compiled kernels are available)."""
     model_type = getattr(model.config, "model_type", None)
+    if weights not in WEIGHTS:
+        raise MulfreeError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if weights == "auto":
+        from mulfree import kernels
+
+        weights = "packed" if model_type == "hgrn_bit" and kernels.available() else "float"
+    if weights == "packed":
+        if model_type != "hgrn_bit":
+            raise MulfreeError(f"packed ternary weights need an hgrn_bit model, not {model_type!r}")
+        pack_bitlinear_(model)
     if kind == "auto":
         kind = "mmfree" if model_type == "hgrn_bit" else "generic"
     if kind == "mmfree" and model_type != "hgrn_bit":
@@ -196,6 +231,7 @@ def make_backend(
         model_id=model_id,
         max_context=max_context,
         eos_token_ids=_eos_ids(model, tokenizer),
+        weights=weights,
     )
 
 
@@ -208,11 +244,13 @@ def load_backend(
     lmul_bits: int | None = None,
     max_context: int | None = None,
     threads: int | None = None,
+    weights: str = "auto",
 ) -> Backend:
     """Load a model directory (config.json + safetensors) and its tokenizer into a backend.
 
     lmul_bits: apply L-Mul attention (`mulfree.attention.apply_lmul_`) with that many mantissa
     bits; for attention models only (a MatMul-free model has no attention to replace).
+    weights: see `make_backend` (default: packed ternary weights for MatMul-free models).
     """
     import json
 
@@ -260,4 +298,5 @@ def load_backend(
         model_id or path.resolve().name,
         kind=kind,
         max_context=max_context,
+        weights=weights,
     )

@@ -24,6 +24,13 @@ def register(sub) -> None:
         help="auto: batched MatMul-free decoding for hgrn_bit models, generic otherwise",
     )
     p.add_argument(
+        "--weights",
+        default="auto",
+        choices=["auto", "packed", "float"],
+        help="hgrn_bit weights: packed 2-bit ternary on the add-only kernels, or the float QAT "
+        "weights (auto: packed when the compiled kernels are available)",
+    )
+    p.add_argument(
         "--lmul",
         type=int,
         default=None,
@@ -70,6 +77,7 @@ def cmd_serve(args) -> int:
         tokenizer=args.tokenizer,
         model_id=args.model_id,
         backend=args.backend,
+        weights=args.weights,
         lmul=args.lmul,
         host=args.host,
         port=args.port,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from mulfree.errors import MulfreeError
 
 BACKENDS = ("auto", "mmfree", "generic")
+WEIGHTS = ("auto", "packed", "float")
 
 
 @dataclass
@@ -18,6 +19,7 @@ class ServeConfig:
     tokenizer: str | None = None
     model_id: str | None = None  # the name clients pass as "model"; default: the folder name
     backend: str = "auto"
+    weights: str = "auto"  # "packed" | "float" | "auto" (packed for hgrn_bit with compiled kernels)
     lmul: int | None = None  # L-Mul attention mantissa bits for HF attention models
     host: str = "127.0.0.1"
     port: int = 8000
@@ -39,6 +41,8 @@ class ServeConfig:
             raise MulfreeError(
                 f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
             )
+        if self.weights not in WEIGHTS:
+            raise MulfreeError(f"weights must be one of {', '.join(WEIGHTS)}, got {self.weights!r}")
         if not 0 <= int(self.port) <= 65535:
             raise MulfreeError(f"port must be in 0..65535, got {self.port}")
         for name in ("max_batch", "max_tokens_limit", "default_max_tokens", "max_body_bytes"):

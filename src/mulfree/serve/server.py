@@ -23,6 +23,7 @@ def backend_from_config(config: ServeConfig) -> Backend:
         model_id=config.model_id,
         kind=config.backend,
         lmul_bits=config.lmul,
+        weights=config.weights,
         max_context=config.max_context,
         threads=config.threads,
     )
@@ -77,7 +78,7 @@ def serve(config: ServeConfig, backend: Backend | None = None) -> None:
     host, port = sock.getsockname()[:2]
     auth = " (API key required)" if config.api_key else ""
     print(
-        f"mulfree serve: {backend.model_id} ({backend.kind} backend) on http://{host}:{port}{auth}",
+        f"mulfree serve: {backend.model_id} ({backend.kind} backend, {backend.weights} weights) on http://{host}:{port}{auth}",
         flush=True,
     )
     server.run(sockets=[sock])
