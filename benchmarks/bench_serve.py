@@ -57,7 +57,9 @@ def build_model_dir(preset: str, out: Path, vocab: int) -> Path:
 class Server:
     """`mulfree serve` in a subprocess on a free loopback port."""
 
-    def __init__(self, model_dir: Path, backend: str, threads: int | None, max_batch: int):
+    def __init__(
+        self, model_dir: Path, backend: str, threads: int | None, max_batch: int, weights: str
+    ):
         cmd = [
             sys.executable,
             "-m",
@@ -76,6 +78,8 @@ class Server:
             "warning",
             "--model-id",
             "bench",
+            "--weights",
+            weights,
         ]
         if threads:
             cmd += ["--threads", str(threads)]
@@ -86,6 +90,7 @@ class Server:
             self.proc.kill()
             raise SystemExit(f"server did not start: {line!r}")
         self.host, self.port = m.group(1), int(m.group(2))
+        self.banner = line.strip()
 
     def status(self, key: str) -> int:
         """A /proc/PID/status field in kB (VmHWM = peak RSS, VmRSS = current)."""
@@ -227,6 +232,12 @@ def main() -> None:
     ap.add_argument(
         "--backends", nargs="+", default=["mmfree", "generic"], choices=["mmfree", "generic"]
     )
+    ap.add_argument(
+        "--weights",
+        default="auto",
+        choices=["auto", "packed", "float"],
+        help="served weights (auto: packed ternary when the compiled kernels are built)",
+    )
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
 
@@ -245,7 +256,9 @@ def main() -> None:
         )
         table: dict[str, list[dict]] = {}
         for backend in args.backends:
-            server = Server(model_dir, backend, args.threads, max_batch=max(args.clients))
+            server = Server(
+                model_dir, backend, args.threads, max_batch=max(args.clients), weights=args.weights
+            )
             try:
                 stream_once(server.host, server.port, 4, seed=0)  # warm-up
                 rss_idle = server.status("VmRSS")
@@ -268,6 +281,7 @@ def main() -> None:
                     rows.append(row)
                 table[backend] = rows
                 print(f"## {backend} backend (idle RSS {rss_idle / 1024:.0f} MB)")
+                print(server.banner)
                 print(
                     "| N | requests | tok/s | TTFT p50 ms | TTFT p99 ms | tok p50 ms | tok p99 ms "
                     "| mean batch | peak RSS MB | est. µJ/token |"
