@@ -13,24 +13,31 @@ Method (printed with the table):
 - bandwidth (best of 10): "read" = fp32 sum over a `cold_mb` buffer (a streaming read),
   "copy" = Tensor.copy_ of `cold_mb` MB (bytes copied / time); roofline time = packed bytes /
   read bw, so "% roofline" = roofline time / our cold time.
+- OMP_WAIT_POLICY=PASSIVE unless set: libgomp (shared by torch and the kernels) otherwise
+  spins between parallel regions; on shared cores a spinning worker gets descheduled and each
+  fork/join then waits a scheduler slice (8-16 ms), for torch and the kernels alike.
 Run: python benchmarks/bench_ternary_linear.py [--threads 2] [--reps 30] [--cold-mb 512]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
-import time
-from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
+# before torch is imported: libgomp reads its wait policy once, at load
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from mulfree import kernels
-from mulfree.ternary.packed_linear import ternary_linear, ternary_linear_torch
-from mulfree.ternary.packing import PackedTernary
-from mulfree.ternary.quant import act_fake_quant, weight_fake_quant
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from mulfree import kernels  # noqa: E402
+from mulfree.ternary.packed_linear import ternary_linear, ternary_linear_torch  # noqa: E402
+from mulfree.ternary.packing import PackedTernary  # noqa: E402
+from mulfree.ternary.quant import act_fake_quant, weight_fake_quant  # noqa: E402
 
 # (in_features, out_features): the official MMfreeLM 370M / 1.3B projection shapes and the head
 SHAPES = [
@@ -213,7 +220,8 @@ def run(
     lines = [
         f"### Ternary linear (tq2, {path}) vs torch {torch.__version__} F.linear",
         "",
-        f"Method: {threads} threads (torch.set_num_threads and kernel threads), median of {reps} "
+        f"Method: {threads} threads (torch.set_num_threads and kernel threads), "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, median of {reps} "
         f"single calls after warm-up ({warmup} hot; one full cycle cold), wall clock through "
         f"`ternary_linear`. Hot = same weights every call; cold = cycling through >= {cold_mb} MB "
         "of weight copies (each format its own copies). Torch = faster of fp32 and bf16 "
