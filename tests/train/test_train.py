@@ -1,6 +1,7 @@
 """In-process training runs with a tiny Llama: save -> load round trip, metrics, accumulation."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -205,3 +206,26 @@ def test_non_finite_gradient_stops_before_the_weights_change(setup, tmp_path, mo
     with pytest.raises(MulfreeError, match=r"non-finite gradient norm \(nan\) at step 3"):
         train(config(setup, tmp_path, max_steps=6, checkpoint_every=2, eval_every=0))
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000002"]
+
+
+def test_user_tokenizer_is_used_as_given(setup, tmp_path):
+    from mulfree.data import load_tokenizer, read_documents, train_bpe_tokenizer
+
+    corpus, _ = setup
+    tok = train_bpe_tokenizer(read_documents([corpus]), 280)
+    src = tmp_path / "my-tokenizer.json"
+    tok.save(str(src))
+    res = train(config(setup, tmp_path / "run", tokenizer=str(src), max_steps=2, warmup_steps=1,
+                       eval_every=0, checkpoint_every=0, bf16=True, model="mmfree-tiny",
+                       extra={"hidden_size": 32, "num_hidden_layers": 2}))  # fmt: skip
+    saved = load_tokenizer(res.model_dir)
+    assert saved.get_vocab() == tok.get_vocab()
+    assert res.val_loss is not None and math.isfinite(res.val_loss)
+    # A tokenizer without any known end-of-text token needs --eos-token.
+    from tokenizers import Tokenizer, models
+
+    bare = Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    bare.save(str(tmp_path / "bare.json"))
+    with pytest.raises(MulfreeError, match="name one with --eos-token"):
+        train(config(setup, tmp_path / "run2", tokenizer=str(tmp_path / "bare.json")))
+    assert not (tmp_path / "run2").exists()
