@@ -8,6 +8,11 @@ How a kernel reaches C (csrc/README is this docstring):
 - a launcher here (see ternary.py) resolves the ISA (`resolve_isa`) and threads
   (`resolve_threads`), allocates outputs and calls `core().name(...)`;
 - the public op falls back to torch when `resolve_isa` returns "torch".
+
+Threads: OpenMP (libgomp, the same runtime torch uses), `threads=` or torch.get_num_threads().
+On shared or oversubscribed cores set OMP_WAIT_POLICY=PASSIVE before torch is imported: the
+default spinning between parallel regions gets workers descheduled and every fork/join then
+waits a scheduler slice (8-16 ms measured here, for torch's own ops as well).
 """
 
 from mulfree.kernels._core import (
