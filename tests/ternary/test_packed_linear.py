@@ -105,6 +105,8 @@ def test_shape_mismatch_is_one_clear_error():
     layer = PackedTernaryLinear.from_float(torch.randn(8, 16))
     with pytest.raises(MulfreeError, match="x has 15 features, weight expects 16"):
         layer(torch.randn(2, 15))
+    with pytest.raises(MulfreeError, match="runs on the CPU"):
+        layer(torch.randn(2, 16, device="meta"))
 
 
 def test_empty_batch():

@@ -63,6 +63,8 @@ def ternary_linear(
         y: [..., N] in x's dtype.
     """
     K, N = packed.in_features, packed.out_features
+    if not x.is_cpu:
+        raise MulfreeError(f"ternary_linear runs on the CPU; got x on {x.device}")
     if x.shape[-1] != K:
         raise MulfreeError(f"ternary_linear: x has {x.shape[-1]} features, weight expects {K}")
     if K > MAX_IN_FEATURES:
