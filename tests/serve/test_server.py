@@ -249,6 +249,8 @@ def test_long_prompts_and_bodies(backend):
         # A chunked body without Content-Length is counted as it arrives.
         chunks = iter([b'{"prompt": "', b"y" * 3000, b'"}'])
         err = _error(request_json(url, "POST", chunks), 413)
+        # A body far larger than the socket buffers: the client still reads the 413.
+        err = _error(request_json(url, "POST", b"z" * 3_000_000), 413)
         # The server is fine afterwards: a valid request succeeds, no slot is held.
         status, _, body = request_json(url, "POST", {"prompt": "Hello", "max_tokens": 5})
         assert status == 200 and body["usage"]["completion_tokens"] <= 5
@@ -350,11 +352,29 @@ def test_timeouts(backend):
         assert s.state.metrics.finished["timeout"] == 2
 
 
+def test_model_failure_is_a_500_and_the_server_goes_on(backend, monkeypatch):
+    with make_server(backend) as s:
+        url = s.url + "/v1/completions"
+
+        def broken_step(states, tokens):
+            raise RuntimeError("out of memory")
+
+        monkeypatch.setattr(backend, "step", broken_step)
+        err = _error(request_json(url, "POST", {"prompt": "Hello", "max_tokens": 5}), 500)
+        assert err["code"] == "server_error" and "out of memory" in err["message"]
+        monkeypatch.undo()
+        wait_idle(s)
+        status, _, body = request_json(url, "POST", {"prompt": "Hello", "max_tokens": 5})
+        assert status == 200 and body["usage"]["completion_tokens"] <= 5
+
+
 def test_api_key(backend):
     with make_server(backend, api_key="s3cret") as s:
         assert _error(request_json(s.url + "/v1/models"), 401)["code"] == "invalid_api_key"
         bad = {"Authorization": "Bearer nope"}
         assert _error(request_json(s.url + "/v1/models", headers=bad), 401)
+        big = {"prompt": "x" * 900_000}  # read and dropped, so the 401 arrives intact
+        assert _error(request_json(s.url + "/v1/completions", "POST", big, bad), 401)
         with pytest.raises(openai.AuthenticationError):
             client(s, api_key="wrong").completions.create(model=MODEL_ID, prompt="hi", max_tokens=2)
         r = client(s, api_key="s3cret").completions.create(

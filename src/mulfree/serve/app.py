@@ -32,6 +32,9 @@ from mulfree.serve.scheduler import Failed, Finished, GenRequest, QueueFull, Sch
 
 MAX_STOP = 4  # OpenAI allows up to 4 stop sequences
 ROLES = ("system", "developer", "user", "assistant", "tool")
+# Refused bodies (too large, unauthenticated) are read and dropped up to this size so that the
+# client gets the error response; beyond it the connection is simply closed.
+DRAIN_BYTES = 64 << 20
 DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks that its client is still there
 
 
@@ -47,13 +50,11 @@ class ApiError(Exception):
         headers: dict | None = None,
     ):
         super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = (
-            status,
-            message,
-            type_,
-            param,
-            code,
-        )
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+        self.code = code
         self.headers = headers
 
     def response(self) -> JSONResponse:
@@ -118,20 +119,35 @@ class App:
                 code="invalid_api_key",
             )
 
+    @staticmethod
+    async def _drain(chunks) -> None:
+        """Read and drop the rest of a refused body (up to DRAIN_BYTES).
+
+        Closing a connection whose request body is still unread makes the kernel send a reset,
+        which can destroy the error response before the client reads it."""
+        n = 0
+        async for chunk in chunks:
+            n += len(chunk)
+            if n > DRAIN_BYTES:
+                return
+
     async def _read_json(self, request: Request) -> dict:
         limit = self.config.max_body_bytes
-        declared = request.headers.get("content-length")
         too_big = ApiError(413, f"request body exceeds {limit} bytes", code="request_too_large")
-        if declared is not None:
-            try:
-                if int(declared) > limit:
-                    raise too_big
-            except ValueError:
-                raise ApiError(400, "invalid Content-Length header") from None
+        declared = request.headers.get("content-length")
+        try:
+            declared = None if declared is None else int(declared)
+        except ValueError:
+            raise ApiError(400, "invalid Content-Length header") from None
+        chunks = request.stream()
+        if declared is not None and declared > limit:
+            await self._drain(chunks)
+            raise too_big
         body = bytearray()
-        async for chunk in request.stream():
+        async for chunk in chunks:
             body += chunk
             if len(body) > limit:
+                await self._drain(chunks)
                 raise too_big
         try:
             data = json.loads(body)
@@ -358,18 +374,24 @@ class App:
             if ev is not None:
                 text.append(ev.text)
 
-    async def _generate(self, request: Request, endpoint: str, chat: bool):
-        self._auth(request)
+    async def _generate(self, request: Request, chat: bool):
+        try:
+            self._auth(request)
+        except ApiError:
+            await self._drain(request.stream())
+            raise
         data = await self._read_json(request)
         self._check_model(data)
-        ids = self._chat_prompt(data) if chat else self._completion_prompt(data)
+        # Tokenizing a long prompt takes a while: keep it off the event loop.
+        to_ids = self._chat_prompt if chat else self._completion_prompt
+        ids = await asyncio.to_thread(to_ids, data)
         job = self._job(data, ids, chat=chat)
         req = self._submit(job)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
         if job.stream:
             return _GenerationStream(
-                self._sse(req, job, rid, created, chat, endpoint),
+                self._sse(req, job, rid, created, chat),
                 on_close=lambda: self.scheduler.cancel(req),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -409,9 +431,7 @@ class App:
             }
         return JSONResponse(body)
 
-    async def _sse(
-        self, req: GenRequest, job: Job, rid: str, created: int, chat: bool, endpoint: str
-    ):
+    async def _sse(self, req: GenRequest, job: Job, rid: str, created: int, chat: bool):
         obj = "chat.completion.chunk" if chat else "text_completion"
         model = self.backend.model_id
 
@@ -482,10 +502,10 @@ class App:
 
     # --- routes ----------------------------------------------------------------------------
     async def completions(self, request: Request):
-        return await self._generate(request, "/v1/completions", chat=False)
+        return await self._generate(request, chat=False)
 
     async def chat_completions(self, request: Request):
-        return await self._generate(request, "/v1/chat/completions", chat=True)
+        return await self._generate(request, chat=True)
 
     def _model_card(self) -> dict:
         return {

@@ -195,6 +195,8 @@ class Scheduler:
                 self._active.remove(req)
 
     def _finish(self, req: GenRequest, reason: str) -> None:
+        if req.done:
+            return
         if req.detok is not None and reason == "length":
             req.text += req.detok.flush()
         end = len(req.text)
@@ -210,6 +212,8 @@ class Scheduler:
         self._release(req)
 
     def _fail(self, req: GenRequest, kind: str, message: str) -> None:
+        if req.done:
+            return
         self._emit(req, Failed(kind, message, req.n_generated))
         self.metrics.request_finished(kind)
         self._release(req)
@@ -276,38 +280,51 @@ class Scheduler:
                     self._cond.wait()
                 if self._stop:
                     break
-            self._sweep()
-            with self._cond:
-                room = self.max_batch - len(self._active)
-                new = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
-            for req in new:
-                try:
-                    self._admit(req)
-                except Exception as e:  # a failing model call must not kill the worker
-                    self._fail(req, "server_error", f"{type(e).__name__}: {e}")
-            with self._cond:
-                batch = [r for r in self._active if not r.done]
-            # Requests admitted in this iteration already have their first token; they join the
-            # step too, which feeds that token.
-            if not batch:
-                continue
-            t0 = time.monotonic()
             try:
-                logits = self.backend.step([r.state for r in batch], [r.last_token for r in batch])
-            except Exception as e:
-                for r in batch:
+                self._iteration()
+            except Exception as e:  # never let the worker die: fail what it was holding
+                with self._cond:
+                    held = list(self._active)
+                for r in held:
                     self._fail(r, "server_error", f"{type(e).__name__}: {e}")
-                continue
-            self.metrics.decode_step(len(batch), time.monotonic() - t0)
-            for r, row in zip(batch, logits, strict=True):
-                if not r.cancelled:
-                    self._accept(r, sample(row, r.params, r.generator))
         # Shutting down: tell everyone still waiting.
         with self._cond:
             left = list(self._pending) + list(self._active)
             self._pending.clear()
         for r in left:
             self._fail(r, "server_error", "the server is shutting down")
+
+    def _iteration(self) -> None:
+        self._sweep()
+        with self._cond:
+            room = self.max_batch - len(self._active)
+            new = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+        for req in new:
+            try:
+                self._admit(req)
+            except Exception as e:  # a failing model call fails its request, not the server
+                self._fail(req, "server_error", f"{type(e).__name__}: {e}")
+        with self._cond:
+            batch = [r for r in self._active if not r.done]
+        # Requests admitted in this iteration already have their first token; they join the
+        # step too, which feeds that token.
+        if not batch:
+            return
+        t0 = time.monotonic()
+        try:
+            logits = self.backend.step([r.state for r in batch], [r.last_token for r in batch])
+        except Exception as e:
+            for r in batch:
+                self._fail(r, "server_error", f"{type(e).__name__}: {e}")
+            return
+        self.metrics.decode_step(len(batch), time.monotonic() - t0)
+        for r, row in zip(batch, logits, strict=True):
+            if r.cancelled or r.done:
+                continue
+            try:
+                self._accept(r, sample(row, r.params, r.generator))
+            except Exception as e:
+                self._fail(r, "server_error", f"{type(e).__name__}: {e}")
 
 
 def _longest(stop: tuple[str, ...]) -> int:
