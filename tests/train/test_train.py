@@ -111,9 +111,11 @@ def test_existing_run_needs_resume_and_same_recipe(setup, finished):
     with pytest.raises(MulfreeError, match="lr: checkpoint 0.003, given 0.001"):
         train(config(setup, res.out_dir, resume=True, lr=1e-3))
     before = (res.model_dir / "model.safetensors").read_bytes()
+    log_before = res.metrics_path.read_text()
     again = train(config(setup, res.out_dir, resume=True))  # finished: re-exports the same model
     assert again.val_loss == res.val_loss and again.train_loss == res.train_loss
     assert (res.model_dir / "model.safetensors").read_bytes() == before
+    assert res.metrics_path.read_text() == log_before  # nothing logged twice
 
 
 def test_gradient_accumulation_matches_one_big_batch(setup, tmp_path):

@@ -322,9 +322,9 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
                 metrics.read(), out / "loss.png", title=f"{cfg.model} ({num_params:,} params)"
             )
 
-    def log_eval(step: int) -> float | None:
+    def log_eval(step: int, record: bool = True) -> float | None:
         v = evaluate(model, corpus.val, micro, cfg, ctx)
-        if v is not None and ctx.is_main:
+        if v is not None and ctx.is_main and record:
             metrics.append(
                 {
                     "step": step,
@@ -419,7 +419,8 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     if bar is not None:
         bar.close()
 
-    val_loss = log_eval(cfg.max_steps)
+    # A run resumed after it finished already logged this evaluation; it is only re-measured.
+    val_loss = log_eval(cfg.max_steps, record=start_step < cfg.max_steps)
     if last_ckpt[0] != cfg.max_steps:  # decided from state every process shares, not the disk
         checkpoint(cfg.max_steps)
     model_dir = out / "model"
