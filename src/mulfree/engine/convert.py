@@ -1,0 +1,192 @@
+"""`convert`: pack a MatMul-free checkpoint (ours or an official `hgrn_bit` one) into one file.
+
+Ternary weights are quantized with BitLinear's rule (absmean scale, in float32: what the
+PyTorch model computes for float32 weights) and packed as tq1 (1.6 bits/weight, default) or tq2
+(2 bits, the kernels' layout). The token embedding is kept as float32/bfloat16/float16 or
+stored as int8 rows with a float32 step each (default: with tq1 this keeps MMfreeLM-370M under
+100 MB; bfloat16 embeddings would add 65 MB). Norms and lower bounds stay float32.
+Checkpoints are read tensor by tensor (safetensors), so converting needs little memory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mulfree.engine import format as fmt
+from mulfree.engine.modules import Int8Embedding
+from mulfree.errors import MulfreeError
+from mulfree.ternary import packing
+from mulfree.ternary.packed_linear import PackedTernaryLinear
+
+
+@dataclass
+class ConvertConfig:
+    """What `convert` writes. ternary_format: "tq1" | "tq2"; embeddings: see format.EMBEDDING_FORMATS."""
+
+    src: str
+    dst: str
+    ternary_format: str = "tq1"
+    embeddings: str = "int8"
+
+    def __post_init__(self):
+        if self.ternary_format not in fmt.TERNARY_FORMATS:
+            raise MulfreeError(f"ternary format must be one of {', '.join(fmt.TERNARY_FORMATS)}, got {self.ternary_format!r}")
+        if self.embeddings not in fmt.EMBEDDING_FORMATS:
+            raise MulfreeError(f"embeddings must be one of {', '.join(fmt.EMBEDDING_FORMATS)}, got {self.embeddings!r}")
+
+
+@dataclass
+class ConvertResult:
+    path: Path  # the packed safetensors file
+    nbytes: int  # its size
+    tokenizer_files: list[str]
+
+
+def _embedding_tensors(weight_or_q, efmt: str, step: torch.Tensor | None = None) -> dict:
+    """The embedding in format `efmt`, from a float table or from int8 (q, step)."""
+    if step is not None:  # source already int8
+        if efmt == "int8":
+            return {"model.embeddings.weight_int8": weight_or_q, "model.embeddings.weight_step": step}
+        w = weight_or_q.float() * step[:, None]
+    else:
+        w = weight_or_q
+    if efmt == "int8":
+        q, s = Int8Embedding.quantize(w)
+        return {"model.embeddings.weight_int8": q, "model.embeddings.weight_step": s}
+    return {"model.embeddings.weight": w.to(getattr(torch, efmt))}
+
+
+def _pack_all(config, linear, tensor, embedding, tfmt: str, efmt: str) -> dict[str, torch.Tensor]:
+    """Walk the tensors a packed file of `config` holds, pulling each from the source.
+
+    linear(module_name) -> PackedTernary; tensor(key) -> float tensor; embedding() -> dict.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key in fmt.expected_specs(config, tfmt, efmt):
+        mod, _, leaf = key.rpartition(".")
+        if leaf == "weight_packed":
+            p = linear(mod).to_format(tfmt)
+            out[key], out[f"{mod}.weight_scale"] = p.data, p.scale.clone()
+        elif leaf == "weight_scale":
+            continue
+        elif key.startswith("model.embeddings."):
+            out.update(embedding())
+        else:
+            out[key] = tensor(key).detach().float().contiguous()
+    return out
+
+
+def packed_tensors_from_model(model, tfmt: str = "tq1", efmt: str = "int8") -> dict[str, torch.Tensor]:
+    """Tensors of the packed format from an in-memory HGRNBitForCausalLM (float or packed)."""
+    mods = dict(model.named_modules())
+    sd = model.state_dict()
+
+    def linear(name):
+        m = mods[name]
+        if isinstance(m, PackedTernaryLinear):
+            return m.packed()
+        return packing.PackedTernary.from_float(m.weight.detach().float(), "tq2")
+
+    def embedding():
+        emb = model.model.embeddings
+        if isinstance(emb, Int8Embedding):
+            return _embedding_tensors(emb.weight_int8, efmt, emb.weight_step)
+        return _embedding_tensors(emb.weight.detach().float(), efmt)
+
+    return _pack_all(model.config, linear, lambda k: sd[k], embedding, tfmt, efmt)
+
+
+def save_packed(model, dst: str | Path, *, ternary_format: str = "tq1", embedding_format: str = "int8") -> Path:
+    """Write an in-memory HGRNBitForCausalLM (float or packed) as DST/model.safetensors."""
+    ConvertConfig("", str(dst), ternary_format, embedding_format)  # validates
+    tensors = packed_tensors_from_model(model, ternary_format, embedding_format)
+    path = Path(dst) / fmt.WEIGHTS_FILE
+    fmt.write_packed(path, tensors, model.config.to_json_string(use_diff=False), ternary_format,
+                     embedding_format)  # fmt: skip
+    return path
+
+
+def _from_checkpoint_dir(src: Path, tfmt: str, efmt: str):
+    """(config, tensors) packed from a config.json + safetensors checkpoint, read tensor by tensor."""
+    from safetensors import safe_open
+
+    from mulfree.models.mmfree import HGRNBitConfig, HGRNBitForCausalLM
+    from mulfree.models.mmfree.modeling_mmfree import _check_checkpoint
+
+    cfg_file = src / "config.json"
+    if not cfg_file.is_file():
+        raise MulfreeError(f"no config.json in {src} (expected an hgrn_bit checkpoint or a packed model)")
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except (OSError, ValueError) as e:
+        raise MulfreeError(f"cannot read {cfg_file}: {e}") from None
+    if not isinstance(raw, dict) or raw.get("model_type") != "hgrn_bit":
+        got = raw.get("model_type") if isinstance(raw, dict) else None
+        raise MulfreeError(f"{src} holds model_type {got!r}; only hgrn_bit (MatMul-free) models can be packed")
+    config = HGRNBitConfig.from_pretrained(str(src))
+    _check_checkpoint(HGRNBitForCausalLM, config, src)  # names, shapes, format metadata: one line
+    handles = []
+    where: dict[str, object] = {}
+    try:
+        for file in sorted(src.glob("*.safetensors")):
+            sf = safe_open(str(file), framework="pt")
+            handles.append(sf)
+            for k in sf.keys():
+                where[k] = sf
+
+        def tensor(key):
+            if key not in where and key == "lm_head.weight" and config.tie_word_embeddings:
+                key = "model.embeddings.weight"
+            try:
+                return where[key].get_tensor(key)
+            except Exception as e:
+                raise MulfreeError(f"cannot read tensor {key} from {src}: {fmt._first_line(e)}") from None
+
+        def linear(name):
+            return packing.PackedTernary.from_float(tensor(f"{name}.weight").float(), "tq2")
+
+        def embedding():
+            return _embedding_tensors(tensor("model.embeddings.weight").float(), efmt)
+
+        tensors = _pack_all(config, linear, tensor, embedding, tfmt, efmt)
+    finally:
+        handles.clear()
+    return config, tensors
+
+
+def convert(config: ConvertConfig | str, dst: str | None = None, **kw) -> ConvertResult:
+    """Pack `src` (checkpoint dir, or a packed file/dir to re-pack) into `dst`/model.safetensors.
+
+    `convert("ckpt", "out")` or `convert(ConvertConfig("ckpt", "out", "tq2", "float32"))`.
+    Tokenizer and generation files of the source directory are copied alongside.
+    """
+    if not isinstance(config, ConvertConfig):
+        config = ConvertConfig(str(config), str(dst), **kw)
+    src, out_dir = Path(config.src), Path(config.dst)
+    tfmt, efmt = config.ternary_format, config.embeddings
+    if not src.exists():
+        raise MulfreeError(f"source not found: {src}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MulfreeError(f"destination {out_dir} exists and is not a directory")
+    if fmt.is_packed(src):
+        from mulfree.engine.model import load_packed
+
+        model = load_packed(src)
+        tensors = packed_tensors_from_model(model, tfmt, efmt)
+        model_config = model.config
+        src_dir = fmt.weights_file(src).parent
+    elif src.is_dir():
+        model_config, tensors = _from_checkpoint_dir(src, tfmt, efmt)
+        src_dir = src
+    else:
+        raise MulfreeError(f"{src} is neither a packed model nor a checkpoint directory")
+    path = out_dir / fmt.WEIGHTS_FILE
+    if src_dir.resolve() == out_dir.resolve():
+        raise MulfreeError("destination must differ from the source directory")
+    fmt.write_packed(path, tensors, model_config.to_json_string(use_diff=False), tfmt, efmt)
+    copied = fmt.copy_tokenizer_files(src_dir, out_dir)
+    return ConvertResult(path, path.stat().st_size, copied)

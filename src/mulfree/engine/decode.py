@@ -1,0 +1,263 @@
+"""The fused decode step: one token through every layer, on preallocated buffers.
+
+`Decoder(model)` reads the weights of a packed HGRNBitForCausalLM (PackedBitLinear layers) once
+and runs `step(token_ids)` -> logits with the same operations, in the same order, as the
+PyTorch model's forward at T = 1 (RMSNorm as `x * (1 / sqrt(mean(x^2) + eps)) * w`, the
+recurrence as `addcmul(i, f, h)` like the chunked scan, residual adds), but without modules,
+cache objects or allocations: every elementwise op writes into a buffer made at construction,
+and the ternary projections call the compiled kernel directly. The i/f/g projections run as one
+kernel call (`packing.fuse_rows`) when their input norms have equal weights (then their int8
+inputs are identical), else as three.
+
+Logits differ from the PyTorch model's (BitLinear, float weights) only by float rounding: the
+kernel's exact int32 accumulation + one division per output vs F.linear's fp32 sums (bound in
+mulfree.ternary.packed_linear). Those differences can move an int8 activation across a
+rounding boundary in a later layer, so logits are close, not bit-equal; greedy tokens agree
+(tests/engine). The recurrent state is [batch, hidden * expand_ratio] float32 per layer: memory
+does not grow with the sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mulfree import energy, kernels
+from mulfree.engine.modules import PackedBitLinear, record_ternary_linear
+from mulfree.errors import MulfreeError
+from mulfree.kernels import ternary as K_
+from mulfree.models.mmfree import HGRNBitCache
+from mulfree.ternary import packing
+
+
+@dataclass
+class _Linear:
+    """One kernel call: norm weight(s) applied to the shared normalized input, packed weight."""
+
+    norm_w: torch.Tensor  # [K]
+    data: torch.Tensor  # tq2 bytes
+    out_features: int
+    in_features: int
+    scale: float
+    row_scales: torch.Tensor | None
+    nnz: int | None = None  # for the energy counter, computed on first counted call
+
+
+def _linear_of(m: PackedBitLinear) -> _Linear:
+    if m.bias is not None:
+        raise MulfreeError("the fused decoder expects bias-free ternary projections (hgrn_bit)")
+    p = m.packed()
+    return _Linear(m.norm.weight.detach().float().contiguous(), p.data, p.out_features,
+                   p.in_features, p.scale_value, None)  # fmt: skip
+
+
+def _fused_linear(ms: list[PackedBitLinear]) -> _Linear | None:
+    """One call for projections sharing an input: same input norm weights, row-block aligned."""
+    w0 = ms[0].norm.weight
+    if any(not torch.equal(m.norm.weight, w0) for m in ms[1:]):
+        return None
+    if any(m.out_features % packing.TQ2_ROWS for m in ms):
+        return None
+    data, row_scales = packing.fuse_rows([m.packed() for m in ms])
+    n = sum(m.out_features for m in ms)
+    return _Linear(w0.detach().float().contiguous(), data, n, ms[0].in_features, 1.0, row_scales)
+
+
+class Decoder:
+    """Single-token decoding on the kernels for a packed HGRNBitForCausalLM.
+
+    `reset(batch)` zeroes the state; `prefill(ids)` runs a prompt (batched kernels) and keeps
+    its state; `step(ids)` feeds one token per sequence and returns logits [batch, vocab]. The
+    returned logits tensor is a buffer reused by the next step (clone it to keep it).
+    """
+
+    def __init__(self, model, threads: int | None = None, isa: str | None = None):
+        cfg = model.config
+        self.model = model
+        self.config = cfg
+        self.threads = kernels.resolve_threads(threads)
+        self.isa = kernels.resolve_isa(isa)
+        # L-Mul mode runs the model's own forward (its elementwise products are L-Mul emulations)
+        self.exact = cfg.elementwise_mul == "exact"
+        inner = model.model
+        for m in model.modules():
+            if type(m).__name__ == "BitLinear":
+                raise MulfreeError("Decoder needs packed weights: pack the model first (mulfree.engine.pack_model_)")
+        self.eps = float(cfg.rms_norm_eps)
+        self.bl_eps = float(model.lm_head.norm.eps)
+        self.n_layers = cfg.num_hidden_layers
+        with torch.no_grad():
+            lbs = None
+            if inner.lower_bounds is not None:
+                lbs = inner.lower_bounds.float().softmax(0)  # [L, d]
+                lbs = lbs.cumsum(0) - lbs[0]  # [L, d], row 0 is 0: the model's formula
+            self.layers = []
+            for idx, blk in enumerate(inner.layers):
+                a, mlp = blk.attn, blk.mlp
+                ifg = _fused_linear([a.i_proj, a.f_proj, a.g_proj])
+                lb = lbs[idx].contiguous() if lbs is not None and idx > 0 else None
+                self.layers.append(dict(
+                    attn_norm=blk.attn_norm.weight.detach().float().contiguous(),
+                    ifg=ifg,
+                    i=_linear_of(a.i_proj), f=_linear_of(a.f_proj), g=_linear_of(a.g_proj),
+                    lb=lb, one_minus_lb=(1 - lb) if lb is not None else None,
+                    g_norm=a.g_norm.weight.detach().float().contiguous(), g_eps=float(a.g_norm.eps),
+                    o=_linear_of(a.o_proj),
+                    mlp_norm=blk.mlp_norm.weight.detach().float().contiguous(),
+                    gate=_linear_of(mlp.gate_proj), down=_linear_of(mlp.down_proj),
+                ))  # fmt: skip
+            self.final_norm = inner.norm.weight.detach().float().contiguous()
+            self.head = _linear_of(model.lm_head)
+        self.embed = inner.embeddings
+        self.batch = 0
+        self.reset(1)
+
+    @property
+    def fused_ifg(self) -> bool:
+        """True when every layer runs its i/f/g projections as one kernel call."""
+        return all(layer["ifg"] is not None for layer in self.layers)
+
+    # --- buffers ---------------------------------------------------------------------------
+    def reset(self, batch: int = 1) -> None:
+        """Zero recurrent state for `batch` sequences (allocates buffers when batch changes)."""
+        cfg = self.config
+        if batch != self.batch:
+            d, E = cfg.hidden_size, int(cfg.hidden_size * cfg.expand_ratio)
+            inter = cfg.mlp_intermediate_size
+            z = lambda *s: torch.zeros(*s, dtype=torch.float32)  # noqa: E731
+            self.batch = batch
+            self.x = z(batch, d)  # residual stream
+            self.h = z(batch, d)  # normed (model RMSNorm)
+            self.u_d = z(batch, d)  # BitLinear input over d
+            self.r1 = z(batch, 1)  # row statistics
+            self.y_ifg = z(batch, 3 * E)
+            self.y_i, self.y_f, self.y_g = z(batch, E), z(batch, E), z(batch, E)
+            self.t_e, self.t_e2, self.u_e = z(batch, E), z(batch, E), z(batch, E)
+            self.y_d = z(batch, d)
+            self.y_gu = z(batch, 2 * inter)
+            self.z_i, self.u_i = z(batch, inter), z(batch, inter)
+            self.logits = z(batch, cfg.vocab_size)
+            self.states = [z(batch, E) for _ in range(cfg.num_hidden_layers)]
+        else:
+            for s in self.states:
+                s.zero_()
+        self.cache = None  # L-Mul mode keeps an HGRNBitCache instead
+
+    # --- pieces ----------------------------------------------------------------------------
+    def _rms_into(self, out: torch.Tensor, x: torch.Tensor, w: torch.Tensor | None, eps: float):
+        """out = x * (1 / sqrt(mean(x^2) + eps)) [* w], the ops of mulfree's RMSNorm."""
+        r = self.r1
+        torch.mean(torch.square(x, out=out), -1, keepdim=True, out=r)
+        r.add_(eps).sqrt_().reciprocal_()
+        torch.mul(x, r, out=out)
+        if w is not None:
+            out.mul_(w)
+        return out
+
+    def _kernel(self, lin: _Linear, u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """out = packed ternary linear of u (int8 absmax inside the kernel)."""
+        if self.isa == kernels.TORCH:
+            p = packing.PackedTernary(lin.data, lin.scale, lin.out_features, lin.in_features)
+            from mulfree.ternary.packed_linear import ternary_linear_torch
+
+            if lin.row_scales is None:
+                out.copy_(ternary_linear_torch(u, p))
+            else:  # ternary_linear_torch divides by one scale; redo its last op per row
+                y, acc = ternary_linear_torch(u, p, return_acc=True)
+                s = u.float().abs().amax(-1, keepdim=True).clamp_min(1e-5).reciprocal() * 127
+                out.copy_(acc.float() / (s * lin.row_scales))
+            return out
+        K_.tq2_linear(u, lin.data, lin.out_features, lin.scale, threads=self.threads,
+                      isa=self.isa, out=out, row_scales=lin.row_scales)  # fmt: skip
+        if energy.counting():
+            if lin.nnz is None:
+                from mulfree.engine.modules import tq2_nnz
+
+                lin.nnz = tq2_nnz(lin.data)
+            record_ternary_linear(u.shape[0], lin.in_features, lin.out_features, lin.nnz)
+        return out
+
+    def _bitlinear(self, lin: _Linear, xn: torch.Tensor, u: torch.Tensor, out: torch.Tensor):
+        """BitLinear on an input already divided by its RMS (xn): (xn * norm_w) -> kernel."""
+        torch.mul(xn, lin.norm_w, out=u)
+        return self._kernel(lin, u, out)
+
+    # --- the step --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, ids: torch.Tensor | list[int]) -> torch.Tensor:
+        """Feed one token per sequence (ids [batch]); returns logits [batch, vocab] (a buffer)."""
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+        if ids.numel() != self.batch:
+            raise MulfreeError(f"step got {ids.numel()} tokens for a batch of {self.batch}")
+        if not self.exact:
+            return self._step_model(ids)
+        x, h, u_d, E = self.x, self.h, self.u_d, self.y_i.shape[1]
+        x.copy_(self.embed(ids))  # [B, d]
+        for L, state in zip(self.layers, self.states, strict=True):
+            # token mixer (MLGRU)
+            self._rms_into(h, x, L["attn_norm"], self.eps)
+            self._rms_into(u_d, h, None, self.bl_eps)  # BitLinear norm, shared by i/f/g
+            hn = u_d
+            if L["ifg"] is not None:
+                self._bitlinear(L["ifg"], hn, h, self.y_ifg)  # h is free again: scratch
+                yi, yf, yg = self.y_ifg[:, :E], self.y_ifg[:, E : 2 * E], self.y_ifg[:, 2 * E :]
+            else:
+                scratch = self.y_d  # [B, d] free until the MLP
+                yi = self._bitlinear(L["i"], hn, scratch, self.y_i)
+                yf = self._bitlinear(L["f"], hn, scratch, self.y_f)
+                yg = self._bitlinear(L["g"], hn, scratch, self.y_g)
+            f = torch.sigmoid(yf, out=self.t_e)
+            if L["lb"] is not None:
+                f.mul_(L["one_minus_lb"])  # (1 - lb) * f, commutative: same bits
+                f.add_(L["lb"])  # lb + ((1 - lb) f)
+            i = torch.sub(1, f, out=self.t_e2)  # 1 - f
+            i.mul_(F.silu(yi))  # silu(i) * (1 - f)
+            torch.addcmul(i, f, state, out=state)  # h = i + f * h (the scan's addcmul)
+            # g_norm(g, h) = rmsnorm(g) * w * silu(h), then o_proj
+            g = self._rms_into(self.u_e, yg, L["g_norm"], L["g_eps"])
+            g.mul_(F.silu(state))
+            self._rms_into(self.t_e2, g, None, self.bl_eps)
+            self._bitlinear(L["o"], self.t_e2, self.t_e, self.y_d)
+            x.add_(self.y_d)  # residual = attn_out + residual
+            # channel mixer (GLU)
+            self._rms_into(h, x, L["mlp_norm"], self.eps)
+            self._rms_into(u_d, h, None, self.bl_eps)
+            gu = self._bitlinear(L["gate"], u_d, h, self.y_gu)
+            n = gu.shape[1] // 2
+            z = torch.mul(F.silu(gu[:, :n]), gu[:, n:], out=self.z_i)
+            self._rms_into(self.u_i, z, None, self.bl_eps)
+            self._bitlinear(L["down"], self.u_i, z, self.y_d)
+            x.add_(self.y_d)
+        self._rms_into(h, x, self.final_norm, self.eps)
+        self._rms_into(u_d, h, None, self.bl_eps)
+        return self._bitlinear(self.head, u_d, h, self.logits)
+
+    def _step_model(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.cache is None:
+            self.cache = HGRNBitCache(self.config)
+            for i, s in enumerate(self.states):
+                self.cache.update_recurrent_state(s.clone(), i)
+        out = self.model(input_ids=ids[:, None], past_key_values=self.cache, use_cache=True)
+        self.logits.copy_(out.logits[:, -1])
+        return self.logits
+
+    @torch.inference_mode()
+    def prefill(self, ids: torch.Tensor | list[list[int]] | list[int]) -> torch.Tensor:
+        """Run prompts ids [batch, T] (batched kernels) from a zero state; logits of the last
+        position [batch, vocab] (a buffer). The state is then ready for `step`."""
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        if ids.dim() == 1:
+            ids = ids[None]
+        if ids.shape[1] == 0:
+            raise MulfreeError("prefill needs at least one token")
+        self.reset(ids.shape[0])
+        cache = HGRNBitCache(self.config)
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        for i, s in enumerate(self.states):
+            s.copy_(cache.layers[i].recurrent_states[0])
+        if not self.exact:
+            self.cache = cache
+        self.logits.copy_(out.logits[:, -1])
+        return self.logits

@@ -1,0 +1,128 @@
+"""The packed MatMul-free LM as a transformers model, and `load_packed`.
+
+`PackedHGRNBitForCausalLM` is `HGRNBitForCausalLM` with every BitLinear replaced by a
+`PackedBitLinear` (2-bit tq2 weights on the add-only kernels) and, for int8 files, an
+`Int8Embedding`. Everything else (norms, MLGRU recurrence, recurrent-state cache, HF
+`generate`) is the PyTorch model's own code, so `model.generate(...)` works as for any causal
+LM. `model.decoder()` gives the fused single-token step used by `mulfree generate`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mulfree.engine import format as fmt
+from mulfree.engine.modules import Int8Embedding, PackedBitLinear
+from mulfree.errors import MulfreeError
+from mulfree.models.mmfree import HGRNBitConfig, HGRNBitForCausalLM
+from mulfree.ternary import packing
+from mulfree.ternary.bitlinear import BITLINEAR_NORM_EPS, BitLinear, RMSNorm
+
+
+class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
+    """HGRNBitForCausalLM on packed ternary weights (inference only).
+
+    Build with `load_packed(path)` / `from_pretrained(path)` (a packed file or its directory), or
+    `from_model(model)` from a float HGRNBitForCausalLM. `save_pretrained(dir)` writes the packed
+    format (mulfree.engine.format).
+    """
+
+    def __init__(self, config: HGRNBitConfig, embedding_format: str = "float32"):
+        super().__init__(config)
+        if embedding_format not in fmt.EMBEDDING_FORMATS:
+            raise MulfreeError(f"embedding_format must be one of {fmt.EMBEDDING_FORMATS}")
+        self.embedding_format = embedding_format
+        for module in list(self.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, BitLinear):
+                    norm = RMSNorm(child.in_features, eps=BITLINEAR_NORM_EPS)
+                    setattr(module, name, PackedBitLinear(child.in_features, child.out_features,
+                                                          bias=child.bias is not None, norm=norm))  # fmt: skip
+        if embedding_format == "int8":
+            self.model.embeddings = Int8Embedding(config.vocab_size, config.hidden_size)
+        # the new norms get the model's elementwise-multiply mode
+        self.set_elementwise_mul(config.elementwise_mul, config.elementwise_mul_bits)
+        self.requires_grad_(False)
+        self.eval()
+        self._decoder = None
+
+    def tie_weights(self, *args, **kwargs):
+        # the packed head is its own quantized tensor (tied models are packed untied)
+        return None
+
+    def decoder(self, threads: int | None = None):
+        """The fused single-token decoder over this model's weights (built once)."""
+        from mulfree.engine.decode import Decoder
+
+        if self._decoder is None or (threads is not None and self._decoder.threads != threads):
+            self._decoder = Decoder(self, threads=threads)
+        return self._decoder
+
+    @classmethod
+    def from_model(cls, model: HGRNBitForCausalLM, embedding_format: str = "float32"):
+        """Pack a float HGRNBitForCausalLM (BitLinear's quantization rules) into a new model."""
+        from mulfree.engine.convert import packed_tensors_from_model
+
+        tensors = packed_tensors_from_model(model, "tq2", embedding_format)
+        return _build(model.config, tensors, "tq2", embedding_format)
+
+    @classmethod
+    def from_pretrained(cls, path, *args, **kwargs):
+        """Load a packed file (or a directory holding model.safetensors) — `load_packed`."""
+        return load_packed(path, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, ternary_format: str = "tq1",
+                        embedding_format: str | None = None, **kwargs):  # fmt: skip
+        """Write the packed format into `save_directory`/model.safetensors."""
+        from mulfree.engine.convert import save_packed
+
+        return save_packed(self, save_directory, ternary_format=ternary_format,
+                           embedding_format=embedding_format or self.embedding_format)  # fmt: skip
+
+
+def _build(config, tensors: dict, ternary_format: str, embedding_format: str):
+    """A PackedHGRNBitForCausalLM holding `tensors` (checked names/shapes; tq1 -> tq2)."""
+    with torch.device("meta"):
+        model = PackedHGRNBitForCausalLM(config, embedding_format)
+    model.to_empty(device="cpu")
+    state = {}
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, PackedBitLinear)}
+    for key, t in tensors.items():
+        mod, _, leaf = key.rpartition(".")
+        if leaf == "weight_packed" and ternary_format != "tq2":
+            m = linears[mod]
+            t = packing.tq1_to_tq2(t, m.out_features, m.in_features)
+        elif key == "model.embeddings.weight":
+            t = t.float()
+        state[key] = t
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise MulfreeError(f"packed tensors do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    # lower_bounds and norms are Parameters: keep them out of autograd
+    model.requires_grad_(False)
+    if model.model.lower_bounds is not None:
+        model.model.lower_bounds = nn.Parameter(model.model.lower_bounds.data, requires_grad=False)
+    return model
+
+
+def load_packed(path: str | Path, *, verify: bool = True, **_ignored) -> PackedHGRNBitForCausalLM:
+    """Load a packed model file (or a directory with model.safetensors).
+
+    Any problem (missing, truncated or corrupt file, another format or version, tensors whose
+    shapes do not match the config) raises MulfreeError with one line.
+    """
+    config, tensors, meta = fmt.read_packed(path, verify=verify)
+    model = _build(config, tensors, meta["ternary_format"], meta["embedding_format"])
+    file = fmt.weights_file(path)
+    gen = file.parent / "generation_config.json"
+    if gen.is_file():
+        from transformers import GenerationConfig
+
+        try:
+            model.generation_config = GenerationConfig.from_pretrained(str(file.parent))
+        except (OSError, ValueError):
+            pass  # a broken generation_config.json leaves the config-derived defaults
+    return model

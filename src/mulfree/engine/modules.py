@@ -1,0 +1,128 @@
+"""Inference modules of the packed engine, and `pack_model_`, the verb that puts them in a model.
+
+- `PackedBitLinear`: `PackedTernaryLinear` (same buffers, same forward) that also declares its op
+  mix to `mulfree.energy` while a counter is active (the compiled kernel is invisible to the
+  counter's dispatch mode). `packed_bitlinear(x, layer)` is the same call for the fast decoder.
+- `Int8Embedding`: a token embedding stored as int8 rows with one float32 step per row
+  (x = q * step), the form that keeps a packed MMfreeLM-370M under 100 MB.
+- `pack_model_(model)`: every BitLinear of a model -> PackedBitLinear, in place.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mulfree import energy
+from mulfree.errors import MulfreeError
+from mulfree.ternary.packed_linear import PackedTernaryLinear, ternary_linear
+
+# Number of non-zero ternary codes (code != 1) in each possible tq2 byte (4 codes of 2 bits);
+# padding codes are 1, so a sum over the packed bytes is nnz(W).
+_TQ2_NNZ = torch.tensor(
+    [sum(((b >> (2 * i)) & 3) != 1 for i in range(4)) for b in range(256)], dtype=torch.int64
+)
+
+
+def tq2_nnz(data: torch.Tensor) -> int:
+    """Non-zero weights of a tq2-packed tensor (its ternary add/sub count per token)."""
+    return int(_TQ2_NNZ[data.long()].sum())
+
+
+def record_ternary_linear(tokens: int, in_features: int, out_features: int, nnz: int) -> None:
+    """Declare a packed ternary linear's ops to `mulfree.energy` (call only when counting).
+
+    Per token: the int8 absmax quantizer (|x| max: K compares; x * s: K fp32 multiplies; clamp:
+    2K compares; s = 127 / amax: 1 division), nnz(W) int8 adds/subtracts into int32
+    accumulators, and per output one fp32 division acc / (s_x * s_w) (+ the product s_x * s_w
+    once per token).
+    """
+    energy.record("cmp", 32, 3 * tokens * in_features)
+    energy.record("fp_mul", 32, tokens * (in_features + 1))
+    energy.record("div", 32, tokens * (out_features + 1))
+    energy.record("ternary_add", 32, tokens * nnz)
+
+
+class PackedBitLinear(PackedTernaryLinear):
+    """PackedTernaryLinear that reports its op mix to `mulfree.energy` (state dict unchanged)."""
+
+    _nnz: int | None = None
+    _nnz_key: tuple | None = None
+
+    def nnz(self) -> int:
+        wp = self.weight_packed
+        key = (wp.data_ptr(), wp._version)
+        if self._nnz is None or self._nnz_key != key:
+            self._nnz, self._nnz_key = tq2_nnz(wp), key
+        return self._nnz
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None:
+            x = self.norm(x)
+        if not energy.counting():
+            return ternary_linear(x, self.packed(), self.bias)
+        with energy.opaque():
+            y = ternary_linear(x, self.packed(), self.bias)
+        record_ternary_linear(x.numel() // self.in_features, self.in_features, self.out_features,
+                              self.nnz())  # fmt: skip
+        energy.record_io([x, self.weight_packed], [y])
+        return y
+
+
+class Int8Embedding(nn.Module):
+    """Token embedding with int8 rows: e[t] = q[t] * step[t] (float32), step = absmax / 127.
+
+    Buffers `weight_int8` [V, D] int8 and `weight_step` [V] float32. A lookup dequantizes only
+    the rows it reads (D multiplies per token, counted by the energy counter as fp32 muls).
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.register_buffer("weight_int8", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("weight_step", torch.ones(num_embeddings, dtype=torch.float32))
+
+    @staticmethod
+    def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """weight [V, D] float -> (q [V, D] int8 in [-127, 127], step [V] float32)."""
+        w = weight.detach().float()
+        step = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0  # [V]
+        q = torch.round(w / step[:, None]).clamp_(-127, 127).to(torch.int8)
+        return q, step
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor) -> Int8Embedding:
+        m = cls(*weight.shape)
+        q, step = cls.quantize(weight)
+        m.weight_int8.copy_(q)
+        m.weight_step.copy_(step)
+        return m
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 table [V, D] this module looks up."""
+        return self.weight_int8.float() * self.weight_step[:, None]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
+            raise MulfreeError(f"token id out of range [0, {self.num_embeddings})")
+        return self.weight_int8[ids].float() * self.weight_step[ids].unsqueeze(-1)  # [..., D]
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8"
+
+
+def pack_model_(model: nn.Module) -> nn.Module:
+    """Replace every BitLinear of `model` by a PackedBitLinear (tq2, add-only kernels), in place.
+
+    Each packed layer computes its BitLinear's no-grad forward (ternary weight quantized with the
+    absmean rule, int8 activations), within the tolerance in mulfree.ternary.packed_linear; the
+    float weights are dropped. Returns the model (for chaining). Inference only.
+    """
+    from mulfree.ternary.bitlinear import BitLinear
+
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, BitLinear):
+                new = PackedBitLinear.from_bitlinear(child)
+                setattr(module, name, new)
+    return model.eval() if hasattr(model, "eval") else model
