@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "mulfree.hub.cli",
     "mulfree.eval.cli",
     "mulfree.serve.cli",
+    "mulfree.engine.cli",
 ]
 
 

@@ -34,9 +34,13 @@ class ConvertConfig:
 
     def __post_init__(self):
         if self.ternary_format not in fmt.TERNARY_FORMATS:
-            raise MulfreeError(f"ternary format must be one of {', '.join(fmt.TERNARY_FORMATS)}, got {self.ternary_format!r}")
+            raise MulfreeError(
+                f"ternary format must be one of {', '.join(fmt.TERNARY_FORMATS)}, got {self.ternary_format!r}"
+            )
         if self.embeddings not in fmt.EMBEDDING_FORMATS:
-            raise MulfreeError(f"embeddings must be one of {', '.join(fmt.EMBEDDING_FORMATS)}, got {self.embeddings!r}")
+            raise MulfreeError(
+                f"embeddings must be one of {', '.join(fmt.EMBEDDING_FORMATS)}, got {self.embeddings!r}"
+            )
 
 
 @dataclass
@@ -50,7 +54,10 @@ def _embedding_tensors(weight_or_q, efmt: str, step: torch.Tensor | None = None)
     """The embedding in format `efmt`, from a float table or from int8 (q, step)."""
     if step is not None:  # source already int8
         if efmt == "int8":
-            return {"model.embeddings.weight_int8": weight_or_q, "model.embeddings.weight_step": step}
+            return {
+                "model.embeddings.weight_int8": weight_or_q,
+                "model.embeddings.weight_step": step,
+            }
         w = weight_or_q.float() * step[:, None]
     else:
         w = weight_or_q
@@ -80,7 +87,9 @@ def _pack_all(config, linear, tensor, embedding, tfmt: str, efmt: str) -> dict[s
     return out
 
 
-def packed_tensors_from_model(model, tfmt: str = "tq1", efmt: str = "int8") -> dict[str, torch.Tensor]:
+def packed_tensors_from_model(
+    model, tfmt: str = "tq1", efmt: str = "int8"
+) -> dict[str, torch.Tensor]:
     """Tensors of the packed format from an in-memory HGRNBitForCausalLM (float or packed)."""
     mods = dict(model.named_modules())
     sd = model.state_dict()
@@ -100,7 +109,9 @@ def packed_tensors_from_model(model, tfmt: str = "tq1", efmt: str = "int8") -> d
     return _pack_all(model.config, linear, lambda k: sd[k], embedding, tfmt, efmt)
 
 
-def save_packed(model, dst: str | Path, *, ternary_format: str = "tq1", embedding_format: str = "int8") -> Path:
+def save_packed(
+    model, dst: str | Path, *, ternary_format: str = "tq1", embedding_format: str = "int8"
+) -> Path:
     """Write an in-memory HGRNBitForCausalLM (float or packed) as DST/model.safetensors."""
     ConvertConfig("", str(dst), ternary_format, embedding_format)  # validates
     tensors = packed_tensors_from_model(model, ternary_format, embedding_format)
@@ -119,14 +130,18 @@ def _from_checkpoint_dir(src: Path, tfmt: str, efmt: str):
 
     cfg_file = src / "config.json"
     if not cfg_file.is_file():
-        raise MulfreeError(f"no config.json in {src} (expected an hgrn_bit checkpoint or a packed model)")
+        raise MulfreeError(
+            f"no config.json in {src} (expected an hgrn_bit checkpoint or a packed model)"
+        )
     try:
         raw = json.loads(cfg_file.read_text())
     except (OSError, ValueError) as e:
         raise MulfreeError(f"cannot read {cfg_file}: {e}") from None
     if not isinstance(raw, dict) or raw.get("model_type") != "hgrn_bit":
         got = raw.get("model_type") if isinstance(raw, dict) else None
-        raise MulfreeError(f"{src} holds model_type {got!r}; only hgrn_bit (MatMul-free) models can be packed")
+        raise MulfreeError(
+            f"{src} holds model_type {got!r}; only hgrn_bit (MatMul-free) models can be packed"
+        )
     config = HGRNBitConfig.from_pretrained(str(src))
     _check_checkpoint(HGRNBitForCausalLM, config, src)  # names, shapes, format metadata: one line
     handles = []
@@ -144,7 +159,9 @@ def _from_checkpoint_dir(src: Path, tfmt: str, efmt: str):
             try:
                 return where[key].get_tensor(key)
             except Exception as e:
-                raise MulfreeError(f"cannot read tensor {key} from {src}: {fmt._first_line(e)}") from None
+                raise MulfreeError(
+                    f"cannot read tensor {key} from {src}: {fmt._first_line(e)}"
+                ) from None
 
         def linear(name):
             return packing.PackedTernary.from_float(tensor(f"{name}.weight").float(), "tq2")

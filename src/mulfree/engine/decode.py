@@ -84,7 +84,9 @@ class Decoder:
         inner = model.model
         for m in model.modules():
             if type(m).__name__ == "BitLinear":
-                raise MulfreeError("Decoder needs packed weights: pack the model first (mulfree.engine.pack_model_)")
+                raise MulfreeError(
+                    "Decoder needs packed weights: pack the model first (mulfree.engine.pack_model_)"
+                )
         self.eps = float(cfg.rms_norm_eps)
         self.bl_eps = float(model.lm_head.norm.eps)
         self.n_layers = cfg.num_hidden_layers

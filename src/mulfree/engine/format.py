@@ -134,7 +134,9 @@ def read_packed(path: str | Path, *, verify: bool = True):
     name = meta.get("mulfree_format")
     if name != FORMAT_NAME:
         hint = " (a regular checkpoint: pack it with `mulfree convert`)" if name else ""
-        raise MulfreeError(f"{file} is not a packed model: format {name!r}, expected {FORMAT_NAME!r}{hint}")
+        raise MulfreeError(
+            f"{file} is not a packed model: format {name!r}, expected {FORMAT_NAME!r}{hint}"
+        )
     version = meta.get("mulfree_format_version", "")
     if not version.isdigit() or int(version) != FORMAT_VERSION:
         raise MulfreeError(
@@ -145,12 +147,18 @@ def read_packed(path: str | Path, *, verify: bool = True):
     except MulfreeError as e:
         raise MulfreeError(f"{file}: bad config: {e}") from None
     except (KeyError, ValueError, TypeError) as e:
-        raise MulfreeError(f"{file}: missing or unreadable config metadata ({_first_line(e)})") from None
+        raise MulfreeError(
+            f"{file}: missing or unreadable config metadata ({_first_line(e)})"
+        ) from None
     tfmt, efmt = meta.get("ternary_format"), meta.get("embedding_format")
     if tfmt not in TERNARY_FORMATS:
-        raise MulfreeError(f"{file}: unknown ternary_format {tfmt!r} (expected one of {TERNARY_FORMATS})")
+        raise MulfreeError(
+            f"{file}: unknown ternary_format {tfmt!r} (expected one of {TERNARY_FORMATS})"
+        )
     if efmt not in EMBEDDING_FORMATS:
-        raise MulfreeError(f"{file}: unknown embedding_format {efmt!r} (expected one of {EMBEDDING_FORMATS})")
+        raise MulfreeError(
+            f"{file}: unknown embedding_format {efmt!r} (expected one of {EMBEDDING_FORMATS})"
+        )
     try:
         tensors = load_file(str(file))
     except Exception as e:

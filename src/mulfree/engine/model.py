@@ -100,7 +100,9 @@ def _build(config, tensors: dict, ternary_format: str, embedding_format: str):
         state[key] = t
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise MulfreeError(f"packed tensors do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise MulfreeError(
+            f"packed tensors do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     # lower_bounds and norms are Parameters: keep them out of autograd
     model.requires_grad_(False)
     if model.model.lower_bounds is not None:

@@ -79,7 +79,9 @@ class Int8Embedding(nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.register_buffer("weight_int8", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer(
+            "weight_int8", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8)
+        )
         self.register_buffer("weight_step", torch.ones(num_embeddings, dtype=torch.float32))
 
     @staticmethod
