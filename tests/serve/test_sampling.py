@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mulfree.serve.sampling import SamplingParams, make_generator, sample
+from mulfree.serve.sampling import SamplingParams, make_generator, sample, sample_batch
 from mulfree.serve.scheduler import Detokenizer, _find_stop, _holdback
 
 
@@ -36,6 +36,36 @@ def test_same_seed_same_tokens():
     p = SamplingParams(temperature=1.3, top_p=0.9, top_k=20)
     a, b = make_generator(7), make_generator(7)
     assert [sample(logits, p, a) for _ in range(50)] == [sample(logits, p, b) for _ in range(50)]
+
+
+def test_batched_sampling_equals_the_row_by_row_spec():
+    g = torch.Generator().manual_seed(3)
+    params = [
+        SamplingParams(),
+        SamplingParams(temperature=0),
+        SamplingParams(temperature=0.7, top_p=0.9),
+        SamplingParams(temperature=1.5, top_k=5),
+        SamplingParams(temperature=0.3, top_p=0.5, top_k=50),
+    ] * 3
+    logits = torch.randn(len(params), 1000, generator=g) * 3
+    seeds = list(range(len(params)))
+    a = [make_generator(s) for s in seeds]
+    b = [make_generator(s) for s in seeds]
+    for _ in range(20):
+        batched = sample_batch(logits, params, a)
+        single = [sample(logits[i], p, b[i]) for i, p in enumerate(params)]
+        assert batched == single
+        logits = logits.roll(1, dims=1)
+
+
+def test_zero_probability_tokens_are_never_drawn():
+    logits = torch.full((50,), float("-inf"))
+    logits[[0, 17, 49]] = torch.tensor([0.0, 1.0, 2.0])
+    g = make_generator(1)
+    drawn = {sample(logits, SamplingParams(), g) for _ in range(500)}
+    assert drawn == {0, 17, 49}
+    drawn = set(sample_batch(logits.expand(200, 50), [SamplingParams()] * 200, [g] * 200))
+    assert drawn == {0, 17, 49}
 
 
 @pytest.mark.parametrize(

@@ -201,18 +201,12 @@ class Metrics:
                 "Requests queued for a batch place.",
                 [(model, waiting)],
             )
-            metric(
-                "mulfree_time_to_first_token_seconds_sum",
-                "counter",
-                "Sum of times from submission to first token.",
-                [(model, self.ttft_sum)],
-            )
-            metric(
-                "mulfree_time_to_first_token_seconds_count",
-                "counter",
-                "Requests that produced a first token.",
-                [(model, self.ttft_count)],
-            )
+            # A summary without quantiles: its _sum and _count samples give the mean.
+            name = "mulfree_time_to_first_token_seconds"
+            lines.append(f"# HELP {name} Time from a request's arrival to its first token.")
+            lines.append(f"# TYPE {name} summary")
+            lines.append(f'{name}_sum{{model="{_esc(self.model_id)}"}} {_num(self.ttft_sum)}')
+            lines.append(f'{name}_count{{model="{_esc(self.model_id)}"}} {_num(self.ttft_count)}')
             if self.step_pj is not None:
                 now_b = max(self.last_batch, 1)
                 metric(

@@ -22,7 +22,7 @@ import torch
 
 from mulfree.serve.backends import Backend, RequestState
 from mulfree.serve.metrics import Metrics
-from mulfree.serve.sampling import SamplingParams, make_generator, sample
+from mulfree.serve.sampling import SamplingParams, make_generator, sample_batch
 
 
 class QueueFull(Exception):
@@ -254,7 +254,7 @@ class Scheduler:
         self.metrics.prefill(len(req.prompt_ids), time.monotonic() - t0)
         with self._cond:
             self._active.append(req)
-        self._accept(req, sample(logits, req.params, req.generator))
+        self._accept(req, sample_batch(logits.unsqueeze(0), [req.params], [req.generator])[0])
 
     def _sweep(self) -> None:
         """Free cancelled and expired requests, waiting or active."""
@@ -318,13 +318,17 @@ class Scheduler:
                 self._fail(r, "server_error", f"{type(e).__name__}: {e}")
             return
         self.metrics.decode_step(len(batch), time.monotonic() - t0)
-        for r, row in zip(batch, logits, strict=True):
-            if r.cancelled or r.done:
-                continue
-            try:
-                self._accept(r, sample(row, r.params, r.generator))
-            except Exception as e:
-                self._fail(r, "server_error", f"{type(e).__name__}: {e}")
+        live = [i for i, r in enumerate(batch) if not (r.cancelled or r.done)]
+        try:
+            tokens = sample_batch(
+                logits[live], [batch[i].params for i in live], [batch[i].generator for i in live]
+            )
+        except Exception as e:
+            for i in live:
+                self._fail(batch[i], "server_error", f"{type(e).__name__}: {e}")
+            return
+        for i, tok in zip(live, tokens, strict=True):
+            self._accept(batch[i], tok)
 
 
 def _longest(stop: tuple[str, ...]) -> int:
