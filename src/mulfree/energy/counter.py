@@ -175,6 +175,8 @@ _MOVES = {
     "copy",
     "_unsafe_index",
 }
+# Lookups: they read only the rows they return.
+_GATHERS = {"embedding", "index", "index_select", "gather", "_unsafe_index"}
 _BINARY_MUL = {"mul", "mul_"}
 _BINARY_ADD = {"add", "add_", "sub", "sub_", "rsub"}
 _BINARY_DIV = {"div", "div_", "reciprocal"}
@@ -249,7 +251,7 @@ class EnergyCounter:
     def __post_init__(self):
         self._weight_ptrs: set[int] = set()
         if self.model is not None:
-            for t in list(self.model.parameters()) + list(self.model.buffers()):
+            for t in _model_tensors(self.model):
                 self._weight_ptrs.add(t.untyped_storage().data_ptr())
         self._mode: _CountingMode | None = None
 
@@ -283,6 +285,16 @@ class EnergyCounter:
     # --- classification of one aten op ----------------------------------------------------
 
     def _count_bytes(self, name: str, args, out) -> None:
+        if name in _GATHERS:
+            # A lookup reads the rows it returns (and its indices), not the whole table.
+            src = _flat_tensors(args)[0]
+            got = sum(o.numel() for o in _flat_tensors(out)) * src.element_size()
+            self.bytes["weight_read" if self.is_weight(src) else "act_read"] += got
+            for a in _flat_tensors(args)[1:]:
+                self.bytes["act_read"] += a.numel() * a.element_size()
+            for o in _flat_tensors(out):
+                self.bytes["act_write"] += o.numel() * o.element_size()
+            return
         for a in _flat_tensors(args):
             if self.is_weight(a):
                 self.bytes["weight_read"] += a.numel() * a.element_size()
@@ -401,6 +413,18 @@ class EnergyCounter:
         c[("fp_mul", b)] += n  # normalize
         if name == "native_layer_norm":
             c[("fp_add", b)] += 2 * n  # mean, subtract
+
+
+def _model_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Parameters, buffers and tensors modules keep as plain attributes (e.g. BitLinear's cached
+    quantized weight, packed weights held in small containers): all of it is "weights"."""
+    found = list(model.parameters()) + list(model.buffers())
+    for m in model.modules():
+        for v in vars(m).values():
+            found.extend(_flat_tensors(v))
+            if hasattr(v, "__dataclass_fields__"):
+                found.extend(_flat_tensors(list(vars(v).values())))
+    return found
 
 
 def _arith(op: str, t: torch.Tensor) -> str:

@@ -76,14 +76,10 @@ def _lmul_attn(model, bits, linear=False):
 def _ternary(model, elementwise_lmul_bits=None):
     if not _is_mmfree(model):
         raise VariantNotApplicable("only MatMul-free (hgrn_bit) models have ternary weights")
-    try:
-        from mulfree.ternary.packed_linear import pack_model_
-    except ImportError as e:
-        raise VariantNotApplicable(f"packed ternary layers are not available: {e}") from None
+    from mulfree.engine import pack_model_
+
     model = pack_model_(model.float())
     if elementwise_lmul_bits is not None:
-        if not hasattr(model.config, "elementwise_mul"):
-            raise VariantNotApplicable("this model has no elementwise_mul option")
         model.set_elementwise_mul("lmul", mantissa_bits=elementwise_lmul_bits)
     return model
 
