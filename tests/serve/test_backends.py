@@ -122,3 +122,22 @@ def test_load_backend_with_lmul_attention(backend, tmp_path):
     assert not torch.equal(l_plain, l_lmul)
     torch.testing.assert_close(l_lmul, l_plain, atol=0.1, rtol=0.1)
     assert lmul.step([s_lmul], [5]).shape == (1, backend.vocab_size)
+
+
+def test_packed_model_directory(model_dir, tmp_path):
+    from mulfree.engine import convert
+    from mulfree.serve.backends import load_backend
+
+    out = tmp_path / "packed"
+    convert(str(model_dir), str(out))  # tq1 ternary + int8 embeddings, tokenizer copied
+    packed = load_backend(out, max_context=1000)
+    assert isinstance(packed, MatMulFreeBackend) and packed.weights == "packed"
+    with pytest.raises(MulfreeError, match="stored packed"):
+        load_backend(out, weights="float")
+    ids = packed.encode("Hello world")
+    s1, _ = packed.start(ids)
+    s2, _ = packed.start(packed.encode("The quick"))
+    s3, _ = packed.start(ids)
+    single = packed.step([s1], [5])
+    batched = packed.step([s2, s3], [7, 5])
+    torch.testing.assert_close(batched[1], single[0], atol=PACKED_ATOL, rtol=0)

@@ -83,3 +83,11 @@ def test_serve_subprocess(model_dir):
             rc = proc.wait()
     # Ctrl-C: uvicorn shuts down gracefully, then the CLI reports the interrupt (exit 130).
     assert rc == 130
+
+
+def test_no_model_and_nothing_bundled(monkeypatch, capsys):
+    import mulfree.engine.generate
+
+    monkeypatch.setattr(mulfree.engine.generate, "bundled_model", lambda: None)
+    assert main(["serve"]) == 2
+    assert "no model given and no bundled model" in capsys.readouterr().err

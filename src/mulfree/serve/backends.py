@@ -50,7 +50,7 @@ class Backend:
     model_id: str
     max_context: int
     eos_token_ids: frozenset[int] = field(default_factory=frozenset)
-    weights: str = "float"  # "packed": BitLinears run on 2-bit packed weights (pack_bitlinear_)
+    weights: str = "float"  # "packed": BitLinears run on packed ternary weights (mulfree.engine)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     kind = "base"
@@ -173,23 +173,10 @@ def _eos_ids(model, tokenizer) -> frozenset[int]:
 WEIGHTS = ("auto", "packed", "float")
 
 
-def pack_bitlinear_(model: torch.nn.Module) -> int:
-    """Replace every BitLinear in `model` by `PackedTernaryLinear.from_bitlinear` (in place).
+def _is_packed_model(model) -> bool:
+    from mulfree.engine import PackedHGRNBitForCausalLM
 
-    The packed layer computes BitLinear's no-grad forward with 2-bit weights and int8
-    activations on the add-only ternary kernels (mulfree.ternary.packed_linear); the float
-    weights are dropped. Returns the number of layers replaced.
-    """
-    from mulfree.ternary.bitlinear import BitLinear
-    from mulfree.ternary.packed_linear import PackedTernaryLinear
-
-    n = 0
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, BitLinear):
-                setattr(module, name, PackedTernaryLinear.from_bitlinear(child))
-                n += 1
-    return n
+    return isinstance(model, PackedHGRNBitForCausalLM)
 
 
 def make_backend(
@@ -202,8 +189,9 @@ def make_backend(
     weights: str = "float",
 ) -> Backend:
     """Wrap a loaded model + tokenizer. kind: "auto" (MatMul-free when model_type is hgrn_bit),
-    "mmfree" or "generic". weights: "float" (as loaded), "packed" (pack_bitlinear_ first) or
-    "auto" (packed for hgrn_bit when the compiled kernels are available)."""
+    "mmfree" or "generic". weights: "float" (as loaded), "packed" (`mulfree.engine.pack_model_`
+    first: BitLinears on 2-bit weights and the add-only kernels; a model loaded packed stays so)
+    or "auto" (packed for hgrn_bit when the compiled kernels are available)."""
     model_type = getattr(model.config, "model_type", None)
     if weights not in WEIGHTS:
         raise MulfreeError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
@@ -211,10 +199,16 @@ def make_backend(
         from mulfree import kernels
 
         weights = "packed" if model_type == "hgrn_bit" and kernels.available() else "float"
-    if weights == "packed":
+    if _is_packed_model(model):
+        if weights == "float":
+            raise MulfreeError("this model is stored packed; it has no float weights to serve")
+        weights = "packed"
+    elif weights == "packed":
         if model_type != "hgrn_bit":
             raise MulfreeError(f"packed ternary weights need an hgrn_bit model, not {model_type!r}")
-        pack_bitlinear_(model)
+        from mulfree.engine import pack_model_
+
+        pack_model_(model)
     if kind == "auto":
         kind = "mmfree" if model_type == "hgrn_bit" else "generic"
     if kind == "mmfree" and model_type != "hgrn_bit":
@@ -246,7 +240,8 @@ def load_backend(
     threads: int | None = None,
     weights: str = "auto",
 ) -> Backend:
-    """Load a model directory (config.json + safetensors) and its tokenizer into a backend.
+    """Load a model directory and its tokenizer into a backend: a checkpoint (config.json +
+    safetensors) or a packed model written by `mulfree convert` (mulfree.engine format).
 
     lmul_bits: apply L-Mul attention (`mulfree.attention.apply_lmul_`) with that many mantissa
     bits; for attention models only (a MatMul-free model has no attention to replace).
@@ -254,13 +249,24 @@ def load_backend(
     """
     import json
 
-    from transformers import AutoTokenizer
-
     if threads:
         torch.set_num_threads(int(threads))
     path = Path(model_dir)
     if not path.is_dir():
         raise MulfreeError(f"model directory not found: {path}")
+    from mulfree.engine import is_packed, load_packed
+
+    if is_packed(path):
+        if lmul_bits is not None:
+            raise MulfreeError("--lmul applies to attention models; hgrn_bit has no attention")
+        return make_backend(
+            load_packed(path),
+            _tokenizer(Path(tokenizer_dir) if tokenizer_dir else path),
+            model_id or path.resolve().name,
+            kind=kind,
+            max_context=max_context,
+            weights=weights,
+        )
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise MulfreeError(f"no config.json in {path} (is it a model directory?)")
@@ -279,13 +285,7 @@ def load_backend(
             model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError) as e:
             raise MulfreeError(f"cannot load {path}: {str(e).splitlines()[0]}") from None
-    tok_path = Path(tokenizer_dir) if tokenizer_dir else path
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_path), local_files_only=True)
-    except (OSError, ValueError, TypeError) as e:
-        raise MulfreeError(
-            f"cannot load a tokenizer from {tok_path}: {str(e).splitlines()[0]}"
-        ) from None
+    tokenizer = _tokenizer(Path(tokenizer_dir) if tokenizer_dir else path)
     if lmul_bits is not None:
         if model_type == "hgrn_bit":
             raise MulfreeError("--lmul applies to attention models; hgrn_bit has no attention")
@@ -300,3 +300,13 @@ def load_backend(
         max_context=max_context,
         weights=weights,
     )
+
+
+def _tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MulfreeError(f"cannot load a tokenizer from {path}: {first}") from None

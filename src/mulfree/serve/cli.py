@@ -12,7 +12,13 @@ def register(sub) -> None:
         description="Serve a model directory (config.json + safetensors + tokenizer) over HTTP: "
         "/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics and a page at /.",
     )
-    p.add_argument("model", help="model directory (config.json, *.safetensors, tokenizer files)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="model directory: a checkpoint (config.json + safetensors) or a packed model from "
+        "`mulfree convert`, with tokenizer files (default: the bundled model)",
+    )
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
     p.add_argument(
         "--model-id", default=None, help="name clients pass as 'model' (default: folder name)"

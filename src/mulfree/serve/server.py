@@ -13,12 +13,18 @@ from mulfree.serve.config import ServeConfig
 
 
 def backend_from_config(config: ServeConfig) -> Backend:
-    if not config.model:
-        raise MulfreeError(
-            "no model given: pass a model directory (config.json + safetensors + tokenizer)"
-        )
+    """The backend for config.model, or for the bundled model when no model is given."""
+    model = config.model
+    if not model:
+        from mulfree.engine.generate import bundled_model
+
+        model = bundled_model()
+        if model is None:
+            raise MulfreeError(
+                "no model given and no bundled model in this install: pass a model directory"
+            )
     return load_backend(
-        config.model,
+        model,
         tokenizer_dir=config.tokenizer,
         model_id=config.model_id,
         kind=config.backend,
