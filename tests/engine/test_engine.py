@@ -1,0 +1,226 @@
+"""Packed format round trip, engine vs PyTorch greedy decoding, HF generate, energy counts."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from mulfree import energy
+from mulfree.engine import (
+    Int8Embedding,
+    PackedBitLinear,
+    PackedHGRNBitForCausalLM,
+    convert,
+    load_packed,
+    pack_model_,
+    read_packed,
+    save_packed,
+)
+from mulfree.ternary import packing
+from mulfree.ternary.bitlinear import BitLinear
+from mulfree.ternary.quant import weight_quant_ternary
+
+from .conftest import PROMPTS, make_model, train_tiny
+
+N_NEW = 24
+
+
+@torch.no_grad()
+def torch_greedy(model, prompt, n=N_NEW):
+    """Greedy tokens of the PyTorch model, re-running the full sequence every step (no cache)."""
+    ids = list(prompt)
+    for _ in range(n):
+        logits = model(torch.tensor([ids]), use_cache=False).logits[0, -1]
+        ids.append(int(logits.argmax()))
+    return ids[len(prompt) :]
+
+
+def engine_greedy(packed, prompt, n=N_NEW):
+    dec = packed.decoder()
+    logits = dec.prefill([prompt])
+    out = []
+    for _ in range(n):
+        out.append(int(logits[0].argmax()))
+        logits = dec.step([out[-1]])
+    return out
+
+
+@pytest.mark.parametrize("tfmt", ["tq1", "tq2"])
+@pytest.mark.parametrize("efmt", ["float32", "int8", "bfloat16"])
+def test_convert_round_trip(model_dir, tmp_path, tfmt, efmt):
+    from mulfree.models.mmfree import HGRNBitForCausalLM
+
+    src = HGRNBitForCausalLM.from_pretrained(str(model_dir))
+    r = convert(str(model_dir), str(tmp_path / "p"), ternary_format=tfmt, embeddings=efmt)
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(r.tokenizer_files)
+    config, tensors, meta = read_packed(r.path)
+    assert meta["ternary_format"] == tfmt and meta["embedding_format"] == efmt
+    for key in ("hidden_size", "num_hidden_layers", "vocab_size", "rms_norm_eps", "eos_token_id",
+                "use_lower_bound", "mlp_intermediate_size", "elementwise_mul"):  # fmt: skip
+        assert getattr(config, key) == getattr(src.config, key), key
+    n_linear = 0
+    for name, m in src.named_modules():
+        if isinstance(m, BitLinear):
+            q, s = weight_quant_ternary(m.weight)
+            data = tensors[f"{name}.weight_packed"]
+            got = packing.unpack(data, tfmt, m.out_features, m.in_features)
+            torch.testing.assert_close(got, q, atol=0, rtol=0)
+            assert float(tensors[f"{name}.weight_scale"]) == float(s.detach())
+            torch.testing.assert_close(
+                tensors[f"{name}.norm.weight"], m.norm.weight, atol=0, rtol=0
+            )
+            n_linear += 1
+    assert n_linear == 6 * src.config.num_hidden_layers + 1
+    emb = src.model.embeddings.weight
+    if efmt == "int8":
+        deq = (
+            tensors["model.embeddings.weight_int8"].float()
+            * tensors["model.embeddings.weight_step"][:, None]
+        )
+        # int8 absmax per row: error <= half a step (+ float rounding)
+        assert (
+            (deq - emb).abs() <= tensors["model.embeddings.weight_step"][:, None] * 0.5001
+        ).all()
+    else:
+        got = tensors["model.embeddings.weight"]
+        torch.testing.assert_close(got, emb.to(got.dtype), atol=0, rtol=0)
+    torch.testing.assert_close(
+        tensors["model.lower_bounds"], src.model.lower_bounds, atol=0, rtol=0
+    )
+    # the loaded model's tq2 buffers hold the same codes
+    packed = load_packed(tmp_path / "p")
+    mods = dict(packed.named_modules())
+    for name, m in src.named_modules():
+        if isinstance(m, BitLinear):
+            q, _ = weight_quant_ternary(m.weight)
+            torch.testing.assert_close(mods[name].packed().unpack(), q, atol=0, rtol=0)
+
+
+def test_repack_packed_model(packed_dir, tmp_path):
+    r = convert(str(packed_dir), str(tmp_path / "tq2"), ternary_format="tq2", embeddings="int8")
+    a, b = load_packed(packed_dir), load_packed(r.path)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb
+        torch.testing.assert_close(va, vb, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["own-norms", "fused-ifg"])
+def test_engine_greedy_equals_pytorch(tmp_path, trained, fused):
+    model, prompts = trained
+    model = copy.deepcopy(model)
+    if fused:  # equal i/f/g input norms -> identical int8 inputs -> one kernel call
+        with torch.no_grad():
+            for layer in model.model.layers:
+                a = layer.attn
+                a.f_proj.norm.weight.copy_(a.i_proj.norm.weight)
+                a.g_proj.norm.weight.copy_(a.i_proj.norm.weight)
+    save_packed(model, tmp_path, ternary_format="tq1", embedding_format="float32")
+    packed = load_packed(tmp_path)
+    assert packed.decoder().fused_ifg == fused
+    for prompt in prompts:
+        assert engine_greedy(packed, prompt) == torch_greedy(model, prompt), prompt
+
+
+def test_engine_greedy_int8_embeddings_equal_pytorch_with_same_quantization(tmp_path, trained):
+    model, prompts = trained
+    model = copy.deepcopy(model)
+    save_packed(model, tmp_path)  # defaults: tq1, int8 embeddings
+    packed = load_packed(tmp_path)
+    assert isinstance(packed.model.embeddings, Int8Embedding)
+    # the PyTorch model with the same (int8) embedding quantization
+    with torch.no_grad():
+        model.model.embeddings.weight.copy_(packed.model.embeddings.dequantize())
+    for prompt in prompts:
+        assert engine_greedy(packed, prompt) == torch_greedy(model, prompt), prompt
+
+
+def test_engine_logits_close_to_pytorch_and_steps_equal_prefill(trained):
+    model, prompts = trained
+    packed = PackedHGRNBitForCausalLM.from_model(model)
+    prompt = prompts[1]
+    with torch.no_grad():
+        ref = model(torch.tensor([prompt])).logits[0]  # [T, V]
+    dec = packed.decoder()
+    full = dec.prefill([prompt])[0].clone()
+    # not bit-equal: the kernel's exact int32 sum + one division vs F.linear's fp32 sums, and
+    # such 1-ulp differences can move a later int8 activation by one step
+    assert (full - ref[-1]).abs().max() < 0.05 * ref[-1].abs().max()
+    dec.reset(1)
+    for t, tok in enumerate(prompt):  # recurrent steps vs the parallel (chunked) prefill
+        step = dec.step([tok])[0]
+        assert (step - ref[t]).abs().max() < 0.05 * ref[t].abs().max()
+    assert int(step.argmax()) == int(full.argmax())
+
+
+def test_hf_generate_on_packed_model(packed_dir):
+    packed = load_packed(packed_dir)
+    for prompt in PROMPTS:
+        ids = torch.tensor([prompt])
+        out = packed.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None)
+        expect = engine_greedy(packed, prompt, 12)
+        assert out[0, len(prompt) :].tolist() == expect
+    # batched, sampled generation runs and respects the length
+    out = packed.generate(torch.tensor([[3, 4], [5, 6]]), max_new_tokens=5, do_sample=True, top_k=5)
+    assert out.shape == (2, 7)
+
+
+def test_pack_model_in_place_matches_engine_and_counts_adds(trained):
+    model, prompts = trained
+    model = copy.deepcopy(model)
+    ref_ids = torch_greedy(model, prompts[0], 8)
+    pack_model_(model)
+    assert not any(isinstance(m, BitLinear) for m in model.modules())
+    layers = [m for m in model.modules() if isinstance(m, PackedBitLinear)]
+    assert len(layers) == 6 * model.config.num_hidden_layers + 1
+    assert torch_greedy(model, prompts[0], 8) == ref_ids
+    # energy: one token's ternary adds = sum of nnz(W) over every packed layer
+    nnz = sum(int((m.packed().unpack() != 0).sum()) for m in layers)
+    with energy.EnergyCounter(model) as c, torch.no_grad():
+        model(torch.tensor([[7]]), use_cache=False)
+    assert c.counts[("ternary_add", 32)] == nnz
+    assert c.counts[("div", 32)] >= sum(m.out_features for m in layers)
+
+
+def test_decoder_counts_energy_like_the_model(packed_dir):
+    packed = load_packed(packed_dir)
+    dec = packed.decoder()
+    dec.prefill([[1, 2]])
+    with energy.EnergyCounter(packed) as c:
+        dec.step([3])
+    nnz = sum(
+        int((m.packed().unpack() != 0).sum())
+        for m in packed.modules()
+        if isinstance(m, PackedBitLinear)
+    )
+    assert c.counts[("ternary_add", 32)] == nnz
+
+
+def test_decoder_state_is_constant_memory(packed_dir):
+    dec = load_packed(packed_dir).decoder()
+    dec.prefill([[1, 2, 3]])
+    ptrs = [s.data_ptr() for s in dec.states]
+    for t in range(50):
+        dec.step([t % 200])
+    assert [s.data_ptr() for s in dec.states] == ptrs
+    assert all(s.shape == (1, dec.config.hidden_size) for s in dec.states)
+
+
+def test_size_of_packed_370m_and_tie(tmp_path):
+    # the formula-level size (the benchmark writes a real 370M file): tq1 + int8 embeddings
+    import math
+
+    from mulfree.engine.format import expected_specs
+    from mulfree.models.mmfree import HGRNBitConfig
+
+    specs = expected_specs(HGRNBitConfig.from_name("370M"), "tq1", "int8")
+    nbytes = sum(math.prod(s) * torch.empty(0, dtype=dt).element_size() for s, dt in specs.values())
+    assert nbytes <= 100 * 2**20  # 97.6 MiB (102.3 MB)
+    # tied embeddings: the head is packed from the embedding
+    model = make_model(tie=True, seed=5)
+    data = train_tiny(model, steps=40)
+    model.requires_grad_(False)
+    save_packed(model, tmp_path, embedding_format="float32")
+    prompt = data[0, :6].tolist()
+    assert engine_greedy(load_packed(tmp_path), prompt) == torch_greedy(model, prompt)
