@@ -172,10 +172,14 @@ static void vconst_init(const lm_fmt *f, int k, int mode, lm_vconst *c) {
 #if MF_X86
 /* ----------------------------------- AVX-512: 16 lanes ------------------------------------- */
 #define V512(x) _mm512_set1_epi32((int)(x))
+/* Unsigned a > b and a < b written through <= and >=, the forms every AVX-512 emulation
+ * (SIMDe, used by the tests on AVX2-only machines) provides. */
+#define GT_U512(a, b) ((__mmask16)~_mm512_cmple_epu32_mask((a), (b)))
+#define LT_U512(a, b) ((__mmask16)~_mm512_cmpge_epu32_mask((a), (b)))
 
 MF_TARGET_AVX512 static inline __m512i prep512(const lm_vconst *c, __m512i mag, __mmask16 *nan,
                                                 __mmask16 *inf, __mmask16 *zero) {
-    *nan = c->has_inf ? _mm512_cmpgt_epu32_mask(mag, V512(c->inf_mag))
+    *nan = c->has_inf ? GT_U512(mag, V512(c->inf_mag))
                       : _mm512_cmpeq_epi32_mask(mag, V512(c->nan_bits));
     mag = _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(mag, V512(c->min_normal)), mag);
     if (c->drop > 0) {
@@ -184,7 +188,7 @@ MF_TARGET_AVX512 static inline __m512i prep512(const lm_vconst *c, __m512i mag, 
         __m512i r = _mm512_add_epi32(_mm512_add_epi32(mag, V512(c->round_half_m1)), lsb);
         r = _mm512_sll_epi32(_mm512_srl_epi32(r, sh), sh);
         const uint32_t over = c->has_inf ? c->inf_mag : (c->max_finite >> c->drop) << c->drop;
-        r = _mm512_mask_mov_epi32(r, _mm512_cmpgt_epu32_mask(r, V512(c->max_finite)), V512(over));
+        r = _mm512_mask_mov_epi32(r, GT_U512(r, V512(c->max_finite)), V512(over));
         mag = _mm512_mask_mov_epi32(r, *nan, mag);
     }
     *inf = c->has_inf ? _mm512_cmpeq_epi32_mask(mag, V512(c->inf_mag)) : 0;
@@ -202,7 +206,7 @@ MF_TARGET_AVX512 static inline __m512i lmul512(const lm_vconst *c, __m512i x, __
     __mmask16 under;
     if (c->mode == 0) {
         const __m512i sum = _mm512_add_epi32(ax, ay); /* <= 2 * 0x7FFFFFFF: no wrap */
-        under = _mm512_cmplt_epu32_mask(sum, V512(c->under_sum));
+        under = LT_U512(sum, V512(c->under_sum));
         r = _mm512_sub_epi32(sum, V512(c->lconst));
     } else {
         __m512i s = _mm512_add_epi32(_mm512_and_si512(ax, V512(c->man_mask)),
@@ -219,7 +223,7 @@ MF_TARGET_AVX512 static inline __m512i lmul512(const lm_vconst *c, __m512i x, __
         under = _mm512_cmple_epi32_mask(e, _mm512_setzero_si512());
         r = _mm512_or_si512(_mm512_sll_epi32(e, shm), _mm512_sub_epi32(s, V512(c->one)));
     }
-    __m512i res = _mm512_mask_mov_epi32(r, _mm512_cmpgt_epu32_mask(r, V512(c->max_finite)),
+    __m512i res = _mm512_mask_mov_epi32(r, GT_U512(r, V512(c->max_finite)),
                                         V512(c->over_mag));
     res = _mm512_maskz_mov_epi32(~(under | zx | zy), res);
     res = _mm512_or_si512(res, sign);
@@ -228,22 +232,23 @@ MF_TARGET_AVX512 static inline __m512i lmul512(const lm_vconst *c, __m512i x, __
     return _mm512_mask_mov_epi32(res, nan, V512(c->nan_bits));
 }
 
+MF_TARGET_AVX2 static void lmul_ew_avx2(const lm_fmt *f, const lm_vconst *c, const void *x,
+                                        const void *y, void *out, int64_t lo, int64_t hi, int k,
+                                        int mode);
+
 MF_TARGET_AVX512 static void lmul_ew_avx512(const lm_fmt *f, const lm_vconst *c, const void *x,
                                             const void *y, void *out, int64_t lo, int64_t hi,
                                             int k, int mode) {
+    if (f->bits != 32) {
+        /* 16-bit formats: the AVX2 path (this loop is bound by memory, not by lane count) */
+        lmul_ew_avx2(f, c, x, y, out, lo, hi, k, mode);
+        return;
+    }
     int64_t i = lo;
-    if (f->bits == 32) {
-        for (; i + 16 <= hi; i += 16) {
-            const __m512i vx = _mm512_loadu_si512((const uint32_t *)x + i);
-            const __m512i vy = _mm512_loadu_si512((const uint32_t *)y + i);
-            _mm512_storeu_si512((uint32_t *)out + i, lmul512(c, vx, vy));
-        }
-    } else if (f->bits == 16) {
-        for (; i + 16 <= hi; i += 16) {
-            const __m512i vx = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)x + i)));
-            const __m512i vy = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)y + i)));
-            _mm256_storeu_si256((__m256i *)((uint16_t *)out + i), _mm512_cvtepi32_epi16(lmul512(c, vx, vy)));
-        }
+    for (; i + 16 <= hi; i += 16) {
+        const __m512i vx = _mm512_loadu_si512((const uint32_t *)x + i);
+        const __m512i vy = _mm512_loadu_si512((const uint32_t *)y + i);
+        _mm512_storeu_si512((uint32_t *)out + i, lmul512(c, vx, vy));
     }
     lmul_ew_scalar(f, x, y, out, i, hi, k, mode);
 }
@@ -489,10 +494,16 @@ MF_TARGET_AVX512 static void fast_kernel_avx512(const int32_t *am, const uint32_
             acc[r][1] = _mm512_mask_add_ps(acc[r][1], ok1, acc[r][1], _mm512_castsi512_ps(v1));
         }
     }
+    float tmp[NR512];
     for (int r = 0; r < rows; ++r) {
-        const int c0 = cols < 16 ? cols : 16, c1 = cols > 16 ? cols - 16 : 0;
-        _mm512_mask_storeu_ps(C + r * ldc, (__mmask16)((1u << c0) - 1), acc[r][0]);
-        if (c1) _mm512_mask_storeu_ps(C + r * ldc + 16, (__mmask16)((1u << c1) - 1), acc[r][1]);
+        if (cols == NR512) {
+            _mm512_storeu_ps(C + r * ldc, acc[r][0]);
+            _mm512_storeu_ps(C + r * ldc + 16, acc[r][1]);
+        } else {
+            _mm512_storeu_ps(tmp, acc[r][0]);
+            _mm512_storeu_ps(tmp + 16, acc[r][1]);
+            memcpy(C + r * ldc, tmp, (size_t)cols * sizeof(float));
+        }
     }
 }
 
@@ -652,6 +663,31 @@ static void lmatmul_full(int level, const uint32_t *A, const uint32_t *B, float 
     }
 }
 
+/* A batch of float32 L-Matmuls; route -1 = fast route when it applies, 0 = full semantics only.
+ * Returns 1 if the fast route ran for every batch element. */
+static int lmatmul_batch(int level, const uint32_t *a, const uint32_t *b, float *c, int64_t batch,
+                         int64_t M, int64_t K, int64_t N, int k, int mode, int nt, int route) {
+    const uint32_t lconst = lmul_const(f32_fmt(), k);
+    int all_fast = 1;
+    for (int64_t bi = 0; bi < batch; ++bi) {
+        const uint32_t *A = a + bi * M * K;
+        const uint32_t *B = b + bi * K * N;
+        float *C = c + bi * M * N;
+        int64_t amax_f = 0, bmax = 0;
+        int all_under = 0;
+        const int fast = route != 0 && mode == 0 && level >= MF_ISA_AVX2 &&
+                         fast_route_ok(A, B, M * K, K * N, k, lconst, &amax_f, &bmax, &all_under, nt);
+        if (fast && all_under)
+            memset(C, 0, (size_t)(M * N) * sizeof(float));
+        else if (fast)
+            lmatmul_fast(level, A, B, C, M, K, N, k, lconst, amax_f, bmax, nt);
+        else
+            lmatmul_full(level, A, B, C, M, K, N, k, mode, nt);
+        all_fast &= fast;
+    }
+    return all_fast;
+}
+
 MF_PYFUNC(lmatmul_f32, "lmatmul_f32(a, b, c, batch, M, K, N, k, mode, isa, threads, route) -> fast?") {
     /* route: -1 = best (fast when it applies), 0 = full semantics only. Returns 1 if the fast
      * route ran for every batch element, 0 otherwise. */
@@ -667,25 +703,9 @@ MF_PYFUNC(lmatmul_f32, "lmatmul_f32(a, b, c, batch, M, K, N, k, mode, isa, threa
     }
     const int level = mf_isa_resolve((int)isa);
     const int nt = mf_threads(threads);
-    const uint32_t lconst = lmul_const(f32_fmt(), (int)k);
-    int all_fast = 1;
+    int all_fast;
     Py_BEGIN_ALLOW_THREADS;
-    for (int64_t bi = 0; bi < batch; ++bi) {
-        const uint32_t *A = (const uint32_t *)a + bi * M * K;
-        const uint32_t *B = (const uint32_t *)b + bi * K * N;
-        float *C = (float *)c + bi * M * N;
-        int64_t amax_f = 0, bmax = 0;
-        int all_under = 0;
-        const int fast = route != 0 && mode == 0 && level >= MF_ISA_AVX2 &&
-                         fast_route_ok(A, B, M * K, K * N, (int)k, lconst, &amax_f, &bmax, &all_under, nt);
-        if (fast && all_under)
-            memset(C, 0, (size_t)(M * N) * sizeof(float));
-        else if (fast)
-            lmatmul_fast(level, A, B, C, M, K, N, (int)k, lconst, amax_f, bmax, nt);
-        else
-            lmatmul_full(level, A, B, C, M, K, N, (int)k, (int)mode, nt);
-        all_fast &= fast;
-    }
+    all_fast = lmatmul_batch(level, a, b, c, batch, M, K, N, (int)k, (int)mode, nt, (int)route);
     Py_END_ALLOW_THREADS;
     return PyLong_FromLong(all_fast);
 }
