@@ -1,0 +1,119 @@
+"""`mulfree convert SRC DST` and `mulfree generate [--model PATH] PROMPT`: thin over mulfree.engine."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="pack a MatMul-free (hgrn_bit) checkpoint into one packed ternary file",
+        description="Pack an hgrn_bit checkpoint directory (ours or official; or a packed model, "
+        "to re-pack) into DST/model.safetensors, copying tokenizer files alongside.",
+    )
+    p.add_argument("src", help="checkpoint directory (config.json + *.safetensors) or packed model")
+    p.add_argument("dst", help="output directory")
+    p.add_argument(
+        "--format",
+        dest="ternary_format",
+        default="tq1",
+        choices=["tq1", "tq2"],
+        help="ternary packing: tq1 1.6 bits/weight (default, smallest) or tq2 2 bits/weight",
+    )
+    p.add_argument(
+        "--embeddings",
+        default="int8",
+        choices=["int8", "float32", "bfloat16", "float16"],
+        help="token embedding storage (default int8 rows + a float32 step per row; float32 keeps "
+        "the source values exactly)",
+    )
+    p.set_defaults(func=cmd_convert)
+
+    g = sub.add_parser(
+        "generate",
+        help="generate text with a packed MatMul-free model on the add-only kernels",
+        description="Stream a continuation of PROMPT from a packed model (or a checkpoint "
+        "directory, packed on the fly); prints prefill and decode tokens/s and peak memory.",
+    )
+    g.add_argument("prompt", help="prompt text")
+    g.add_argument(
+        "--model", default=None, help="packed model or checkpoint dir (default: bundled)"
+    )
+    g.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
+    g.add_argument("--max-tokens", type=int, default=128, help="tokens to generate at most")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (1 = off)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--threads", type=int, default=None, help="kernel threads (default: torch's)")
+    g.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-text")
+    g.add_argument("--quiet", action="store_true", help="print only the text, no statistics")
+    g.set_defaults(func=cmd_generate)
+
+
+def cmd_convert(args) -> int:
+    from mulfree.engine.convert import ConvertConfig, convert
+
+    r = convert(ConvertConfig(args.src, args.dst, args.ternary_format, args.embeddings))
+    extra = f"; copied {', '.join(r.tokenizer_files)}" if r.tokenizer_files else ""
+    print(
+        f"wrote {r.path} ({r.nbytes / 1e6:.1f} MB, {args.ternary_format}, {args.embeddings} embeddings){extra}"
+    )
+    return 0
+
+
+def _reexec_with_passive_omp(args) -> None:
+    """Re-run this `mulfree` process with OMP_WAIT_POLICY=PASSIVE when it is unset.
+
+    Decoding makes ~150 short OpenMP regions per token; with libgomp's default (spinning)
+    policy, a worker that spins on a shared or busy core loses its time slice and every
+    fork/join then waits a scheduler slice (mulfree.kernels): measured here, 2-thread decode
+    of a tiny model went from ~1 ms to ~200 ms per token. libgomp reads the policy only when
+    it is loaded (with torch, before any subcommand runs), hence the re-exec. Only for the
+    console command itself (not for main([...]) called from Python), never twice.
+    """
+    if "OMP_WAIT_POLICY" in os.environ or args.threads == 1:
+        return
+    argv0 = sys.argv[0] if sys.argv else ""
+    if Path(argv0).name != "mulfree" and not argv0.endswith(os.path.join("mulfree", "cli.py")):
+        return
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "mulfree.cli", *sys.argv[1:]], env)
+
+
+def cmd_generate(args) -> int:
+    from mulfree.engine.generate import GenerateConfig, generate
+
+    _reexec_with_passive_omp(args)
+
+    config = GenerateConfig(
+        prompt=args.prompt,
+        model=args.model,
+        tokenizer=args.tokenizer,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        threads=args.threads,
+        stop_on_eos=not args.ignore_eos,
+    )
+
+    def emit(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    r = generate(config, on_text=emit)
+    sys.stdout.write("\n")
+    if not args.quiet:
+        sys.stderr.write(
+            f"prefill: {r.prompt_tokens} tokens, {r.prefill_tok_s:.1f} tok/s | "
+            f"decode: {len(r.token_ids)} tokens, {r.decode_tok_s:.1f} tok/s | "
+            f"peak RSS {r.peak_rss_mb:.0f} MiB | stop: {r.stop_reason}\n"
+        )
+    return 0
