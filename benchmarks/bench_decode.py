@@ -1,0 +1,181 @@
+"""Decode tokens/s of the whole MatMul-free LM at the released shapes: packed engine vs official.
+
+For each shape (370M, 1.3B; random ternary weights, random norm weights and lower bounds as in
+a trained model, so the i/f/g projections run as three kernel calls), this
+1. writes a packed file (tq1 ternary + int8 embeddings, `mulfree.engine`) and prints its size;
+2. loads it (`load_packed`, tq1 -> tq2) and times `Decoder.step` (all layers + the
+   32000-token ternary head + argmax), after a prefill of `--prompt` tokens (also timed);
+3. times the official method: the PyTorch model whose BitLinears fake-quantize their float
+   weights at every call (`F.linear(act_quant(x), weight_quant(W))`, as the official
+   `mmfreelm` BitLinear does; here BitLinear in training mode under inference_mode), on a few
+   tokens with the recurrent-state cache.
+Method: `--threads` (default 2) for torch and the kernels; OMP_WAIT_POLICY=PASSIVE unless set
+(spinning OpenMP workers on shared cores stall every fork/join, see mulfree.kernels); each
+engine number is the median of `--steps` single-token steps after `--warmup` steps (mean also
+printed); wall clock. The load average is printed before and after: on a shared machine the
+absolute numbers move with it, the ratio less so.
+
+    python benchmarks/bench_decode.py                   # 370M and 1.3B
+    python benchmarks/bench_decode.py --shapes 370M --steps 64
+"""
+
+from __future__ import annotations
+
+import os
+
+# before torch is imported: libgomp reads its wait policy once, at load
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from mulfree import kernels  # noqa: E402
+from mulfree.engine import load_packed  # noqa: E402
+from mulfree.engine.format import WEIGHTS_FILE, expected_specs, write_packed  # noqa: E402
+from mulfree.models.mmfree import HGRNBitConfig, HGRNBitForCausalLM  # noqa: E402
+from mulfree.ternary import packing  # noqa: E402
+from mulfree.ternary.bitlinear import BitLinear  # noqa: E402
+
+TARGETS = {"370M": 60.0, "1.3B": 25.0}  # tok/s, issue 4
+
+
+def random_packed_tensors(config, modules: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Tensors of a tq1 + int8-embedding packed file with random weights."""
+    from mulfree.engine.modules import Int8Embedding
+
+    out = {}
+    for key, (shape, _dtype) in expected_specs(config, "tq2", "float32").items():
+        mod, _, leaf = key.rpartition(".")
+        if leaf == "weight_packed":
+            continue
+        if leaf == "weight_scale":
+            m = modules[mod]
+            q = torch.randint(
+                -1, 2, (m.out_features, m.in_features), dtype=torch.int8, generator=gen
+            )
+            out[f"{mod}.weight_packed"] = packing.pack(q, "tq1")
+            out[key] = torch.tensor(
+                1.0 / (0.02 * (2 / 3)), dtype=torch.float32
+            )  # ~N(0, .02) absmean
+        elif key == "model.embeddings.weight":
+            q, step = Int8Embedding.quantize(torch.randn(shape, generator=gen) * 0.02)
+            out["model.embeddings.weight_int8"], out["model.embeddings.weight_step"] = q, step
+        elif key.endswith("norm.weight"):
+            out[key] = torch.rand(shape, generator=gen) + 0.5
+        elif key == "model.lower_bounds":
+            out[key] = torch.randn(shape, generator=gen)
+        else:
+            raise KeyError(key)
+    return out
+
+
+def bench_engine(name: str, args, tmp: str) -> dict:
+    config = HGRNBitConfig.from_name(name)
+    with torch.device("meta"):
+        meta_model = HGRNBitForCausalLM(config)
+    modules = {n: m for n, m in meta_model.named_modules() if isinstance(m, BitLinear)}
+    gen = torch.Generator().manual_seed(0)
+    tensors = random_packed_tensors(config, modules, gen)
+    path = Path(tmp) / name
+    file = path / WEIGHTS_FILE
+    write_packed(file, tensors, config.to_json_string(use_diff=False), "tq1", "int8")
+    del tensors
+    size = os.path.getsize(file)
+    t0 = time.perf_counter()
+    model = load_packed(path)
+    load_s = time.perf_counter() - t0
+    dec = model.decoder(threads=args.threads)
+    prompt = torch.randint(0, config.vocab_size, (1, args.prompt), generator=gen)
+    dec.prefill(prompt)  # warm-up
+    t0 = time.perf_counter()
+    logits = dec.prefill(prompt)
+    prefill_s = time.perf_counter() - t0
+    times = []
+    tok = int(logits[0].argmax())
+    for i in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        tok = int(dec.step([tok])[0].argmax())
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    del model, dec
+    return {
+        "size": size,
+        "load_s": load_s,
+        "prefill_tok_s": args.prompt / prefill_s,
+        "median_s": statistics.median(times),
+        "mean_s": statistics.fmean(times),
+    }
+
+
+@torch.inference_mode()
+def bench_official(name: str, args) -> float:
+    """Median seconds per token of the PyTorch model re-quantizing every weight at every call."""
+    from mulfree.models.mmfree import HGRNBitCache
+
+    config = HGRNBitConfig.from_name(name)
+    torch.manual_seed(0)
+    model = HGRNBitForCausalLM(config).eval()
+    for m in model.modules():
+        if isinstance(m, BitLinear):
+            m.train()  # BitLinear in training mode fake-quantizes its weight on every call
+    cache = HGRNBitCache(config)
+    tok = torch.tensor([[1]])
+    times = []
+    for i in range(1 + args.baseline_steps):
+        t0 = time.perf_counter()
+        out = model(tok, past_key_values=cache, use_cache=True)
+        tok = out.logits[:, -1:].argmax(-1)
+        if i >= 1:
+            times.append(time.perf_counter() - t0)
+    del model
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", nargs="+", default=["370M", "1.3B"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=48, help="timed engine decode steps")
+    ap.add_argument("--warmup", type=int, default=4)
+    ap.add_argument("--prompt", type=int, default=64, help="prefill tokens")
+    ap.add_argument("--baseline-steps", type=int, default=2, help="timed official-method tokens")
+    ap.add_argument("--no-baseline", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"threads {args.threads}, isa {kernels.resolve_isa()}, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY')}, torch {torch.__version__}")  # fmt: skip
+    print(f"load average before: {os.getloadavg()}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.shapes:
+            e = bench_engine(name, args, tmp)
+            base = None if args.no_baseline else bench_official(name, args)
+            rows.append((name, e, base))
+            tok_s = 1 / e["median_s"]
+            print(f"{name}: packed file {e['size'] / 1e6:.1f} MB ({e['size'] / 2**20:.1f} MiB), "
+                  f"load {e['load_s']:.1f} s, prefill {e['prefill_tok_s']:.0f} tok/s, decode "
+                  f"{tok_s:.1f} tok/s (median; mean {1 / e['mean_s']:.1f}), target "
+                  f"{TARGETS.get(name, float('nan')):.0f}"
+                  + (f"; official fake-quant {base:.2f} s/token ({1 / base:.2f} tok/s), "
+                     f"engine = {base / e['median_s']:.0f}x" if base else ""), flush=True)  # fmt: skip
+    print(f"load average after: {os.getloadavg()}")
+    print()
+    print(
+        "| shape | packed file | prefill tok/s | decode tok/s (median) | target | official s/token | speed-up |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, e, base in rows:
+        speedup = f"{base / e['median_s']:.0f}x" if base else "-"
+        print(f"| {name} | {e['size'] / 1e6:.1f} MB | {e['prefill_tok_s']:.0f} | {1 / e['median_s']:.1f} | "
+              f"{TARGETS.get(name, float('nan')):.0f} | {f'{base:.2f}' if base else '-'} | "
+              f"{speedup} |")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
