@@ -23,7 +23,11 @@ RATE_WINDOW_S = 10.0  # tokens/s is averaged over this trailing window
 def estimate_step_energy(
     backend: Backend, table_name: str = "horowitz_45nm"
 ) -> tuple[float, float]:
-    """(pJ of a decode step of 1 request, pJ of a step of 2 requests), counted and priced."""
+    """(pJ of a decode step of 1 request, pJ of a step of 2 requests), counted and priced.
+
+    Each priced step follows a discarded counted one of the same shape, so one-time work (weight
+    caches, packed views, and bookkeeping some layers do only while counting, such as the packed
+    layers' non-zero weight count) is not priced as per-step work."""
     from mulfree.energy import EnergyCounter, EnergyTable, price
 
     table = EnergyTable.load(table_name)
@@ -32,6 +36,8 @@ def estimate_step_energy(
     with backend.lock:
         for batch in (1, 2):
             states = [backend.start(prompt)[0] for _ in range(batch)]
+            with EnergyCounter(backend.model):  # warm-up, discarded
+                backend.step(states, [prompt[-1]] * batch)
             with EnergyCounter(backend.model) as counter:
                 backend.step(states, [prompt[-1]] * batch)
             for s in states:
@@ -73,7 +79,8 @@ class Metrics:
         e1, e2 = self.step_pj
         if self.backend_kind != "mmfree":
             return e1
-        return (e1 + (batch - 1) * (e2 - e1)) / batch
+        # A second request never makes a step cheaper; clamp in case the counts say otherwise.
+        return (e1 + (batch - 1) * max(e2 - e1, 0.0)) / batch
 
     # --- updates ---------------------------------------------------------------------------
     def http_request(self, endpoint: str, status: int) -> None:
