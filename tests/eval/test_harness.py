@@ -179,3 +179,23 @@ def test_cli_missing_model_and_data(tmp_path, data_dir, capsys):
     assert rc == 2 and "no data for task 'hellaswag'" in err and len(err.strip().splitlines()) == 1
     rc = main(["eval-table", str(tmp_path / "missing.json")])
     assert rc == 2 and "cannot read results" in capsys.readouterr().err
+
+
+def test_chunks_write_partial_results_and_match_one_chunk(
+    model, tok, data_dir, tmp_path, monkeypatch
+):
+    import mulfree.eval.harness as harness
+
+    writes, real = [], harness._write_json
+
+    def spy(path, results):
+        writes.append({t: (m["n"], m.get("partial", False)) for t, m in results["tasks"].items()})
+        real(path, results)
+
+    monkeypatch.setattr(harness, "_write_json", spy)
+    cfg = dict(tasks=("piqa",), data_dir=str(data_dir), progress=False)
+    chunked = evaluate(model, tok, EvalConfig(**cfg, chunk_items=2), out_json=tmp_path / "c.json")
+    assert writes[0] == {"piqa": (2, True)} and writes[-1] == {"piqa": (3, False)}
+    whole = evaluate(model, tok, EvalConfig(**cfg))
+    assert chunked["tasks"]["piqa"]["per_item"] == whole["tasks"]["piqa"]["per_item"]
+    assert "partial" not in chunked["tasks"]["piqa"]

