@@ -133,15 +133,13 @@ class Decoder:
             z = lambda *s: torch.zeros(*s, dtype=torch.float32)  # noqa: E731
             self.batch = batch
             self.x = z(batch, d)  # residual stream
-            self.h = z(batch, d)  # normed (model RMSNorm)
-            self.u_d = z(batch, d)  # BitLinear input over d
-            self.r1 = z(batch, 1)  # row statistics
+            self.h = z(batch, d)  # BitLinear input (normed x * norm weight)
             self.y_ifg = z(batch, 3 * E)
             self.y_i, self.y_f, self.y_g = z(batch, E), z(batch, E), z(batch, E)
-            self.t_e, self.t_e2, self.u_e = z(batch, E), z(batch, E), z(batch, E)
+            self.t_e, self.t_e2 = z(batch, E), z(batch, E)
             self.y_d = z(batch, d)
             self.y_gu = z(batch, 2 * inter)
-            self.z_i, self.u_i = z(batch, inter), z(batch, inter)
+            self.z_i = z(batch, inter)
             self.logits = z(batch, cfg.vocab_size)
             self.states = [z(batch, E) for _ in range(cfg.num_hidden_layers)]
         else:
@@ -150,16 +148,6 @@ class Decoder:
         self.cache = None  # L-Mul mode keeps an HGRNBitCache instead
 
     # --- pieces ----------------------------------------------------------------------------
-    def _rms_into(self, out: torch.Tensor, x: torch.Tensor, w: torch.Tensor | None, eps: float):
-        """out = x * (1 / sqrt(mean(x^2) + eps)) [* w], the ops of mulfree's RMSNorm."""
-        r = self.r1
-        torch.mean(torch.square(x, out=out), -1, keepdim=True, out=r)
-        r.add_(eps).sqrt_().reciprocal_()
-        torch.mul(x, r, out=out)
-        if w is not None:
-            out.mul_(w)
-        return out
-
     def _kernel(self, lin: _Linear, u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """out = packed ternary linear of u (int8 absmax inside the kernel)."""
         if self.isa == kernels.TORCH:
