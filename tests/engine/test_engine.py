@@ -224,3 +224,13 @@ def test_size_of_packed_370m_and_tie(tmp_path):
     save_packed(model, tmp_path, embedding_format="float32")
     prompt = data[0, :6].tolist()
     assert engine_greedy(load_packed(tmp_path), prompt) == torch_greedy(model, prompt)
+
+
+def test_packed_from_pretrained_save_pretrained_round_trip(packed_dir, tmp_path):
+    a = PackedHGRNBitForCausalLM.from_pretrained(packed_dir)
+    a.save_pretrained(tmp_path, ternary_format="tq2")
+    b = PackedHGRNBitForCausalLM.from_pretrained(tmp_path)
+    assert a.embedding_format == b.embedding_format == "int8"
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb
+        torch.testing.assert_close(va, vb, atol=0, rtol=0)

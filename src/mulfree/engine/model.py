@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from mulfree.engine import format as fmt
 from mulfree.engine.modules import Int8Embedding, PackedBitLinear
@@ -103,10 +102,7 @@ def _build(config, tensors: dict, ternary_format: str, embedding_format: str):
         raise MulfreeError(
             f"packed tensors do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
-    # lower_bounds and norms are Parameters: keep them out of autograd
-    model.requires_grad_(False)
-    if model.model.lower_bounds is not None:
-        model.model.lower_bounds = nn.Parameter(model.model.lower_bounds.data, requires_grad=False)
+    model.requires_grad_(False)  # norms and lower bounds are Parameters: inference only
     return model
 
 
