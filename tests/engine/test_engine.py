@@ -234,3 +234,29 @@ def test_packed_from_pretrained_save_pretrained_round_trip(packed_dir, tmp_path)
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert ka == kb
         torch.testing.assert_close(va, vb, atol=0, rtol=0)
+
+
+def test_convert_official_style_bf16_checkpoint(tmp_path):
+    """An official-style hgrn_bit dir: config.json + bf16 safetensors without mulfree metadata."""
+    import json
+
+    from safetensors.torch import save_file
+
+    model = make_model(seed=6)
+    src = tmp_path / "official"
+    src.mkdir()
+    cfg = model.config.to_dict()
+    cfg.pop("elementwise_mul", None), cfg.pop("elementwise_mul_bits", None)  # not official fields
+    (src / "config.json").write_text(json.dumps({**cfg, "torch_dtype": "bfloat16"}))
+    sd = {k: v.to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(src / "model.safetensors"), metadata={"format": "pt"})
+    r = convert(str(src), str(tmp_path / "p"), ternary_format="tq2", embeddings="bfloat16")
+    _, tensors, _ = read_packed(r.path)
+    name = "model.layers.1.mlp.down_proj"
+    m = model.get_submodule(name)
+    q, s = weight_quant_ternary(sd[f"{name}.weight"].float())
+    got = packing.unpack(tensors[f"{name}.weight_packed"], "tq2", m.out_features, m.in_features)
+    torch.testing.assert_close(got, q, atol=0, rtol=0)
+    torch.testing.assert_close(
+        tensors["model.embeddings.weight"], sd["model.embeddings.weight"], atol=0, rtol=0
+    )
