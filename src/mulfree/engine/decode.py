@@ -33,6 +33,13 @@ from mulfree.kernels import ternary as K_
 from mulfree.models.mmfree import HGRNBitCache
 from mulfree.ternary import packing
 
+# A kernel call gets one thread per this many weights (at least one, at most `threads`).
+# Measured with benchmarks/bench_decode.py on the shared 2-core dev machine (load ~6):
+# 370M decode 33.6 tok/s with every call on 2 threads, 40.2 with this value (only the head and
+# the GLU gate/up on 2 threads at 1.3B; only the head at 370M), 1.3B 13.7 -> 14.4: a passive
+# OpenMP worker's wake-up costs more than a 1-4 M-weight product saves.
+MIN_WEIGHTS_PER_THREAD = 3_000_000
+
 
 @dataclass
 class _Linear:
@@ -75,11 +82,18 @@ class Decoder:
     returned logits tensor is a buffer reused by the next step (clone it to keep it).
     """
 
-    def __init__(self, model, threads: int | None = None, isa: str | None = None):
+    def __init__(
+        self,
+        model,
+        threads: int | None = None,
+        isa: str | None = None,
+        min_weights_per_thread: int = MIN_WEIGHTS_PER_THREAD,
+    ):
         cfg = model.config
         self.model = model
         self.config = cfg
         self.threads = kernels.resolve_threads(threads)
+        self.min_weights_per_thread = int(min_weights_per_thread)
         self.isa = kernels.resolve_isa(isa)
         # L-Mul mode runs the model's own forward (its elementwise products are L-Mul emulations)
         self.exact = cfg.elementwise_mul == "exact"
@@ -161,7 +175,11 @@ class Decoder:
                 s = u.float().abs().amax(-1, keepdim=True).clamp_min(1e-5).reciprocal() * 127
                 out.copy_(acc.float() / (s * lin.row_scales))
             return out
-        K_.tq2_linear(u, lin.data, lin.out_features, lin.scale, threads=self.threads,
+        # small weights on one thread: waking a worker costs more than it saves
+        nt = max(
+            1, min(self.threads, lin.out_features * lin.in_features // self.min_weights_per_thread)
+        )
+        K_.tq2_linear(u, lin.data, lin.out_features, lin.scale, threads=nt,
                       isa=self.isa, out=out, row_scales=lin.row_scales)  # fmt: skip
         if energy.counting():
             if lin.nnz is None:
