@@ -6,8 +6,8 @@ T = 1 (the recurrence as `addcmul(i, f, h)` like the chunked scan, gates and res
 the same order), but without modules or cache objects, mostly on preallocated buffers, with the
 ternary projections calling the compiled kernel directly. RMSNorms are `torch.rms_norm`, one
 fused op instead of the model's seven (x * (1 / sqrt(mean(x^2) + eps)) * w): it differs from
-the model's formula by at most an ulp or so (rsqrt, its own reduction order) and cuts the
-per-token Python/dispatch overhead by more than half. The i/f/g projections run as one
+the model's formula by at most an ulp or so (rsqrt, its own reduction order) and replaces
+seven Python-level op dispatches per norm by one (2.3x faster per norm at [1, 1024] here). The i/f/g projections run as one
 kernel call (`packing.fuse_rows`) when their input norms have equal weights (then their int8
 inputs are identical), else as three.
 
