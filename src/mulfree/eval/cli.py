@@ -59,7 +59,7 @@ def register(sub) -> None:
     a("--no-fetch", action="store_true", help="never download the benchmark data")
     a("--threads", type=int, help="torch threads (default: torch's)")
     a("--label", help="name of this configuration in tables")
-    a("--out", help="results JSON (rewritten after every task)")
+    a("--out", help="results JSON (rewritten after every chunk of items)")
     a("--md", help="results Markdown table")
     a("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)

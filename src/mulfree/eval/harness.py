@@ -6,7 +6,7 @@
                    lmul=LMulConfig(mantissa_bits=3), out_json="k3.json")
 
 The model is a registered name (`mulfree models list`), a local HF folder, or a loaded model
-(then pass its tokenizer). Results are a dict (written as JSON after every task, so a long run
+(then pass its tokenizer). Results are a dict (written as JSON after every chunk of items, so a long run
 keeps what finished) and a Markdown table.
 """
 
@@ -156,7 +156,7 @@ def evaluate(
     """Evaluate `model` on `cfg.tasks` and `cfg.text_files`; return (and optionally write) results.
 
     lmul: an LMulConfig applied with `apply_lmul_` for the run (and removed afterwards), or None
-    to run the model as it is. JSON is rewritten after every task when `out_json` is given.
+    to run the model as it is. JSON is rewritten after every `cfg.chunk_items` items when `out_json` is given.
     """
     import torch
 
