@@ -6,8 +6,8 @@
                    lmul=LMulConfig(mantissa_bits=3), out_json="k3.json")
 
 The model is a registered name (`mulfree models list`), a local HF folder, or a loaded model
-(then pass its tokenizer). Results are a dict (written as JSON after every chunk of items, so a long run
-keeps what finished) and a Markdown table.
+(then pass its tokenizer). Results are a dict (written as JSON after every chunk of items, so a
+long run keeps what finished) and a Markdown table.
 """
 
 from __future__ import annotations
@@ -156,7 +156,8 @@ def evaluate(
     """Evaluate `model` on `cfg.tasks` and `cfg.text_files`; return (and optionally write) results.
 
     lmul: an LMulConfig applied with `apply_lmul_` for the run (and removed afterwards), or None
-    to run the model as it is. JSON is rewritten after every `cfg.chunk_items` items when `out_json` is given.
+    to run the model as it is. With `out_json`, the JSON is rewritten after every
+    `cfg.chunk_items` items (metrics so far, marked "partial" until the task is complete).
     """
     import torch
 
