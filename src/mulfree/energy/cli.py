@@ -14,7 +14,8 @@ def register(sub) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="a local HF model dir, or mmfree:PRESET / transformerpp:PRESET (random weights)",
+        help="a local HF model dir, a known model (e.g. gemma3-270m), or mmfree:PRESET / "
+        "transformerpp:PRESET (random weights)",
     )
     p.add_argument("--variants", default=",".join(_variants()), help="comma-separated variants")
     p.add_argument("--context", type=int, default=64, help="prompt tokens before the counted step")
@@ -48,9 +49,14 @@ def load_model(spec: str):
         raise MulfreeError(
             f"unknown model family {family!r} in {spec!r}; use mmfree: or transformerpp:"
         )
-    path = Path(spec)
+    from mulfree.hub.registry import MODELS, resolve_model
+
+    path = resolve_model(spec) if spec in MODELS else Path(spec)
     if not path.is_dir():
-        raise MulfreeError(f"model {spec!r} is neither a directory nor a FAMILY:PRESET name")
+        raise MulfreeError(
+            f"model {spec!r} is neither a directory, a known model ({', '.join(sorted(MODELS))}) "
+            "nor a FAMILY:PRESET name"
+        )
     from transformers import AutoModelForCausalLM
 
     import mulfree  # noqa: F401  (registers hgrn_bit with the Auto classes)

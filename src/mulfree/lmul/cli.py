@@ -53,7 +53,12 @@ def register(sub) -> None:
     e.add_argument(
         "--sources", default="uniform,gaussian", help="operand sources: uniform, gaussian, model"
     )
-    e.add_argument("--model", default=None, help="a local HF causal LM dir: sample real operands")
+    e.add_argument(
+        "--model",
+        default=None,
+        help="a model name (mulfree models list) or local HF dir to sample real operands from "
+        "(default: gemma3-270m when it has been fetched)",
+    )
     e.add_argument("--out", default="runs/lmul_error", help="output directory")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--no-progress", action="store_true")
@@ -72,11 +77,18 @@ def register(sub) -> None:
 def cmd_error(args) -> int:
     from mulfree.lmul.error import ErrorConfig, run
 
+    model = args.model
+    if model is None:
+        # Real operands when a real model is at hand (fetched earlier by `mulfree models get`);
+        # otherwise the Gaussian stand-in, labelled as such.
+        from mulfree.hub.registry import is_cached
+
+        model = "gemma3-270m" if is_cached("gemma3-270m") else None
     cfg = ErrorConfig(
         ks=args.k,
         n=args.n,
         sources=tuple(s for s in args.sources.split(",") if s),
-        model=args.model,
+        model=model,
         seed=args.seed,
         out_dir=args.out,
     )

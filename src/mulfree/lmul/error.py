@@ -100,8 +100,11 @@ def model_operands(path: str, n: int, gen: torch.Generator) -> tuple[torch.Tenso
     """Weights and the activations that meet them, sampled from a local HF causal LM."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not Path(path).exists():
+    from mulfree.hub.registry import MODELS, resolve_model
+
+    if path not in MODELS and not Path(path).exists():
         raise MulfreeError(f"model path {path!r} does not exist")
+    path = str(resolve_model(path))
     try:
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
@@ -239,7 +242,9 @@ def to_markdown(res: ErrorResult, command: str | None = None) -> str:
         f"Relative error |method(x, y) - xy| / |xy| against the float64 product, mean and max over "
         f"{res.n:,} operand pairs per source (see `mulfree/lmul/error.py`). The paper's Table 7 "
         'columns are its analytic "error expectation" for k = 1..6, a different measure: '
-        "compare trends, not values.",
+        "compare trends, not values. L-Mul and k-bit rows keep float32's 8-bit exponent; the fp8 "
+        "rows have their formats' own narrow exponent ranges, so with one power-of-two scale per "
+        "tensor, small operands of a wide distribution lose bits or flush to zero (see their max).",
         "",
     ]
     for src, per in res.rows.items():
