@@ -51,7 +51,10 @@ def register(sub) -> None:
     )
     e.add_argument("--n", type=int, default=1_000_000, help="operand pairs per source")
     e.add_argument(
-        "--sources", default="uniform,gaussian", help="operand sources: uniform, gaussian, model"
+        "--sources",
+        default=None,
+        help="operand sources: uniform, gaussian, model (default: uniform,gaussian, plus model "
+        "when --model is given or gemma3-270m has been fetched)",
     )
     e.add_argument(
         "--model",
@@ -78,7 +81,7 @@ def cmd_error(args) -> int:
     from mulfree.lmul.error import ErrorConfig, run
 
     model = args.model
-    if model is None:
+    if model is None and args.sources is None:
         # Real operands when a real model is at hand (fetched earlier by `mulfree models get`);
         # otherwise the Gaussian stand-in, labelled as such.
         from mulfree.hub.registry import is_cached
@@ -87,7 +90,7 @@ def cmd_error(args) -> int:
     cfg = ErrorConfig(
         ks=args.k,
         n=args.n,
-        sources=tuple(s for s in args.sources.split(",") if s),
+        sources=tuple(s for s in (args.sources or "uniform,gaussian").split(",") if s),
         model=model,
         seed=args.seed,
         out_dir=args.out,
