@@ -24,6 +24,8 @@ def test_error_table_written(tmp_path, capsys):
         "5000",
         "--k",
         "1-3,23",
+        "--sources",
+        "uniform,gaussian",
         "--out",
         str(tmp_path),
         "--no-progress",
