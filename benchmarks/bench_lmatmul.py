@@ -15,25 +15,13 @@ product, as for GEMM). Ratios are against numbers measured in the same run.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
+from _timing import median_time
 from mulfree.kernels import isa_max
 from mulfree.lmul import lmatmul
 from mulfree.lmul.ops import lmatmul_reference
-
-
-def median_time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 def main() -> None:

@@ -9,23 +9,11 @@ ratio to `a * b` measured in the same run.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
+from _timing import median_time
 from mulfree.lmul import lmul
-
-
-def _median_time(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -47,14 +35,16 @@ def main() -> None:
             a = torch.randn(n, generator=gen).to(dtype)
             b = torch.randn(n, generator=gen).to(dtype)
             reps = args.repeats if n <= 1_000_000 else max(5, args.repeats // 4)
-            base = _median_time(lambda a=a, b=b: a * b, reps)
+            base = median_time(lambda a=a, b=b: a * b, reps, warmup=3)
             rows = [("torch a*b", base)]
             for label, kw in (
                 ("lmul int", {}),
                 ("lmul eq1", {"mode": "eq1"}),
                 ("lmul int k=3", {"mantissa_bits": 3}),
             ):
-                rows.append((label, _median_time(lambda a=a, b=b, kw=kw: lmul(a, b, **kw), reps)))
+                rows.append(
+                    (label, median_time(lambda a=a, b=b, kw=kw: lmul(a, b, **kw), reps, warmup=3))
+                )
             for label, t in rows:
                 print(
                     f"{dname:9} {n:>9} {label:16} {t * 1e3:9.3f} {n / t / 1e6:9.1f} {base / t:8.3f}x"

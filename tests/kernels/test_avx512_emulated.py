@@ -31,23 +31,32 @@ def _have_avx2() -> bool:
         return False
 
 
-@pytest.mark.skipif(
+needs_simde = pytest.mark.skipif(
     platform.machine() != "x86_64" or not SIMDE.exists() or shutil.which("gcc") is None
     or not _have_avx2(),
     reason="needs x86-64 with AVX2, gcc and SIMDe headers (libsimde-dev)",
 )  # fmt: skip
-def test_avx512_kernel_equals_scalar_under_simde(tmp_path, capfd):
+
+
+def build_on_simde(harness: Path, tmp_path: Path) -> ctypes.CDLL:
+    """Compile a harness that #includes csrc/*.c with AVX-512 intrinsics emulated by SIMDe."""
     (tmp_path / "immintrin.h").write_text(SHIM)
-    so = tmp_path / "harness.so"
+    so = tmp_path / (harness.stem + ".so")
     cmd = [
         "gcc", "-O1", "-std=gnu11", "-mavx2", "-fopenmp", "-fPIC", "-shared",
         "-DMF_TARGET_AVX512=",  # plain functions: the intrinsics come from SIMDe
         f"-I{tmp_path}", f"-I{ROOT / 'csrc'}", f"-I{sysconfig.get_paths()['include']}",
-        str(Path(__file__).with_name("avx512_emulated_harness.c")), "-o", str(so),
+        str(harness), "-o", str(so),
     ]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    fails = ctypes.CDLL(str(so)).mf_avx512_emulated_check()
+    return ctypes.CDLL(str(so))
+
+
+@needs_simde
+def test_avx512_kernel_equals_scalar_under_simde(tmp_path, capfd):
+    lib = build_on_simde(Path(__file__).with_name("avx512_emulated_harness.c"), tmp_path)
+    fails = lib.mf_avx512_emulated_check()
     report = capfd.readouterr().out
     assert fails == 0, report
     assert report.count(": ok") == 6, report

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from mulfree._io import atomic_write_text, save_figure
 from mulfree.energy.counter import EnergyCounter
 from mulfree.energy.measure import measure
 from mulfree.energy.tables import DEFAULT_TABLE, EnergyTable, price
@@ -215,11 +216,7 @@ class EnergyReport:
         ax.set_title(f"{self.model_name}: energy per token by op kind ({self.table})", fontsize=10)
         ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.png")
-        fig.savefig(tmp, dpi=110)
-        plt.close(fig)
-        tmp.replace(path)
+        save_figure(fig, path)
 
 
 def energy_report(
@@ -263,12 +260,6 @@ def energy_report(
 
 
 def write_report(rep: EnergyReport, out_dir: Path, command: str | None = None) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in (
-        ("energy.md", rep.to_markdown(command)),
-        ("energy.json", json.dumps(rep.to_json(), indent=1)),
-    ):
-        tmp = out_dir / (name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out_dir / name)
+    atomic_write_text(out_dir / "energy.md", rep.to_markdown(command))
+    atomic_write_text(out_dir / "energy.json", json.dumps(rep.to_json(), indent=1))
     rep.plot(out_dir / "energy.png")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from mulfree._io import atomic_write_text, save_figure
 from mulfree.errors import MulfreeError
 from mulfree.lmul.formats import get_format
 from mulfree.lmul.ops import lmul, prepare
@@ -317,21 +318,13 @@ def plot(res: ErrorResult, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def run(cfg: ErrorConfig, *, progress: bool = True, command: str | None = None) -> ErrorResult:
     """Measure, then write error.md, error.json and error.png under cfg.out_dir."""
     res = measure(cfg, progress=progress)
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    md = to_markdown(res, command)
-    for name, text in (("error.md", md), ("error.json", json.dumps(res.to_json(), indent=1))):
-        tmp = cfg.out_dir / (name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(cfg.out_dir / name)  # atomic: never a half-written report
+    atomic_write_text(cfg.out_dir / "error.md", to_markdown(res, command))
+    atomic_write_text(cfg.out_dir / "error.json", json.dumps(res.to_json(), indent=1))
     plot(res, cfg.out_dir / "error.png")
     return res
