@@ -13,10 +13,10 @@ printed; MULFREE_ISA=torch forces the pure-torch emulation).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+
+from _timing import median_time
 
 CONFIGS = {
     "eager (fp32)": None,
@@ -25,16 +25,6 @@ CONFIGS = {
     "L-Mul full": dict(mantissa_bits=None),
     "fp8 e4m3": dict(kind="fp8_e4m3"),
 }
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 def main() -> None:
@@ -66,7 +56,9 @@ def main() -> None:
         for t in tasks:
             cfg = EvalConfig(tasks=(t,), limit=args.items, progress=False)
             sec = median_time(
-                lambda cfg=cfg, lmul=lmul: evaluate(model, tok, cfg, lmul=lmul), args.repeats
+                lambda cfg=cfg, lmul=lmul: evaluate(model, tok, cfg, lmul=lmul),
+                args.repeats,
+                warmup=1,
             )
             per_task.append(sec / args.items)
         total = sum(per_task)
@@ -91,6 +83,7 @@ def main() -> None:
             sec = median_time(
                 lambda cfg=cfg: lmul_attention_forward(cfg, module, q, k, v, mask, scaling=0.0625),
                 args.repeats,
+                warmup=1,
             )
         base = base or sec
         print(f"| {label} | {1000 * sec:.1f} | {sec / base:.2f} |")

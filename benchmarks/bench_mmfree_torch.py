@@ -18,16 +18,7 @@ import time
 
 import torch
 
-
-def _median_seconds(fn, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from _timing import median_time
 
 
 @torch.no_grad()
@@ -41,7 +32,7 @@ def measure(
     def prefill():
         return model(ids, past_key_values=make_cache(), use_cache=True, logits_to_keep=1)
 
-    t_prefill = _median_seconds(prefill, repeats=repeats, warmup=1)
+    t_prefill = median_time(prefill, repeats=repeats, warmup=1)
 
     out = prefill()
     cache = out.past_key_values

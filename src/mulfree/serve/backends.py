@@ -15,6 +15,7 @@ states advanced in place) and frees a request's state.
 
 from __future__ import annotations
 
+import abc
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ class RequestState:
 
 
 @dataclass
-class Backend:
+class Backend(abc.ABC):
     """Common part of both backends: the model, its tokenizer and the text helpers.
 
     Subclasses implement `start`, `step` and `free`. All model calls happen on the scheduler's
@@ -78,13 +79,13 @@ class Backend:
         return int(self.model.config.vocab_size)
 
     # --- model -----------------------------------------------------------------------------
+    @abc.abstractmethod
     def start(self, ids: list[int]) -> tuple[RequestState, torch.Tensor]:
         """Prefill a prompt: (its state, next-token logits [vocab])."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def step(self, states: list[RequestState], tokens: list[int]) -> torch.Tensor:
         """Feed one token per request; advance each state in place; logits [len(states), vocab]."""
-        raise NotImplementedError
 
     def free(self, state: RequestState) -> None:
         state.data = None
