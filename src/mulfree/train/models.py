@@ -83,7 +83,13 @@ def model_config(name: str, overrides: dict[str, Any] | None = None):
             raise MulfreeError(
                 f"unknown model {name!r}: give a preset ({known}) or a path to a config.json"
             )
-        cfg = presets[name]()
+        base = presets[name]()
+        for k in overrides or {}:
+            if not hasattr(base, k):
+                raise MulfreeError(f"model config {base.model_type!r} has no field {k!r}")
+        # Built again with the overrides so derived fields follow them (a Transformer++ preset
+        # re-matches its GLU width and heads to an overridden width or depth).
+        return presets[name](**(overrides or {}))
     for k, v in (overrides or {}).items():
         if not hasattr(cfg, k):
             raise MulfreeError(f"model config {cfg.model_type!r} has no field {k!r}")
