@@ -31,7 +31,9 @@ def test_engine_greedy_equals_pytorch_greedy():
     prompt = "ROMEO:"
     ids = tok(prompt, return_tensors="pt").input_ids
     with torch.no_grad():
-        ref = model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)
+        ref = model.generate(
+            ids, max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0
+        )
     want = ref[0, ids.shape[1] :].tolist()
     res = generate(GenerateConfig(prompt=prompt, max_tokens=24, stop_on_eos=False))
     assert res.token_ids == want
