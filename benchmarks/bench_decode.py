@@ -9,8 +9,8 @@ a trained model, so the i/f/g projections run as three kernel calls), this
    weights at every call (`F.linear(act_quant(x), weight_quant(W))`, as the official
    `mmfreelm` BitLinear does; here BitLinear in training mode under inference_mode), on a few
    tokens with the recurrent-state cache.
-Method: `--threads` (default 2) for torch and the kernels; OMP_WAIT_POLICY=PASSIVE unless set
-(spinning OpenMP workers on shared cores stall every fork/join, see mulfree.kernels); each
+Method: `--threads` (default 2) for torch and the kernels; libgomp's default wait policy unless
+OMP_WAIT_POLICY is set (see benchmarks/bench_ternary_linear.py; run on an idle machine); each
 engine number is the median of `--steps` single-token steps after `--warmup` steps (mean also
 printed); wall clock. The load average is printed before and after: on a shared machine the
 absolute numbers move with it, the ratio less so.
@@ -21,25 +21,21 @@ absolute numbers move with it, the ratio less so.
 
 from __future__ import annotations
 
+import argparse
 import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
 
-# before torch is imported: libgomp reads its wait policy once, at load
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-
-from mulfree import kernels  # noqa: E402
-from mulfree.engine import load_packed  # noqa: E402
-from mulfree.engine.format import WEIGHTS_FILE, expected_specs, write_packed  # noqa: E402
-from mulfree.models.mmfree import HGRNBitConfig, HGRNBitForCausalLM  # noqa: E402
-from mulfree.ternary import packing  # noqa: E402
-from mulfree.ternary.bitlinear import BitLinear  # noqa: E402
+from mulfree import kernels
+from mulfree.engine import load_packed
+from mulfree.engine.format import WEIGHTS_FILE, expected_specs, write_packed
+from mulfree.models.mmfree import HGRNBitConfig, HGRNBitForCausalLM
+from mulfree.ternary import packing
+from mulfree.ternary.bitlinear import BitLinear
 
 TARGETS = {"370M": 60.0, "1.3B": 25.0}  # tok/s, issue 4
 

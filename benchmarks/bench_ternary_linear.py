@@ -13,31 +13,30 @@ Method (printed with the table):
 - bandwidth (best of 10): "read" = fp32 sum over a `cold_mb` buffer (a streaming read),
   "copy" = Tensor.copy_ of `cold_mb` MB (bytes copied / time); roofline time = packed bytes /
   read bw, so "% roofline" = roofline time / our cold time.
-- OMP_WAIT_POLICY=PASSIVE unless set: libgomp (shared by torch and the kernels) otherwise
-  spins between parallel regions; on shared cores a spinning worker gets descheduled and each
-  fork/join then waits a scheduler slice (8-16 ms), for torch and the kernels alike.
+- OpenMP wait policy: libgomp's default (workers spin a while between parallel regions, then
+  sleep) unless OMP_WAIT_POLICY is set; it applies to torch and the kernels alike (one libgomp).
+  On a quiet machine the default is fastest: PASSIVE makes every parallel region wake a
+  sleeping worker (~100 us at batch 1 here). On cores shared with other busy processes, spinning
+  workers get descheduled, so run the benchmark on an otherwise idle machine (the load average
+  is printed).
 Run: python benchmarks/bench_ternary_linear.py [--threads 2] [--reps 30] [--cold-mb 512]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import statistics
+import time
+from dataclasses import dataclass
 
-# before torch is imported: libgomp reads its wait policy once, at load
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
+import torch.nn.functional as F
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from mulfree import kernels  # noqa: E402
-from mulfree.ternary.packed_linear import ternary_linear, ternary_linear_torch  # noqa: E402
-from mulfree.ternary.packing import PackedTernary  # noqa: E402
-from mulfree.ternary.quant import act_fake_quant, weight_fake_quant  # noqa: E402
+from mulfree import kernels
+from mulfree.ternary.packed_linear import ternary_linear, ternary_linear_torch
+from mulfree.ternary.packing import PackedTernary
+from mulfree.ternary.quant import act_fake_quant, weight_fake_quant
 
 # (in_features, out_features): the official MMfreeLM 370M / 1.3B projection shapes and the head
 SHAPES = [

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
 
 def register(sub) -> None:
@@ -65,31 +63,8 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def _reexec_with_passive_omp(args) -> None:
-    """Re-run this `mulfree` process with OMP_WAIT_POLICY=PASSIVE when it is unset.
-
-    Decoding makes ~150 short OpenMP regions per token; with libgomp's default (spinning)
-    policy, a worker that spins on a shared or busy core loses its time slice and every
-    fork/join then waits a scheduler slice (mulfree.kernels): measured here, 2-thread decode
-    of a tiny model went from ~1 ms to ~200 ms per token. libgomp reads the policy only when
-    it is loaded (with torch, before any subcommand runs), hence the re-exec. Only for the
-    console command itself (not for main([...]) called from Python), never twice.
-    """
-    if "OMP_WAIT_POLICY" in os.environ or args.threads == 1:
-        return
-    argv0 = sys.argv[0] if sys.argv else ""
-    if Path(argv0).name != "mulfree" and not argv0.endswith(os.path.join("mulfree", "cli.py")):
-        return
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "mulfree.cli", *sys.argv[1:]], env)
-
-
 def cmd_generate(args) -> int:
     from mulfree.engine.generate import GenerateConfig, generate
-
-    _reexec_with_passive_omp(args)
 
     config = GenerateConfig(
         prompt=args.prompt,

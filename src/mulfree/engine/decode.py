@@ -34,11 +34,11 @@ from mulfree.models.mmfree import HGRNBitCache
 from mulfree.ternary import packing
 
 # A kernel call gets one thread per this many weights (at least one, at most `threads`).
-# Measured with benchmarks/bench_decode.py on the shared 2-core dev machine (load ~6):
-# 370M decode 33.6 tok/s with every call on 2 threads, 40.2 with this value (only the head and
-# the GLU gate/up on 2 threads at 1.3B; only the head at 370M), 1.3B 13.7 -> 14.4: a passive
-# OpenMP worker's wake-up costs more than a 1-4 M-weight product saves.
-MIN_WEIGHTS_PER_THREAD = 3_000_000
+# Measured with benchmarks/bench_decode.py on the idle 2-core dev machine (libgomp's default wait
+# policy): 370M decode 71.9 tok/s with 3M (only the head on 2 threads), 90.3 with 500K, 91.8 with
+# every call on 2 threads; 1.3B 27.8 / 40.5 / 41.2. Below ~256K weights (the bundled model's
+# layers) a call is a few microseconds and a second thread's fork/join costs about as much.
+MIN_WEIGHTS_PER_THREAD = 262_144
 
 
 @dataclass
