@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "mulfree.eval.cli",
     "mulfree.serve.cli",
     "mulfree.engine.cli",
+    "mulfree.report.cli",
 ]
 
 

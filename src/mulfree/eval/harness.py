@@ -319,6 +319,29 @@ def _paired(a: list[float], b: list[float]) -> tuple[float, float, int]:
     return mu, se, n
 
 
+def paired_difference(
+    m: dict | None, ref: dict | None, metric: str
+) -> tuple[float, float, int] | None:
+    """`m` minus `ref` on their common first items: (mean, standard error, count), or None.
+
+    m, ref: one task's metrics from two runs (with "per_item"). metric: "acc", "acc_norm" or
+    "ppl" — for "ppl" the difference is of per-item log-likelihoods (higher = better, as for
+    accuracies). None when either run lacks the per-item values.
+    """
+    key = "ll" if metric == "ppl" else metric
+    if not m or not ref or key not in m.get("per_item", {}) or key not in ref.get("per_item", {}):
+        return None
+    return _paired(m["per_item"][key], ref["per_item"][key])
+
+
+def format_difference(metric: str, mu: float, se: float, n: int) -> str:
+    """A paired difference as shown in tables: points ± SE for accuracies, a ppl ratio for ppl."""
+    if metric == "ppl":
+        ratio = math.exp(-mu)  # exp(-mean Δll); its error by the delta method
+        return f"×{ratio:.3f} ± {ratio * se:.3f} ({n})"
+    return f"{100 * mu:+.1f} ± {100 * se:.1f} ({n})"
+
+
 def comparison_table(
     runs: list[dict],
     columns: list[tuple[str, str]] | None = None,
@@ -363,22 +386,8 @@ def comparison_table(
             continue
         cells = []
         for t, metric in columns:
-            m, r = tasks.get(t), ref.get(t)
-            key = "ll" if metric == "ppl" else metric
-            if (
-                not m
-                or not r
-                or key not in m.get("per_item", {})
-                or key not in r.get("per_item", {})
-            ):
-                cells.append("—")
-                continue
-            mu, se, n = _paired(m["per_item"][key], r["per_item"][key])
-            if metric == "ppl":
-                ratio = math.exp(-mu)
-                cells.append(f"×{ratio:.3f} ± {ratio * se:.3f} ({n})")
-            else:
-                cells.append(f"{100 * mu:+.1f} ± {100 * se:.1f} ({n})")
+            d = paired_difference(tasks.get(t), ref.get(t), metric)
+            cells.append("—" if d is None else format_difference(metric, *d))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

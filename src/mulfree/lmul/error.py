@@ -180,7 +180,9 @@ def fp8_multiply(x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype) -> torch.
 
 def _stats(approx: torch.Tensor, exact: torch.Tensor) -> dict[str, float]:
     rel = ((approx.double() - exact).abs() / exact.abs()).nan_to_num(nan=math.inf)
-    return {"mean": float(rel.mean()), "max": float(rel.max())}
+    # se: standard error of the mean (sample std / sqrt(n)), for comparing two methods' means.
+    se = float(rel.std() / math.sqrt(rel.numel())) if rel.numel() > 1 else math.nan
+    return {"mean": float(rel.mean()), "max": float(rel.max()), "se": se}
 
 
 @dataclass
