@@ -205,7 +205,8 @@ def measure(cfg: ErrorConfig, progress: bool = True) -> ErrorResult:
     rows: dict[str, dict[str, dict]] = {}
     labels = {
         "uniform": "uniform mantissas, exponents in [-3, 3]",
-        "gaussian": "Gaussian N(0, 1) (no model given: a stand-in for real operands)",
+        "gaussian": "Gaussian N(0, 1)"
+        + ("" if cfg.model else " (no model given: a stand-in for real operands)"),
         "model": f"weights x linear-layer activations of {cfg.model}",
     }
     steps = len(cfg.sources) * (len(cfg.ks) + 1)
