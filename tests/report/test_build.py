@@ -109,6 +109,7 @@ def test_cli_writes_the_report(tmp_path, capsys, monkeypatch):
     md = (out / "README.md").read_text()
     assert f"- command: `mulfree report --out {out} --results {results}`" in md
     assert "the gap **narrows**" in md
+    assert f"Results read from `{results}/scaling/<run>/`." in md  # where they really were
 
 
 def test_paper_energy_arithmetic():

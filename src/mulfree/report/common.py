@@ -49,3 +49,13 @@ def demote_headings(md: str, levels: int = 2) -> str:
 def missing_line(what: str, command: str) -> str:
     """The one line a section prints for results that are not there."""
     return f"- **Missing:** {what}. Produce it with `{command}`."
+
+
+def display_path(ctx: Context, path: Path) -> str:
+    """`path` relative to the checkout when it is inside it (the commands run from there)."""
+    if ctx.repo is not None:
+        try:
+            return str(path.resolve().relative_to(ctx.repo.resolve()))
+        except ValueError:
+            pass
+    return str(path)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mulfree.errors import MulfreeError
 from mulfree.report import verdict as V
-from mulfree.report.common import Context, Section, missing_line
+from mulfree.report.common import Context, Section, display_path, missing_line
 
 MODEL = "gemma3-270m"
 TASKS = ("lambada", "piqa", "arc_easy", "hellaswag", "winogrande")
@@ -70,7 +70,13 @@ def load_runs(root: Path, configs, tasks=TASKS) -> tuple[list[dict], list[tuple[
             if path is None:
                 missing.append((cfg, task))
                 continue
-            run = read_results(path)
+            try:
+                run = read_results(path)
+            except MulfreeError:
+                if not path.name.endswith(".partial"):
+                    raise
+                # The run finished (.partial renamed to .json) between finding and reading it.
+                run = read_results(result_path(root, cfg, task))
             if run.get("label") != cfg:
                 raise MulfreeError(
                     f"{path}: its label is {run.get('label')!r}, not {cfg!r} (the folder's "
@@ -193,7 +199,7 @@ def _table(runs: list[dict]) -> str:
 
 def section(ctx: Context) -> Section:
     root = ctx.results / MODEL
-    rel = _display(ctx, root)
+    rel = display_path(ctx, root)
     att_runs, att_missing = load_runs(root, ATTENTION_CONFIGS)
     ref_runs = [r for r in att_runs if r["label"] == REFERENCE]
     lin_runs, lin_missing = load_runs(root, LINEAR_CONFIGS)
@@ -256,16 +262,6 @@ def section(ctx: Context) -> Section:
             {"claim": f"{r['claim']} [{r['comparison']}]", "verdict": r["verdict"]} for r in rows
         ],
     )
-
-
-def _display(ctx: Context, path: Path) -> str:
-    """`path` relative to the checkout when it is inside it (commands run from there)."""
-    if ctx.repo is not None:
-        try:
-            return str(path.resolve().relative_to(ctx.repo.resolve()))
-        except ValueError:
-            pass
-    return str(path)
 
 
 # --- refresh --------------------------------------------------------------------------------

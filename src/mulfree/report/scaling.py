@@ -15,7 +15,7 @@ from pathlib import Path
 from mulfree._io import save_figure
 from mulfree.errors import MulfreeError
 from mulfree.report import verdict as V
-from mulfree.report.common import Context, Section, missing_line
+from mulfree.report.common import Context, Section, display_path, missing_line
 
 # (size label, MatMul-free run, Transformer++ run), smallest first.
 SIZES = (
@@ -167,7 +167,7 @@ def section(ctx: Context) -> Section:
         f"Command: `bash {RUN_SH}` (every run: `mulfree train` on the Shakespeare corpus with the "
         "bundled model's recipe, 600 steps × 16 × 256 tokens; only the shape, or "
         '`elementwise_mul="lmul"`, changes). Results read from '
-        f"`{root if ctx.repo is None else 'docs/results/scaling'}/<run>/`.",
+        f"`{display_path(ctx, root)}/<run>/`.",
         "",
     ]
     for n in names:
