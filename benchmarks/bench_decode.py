@@ -2,8 +2,9 @@
 
 For each shape (370M, 1.3B; random ternary weights, random norm weights and lower bounds as in
 a trained model, so the i/f/g projections run as three kernel calls), this
-1. writes a packed file (tq1 ternary + int8 embeddings, `mulfree.engine`) and prints its size;
-2. loads it (`load_packed`, tq1 -> tq2) and times `Decoder.step` (all layers + the
+1. writes packed files (tq1 ternary + int8 or int4 embeddings, `mulfree.engine`) and prints
+   their sizes (the issue's bound: a packed 370M <= 100 MB);
+2. loads the `--embeddings` one (default int4; `load_packed`, tq1 -> tq2) and times `Decoder.step` (all layers + the
    32000-token ternary head + argmax), after a prefill of `--prompt` tokens (also timed);
 3. times the official method: the PyTorch model whose BitLinears fake-quantize their float
    weights at every call (`F.linear(act_quant(x), weight_quant(W))`, as the official
@@ -40,9 +41,11 @@ from mulfree.ternary.bitlinear import BitLinear
 TARGETS = {"370M": 60.0, "1.3B": 25.0}  # tok/s, issue 4
 
 
-def random_packed_tensors(config, modules: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """Tensors of a tq1 + int8-embedding packed file with random weights."""
-    from mulfree.engine.modules import Int8Embedding
+def random_packed_tensors(
+    config, modules: dict, gen: torch.Generator, efmt: str
+) -> dict[str, torch.Tensor]:
+    """Tensors of a tq1 packed file with random weights and `efmt` (int8/int4) embeddings."""
+    from mulfree.engine.modules import Int4Embedding, Int8Embedding
 
     out = {}
     for key, (shape, _dtype) in expected_specs(config, "tq2", "float32").items():
@@ -59,8 +62,9 @@ def random_packed_tensors(config, modules: dict, gen: torch.Generator) -> dict[s
                 1.0 / (0.02 * (2 / 3)), dtype=torch.float32
             )  # ~N(0, .02) absmean
         elif key == "model.embeddings.weight":
-            q, step = Int8Embedding.quantize(torch.randn(shape, generator=gen) * 0.02)
-            out["model.embeddings.weight_int8"], out["model.embeddings.weight_step"] = q, step
+            cls = Int8Embedding if efmt == "int8" else Int4Embedding
+            q, step = cls.quantize(torch.randn(shape, generator=gen) * 0.02)
+            out[f"model.embeddings.weight_{efmt}"], out["model.embeddings.weight_step"] = q, step
         elif key.endswith("norm.weight"):
             out[key] = torch.rand(shape, generator=gen) + 0.5
         elif key == "model.lower_bounds":
@@ -76,12 +80,21 @@ def bench_engine(name: str, args, tmp: str) -> dict:
         meta_model = HGRNBitForCausalLM(config)
     modules = {n: m for n, m in meta_model.named_modules() if isinstance(m, BitLinear)}
     gen = torch.Generator().manual_seed(0)
-    tensors = random_packed_tensors(config, modules, gen)
+    sizes = {}
+    for efmt in ("int8", "int4"):  # the decoded file is the --embeddings one, written last
+        if efmt == args.embeddings:
+            continue
+        tensors = random_packed_tensors(config, modules, gen, efmt)
+        file = Path(tmp) / f"{name}-{efmt}" / WEIGHTS_FILE
+        write_packed(file, tensors, config.to_json_string(use_diff=False), "tq1", efmt)
+        sizes[efmt] = os.path.getsize(file)
+        file.unlink()
+    tensors = random_packed_tensors(config, modules, gen, args.embeddings)
     path = Path(tmp) / name
     file = path / WEIGHTS_FILE
-    write_packed(file, tensors, config.to_json_string(use_diff=False), "tq1", "int8")
+    write_packed(file, tensors, config.to_json_string(use_diff=False), "tq1", args.embeddings)
     del tensors
-    size = os.path.getsize(file)
+    size = sizes[args.embeddings] = os.path.getsize(file)
     t0 = time.perf_counter()
     model = load_packed(path)
     load_s = time.perf_counter() - t0
@@ -101,6 +114,7 @@ def bench_engine(name: str, args, tmp: str) -> dict:
     del model, dec
     return {
         "size": size,
+        "sizes": sizes,
         "load_s": load_s,
         "prefill_tok_s": args.prompt / prefill_s,
         "median_s": statistics.median(times),
@@ -141,6 +155,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", type=int, default=64, help="prefill tokens")
     ap.add_argument("--baseline-steps", type=int, default=2, help="timed official-method tokens")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--embeddings", choices=["int8", "int4"], default="int4",
+                    help="embedding format of the decoded file (both file sizes are printed)")  # fmt: skip
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"threads {args.threads}, isa {kernels.resolve_isa()}, OMP_WAIT_POLICY="
@@ -153,7 +169,10 @@ def main(argv=None) -> int:
             base = None if args.no_baseline else bench_official(name, args)
             rows.append((name, e, base))
             tok_s = 1 / e["median_s"]
-            print(f"{name}: packed file {e['size'] / 1e6:.1f} MB ({e['size'] / 2**20:.1f} MiB), "
+            other = "int8" if args.embeddings == "int4" else "int4"
+            print(f"{name}: packed file ({args.embeddings} embeddings) {e['size'] / 1e6:.1f} MB "
+                  f"({e['size'] / 2**20:.1f} MiB; {other} embeddings "
+                  f"{e['sizes'][other] / 1e6:.1f} MB), "
                   f"load {e['load_s']:.1f} s, prefill {e['prefill_tok_s']:.0f} tok/s, decode "
                   f"{tok_s:.1f} tok/s (median; mean {1 / e['mean_s']:.1f}), target "
                   f"{TARGETS.get(name, float('nan')):.0f}"
@@ -162,12 +181,14 @@ def main(argv=None) -> int:
     print(f"load average after: {os.getloadavg()}")
     print()
     print(
-        "| shape | packed file | prefill tok/s | decode tok/s (median) | target | official s/token | speed-up |"
+        "| shape | packed file, int4 / int8 embeddings | prefill tok/s | decode tok/s (median) "
+        "| target | official s/token | speed-up |"
     )
     print("|---|---|---|---|---|---|---|")
     for name, e, base in rows:
         speedup = f"{base / e['median_s']:.0f}x" if base else "-"
-        print(f"| {name} | {e['size'] / 1e6:.1f} MB | {e['prefill_tok_s']:.0f} | {1 / e['median_s']:.1f} | "
+        print(f"| {name} | {e['sizes']['int4'] / 1e6:.1f} / {e['sizes']['int8'] / 1e6:.1f} MB "
+              f"| {e['prefill_tok_s']:.0f} | {1 / e['median_s']:.1f} | "
               f"{TARGETS.get(name, float('nan')):.0f} | {f'{base:.2f}' if base else '-'} | "
               f"{speedup} |")  # fmt: skip
     return 0

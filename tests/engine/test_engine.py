@@ -9,6 +9,7 @@ import torch
 
 from mulfree import energy
 from mulfree.engine import (
+    Int4Embedding,
     Int8Embedding,
     PackedBitLinear,
     PackedHGRNBitForCausalLM,
@@ -18,6 +19,7 @@ from mulfree.engine import (
     read_packed,
     save_packed,
 )
+from mulfree.errors import MulfreeError
 from mulfree.ternary import packing
 from mulfree.ternary.bitlinear import BitLinear
 from mulfree.ternary.quant import weight_quant_ternary
@@ -48,7 +50,7 @@ def engine_greedy(packed, prompt, n=N_NEW):
 
 
 @pytest.mark.parametrize("tfmt", ["tq1", "tq2"])
-@pytest.mark.parametrize("efmt", ["float32", "int8", "bfloat16"])
+@pytest.mark.parametrize("efmt", ["float32", "int8", "int4", "bfloat16"])
 def test_convert_round_trip(model_dir, tmp_path, tfmt, efmt):
     from mulfree.models.mmfree import HGRNBitForCausalLM
 
@@ -83,6 +85,11 @@ def test_convert_round_trip(model_dir, tmp_path, tfmt, efmt):
         assert (
             (deq - emb).abs() <= tensors["model.embeddings.weight_step"][:, None] * 0.5001
         ).all()
+    elif efmt == "int4":
+        step = tensors["model.embeddings.weight_step"]  # [V, G]
+        deq = Int4Embedding.decode(tensors["model.embeddings.weight_int4"], step, emb.shape[1])
+        bound = step.repeat_interleave(32, dim=1)[:, : emb.shape[1]] * 0.5001
+        assert ((deq - emb).abs() <= bound).all()  # half a step per group (+ float rounding)
     else:
         got = tensors["model.embeddings.weight"]
         torch.testing.assert_close(got, emb.to(got.dtype), atol=0, rtol=0)
@@ -214,9 +221,16 @@ def test_size_of_packed_370m_and_tie(tmp_path):
     from mulfree.engine.format import expected_specs
     from mulfree.models.mmfree import HGRNBitConfig
 
-    specs = expected_specs(HGRNBitConfig.from_name("370M"), "tq1", "int8")
-    nbytes = sum(math.prod(s) * torch.empty(0, dtype=dt).element_size() for s, dt in specs.values())
-    assert nbytes <= 100 * 2**20  # 97.6 MiB (102.3 MB)
+    def size(efmt):
+        specs = expected_specs(HGRNBitConfig.from_name("370M"), "tq1", efmt)
+        return sum(
+            math.prod(s) * torch.empty(0, dtype=dt).element_size() for s, dt in specs.values()
+        )
+
+    V, D = 32000, 1024
+    assert size("int4") <= 100e6  # 89.9 MB: the bound, with 4-bit embeddings
+    # int8 (102.3 MB): V D code bytes + V steps; int4: V D / 2 code bytes + V D / 32 steps
+    assert size("int8") - size("int4") == V * D // 2 - 4 * V * (D // 32 - 1)
     # tied embeddings: the head is packed from the embedding
     model = make_model(tie=True, seed=5)
     data = train_tiny(model, steps=40)
@@ -260,3 +274,28 @@ def test_convert_official_style_bf16_checkpoint(tmp_path):
     torch.testing.assert_close(
         tensors["model.embeddings.weight"], sd["model.embeddings.weight"], atol=0, rtol=0
     )
+
+
+@pytest.mark.parametrize("dim", [32, 50, 128])
+def test_int4_embedding_codes_round_trip_and_lookup(dim):
+    torch.manual_seed(dim)
+    w = torch.randn(7, dim)
+    w[3] = 0.0  # an all-zero row
+    emb = Int4Embedding.from_float(w)
+    codes, step = emb.weight_int4, emb.weight_step
+    groups = -(-dim // 32)
+    assert codes.shape == (7, 16 * groups) and step.shape == (7, groups)
+    # codes are q + 8 with q in [-7, 7]; padding columns are zero codes (8)
+    lo, hi = codes & 15, codes >> 4
+    assert int(torch.minimum(lo, hi).min()) >= 1 and int(torch.maximum(lo, hi).max()) <= 15
+    table = emb.dequantize()  # [7, dim]
+    assert table.shape == (7, dim) and not table[3].any()
+    bound = step.repeat_interleave(32, dim=1)[:, :dim] * 0.5001
+    assert ((table - w).abs() <= bound).all()
+    # values on the grid survive re-quantization exactly (idempotent)
+    again = Int4Embedding.from_float(table)
+    torch.testing.assert_close(again.dequantize(), table, atol=0, rtol=0)
+    ids = torch.tensor([[6, 0, 3], [1, 1, 5]])
+    torch.testing.assert_close(emb(ids), table[ids], atol=0, rtol=0)
+    with pytest.raises(MulfreeError, match="out of range"):
+        emb(torch.tensor([7]))

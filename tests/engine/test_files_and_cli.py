@@ -171,7 +171,7 @@ def test_cli_convert_and_generate(model_dir, tmp_path, capsys):
     [
         (["convert", "a"], "required"),
         (["convert", "a", "b", "--format", "tq3"], "invalid choice"),
-        (["convert", "a", "b", "--embeddings", "int4"], "invalid choice"),
+        (["convert", "a", "b", "--embeddings", "int2"], "invalid choice"),
         (["generate"], "required"),
         (["generate", "x", "--max-tokens", "many"], "invalid int"),
     ],

@@ -13,13 +13,14 @@ energy report need).
 from mulfree.engine.convert import ConvertConfig, ConvertResult, convert, save_packed
 from mulfree.engine.format import FORMAT_NAME, FORMAT_VERSION, is_packed, read_packed
 from mulfree.engine.model import PackedHGRNBitForCausalLM, load_packed
-from mulfree.engine.modules import Int8Embedding, PackedBitLinear, pack_model_
+from mulfree.engine.modules import Int4Embedding, Int8Embedding, PackedBitLinear, pack_model_
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "ConvertConfig",
     "ConvertResult",
+    "Int4Embedding",
     "Int8Embedding",
     "PackedBitLinear",
     "PackedHGRNBitForCausalLM",

@@ -24,9 +24,9 @@ def register(sub) -> None:
     p.add_argument(
         "--embeddings",
         default="int8",
-        choices=["int8", "float32", "bfloat16", "float16"],
-        help="token embedding storage (default int8 rows + a float32 step per row; float32 keeps "
-        "the source values exactly)",
+        choices=["int8", "int4", "float32", "bfloat16", "float16"],
+        help="token embedding storage (default int8 rows + a float32 step per row; int4: 4-bit "
+        "codes + a step per 32 entries, half the bytes; float32 keeps the source values exactly)",
     )
     p.set_defaults(func=cmd_convert)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from mulfree.engine import format as fmt
-from mulfree.engine.modules import Int8Embedding
+from mulfree.engine.modules import Int4Embedding, Int8Embedding
 from mulfree.errors import MulfreeError
 from mulfree.ternary import packing
 from mulfree.ternary.packed_linear import PackedTernaryLinear
@@ -50,20 +50,21 @@ class ConvertResult:
     tokenizer_files: list[str]
 
 
-def _embedding_tensors(weight_or_q, efmt: str, step: torch.Tensor | None = None) -> dict:
-    """The embedding in format `efmt`, from a float table or from int8 (q, step)."""
-    if step is not None:  # source already int8
-        if efmt == "int8":
-            return {
-                "model.embeddings.weight_int8": weight_or_q,
-                "model.embeddings.weight_step": step,
-            }
-        w = weight_or_q.float() * step[:, None]
+def _embedding_tensors(emb, efmt: str) -> dict:
+    """The embedding in format `efmt`, from a float table or a quantized embedding module
+    (kept as it is when already in `efmt`, else decoded to float and re-encoded)."""
+    if isinstance(emb, (Int8Embedding, Int4Embedding)):
+        if efmt == ("int8" if isinstance(emb, Int8Embedding) else "int4"):
+            return {f"model.embeddings.{k}": t for k, t in emb.state_dict().items()}
+        w = emb.dequantize()
     else:
-        w = weight_or_q
+        w = emb.detach().float()
     if efmt == "int8":
         q, s = Int8Embedding.quantize(w)
         return {"model.embeddings.weight_int8": q, "model.embeddings.weight_step": s}
+    if efmt == "int4":
+        codes, s = Int4Embedding.quantize(w)
+        return {"model.embeddings.weight_int4": codes, "model.embeddings.weight_step": s}
     return {"model.embeddings.weight": w.to(getattr(torch, efmt))}
 
 
@@ -102,9 +103,7 @@ def packed_tensors_from_model(
 
     def embedding():
         emb = model.model.embeddings
-        if isinstance(emb, Int8Embedding):
-            return _embedding_tensors(emb.weight_int8, efmt, emb.weight_step)
-        return _embedding_tensors(emb.weight.detach().float(), efmt)
+        return _embedding_tensors(emb if hasattr(emb, "dequantize") else emb.weight, efmt)
 
     return _pack_all(model.config, linear, lambda k: sd[k], embedding, tfmt, efmt)
 

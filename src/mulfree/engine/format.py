@@ -5,7 +5,7 @@ Metadata (`__metadata__`, all strings):
     mulfree_format_version  "1"
     config                  the HGRNBitConfig as JSON (every field)
     ternary_format          "tq2" (2 bits/weight, the kernels' layout) or "tq1" (1.6 bits/weight)
-    embedding_format        "float32" | "bfloat16" | "float16" | "int8"
+    embedding_format        "float32" | "bfloat16" | "float16" | "int8" | "int4"
     tensors_crc32           CRC-32 of every tensor's bytes, in sorted-name order (hex)
 Tensors, named as the modules of HGRNBitForCausalLM with PackedTernaryLinear layers:
     <linear>.weight_packed  uint8 [packed_nbytes(ternary_format, N, K)]
@@ -13,6 +13,8 @@ Tensors, named as the modules of HGRNBitForCausalLM with PackedTernaryLinear lay
     <linear>.norm.weight    float32 [K] (BitLinear's input RMSNorm)
     model.embeddings.weight float [V, D]  or, for int8,
     model.embeddings.weight_int8 int8 [V, D] + model.embeddings.weight_step float32 [V]
+    or, for int4 (engine.modules.Int4Embedding, G = ceil(D / 32)),
+    model.embeddings.weight_int4 uint8 [V, 16 G] + model.embeddings.weight_step float32 [V, G]
     model.lower_bounds, model.norm.weight, model.layers.<i>.{attn_norm,mlp_norm}.weight,
     model.layers.<i>.attn.g_norm.weight   float32
 Nothing is inferred from file names: a reader checks the format name, version and that every
@@ -35,7 +37,8 @@ FORMAT_NAME = "mulfree.packed_hgrn_bit"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 TERNARY_FORMATS = packing.FORMATS  # ("tq2", "tq1")
-EMBEDDING_FORMATS = ("int8", "float32", "bfloat16", "float16")
+EMBEDDING_FORMATS = ("int8", "int4", "float32", "bfloat16", "float16")
+INT4_GROUP = 32  # entries per step of an int4 embedding row (llama.cpp Q4_0's block size)
 # Files copied next to the packed weights when the source has them (tokenizer + generation).
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -189,6 +192,10 @@ def expected_specs(config, ternary_format: str, embedding_format: str) -> dict[s
             if embedding_format == "int8":
                 specs["model.embeddings.weight_int8"] = (tuple(t.shape), torch.int8)
                 specs["model.embeddings.weight_step"] = ((t.shape[0],), torch.float32)
+            elif embedding_format == "int4":
+                groups = -(-t.shape[1] // INT4_GROUP)
+                specs["model.embeddings.weight_int4"] = ((t.shape[0], 16 * groups), torch.uint8)
+                specs["model.embeddings.weight_step"] = ((t.shape[0], groups), torch.float32)
             else:
                 specs[key] = (tuple(t.shape), getattr(torch, embedding_format))
         else:

@@ -1,8 +1,8 @@
 """The packed MatMul-free LM as a transformers model, and `load_packed`.
 
 `PackedHGRNBitForCausalLM` is `HGRNBitForCausalLM` with every BitLinear replaced by a
-`PackedBitLinear` (2-bit tq2 weights on the add-only kernels) and, for int8 files, an
-`Int8Embedding`. Everything else (norms, MLGRU recurrence, recurrent-state cache, HF
+`PackedBitLinear` (2-bit tq2 weights on the add-only kernels) and, for int8 / int4 files, an
+`Int8Embedding` / `Int4Embedding`. Everything else (norms, MLGRU recurrence, recurrent-state cache, HF
 `generate`) is the PyTorch model's own code, so `model.generate(...)` works as for any causal
 LM. `model.decoder()` gives the fused single-token step used by `mulfree generate`.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from mulfree.engine import format as fmt
-from mulfree.engine.modules import Int8Embedding, PackedBitLinear
+from mulfree.engine.modules import Int4Embedding, Int8Embedding, PackedBitLinear
 from mulfree.errors import MulfreeError
 from mulfree.models.mmfree import HGRNBitConfig, HGRNBitForCausalLM
 from mulfree.ternary import packing
@@ -40,8 +40,9 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
                     norm = RMSNorm(child.in_features, eps=BITLINEAR_NORM_EPS)
                     setattr(module, name, PackedBitLinear(child.in_features, child.out_features,
                                                           bias=child.bias is not None, norm=norm))  # fmt: skip
-        if embedding_format == "int8":
-            self.model.embeddings = Int8Embedding(config.vocab_size, config.hidden_size)
+        if embedding_format in ("int8", "int4"):
+            cls = Int8Embedding if embedding_format == "int8" else Int4Embedding
+            self.model.embeddings = cls(config.vocab_size, config.hidden_size)
         # the new norms get the model's elementwise-multiply mode
         self.set_elementwise_mul(config.elementwise_mul, config.elementwise_mul_bits)
         self.requires_grad_(False)

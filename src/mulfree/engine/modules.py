@@ -4,7 +4,8 @@
   mix to `mulfree.energy` while a counter is active (the compiled kernel is invisible to the
   counter's dispatch mode). `packed_bitlinear(x, layer)` is the same call for the fast decoder.
 - `Int8Embedding`: a token embedding stored as int8 rows with one float32 step per row
-  (x = q * step), the form that keeps a packed MMfreeLM-370M under 100 MB.
+  (x = q * step); `Int4Embedding`: 4-bit codes with one step per 32 entries of a row (half
+  the bytes: the form that keeps a packed MMfreeLM-370M under 100 MB).
 - `pack_model_(model)`: every BitLinear of a model -> PackedBitLinear, in place.
 """
 
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from mulfree import energy
+from mulfree.engine.format import INT4_GROUP
 from mulfree.errors import MulfreeError
 from mulfree.ternary.packed_linear import PackedTernaryLinear, ternary_linear
 
@@ -113,6 +115,66 @@ class Int8Embedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, int8"
+
+
+class Int4Embedding(nn.Module):
+    """Token embedding with 4-bit codes in groups of 32 along a row, one float32 step per group:
+    e[t, j] = q[t, j] * step[t, j // 32], q in [-7, 7], step = group absmax / 7.
+
+    Buffers `weight_int4` uint8 [V, G * 16] (two codes per byte, q + 8; the low nibble is the
+    even column) and `weight_step` float32 [V, G], G = ceil(D / 32); columns past D are zero
+    codes. Half the bytes of Int8Embedding (what keeps a packed MMfreeLM-370M under 100 MB),
+    at a coarser rounding: |e - w| <= step / 2 per entry. A lookup decodes only its rows.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        groups = -(-embedding_dim // INT4_GROUP)
+        self.register_buffer(
+            "weight_int4",
+            torch.full((num_embeddings, groups * INT4_GROUP // 2), 0x88, dtype=torch.uint8),
+        )
+        self.register_buffer("weight_step", torch.ones(num_embeddings, groups, dtype=torch.float32))
+
+    @staticmethod
+    def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """weight [V, D] float -> (codes [V, G * 16] uint8, step [V, G] float32)."""
+        w = weight.detach().float()
+        V, D = w.shape
+        G = -(-D // INT4_GROUP)
+        w = torch.nn.functional.pad(w, (0, G * INT4_GROUP - D)).reshape(V, G, INT4_GROUP)
+        step = w.abs().amax(dim=2).clamp_min(1e-12) / 7.0  # [V, G]
+        q = torch.round(w / step[..., None]).clamp_(-7, 7).to(torch.uint8) + 8  # [V, G, 32]
+        q = q.reshape(V, -1, 2)  # [V, G * 16, 2]: (even, odd) column pairs
+        return q[..., 0] | (q[..., 1] << 4), step
+
+    @staticmethod
+    def decode(codes: torch.Tensor, step: torch.Tensor, dim: int) -> torch.Tensor:
+        """codes [..., G * 16] uint8, step [..., G] -> float32 rows [..., dim]."""
+        q = torch.stack((codes & 15, codes >> 4), dim=-1).flatten(-2)  # [..., G * 32]
+        q = q.to(torch.float32).sub_(8).unflatten(-1, (step.shape[-1], INT4_GROUP))
+        return (q * step[..., None]).flatten(-2)[..., :dim]
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor) -> Int4Embedding:
+        m = cls(*weight.shape)
+        codes, step = cls.quantize(weight)
+        m.weight_int4.copy_(codes)
+        m.weight_step.copy_(step)
+        return m
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 table [V, D] this module looks up."""
+        return self.decode(self.weight_int4, self.weight_step, self.embedding_dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
+            raise MulfreeError(f"token id out of range [0, {self.num_embeddings})")
+        return self.decode(self.weight_int4[ids], self.weight_step[ids], self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int4 (groups of {INT4_GROUP})"
 
 
 def pack_model_(model: nn.Module) -> nn.Module:
