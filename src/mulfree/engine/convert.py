@@ -54,7 +54,7 @@ def _embedding_tensors(emb, efmt: str) -> dict:
     """The embedding in format `efmt`, from a float table or a quantized embedding module
     (kept as it is when already in `efmt`, else decoded to float and re-encoded)."""
     if isinstance(emb, (Int8Embedding, Int4Embedding)):
-        if efmt == ("int8" if isinstance(emb, Int8Embedding) else "int4"):
+        if efmt == emb.fmt:
             return {f"model.embeddings.{k}": t for k, t in emb.state_dict().items()}
         w = emb.dequantize()
     else:

@@ -73,16 +73,48 @@ class PackedBitLinear(PackedTernaryLinear):
         return y
 
 
-class Int8Embedding(nn.Module):
+class _QuantizedEmbedding(nn.Module):
+    """Shared part of the quantized token embeddings: buffers `weight_<fmt>` (codes) and
+    `weight_step`, built by `quantize`, read back by `rows` (which decodes only those rows)."""
+
+    fmt = ""  # "int8" | "int4": the embedding_format name and the codes buffer's suffix
+
+    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor):
+        m = cls(*weight.shape)
+        codes, step = cls.quantize(weight)
+        getattr(m, f"weight_{cls.fmt}").copy_(codes)
+        m.weight_step.copy_(step)
+        return m
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 table [V, D] this module looks up."""
+        return self.rows(slice(None))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
+            raise MulfreeError(f"token id out of range [0, {self.num_embeddings})")
+        return self.rows(ids)  # [..., D]
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, {self.fmt}"
+
+
+class Int8Embedding(_QuantizedEmbedding):
     """Token embedding with int8 rows: e[t] = q[t] * step[t] (float32), step = absmax / 127.
 
     Buffers `weight_int8` [V, D] int8 and `weight_step` [V] float32. A lookup dequantizes only
     the rows it reads (D multiplies per token, counted by the energy counter as fp32 muls).
     """
 
+    fmt = "int8"
+
     def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
-        super().__init__()
-        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        super().__init__(num_embeddings, embedding_dim)
         self.register_buffer(
             "weight_int8", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8)
         )
@@ -96,28 +128,11 @@ class Int8Embedding(nn.Module):
         q = torch.round(w / step[:, None]).clamp_(-127, 127).to(torch.int8)
         return q, step
 
-    @classmethod
-    def from_float(cls, weight: torch.Tensor) -> Int8Embedding:
-        m = cls(*weight.shape)
-        q, step = cls.quantize(weight)
-        m.weight_int8.copy_(q)
-        m.weight_step.copy_(step)
-        return m
-
-    def dequantize(self) -> torch.Tensor:
-        """The float32 table [V, D] this module looks up."""
-        return self.weight_int8.float() * self.weight_step[:, None]
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
-            raise MulfreeError(f"token id out of range [0, {self.num_embeddings})")
+    def rows(self, ids) -> torch.Tensor:
         return self.weight_int8[ids].float() * self.weight_step[ids].unsqueeze(-1)  # [..., D]
 
-    def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, int8"
 
-
-class Int4Embedding(nn.Module):
+class Int4Embedding(_QuantizedEmbedding):
     """Token embedding with 4-bit codes in groups of 32 along a row, one float32 step per group:
     e[t, j] = q[t, j] * step[t, j // 32], q in [-7, 7], step = group absmax / 7.
 
@@ -127,9 +142,10 @@ class Int4Embedding(nn.Module):
     at a coarser rounding: |e - w| <= step / 2 per entry. A lookup decodes only its rows.
     """
 
+    fmt = "int4"
+
     def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
-        super().__init__()
-        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        super().__init__(num_embeddings, embedding_dim)
         groups = -(-embedding_dim // INT4_GROUP)
         self.register_buffer(
             "weight_int4",
@@ -156,25 +172,11 @@ class Int4Embedding(nn.Module):
         q = q.to(torch.float32).sub_(8).unflatten(-1, (step.shape[-1], INT4_GROUP))
         return (q * step[..., None]).flatten(-2)[..., :dim]
 
-    @classmethod
-    def from_float(cls, weight: torch.Tensor) -> Int4Embedding:
-        m = cls(*weight.shape)
-        codes, step = cls.quantize(weight)
-        m.weight_int4.copy_(codes)
-        m.weight_step.copy_(step)
-        return m
-
-    def dequantize(self) -> torch.Tensor:
-        """The float32 table [V, D] this module looks up."""
-        return self.decode(self.weight_int4, self.weight_step, self.embedding_dim)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
-            raise MulfreeError(f"token id out of range [0, {self.num_embeddings})")
+    def rows(self, ids) -> torch.Tensor:
         return self.decode(self.weight_int4[ids], self.weight_step[ids], self.embedding_dim)
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, int4 (groups of {INT4_GROUP})"
+        return f"{super().extra_repr()} (groups of {INT4_GROUP})"
 
 
 def pack_model_(model: nn.Module) -> nn.Module:
