@@ -548,24 +548,58 @@ static inline uint32_t prep_f32(uint32_t bits, int k, uint32_t *sign) {
 /* Scan both operands: 1 if the fast route applies (no inf/NaN, no product can overflow, some
  * product can be normal), 0 if not; *all_under = 1 when every product underflows. Also returns
  * the largest prepared magnitudes. */
+#if MF_X86
+/* Largest prepared magnitude of X[lo, hi) (inf/NaN pass through preparation, so a special value
+ * shows as a maximum >= 0x7F800000). Same result as the scalar loop in fast_route_ok. */
+MF_TARGET_AVX2 static uint32_t prep_max_avx2(const lm_vconst *c, const uint32_t *X, int64_t lo,
+                                             int64_t hi, int k) {
+    __m256i vm = _mm256_setzero_si256(), nan, inf, zero;
+    int64_t i = lo;
+    for (; i + 8 <= hi; i += 8) {
+        const __m256i mag = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(X + i)), V256(c->mag_mask));
+        vm = _mm256_max_epu32(vm, prep256(c, mag, &nan, &inf, &zero));
+    }
+    uint32_t lanes[8], m = 0;
+    _mm256_storeu_si256((__m256i *)lanes, vm);
+    for (int j = 0; j < 8; ++j) m = lanes[j] > m ? lanes[j] : m;
+    for (; i < hi; ++i) {
+        uint32_t s;
+        const uint32_t g = prep_f32(X[i], k, &s);
+        m = g > m ? g : m;
+    }
+    return m;
+}
+#endif
+
+/* max over X[0, n) of the prepared magnitudes, threads splitting the range */
+static uint32_t prep_max(const uint32_t *X, int64_t n, int k, int nt) {
+    uint32_t m = 0;
+#if MF_X86
+    lm_vconst c;
+    vconst_init(f32_fmt(), k, 0, &c);
+    const int64_t chunk = 1 << 14;
+#pragma omp parallel for num_threads(nt) reduction(max : m) schedule(static) if (n > 2 * chunk)
+    for (int64_t lo = 0; lo < n; lo += chunk) {
+        const uint32_t g = prep_max_avx2(&c, X, lo, lo + chunk < n ? lo + chunk : n, k);
+        m = g > m ? g : m;
+    }
+#else
+    (void)nt;
+    for (int64_t i = 0; i < n; ++i) {
+        uint32_t s;
+        const uint32_t g = prep_f32(X[i], k, &s);
+        m = g > m ? g : m;
+    }
+#endif
+    return m;
+}
+
 static int fast_route_ok(const uint32_t *A, const uint32_t *B, int64_t nA, int64_t nB, int k,
                          uint32_t lconst, int64_t *amax_f, int64_t *bmax, int *all_under, int nt) {
-    int64_t am = -1, bmx = -1;
-    int special = 0;
-#pragma omp parallel for num_threads(nt) reduction(max : am) reduction(| : special) schedule(static)
-    for (int64_t i = 0; i < nA; ++i) {
-        uint32_t s;
-        const uint32_t g = prep_f32(A[i], k, &s);
-        special |= g >= 0x7F800000u;
-        if (g != 0 && (int64_t)g > am) am = g;
-    }
-#pragma omp parallel for num_threads(nt) reduction(max : bmx) reduction(| : special) schedule(static)
-    for (int64_t i = 0; i < nB; ++i) {
-        uint32_t s;
-        const uint32_t g = prep_f32(B[i], k, &s);
-        special |= g >= 0x7F800000u;
-        if (g != 0 && (int64_t)g > bmx) bmx = g;
-    }
+    /* the largest non-zero prepared magnitudes (-1: all zero); inf/NaN make the max special */
+    const uint32_t ga = prep_max(A, nA, k, nt), gb = prep_max(B, nB, k, nt);
+    const int64_t am = ga ? (int64_t)ga : -1, bmx = gb ? (int64_t)gb : -1;
+    const int special = ga >= 0x7F800000u || gb >= 0x7F800000u;
     *all_under = 0;
     if (special) return 0;
     if (am < 0 || bmx < 0 || am + bmx - (int64_t)lconst < (1 << 23)) {
@@ -578,6 +612,20 @@ static int fast_route_ok(const uint32_t *A, const uint32_t *B, int64_t nA, int64
     return 1;
 }
 
+#if MF_X86
+/* B's two encodings for 8 consecutive columns (the scalar loop in lmatmul_fast is the spec):
+ * magnitude g or the zero encoding zb; g | sign or zb. Operands are finite here. */
+MF_TARGET_AVX2 static inline void pack_b8_avx2(const lm_vconst *c, const uint32_t *src, int32_t zb,
+                                               int32_t *mag_out, uint32_t *sgn_out) {
+    const __m256i x = _mm256_loadu_si256((const __m256i *)src);
+    __m256i nan, inf, zero;
+    const __m256i g = prep256(c, _mm256_and_si256(x, V256(c->mag_mask)), &nan, &inf, &zero);
+    const __m256i s = _mm256_and_si256(x, V256(c->sign_mask));
+    _mm256_storeu_si256((__m256i *)mag_out, sel256(zero, V256(zb), g));
+    _mm256_storeu_si256((__m256i *)sgn_out, sel256(zero, V256(zb), _mm256_or_si256(g, s)));
+}
+#endif
+
 static void lmatmul_fast(int level, const uint32_t *A, const uint32_t *B, float *C, int64_t M,
                          int64_t K, int64_t N, int k, uint32_t lconst, int64_t amax_f,
                          int64_t bmax, int nt) {
@@ -589,15 +637,20 @@ static void lmatmul_fast(int level, const uint32_t *A, const uint32_t *B, float 
      * int32 overflow (see the file comment and docs/lmul.md). */
     const int32_t za = (int32_t)(lo - 1 - bmax), zb = (int32_t)(lo - 1 - amax_f);
     const int64_t mblocks = (M + MR - 1) / MR, nblocks = (N + NR - 1) / NR;
-    int32_t *apm = aligned_alloc(MF_ALIGN, mf_align_up((size_t)(mblocks * K * MR) * 4));
-    uint32_t *aps = aligned_alloc(MF_ALIGN, mf_align_up((size_t)(mblocks * K * MR) * 4));
-    int32_t *bpm = aligned_alloc(MF_ALIGN, mf_align_up((size_t)(nblocks * K * NR) * 4));
-    uint32_t *bps = aligned_alloc(MF_ALIGN, mf_align_up((size_t)(nblocks * K * NR) * 4));
-    if (!apm || !aps || !bpm || !bps) {
-        free(apm), free(aps), free(bpm), free(bps);
+    /* panels in the calling thread's grow-only scratch: no malloc or page faults per call */
+    const size_t a_bytes = mf_align_up((size_t)(mblocks * K * MR) * 4);
+    const size_t b_bytes = mf_align_up((size_t)(nblocks * K * NR) * 4);
+    uint8_t *scratch = mf_scratch(2 * a_bytes + 2 * b_bytes);
+    if (scratch == NULL) {
         lmatmul_scalar(A, B, C, M, K, N, k, 0, 0, M); /* out of memory: the slow, exact route */
         return;
     }
+    int32_t *apm = (int32_t *)scratch;
+    uint32_t *aps = (uint32_t *)(scratch + a_bytes);
+    int32_t *bpm = (int32_t *)(scratch + 2 * a_bytes);
+    uint32_t *bps = (uint32_t *)(scratch + 2 * a_bytes + b_bytes);
+    lm_vconst vc;
+    vconst_init(f32_fmt(), k, 0, &vc);
 #pragma omp parallel num_threads(nt)
     {
 #pragma omp for schedule(static) nowait
@@ -613,14 +666,20 @@ static void lmatmul_fast(int level, const uint32_t *A, const uint32_t *B, float 
                 }
 #pragma omp for schedule(static)
         for (int64_t nb = 0; nb < nblocks; ++nb)
-            for (int64_t kk = 0; kk < K; ++kk)
-                for (int c = 0; c < NR; ++c) {
+            for (int64_t kk = 0; kk < K; ++kk) {
+                int c = 0;
+                if (nb * NR + NR <= N) /* a whole panel row: 8 columns at a time */
+                    for (; c < NR; c += 8)
+                        pack_b8_avx2(&vc, B + kk * N + nb * NR + c, zb,
+                                     bpm + (nb * K + kk) * NR + c, bps + (nb * K + kk) * NR + c);
+                for (; c < NR; ++c) {
                     const int64_t j = nb * NR + c;
                     uint32_t s = 0, g = 0;
                     if (j < N) g = prep_f32(B[kk * N + j], k, &s);
                     bpm[(nb * K + kk) * NR + c] = g ? (int32_t)g : zb;
                     bps[(nb * K + kk) * NR + c] = g ? (g | s) : (uint32_t)zb;
                 }
+            }
         /* Tiles: each B panel (K x NR, in L2) is reused over all row blocks. */
 #pragma omp for schedule(static) collapse(2)
         for (int64_t nb = 0; nb < nblocks; ++nb)
@@ -636,7 +695,6 @@ static void lmatmul_fast(int level, const uint32_t *A, const uint32_t *B, float 
                                      bps + nb * K * NR, K, ct, N, rows, cols);
             }
     }
-    free(apm), free(aps), free(bpm), free(bps);
 #else
     (void)level, (void)lconst, (void)amax_f, (void)bmax, (void)nt;
     lmatmul_scalar(A, B, C, M, K, N, k, 0, 0, M);
@@ -663,28 +721,46 @@ static void lmatmul_full(int level, const uint32_t *A, const uint32_t *B, float 
     }
 }
 
-/* A batch of float32 L-Matmuls; route -1 = fast route when it applies, 0 = full semantics only.
- * Returns 1 if the fast route ran for every batch element. */
+/* One float32 L-Matmul on nt threads; route -1 = fast route when it applies, 0 = full semantics
+ * only. Returns 1 if the fast route ran. */
+static int lmatmul_one(int level, const uint32_t *A, const uint32_t *B, float *C, int64_t M,
+                       int64_t K, int64_t N, int k, int mode, int nt, int route) {
+    const uint32_t lconst = lmul_const(f32_fmt(), k);
+    int64_t amax_f = 0, bmax = 0;
+    int all_under = 0;
+    const int fast = route != 0 && mode == 0 && level >= MF_ISA_AVX2 &&
+                     fast_route_ok(A, B, M * K, K * N, k, lconst, &amax_f, &bmax, &all_under, nt);
+    if (fast && all_under)
+        memset(C, 0, (size_t)(M * N) * sizeof(float));
+    else if (fast)
+        lmatmul_fast(level, A, B, C, M, K, N, k, lconst, amax_f, bmax, nt);
+    else
+        lmatmul_full(level, A, B, C, M, K, N, k, mode, nt);
+    return fast;
+}
+
+/* Below this many products per matmul a second thread's fork/join costs more than it saves. */
+#define LMATMUL_MIN_PARALLEL_WORK (1 << 18)
+
+/* A batch of float32 L-Matmuls. Small matmuls (attention heads) run one per thread across the
+ * batch; large ones one after another, each on all threads. Every element computes the same
+ * bits either way (each output's sum runs in k order on one thread). Returns 1 if the fast
+ * route ran for every batch element. */
 static int lmatmul_batch(int level, const uint32_t *a, const uint32_t *b, float *c, int64_t batch,
                          int64_t M, int64_t K, int64_t N, int k, int mode, int nt, int route) {
-    const uint32_t lconst = lmul_const(f32_fmt(), k);
+    const int small = M * K * N < LMATMUL_MIN_PARALLEL_WORK;
     int all_fast = 1;
-    for (int64_t bi = 0; bi < batch; ++bi) {
-        const uint32_t *A = a + bi * M * K;
-        const uint32_t *B = b + bi * K * N;
-        float *C = c + bi * M * N;
-        int64_t amax_f = 0, bmax = 0;
-        int all_under = 0;
-        const int fast = route != 0 && mode == 0 && level >= MF_ISA_AVX2 &&
-                         fast_route_ok(A, B, M * K, K * N, k, lconst, &amax_f, &bmax, &all_under, nt);
-        if (fast && all_under)
-            memset(C, 0, (size_t)(M * N) * sizeof(float));
-        else if (fast)
-            lmatmul_fast(level, A, B, C, M, K, N, k, lconst, amax_f, bmax, nt);
-        else
-            lmatmul_full(level, A, B, C, M, K, N, k, mode, nt);
-        all_fast &= fast;
+    (void)f32_fmt(); /* its one-time initialization, before any parallel region reads it */
+    if (small && batch > 1 && nt > 1) {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(& : all_fast)
+        for (int64_t bi = 0; bi < batch; ++bi)
+            all_fast &= lmatmul_one(level, a + bi * M * K, b + bi * K * N, c + bi * M * N, M, K,
+                                    N, k, mode, 1, route);
+        return all_fast;
     }
+    for (int64_t bi = 0; bi < batch; ++bi)
+        all_fast &= lmatmul_one(level, a + bi * M * K, b + bi * K * N, c + bi * M * N, M, K, N, k,
+                                mode, small ? 1 : nt, route);
     return all_fast;
 }
 

@@ -73,8 +73,11 @@ def lmatmul_3d(
     n_cols = b.shape[2]
     out = torch.empty(bsz, m_rows, n_cols, dtype=torch.float32)
     if out.numel():
-        core().lmatmul_f32(
+        all_fast = core().lmatmul_f32(
             a.data_ptr(), b.data_ptr(), out.data_ptr(), bsz, m_rows, k_dim, n_cols, k,
             MODE_IDS[mode], ISA_LEVELS[level], resolve_threads(), 0 if route == "full" else -1,
         )  # fmt: skip
+        # The fast route sums finite products only: an overflowing sum stays +-inf, never NaN.
+        if all_fast:
+            return out
     return canonicalize_nan_(out)
