@@ -11,7 +11,8 @@
  *      table index (vpshufb), the looked-up bytes are summed in byte lanes (8 lookups cannot
  *      overflow: 8 * 31 <= 255 and 8 * 15 <= 255), widened by shifts/masks into int16 every
  *      block and into int32 every <= 64 blocks (64 * 248 < 32767): acc = 32 A + B - bias;
- *      up to 4 tokens share each loaded weight vector and its nibble indices (batch N);
+ *      up to 4 tokens share each loaded weight vector and its nibble indices (batch N); at
+ *      batch 1 (AVX2) two row blocks share each loaded table vector instead;
  *   4. one float rescale per output.
  * No multiply instruction anywhere in steps 2-3 (no maddubs / dpbusd / pmull).
  * The scalar kernel reads the packed codes directly and is the spec; every SIMD path must give
@@ -230,6 +231,57 @@ MF_TARGET_AVX2 static inline __attribute__((always_inline)) void tq2_tile_avx2(
     }
 }
 
+/* Batch 1: two row blocks (64 rows) per step, so every table vector loaded serves two weight
+ * vectors (half the table loads and broadcasts per weight of tq2_tile_avx2 at TB = 1; the same
+ * sums in the same order, so the same int32 results). */
+MF_TARGET_AVX2 static void tq2_pair_avx2(const uint8_t *tab, const mf_tq2_block *w0,
+                                         const mf_tq2_block *w1, int64_t nkb, int32_t *acc0,
+                                         int32_t *acc1) {
+    const __m256i nib = _mm256_set1_epi8(0x0F), low = _mm256_set1_epi16(0x00FF);
+    int64_t kb = 0;
+    while (kb < nkb) {
+        const int64_t k0 = kb, kend = kb + FLUSH_BLOCKS < nkb ? kb + FLUSH_BLOCKS : nkb;
+        __m256i e0[4], e1[4]; /* [ae, ao, be, bo] int16 sums of row block 0 / 1 */
+        for (int i = 0; i < 4; ++i) e0[i] = e1[i] = _mm256_setzero_si256();
+        for (; kb < kend; ++kb) {
+            __m256i bs0 = _mm256_setzero_si256(), as0 = bs0, bs1 = bs0, as1 = bs0;
+            for (int u = 0; u < MF_TQ2_K / 4; ++u) {
+                const uint8_t *tl = tab + (kb << 8) + (u << 6); /* 256 B/block, pair 2u */
+                const __m256i v0 = _mm256_loadu_si256((const __m256i *)w0[kb].q[u]);
+                const __m256i v1 = _mm256_loadu_si256((const __m256i *)w1[kb].q[u]);
+                __m256i tb = BCAST(tl), ta = BCAST(tl + 16);
+                const __m256i l0 = _mm256_and_si256(v0, nib), l1 = _mm256_and_si256(v1, nib);
+                bs0 = _mm256_add_epi8(bs0, _mm256_shuffle_epi8(tb, l0));
+                as0 = _mm256_add_epi8(as0, _mm256_shuffle_epi8(ta, l0));
+                bs1 = _mm256_add_epi8(bs1, _mm256_shuffle_epi8(tb, l1));
+                as1 = _mm256_add_epi8(as1, _mm256_shuffle_epi8(ta, l1));
+                tb = BCAST(tl + 32), ta = BCAST(tl + 48);
+                const __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), nib);
+                const __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), nib);
+                bs0 = _mm256_add_epi8(bs0, _mm256_shuffle_epi8(tb, h0));
+                as0 = _mm256_add_epi8(as0, _mm256_shuffle_epi8(ta, h0));
+                bs1 = _mm256_add_epi8(bs1, _mm256_shuffle_epi8(tb, h1));
+                as1 = _mm256_add_epi8(as1, _mm256_shuffle_epi8(ta, h1));
+            }
+            e0[0] = _mm256_add_epi16(e0[0], _mm256_and_si256(as0, low));
+            e0[1] = _mm256_add_epi16(e0[1], _mm256_srli_epi16(as0, 8));
+            e0[2] = _mm256_add_epi16(e0[2], _mm256_and_si256(bs0, low));
+            e0[3] = _mm256_add_epi16(e0[3], _mm256_srli_epi16(bs0, 8));
+            e1[0] = _mm256_add_epi16(e1[0], _mm256_and_si256(as1, low));
+            e1[1] = _mm256_add_epi16(e1[1], _mm256_srli_epi16(as1, 8));
+            e1[2] = _mm256_add_epi16(e1[2], _mm256_and_si256(bs1, low));
+            e1[3] = _mm256_add_epi16(e1[3], _mm256_srli_epi16(bs1, 8));
+        }
+        int16_t e16[8][16] __attribute__((aligned(32)));
+        for (int i = 0; i < 4; ++i) {
+            _mm256_store_si256((__m256i *)e16[i], e0[i]);
+            _mm256_store_si256((__m256i *)e16[4 + i], e1[i]);
+        }
+        flush_rows(e16[0], e16[1], e16[2], e16[3], 16, kend - k0, acc0);
+        flush_rows(e16[4], e16[5], e16[6], e16[7], 16, kend - k0, acc1);
+    }
+}
+
 MF_TARGET_AVX2 static void tq2_kern_avx2(const int8_t *q, int64_t qs, const uint8_t *tab,
                                          int64_t ts, const mf_tq2_block *w, int64_t nkb,
                                          int32_t *acc, int64_t as, int64_t ntok) {
@@ -442,7 +494,15 @@ static int tq2_linear(const float *x, int64_t M, int64_t K, const mf_tq2_block *
             memset(acc + m * Np + nb0 * MF_TQ2_ROWS, 0, (size_t)((nb1 - nb0) * MF_TQ2_ROWS) * 4);
         for (int64_t kb0 = 0; kb0 < KB; kb0 += kcb) {
             const int64_t nkb = KB - kb0 < kcb ? KB - kb0 : kcb;
-            for (int64_t nb = nb0; nb < nb1; ++nb)
+            int64_t nb = nb0;
+#if MF_X86
+            if (M == 1 && impl.kern == tq2_kern_avx2) /* decode: two row blocks per step */
+                for (; nb + 2 <= nb1; nb += 2)
+                    tq2_pair_avx2(tab + kb0 * impl.tab_per_block, w + nb * KB + kb0,
+                                  w + (nb + 1) * KB + kb0, nkb, acc + nb * MF_TQ2_ROWS,
+                                  acc + (nb + 1) * MF_TQ2_ROWS);
+#endif
+            for (; nb < nb1; ++nb)
                 impl.kern(qx + kb0 * MF_TQ2_K, Kp, tab + kb0 * impl.tab_per_block, tab_tok,
                           w + nb * KB + kb0, nkb, acc + nb * MF_TQ2_ROWS, Np, M);
         }

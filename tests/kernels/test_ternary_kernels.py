@@ -55,6 +55,8 @@ def test_act_quant_bitexact(isa, m, k):
 SHAPES = [  # (M, N, K): odd sizes, K not a multiple of 4/5/16/64, K past one int16 flush (1024)
     (1, 1, 1),
     (1, 33, 50),
+    (1, 96, 1040),  # decode: row blocks in pairs (AVX2) plus an odd one, past one flush
+    (1, 230, 2100),
     (2, 32, 16),
     (3, 70, 517),
     (5, 64, 1040),
@@ -82,7 +84,8 @@ def test_tq2_linear_equals_int_reference(isa, threads, m, n, k):
 
 
 @pytest.mark.parametrize("isa", COMPILED)
-def test_tq2_linear_extremes_do_not_overflow(isa):
+@pytest.mark.parametrize("m", [1, 2])
+def test_tq2_linear_extremes_do_not_overflow(isa, m):
     """All-+1 / all--1 rows with |q_x| = 127 everywhere: the largest sums the byte and int16
     partial sums ever see (K = 3 flushes of 1024 inputs + a tail)."""
     _need(isa)
@@ -94,6 +97,7 @@ def test_tq2_linear_extremes_do_not_overflow(isa):
     q_w[2::4, 1::2] = -1
     x = torch.full((2, k), 1.0)
     x[1, 1::2] = -1.0
+    x = x[:m] if m == 2 else x[1:]  # batch 1 takes the alternating row
     packed = PackedTernary.from_int(q_w, 1.0)
     _, acc = KT.tq2_linear(x, packed.data, n, 1.0, threads=2, isa=isa, return_acc=True)
     ref = _int_reference(x, q_w)
