@@ -12,7 +12,11 @@ def register(sub) -> None:
         description="Pack an hgrn_bit checkpoint directory (ours or official; or a packed model, "
         "to re-pack) into DST/model.safetensors, copying tokenizer files alongside.",
     )
-    p.add_argument("src", help="checkpoint directory (config.json + *.safetensors) or packed model")
+    p.add_argument(
+        "src",
+        help="checkpoint directory (config.json + *.safetensors), `mulfree train` run directory "
+        "or one of its checkpoints/step_* directories, or a packed model",
+    )
     p.add_argument("dst", help="output directory")
     p.add_argument(
         "--format",

@@ -120,33 +120,63 @@ def save_packed(
     return path
 
 
+def resolve_checkpoint(src: Path) -> tuple[Path, dict, list[Path], Path]:
+    """Where a source's weights are: (folder, raw model config, weight files, tokenizer folder).
+
+    Accepts a model folder (config.json + *.safetensors: ours, or an official hgrn_bit one), a
+    `mulfree train` run folder (its exported model/, else its newest checkpoint) and one
+    checkpoints/step_* folder (config from trainer_state.json, weights from model.safetensors;
+    the tokenizer from the run folder).
+    """
+    from mulfree.train.checkpoint import list_checkpoints, read_trainer_state
+
+    if not (src / "config.json").is_file() and not (src / "trainer_state.json").is_file():
+        if (src / "model" / "config.json").is_file():
+            src = src / "model"
+        elif list_checkpoints(src):
+            src = list_checkpoints(src)[-1][1]
+    if (src / "config.json").is_file():
+        cfg_file = src / "config.json"
+        try:
+            raw = json.loads(cfg_file.read_text())
+        except (OSError, ValueError) as e:
+            raise MulfreeError(f"cannot read {cfg_file}: {e}") from None
+        return src, raw, sorted(src.glob("*.safetensors")), src
+    if (src / "trainer_state.json").is_file():
+        raw = read_trainer_state(src).get("model_config")
+        weights = src / "model.safetensors"
+        if not weights.is_file():
+            raise MulfreeError(f"checkpoint {src} has no model.safetensors")
+        return src, raw, [weights], src.parent.parent  # <run>/checkpoints/step_N -> <run>
+    raise MulfreeError(
+        f"no config.json in {src} (expected an hgrn_bit checkpoint, a training run or a packed model)"
+    )
+
+
 def _from_checkpoint_dir(src: Path, tfmt: str, efmt: str):
-    """(config, tensors) packed from a config.json + safetensors checkpoint, read tensor by tensor."""
+    """(config, tensors, tokenizer folder) packed from a checkpoint (see resolve_checkpoint),
+    read tensor by tensor."""
     from safetensors import safe_open
 
     from mulfree.models.mmfree import HGRNBitConfig, HGRNBitForCausalLM
     from mulfree.models.mmfree.modeling_mmfree import _check_checkpoint
 
-    cfg_file = src / "config.json"
-    if not cfg_file.is_file():
-        raise MulfreeError(
-            f"no config.json in {src} (expected an hgrn_bit checkpoint or a packed model)"
-        )
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except (OSError, ValueError) as e:
-        raise MulfreeError(f"cannot read {cfg_file}: {e}") from None
+    src, raw, files, tok_dir = resolve_checkpoint(src)
     if not isinstance(raw, dict) or raw.get("model_type") != "hgrn_bit":
         got = raw.get("model_type") if isinstance(raw, dict) else None
         raise MulfreeError(
             f"{src} holds model_type {got!r}; only hgrn_bit (MatMul-free) models can be packed"
         )
-    config = HGRNBitConfig.from_pretrained(str(src))
-    _check_checkpoint(HGRNBitForCausalLM, config, src)  # names, shapes, format metadata: one line
+    try:
+        config = HGRNBitConfig.from_dict(raw)
+    except (TypeError, ValueError) as e:
+        raise MulfreeError(f"{src}: bad model config: {e}") from None
+    # names, shapes, format metadata: one line
+    _check_checkpoint(HGRNBitForCausalLM, config, src, files)
     handles = []
     where: dict[str, object] = {}
     try:
-        for file in sorted(src.glob("*.safetensors")):
+        for file in files:
             sf = safe_open(str(file), framework="pt")
             handles.append(sf)
             for k in sf.keys():
@@ -171,11 +201,12 @@ def _from_checkpoint_dir(src: Path, tfmt: str, efmt: str):
         tensors = _pack_all(config, linear, tensor, embedding, tfmt, efmt)
     finally:
         handles.clear()
-    return config, tensors
+    return config, tensors, tok_dir
 
 
 def convert(config: ConvertConfig | str, dst: str | None = None, **kw) -> ConvertResult:
-    """Pack `src` (checkpoint dir, or a packed file/dir to re-pack) into `dst`/model.safetensors.
+    """Pack `src` into `dst`/model.safetensors: a model folder, a `mulfree train` run folder or
+    one of its checkpoints/step_* folders (see resolve_checkpoint), or a packed file/dir to re-pack.
 
     `convert("ckpt", "out")` or `convert(ConvertConfig("ckpt", "out", "tq2", "float32"))`.
     Tokenizer and generation files of the source directory are copied alongside.
@@ -196,8 +227,7 @@ def convert(config: ConvertConfig | str, dst: str | None = None, **kw) -> Conver
         model_config = model.config
         src_dir = fmt.weights_file(src).parent
     elif src.is_dir():
-        model_config, tensors = _from_checkpoint_dir(src, tfmt, efmt)
-        src_dir = src
+        model_config, tensors, src_dir = _from_checkpoint_dir(src, tfmt, efmt)
     else:
         raise MulfreeError(f"{src} is neither a packed model nor a checkpoint directory")
     path = out_dir / fmt.WEIGHTS_FILE

@@ -100,8 +100,8 @@ def load_model(path: str | Path):
     if fmt.is_packed(p):
         return load_packed(p), fmt.weights_file(p).parent
     if p.is_dir():
-        config, tensors = _from_checkpoint_dir(p, "tq2", "float32")
-        return _build(config, tensors, "tq2", "float32"), p
+        config, tensors, tok_dir = _from_checkpoint_dir(p, "tq2", "float32")
+        return _build(config, tensors, "tq2", "float32"), tok_dir
     fmt.read_packed(p)  # raises the precise one-line reason (bad header, other format, ...)
     raise MulfreeError(f"{p} is not a model")  # unreachable: read_packed accepted a non-packed file
 

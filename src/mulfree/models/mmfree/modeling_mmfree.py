@@ -337,12 +337,13 @@ def _add_safetensors_metadata(path: Path, extra: dict[str, str]) -> None:
     os.replace(tmp, path)
 
 
-def _check_checkpoint(cls, config: HGRNBitConfig, path: Path) -> None:
-    """Compare the tensor names and shapes in `path`'s safetensors files with what `cls` expects."""
+def _check_checkpoint(cls, config: HGRNBitConfig, path: Path, files=None) -> None:
+    """Compare the tensor names and shapes in `path`'s safetensors files (or `files`) with what
+    `cls` expects."""
     from safetensors import safe_open
 
     found: dict[str, tuple[int, ...]] = {}
-    for file in sorted(path.glob("*.safetensors")):
+    for file in sorted(path.glob("*.safetensors")) if files is None else files:
         try:
             with safe_open(str(file), framework="pt") as sf:
                 meta = sf.metadata() or {}
