@@ -36,7 +36,7 @@ def test_report_on_fixture_tree(tmp_path, fast):
     assert "| 1 | 123.4 |" in md  # the stored benchmark table, included as written
     assert "#### Decode" in md  # its heading nested under the section
     assert ("- **Missing:** bench_serve (no bench_serve.md). Produce it with "
-            "`python benchmarks/bench_serve.py > docs/results/benchmarks/bench_serve.md`.") in md  # fmt: skip
+            "`bash docs/results/benchmarks/run.sh bench_serve`.") in md  # fmt: skip
     meta = json.loads((out / "report.json").read_text())
     assert meta["format"] == "mulfree-report"
     pngs = {f for s in meta["sections"] for f in s["files"]}

@@ -1,7 +1,8 @@
 """Section 5: kernel and decode speed tables, as the benchmarks stored them (never run here).
 
-Each `<results>/benchmarks/<name>.md` is the output of `python benchmarks/<name>.py > ...`; its
-first lines state the method and command. It is included as written, headings nested.
+Each `<results>/benchmarks/<name>.md` is written by `bash docs/results/benchmarks/run.sh <name>`:
+the command, commit and machine, then the benchmark's output (its method first). It is included
+as written, headings nested.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ BENCHMARKS = (
 
 
 def command(name: str) -> str:
-    return f"python benchmarks/{name}.py > docs/results/benchmarks/{name}.md"
+    return f"bash docs/results/benchmarks/run.sh {name}"
 
 
 def section(ctx: Context) -> Section:
     root = ctx.results / "benchmarks"
     lines = [
-        "Commands: `python benchmarks/<name>.py > docs/results/benchmarks/<name>.md`, one per "
-        "benchmark (each file's first lines give its method). The report includes the stored "
+        "Command: `bash docs/results/benchmarks/run.sh [<name> ...]` (each stored file starts "
+        "with its command, commit and machine, then the benchmark's method). The report includes the stored "
         "outputs and never runs a benchmark: timings depend on the machine and its load when "
         "they were made.",
         "",
