@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from mulfree import energy
+from mulfree import energy, kernels
 from mulfree.engine import (
     Int4Embedding,
     Int8Embedding,
@@ -19,6 +19,7 @@ from mulfree.engine import (
     read_packed,
     save_packed,
 )
+from mulfree.engine.decode import Decoder
 from mulfree.errors import MulfreeError
 from mulfree.ternary import packing
 from mulfree.ternary.bitlinear import BitLinear
@@ -299,3 +300,46 @@ def test_int4_embedding_codes_round_trip_and_lookup(dim):
     torch.testing.assert_close(emb(ids), table[ids], atol=0, rtol=0)
     with pytest.raises(MulfreeError, match="out of range"):
         emb(torch.tensor([7]))
+
+
+@pytest.mark.parametrize("same_norms", [False, True], ids=["own-norms", "fused-ifg"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_fused_step_equals_torch_step(trained, same_norms, batch):
+    """The compiled elementwise stages (csrc/mf_decode.c) against their spec, the torch ops of
+    Decoder(fused=False). Tolerance: float rounding only (libm expf vs torch's vectorized exp,
+    RMS sums in another order: ~1e-6 relative per stage); such a difference can move one int8
+    activation by a step, which then shows as a larger logit change (as between the engine and
+    the PyTorch model), so logits are compared at 2 % of their range and greedy tokens exactly."""
+    if not kernels.available():
+        pytest.skip("needs the compiled core")
+    model, prompts = trained
+    model = copy.deepcopy(model)
+    if same_norms:
+        with torch.no_grad():
+            for layer in model.model.layers:
+                a = layer.attn
+                a.f_proj.norm.weight.copy_(a.i_proj.norm.weight)
+                a.g_proj.norm.weight.copy_(a.i_proj.norm.weight)
+    packed = PackedHGRNBitForCausalLM.from_model(model)
+    fast, ref = Decoder(packed, fused=True), Decoder(packed, fused=False)
+    assert fast.fused and not ref.fused and fast.fused_ifg == same_norms
+    ids = torch.tensor([p[:4] for p in prompts[:2]] * 2)[:batch]  # [batch, 4]
+    fast.reset(batch)
+    ref.reset(batch)
+    greedy_fast, greedy_ref = [], []
+    for t in range(8):
+        tok = ids[:, t] if t < ids.shape[1] else torch.tensor(greedy_ref[-1])
+        a, b = fast.step(tok).clone(), ref.step(tok).clone()
+        assert (a - b).abs().max() <= 0.02 * (b.max() - b.min())
+        greedy_fast.append(a.argmax(-1).tolist())
+        greedy_ref.append(b.argmax(-1).tolist())
+        for sa, sb in zip(fast.states, ref.states, strict=True):
+            torch.testing.assert_close(sa, sb, rtol=0.02, atol=0.02)
+    assert greedy_fast == greedy_ref
+
+
+def test_fused_step_needs_the_compiled_core(trained):
+    packed = PackedHGRNBitForCausalLM.from_model(trained[0])
+    assert not Decoder(packed, isa="torch").fused  # the torch path is the default there
+    with pytest.raises(MulfreeError, match="compiled core"):
+        Decoder(packed, isa="torch", fused=True)
