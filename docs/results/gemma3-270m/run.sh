@@ -3,8 +3,10 @@
 #   bash docs/results/gemma3-270m/run.sh WORKER TASK[,TASK...] CONFIG[,CONFIG...] LIMIT
 # runs every (task, config) pair, tasks outermost, one `mulfree eval` per pair, each writing
 # docs/results/gemma3-270m/<config>/<task>.json (a pair whose JSON exists is skipped, so an
-# interrupted run resumes). One thread per process: on a shared 2-core machine OpenMP/BLAS
-# threads that wait on each other cost more than they bring.
+# interrupted run resumes). Several workers can share the list: a worker takes a pair by
+# creating <json>.lock (a directory) and skips pairs another worker holds; after killing a
+# worker, remove its stale *.lock directories. One thread per process: on a shared 2-core
+# machine OpenMP/BLAS threads that wait on each other cost more than they bring.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 worker=$1; IFS=, read -ra tasks <<< "$2"; IFS=, read -ra configs <<< "$3"; limit=$4
@@ -33,10 +35,13 @@ for task in "${tasks[@]}"; do
     for cfg in "${configs[@]}"; do
         json=$out/$cfg/$task.json
         [ -f "$json" ] && continue
+        mkdir -p "$out/$cfg"
+        mkdir "$json.lock" 2> /dev/null || continue  # another worker has this pair
         # shellcheck disable=SC2046
         mulfree eval --model gemma3-270m --tasks "$task" --limit "$limit" --threads 1 \
             --no-progress $(flags "$cfg") --out "$json.partial" \
             >> "runs/eval-gemma3/$worker.log" 2>&1 && mv "$json.partial" "$json" \
             || echo "$(date -u +%FT%TZ) $cfg $task failed" >> "runs/eval-gemma3/$worker.log"
+        rmdir "$json.lock"
     done
 done
