@@ -265,7 +265,9 @@ class Decoder:
 
     def _build_plan(self) -> list:
         """The step as a list of (compiled function, int/float args) on the fixed buffers: the
-        same stages as the torch path of `step`, in the same order."""
+        same stages as the torch path of `step`, in the same order. Every address points into a
+        tensor this Decoder holds (weights, buffers, states), so it stays valid; `reset` drops
+        the plan when it reallocates the buffers."""
         C = core()
         B, d = self.x.shape
         E, inter = self.y_i.shape[1], self.z_i.shape[1]
@@ -277,8 +279,8 @@ class Decoder:
                 plan.append((C.dec_norm2, (ptr(self.x), pending, B, d, ptr(L["attn_norm"]), eps,
                                            bl_eps, ptr(L["ifg"].norm_w), ptr(self.h), 0, 0, 0, 0)))  # fmt: skip
                 plan.append(self._kernel_call(L["ifg"], self.h, self.y_ifg))
-                base, stride = self.y_ifg.data_ptr(), 3 * E
-                yi, yf, yg = base, base + 4 * E, base + 8 * E
+                base, stride = self.y_ifg.data_ptr(), 3 * E  # rows [i | f | g], E floats each
+                yi, yf, yg = base, base + 4 * E, base + 8 * E  # byte addresses (float32)
             else:
                 plan.append((C.dec_norm2, (ptr(self.x), pending, B, d, ptr(L["attn_norm"]), eps,
                                            bl_eps, ptr(L["i"].norm_w), ptr(self.h),
