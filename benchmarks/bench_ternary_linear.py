@@ -19,7 +19,7 @@ Method (printed with the table):
   sleeping worker (~100 us at batch 1 here). On cores shared with other busy processes, spinning
   workers get descheduled, so run the benchmark on an otherwise idle machine (the load average
   is printed).
-Run: python benchmarks/bench_ternary_linear.py [--threads 2] [--reps 30] [--cold-mb 512]
+Run: python benchmarks/bench_ternary_linear.py [--threads 2] [--reps 40] [--rounds 5] [--cold-mb 512]
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ SHAPES = [
 TARGET_SHAPES = {(2048, 2048), (2048, 11264), (5632, 2048)}  # 1.3B: >= 8x at 1, >= 3x at 8
 
 
-def _median_time(calls, reps: int, warmup: int) -> float:
-    """Median wall time of single calls; `calls` is a list cycled through (len 1 = hot)."""
+def _times(calls, reps: int, warmup: int) -> list[float]:
+    """Wall times of `reps` single calls after `warmup`; `calls` is cycled through (len 1 = hot)."""
     for i in range(warmup):
         calls[i % len(calls)]()
     times = []
@@ -61,7 +61,19 @@ def _median_time(calls, reps: int, warmup: int) -> float:
         t0 = time.perf_counter()
         f()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
+
+
+def _interleaved_medians(variants: dict, reps: int, rounds: int) -> dict:
+    """name -> median time over `reps` calls of each variant, taken in `rounds` interleaved
+    slices (a, b, c, a, b, c, ...) so that every variant sees the same drift of a shared
+    machine; variants: name -> (calls, warmup)."""
+    per = -(-reps // rounds)
+    samples: dict = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, (calls, warmup) in variants.items():
+            samples[name] += _times(calls, per, warmup)
+    return {name: statistics.median(t) for name, t in samples.items()}
 
 
 def _best_time(f, reps: int) -> float:
@@ -142,7 +154,15 @@ HEADER = [
 
 
 def bench_shape(
-    k: int, n: int, batches: list[int], threads: int, reps: int, warmup: int, cold_mb: int, isa
+    k: int,
+    n: int,
+    batches: list[int],
+    threads: int,
+    reps: int,
+    warmup: int,
+    cold_mb: int,
+    isa,
+    rounds: int = 5,
 ) -> list[Row]:
     torch.manual_seed(0)
     w = torch.randn(n, k) * 0.02
@@ -165,19 +185,20 @@ def bench_shape(
         def ours(p, x=x):
             return lambda: ternary_linear(x, p, threads=threads, isa=isa)
 
-        ours_hot = _median_time([ours(packed)], reps, warmup)
-        ours_cold = _median_time([ours(p) for p in packed_copies], reps, len(packed_copies))
-        dense = {}
+        variants = {
+            "ours_hot": ([ours(packed)], warmup),
+            "ours_cold": ([ours(p) for p in packed_copies], len(packed_copies)),
+        }
         for dt in (torch.float32, torch.bfloat16):
             wd, xd = w.to(dt), x.to(dt)
             nd = max(2, -(-cold_mb * (1 << 20) // (wd.numel() * wd.element_size())))
             copies = [wd.clone() for _ in range(nd)]
-            hot = _median_time([lambda wd=wd, xd=xd: F.linear(xd, wd)], reps, warmup)
-            cold = _median_time(
-                [lambda c=c, xd=xd: F.linear(xd, c) for c in copies], reps, len(copies)
-            )
-            dense[dt] = (hot, cold)
-            del copies
+            variants[f"{dt}_hot"] = ([lambda wd=wd, xd=xd: F.linear(xd, wd)], warmup)
+            variants[f"{dt}_cold"] = ([lambda c=c, xd=xd: F.linear(xd, c) for c in copies], nd)
+        t = _interleaved_medians(variants, reps, rounds)
+        del variants
+        ours_hot, ours_cold = t["ours_hot"], t["ours_cold"]
+        dense = {dt: (t[f"{dt}_hot"], t[f"{dt}_cold"]) for dt in (torch.float32, torch.bfloat16)}
         rows.append(
             Row(
                 k,
@@ -198,10 +219,11 @@ def run(
     shapes=SHAPES,
     batches=(1, 8),
     threads: int = 2,
-    reps: int = 30,
+    reps: int = 40,
     warmup: int = 5,
     cold_mb: int = 512,
     isa: str | None = None,
+    rounds: int = 5,
 ) -> str:
     """Run the benchmark and return the Markdown report (method, table, target check)."""
     if reps < 20:
@@ -212,7 +234,7 @@ def run(
     read_gbs, copy_gbs = measure_bandwidth(cold_mb)
     rows: list[Row] = []
     for k, n in shapes:
-        for r in bench_shape(k, n, list(batches), threads, reps, warmup, cold_mb, path):
+        for r in bench_shape(k, n, list(batches), threads, reps, warmup, cold_mb, path, rounds):
             r.read_gbs = read_gbs
             rows.append(r)
     load1 = os.getloadavg()
@@ -221,7 +243,9 @@ def run(
         "",
         f"Method: {threads} threads (torch.set_num_threads and kernel threads), "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, median of {reps} "
-        f"single calls after warm-up ({warmup} hot; one full cycle cold), wall clock through "
+        f"single calls after warm-up ({warmup} hot; one full cycle cold), taken in {rounds} "
+        "interleaved slices (ours, torch fp32, torch bf16, ours, ...) so that both sides see "
+        "the same drift of the shared machine, wall clock through "
         f"`ternary_linear`. Hot = same weights every call; cold = cycling through >= {cold_mb} MB "
         "of weight copies (each format its own copies). Torch = faster of fp32 and bf16 "
         f"F.linear per row and condition. Bandwidth ({cold_mb} MB buffers, best of 10): read (fp32 sum) "
@@ -248,7 +272,8 @@ def run(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--reps", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved slices of the reps")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--cold-mb", type=int, default=512)
     ap.add_argument("--batches", default="1,8")
@@ -259,7 +284,7 @@ def main() -> None:
     if a.shapes:
         shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     batches = tuple(int(b) for b in a.batches.split(","))
-    print(run(shapes, batches, a.threads, a.reps, a.warmup, a.cold_mb, a.isa))
+    print(run(shapes, batches, a.threads, a.reps, a.warmup, a.cold_mb, a.isa, a.rounds))
 
 
 if __name__ == "__main__":
