@@ -131,10 +131,11 @@ def resolve_checkpoint(src: Path) -> tuple[Path, dict, list[Path], Path]:
     from mulfree.train.checkpoint import list_checkpoints, read_trainer_state
 
     if not (src / "config.json").is_file() and not (src / "trainer_state.json").is_file():
+        steps = list_checkpoints(src)
         if (src / "model" / "config.json").is_file():
             src = src / "model"
-        elif list_checkpoints(src):
-            src = list_checkpoints(src)[-1][1]
+        elif steps:
+            src = steps[-1][1]  # the newest
     if (src / "config.json").is_file():
         cfg_file = src / "config.json"
         try:

@@ -175,6 +175,12 @@ class Decoder:
         self.cache = None  # L-Mul mode keeps an HGRNBitCache instead
 
     # --- pieces ----------------------------------------------------------------------------
+    def _threads_for(self, lin: _Linear) -> int:
+        """Kernel threads for one projection: small weights on one thread (waking a worker
+        costs more than it saves)."""
+        n = lin.out_features * lin.in_features // self.min_weights_per_thread
+        return max(1, min(self.threads, n))
+
     def _kernel(self, lin: _Linear, u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """out = packed ternary linear of u (int8 absmax inside the kernel)."""
         if self.isa == kernels.TORCH:
@@ -188,11 +194,7 @@ class Decoder:
                 s = u.float().abs().amax(-1, keepdim=True).clamp_min(1e-5).reciprocal() * 127
                 out.copy_(acc.float() / (s * lin.row_scales))
             return out
-        # small weights on one thread: waking a worker costs more than it saves
-        nt = max(
-            1, min(self.threads, lin.out_features * lin.in_features // self.min_weights_per_thread)
-        )
-        K_.tq2_linear(u, lin.data, lin.out_features, lin.scale, threads=nt,
+        K_.tq2_linear(u, lin.data, lin.out_features, lin.scale, threads=self._threads_for(lin),
                       isa=self.isa, out=out, row_scales=lin.row_scales)  # fmt: skip
         if energy.counting():
             if lin.nnz is None:
@@ -255,12 +257,10 @@ class Decoder:
     # --- the fused step ----------------------------------------------------------------------
     def _kernel_call(self, lin: _Linear, u: torch.Tensor, out: torch.Tensor):
         """(function, args) of one ternary kernel call, every pointer resolved once."""
-        nt = max(
-            1, min(self.threads, lin.out_features * lin.in_features // self.min_weights_per_thread)
-        )
         rs = lin.row_scales.data_ptr() if lin.row_scales is not None else 0
         args = (u.data_ptr(), u.shape[0], lin.in_features, lin.data.data_ptr(), lin.out_features,
-                float(lin.scale), rs, out.data_ptr(), 0, nt, kernels.ISA_LEVELS[self.isa])  # fmt: skip
+                float(lin.scale), rs, out.data_ptr(), 0, self._threads_for(lin),
+                kernels.ISA_LEVELS[self.isa])  # fmt: skip
         return core().tq2_linear, args
 
     def _build_plan(self) -> list:
