@@ -39,12 +39,3 @@ int mf_avx512_emulated_check(void) {
     }
     return fails;
 }
-
-/* The MF_PYFUNC wrappers of the included files reference the module's argument parser; they are
- * never called here. */
-int mf_parse_args(PyObject *const *args, Py_ssize_t nargs, const char *fmt, ...) {
-    (void)args;
-    (void)nargs;
-    (void)fmt;
-    return -1;
-}

@@ -93,11 +93,3 @@ int mf_lmul_avx512_emulated_check(void) {
         }
     return fails;
 }
-
-/* The MF_PYFUNC wrappers reference the module's argument parser; never called here. */
-int mf_parse_args(PyObject *const *args, Py_ssize_t nargs, const char *fmt, ...) {
-    (void)args;
-    (void)nargs;
-    (void)fmt;
-    return -1;
-}

@@ -1,0 +1,11 @@
+/* Linked into every SIMDe harness by build_on_simde (tests/kernels/test_avx512_emulated.py): the
+ * MF_PYFUNC wrappers of the included csrc files reference the module's argument parser, which a
+ * harness never calls. */
+#include "mf_py.h"
+
+int mf_parse_args(PyObject *const *args, Py_ssize_t nargs, const char *fmt, ...) {
+    (void)args;
+    (void)nargs;
+    (void)fmt;
+    return -1;
+}
