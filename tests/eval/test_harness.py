@@ -152,6 +152,7 @@ def test_cli_eval_writes_results(model_dir, data_dir, tmp_path, capsys):
             "mantissa_bits must be",
         ),
         (["--tasks", "piqa", "--task-data", "piqa"], "--task-data expects TASK=PATH"),
+        (["--tasks", "piqa", "--resume"], "resume needs the results file"),
     ],
 )
 def test_cli_bad_input_is_one_line(model_dir, data_dir, capsys, args, message):
@@ -199,3 +200,66 @@ def test_chunks_write_partial_results_and_match_one_chunk(
     whole = evaluate(model, tok, EvalConfig(**cfg))
     assert chunked["tasks"]["piqa"]["per_item"] == whole["tasks"]["piqa"]["per_item"]
     assert "partial" not in chunked["tasks"]["piqa"]
+
+
+def _cut(results: dict, task: str, n: int) -> dict:
+    """`results` as a run stopped after the first n items of `task` would have written them."""
+    cut = json.loads(json.dumps(results))
+    m = cut["tasks"][task]
+    m["per_item"] = {k: v[:n] for k, v in m["per_item"].items()}
+    m.update(n=n, partial=True)
+    cut.pop("finished", None)
+    return cut
+
+
+@pytest.mark.parametrize("task", ["piqa", "lambada"])
+def test_resume_continues_a_stopped_run(model, tok, data_dir, tmp_path, monkeypatch, task):
+    import mulfree.eval.scorer as scorer
+
+    cfg = EvalConfig(tasks=(task,), data_dir=str(data_dir), progress=False)
+    whole = evaluate(model, tok, cfg)
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps(_cut(whole, task, 1)))
+    scored, real = [], scorer.loglikelihoods
+
+    def spy(model_, tok_, reqs, **kw):
+        scored.extend(reqs)
+        return real(model_, tok_, reqs, **kw)
+
+    monkeypatch.setattr(scorer, "loglikelihoods", spy)
+    resumed = evaluate(model, tok, cfg, out_json=out, resume=True)
+    items = load_items(TASKS[task], task_sources(TASKS[task], data_dir))
+    assert scored == [r for it in items[1:] for r in it.requests]  # item 0 is not scored again
+    got, want = resumed["tasks"][task], whole["tasks"][task]
+    assert got["per_item"] == want["per_item"] and got["n"] == len(items) > 1
+    assert "partial" not in got
+    for key in TASKS[task].metrics:
+        assert got[key] == want[key]
+    assert len(resumed["resumed"]) == 1
+    assert json.loads(out.read_text())["tasks"][task]["n"] == len(items)
+    # a finished run resumes to itself without scoring anything
+    scored.clear()
+    again = evaluate(model, tok, cfg, out_json=out, resume=True)
+    assert scored == [] and again["tasks"][task]["per_item"] == want["per_item"]
+
+
+def test_resume_refuses_another_run(model, tok, data_dir, tmp_path):
+    cfg = EvalConfig(tasks=("piqa",), data_dir=str(data_dir), progress=False)
+    out = tmp_path / "r.json"
+    evaluate(model, tok, cfg, out_json=out)
+    before = out.read_text()
+    with pytest.raises(MulfreeError, match="its attention is None"):
+        evaluate(model, tok, cfg, out_json=out, resume=True, lmul=LMulConfig(mantissa_bits=3))
+    assert model.config._attn_implementation == "eager"  # L-Mul removed after the refusal
+    with pytest.raises(MulfreeError, match="its limit is None, this run's is 1"):
+        evaluate(model, tok, EvalConfig(**{**cfg.__dict__, "limit": 1}), out_json=out, resume=True)
+    bad = json.loads(before)
+    bad["tasks"]["piqa"]["per_item"]["acc"].append(1)
+    out.write_text(json.dumps(bad))
+    with pytest.raises(MulfreeError, match="per-item values are malformed"):
+        evaluate(model, tok, cfg, out_json=out, resume=True)
+    out.write_text("{not json")
+    with pytest.raises(MulfreeError, match="cannot resume from"):
+        evaluate(model, tok, cfg, out_json=out, resume=True)
+    with pytest.raises(MulfreeError, match="resume needs the results file"):
+        evaluate(model, tok, cfg, resume=True)

@@ -3,7 +3,8 @@
 #   bash docs/results/gemma3-270m/run.sh WORKER TASK[,TASK...] CONFIG[,CONFIG...] LIMIT
 # runs every (task, config) pair, tasks outermost, one `mulfree eval` per pair, each writing
 # docs/results/gemma3-270m/<config>/<task>.json (a pair whose JSON exists is skipped, so an
-# interrupted run resumes). Several workers can share the list: a worker takes a pair by
+# interrupted run resumes: an existing <json>.partial is continued with `--resume`, keeping the
+# items it scored). Several workers can share the list: a worker takes a pair by
 # creating <json>.lock (a directory) and skips pairs another worker holds; after killing a
 # worker, remove its stale *.lock directories. One thread per process: on a shared 2-core
 # machine OpenMP/BLAS threads that wait on each other cost more than they bring.
@@ -39,7 +40,7 @@ for task in "${tasks[@]}"; do
         mkdir "$json.lock" 2> /dev/null || continue  # another worker has this pair
         # shellcheck disable=SC2046
         mulfree eval --model gemma3-270m --tasks "$task" --limit "$limit" --threads 1 \
-            --no-progress $(flags "$cfg") --out "$json.partial" \
+            --no-progress $(flags "$cfg") --out "$json.partial" --resume \
             >> "runs/eval-gemma3/$worker.log" 2>&1 && mv "$json.partial" "$json" \
             || echo "$(date -u +%FT%TZ) $cfg $task failed" >> "runs/eval-gemma3/$worker.log"
         rmdir "$json.lock"

@@ -61,6 +61,12 @@ def register(sub) -> None:
     a("--label", help="name of this configuration in tables")
     a("--out", help="results JSON (rewritten after every chunk of items)")
     a("--md", help="results Markdown table")
+    a(
+        "--resume",
+        action="store_true",
+        help="continue the run recorded in --out (same model and settings): its scored items "
+        "are kept and the rest scored",
+    )
     a("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -125,7 +131,9 @@ def cmd_eval(args) -> int:
         label=args.label,
         dtype=args.dtype,
     )
-    res = evaluate(args.model, None, cfg, lmul=lmul, out_json=args.out, out_md=args.md)
+    res = evaluate(
+        args.model, None, cfg, lmul=lmul, out_json=args.out, out_md=args.md, resume=args.resume
+    )
     print(markdown(res), end="")
     return 0
 

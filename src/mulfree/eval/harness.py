@@ -144,6 +144,53 @@ def _write_json(path: Path, results: dict) -> None:
     os.replace(tmp, path)  # a reader never sees a half-written file
 
 
+# What must match for a run to be resumed: everything that decides the items and their scores.
+_RESUME_KEYS = ("format", "version", "label", "model", "model_class", "attention", "limit")
+_RESUME_CONFIG_IGNORED = ("tasks", "text_files", "chunk_items", "fetch", "data_dir", "task_data")
+
+
+def _resumable(path: Path, results: dict) -> dict:
+    """The earlier results in `path` if this run (`results`, not started yet) continues them."""
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MulfreeError(f"cannot resume from {path}: {_first_line(e)}") from None
+    if not isinstance(previous, dict):
+        raise MulfreeError(f"cannot resume from {path}: not a mulfree eval results file")
+    for key in _RESUME_KEYS:
+        if previous.get(key) != results[key]:
+            raise MulfreeError(
+                f"cannot resume from {path}: its {key} is {previous.get(key)!r}, "
+                f"this run's is {results[key]!r}"
+            )
+    old_cfg, cfg = previous.get("config") or {}, results["config"]
+    for key in cfg:
+        if key not in _RESUME_CONFIG_IGNORED and old_cfg.get(key) != cfg[key]:
+            raise MulfreeError(
+                f"cannot resume from {path}: its {key} is {old_cfg.get(key)!r}, "
+                f"this run's is {cfg[key]!r}"
+            )
+    return previous
+
+
+def _kept_per_item(before: dict | None, n_items: int, task: str, path) -> dict | None:
+    """Per-item values of `task` stored by an earlier run (None: nothing to keep)."""
+    if not before:
+        return None
+    per_item = before.get("per_item")
+    n = before.get("n")
+    if (
+        not isinstance(per_item, dict) or not isinstance(per_item.get("acc"), list)
+        or n != len(per_item["acc"]) or any(len(v) != n for v in per_item.values())
+    ):  # fmt: skip
+        raise MulfreeError(f"cannot resume from {path}: its {task} per-item values are malformed")
+    if n > n_items:
+        raise MulfreeError(
+            f"cannot resume from {path}: it has {n} {task} items, this run {n_items}"
+        )
+    return per_item
+
+
 def evaluate(
     model,
     tokenizer=None,
@@ -152,21 +199,33 @@ def evaluate(
     lmul=None,
     out_json: str | Path | None = None,
     out_md: str | Path | None = None,
+    resume: bool = False,
 ) -> dict:
     """Evaluate `model` on `cfg.tasks` and `cfg.text_files`; return (and optionally write) results.
 
     lmul: an LMulConfig applied with `apply_lmul_` for the run (and removed afterwards), or None
     to run the model as it is. With `out_json`, the JSON is rewritten after every
     `cfg.chunk_items` items (metrics so far, marked "partial" until the task is complete).
+    resume: continue the run recorded in an existing `out_json` (same model, attention, label
+    and settings, else an error): the items it scored are kept, not scored again, and the
+    metrics are recomputed over all items (the same numbers as one uninterrupted run).
     """
     import torch
 
     from mulfree.attention import LMulConfig, apply_lmul_, lmul_config_of, remove_lmul_
     from mulfree.eval.data import fetch_eval_data, find_data_root
     from mulfree.eval.scorer import loglikelihoods, text_perplexity
-    from mulfree.eval.tasks import get_task, load_items, score_items, task_sources
+    from mulfree.eval.tasks import (
+        get_task,
+        load_items,
+        metrics_from_per_item,
+        score_items,
+        task_sources,
+    )
 
     cfg = cfg or EvalConfig()
+    if resume and not out_json:
+        raise MulfreeError("resume needs the results file of the run to continue (out_json)")
     if lmul is not None and not isinstance(lmul, LMulConfig):
         raise MulfreeError(f"lmul must be an LMulConfig; got {type(lmul).__name__}")
     model_name = str(model) if isinstance(model, (str, Path)) else type(model).__name__
@@ -212,18 +271,34 @@ def evaluate(
         "text": {},
     }
     out_json = Path(out_json) if out_json else None
+    previous = None
     try:
+        if resume and out_json.is_file():
+            previous = _resumable(out_json, results)
+            now, results["started"] = (
+                results["started"],
+                previous.get("started", results["started"]),
+            )
+            results["resumed"] = [*previous.get("resumed", []), now]  # when each resumption began
         model.eval()
         for t in cfg.tasks:
             task = get_task(t)
             items = load_items(task, sources[t], cfg.limit)
+            before = (previous or {}).get("tasks", {}).get(t)
+            kept = _kept_per_item(before, len(items), t, out_json)
+            n0 = len(kept["acc"]) if kept else 0
+            seconds0 = before.get("seconds", 0.0) if kept else 0.0
+            if kept and n0 == len(items):  # finished in the earlier run
+                results["tasks"][t] = before
+                continue
             t0 = time.perf_counter()
             per_item: list = []
             # Items are scored in chunks; after each chunk the metrics so far are written
             # (marked partial), so a long run that is stopped keeps what it measured.
-            with _progress_bar(sum(len(it.requests) for it in items), t, cfg.progress) as bar:
-                for c0 in range(0, len(items), cfg.chunk_items):
-                    chunk = items[c0 : c0 + cfg.chunk_items]
+            todo = items[n0:]
+            with _progress_bar(sum(len(it.requests) for it in todo), t, cfg.progress) as bar:
+                for c0 in range(0, len(todo), cfg.chunk_items):
+                    chunk = todo[c0 : c0 + cfg.chunk_items]
                     reqs = [r for it in chunk for r in it.requests]
                     flat = loglikelihoods(
                         model, tokenizer, reqs, max_length=cfg.max_length,
@@ -233,16 +308,21 @@ def evaluate(
                     for it in chunk:
                         per_item.append(flat[k : k + len(it.requests)])
                         k += len(it.requests)
-                    done = items[: len(per_item)]
-                    seconds = time.perf_counter() - t0
-                    metrics = score_items(task, done, per_item)
-                    metrics.update(seconds=seconds, seconds_per_item=seconds / len(done))
-                    if len(done) < len(items):
+                    new = score_items(task, todo[: len(per_item)], per_item)["per_item"]
+                    if kept:
+                        new = {key: kept[key] + new[key] for key in new}
+                    metrics = metrics_from_per_item(task, new)
+                    seconds = seconds0 + time.perf_counter() - t0
+                    metrics.update(seconds=seconds, seconds_per_item=seconds / metrics["n"])
+                    if metrics["n"] < len(items):
                         metrics["partial"] = True
                     results["tasks"][t] = metrics
                     if out_json:
                         _write_json(out_json, results)
         for f in cfg.text_files:
+            if previous is not None and str(f) in previous.get("text", {}):
+                results["text"][str(f)] = previous["text"][str(f)]  # finished earlier
+                continue
             text = Path(f).read_text(encoding="utf-8", errors="replace")
             t0 = time.perf_counter()
             with _progress_bar(0, Path(f).name, cfg.progress) as bar:

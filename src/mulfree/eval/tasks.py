@@ -212,26 +212,38 @@ def mean_stderr(xs: list[float]) -> tuple[float, float]:
 
 def score_items(task: Task, items: list[Item], results: list[list[tuple[float, bool]]]) -> dict:
     """Metrics of a task from per-request (log-likelihood, is_greedy) results, item by item."""
-    out: dict = {"n": len(items)}
     if task.kind == "lambada":
-        lls = [r[0][0] for r in results]
-        acc, acc_se = mean_stderr([float(r[0][1]) for r in results])
-        mean_ll, ll_se = mean_stderr(lls)
-        ppl = math.exp(-mean_ll)
-        out.update(acc=acc, acc_stderr=acc_se, ppl=ppl, ppl_stderr=ppl * ll_se)
-        # Per-item values, in item order, so runs on the same items can be compared pairwise.
-        out["per_item"] = {"acc": [int(r[0][1]) for r in results], "ll": lls}
-        return out
+        per_item = {"acc": [int(r[0][1]) for r in results], "ll": [r[0][0] for r in results]}
+        return metrics_from_per_item(task, per_item)
     acc, acc_norm = [], []
     for item, res in zip(items, results, strict=True):
         lls = [ll for ll, _ in res]
-        acc.append(float(max(range(len(lls)), key=lambda i: lls[i]) == item.gold))
+        acc.append(int(max(range(len(lls)), key=lambda i: lls[i]) == item.gold))
         if "acc_norm" in task.metrics:
             normed = [ll / len(c) for ll, c in zip(lls, item.choices, strict=True)]
-            acc_norm.append(float(max(range(len(normed)), key=lambda i: normed[i]) == item.gold))
-    out["acc"], out["acc_stderr"] = mean_stderr(acc)
-    out["per_item"] = {"acc": [int(a) for a in acc]}
-    if acc_norm:
-        out["acc_norm"], out["acc_norm_stderr"] = mean_stderr(acc_norm)
-        out["per_item"]["acc_norm"] = [int(a) for a in acc_norm]
+            acc_norm.append(int(max(range(len(normed)), key=lambda i: normed[i]) == item.gold))
+    per_item = {"acc": acc}
+    if "acc_norm" in task.metrics:
+        per_item["acc_norm"] = acc_norm
+    return metrics_from_per_item(task, per_item)
+
+
+def metrics_from_per_item(task: Task, per_item: dict[str, list]) -> dict:
+    """A task's metrics from its per-item values (item order), as score_items stores them.
+
+    Resuming an interrupted run concatenates the stored per-item values with the new ones and
+    recomputes the metrics here, so a resumed run reports what one uninterrupted run would.
+    """
+    out: dict = {"n": len(per_item["acc"])}
+    out["acc"], out["acc_stderr"] = mean_stderr([float(a) for a in per_item["acc"]])
+    if task.kind == "lambada":
+        mean_ll, ll_se = mean_stderr(per_item["ll"])
+        ppl = math.exp(-mean_ll)
+        out.update(ppl=ppl, ppl_stderr=ppl * ll_se)
+    elif "acc_norm" in per_item:
+        out["acc_norm"], out["acc_norm_stderr"] = mean_stderr(
+            [float(a) for a in per_item["acc_norm"]]
+        )
+    # Per-item values, in item order, so runs on the same items can be compared pairwise.
+    out["per_item"] = per_item
     return out
