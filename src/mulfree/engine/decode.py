@@ -273,6 +273,7 @@ class Decoder:
         E, inter = self.y_i.shape[1], self.z_i.shape[1]
         eps, bl_eps = self.eps, self.bl_eps
         ptr = lambda t: t.data_ptr() if t is not None else 0  # noqa: E731
+        isa = kernels.ISA_LEVELS[self.isa]
         plan, pending = [], 0  # pending: the residual add folded into the next norm
         for L, state in zip(self.layers, self.states, strict=True):
             if L["ifg"] is not None:
@@ -292,13 +293,14 @@ class Decoder:
                 yi, yf, yg, stride = ptr(self.y_i), ptr(self.y_f), ptr(self.y_g), E
             plan.append((C.dec_mlgru, (yi, yf, yg, stride, B, E, ptr(L["lb"]),
                                        ptr(L["one_minus_lb"]), ptr(state), ptr(L["g_norm"]),
-                                       L["g_eps"], ptr(L["o"].norm_w), bl_eps, ptr(self.t_e))))  # fmt: skip
+                                       L["g_eps"], ptr(L["o"].norm_w), bl_eps, ptr(self.t_e),
+                                       isa)))  # fmt: skip
             plan.append(self._kernel_call(L["o"], self.t_e, self.y_d))
             plan.append((C.dec_norm2, (ptr(self.x), ptr(self.y_d), B, d, ptr(L["mlp_norm"]), eps,
                                        bl_eps, ptr(L["gate"].norm_w), ptr(self.h), 0, 0, 0, 0)))  # fmt: skip
             plan.append(self._kernel_call(L["gate"], self.h, self.y_gu))
             plan.append((C.dec_glu, (ptr(self.y_gu), B, inter, ptr(L["down"].norm_w), bl_eps,
-                                     ptr(self.z_i))))  # fmt: skip
+                                     ptr(self.z_i), isa)))  # fmt: skip
             plan.append(self._kernel_call(L["down"], self.z_i, self.y_d))
             pending = ptr(self.y_d)
         plan.append((C.dec_norm2, (ptr(self.x), pending, B, d, ptr(self.final_norm), eps, bl_eps,
