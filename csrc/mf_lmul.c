@@ -16,6 +16,8 @@
  *    (the product's bits), one masked fp32 add. Zeros are encoded as magnitudes that make every sum fall below the smallest normal,
  *    so a zero or an underflowing product adds nothing — which equals adding +-0, since the
  *    float32 accumulator, starting at +0 and summing in round-to-nearest, is never -0.
+ *    When no operand is zero and even the two smallest magnitudes make a normal product, the
+ *    compare is skipped (every lane is valid): the no-underflow variant of the same kernel.
  *  - full: every product with the complete IEEE-style handling (any operands, both modes).
  * No multiply instruction is used for the products.
  */
@@ -475,23 +477,31 @@ MF_TARGET_AVX2 static void lmatmul_full_avx2(const lm_vconst *c, const uint32_t 
 #define MR256 4
 #define NR256 16
 
-MF_TARGET_AVX512 static void fast_kernel_avx512(const int32_t *am, const uint32_t *as,
-                                                const int32_t *bm, const uint32_t *bs, int64_t K,
-                                                float *C, int64_t ldc, int rows, int cols) {
+MF_TARGET_AVX512 static inline __attribute__((always_inline)) void fast_kernel_avx512_impl(
+    const int32_t *am, const uint32_t *as, const int32_t *bm, const uint32_t *bs, int64_t K,
+    float *C, int64_t ldc, int rows, int cols, const int check) {
     __m512 acc[MR512][2];
     for (int r = 0; r < MR512; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     const __m512i lo_m1 = V512((1u << 23) - 1);
     for (int64_t kk = 0; kk < K; ++kk) {
-        const __m512i b0 = _mm512_loadu_si512(bm + kk * NR512), b1 = _mm512_loadu_si512(bm + kk * NR512 + 16);
+        const __m512i b0 = check ? _mm512_loadu_si512(bm + kk * NR512) : lo_m1;
+        const __m512i b1 = check ? _mm512_loadu_si512(bm + kk * NR512 + 16) : lo_m1;
         const __m512i s0 = _mm512_loadu_si512(bs + kk * NR512), s1 = _mm512_loadu_si512(bs + kk * NR512 + 16);
         for (int r = 0; r < MR512; ++r) {
-            const __m512i a = V512(am[kk * MR512 + r]), sa = V512(as[kk * MR512 + r]);
-            const __m512i t0 = _mm512_add_epi32(a, b0), t1 = _mm512_add_epi32(a, b1);
-            const __mmask16 ok0 = _mm512_cmpgt_epi32_mask(t0, lo_m1), ok1 = _mm512_cmpgt_epi32_mask(t1, lo_m1);
+            const __m512i sa = V512(as[kk * MR512 + r]);
             /* the signed encodings add to sign | magnitude on every valid lane */
             const __m512i v0 = _mm512_add_epi32(sa, s0), v1 = _mm512_add_epi32(sa, s1);
-            acc[r][0] = _mm512_mask_add_ps(acc[r][0], ok0, acc[r][0], _mm512_castsi512_ps(v0));
-            acc[r][1] = _mm512_mask_add_ps(acc[r][1], ok1, acc[r][1], _mm512_castsi512_ps(v1));
+            if (check) {
+                const __m512i a = V512(am[kk * MR512 + r]);
+                const __m512i t0 = _mm512_add_epi32(a, b0), t1 = _mm512_add_epi32(a, b1);
+                const __mmask16 ok0 = _mm512_cmpgt_epi32_mask(t0, lo_m1);
+                const __mmask16 ok1 = _mm512_cmpgt_epi32_mask(t1, lo_m1);
+                acc[r][0] = _mm512_mask_add_ps(acc[r][0], ok0, acc[r][0], _mm512_castsi512_ps(v0));
+                acc[r][1] = _mm512_mask_add_ps(acc[r][1], ok1, acc[r][1], _mm512_castsi512_ps(v1));
+            } else { /* every product is a normal number: every lane is valid */
+                acc[r][0] = _mm512_add_ps(acc[r][0], _mm512_castsi512_ps(v0));
+                acc[r][1] = _mm512_add_ps(acc[r][1], _mm512_castsi512_ps(v1));
+            }
         }
     }
     float tmp[NR512];
@@ -507,25 +517,28 @@ MF_TARGET_AVX512 static void fast_kernel_avx512(const int32_t *am, const uint32_
     }
 }
 
-MF_TARGET_AVX2 static void fast_kernel_avx2(const int32_t *am, const uint32_t *as,
-                                            const int32_t *bm, const uint32_t *bs, int64_t K,
-                                            float *C, int64_t ldc, int rows, int cols) {
+MF_TARGET_AVX2 static inline __attribute__((always_inline)) void fast_kernel_avx2_impl(
+    const int32_t *am, const uint32_t *as, const int32_t *bm, const uint32_t *bs, int64_t K,
+    float *C, int64_t ldc, int rows, int cols, const int check) {
     __m256 acc[MR256][2];
     for (int r = 0; r < MR256; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     const __m256i lo_m1 = V256((1u << 23) - 1);
     for (int64_t kk = 0; kk < K; ++kk) {
-        const __m256i b0 = _mm256_loadu_si256((const __m256i *)(bm + kk * NR256));
-        const __m256i b1 = _mm256_loadu_si256((const __m256i *)(bm + kk * NR256 + 8));
+        const __m256i b0 = check ? _mm256_loadu_si256((const __m256i *)(bm + kk * NR256)) : lo_m1;
+        const __m256i b1 = check ? _mm256_loadu_si256((const __m256i *)(bm + kk * NR256 + 8)) : lo_m1;
         const __m256i s0 = _mm256_loadu_si256((const __m256i *)(bs + kk * NR256));
         const __m256i s1 = _mm256_loadu_si256((const __m256i *)(bs + kk * NR256 + 8));
         for (int r = 0; r < MR256; ++r) {
-            const __m256i a = V256(am[kk * MR256 + r]), sa = V256(as[kk * MR256 + r]);
-            const __m256i t0 = _mm256_add_epi32(a, b0), t1 = _mm256_add_epi32(a, b1);
-            const __m256i ok0 = _mm256_cmpgt_epi32(t0, lo_m1), ok1 = _mm256_cmpgt_epi32(t1, lo_m1);
-            /* signed encodings add to sign | magnitude on valid lanes; invalid lanes become
-             * +0.0, which leaves the accumulator unchanged */
-            const __m256i v0 = _mm256_and_si256(ok0, _mm256_add_epi32(sa, s0));
-            const __m256i v1 = _mm256_and_si256(ok1, _mm256_add_epi32(sa, s1));
+            const __m256i sa = V256(as[kk * MR256 + r]);
+            __m256i v0 = _mm256_add_epi32(sa, s0), v1 = _mm256_add_epi32(sa, s1);
+            if (check) {
+                /* signed encodings add to sign | magnitude on valid lanes; invalid lanes
+                 * become +0.0, which leaves the accumulator unchanged */
+                const __m256i a = V256(am[kk * MR256 + r]);
+                const __m256i t0 = _mm256_add_epi32(a, b0), t1 = _mm256_add_epi32(a, b1);
+                v0 = _mm256_and_si256(_mm256_cmpgt_epi32(t0, lo_m1), v0);
+                v1 = _mm256_and_si256(_mm256_cmpgt_epi32(t1, lo_m1), v1);
+            } /* else every product is a normal number: every lane is valid */
             acc[r][0] = _mm256_add_ps(acc[r][0], _mm256_castsi256_ps(v0));
             acc[r][1] = _mm256_add_ps(acc[r][1], _mm256_castsi256_ps(v1));
         }
@@ -536,6 +549,27 @@ MF_TARGET_AVX2 static void fast_kernel_avx2(const int32_t *am, const uint32_t *a
         _mm256_storeu_ps(tmp + 8, acc[r][1]);
         memcpy(C + r * ldc, tmp, (size_t)cols * sizeof(float));
     }
+}
+/* check = 0: the no-underflow variant, for operands where every product is a normal number
+ * (lmatmul_one checks the smallest prepared magnitudes): the mask of valid lanes would be all
+ * ones, so it is not computed (half the instructions per product, the same sums). */
+MF_TARGET_AVX512 static void fast_kernel_avx512(const int32_t *am, const uint32_t *as,
+                                                const int32_t *bm, const uint32_t *bs, int64_t K,
+                                                float *C, int64_t ldc, int rows, int cols,
+                                                int check) {
+    if (check)
+        fast_kernel_avx512_impl(am, as, bm, bs, K, C, ldc, rows, cols, 1);
+    else
+        fast_kernel_avx512_impl(am, as, bm, bs, K, C, ldc, rows, cols, 0);
+}
+
+MF_TARGET_AVX2 static void fast_kernel_avx2(const int32_t *am, const uint32_t *as,
+                                            const int32_t *bm, const uint32_t *bs, int64_t K,
+                                            float *C, int64_t ldc, int rows, int cols, int check) {
+    if (check)
+        fast_kernel_avx2_impl(am, as, bm, bs, K, C, ldc, rows, cols, 1);
+    else
+        fast_kernel_avx2_impl(am, as, bm, bs, K, C, ldc, rows, cols, 0);
 }
 #endif /* MF_X86 */
 
@@ -549,39 +583,51 @@ static inline uint32_t prep_f32(uint32_t bits, int k, uint32_t *sign) {
  * product can be normal), 0 if not; *all_under = 1 when every product underflows. Also returns
  * the largest prepared magnitudes. */
 #if MF_X86
-/* Largest prepared magnitude of X[lo, hi) (inf/NaN pass through preparation, so a special value
- * shows as a maximum >= 0x7F800000). Same result as the scalar loop in fast_route_ok. */
-MF_TARGET_AVX2 static uint32_t prep_max_avx2(const lm_vconst *c, const uint32_t *X, int64_t lo,
-                                             int64_t hi, int k) {
-    __m256i vm = _mm256_setzero_si256(), nan, inf, zero;
+/* Largest and smallest prepared magnitudes of X[lo, hi) (inf/NaN pass through preparation, so a
+ * special value shows as a maximum >= 0x7F800000; a zero or flushed value as a minimum of 0).
+ * Same result as the scalar loop in prep_range. */
+MF_TARGET_AVX2 static uint32_t prep_range_avx2(const lm_vconst *c, const uint32_t *X, int64_t lo,
+                                               int64_t hi, int k, uint32_t *min_out) {
+    __m256i vm = _mm256_setzero_si256(), vn = _mm256_set1_epi32(-1), nan, inf, zero;
     int64_t i = lo;
     for (; i + 8 <= hi; i += 8) {
         const __m256i mag = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(X + i)), V256(c->mag_mask));
-        vm = _mm256_max_epu32(vm, prep256(c, mag, &nan, &inf, &zero));
+        const __m256i g = prep256(c, mag, &nan, &inf, &zero);
+        vm = _mm256_max_epu32(vm, g);
+        vn = _mm256_min_epu32(vn, g);
     }
-    uint32_t lanes[8], m = 0;
+    uint32_t lanes[8], nlanes[8], m = 0, n = 0xFFFFFFFFu;
     _mm256_storeu_si256((__m256i *)lanes, vm);
-    for (int j = 0; j < 8; ++j) m = lanes[j] > m ? lanes[j] : m;
+    _mm256_storeu_si256((__m256i *)nlanes, vn);
+    for (int j = 0; j < 8; ++j) {
+        m = lanes[j] > m ? lanes[j] : m;
+        n = nlanes[j] < n ? nlanes[j] : n;
+    }
     for (; i < hi; ++i) {
         uint32_t s;
         const uint32_t g = prep_f32(X[i], k, &s);
         m = g > m ? g : m;
+        n = g < n ? g : n;
     }
+    *min_out = n;
     return m;
 }
 #endif
 
-/* max over X[0, n) of the prepared magnitudes, threads splitting the range */
-static uint32_t prep_max(const uint32_t *X, int64_t n, int k, int nt) {
-    uint32_t m = 0;
+/* max (returned) and min (*min_out) over X[0, n) of the prepared magnitudes, threads splitting
+ * the range */
+static uint32_t prep_range(const uint32_t *X, int64_t n, int k, int nt, uint32_t *min_out) {
+    uint32_t m = 0, mn = 0xFFFFFFFFu;
 #if MF_X86
     lm_vconst c;
     vconst_init(f32_fmt(), k, 0, &c);
     const int64_t chunk = 1 << 14;
-#pragma omp parallel for num_threads(nt) reduction(max : m) schedule(static) if (n > 2 * chunk)
+#pragma omp parallel for num_threads(nt) reduction(max : m) reduction(min : mn) schedule(static) if (n > 2 * chunk)
     for (int64_t lo = 0; lo < n; lo += chunk) {
-        const uint32_t g = prep_max_avx2(&c, X, lo, lo + chunk < n ? lo + chunk : n, k);
+        uint32_t gn;
+        const uint32_t g = prep_range_avx2(&c, X, lo, lo + chunk < n ? lo + chunk : n, k, &gn);
         m = g > m ? g : m;
+        mn = gn < mn ? gn : mn;
     }
 #else
     (void)nt;
@@ -589,15 +635,19 @@ static uint32_t prep_max(const uint32_t *X, int64_t n, int k, int nt) {
         uint32_t s;
         const uint32_t g = prep_f32(X[i], k, &s);
         m = g > m ? g : m;
+        mn = g < mn ? g : mn;
     }
 #endif
+    *min_out = mn;
     return m;
 }
 
 static int fast_route_ok(const uint32_t *A, const uint32_t *B, int64_t nA, int64_t nB, int k,
-                         uint32_t lconst, int64_t *amax_f, int64_t *bmax, int *all_under, int nt) {
+                         uint32_t lconst, int64_t *amax_f, int64_t *bmax, int *all_under,
+                         int *no_under, int nt) {
     /* the largest non-zero prepared magnitudes (-1: all zero); inf/NaN make the max special */
-    const uint32_t ga = prep_max(A, nA, k, nt), gb = prep_max(B, nB, k, nt);
+    uint32_t na, nb;
+    const uint32_t ga = prep_range(A, nA, k, nt, &na), gb = prep_range(B, nB, k, nt, &nb);
     const int64_t am = ga ? (int64_t)ga : -1, bmx = gb ? (int64_t)gb : -1;
     const int special = ga >= 0x7F800000u || gb >= 0x7F800000u;
     *all_under = 0;
@@ -609,6 +659,8 @@ static int fast_route_ok(const uint32_t *A, const uint32_t *B, int64_t nA, int64
     if (am + bmx - (int64_t)lconst > 0x7F7FFFFF) return 0; /* some product may overflow */
     *amax_f = am - (int64_t)lconst;
     *bmax = bmx;
+    /* no zero operand and even the two smallest magnitudes make a normal product */
+    *no_under = na > 0 && nb > 0 && (int64_t)na + (int64_t)nb - (int64_t)lconst >= (1 << 23);
     return 1;
 }
 
@@ -628,7 +680,7 @@ MF_TARGET_AVX2 static inline void pack_b8_avx2(const lm_vconst *c, const uint32_
 
 static void lmatmul_fast(int level, const uint32_t *A, const uint32_t *B, float *C, int64_t M,
                          int64_t K, int64_t N, int k, uint32_t lconst, int64_t amax_f,
-                         int64_t bmax, int nt) {
+                         int64_t bmax, int no_under, int nt) {
 #if MF_X86
     const int MR = level >= MF_ISA_AVX512 ? MR512 : MR256;
     const int NR = level >= MF_ISA_AVX512 ? NR512 : NR256;
@@ -689,14 +741,14 @@ static void lmatmul_fast(int level, const uint32_t *A, const uint32_t *B, float 
                 float *ct = C + mb * MR * N + nb * NR;
                 if (level >= MF_ISA_AVX512)
                     fast_kernel_avx512(apm + mb * K * MR, aps + mb * K * MR, bpm + nb * K * NR,
-                                       bps + nb * K * NR, K, ct, N, rows, cols);
+                                       bps + nb * K * NR, K, ct, N, rows, cols, !no_under);
                 else
                     fast_kernel_avx2(apm + mb * K * MR, aps + mb * K * MR, bpm + nb * K * NR,
-                                     bps + nb * K * NR, K, ct, N, rows, cols);
+                                     bps + nb * K * NR, K, ct, N, rows, cols, !no_under);
             }
     }
 #else
-    (void)level, (void)lconst, (void)amax_f, (void)bmax, (void)nt;
+    (void)level, (void)lconst, (void)amax_f, (void)bmax, (void)no_under, (void)nt;
     lmatmul_scalar(A, B, C, M, K, N, k, 0, 0, M);
 #endif
 }
@@ -722,21 +774,22 @@ static void lmatmul_full(int level, const uint32_t *A, const uint32_t *B, float 
 }
 
 /* One float32 L-Matmul on nt threads; route -1 = fast route when it applies, 0 = full semantics
- * only. Returns 1 if the fast route ran. */
+ * only. Returns 0 (full route), 1 (fast route) or 2 (fast route, no-underflow kernel). */
 static int lmatmul_one(int level, const uint32_t *A, const uint32_t *B, float *C, int64_t M,
                        int64_t K, int64_t N, int k, int mode, int nt, int route) {
     const uint32_t lconst = lmul_const(f32_fmt(), k);
     int64_t amax_f = 0, bmax = 0;
-    int all_under = 0;
+    int all_under = 0, no_under = 0;
     const int fast = route != 0 && mode == 0 && level >= MF_ISA_AVX2 &&
-                     fast_route_ok(A, B, M * K, K * N, k, lconst, &amax_f, &bmax, &all_under, nt);
+                     fast_route_ok(A, B, M * K, K * N, k, lconst, &amax_f, &bmax, &all_under,
+                                   &no_under, nt);
     if (fast && all_under)
         memset(C, 0, (size_t)(M * N) * sizeof(float));
     else if (fast)
-        lmatmul_fast(level, A, B, C, M, K, N, k, lconst, amax_f, bmax, nt);
+        lmatmul_fast(level, A, B, C, M, K, N, k, lconst, amax_f, bmax, no_under, nt);
     else
         lmatmul_full(level, A, B, C, M, K, N, k, mode, nt);
-    return fast;
+    return fast ? 1 + (no_under && !all_under) : 0;
 }
 
 /* Below this many products per matmul a second thread's fork/join costs more than it saves. */
@@ -744,29 +797,34 @@ static int lmatmul_one(int level, const uint32_t *A, const uint32_t *B, float *C
 
 /* A batch of float32 L-Matmuls. Small matmuls (attention heads) run one per thread across the
  * batch; large ones one after another, each on all threads. Every element computes the same
- * bits either way (each output's sum runs in k order on one thread). Returns 1 if the fast
- * route ran for every batch element. */
+ * bits either way (each output's sum runs in k order on one thread). Returns the smallest
+ * route code of lmatmul_one over the batch (0 full, 1 fast, 2 fast without underflow checks). */
 static int lmatmul_batch(int level, const uint32_t *a, const uint32_t *b, float *c, int64_t batch,
                          int64_t M, int64_t K, int64_t N, int k, int mode, int nt, int route) {
     const int small = M * K * N < LMATMUL_MIN_PARALLEL_WORK;
-    int all_fast = 1;
+    int all_fast = 2; /* the smallest route code over the batch (see lmatmul_one) */
     (void)f32_fmt(); /* its one-time initialization, before any parallel region reads it */
     if (small && batch > 1 && nt > 1) {
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(& : all_fast)
-        for (int64_t bi = 0; bi < batch; ++bi)
-            all_fast &= lmatmul_one(level, a + bi * M * K, b + bi * K * N, c + bi * M * N, M, K,
-                                    N, k, mode, 1, route);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(min : all_fast)
+        for (int64_t bi = 0; bi < batch; ++bi) {
+            const int r = lmatmul_one(level, a + bi * M * K, b + bi * K * N, c + bi * M * N, M,
+                                      K, N, k, mode, 1, route);
+            all_fast = r < all_fast ? r : all_fast;
+        }
         return all_fast;
     }
-    for (int64_t bi = 0; bi < batch; ++bi)
-        all_fast &= lmatmul_one(level, a + bi * M * K, b + bi * K * N, c + bi * M * N, M, K, N, k,
-                                mode, small ? 1 : nt, route);
+    for (int64_t bi = 0; bi < batch; ++bi) {
+        const int r = lmatmul_one(level, a + bi * M * K, b + bi * K * N, c + bi * M * N, M, K, N,
+                                  k, mode, small ? 1 : nt, route);
+        all_fast = r < all_fast ? r : all_fast;
+    }
     return all_fast;
 }
 
 MF_PYFUNC(lmatmul_f32, "lmatmul_f32(a, b, c, batch, M, K, N, k, mode, isa, threads, route) -> fast?") {
-    /* route: -1 = best (fast when it applies), 0 = full semantics only. Returns 1 if the fast
-     * route ran for every batch element, 0 otherwise. */
+    /* route: -1 = best (fast when it applies), 0 = full semantics only. Returns the smallest
+     * route code over the batch: 2 = the fast route without underflow checks (every product
+     * normal), 1 = the fast route, 0 = the full route for some element. */
     (void)self;
     void *a, *b, *c;
     int64_t batch, M, K, N, k, mode, isa, threads, route;

@@ -71,7 +71,7 @@ static int check_lmatmul(int64_t M, int64_t K, int64_t N, int k, int mode, int k
         bad += u != v && !both_nan; /* NaN payloads of sums are canonicalized by the caller */
     }
     printf("lmatmul M=%ld K=%ld N=%ld k=%d mode=%d kind=%d route=%s: %s (%d mismatches)\n", (long)M,
-           (long)K, (long)N, k, mode, kind, fast ? "fast" : "full", bad ? "FAIL" : "ok", bad);
+           (long)K, (long)N, k, mode, kind, fast == 2 ? "fast-nounder" : (fast ? "fast" : "full"), bad ? "FAIL" : "ok", bad);
     free(A), free(B), free(c_ref), free(c_512);
     return bad != 0;
 }

@@ -84,6 +84,27 @@ def test_lmatmul_bitexact(isa, kind, shape):
 
 
 @pytest.mark.parametrize("isa", COMPILED)
+def test_lmatmul_route_codes(isa):
+    """Which fast kernel ran: 2 = no-underflow variant (every product normal: no zero operand,
+    smallest magnitudes large enough), 1 = with the per-lane validity mask, 0 = full route.
+    test_lmatmul_bitexact checks the bits of all three against the reference."""
+    from mulfree.kernels import ISA_LEVELS
+    from mulfree.kernels._core import core
+
+    gen = torch.Generator().manual_seed(3)
+    cases = {kind: _operands(kind, 1, 9, 40, 21, gen) for kind in ("normal", "zeros", "specials")}
+    cases["one_tiny"] = (cases["normal"][0].clone(), cases["normal"][1].clone())
+    cases["one_tiny"][0][0, 0, 0] = 1e-37  # 1e-37 * 1e-3 underflows: the mask is needed
+    cases["one_tiny"][1][0, 0, 0] = 1e-3
+    expect = {"normal": 2, "zeros": 1, "one_tiny": 1, "specials": 0}
+    for kind, (a, b) in cases.items():
+        out = torch.empty(1, a.shape[1], b.shape[2])
+        code = core().lmatmul_f32(a.data_ptr(), b.data_ptr(), out.data_ptr(), 1, a.shape[1],
+                                  a.shape[2], b.shape[2], 3, 0, ISA_LEVELS[isa], 1, -1)  # fmt: skip
+        assert code == (expect[kind] if isa != "scalar" else 0), kind
+
+
+@pytest.mark.parametrize("isa", COMPILED)
 def test_lmatmul_bf16_int_mode(isa):
     gen = torch.Generator().manual_seed(5)
     a = torch.randn(3, 19, 40, generator=gen).bfloat16()
