@@ -29,7 +29,23 @@ def __getattr__(name):
 
 # `import mulfree` registers model_type "hgrn_bit" with transformers' AutoConfig / AutoModel /
 # AutoModelForCausalLM registries, so `AutoModelForCausalLM.from_pretrained(dir)` loads MatMul-free
-# checkpoints. Registration needs the model classes, so this imports torch and transformers.
-from mulfree.models import register_with_transformers as _register_with_transformers  # noqa: E402
+# checkpoints. Registration needs the model classes, so it imports torch and transformers (~8 s
+# on a small machine). The `mulfree` command defers it to after parsing its command line
+# (`mulfree.cli.main`), so `mulfree --help` and usage errors answer at once.
 
-_register_with_transformers()
+
+def _register() -> None:
+    from mulfree.models import register_with_transformers
+
+    register_with_transformers()
+
+
+def _in_console_script() -> bool:
+    import os
+    import sys
+
+    return bool(sys.argv) and os.path.basename(sys.argv[0]) in ("mulfree", "mulfree.exe")
+
+
+if not _in_console_script():
+    _register()

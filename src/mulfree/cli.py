@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        from mulfree import _register
+
+        _register()  # hgrn_bit with transformers' Auto classes (deferred by the console script)
         rc = args.func(args)
     except MulfreeError as e:
         sys.stderr.write(f"mulfree: error: {e}\n")

@@ -26,7 +26,7 @@ def register(sub) -> None:
 
 
 def _variants():
-    from mulfree.energy.report import ALL_VARIANTS
+    from mulfree.energy.variants import ALL_VARIANTS
 
     return ALL_VARIANTS
 

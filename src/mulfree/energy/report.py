@@ -31,9 +31,8 @@ from mulfree._io import atomic_write_text, save_figure
 from mulfree.energy.counter import EnergyCounter
 from mulfree.energy.measure import measure
 from mulfree.energy.tables import DEFAULT_TABLE, EnergyTable, price
+from mulfree.energy.variants import ALL_VARIANTS
 from mulfree.errors import MulfreeError
-
-ALL_VARIANTS = ("fp32", "bf16", "lmul-attn", "lmul-all", "ternary", "mulfree")
 
 # Groups of counted op kinds shown as the stacked bars.
 GROUPS = {

@@ -10,10 +10,25 @@
 energy report need).
 """
 
-from mulfree.engine.convert import ConvertConfig, ConvertResult, convert, save_packed
-from mulfree.engine.format import FORMAT_NAME, FORMAT_VERSION, is_packed, read_packed
-from mulfree.engine.model import PackedHGRNBitForCausalLM, load_packed
-from mulfree.engine.modules import Int4Embedding, Int8Embedding, PackedBitLinear, pack_model_
+from mulfree._lazy import attach
+
+_NAMES = {
+    "ConvertConfig": "mulfree.engine.convert",
+    "ConvertResult": "mulfree.engine.convert",
+    "convert": "mulfree.engine.convert",
+    "save_packed": "mulfree.engine.convert",
+    "FORMAT_NAME": "mulfree.engine.format",
+    "FORMAT_VERSION": "mulfree.engine.format",
+    "is_packed": "mulfree.engine.format",
+    "read_packed": "mulfree.engine.format",
+    "PackedHGRNBitForCausalLM": "mulfree.engine.model",
+    "load_packed": "mulfree.engine.model",
+    "Int4Embedding": "mulfree.engine.modules",
+    "Int8Embedding": "mulfree.engine.modules",
+    "PackedBitLinear": "mulfree.engine.modules",
+    "pack_model_": "mulfree.engine.modules",
+}
+__getattr__, __dir__ = attach(__name__, _NAMES)
 
 __all__ = [
     "FORMAT_NAME",

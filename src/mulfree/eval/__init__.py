@@ -4,17 +4,24 @@
 point; `mulfree eval` is the same from the command line.
 """
 
-from mulfree.eval.data import fetch_eval_data, find_data_root
-from mulfree.eval.harness import (
-    EvalConfig,
-    comparison_table,
-    evaluate,
-    load_model,
-    markdown,
-    read_results,
-)
-from mulfree.eval.scorer import loglikelihoods, score_token_pairs, text_perplexity
-from mulfree.eval.tasks import TASKS, Request
+from mulfree._lazy import attach
+
+_NAMES = {
+    "fetch_eval_data": "mulfree.eval.data",
+    "find_data_root": "mulfree.eval.data",
+    "EvalConfig": "mulfree.eval.harness",
+    "comparison_table": "mulfree.eval.harness",
+    "evaluate": "mulfree.eval.harness",
+    "load_model": "mulfree.eval.harness",
+    "markdown": "mulfree.eval.harness",
+    "read_results": "mulfree.eval.harness",
+    "loglikelihoods": "mulfree.eval.scorer",
+    "score_token_pairs": "mulfree.eval.scorer",
+    "text_perplexity": "mulfree.eval.scorer",
+    "TASKS": "mulfree.eval.tasks",
+    "Request": "mulfree.eval.tasks",
+}
+__getattr__, __dir__ = attach(__name__, _NAMES)
 
 __all__ = [
     "TASKS",

@@ -9,16 +9,20 @@ one batched step (each with its own recurrent state); other Hugging Face causal 
 request per step. Needs the `serve` extra (starlette, uvicorn). See docs/serve.md.
 """
 
-from mulfree.serve.backends import (
-    Backend,
-    GenericBackend,
-    MatMulFreeBackend,
-    load_backend,
-    make_backend,
-)
-from mulfree.serve.config import ServeConfig
-from mulfree.serve.sampling import SamplingParams
-from mulfree.serve.server import ServerThread, serve
+from mulfree._lazy import attach
+
+_NAMES = {
+    "Backend": "mulfree.serve.backends",
+    "GenericBackend": "mulfree.serve.backends",
+    "MatMulFreeBackend": "mulfree.serve.backends",
+    "load_backend": "mulfree.serve.backends",
+    "make_backend": "mulfree.serve.backends",
+    "ServeConfig": "mulfree.serve.config",
+    "SamplingParams": "mulfree.serve.sampling",
+    "ServerThread": "mulfree.serve.server",
+    "serve": "mulfree.serve.server",
+}
+__getattr__, __dir__ = attach(__name__, _NAMES)
 
 __all__ = [
     "Backend",

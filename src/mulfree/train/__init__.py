@@ -9,8 +9,16 @@ Same from the shell: `mulfree train --data corpus/ --out runs/a --model mmfree-t
 processes: `torchrun --no-python --nproc_per_node N mulfree train ...` (DDP; `--fsdp` shards).
 """
 
-from mulfree.train.config import TrainConfig
-from mulfree.train.loop import TrainResult, evaluate, lr_at, train
-from mulfree.train.models import available_models
+from mulfree._lazy import attach
+
+_NAMES = {
+    "TrainConfig": "mulfree.train.config",
+    "TrainResult": "mulfree.train.loop",
+    "evaluate": "mulfree.train.loop",
+    "lr_at": "mulfree.train.loop",
+    "train": "mulfree.train.loop",
+    "available_models": "mulfree.train.models",
+}
+__getattr__, __dir__ = attach(__name__, _NAMES)
 
 __all__ = ["TrainConfig", "TrainResult", "available_models", "evaluate", "lr_at", "train"]
