@@ -62,7 +62,7 @@ def load_model(spec: str):
     import mulfree  # noqa: F401  (registers hgrn_bit with the Auto classes)
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except (OSError, ValueError) as e:
         raise MulfreeError(
             f"cannot load a causal LM from {spec!r}: {str(e).splitlines()[0]}"

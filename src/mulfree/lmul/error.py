@@ -108,7 +108,7 @@ def model_operands(path: str, n: int, gen: torch.Generator) -> tuple[torch.Tenso
     path = str(resolve_model(path))
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     except (OSError, ValueError) as e:
         raise MulfreeError(
             f"cannot load a causal LM from {path!r}: {str(e).splitlines()[0]}"
