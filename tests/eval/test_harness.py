@@ -263,3 +263,16 @@ def test_resume_refuses_another_run(model, tok, data_dir, tmp_path):
         evaluate(model, tok, cfg, out_json=out, resume=True)
     with pytest.raises(MulfreeError, match="resume needs the results file"):
         evaluate(model, tok, cfg, resume=True)
+
+
+def test_resume_with_lmul_in_the_linear_layers(model, tok, data_dir, tmp_path):
+    # LMulConfig holds tuples (linear_skip) that the JSON file stores as lists: a stopped
+    # linear-layer run must still be recognised as the same run.
+    lmul = LMulConfig(mantissa_bits=3, linear=True)
+    cfg = EvalConfig(tasks=("piqa",), data_dir=str(data_dir), progress=False)
+    whole = evaluate(model, tok, cfg, lmul=lmul)
+    assert isinstance(whole["attention"]["linear_skip"], tuple)
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps(_cut(whole, "piqa", 1)))
+    resumed = evaluate(model, tok, cfg, out_json=out, resume=True, lmul=lmul)
+    assert resumed["tasks"]["piqa"]["per_item"] == whole["tasks"]["piqa"]["per_item"]

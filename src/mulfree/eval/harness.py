@@ -157,6 +157,8 @@ def _resumable(path: Path, results: dict) -> dict:
         raise MulfreeError(f"cannot resume from {path}: {_first_line(e)}") from None
     if not isinstance(previous, dict):
         raise MulfreeError(f"cannot resume from {path}: not a mulfree eval results file")
+    # Compare in the form the file stores (a tuple of this run reads back as a list).
+    results = json.loads(json.dumps({k: results[k] for k in (*_RESUME_KEYS, "config")}))
     for key in _RESUME_KEYS:
         if previous.get(key) != results[key]:
             raise MulfreeError(
