@@ -7,9 +7,12 @@ Method (printed with the table):
 - "hot": the same weight every call (it sits in L2/L3 after the first call);
 - "cold": calls cycle through enough copies of the weight (packed copies for the kernel, dense
   copies for torch) to cover >= `cold_mb` MB, so each call reads its weights from DRAM as in
-  real decoding (L3 here is 32 MB);
-- baseline: F.linear in fp32 and in bf16 (weights and activations in that dtype), whichever is
-  faster for that shape, batch and condition;
+  real decoding (L3 here is 32 MB). Our copies lie back to back in one arena on 2 MiB pages
+  (mulfree.kernels.memory), as `load_packed` / `place_weights_` lay out a model's weights; the
+  same calls on ordinary 4 KiB-page tensors are reported beside them;
+- baseline: F.linear in fp32 and in bf16 (weights and activations in that dtype), cold on
+  ordinary tensors and in a huge-page arena too, whichever is fastest for that shape, batch and
+  condition;
 - bandwidth (best of 10): "read" = fp32 sum over a `cold_mb` buffer (a streaming read),
   "copy" = Tensor.copy_ of `cold_mb` MB (bytes copied / time); roofline time = packed bytes /
   read bw, so "% roofline" = roofline time / our cold time.
@@ -34,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from mulfree import kernels
+from mulfree.kernels import memory
 from mulfree.ternary.packed_linear import ternary_linear, ternary_linear_torch
 from mulfree.ternary.packing import PackedTernary
 from mulfree.ternary.quant import act_fake_quant, weight_fake_quant
@@ -49,6 +53,7 @@ SHAPES = [
     (1024, 32000),
 ]
 TARGET_SHAPES = {(2048, 2048), (2048, 11264), (5632, 2048)}  # 1.3B: >= 8x at 1, >= 3x at 8
+DT_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 
 
 def _times(calls, reps: int, warmup: int) -> list[float]:
@@ -104,35 +109,28 @@ class Row:
     m: int
     packed_mb: float
     ours_hot: float
-    ours_cold: float
-    fp32_hot: float
-    fp32_cold: float
-    bf16_hot: float
-    bf16_cold: float
+    ours_cold: float  # weights in a huge-page arena, as load_packed / place_weights_ lay them out
+    ours_cold_4k: float  # the same calls on ordinary 4 KiB-page tensors
+    torch_hot: float  # fastest dense variant, hot
+    torch_hot_name: str
+    torch_cold: float  # fastest dense variant, cold (fp32 / bf16 x ordinary / huge pages)
+    torch_cold_name: str
     read_gbs: float
 
-    @property
-    def torch_hot(self) -> float:
-        return min(self.fp32_hot, self.bf16_hot)
-
-    @property
-    def torch_cold(self) -> float:
-        return min(self.fp32_cold, self.bf16_cold)
-
     def cells(self) -> list[str]:
-        best_hot = "fp32" if self.fp32_hot <= self.bf16_hot else "bf16"
-        best_cold = "fp32" if self.fp32_cold <= self.bf16_cold else "bf16"
         roof = self.packed_mb * 1e6 / (self.read_gbs * 1e9)
         return [
             f"{self.k}→{self.n}",
             str(self.m),
             f"{self.packed_mb:.2f}",
             f"{self.ours_hot * 1e6:.0f}",
-            f"{self.torch_hot * 1e6:.0f} ({best_hot})",
+            f"{self.torch_hot * 1e6:.0f} ({self.torch_hot_name})",
             f"**{self.torch_hot / self.ours_hot:.1f}x**",
             f"{self.ours_cold * 1e6:.0f}",
-            f"{self.torch_cold * 1e6:.0f} ({best_cold})",
+            f"{self.ours_cold_4k * 1e6:.0f}",
+            f"{self.torch_cold * 1e6:.0f} ({self.torch_cold_name})",
             f"**{self.torch_cold / self.ours_cold:.1f}x**",
+            f"{self.torch_cold / self.ours_cold_4k:.1f}x",
             f"{self.packed_mb * 1e6 / self.ours_cold / 1e9:.1f}",
             f"{100 * roof / self.ours_cold:.0f}%",
         ]
@@ -146,8 +144,10 @@ HEADER = [
     "torch hot µs",
     "ratio hot",
     "ours cold µs",
+    "ours cold µs, 4K pages",
     "torch cold µs",
     "ratio cold",
+    "ratio cold, 4K pages",
     "ours cold GB/s",
     "% roofline (cold)",
 ]
@@ -168,17 +168,25 @@ def bench_shape(
     w = torch.randn(n, k) * 0.02
     packed = PackedTernary.from_float(w)
     pbytes = packed.nbytes
-    # cold sets: enough copies to cover cold_mb (at least 2)
+    # cold sets: enough copies to cover cold_mb (at least 2); ours twice: back to back in one
+    # huge-page arena (how load_packed / place_weights_ lay out a model) and as ordinary tensors
     n_packed = max(2, -(-cold_mb * (1 << 20) // pbytes))
-    packed_copies = [
-        PackedTernary(packed.data.clone(), packed.scale, n, k) for _ in range(n_packed)
-    ]
+    _, datas = memory.copy_to_arena([packed.data] * n_packed)
+    packed_copies = [PackedTernary(d, packed.scale, n, k) for d in datas]
+    packed_4k = [PackedTernary(packed.data.clone(), packed.scale, n, k) for _ in range(n_packed)]
+    dense_copies = {}  # (dtype, pages) -> copies; torch gets the huge pages too, to be fair
+    for dt in (torch.float32, torch.bfloat16):
+        wd = w.to(dt)
+        nd = max(2, -(-cold_mb * (1 << 20) // (wd.numel() * wd.element_size())))
+        dense_copies[dt, "4K"] = [wd.clone() for _ in range(nd)]
+        dense_copies[dt, "huge"] = memory.copy_to_arena([wd] * nd)[1]
     rows = []
     for m in batches:
         x = torch.randn(m, k)
         # sanity: the timed kernel computes BitLinear's forward (bit-exact vs the int path)
         y = ternary_linear(x, packed, threads=threads, isa=isa)
         assert torch.equal(y, ternary_linear_torch(x, packed))
+        assert torch.equal(ternary_linear(x, packed_copies[-1], threads=threads, isa=isa), y)
         ref = F.linear(act_fake_quant(x), weight_fake_quant(w))
         assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
 
@@ -188,30 +196,40 @@ def bench_shape(
         variants = {
             "ours_hot": ([ours(packed)], warmup),
             "ours_cold": ([ours(p) for p in packed_copies], len(packed_copies)),
+            "ours_cold_4k": ([ours(p) for p in packed_4k], len(packed_4k)),
         }
         for dt in (torch.float32, torch.bfloat16):
             wd, xd = w.to(dt), x.to(dt)
-            nd = max(2, -(-cold_mb * (1 << 20) // (wd.numel() * wd.element_size())))
-            copies = [wd.clone() for _ in range(nd)]
-            variants[f"{dt}_hot"] = ([lambda wd=wd, xd=xd: F.linear(xd, wd)], warmup)
-            variants[f"{dt}_cold"] = ([lambda c=c, xd=xd: F.linear(xd, c) for c in copies], nd)
+            variants[DT_NAME[dt], "hot"] = ([lambda wd=wd, xd=xd: F.linear(xd, wd)], warmup)
+            for pages in ("4K", "huge"):
+                copies = dense_copies[dt, pages]
+                calls = [lambda c=c, xd=xd: F.linear(xd, c) for c in copies]
+                variants[DT_NAME[dt], pages] = (calls, len(copies))
         t = _interleaved_medians(variants, reps, rounds)
         del variants
-        ours_hot, ours_cold = t["ours_hot"], t["ours_cold"]
-        dense = {dt: (t[f"{dt}_hot"], t[f"{dt}_cold"]) for dt in (torch.float32, torch.bfloat16)}
+        hot = min((t[DT_NAME[dt], "hot"], DT_NAME[dt]) for dt in (torch.float32, torch.bfloat16))
+        cold = min(
+            (t[DT_NAME[dt], pages], f"{DT_NAME[dt]}, {pages}")
+            for dt in (torch.float32, torch.bfloat16)
+            for pages in ("4K", "huge")
+        )
         rows.append(
             Row(
                 k,
                 n,
                 m,
                 pbytes / 1e6,
-                ours_hot,
-                ours_cold,
-                *dense[torch.float32],
-                *dense[torch.bfloat16],
+                t["ours_hot"],
+                t["ours_cold"],
+                t["ours_cold_4k"],
+                hot[0],
+                hot[1],
+                cold[0],
+                cold[1],
                 0.0,
             )  # fmt: skip
         )
+    del dense_copies
     return rows
 
 
@@ -247,8 +265,11 @@ def run(
         "interleaved slices (ours, torch fp32, torch bf16, ours, ...) so that both sides see "
         "the same drift of the shared machine, wall clock through "
         f"`ternary_linear`. Hot = same weights every call; cold = cycling through >= {cold_mb} MB "
-        "of weight copies (each format its own copies). Torch = faster of fp32 and bf16 "
-        f"F.linear per row and condition. Bandwidth ({cold_mb} MB buffers, best of 10): read (fp32 sum) "
+        "of weight copies (each format its own copies): ours back to back in one arena on 2 MiB "
+        "pages, as load_packed / place_weights_ lay out a model's weights (`ours cold, 4K "
+        "pages`: ordinary tensors); torch's on ordinary pages and in such an arena. Torch = "
+        "fastest of fp32 / bf16 (x 4K / huge pages when cold) F.linear per row and condition. "
+        f"Bandwidth ({cold_mb} MB buffers, best of 10): read (fp32 sum) "
         f"{read_gbs:.1f} GB/s, copy (Tensor.copy_, bytes copied / s) {copy_gbs:.1f} GB/s; "
         "roofline = packed bytes / read bandwidth. Ratio = torch time / ours. "
         f"Load average before/after: {load0[0]:.2f} / {load1[0]:.2f} (cores shared).",

@@ -343,3 +343,48 @@ def test_fused_step_needs_the_compiled_core(trained):
     assert not Decoder(packed, isa="torch").fused  # the torch path is the default there
     with pytest.raises(MulfreeError, match="compiled core"):
         Decoder(packed, isa="torch", fused=True)
+
+
+def test_place_weights_keeps_outputs_and_fuses_ifg_as_a_view(trained):
+    from mulfree.engine import place_weights_
+    from mulfree.engine.modules import adjacent_weights
+
+    model = copy.deepcopy(trained[0])
+    with torch.no_grad():  # equal i/f/g input norms: the decoder fuses the three projections
+        for layer in model.model.layers:
+            a = layer.attn
+            a.f_proj.norm.weight.copy_(a.i_proj.norm.weight)
+            a.g_proj.norm.weight.copy_(a.i_proj.norm.weight)
+    packed = PackedHGRNBitForCausalLM.from_model(model)
+    ids = torch.tensor([trained[1][1]])
+    before = packed(ids).logits
+    old = {n: b.clone() for n, b in packed.named_buffers() if n.endswith("weight_packed")}
+    place_weights_(packed)
+    ptrs = {n: b.data_ptr() for n, b in packed.named_buffers() if n.endswith("weight_packed")}
+    for n, b in packed.named_buffers():
+        if n.endswith("weight_packed"):
+            torch.testing.assert_close(b, old[n], atol=0, rtol=0)
+    torch.testing.assert_close(packed(ids).logits, before, atol=0, rtol=0)
+    place_weights_(packed)  # already placed: nothing moves
+    assert ptrs == {n: b.data_ptr() for n, b in packed.named_buffers() if n in ptrs}
+
+    a = packed.model.layers[0].attn
+    view = adjacent_weights([a.i_proj, a.f_proj, a.g_proj])
+    assert view is not None and view.data_ptr() == a.i_proj.weight_packed.data_ptr()
+    assert adjacent_weights([a.i_proj, a.g_proj]) is None  # not back to back
+    assert adjacent_weights([BitLinear(4, 4)]) is None  # not in an arena
+    dec = Decoder(packed)
+    assert dec.fused_ifg and dec.layers[0]["ifg"].data.data_ptr() == view.data_ptr()
+    fused = packing.fuse_rows([m.packed() for m in (a.i_proj, a.f_proj, a.g_proj)])
+    torch.testing.assert_close(dec.layers[0]["ifg"].data, fused[0], atol=0, rtol=0)
+    torch.testing.assert_close(dec.layers[0]["ifg"].row_scales, fused[1], atol=0, rtol=0)
+
+
+def test_load_packed_places_weights(packed_dir):
+    from mulfree.engine.modules import _arena_range
+
+    model = load_packed(packed_dir)
+    where = [
+        _arena_range(m.weight_packed) for m in model.modules() if isinstance(m, PackedBitLinear)
+    ]
+    assert where and all(w is not None and w[0] is where[0][0] for w in where)

@@ -7,7 +7,8 @@
     dec = model.decoder(); logits = dec.prefill(ids); logits = dec.step([next_id])
 
 `pack_model_(model)` swaps a model's BitLinears for packed layers in place (what serve and the
-energy report need).
+energy report need); `place_weights_(model)` moves their packed weights into one arena on
+2 MiB pages (load_packed and the decoder do it).
 """
 
 from mulfree._lazy import attach
@@ -27,6 +28,7 @@ _NAMES = {
     "Int8Embedding": "mulfree.engine.modules",
     "PackedBitLinear": "mulfree.engine.modules",
     "pack_model_": "mulfree.engine.modules",
+    "place_weights_": "mulfree.engine.modules",
 }
 __getattr__, __dir__ = attach(__name__, _NAMES)
 
@@ -43,6 +45,7 @@ __all__ = [
     "is_packed",
     "load_packed",
     "pack_model_",
+    "place_weights_",
     "read_packed",
     "save_packed",
 ]

@@ -11,9 +11,11 @@ the same order), but without modules or cache objects, mostly on preallocated bu
 ternary projections calling the compiled kernel directly. RMSNorms are `torch.rms_norm`, one
 fused op instead of the model's seven (x * (1 / sqrt(mean(x^2) + eps)) * w): it differs from
 the model's formula by at most an ulp or so (rsqrt, its own reduction order) and replaces
-seven Python-level op dispatches per norm by one (2.3x faster per norm at [1, 1024] here). The i/f/g projections run as one
-kernel call (`packing.fuse_rows`) when their input norms have equal weights (then their int8
-inputs are identical), else as three.
+seven Python-level op dispatches per norm by one (2.3x faster per norm at [1, 1024] here). The
+i/f/g projections run as one kernel call when their input norms have equal weights (then their
+int8 inputs are identical), else as three. The Decoder moves the model's packed weights into one
+arena on 2 MiB pages (`modules.place_weights_`), where i/f/g lie back to back: the fused call
+reads them through a view, not a copy (`packing.fuse_rows` is the fallback).
 
 Logits differ from the PyTorch model's (BitLinear, float weights) only by float rounding: the
 kernel's exact int32 accumulation + one division per output vs F.linear's fp32 sums (bound in
@@ -31,7 +33,12 @@ import torch
 import torch.nn.functional as F
 
 from mulfree import energy, kernels
-from mulfree.engine.modules import PackedBitLinear, record_ternary_linear
+from mulfree.engine.modules import (
+    PackedBitLinear,
+    adjacent_weights,
+    place_weights_,
+    record_ternary_linear,
+)
 from mulfree.errors import MulfreeError
 from mulfree.kernels import ternary as K_
 from mulfree.kernels._core import core
@@ -74,7 +81,11 @@ def _fused_linear(ms: list[PackedBitLinear]) -> _Linear | None:
         return None
     if any(m.out_features % packing.TQ2_ROWS for m in ms):
         return None
-    data, row_scales = packing.fuse_rows([m.packed() for m in ms])
+    data = adjacent_weights(ms)  # a view when place_weights_ put them back to back
+    if data is None:
+        data, row_scales = packing.fuse_rows([m.packed() for m in ms])
+    else:
+        row_scales = torch.cat([m.weight_scale.float().expand(m.out_features) for m in ms])
     n = sum(m.out_features for m in ms)
     return _Linear(w0.detach().float().contiguous(), data, n, ms[0].in_features, 1.0, row_scales)
 
@@ -118,6 +129,7 @@ class Decoder:
         self.bl_eps = float(model.lm_head.norm.eps)
         self.n_layers = cfg.num_hidden_layers
         with torch.no_grad():
+            place_weights_(model)  # one huge-page arena; i/f/g back to back (fused as a view)
             lbs = None
             if inner.lower_bounds is not None:
                 lbs = inner.lower_bounds.float().softmax(0)  # [L, d]

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from mulfree.engine import format as fmt
-from mulfree.engine.modules import Int4Embedding, Int8Embedding, PackedBitLinear
+from mulfree.engine.modules import Int4Embedding, Int8Embedding, PackedBitLinear, place_weights_
 from mulfree.errors import MulfreeError
 from mulfree.models.mmfree import HGRNBitConfig, HGRNBitForCausalLM
 from mulfree.ternary import packing
@@ -111,10 +111,13 @@ def load_packed(path: str | Path, *, verify: bool = True, **_ignored) -> PackedH
     """Load a packed model file (or a directory with model.safetensors).
 
     Any problem (missing, truncated or corrupt file, another format or version, tensors whose
-    shapes do not match the config) raises MulfreeError with one line.
+    shapes do not match the config) raises MulfreeError with one line. The packed ternary
+    weights end up in one arena on 2 MiB pages (`mulfree.engine.place_weights_`).
     """
     config, tensors, meta = fmt.read_packed(path, verify=verify)
     model = _build(config, tensors, meta["ternary_format"], meta["embedding_format"])
+    del tensors
+    place_weights_(model)
     file = fmt.weights_file(path)
     gen = file.parent / "generation_config.json"
     if gen.is_file():

@@ -194,3 +194,63 @@ def pack_model_(model: nn.Module) -> nn.Module:
                 new = PackedBitLinear.from_bitlinear(child)
                 setattr(module, name, new)
     return model.eval() if hasattr(model, "eval") else model
+
+
+def _arena_range(t: torch.Tensor) -> tuple[object, int] | None:
+    """(arena, offset) of a tensor `place_weights_` put in an arena, else None."""
+    return getattr(t, "_mf_arena", None)
+
+
+def place_weights_(model: nn.Module) -> nn.Module:
+    """Move the packed weights of every PackedTernaryLinear of `model` into one arena on 2 MiB
+    pages (`mulfree.kernels.memory`), in place; values unchanged.
+
+    Why: a decode step streams every packed weight once; on huge pages the cold 2048x2048
+    batch-1 call took 41 instead of 49 us here (see mulfree.kernels.memory). The weights are
+    laid out back to back in module order, so projections defined together (an MLGRU's i/f/g)
+    are adjacent and the decoder runs them as one call on a view (`adjacent_weights`) instead
+    of a fused copy. Each layer's `weight_packed` buffer becomes a tensor of its own storage
+    over the arena (state dicts and safetensors see ordinary, unshared tensors). A model whose
+    weights are already placed is left as it is. Returns the model.
+    """
+    from mulfree.kernels import memory
+
+    layers = [m for m in model.modules() if isinstance(m, PackedTernaryLinear)]
+    if not layers:
+        return model
+    first = _arena_range(layers[0].weight_packed)
+    if first is not None:  # already placed, and still in the same order and place?
+        off = first[1]
+        for m in layers:
+            if _arena_range(m.weight_packed) != (first[0], off):
+                break
+            off += memory.aligned(m.weight_packed.numel())
+        else:
+            return model
+    arena, copies = memory.copy_to_arena([m.weight_packed.contiguous() for m in layers])
+    off = 0
+    for m, t in zip(layers, copies, strict=True):
+        t._mf_arena = (arena, off)
+        off += memory.aligned(t.numel())
+        m.weight_packed = t  # a registered buffer: replaced in _buffers
+        m._packed = None  # drop the cached view of the old buffer (and its memory)
+    return model
+
+
+def adjacent_weights(layers: list[nn.Module]) -> torch.Tensor | None:
+    """The packed bytes of `layers` as one tensor without a copy, when `place_weights_` put
+    their weights back to back in one arena (rows concatenated: the tq2 weight of the stacked
+    [sum N_i, K] matrix, since tq2 stores 32-row blocks contiguously); else None."""
+    from mulfree.kernels import memory
+
+    data = [getattr(m, "weight_packed", None) for m in layers]
+    if any(d is None for d in data):
+        return None
+    where = [_arena_range(d) for d in data]
+    if any(w is None or w[0] is not where[0][0] for w in where):
+        return None
+    for w, d, nxt in zip(where[:-1], data, where[1:], strict=False):
+        if w[1] + d.numel() != nxt[1] or d.numel() % memory.ALIGN:
+            return None
+    arena, start = where[0]
+    return arena.tensor(start, sum(d.numel() for d in data))
