@@ -388,3 +388,45 @@ def test_load_packed_places_weights(packed_dir):
         _arena_range(m.weight_packed) for m in model.modules() if isinstance(m, PackedBitLinear)
     ]
     assert where and all(w is not None and w[0] is where[0][0] for w in where)
+
+
+def test_step_energy_prices_the_step_and_its_dense_fp32_counterpart(packed_dir):
+    from mulfree.energy.tables import DEFAULT_TABLE, EnergyTable, price
+
+    packed = load_packed(packed_dir)
+    dec = packed.decoder()
+    dec.prefill([[1, 2]])
+    states = [s.clone() for s in dec.states]
+    e = dec.step_energy([3])
+    for s, before in zip(dec.states, states, strict=True):  # the decoder's state is untouched
+        torch.testing.assert_close(s, before, atol=0, rtol=0)
+    counted = {}
+    for dense in (False, True):
+        dec._dense_fp32 = dense
+        with energy.EnergyCounter(packed) as c:
+            dec.step([3])
+        counted[dense] = c
+        for s, before in zip(dec.states, states, strict=True):
+            s.copy_(before)
+    dec._dense_fp32 = False
+    tab = EnergyTable.load(DEFAULT_TABLE)
+    assert e.table == tab.name
+    assert e.total_pj == price(counted[False].counts, counted[False].bytes, tab)["total_pJ"]
+    assert e.dense_fp32_pj == price(counted[True].counts, counted[True].bytes, tab)["total_pJ"]
+    assert e.saving > 1
+    # the counterfactual swaps each projection's packed bytes for 4 bytes per weight, its
+    # add/sub for K multiplies and K - 1 adds per output; everything else is the same step
+    lins = [
+        lin for L in dec.layers for lin in (L["i"], L["f"], L["g"], L["o"], L["gate"], L["down"])
+    ]
+    lins.append(dec.head)
+    nk = sum(lin.out_features * lin.in_features for lin in lins)
+    packed_bytes = sum(lin.data.numel() for lin in lins)
+    assert not dec.fused_ifg  # own norms: i/f/g are three calls, as listed above
+    t, d = counted[False], counted[True]
+    assert d.bytes["weight_read"] - t.bytes["weight_read"] == 4 * nk - packed_bytes
+    assert d.counts[("ternary_add", 32)] == 0 and t.counts[("ternary_add", 32)] > 0
+    n_out = sum(lin.out_features for lin in lins)
+    assert d.counts[("fp_add", 32)] - t.counts[("fp_add", 32)] == nk - n_out
+    # counting twice gives the same numbers (the one-off nnz count is not part of the step)
+    assert dec.step_energy([3]) == e

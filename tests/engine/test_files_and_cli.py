@@ -163,7 +163,11 @@ def test_cli_convert_and_generate(model_dir, tmp_path, capsys):
     )
     cap = capsys.readouterr()
     assert "prefill:" in cap.err and "decode:" in cap.err and "peak RSS" in cap.err
+    assert "energy per token (estimated, horowitz-45nm table)" in cap.err and "x less" in cap.err
     assert cap.out.endswith("\n")
+    argv = ["generate", "--model", str(out), "The quick", "--max-tokens", "2", "--no-energy"]
+    assert main(argv) == 0
+    assert "energy" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -192,8 +196,9 @@ def test_cli_bad_flags(argv, message, capsys):
         (["--top-p", "0"], "top_p"),
         (["--temperature", "-1"], "temperature"),
         (["--top-k", "-3"], "top_k"),
+        (["--energy-table", "nope"], "unknown energy table"),
     ],
-    ids=["max-tokens", "top-p", "temperature", "top-k"],
+    ids=["max-tokens", "top-p", "temperature", "top-k", "energy-table"],
 )
 def test_cli_bad_values_one_line(packed_dir, extra, message, capsys):
     assert main(["generate", "--model", str(packed_dir), "hi", *extra]) == 2

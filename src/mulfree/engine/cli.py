@@ -38,7 +38,8 @@ def register(sub) -> None:
         "generate",
         help="generate text with a packed MatMul-free model on the add-only kernels",
         description="Stream a continuation of PROMPT from a packed model (or a checkpoint "
-        "directory, packed on the fly); prints prefill and decode tokens/s and peak memory.",
+        "directory, packed on the fly); prints prefill and decode tokens/s, peak memory and "
+        "the estimated energy of a decode step next to the same step with dense fp32 weights.",
     )
     g.add_argument("prompt", help="prompt text")
     g.add_argument(
@@ -53,6 +54,12 @@ def register(sub) -> None:
     g.add_argument("--threads", type=int, default=None, help="kernel threads (default: torch's)")
     g.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-text")
     g.add_argument("--quiet", action="store_true", help="print only the text, no statistics")
+    g.add_argument("--no-energy", action="store_true", help="skip the energy estimate")
+    g.add_argument(
+        "--energy-table",
+        default=None,
+        help="energy table name or JSON file for the estimate (default: horowitz_45nm)",
+    )
     g.set_defaults(func=cmd_generate)
 
 
@@ -81,6 +88,8 @@ def cmd_generate(args) -> int:
         seed=args.seed,
         threads=args.threads,
         stop_on_eos=not args.ignore_eos,
+        energy=not (args.quiet or args.no_energy),
+        energy_table=args.energy_table,
     )
 
     def emit(text: str) -> None:
@@ -95,4 +104,16 @@ def cmd_generate(args) -> int:
             f"decode: {len(r.token_ids)} tokens, {r.decode_tok_s:.1f} tok/s | "
             f"peak RSS {r.peak_rss_mb:.0f} MiB | stop: {r.stop_reason}\n"
         )
+        e = r.energy
+        if e is not None:
+            line = (
+                f"energy per token (estimated, {e.table} table): {e.total_pj / 1e6:.2f} uJ, "
+                f"{e.memory_pj / 1e6:.2f} uJ of it memory"
+            )
+            if e.dense_fp32_pj:
+                line += (
+                    f" | with dense fp32 weights {e.dense_fp32_pj / 1e6:.2f} uJ: "
+                    f"{e.saving:.1f}x less"
+                )
+            sys.stderr.write(line + "\n")
     return 0

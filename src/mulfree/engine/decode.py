@@ -27,6 +27,7 @@ does not grow with the sequence.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,22 @@ from mulfree.ternary import packing
 # every call on 2 threads; 1.3B 27.8 / 40.5 / 41.2. Below ~256K weights (the bundled model's
 # layers) a call is a few microseconds and a second thread's fork/join costs about as much.
 MIN_WEIGHTS_PER_THREAD = 262_144
+
+
+@dataclass
+class StepEnergy:
+    """Estimated energy of one decode step per sequence (one generated token), from the ops and
+    bytes the step runs (mulfree.energy counters) priced with an energy table."""
+
+    table: str  # the energy table's name
+    total_pj: float
+    memory_pj: float  # of total_pj: weight bytes from DRAM, activations from cache
+    dense_fp32_pj: float | None  # the same step with dense fp32 projections (None: L-Mul mode)
+
+    @property
+    def saving(self) -> float | None:
+        """dense fp32 / this: how many times less energy the packed step takes."""
+        return self.dense_fp32_pj / self.total_pj if self.dense_fp32_pj else None
 
 
 @dataclass
@@ -153,6 +170,7 @@ class Decoder:
             self.head = _linear_of(model.lm_head)
         self.embed = inner.embeddings
         self.batch = 0
+        self._dense_fp32 = False  # the energy counterfactual of step_energy
         self.reset(1)
 
     @property
@@ -209,12 +227,28 @@ class Decoder:
         K_.tq2_linear(u, lin.data, lin.out_features, lin.scale, threads=self._threads_for(lin),
                       isa=self.isa, out=out, row_scales=lin.row_scales)  # fmt: skip
         if energy.counting():
-            if lin.nnz is None:
-                from mulfree.engine.modules import tq2_nnz
-
-                lin.nnz = tq2_nnz(lin.data)
-            record_ternary_linear(u.shape[0], lin.in_features, lin.out_features, lin.nnz)
+            self._record(lin, u, out)
         return out
+
+    def _record(self, lin: _Linear, u: torch.Tensor, out: torch.Tensor) -> None:
+        """Declare one projection's ops and bytes to the active energy counters: what the
+        kernel does, or (self._dense_fp32, the counterfactual of `step_energy`) what a dense
+        fp32 F.linear of the same shape would do: K multiplies and K - 1 adds per output, as
+        the counter prices a matmul, reading 4 bytes per weight."""
+        B, K, N = u.shape[0], lin.in_features, lin.out_features
+        io = dict(act_read=u.numel() * u.element_size(), act_write=out.numel() * out.element_size())
+        if self._dense_fp32:
+            energy.record("fp_mul", 32, B * N * K)
+            energy.record("fp_add", 32, B * N * (K - 1))
+            energy.record_bytes(weight_read=4 * N * K, **io)
+            return
+        if lin.nnz is None:
+            from mulfree.engine.modules import tq2_nnz
+
+            with energy.opaque():  # a one-off count of the weights, not part of the step
+                lin.nnz = tq2_nnz(lin.data)
+        record_ternary_linear(B, K, N, lin.nnz)
+        energy.record_bytes(weight_read=lin.data.numel(), **io)
 
     def _bitlinear(self, lin: _Linear, xn: torch.Tensor, u: torch.Tensor, out: torch.Tensor):
         """BitLinear on an input already divided by its RMS (xn): (xn * norm_w) -> kernel."""
@@ -265,6 +299,39 @@ class Decoder:
             x.add_(self.y_d)
         u = rms(rms(x, d, self.final_norm, eps), d, self.head.norm_w, bl_eps)
         return self._kernel(self.head, u, self.logits)
+
+    def step_energy(self, ids: torch.Tensor | list[int], table: str | None = None) -> StepEnergy:
+        """Count and price one `step(ids)` without changing the decoder's state: the step as it
+        runs (ternary kernels, int8 quantizers, norms, gates, head) and, for comparison, the
+        same step with every ternary projection a dense fp32 F.linear (K multiplies and K - 1
+        adds per output, 4 bytes per weight; all other ops as run). `table`: an energy table
+        name or JSON file (default mulfree.energy's). In L-Mul elementwise mode the step runs
+        the model's forward and only the step as run is priced (dense_fp32_pj None)."""
+        from mulfree.energy.counter import EnergyCounter
+        from mulfree.energy.tables import DEFAULT_TABLE, EnergyTable, price
+
+        tab = EnergyTable.load(table or DEFAULT_TABLE)
+        states = [s.clone() for s in self.states]
+        cache = copy.deepcopy(self.cache)
+        priced = []
+        for dense in (False, True) if self.exact else (False,):
+            self._dense_fp32 = dense
+            try:
+                with EnergyCounter(self.model) as c:
+                    self.step(ids)
+            finally:  # back to the state before the counted step
+                self._dense_fp32 = False
+                for s, saved in zip(self.states, states, strict=True):
+                    s.copy_(saved)
+                self.cache = copy.deepcopy(cache)
+            priced.append(price(c.counts, c.bytes, tab))
+        per_seq = 1.0 / self.batch
+        return StepEnergy(
+            tab.name,
+            priced[0]["total_pJ"] * per_seq,
+            priced[0]["memory_pJ"] * per_seq,
+            priced[1]["total_pJ"] * per_seq if len(priced) > 1 else None,
+        )
 
     # --- the fused step ----------------------------------------------------------------------
     def _kernel_call(self, lin: _Linear, u: torch.Tensor, out: torch.Tensor):

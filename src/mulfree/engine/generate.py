@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from mulfree.engine import format as fmt
+from mulfree.engine.decode import StepEnergy
 from mulfree.errors import MulfreeError
 
 
@@ -36,6 +37,8 @@ class GenerateConfig:
     seed: int = 0
     threads: int | None = None  # kernel + torch threads (default torch.get_num_threads())
     stop_on_eos: bool = True
+    energy: bool = True  # estimate the energy of a decode step (Decoder.step_energy)
+    energy_table: str | None = None  # an energy table name or JSON file (default: energy's)
 
     def __post_init__(self):
         if (
@@ -65,6 +68,7 @@ class GenerateResult:
     peak_rss_mb: float
     stop_reason: str  # "eos" | "max_tokens"
     fused_ifg: bool = field(default=False)
+    energy: StepEnergy | None = None  # one decode step, estimated (GenerateConfig.energy)
 
     @property
     def prefill_tok_s(self) -> float:
@@ -157,6 +161,10 @@ def generate(config: GenerateConfig, on_text=None, *, model=None, tokenizer=None
 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
+    if config.energy:  # an unknown table fails now, not after the generation
+        from mulfree.energy.tables import DEFAULT_TABLE, EnergyTable
+
+        EnergyTable.load(config.energy_table or DEFAULT_TABLE)
     if model is None:
         path = config.model or bundled_model()
         if path is None:
@@ -211,5 +219,9 @@ def generate(config: GenerateConfig, on_text=None, *, model=None, tokenizer=None
             steps += 1
         decode_s = time.perf_counter() - t1
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+    # after the timing and the peak memory: counting runs the (slower) torch path once
+    step_energy = (
+        dec.step_energy([(out or ids)[-1]], config.energy_table) if config.energy else None
+    )
     return GenerateResult(streamer.text(), out, len(ids), prefill_s, steps, decode_s, peak, stop,
-                          dec.fused_ifg)  # fmt: skip
+                          dec.fused_ifg, step_energy)  # fmt: skip
