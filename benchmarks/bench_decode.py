@@ -6,7 +6,9 @@ a trained model, so the i/f/g projections run as three kernel calls), this
    their sizes (the issue's bound: a packed 370M <= 100 MB);
 2. loads the `--embeddings` one (default int4; `load_packed`, tq1 -> tq2) and times `Decoder.step` (all layers + the
    32000-token ternary head + argmax), after a prefill of `--prompt` tokens (also timed);
-3. times the official method: the PyTorch model whose BitLinears fake-quantize their float
+3. estimates the energy of one decode step (`Decoder.step_energy`: counted op by op, priced
+   with the default energy table) next to the same step with dense fp32 projections;
+4. times the official method: the PyTorch model whose BitLinears fake-quantize their float
    weights at every call (`F.linear(act_quant(x), weight_quant(W))`, as the official
    `mmfreelm` BitLinear does; here BitLinear in training mode under inference_mode), on a few
    tokens with the recurrent-state cache.
@@ -111,6 +113,7 @@ def bench_engine(name: str, args, tmp: str) -> dict:
         tok = int(dec.step([tok])[0].argmax())
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
+    energy = dec.step_energy([tok])  # after the timing: counting runs the torch path once
     del model, dec
     return {
         "size": size,
@@ -119,6 +122,7 @@ def bench_engine(name: str, args, tmp: str) -> dict:
         "prefill_tok_s": args.prompt / prefill_s,
         "median_s": statistics.median(times),
         "mean_s": statistics.fmean(times),
+        "energy": energy,
     }
 
 
@@ -182,15 +186,22 @@ def main(argv=None) -> int:
     print()
     print(
         "| shape | packed file, int4 / int8 embeddings | prefill tok/s | decode tok/s (median) "
-        "| target | official s/token | speed-up |"
+        "| target | official s/token | speed-up | energy/token, est. µJ | dense fp32 µJ | less |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, e, base in rows:
         speedup = f"{base / e['median_s']:.0f}x" if base else "-"
+        en = e["energy"]
         print(f"| {name} | {e['sizes']['int4'] / 1e6:.1f} / {e['sizes']['int8'] / 1e6:.1f} MB "
               f"| {e['prefill_tok_s']:.0f} | {1 / e['median_s']:.1f} | "
               f"{TARGETS.get(name, float('nan')):.0f} | {f'{base:.2f}' if base else '-'} | "
-              f"{speedup} |")  # fmt: skip
+              f"{speedup} | {en.total_pj / 1e6:.0f} | {en.dense_fp32_pj / 1e6:.0f} | "
+              f"{en.saving:.1f}x |")  # fmt: skip
+    if rows:
+        print(f"\nEnergy: one decode step counted op by op (Decoder.step_energy) and priced with "
+              f"the {rows[0][1]['energy'].table} table; 'dense fp32' = the same step with every "
+              "ternary projection a dense fp32 F.linear (4 bytes per weight from DRAM, K "
+              "multiplies and K - 1 adds per output).")  # fmt: skip
     return 0
 
 
