@@ -37,7 +37,13 @@
 /* batch-N k-chunk: the tables of all tokens of a chunk fit in half of L2 (512 KiB per core on
  * the AMD EPYC Zen 3 dev machine per lscpu; 1-2 MiB on recent Intel server cores) */
 #define TAB_L2_BYTES (256 * 1024)
-#define TOKENS_PER_PASS 64 /* tokens per pass over the weights (bounds scratch: 64 tables) */
+/* Tokens per pass over the weights (more tokens: the weights are re-read per pass). At 64 a
+ * pass ran 20-25 % slower per token than at 16 on 2 threads (up to 2.4x on one thread, e.g.
+ * 1024->5632: 143 vs 60 us per token; dev machine): the k-chunk that keeps all the pass's
+ * tables in L2 shrinks with the token count (16 blocks at 64 tokens), so every row block
+ * restarts short table streams and flushes its sums more often. At 8 and 16 the per-token
+ * cost is flat. */
+#define TOKENS_PER_PASS 16
 
 /* ------------------------------------------------------------------------------------------
  * 1. Activation quantization. Spec: scale = 127 / max(amax, 1e-5); q = clamp(rint(x * scale)).

@@ -62,7 +62,8 @@ SHAPES = [  # (M, N, K): odd sizes, K not a multiple of 4/5/16/64, K past one in
     (5, 64, 1040),
     (8, 96, 2048),
     (9, 40, 4100),  # batch k-chunking kicks in (tables of 9 tokens > the L2 budget)
-    (130, 33, 100),  # more tokens than one pass (64): three passes over the weights
+    (130, 33, 100),  # more tokens than one pass (16): nine passes over the weights
+    (37, 64, 600),  # three passes, the last of 5 tokens (tiles of 4 + 1)
 ]
 
 
