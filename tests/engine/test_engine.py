@@ -16,6 +16,7 @@ from mulfree.engine import (
     convert,
     load_packed,
     pack_model_,
+    place_weights_,
     read_packed,
     save_packed,
 )
@@ -346,7 +347,6 @@ def test_fused_step_needs_the_compiled_core(trained):
 
 
 def test_place_weights_keeps_outputs_and_fuses_ifg_as_a_view(trained):
-    from mulfree.engine import place_weights_
     from mulfree.engine.modules import adjacent_weights
 
     model = copy.deepcopy(trained[0])
@@ -380,14 +380,25 @@ def test_place_weights_keeps_outputs_and_fuses_ifg_as_a_view(trained):
     torch.testing.assert_close(dec.layers[0]["ifg"].row_scales, fused[1], atol=0, rtol=0)
 
 
-def test_load_packed_places_weights(packed_dir):
-    from mulfree.engine.modules import _arena_range
+def test_load_packed_places_weights_and_copies_do_not_share_them(packed_dir, tmp_path):
+    from mulfree.engine.modules import _arena_range, adjacent_weights
 
     model = load_packed(packed_dir)
-    where = [
-        _arena_range(m.weight_packed) for m in model.modules() if isinstance(m, PackedBitLinear)
-    ]
+    layers = [m for m in model.modules() if isinstance(m, PackedBitLinear)]
+    where = [_arena_range(m) for m in layers]
     assert where and all(w is not None and w[0] is where[0][0] for w in where)
+    a = model.model.layers[0].attn
+    assert adjacent_weights([a.i_proj, a.f_proj, a.g_proj]) is not None
+    # a deep copy has its own tensors: not "in the arena", so never read through it
+    twin = copy.deepcopy(model)
+    b = twin.model.layers[0].attn
+    assert _arena_range(b.i_proj) is None and adjacent_weights([b.i_proj, b.f_proj]) is None
+    torch.testing.assert_close(b.i_proj.weight_packed, a.i_proj.weight_packed, atol=0, rtol=0)
+    ids = torch.tensor([[1, 2, 3]])
+    torch.testing.assert_close(twin(ids).logits, model(ids).logits, atol=0, rtol=0)
+    place_weights_(twin)  # its own arena now
+    assert _arena_range(b.i_proj)[0] is not where[0][0]
+    twin.save_pretrained(str(tmp_path / "twin"))  # safetensors: placed tensors are not shared
 
 
 def test_step_energy_prices_the_step_and_its_dense_fp32_counterpart(packed_dir):
@@ -430,3 +441,23 @@ def test_step_energy_prices_the_step_and_its_dense_fp32_counterpart(packed_dir):
     assert d.counts[("fp_add", 32)] - t.counts[("fp_add", 32)] == nk - n_out
     # counting twice gives the same numbers (the one-off nnz count is not part of the step)
     assert dec.step_energy([3]) == e
+
+
+def test_place_weights_keeps_shared_weights_shared_and_survives_pickling():
+    import pickle
+
+    from mulfree.ternary.packed_linear import PackedTernaryLinear
+
+    first = PackedTernaryLinear.from_float(torch.randn(64, 48), bias=None)
+    second = PackedTernaryLinear.from_float(torch.randn(32, 48), bias=None)
+    second.weight_packed = first.weight_packed  # tied, as a model may tie two projections
+    second.out_features = 64
+    model = torch.nn.Sequential(first, second)
+    x = torch.randn(2, 48)
+    before = model[1](x)
+    place_weights_(model)
+    assert model[0].weight_packed is model[1].weight_packed
+    torch.testing.assert_close(model[1](x), before, atol=0, rtol=0)
+    back = pickle.loads(pickle.dumps(model))  # the arena does not travel; the tensors do
+    assert back[0]._mf_arena[0] is None
+    torch.testing.assert_close(back[1](x), before, atol=0, rtol=0)

@@ -196,9 +196,14 @@ def pack_model_(model: nn.Module) -> nn.Module:
     return model.eval() if hasattr(model, "eval") else model
 
 
-def _arena_range(t: torch.Tensor) -> tuple[object, int] | None:
-    """(arena, offset) of a tensor `place_weights_` put in an arena, else None."""
-    return getattr(t, "_mf_arena", None)
+def _arena_range(m: nn.Module) -> tuple[object, int] | None:
+    """(arena, offset) of the packed weight of `m` when `place_weights_` put it in an arena and
+    it is still there (a copied or reloaded model's tensors live elsewhere), else None."""
+    tag = getattr(m, "_mf_arena", None)
+    wp = getattr(m, "weight_packed", None)
+    if tag is None or tag[0] is None or wp is None or wp.numel() == 0:
+        return None
+    return tag if wp.data_ptr() == tag[0].address + tag[1] else None
 
 
 def place_weights_(model: nn.Module) -> nn.Module:
@@ -210,31 +215,32 @@ def place_weights_(model: nn.Module) -> nn.Module:
     laid out back to back in module order, so projections defined together (an MLGRU's i/f/g)
     are adjacent and the decoder runs them as one call on a view (`adjacent_weights`) instead
     of a fused copy. Each layer's `weight_packed` buffer becomes a tensor of its own storage
-    over the arena (state dicts and safetensors see ordinary, unshared tensors). A model whose
-    weights are already placed is left as it is. Returns the model.
+    over the arena (state dicts and safetensors see ordinary, unshared tensors; a layer
+    remembers where in `_mf_arena`). Layers sharing one weight tensor keep sharing it. A model
+    whose weights are already placed is left as it is. Returns the model.
     """
     from mulfree.kernels import memory
 
     layers = [m for m in model.modules() if isinstance(m, PackedTernaryLinear)]
     if not layers:
         return model
-    first = _arena_range(layers[0].weight_packed)
-    if first is not None:  # already placed, and still in the same order and place?
-        off = first[1]
-        for m in layers:
-            if _arena_range(m.weight_packed) != (first[0], off):
-                break
-            off += memory.aligned(m.weight_packed.numel())
-        else:
-            return model
-    arena, copies = memory.copy_to_arena([m.weight_packed.contiguous() for m in layers])
-    off = 0
-    for m, t in zip(layers, copies, strict=True):
-        t._mf_arena = (arena, off)
+    where = [_arena_range(m) for m in layers]
+    if where[0] is not None and all(w is not None and w[0] is where[0][0] for w in where):
+        return model  # already placed (a model placed once keeps its layout)
+    unique: dict[int, torch.Tensor] = {}  # id -> tensor, first use order
+    for m in layers:
+        unique.setdefault(id(m.weight_packed), m.weight_packed)
+    arena, copies = memory.copy_to_arena([t.contiguous() for t in unique.values()])
+    offsets, off = {}, 0
+    for key, t in zip(unique, copies, strict=True):
+        offsets[key] = (t, off)
         off += memory.aligned(t.numel())
+    for m in layers:
+        t, off = offsets[id(m.weight_packed)]
         m.weight_packed = t  # a registered buffer: replaced in _buffers
+        m._mf_arena = (arena, off)
         m._packed = None  # drop the cached view of the old buffer (and its memory)
-    del copies, t
+    del unique, copies, offsets, t
     memory.trim_heap()  # the old buffers went back to malloc; hand them to the OS
     return model
 
@@ -243,16 +249,12 @@ def adjacent_weights(layers: list[nn.Module]) -> torch.Tensor | None:
     """The packed bytes of `layers` as one tensor without a copy, when `place_weights_` put
     their weights back to back in one arena (rows concatenated: the tq2 weight of the stacked
     [sum N_i, K] matrix, since tq2 stores 32-row blocks contiguously); else None."""
-    from mulfree.kernels import memory
-
-    data = [getattr(m, "weight_packed", None) for m in layers]
-    if any(d is None for d in data):
-        return None
-    where = [_arena_range(d) for d in data]
+    where = [_arena_range(m) for m in layers]
     if any(w is None or w[0] is not where[0][0] for w in where):
         return None
-    for w, d, nxt in zip(where[:-1], data, where[1:], strict=False):
-        if w[1] + d.numel() != nxt[1] or d.numel() % memory.ALIGN:
+    sizes = [m.weight_packed.numel() for m in layers]
+    for w, n, nxt in zip(where[:-1], sizes, where[1:], strict=False):
+        if w[1] + n != nxt[1]:
             return None
     arena, start = where[0]
-    return arena.tensor(start, sum(d.numel() for d in data))
+    return arena.tensor(start, sum(sizes))

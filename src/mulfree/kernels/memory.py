@@ -68,6 +68,18 @@ class Arena:
                 pass
         start = torch.frombuffer(self._map, dtype=torch.uint8, count=1).data_ptr()
         self._base = (-start) % HUGE_PAGE
+        self.address = start + self._base  # of byte 0
+
+    # An arena is a place in this process's memory: a copy of an object that refers to one
+    # refers to the same arena, and a pickled one to none (the tensors are what get copied).
+    def __copy__(self) -> Arena:
+        return self
+
+    def __deepcopy__(self, memo) -> Arena:
+        return self
+
+    def __reduce__(self):
+        return (_no_arena, ())
 
     def tensor(self, offset: int, nbytes: int) -> torch.Tensor:
         """uint8 [nbytes] over bytes [offset, offset + nbytes) of the arena (its own storage)."""
@@ -79,6 +91,10 @@ class Arena:
             return torch.empty(0, dtype=torch.uint8)
         start = self._base + offset
         return torch.frombuffer(memoryview(self._map)[start : start + nbytes], dtype=torch.uint8)
+
+
+def _no_arena() -> None:
+    return None
 
 
 def copy_to_arena(tensors: list[torch.Tensor]) -> tuple[Arena, list[torch.Tensor]]:
