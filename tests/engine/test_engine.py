@@ -461,3 +461,16 @@ def test_place_weights_keeps_shared_weights_shared_and_survives_pickling():
     back = pickle.loads(pickle.dumps(model))  # the arena does not travel; the tensors do
     assert back[0]._mf_arena[0] is None
     torch.testing.assert_close(back[1](x), before, atol=0, rtol=0)
+
+
+def test_step_energy_in_lmul_mode_prices_the_step_and_keeps_the_cache(packed_dir):
+    model = load_packed(packed_dir)
+    model.set_elementwise_mul("lmul", mantissa_bits=3)
+    dec = model.decoder()
+    dec.prefill([[1, 2, 3]])
+    want = dec.step([4]).clone()
+    dec.reset(1)
+    dec.prefill([[1, 2, 3]])
+    e = dec.step_energy([4])  # counted through the model's forward (its cache), then undone
+    assert e.dense_fp32_pj is None and e.saving is None and e.total_pj > e.memory_pj > 0
+    torch.testing.assert_close(dec.step([4]), want, atol=0, rtol=0)
