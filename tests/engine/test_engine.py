@@ -474,3 +474,16 @@ def test_step_energy_in_lmul_mode_prices_the_step_and_keeps_the_cache(packed_dir
     e = dec.step_energy([4])  # counted through the model's forward (its cache), then undone
     assert e.dense_fp32_pj is None and e.saving is None and e.total_pj > e.memory_pj > 0
     torch.testing.assert_close(dec.step([4]), want, atol=0, rtol=0)
+
+
+def test_decoder_built_under_inference_mode(trained):
+    # a server builds its decoder on its first step, inside inference_mode: the placed weights
+    # must stay ordinary tensors (the packed layers read their version counters afterwards)
+    packed = PackedHGRNBitForCausalLM.from_model(trained[0])
+    ids = torch.tensor([trained[1][1]])
+    want = packed(ids).logits
+    with torch.inference_mode():
+        dec = Decoder(packed)
+        dec.step([3])
+    assert not any(b.is_inference() for b in packed.buffers())
+    torch.testing.assert_close(packed(ids).logits, want, atol=0, rtol=0)

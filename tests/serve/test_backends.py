@@ -7,6 +7,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mulfree import kernels
+from mulfree.engine.decode import Decoder
 from mulfree.errors import MulfreeError
 from mulfree.serve.backends import GenericBackend, MatMulFreeBackend, make_backend
 from mulfree.ternary.bitlinear import BitLinear
@@ -67,7 +68,16 @@ def test_cached_steps_equal_full_forward(any_backend):
         rows.append(backend.step([st], [t])[0])
     with torch.inference_mode():
         full = backend.model(input_ids=torch.tensor([ids])).logits[0, 2:]
-    torch.testing.assert_close(torch.stack(rows), full, atol=LOGIT_ATOL, rtol=0)
+    if backend.weights != "packed":
+        torch.testing.assert_close(torch.stack(rows), full, atol=LOGIT_ATOL, rtol=0)
+        return
+    # packed: steps run the engine's fused decode step, whose fused norms and exp round
+    # differently from the model's forward (mulfree.engine.decode): a rounding difference can
+    # move an int8 activation by one step, so logits agree to 2 % of their spread, tokens exactly
+    assert isinstance(backend._decoder, Decoder)
+    got = torch.stack(rows)
+    assert (got - full).abs().max() <= 0.02 * (full.max() - full.min())
+    assert got.argmax(-1).tolist() == full.argmax(-1).tolist()
 
 
 def test_generic_backend_matches_a_full_forward(backend):

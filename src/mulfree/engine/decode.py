@@ -145,7 +145,9 @@ class Decoder:
         self.eps = float(cfg.rms_norm_eps)
         self.bl_eps = float(model.lm_head.norm.eps)
         self.n_layers = cfg.num_hidden_layers
-        with torch.no_grad():
+        # not inference tensors, even when built under inference_mode (a server's first step):
+        # the packed layers check their buffers' version counters
+        with torch.inference_mode(False), torch.no_grad():
             place_weights_(model)  # one huge-page arena; i/f/g back to back (fused as a view)
             lbs = None
             if inner.lower_bounds is not None:

@@ -230,7 +230,9 @@ def place_weights_(model: nn.Module) -> nn.Module:
     unique: dict[int, torch.Tensor] = {}  # id -> tensor, first use order
     for m in layers:
         unique.setdefault(id(m.weight_packed), m.weight_packed)
-    arena, copies = memory.copy_to_arena([t.contiguous() for t in unique.values()])
+    # ordinary tensors even when called under inference_mode (layers read their version)
+    with torch.inference_mode(False), torch.no_grad():
+        arena, copies = memory.copy_to_arena([t.contiguous() for t in unique.values()])
     offsets, off = {}, 0
     for key, t in zip(unique, copies, strict=True):
         offsets[key] = (t, off)

@@ -6,8 +6,11 @@ states advanced in place) and frees a request's state.
 
 - `MatMulFreeBackend` (model_type `hgrn_bit`): a request's state is one float32 row
   [1, hidden*expand_ratio] per layer. A decode step stacks the rows of all active requests along
-  the batch axis into one `HGRNBitCache`, runs the model once on [B, 1] tokens, and splits the
-  advanced states back: one forward per step, whatever the number of requests.
+  the batch axis, runs one step for all of them and splits the advanced states back: one step,
+  whatever the number of requests. With packed weights (and the compiled core) the step is the
+  packed engine's fused decode step (`mulfree.engine.decode.Decoder`: its logits follow the
+  model's forward up to float rounding, see there); else the model's forward on [B, 1] tokens
+  with the rows stacked into one `HGRNBitCache`.
 - `GenericBackend` (any Hugging Face causal LM): a request's state is the model's own cache
   (`DynamicCache` for attention models); a step runs the requests one after another (batch 1),
   since KV caches of different lengths do not stack without padding.
@@ -116,8 +119,40 @@ class MatMulFreeBackend(Backend):
         states = [s.clone() for s in self._states(out.past_key_values, n)]  # L x [1, E]
         return RequestState(states, len(ids)), out.logits[0, -1]
 
+    _decoder: Any = None  # the engine's fused decode step, built on first use
+
+    def _fused(self):
+        """The packed engine's fused decode step (`mulfree.engine.decode.Decoder`) when the
+        weights are packed, the compiled core is there and the model multiplies exactly;
+        else None (steps run the model's forward)."""
+        from mulfree import kernels
+
+        if (
+            self.weights != "packed"
+            or getattr(self.model.config, "elementwise_mul", "exact") != "exact"
+            or not kernels.available()
+        ):
+            return None
+        if self._decoder is None:
+            from mulfree.engine.decode import Decoder
+
+            self._decoder = Decoder(self.model)
+        return self._decoder
+
     @torch.inference_mode()
     def step(self, states, tokens):
+        dec = self._fused()
+        if dec is not None:
+            # the batch's states into the decoder's [B, E] rows, one fused step, back out
+            if dec.batch != len(states):
+                dec.reset(len(states))  # reallocates its buffers for the new batch size
+            for layer, rows in enumerate(dec.states):
+                torch.cat([st.data[layer] for st in states], 0, out=rows)  # [B, E]
+            logits = dec.step(tokens).clone()  # [B, vocab]; the decoder reuses its buffer
+            for b, st in enumerate(states):
+                st.data = [s[b : b + 1].clone() for s in dec.states]  # L x [1, E]
+                st.length += 1
+            return logits
         n = self.model.config.num_hidden_layers
         # L x [B, E]: row b of layer l is request b's state.
         stacked = [torch.cat([st.data[layer] for st in states], 0) for layer in range(n)]
