@@ -487,3 +487,75 @@ def test_decoder_built_under_inference_mode(trained):
         dec.step([3])
     assert not any(b.is_inference() for b in packed.buffers())
     torch.testing.assert_close(packed(ids).logits, want, atol=0, rtol=0)
+
+
+def _spy_decoder_steps(monkeypatch):
+    calls = []
+    real = Decoder.step
+
+    def spy(self, ids):
+        calls.append(len(ids))
+        return real(self, ids)
+
+    monkeypatch.setattr(Decoder, "step", spy)
+    return calls
+
+
+def test_hf_cached_step_runs_the_fused_decoder(trained, monkeypatch):
+    from mulfree.models.mmfree import HGRNBitCache
+
+    packed = PackedHGRNBitForCausalLM.from_model(trained[0])
+    prompt = trained[1][1]
+    calls = _spy_decoder_steps(monkeypatch)
+
+    def run(fast: bool):
+        cache = HGRNBitCache(packed.config)
+        with torch.no_grad():
+            out = packed(torch.tensor([prompt]), past_key_values=cache, use_cache=True)
+            rows = [out.logits[0, -1]]
+            for tok in (5, 17, 42):
+                if fast:
+                    out = packed(torch.tensor([[tok]]), past_key_values=cache, use_cache=True)
+                else:  # asking for hidden states: the modules' forward runs
+                    out = packed(torch.tensor([[tok]]), past_key_values=cache, use_cache=True,
+                                 output_hidden_states=True)  # fmt: skip
+                rows.append(out.logits[0, -1])
+        return torch.stack(rows), cache
+
+    fast, cache_fast = run(True)
+    assert len(calls) == 3 and cache_fast.get_seq_length() == len(prompt) + 3
+    slow, cache_slow = run(False)
+    assert len(calls) == 3  # output_hidden_states: the modules ran
+    # fused norms / exp round differently from the modules (mulfree.engine.decode): logits agree
+    # to 2 % of their spread, greedy tokens exactly; the states likewise
+    assert (fast - slow).abs().max() <= 0.02 * (slow.max() - slow.min())
+    assert fast.argmax(-1).tolist() == slow.argmax(-1).tolist()
+    for a, b in zip(cache_fast.layers, cache_slow.layers, strict=True):
+        torch.testing.assert_close(
+            a.recurrent_states[0], b.recurrent_states[0], atol=0.02, rtol=0.02
+        )
+    # a step whose token is masked out, and a step while energy is counted, run the modules
+    cache = HGRNBitCache(packed.config)
+    with torch.no_grad():
+        packed(torch.tensor([prompt]), past_key_values=cache, use_cache=True)
+        packed(torch.tensor([[5]]), attention_mask=torch.tensor([[0]]), past_key_values=cache)
+        with energy.EnergyCounter(packed) as c:
+            packed(torch.tensor([[5]]), past_key_values=cache, use_cache=True)
+    assert len(calls) == 3 and c.counts[("ternary_add", 32)] > 0
+
+
+def test_hf_generate_batched_left_padded_equals_single_rows(trained, monkeypatch):
+    packed = PackedHGRNBitForCausalLM.from_model(trained[0])
+    calls = _spy_decoder_steps(monkeypatch)
+    a, b = trained[1][0], trained[1][2]
+    pad = len(a) - len(b)
+    assert pad > 0
+    ids = torch.tensor([a, [0] * pad + b])
+    mask = torch.tensor([[1] * len(a), [0] * pad + [1] * len(b)])
+    kw = dict(max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)
+    both = packed.generate(ids, attention_mask=mask, **kw)
+    assert calls and calls[0] == 2  # the batch's steps ran on the fused decoder
+    one_a = packed.generate(torch.tensor([a]), **kw)[0, len(a) :]
+    one_b = packed.generate(torch.tensor([b]), **kw)[0, len(b) :]
+    assert both[0, len(a) :].tolist() == one_a.tolist()
+    assert both[1, len(a) :].tolist() == one_b.tolist()
