@@ -6,9 +6,11 @@ a trained model, so the i/f/g projections run as three kernel calls), this
    their sizes (the issue's bound: a packed 370M <= 100 MB);
 2. loads the `--embeddings` one (default int4; `load_packed`, tq1 -> tq2) and times `Decoder.step` (all layers + the
    32000-token ternary head + argmax), after a prefill of `--prompt` tokens (also timed);
-3. estimates the energy of one decode step (`Decoder.step_energy`: counted op by op, priced
+3. times transformers' `model.generate` on the same packed model (greedy; its cached steps run
+   the fused decoder), decode tokens/s;
+4. estimates the energy of one decode step (`Decoder.step_energy`: counted op by op, priced
    with the default energy table) next to the same step with dense fp32 projections;
-4. times the official method: the PyTorch model whose BitLinears fake-quantize their float
+5. times the official method: the PyTorch model whose BitLinears fake-quantize their float
    weights at every call (`F.linear(act_quant(x), weight_quant(W))`, as the official
    `mmfreelm` BitLinear does; here BitLinear in training mode under inference_mode), on a few
    tokens with the recurrent-state cache.
@@ -114,6 +116,7 @@ def bench_engine(name: str, args, tmp: str) -> dict:
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     energy = dec.step_energy([tok])  # after the timing: counting runs the torch path once
+    hf_tok_s = bench_hf_generate(model, prompt, args.steps)
     del model, dec
     return {
         "size": size,
@@ -123,7 +126,22 @@ def bench_engine(name: str, args, tmp: str) -> dict:
         "median_s": statistics.median(times),
         "mean_s": statistics.fmean(times),
         "energy": energy,
+        "hf_tok_s": hf_tok_s,
     }
+
+
+def bench_hf_generate(model, prompt: torch.Tensor, steps: int) -> float:
+    """Decode tokens/s of transformers' `model.generate` (greedy) on the packed model: the time
+    of 1 + steps new tokens minus that of 1 (the prompt and the first token), per step."""
+
+    def run(n: int) -> float:
+        t0 = time.perf_counter()
+        model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        return time.perf_counter() - t0
+
+    run(2)  # warm-up
+    first = min(run(1) for _ in range(3))
+    return steps / max(run(1 + steps) - first, 1e-9)
 
 
 @torch.inference_mode()
@@ -178,7 +196,8 @@ def main(argv=None) -> int:
                   f"({e['size'] / 2**20:.1f} MiB; {other} embeddings "
                   f"{e['sizes'][other] / 1e6:.1f} MB), "
                   f"load {e['load_s']:.1f} s, prefill {e['prefill_tok_s']:.0f} tok/s, decode "
-                  f"{tok_s:.1f} tok/s (median; mean {1 / e['mean_s']:.1f}), target "
+                  f"{tok_s:.1f} tok/s (median; mean {1 / e['mean_s']:.1f}; HF generate "
+                  f"{e['hf_tok_s']:.1f}), target "
                   f"{TARGETS.get(name, float('nan')):.0f}"
                   + (f"; official fake-quant {base:.2f} s/token ({1 / base:.2f} tok/s), "
                      f"engine = {base / e['median_s']:.0f}x" if base else ""), flush=True)  # fmt: skip
@@ -186,14 +205,15 @@ def main(argv=None) -> int:
     print()
     print(
         "| shape | packed file, int4 / int8 embeddings | prefill tok/s | decode tok/s (median) "
-        "| target | official s/token | speed-up | energy/token, est. µJ | dense fp32 µJ | less |"
+        "| HF generate tok/s | target | official s/token | speed-up | energy/token, est. µJ "
+        "| dense fp32 µJ | less |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, e, base in rows:
         speedup = f"{base / e['median_s']:.0f}x" if base else "-"
         en = e["energy"]
         print(f"| {name} | {e['sizes']['int4'] / 1e6:.1f} / {e['sizes']['int8'] / 1e6:.1f} MB "
-              f"| {e['prefill_tok_s']:.0f} | {1 / e['median_s']:.1f} | "
+              f"| {e['prefill_tok_s']:.0f} | {1 / e['median_s']:.1f} | {e['hf_tok_s']:.1f} | "
               f"{TARGETS.get(name, float('nan')):.0f} | {f'{base:.2f}' if base else '-'} | "
               f"{speedup} | {en.total_pj / 1e6:.0f} | {en.dense_fp32_pj / 1e6:.0f} | "
               f"{en.saving:.1f}x |")  # fmt: skip

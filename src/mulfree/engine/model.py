@@ -6,7 +6,8 @@
 `generate`) is the PyTorch model's own code, so `model.generate(...)` works as for any causal
 LM. `model.decoder()` gives the fused single-token step used by `mulfree generate`; the
 model's forward hands cached single-token steps to it too, so HF `generate` decodes at the
-engine's speed (370M, random weights, 2 threads: 110 instead of 29 tok/s).
+engine's speed (370M, random weights, 2 threads: 160 tok/s in benchmarks/bench_decode.py,
+~29 through the modules).
 """
 
 from __future__ import annotations
@@ -67,10 +68,11 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
                 past_key_values=None, labels=None, use_cache=None, output_hidden_states=None,
                 return_dict=None, logits_to_keep=0, **kwargs):  # fmt: skip
         """HGRNBitForCausalLM.forward; a cached single-token step (what HF `generate` runs
-        after the prompt) goes through the fused decoder instead (`decoder()`, ~10x faster on
-        the 370M shape): the same operations as the modules' forward, on the kernels and
-        compiled elementwise stages, so logits agree up to float rounding (see
-        mulfree.engine.decode) and greedy tokens equal `mulfree generate`'s. Anything else
+        after the prompt) goes through the fused decoder instead (`decoder()`; HF generate on
+        the 370M shape ~5x faster, see benchmarks/bench_decode.py): the same operations as the
+        modules' forward, on the kernels and compiled elementwise stages, so logits agree up
+        to float rounding (see mulfree.engine.decode) and greedy tokens equal `mulfree
+        generate`'s. Anything else
         (prompts, labels, hidden states, masked steps, L-Mul products, an active energy
         counter, no compiled core) runs the modules' forward."""
         if self._fused_step_applies(input_ids, attention_mask, inputs_embeds, past_key_values,
