@@ -559,3 +559,14 @@ def test_hf_generate_batched_left_padded_equals_single_rows(trained, monkeypatch
     one_b = packed.generate(torch.tensor([b]), **kw)[0, len(b) :]
     assert both[0, len(a) :].tolist() == one_a.tolist()
     assert both[1, len(a) :].tolist() == one_b.tolist()
+
+
+def test_hf_generate_leaves_the_users_decoder_alone(packed_dir):
+    packed = load_packed(packed_dir)
+    dec = packed.decoder()
+    dec.prefill([[1, 2, 3]])
+    states = [s.clone() for s in dec.states]
+    packed.generate(torch.tensor([[7, 8], [9, 10]]), max_new_tokens=4, do_sample=False)
+    assert dec.batch == 1
+    for s, before in zip(dec.states, states, strict=True):
+        torch.testing.assert_close(s, before, atol=0, rtol=0)

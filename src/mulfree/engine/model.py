@@ -51,6 +51,7 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
         self.requires_grad_(False)
         self.eval()
         self._decoder = None
+        self._hf_decoder = None  # the cached-step fast path of forward (HF generate)
 
     def tie_weights(self, *args, **kwargs):
         # the packed head is its own quantized tensor (tied models are packed untied)
@@ -68,7 +69,7 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
                 past_key_values=None, labels=None, use_cache=None, output_hidden_states=None,
                 return_dict=None, logits_to_keep=0, **kwargs):  # fmt: skip
         """HGRNBitForCausalLM.forward; a cached single-token step (what HF `generate` runs
-        after the prompt) goes through the fused decoder instead (`decoder()`; HF generate on
+        after the prompt) goes through a fused decoder instead (its own, not `decoder()`'s; HF generate on
         the 370M shape ~5x faster, see benchmarks/bench_decode.py): the same operations as the
         modules' forward, on the kernels and compiled elementwise stages, so logits agree up
         to float rounding (see mulfree.engine.decode) and greedy tokens equal `mulfree
@@ -80,7 +81,11 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
             from transformers.modeling_outputs import CausalLMOutputWithPast
 
             cache = past_key_values
-            dec = self.decoder()
+            if self._hf_decoder is None:  # its own: a user's decoder() keeps its state
+                from mulfree.engine.decode import Decoder
+
+                self._hf_decoder = Decoder(self)
+            dec = self._hf_decoder
             if dec.batch != input_ids.shape[0]:
                 dec.reset(input_ids.shape[0])  # reallocates its buffers for the batch size
             for layer, rows in enumerate(dec.states):
