@@ -69,13 +69,13 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
                 past_key_values=None, labels=None, use_cache=None, output_hidden_states=None,
                 return_dict=None, logits_to_keep=0, **kwargs):  # fmt: skip
         """HGRNBitForCausalLM.forward; a cached single-token step (what HF `generate` runs
-        after the prompt) goes through a fused decoder instead (its own, not `decoder()`'s; HF generate on
-        the 370M shape ~5x faster, see benchmarks/bench_decode.py): the same operations as the
-        modules' forward, on the kernels and compiled elementwise stages, so logits agree up
-        to float rounding (see mulfree.engine.decode) and greedy tokens equal `mulfree
-        generate`'s. Anything else
-        (prompts, labels, hidden states, masked steps, L-Mul products, an active energy
-        counter, no compiled core) runs the modules' forward."""
+        after the prompt) goes through a fused decoder instead (its own, not `decoder()`'s;
+        HF generate on the 370M shape ~5x faster, see benchmarks/bench_decode.py): the same
+        operations as the modules' forward, on the kernels and compiled elementwise stages,
+        so logits agree up to float rounding (see mulfree.engine.decode) and greedy tokens
+        equal `mulfree generate`'s. Anything else (prompts, labels, hidden states, masked
+        steps, L-Mul products, an active energy counter, no compiled core) runs the modules'
+        forward."""
         if self._fused_step_applies(input_ids, attention_mask, inputs_embeds, past_key_values,
                                     labels, use_cache, output_hidden_states):  # fmt: skip
             from transformers.modeling_outputs import CausalLMOutputWithPast
