@@ -98,11 +98,12 @@ def _fused_linear(ms: list[PackedBitLinear]) -> _Linear | None:
         return None
     if any(m.out_features % packing.TQ2_ROWS for m in ms):
         return None
+    parts = [m.packed() for m in ms]
     data = adjacent_weights(ms)  # a view when place_weights_ put them back to back
     if data is None:
-        data, row_scales = packing.fuse_rows([m.packed() for m in ms])
+        data, row_scales = packing.fuse_rows(parts)
     else:
-        row_scales = torch.cat([m.weight_scale.float().expand(m.out_features) for m in ms])
+        row_scales = packing.stacked_row_scales(parts)
     n = sum(m.out_features for m in ms)
     return _Linear(w0.detach().float().contiguous(), data, n, ms[0].in_features, 1.0, row_scales)
 
@@ -301,6 +302,17 @@ class Decoder:
             x.add_(self.y_d)
         u = rms(rms(x, d, self.final_norm, eps), d, self.head.norm_w, bl_eps)
         return self._kernel(self.head, u, self.logits)
+
+    def step_from(self, states: list[torch.Tensor], ids: torch.Tensor | list[int]) -> torch.Tensor:
+        """One step for sequences whose recurrent states are kept elsewhere (a server's
+        requests, a transformers cache): loads `states` (L x [B, E]) into the decoder, resizing
+        its batch when B changes, runs `step(ids)` and returns a copy of the logits [B, vocab];
+        the advanced states are then in `self.states`."""
+        if self.batch != states[0].shape[0]:
+            self.reset(states[0].shape[0])  # reallocates the buffers for the new batch size
+        for rows, s in zip(self.states, states, strict=True):
+            rows.copy_(s)
+        return self.step(ids).clone()  # step's logits are a buffer the next step reuses
 
     def step_energy(self, ids: torch.Tensor | list[int], table: str | None = None) -> StepEnergy:
         """Count and price one `step(ids)` without changing the decoder's state: the step as it

@@ -86,13 +86,11 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
 
                 self._hf_decoder = Decoder(self)
             dec = self._hf_decoder
-            if dec.batch != input_ids.shape[0]:
-                dec.reset(input_ids.shape[0])  # reallocates its buffers for the batch size
+            n = self.config.num_hidden_layers
+            states = [layer.recurrent_states[0] for layer in cache.layers[:n]]  # L x [B, E]
+            logits = dec.step_from(states, input_ids[:, 0])  # [B, vocab]
             for layer, rows in enumerate(dec.states):
-                rows.copy_(cache.layers[layer].recurrent_states[0])  # [B, E]
-            logits = dec.step(input_ids[:, 0]).clone()  # [B, vocab]; the decoder reuses it
-            for layer, rows in enumerate(dec.states):
-                cache.update_recurrent_state(rows.clone(), layer)
+                cache.update_recurrent_state(rows, layer)  # copies into the cache's tensor
             cache.seen_tokens += 1
             out = CausalLMOutputWithPast(logits=logits[:, None], past_key_values=cache)
             rd = return_dict if return_dict is not None else self.config.return_dict

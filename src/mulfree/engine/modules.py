@@ -233,16 +233,13 @@ def place_weights_(model: nn.Module) -> nn.Module:
     # ordinary tensors even when called under inference_mode (layers read their version)
     with torch.inference_mode(False), torch.no_grad():
         arena, copies = memory.copy_to_arena([t.contiguous() for t in unique.values()])
-    offsets, off = {}, 0
-    for key, t in zip(unique, copies, strict=True):
-        offsets[key] = (t, off)
-        off += memory.aligned(t.numel())
+    moved = dict(zip(unique, copies, strict=True))  # old tensor id -> its copy
     for m in layers:
-        t, off = offsets[id(m.weight_packed)]
+        t = moved[id(m.weight_packed)]
         m.weight_packed = t  # a registered buffer: replaced in _buffers
-        m._mf_arena = (arena, off)
+        m._mf_arena = (arena, t.data_ptr() - arena.address)
         m._packed = None  # drop the cached view of the old buffer (and its memory)
-    del unique, copies, offsets, t
+    del unique, copies, moved, t
     memory.trim_heap()  # the old buffers went back to malloc; hand them to the OS
     return model
 

@@ -141,21 +141,16 @@ class MatMulFreeBackend(Backend):
 
     @torch.inference_mode()
     def step(self, states, tokens):
+        n = self.model.config.num_hidden_layers
+        # L x [B, E]: row b of layer l is request b's state.
+        stacked = [torch.cat([st.data[layer] for st in states], 0) for layer in range(n)]
         dec = self._fused()
         if dec is not None:
-            # the batch's states into the decoder's [B, E] rows, one fused step, back out
-            if dec.batch != len(states):
-                dec.reset(len(states))  # reallocates its buffers for the new batch size
-            for layer, rows in enumerate(dec.states):
-                torch.cat([st.data[layer] for st in states], 0, out=rows)  # [B, E]
-            logits = dec.step(tokens).clone()  # [B, vocab]; the decoder reuses its buffer
+            logits = dec.step_from(stacked, tokens)  # [B, vocab]
             for b, st in enumerate(states):
                 st.data = [s[b : b + 1].clone() for s in dec.states]  # L x [1, E]
                 st.length += 1
             return logits
-        n = self.model.config.num_hidden_layers
-        # L x [B, E]: row b of layer l is request b's state.
-        stacked = [torch.cat([st.data[layer] for st in states], 0) for layer in range(n)]
         cache = self._cache(stacked)
         x = torch.tensor(tokens, dtype=torch.long).unsqueeze(1)  # [B, 1]
         out = self.model(input_ids=x, past_key_values=cache, use_cache=True)

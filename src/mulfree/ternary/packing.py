@@ -255,5 +255,10 @@ def fuse_rows(parts: list[PackedTernary]) -> tuple[torch.Tensor, torch.Tensor]:
                 f"fuse_rows: out_features {p.out_features} is not a multiple of {TQ2_ROWS}"
             )
     data = torch.cat([p.data for p in parts])  # row blocks are contiguous: [nb][kb] order
-    row_scales = torch.cat([p.scale.expand(p.out_features) for p in parts]).contiguous()
-    return data, row_scales
+    return data, stacked_row_scales(parts)
+
+
+def stacked_row_scales(parts: list[PackedTernary]) -> torch.Tensor:
+    """float32 [sum N_i]: each part's tensor scale on its rows (the `row_scales` of the stacked
+    weight of `fuse_rows`, or of parts that already lie back to back in memory)."""
+    return torch.cat([p.scale.expand(p.out_features) for p in parts]).contiguous()
