@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from mulfree.cli import main
 from mulfree.engine import load_packed
-from mulfree.engine.format import WEIGHTS_FILE, read_metadata
+from mulfree.engine.format import WEIGHTS_FILE, metadata_crc32, read_metadata
 from mulfree.engine.generate import GenerateConfig, generate
 from mulfree.errors import MulfreeError
 
@@ -31,6 +31,8 @@ def _rewrite(file, tensors=None, **meta_changes):
             meta.pop(k, None)
         else:
             meta[k] = v
+    if "metadata_crc32" in meta and "metadata_crc32" not in meta_changes:
+        meta["metadata_crc32"] = metadata_crc32(meta)  # a crafted file, not a damaged one
     save_file(tensors, str(file), metadata=meta)
 
 

@@ -32,6 +32,17 @@ def register(sub) -> None:
         help="token embedding storage (default int8 rows + a float32 step per row; int4: 4-bit "
         "codes + a step per 32 entries, half the bytes; float32 keeps the source values exactly)",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a non-empty DST as a whole (default: refuse it; DST is never left half-written)",
+    )
+    p.add_argument(
+        "--no-tokenizer",
+        action="store_true",
+        help="pack a source that has no tokenizer files (default: refuse; generate/serve then "
+        "need --tokenizer DIR)",
+    )
     p.set_defaults(func=cmd_convert)
 
     g = sub.add_parser(
@@ -66,7 +77,8 @@ def register(sub) -> None:
 def cmd_convert(args) -> int:
     from mulfree.engine.convert import ConvertConfig, convert
 
-    r = convert(ConvertConfig(args.src, args.dst, args.ternary_format, args.embeddings))
+    r = convert(ConvertConfig(args.src, args.dst, args.ternary_format, args.embeddings,
+                              force=args.force, no_tokenizer=args.no_tokenizer))  # fmt: skip
     extra = f"; copied {', '.join(r.tokenizer_files)}" if r.tokenizer_files else ""
     print(
         f"wrote {r.path} ({r.nbytes / 1e6:.1f} MB, {args.ternary_format}, {args.embeddings} embeddings){extra}"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from mulfree._io import check_output_dir, output_dir
 from mulfree.engine import format as fmt
 from mulfree.engine.modules import Int4Embedding, Int8Embedding
 from mulfree.errors import MulfreeError
@@ -31,6 +32,8 @@ class ConvertConfig:
     dst: str
     ternary_format: str = "tq1"
     embeddings: str = "int8"
+    force: bool = False  # replace a non-empty DST as a whole (else it is refused)
+    no_tokenizer: bool = False  # write a model without tokenizer files (else: refused)
 
     def __post_init__(self):
         if self.ternary_format not in fmt.TERNARY_FORMATS:
@@ -187,11 +190,13 @@ def _from_checkpoint_dir(src: Path, tfmt: str, efmt: str):
             if key not in where and key == "lm_head.weight" and config.tie_word_embeddings:
                 key = "model.embeddings.weight"
             try:
-                return where[key].get_tensor(key)
+                t = where[key].get_tensor(key)
             except Exception as e:
                 raise MulfreeError(
                     f"cannot read tensor {key} from {src}: {fmt._first_line(e)}"
                 ) from None
+            fmt.check_finite({key: t}, src)
+            return t
 
         def linear(name):
             return packing.PackedTernary.from_float(tensor(f"{name}.weight").float(), "tq2")
@@ -205,12 +210,20 @@ def _from_checkpoint_dir(src: Path, tfmt: str, efmt: str):
     return config, tensors, tok_dir
 
 
+# Any of these next to the weights lets `generate`/`serve` load a tokenizer.
+_TOKENIZER_CORE = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
 def convert(config: ConvertConfig | str, dst: str | None = None, **kw) -> ConvertResult:
     """Pack `src` into `dst`/model.safetensors: a model folder, a `mulfree train` run folder or
     one of its checkpoints/step_* folders (see resolve_checkpoint), or a packed file/dir to re-pack.
 
     `convert("ckpt", "out")` or `convert(ConvertConfig("ckpt", "out", "tq2", "float32"))`.
-    Tokenizer and generation files of the source directory are copied alongside.
+    Tokenizer and generation files of the source directory are copied alongside; a source
+    without a tokenizer is refused unless `no_tokenizer`. DST must be new or empty unless
+    `force`, which replaces it as a whole; the output is written into a temporary sibling folder
+    and renamed into place when complete (see mulfree._io.output_dir), so a failed or killed
+    convert leaves DST as it was.
     """
     if not isinstance(config, ConvertConfig):
         config = ConvertConfig(str(config), str(dst), **kw)
@@ -218,22 +231,38 @@ def convert(config: ConvertConfig | str, dst: str | None = None, **kw) -> Conver
     tfmt, efmt = config.ternary_format, config.embeddings
     if not src.exists():
         raise MulfreeError(f"source not found: {src}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MulfreeError(f"destination {out_dir} exists and is not a directory")
-    if fmt.is_packed(src):
+    keep = [src] if src.is_dir() else [src, src.parent]
+    if fmt.looks_packed(src):
         from mulfree.engine.model import load_packed
 
+        src_dir = fmt.weights_file(src).parent
+        keep.append(src_dir)
+        check_output_dir(out_dir, force=config.force, keep=keep)  # before minutes of packing
+        _check_tokenizer(src_dir, config)
         model = load_packed(src)
         tensors = packed_tensors_from_model(model, tfmt, efmt)
         model_config = model.config
-        src_dir = fmt.weights_file(src).parent
     elif src.is_dir():
+        _, _, _, tok_dir = resolve_checkpoint(src)
+        keep.append(tok_dir)
+        check_output_dir(out_dir, force=config.force, keep=keep)  # before minutes of packing
+        _check_tokenizer(tok_dir, config)
         model_config, tensors, src_dir = _from_checkpoint_dir(src, tfmt, efmt)
     else:
         raise MulfreeError(f"{src} is neither a packed model nor a checkpoint directory")
-    path = out_dir / fmt.WEIGHTS_FILE
-    if src_dir.resolve() == out_dir.resolve():
-        raise MulfreeError("destination must differ from the source directory")
-    fmt.write_packed(path, tensors, model_config.to_json_string(use_diff=False), tfmt, efmt)
-    copied = fmt.copy_tokenizer_files(src_dir, out_dir)
-    return ConvertResult(path, path.stat().st_size, copied)
+    with output_dir(out_dir, force=config.force, keep=keep) as tmp:
+        path = tmp / fmt.WEIGHTS_FILE
+        fmt.write_packed(path, tensors, model_config.to_json_string(use_diff=False), tfmt, efmt)
+        copied = fmt.copy_tokenizer_files(src_dir, tmp)
+        nbytes = path.stat().st_size
+    return ConvertResult(out_dir / fmt.WEIGHTS_FILE, nbytes, copied)
+
+
+def _check_tokenizer(tok_dir: Path, config: ConvertConfig) -> None:
+    if config.no_tokenizer or any((tok_dir / n).is_file() for n in _TOKENIZER_CORE):
+        return
+    raise MulfreeError(
+        f"no tokenizer next to the source ({', '.join(_TOKENIZER_CORE)} in {tok_dir}): "
+        "`generate`/`serve` could not use the packed model; pass --no-tokenizer to pack it anyway "
+        "(then give them --tokenizer DIR)"
+    )

@@ -7,6 +7,8 @@ Metadata (`__metadata__`, all strings):
     ternary_format          "tq2" (2 bits/weight, the kernels' layout) or "tq1" (1.6 bits/weight)
     embedding_format        "float32" | "bfloat16" | "float16" | "int8" | "int4"
     tensors_crc32           CRC-32 of every tensor's bytes, in sorted-name order (hex)
+    metadata_crc32          CRC-32 of the other metadata entries (see metadata_crc32); files
+                            written before it existed load without it
 Tensors, named as the modules of HGRNBitForCausalLM with PackedTernaryLinear layers:
     <linear>.weight_packed  uint8 [packed_nbytes(ternary_format, N, K)]
     <linear>.weight_scale   float32 [] (w ≈ q / scale, BitLinear's absmean rule)
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from mulfree._io import atomic_file
 from mulfree.errors import MulfreeError
 from mulfree.ternary import packing
 
@@ -62,6 +65,16 @@ def tensors_crc32(tensors: dict[str, torch.Tensor]) -> str:
     return f"{crc:08x}"
 
 
+def metadata_crc32(meta: dict[str, str]) -> str:
+    """CRC-32 (8 hex digits) of the metadata entries other than this checksum, as `name=value`
+    lines in sorted-name order: a damaged config or format field is found before it is used."""
+    crc = 0
+    for k in sorted(meta):
+        if k != "metadata_crc32":
+            crc = zlib.crc32(f"{k}={meta[k]}\n".encode("utf-8", "surrogatepass"), crc)
+    return f"{crc:08x}"
+
+
 def _first_line(e: BaseException) -> str:
     s = str(e).strip()
     return s.splitlines()[0] if s else type(e).__name__
@@ -77,15 +90,52 @@ def weights_file(path: str | Path) -> Path:
     return p
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The `__metadata__` of a safetensors file, with one-line errors for unreadable files."""
+# safetensors dtype names -> torch dtypes (the ones a packed file may hold).
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def read_header(path: str | Path) -> tuple[dict[str, str], dict[str, tuple[tuple, object]]]:
+    """(`__metadata__`, name -> (shape, torch dtype or safetensors dtype name)) of a safetensors
+    file, read from its header alone (no tensor data is touched); one-line errors."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as sf:
-            return dict(sf.metadata() or {})
+            meta = dict(sf.metadata() or {})
+            specs = {}
+            for k in sf.keys():
+                sl = sf.get_slice(k)
+                d = sl.get_dtype()
+                specs[k] = (tuple(sl.get_shape()), _ST_DTYPES.get(d, d))
+            return meta, specs
     except Exception as e:  # safetensors raises its own error types for bad headers
-        raise MulfreeError(f"cannot read {path}: {_first_line(e)}") from None
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            raise MulfreeError(f"cannot read {path}: the file is empty (corrupt)") from None
+        raise MulfreeError(
+            f"cannot read {path}: corrupt or not a safetensors file ({_first_line(e)})"
+        ) from None
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file, with one-line errors for unreadable files."""
+    return read_header(path)[0]
+
+
+def looks_packed(path: str | Path) -> bool:
+    """True when `path` is meant as a packed model, readable or not: a packed model (is_packed),
+    any file, or a directory with model.safetensors but no config.json / trainer_state.json (a
+    checkpoint has those). Loading it then says precisely what is wrong with the file, instead
+    of treating a damaged packed folder as a checkpoint without config.json."""
+    p = Path(path)
+    if p.is_file():
+        return True
+    return p.is_dir() and (p / WEIGHTS_FILE).exists() and not any(
+        (p / n).exists() for n in ("config.json", "trainer_state.json")
+    )
 
 
 def is_packed(path: str | Path) -> bool:
@@ -104,7 +154,7 @@ def write_packed(
     path: Path, tensors: dict[str, torch.Tensor], config_json: str, ternary_format: str,
     embedding_format: str,
 ) -> None:  # fmt: skip
-    """Write tensors + metadata atomically (tmp file, then rename)."""
+    """Write tensors + metadata atomically (a temporary sibling, fsync'ed, renamed over `path`)."""
     from safetensors.torch import save_file
 
     meta = {
@@ -115,25 +165,79 @@ def write_packed(
         "embedding_format": embedding_format,
         "tensors_crc32": tensors_crc32(tensors),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    tmp.replace(path)
+    meta["metadata_crc32"] = metadata_crc32(meta)
+    with atomic_file(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+
+
+def _parse_config(file: Path, meta: dict[str, str]):
+    from mulfree.models.mmfree import HGRNBitConfig
+
+    try:
+        raw = json.loads(meta["config"])
+    except KeyError:
+        raise MulfreeError(f"{file}: no config in its metadata") from None
+    except (ValueError, RecursionError) as e:
+        raise MulfreeError(f"{file}: unreadable config metadata ({_first_line(e)})") from None
+    if not isinstance(raw, dict):
+        raise MulfreeError(f"{file}: the config metadata is not a JSON object")
+    try:
+        return HGRNBitConfig(**raw)
+    except MulfreeError as e:
+        raise MulfreeError(f"{file}: bad config: {e}") from None
+    except (ValueError, TypeError, OverflowError) as e:
+        raise MulfreeError(f"{file}: bad config: {_first_line(e)}") from None
+
+
+def _check_header_against_config(config, header: dict, file: Path) -> None:
+    """Cheap checks of the config against the tensors the file actually holds, before a model of
+    that config is even described: layer count and embedding shape."""
+    layers = {int(k.split(".")[2]) for k in header
+              if k.startswith("model.layers.") and k.split(".")[2].isdigit()}  # fmt: skip
+    n = max(layers) + 1 if layers else 0
+    if n != config.num_hidden_layers or len(layers) != n:
+        raise MulfreeError(
+            f"{file}: config num_hidden_layers={config.num_hidden_layers} but the file holds "
+            f"{len(layers)} layers"
+        )
+    for name in ("weight", "weight_int8", "weight_int4"):
+        key = f"model.embeddings.{name}"
+        if key in header:
+            shape = header[key][0]
+            if len(shape) != 2 or shape[0] != config.vocab_size or (
+                name != "weight_int4" and shape[1] != config.hidden_size
+            ):
+                raise MulfreeError(
+                    f"{file}: shape mismatch: config vocab_size={config.vocab_size}, hidden_size="
+                    f"{config.hidden_size} but {key} has shape {shape}"
+                )
+
+
+def check_finite(tensors: dict[str, torch.Tensor], where) -> None:
+    """Refuse NaN/inf in any floating-point tensor, naming the first such tensor."""
+    for name in sorted(tensors):
+        t = tensors[name]
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise MulfreeError(
+                f"{where}: tensor {name} holds {bad} non-finite values (NaN or inf) of {t.numel()}"
+            )
 
 
 def read_packed(path: str | Path, *, verify: bool = True):
     """Read and check a packed file -> (config, tensors, metadata).
 
-    Checks, each failing with one MulfreeError line: readable safetensors header and data,
-    format name, version, config, ternary/embedding formats, CRC (when `verify`), and that the
-    tensor names and shapes are exactly those the config implies.
+    Checks, each failing with one MulfreeError line, all but the last two before any tensor is
+    read: readable safetensors header, format name, version, metadata CRC (when `verify`), config
+    (every field bounded, see HGRNBitConfig), ternary/embedding formats, that the config's layer
+    count and embedding shape are those of the tensors present, and that the tensor names, shapes
+    and dtypes are exactly those the config implies; then the data CRC (when `verify`) and that
+    no float tensor holds NaN/inf.
     """
     from safetensors.torch import load_file
 
-    from mulfree.models.mmfree import HGRNBitConfig
-
     file = weights_file(path)
-    meta = read_metadata(file)
+    meta, header = read_header(file)
     name = meta.get("mulfree_format")
     if name != FORMAT_NAME:
         hint = " (a regular checkpoint: pack it with `mulfree convert`)" if name else ""
@@ -145,14 +249,9 @@ def read_packed(path: str | Path, *, verify: bool = True):
         raise MulfreeError(
             f"{file} is packed format version {version!r}; this mulfree reads version {FORMAT_VERSION}"
         )
-    try:
-        config = HGRNBitConfig(**json.loads(meta["config"]))
-    except MulfreeError as e:
-        raise MulfreeError(f"{file}: bad config: {e}") from None
-    except (KeyError, ValueError, TypeError) as e:
-        raise MulfreeError(
-            f"{file}: missing or unreadable config metadata ({_first_line(e)})"
-        ) from None
+    if verify and "metadata_crc32" in meta and metadata_crc32(meta) != meta["metadata_crc32"]:
+        raise MulfreeError(f"{file} is corrupt: metadata CRC-32 does not match its header")
+    config = _parse_config(file, meta)
     tfmt, efmt = meta.get("ternary_format"), meta.get("embedding_format")
     if tfmt not in TERNARY_FORMATS:
         raise MulfreeError(
@@ -162,13 +261,15 @@ def read_packed(path: str | Path, *, verify: bool = True):
         raise MulfreeError(
             f"{file}: unknown embedding_format {efmt!r} (expected one of {EMBEDDING_FORMATS})"
         )
+    _check_header_against_config(config, header, file)
+    check_tensors(header, expected_specs(config, tfmt, efmt), file)
     try:
         tensors = load_file(str(file))
     except Exception as e:
-        raise MulfreeError(f"cannot read {file}: {_first_line(e)}") from None
+        raise MulfreeError(f"{file} is corrupt: {_first_line(e)}") from None
     if verify and "tensors_crc32" in meta and tensors_crc32(tensors) != meta["tensors_crc32"]:
         raise MulfreeError(f"{file} is corrupt: tensor data CRC-32 does not match its header")
-    check_tensors(tensors, expected_specs(config, tfmt, efmt), file)
+    check_finite(tensors, file)
     return config, tensors, meta
 
 
@@ -203,7 +304,9 @@ def expected_specs(config, ternary_format: str, embedding_format: str) -> dict[s
     return specs
 
 
-def check_tensors(tensors: dict[str, torch.Tensor], specs: dict[str, tuple], where) -> None:
+def check_tensors(tensors: dict, specs: dict[str, tuple], where) -> None:
+    """Names, shapes and dtypes of `tensors` (tensors, or name -> (shape, dtype) as read_header
+    gives) must be exactly `specs`."""
     missing = sorted(set(specs) - set(tensors))
     if missing:
         raise MulfreeError(f"{where}: missing tensors: {', '.join(missing[:3])}"
@@ -215,9 +318,10 @@ def check_tensors(tensors: dict[str, torch.Tensor], specs: dict[str, tuple], whe
     for name in sorted(specs):
         shape, dtype = specs[name]
         t = tensors[name]
-        if tuple(t.shape) != shape or t.dtype != dtype:
+        got_shape, got_dtype = (t.shape, t.dtype) if isinstance(t, torch.Tensor) else t
+        if tuple(got_shape) != shape or got_dtype != dtype:
             raise MulfreeError(
-                f"{where}: shape mismatch for {name}: file has {tuple(t.shape)} {t.dtype}, "
+                f"{where}: shape mismatch for {name}: file has {tuple(got_shape)} {got_dtype}, "
                 f"the config implies {shape} {dtype}"
             )
 

@@ -101,7 +101,7 @@ def load_model(path: str | Path):
     p = Path(path)
     if not p.exists():
         raise MulfreeError(f"model not found: {p}")
-    if fmt.is_packed(p):
+    if fmt.looks_packed(p):  # a damaged packed file is reported as such
         return load_packed(p), fmt.weights_file(p).parent
     if p.is_dir():
         config, tensors, tok_dir = _from_checkpoint_dir(p, "tq2", "float32")

@@ -21,6 +21,7 @@ def load_causal_lm(path: str | Path, **kwargs):
 
     Reads safetensors only. Any missing, unexpected or wrongly shaped tensor is an error.
     """
+    import torch
     from transformers import AutoModelForCausalLM
 
     from mulfree.models.mmfree.modeling_mmfree import _raise_on_bad_load
@@ -55,4 +56,7 @@ def load_causal_lm(path: str | Path, **kwargs):
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MulfreeError(f"cannot load {path}: {first_line}") from None
     _raise_on_bad_load(info, path)
+    for name, t in model.state_dict().items():  # NaN weights would decode nothing but EOS
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise MulfreeError(f"checkpoint {path}: tensor {name} holds NaN or inf values")
     return model

@@ -285,9 +285,10 @@ def load_backend(
     path = Path(model_dir)
     if not path.is_dir():
         raise MulfreeError(f"model directory not found: {path}")
-    from mulfree.engine import is_packed, load_packed
+    from mulfree.engine import load_packed
+    from mulfree.engine.format import looks_packed
 
-    if is_packed(path):
+    if looks_packed(path):  # a damaged packed folder is reported as corrupt, not as config-less
         if lmul_bits is not None:
             raise MulfreeError("--lmul applies to attention models; hgrn_bit has no attention")
         return make_backend(

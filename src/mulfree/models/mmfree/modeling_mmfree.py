@@ -337,10 +337,15 @@ def _add_safetensors_metadata(path: Path, extra: dict[str, str]) -> None:
     os.replace(tmp, path)
 
 
+_FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")  # safetensors dtype names
+
+
 def _check_checkpoint(cls, config: HGRNBitConfig, path: Path, files=None) -> None:
     """Compare the tensor names and shapes in `path`'s safetensors files (or `files`) with what
     `cls` expects."""
     from safetensors import safe_open
+
+    from mulfree._memory import check_fits_memory
 
     found: dict[str, tuple[int, ...]] = {}
     for file in sorted(path.glob("*.safetensors")) if files is None else files:
@@ -348,7 +353,16 @@ def _check_checkpoint(cls, config: HGRNBitConfig, path: Path, files=None) -> Non
             with safe_open(str(file), framework="pt") as sf:
                 meta = sf.metadata() or {}
                 for key in sf.keys():
-                    found[key] = tuple(sf.get_slice(key).get_shape())
+                    sl = sf.get_slice(key)
+                    found[key] = tuple(sl.get_shape())
+                    dtype = sl.get_dtype()
+                    if dtype not in _FLOAT_DTYPES:  # every weight of this model is a float
+                        raise MulfreeError(
+                            f"{file}: tensor {key} is stored as {dtype}; a float type "
+                            f"({', '.join(_FLOAT_DTYPES)}) is expected"
+                        )
+        except MulfreeError:
+            raise
         except Exception as e:  # a truncated or foreign file: say which one, in one line
             raise MulfreeError(
                 f"cannot read {file}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
@@ -362,6 +376,16 @@ def _check_checkpoint(cls, config: HGRNBitConfig, path: Path, files=None) -> Non
                 f"{file} is format version {meta['mulfree_format_version']}; this mulfree reads up to "
                 f"{FORMAT_VERSION} (upgrade mulfree)"
             )
+    # Before a model of `config` is even described (on the meta device, which takes time per
+    # layer): its layer count against the tensors present, its float32 size against memory.
+    layers = {int(k.split(".")[2]) for k in found
+              if k.startswith("model.layers.") and k.split(".")[2].isdigit()}  # fmt: skip
+    if len(layers) != config.num_hidden_layers:
+        raise MulfreeError(
+            f"checkpoint {path}: config num_hidden_layers={config.num_hidden_layers} but the "
+            f"weights hold {len(layers)} layers"
+        )
+    check_fits_memory(4 * config.num_parameters_estimate(), f"the float32 model in {path}")
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in cls(config).state_dict().items()}
     # Tied weights may be stored once.
