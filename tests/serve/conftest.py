@@ -84,7 +84,7 @@ def open_stream(s: ServerThread, body: dict) -> socket.socket:
     data = json.dumps({**body, "stream": True}).encode()
     sock = socket.create_connection((s.host, s.port), timeout=10)
     sock.sendall(
-        b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         + f"Content-Length: {len(data)}\r\n\r\n".encode()
         + data
     )

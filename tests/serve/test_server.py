@@ -287,7 +287,7 @@ def open_stream_queued(s, body):
     data = json.dumps({**body, "stream": True}).encode()
     sock = socket.create_connection((s.host, s.port), timeout=10)
     sock.sendall(
-        b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         + f"Content-Length: {len(data)}\r\n\r\n".encode()
         + data
     )
@@ -325,7 +325,7 @@ def test_disconnect_while_waiting_for_a_full_response(backend):
         data = json.dumps({"prompt": "Hello", "max_tokens": 40_000, "ignore_eos": True}).encode()
         sock = socket.create_connection((s.host, s.port), timeout=10)
         sock.sendall(
-            b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             + f"Content-Length: {len(data)}\r\n\r\n".encode()
             + data
         )

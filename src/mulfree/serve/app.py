@@ -1,9 +1,12 @@
 """The HTTP application (Starlette): OpenAI-compatible routes, metrics, health and the web page.
 
 Every error is an OpenAI-style object {"error": {"message", "type", "param", "code"}} with the
-matching status: 400 bad parameters or malformed JSON, 401 missing/wrong API key, 404 unknown
-model or route, 405 wrong method, 408 generation timed out, 413 body too large, 429 all slots
-taken (with Retry-After), 500 model failure.
+matching status: 400 bad parameters or malformed JSON (also: nested too deeply, lone
+surrogates, a prompt over its byte cap), 401 missing/wrong API key, 403 a Host or Origin that is
+not allowed (serve/guard.py), 404 unknown model or route, 405 wrong method, 408 generation or
+body upload timed out, 413 body too large, 415 a JSON endpoint called without
+`Content-Type: application/json`, 429 all slots taken (with Retry-After), 500 model failure.
+Every response is counted in /metrics by endpoint and status.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import math
 import os
 import time
@@ -19,10 +23,11 @@ from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
+from mulfree.kernels.memory import trim_heap
 from mulfree.serve.backends import Backend
 from mulfree.serve.config import ServeConfig
 from mulfree.serve.metrics import Metrics
@@ -31,11 +36,34 @@ from mulfree.serve.sampling import SamplingParams
 from mulfree.serve.scheduler import Failed, Finished, GenRequest, QueueFull, Scheduler
 
 MAX_STOP = 4  # OpenAI allows up to 4 stop sequences
+ENDPOINTS = ("/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions")
 ROLES = ("system", "developer", "user", "assistant", "tool")
 # Refused bodies (too large, unauthenticated) are read and dropped up to this size so that the
 # client gets the error response; beyond it the connection is simply closed.
 DRAIN_BYTES = 64 << 20
 DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks that its client is still there
+# After a request this large, the memory malloc kept from parsing and tokenizing it is returned.
+TRIM_AFTER_BYTES = 256 << 10
+log = logging.getLogger("uvicorn.error")  # the server's own log stream
+
+
+# The prompt byte cap is max_prompt tokens x the longest token's UTF-8 bytes x this slack: a
+# normalizer (NFKC, accent stripping) can map up to ~3 bytes of text onto 1 byte of token.
+PROMPT_BYTES_SLACK = 4
+FALLBACK_TOKEN_BYTES = 64  # when a tokenizer does not list its vocabulary
+
+
+def _longest_token_bytes(tokenizer) -> int:
+    try:
+        vocab = tokenizer.get_vocab()
+        longest = max(len(t.encode("utf-8", "surrogatepass")) for t in vocab)
+    except Exception:  # no vocabulary to look at (a custom tokenizer): a generous constant
+        longest = FALLBACK_TOKEN_BYTES
+    return PROMPT_BYTES_SLACK * max(longest, 1)
+
+
+class _ClientGone(Exception):
+    """The client closed the connection before its request body arrived."""
 
 
 class ApiError(Exception):
@@ -100,6 +128,12 @@ class App:
             max_context=self.max_context,
         )
         self.max_prompt = min(config.max_prompt_tokens or self.max_context, self.max_context)
+        # A prompt longer than this many UTF-8 bytes has more than max_prompt tokens whatever
+        # its text, since no token covers more bytes than the tokenizer's longest one; it is
+        # refused before the tokenizer runs (tokenizing 1 MB takes seconds and ~700 MB).
+        self.max_prompt_bytes = min(
+            config.max_body_bytes, self.max_prompt * _longest_token_bytes(backend.tokenizer)
+        )
         self.created = int(time.time())
 
     # --- plumbing --------------------------------------------------------------------------
@@ -131,6 +165,19 @@ class App:
             if n > DRAIN_BYTES:
                 return
 
+    @staticmethod
+    def _require_json(request: Request) -> None:
+        """JSON endpoints take only `Content-Type: application/json`: a browser may send any
+        other page's text/plain or form POST here without asking (a "simple" request), but not
+        an application/json one without a CORS preflight, which this server does not grant."""
+        ctype = request.headers.get("content-type", "")
+        if ctype.split(";")[0].strip().lower() != "application/json":
+            raise ApiError(
+                415,
+                f"Content-Type must be application/json, got {ctype or 'none'!r}",
+                code="unsupported_media_type",
+            )
+
     async def _read_json(self, request: Request) -> dict:
         limit = self.config.max_body_bytes
         too_big = ApiError(413, f"request body exceeds {limit} bytes", code="request_too_large")
@@ -144,13 +191,28 @@ class App:
             await self._drain(chunks)
             raise too_big
         body = bytearray()
-        async for chunk in chunks:
-            body += chunk
-            if len(body) > limit:
-                await self._drain(chunks)
-                raise too_big
+        timeout = self.config.body_timeout_s
+        try:
+            async with asyncio.timeout(timeout):  # the whole body, however slowly it trickles
+                async for chunk in chunks:
+                    body += chunk
+                    if len(body) > limit:
+                        await self._drain(chunks)
+                        raise too_big
+        except TimeoutError:
+            raise ApiError(
+                408,
+                f"the request body did not arrive within {timeout:g} s",
+                type_="timeout_error",
+                code="body_timeout",
+                headers={"Connection": "close"},
+            ) from None
+        except ClientDisconnect:
+            raise _ClientGone() from None
         try:
             data = json.loads(body)
+        except RecursionError:
+            raise ApiError(400, "malformed JSON body: nested too deeply", code="invalid_json") from None
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(400, f"malformed JSON body: {e}", code="invalid_json") from None
         if not isinstance(data, dict):
@@ -263,13 +325,30 @@ class App:
             ignore_eos,
         )
 
+    def _check_text(self, text: str, param: str) -> None:
+        """Refuse, before tokenizing, text that is not valid Unicode or that surely has more
+        tokens than a prompt may (more bytes than max_prompt tokens of the longest token)."""
+        try:
+            n = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ApiError(
+                400, f"'{param}' is not valid Unicode (it holds a lone surrogate)", param=param
+            ) from None
+        if n > self.max_prompt_bytes:
+            raise ApiError(
+                400,
+                f"the {param} has {n} bytes; this server takes at most {self.max_prompt_bytes} "
+                f"({self.max_prompt} tokens)",
+                param=param,
+                code="context_length_exceeded",
+            )
+
     def _completion_prompt(self, data: dict) -> list[int]:
         prompt = data.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
             prompt = prompt[0]  # a batch of one
         if isinstance(prompt, str):
-            if len(prompt) > self.config.max_body_bytes:
-                raise ApiError(400, "the prompt is too long", param="prompt")
+            self._check_text(prompt, "prompt")
             return self.backend.encode(prompt)
         if isinstance(prompt, list) and all(
             isinstance(t, int) and not isinstance(t, bool) for t in prompt
@@ -313,9 +392,10 @@ class App:
             if not isinstance(content, str):
                 raise ApiError(400, f"messages[{i}].content must be a string", param="messages")
             clean.append({"role": m["role"], "content": content})
+        for m in clean:  # before the template: a huge message is refused without copying it
+            self._check_text(m["content"], "messages")
         text = self.backend.chat_prompt(clean)
-        if len(text) > self.config.max_body_bytes:
-            raise ApiError(400, "the messages are too long", param="messages")
+        self._check_text(text, "messages")
         return self.backend.encode(text)
 
     # --- generation ------------------------------------------------------------------------
@@ -377,6 +457,7 @@ class App:
     async def _generate(self, request: Request, chat: bool):
         try:
             self._auth(request)
+            self._require_json(request)
         except ApiError:
             await self._drain(request.stream())
             raise
@@ -384,7 +465,12 @@ class App:
         self._check_model(data)
         # Tokenizing a long prompt takes a while: keep it off the event loop.
         to_ids = self._chat_prompt if chat else self._completion_prompt
-        ids = await asyncio.to_thread(to_ids, data)
+        large = int(request.headers.get("content-length") or 0) > TRIM_AFTER_BYTES
+        try:
+            ids = await asyncio.to_thread(to_ids, data)
+        finally:
+            if large:  # return the parse/tokenize buffers of a large request to the OS
+                await asyncio.to_thread(trim_heap)
         job = self._job(data, ids, chat=chat)
         req = self._submit(job)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
@@ -552,7 +638,13 @@ class App:
         )
 
     async def page(self, request: Request):
-        return HTMLResponse(PAGE_HTML.replace("{{MODEL_ID}}", json.dumps(self.backend.model_id)))
+        # JSON inside <script>: escape what could end the script or open markup ("</script>",
+        # "<!--") and the line separators JavaScript treats as newlines.
+        literal = json.dumps(self.backend.model_id)
+        for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                        ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):  # fmt: skip
+            literal = literal.replace(ch, esc)
+        return HTMLResponse(PAGE_HTML.replace("{{MODEL_ID}}", literal))
 
 
 class _GenerationStream(StreamingResponse):
@@ -594,6 +686,17 @@ def build_app(config: ServeConfig, backend: Backend, *, estimate_energy: bool = 
                 response = await handler(request)
             except ApiError as e:
                 response = e.response()
+            except _ClientGone:  # one line, not a traceback: slow or flaky clients are normal
+                client = request.client
+                log.info("client %s disconnected while sending its request body to %s",
+                         f"{client.host}:{client.port}" if client else "?", endpoint)  # fmt: skip
+                response = PlainTextResponse("", status_code=499)
+            except Exception as e:  # a bug: logged once with its traceback, answered 500
+                log.exception("internal error on %s", endpoint)
+                response = ApiError(
+                    500, f"internal error: {type(e).__name__}", type_="server_error",
+                    code="server_error",
+                ).response()  # fmt: skip
             state.metrics.http_request(endpoint, response.status_code)
             return response
 
@@ -615,6 +718,7 @@ def build_app(config: ServeConfig, backend: Backend, *, estimate_energy: bool = 
 
     async def http_error(request: Request, exc: HTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        state.metrics.http_request("other", exc.status_code)
         return ApiError(
             exc.status_code,
             f"{request.method} {request.url.path}: {exc.detail}",
@@ -623,6 +727,7 @@ def build_app(config: ServeConfig, backend: Backend, *, estimate_energy: bool = 
         ).response()
 
     async def server_error(request: Request, exc: Exception):
+        state.metrics.http_request("other", 500)
         return ApiError(
             500, f"internal error: {type(exc).__name__}", type_="server_error", code="server_error"
         ).response()
@@ -643,6 +748,27 @@ def build_app(config: ServeConfig, backend: Backend, *, estimate_energy: bool = 
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
     app.state.mulfree = state
+    if config.allowed_origins:  # CORS only for the listed origins (none by default)
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.allowed_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    from mulfree.serve.guard import HostOriginGuard
+
+    def refused(path: str, status: int) -> None:
+        state.metrics.http_request(path if path in ENDPOINTS else "other", status)
+
+    app.add_middleware(
+        HostOriginGuard,
+        bound_host=config.host,
+        allowed_hosts=config.allowed_hosts,
+        allowed_origins=config.allowed_origins,
+        on_refuse=refused,
+    )
     return app
 
 

@@ -62,6 +62,25 @@ def register(sub) -> None:
         help="prompt + generated tokens per request (default: the model config's)",
     )
     p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests whose Host is NAME (repeatable; '*' any). Default: localhost, "
+        "IP addresses and the --host address only (a guard against DNS rebinding)",
+    )
+    p.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let the web page at ORIGIN (http://host[:port]) call the API, with CORS headers "
+        "(repeatable; '*' any page). Default: only the server's own page",
+    )
+    p.add_argument(
+        "--body-timeout", type=float, default=30.0, help="seconds a request body may take to arrive"
+    )
     p.add_argument("--timeout", type=float, default=600.0, help="per-request time limit, seconds")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument(
@@ -99,6 +118,9 @@ def cmd_serve(args) -> int:
         threads=args.threads,
         energy_table=None if args.energy_table == "none" else args.energy_table,
         log_level=args.log_level,
+        allowed_hosts=tuple(args.allowed_host),
+        allowed_origins=tuple(args.allowed_origin),
+        body_timeout_s=args.body_timeout,
     )
     serve(config)
     return 0

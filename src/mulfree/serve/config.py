@@ -35,6 +35,13 @@ class ServeConfig:
     threads: int | None = None  # torch intra-op threads
     energy_table: str | None = "horowitz_45nm"  # None: no energy estimate
     log_level: str = "info"
+    # Besides localhost, IP literals and the bound address (see serve/guard.py); "*": any.
+    allowed_hosts: tuple[str, ...] = ()
+    # Web origins (scheme://host[:port]) other than the server's own that may call it from a
+    # browser; they also get CORS headers. "*": any page (only sensible with an api_key).
+    allowed_origins: tuple[str, ...] = ()
+    body_timeout_s: float = 30.0  # a request body must arrive within this (else 408)
+    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -65,5 +72,16 @@ class ServeConfig:
             )
         if not self.request_timeout_s > 0:
             raise MulfreeError(f"request_timeout_s must be > 0, got {self.request_timeout_s!r}")
+        for name in ("body_timeout_s", "keep_alive_s"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+                raise MulfreeError(f"{name} must be > 0, got {v!r}")
+        self.allowed_hosts = tuple(self.allowed_hosts)
+        self.allowed_origins = tuple(self.allowed_origins)
+        for o in self.allowed_origins:
+            if o != "*" and not (o.startswith(("http://", "https://")) and len(o) > 8):
+                raise MulfreeError(
+                    f"allowed origin {o!r} must be '*' or look like http://host[:port]"
+                )
         if self.api_key is not None and not self.api_key.strip():
             raise MulfreeError("api_key must not be empty")

@@ -60,6 +60,7 @@ def _uvicorn_server(app, config: ServeConfig):
             app,
             log_level=config.log_level,
             timeout_graceful_shutdown=5,
+            timeout_keep_alive=config.keep_alive_s,  # idle keep-alive connections are closed
             access_log=config.log_level == "debug",
         )
     )
