@@ -44,13 +44,15 @@ def _fsync_dir(path: Path) -> None:
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
-    # mkstemp creates the file 0600; a result file gets the mode a plain open() would give it.
-    os.chmod(name, 0o666 & ~_umask())
     return Path(name)
 
 
 def finish_file(tmp: Path, path: Path) -> None:
-    """fsync the complete file `tmp`, then rename it over `path` (and fsync the folder)."""
+    """fsync the complete file `tmp`, then rename it over `path` (and fsync the folder).
+
+    The file gets the mode a plain open() would give it (mkstemp, and some writers such as
+    safetensors, create files 0600)."""
+    os.chmod(tmp, 0o666 & ~_umask())
     _fsync(tmp)
     os.replace(tmp, path)
     _fsync_dir(path.parent)

@@ -104,6 +104,9 @@ class HGRNBitConfig(PretrainedConfig):
     elementwise_mul_bits: int | None = None
 
     def __post_init__(self, **kwargs):
+        # Checked before transformers' own post-init, which builds per-layer lists (layer_types)
+        # from num_hidden_layers: a crafted 10**9 would take minutes and gigabytes there.
+        self._check()
         super().__post_init__(**kwargs)
         self._check()
 
