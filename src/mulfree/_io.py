@@ -104,13 +104,25 @@ def _protected(dst: Path) -> str | None:
     return None
 
 
-def check_output_dir(dst: Path, *, force: bool, keep: Iterable[Path] = (), flag: str = "--force"):
+def check_output_file(path: Path, *, force: bool, flag: str = "--force", hint: str = "") -> None:
+    """Refuse to overwrite an existing file (or anything that is not a regular file) unless
+    `force`."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise MulfreeError(f"output {path} exists and is not a regular file")
+    if path.exists() and not force:
+        raise MulfreeError(f"output {path} exists; pass {flag} to overwrite it{hint}")
+
+
+def check_output_dir(dst: Path, *, force: bool, keep: Iterable[Path] = (), flag: str = "--force",
+                     own: Iterable[str] = ()):  # fmt: skip
     """Refuse a destination folder that writing would destroy; returns None when DST may be used.
 
-    Refused: DST is a file; DST is not empty and not `force`; DST is, contains or lies inside one
-    of `keep` (the inputs; symlinks and `..` resolved); with `force`, DST holds sub-folders (a
-    result folder is flat: this is someone's project, not an earlier output) or is the root,
-    home or current folder.
+    Refused: DST is a file; DST is not empty and not `force` (a folder holding only files named
+    in `own`, the command's own earlier output, counts as empty); DST is or holds one of `keep`
+    (the inputs; symlinks and `..` resolved); with `force`, DST holds sub-folders (a result
+    folder is flat: this is someone's project, not an earlier output) or is the root, home or
+    current folder.
     """
     dst = Path(dst)
     real = Path(os.path.realpath(dst))
@@ -123,8 +135,9 @@ def check_output_dir(dst: Path, *, force: bool, keep: Iterable[Path] = (), flag:
     if not dst.is_dir():
         return
     entries = sorted(p.name for p in dst.iterdir())
-    if not entries:
-        return
+    own = set(own)
+    if all(e in own and (dst / e).is_file() for e in entries):
+        return  # empty, or only this command's earlier result
     if not force:
         shown = ", ".join(entries[:3]) + (f" (+{len(entries) - 3} more)" if len(entries) > 3 else "")
         raise MulfreeError(
@@ -140,7 +153,7 @@ def check_output_dir(dst: Path, *, force: bool, keep: Iterable[Path] = (), flag:
 
 @contextmanager
 def output_dir(dst: Path, *, force: bool = False, keep: Iterable[Path] = (),
-               flag: str = "--force") -> Iterator[Path]:  # fmt: skip
+               flag: str = "--force", own: Iterable[str] = ()) -> Iterator[Path]:  # fmt: skip
     """`with output_dir(dst, force=...) as tmp: write files into tmp` -> tmp becomes `dst`.
 
     Checks DST first (see check_output_dir). The files are written into a temporary sibling
@@ -149,7 +162,7 @@ def output_dir(dst: Path, *, force: bool = False, keep: Iterable[Path] = (),
     process dies, DST is as it was; a killed run leaves only a hidden `.DST.*.tmp` sibling.
     """
     dst = Path(dst)
-    check_output_dir(dst, force=force, keep=keep, flag=flag)
+    check_output_dir(dst, force=force, keep=keep, flag=flag, own=own)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; an output folder is a plain folder

@@ -22,6 +22,11 @@ def register(sub) -> None:
     p.add_argument("--lmul-bits", type=int, default=3, help="L-Mul mantissa bits for lmul variants")
     p.add_argument("--table", default="horowitz_45nm", help="energy table name or JSON file")
     p.add_argument("--out", default="runs/energy", help="output directory")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even if it holds other files than an earlier report",
+    )
     p.set_defaults(func=cmd_energy)
 
 
@@ -71,9 +76,11 @@ def load_model(spec: str):
 
 
 def cmd_energy(args) -> int:
-    from mulfree.energy.report import energy_report, write_report
+    from mulfree._io import check_output_dir
+    from mulfree.energy.report import OUTPUT_FILES, energy_report, write_report
 
     variants = tuple(v for v in args.variants.split(",") if v)
+    check_output_dir(Path(args.out), force=args.force, own=OUTPUT_FILES)  # before the model loads
     model, name = load_model(args.model)
     rep = energy_report(
         model,
@@ -85,7 +92,7 @@ def cmd_energy(args) -> int:
     )
     out = Path(args.out)
     command = "mulfree " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    write_report(rep, out, command)
+    write_report(rep, out, command, force=args.force)
     print(rep.to_markdown())
     print(f"wrote {out}/energy.md, energy.json, energy.png")
     return 0

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from mulfree._io import atomic_write_text, save_figure
+from mulfree._io import atomic_write_text, output_dir, save_figure
 from mulfree.energy.counter import EnergyCounter
 from mulfree.energy.measure import measure
 from mulfree.energy.tables import DEFAULT_TABLE, EnergyTable, price
@@ -258,7 +258,14 @@ def energy_report(
     return EnergyReport(model_name, context, tab.name, rows, skipped, measured)
 
 
-def write_report(rep: EnergyReport, out_dir: Path, command: str | None = None) -> None:
-    atomic_write_text(out_dir / "energy.md", rep.to_markdown(command))
-    atomic_write_text(out_dir / "energy.json", json.dumps(rep.to_json(), indent=1))
-    rep.plot(out_dir / "energy.png")
+OUTPUT_FILES = ("energy.md", "energy.json", "energy.png")  # what write_report puts in out_dir
+
+
+def write_report(rep: EnergyReport, out_dir: Path, command: str | None = None, *,
+                 force: bool = False) -> None:  # fmt: skip
+    """Write energy.md/.json/.png as the folder `out_dir`: new, or holding only an earlier
+    report, unless `force` (see mulfree._io.output_dir)."""
+    with output_dir(Path(out_dir), force=force, own=OUTPUT_FILES) as tmp:
+        atomic_write_text(tmp / "energy.md", rep.to_markdown(command))
+        atomic_write_text(tmp / "energy.json", json.dumps(rep.to_json(), indent=1))
+        rep.plot(tmp / "energy.png")

@@ -67,6 +67,7 @@ def register(sub) -> None:
         help="continue the run recorded in --out (same model and settings): its scored items "
         "are kept and the rest scored",
     )
+    a("--force", action="store_true", help="overwrite an existing --out / --md file")
     a("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -132,7 +133,8 @@ def cmd_eval(args) -> int:
         dtype=args.dtype,
     )
     res = evaluate(
-        args.model, None, cfg, lmul=lmul, out_json=args.out, out_md=args.md, resume=args.resume
+        args.model, None, cfg, lmul=lmul, out_json=args.out, out_md=args.md, resume=args.resume,
+        force=args.force,
     )
     print(markdown(res), end="")
     return 0

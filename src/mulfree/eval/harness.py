@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mulfree._io import atomic_write_text, check_output_file
 from mulfree.errors import MulfreeError
 from mulfree.eval.tasks import TASKS
 
@@ -138,10 +138,7 @@ def _progress_bar(total: int, desc: str, enabled: bool):
 
 
 def _write_json(path: Path, results: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)  # a reader never sees a half-written file
+    atomic_write_text(path, json.dumps(results, indent=2) + "\n")  # never seen half-written
 
 
 # What must match for a run to be resumed: everything that decides the items and their scores.
@@ -202,6 +199,7 @@ def evaluate(
     out_json: str | Path | None = None,
     out_md: str | Path | None = None,
     resume: bool = False,
+    force: bool = False,
 ) -> dict:
     """Evaluate `model` on `cfg.tasks` and `cfg.text_files`; return (and optionally write) results.
 
@@ -211,6 +209,8 @@ def evaluate(
     resume: continue the run recorded in an existing `out_json` (same model, attention, label
     and settings, else an error): the items it scored are kept, not scored again, and the
     metrics are recomputed over all items (the same numbers as one uninterrupted run).
+    An existing `out_json` is refused unless `resume` or `force` (overwrite), an existing
+    `out_md` unless `resume` or `force`; both are written atomically.
     """
     import torch
 
@@ -228,6 +228,11 @@ def evaluate(
     cfg = cfg or EvalConfig()
     if resume and not out_json:
         raise MulfreeError("resume needs the results file of the run to continue (out_json)")
+    # An existing results file is another run's: continue it (resume) or overwrite it (force).
+    if out_json and not resume:
+        check_output_file(Path(out_json), force=force, hint=" (or --resume to continue its run)")
+    if out_md:
+        check_output_file(Path(out_md), force=force or resume)
     if lmul is not None and not isinstance(lmul, LMulConfig):
         raise MulfreeError(f"lmul must be an LMulConfig; got {type(lmul).__name__}")
     model_name = str(model) if isinstance(model, (str, Path)) else type(model).__name__
@@ -344,8 +349,7 @@ def evaluate(
     if out_json:
         _write_json(out_json, results)
     if out_md:
-        Path(out_md).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_md).write_text(markdown(results), encoding="utf-8")
+        atomic_write_text(Path(out_md), markdown(results))
     return results
 
 

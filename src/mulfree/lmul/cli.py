@@ -63,6 +63,11 @@ def register(sub) -> None:
         "(default: gemma3-270m when it has been fetched)",
     )
     e.add_argument("--out", default="runs/lmul_error", help="output directory")
+    e.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even if it holds other files than an earlier result",
+    )
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_error)
@@ -94,6 +99,7 @@ def cmd_error(args) -> int:
         model=model,
         seed=args.seed,
         out_dir=args.out,
+        force=args.force,
     )
     command = "mulfree " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     res = run(cfg, progress=not args.no_progress, command=command)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from mulfree._io import atomic_write_text, save_figure
+from mulfree._io import atomic_write_text, check_output_dir, output_dir, save_figure
 from mulfree.errors import MulfreeError
 from mulfree.lmul.formats import get_format
 from mulfree.lmul.ops import lmul, prepare
@@ -47,6 +47,9 @@ _PROBE_TEXT = (
 )
 
 
+OUTPUT_FILES = ("error.md", "error.json", "error.png")  # what `run` writes into out_dir
+
+
 @dataclass
 class ErrorConfig:
     """Configuration of `mulfree lmul error` (validated on creation)."""
@@ -57,6 +60,7 @@ class ErrorConfig:
     model: str | None = None
     seed: int = 0
     out_dir: Path = field(default_factory=lambda: Path("runs/lmul_error"))
+    force: bool = False  # replace an out_dir holding other files than an earlier result
 
     def __post_init__(self):
         self.ks = tuple(self.ks)
@@ -325,9 +329,13 @@ def plot(res: ErrorResult, path: Path) -> None:
 
 
 def run(cfg: ErrorConfig, *, progress: bool = True, command: str | None = None) -> ErrorResult:
-    """Measure, then write error.md, error.json and error.png under cfg.out_dir."""
+    """Measure, then write error.md, error.json and error.png as the folder cfg.out_dir: a new
+    folder, or one holding only those files (an earlier result); anything else needs cfg.force
+    (see mulfree._io.output_dir)."""
+    check_output_dir(cfg.out_dir, force=cfg.force, own=OUTPUT_FILES)  # before measuring
     res = measure(cfg, progress=progress)
-    atomic_write_text(cfg.out_dir / "error.md", to_markdown(res, command))
-    atomic_write_text(cfg.out_dir / "error.json", json.dumps(res.to_json(), indent=1))
-    plot(res, cfg.out_dir / "error.png")
+    with output_dir(cfg.out_dir, force=cfg.force, own=OUTPUT_FILES) as tmp:
+        atomic_write_text(tmp / "error.md", to_markdown(res, command))
+        atomic_write_text(tmp / "error.json", json.dumps(res.to_json(), indent=1))
+        plot(res, tmp / "error.png")
     return res

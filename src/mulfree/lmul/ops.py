@@ -384,11 +384,12 @@ def lmatmul(
     if b2.dim() == 2:
         # One shared right operand: fold a's batch into its rows ([..., M, K] -> [1, B*M, K]),
         # so b is prepared once instead of once per batch element (same products, same order).
-        a3 = a2.reshape(1, -1, k_dim)
+        a3 = a2.reshape(1, a2.shape[:-1].numel(), k_dim)  # not -1: K may be 0
         b3 = b2.unsqueeze(0)  # [1, K, N]; batch == a2.shape[:-2] here
     else:
-        a3 = a2.expand(*batch, m_rows, k_dim).reshape(-1, m_rows, k_dim)  # [B, M, K]
-        b3 = b2.expand(*batch, k_dim, n_cols).reshape(-1, k_dim, n_cols)  # [B, K, N]
+        nb = batch.numel()  # not -1 in the reshapes: K (or M, N) may be 0
+        a3 = a2.expand(*batch, m_rows, k_dim).reshape(nb, m_rows, k_dim)  # [B, M, K]
+        b3 = b2.expand(*batch, k_dim, n_cols).reshape(nb, k_dim, n_cols)  # [B, K, N]
     if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
         out = _LMatmulFn.apply(a3, b3, mantissa_bits, mode, acc_dtype, exact_backward)
     else:

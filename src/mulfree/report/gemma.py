@@ -316,7 +316,8 @@ def refresh(
             tasks=(task,), limit=limit or DEFAULT_LIMIT, label=label, data_dir=data_dir,
             progress=progress,
         )  # fmt: skip
-        evaluate(model, tokenizer, ecfg, lmul=lmul, out_json=partial)
+        # force: a .partial left by a stopped refresh is this command's own working file
+        evaluate(model, tokenizer, ecfg, lmul=lmul, out_json=partial, force=True)
         os.replace(partial, out)
         written.append(out)
     return written
