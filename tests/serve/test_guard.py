@@ -14,6 +14,7 @@ import pytest
 
 from mulfree.errors import MulfreeError
 from mulfree.serve import ServeConfig
+from mulfree.serve.app import PREFIX_CHARS_PER_TOKEN
 from mulfree.serve.guard import normalize_origin, split_host
 from tests.serve.conftest import make_server, request, request_json, wait_idle
 
@@ -147,6 +148,14 @@ def test_long_prompt_rejected_before_tokenizing(guarded, backend, monkeypatch):
     # A prompt within the cap is tokenized and its token count checked as before.
     status, _, got = request_json(url, "POST", {"prompt": "Hello world " * 40, "max_tokens": 1})
     assert status == 400 and "tokens" in got["error"]["message"] and len(calls) == 1
+    # Under the byte cap but longer than the probe prefix: only the prefix is tokenized.
+    app = guarded.state
+    probe = app.max_prompt * PREFIX_CHARS_PER_TOKEN
+    assert app.max_prompt_bytes > 2 * probe
+    text = ("Hello world " * 100_000)[: app.max_prompt_bytes]
+    status, _, got = request_json(url, "POST", {"prompt": text, "max_tokens": 1})
+    assert status == 400 and got["error"]["code"] == "context_length_exceeded"
+    assert calls[1:] == [probe], calls
 
 
 def test_lone_surrogate_and_deep_json_are_counted_400s(guarded):

@@ -51,6 +51,12 @@ log = logging.getLogger("uvicorn.error")  # the server's own log stream
 # normalizer (NFKC, accent stripping) can map up to ~3 bytes of text onto 1 byte of token.
 PROMPT_BYTES_SLACK = 4
 FALLBACK_TOKEN_BYTES = 64  # when a tokenizer does not list its vocabulary
+# Under the byte cap, a long prompt is first tokenized over a prefix of this many characters per
+# allowed token (4x a typical English token); if the prefix alone has more than max_prompt +
+# PREFIX_SLACK_TOKENS tokens, the prompt is refused without tokenizing the rest. The slack
+# covers the prefix's cut, which can split one word into more tokens than the whole word takes.
+PREFIX_CHARS_PER_TOKEN = 16
+PREFIX_SLACK_TOKENS = 64
 
 
 def _longest_token_bytes(tokenizer) -> int:
@@ -343,13 +349,30 @@ class App:
                 code="context_length_exceeded",
             )
 
+    def _encode(self, text: str, param: str) -> list[int]:
+        """Token ids of `text`; a text whose prefix already has too many tokens is refused
+        after tokenizing only that prefix (see PREFIX_CHARS_PER_TOKEN)."""
+        probe = self.max_prompt * PREFIX_CHARS_PER_TOKEN
+        if len(text) > probe:
+            n = len(self.backend.encode(text[:probe]))
+            if n > self.max_prompt + PREFIX_SLACK_TOKENS:
+                raise ApiError(
+                    400,
+                    f"the {param} has more than {self.max_prompt + PREFIX_SLACK_TOKENS} tokens "
+                    f"(its first {probe} characters alone have {n}); this server takes at most "
+                    f"{self.max_prompt}",
+                    param=param,
+                    code="context_length_exceeded",
+                )
+        return self.backend.encode(text)
+
     def _completion_prompt(self, data: dict) -> list[int]:
         prompt = data.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
             prompt = prompt[0]  # a batch of one
         if isinstance(prompt, str):
             self._check_text(prompt, "prompt")
-            return self.backend.encode(prompt)
+            return self._encode(prompt, "prompt")
         if isinstance(prompt, list) and all(
             isinstance(t, int) and not isinstance(t, bool) for t in prompt
         ):
@@ -396,7 +419,7 @@ class App:
             self._check_text(m["content"], "messages")
         text = self.backend.chat_prompt(clean)
         self._check_text(text, "messages")
-        return self.backend.encode(text)
+        return self._encode(text, "messages")
 
     # --- generation ------------------------------------------------------------------------
     def _submit(self, job: Job) -> GenRequest:
