@@ -167,10 +167,12 @@ def test_lone_surrogate_and_deep_json_are_counted_400s(guarded):
     chat = b'{"messages": [{"role": "user", "content": "\\udfff"}]}'
     status, _, raw = request(guarded.url + "/v1/chat/completions", "POST", chat)
     assert status == 400 and "surrogate" in json.loads(raw)["error"]["message"]
+    status, _, raw = request(url, "POST", b'{"prompt": "Hi", "model": "\\udc80"}')  # echoed in 404s
+    assert status == 400 and "surrogate" in json.loads(raw)["error"]["message"]
     deep = b"[" * 100_000 + b"]" * 100_000
     status, _, raw = request(url, "POST", deep)
     assert status == 400 and "nested too deeply" in json.loads(raw)["error"]["message"]
-    assert _count(guarded, "/v1/completions", 400) == before + 2
+    assert _count(guarded, "/v1/completions", 400) == before + 3
     assert _count(guarded, "/v1/chat/completions", 400) >= 1
     status, _, raw = request(guarded.url + "/metrics")
     assert 'endpoint="/v1/completions",code="400"' in raw.decode()

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from mulfree._io import atomic_file
+from mulfree._memory import check_fits_memory
 from mulfree.errors import MulfreeError
 from mulfree.ternary import packing
 
@@ -263,6 +264,7 @@ def read_packed(path: str | Path, *, verify: bool = True):
         )
     _check_header_against_config(config, header, file)
     check_tensors(header, expected_specs(config, tfmt, efmt), file)
+    check_fits_memory(file.stat().st_size, f"loading {file}")  # read whole into memory below
     try:
         tensors = load_file(str(file))
     except Exception as e:

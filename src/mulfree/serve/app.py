@@ -223,6 +223,14 @@ class App:
             raise ApiError(400, f"malformed JSON body: {e}", code="invalid_json") from None
         if not isinstance(data, dict):
             raise ApiError(400, "the JSON body must be an object", code="invalid_json")
+        if b"\\u" in body:  # only a \u escape can put a lone surrogate into valid UTF-8 JSON
+            try:
+                json.dumps(data, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(
+                    400, "malformed JSON body: a string holds a lone surrogate (not valid Unicode)",
+                    code="invalid_json",
+                ) from None  # fmt: skip
         return data
 
     def _check_model(self, data: dict) -> None:
