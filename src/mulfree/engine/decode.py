@@ -43,6 +43,7 @@ from mulfree.engine.modules import (
 from mulfree.errors import MulfreeError
 from mulfree.kernels import ternary as K_
 from mulfree.kernels._core import core
+from mulfree.models.hf_compat import cache_kwargs
 from mulfree.models.mmfree import HGRNBitCache
 from mulfree.ternary import packing
 
@@ -414,7 +415,7 @@ class Decoder:
             self.cache = HGRNBitCache(self.config)
             for i, s in enumerate(self.states):
                 self.cache.update_recurrent_state(s.clone(), i)
-        out = self.model(input_ids=ids[:, None], past_key_values=self.cache, use_cache=True)
+        out = self.model(input_ids=ids[:, None], **cache_kwargs(self.cache), use_cache=True)
         self.logits.copy_(out.logits[:, -1])
         return self.logits
 
@@ -429,7 +430,7 @@ class Decoder:
             raise MulfreeError("prefill needs at least one token")
         self.reset(ids.shape[0])
         cache = HGRNBitCache(self.config)
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=ids, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
         for i, s in enumerate(self.states):
             s.copy_(cache.layers[i].recurrent_states[0])
         if not self.exact:
