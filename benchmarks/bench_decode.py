@@ -38,6 +38,7 @@ import torch
 from mulfree import kernels
 from mulfree.engine import load_packed
 from mulfree.engine.format import WEIGHTS_FILE, expected_specs, write_packed
+from mulfree.models.hf_compat import cache_kwargs
 from mulfree.models.mmfree import HGRNBitConfig, HGRNBitForCausalLM
 from mulfree.ternary import packing
 from mulfree.ternary.bitlinear import BitLinear
@@ -160,7 +161,7 @@ def bench_official(name: str, args) -> float:
     times = []
     for i in range(1 + args.baseline_steps):
         t0 = time.perf_counter()
-        out = model(tok, past_key_values=cache, use_cache=True)
+        out = model(tok, **cache_kwargs(cache), use_cache=True)
         tok = out.logits[:, -1:].argmax(-1)
         if i >= 1:
             times.append(time.perf_counter() - t0)

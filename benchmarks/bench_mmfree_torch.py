@@ -19,6 +19,7 @@ import time
 import torch
 
 from _timing import median_time
+from mulfree.models.hf_compat import cache_kwargs, output_cache
 
 
 @torch.no_grad()
@@ -30,17 +31,17 @@ def measure(
     ids = torch.randint(0, vocab, (batch, prompt), generator=g)
 
     def prefill():
-        return model(ids, past_key_values=make_cache(), use_cache=True, logits_to_keep=1)
+        return model(ids, **cache_kwargs(make_cache()), use_cache=True, logits_to_keep=1)
 
     t_prefill = median_time(prefill, repeats=repeats, warmup=1)
 
     out = prefill()
-    cache = out.past_key_values
+    cache = output_cache(out)
     tok = out.logits[:, -1:].argmax(-1)
     step_times = []
     for i in range(steps + 2):  # the first two steps are warm-up
         t0 = time.perf_counter()
-        out = model(tok, past_key_values=cache, use_cache=True)
+        out = model(tok, **cache_kwargs(cache), use_cache=True)
         dt = time.perf_counter() - t0
         if i >= 2:
             step_times.append(dt)

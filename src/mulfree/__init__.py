@@ -1,7 +1,8 @@
 """mulfree: language models without floating-point multiplication in their heavy parts.
 
-Public API (re-exports only). Heavy submodules are imported lazily, except that the
-transformers registration at the bottom imports the model classes.
+Public API (re-exports only). Heavy submodules are imported lazily: `import mulfree` imports
+neither torch nor transformers (the registration with transformers' Auto classes waits for them,
+see the bottom of this file).
 """
 
 from mulfree.errors import MulfreeError
@@ -27,25 +28,31 @@ def __getattr__(name):
     raise AttributeError(f"module 'mulfree' has no attribute {name!r}")
 
 
-# `import mulfree` registers model_type "hgrn_bit" with transformers' AutoConfig / AutoModel /
+# `import mulfree` makes model_type "hgrn_bit" known to transformers' AutoConfig / AutoModel /
 # AutoModelForCausalLM registries, so `AutoModelForCausalLM.from_pretrained(dir)` loads MatMul-free
-# checkpoints. Registration needs the model classes, so it imports torch and transformers (~8 s
-# on a small machine). The `mulfree` command defers it to after parsing its command line
-# (`mulfree.cli.main`), so `mulfree --help` and usage errors answer at once.
+# checkpoints. Registering needs our model classes, i.e. torch and transformers' model code (seconds
+# on a small machine), which the packed engine (mulfree.engine.lite) and `mulfree --help` never
+# need. So the registration runs when transformers' Auto modules are loaded (at once if they
+# already are): a post-import hook (wrapt), not an import of ours.
 
 
-def _register() -> None:
+def _register(_module=None) -> None:
+    import sys
+
+    models = sys.modules.get("mulfree.models")
+    if models is not None and not getattr(models, "_READY", False):
+        return  # mulfree.models is being imported (it loads transformers): it registers when done
     from mulfree.models import register_with_transformers
 
     register_with_transformers()
 
 
-def _in_console_script() -> bool:
-    import os
-    import sys
+def _install_hooks() -> None:
+    import wrapt
 
-    return bool(sys.argv) and os.path.basename(sys.argv[0]) in ("mulfree", "mulfree.exe")
+    for name in ("transformers.models.auto.configuration_auto",
+                 "transformers.models.auto.modeling_auto"):  # fmt: skip
+        wrapt.register_post_import_hook(_register, name)
 
 
-if not _in_console_script():
-    _register()
+_install_hooks()

@@ -54,10 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        from mulfree import _register
-
-        _register()  # hgrn_bit with transformers' Auto classes (deferred by the console script)
-        rc = args.func(args)
+        rc = args.func(args)  # hgrn_bit reaches transformers' Auto classes when they load
     except MulfreeError as e:
         sys.stderr.write(f"mulfree: error: {e}\n")
         return 2

@@ -35,5 +35,5 @@ def test_engine_greedy_equals_pytorch_greedy():
             ids, max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0
         )
     want = ref[0, ids.shape[1] :].tolist()
-    res = generate(GenerateConfig(prompt=prompt, max_tokens=24, stop_on_eos=False))
+    res = generate(GenerateConfig(prompt=prompt, max_tokens=24, stop_on_eos=False, temperature=0))
     assert res.token_ids == want

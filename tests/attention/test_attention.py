@@ -14,6 +14,7 @@ from torch import nn
 
 from mulfree.attention import LMulConfig, LMulLinear, apply_lmul_, lmul_config_of, remove_lmul_
 from mulfree.errors import MulfreeError
+from mulfree.models.hf_compat import cache_kwargs, output_cache
 from tests.attention.models import FAMILIES, VOCAB, gemma2_softcap
 
 # Cached decoding vs a full forward: the non-attention matmuls see other shapes (BLAS may sum in
@@ -41,10 +42,10 @@ def _decode(model, x):
     """Prefill T_PREFILL tokens, then feed the rest one by one through the KV cache."""
     with torch.no_grad():
         out = model(x[:, :T_PREFILL], use_cache=True)
-        cache, logits = out.past_key_values, [out.logits]
+        cache, logits = output_cache(out), [out.logits]
         for t in range(T_PREFILL, x.shape[1]):
-            out = model(x[:, t : t + 1], past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = model(x[:, t : t + 1], **cache_kwargs(cache), use_cache=True)
+            cache = output_cache(out)
             logits.append(out.logits)
     return torch.cat(logits, dim=1)
 

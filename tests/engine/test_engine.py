@@ -22,6 +22,7 @@ from mulfree.engine import (
 )
 from mulfree.engine.decode import Decoder
 from mulfree.errors import MulfreeError
+from mulfree.models.hf_compat import cache_kwargs
 from mulfree.ternary import packing
 from mulfree.ternary.bitlinear import BitLinear
 from mulfree.ternary.quant import weight_quant_ternary
@@ -512,13 +513,13 @@ def test_hf_cached_step_runs_the_fused_decoder(trained, monkeypatch):
     def run(fast: bool):
         cache = HGRNBitCache(packed.config)
         with torch.no_grad():
-            out = packed(torch.tensor([prompt]), past_key_values=cache, use_cache=True)
+            out = packed(torch.tensor([prompt]), **cache_kwargs(cache), use_cache=True)
             rows = [out.logits[0, -1]]
             for tok in (5, 17, 42):
                 if fast:
-                    out = packed(torch.tensor([[tok]]), past_key_values=cache, use_cache=True)
+                    out = packed(torch.tensor([[tok]]), **cache_kwargs(cache), use_cache=True)
                 else:  # asking for hidden states: the modules' forward runs
-                    out = packed(torch.tensor([[tok]]), past_key_values=cache, use_cache=True,
+                    out = packed(torch.tensor([[tok]]), **cache_kwargs(cache), use_cache=True,
                                  output_hidden_states=True)  # fmt: skip
                 rows.append(out.logits[0, -1])
         return torch.stack(rows), cache
@@ -538,10 +539,10 @@ def test_hf_cached_step_runs_the_fused_decoder(trained, monkeypatch):
     # a step whose token is masked out, and a step while energy is counted, run the modules
     cache = HGRNBitCache(packed.config)
     with torch.no_grad():
-        packed(torch.tensor([prompt]), past_key_values=cache, use_cache=True)
-        packed(torch.tensor([[5]]), attention_mask=torch.tensor([[0]]), past_key_values=cache)
+        packed(torch.tensor([prompt]), **cache_kwargs(cache), use_cache=True)
+        packed(torch.tensor([[5]]), attention_mask=torch.tensor([[0]]), **cache_kwargs(cache))
         with energy.EnergyCounter(packed) as c:
-            packed(torch.tensor([[5]]), past_key_values=cache, use_cache=True)
+            packed(torch.tensor([[5]]), **cache_kwargs(cache), use_cache=True)
     assert len(calls) == 3 and c.counts[("ternary_add", 32)] > 0
 
 

@@ -138,11 +138,12 @@ def test_generate_python_api_streams_and_stops(packed_dir, model_dir):
     # EOS stops generation: declare the greedy continuation's 3rd token to be EOS
     model, tok = load_packed(packed_dir), _tok(packed_dir)
     free = generate(
-        GenerateConfig("x", max_tokens=5, stop_on_eos=False), model=model, tokenizer=tok
+        GenerateConfig("x", max_tokens=5, stop_on_eos=False, temperature=0), model=model,
+        tokenizer=tok,
     )
     model.config.eos_token_id = model.generation_config.eos_token_id = free.token_ids[2]
     tok.eos_token = None
-    stopped = generate(GenerateConfig("x", max_tokens=5), model=model, tokenizer=tok)
+    stopped = generate(GenerateConfig("x", max_tokens=5, temperature=0), model=model, tokenizer=tok)
     assert stopped.stop_reason == "eos" and stopped.token_ids == free.token_ids[:2]
 
 

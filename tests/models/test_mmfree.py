@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 import mulfree  # noqa: F401  (registers hgrn_bit with the Auto classes)
 from mulfree.errors import MulfreeError
 from mulfree.models import HGRNBitConfig, HGRNBitForCausalLM, load_causal_lm
+from mulfree.models.hf_compat import cache_kwargs, output_cache
 from mulfree.models.mmfree.modeling_mmfree import HGRNBitCache
 
 # float32 model, chunked scan vs the spec loop: the scan re-associates float32 sums (~1e-7
@@ -218,10 +219,10 @@ def test_token_by_token_with_cache_equals_full_forward():
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
         cache = HGRNBitCache(model.config)
-        out = model(ids[:, :9], past_key_values=cache, use_cache=True)  # prefill 9 tokens
+        out = model(ids[:, :9], **cache_kwargs(cache), use_cache=True)  # prefill 9 tokens
         steps = [out.logits]
         for t in range(9, ids.shape[1]):
-            out = model(ids[:, t : t + 1], past_key_values=out.past_key_values, use_cache=True)
+            out = model(ids[:, t : t + 1], **cache_kwargs(output_cache(out)), use_cache=True)
             steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=F64_RTOL, atol=F64_ATOL)
     assert cache.get_seq_length() == ids.shape[1]
@@ -238,10 +239,10 @@ def test_float32_cache_state_is_float32_and_decode_tracks_full_forward():
         out = model(ids[:, :6], use_cache=True)
         steps = [out.logits]
         for t in range(6, 12):
-            out = model(ids[:, t : t + 1], past_key_values=out.past_key_values, use_cache=True)
+            out = model(ids[:, t : t + 1], **cache_kwargs(output_cache(out)), use_cache=True)
             steps.append(out.logits)
     assert all(
-        layer.recurrent_states[0].dtype == torch.float32 for layer in out.past_key_values.layers
+        layer.recurrent_states[0].dtype == torch.float32 for layer in output_cache(out).layers
     )
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=MODEL_RTOL, atol=MODEL_ATOL)
 
@@ -324,7 +325,9 @@ def test_loss_is_shifted_cross_entropy_and_every_param_gets_grad():
 def test_gradient_checkpointing_gives_same_grads():
     a = tiny_model(seed=7).train()
     b = tiny_model(seed=7).train()
-    b.activation_checkpointing_enable()
+    # transformers >= 5.2x calls it activation checkpointing; 5.14 only knows the older name
+    enable = getattr(b, "activation_checkpointing_enable", None) or b.gradient_checkpointing_enable
+    enable()
     assert all(layer.gradient_checkpointing for layer in b.model.layers)
     ids = torch.randint(0, V, (1, 20), generator=torch.Generator().manual_seed(7))
     a(ids, labels=ids).loss.backward()
@@ -539,7 +542,7 @@ def test_bad_forward_inputs():
     from transformers import DynamicCache
 
     with pytest.raises(MulfreeError) as e:
-        model(torch.zeros(1, 4, dtype=torch.long), past_key_values=DynamicCache(), use_cache=True)
+        model(torch.zeros(1, 4, dtype=torch.long), **cache_kwargs(DynamicCache()), use_cache=True)
     assert "recurrent-state cache" in one_line(e)
 
 
@@ -551,7 +554,7 @@ def test_bfloat16_model_runs_with_float32_state():
         ref = tiny_model(seed=11, dtype=torch.float32)(ids).logits
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits).all()
     assert all(
-        layer.recurrent_states[0].dtype == torch.float32 for layer in out.past_key_values.layers
+        layer.recurrent_states[0].dtype == torch.float32 for layer in output_cache(out).layers
     )
     # In bf16 (8 significant bits) x * scale is rounded before the int8 rounding, as in the
     # official code, so many activations move by a quantization level; the logits still point

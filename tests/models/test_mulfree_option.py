@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from mulfree.energy import EnergyCounter
+from mulfree.models.hf_compat import cache_kwargs
 from mulfree.models.mmfree import HGRNBitCache, HGRNBitConfig, HGRNBitForCausalLM
 from mulfree.models.mmfree.modeling_mmfree import HGRNBitAttention, HGRNBitMLP
 from mulfree.ternary.bitlinear import BitLinear
@@ -81,7 +82,7 @@ def test_cached_decoding_equals_full_forward():
         full = model(ids).logits
         cache = HGRNBitCache(model.config)
         steps = [
-            model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(7)
+            model(ids[:, t : t + 1], **cache_kwargs(cache), use_cache=True).logits for t in range(7)
         ]
     # Tolerance, not bit equality: BitLinear's float F.linear sums in another order for 1 row
     # than for 7 (~1e-7), which can flip one int8 activation rounding downstream (~1e-3 here).

@@ -1,35 +1,25 @@
-"""Training data: corpus reading, tokenizers, packing into fixed-length sequences."""
+"""Training data: corpus reading, tokenizers, packing into fixed-length sequences.
 
-from mulfree.data.corpus import corpus_files, read_documents
-from mulfree.data.packing import PackedCorpus, SampleStream, pack, tokenize_documents
-from mulfree.data.tokenizer import (
-    EOS_TOKEN,
-    find_eos_token,
-    load_tokenizer,
-    save_hf_tokenizer,
-    train_bpe_tokenizer,
-)
+Names are served lazily (mulfree/_lazy.py): `mulfree.data.corpora.default_cache_dir`, which the
+torch-free packed engine uses, must not import torch through `mulfree.data.packing`.
+"""
 
-__all__ = [
-    "EOS_TOKEN",
-    "PackedCorpus",
-    "SampleStream",
-    "corpus_files",
-    "fetch_shakespeare",
-    "find_eos_token",
-    "load_tokenizer",
-    "pack",
-    "read_documents",
-    "save_hf_tokenizer",
-    "tokenize_documents",
-    "train_bpe_tokenizer",
-]
+from mulfree._lazy import attach
 
+_NAMES = {
+    "corpus_files": "mulfree.data.corpus",
+    "read_documents": "mulfree.data.corpus",
+    "PackedCorpus": "mulfree.data.packing",
+    "SampleStream": "mulfree.data.packing",
+    "pack": "mulfree.data.packing",
+    "tokenize_documents": "mulfree.data.packing",
+    "EOS_TOKEN": "mulfree.data.tokenizer",
+    "find_eos_token": "mulfree.data.tokenizer",
+    "load_tokenizer": "mulfree.data.tokenizer",
+    "save_hf_tokenizer": "mulfree.data.tokenizer",
+    "train_bpe_tokenizer": "mulfree.data.tokenizer",
+    "fetch_shakespeare": "mulfree.data.corpora",
+}
+__getattr__, __dir__ = attach(__name__, _NAMES)
 
-def __getattr__(name):
-    # Lazy so `python -m mulfree.data.corpora` does not import the module twice.
-    if name == "fetch_shakespeare":
-        from mulfree.data.corpora import fetch_shakespeare
-
-        return fetch_shakespeare
-    raise AttributeError(f"module 'mulfree.data' has no attribute {name!r}")
+__all__ = sorted(_NAMES)

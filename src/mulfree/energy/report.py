@@ -33,6 +33,7 @@ from mulfree.energy.measure import measure
 from mulfree.energy.tables import DEFAULT_TABLE, EnergyTable, price
 from mulfree.energy.variants import ALL_VARIANTS
 from mulfree.errors import MulfreeError
+from mulfree.models.hf_compat import cache_kwargs, output_cache
 
 # Groups of counted op kinds shown as the stacked bars.
 GROUPS = {
@@ -107,9 +108,9 @@ def count_decode_step(model, context: int, vocab_size: int, seed: int = 0) -> En
     ids = torch.randint(0, vocab_size, (1, context + 1), generator=gen)
     with torch.no_grad():
         out = model(input_ids=ids[:, :context], use_cache=True)
-        past = out.past_key_values
+        past = output_cache(out)
         with EnergyCounter(model) as c:
-            model(input_ids=ids[:, context:], past_key_values=past, use_cache=True)
+            model(input_ids=ids[:, context:], **cache_kwargs(past), use_cache=True)
     return c
 
 

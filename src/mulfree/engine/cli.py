@@ -58,11 +58,56 @@ def register(sub) -> None:
     )
     g.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
     g.add_argument("--max-tokens", type=int, default=128, help="tokens to generate at most")
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (1 = off)")
-    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    # Sampling, with llama.cpp's defaults (as users of a local CLI expect; 0 = greedy).
+    g.add_argument(
+        "--temperature",
+        "--temp",
+        type=float,
+        default=0.8,
+        help="sampling temperature; 0 = greedy (default: %(default)s)",
+    )
+    g.add_argument(
+        "--top-k",
+        type=int,
+        default=40,
+        help="keep the k most likely tokens, 0 = off (default: %(default)s)",
+    )
+    g.add_argument(
+        "--top-p", type=float, default=0.95, help="nucleus mass, 1 = off (default: %(default)s)"
+    )
+    g.add_argument(
+        "--min-p",
+        type=float,
+        default=0.05,
+        help="drop tokens below this fraction of the top token's probability, 0 = off "
+        "(default: %(default)s)",
+    )
+    g.add_argument(
+        "--repeat-penalty",
+        type=float,
+        default=1.0,
+        help="penalize the last --repeat-last-n tokens, 1 = off (default: %(default)s)",
+    )
+    g.add_argument(
+        "--repeat-last-n",
+        type=int,
+        default=64,
+        help="tokens the repeat penalty looks back on (default: %(default)s)",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="sampling seed, for a reproducible run (default: random, printed)",
+    )
     g.add_argument("--threads", type=int, default=None, help="kernel threads (default: torch's)")
+    g.add_argument(
+        "--engine",
+        choices=["auto", "lite", "torch"],
+        default="auto",
+        help="auto: the torch-free engine for packed models (fast start), else the "
+        "torch one; lite: insist; torch: always torch (default: %(default)s)",
+    )
     g.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-text")
     g.add_argument("--quiet", action="store_true", help="print only the text, no statistics")
     g.add_argument("--no-energy", action="store_true", help="skip the energy estimate")
@@ -97,11 +142,15 @@ def cmd_generate(args) -> int:
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
+        min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty,
+        repeat_last_n=args.repeat_last_n,
         seed=args.seed,
         threads=args.threads,
         stop_on_eos=not args.ignore_eos,
         energy=not (args.quiet or args.no_energy),
         energy_table=args.energy_table,
+        engine=args.engine,
     )
 
     def emit(text: str) -> None:
@@ -114,7 +163,8 @@ def cmd_generate(args) -> int:
         sys.stderr.write(
             f"prefill: {r.prompt_tokens} tokens, {r.prefill_tok_s:.1f} tok/s | "
             f"decode: {len(r.token_ids)} tokens, {r.decode_tok_s:.1f} tok/s | "
-            f"peak RSS {r.peak_rss_mb:.0f} MiB | stop: {r.stop_reason}\n"
+            f"first token {r.first_token_s:.2f} s | peak RSS {r.peak_rss_mb:.0f} MiB | "
+            f"seed {r.seed} | stop: {r.stop_reason}\n"
         )
         e = r.energy
         if e is not None:

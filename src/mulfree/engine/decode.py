@@ -28,59 +28,27 @@ does not grow with the sequence.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from mulfree import energy, kernels
+from mulfree.engine import plan as P
 from mulfree.engine.modules import (
     PackedBitLinear,
     adjacent_weights,
     place_weights_,
     record_ternary_linear,
 )
+from mulfree.engine.plan import MIN_WEIGHTS_PER_THREAD, StepEnergy  # noqa: F401  (re-exported)
 from mulfree.errors import MulfreeError
 from mulfree.kernels import ternary as K_
 from mulfree.kernels._core import core
+from mulfree.models.hf_compat import cache_kwargs
 from mulfree.models.mmfree import HGRNBitCache
 from mulfree.ternary import packing
 
-# A kernel call gets one thread per this many weights (at least one, at most `threads`).
-# Measured with benchmarks/bench_decode.py on the idle 2-core dev machine (libgomp's default wait
-# policy): 370M decode 71.9 tok/s with 3M (only the head on 2 threads), 90.3 with 500K, 91.8 with
-# every call on 2 threads; 1.3B 27.8 / 40.5 / 41.2. Below ~256K weights (the bundled model's
-# layers) a call is a few microseconds and a second thread's fork/join costs about as much.
-MIN_WEIGHTS_PER_THREAD = 262_144
-
-
-@dataclass
-class StepEnergy:
-    """Estimated energy of one decode step per sequence (one generated token), from the ops and
-    bytes the step runs (mulfree.energy counters) priced with an energy table."""
-
-    table: str  # the energy table's name
-    total_pj: float
-    memory_pj: float  # of total_pj: weight bytes from DRAM, activations from cache
-    dense_fp32_pj: float | None  # the same step with dense fp32 projections (None: L-Mul mode)
-
-    @property
-    def saving(self) -> float | None:
-        """dense fp32 / this: how many times less energy the packed step takes."""
-        return self.dense_fp32_pj / self.total_pj if self.dense_fp32_pj else None
-
-
-@dataclass
-class _Linear:
-    """One kernel call: norm weight(s) applied to the shared normalized input, packed weight."""
-
-    norm_w: torch.Tensor  # [K]
-    data: torch.Tensor  # tq2 bytes
-    out_features: int
-    in_features: int
-    scale: float
-    row_scales: torch.Tensor | None
-    nnz: int | None = None  # for the energy counter, computed on first counted call
+_Linear = P.Linear  # one kernel call (mulfree.engine.plan)
 
 
 def _linear_of(m: PackedBitLinear) -> _Linear:
@@ -152,8 +120,8 @@ class Decoder:
             place_weights_(model)  # one huge-page arena; i/f/g back to back (fused as a view)
             lbs = None
             if inner.lower_bounds is not None:
-                lbs = inner.lower_bounds.float().softmax(0)  # [L, d]
-                lbs = lbs.cumsum(0) - lbs[0]  # [L, d], row 0 is 0: the model's formula
+                # [L, d], row 0 is 0: the model's formula (shared with the torch-free engine)
+                lbs = torch.from_numpy(P.lower_bounds(inner.lower_bounds.detach().float().numpy()))
             self.layers = []
             for idx, blk in enumerate(inner.layers):
                 a, mlp = blk.attn, blk.mlp
@@ -209,10 +177,8 @@ class Decoder:
 
     # --- pieces ----------------------------------------------------------------------------
     def _threads_for(self, lin: _Linear) -> int:
-        """Kernel threads for one projection: small weights on one thread (waking a worker
-        costs more than it saves)."""
-        n = lin.out_features * lin.in_features // self.min_weights_per_thread
-        return max(1, min(self.threads, n))
+        """Kernel threads for one projection (mulfree.engine.plan.threads_for)."""
+        return P.threads_for(lin, self.threads, self.min_weights_per_thread)
 
     def _kernel(self, lin: _Linear, u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """out = packed ternary linear of u (int8 absmax inside the kernel)."""
@@ -348,58 +314,19 @@ class Decoder:
         )
 
     # --- the fused step ----------------------------------------------------------------------
-    def _kernel_call(self, lin: _Linear, u: torch.Tensor, out: torch.Tensor):
-        """(function, args) of one ternary kernel call, every pointer resolved once."""
-        rs = lin.row_scales.data_ptr() if lin.row_scales is not None else 0
-        args = (u.data_ptr(), u.shape[0], lin.in_features, lin.data.data_ptr(), lin.out_features,
-                float(lin.scale), rs, out.data_ptr(), 0, self._threads_for(lin),
-                kernels.ISA_LEVELS[self.isa])  # fmt: skip
-        return core().tq2_linear, args
-
     def _build_plan(self) -> list:
-        """The step as a list of (compiled function, int/float args) on the fixed buffers: the
-        same stages as the torch path of `step`, in the same order. Every address points into a
+        """The step as a list of (compiled function, int/float args) on the fixed buffers
+        (`mulfree.engine.plan.fused_plan`, shared with the torch-free LiteDecoder): the same
+        stages as the torch path of `step`, in the same order. Every address points into a
         tensor this Decoder holds (weights, buffers, states), so it stays valid; `reset` drops
         the plan when it reallocates the buffers."""
-        C = core()
-        B, d = self.x.shape
-        E, inter = self.y_i.shape[1], self.z_i.shape[1]
-        eps, bl_eps = self.eps, self.bl_eps
+        buf = P.Buffers(x=self.x, h=self.h, y_ifg=self.y_ifg, y_i=self.y_i, y_f=self.y_f,
+                        y_g=self.y_g, t_e=self.t_e, y_d=self.y_d, y_gu=self.y_gu, z_i=self.z_i,
+                        logits=self.logits, h_f=self.h_f, h_g=self.h_g)  # fmt: skip
         ptr = lambda t: t.data_ptr() if t is not None else 0  # noqa: E731
-        isa = kernels.ISA_LEVELS[self.isa]
-        plan, pending = [], 0  # pending: the residual add folded into the next norm
-        for L, state in zip(self.layers, self.states, strict=True):
-            if L["ifg"] is not None:
-                plan.append((C.dec_norm2, (ptr(self.x), pending, B, d, ptr(L["attn_norm"]), eps,
-                                           bl_eps, ptr(L["ifg"].norm_w), ptr(self.h), 0, 0, 0, 0)))  # fmt: skip
-                plan.append(self._kernel_call(L["ifg"], self.h, self.y_ifg))
-                base, stride = self.y_ifg.data_ptr(), 3 * E  # rows [i | f | g], E floats each
-                yi, yf, yg = base, base + 4 * E, base + 8 * E  # byte addresses (float32)
-            else:
-                plan.append((C.dec_norm2, (ptr(self.x), pending, B, d, ptr(L["attn_norm"]), eps,
-                                           bl_eps, ptr(L["i"].norm_w), ptr(self.h),
-                                           ptr(L["f"].norm_w), ptr(self.h_f),
-                                           ptr(L["g"].norm_w), ptr(self.h_g))))  # fmt: skip
-                plan.append(self._kernel_call(L["i"], self.h, self.y_i))
-                plan.append(self._kernel_call(L["f"], self.h_f, self.y_f))
-                plan.append(self._kernel_call(L["g"], self.h_g, self.y_g))
-                yi, yf, yg, stride = ptr(self.y_i), ptr(self.y_f), ptr(self.y_g), E
-            plan.append((C.dec_mlgru, (yi, yf, yg, stride, B, E, ptr(L["lb"]),
-                                       ptr(L["one_minus_lb"]), ptr(state), ptr(L["g_norm"]),
-                                       L["g_eps"], ptr(L["o"].norm_w), bl_eps, ptr(self.t_e),
-                                       isa)))  # fmt: skip
-            plan.append(self._kernel_call(L["o"], self.t_e, self.y_d))
-            plan.append((C.dec_norm2, (ptr(self.x), ptr(self.y_d), B, d, ptr(L["mlp_norm"]), eps,
-                                       bl_eps, ptr(L["gate"].norm_w), ptr(self.h), 0, 0, 0, 0)))  # fmt: skip
-            plan.append(self._kernel_call(L["gate"], self.h, self.y_gu))
-            plan.append((C.dec_glu, (ptr(self.y_gu), B, inter, ptr(L["down"].norm_w), bl_eps,
-                                     ptr(self.z_i), isa)))  # fmt: skip
-            plan.append(self._kernel_call(L["down"], self.z_i, self.y_d))
-            pending = ptr(self.y_d)
-        plan.append((C.dec_norm2, (ptr(self.x), pending, B, d, ptr(self.final_norm), eps, bl_eps,
-                                   ptr(self.head.norm_w), ptr(self.h), 0, 0, 0, 0)))  # fmt: skip
-        plan.append(self._kernel_call(self.head, self.h, self.logits))
-        return plan
+        return P.fused_plan(core(), buf, self.states, self.layers, self.final_norm, self.head,
+                            self.eps, self.bl_eps, self._threads_for,
+                            kernels.ISA_LEVELS[self.isa], ptr)  # fmt: skip
 
     def _step_fused(self, ids: torch.Tensor) -> torch.Tensor:
         if self._plan is None:
@@ -414,7 +341,7 @@ class Decoder:
             self.cache = HGRNBitCache(self.config)
             for i, s in enumerate(self.states):
                 self.cache.update_recurrent_state(s.clone(), i)
-        out = self.model(input_ids=ids[:, None], past_key_values=self.cache, use_cache=True)
+        out = self.model(input_ids=ids[:, None], **cache_kwargs(self.cache), use_cache=True)
         self.logits.copy_(out.logits[:, -1])
         return self.logits
 
@@ -429,7 +356,7 @@ class Decoder:
             raise MulfreeError("prefill needs at least one token")
         self.reset(ids.shape[0])
         cache = HGRNBitCache(self.config)
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=ids, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
         for i, s in enumerate(self.states):
             s.copy_(cache.layers[i].recurrent_states[0])
         if not self.exact:

@@ -4,25 +4,36 @@
     result = generate(GenerateConfig(prompt="Once upon a time", model="packed/"), on_text=print)
     result.decode_tok_s, result.peak_rss_mb
 
-The model is a packed file/directory (`mulfree convert`) or a regular hgrn_bit checkpoint
-directory, packed in memory on the fly (tq2 ternary, float32 embeddings: the same numbers as the
-PyTorch model's BitLinear forward). The prompt is prefilled with the batched kernels, then each
-token runs the fused `Decoder.step` (constant-size recurrent state). Sampling is
-`mulfree.serve.sampling.sample` (temperature 0 = greedy; top-k, top-p; a seeded generator).
+A packed file/directory (`mulfree convert`) of the exact model runs on the torch-free engine
+(`mulfree.engine.lite`: memory-mapped weights, the `tokenizers` library, no torch or
+transformers import), so the first token comes within about a second of launch. Anything else
+— a regular hgrn_bit checkpoint directory (packed in memory on the fly: tq2 ternary, float32
+embeddings, the same numbers as the PyTorch model's BitLinear forward), the L-Mul model, a
+model or tokenizer object passed in — runs the torch Decoder (`Decoder.prefill`, then
+`Decoder.step`). Both decode with the same compiled plan (`mulfree.engine.plan`) and sample
+with `mulfree.engine.sampler` (llama.cpp's defaults; temperature 0 = greedy; a seed makes a
+run reproducible).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import random
 import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from mulfree.engine import format as fmt
-from mulfree.engine.decode import StepEnergy
+from mulfree.engine.sampler import Sampler, SamplerConfig
 from mulfree.errors import MulfreeError
+
+if TYPE_CHECKING:
+    from mulfree.engine.decode import StepEnergy
+
+WEIGHTS_FILE = "model.safetensors"
+ENGINES = ("auto", "lite", "torch")
 
 
 @dataclass
@@ -31,30 +42,40 @@ class GenerateConfig:
     model: str | None = None  # packed file/dir or checkpoint dir; None = the bundled model
     tokenizer: str | None = None  # default: the model's directory
     max_tokens: int = 128
-    temperature: float = 0.0  # 0 = greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    seed: int = 0
-    threads: int | None = None  # kernel + torch threads (default torch.get_num_threads())
+    temperature: float = 0.8  # 0 = greedy; the sampling defaults are llama.cpp's
+    top_k: int = 40  # 0 = off
+    top_p: float = 0.95  # 1 = off
+    min_p: float = 0.05  # 0 = off
+    repeat_penalty: float = 1.0  # 1 = off
+    repeat_last_n: int = 64
+    seed: int | None = None  # None: a random seed (reported in the result, to rerun it)
+    threads: int | None = None  # kernel + torch threads (default: one per core)
     stop_on_eos: bool = True
     energy: bool = True  # estimate the energy of a decode step (Decoder.step_energy)
     energy_table: str | None = None  # an energy table name or JSON file (default: energy's)
+    # "auto": the torch-free engine (mulfree.engine.lite) when it can run the model, else the
+    # torch Decoder; "lite" insists (an error says why it cannot); "torch" always the Decoder.
+    engine: str = "auto"
 
     def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise MulfreeError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if (
             isinstance(self.max_tokens, bool)
             or not isinstance(self.max_tokens, int)
             or self.max_tokens < 1
         ):
             raise MulfreeError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
-        if not self.temperature >= 0:
-            raise MulfreeError(f"temperature must be >= 0, got {self.temperature!r}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise MulfreeError(f"top_k must be >= 0 (0 = off), got {self.top_k!r}")
-        if not 0 < self.top_p <= 1:
-            raise MulfreeError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        self.sampler  # validates the sampling fields  # noqa: B018
         if self.threads is not None and self.threads < 1:
             raise MulfreeError(f"threads must be >= 1, got {self.threads!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise MulfreeError(f"seed must be an integer, got {self.seed!r}")
+
+    @property
+    def sampler(self) -> SamplerConfig:
+        return SamplerConfig(self.temperature, self.top_k, self.top_p, self.min_p,
+                             self.repeat_penalty, self.repeat_last_n)  # fmt: skip
 
 
 @dataclass
@@ -69,6 +90,9 @@ class GenerateResult:
     stop_reason: str  # "eos" | "max_tokens"
     fused_ifg: bool = field(default=False)
     energy: StepEnergy | None = None  # one decode step, estimated (GenerateConfig.energy)
+    seed: int | None = None  # the seed the sampler used
+    engine: str = "torch"  # "lite" (torch-free, mulfree.engine.lite) or "torch" (Decoder)
+    first_token_s: float = 0.0  # from the call's start to the first token's text
 
     @property
     def prefill_tok_s(self) -> float:
@@ -79,15 +103,20 @@ class GenerateResult:
         return self.decode_steps / self.decode_s if self.decode_s > 0 else float("nan")
 
 
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+BUNDLED = "mmfree-shakespeare-tiny"
+
+
 def bundled_model() -> Path | None:
-    """The model shipped in mulfree/assets (a directory with model.safetensors), if any."""
-    assets = Path(__file__).resolve().parent.parent / "assets"
-    if not assets.is_dir():
-        return None
-    for d in sorted([assets, *[p for p in assets.iterdir() if p.is_dir()]]):
-        if (d / fmt.WEIGHTS_FILE).is_file():
-            return d
-    return None
+    """The checkpoint shipped in mulfree/assets (a directory with model.safetensors), if any."""
+    d = ASSETS / BUNDLED
+    return d if (d / WEIGHTS_FILE).is_file() else None
+
+
+def bundled_packed() -> Path | None:
+    """Its packed copy (`mulfree convert --format tq1 --embeddings float32`), if shipped."""
+    d = ASSETS / f"{BUNDLED}-packed"
+    return d if (d / WEIGHTS_FILE).is_file() else None
 
 
 def load_model(path: str | Path):
@@ -95,6 +124,7 @@ def load_model(path: str | Path):
 
     Returns (model, directory to look for a tokenizer in).
     """
+    from mulfree.engine import format as fmt
     from mulfree.engine.convert import _from_checkpoint_dir
     from mulfree.engine.model import _build, load_packed
 
@@ -122,49 +152,181 @@ def load_tokenizer(path: str | Path):
         ) from None
 
 
+def _as_ids(v) -> set[int]:
+    if isinstance(v, bool):
+        return set()
+    if isinstance(v, int):
+        return {v}
+    if isinstance(v, list | tuple):
+        return {int(x) for x in v if isinstance(x, int) and not isinstance(x, bool)}
+    return set()
+
+
 def _eos_ids(model, tokenizer) -> set[int]:
-    ids: set[int] = set()
-    for v in (model.config.eos_token_id, getattr(model.generation_config, "eos_token_id", None),
-              getattr(tokenizer, "eos_token_id", None)):  # fmt: skip
-        if isinstance(v, int):
-            ids.add(v)
-        elif isinstance(v, list | tuple):
-            ids.update(int(x) for x in v)
-    return ids
+    return (_as_ids(model.config.eos_token_id)
+            | _as_ids(getattr(model.generation_config, "eos_token_id", None))
+            | _as_ids(getattr(tokenizer, "eos_token_id", None)))  # fmt: skip
 
 
 class _Streamer:
-    """Emits the new text of a growing token list (holds back an incomplete UTF-8 tail)."""
+    """Emits the new text of a growing token list, decoding only a short window each token
+    (the prefix/read offsets of transformers' and TGI's streamers: linear, not quadratic),
+    and holds back an incomplete UTF-8 tail. Works with any tokenizer whose
+    `decode(ids, skip_special_tokens=True)` gives text (tokenizers' or transformers')."""
 
     def __init__(self, tokenizer, on_text):
-        self.tok, self.on_text, self.ids, self.sent = tokenizer, on_text, [], 0
+        self.tok, self.on_text, self.ids = tokenizer, on_text, []
+        self.prefix, self.read, self.parts = 0, 0, []
+
+    def _decode(self, ids) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
 
     def push(self, token: int) -> None:
         self.ids.append(token)
-        text = self.tok.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            return
-        if self.on_text is not None and len(text) > self.sent:
-            self.on_text(text[self.sent :])
-        self.sent = max(self.sent, len(text))
+        before = self._decode(self.ids[self.prefix : self.read])
+        text = self._decode(self.ids[self.prefix :])
+        if len(text) <= len(before) or text.endswith("\ufffd") or not text.startswith(before):
+            return  # nothing new yet, or an incomplete character: wait for more tokens
+        piece = text[len(before) :]
+        self.parts.append(piece)
+        if self.on_text is not None:
+            self.on_text(piece)
+        self.prefix, self.read = self.read, len(self.ids)
 
     def text(self) -> str:
-        return self.tok.decode(self.ids, skip_special_tokens=True)
+        return self._decode(self.ids)
+
+
+def _lite_model_path(config: GenerateConfig) -> tuple[Path | None, str]:
+    """(the packed file, "") when the torch-free engine can run what `config` asks for, else
+    (None, why not)."""
+    if os.environ.get("MULFREE_DISABLE_C") == "1" or os.environ.get("MULFREE_ISA") == "torch":
+        return None, "the compiled core is disabled (MULFREE_DISABLE_C / MULFREE_ISA=torch)"
+    model = config.model or bundled_packed()
+    if model is None:
+        return None, "no model given and no bundled packed model"
+    p = Path(model)
+    file = p / WEIGHTS_FILE if p.is_dir() else p
+    if not file.is_file():
+        return None, f"{file} is not a file"
+    tok_dir = Path(config.tokenizer) if config.tokenizer else file.parent
+    if not (tok_dir / "tokenizer.json").is_file():
+        return None, f"no tokenizer.json in {tok_dir}"
+    from mulfree.engine import lite
+
+    try:
+        meta = lite.read_metadata(file)
+    except MulfreeError as e:
+        return None, str(e)
+    if meta.get("mulfree_format") != lite.FORMAT_NAME:
+        return None, f"{file} is not a packed model (pack it with `mulfree convert`)"
+    try:
+        cfg = json.loads(meta.get("config", "{}"))
+    except ValueError:
+        return None, f"{file}: unreadable config metadata"
+    if cfg.get("elementwise_mul", "exact") != "exact":
+        return None, "the multiplication-free (L-Mul elementwise) model runs on the torch path"
+    try:
+        from mulfree import _C  # noqa: F401
+    except ImportError as e:
+        return None, f"the compiled core is not available ({e})"
+    return file, ""
+
+
+def _seed(config: GenerateConfig) -> int:
+    return config.seed if config.seed is not None else random.SystemRandom().randrange(2**32)
+
+
+def _run(prefill, step, ids: list[int], config: GenerateConfig, eos: set[int], tok, on_text,
+         t_start: float):  # fmt: skip
+    """The generation loop shared by both engines: prefill, then sample / stream / step."""
+    seed = _seed(config)
+    sampler = Sampler(config.sampler, seed)
+    streamer = _Streamer(tok, on_text)
+    t0 = time.perf_counter()
+    logits = prefill(ids)
+    prefill_s = time.perf_counter() - t0
+    out: list[int] = []
+    stop, steps, first = "max_tokens", 0, 0.0
+    t1 = time.perf_counter()
+    while True:
+        token = sampler(logits, ids + out)
+        if token in eos:
+            stop = "eos"
+            break
+        out.append(token)
+        streamer.push(token)
+        if len(out) == 1:
+            first = time.perf_counter() - t_start
+        if len(out) >= config.max_tokens:
+            break
+        logits = step(token)
+        steps += 1
+    decode_s = time.perf_counter() - t1
+    return dict(text=streamer.text(), token_ids=out, prompt_tokens=len(ids), prefill_s=prefill_s,
+                decode_steps=steps, decode_s=decode_s, stop_reason=stop, seed=seed,
+                first_token_s=first)  # fmt: skip
+
+
+def _prompt_ids(ids: list[int], bos, vocab: int) -> list[int]:
+    if not ids:
+        if bos is None:
+            raise MulfreeError("empty prompt and the model has no BOS token to start from")
+        ids = [int(bos)]
+    if max(ids) >= vocab:
+        raise MulfreeError(
+            f"the tokenizer produced id {max(ids)} >= the model's vocabulary {vocab}"
+        )
+    return ids
 
 
 def generate(config: GenerateConfig, on_text=None, *, model=None, tokenizer=None) -> GenerateResult:
     """Generate from `config.prompt`; `on_text(str)` receives the text as it is produced.
 
-    `model`/`tokenizer` may be passed already loaded (then config.model/tokenizer are unused).
+    `model`/`tokenizer` may be passed already loaded (then config.model/tokenizer are unused,
+    and the torch Decoder runs).
     """
-    from mulfree.serve.sampling import SamplingParams, make_generator, sample
-
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    t_start = time.perf_counter()
     if config.energy:  # an unknown table fails now, not after the generation
         from mulfree.energy.tables import DEFAULT_TABLE, EnergyTable
 
         EnergyTable.load(config.energy_table or DEFAULT_TABLE)
+    if config.engine != "torch":
+        if model is not None or tokenizer is not None:
+            why = "a model or tokenizer object was passed in"
+            file = None
+        else:
+            file, why = _lite_model_path(config)
+        if file is not None:
+            return _generate_lite(config, file, on_text, t_start)
+        if config.engine == "lite":
+            raise MulfreeError(f"the torch-free engine cannot run this: {why}")
+    return _generate_torch(config, on_text, model, tokenizer, t_start)
+
+
+def _generate_lite(config: GenerateConfig, file: Path, on_text, t_start: float) -> GenerateResult:
+    from mulfree.engine import lite
+
+    lm = lite.LiteModel.load(file)
+    dec = lite.LiteDecoder(lm, threads=config.threads)
+    tok = lite.load_tokenizer(Path(config.tokenizer) if config.tokenizer else file.parent)
+    ids = _prompt_ids(tok.encode(config.prompt).ids if config.prompt else [],
+                      lm.config.get("bos_token_id"), lm.vocab)  # fmt: skip
+    eos = lite.eos_ids(lm, tok, file.parent) if config.stop_on_eos else set()
+    r = _run(dec.prefill, dec.step, ids, config, eos, tok, on_text, t_start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+    energy = None
+    if config.energy:  # after the text: a cached estimate, or one counted step on the torch path
+        energy = lite.step_energy(file, config.energy_table)
+    return GenerateResult(peak_rss_mb=peak, fused_ifg=dec.fused_ifg, energy=energy, engine="lite",
+                          **r)  # fmt: skip
+
+
+def _generate_torch(config, on_text, model, tokenizer, t_start: float) -> GenerateResult:
+    import torch
+
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     if model is None:
         path = config.model or bundled_model()
         if path is None:
@@ -177,51 +339,17 @@ def generate(config: GenerateConfig, on_text=None, *, model=None, tokenizer=None
         if tok_dir is None:
             raise MulfreeError("no tokenizer: pass --tokenizer DIR")
         tokenizer = load_tokenizer(tok_dir)
-    ids = list(tokenizer(config.prompt).input_ids) if config.prompt else []
-    if not ids:
-        bos = (
-            model.config.bos_token_id
-            if model.config.bos_token_id is not None
-            else tokenizer.bos_token_id
-        )
-        if bos is None:
-            raise MulfreeError("empty prompt and the model has no BOS token to start from")
-        ids = [int(bos)]
-    vocab = model.config.vocab_size
-    if max(ids) >= vocab:
-        raise MulfreeError(
-            f"the tokenizer produced id {max(ids)} >= the model's vocabulary {vocab}"
-        )
+    bos = model.config.bos_token_id
+    ids = _prompt_ids(list(tokenizer(config.prompt).input_ids) if config.prompt else [],
+                      bos if bos is not None else tokenizer.bos_token_id, model.config.vocab_size)  # fmt: skip
     eos = _eos_ids(model, tokenizer) if config.stop_on_eos else set()
-    params = SamplingParams(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
-    gen = make_generator(config.seed)
     dec = model.decoder(threads=config.threads)
-    streamer = _Streamer(tokenizer, on_text)
-
     with torch.inference_mode():
-        t0 = time.perf_counter()
-        logits = dec.prefill([ids])
-        prefill_s = time.perf_counter() - t0
-        out: list[int] = []
-        stop = "max_tokens"
-        steps = 0
-        t1 = time.perf_counter()
-        while True:
-            token = sample(logits[0], params, gen)
-            if token in eos:
-                stop = "eos"
-                break
-            out.append(token)
-            streamer.push(token)
-            if len(out) >= config.max_tokens:
-                break
-            logits = dec.step([token])
-            steps += 1
-        decode_s = time.perf_counter() - t1
+        r = _run(lambda ids: dec.prefill([ids])[0].numpy(), lambda t: dec.step([t])[0].numpy(),
+                 ids, config, eos, tokenizer, on_text, t_start)  # fmt: skip
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
     # after the timing and the peak memory: counting runs the (slower) torch path once
-    step_energy = (
-        dec.step_energy([(out or ids)[-1]], config.energy_table) if config.energy else None
-    )
-    return GenerateResult(streamer.text(), out, len(ids), prefill_s, steps, decode_s, peak, stop,
-                          dec.fused_ifg, step_energy)  # fmt: skip
+    last = (r["token_ids"] or ids)[-1]
+    step_energy = dec.step_energy([last], config.energy_table) if config.energy else None
+    return GenerateResult(peak_rss_mb=peak, fused_ifg=dec.fused_ifg, energy=step_energy,
+                          engine="torch", **r)  # fmt: skip

@@ -19,6 +19,7 @@ import torch
 from mulfree.engine import format as fmt
 from mulfree.engine.modules import Int4Embedding, Int8Embedding, PackedBitLinear, place_weights_
 from mulfree.errors import MulfreeError
+from mulfree.models.hf_compat import cache_kwargs, one_cache
 from mulfree.models.mmfree import HGRNBitConfig, HGRNBitForCausalLM
 from mulfree.ternary import packing
 from mulfree.ternary.bitlinear import BITLINEAR_NORM_EPS, BitLinear, RMSNorm
@@ -66,8 +67,8 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
         return self._decoder
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None,
-                past_key_values=None, labels=None, use_cache=None, output_hidden_states=None,
-                return_dict=None, logits_to_keep=0, **kwargs):  # fmt: skip
+                cache=None, labels=None, use_cache=None, output_hidden_states=None,
+                return_dict=None, logits_to_keep=0, past_key_values=None, **kwargs):  # fmt: skip
         """HGRNBitForCausalLM.forward; a cached single-token step (what HF `generate` runs
         after the prompt) goes through a fused decoder instead (its own, not `decoder()`'s;
         HF generate on the 370M shape ~5x faster, see benchmarks/bench_decode.py): the same
@@ -76,11 +77,12 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
         equal `mulfree generate`'s. Anything else (prompts, labels, hidden states, masked
         steps, L-Mul products, an active energy counter, no compiled core) runs the modules'
         forward."""
-        if self._fused_step_applies(input_ids, attention_mask, inputs_embeds, past_key_values,
+        cache = one_cache(cache=cache, past_key_values=past_key_values,
+                          cache_params=kwargs.pop("cache_params", None))  # fmt: skip
+        if self._fused_step_applies(input_ids, attention_mask, inputs_embeds, cache,
                                     labels, use_cache, output_hidden_states):  # fmt: skip
             from transformers.modeling_outputs import CausalLMOutputWithPast
 
-            cache = past_key_values
             if self._hf_decoder is None:  # its own: a user's decoder() keeps its state
                 from mulfree.engine.decode import Decoder
 
@@ -92,11 +94,11 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
             for layer, rows in enumerate(dec.states):
                 cache.update_recurrent_state(rows, layer)  # copies into the cache's tensor
             cache.seen_tokens += 1
-            out = CausalLMOutputWithPast(logits=logits[:, None], past_key_values=cache)
+            out = CausalLMOutputWithPast(logits=logits[:, None], **cache_kwargs(cache))
             rd = return_dict if return_dict is not None else self.config.return_dict
             return out if rd else out.to_tuple()
         return super().forward(input_ids=input_ids, attention_mask=attention_mask,
-                               inputs_embeds=inputs_embeds, past_key_values=past_key_values,
+                               inputs_embeds=inputs_embeds, cache=cache,
                                labels=labels, use_cache=use_cache,
                                output_hidden_states=output_hidden_states, return_dict=return_dict,
                                logits_to_keep=logits_to_keep, **kwargs)  # fmt: skip

@@ -18,20 +18,25 @@ spinning worker gets descheduled and a fork/join can wait a scheduler slice (8-1
 here, for torch's own ops as well); set OMP_WAIT_POLICY=PASSIVE (before torch is imported) there.
 """
 
-from mulfree.kernels._core import (
-    ISA_LEVELS,
-    TORCH,
-    available,
-    available_isas,
-    core,
-    isa_max,
-    load_error,
-    resolve_isa,
-    resolve_threads,
-    set_isa,
-    use_isa,
-    warn_slow_path_once,
-)
+from mulfree._lazy import attach
+
+# Served lazily (mulfree/_lazy.py): `mulfree.kernels.memory` and the torch-free packed runtime
+# (mulfree.engine.lite) import this package without importing torch, which _core needs.
+_NAMES = {name: "mulfree.kernels._core" for name in (
+    "ISA_LEVELS",
+    "TORCH",
+    "available",
+    "available_isas",
+    "core",
+    "isa_max",
+    "load_error",
+    "resolve_isa",
+    "resolve_threads",
+    "set_isa",
+    "use_isa",
+    "warn_slow_path_once",
+)}  # fmt: skip
+__getattr__, __dir__ = attach(__name__, _NAMES)
 
 __all__ = [
     "ISA_LEVELS",

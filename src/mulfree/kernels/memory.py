@@ -20,8 +20,10 @@ import ctypes
 import ctypes.util
 import mmap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 HUGE_PAGE = 2 << 20  # bytes: x86-64 transparent huge page size
 ALIGN = 64  # bytes: every tensor in an arena starts on a cache line (and a full AVX-512 vector)
@@ -66,7 +68,7 @@ class Arena:
                 self.huge = True
             except OSError:  # e.g. a kernel built without THP
                 pass
-        start = torch.frombuffer(self._map, dtype=torch.uint8, count=1).data_ptr()
+        start = ctypes.addressof(ctypes.c_char.from_buffer(self._map))  # no torch needed
         self._base = (-start) % HUGE_PAGE
         self.address = start + self._base  # of byte 0
 
@@ -83,14 +85,21 @@ class Arena:
 
     def tensor(self, offset: int, nbytes: int) -> torch.Tensor:
         """uint8 [nbytes] over bytes [offset, offset + nbytes) of the arena (its own storage)."""
+        import torch
+
+        if nbytes == 0:
+            self.buffer(offset, 0)  # checks the range
+            return torch.empty(0, dtype=torch.uint8)
+        return torch.frombuffer(self.buffer(offset, nbytes), dtype=torch.uint8)
+
+    def buffer(self, offset: int, nbytes: int) -> memoryview:
+        """Bytes [offset, offset + nbytes) of the arena as a writable memoryview (no torch)."""
         if offset < 0 or nbytes < 0 or offset + nbytes > self.nbytes:
             raise ValueError(
                 f"range [{offset}, {offset + nbytes}) outside an arena of {self.nbytes} B"
             )
-        if nbytes == 0:
-            return torch.empty(0, dtype=torch.uint8)
         start = self._base + offset
-        return torch.frombuffer(memoryview(self._map)[start : start + nbytes], dtype=torch.uint8)
+        return memoryview(self._map)[start : start + nbytes]
 
 
 def _no_arena() -> None:
@@ -100,6 +109,8 @@ def _no_arena() -> None:
 def copy_to_arena(tensors: list[torch.Tensor]) -> tuple[Arena, list[torch.Tensor]]:
     """Copies of contiguous CPU `tensors` laid out back to back (each ALIGN-aligned) in one
     new arena, with their dtypes and shapes; returns (arena, copies)."""
+    import torch
+
     offsets, total = [], 0
     for t in tensors:
         if t.device.type != "cpu" or not t.is_contiguous():

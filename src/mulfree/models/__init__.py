@@ -7,6 +7,7 @@ code is not needed to register `hgrn_bit`, and `import mulfree` should stay as l
 """
 
 import importlib
+import sys
 
 from mulfree.models.mmfree import PRESETS, HGRNBitConfig, HGRNBitForCausalLM, HGRNBitModel
 
@@ -44,3 +45,11 @@ __all__ = [
     "transformerpp_config",
     "transformerpp_config_for",
 ]
+
+
+# Registered now if transformers' Auto classes are loaded already (mulfree/__init__.py's hook
+# registers when they load later, and defers to this line while this package is importing).
+_READY = True
+if any(m in sys.modules for m in ("transformers.models.auto.configuration_auto",
+                                  "transformers.models.auto.modeling_auto")):  # fmt: skip
+    register_with_transformers()

@@ -293,11 +293,13 @@ class App:
                     param=name,
                     code="context_length_exceeded",
                 )
-        temperature = float(number("temperature", 1.0, 0.0, 2.0))
-        top_p = float(number("top_p", 1.0, 0.0, 1.0))
+        # llama.cpp's defaults, as `mulfree generate` (mulfree.engine.sampler.SamplerConfig)
+        temperature = float(number("temperature", 0.8, 0.0, 2.0))
+        top_p = float(number("top_p", 0.95, 0.0, 1.0))
         if top_p <= 0:
             raise ApiError(400, "'top_p' must be > 0", param="top_p")
-        top_k = number("top_k", 0, -1, self.backend.vocab_size, integer=True)
+        top_k = number("top_k", 40, -1, self.backend.vocab_size, integer=True)
+        min_p = float(number("min_p", 0.05, 0.0, 1.0))
         seed = data.get("seed")
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little") >> 1
@@ -331,7 +333,7 @@ class App:
         return Job(
             prompt_ids,
             max_tokens,
-            SamplingParams(temperature, top_p, max(top_k, 0)),
+            SamplingParams(temperature, top_p, max(top_k, 0), min_p),
             seed % (1 << 63),
             tuple(stop),
             stream,

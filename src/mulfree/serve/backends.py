@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from mulfree.errors import MulfreeError
+from mulfree.models.hf_compat import cache_kwargs, output_cache
 
 # Chat template used when the tokenizer carries none: role-tagged lines, then the assistant tag.
 SIMPLE_CHAT_TEMPLATE = "{role}: {content}\n"
@@ -114,9 +115,9 @@ class MatMulFreeBackend(Backend):
     def start(self, ids):
         cache = self._cache(None)
         x = torch.tensor([ids], dtype=torch.long)  # [1, T]
-        out = self.model(input_ids=x, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=x, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
         n = self.model.config.num_hidden_layers
-        states = [s.clone() for s in self._states(out.past_key_values, n)]  # L x [1, E]
+        states = [s.clone() for s in self._states(output_cache(out), n)]  # L x [1, E]
         return RequestState(states, len(ids)), out.logits[0, -1]
 
     _decoder: Any = None  # the engine's fused decode step, built on first use
@@ -153,8 +154,8 @@ class MatMulFreeBackend(Backend):
             return logits
         cache = self._cache(stacked)
         x = torch.tensor(tokens, dtype=torch.long).unsqueeze(1)  # [B, 1]
-        out = self.model(input_ids=x, past_key_values=cache, use_cache=True)
-        new = self._states(out.past_key_values, n)  # L x [B, E]
+        out = self.model(input_ids=x, **cache_kwargs(cache), use_cache=True)
+        new = self._states(output_cache(out), n)  # L x [B, E]
         for b, st in enumerate(states):
             st.data = [s[b : b + 1].clone() for s in new]  # L x [1, E]
             st.length += 1
@@ -168,15 +169,15 @@ class GenericBackend(Backend):
     def start(self, ids):
         x = torch.tensor([ids], dtype=torch.long)  # [1, T]
         out = self.model(input_ids=x, use_cache=True)
-        return RequestState(out.past_key_values, len(ids)), out.logits[0, -1]
+        return RequestState(output_cache(out), len(ids)), out.logits[0, -1]
 
     @torch.inference_mode()
     def step(self, states, tokens):
         rows = []
         for st, tok in zip(states, tokens, strict=True):
             x = torch.tensor([[tok]], dtype=torch.long)  # [1, 1]
-            out = self.model(input_ids=x, past_key_values=st.data, use_cache=True)
-            st.data = out.past_key_values
+            out = self.model(input_ids=x, **cache_kwargs(st.data), use_cache=True)
+            st.data = output_cache(out)
             st.length += 1
             rows.append(out.logits[0, -1])
         return torch.stack(rows)  # [B, vocab]

@@ -1,4 +1,7 @@
-"""Next-token sampling: temperature, top-k, top-p, each request with its own torch.Generator.
+"""Next-token sampling: temperature, top-k, top-p, min-p, each request with its own torch.Generator.
+
+`mulfree.engine.sampler.sample` (NumPy, what `mulfree generate` runs) is its twin: the same
+filters in the same order give the same token for the same uniform number (tested).
 
 `sample(logits, params, generator)` is the spec, one row at a time; `sample_batch` is what the
 scheduler runs on a whole decode step's logits and returns the same tokens (tested). A token is
@@ -22,10 +25,11 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    min_p: float = 0.0  # drop tokens below min_p x the top token's probability (0 = off)
 
     @property
     def filters(self) -> bool:
-        return bool(self.top_k) or self.top_p < 1.0
+        return bool(self.top_k) or self.top_p < 1.0 or self.min_p > 0
 
 
 def make_generator(seed: int) -> torch.Generator:
@@ -48,6 +52,9 @@ def _filter(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         drop = before >= params.top_p
         drop[0] = False
         logits = logits.scatter(0, order[drop], float("-inf"))
+    if params.min_p > 0:
+        probs = torch.softmax(logits, dim=-1)
+        logits = logits.masked_fill(probs < params.min_p * probs.max(), float("-inf"))
     return logits
 
 

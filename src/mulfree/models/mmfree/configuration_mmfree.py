@@ -72,7 +72,7 @@ class HGRNBitConfig(PretrainedConfig):
     """
 
     model_type = "hgrn_bit"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the name before transformers 5.24
 
     vocab_size: int = 32000
     hidden_size: int = 2048

@@ -35,6 +35,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from mulfree.errors import MulfreeError
 from mulfree.lmul.emul import ElementwiseMul
+from mulfree.models.hf_compat import CACHE, cache_kwargs, one_cache, output_cache
 from mulfree.models.mmfree.configuration_mmfree import HGRNBitConfig
 from mulfree.ops.hgrn import chunk_hgrn, naive_recurrent_hgrn
 from mulfree.ternary.bitlinear import BitLinear, RMSNorm, acc_dtype
@@ -74,7 +75,7 @@ def _cache_layer(cache: Cache, layer_idx: int) -> LinearAttentionCacheLayerMixin
         cache.layers[layer_idx], LinearAttentionCacheLayerMixin
     ):
         raise MulfreeError(
-            "hgrn_bit needs a recurrent-state cache: pass past_key_values=HGRNBitCache(model.config) "
+            f"hgrn_bit needs a recurrent-state cache: pass {CACHE}=HGRNBitCache(model.config) "
             "(a cache built without the config holds attention KV layers)"
         )
     return cache.layers[layer_idx]
@@ -110,7 +111,7 @@ class HGRNBitAttention(nn.Module):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         lower_bound: torch.Tensor | None = None,
     ) -> torch.Tensor:
         T = hidden_states.shape[1]
@@ -127,13 +128,13 @@ class HGRNBitAttention(nn.Module):
             i = i * keep.to(i.dtype) if mul.exact else torch.where(keep.bool(), i, 0.0)
 
         state = None
-        if past_key_values is not None:
-            layer = _cache_layer(past_key_values, self.layer_idx)
+        if cache is not None:
+            layer = _cache_layer(cache, self.layer_idx)
             if layer.is_recurrent_states_initialized[0]:
                 state = layer.recurrent_states[0]
         # The recurrence is elementwise, so heads are only a grouping of the channel axis:
         # [B, T, E] is scanned as is.
-        want_final = past_key_values is not None
+        want_final = cache is not None
         if not mul.exact:
             # L-Mul is not associative: the chunked scan would change the value, so the
             # multiplication-free model runs the recurrence as the loop it is defined by.
@@ -141,8 +142,8 @@ class HGRNBitAttention(nn.Module):
         else:
             scan = naive_recurrent_hgrn if self.mode == "naive" else chunk_hgrn
             o, final = scan(i, f, initial_state=state, output_final_state=want_final)
-        if past_key_values is not None:
-            past_key_values.update_recurrent_state(final.detach(), self.layer_idx)
+        if cache is not None:
+            cache.update_recurrent_state(final.detach(), self.layer_idx)
 
         o = self.g_norm(self.g_proj(hidden_states), o)
         return self.o_proj(o)
@@ -193,11 +194,9 @@ class HGRNBitBlock(GradientCheckpointingLayer):
         self.mlp_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = HGRNBitMLP(config.hidden_size, config.mlp_intermediate_size)
 
-    def forward(self, hidden_states, attention_mask=None, past_key_values=None, lower_bound=None):
+    def forward(self, hidden_states, attention_mask=None, cache=None, lower_bound=None):
         residual = hidden_states
-        hidden_states = self.attn(
-            self.attn_norm(hidden_states), attention_mask, past_key_values, lower_bound
-        )
+        hidden_states = self.attn(self.attn_norm(hidden_states), attention_mask, cache, lower_bound)
         # Official: `mlp_norm(h, residual, prenorm=True)` = (norm(h + residual), h + residual).
         residual = hidden_states + residual
         return residual + self.mlp(self.mlp_norm(residual))
@@ -228,7 +227,7 @@ class HGRNBitPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["HGRNBitBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
@@ -455,12 +454,18 @@ class HGRNBitModel(HGRNBitPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast | tuple:
+        """The cache may be passed as `cache` (transformers >= 5.24's name) or `past_key_values`;
+        the output carries it under the installed release's name (`mulfree.models.hf_compat`)."""
+        cache = one_cache(
+            cache=cache, past_key_values=past_key_values, cache_params=kwargs.pop("cache_params", None)
+        )
         output_hidden_states = (
             output_hidden_states
             if output_hidden_states is not None
@@ -488,10 +493,10 @@ class HGRNBitModel(HGRNBitPreTrainedModel):
                 attention_mask = None
         if self.gradient_checkpointing and self.training:
             use_cache = False
-        if use_cache and past_key_values is None:
-            past_key_values = HGRNBitCache(self.config)
+        if use_cache and cache is None:
+            cache = HGRNBitCache(self.config)
         if not use_cache:
-            past_key_values = None
+            cache = None
 
         if self.lower_bounds is not None:
             lower_bounds = self.lower_bounds.softmax(0)  # [L, d]
@@ -505,19 +510,17 @@ class HGRNBitModel(HGRNBitPreTrainedModel):
             hidden_states = layer(
                 hidden_states,
                 attention_mask=attention_mask,
-                past_key_values=past_key_values,
+                cache=cache,
                 lower_bound=lb,
             )
         hidden_states = self.norm(hidden_states)
-        if isinstance(past_key_values, HGRNBitCache):
-            past_key_values.seen_tokens += inputs_embeds.shape[1]
+        if isinstance(cache, HGRNBitCache):
+            cache.seen_tokens += inputs_embeds.shape[1]
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
 
         out = BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            past_key_values=past_key_values,
-            hidden_states=all_hidden_states,
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, **cache_kwargs(cache)
         )
         return out if return_dict else out.to_tuple()
 
@@ -563,17 +566,19 @@ class HGRNBitForCausalLM(HGRNBitPreTrainedModel, GenerationMixin):
         self,
         input_ids,
         next_sequence_length=None,
-        past_key_values=None,
+        cache=None,
         attention_mask=None,
         inputs_embeds=None,
         is_first_iteration=False,
         use_cache=True,
+        past_key_values=None,
         **kwargs,
     ):
         # Written out rather than inherited: the generic version builds 4D attention masks and
         # position ids, which a recurrence has no use for.
-        if use_cache and past_key_values is None:
-            past_key_values = HGRNBitCache(self.config)
+        cache = one_cache(cache=cache, past_key_values=past_key_values)
+        if use_cache and cache is None:
+            cache = HGRNBitCache(self.config)
         if inputs_embeds is not None and is_first_iteration:
             embeds = (
                 inputs_embeds[:, -next_sequence_length:] if next_sequence_length else inputs_embeds
@@ -583,9 +588,7 @@ class HGRNBitForCausalLM(HGRNBitPreTrainedModel, GenerationMixin):
             ids = input_ids[:, -next_sequence_length:] if next_sequence_length else input_ids
             inputs = {"input_ids": ids.contiguous()}
         inputs.update(
-            past_key_values=past_key_values if use_cache else None,
-            attention_mask=attention_mask,
-            use_cache=use_cache,
+            cache_kwargs(cache if use_cache else None), attention_mask=attention_mask, use_cache=use_cache
         )
         for key in ("logits_to_keep", "output_hidden_states"):
             if key in kwargs:
@@ -597,23 +600,28 @@ class HGRNBitForCausalLM(HGRNBitPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
         """labels: [batch, seq] token ids (-100 = ignore); the loss predicts labels[t + 1] from
         position t (shifted inside, as transformers' causal LMs and the official model do).
-        logits_to_keep: if an int n > 0, logits only for the last n positions."""
+        logits_to_keep: if an int n > 0, logits only for the last n positions.
+        cache (or its older name past_key_values): an HGRNBitCache, updated in place."""
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        cache = one_cache(
+            cache=cache, past_key_values=past_key_values, cache_params=kwargs.pop("cache_params", None)
+        )
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             return_dict=True,
@@ -634,8 +642,8 @@ class HGRNBitForCausalLM(HGRNBitPreTrainedModel, GenerationMixin):
         out = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
+            **cache_kwargs(output_cache(outputs)),
         )
         return out if return_dict else out.to_tuple()
 

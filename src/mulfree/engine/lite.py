@@ -1,0 +1,419 @@
+"""The packed engine without torch: what `mulfree generate` runs on a packed model, for a fast start.
+
+`import torch` alone takes 1-2 s on a small machine, and the transformers model code several
+more, while decoding a packed model needs neither: its weights are bytes for the compiled
+kernels, its state a few float32 rows. `LiteModel.load(path)` reads a packed file with
+safetensors' NumPy reader (memory-mapped), puts the ternary weights in one arena on 2 MiB pages
+as tq2 (`mulfree.kernels.memory`, converting tq1 on the way), and `LiteDecoder` runs the very
+plan of compiled calls that `mulfree.engine.decode.Decoder` runs (the same `fused_plan`, the
+same buffers, the same order), on NumPy buffers: its logits equal the torch Decoder's fused
+step bit for bit (tests/engine/test_lite.py). The prompt is fed token by token (the recurrent
+state is all there is), the tokenizer is the `tokenizers` library's on tokenizer.json, and the
+sampler `sample` is the NumPy twin of `mulfree.serve.sampling.sample` (equal tokens for equal
+logits and uniform draws).
+
+Only the exact (non-L-Mul) model with the compiled core runs here; anything else — and every
+other use (training, HF generate, serve, energy counting) — runs the torch path. The spec of
+every stage stays the torch Decoder (`fused=False`) and, above it, the PyTorch model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mulfree.engine import plan as P
+from mulfree.errors import MulfreeError
+
+FORMAT_NAME = "mulfree.packed_hgrn_bit"  # = mulfree.engine.format.FORMAT_NAME (tested)
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+BITLINEAR_NORM_EPS = 1e-8  # = mulfree.ternary.bitlinear.BITLINEAR_NORM_EPS (tested)
+INT4_GROUP = 32
+
+
+def _core():
+    try:
+        from mulfree import _C
+    except ImportError as e:
+        raise MulfreeError(f"the compiled core is not available ({e})") from None
+    return _C
+
+
+def weights_file(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        p = p / WEIGHTS_FILE
+    if not p.is_file():
+        raise MulfreeError(f"packed model not found: {p}")
+    return p
+
+
+def _intermediate(cfg: dict) -> int:
+    """The GLU width (mulfree.models.mmfree.configuration_mmfree.mlp_intermediate_size)."""
+    if cfg.get("intermediate_size") is not None:
+        return int(cfg["intermediate_size"])
+    ratio = 4 if cfg.get("hidden_ratio") is None else cfg["hidden_ratio"]
+    size = int(cfg["hidden_size"] * ratio * 2 / 3)
+    return 256 * ((size + 256 - 1) // 256)
+
+
+def tq2_nbytes(n: int, k: int) -> int:
+    """mulfree.ternary.packing.packed_nbytes("tq2", n, k): 32-row blocks of 16 inputs, 4 per byte."""
+    return -(-n // 32) * -(-k // 16) * 32 * 4
+
+
+def tq1_nbytes(n: int, k: int) -> int:
+    """mulfree.ternary.packing.packed_nbytes("tq1", n, k): 5 trits per byte along each row."""
+    return n * -(-k // 5)
+
+
+@dataclass
+class Projection:
+    """One ternary projection: tq2 bytes (in the arena), its scale and its input norm."""
+
+    data: np.ndarray  # uint8 tq2
+    scale: float
+    out_features: int
+    in_features: int
+    norm_w: np.ndarray  # float32 [in_features]: the BitLinear's RMSNorm weight
+
+
+class LiteModel:
+    """A packed hgrn_bit model as NumPy arrays (see the module docstring)."""
+
+    def __init__(self, config: dict, tensors: dict[str, np.ndarray], ternary_format: str,
+                 embedding_format: str, path: Path):  # fmt: skip
+        self.config, self.path = config, path
+        self.embedding_format = embedding_format
+        d, L = int(config["hidden_size"]), int(config["num_hidden_layers"])
+        E = int(d * config.get("expand_ratio", 1))
+        inter, V = _intermediate(config), int(config["vocab_size"])
+        self.hidden, self.expand, self.inter, self.vocab, self.n_layers = d, E, inter, V, L
+        self.eps = float(config.get("rms_norm_eps", 1e-6))
+        shapes = {"i_proj": (E, d), "f_proj": (E, d), "g_proj": (E, d), "o_proj": (d, E),
+                  "gate_proj": (2 * inter, d), "down_proj": (d, inter)}  # fmt: skip
+
+        def norm(key: str, n: int) -> np.ndarray:
+            t = tensors.get(key)
+            if t is None or t.shape != (n,) or t.dtype != np.float32:
+                raise MulfreeError(f"{path}: tensor {key} missing or not float32 [{n}]")
+            return np.ascontiguousarray(t)
+
+        names = []  # (prefix, n, k) in module order: i/f/g adjacent, as place_weights_ lays them
+        for i in range(L):
+            for sub, proj in (("attn", "i_proj"), ("attn", "f_proj"), ("attn", "g_proj"),
+                              ("attn", "o_proj"), ("mlp", "gate_proj"), ("mlp", "down_proj")):  # fmt: skip
+                names.append((f"model.layers.{i}.{sub}.{proj}", *shapes[proj]))
+        names.append(("lm_head", V, d))
+        sizes = [tq2_nbytes(n, k) for _, n, k in names]
+        from mulfree.kernels.memory import ALIGN, Arena
+
+        offsets, total = [], 0
+        for s in sizes:
+            offsets.append(total)
+            total += -(-s // ALIGN) * ALIGN
+        self.arena = Arena(total)
+        C = _core()
+        self.proj: dict[str, Projection] = {}
+        self.offsets = {}  # prefix -> byte offset of its tq2 weight in the arena
+        for (prefix, n, k), off, size in zip(names, offsets, sizes, strict=True):
+            src = tensors.get(f"{prefix}.weight_packed")
+            want = tq2_nbytes(n, k) if ternary_format == "tq2" else tq1_nbytes(n, k)
+            if src is None or src.dtype != np.uint8 or src.shape != (want,):
+                raise MulfreeError(f"{path}: tensor {prefix}.weight_packed missing or not uint8 "
+                                   f"[{want}] ({ternary_format} of {n}x{k})")  # fmt: skip
+            dst = np.frombuffer(self.arena.buffer(off, size), dtype=np.uint8)
+            if ternary_format == "tq2":
+                dst[:] = src
+            else:
+                src = np.ascontiguousarray(src)
+                bad = C.tq1_to_tq2(src.ctypes.data, n, k, dst.ctypes.data)
+                if bad:
+                    raise MulfreeError(
+                        f"{path}: corrupt tq1 data in {prefix}: {bad} byte(s) >= 243"
+                    )
+            scale = tensors.get(f"{prefix}.weight_scale")
+            if scale is None or scale.shape != () or scale.dtype != np.float32:
+                raise MulfreeError(
+                    f"{path}: tensor {prefix}.weight_scale missing or not a float32 scalar"
+                )
+            self.offsets[prefix] = off
+            self.proj[prefix] = Projection(
+                dst, float(scale), n, k, norm(f"{prefix}.norm.weight", k)
+            )
+        self.layers = []
+        lbs = None
+        if config.get("use_lower_bound", True):
+            lb = tensors.get("model.lower_bounds")
+            if lb is None or lb.shape != (L, d):
+                raise MulfreeError(f"{path}: tensor model.lower_bounds missing or not [{L}, {d}]")
+            lbs = P.lower_bounds(lb)
+        for i in range(L):
+            pre = f"model.layers.{i}"
+            self.layers.append(dict(
+                prefix=pre,
+                attn_norm=norm(f"{pre}.attn_norm.weight", d),
+                g_norm=norm(f"{pre}.attn.g_norm.weight", E),
+                mlp_norm=norm(f"{pre}.mlp_norm.weight", d),
+                lb=lbs[i] if lbs is not None and i > 0 else None,
+                one_minus_lb=(np.float32(1) - lbs[i]) if lbs is not None and i > 0 else None,
+                **{p: self.proj[f"{pre}.{'attn' if p in ('i_proj', 'f_proj', 'g_proj', 'o_proj') else 'mlp'}.{p}"]
+                   for p in shapes},
+            ))  # fmt: skip
+        self.final_norm = norm("model.norm.weight", d)
+        self.head = self.proj["lm_head"]
+        self.embed = _embedding(tensors, embedding_format, V, d, path)
+
+    @classmethod
+    def load(cls, path: str | Path, *, verify: bool = True) -> LiteModel:
+        """Read a packed file (or DIR/model.safetensors); one-line MulfreeError on any problem."""
+        from safetensors import safe_open
+
+        file = weights_file(path)
+        meta = read_metadata(file)
+        try:
+            with safe_open(str(file), framework="numpy") as sf:
+                tensors = {k: sf.get_tensor(k) for k in sf.keys()}  # noqa: SIM118
+        except Exception as e:  # safetensors raises its own error types
+            raise MulfreeError(f"cannot read {file}: {_first_line(e)}") from None
+        if meta.get("mulfree_format") != FORMAT_NAME:
+            raise MulfreeError(
+                f"{file} is not a packed model (format {meta.get('mulfree_format')!r})"
+            )
+        if meta.get("mulfree_format_version") != str(FORMAT_VERSION):
+            raise MulfreeError(f"{file} is packed format version "
+                               f"{meta.get('mulfree_format_version')!r}; this mulfree reads {FORMAT_VERSION}")  # fmt: skip
+        try:
+            config = json.loads(meta["config"])
+            for key in ("vocab_size", "hidden_size", "num_hidden_layers"):
+                v = config[key]
+                if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                    raise ValueError(f"{key} must be a positive integer, got {v!r}")
+        except (KeyError, ValueError, TypeError) as e:
+            raise MulfreeError(f"{file}: bad config metadata ({e})") from None
+        if verify and "tensors_crc32" in meta and _crc32(tensors) != meta["tensors_crc32"]:
+            raise MulfreeError(f"{file} is corrupt: tensor data CRC-32 does not match its header")
+        tfmt, efmt = meta.get("ternary_format"), meta.get("embedding_format")
+        if tfmt not in ("tq1", "tq2"):
+            raise MulfreeError(f"{file}: unknown ternary_format {tfmt!r}")
+        return cls(config, tensors, tfmt, efmt, file)
+
+    @property
+    def exact(self) -> bool:
+        """False for the multiplication-free (L-Mul elementwise) model, which needs torch."""
+        return self.config.get("elementwise_mul", "exact") == "exact"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def read_metadata(file: Path) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file (its header only), one-line errors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="numpy") as sf:
+            return dict(sf.metadata() or {})
+    except Exception as e:
+        raise MulfreeError(f"cannot read {file}: {_first_line(e)}") from None
+
+
+def load_tokenizer(directory: Path):
+    """The `tokenizers` Tokenizer of DIR/tokenizer.json (what AutoTokenizer wraps)."""
+    from tokenizers import Tokenizer
+
+    file = Path(directory) / "tokenizer.json"
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as e:  # tokenizers raises a bare Exception with the parser's message
+        raise MulfreeError(f"cannot load the tokenizer {file}: {_first_line(e)}") from None
+
+
+def eos_ids(model: LiteModel, tokenizer, directory: Path) -> set[int]:
+    """End-of-text ids: the config's, generation_config.json's and tokenizer_config.json's
+    eos_token (what the torch path collects from the model and the HF tokenizer)."""
+    ids: set[int] = set()
+
+    def add(v):
+        if isinstance(v, int) and not isinstance(v, bool):
+            ids.add(v)
+        elif isinstance(v, list):
+            for x in v:
+                add(x)
+
+    add(model.config.get("eos_token_id"))
+    for name, key in (("generation_config.json", "eos_token_id"), ("tokenizer_config.json", None)):
+        try:
+            data = json.loads((Path(directory) / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        if key:
+            add(data.get(key))
+        else:
+            tok = data.get("eos_token")
+            tok = tok.get("content") if isinstance(tok, dict) else tok
+            if isinstance(tok, str) and tokenizer.token_to_id(tok) is not None:
+                ids.add(tokenizer.token_to_id(tok))
+    return ids
+
+
+def step_energy(file: Path, table: str | None = None):
+    """The estimated energy of one decode step of this packed file (Decoder.step_energy).
+
+    The estimate depends only on the model (shapes, nonzero weights) and the table, so it is
+    counted once, on the torch path, and kept in $MULFREE_CACHE/energy/ keyed by the file's
+    path, size and modification time, the table and mulfree's version: later runs read it
+    back instead of importing torch."""
+    import hashlib
+
+    from mulfree import __version__
+    from mulfree.data.corpora import default_cache_dir
+    from mulfree.engine.plan import StepEnergy
+
+    st = file.stat()
+    key = f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}|{table or ''}|{__version__}"
+    cache = default_cache_dir() / "energy" / (hashlib.sha1(key.encode()).hexdigest() + ".json")
+    try:
+        return StepEnergy(**json.loads(cache.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        pass  # not counted yet (or an unreadable entry: count again)
+    from mulfree.engine.model import load_packed
+
+    model = load_packed(file)
+    bos = model.config.bos_token_id
+    e = model.decoder().step_energy([bos if bos is not None else 0], table)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(e.__dict__), encoding="utf-8")
+        tmp.replace(cache)
+    except OSError:
+        pass  # a read-only cache only costs the count next time
+    return e
+
+
+def _crc32(tensors: dict[str, np.ndarray]) -> str:
+    """mulfree.engine.format.tensors_crc32 on NumPy arrays (the same bytes, the same order)."""
+    crc = 0
+    for name in sorted(tensors):
+        t = np.ascontiguousarray(tensors[name])
+        if t.size:
+            crc = zlib.crc32(t.reshape(-1).view(np.uint8), crc)
+    return f"{crc:08x}"
+
+
+def _embedding(tensors, fmt: str, V: int, d: int, path):
+    """A function ids -> float32 rows [B, d], the lookup of Int8/Int4Embedding or nn.Embedding."""
+    if fmt == "int8":
+        q, step = tensors["model.embeddings.weight_int8"], tensors["model.embeddings.weight_step"]
+        return lambda ids: q[ids].astype(np.float32) * step[ids][:, None]
+    if fmt == "int4":
+        codes, step = (
+            tensors["model.embeddings.weight_int4"],
+            tensors["model.embeddings.weight_step"],
+        )
+
+        def rows(ids):
+            c = codes[ids]  # [B, G * 16]
+            q = np.stack((c & 15, c >> 4), axis=-1).reshape(len(ids), -1).astype(np.float32) - 8
+            q = q.reshape(len(ids), step.shape[1], INT4_GROUP) * step[ids][..., None]
+            return q.reshape(len(ids), -1)[:, :d]
+
+        return rows
+    w = tensors.get("model.embeddings.weight")
+    if w is None or w.shape != (V, d):
+        raise MulfreeError(f"{path}: tensor model.embeddings.weight missing or not [{V}, {d}]")
+    if w.dtype == np.float32:
+        return lambda ids: w[ids]
+    if w.dtype == np.float16:
+        return lambda ids: w[ids].astype(np.float32)
+    raise MulfreeError(f"{path}: {fmt} embeddings need the torch path")
+
+
+class LiteDecoder:
+    """Batch-1 decoding of a LiteModel: `prefill(ids)` then `step(token)` -> logits [vocab]."""
+
+    def __init__(self, model: LiteModel, threads: int | None = None, isa: int = -1):
+        self.m = model
+        if threads is None:  # torch's default too: one per core this process may run on
+            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+        self.threads = int(threads) or os.cpu_count() or 1
+        self.isa = isa
+        m = model
+        z = lambda n: np.zeros((1, n), dtype=np.float32)  # noqa: E731
+        d, E, inter = m.hidden, m.expand, m.inter
+        self.buf = P.Buffers(x=z(d), h=z(d), y_ifg=z(3 * E), y_i=z(E), y_f=z(E), y_g=z(E),
+                             t_e=z(E), y_d=z(d), y_gu=z(2 * inter), z_i=z(inter),
+                             logits=z(m.vocab), h_f=z(d), h_g=z(d))  # fmt: skip
+        self.states = [z(E) for _ in range(m.n_layers)]
+        layers = []
+        for L in m.layers:
+            ifg = ("i_proj", "f_proj", "g_proj")
+            at = [m.offsets[f"{L['prefix']}.attn.{p}"] for p in ifg]
+            ifg_ok = (all(np.array_equal(L[p].norm_w, L["i_proj"].norm_w) for p in ifg)
+                      and all(L[p].out_features % 32 == 0 for p in ifg)  # whole row blocks
+                      and at[1] == at[0] + L["i_proj"].data.size
+                      and at[2] == at[1] + L["f_proj"].data.size)  # fmt: skip
+            ifg = None
+            if ifg_ok:
+                i = L["i_proj"]
+                n = 3 * i.out_features
+                data = np.frombuffer(m.arena.buffer(at[0], tq2_nbytes(n, i.in_features)), np.uint8)
+                rs = np.concatenate([np.full(L[p].out_features, L[p].scale, np.float32)
+                                     for p in ("i_proj", "f_proj", "g_proj")])  # fmt: skip
+                ifg = P.Linear(i.norm_w, data, n, i.in_features, 1.0, rs)
+            lin = {p: P.Linear(L[p].norm_w, L[p].data, L[p].out_features, L[p].in_features, L[p].scale, None)
+                   for p in ("i_proj", "f_proj", "g_proj", "o_proj", "gate_proj", "down_proj")}  # fmt: skip
+            layers.append(dict(attn_norm=L["attn_norm"], ifg=ifg, i=lin["i_proj"], f=lin["f_proj"],
+                               g=lin["g_proj"], lb=L["lb"], one_minus_lb=L["one_minus_lb"],
+                               g_norm=L["g_norm"], g_eps=m.eps, o=lin["o_proj"],
+                               mlp_norm=L["mlp_norm"], gate=lin["gate_proj"], down=lin["down_proj"]))  # fmt: skip
+        self.layers = layers
+        head = m.head
+        self.head = P.Linear(
+            head.norm_w, head.data, head.out_features, head.in_features, head.scale, None
+        )
+        self.plan = P.fused_plan(_core(), self.buf, self.states, layers, m.final_norm, self.head,
+                                 m.eps, BITLINEAR_NORM_EPS, self._threads_for, isa, _ptr)  # fmt: skip
+
+    @property
+    def fused_ifg(self) -> bool:
+        """True when every layer runs its i/f/g projections as one kernel call."""
+        return all(layer["ifg"] is not None for layer in self.layers)
+
+    def _threads_for(self, lin: P.Linear) -> int:
+        return P.threads_for(lin, self.threads)
+
+    def reset(self) -> None:
+        for s in self.states:
+            s.fill(0)
+
+    def step(self, token: int) -> np.ndarray:
+        """Feed one token; logits [vocab] (a buffer the next step overwrites)."""
+        self.buf.x[:] = self.m.embed(np.array([token]))
+        for fn, args in self.plan:
+            fn(*args)
+        return self.buf.logits[0]
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        """Run a prompt from a zero state, one token at a time; logits of its last token."""
+        if not ids:
+            raise MulfreeError("prefill needs at least one token")
+        self.reset()
+        for t in ids:
+            logits = self.step(int(t))
+        return logits
+
+
+def _ptr(a) -> int:
+    return 0 if a is None else a.ctypes.data
