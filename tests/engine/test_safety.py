@@ -257,6 +257,10 @@ def test_nan_in_a_packed_file_is_refused(packed_dir, tmp_path):
     save_file(tensors, str(f), metadata=meta)
     with pytest.raises(MulfreeError, match="tensor model.norm.weight holds 1 non-finite"):
         fmt.read_packed(d)
+    from mulfree.engine.lite import LiteModel  # the torch-free engine `generate` runs
+
+    with pytest.raises(MulfreeError, match="tensor model.norm.weight holds non-finite"):
+        LiteModel.load(d)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "header"])

@@ -34,6 +34,7 @@ import torch
 
 from mulfree._io import atomic_file
 from mulfree._memory import check_fits_memory
+from mulfree.engine.header import check_against_config, check_metadata_crc, metadata_crc32
 from mulfree.errors import MulfreeError
 from mulfree.ternary import packing
 
@@ -63,16 +64,6 @@ def tensors_crc32(tensors: dict[str, torch.Tensor]) -> str:
         t = tensors[name].contiguous()
         if t.numel():
             crc = zlib.crc32(t.reshape(-1).view(torch.uint8).numpy(), crc)
-    return f"{crc:08x}"
-
-
-def metadata_crc32(meta: dict[str, str]) -> str:
-    """CRC-32 (8 hex digits) of the metadata entries other than this checksum, as `name=value`
-    lines in sorted-name order: a damaged config or format field is found before it is used."""
-    crc = 0
-    for k in sorted(meta):
-        if k != "metadata_crc32":
-            crc = zlib.crc32(f"{k}={meta[k]}\n".encode("utf-8", "surrogatepass"), crc)
     return f"{crc:08x}"
 
 
@@ -190,30 +181,6 @@ def _parse_config(file: Path, meta: dict[str, str]):
         raise MulfreeError(f"{file}: bad config: {_first_line(e)}") from None
 
 
-def _check_header_against_config(config, header: dict, file: Path) -> None:
-    """Cheap checks of the config against the tensors the file actually holds, before a model of
-    that config is even described: layer count and embedding shape."""
-    layers = {int(k.split(".")[2]) for k in header
-              if k.startswith("model.layers.") and k.split(".")[2].isdigit()}  # fmt: skip
-    n = max(layers) + 1 if layers else 0
-    if n != config.num_hidden_layers or len(layers) != n:
-        raise MulfreeError(
-            f"{file}: config num_hidden_layers={config.num_hidden_layers} but the file holds "
-            f"{len(layers)} layers"
-        )
-    for name in ("weight", "weight_int8", "weight_int4"):
-        key = f"model.embeddings.{name}"
-        if key in header:
-            shape = header[key][0]
-            if len(shape) != 2 or shape[0] != config.vocab_size or (
-                name != "weight_int4" and shape[1] != config.hidden_size
-            ):
-                raise MulfreeError(
-                    f"{file}: shape mismatch: config vocab_size={config.vocab_size}, hidden_size="
-                    f"{config.hidden_size} but {key} has shape {shape}"
-                )
-
-
 def check_finite(tensors: dict[str, torch.Tensor], where) -> None:
     """Refuse NaN/inf in any floating-point tensor, naming the first such tensor."""
     for name in sorted(tensors):
@@ -250,8 +217,8 @@ def read_packed(path: str | Path, *, verify: bool = True):
         raise MulfreeError(
             f"{file} is packed format version {version!r}; this mulfree reads version {FORMAT_VERSION}"
         )
-    if verify and "metadata_crc32" in meta and metadata_crc32(meta) != meta["metadata_crc32"]:
-        raise MulfreeError(f"{file} is corrupt: metadata CRC-32 does not match its header")
+    if verify:
+        check_metadata_crc(meta, file)
     config = _parse_config(file, meta)
     tfmt, efmt = meta.get("ternary_format"), meta.get("embedding_format")
     if tfmt not in TERNARY_FORMATS:
@@ -262,7 +229,7 @@ def read_packed(path: str | Path, *, verify: bool = True):
         raise MulfreeError(
             f"{file}: unknown embedding_format {efmt!r} (expected one of {EMBEDDING_FORMATS})"
         )
-    _check_header_against_config(config, header, file)
+    check_against_config(config.to_dict(), {k: v[0] for k, v in header.items()}, file)
     check_tensors(header, expected_specs(config, tfmt, efmt), file)
     check_fits_memory(file.stat().st_size, f"loading {file}")  # read whole into memory below
     try:

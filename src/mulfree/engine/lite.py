@@ -175,13 +175,12 @@ class LiteModel:
         """Read a packed file (or DIR/model.safetensors); one-line MulfreeError on any problem."""
         from safetensors import safe_open
 
+        from mulfree._bounds import check_shape
+        from mulfree._memory import check_fits_memory
+        from mulfree.engine.header import check_against_config, check_metadata_crc
+
         file = weights_file(path)
         meta = read_metadata(file)
-        try:
-            with safe_open(str(file), framework="numpy") as sf:
-                tensors = {k: sf.get_tensor(k) for k in sf.keys()}  # noqa: SIM118
-        except Exception as e:  # safetensors raises its own error types
-            raise MulfreeError(f"cannot read {file}: {_first_line(e)}") from None
         if meta.get("mulfree_format") != FORMAT_NAME:
             raise MulfreeError(
                 f"{file} is not a packed model (format {meta.get('mulfree_format')!r})"
@@ -189,16 +188,34 @@ class LiteModel:
         if meta.get("mulfree_format_version") != str(FORMAT_VERSION):
             raise MulfreeError(f"{file} is packed format version "
                                f"{meta.get('mulfree_format_version')!r}; this mulfree reads {FORMAT_VERSION}")  # fmt: skip
+        if verify:
+            check_metadata_crc(meta, file)
         try:
             config = json.loads(meta["config"])
-            for key in ("vocab_size", "hidden_size", "num_hidden_layers"):
-                v = config[key]
-                if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                    raise ValueError(f"{key} must be a positive integer, got {v!r}")
-        except (KeyError, ValueError, TypeError) as e:
-            raise MulfreeError(f"{file}: bad config metadata ({e})") from None
+            if not isinstance(config, dict):
+                raise ValueError("not a JSON object")
+        except (KeyError, ValueError, TypeError, RecursionError) as e:
+            raise MulfreeError(f"{file}: bad config metadata ({_first_line(e)})") from None
+        try:
+            check_shape(config)  # every shape field bounded, before anything is sized from it
+        except MulfreeError as e:
+            raise MulfreeError(f"{file}: bad config: {e}") from None
+        try:
+            with safe_open(str(file), framework="numpy") as sf:
+                shapes = {k: tuple(sf.get_slice(k).get_shape()) for k in sf.keys()}  # noqa: SIM118
+                check_against_config(config, shapes, file)
+                check_fits_memory(file.stat().st_size, f"loading {file}")
+                tensors = {k: sf.get_tensor(k) for k in sf.keys()}  # noqa: SIM118
+        except MulfreeError:
+            raise
+        except Exception as e:  # safetensors raises its own error types
+            raise MulfreeError(f"cannot read {file}: {_first_line(e)}") from None
         if verify and "tensors_crc32" in meta and _crc32(tensors) != meta["tensors_crc32"]:
             raise MulfreeError(f"{file} is corrupt: tensor data CRC-32 does not match its header")
+        for name in sorted(tensors):  # NaN/inf weights would decode nothing but one token
+            t = tensors[name]
+            if t.dtype.kind == "f" and t.size and not bool(np.isfinite(t).all()):
+                raise MulfreeError(f"{file}: tensor {name} holds non-finite values (NaN or inf)")
         tfmt, efmt = meta.get("ternary_format"), meta.get("embedding_format")
         if tfmt not in ("tq1", "tq2"):
             raise MulfreeError(f"{file}: unknown ternary_format {tfmt!r}")

@@ -13,6 +13,8 @@ import math
 
 from transformers import PretrainedConfig
 
+from mulfree import _bounds
+from mulfree._bounds import check_shape, parameters_estimate
 from mulfree.errors import MulfreeError
 
 # attn_mode values: "fused_recurrent" is the official name (its Triton kernel computes the plain
@@ -24,17 +26,7 @@ ATTN_MODES = ("fused_recurrent", "chunk", "naive")
 # names that mean that, so a config can't claim an activation the model does not compute.
 HIDDEN_ACTS = ("swish", "silu")
 
-# Upper bounds of the shape fields, checked before anything is built from a config (a crafted
-# config must fail in one line, not allocate for minutes). Generous fixed caps, well above any
-# published language model, so no real checkpoint is refused:
-MAX_VOCAB = 1 << 22  # 4.2M tokens; the largest public vocabularies are ~256k (Gemma 262,144)
-MAX_HIDDEN = 1 << 16  # 65,536 (incl. hidden_size * expand_ratio); widest public LMs use <= 18,432
-MAX_INTERMEDIATE = 1 << 18  # 262,144 GLU width; the widest public ones are ~73,728 (PaLM 540B)
-MAX_LAYERS = 1024  # the deepest public LMs have ~126 layers (Llama 3.1 405B)
-MAX_CONTEXT = 1 << 24  # max_position_embeddings (the server's default context): 16.8M tokens
-# Parameter count: 2^40 float32 weights would need 4 TiB; no machine loads more. Whether a
-# smaller model fits this machine is checked against its memory when it is loaded.
-MAX_PARAMS = 1 << 40
+# The shape fields' upper bounds and why: mulfree._bounds (shared with the torch-free engine).
 
 # Released checkpoints (Zhu et al. 2024, ridger/MMfreeLM-*) and small shapes for CPU training.
 # Small presets use a vocabulary that suits a tokenizer trained on a small corpus; pass
@@ -56,11 +48,11 @@ def mlp_intermediate_size(
     hidden_size: int, hidden_ratio: int | float | None, intermediate_size: int | None
 ) -> int:
     """The GLU width the official HGRNBitMLP uses: given, or 256 * ceil(int(d * ratio * 2/3) / 256)."""
-    if intermediate_size is not None:
-        return intermediate_size
-    ratio = 4 if hidden_ratio is None else hidden_ratio
-    size = int(hidden_size * ratio * 2 / 3)
-    return 256 * ((size + 256 - 1) // 256)
+    return _bounds.mlp_intermediate_size(hidden_size, hidden_ratio, intermediate_size)
+
+
+_SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "max_position_embeddings",
+                 "expand_ratio", "hidden_ratio", "intermediate_size", "tie_word_embeddings")  # fmt: skip
 
 
 class HGRNBitConfig(PretrainedConfig):
@@ -116,35 +108,14 @@ class HGRNBitConfig(PretrainedConfig):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise MulfreeError(f"hgrn_bit config: {name} must be a positive integer, got {v!r}")
 
-        def number(name, *, allow_none=False):
+        # shape fields: types, ranges, upper bounds, parameter count (one owner: mulfree._bounds)
+        check_shape({name: getattr(self, name) for name in _SHAPE_FIELDS})
+        positive_int("num_heads")
+        positive_int("max_position_embeddings")
+        for name in ("rms_norm_eps", "initializer_range"):
             v = getattr(self, name)
-            if allow_none and v is None:
-                return
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise MulfreeError(f"hgrn_bit config: {name} must be a finite number, got {v!r}")
-
-        def at_most(name, value, bound, why):
-            if value > bound:
-                raise MulfreeError(
-                    f"hgrn_bit config: {name} is {value}, above the bound {bound} ({why})"
-                )
-
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_heads",
-            "max_position_embeddings",
-        ):
-            positive_int(name)
-        at_most("vocab_size", self.vocab_size, MAX_VOCAB, "16x the largest public vocabulary")
-        at_most("hidden_size", self.hidden_size, MAX_HIDDEN, "3.5x the widest public LM")
-        at_most("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS, "8x the deepest public LM")
-        at_most("max_position_embeddings", self.max_position_embeddings, MAX_CONTEXT,
-                "16.8M tokens")  # fmt: skip
-        for name in ("expand_ratio", "rms_norm_eps", "initializer_range"):
-            number(name)
-        number("hidden_ratio", allow_none=True)
         for name in ("bos_token_id", "pad_token_id"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
@@ -168,27 +139,11 @@ class HGRNBitConfig(PretrainedConfig):
             raise MulfreeError(
                 "hgrn_bit config: use_short_conv=True is not supported (the released MatMul-free checkpoints do not use it)"
             )
-        if not self.expand_ratio or self.expand_ratio <= 0:
-            raise MulfreeError(
-                f"hgrn_bit config: expand_ratio must be > 0, got {self.expand_ratio!r}"
-            )
         if int(self.hidden_size * self.expand_ratio) % self.num_heads:
             raise MulfreeError(
                 f"hgrn_bit config: hidden_size*expand_ratio ({int(self.hidden_size * self.expand_ratio)}) "
                 f"must be divisible by num_heads ({self.num_heads})"
             )
-        at_most("hidden_size*expand_ratio", int(self.hidden_size * self.expand_ratio), MAX_HIDDEN,
-                "3.5x the widest public LM")  # fmt: skip
-        if self.intermediate_size is not None:
-            positive_int("intermediate_size")
-        elif self.hidden_ratio is not None and self.hidden_ratio <= 0:
-            raise MulfreeError(
-                f"hgrn_bit config: hidden_ratio must be > 0, got {self.hidden_ratio!r}"
-            )
-        at_most("the MLP width (intermediate_size)", self.mlp_intermediate_size, MAX_INTERMEDIATE,
-                "3.5x the widest public GLU")  # fmt: skip
-        at_most("the parameter count", self.num_parameters_estimate(), MAX_PARAMS,
-                "4 TiB as float32")  # fmt: skip
         if self.hidden_act not in HIDDEN_ACTS:
             raise MulfreeError(
                 f"hgrn_bit config: hidden_act must be one of {HIDDEN_ACTS} (the model applies SiLU), got {self.hidden_act!r}"
@@ -213,13 +168,7 @@ class HGRNBitConfig(PretrainedConfig):
     def num_parameters_estimate(self) -> int:
         """Weights of HGRNBitForCausalLM with this config (norms included), computed from the
         fields alone: what a loader compares with the memory it has before building anything."""
-        d, v, n = self.hidden_size, self.vocab_size, self.num_hidden_layers
-        da, i = int(d * self.expand_ratio), self.mlp_intermediate_size
-        attn = 3 * d * da + da * d + 3 * d + 2 * da  # i/f/g/o projections + their norms, g_norm
-        mlp = d * 2 * i + i * d + d + i
-        per_layer = attn + mlp + 2 * d  # + attn_norm, mlp_norm
-        head = 0 if self.tie_word_embeddings else v * d
-        return v * d + n * per_layer + n * da + d + head  # embeddings, layers, lower bounds, norm
+        return parameters_estimate({name: getattr(self, name) for name in _SHAPE_FIELDS})
 
     @property
     def mlp_intermediate_size(self) -> int:
