@@ -291,9 +291,11 @@ def parse_intensity(
     """`--grid-intensity`: a number (gCO2e/kWh), an existing file (a series), or a country code."""
     s = str(spec).strip()
     try:
-        return ConstantIntensity(float(s))
+        value = float(s)
     except ValueError:
-        pass
+        value = None
+    if value is not None:
+        return ConstantIntensity(value)
     if Path(s).is_file():
         return load_series(s, time_column, value_column)
     if s.isalpha() and len(s) in (2, 3):
