@@ -147,6 +147,21 @@ def interruptible_windows(
     return Plan(windows, duration, mean, _now_mean(series, duration, now))
 
 
+def draw_plan(ax, series: Series, plans: dict[str, Plan]) -> None:
+    """Draw the intensity series on `ax` with each plan's windows shaded."""
+    xs = series.boundaries()
+    ax.step(xs, [*series.values, series.values[-1]], where="post", color="k", lw=1.2,
+            label=f"intensity ({series.label})")  # fmt: skip
+    colors = ["tab:red", "tab:blue", "tab:green", "tab:orange"]
+    for (name, plan), c in zip(plans.items(), colors, strict=False):
+        for i, w in enumerate(plan.windows):
+            ax.axvspan(w.start, w.end, color=c, alpha=0.25,
+                       label=f"{name}: mean {plan.mean:.0f} g/kWh" if i == 0 else None)  # fmt: skip
+    ax.set_ylabel("gCO2e / kWh")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+
+
 def plot_plan(series: Series, plans: dict[str, Plan], path, title: str = "") -> None:
     """The intensity series with each plan's windows shaded; writes a PNG."""
     import matplotlib
@@ -155,18 +170,8 @@ def plot_plan(series: Series, plans: dict[str, Plan], path, title: str = "") -> 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 4), dpi=110)
-    xs = series.boundaries()
-    ax.step(xs, [*series.values, series.values[-1]], where="post", color="k", lw=1.2,
-            label=f"intensity ({series.label})")  # fmt: skip
-    colors = ["tab:green", "tab:blue", "tab:orange", "tab:red"]
-    for (name, plan), c in zip(plans.items(), colors, strict=False):
-        for i, w in enumerate(plan.windows):
-            ax.axvspan(w.start, w.end, color=c, alpha=0.25,
-                       label=f"{name}: mean {plan.mean:.0f} g/kWh" if i == 0 else None)  # fmt: skip
-    ax.set_ylabel("gCO2e / kWh")
+    draw_plan(ax, series, plans)
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
     fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path)
