@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from mulfree.cli import main
 from mulfree.energy.carbon import Series
 from mulfree.energy.schedule import best_start, interruptible_windows, parse_duration
 from mulfree.errors import MulfreeError
@@ -84,7 +85,7 @@ def _cli(*args):
                           text=True, timeout=120)  # fmt: skip
 
 
-def test_schedule_cli(tmp_path):
+def test_schedule_cli(tmp_path, capsys):
     rows = ["timestamp,gco2_per_kwh"]
     vals = [300, 280, 90, 80, 250, 400]
     rows += [f"2026-01-05T{h:02d}:00:00+01:00,{v}" for h, v in enumerate(vals)]
@@ -97,17 +98,18 @@ def test_schedule_cli(tmp_path):
     assert r.stdout.strip() == "2026-01-05T02:00:00+01:00"  # in the forecast's zone
     assert "saving 70.7 %" in r.stderr  # 1 - 85 / 290: (90+80)/2 against (300+280)/2
     assert png.stat().st_size > 0
-    r = _cli("schedule", "--forecast", str(fc), "--duration", "2h", "--interruptible",
-             "--now", "2026-01-05T00:00+01:00", "--format", "unix")  # fmt: skip
-    assert r.returncode == 0 and len(r.stdout.split()) == 2  # one window: start end
+    rc = main(["schedule", "--forecast", str(fc), "--duration", "2h", "--interruptible",
+               "--now", "2026-01-05T00:00+01:00", "--format", "unix"])  # fmt: skip
+    assert rc == 0 and len(capsys.readouterr().out.split()) == 2  # one window: start end
     for args, msg in [
         (["--duration", "2h", "--deadline", "tomorrow"], "--deadline 'tomorrow' is not an ISO"),
         (["--duration", "7h", "--now", "2026-01-05T00:00+01:00"], "cannot run"),
         (["--duration", "lots"], "duration 'lots'"),
     ]:
-        r = _cli("schedule", "--forecast", str(fc), *args)
-        assert r.returncode == 2 and r.stderr.startswith("mulfree: error: ") and msg in r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+        rc = main(["schedule", "--forecast", str(fc), *args])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("mulfree: error: ") and msg in err
+        assert len(err.strip().splitlines()) == 1
     fc.write_text("timestamp,gco2_per_kwh\n2026-01-05T00:00Z,1\nbad row\n")
-    r = _cli("schedule", "--forecast", str(fc), "--duration", "1h")
-    assert r.returncode == 2 and "line 3" in r.stderr
+    assert main(["schedule", "--forecast", str(fc), "--duration", "1h"]) == 2
+    assert "line 3" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mulfree.cli import main
 from mulfree.energy.carbon import load_series
 from mulfree.energy.meter import Meter
 from mulfree.errors import MulfreeError
@@ -174,3 +175,66 @@ def test_carbon_windows_pause_and_end_bit_identical(setup, tmp_path, exit_betwee
     assert e["steps"] == STEPS and mean < 100, mean
     unscheduled = load_series(fc).mean(T0, T0 + timedelta(minutes=STEPS))
     assert mean < unscheduled / 4  # starting at once and running through: 427 g/kWh
+
+
+def _cli_args(corpus, model, out, *extra):
+    return ["train", "--data", str(corpus), "--model", str(model), "--out", str(out),
+            "--vocab-size", "300", "--seq-len", "32", "--batch-size", "4", "--max-steps", "30",
+            "--warmup-steps", "2", "--checkpoint-every", "0", "--eval-every", "0",
+            "--eval-sequences", "4", "--no-progress", *extra]  # fmt: skip
+
+
+def test_cli_budget_stop_exit_75_and_resume(setup, tmp_path, capsys):
+    from .helpers import run_cli  # one real process: the exit status a scheduler sees
+
+    corpus, model, _ = setup
+    out = tmp_path / "cli"
+    # The TDP estimate (a stated 200 W): the only meter on a machine without RAPL or a GPU.
+    meter = ["--meter", "tdp", "--cpu-tdp", "200", "--grid-intensity", "300"]
+    r = run_cli(*_cli_args(corpus, model, out, *meter, "--energy-budget", "0.0005"))
+    assert r.returncode == 75, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert (
+        "energy budget reached at step" in lines[-2] and "Wh (tdp-estimate, estimate)" in lines[-2]
+    )
+    assert "gCO2e" in lines[-2]
+    assert lines[-1].startswith(f"continue with: mulfree train --out {out} --resume")
+    assert list((out / "checkpoints").glob("step_*")) and not (out / "model").exists()
+    rc = main(["train", "--out", str(out), "--resume", "--no-progress", "--energy-budget", "10"])
+    assert rc == 0 and "energy: " in capsys.readouterr().out and (out / "model").is_dir()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--grid-intensity", "-5"], ">= 0"),
+        (["--grid-intensity", "XYZ"], "unknown region 'XYZ'"),
+        (
+            ["--energy-budget", "1", "--powercap-root", "/nonexistent", "--meter", "rapl"],
+            "--meter rapl: no powercap tree",
+        ),
+        (["--carbon-forecast", "/nonexistent.csv"], "no such forecast file"),
+        (["--deadline", "2026-01-01T00:00Z"], "--deadline needs --carbon-forecast"),
+        (["--energy-budget", "-1"], "energy_budget_wh must be a positive number"),
+    ],
+    ids=[
+        "negative-intensity",
+        "unknown-region",
+        "no-rapl",
+        "no-forecast",
+        "deadline-alone",
+        "negative-budget",
+    ],  # fmt: skip
+)
+def test_cli_bad_energy_options_are_one_line(setup, tmp_path, capsys, extra, message):
+    corpus, model, _ = setup
+    if "XYZ" in extra:
+        import importlib.util
+
+        if importlib.util.find_spec("codecarbon") is None:
+            pytest.skip("region codes need codecarbon (mulfree[energy])")
+    rc = main(_cli_args(corpus, model, tmp_path / "bad", *extra))
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("mulfree: error: "), err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()  # failed before writing anything
