@@ -195,7 +195,7 @@ def test_cli_budget_stop_exit_75_and_resume(setup, tmp_path, capsys):
     assert r.returncode == 75, r.stderr
     lines = r.stdout.strip().splitlines()
     assert (
-        "energy budget reached at step" in lines[-2] and "Wh (tdp-estimate, estimate)" in lines[-2]
+        "energy budget of 0.0005 Wh reached at step" in lines[-2] and "Wh (tdp-estimate, estimate)" in lines[-2]
     )
     assert "gCO2e" in lines[-2]
     assert lines[-1].startswith(f"continue with: mulfree train --out {out} --resume")

@@ -170,15 +170,15 @@ class PhaseEnergy:
             if s["joules"] + s["joules"] / n > budget:
                 return Stop(
                     "energy-budget",
-                    f"energy budget reached at step {step}: spent {self.spent()} of "
-                    f"{self.cfg.energy_budget_wh:g} Wh",
+                    f"energy budget of {self.cfg.energy_budget_wh:g} Wh reached at step {step}: "
+                    f"spent {self.spent()}",
                 )
         if n and self.cfg.carbon_budget_g is not None:
             if s["gco2e"] + s["gco2e"] / n > self.cfg.carbon_budget_g:
                 return Stop(
                     "carbon-budget",
-                    f"carbon budget reached at step {step}: spent {self.spent()} of "
-                    f"{self.cfg.carbon_budget_g:g} gCO2e",
+                    f"carbon budget of {self.cfg.carbon_budget_g:g} gCO2e reached at step "
+                    f"{step}: spent {self.spent()}",
                 )
         if self.series is None or not n or self._dropped:
             return None  # no schedule, or the first step (it measures the time per step)
