@@ -113,3 +113,19 @@ def test_schedule_cli(tmp_path, capsys):
     fc.write_text("timestamp,gco2_per_kwh\n2026-01-05T00:00Z,1\nbad row\n")
     assert main(["schedule", "--forecast", str(fc), "--duration", "1h"]) == 2
     assert "line 3" in capsys.readouterr().err
+
+
+def test_schedule_wait_sleeps_until_the_start(tmp_path, capsys):
+    import time
+
+    t0 = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    slot = timedelta(seconds=3)
+    rows = ["timestamp,gco2_per_kwh"]
+    rows += [f"{(t0 + i * slot).isoformat()},{v}" for i, v in enumerate([9, 1, 9])]
+    fc = tmp_path / "fc.csv"
+    fc.write_text("\n".join(rows) + "\n")
+    assert main(["schedule", "--forecast", str(fc), "--duration", "1s", "--wait"]) == 0
+    best = datetime.fromisoformat(capsys.readouterr().out.strip())
+    # The low slot's start, or a moment inside it if planning began late on a busy machine.
+    assert t0 + slot <= best < t0 + 2 * slot
+    assert time.time() >= best.timestamp() - 1.0  # printed with whole seconds
