@@ -35,6 +35,12 @@ class ServeConfig:
     threads: int | None = None  # torch intra-op threads
     energy_table: str | None = "horowitz_45nm"  # None: no energy estimate
     log_level: str = "info"
+    # Measured energy (mulfree.serve.energy): a budget after which new requests get HTTP 503.
+    energy_budget_wh: float | None = None
+    grid_intensity: str | None = None  # gCO2e/kWh, a country code, or a series file
+    meter: str = "auto"  # auto | rapl | nvml | tdp
+    cpu_tdp_w: float | None = None
+    powercap_root: str = "/sys/class/powercap"
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -65,5 +71,9 @@ class ServeConfig:
             )
         if not self.request_timeout_s > 0:
             raise MulfreeError(f"request_timeout_s must be > 0, got {self.request_timeout_s!r}")
+        for name in ("energy_budget_wh", "cpu_tdp_w"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, int | float) and 0 < v < float("inf")):
+                raise MulfreeError(f"{name} must be a positive number, got {v!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise MulfreeError("api_key must not be empty")
