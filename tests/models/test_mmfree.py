@@ -561,3 +561,33 @@ def test_bfloat16_model_runs_with_float32_state():
     # the same way as float32's (cosine 0.97 here; 0.9 leaves margin).
     cos = F.cosine_similarity(out.logits.float().flatten(), ref.flatten(), dim=0)
     assert cos > 0.9
+
+
+def test_cached_generate_logs_no_deprecation_with_the_installed_transformers():
+    """transformers 5.24 renamed the cache argument; our model and callers use the installed
+    release's name (mulfree.models.hf_compat), so generate() logs no deprecation warning and its
+    cached greedy tokens equal the uncached ones."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    logging.Logger.warning_once.cache_clear()  # warnings already given once would hide it
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = hf_logging.get_logger("transformers")
+    logger.addHandler(handler)
+    try:
+        model = tiny_model(seed=3).eval()
+        ids = torch.randint(0, V, (2, 5), generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            cached = model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True,
+                                    pad_token_id=0)  # fmt: skip
+            full = model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False,
+                                  pad_token_id=0)  # fmt: skip
+            out = model(ids, **cache_kwargs(HGRNBitCache(model.config)), use_cache=True)
+            assert isinstance(output_cache(out), HGRNBitCache)
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if "deprecated" in r.getMessage()]
+    assert torch.equal(cached, full)

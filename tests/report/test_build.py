@@ -28,7 +28,7 @@ def test_report_on_fixture_tree(tmp_path, fast):
     assert "- machine: " in md and " cores " in md
     for i, title in enumerate(
         ("L-Mul error vs mantissa bits", "Gemma 3 270M", "MatMul-free vs Transformer++",
-         "Energy per token", "Kernel and decode speed"), 1):  # fmt: skip
+         "Energy per token", "Kernel and decode speed", "Carbon-aware scheduling"), 1):  # fmt: skip
         assert f"\n## {i}. {title}" in md
     # stored results used, partial ones marked, missing ones given their command
     assert "(40, partial)" in md
@@ -45,6 +45,7 @@ def test_report_on_fixture_tree(tmp_path, fast):
         "scaling.png",
         "energy_mmfree.png",
         "energy_transformerpp.png",
+        "carbon_schedule.png",
     }
     assert all((out / f).stat().st_size > 1000 for f in pngs)
     verdicts = [v["verdict"] for s in meta["sections"] for v in s["verdicts"]]
@@ -144,4 +145,4 @@ def test_report_from_the_repository_results(tmp_path, fast):
     assert "## 2. Gemma 3 270M" in md and "| fp32 |" in md
     meta = json.loads((out / "report.json").read_text())
     assert meta["results"] == str(REPO / "docs" / "results")
-    assert len(meta["sections"]) == 5
+    assert len(meta["sections"]) == len(B.SECTIONS) == 6

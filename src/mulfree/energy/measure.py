@@ -33,10 +33,20 @@ class RaplReader:
         if not self.root.is_dir():
             self.reason = f"no powercap tree at {self.root} (RAPL not exposed here)"
             return
+        # Sub-zones (intel-rapl:0:0 "core", intel-rapl:0:1 "dram", ...) are reported apart:
+        # a package's own counter already includes its cores, so only top-level zones are summed.
+        self.subdomains: list[RaplDomain] = []
         for d in sorted(self.root.glob("intel-rapl:*")):
-            # Top-level zones only (intel-rapl:0, not intel-rapl:0:0): sub-zones are included in them.
             if d.name.count(":") != 1 or not (d / "energy_uj").exists():
                 continue
+            for s in sorted(d.glob("intel-rapl:*")):
+                try:
+                    name = (s / "name").read_text().strip() if (s / "name").exists() else s.name
+                    sub_max = int((s / "max_energy_range_uj").read_text().strip())
+                    int((s / "energy_uj").read_text().strip())
+                except (OSError, ValueError):
+                    continue  # a sub-zone we cannot read only loses its breakdown line
+                self.subdomains.append(RaplDomain(f"{d.name}/{name}", s, sub_max))
             try:
                 name = (d / "name").read_text().strip() if (d / "name").exists() else d.name
                 max_range = int((d / "max_energy_range_uj").read_text().strip())

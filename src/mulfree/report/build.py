@@ -13,12 +13,19 @@ from pathlib import Path
 
 from mulfree._io import atomic_write_text
 from mulfree.errors import MulfreeError
-from mulfree.report import benchmarks, energy_section, gemma, lmul_section, scaling
+from mulfree.report import (
+    benchmarks,
+    carbon_section,
+    energy_section,
+    gemma,
+    lmul_section,
+    scaling,
+)
 from mulfree.report.common import Context, Section
 
 REPORT_FORMAT = "mulfree-report"
 REPORT_VERSION = 1
-SECTIONS = (lmul_section, gemma, scaling, energy_section, benchmarks)
+SECTIONS = (lmul_section, gemma, scaling, energy_section, benchmarks, carbon_section)
 KNOWN_RESULTS = ("gemma3-270m", "scaling", "benchmarks")
 
 

@@ -141,6 +141,7 @@ class App:
             config.max_body_bytes, self.max_prompt * _longest_token_bytes(backend.tokenizer)
         )
         self.created = int(time.time())
+        self.energy = None  # mulfree.serve.energy.ServeEnergy when a meter is on
 
     # --- plumbing --------------------------------------------------------------------------
     def _auth(self, request: Request) -> None:
@@ -496,6 +497,8 @@ class App:
             raise
         data = await self._read_json(request)
         self._check_model(data)
+        if self.energy is not None and (spent := self.energy.exhausted()):
+            raise ApiError(503, spent, type_="server_error", code="energy_budget_exhausted")
         # Tokenizing a long prompt takes a while: keep it off the event loop.
         to_ids = self._chat_prompt if chat else self._completion_prompt
         large = int(request.headers.get("content-length") or 0) > TRIM_AFTER_BYTES
@@ -505,6 +508,7 @@ class App:
             if large:  # return the parse/tokenize buffers of a large request to the OS
                 await asyncio.to_thread(trim_heap)
         job = self._job(data, ids, chat=chat)
+        metered = self.energy.mark(self.metrics.completion_tokens) if self.energy else None
         req = self._submit(job)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
@@ -523,6 +527,10 @@ class App:
         if fin is None:  # client gone: nobody to answer
             return PlainTextResponse("", status_code=499)
         usage = _usage(fin.prompt_tokens, fin.completion_tokens)
+        if metered is not None:  # this request's share of the measured energy
+            usage.update(
+                self.energy.charge(metered, self.metrics.completion_tokens, fin.completion_tokens)
+            )
         if chat:
             choice = {
                 "index": 0,
@@ -665,8 +673,11 @@ class App:
 
     async def metrics_text(self, request: Request):
         active, waiting = self.scheduler.counts()
+        text = self.metrics.render(active, waiting)
+        if self.energy is not None:
+            text += self.energy.render(self.metrics.completion_tokens, self.backend.model_id)
         return PlainTextResponse(
-            self.metrics.render(active, waiting),
+            text,
             media_type="text/plain; version=0.0.4; charset=utf-8",
         )
 
@@ -710,6 +721,9 @@ def _usage(prompt: int, completion: int) -> dict:
 def build_app(config: ServeConfig, backend: Backend, *, estimate_energy: bool = True) -> Starlette:
     """The ASGI app serving `backend`; its scheduler thread runs between startup and shutdown."""
     state = App(config, backend)
+    from mulfree.serve.energy import ServeEnergy
+
+    state.energy = ServeEnergy.from_config(config)
     if estimate_energy and config.energy_table:
         state.metrics.set_step_energy(*_energy(backend, config.energy_table))
 

@@ -88,6 +88,13 @@ def register(sub) -> None:
         default="horowitz_45nm",
         help="energy table for the per-token estimate ('none' to skip it)",
     )
+    p.add_argument("--energy-budget", type=float, metavar="WH",
+                   help="measured energy after which new requests get HTTP 503")
+    p.add_argument("--grid-intensity", metavar="G_PER_KWH|COUNTRY|FILE",
+                   help="carbon intensity for the gCO2e metrics")
+    p.add_argument("--meter", choices=["auto", "rapl", "nvml", "tdp"], default="auto",
+                   help="energy meter (auto: RAPL/NVML counters, else a TDP estimate)")
+    p.add_argument("--cpu-tdp", type=float, metavar="W", help="CPU TDP for the estimate")
     p.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
@@ -121,6 +128,10 @@ def cmd_serve(args) -> int:
         allowed_hosts=tuple(args.allowed_host),
         allowed_origins=tuple(args.allowed_origin),
         body_timeout_s=args.body_timeout,
+        energy_budget_wh=args.energy_budget,
+        grid_intensity=args.grid_intensity,
+        meter=args.meter,
+        cpu_tdp_w=args.cpu_tdp,
     )
     serve(config)
     return 0

@@ -42,6 +42,12 @@ class ServeConfig:
     allowed_origins: tuple[str, ...] = ()
     body_timeout_s: float = 30.0  # a request body must arrive within this (else 408)
     keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
+    # Measured energy (mulfree.serve.energy): a budget after which new requests get HTTP 503.
+    energy_budget_wh: float | None = None
+    grid_intensity: str | None = None  # gCO2e/kWh, a country code, or a series file
+    meter: str = "auto"  # auto | rapl | nvml | tdp
+    cpu_tdp_w: float | None = None
+    powercap_root: str = "/sys/class/powercap"
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -83,5 +89,9 @@ class ServeConfig:
                 raise MulfreeError(
                     f"allowed origin {o!r} must be '*' or look like http://host[:port]"
                 )
+        for name in ("energy_budget_wh", "cpu_tdp_w"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, int | float) and 0 < v < float("inf")):
+                raise MulfreeError(f"{name} must be a positive number, got {v!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise MulfreeError("api_key must not be empty")

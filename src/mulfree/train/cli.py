@@ -12,6 +12,9 @@ import os
 
 # flag dest -> TrainConfig field, for flags whose names differ from the field.
 _RENAMED = {"out": "out_dir"}
+# sysexits.h EX_TEMPFAIL: stopped at a checkpoint, try again later (systemd:
+# RestartForceExitStatus=75; a wrapper loop: `until mulfree train ... --resume; do ...`).
+EXIT_RESUMABLE = 75
 _NOT_FIELDS = {"command", "func", "model_arg", "version"}
 
 
@@ -77,6 +80,63 @@ def register(sub) -> None:
     a("--device", choices=["auto", "cpu", "cuda"], help="default: auto")
     a("--num-threads", type=int, help="torch intra-op threads")
     a("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    e = p.add_argument_group("energy and carbon (budgets count the whole run, across --resume)")
+    e.add_argument(
+        "--energy-budget",
+        dest="energy_budget_wh",
+        type=float,
+        metavar="WH",
+        help="stop with a checkpoint before the measured energy exceeds WH",
+    )
+    e.add_argument(
+        "--carbon-budget",
+        dest="carbon_budget_g",
+        type=float,
+        metavar="G",
+        help="stop with a checkpoint before the emissions exceed G gCO2e",
+    )
+    e.add_argument(
+        "--power-cap",
+        dest="power_cap_w",
+        type=float,
+        metavar="W",
+        help="keep the mean measured power under W (sleeps between steps)",
+    )
+    e.add_argument(
+        "--grid-intensity",
+        metavar="G_PER_KWH|COUNTRY|FILE",
+        help="carbon intensity: gCO2e/kWh, a country code (FRA) or a series file",
+    )
+    e.add_argument(
+        "--carbon-forecast",
+        metavar="FILE",
+        help="run only in the lowest-intensity windows of this forecast (CSV/JSON)",
+    )
+    e.add_argument(
+        "--deadline",
+        metavar="TIME",
+        help="ISO 8601 time the --carbon-forecast windows must finish by",
+    )
+    e.add_argument(
+        "--exit-between-windows",
+        action="store_true",
+        default=None,
+        help="at a window's end exit (status 75) printing the next start, "
+        "instead of sleeping; restart with --resume (cron, systemd, sbatch --begin)",
+    )
+    e.add_argument(
+        "--meter",
+        choices=["auto", "rapl", "nvml", "tdp"],
+        help="energy meter (default auto: RAPL/NVML counters, else a TDP estimate)",
+    )
+    e.add_argument(
+        "--cpu-tdp",
+        dest="cpu_tdp_w",
+        type=float,
+        metavar="W",
+        help="CPU TDP for the estimate when the CPU is not in CodeCarbon's table",
+    )
+    e.add_argument("--powercap-root", metavar="DIR", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
@@ -126,8 +186,30 @@ def run(args: argparse.Namespace) -> int:
     from mulfree.train.loop import train
 
     result = train(config_from_args(args))
+    if os.environ.get("RANK", "0") == "0" and result.stopped:
+        print(
+            f"mulfree train: {result.stopped}; checkpoint at step {result.steps} in {result.out_dir}"
+        )
+        if result.next_start is not None:
+            print(
+                f"continue with: mulfree train --out {result.out_dir} --resume (at or after the "
+                "next start below)"
+            )
+            print(result.next_start.isoformat(timespec="seconds"))
+        else:
+            print(
+                f"continue with: mulfree train --out {result.out_dir} --resume "
+                "(with a larger budget, or none)"
+            )
+        return EXIT_RESUMABLE
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary, not one per process
         val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f}"
         print(f"model: {result.model_dir}")
         print(f"steps {result.steps}, tokens {result.tokens_seen:,}, held-out loss {val}")
+        if result.energy is not None:
+            from mulfree.train.energy import J_PER_WH
+
+            e = result.energy
+            g = f", {e['gco2e']:.4g} gCO2e" if result.energy.get("gco2e") else ""
+            print(f"energy: {e['joules'] / J_PER_WH:.4g} Wh over {e['steps']} steps{g}")
     return 0

@@ -30,6 +30,17 @@ RESUME_MAY_CHANGE = frozenset(
         "device",
         "fsdp",
         "num_threads",
+        # Energy and scheduling change when and whether steps run, never what a step computes.
+        "energy_budget_wh",
+        "carbon_budget_g",
+        "power_cap_w",
+        "grid_intensity",
+        "carbon_forecast",
+        "deadline",
+        "exit_between_windows",
+        "meter",
+        "cpu_tdp_w",
+        "powercap_root",
     }
 )
 
@@ -76,6 +87,17 @@ class TrainConfig:
     device: str = "auto"  # "cpu", "cuda", or "auto" (cuda when available)
     num_threads: int | None = None  # torch intra-op threads; None: torch's default
     progress: bool = True
+    # --- energy (mulfree.train.energy): budgets over the whole run, across --resume ---
+    energy_budget_wh: float | None = None  # stop (with a checkpoint) before exceeding it
+    carbon_budget_g: float | None = None  # same, in gCO2e; needs grid_intensity or a forecast
+    power_cap_w: float | None = None  # keep the mean measured power under it (duty cycling)
+    grid_intensity: str | None = None  # gCO2e/kWh, a country code, or a series file
+    carbon_forecast: str | None = None  # run only in its lowest-intensity windows
+    deadline: str | None = None  # ISO 8601: the forecast windows must end by then
+    exit_between_windows: bool = False  # return at a window's end instead of sleeping
+    meter: str = "auto"  # auto | rapl | nvml | tdp (mulfree.energy.meter)
+    cpu_tdp_w: float | None = None  # for the tdp estimate when the CPU is not in the table
+    powercap_root: str = "/sys/class/powercap"
     extra: dict[str, Any] = field(default_factory=dict)  # model config overrides
 
     def __post_init__(self):
@@ -140,6 +162,16 @@ class TrainConfig:
             )
         if self.device not in ("auto", "cpu", "cuda"):
             raise MulfreeError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        for name in ("energy_budget_wh", "carbon_budget_g", "power_cap_w", "cpu_tdp_w"):
+            v = getattr(self, name)
+            if v is not None and not (
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            ):
+                raise MulfreeError(f"{name} must be a positive number, got {v!r}")
+        if self.deadline is not None and not self.carbon_forecast:
+            raise MulfreeError("--deadline needs --carbon-forecast")
+        if self.exit_between_windows and not self.carbon_forecast:
+            raise MulfreeError("--exit-between-windows needs --carbon-forecast")
         if not isinstance(self.extra, dict):
             raise MulfreeError("extra (model config overrides) must be a mapping")
 

@@ -19,6 +19,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -44,6 +45,7 @@ from mulfree.train.checkpoint import (
 )
 from mulfree.train.config import TrainConfig
 from mulfree.train.distributed import DistContext, init_distributed
+from mulfree.train.energy import PhaseEnergy, Stop, new_state
 from mulfree.train.metrics import MetricsLog, plot_losses
 from mulfree.train.models import (
     build_model,
@@ -70,6 +72,11 @@ class TrainResult:
     num_params: int
     metrics_path: Path
     plot_path: Path | None
+    # Set when the run stopped early at a checkpoint (a budget, or between carbon windows):
+    # a one-line message, and when to continue (None: after raising the budget).
+    stopped: str | None = None
+    next_start: datetime | None = None
+    energy: dict | None = None  # totals over every session: joules, gco2e, seconds, steps
 
 
 def lr_at(step: int, cfg: TrainConfig, halve_at_midpoint: bool) -> float:
@@ -185,21 +192,26 @@ def _check_resume_config(cfg: TrainConfig, saved: dict, path: Path) -> None:
         raise MulfreeError(f"--resume with settings that differ from {path}: {desc}")
 
 
-def train(config: TrainConfig) -> TrainResult:
+def train(config: TrainConfig, *, meter=None, clock=None) -> TrainResult:
     """Train `config.model` on `config.data`; write checkpoints, metrics, a plot and the model.
 
     Outputs under `config.out_dir`: `checkpoints/step_*/`, `metrics.jsonl`, `loss.png`,
     `tokenizer.json`, and `model/` (loadable by `AutoModelForCausalLM.from_pretrained`).
     Under `torchrun` every process calls this; rank 0 writes the files.
+
+    Energy options (budgets, power cap, carbon windows) may stop the run early at a checkpoint:
+    then `result.stopped` says why and `result.next_start` when to `--resume`. `meter` (a
+    `mulfree.energy.meter.Meter`) and `clock` (`mulfree.train.energy.Clock`) replace the
+    machine's for tests.
     """
     ctx = init_distributed(config.device)
     try:
-        return _train(config, ctx)
+        return _train(config, ctx, meter, clock)
     finally:
         ctx.close()
 
 
-def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
+def _train(cfg: TrainConfig, ctx: DistContext, meter=None, clock=None) -> TrainResult:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     out = Path(cfg.out_dir).expanduser()
@@ -257,6 +269,11 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
             f"not a multiple of micro_batch_size {micro}"
         )
     accum = per_rank // micro
+    energy = PhaseEnergy(cfg, meter=meter, clock=clock)
+    # Stop decisions must be the same on every process: rank 0's are broadcast.
+    energy_decides = ctx.distributed and any(
+        v is not None for v in (cfg.energy_budget_wh, cfg.carbon_budget_g, cfg.carbon_forecast)
+    )
 
     fit_to_tokenizer(mcfg, tok.get_vocab_size(), eos_id)
     raw = build_model(mcfg, cfg.seed).to(ctx.device)
@@ -274,10 +291,12 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     # Running loss of the current logging interval: checkpointed so a resumed run logs the same
     # averages as an unbroken one even when checkpoints fall inside a logging interval.
     log_state = {"interval_loss": 0.0, "interval_steps": 0, "last_loss": None}
+    log_state["energy"] = new_state()  # the run's energy totals, carried across --resume
     if resume_from:
         state = load_checkpoint(resume_from, model, opt, ctx)
         start_step = state["step"]
         log_state.update(state.get("log_state", {}))
+    energy.state = log_state["energy"]
 
     # --- outputs ---
     metrics = MetricsLog(out / "metrics.jsonl")
@@ -348,11 +367,45 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
             f"steps {start_step}->{cfg.max_steps}",
             flush=True,
         )
+        if energy.meter is not None or energy.intensity is not None:
+            print(f"mulfree train: energy: {energy.describe()}", flush=True)
+
+    def stop_here(step: int, stop: Stop) -> TrainResult:
+        if last_ckpt[0] != step:
+            checkpoint(step)
+        if bar is not None:
+            bar.close()
+        if ctx.is_main:
+            plot_losses(metrics.read(), out / "loss.png", title=f"{cfg.model} ({num_params:,} params)")
+        return TrainResult(
+            out, out / "model", step, step * tokens_per_step, log_state["last_loss"], None,
+            num_params, metrics.path, out / "loss.png", stop.message, stop.next_start,
+            dict(energy.state),
+        )  # fmt: skip
 
     model.train()
     # Throughput counts training steps only, not evaluation or checkpoint writing.
     interval_time, interval_session_steps, train_time = 0.0, 0, 0.0
+    energy.mark()  # the first reading starts here, not at model loading
     for step in range(start_step, cfg.max_steps):
+        stop = energy.before_step(step, cfg.max_steps)
+        if energy_decides:
+            stop = ctx.broadcast_object(stop)
+        while stop is not None and stop.reason == "window" and not cfg.exit_between_windows:
+            if last_ckpt[0] != step:
+                checkpoint(step)  # a pause is a checkpoint: the wait may be hours
+            if ctx.is_main:
+                print(f"mulfree train: {stop.message} ({stop.next_start.isoformat()})", flush=True)
+            energy.wait_until(stop.next_start)
+            stop = energy.before_step(step, cfg.max_steps)
+            if energy_decides:
+                stop = ctx.broadcast_object(stop)
+        if stop is not None:
+            return stop_here(step, stop)
+        for note in energy.notes:
+            if ctx.is_main:
+                print(f"mulfree train: {note}", flush=True)
+        energy.notes.clear()
         t0 = time.perf_counter()
         lr = lr_at(step, cfg, halve)
         for g in opt.param_groups:
@@ -388,6 +441,7 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         interval_time += dt
         interval_session_steps += 1
         train_time += dt
+        energy_fields = energy.after_step()
         if not math.isfinite(step_loss):
             raise MulfreeError(f"the loss became {step_loss} at step {done}; lower --lr")
         log_state["interval_loss"] += step_loss
@@ -408,6 +462,7 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
                         "grad_norm": float(gnorm),
                         "tokens_per_s": interval_session_steps * tokens_per_step / interval_time,
                         "train_time_s": train_time,  # this process's session, since (re)start
+                        **energy_fields,  # the run's energy_j/energy_wh/gco2e so far, if metered
                     }
                 )
             log_state.update(interval_loss=0.0, interval_steps=0)
@@ -453,6 +508,7 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         num_params,
         metrics.path,
         plot,
+        energy=dict(energy.state) if energy.meter is not None else None,
     )
 
 

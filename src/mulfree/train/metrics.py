@@ -52,7 +52,17 @@ def plot_losses(records: list[dict[str, Any]], path: str | Path, title: str = ""
     matplotlib.use("Agg")  # no display on servers; the file is the output
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    # Records with measured energy get a second panel: the same loss against Wh spent.
+    by_wh = [(r["energy_wh"], r["loss"]) for r in records if "loss" in r and "energy_wh" in r]
+    if by_wh:
+        fig, (ax, ax_wh) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+        ax_wh.plot(*zip(*by_wh, strict=True), lw=1.2, color="tab:green")
+        meter = next(r.get("meter", "") for r in records if "energy_wh" in r)
+        ax_wh.set_xlabel(f"energy spent (Wh, {meter})")
+        ax_wh.set_ylabel("train cross-entropy (nats/token)")
+        ax_wh.grid(alpha=0.3)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     if train:
         ax.plot(*zip(*train, strict=True), label="train", lw=1.2)
     if val:
