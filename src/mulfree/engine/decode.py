@@ -131,6 +131,11 @@ class Decoder:
         self.threads = kernels.resolve_threads(threads)
         self.min_weights_per_thread = int(min_weights_per_thread)
         self.isa = kernels.resolve_isa(isa)
+        # per kernel family, the level the dispatcher picks (fastest on this CPU under "auto")
+        self.isas = {} if self.isa == kernels.TORCH else {
+            f: kernels.resolve_isa(isa, f)
+            for f in (kernels.TERNARY_B1, kernels.TERNARY_BATCH, kernels.DECODE_STAGES)
+        }  # fmt: skip
         # fused: the compiled elementwise stages (csrc/mf_decode.c) between direct kernel calls;
         # else the torch ops below, which are their spec (default: fused when compiled).
         self.fused = self.isa != kernels.TORCH if fused is None else bool(fused)
@@ -229,7 +234,8 @@ class Decoder:
                 out.copy_(acc.float() / (s * lin.row_scales))
             return out
         K_.tq2_linear(u, lin.data, lin.out_features, lin.scale, threads=self._threads_for(lin),
-                      isa=self.isa, out=out, row_scales=lin.row_scales)  # fmt: skip
+                      isa=self.isas[kernels.ternary_family(u.shape[0])], out=out,
+                      row_scales=lin.row_scales)  # fmt: skip
         if energy.counting():
             self._record(lin, u, out)
         return out
@@ -354,7 +360,7 @@ class Decoder:
         rs = lin.row_scales.data_ptr() if lin.row_scales is not None else 0
         args = (u.data_ptr(), u.shape[0], lin.in_features, lin.data.data_ptr(), lin.out_features,
                 float(lin.scale), rs, out.data_ptr(), 0, self._threads_for(lin),
-                kernels.ISA_LEVELS[self.isa])  # fmt: skip
+                kernels.ISA_LEVELS[self.isas[kernels.ternary_family(u.shape[0])]])  # fmt: skip
         return core().tq2_linear, args
 
     def _build_plan(self) -> list:
@@ -367,7 +373,7 @@ class Decoder:
         E, inter = self.y_i.shape[1], self.z_i.shape[1]
         eps, bl_eps = self.eps, self.bl_eps
         ptr = lambda t: t.data_ptr() if t is not None else 0  # noqa: E731
-        isa = kernels.ISA_LEVELS[self.isa]
+        isa = kernels.ISA_LEVELS[self.isas[kernels.DECODE_STAGES]]
         plan, pending = [], 0  # pending: the residual add folded into the next norm
         for L, state in zip(self.layers, self.states, strict=True):
             if L["ifg"] is not None:
