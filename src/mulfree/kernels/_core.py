@@ -161,7 +161,8 @@ def resolve_isa(isa: str | None = None, family: str | None = None) -> str:
     if name == AUTO and _best is not None:  # the per-call fast path
         if family is None:
             return _best
-        return _dispatch.choice(family)
+        lv = _chosen.get(family)  # dispatch's in-process cache
+        return lv if lv is not None else _dispatch.choice(family)
     name = _check_name(name)
     if name == TORCH:
         return TORCH
@@ -185,11 +186,12 @@ def isa_report(measure: bool = True) -> dict:
     return _dispatch.report(measure)
 
 
-def isa_summary() -> str:
-    """isa_report() as one line (for benchmark and CLI output)."""
+def isa_summary(measure: bool = True) -> str:
+    """isa_report() as one line (for benchmark and CLI output); measure=False lists only the
+    families chosen so far (costs nothing)."""
     if not available():
         return f"isa: torch (compiled core unavailable: {load_error()})"
-    return _dispatch.summary()
+    return _dispatch.summary(measure)
 
 
 def resolve_threads(threads: int | None = None) -> int:
@@ -202,3 +204,5 @@ def resolve_threads(threads: int | None = None) -> int:
 
 
 from mulfree.kernels import dispatch as _dispatch  # noqa: E402  (it imports this module)
+
+_chosen = _dispatch._chosen  # the same dict (dispatch.reset clears it in place)

@@ -395,9 +395,9 @@ def report(measure_all: bool = True) -> dict:
     return out
 
 
-def summary() -> str:
+def summary(measure_all: bool = True) -> str:
     """One line: the level each family runs at and where it came from."""
-    r = report()
+    r = report(measure_all)
     if r["max"] == _core.TORCH:
         return "isa: torch (compiled core unavailable)"
     forced = r["forced"] not in (None, _core.AUTO)
