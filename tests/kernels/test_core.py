@@ -9,6 +9,7 @@ import torch
 
 from mulfree import kernels
 from mulfree.errors import MulfreeError
+from mulfree.kernels import _core
 
 
 def test_available_isas_are_ordered_and_include_torch():
@@ -18,7 +19,8 @@ def test_available_isas_are_ordered_and_include_torch():
     assert kernels.isa_max() == isas[-1]
 
 
-def test_resolve_and_force_isa():
+def test_resolve_and_force_isa(monkeypatch):
+    monkeypatch.setattr(_core, "_forced", None)  # as without MULFREE_ISA (CI also forces it)
     assert kernels.resolve_isa("torch") == "torch"
     best = kernels.isa_max()
     assert kernels.resolve_isa("auto") == best
