@@ -14,6 +14,10 @@ a trained model, so the i/f/g projections run as three kernel calls), this
    weights at every call (`F.linear(act_quant(x), weight_quant(W))`, as the official
    `mmfreelm` BitLinear does; here BitLinear in training mode under inference_mode), on a few
    tokens with the recurrent-state cache.
+Every SIMD ISA level (`--isas`, default all this CPU has but scalar) gets its own Decoder on the
+same weights; their steps (and prefills) are interleaved round by round with the default one
+(the dispatcher's per-family pick, `Decoder.isas`) so all see the same drift, and printed side by
+side.
 Method: `--threads` (default 2) for torch and the kernels; libgomp's default wait policy unless
 OMP_WAIT_POLICY is set (see benchmarks/bench_ternary_linear.py; run on an idle machine); each
 engine number is the median of `--steps` single-token steps after `--warmup` steps (mean also
@@ -22,6 +26,7 @@ absolute numbers move with it, the ratio less so.
 
     python benchmarks/bench_decode.py                   # 370M and 1.3B
     python benchmarks/bench_decode.py --shapes 370M --steps 64
+    python benchmarks/bench_decode.py --shapes 370M --isas avx2,avx512
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import torch
 
 from mulfree import kernels
 from mulfree.engine import load_packed
+from mulfree.engine.decode import Decoder
 from mulfree.engine.format import WEIGHTS_FILE, expected_specs, write_packed
 from mulfree.models.hf_compat import cache_kwargs
 from mulfree.models.mmfree import HGRNBitConfig, HGRNBitForCausalLM
@@ -104,18 +110,29 @@ def bench_engine(name: str, args, tmp: str) -> dict:
     model = load_packed(path)
     load_s = time.perf_counter() - t0
     dec = model.decoder(threads=args.threads)
+    # the default decoder ("auto": the dispatcher's picks) and one per ISA level, same weights
+    decs = {"auto": dec} | {lv: Decoder(model, threads=args.threads, isa=lv) for lv in args.isas}
     prompt = torch.randint(0, config.vocab_size, (1, args.prompt), generator=gen)
-    dec.prefill(prompt)  # warm-up
-    t0 = time.perf_counter()
-    logits = dec.prefill(prompt)
-    prefill_s = time.perf_counter() - t0
-    times = []
-    tok = int(logits[0].argmax())
+    prefill = {n: [] for n in decs}
+    toks = {}
+    for r in range(2):  # warm-up, then timed; interleaved
+        for n in decs if r % 2 == 0 else reversed(decs):
+            t0 = time.perf_counter()
+            logits = decs[n].prefill(prompt)
+            prefill[n].append(time.perf_counter() - t0)
+            toks[n] = int(logits[0].argmax())
+    steps = {n: [] for n in decs}
     for i in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
-        tok = int(dec.step([tok])[0].argmax())
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
+        for n in decs if i % 2 == 0 else reversed(decs):  # every level sees the same drift
+            t0 = time.perf_counter()
+            toks[n] = int(decs[n].step([toks[n]])[0].argmax())
+            if i >= args.warmup:
+                steps[n].append(time.perf_counter() - t0)
+    times, tok = steps["auto"], toks["auto"]
+    per_isa = {n: (args.prompt / prefill[n][-1], 1 / statistics.median(steps[n])) for n in decs}
+    picks = dict(dec.isas)
+    for n in args.isas:
+        decs.pop(n)
     energy = dec.step_energy([tok])  # after the timing: counting runs the torch path once
     hf_tok_s = bench_hf_generate(model, prompt, args.steps)
     del model, dec
@@ -123,7 +140,9 @@ def bench_engine(name: str, args, tmp: str) -> dict:
         "size": size,
         "sizes": sizes,
         "load_s": load_s,
-        "prefill_tok_s": args.prompt / prefill_s,
+        "prefill_tok_s": per_isa["auto"][0],
+        "per_isa": per_isa,
+        "picks": picks,
         "median_s": statistics.median(times),
         "mean_s": statistics.fmean(times),
         "energy": energy,
@@ -180,10 +199,17 @@ def main(argv=None) -> int:
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--embeddings", choices=["int8", "int4"], default="int4",
                     help="embedding format of the decoded file (both file sizes are printed)")  # fmt: skip
+    ap.add_argument("--isas", default=None,
+                    help="levels timed side by side, e.g. avx2,avx512 (default: SIMD levels)")  # fmt: skip
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"threads {args.threads}, isa {kernels.resolve_isa()}, OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY')}, torch {torch.__version__}")  # fmt: skip
+    simd = [n for n in kernels.available_isas() if n not in ("torch", "scalar")]
+    args.isas = args.isas.split(",") if args.isas else simd
+    print(
+        f"threads {args.threads}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+        f"torch {torch.__version__}"
+    )
+    print(kernels.isa_summary())
     print(f"load average before: {os.getloadavg()}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -202,6 +228,9 @@ def main(argv=None) -> int:
                   f"{TARGETS.get(name, float('nan')):.0f}"
                   + (f"; official fake-quant {base:.2f} s/token ({1 / base:.2f} tok/s), "
                      f"engine = {base / e['median_s']:.0f}x" if base else ""), flush=True)  # fmt: skip
+            print(f"{name} per ISA (interleaved): " + "; ".join(
+                f"{n} decode {d:.1f} tok/s, prefill {p:.0f} tok/s"
+                for n, (p, d) in e["per_isa"].items()) + f"; auto = {e['picks']}", flush=True)  # fmt: skip
     print(f"load average after: {os.getloadavg()}")
     print()
     print(
@@ -218,6 +247,18 @@ def main(argv=None) -> int:
               f"{TARGETS.get(name, float('nan')):.0f} | {f'{base:.2f}' if base else '-'} | "
               f"{speedup} | {en.total_pj / 1e6:.0f} | {en.dense_fp32_pj / 1e6:.0f} | "
               f"{en.saving:.1f}x |")  # fmt: skip
+    if rows and args.isas:
+        print()
+        print("| shape | " + " | ".join(f"{n} decode tok/s" for n in args.isas)
+              + " | auto (dispatcher) tok/s | dispatcher picks | " + " | ".join(
+                  f"{n} prefill tok/s" for n in args.isas) + " |")  # fmt: skip
+        print("|---|" + "---|" * (2 * len(args.isas) + 2))
+        for name, e, _ in rows:
+            pi = e["per_isa"]
+            picks = ", ".join(f"{f} {lv}" for f, lv in e["picks"].items())
+            print(f"| {name} | " + " | ".join(f"{pi[n][1]:.1f}" for n in args.isas)
+                  + f" | {pi['auto'][1]:.1f} | {picks} | "
+                  + " | ".join(f"{pi[n][0]:.0f}" for n in args.isas) + " |")  # fmt: skip
     if rows:
         print(f"\nEnergy: one decode step counted op by op (Decoder.step_energy) and priced with "
               f"the {rows[0][1]['energy'].table} table; 'dense fp32' = the same step with every "

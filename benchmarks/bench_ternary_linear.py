@@ -16,6 +16,11 @@ Method (printed with the table):
 - bandwidth (best of 10): "read" = fp32 sum over a `cold_mb` buffer (a streaming read),
   "copy" = Tensor.copy_ of `cold_mb` MB (bytes copied / time); roofline time = packed bytes /
   read bw, so "% roofline" = roofline time / our cold time.
+- ISA levels: the main table times the level the dispatcher picks for each batch (`isa=None`:
+  per kernel family the level measured fastest on this CPU, mulfree.kernels.dispatch; or
+  `--isa`); a second table times every SIMD level (`--isas`, default all this CPU has but
+  scalar, the 100-300x slower spec) side by side, hot and cold, interleaved in the same rounds
+  as the main variants, and marks the dispatcher's pick;
 - OpenMP wait policy: libgomp's default (workers spin a while between parallel regions, then
   sleep) unless OMP_WAIT_POLICY is set; it applies to torch and the kernels alike (one libgomp).
   On a quiet machine the default is fastest: PASSIVE makes every parallel region wake a
@@ -23,6 +28,7 @@ Method (printed with the table):
   workers get descheduled, so run the benchmark on an otherwise idle machine (the load average
   is printed).
 Run: python benchmarks/bench_ternary_linear.py [--threads 2] [--reps 40] [--rounds 5] [--cold-mb 512]
+     [--isas avx2,avx512]
 """
 
 from __future__ import annotations
@@ -116,6 +122,19 @@ class Row:
     torch_cold: float  # fastest dense variant, cold (fp32 / bf16 x ordinary / huge pages)
     torch_cold_name: str
     read_gbs: float
+    per_isa: dict  # ISA level -> (hot, cold) seconds, the same rounds as the columns above
+    picked: str  # the level the dispatcher runs for this batch (or --isa)
+
+    def isa_cells(self, isas: list[str]) -> list[str]:
+        cold = {n: self.per_isa[n][1] for n in isas}
+        fastest = min(cold, key=cold.get)
+        cells = [f"{self.k}→{self.n}", str(self.m)]
+        cells += [f"{self.per_isa[n][0] * 1e6:.0f}" for n in isas]
+        cells += [f"{cold[n] * 1e6:.0f}" + (" *" if n == fastest else "") for n in isas]
+        pick = cold.get(self.picked)
+        cells.append(self.picked)
+        cells.append(f"{pick / cold[fastest]:.2f}" if pick is not None else "-")
+        return cells
 
     def cells(self) -> list[str]:
         roof = self.packed_mb * 1e6 / (self.read_gbs * 1e9)
@@ -163,6 +182,7 @@ def bench_shape(
     cold_mb: int,
     isa,
     rounds: int = 5,
+    isas: tuple[str, ...] = (),
 ) -> list[Row]:
     torch.manual_seed(0)
     w = torch.randn(n, k) * 0.02
@@ -193,11 +213,18 @@ def bench_shape(
         def ours(p, x=x):
             return lambda: ternary_linear(x, p, threads=threads, isa=isa)
 
+        def at(level, p, x=x):
+            return lambda: ternary_linear(x, p, threads=threads, isa=level)
+
         variants = {
             "ours_hot": ([ours(packed)], warmup),
             "ours_cold": ([ours(p) for p in packed_copies], len(packed_copies)),
             "ours_cold_4k": ([ours(p) for p in packed_4k], len(packed_4k)),
         }
+        for level in isas:  # every level side by side, in the same interleaved rounds
+            assert torch.equal(ternary_linear(x, packed, threads=threads, isa=level), y)
+            variants[level, "hot"] = ([at(level, packed)], warmup)
+            variants[level, "cold"] = ([at(level, p) for p in packed_copies], len(packed_copies))
         for dt in (torch.float32, torch.bfloat16):
             wd, xd = w.to(dt), x.to(dt)
             variants[DT_NAME[dt], "hot"] = ([lambda wd=wd, xd=xd: F.linear(xd, wd)], warmup)
@@ -227,6 +254,8 @@ def bench_shape(
                 cold[0],
                 cold[1],
                 0.0,
+                {level: (t[level, "hot"], t[level, "cold"]) for level in isas},
+                kernels.resolve_isa(isa, kernels.ternary_family(m)),
             )  # fmt: skip
         )
     del dense_copies
@@ -242,22 +271,32 @@ def run(
     cold_mb: int = 512,
     isa: str | None = None,
     rounds: int = 5,
+    isas: tuple[str, ...] | None = None,
 ) -> str:
     """Run the benchmark and return the Markdown report (method, table, target check)."""
     if reps < 20:
         raise ValueError("reps must be >= 20")
     torch.set_num_threads(threads)
     path = kernels.resolve_isa(isa)
+    if isas is None:
+        isas = tuple(n for n in kernels.available_isas() if n not in ("torch", "scalar"))
+    isas = tuple(isas) if path != kernels.TORCH else ()
+    picks = {m: kernels.resolve_isa(isa, kernels.ternary_family(m)) for m in batches}
+    summary = kernels.isa_summary()
     load0 = os.getloadavg()
     read_gbs, copy_gbs = measure_bandwidth(cold_mb)
     rows: list[Row] = []
     for k, n in shapes:
-        for r in bench_shape(k, n, list(batches), threads, reps, warmup, cold_mb, path, rounds):
+        for r in bench_shape(k, n, list(batches), threads, reps, warmup, cold_mb, isa, rounds,
+                             isas):  # fmt: skip
             r.read_gbs = read_gbs
             rows.append(r)
     load1 = os.getloadavg()
+    picked = ", ".join(f"batch {m}: {lv}" for m, lv in picks.items())
     lines = [
-        f"### Ternary linear (tq2, {path}) vs torch {torch.__version__} F.linear",
+        f"### Ternary linear (tq2, {picked}) vs torch {torch.__version__} F.linear",
+        "",
+        f"Dispatcher: {summary}",
         "",
         f"Method: {threads} threads (torch.set_num_threads and kernel threads), "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, median of {reps} "
@@ -279,6 +318,17 @@ def run(
     ]
     lines += ["| " + " | ".join(r.cells()) + " |" for r in rows]
     lines.append("")
+    if isas:
+        head = ["shape K→N", "batch"] + [f"{n} hot µs" for n in isas]
+        head += [f"{n} cold µs" for n in isas] + ["dispatcher picks", "picked / fastest (cold)"]
+        lines += [
+            f"Every ISA level side by side (same rounds; * = fastest cold; {threads} threads):",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head),
+        ]
+        lines += ["| " + " | ".join(r.isa_cells(list(isas))) + " |" for r in rows]
+        lines.append("")
     for r in rows:
         if (r.k, r.n) in TARGET_SHAPES:
             target = 8.0 if r.m == 1 else 3.0
@@ -300,12 +350,15 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--isa", default=None, help="auto | avx512 | avx2 | scalar | torch")
     ap.add_argument("--shapes", default=None, help="e.g. 2048x2048,5632x2048 (KxN)")
+    ap.add_argument("--isas", default=None,
+                    help="levels side by side, e.g. scalar,avx2,avx512 (default: SIMD levels)")  # fmt: skip
     a = ap.parse_args()
     shapes = SHAPES
     if a.shapes:
         shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     batches = tuple(int(b) for b in a.batches.split(","))
-    print(run(shapes, batches, a.threads, a.reps, a.warmup, a.cold_mb, a.isa, a.rounds))
+    isas = tuple(a.isas.split(",")) if a.isas else None
+    print(run(shapes, batches, a.threads, a.reps, a.warmup, a.cold_mb, a.isa, a.rounds, isas))
 
 
 if __name__ == "__main__":

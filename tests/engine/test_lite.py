@@ -50,7 +50,7 @@ def packed(request, model_dir, tmp_path_factory):
 def test_lite_logits_equal_the_torch_decoder_bit_for_bit(packed, isa):
     ids = [3, 17, 5, 0, 42, 9, 11]
     lm = lite.LiteModel.load(packed)
-    dec = lite.LiteDecoder(lm, threads=2, isa=kernels.ISA_LEVELS[isa])
+    dec = lite.LiteDecoder(lm, threads=2, isa=isa)
     ref = load_packed(packed).decoder()
     with kernels.use_isa(isa):
         ref = type(ref)(ref.model, threads=2, isa=isa)

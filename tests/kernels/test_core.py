@@ -9,6 +9,7 @@ import torch
 
 from mulfree import kernels
 from mulfree.errors import MulfreeError
+from mulfree.kernels import _core
 
 
 def test_available_isas_are_ordered_and_include_torch():
@@ -18,7 +19,8 @@ def test_available_isas_are_ordered_and_include_torch():
     assert kernels.isa_max() == isas[-1]
 
 
-def test_resolve_and_force_isa():
+def test_resolve_and_force_isa(monkeypatch):
+    monkeypatch.setattr(_core, "_forced", None)  # as without MULFREE_ISA (CI also forces it)
     assert kernels.resolve_isa("torch") == "torch"
     best = kernels.isa_max()
     assert kernels.resolve_isa("auto") == best
@@ -80,6 +82,7 @@ print("fallback-ok")
 def test_pure_torch_fallback_imports_works_and_warns_once():
     env = dict(os.environ, MULFREE_DISABLE_C="1")
     env.pop("MULFREE_ISA", None)
+    env.pop("MULFREE_REQUIRE_C", None)  # this test is about the fallback itself
     out = subprocess.run(
         [sys.executable, "-c", FALLBACK], env=env, capture_output=True, text=True, timeout=120
     )

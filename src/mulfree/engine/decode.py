@@ -98,6 +98,11 @@ class Decoder:
         self.threads = kernels.resolve_threads(threads)
         self.min_weights_per_thread = int(min_weights_per_thread)
         self.isa = kernels.resolve_isa(isa)
+        # per kernel family, the level the dispatcher picks (fastest on this CPU under "auto")
+        self.isas = {} if self.isa == kernels.TORCH else {
+            f: kernels.resolve_isa(isa, f)
+            for f in (kernels.TERNARY_B1, kernels.TERNARY_BATCH, kernels.DECODE_STAGES)
+        }  # fmt: skip
         # fused: the compiled elementwise stages (csrc/mf_decode.c) between direct kernel calls;
         # else the torch ops below, which are their spec (default: fused when compiled).
         self.fused = self.isa != kernels.TORCH if fused is None else bool(fused)
@@ -194,7 +199,8 @@ class Decoder:
                 out.copy_(acc.float() / (s * lin.row_scales))
             return out
         K_.tq2_linear(u, lin.data, lin.out_features, lin.scale, threads=self._threads_for(lin),
-                      isa=self.isa, out=out, row_scales=lin.row_scales)  # fmt: skip
+                      isa=self.isas[kernels.ternary_family(u.shape[0])], out=out,
+                      row_scales=lin.row_scales)  # fmt: skip
         if energy.counting():
             self._record(lin, u, out)
         return out
@@ -324,9 +330,11 @@ class Decoder:
                         y_g=self.y_g, t_e=self.t_e, y_d=self.y_d, y_gu=self.y_gu, z_i=self.z_i,
                         logits=self.logits, h_f=self.h_f, h_g=self.h_g)  # fmt: skip
         ptr = lambda t: t.data_ptr() if t is not None else 0  # noqa: E731
+        B = self.x.shape[0]
         return P.fused_plan(core(), buf, self.states, self.layers, self.final_norm, self.head,
                             self.eps, self.bl_eps, self._threads_for,
-                            kernels.ISA_LEVELS[self.isa], ptr)  # fmt: skip
+                            kernels.ISA_LEVELS[self.isas[kernels.ternary_family(B)]],
+                            kernels.ISA_LEVELS[self.isas[kernels.DECODE_STAGES]], ptr)  # fmt: skip
 
     def _step_fused(self, ids: torch.Tensor) -> torch.Tensor:
         if self._plan is None:

@@ -360,12 +360,16 @@ def _embedding(tensors, fmt: str, V: int, d: int, path):
 class LiteDecoder:
     """Batch-1 decoding of a LiteModel: `prefill(ids)` then `step(token)` -> logits [vocab]."""
 
-    def __init__(self, model: LiteModel, threads: int | None = None, isa: int = -1):
+    def __init__(self, model: LiteModel, threads: int | None = None, isa: str | None = None):
         self.m = model
         if threads is None:  # torch's default too: one per core this process may run on
             threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
         self.threads = int(threads) or os.cpu_count() or 1
-        self.isa = isa
+        # the levels the torch Decoder would run: isa= > MULFREE_ISA > the dispatcher's measured
+        # choice per family (cached on disk; measuring, once per CPU and build, imports torch)
+        from mulfree import kernels
+
+        self.isas = {f: kernels.resolve_isa(isa, f) for f in (kernels.TERNARY_B1, kernels.DECODE_STAGES)}
         m = model
         z = lambda n: np.zeros((1, n), dtype=np.float32)  # noqa: E731
         d, E, inter = m.hidden, m.expand, m.inter
@@ -401,7 +405,9 @@ class LiteDecoder:
             head.norm_w, head.data, head.out_features, head.in_features, head.scale, None
         )
         self.plan = P.fused_plan(_core(), self.buf, self.states, layers, m.final_norm, self.head,
-                                 m.eps, BITLINEAR_NORM_EPS, self._threads_for, isa, _ptr)  # fmt: skip
+                                 m.eps, BITLINEAR_NORM_EPS, self._threads_for,
+                                 kernels.ISA_LEVELS[self.isas[kernels.TERNARY_B1]],
+                                 kernels.ISA_LEVELS[self.isas[kernels.DECODE_STAGES]], _ptr)  # fmt: skip
 
     @property
     def fused_ifg(self) -> bool:

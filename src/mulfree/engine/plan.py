@@ -91,18 +91,20 @@ def threads_for(lin: Linear, threads: int, min_weights: int = MIN_WEIGHTS_PER_TH
 
 
 def fused_plan(C, buf: Buffers, states: list, layers: list[dict], final_norm, head: Linear,
-               eps: float, bl_eps: float, threads: Callable[[Linear], int], isa: int,
-               ptr: Callable[[Any], int]) -> list[tuple[Callable, tuple]]:  # fmt: skip
+               eps: float, bl_eps: float, threads: Callable[[Linear], int], kernel_isa: int,
+               stage_isa: int, ptr: Callable[[Any], int]) -> list[tuple[Callable, tuple]]:  # fmt: skip
     """The step as (C function, args) pairs: per layer attn_norm + BitLinear norms, i/f/g
     kernel(s), MLGRU stage, o kernel, mlp norms, gate|up kernel, GLU stage, down kernel; then
     the final norm and the head. `layers[i]` holds attn_norm, ifg (a fused Linear or None),
-    i/f/g/o/gate/down (Linear), lb / one_minus_lb (or None), g_norm, g_eps, mlp_norm."""
+    i/f/g/o/gate/down (Linear), lb / one_minus_lb (or None), g_norm, g_eps, mlp_norm.
+    kernel_isa / stage_isa: the ISA levels (csrc/mf_common.h's integers) of the ternary kernel
+    calls and of the elementwise decode stages (mulfree.kernels.dispatch picks them per family)."""
     B, d = buf.x.shape
     E, inter = buf.y_i.shape[1], buf.z_i.shape[1]
 
     def kernel(lin: Linear, u, out):
         return C.tq2_linear, (ptr(u), u.shape[0], lin.in_features, ptr(lin.data), lin.out_features,
-                              float(lin.scale), ptr(lin.row_scales), ptr(out), 0, threads(lin), isa)  # fmt: skip
+                              float(lin.scale), ptr(lin.row_scales), ptr(out), 0, threads(lin), kernel_isa)  # fmt: skip
 
     plan, pending = [], 0  # pending: the residual add folded into the next norm
     for L, state in zip(layers, states, strict=True):
@@ -123,13 +125,13 @@ def fused_plan(C, buf: Buffers, states: list, layers: list[dict], final_norm, he
             yi, yf, yg, stride = ptr(buf.y_i), ptr(buf.y_f), ptr(buf.y_g), E
         plan.append((C.dec_mlgru, (yi, yf, yg, stride, B, E, ptr(L["lb"]), ptr(L["one_minus_lb"]),
                                    ptr(state), ptr(L["g_norm"]), L["g_eps"], ptr(L["o"].norm_w),
-                                   bl_eps, ptr(buf.t_e), isa)))  # fmt: skip
+                                   bl_eps, ptr(buf.t_e), stage_isa)))  # fmt: skip
         plan.append(kernel(L["o"], buf.t_e, buf.y_d))
         plan.append((C.dec_norm2, (ptr(buf.x), ptr(buf.y_d), B, d, ptr(L["mlp_norm"]), eps,
                                    bl_eps, ptr(L["gate"].norm_w), ptr(buf.h), 0, 0, 0, 0)))  # fmt: skip
         plan.append(kernel(L["gate"], buf.h, buf.y_gu))
         plan.append((C.dec_glu, (ptr(buf.y_gu), B, inter, ptr(L["down"].norm_w), bl_eps,
-                                 ptr(buf.z_i), isa)))  # fmt: skip
+                                 ptr(buf.z_i), stage_isa)))  # fmt: skip
         plan.append(kernel(L["down"], buf.z_i, buf.y_d))
         pending = ptr(buf.y_d)
     plan.append((C.dec_norm2, (ptr(buf.x), pending, B, d, ptr(final_norm), eps, bl_eps,

@@ -5,8 +5,11 @@ How a kernel reaches C (csrc/README is this docstring):
   MF_TARGET_AVX512, and one selection function from an ISA level (mf_isa_resolve) to variants;
 - a `MF_PYFUNC(name, "doc")` in that file becomes `mulfree._C.name` (setup.py generates the
   method table; arguments are ints for tensor.data_ptr()/sizes and floats for scales);
-- a launcher here (see ternary.py) resolves the ISA (`resolve_isa`) and threads
+- a launcher here (see ternary.py) resolves the ISA (`resolve_isa(isa, family)`) and threads
   (`resolve_threads`), allocates outputs and calls `core().name(...)`;
+- "auto" is, per kernel family, the level measured fastest on this CPU (dispatch.py: measured
+  once on a small shape, cached in the process and under $MULFREE_CACHE / ~/.cache/mulfree);
+  `isa_report()` / `isa_summary()` say what was chosen; MULFREE_ISA or set_isa overrides it;
 - the public op falls back to torch when `resolve_isa` returns "torch".
 
 Threads: OpenMP (libgomp, the same runtime torch uses), `threads=` or torch.get_num_threads().
@@ -18,37 +21,52 @@ spinning worker gets descheduled and a fork/join can wait a scheduler slice (8-1
 here, for torch's own ops as well); set OMP_WAIT_POLICY=PASSIVE (before torch is imported) there.
 """
 
-from mulfree._lazy import attach
-
-# Served lazily (mulfree/_lazy.py): `mulfree.kernels.memory` and the torch-free packed runtime
-# (mulfree.engine.lite) import this package without importing torch, which _core needs.
-_NAMES = {name: "mulfree.kernels._core" for name in (
-    "ISA_LEVELS",
-    "TORCH",
-    "available",
-    "available_isas",
-    "core",
-    "isa_max",
-    "load_error",
-    "resolve_isa",
-    "resolve_threads",
-    "set_isa",
-    "use_isa",
-    "warn_slow_path_once",
-)}  # fmt: skip
-__getattr__, __dir__ = attach(__name__, _NAMES)
+from mulfree.kernels._core import (
+    ISA_LEVELS,
+    TORCH,
+    available,
+    available_isas,
+    core,
+    isa_max,
+    isa_report,
+    isa_summary,
+    load_error,
+    resolve_isa,
+    resolve_threads,
+    set_isa,
+    use_isa,
+    warn_slow_path_once,
+)
+from mulfree.kernels.dispatch import (
+    DECODE_STAGES,
+    FAMILIES,
+    LMATMUL,
+    LMUL_EW,
+    TERNARY_B1,
+    TERNARY_BATCH,
+    ternary_family,
+)
 
 __all__ = [
+    "DECODE_STAGES",
+    "FAMILIES",
     "ISA_LEVELS",
+    "LMATMUL",
+    "LMUL_EW",
+    "TERNARY_B1",
+    "TERNARY_BATCH",
     "TORCH",
     "available",
     "available_isas",
     "core",
     "isa_max",
+    "isa_report",
+    "isa_summary",
     "load_error",
     "resolve_isa",
     "resolve_threads",
     "set_isa",
+    "ternary_family",
     "use_isa",
     "warn_slow_path_once",
 ]

@@ -4,9 +4,13 @@ ISA selection, in order of precedence:
   1. the `isa=` argument of a kernel function ("torch", "scalar", "avx2", "avx512" or "auto");
   2. `set_isa(name)` / `with use_isa(name):` (process-wide);
   3. the environment variable MULFREE_ISA (read at import);
-  4. "auto": the best level this CPU supports (the C side checks with __builtin_cpu_supports).
+  4. "auto": per kernel family, the fastest level on this CPU, measured once and cached
+     (mulfree.kernels.dispatch; `isa_report()` says what was chosen). A caller that names no
+     family gets the best level the CPU supports (the C side checks __builtin_cpu_supports).
 "torch" is the pure-torch path, which is also what runs when `mulfree._C` cannot be loaded (not
 built, or MULFREE_DISABLE_C=1); the first kernel call then warns once that this is the slow path.
+With MULFREE_REQUIRE_C=1 a missing or unloadable core is an error instead (MulfreeError from
+`core()`, `available()`, `isa_max()` and every kernel call; `isa="torch"` still runs torch).
 """
 
 from __future__ import annotations
@@ -16,8 +20,6 @@ import os
 import warnings
 from collections.abc import Iterator
 from types import ModuleType
-
-import torch
 
 from mulfree.errors import MulfreeError
 
@@ -34,7 +36,23 @@ _forced: str | None = os.environ.get("MULFREE_ISA") or None
 _best: str | None = None  # cached isa_max() of a loaded core
 
 
+def _require_c() -> bool:
+    return os.environ.get("MULFREE_REQUIRE_C", "") == "1"
+
+
 def _load() -> ModuleType | None:
+    """The compiled core or None; raises under MULFREE_REQUIRE_C=1 when it is unavailable."""
+    C = _try_load()
+    if C is None and _require_c():
+        raise MulfreeError(
+            "MULFREE_REQUIRE_C=1: the compiled core mulfree._C is required but unavailable "
+            f"({_load_error}). Build it with `pip install -e . --no-build-isolation` (needs a C "
+            "compiler with OpenMP), or unset MULFREE_REQUIRE_C to allow the pure-torch path."
+        )
+    return C
+
+
+def _try_load() -> ModuleType | None:
     global _C, _load_error, _loaded
     if not _loaded:
         _loaded = True
@@ -61,8 +79,8 @@ def available() -> bool:
 
 
 def load_error() -> str | None:
-    """Why the compiled core is unavailable (None when it is loaded)."""
-    _load()
+    """Why the compiled core is unavailable (None when it is loaded); never raises."""
+    _try_load()
     return _load_error
 
 
@@ -127,16 +145,22 @@ def use_isa(name: str | None) -> Iterator[None]:
         _forced = old
 
 
-def resolve_isa(isa: str | None = None) -> str:
+def resolve_isa(isa: str | None = None, family: str | None = None) -> str:
     """The path a kernel call will take: "torch", "scalar", "avx2" or "avx512".
 
+    `family` (mulfree.kernels.dispatch.FAMILIES, e.g. "ternary_b1") makes "auto" the level
+    measured fastest for that family on this CPU (measured at the first such call, cached in
+    the process and on disk); without it "auto" is the best level the CPU supports.
     Asking for a level this CPU lacks is an error (a silent downgrade would make a test of that
     level pass vacuously). Without the compiled core everything resolves to "torch" and the
-    slow-path warning is given once.
+    slow-path warning is given once (an error under MULFREE_REQUIRE_C=1).
     """
     name = isa or _forced or AUTO
     if name == AUTO and _best is not None:  # the per-call fast path
-        return _best
+        if family is None:
+            return _best
+        lv = _chosen.get(family)  # dispatch's in-process cache
+        return lv if lv is not None else _dispatch.choice(family)
     name = _check_name(name)
     if name == TORCH:
         return TORCH
@@ -145,16 +169,40 @@ def resolve_isa(isa: str | None = None) -> str:
         return TORCH
     best = isa_max()
     if name == AUTO:
-        return best
+        return best if family is None else _dispatch.choice(family)
     if ISA_LEVELS[name] > ISA_LEVELS[best]:
         raise MulfreeError(f"ISA {name!r} is not supported by this CPU (best: {best})")
     return name
 
 
+def isa_report(measure: bool = True) -> dict:
+    """What the dispatcher runs: {"max", "forced", "cpu", "cache", "families": family ->
+    {"level", "source" ("measured" / "cache" / "only candidate"), "median_us", ...}}.
+    measure=False reports only the families chosen so far in this process."""
+    if not available():
+        return {"max": TORCH, "forced": _forced, "families": {}}
+    return _dispatch.report(measure)
+
+
+def isa_summary(measure: bool = True) -> str:
+    """isa_report() as one line (for benchmark and CLI output); measure=False lists only the
+    families chosen so far (costs nothing)."""
+    if not available():
+        return f"isa: torch (compiled core unavailable: {load_error()})"
+    return _dispatch.summary(measure)
+
+
 def resolve_threads(threads: int | None = None) -> int:
     """Kernel thread count: `threads` when given (> 0), else torch.get_num_threads()."""
     if threads is None:
+        import torch  # here only: choosing a level and loading the core need no torch
+
         return torch.get_num_threads()
     if threads < 1:
         raise MulfreeError(f"threads must be >= 1, got {threads}")
     return int(threads)
+
+
+from mulfree.kernels import dispatch as _dispatch  # noqa: E402  (it imports this module)
+
+_chosen = _dispatch._chosen  # the same dict (dispatch.reset clears it in place)

@@ -13,7 +13,15 @@ from __future__ import annotations
 
 import torch
 
-from mulfree.kernels import ISA_LEVELS, TORCH, core, resolve_isa, resolve_threads
+from mulfree.kernels import (
+    ISA_LEVELS,
+    LMATMUL,
+    LMUL_EW,
+    TORCH,
+    core,
+    resolve_isa,
+    resolve_threads,
+)
 from mulfree.lmul.formats import FloatFormat
 from mulfree.lmul.ops import canonicalize_nan_
 
@@ -21,17 +29,17 @@ FORMAT_IDS = {"float32": 0, "bfloat16": 1, "float16": 2, "float8_e4m3fn": 3, "fl
 MODE_IDS = {"int": 0, "eq1": 1}
 
 
-def _level(*tensors: torch.Tensor) -> str:
+def _level(family: str, *tensors: torch.Tensor) -> str:
     if any(t.device.type != "cpu" for t in tensors):
         return TORCH
-    return resolve_isa()
+    return resolve_isa(None, family)
 
 
 def lmul_elementwise(
     a: torch.Tensor, b: torch.Tensor, f: FloatFormat, k: int, mode: str
 ) -> torch.Tensor | None:
     """Broadcast a, b (dtype f.dtype) and L-Mul them in C; None if the kernel does not apply."""
-    level = _level(a, b)
+    level = _level(LMUL_EW, a, b)
     if level == TORCH:
         return None
     a, b = torch.broadcast_tensors(a, b)
@@ -65,7 +73,7 @@ def lmatmul_3d(
         a, b = a.float(), b.float()  # exact widening; k <= 7 keeps bf16 semantics
     elif f.name != "float32":
         return None
-    level = _level(a, b)
+    level = _level(LMATMUL, a, b)
     if level == TORCH:
         return None
     a, b = a.contiguous(), b.contiguous()

@@ -75,7 +75,7 @@ def ternary_linear(
     x2d = x
     if x.dim() != 2 or x.dtype != torch.float32 or not x.is_contiguous():
         x2d = x.reshape(-1, K).to(torch.float32).contiguous()  # [M, K]
-    path = kernels.resolve_isa(isa)
+    path = kernels.resolve_isa(isa, kernels.ternary_family(x2d.shape[0]))
     if path == kernels.TORCH:
         y = ternary_linear_torch(x2d, packed)
     else:

@@ -1,0 +1,411 @@
+"""Per-family ISA choice: the fastest level of each kernel family on the running CPU.
+
+Every level of a family gives the same bits (tests/kernels, tests/lmul), so the choice is about
+speed only: a higher level is not always faster (on Intel Sapphire Rapids the AVX-512 ternary
+kernels were measured slower than the AVX2 ones, csrc/mf_ternary.c). When the level is "auto",
+`choice(family)` times the family's candidate levels once on a small shape, keeps the fastest
+and caches it in the process and on disk, so later processes (and the first token of
+`mulfree generate`) pay only a small JSON read.
+
+Families (`FAMILIES`): the C entry point, the probe shape and the candidate levels. Candidates
+are the SIMD levels with their own code in csrc/ (the decode stages have no AVX-512 variant:
+there is nothing to choose); the scalar level is the readable spec, 3-300x slower in every
+family here (one scalar ternary call at the probe shape costs more than the whole budget), so it
+runs only when forced or when the CPU has no SIMD level.
+
+Measurement (`measure`): one thread; a warm-up call per level; samples of ~`SAMPLE_S` seconds
+(the same call count for every level), taken in rounds that interleave the levels (order
+reversed every other round) so every level sees the same drift of a shared machine; per round
+the time ratio of each level to the highest one; `choose` keeps the highest level unless a lower
+one is clearly faster (median ratio below 1 - `MARGIN`). About 10-20 ms per family.
+
+Disk cache: `isa-<key>.json` under `$MULFREE_CACHE`, else `$XDG_CACHE_HOME/mulfree`, else
+`~/.cache/mulfree`. The key is the CPU model, a hash of its feature flags and a hash of the
+compiled core's file, so another CPU or another build measures again. The file (JSON, written
+atomically: temp file + rename) holds `format`, `version`, `key` and `families` (family ->
+level, medians in µs, rounds). A file that does not parse, has another key or names a level
+this CPU or family cannot run is ignored and rewritten after measuring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mulfree.kernels import _core
+
+FORMAT = "mulfree-isa-choice"
+VERSION = 1  # bump when probes, candidates or the rule change: old files are then foreign
+MARGIN = 0.05  # a lower level must be >= 5 % faster (median paired ratio) to be chosen
+SAMPLE_S = 6e-4  # target seconds per sample
+ROUNDS = 9
+MIN_ROUNDS = 5
+BUDGET_S = 0.05  # per family: stop after MIN_ROUNDS once this is spent
+
+TERNARY_B1 = "ternary_b1"
+TERNARY_BATCH = "ternary_batch"
+DECODE_STAGES = "decode_stages"
+LMUL_EW = "lmul_ew"
+LMATMUL = "lmatmul"
+
+
+def ternary_family(m: int) -> str:
+    """The family of a ternary linear call on m tokens (decode GEMV vs batched kernel)."""
+    return TERNARY_B1 if m == 1 else TERNARY_BATCH
+
+
+@dataclass(frozen=True)
+class Family:
+    what: str  # the C functions it covers
+    shape: str  # the probe shape, for reports
+    levels: tuple[str, ...]  # candidate levels, low to high
+
+
+FAMILIES: dict[str, Family] = {
+    TERNARY_B1: Family("tq2_linear, 1 token (decode GEMV)", "1x2048->512", ("avx2", "avx512")),
+    TERNARY_BATCH: Family("tq2_linear, > 1 token (prefill)", "8x1024->512", ("avx2", "avx512")),
+    # mf_decode.c: dec_mlgru / dec_glu run AVX2 for any level >= AVX2 (dec_norm2 has no level)
+    DECODE_STAGES: Family("dec_mlgru, dec_glu", "E 1024, I 2816", ("avx2",)),
+    LMUL_EW: Family("lmul_ew", "16384 fp32", ("avx2", "avx512")),
+    LMATMUL: Family("lmatmul_f32", "64x64x64 fp32", ("avx2", "avx512")),
+}
+
+
+# --- the choice rule (pure: tests inject timings) ---------------------------------------------
+def choose(samples: Mapping[str, Sequence[float]], margin: float = MARGIN) -> str:
+    """The level to use from per-round times (level -> [seconds per sample, one per round],
+    rounds aligned). Start from the highest level; walking down, a lower level replaces the
+    current choice only when the median over rounds of (its time / the choice's time) is below
+    1 - margin, i.e. it is clearly faster; noise alone keeps the higher level."""
+    order = sorted(samples, key=lambda n: _core.ISA_LEVELS[n], reverse=True)
+    if not order:
+        raise ValueError("no levels to choose from")
+    best = order[0]
+    for low in order[1:]:
+        if median_ratio(samples[low], samples[best]) < 1.0 - margin:
+            best = low
+    return best
+
+
+def median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """Median over rounds of a[r] / b[r] (paired: both taken in the same round)."""
+    n = min(len(a), len(b))
+    if n == 0:
+        raise ValueError("no rounds")
+    return statistics.median(a[r] / b[r] for r in range(n))
+
+
+def measure(
+    levels: Sequence[str],
+    sample: Callable[[str], float],
+    rounds: int = ROUNDS,
+    min_rounds: int = MIN_ROUNDS,
+    budget_s: float = BUDGET_S,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
+    """Interleaved samples: level -> one time per round. `sample(level)` times one sample;
+    the level order is reversed every other round; stops after `rounds`, or after `min_rounds`
+    once `budget_s` is spent."""
+    out: dict[str, list[float]] = {n: [] for n in levels}
+    t0 = clock()
+    for r in range(rounds):
+        for name in levels if r % 2 == 0 else reversed(levels):
+            out[name].append(sample(name))
+        if r + 1 >= min_rounds and clock() - t0 > budget_s:
+            break
+    return out
+
+
+# --- probes: small inputs and one sample of a family at a level --------------------------------
+def _probe(family: str) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """(run(level) -> one call at that level, keep-alive closure) for a family's probe shape."""
+    import torch
+
+    from mulfree.ternary import packing
+
+    C = _core.core()
+    g = torch.Generator().manual_seed(0)
+    if family in (TERNARY_B1, TERNARY_BATCH):
+        m, k, n = (1, 2048, 512) if family == TERNARY_B1 else (8, 1024, 512)
+        w = packing.pack(torch.randint(-1, 2, (n, k), dtype=torch.int8, generator=g), "tq2")
+        x, y = torch.randn(m, k, generator=g), torch.empty(m, n)
+        ptrs = (x.data_ptr(), m, k, w.data_ptr(), n, 1.0, 0, y.data_ptr(), 0, 1)
+        keep = (w, x, y)
+
+        def run(level: int) -> None:
+            C.tq2_linear(*ptrs, level)
+
+    elif family == DECODE_STAGES:
+        e, i = 1024, 2816
+        yi, st = torch.randn(1, 3 * e, generator=g), torch.zeros(1, e)
+        gw, out = torch.rand(e, generator=g) + 0.5, torch.empty(1, e)
+        gu, dw, o2 = (
+            torch.randn(1, 2 * i, generator=g),
+            torch.rand(i, generator=g),
+            torch.empty(1, i),
+        )
+        b = yi.data_ptr()
+        a1 = (b, b + 4 * e, b + 8 * e, 3 * e, 1, e, 0, 0, st.data_ptr(), gw.data_ptr(), 1e-6,
+              gw.data_ptr(), 1e-6, out.data_ptr())  # fmt: skip
+        a2 = (gu.data_ptr(), 1, i, dw.data_ptr(), 1e-6, o2.data_ptr())
+        keep = (yi, st, gw, out, gu, dw, o2)
+
+        def run(level: int) -> None:
+            C.dec_mlgru(*a1, level)
+            C.dec_glu(*a2, level)
+
+    elif family == LMUL_EW:
+        n = 16384
+        a, b_, c = torch.randn(n, generator=g), torch.randn(n, generator=g), torch.empty(n)
+        keep = (a, b_, c)
+
+        def run(level: int) -> None:
+            C.lmul_ew(a.data_ptr(), b_.data_ptr(), c.data_ptr(), n, 0, 4, 0, level, 1)
+
+    elif family == LMATMUL:
+        s = 64
+        a, b_, c = torch.randn(s, s, generator=g), torch.randn(s, s, generator=g), torch.empty(s, s)
+        keep = (a, b_, c)
+
+        def run(level: int) -> None:
+            C.lmatmul_f32(a.data_ptr(), b_.data_ptr(), c.data_ptr(), 1, s, s, s, 4, 0, level, 1, -1)
+
+    else:
+        raise KeyError(family)
+    return run, lambda: keep
+
+
+def measure_family(family: str) -> dict[str, list[float]]:
+    """Time the family's candidate levels (those this CPU runs) on its probe shape."""
+    best = _core.ISA_LEVELS[_core.isa_max()]
+    levels = [n for n in FAMILIES[family].levels if _core.ISA_LEVELS[n] <= best]
+    if len(levels) < 2:
+        return {n: [] for n in levels}
+    run, _keep = _probe(family)
+    ints = {n: _core.ISA_LEVELS[n] for n in levels}
+    for n in levels:  # warm-up: scratch, page faults, caches
+        run(ints[n])
+        run(ints[n])
+    t0 = time.perf_counter()
+    run(ints[levels[-1]])
+    one = max(time.perf_counter() - t0, 1e-7)
+    calls = max(1, min(200, round(SAMPLE_S / one)))
+
+    def sample(name: str) -> float:
+        lv = ints[name]
+        t = time.perf_counter()
+        for _ in range(calls):
+            run(lv)
+        return (time.perf_counter() - t) / calls
+
+    return measure(levels, sample)
+
+
+# --- cache key and file ---------------------------------------------------------------------
+def _cpu() -> tuple[str, str]:
+    """(CPU model name, sha256 of its sorted feature flags), from the first processor's block
+    of /proc/cpuinfo (platform.processor() and no flags elsewhere)."""
+    model, flags = "", ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                key = key.strip()
+                if not key:  # the end of the first processor's block
+                    break
+                if key == "model name" and not model:
+                    model = val.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = " ".join(sorted(val.split()))
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine()
+    return model, hashlib.sha256(flags.encode()).hexdigest()[:16]
+
+
+def _core_id() -> str:
+    """Hash of the compiled core's file: another build is another key."""
+    C = _core.core()
+    path = getattr(C, "__file__", None)
+    if not path:
+        return "unknown"
+    h = hashlib.blake2b(digest_size=12)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key() -> dict[str, str]:
+    model, flags = _cpu()
+    return {"cpu": model, "flags": flags, "core": _core_id(), "max": _core.isa_max()}
+
+
+def cache_dir() -> Path:
+    """$MULFREE_CACHE, else $XDG_CACHE_HOME/mulfree, else ~/.cache/mulfree."""
+    if os.environ.get("MULFREE_CACHE"):
+        return Path(os.environ["MULFREE_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mulfree"
+
+
+def cache_path(key: Mapping[str, str]) -> Path:
+    digest = hashlib.sha256(json.dumps(dict(key), sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / f"isa-{digest}.json"
+
+
+def read_cache(path: Path, key: Mapping[str, str]) -> dict[str, dict]:
+    """family -> entry from the file, or {} when it is missing, broken or foreign. Entries whose
+    level is not a candidate of the family this CPU runs are dropped."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return {}
+    if data.get("version") != VERSION or data.get("key") != dict(key):
+        return {}
+    fams = data.get("families")
+    if not isinstance(fams, dict):
+        return {}
+    best = _core.ISA_LEVELS.get(str(key.get("max")), -1)
+    out = {}
+    for fam, entry in fams.items():
+        lv = entry.get("level") if isinstance(entry, dict) else None
+        if fam in FAMILIES and lv in FAMILIES[fam].levels and _core.ISA_LEVELS[lv] <= best:
+            out[fam] = entry
+    return out
+
+
+def write_cache(path: Path, key: Mapping[str, str], families: Mapping[str, dict]) -> bool:
+    """Write atomically (temp file in the same directory, then rename); False on any OSError
+    (read-only home, full disk: the choice then lives in this process only)."""
+    data = {"format": FORMAT, "version": VERSION, "key": dict(key), "families": dict(families)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError:
+        return False
+    return True
+
+
+# --- the process-wide state -------------------------------------------------------------------
+_lock = threading.RLock()
+_chosen: dict[str, str] = {}  # family -> level: the per-call fast path of resolve_isa
+_entries: dict[str, dict] = {}  # family -> entry (level, medians, source) for isa_report
+_key: dict[str, str] | None = None
+_disk: dict[str, dict] | None = None  # the cache file's entries, read once
+
+
+def reset() -> None:
+    """Forget every choice of this process (tests; the disk cache is kept)."""
+    global _key, _disk
+    with _lock:
+        _chosen.clear()
+        _entries.clear()
+        _key = _disk = None
+
+
+def _entry(levels: Sequence[str], samples: Mapping[str, Sequence[float]]) -> dict:
+    if len(levels) == 1:
+        return {"level": levels[0], "source": "only candidate"}
+    lv = choose(samples)
+    top = levels[-1]
+    return {
+        "level": lv,
+        "source": "measured",
+        "median_us": {n: round(statistics.median(s) * 1e6, 2) for n, s in samples.items()},
+        "ratio_to_" + top: {
+            n: round(median_ratio(s, samples[top]), 3) for n, s in samples.items() if n != top
+        },
+        "rounds": min(len(s) for s in samples.values()),
+    }
+
+
+def choice(family: str) -> str:
+    """The measured (or cached) level of a family on this CPU; the compiled core is loaded."""
+    lv = _chosen.get(family)
+    if lv is not None:
+        return lv
+    global _key, _disk
+    with _lock:
+        if family in _chosen:
+            return _chosen[family]
+        if family not in FAMILIES:
+            raise KeyError(f"unknown kernel family {family!r}; known: {', '.join(FAMILIES)}")
+        best = _core.ISA_LEVELS[_core.isa_max()]
+        levels = [n for n in FAMILIES[family].levels if _core.ISA_LEVELS[n] <= best]
+        if len(levels) < 2:  # nothing to measure (AVX2-only CPU, a family with one variant)
+            entry = {"level": levels[-1] if levels else _core.isa_max(), "source": "only candidate"}
+        else:
+            if _key is None:
+                _key = cache_key()
+                _disk = read_cache(cache_path(_key), _key)
+            assert _disk is not None
+            if family in _disk:
+                entry = dict(_disk[family], source="cache")
+            else:
+                try:
+                    entry = _entry(levels, measure_family(family))
+                except Exception as e:  # a probe must never break a kernel call
+                    entry = {"level": levels[-1], "source": f"default (probe failed: {e!r})"}
+                else:
+                    stored = {k: v for k, v in entry.items() if k != "source"}
+                    fresh = read_cache(cache_path(_key), _key)  # another process may have added
+                    _disk = {**fresh, family: stored}
+                    write_cache(cache_path(_key), _key, _disk)
+        _entries[family] = entry
+        _chosen[family] = entry["level"]
+        return entry["level"]
+
+
+def report(measure_all: bool = True) -> dict:
+    """What the dispatcher chose: CPU, forced level, and family -> entry (level, source, µs)."""
+    out: dict = {"max": _core.isa_max(), "forced": _core._forced}
+    if out["max"] == _core.TORCH:
+        out["families"] = {}
+        return out
+    if measure_all:
+        for fam in FAMILIES:
+            choice(fam)
+    key = _key or cache_key()
+    out.update(cpu=key["cpu"], cache=str(cache_path(key)))
+    out["families"] = {f: dict(e) for f, e in _entries.items()}
+    if _core._forced not in (None, _core.AUTO):
+        for e in out["families"].values():
+            e["used"] = _core._forced
+    return out
+
+
+def summary(measure_all: bool = True) -> str:
+    """One line: the level each family runs at and where it came from."""
+    r = report(measure_all)
+    if r["max"] == _core.TORCH:
+        return "isa: torch (compiled core unavailable)"
+    forced = r["forced"] not in (None, _core.AUTO)
+    parts = []
+    for fam, e in r["families"].items():
+        lv = r["forced"] if forced else e["level"]
+        us = e.get("median_us")
+        detail = " ".join(f"{n} {v:g}" for n, v in us.items()) + " µs" if us else e["source"]
+        parts.append(f"{fam}={lv} ({detail})")
+    head = f"isa ({r['cpu']}; forced {r['forced']})" if forced else f"isa ({r['cpu']})"
+    return f"{head}: " + ", ".join(parts)
