@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 out=docs/results/benchmarks
-all=(bench_ternary_linear bench_decode bench_lmatmul bench_lmul_elementwise bench_attention
+all=(bench_startup bench_ternary_linear bench_decode bench_lmatmul bench_lmul_elementwise bench_attention
      bench_serve bench_train bench_mmfree_torch)
 specs=("$@")
 [ ${#specs[@]} -gt 0 ] || specs=("${all[@]}")

@@ -164,7 +164,9 @@ def cmd_generate(args) -> int:
             f"prefill: {r.prompt_tokens} tokens, {r.prefill_tok_s:.1f} tok/s | "
             f"decode: {len(r.token_ids)} tokens, {r.decode_tok_s:.1f} tok/s | "
             f"first token {r.first_token_s:.2f} s | peak RSS {r.peak_rss_mb:.0f} MiB | "
-            f"seed {r.seed} | stop: {r.stop_reason}\n"
+            f"seed {r.seed} | stop: {r.stop_reason} | {r.engine} engine"
+            + (f", isa {'/'.join(dict.fromkeys(r.isas.values()))}" if r.isas else "")
+            + "\n"
         )
         e = r.energy
         if e is not None:

@@ -93,6 +93,7 @@ class GenerateResult:
     seed: int | None = None  # the seed the sampler used
     engine: str = "torch"  # "lite" (torch-free, mulfree.engine.lite) or "torch" (Decoder)
     first_token_s: float = 0.0  # from the call's start to the first token's text
+    isas: dict = field(default_factory=dict)  # kernel family -> ISA level the decoder ran
 
     @property
     def prefill_tok_s(self) -> float:
@@ -319,7 +320,7 @@ def _generate_lite(config: GenerateConfig, file: Path, on_text, t_start: float) 
     if config.energy:  # after the text: a cached estimate, or one counted step on the torch path
         energy = lite.step_energy(file, config.energy_table)
     return GenerateResult(peak_rss_mb=peak, fused_ifg=dec.fused_ifg, energy=energy, engine="lite",
-                          **r)  # fmt: skip
+                          isas=dict(dec.isas), **r)  # fmt: skip
 
 
 def _generate_torch(config, on_text, model, tokenizer, t_start: float) -> GenerateResult:
@@ -352,4 +353,4 @@ def _generate_torch(config, on_text, model, tokenizer, t_start: float) -> Genera
     last = (r["token_ids"] or ids)[-1]
     step_energy = dec.step_energy([last], config.energy_table) if config.energy else None
     return GenerateResult(peak_rss_mb=peak, fused_ifg=dec.fused_ifg, energy=step_energy,
-                          engine="torch", **r)  # fmt: skip
+                          engine="torch", isas=dict(getattr(dec, "isas", {})), **r)  # fmt: skip
