@@ -10,6 +10,7 @@ from __future__ import annotations
 from mulfree.report.common import Context, Section, demote_headings, missing_line
 
 BENCHMARKS = (
+    "bench_startup",
     "bench_ternary_linear",
     "bench_decode",
     "bench_lmatmul",
