@@ -16,7 +16,6 @@ from safetensors.numpy import load_file as load_np
 from mulfree import kernels
 from mulfree.engine import convert, lite, load_packed
 from mulfree.engine.convert import ConvertConfig
-from mulfree.engine.format import FORMAT_NAME, FORMAT_VERSION
 from mulfree.engine.generate import (
     GenerateConfig,
     _Streamer,
@@ -34,7 +33,6 @@ pytestmark = pytest.mark.skipif(not kernels.available(), reason="needs the compi
 
 
 def test_constants_mirror_the_torch_side():
-    assert (lite.FORMAT_NAME, lite.FORMAT_VERSION) == (FORMAT_NAME, FORMAT_VERSION)
     assert lite.BITLINEAR_NORM_EPS == BITLINEAR_NORM_EPS
 
 

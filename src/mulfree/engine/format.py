@@ -34,13 +34,19 @@ import torch
 
 from mulfree._io import atomic_file
 from mulfree._memory import check_fits_memory
-from mulfree.engine.header import check_against_config, check_metadata_crc, metadata_crc32
+from mulfree.engine.header import (  # noqa: F401  (FORMAT_*, WEIGHTS_FILE, weights_file: re-exported)
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    check_against_config,
+    check_metadata_crc,
+    metadata_crc32,
+    weights_file,
+)
+from mulfree.engine.header import first_line as _first_line
 from mulfree.errors import MulfreeError
 from mulfree.ternary import packing
 
-FORMAT_NAME = "mulfree.packed_hgrn_bit"
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
 TERNARY_FORMATS = packing.FORMATS  # ("tq2", "tq1")
 EMBEDDING_FORMATS = ("int8", "int4", "float32", "bfloat16", "float16")
 INT4_GROUP = 32  # entries per step of an int4 embedding row (llama.cpp Q4_0's block size)
@@ -65,21 +71,6 @@ def tensors_crc32(tensors: dict[str, torch.Tensor]) -> str:
         if t.numel():
             crc = zlib.crc32(t.reshape(-1).view(torch.uint8).numpy(), crc)
     return f"{crc:08x}"
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__
-
-
-def weights_file(path: str | Path) -> Path:
-    """The packed safetensors file of `path` (the file itself, or DIR/model.safetensors)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / WEIGHTS_FILE
-    if not p.is_file():
-        raise MulfreeError(f"packed model not found: {p}")
-    return p
 
 
 # safetensors dtype names -> torch dtypes (the ones a packed file may hold).

@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mulfree.engine.header import WEIGHTS_FILE
 from mulfree.engine.sampler import Sampler, SamplerConfig
 from mulfree.errors import MulfreeError
 
 if TYPE_CHECKING:
     from mulfree.engine.decode import StepEnergy
 
-WEIGHTS_FILE = "model.safetensors"
 ENGINES = ("auto", "lite", "torch")
 
 

@@ -5,8 +5,30 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
+from pathlib import Path
 
 from mulfree.errors import MulfreeError
+
+# The packed format's identity, written into every file's metadata (mulfree.engine.format).
+FORMAT_NAME = "mulfree.packed_hgrn_bit"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+def weights_file(path: str | Path) -> Path:
+    """The packed safetensors file of `path` (the file itself, or DIR/model.safetensors)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / WEIGHTS_FILE
+    if not p.is_file():
+        raise MulfreeError(f"packed model not found: {p}")
+    return p
 
 
 def metadata_crc32(meta: Mapping[str, str]) -> str:

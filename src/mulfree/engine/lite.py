@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from mulfree.engine import plan as P
+from mulfree.engine.header import FORMAT_NAME, FORMAT_VERSION, weights_file
+from mulfree.engine.header import first_line as _first_line
 from mulfree.errors import MulfreeError
 
-FORMAT_NAME = "mulfree.packed_hgrn_bit"  # = mulfree.engine.format.FORMAT_NAME (tested)
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
 BITLINEAR_NORM_EPS = 1e-8  # = mulfree.ternary.bitlinear.BITLINEAR_NORM_EPS (tested)
 INT4_GROUP = 32
 
@@ -43,15 +42,6 @@ def _core():
     except ImportError as e:
         raise MulfreeError(f"the compiled core is not available ({e})") from None
     return _C
-
-
-def weights_file(path: str | Path) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        p = p / WEIGHTS_FILE
-    if not p.is_file():
-        raise MulfreeError(f"packed model not found: {p}")
-    return p
 
 
 def _intermediate(cfg: dict) -> int:
@@ -225,11 +215,6 @@ class LiteModel:
     def exact(self) -> bool:
         """False for the multiplication-free (L-Mul elementwise) model, which needs torch."""
         return self.config.get("elementwise_mul", "exact") == "exact"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def read_metadata(file: Path) -> dict[str, str]:
