@@ -90,3 +90,27 @@ def test_detokenizer_rebuilds_the_text(backend):
     d = Detokenizer(backend, prompt)
     out = "".join(d.add(t) for t in ids) + d.flush()
     assert out == text
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_penalties_and_bias_are_the_twins_of_the_numpy_sampler(seed):
+    """Greedy after penalties: the torch and NumPy samplers pick the same token (float32 both)."""
+    import numpy as np
+
+    from mulfree.engine.sampler import penalize
+
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(200, generator=g) * 3
+    history = torch.randint(0, 200, (90,), generator=g).tolist()
+    p = SamplingParams(temperature=0, repeat_penalty=1.3, repeat_last_n=64,
+                       presence_penalty=0.7, frequency_penalty=0.4)  # fmt: skip
+    from mulfree.serve.sampling import _adjust
+
+    want = penalize(logits.numpy(), history, p.sampler_config())
+    assert np.array_equal(_adjust(logits, p, history).numpy(), want)
+    assert sample(logits, p, make_generator(0), history) == int(np.argmax(want))
+    biased = SamplingParams(temperature=0, logit_bias=((7, 100.0),))
+    assert sample(logits, biased, make_generator(0)) == 7
+    assert sample_batch(logits.expand(3, 200), [biased, p, SamplingParams(temperature=0)],
+                        [make_generator(0)] * 3, [(), history, ()]) == [  # fmt: skip
+        7, int(np.argmax(want)), int(logits.argmax())]

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from mulfree.engine.decode import StepEnergy
 
 ENGINES = ("auto", "lite", "torch")
+_DEFAULTS = SamplerConfig()
 
 
 @dataclass
@@ -42,12 +43,15 @@ class GenerateConfig:
     model: str | None = None  # packed file/dir or checkpoint dir; None = the bundled model
     tokenizer: str | None = None  # default: the model's directory
     max_tokens: int = 128
-    temperature: float = 0.8  # 0 = greedy; the sampling defaults are llama.cpp's
-    top_k: int = 40  # 0 = off
-    top_p: float = 0.95  # 1 = off
-    min_p: float = 0.05  # 0 = off
-    repeat_penalty: float = 1.0  # 1 = off
-    repeat_last_n: int = 64
+    # Sampling: the shared defaults (SamplerConfig(), llama.cpp's), as the server's and page's.
+    temperature: float = _DEFAULTS.temperature  # 0 = greedy
+    top_k: int = _DEFAULTS.top_k  # 0 = off
+    top_p: float = _DEFAULTS.top_p  # 1 = off
+    min_p: float = _DEFAULTS.min_p  # 0 = off
+    repeat_penalty: float = _DEFAULTS.repeat_penalty  # 1 = off
+    repeat_last_n: int = _DEFAULTS.repeat_last_n
+    presence_penalty: float = _DEFAULTS.presence_penalty  # 0 = off
+    frequency_penalty: float = _DEFAULTS.frequency_penalty  # 0 = off
     seed: int | None = None  # None: a random seed (reported in the result, to rerun it)
     threads: int | None = None  # kernel + torch threads (default: one per core)
     stop_on_eos: bool = True
@@ -75,7 +79,8 @@ class GenerateConfig:
     @property
     def sampler(self) -> SamplerConfig:
         return SamplerConfig(self.temperature, self.top_k, self.top_p, self.min_p,
-                             self.repeat_penalty, self.repeat_last_n)  # fmt: skip
+                             self.repeat_penalty, self.repeat_last_n, self.presence_penalty,
+                             self.frequency_penalty)  # fmt: skip
 
 
 @dataclass

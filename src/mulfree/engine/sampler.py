@@ -1,9 +1,12 @@
 """Next-token sampling for `mulfree generate`, in NumPy (the packed engine's path imports no torch).
 
-Defaults are llama.cpp's (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, no repeat
-penalty), as users of a local CLI expect; temperature 0 is greedy. The order is that of
-`mulfree.serve.sampling.sample` (the server's, in torch), whose twin this is: repeat penalty ->
-temperature -> top-k -> top-p -> min-p -> one uniform draw inverting the CDF. For equal logits
+Defaults are llama.cpp's (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, no penalties),
+as users of a local CLI expect; temperature 0 is greedy. `SamplerConfig()` is the one source of
+these defaults: `mulfree generate`, the server (a request that gives none) and its web page all
+read them from here. The order is that of `mulfree.serve.sampling.sample` (the server's, in
+torch), whose twin this is: penalties (repeat, presence, frequency over the last
+`repeat_last_n` tokens, as llama.cpp) -> temperature -> top-k -> top-p -> min-p -> one uniform
+draw inverting the CDF. For equal logits
 and an equal uniform number both give the same token (tests/engine/test_sampler.py).
 """
 
@@ -25,6 +28,10 @@ class SamplerConfig:
     min_p: float = 0.05  # 0 = off: drop tokens below min_p x the most likely one's probability
     repeat_penalty: float = 1.0  # 1 = off; > 1 discourages the last `repeat_last_n` tokens
     repeat_last_n: int = 64
+    # OpenAI's: subtract presence_penalty once from a token seen in the window, frequency_penalty
+    # once per time it was seen (0 = off; llama.cpp applies them over the same window).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     def __post_init__(self):
         if not self.temperature >= 0:
@@ -39,19 +46,32 @@ class SamplerConfig:
             raise MulfreeError(f"repeat_penalty must be > 0 (1 = off), got {self.repeat_penalty!r}")
         if not isinstance(self.repeat_last_n, int) or self.repeat_last_n < 0:
             raise MulfreeError(f"repeat_last_n must be >= 0, got {self.repeat_last_n!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise MulfreeError(f"{name} must be in [-2, 2], got {getattr(self, name)!r}")
+
+    @property
+    def penalizes(self) -> bool:
+        return bool(self.repeat_last_n) and (
+            self.repeat_penalty != 1.0 or self.presence_penalty != 0 or self.frequency_penalty != 0
+        )
 
 
 def penalize(logits: np.ndarray, history: Sequence[int], cfg: SamplerConfig) -> np.ndarray:
-    """llama.cpp's repeat penalty: a recent token's logit is divided by the penalty when
-    positive, multiplied when negative (each distinct token once)."""
-    if cfg.repeat_penalty == 1.0 or not cfg.repeat_last_n or not history:
+    """llama.cpp's penalties over the last `repeat_last_n` tokens: a recent token's logit is
+    divided by repeat_penalty when positive, multiplied when negative (each distinct token
+    once), then lowered by presence_penalty + count x frequency_penalty."""
+    if not cfg.penalizes or not history:
         return logits
-    recent = np.unique(np.asarray(history[-cfg.repeat_last_n :], dtype=np.int64))
+    recent, count = np.unique(
+        np.asarray(history[-cfg.repeat_last_n :], dtype=np.int64), return_counts=True
+    )
     out = logits.copy()
     v = out[recent]
-    out[recent] = np.where(
-        v > 0, v / np.float32(cfg.repeat_penalty), v * np.float32(cfg.repeat_penalty)
-    )
+    v = np.where(v > 0, v / np.float32(cfg.repeat_penalty), v * np.float32(cfg.repeat_penalty))
+    flat = np.float32(cfg.presence_penalty)
+    v = v - (flat + count.astype(np.float32) * np.float32(cfg.frequency_penalty))
+    out[recent] = v
     return out
 
 

@@ -15,11 +15,10 @@ import asyncio
 import hmac
 import json
 import logging
-import math
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -27,17 +26,25 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
+from mulfree.engine.sampler import SamplerConfig
 from mulfree.kernels.memory import trim_heap
 from mulfree.serve.backends import Backend
 from mulfree.serve.config import ServeConfig
 from mulfree.serve.metrics import Metrics
 from mulfree.serve.page import PAGE_HTML
-from mulfree.serve.sampling import SamplingParams
+from mulfree.serve.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    RequestError,
+    SamplingRequest,
+    openapi,
+    parse,
+)
+from mulfree.serve.sampling import SamplingParams, TokenLogprob
 from mulfree.serve.scheduler import Failed, Finished, GenRequest, QueueFull, Scheduler
 
-MAX_STOP = 4  # OpenAI allows up to 4 stop sequences
-ENDPOINTS = ("/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions")
-ROLES = ("system", "developer", "user", "assistant", "tool")
+ENDPOINTS = ("/", "/health", "/metrics", "/openapi.json", "/v1/models", "/v1/completions",
+             "/v1/chat/completions")  # fmt: skip
 # Refused bodies (too large, unauthenticated) are read and dropped up to this size so that the
 # client gets the error response; beyond it the connection is simply closed.
 DRAIN_BYTES = 64 << 20
@@ -105,16 +112,39 @@ class ApiError(Exception):
 
 @dataclass
 class Job:
-    """A validated generation request, before submission."""
+    """One choice of a validated generation request, before submission."""
 
-    prompt_ids: list[int]
+    index: int  # the choice's index in the response
+    prompt_ids: list[int]  # shared by the choices of one prompt
     max_tokens: int
     params: SamplingParams
     seed: int
     stop: tuple[str, ...]
-    stream: bool
-    include_usage: bool
     ignore_eos: bool
+    logprobs: int | None  # None: no logprobs; else this many alternatives per token
+    prompt_logprobs: bool  # the prompt's too (completions' echo + logprobs)
+    echo: str  # text put before the generated text ("" without echo)
+
+
+@dataclass
+class _Choice:
+    """What arrived for one choice: text pieces, sampled tokens' logprobs, the end."""
+
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    fin: Finished | None = None
+
+    def add(self, ev) -> None:
+        self.logprobs += ev.logprobs
+        if isinstance(ev, Finished):
+            self.fin = ev
+        else:
+            self.text.append(ev.text)
+
+
+def _prompt_tokens(jobs: list[Job]) -> int:
+    """Prompt tokens of a request, each prompt once however many choices it has."""
+    return sum(len(p) for p in {id(j.prompt_ids): j.prompt_ids for j in jobs}.values())
 
 
 class App:
@@ -142,6 +172,7 @@ class App:
         )
         self.created = int(time.time())
         self.energy = None  # mulfree.serve.energy.ServeEnergy when a meter is on
+        self._token_texts: dict[int, str] = {}  # token id -> its text, for logprobs
 
     # --- plumbing --------------------------------------------------------------------------
     def _auth(self, request: Request) -> None:
@@ -234,12 +265,9 @@ class App:
                 ) from None  # fmt: skip
         return data
 
-    def _check_model(self, data: dict) -> None:
-        model = data.get("model")
+    def _check_model(self, model: str | None) -> None:
         if model is None:
             return  # the one served model
-        if not isinstance(model, str):
-            raise ApiError(400, "'model' must be a string", param="model")
         if model != self.backend.model_id:
             raise ApiError(
                 404,
@@ -248,99 +276,92 @@ class App:
                 code="model_not_found",
             )
 
-    def _job(self, data: dict, prompt_ids: list[int], *, chat: bool) -> Job:
-        def number(name, default, lo, hi, *, integer=False):
-            v = data.get(name, default)
-            if v is None:
-                v = default
-            ok = isinstance(v, int) if integer else isinstance(v, int | float)
-            if isinstance(v, bool) or not ok or (isinstance(v, float) and not math.isfinite(v)):
-                raise ApiError(
-                    400, f"'{name}' must be {'an integer' if integer else 'a number'}", param=name
-                )
-            if not lo <= v <= hi:
-                raise ApiError(400, f"'{name}' must be between {lo} and {hi}, got {v}", param=name)
-            return v
+    def _params(self, body: SamplingRequest) -> SamplingParams:
+        """The request's sampling: its fields over the shared defaults (SamplerConfig())."""
+        given = {
+            "temperature": body.temperature,
+            "top_p": body.top_p,
+            "top_k": None if body.top_k is None else max(body.top_k, 0),
+            "min_p": body.min_p,
+            "repeat_penalty": body.repetition_penalty,
+            "repeat_last_n": body.repeat_last_n,
+            "presence_penalty": body.presence_penalty,
+            "frequency_penalty": body.frequency_penalty,
+        }
+        vocab = self.backend.vocab_size
+        if body.top_k is not None and body.top_k > vocab:
+            raise ApiError(400, f"'top_k' must be at most the vocabulary size {vocab}", param="top_k")
+        bias = []
+        for key, b in (body.logit_bias or {}).items():
+            if int(key) >= vocab:
+                raise ApiError(400, f"'logit_bias': token id {key} is outside the vocabulary "
+                               f"(size {vocab})", param="logit_bias")  # fmt: skip
+            bias.append((int(key), float(b)))
+        return SamplingParams.defaults(
+            **{k: v for k, v in given.items() if v is not None}, logit_bias=tuple(bias)
+        )
 
-        number("n", 1, 1, 1, integer=True)  # one choice per request
-        if data.get("logprobs") not in (None, False) or data.get("top_logprobs") is not None:
-            raise ApiError(400, "logprobs are not supported", param="logprobs")
-        if not prompt_ids:
-            bos = getattr(self.backend.tokenizer, "bos_token_id", None)
-            if bos is None:
-                raise ApiError(400, "the prompt is empty", param="messages" if chat else "prompt")
-            prompt_ids = [bos]
-        room = self.max_context - len(prompt_ids)
-        if len(prompt_ids) > self.max_prompt or room < 1:
-            raise ApiError(
-                400,
-                f"the prompt has {len(prompt_ids)} tokens; this server takes at "
-                f"most {min(self.max_prompt, self.max_context - 1)}",
-                param="messages" if chat else "prompt",
-                code="context_length_exceeded",
-            )
-        name = "max_tokens"
-        if chat and data.get("max_completion_tokens") is not None:
-            name = "max_completion_tokens"
-        if data.get(name) is None:
-            max_tokens = min(self.config.default_max_tokens, room)
+    def _jobs(self, body: SamplingRequest, prompts: list[list[int]], echoes: list[str], *,
+              chat: bool) -> list[Job]:  # fmt: skip
+        """One Job per (prompt, choice), in the API's choice order (prompt-major)."""
+        param = "messages" if chat else "prompt"
+        if chat:
+            top = body.top_logprobs
+            if top is not None and not body.logprobs:
+                raise ApiError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+            logprobs = (top or 0) if body.logprobs else None
         else:
-            max_tokens = number(name, None, 1, self.config.max_tokens_limit, integer=True)
-            if max_tokens > room:
+            logprobs = body.logprobs
+        prompt_logprobs = body.echo and logprobs is not None and not chat
+        if body.stream and prompt_logprobs:
+            raise ApiError(400, "'echo' with 'logprobs' is not supported when streaming",
+                           param="echo")  # fmt: skip
+        params = self._params(body)
+        name, limit = "max_tokens", body.max_tokens
+        if chat and body.max_completion_tokens is not None:
+            name, limit = "max_completion_tokens", body.max_completion_tokens
+        if limit is not None and limit > self.config.max_tokens_limit:
+            raise ApiError(400, f"'{name}' must be at most {self.config.max_tokens_limit}, got "
+                           f"{limit}", param=name)  # fmt: skip
+        seed = body.seed
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little") >> 1
+        jobs = []
+        for j, ids in enumerate(prompts):
+            if not ids:
+                bos = getattr(self.backend.tokenizer, "bos_token_id", None)
+                if bos is None:
+                    raise ApiError(400, "the prompt is empty", param=param)
+                ids = [bos]
+            room = self.max_context - len(ids)
+            if len(ids) > self.max_prompt or room < 1:
                 raise ApiError(
                     400,
-                    f"prompt ({len(prompt_ids)} tokens) + {name} ({max_tokens}) "
+                    f"the prompt has {len(ids)} tokens; this server takes at "
+                    f"most {min(self.max_prompt, self.max_context - 1)}",
+                    param=param,
+                    code="context_length_exceeded",
+                )
+            if limit is None:
+                max_tokens = min(self.config.default_max_tokens, room)
+            elif limit > room:
+                raise ApiError(
+                    400,
+                    f"prompt ({len(ids)} tokens) + {name} ({limit}) "
                     f"exceed the context length {self.max_context}",
                     param=name,
                     code="context_length_exceeded",
                 )
-        # llama.cpp's defaults, as `mulfree generate` (mulfree.engine.sampler.SamplerConfig)
-        temperature = float(number("temperature", 0.8, 0.0, 2.0))
-        top_p = float(number("top_p", 0.95, 0.0, 1.0))
-        if top_p <= 0:
-            raise ApiError(400, "'top_p' must be > 0", param="top_p")
-        top_k = number("top_k", 40, -1, self.backend.vocab_size, integer=True)
-        min_p = float(number("min_p", 0.05, 0.0, 1.0))
-        seed = data.get("seed")
-        if seed is None:
-            seed = int.from_bytes(os.urandom(8), "little") >> 1
-        elif isinstance(seed, bool) or not isinstance(seed, int):
-            raise ApiError(400, "'seed' must be an integer", param="seed")
-        stop = data.get("stop")
-        if stop is None:
-            stop = []
-        elif isinstance(stop, str):
-            stop = [stop]
-        if (
-            not isinstance(stop, list)
-            or len(stop) > MAX_STOP
-            or not all(isinstance(s, str) and s for s in stop)
-        ):
-            raise ApiError(
-                400,
-                f"'stop' must be a non-empty string or a list of at most "
-                f"{MAX_STOP} non-empty strings",
-                param="stop",
-            )
-        stream = data.get("stream", False)
-        if not isinstance(stream, bool):
-            raise ApiError(400, "'stream' must be a boolean", param="stream")
-        opts = data.get("stream_options") or {}
-        if not isinstance(opts, dict):
-            raise ApiError(400, "'stream_options' must be an object", param="stream_options")
-        ignore_eos = data.get("ignore_eos", False)
-        if not isinstance(ignore_eos, bool):
-            raise ApiError(400, "'ignore_eos' must be a boolean", param="ignore_eos")
-        return Job(
-            prompt_ids,
-            max_tokens,
-            SamplingParams(temperature, top_p, max(top_k, 0), min_p),
-            seed % (1 << 63),
-            tuple(stop),
-            stream,
-            bool(opts.get("include_usage")),
-            ignore_eos,
-        )
+            else:
+                max_tokens = limit
+            for k in range(body.n):
+                jobs.append(Job(
+                    index=len(jobs), prompt_ids=ids, max_tokens=max_tokens, params=params,
+                    seed=(seed + k) % (1 << 63), stop=body.stops, ignore_eos=body.ignore_eos,
+                    logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+                    echo=echoes[j] if body.echo else "",
+                ))  # fmt: skip
+        return jobs
 
     def _check_text(self, text: str, param: str) -> None:
         """Refuse, before tokenizing, text that is not valid Unicode or that surely has more
@@ -377,84 +398,61 @@ class App:
                 )
         return self.backend.encode(text)
 
-    def _completion_prompt(self, data: dict) -> list[int]:
-        prompt = data.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
-            prompt = prompt[0]  # a batch of one
-        if isinstance(prompt, str):
-            self._check_text(prompt, "prompt")
-            return self._encode(prompt, "prompt")
-        if isinstance(prompt, list) and all(
-            isinstance(t, int) and not isinstance(t, bool) for t in prompt
-        ):
-            if any(not 0 <= t < self.backend.vocab_size for t in prompt):
-                raise ApiError(400, "a prompt token id is outside the vocabulary", param="prompt")
-            return list(prompt)
-        if prompt is None:
-            raise ApiError(400, "'prompt' is required", param="prompt")
-        raise ApiError(
-            400,
-            "'prompt' must be a string, a list of token ids, or a list of one of "
-            "those (one prompt per request)",
-            param="prompt",
-        )
+    def _completion_prompts(self, body: CompletionRequest) -> tuple[list[list[int]], list[str]]:
+        """Token ids of each prompt, and its text (for echo)."""
+        ids, texts = [], []
+        for p in body.prompts():
+            if isinstance(p, str):
+                self._check_text(p, "prompt")
+                ids.append(self._encode(p, "prompt"))
+                texts.append(p)
+            else:
+                if any(not 0 <= t < self.backend.vocab_size for t in p):
+                    raise ApiError(400, "a prompt token id is outside the vocabulary", param="prompt")
+                ids.append(list(p))
+                texts.append(self.backend.decode(list(p)) if body.echo else "")
+        return ids, texts
 
-    def _chat_prompt(self, data: dict) -> list[int]:
-        messages = data.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise ApiError(400, "'messages' must be a non-empty list", param="messages")
-        clean = []
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in ROLES:
-                raise ApiError(
-                    400, f"messages[{i}] needs a 'role' among {', '.join(ROLES)}", param="messages"
-                )
-            content = m.get("content")
-            if isinstance(content, list):  # content parts: text only
-                if not all(
-                    isinstance(p, dict)
-                    and p.get("type") == "text"
-                    and isinstance(p.get("text"), str)
-                    for p in content
-                ):
-                    raise ApiError(
-                        400, f"messages[{i}].content parts must be text parts", param="messages"
-                    )
-                content = "".join(p["text"] for p in content)
-            elif content is None and m["role"] == "assistant":
-                content = ""
-            if not isinstance(content, str):
-                raise ApiError(400, f"messages[{i}].content must be a string", param="messages")
-            clean.append({"role": m["role"], "content": content})
+    def _chat_prompts(self, body: ChatCompletionRequest) -> tuple[list[list[int]], list[str]]:
+        clean = [{"role": m.role, "content": m.text()} for m in body.messages]
         for m in clean:  # before the template: a huge message is refused without copying it
             self._check_text(m["content"], "messages")
         text = self.backend.chat_prompt(clean)
         self._check_text(text, "messages")
-        return self._encode(text, "messages")
+        # echo (vLLM's): the reply continues a final assistant message, which is repeated
+        echo = clean[-1]["content"] if clean[-1]["role"] == "assistant" else ""
+        return [self._encode(text, "messages")], [echo]
 
     # --- generation ------------------------------------------------------------------------
-    def _submit(self, job: Job) -> GenRequest:
-        req = GenRequest(
-            job.prompt_ids,
-            job.max_tokens,
-            job.params,
-            job.seed,
-            job.stop,
-            job.ignore_eos,
-            timeout_s=self.config.request_timeout_s,
-        )
-        try:
-            self.scheduler.submit(req)
-        except QueueFull:
-            raise ApiError(
-                429,
-                f"the server is busy: all {self.scheduler.capacity} request slots "
-                "are taken; retry shortly",
-                type_="rate_limit_error",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": "1"},
-            ) from None
-        return req
+    def _submit(self, jobs: list[Job]) -> list[GenRequest]:
+        reqs = []
+        for job in jobs:
+            req = GenRequest(
+                job.prompt_ids,
+                job.max_tokens,
+                job.params,
+                job.seed,
+                job.stop,
+                job.ignore_eos,
+                timeout_s=self.config.request_timeout_s,
+                logprobs=job.logprobs,
+                prompt_logprobs=job.prompt_logprobs,
+            )
+            try:
+                self.scheduler.submit(req)
+            except QueueFull:
+                for r in reqs:  # all or nothing
+                    self.scheduler.cancel(r)
+                raise ApiError(
+                    429,
+                    f"the server is busy: all {self.scheduler.capacity} request slots "
+                    "are taken; retry shortly",
+                    type_="rate_limit_error",
+                    code="rate_limit_exceeded",
+                    headers={"Retry-After": "1"},
+                ) from None
+            reqs.append(req)
+        return reqs
 
     @staticmethod
     def _failure(ev: Failed) -> ApiError:
@@ -462,31 +460,53 @@ class App:
             return ApiError(408, ev.message, type_="timeout_error", code="timeout")
         return ApiError(500, ev.message, type_="server_error", code="server_error")
 
-    async def _collect(self, request: Request, req: GenRequest):
-        """Wait for a non-streaming request; cancel it if the client goes away meanwhile.
+    @staticmethod
+    def _merge(reqs: list[GenRequest]) -> tuple[asyncio.Queue, list[asyncio.Task]]:
+        """One queue of (index, event) fed from every request's queue; the tasks feeding it
+        end after the request's Finished or Failed (cancel them when done)."""
+        merged: asyncio.Queue = asyncio.Queue()
+
+        async def pump(i: int, req: GenRequest):
+            while True:
+                ev = await req.events.get()
+                merged.put_nowait((i, ev))
+                if isinstance(ev, Finished | Failed):
+                    return
+
+        return merged, [asyncio.ensure_future(pump(i, r)) for i, r in enumerate(reqs)]
+
+    async def _collect(self, request: Request, reqs: list[GenRequest]):
+        """Wait for non-streaming requests; cancel them if the client goes away meanwhile.
 
         The client is checked every DISCONNECT_POLL_S seconds of wall time, whether or not
-        tokens keep arriving."""
+        tokens keep arriving. Returns one _Choice per request, or None when the client left."""
         loop = asyncio.get_running_loop()
-        text = []
+        out = [_Choice() for _ in reqs]
+        merged, tasks = self._merge(reqs)
+        left = len(reqs)
         next_check = loop.time() + DISCONNECT_POLL_S
-        while True:
-            try:
-                wait = max(0.0, next_check - loop.time())
-                ev = await asyncio.wait_for(req.events.get(), wait)
-            except TimeoutError:
-                ev = None
-            if loop.time() >= next_check:
-                if await request.is_disconnected():
-                    self.scheduler.cancel(req)
-                    return None, None
-                next_check = loop.time() + DISCONNECT_POLL_S
-            if isinstance(ev, Finished):
-                return "".join(text), ev
-            if isinstance(ev, Failed):
-                raise self._failure(ev)
-            if ev is not None:
-                text.append(ev.text)
+        try:
+            while left:
+                try:
+                    wait = max(0.0, next_check - loop.time())
+                    i, ev = await asyncio.wait_for(merged.get(), wait)
+                except TimeoutError:
+                    ev = None
+                if loop.time() >= next_check:
+                    if await request.is_disconnected():
+                        return None
+                    next_check = loop.time() + DISCONNECT_POLL_S
+                if isinstance(ev, Failed):
+                    raise self._failure(ev)
+                if ev is not None:
+                    out[i].add(ev)
+                    left -= isinstance(ev, Finished)
+            return out
+        finally:
+            for t in tasks:
+                t.cancel()
+            for r in reqs:  # a no-op for those that finished
+                self.scheduler.cancel(r)
 
     async def _generate(self, request: Request, chat: bool):
         try:
@@ -496,136 +516,176 @@ class App:
             await self._drain(request.stream())
             raise
         data = await self._read_json(request)
-        self._check_model(data)
+        try:
+            body = parse(ChatCompletionRequest if chat else CompletionRequest, data)
+        except RequestError as e:
+            raise ApiError(400, e.message, param=e.param) from None
+        self._check_model(body.model)
         if self.energy is not None and (spent := self.energy.exhausted()):
             raise ApiError(503, spent, type_="server_error", code="energy_budget_exhausted")
         # Tokenizing a long prompt takes a while: keep it off the event loop.
-        to_ids = self._chat_prompt if chat else self._completion_prompt
+        to_ids = self._chat_prompts if chat else self._completion_prompts
         large = int(request.headers.get("content-length") or 0) > TRIM_AFTER_BYTES
         try:
-            ids = await asyncio.to_thread(to_ids, data)
+            prompts, echoes = await asyncio.to_thread(to_ids, body)
         finally:
             if large:  # return the parse/tokenize buffers of a large request to the OS
                 await asyncio.to_thread(trim_heap)
-        job = self._job(data, ids, chat=chat)
+        jobs = self._jobs(body, prompts, echoes, chat=chat)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
         metered = self.energy.mark(self.metrics.completion_tokens) if self.energy else None
-        req = self._submit(job)
+        reqs = self._submit(jobs)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
-        if job.stream:
+        if body.stream:
             return _GenerationStream(
-                self._sse(req, job, rid, created, chat),
-                on_close=lambda: self.scheduler.cancel(req),
+                self._sse(reqs, jobs, rid, created, chat, include_usage),
+                on_close=lambda: [self.scheduler.cancel(r) for r in reqs],
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        try:
-            text, fin = await self._collect(request, req)
-        except BaseException:
-            self.scheduler.cancel(req)
-            raise
-        if fin is None:  # client gone: nobody to answer
+        choices = await self._collect(request, reqs)
+        if choices is None:  # client gone: nobody to answer
             return PlainTextResponse("", status_code=499)
-        usage = _usage(fin.prompt_tokens, fin.completion_tokens)
+        completion = sum(c.fin.completion_tokens for c in choices)
+        usage = _usage(_prompt_tokens(jobs), completion)
         if metered is not None:  # this request's share of the measured energy
-            usage.update(
-                self.energy.charge(metered, self.metrics.completion_tokens, fin.completion_tokens)
-            )
-        if chat:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": fin.reason,
-            }
-            body = {
-                "id": rid,
-                "object": "chat.completion",
-                "created": created,
-                "model": self.backend.model_id,
-                "choices": [choice],
-                "usage": usage,
-            }
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": fin.reason}
-            body = {
-                "id": rid,
-                "object": "text_completion",
-                "created": created,
-                "model": self.backend.model_id,
-                "choices": [choice],
-                "usage": usage,
-            }
+            usage.update(self.energy.charge(metered, self.metrics.completion_tokens, completion))
+        out = []
+        for job, c in zip(jobs, choices, strict=True):
+            text = job.echo + "".join(c.text)
+            lp = self._logprobs(job, c, chat=chat)
+            if chat:
+                out.append({"index": job.index, "message": {"role": "assistant", "content": text},
+                            "logprobs": lp, "finish_reason": c.fin.reason})  # fmt: skip
+            else:
+                out.append({"index": job.index, "text": text, "logprobs": lp,
+                            "finish_reason": c.fin.reason})  # fmt: skip
+        body = {
+            "id": rid,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": created,
+            "model": self.backend.model_id,
+            "choices": out,
+            "usage": usage,
+        }
         return JSONResponse(body)
 
-    async def _sse(self, req: GenRequest, job: Job, rid: str, created: int, chat: bool):
+    # --- log-probabilities, as the API spells them -------------------------------------------
+    def _token_text(self, tok: int) -> str:
+        text = self._token_texts.get(tok)
+        if text is None:
+            text = self.backend.tokenizer.decode([tok], skip_special_tokens=False)
+            self._token_texts[tok] = text
+        return text
+
+    def _logprobs(self, job: Job, c: _Choice, *, chat: bool, start: int = 0) -> dict | None:
+        """The choice's `logprobs` object: chat's {"content": [...]} or completions' four
+        parallel lists (with echo + logprobs, the prompt's positions come first)."""
+        if job.logprobs is None:
+            return None
+        if chat:
+            def entry(tok: int, lp: float) -> dict:
+                t = self._token_text(tok)
+                return {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))}
+
+            return {"content": [
+                {**entry(e.token, e.logprob), "top_logprobs": [entry(t, v) for t, v in e.top]}
+                for e in c.logprobs
+            ]}  # fmt: skip
+        tokens, values, tops, offsets = [], [], [], []
+        pos = start
+
+        def add(tok: int, lp: float | None, top: dict | None):
+            nonlocal pos
+            text = self._token_text(tok)
+            tokens.append(text)
+            values.append(lp)
+            tops.append(top)
+            offsets.append(pos)
+            pos += len(text)
+
+        entries = list(c.logprobs)
+        if job.prompt_logprobs:
+            add(job.prompt_ids[0], None, None)
+            entries = c.fin.prompt_logprobs + entries
+        for e in entries:
+            # keyed by text, as OpenAI's format has it: the token itself first, so that an
+            # alternative decoding to the same text (a byte token) cannot overwrite its value
+            top = {self._token_text(e.token): e.logprob}
+            for t, v in e.top:
+                top.setdefault(self._token_text(t), v)
+            add(e.token, e.logprob, top)
+        return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops,
+                "text_offset": offsets}  # fmt: skip
+
+    async def _sse(self, reqs: list[GenRequest], jobs: list[Job], rid: str, created: int,
+                   chat: bool, include_usage: bool):  # fmt: skip
         obj = "chat.completion.chunk" if chat else "text_completion"
         model = self.backend.model_id
 
-        def chunk(delta_text: str | None, finish: str | None, *, role=False) -> str:
+        def chunk(job: Job, delta_text: str | None, finish: str | None, *, role=False,
+                  lp: list | None = None) -> str:  # fmt: skip
+            logprobs = None
+            if lp and job.logprobs is not None:
+                logprobs = self._logprobs(job, _Choice(logprobs=lp), chat=chat)
             if chat:
                 delta = (
                     {"role": "assistant", "content": ""}
                     if role
                     else ({} if delta_text is None else {"content": delta_text})
                 )
-                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                choice = {"index": job.index, "delta": delta, "logprobs": logprobs,
+                          "finish_reason": finish}  # fmt: skip
             else:
-                choice = {
-                    "index": 0,
-                    "text": delta_text or "",
-                    "logprobs": None,
-                    "finish_reason": finish,
-                }
-            body = {
-                "id": rid,
-                "object": obj,
-                "created": created,
-                "model": model,
-                "choices": [choice],
-            }
-            if job.include_usage:
+                choice = {"index": job.index, "text": delta_text or "", "logprobs": logprobs,
+                          "finish_reason": finish}  # fmt: skip
+            body = {"id": rid, "object": obj, "created": created, "model": model,
+                    "choices": [choice]}  # fmt: skip
+            if include_usage:
                 body["usage"] = None
             return f"data: {json.dumps(body)}\n\n"
 
-        finished = False
+        merged, tasks = self._merge(reqs)
+        left = len(reqs)
+        completion = 0
         try:
-            if chat:
-                yield chunk(None, None, role=True)
-            while True:
-                ev = await req.events.get()
+            for job in jobs:
+                if chat:
+                    yield chunk(job, None, None, role=True)
+                if job.echo:
+                    yield chunk(job, job.echo, None)
+            while left:
+                i, ev = await merged.get()
+                job = jobs[i]
                 if isinstance(ev, Finished):
-                    yield chunk(None, ev.reason)
-                    if job.include_usage:
-                        body = {
-                            "id": rid,
-                            "object": obj,
-                            "created": created,
-                            "model": model,
-                            "choices": [],
-                            "usage": _usage(ev.prompt_tokens, ev.completion_tokens),
-                        }
-                        yield f"data: {json.dumps(body)}\n\n"
-                    break
+                    if ev.logprobs:
+                        yield chunk(job, "" if not chat else None, None, lp=ev.logprobs)
+                    yield chunk(job, None, ev.reason)
+                    completion += ev.completion_tokens
+                    left -= 1
+                    continue
                 if isinstance(ev, Failed):
                     err = self._failure(ev)
-                    body = {
-                        "error": {
-                            "message": err.message,
-                            "type": err.type,
-                            "param": None,
-                            "code": err.code,
-                        }
-                    }
+                    body = {"error": {"message": err.message, "type": err.type, "param": None,
+                                      "code": err.code}}  # fmt: skip
                     yield f"data: {json.dumps(body)}\n\n"
                     break
-                yield chunk(ev.text, None)
+                yield chunk(job, ev.text, None, lp=ev.logprobs)
+            else:
+                if include_usage:
+                    prompt = _prompt_tokens(jobs)
+                    body = {"id": rid, "object": obj, "created": created, "model": model,
+                            "choices": [], "usage": _usage(prompt, completion)}  # fmt: skip
+                    yield f"data: {json.dumps(body)}\n\n"
             yield "data: [DONE]\n\n"
-            finished = True
         finally:
-            # A client that disconnects mid-stream cancels this generator: free its slot now.
-            if not finished:
-                self.scheduler.cancel(req)
+            for t in tasks:
+                t.cancel()
+            # A client that disconnects mid-stream cancels this generator, and one failed choice
+            # ends the stream: free every slot now (a no-op for those that finished).
+            for r in reqs:
+                self.scheduler.cancel(r)
 
     # --- routes ----------------------------------------------------------------------------
     async def completions(self, request: Request):
@@ -656,6 +716,9 @@ class App:
                 code="model_not_found",
             )
         return JSONResponse(self._model_card())
+
+    async def openapi_json(self, request: Request):
+        return JSONResponse(openapi())
 
     async def health(self, request: Request):
         active, waiting = self.scheduler.counts()
@@ -688,7 +751,10 @@ class App:
         for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):  # fmt: skip
             literal = literal.replace(ch, esc)
-        return HTMLResponse(PAGE_HTML.replace("{{MODEL_ID}}", literal))
+        d = SamplerConfig()  # the shared defaults, as a request without sampling fields gets
+        html = PAGE_HTML.replace("{{TEMPERATURE}}", repr(d.temperature))
+        html = html.replace("{{TOP_P}}", repr(d.top_p))
+        return HTMLResponse(html.replace("{{MODEL_ID}}", literal))
 
 
 class _GenerationStream(StreamingResponse):
@@ -753,6 +819,7 @@ def build_app(config: ServeConfig, backend: Backend, *, estimate_energy: bool = 
         Route("/", wrap("/", state.page), methods=["GET"]),
         Route("/health", wrap("/health", state.health), methods=["GET"]),
         Route("/metrics", wrap("/metrics", state.metrics_text), methods=["GET"]),
+        Route("/openapi.json", wrap("/openapi.json", state.openapi_json), methods=["GET"]),
         Route("/v1/models", wrap("/v1/models", state.models), methods=["GET"]),
         Route("/v1/models/{model_id:path}", wrap("/v1/models", state.model), methods=["GET"]),
         Route("/v1/completions", wrap("/v1/completions", state.completions), methods=["POST"]),

@@ -84,8 +84,10 @@ class Backend(abc.ABC):
 
     # --- model -----------------------------------------------------------------------------
     @abc.abstractmethod
-    def start(self, ids: list[int]) -> tuple[RequestState, torch.Tensor]:
-        """Prefill a prompt: (its state, next-token logits [vocab])."""
+    def start(self, ids: list[int], *, all_logits: bool = False) -> tuple[RequestState, torch.Tensor]:
+        """Prefill a prompt: (its state, next-token logits [vocab]); with all_logits, the logits
+        after every prompt position [T, vocab] (the last row is the next token's), for the
+        prompt's log-probabilities (the API's `echo` + `logprobs`)."""
 
     @abc.abstractmethod
     def step(self, states: list[RequestState], tokens: list[int]) -> torch.Tensor:
@@ -112,13 +114,14 @@ class MatMulFreeBackend(Backend):
         return [cache.layers[i].recurrent_states[0] for i in range(n_layers)]
 
     @torch.inference_mode()
-    def start(self, ids):
+    def start(self, ids, *, all_logits=False):
         cache = self._cache(None)
         x = torch.tensor([ids], dtype=torch.long)  # [1, T]
-        out = self.model(input_ids=x, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
+        keep = 0 if all_logits else 1  # 0: every position
+        out = self.model(input_ids=x, **cache_kwargs(cache), use_cache=True, logits_to_keep=keep)
         n = self.model.config.num_hidden_layers
         states = [s.clone() for s in self._states(output_cache(out), n)]  # L x [1, E]
-        return RequestState(states, len(ids)), out.logits[0, -1]
+        return RequestState(states, len(ids)), out.logits[0] if all_logits else out.logits[0, -1]
 
     _decoder: Any = None  # the engine's fused decode step, built on first use
 
@@ -166,10 +169,11 @@ class GenericBackend(Backend):
     kind = "generic"
 
     @torch.inference_mode()
-    def start(self, ids):
+    def start(self, ids, *, all_logits=False):
         x = torch.tensor([ids], dtype=torch.long)  # [1, T]
         out = self.model(input_ids=x, use_cache=True)
-        return RequestState(output_cache(out), len(ids)), out.logits[0, -1]
+        logits = out.logits[0] if all_logits else out.logits[0, -1]  # [T, V] or [V]
+        return RequestState(output_cache(out), len(ids)), logits
 
     @torch.inference_mode()
     def step(self, states, tokens):

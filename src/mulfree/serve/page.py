@@ -36,8 +36,8 @@ PAGE_HTML = """<!doctype html>
 <textarea id="prompt" placeholder="Type a prompt">Once upon a time</textarea>
 <div class="row">
   <label>max tokens <input id="max_tokens" type="number" value="64" min="1"></label>
-  <label>temperature <input id="temperature" type="number" value="0.8" step="0.1" min="0" max="2"></label>
-  <label>top p <input id="top_p" type="number" value="0.95" step="0.05" min="0.05" max="1"></label>
+  <label>temperature <input id="temperature" type="number" value="{{TEMPERATURE}}" step="0.1" min="0" max="2"></label>
+  <label>top p <input id="top_p" type="number" value="{{TOP_P}}" step="0.05" min="0.05" max="1"></label>
   <label>seed <input id="seed" type="number" placeholder="random"></label>
   <label>API key <input id="key" type="password" placeholder="if the server needs one"></label>
   <button id="go">Generate</button>

@@ -1,41 +1,97 @@
-"""Next-token sampling: temperature, top-k, top-p, min-p, each request with its own torch.Generator.
+"""Next-token sampling: logit bias, penalties, temperature, top-k, top-p, min-p, each request with
+its own torch.Generator; and the log-probabilities the API reports.
 
 `mulfree.engine.sampler.sample` (NumPy, what `mulfree generate` runs) is its twin: the same
-filters in the same order give the same token for the same uniform number (tested).
+penalties and filters in the same order give the same token for the same uniform number
+(tested). The defaults a request gets when it names none are `SamplerConfig()`'s (llama.cpp's),
+via `SamplingParams.defaults()`; a bare `SamplingParams()` is plain sampling (every filter off).
 
-`sample(logits, params, generator)` is the spec, one row at a time; `sample_batch` is what the
-scheduler runs on a whole decode step's logits and returns the same tokens (tested). A token is
-drawn by inverting the CDF with one uniform number from the request's generator, so a
-request's tokens depend only on its own logits and its own generator: the same seed gives the
+`sample(logits, params, generator, history)` is the spec, one row at a time; `sample_batch` is
+what the scheduler runs on a whole decode step's logits and returns the same tokens (tested). A
+token is drawn by inverting the CDF with one uniform number from the request's generator, so a
+request's tokens depend only on its own logits, history and generator: the same seed gives the
 same text alone or in a batch. (One uniform per token, rather than torch.multinomial's
 internal draws, also makes the batched version a cumsum and a searchsorted over all rows.)
+
+Order (llama.cpp's): logit_bias -> repeat / presence / frequency penalties over the last
+`repeat_last_n` tokens of prompt + output -> temperature -> top-k -> top-p -> min-p -> draw.
+Reported log-probabilities are the model's own (log-softmax of the raw logits, before bias,
+penalties and temperature), as OpenAI and vLLM report them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
+
+from mulfree.engine.sampler import SamplerConfig
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """temperature 0 means greedy (argmax); top_k 0 and top_p 1 disable those filters."""
+    """temperature 0 means greedy (argmax); top_k 0, top_p 1, min_p 0, repeat_penalty 1 and
+    presence/frequency 0 disable those steps. logit_bias: (token id, bias added to its logit)."""
 
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     min_p: float = 0.0  # drop tokens below min_p x the top token's probability (0 = off)
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+
+    @classmethod
+    def defaults(cls, **overrides) -> SamplingParams:
+        """The shared defaults (`mulfree.engine.sampler.SamplerConfig()`), with overrides."""
+        d = SamplerConfig()
+        base = cls(d.temperature, d.top_p, d.top_k, d.min_p, d.repeat_penalty, d.repeat_last_n,
+                   d.presence_penalty, d.frequency_penalty)  # fmt: skip
+        return replace(base, **overrides)
+
+    def sampler_config(self) -> SamplerConfig:
+        """The NumPy twin's config (logit_bias has no counterpart there)."""
+        return SamplerConfig(self.temperature, self.top_k, self.top_p, self.min_p,
+                             self.repeat_penalty, self.repeat_last_n, self.presence_penalty,
+                             self.frequency_penalty)  # fmt: skip
 
     @property
     def filters(self) -> bool:
         return bool(self.top_k) or self.top_p < 1.0 or self.min_p > 0
+
+    @property
+    def penalizes(self) -> bool:
+        return bool(self.repeat_last_n) and (
+            self.repeat_penalty != 1.0 or self.presence_penalty != 0 or self.frequency_penalty != 0
+        )
 
 
 def make_generator(seed: int) -> torch.Generator:
     g = torch.Generator(device="cpu")
     g.manual_seed(int(seed))
     return g
+
+
+def _adjust(logits: torch.Tensor, params: SamplingParams, history: Sequence[int]) -> torch.Tensor:
+    """float32 logits [V] after logit_bias and the penalties (the twin of engine.sampler.penalize)."""
+    if params.logit_bias:
+        ids = torch.tensor([t for t, _ in params.logit_bias], dtype=torch.long)
+        bias = torch.tensor([b for _, b in params.logit_bias], dtype=torch.float32)
+        logits = logits.index_add(0, ids, bias)
+    if not params.penalizes or not history:
+        return logits
+    recent, count = torch.unique(
+        torch.tensor(list(history[-params.repeat_last_n :]), dtype=torch.long), return_counts=True
+    )
+    v = logits[recent]
+    rp = torch.tensor(params.repeat_penalty, dtype=torch.float32)
+    v = torch.where(v > 0, v / rp, v * rp)
+    flat = torch.tensor(params.presence_penalty, dtype=torch.float32)
+    v = v - (flat + count.float() * torch.tensor(params.frequency_penalty, dtype=torch.float32))
+    return logits.index_copy(0, recent, v)
 
 
 def _filter(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -62,9 +118,15 @@ def _uniform(generator: torch.Generator) -> torch.Tensor:
     return torch.rand((), generator=generator, dtype=torch.float64)
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """One token id from one row of logits [vocab] (the spec of `sample_batch`)."""
-    logits = logits.float()
+def sample(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator,
+    history: Sequence[int] = (),
+) -> int:
+    """One token id from one row of logits [vocab] (the spec of `sample_batch`); `history` is
+    the request's tokens so far (prompt + output), for the penalties."""
+    logits = _adjust(logits.float(), params, history)
     if params.temperature == 0:
         return int(torch.argmax(logits))
     scaled = _filter(logits / params.temperature, params)
@@ -75,10 +137,17 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
 
 
 def sample_batch(
-    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    generators: list[torch.Generator],
+    histories: list[Sequence[int]] | None = None,
 ) -> list[int]:
-    """Token ids for every row of logits [B, vocab]; row b uses params[b] and generators[b]."""
+    """Token ids for every row of logits [B, vocab]; row b uses params[b], generators[b] and
+    histories[b] (default: no history)."""
     logits = logits.float()
+    if any(p.logit_bias or p.penalizes for p in params):
+        hist = histories or [()] * len(params)
+        logits = torch.stack([_adjust(logits[b], p, hist[b]) for b, p in enumerate(params)])
     out = [0] * len(params)
     drawn = []
     for b, p in enumerate(params):
@@ -100,3 +169,28 @@ def sample_batch(
     for j, b in enumerate(drawn):
         out[b] = int(idx[j, 0])
     return out
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One position's log-probabilities: the token there and the `top` most likely ones."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]  # (token id, logprob), most likely first
+
+
+def token_logprobs(logits: torch.Tensor, tokens: Sequence[int], top_n: int) -> list[TokenLogprob]:
+    """Log-probabilities of tokens[i] under logits[i] [N, vocab], with the top_n alternatives.
+
+    The chosen token's value and the alternatives' come from the same log-softmax row, so a
+    greedy token's logprob equals the largest of its top values exactly (lm-eval's is_greedy)."""
+    lp = torch.log_softmax(logits.float(), dim=-1)  # [N, V]
+    idx = torch.tensor(list(tokens), dtype=torch.long).unsqueeze(1)  # [N, 1]
+    chosen = lp.gather(1, idx)[:, 0].tolist()
+    if top_n:
+        vals, ids = torch.topk(lp, min(top_n, lp.shape[1]), dim=-1)  # [N, top_n]
+        tops = [tuple(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), vals.tolist(), strict=True)]
+    else:
+        tops = [()] * len(chosen)
+    return [TokenLogprob(int(t), c, top) for t, c, top in zip(tokens, chosen, tops, strict=True)]

@@ -22,7 +22,13 @@ import torch
 
 from mulfree.serve.backends import Backend, RequestState
 from mulfree.serve.metrics import Metrics
-from mulfree.serve.sampling import SamplingParams, make_generator, sample_batch
+from mulfree.serve.sampling import (
+    SamplingParams,
+    TokenLogprob,
+    make_generator,
+    sample_batch,
+    token_logprobs,
+)
 
 
 class QueueFull(Exception):
@@ -32,6 +38,9 @@ class QueueFull(Exception):
 @dataclass
 class Delta:
     text: str
+    # With GenRequest.logprobs: the tokens sampled since the previous event (their text may
+    # be in this delta, a later one, or held back as a stop string's start).
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -39,6 +48,9 @@ class Finished:
     reason: str  # "stop" (eos or a stop string) or "length"
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # tokens not yet reported
+    # With GenRequest.prompt_logprobs: positions 1.. of the prompt (position 0 has none).
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -92,6 +104,8 @@ class GenRequest:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     timeout_s: float = 600.0
+    logprobs: int | None = None  # report each sampled token's logprob + this many alternatives
+    prompt_logprobs: bool = False  # also the prompt's (needs logprobs)
     # The asyncio side: events arrive here (Delta..., then one Finished or Failed).
     loop: asyncio.AbstractEventLoop | None = None
     events: asyncio.Queue | None = None
@@ -108,6 +122,9 @@ class GenRequest:
     text: str = ""
     sent: int = 0
     detok: Detokenizer | None = None
+    history: list[int] = field(default_factory=list)  # prompt + sampled tokens (penalties)
+    lp_pending: list[TokenLogprob] = field(default_factory=list)
+    lp_prompt: list[TokenLogprob] = field(default_factory=list)
 
     @property
     def deadline(self) -> float:
@@ -205,9 +222,11 @@ class Scheduler:
             if hit is not None:
                 end, reason = hit, "stop"
         if end > req.sent:
-            self._emit(req, Delta(req.text[req.sent : end]))
+            self._emit(req, Delta(req.text[req.sent : end], self._take_logprobs(req)))
             req.sent = end
-        self._emit(req, Finished(reason, len(req.prompt_ids), req.n_generated))
+        fin = Finished(reason, len(req.prompt_ids), req.n_generated, self._take_logprobs(req),
+                       req.lp_prompt)  # fmt: skip
+        self._emit(req, fin)
         self.metrics.request_finished(reason)
         self._release(req)
 
@@ -218,8 +237,17 @@ class Scheduler:
         self.metrics.request_finished(kind)
         self._release(req)
 
-    def _accept(self, req: GenRequest, tok: int) -> None:
-        """Take one sampled token: emit the text it completes, or finish the request."""
+    @staticmethod
+    def _take_logprobs(req: GenRequest) -> list[TokenLogprob]:
+        out, req.lp_pending = req.lp_pending, []
+        return out
+
+    def _accept(self, req: GenRequest, tok: int, logits: torch.Tensor | None = None) -> None:
+        """Take one sampled token (from `logits` [vocab]): emit the text it completes, or
+        finish the request."""
+        if req.logprobs is not None:
+            req.lp_pending += token_logprobs(logits.unsqueeze(0), [tok], req.logprobs)
+        req.history.append(tok)
         now = time.monotonic()
         if req.t_first is None:
             req.t_first = now
@@ -241,7 +269,7 @@ class Scheduler:
                     return
             safe = len(req.text) - _holdback(req.text, req.stop)
             if safe > req.sent:
-                self._emit(req, Delta(req.text[req.sent : safe]))
+                self._emit(req, Delta(req.text[req.sent : safe], self._take_logprobs(req)))
                 req.sent = safe
         if req.n_generated >= req.max_tokens or req.state.length >= self.max_context:
             self._finish(req, "length")
@@ -249,12 +277,18 @@ class Scheduler:
     def _admit(self, req: GenRequest) -> None:
         req.generator = make_generator(req.seed)
         req.detok = Detokenizer(self.backend, req.prompt_ids)
+        req.history = list(req.prompt_ids)
         t0 = time.monotonic()
-        req.state, logits = self.backend.start(req.prompt_ids)
+        every = req.prompt_logprobs and req.logprobs is not None
+        req.state, logits = self.backend.start(req.prompt_ids, all_logits=every)
         self.metrics.prefill(len(req.prompt_ids), time.monotonic() - t0)
+        if every:  # logits [T, V]: row i predicts prompt token i + 1
+            req.lp_prompt = token_logprobs(logits[:-1], req.prompt_ids[1:], req.logprobs)
+            logits = logits[-1]
         with self._cond:
             self._active.append(req)
-        self._accept(req, sample_batch(logits.unsqueeze(0), [req.params], [req.generator])[0])
+        tok = sample_batch(logits.unsqueeze(0), [req.params], [req.generator], [req.history])[0]
+        self._accept(req, tok, logits)
 
     def _sweep(self) -> None:
         """Free cancelled and expired requests, waiting or active."""
@@ -321,14 +355,17 @@ class Scheduler:
         live = [i for i, r in enumerate(batch) if not (r.cancelled or r.done)]
         try:
             tokens = sample_batch(
-                logits[live], [batch[i].params for i in live], [batch[i].generator for i in live]
+                logits[live],
+                [batch[i].params for i in live],
+                [batch[i].generator for i in live],
+                [batch[i].history for i in live],
             )
         except Exception as e:
             for i in live:
                 self._fail(batch[i], "server_error", f"{type(e).__name__}: {e}")
             return
         for i, tok in zip(live, tokens, strict=True):
-            self._accept(batch[i], tok)
+            self._accept(batch[i], tok, logits[i])
 
 
 def _longest(stop: tuple[str, ...]) -> int:
