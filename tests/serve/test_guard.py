@@ -175,7 +175,7 @@ def test_lone_surrogate_and_deep_json_are_counted_400s(guarded):
     assert _count(guarded, "/v1/completions", 400) == before + 3
     assert _count(guarded, "/v1/chat/completions", 400) >= 1
     status, _, raw = request(guarded.url + "/metrics")
-    assert 'endpoint="/v1/completions",code="400"' in raw.decode()
+    assert 'code="400",endpoint="/v1/completions"' in raw.decode()
 
 
 def _raw(s, head: bytes) -> socket.socket:

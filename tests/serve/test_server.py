@@ -166,7 +166,17 @@ def test_models_health_metrics_page(server):
         "mulfree_energy_estimated_joules_total",
     ):
         assert values[name] > 0, name
-    assert 'mulfree_http_requests_total{endpoint="/v1/completions",code="200"}' in text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    fams = {f.name: f for f in text_string_to_metric_families(text)}  # parses, or raises
+    ok = [x for x in fams["mulfree_http_requests"].samples
+          if x.labels == {"endpoint": "/v1/completions", "code": "200"}]  # fmt: skip
+    assert ok and ok[0].value >= 1
+    for name in ("mulfree_time_to_first_token_seconds", "mulfree_time_per_output_token_seconds"):
+        assert fams[name].type == "histogram"
+        got = {x.name.rsplit("_", 1)[-1]: x.value for x in fams[name].samples
+               if x.labels.get("le") in (None, "+Inf")}  # fmt: skip
+        assert got["count"] >= 1 and got["bucket"] == got["count"] and got["sum"] > 0, name
     status, hdrs, raw = request(server.url + "/")
     assert status == 200 and hdrs["content-type"].startswith("text/html")
     assert b'id="prompt"' in raw and json.dumps(MODEL_ID).encode() in raw

@@ -1,4 +1,10 @@
-"""Server metrics in Prometheus text format, and the energy-per-token estimate.
+"""Server metrics through prometheus_client, and the energy-per-token estimate.
+
+Each `Metrics` has its own registry (several servers can share a process): its counters and
+gauges are collected from the plain attributes the scheduler updates (a custom collector, so the
+names stay those /metrics has always had), and two real histograms, time to first token and
+time per output token (the decode step a request waits for each token), use prometheus_client's
+Histogram. /metrics is `generate_latest(registry)`.
 
 The energy estimate counts the operations and bytes of real decode steps with
 `mulfree.energy.EnergyCounter` and prices them with an `EnergyTable` (default: Horowitz 45 nm).
@@ -18,6 +24,10 @@ import time
 from mulfree.serve.backends import Backend
 
 RATE_WINDOW_S = 10.0  # tokens/s is averaged over this trailing window
+# Histogram buckets (seconds): a first token comes after a prefill (ms to tens of s on a CPU),
+# a later one after one decode step (sub-ms for tiny models, ~10-100 ms for 1B on a CPU).
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+TPOT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 def estimate_step_energy(
@@ -68,6 +78,21 @@ class Metrics:
         self.energy_pj_total = 0.0
         self.step_pj: tuple[float, float] | None = None  # (E(1), E(2)), when estimated
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        self._gauges = (0, 0)  # (active, waiting), set by render
+        from prometheus_client import CollectorRegistry, Histogram
+
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+        self.ttft = Histogram(
+            "mulfree_time_to_first_token_seconds",
+            "Time from a request's arrival to its first token.",
+            ["model"], buckets=TTFT_BUCKETS, registry=self.registry,
+        ).labels(model_id)  # fmt: skip
+        self.tpot = Histogram(
+            "mulfree_time_per_output_token_seconds",
+            "Time of the decode step that produced a token (each request in it waited this long).",
+            ["model"], buckets=TPOT_BUCKETS, registry=self.registry,
+        ).labels(model_id)  # fmt: skip
 
     # --- energy ----------------------------------------------------------------------------
     def set_step_energy(self, e1: float, e2: float) -> None:
@@ -107,11 +132,13 @@ class Metrics:
             self._tokens(batch)
             if self.step_pj is not None:
                 self.energy_pj_total += batch * self.energy_per_token_pj(batch)
+        self.tpot.observe(seconds)
 
     def first_token(self, seconds: float) -> None:
         with self._lock:
             self.ttft_sum += seconds
             self.ttft_count += 1
+        self.ttft.observe(seconds)
 
     def _tokens(self, n: int) -> None:
         now = time.monotonic()
@@ -132,117 +159,59 @@ class Metrics:
 
     # --- exposition ------------------------------------------------------------------------
     def render(self, active: int, waiting: int) -> str:
-        """Prometheus text exposition format 0.0.4."""
+        """Prometheus text exposition format 0.0.4 (prometheus_client's)."""
+        from prometheus_client import generate_latest
+
+        self._gauges = (active, waiting)
+        return generate_latest(self.registry).decode()
+
+    def collect(self):
+        """prometheus_client's collector protocol: the counters and gauges, as families."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         tps = self.tokens_per_second()
+        active, waiting = self._gauges
+        m = [self.model_id]
         with self._lock:
-            lines: list[str] = []
 
-            def metric(name, kind, help_, samples):
-                lines.append(f"# HELP {name} {help_}")
-                lines.append(f"# TYPE {name} {kind}")
-                for labels, value in samples:
-                    lab = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
-                    lines.append(
-                        f"{name}{{{lab}}} {_num(value)}" if lab else f"{name} {_num(value)}"
-                    )
+            def family(cls, name, help_, value=None, labels=("model",), samples=None):
+                f = cls(name, help_, labels=list(labels))
+                for lab, v in samples if samples is not None else [(m, value)]:
+                    f.add_metric(lab, v)
+                return f
 
-            model = {"model": self.model_id}
-            metric(
-                "mulfree_http_requests_total",
-                "counter",
-                "HTTP requests by endpoint and status code.",
-                [({"endpoint": e, "code": str(c)}, n) for (e, c), n in sorted(self.http.items())],
-            )
-            metric(
-                "mulfree_requests_finished_total",
-                "counter",
-                "Generation requests ended, by reason (stop, length, cancelled, timeout, server_error).",
-                [({**model, "reason": r}, n) for r, n in sorted(self.finished.items())],
-            )
-            metric(
-                "mulfree_prompt_tokens_total",
-                "counter",
-                "Prompt tokens prefilled.",
-                [(model, self.prompt_tokens)],
-            )
-            metric(
-                "mulfree_generated_tokens_total",
-                "counter",
-                "Tokens generated.",
-                [(model, self.completion_tokens)],
-            )
-            metric(
-                "mulfree_tokens_per_second",
-                "gauge",
-                f"Generated tokens per second over the last {RATE_WINDOW_S:g} s.",
-                [(model, tps)],
-            )
-            metric(
-                "mulfree_decode_steps_total",
-                "counter",
-                "Batched decode steps run.",
-                [(model, self.decode_steps)],
-            )
-            metric(
-                "mulfree_decode_seconds_total",
-                "counter",
-                "Time spent in decode steps.",
-                [(model, self.decode_seconds)],
-            )
-            metric(
-                "mulfree_prefill_seconds_total",
-                "counter",
-                "Time spent in prefill.",
-                [(model, self.prefill_seconds)],
-            )
-            metric(
-                "mulfree_batch_size",
-                "gauge",
-                "Requests in the last decode step.",
-                [(model, self.last_batch)],
-            )
-            metric("mulfree_active_requests", "gauge", "Requests decoding now.", [(model, active)])
-            metric(
-                "mulfree_waiting_requests",
-                "gauge",
-                "Requests queued for a batch place.",
-                [(model, waiting)],
-            )
-            # A summary without quantiles: its _sum and _count samples give the mean.
-            name = "mulfree_time_to_first_token_seconds"
-            lines.append(f"# HELP {name} Time from a request's arrival to its first token.")
-            lines.append(f"# TYPE {name} summary")
-            lines.append(f'{name}_sum{{model="{_esc(self.model_id)}"}} {_num(self.ttft_sum)}')
-            lines.append(f'{name}_count{{model="{_esc(self.model_id)}"}} {_num(self.ttft_count)}')
+            C, G = CounterMetricFamily, GaugeMetricFamily  # noqa: N806
+            yield family(C, "mulfree_http_requests", "HTTP requests by endpoint and status code.",
+                         labels=("endpoint", "code"),
+                         samples=[([e, str(c)], n) for (e, c), n in sorted(self.http.items())])
+            yield family(C, "mulfree_requests_finished", "Generation requests ended, by reason "
+                         "(stop, length, cancelled, timeout, server_error).",
+                         labels=("model", "reason"),
+                         samples=[(m + [r], n) for r, n in sorted(self.finished.items())])
+            yield family(C, "mulfree_prompt_tokens", "Prompt tokens prefilled.", self.prompt_tokens)
+            yield family(C, "mulfree_generated_tokens", "Tokens generated.", self.completion_tokens)
+            yield family(G, "mulfree_tokens_per_second",
+                         f"Generated tokens per second over the last {RATE_WINDOW_S:g} s.", tps)
+            yield family(C, "mulfree_decode_steps", "Batched decode steps run.", self.decode_steps)
+            yield family(C, "mulfree_decode_seconds", "Time spent in decode steps.",
+                         self.decode_seconds)
+            yield family(C, "mulfree_prefill_seconds", "Time spent in prefill.",
+                         self.prefill_seconds)
+            yield family(G, "mulfree_batch_size", "Requests in the last decode step.",
+                         self.last_batch)
+            yield family(G, "mulfree_active_requests", "Requests decoding now.", active)
+            yield family(G, "mulfree_waiting_requests", "Requests queued for a batch place.",
+                         waiting)
             if self.step_pj is not None:
                 now_b = max(self.last_batch, 1)
-                metric(
-                    "mulfree_energy_per_token_picojoules",
-                    "gauge",
-                    "Estimated energy per generated token (mulfree.energy op count priced by the "
-                    "energy table) at the last step's batch size.",
-                    [(model, self.energy_per_token_pj(now_b))],
-                )
-                metric(
-                    "mulfree_energy_per_token_batch1_picojoules",
-                    "gauge",
-                    "Estimated energy per generated token for a lone request.",
-                    [(model, self.energy_per_token_pj(1))],
-                )
-                metric(
-                    "mulfree_energy_estimated_joules_total",
-                    "counter",
-                    "Estimated energy of all generated tokens.",
-                    [(model, self.energy_pj_total * 1e-12)],
-                )
-            return "\n".join(lines) + "\n"
-
-
-def _esc(v: str) -> str:
-    return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _num(v) -> str:
-    if isinstance(v, int):
-        return str(v)
-    return repr(float(v))
+                yield family(G, "mulfree_energy_per_token_picojoules",
+                             "Estimated energy per generated token (mulfree.energy op count priced "
+                             "by the energy table) at the last step's batch size.",
+                             self.energy_per_token_pj(now_b))
+                yield family(G, "mulfree_energy_per_token_batch1_picojoules",
+                             "Estimated energy per generated token for a lone request.",
+                             self.energy_per_token_pj(1))
+                yield family(C, "mulfree_energy_estimated_joules",
+                             "Estimated energy of all generated tokens.",
+                             self.energy_pj_total * 1e-12)
+        # fmt: skip
