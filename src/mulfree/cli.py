@@ -2,7 +2,8 @@
 
 Each feature module exposes `register(subparsers)`, which adds its subcommand(s) and sets
 `func` on the parser to a callable taking the parsed namespace. Handlers import their heavy
-dependencies lazily so `mulfree --help` stays fast.
+dependencies lazily so `mulfree --help` stays fast. Every parser shows its defaults
+(`mulfree._argparse.HelpFormatter`).
 """
 
 from __future__ import annotations
@@ -27,14 +28,42 @@ COMMAND_MODULES = [
 ]
 
 
+DESCRIPTION = """\
+mulfree: language models without floating-point multiplication, on the CPU.
+
+Multiplication-free (MatMul-free, ternary) language models on packed add-only kernels, L-Mul
+numerics for any Hugging Face model, evaluation, an OpenAI-compatible server and energy
+estimates."""
+
+EPILOG = """\
+examples:
+  mulfree generate -p "Once upon a time" -n 64       text from the bundled model
+  mulfree generate -m packed/ -f prompt.txt --temp 0  greedy, prompt from a file
+  echo "Hello" | mulfree generate -m packed/         prompt from stdin
+  mulfree convert CHECKPOINT packed/                  pack a model (tq1 ternary)
+  mulfree serve -m packed/ --port 8000                OpenAI API + web page at /
+  mulfree eval --model DIR --tasks piqa --limit 200   zero-shot accuracy
+  mulfree lm-eval --model hf --model_args pretrained=DIR --tasks piqa
+                                                      lm-evaluation-harness on our models
+
+`mulfree COMMAND --help` shows a command's options and their defaults."""
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        from mulfree._argparse import HelpFormatter
+
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # one line, exit 2 (argparse's usage-error code), no usage dump
         sys.stderr.write(f"mulfree: error: {message}\n")
         raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="mulfree", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="mulfree", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     for name in COMMAND_MODULES:

@@ -179,10 +179,9 @@ def test_cli_convert_and_generate(model_dir, tmp_path, capsys):
         (["convert", "a"], "required"),
         (["convert", "a", "b", "--format", "tq3"], "invalid choice"),
         (["convert", "a", "b", "--embeddings", "int2"], "invalid choice"),
-        (["generate"], "required"),
         (["generate", "x", "--max-tokens", "many"], "invalid int"),
     ],
-    ids=["convert-missing-dst", "bad-format", "bad-embeddings", "no-prompt", "bad-int"],
+    ids=["convert-missing-dst", "bad-format", "bad-embeddings", "bad-int"],
 )
 def test_cli_bad_flags(argv, message, capsys):
     with pytest.raises(SystemExit) as e:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import sys
 
+from mulfree._argparse import add_prompt_args, add_sampling_args, hidden_alias, read_prompt
+from mulfree.engine.generate import GenerateConfig
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -52,55 +55,16 @@ def register(sub) -> None:
         "directory, packed on the fly); prints prefill and decode tokens/s, peak memory and "
         "the estimated energy of a decode step next to the same step with dense fp32 weights.",
     )
-    g.add_argument("prompt", help="prompt text")
-    g.add_argument(
-        "--model", default=None, help="packed model or checkpoint dir (default: bundled)"
-    )
+    add_prompt_args(g)
+    g.add_argument("-m", "--model", default=None,
+                   help="packed model or checkpoint dir (default: the bundled model)")
     g.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
-    g.add_argument("--max-tokens", type=int, default=128, help="tokens to generate at most")
-    # Sampling, with llama.cpp's defaults (as users of a local CLI expect; 0 = greedy).
-    g.add_argument(
-        "--temperature",
-        "--temp",
-        type=float,
-        default=0.8,
-        help="sampling temperature; 0 = greedy (default: %(default)s)",
-    )
-    g.add_argument(
-        "--top-k",
-        type=int,
-        default=40,
-        help="keep the k most likely tokens, 0 = off (default: %(default)s)",
-    )
-    g.add_argument(
-        "--top-p", type=float, default=0.95, help="nucleus mass, 1 = off (default: %(default)s)"
-    )
-    g.add_argument(
-        "--min-p",
-        type=float,
-        default=0.05,
-        help="drop tokens below this fraction of the top token's probability, 0 = off "
-        "(default: %(default)s)",
-    )
-    g.add_argument(
-        "--repeat-penalty",
-        type=float,
-        default=1.0,
-        help="penalize the last --repeat-last-n tokens, 1 = off (default: %(default)s)",
-    )
-    g.add_argument(
-        "--repeat-last-n",
-        type=int,
-        default=64,
-        help="tokens the repeat penalty looks back on (default: %(default)s)",
-    )
-    g.add_argument(
-        "--seed",
-        type=int,
-        default=None,
-        help="sampling seed, for a reproducible run (default: random, printed)",
-    )
-    g.add_argument("--threads", type=int, default=None, help="kernel threads (default: torch's)")
+    g.add_argument("-n", "--max-tokens", type=int, default=GenerateConfig.max_tokens,
+                   help="tokens to generate at most")
+    hidden_alias(g, "--n-predict", dest="max_tokens", type=int)
+    add_sampling_args(g)
+    g.add_argument("-t", "--threads", type=int, default=None,
+                   help="kernel threads (default: one per core)")
     g.add_argument(
         "--engine",
         choices=["auto", "lite", "torch"],
@@ -132,10 +96,10 @@ def cmd_convert(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from mulfree.engine.generate import GenerateConfig, generate
+    from mulfree.engine.generate import generate
 
     config = GenerateConfig(
-        prompt=args.prompt,
+        prompt=read_prompt(args),
         model=args.model,
         tokenizer=args.tokenizer,
         max_tokens=args.max_tokens,
@@ -145,6 +109,9 @@ def cmd_generate(args) -> int:
         min_p=args.min_p,
         repeat_penalty=args.repeat_penalty,
         repeat_last_n=args.repeat_last_n,
+        presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
+        stop=tuple(args.stop),
         seed=args.seed,
         threads=args.threads,
         stop_on_eos=not args.ignore_eos,

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mulfree.engine import stops
 from mulfree.engine.header import WEIGHTS_FILE
 from mulfree.engine.sampler import Sampler, SamplerConfig
 from mulfree.errors import MulfreeError
@@ -55,6 +56,7 @@ class GenerateConfig:
     seed: int | None = None  # None: a random seed (reported in the result, to rerun it)
     threads: int | None = None  # kernel + torch threads (default: one per core)
     stop_on_eos: bool = True
+    stop: tuple[str, ...] = ()  # stop strings: generation ends before the first one
     energy: bool = True  # estimate the energy of a decode step (Decoder.step_energy)
     energy_table: str | None = None  # an energy table name or JSON file (default: energy's)
     # "auto": the torch-free engine (mulfree.engine.lite) when it can run the model, else the
@@ -71,6 +73,9 @@ class GenerateConfig:
         ):
             raise MulfreeError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
         self.sampler  # validates the sampling fields  # noqa: B018
+        self.stop = tuple(self.stop)
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise MulfreeError(f"stop strings must be non-empty strings, got {self.stop!r}")
         if self.threads is not None and self.threads < 1:
             raise MulfreeError(f"threads must be >= 1, got {self.threads!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
@@ -92,7 +97,7 @@ class GenerateResult:
     decode_steps: int  # Decoder.step calls timed in decode_s
     decode_s: float
     peak_rss_mb: float
-    stop_reason: str  # "eos" | "max_tokens"
+    stop_reason: str  # "eos" | "max_tokens" | "stop" (a stop string; text ends before it)
     fused_ifg: bool = field(default=False)
     energy: StepEnergy | None = None  # one decode step, estimated (GenerateConfig.energy)
     seed: int | None = None  # the seed the sampler used
@@ -180,9 +185,11 @@ class _Streamer:
     and holds back an incomplete UTF-8 tail. Works with any tokenizer whose
     `decode(ids, skip_special_tokens=True)` gives text (tokenizers' or transformers')."""
 
-    def __init__(self, tokenizer, on_text):
+    def __init__(self, tokenizer, on_text, stop: tuple[str, ...] = ()):
         self.tok, self.on_text, self.ids = tokenizer, on_text, []
         self.prefix, self.read, self.parts = 0, 0, []
+        # Stop strings: text that could still become one is held back (engine/stops.py).
+        self.stop, self.held, self.stopped = stop, "", False
 
     def _decode(self, ids) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)
@@ -194,13 +201,30 @@ class _Streamer:
         if len(text) <= len(before) or text.endswith("\ufffd") or not text.startswith(before):
             return  # nothing new yet, or an incomplete character: wait for more tokens
         piece = text[len(before) :]
-        self.parts.append(piece)
-        if self.on_text is not None:
-            self.on_text(piece)
         self.prefix, self.read = self.read, len(self.ids)
+        if self.stop:  # a stop string can only begin in the held-back tail or the new piece
+            pending = self.held + piece
+            hit = stops.find_stop(pending, self.stop, 0)
+            if hit is not None:
+                piece, self.held, self.stopped = pending[:hit], "", True
+            else:
+                keep = len(pending) - stops.holdback(pending, self.stop)
+                piece, self.held = pending[:keep], pending[keep:]
+        self._send(piece)
+
+    def _send(self, piece: str) -> None:
+        if piece:
+            self.parts.append(piece)
+            if self.on_text is not None:
+                self.on_text(piece)
+
+    def flush(self) -> None:
+        """The end: send what was held back for a stop string that did not come."""
+        self._send(self.held)
+        self.held = ""
 
     def text(self) -> str:
-        return self._decode(self.ids)
+        return "".join(self.parts) + self.held if self.stop else self._decode(self.ids)
 
 
 def _lite_model_path(config: GenerateConfig) -> tuple[Path | None, str]:
@@ -248,7 +272,7 @@ def _run(prefill, step, ids: list[int], config: GenerateConfig, eos: set[int], t
     """The generation loop shared by both engines: prefill, then sample / stream / step."""
     seed = _seed(config)
     sampler = Sampler(config.sampler, seed)
-    streamer = _Streamer(tok, on_text)
+    streamer = _Streamer(tok, on_text, config.stop)
     t0 = time.perf_counter()
     logits = prefill(ids)
     prefill_s = time.perf_counter() - t0
@@ -264,11 +288,15 @@ def _run(prefill, step, ids: list[int], config: GenerateConfig, eos: set[int], t
         streamer.push(token)
         if len(out) == 1:
             first = time.perf_counter() - t_start
+        if streamer.stopped:
+            stop = "stop"
+            break
         if len(out) >= config.max_tokens:
             break
         logits = step(token)
         steps += 1
     decode_s = time.perf_counter() - t1
+    streamer.flush()
     return dict(text=streamer.text(), token_ids=out, prompt_tokens=len(ids), prefill_s=prefill_s,
                 decode_steps=steps, decode_s=decode_s, stop_reason=stop, seed=seed,
                 first_token_s=first)  # fmt: skip

@@ -7,6 +7,7 @@ import shlex
 import sys
 import time
 
+from mulfree._argparse import hidden_alias
 from mulfree.errors import MulfreeError
 
 
@@ -47,8 +48,10 @@ def register(sub) -> None:
         help="relative error of L-Mul vs exact k-bit and fp8 multiplication (paper Table 7)",
     )
     e.add_argument(
-        "--k", type=_int_list, default=(1, 2, 3, 4, 5, 6, 7), help="mantissa bits, e.g. 1-7"
+        "--mantissa-bits", dest="k", type=_int_list, default=(1, 2, 3, 4, 5, 6, 7),
+        help="mantissa bits, e.g. 1-7"
     )
+    hidden_alias(e, "--k", dest="k", type=_int_list)
     e.add_argument("--n", type=int, default=1_000_000, help="operand pairs per source")
     e.add_argument(
         "--sources",
@@ -76,7 +79,9 @@ def register(sub) -> None:
     m.add_argument("--shape-a", type=_shape, default=(64, 256))
     m.add_argument("--shape-b", type=_shape, default=(256, 64))
     m.add_argument("--format", default="float32", help="float32, bf16, fp16, e4m3, e5m2")
-    m.add_argument("--k", type=int, default=None, help="mantissa bits (default: the format's)")
+    m.add_argument("--mantissa-bits", dest="k", type=int, default=None,
+                   help="mantissa bits (default: the format's)")
+    hidden_alias(m, "--k", dest="k", type=int)
     m.add_argument("--mode", default="int", choices=["int", "eq1"])
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=cmd_matmul)
@@ -118,7 +123,7 @@ def cmd_matmul(args) -> int:
 
     f = get_format(args.format)
     if args.k is not None and not 1 <= args.k <= 23:
-        raise MulfreeError(f"--k {args.k} is outside 1..23")
+        raise MulfreeError(f"--mantissa-bits {args.k} is outside 1..23")
     check_mantissa_bits(f, args.k)
     sa, sb = args.shape_a, args.shape_b
     if sa[-1] != (sb[-2] if len(sb) > 1 else sb[0]):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+from mulfree._argparse import hidden_alias
+from mulfree.errors import MulfreeError
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -19,6 +22,8 @@ def register(sub) -> None:
         help="model directory: a checkpoint (config.json + safetensors) or a packed model from "
         "`mulfree convert`, with tokenizer files (default: the bundled model)",
     )
+    p.add_argument("-m", "--model", dest="model_opt", default=None, metavar="DIR",
+                   help="the model directory, as an option (as `mulfree generate -m`)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
     p.add_argument(
         "--model-id", default=None, help="name clients pass as 'model' (default: folder name)"
@@ -37,13 +42,15 @@ def register(sub) -> None:
         "weights (auto: packed when the compiled kernels are available)",
     )
     p.add_argument(
-        "--lmul",
+        "--mantissa-bits",
+        dest="lmul",
         type=int,
         default=None,
         metavar="K",
         help="apply L-Mul attention with K mantissa bits (HF attention models)",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    hidden_alias(p, "--lmul", dest="lmul", type=int)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
         "--api-key",
@@ -82,7 +89,7 @@ def register(sub) -> None:
         "--body-timeout", type=float, default=30.0, help="seconds a request body may take to arrive"
     )
     p.add_argument("--timeout", type=float, default=600.0, help="per-request time limit, seconds")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("-t", "--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument(
         "--energy-table",
         default="horowitz_45nm",
@@ -104,8 +111,10 @@ def register(sub) -> None:
 def cmd_serve(args) -> int:
     from mulfree.serve import ServeConfig, serve
 
+    if args.model and args.model_opt:
+        raise MulfreeError("give the model once: as MODEL_DIR or -m DIR")
     config = ServeConfig(
-        model=args.model,
+        model=args.model or args.model_opt,
         tokenizer=args.tokenizer,
         model_id=args.model_id,
         backend=args.backend,

@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mulfree.engine.stops import find_stop as _find_stop
+from mulfree.engine.stops import holdback as _holdback
+from mulfree.engine.stops import longest as _longest
 from mulfree.serve.backends import Backend, RequestState
 from mulfree.serve.metrics import Metrics
 from mulfree.serve.sampling import (
@@ -366,22 +369,3 @@ class Scheduler:
             return
         for i, tok in zip(live, tokens, strict=True):
             self._accept(batch[i], tok, logits[i])
-
-
-def _longest(stop: tuple[str, ...]) -> int:
-    return max((len(s) for s in stop), default=1)
-
-
-def _find_stop(text: str, stop: tuple[str, ...], start: int) -> int | None:
-    """Index of the earliest stop string in text[start:], or None."""
-    hits = [i for s in stop if (i := text.find(s, start)) >= 0]
-    return min(hits) if hits else None
-
-
-def _holdback(text: str, stop: tuple[str, ...]) -> int:
-    """Length of the longest suffix of `text` that could still grow into a stop string."""
-    for k in range(min(len(text), _longest(stop) - 1), 0, -1):
-        tail = text[-k:]
-        if any(s.startswith(tail) for s in stop):
-            return k
-    return 0

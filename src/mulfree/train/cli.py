@@ -10,6 +10,8 @@ import argparse
 import json
 import os
 
+from mulfree._argparse import hidden_alias
+
 # flag dest -> TrainConfig field, for flags whose names differ from the field.
 _RENAMED = {"out": "out_dir"}
 # sysexits.h EX_TEMPFAIL: stopped at a checkpoint, try again later (systemd:
@@ -78,7 +80,8 @@ def register(sub) -> None:
     a("--resume", action="store_true", default=None, help="continue the run in --out")
     a("--fsdp", action="store_true", default=None, help="shard with FSDP instead of DDP")
     a("--device", choices=["auto", "cpu", "cuda"], help="default: auto")
-    a("--num-threads", type=int, help="torch intra-op threads")
+    a("-t", "--threads", dest="num_threads", type=int, help="torch intra-op threads")
+    hidden_alias(p, "--num-threads", dest="num_threads", type=int)
     a("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     e = p.add_argument_group("energy and carbon (budgets count the whole run, across --resume)")
     e.add_argument(

@@ -1,0 +1,134 @@
+"""The command line: llama.cpp-style short flags, prompts from a file or stdin, --stop, one
+spelling per option (old ones hidden aliases), defaults in every --help, a user-facing
+`mulfree --help`."""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+import pytest
+
+from mulfree.cli import build_parser, main
+from mulfree.engine.generate import GenerateConfig, bundled_packed, generate
+
+pytestmark = pytest.mark.skipif(bundled_packed() is None, reason="no bundled packed model")
+
+
+class _Stdin(io.StringIO):
+    def __init__(self, text: str, tty: bool = False):
+        super().__init__(text)
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
+def _out(argv, capsys, monkeypatch, stdin: _Stdin | None = None) -> str:
+    if stdin is not None:
+        monkeypatch.setattr("sys.stdin", stdin)
+    assert main(argv) == 0
+    return capsys.readouterr().out
+
+
+LONG = ["generate", "--model", "{m}", "--max-tokens", "6", "--temperature", "0.9", "--seed", "3",
+        "--threads", "1", "--quiet"]  # fmt: skip
+SHORT = ["generate", "-m", "{m}", "-n", "6", "--temp", "0.9", "-s", "3", "-t", "1", "--quiet"]
+
+
+def test_short_flags_and_prompt_sources_give_the_same_text(capsys, monkeypatch, tmp_path):
+    m = str(bundled_packed())
+    long = [a.format(m=m) for a in LONG]
+    short = [a.format(m=m) for a in SHORT]
+    want = _out([*long, "ROMEO:"], capsys, monkeypatch)
+    assert want.strip()
+    assert _out([*short, "-p", "ROMEO:"], capsys, monkeypatch) == want
+    f = tmp_path / "prompt.txt"
+    f.write_text("ROMEO:")
+    assert _out([*short, "-f", str(f)], capsys, monkeypatch) == want
+    assert _out([*short, "-"], capsys, monkeypatch, _Stdin("ROMEO:")) == want  # `-`
+    assert _out(short, capsys, monkeypatch, _Stdin("ROMEO:")) == want  # a pipe
+    assert _out([*short, "-f", "-"], capsys, monkeypatch, _Stdin("ROMEO:")) == want
+    # hidden old/other spellings land on the same options
+    assert _out([*short[:3], "--n-predict", "6", *short[5:], "ROMEO:"], capsys, monkeypatch) == want
+
+
+@pytest.mark.parametrize(
+    "argv, stdin, message",
+    [
+        (["-p", "a", "b"], None, "give the prompt once"),
+        ([], _Stdin("", tty=True), "no prompt"),
+        (["-f", "/nonexistent/prompt.txt"], None, "cannot read the prompt file"),
+        (["--stop", "", "x"], None, "stop strings"),
+    ],
+    ids=["two-prompts", "no-prompt-on-a-terminal", "missing-file", "empty-stop"],
+)
+def test_prompt_errors_are_one_line(argv, stdin, message, capsys, monkeypatch):
+    if stdin is not None:
+        monkeypatch.setattr("sys.stdin", stdin)
+    assert main(["generate", "-m", str(bundled_packed()), "-n", "2", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_stop_ends_generate_before_the_stop_string(capsys, monkeypatch):
+    cfg = dict(model=str(bundled_packed()), max_tokens=40, temperature=0, energy=False)
+    free = generate(GenerateConfig("ROMEO:", **cfg)).text
+    stop = free[len(free) // 2 : len(free) // 2 + 2]
+    assert stop.strip() and stop in free
+    streamed = []
+    r = generate(GenerateConfig("ROMEO:", stop=(stop,), **cfg), on_text=streamed.append)
+    assert r.text == free[: free.index(stop)] == "".join(streamed)
+    assert r.stop_reason == "stop"
+    m = str(bundled_packed())
+    out = _out(["generate", "-m", m, "-n", "40", "--temp", "0", "--stop", stop, "--stop", "\x00",
+                "--quiet", "ROMEO:"], capsys, monkeypatch)  # fmt: skip
+    assert out == r.text + "\n"
+
+
+ALIASES = [
+    (["energy", "--model", "x", "--lmul-bits", "4"], ["energy", "--model", "x", "--mantissa-bits", "4"],
+     "lmul_bits"),
+    (["lmul", "matmul", "--k", "3"], ["lmul", "matmul", "--mantissa-bits", "3"], "k"),
+    (["lmul", "error", "--k", "2-3"], ["lmul", "error", "--mantissa-bits", "2-3"], "k"),
+    (["serve", "--lmul", "3"], ["serve", "--mantissa-bits", "3"], "lmul"),
+    (["train", "--out", "o", "--num-threads", "2"], ["train", "--out", "o", "-t", "2"], "num_threads"),
+    (["generate", "--n-predict", "7"], ["generate", "-n", "7"], "max_tokens"),
+    (["serve", "-t", "2"], ["serve", "--threads", "2"], "threads"),
+    (["eval", "--model", "x", "--mantissa-bits", "3"], ["eval", "--model", "x",
+                                                        "--mantissa-bits", "3"], "mantissa_bits"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("old, new, dest", ALIASES, ids=[a[2] + "-" + a[0][0] for a in ALIASES])
+def test_old_spellings_are_hidden_aliases(old, new, dest):
+    p = build_parser()
+    assert getattr(p.parse_args(old), dest) == getattr(p.parse_args(new), dest)
+    assert getattr(p.parse_args(new), dest) is not None
+
+
+def _subparsers(parser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                yield from _subparsers(sub)
+
+
+def test_every_help_shows_the_defaults_and_no_old_spelling():
+    parser = build_parser()
+    subs = dict(_subparsers(parser))
+    assert {"generate", "serve", "eval", "convert", "train", "energy"} <= set(subs)
+    for name, sub in subs.items():
+        text = sub.format_help()
+        for old in ("--num-threads", "--lmul-bits", "--n-predict", " --k ", "--lmul "):
+            assert old not in text, (name, old)
+        for a in sub._actions:
+            d = a.default
+            if a.help in (None, argparse.SUPPRESS) or d in (None, False, argparse.SUPPRESS):
+                continue
+            if isinstance(d, list | tuple) and not d or isinstance(a, argparse._HelpAction):
+                continue
+            assert "default" in sub._get_formatter()._expand_help(a), (name, a.dest)
+    top = parser.format_help()
+    assert "examples:" in top and "mulfree generate -p" in top and "parse ->" not in top
