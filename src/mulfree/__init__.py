@@ -42,9 +42,20 @@ def _register(_module=None) -> None:
     models = sys.modules.get("mulfree.models")
     if models is not None and not getattr(models, "_READY", False):
         return  # mulfree.models is being imported (it loads transformers): it registers when done
+    name = getattr(_module, "__name__", "")
+    if name.endswith("configuration_auto") and "transformers.models.auto.modeling_auto" in sys.modules:
+        # modeling_auto is importing configuration_auto: our model code would import the half-
+        # initialized modeling_auto (`from transformers import AutoModelForCausalLM` first);
+        # its own hook registers once it is complete
+        return
     from mulfree.models import register_with_transformers
 
     register_with_transformers()
+    if "transformers.models.auto.modeling_auto" in sys.modules:
+        # packed directories (model_type hgrn_bit_packed) load through load_packed
+        from mulfree.engine.hf import register_packed_with_transformers
+
+        register_packed_with_transformers()
 
 
 def _install_hooks() -> None:

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"]:  # everything after it is lm-eval's, options included
+        argv = ["lm-eval", "--", *argv[1:]]
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:

@@ -65,7 +65,8 @@ def test_convert_force_replaces_the_folder_as_a_whole(model_dir, tmp_path):
     (out / "config.json").write_text("{}")
     r = convert(ConvertConfig(str(model_dir), str(out), force=True))
     assert r.path == out / fmt.WEIGHTS_FILE and fmt.is_packed(out)
-    assert not (out / "stale.txt").exists() and not (out / "config.json").exists()
+    assert not (out / "stale.txt").exists()
+    assert fmt.hf_model_type(out) == fmt.PACKED_MODEL_TYPE  # the new config.json, not the stale one
     assert set(os.listdir(out)) == {fmt.WEIGHTS_FILE, *r.tokenizer_files}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing left beside it
     # mode of a plain file (0644 under the usual umask), like the tokenizer files next to it
@@ -117,7 +118,10 @@ def test_convert_without_tokenizer(model_dir, tmp_path, capsys):
     _cli_error(["convert", str(bare), str(tmp_path / "o")], capsys, "--no-tokenizer")
     assert not (tmp_path / "o").exists()
     assert main(["convert", str(bare), str(tmp_path / "o"), "--no-tokenizer"]) == 0
-    assert os.listdir(tmp_path / "o") == [fmt.WEIGHTS_FILE]
+    # the weights and the Hugging Face files, no tokenizer (nor its chat template)
+    assert sorted(os.listdir(tmp_path / "o")) == sorted(
+        [fmt.WEIGHTS_FILE, "config.json", "generation_config.json", "README.md"]
+    )
 
 
 # --- 2. bounded configs ----------------------------------------------------------------------

@@ -69,9 +69,19 @@ def find_eos_token(tok: Tokenizer, name: str | None = None) -> tuple[str, int]:
     )
 
 
+# The chat template of our base-LM tokenizers: role-tagged lines, then "assistant:" (the same
+# text the server builds for a tokenizer without a template, mulfree.serve.backends).
+SIMPLE_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n"
+    "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
 def save_hf_tokenizer(tok: Tokenizer, eos_token: str, out_dir: str | Path) -> None:
-    """Write tokenizer.json + tokenizer_config.json so `AutoTokenizer.from_pretrained` loads it."""
+    """Write tokenizer.json + tokenizer_config.json (+ the chat template) so
+    `AutoTokenizer.from_pretrained` loads it."""
     from transformers import PreTrainedTokenizerFast
 
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos_token, bos_token=eos_token)
+    hf.chat_template = SIMPLE_CHAT_TEMPLATE
     hf.save_pretrained(str(out_dir))

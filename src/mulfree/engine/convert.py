@@ -114,12 +114,17 @@ def packed_tensors_from_model(
 def save_packed(
     model, dst: str | Path, *, ternary_format: str = "tq1", embedding_format: str = "int8"
 ) -> Path:
-    """Write an in-memory HGRNBitForCausalLM (float or packed) as DST/model.safetensors."""
+    """Write an in-memory HGRNBitForCausalLM (float or packed) as DST/model.safetensors, with
+    the Hugging Face files beside it (`mulfree.engine.format.write_hf_files`)."""
     ConvertConfig("", str(dst), ternary_format, embedding_format)  # validates
     tensors = packed_tensors_from_model(model, ternary_format, embedding_format)
     path = Path(dst) / fmt.WEIGHTS_FILE
-    fmt.write_packed(path, tensors, model.config.to_json_string(use_diff=False), ternary_format,
-                     embedding_format)  # fmt: skip
+    config_json = model.config.to_json_string(use_diff=False)
+    fmt.write_packed(path, tensors, config_json, ternary_format, embedding_format)
+    # config.json, generation_config.json, README.md: a Hugging Face directory (a card already
+    # there is carried over)
+    fmt.write_hf_files(path.parent, config_json, ternary_format, embedding_format,
+                       src_dir=path.parent)  # fmt: skip
     return path
 
 
@@ -254,6 +259,8 @@ def convert(config: ConvertConfig | str, dst: str | None = None, **kw) -> Conver
         path = tmp / fmt.WEIGHTS_FILE
         fmt.write_packed(path, tensors, model_config.to_json_string(use_diff=False), tfmt, efmt)
         copied = fmt.copy_tokenizer_files(src_dir, tmp)
+        copied += fmt.write_hf_files(tmp, model_config.to_json_string(use_diff=False), tfmt, efmt,
+                                     src_dir=src_dir, name=out_dir.name)  # fmt: skip
         nbytes = path.stat().st_size
     return ConvertResult(out_dir / fmt.WEIGHTS_FILE, nbytes, copied)
 

@@ -60,6 +60,7 @@ TOKENIZER_FILES = (
     "merges.txt",
     "added_tokens.json",
     "generation_config.json",
+    "chat_template.jinja",
 )
 
 
@@ -109,16 +110,107 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def looks_packed(path: str | Path) -> bool:
-    """True when `path` is meant as a packed model, readable or not: a packed model (is_packed),
-    any file, or a directory with model.safetensors but no config.json / trainer_state.json (a
-    checkpoint has those). Loading it then says precisely what is wrong with the file, instead
-    of treating a damaged packed folder as a checkpoint without config.json."""
+    """True when `path` is meant as a packed model, readable or not: any file, a directory
+    whose config.json says model_type `hgrn_bit_packed` (written since packed directories are
+    Hugging Face directories), or a directory with model.safetensors but no config.json /
+    trainer_state.json (an older packed directory; a checkpoint has those). Loading it then
+    says precisely what is wrong with the file, instead of treating a damaged packed folder as
+    a checkpoint without config.json."""
     p = Path(path)
     if p.is_file():
         return True
-    return p.is_dir() and (p / WEIGHTS_FILE).exists() and not any(
-        (p / n).exists() for n in ("config.json", "trainer_state.json")
+    if not (p.is_dir() and (p / WEIGHTS_FILE).exists()):
+        return False
+    if (p / "config.json").is_file():
+        return hf_model_type(p) == PACKED_MODEL_TYPE
+    return not (p / "trainer_state.json").exists()
+
+
+# --- the Hugging Face side of a packed directory -------------------------------------------
+# A packed directory is also a Hugging Face model directory: config.json (the model's config
+# with model_type `hgrn_bit_packed`, which `import mulfree` registers with the Auto classes,
+# and the packing under "mulfree_packed"), generation_config.json, the tokenizer (with a chat
+# template) and a model card with Hub front matter. The weights file stays the one source of
+# truth: it carries its own config and format (loading never needs config.json, so packed
+# directories written before config.json existed still load).
+PACKED_MODEL_TYPE = "hgrn_bit_packed"
+CARD_TAGS = ("mulfree", "hgrn_bit", "matmul-free", "ternary", "packed")
+
+
+def hf_model_type(path: Path) -> str | None:
+    try:
+        return json.loads((Path(path) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def hf_config(config_json: str, ternary_format: str, embedding_format: str) -> dict:
+    """The config.json of a packed directory."""
+    d = json.loads(config_json)
+    d["model_type"] = PACKED_MODEL_TYPE
+    d["architectures"] = ["PackedHGRNBitForCausalLM"]
+    d["mulfree_packed"] = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
+                           "ternary_format": ternary_format,
+                           "embedding_format": embedding_format, "weights": WEIGHTS_FILE}  # fmt: skip
+    return d
+
+
+def model_card(src_readme: Path | None, *, name: str, ternary_format: str,
+               embedding_format: str) -> str:  # fmt: skip
+    """README.md of a packed directory: the source's card (front matter and text) carried
+    over, with Hub front matter (library_name, pipeline_tag, tags) and a note on the packing."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data, body = {}, ""
+    if src_readme is not None and src_readme.is_file():
+        card = ModelCard(src_readme.read_text(encoding="utf-8"), ignore_metadata_errors=True)
+        # re-packing a packed model: its old packing note goes
+        text = card.text.split("## Packed by mulfree")[0].strip()
+        data, body = card.data.to_dict(), (text + "\n\n" if text else "")
+    data.setdefault("library_name", "mulfree")
+    data.setdefault("pipeline_tag", "text-generation")
+    data["tags"] = list(dict.fromkeys([*(data.get("tags") or []), *CARD_TAGS]))
+    if not body:
+        body = f"# {name}\n\nA MatMul-free (`hgrn_bit`) language model.\n\n"
+    body += (
+        f"## Packed by mulfree\n\n{ternary_format} ternary weights, {embedding_format} "
+        "embeddings, in one safetensors file (`mulfree convert`). Load it with "
+        "`mulfree generate -m DIR`, `mulfree serve -m DIR`, or in Python after `import mulfree`: "
+        "`AutoModelForCausalLM.from_pretrained(DIR)` / `pipeline(\"text-generation\", model=DIR)`.\n"
     )
+    return f"---\n{ModelCardData(**data).to_yaml()}\n---\n\n{body}"
+
+
+def write_hf_files(dst: Path, config_json: str, ternary_format: str, embedding_format: str, *,
+                   src_dir: Path | None = None, name: str | None = None) -> list[str]:  # fmt: skip
+    """Write config.json, generation_config.json (unless copied from the source) and README.md
+    into the packed directory `dst`; returns their names."""
+    from mulfree._io import atomic_write_text
+
+    cfg = hf_config(config_json, ternary_format, embedding_format)
+    written = ["config.json"]
+    atomic_write_text(dst / "config.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    if not (dst / "generation_config.json").is_file():
+        gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+               if cfg.get(k) is not None}  # fmt: skip
+        atomic_write_text(dst / "generation_config.json", json.dumps(gen, indent=2) + "\n")
+        written.append("generation_config.json")
+    if (dst / "tokenizer_config.json").is_file() and not (dst / "chat_template.jinja").is_file():
+        try:
+            has = json.loads((dst / "tokenizer_config.json").read_text()).get("chat_template")
+        except (OSError, ValueError, AttributeError):
+            has = None
+        if not has:  # a base LM's tokenizer: the role-tagged template the server falls back to
+            from mulfree.data.tokenizer import SIMPLE_CHAT_TEMPLATE
+
+            atomic_write_text(dst / "chat_template.jinja", SIMPLE_CHAT_TEMPLATE)
+            written.append("chat_template.jinja")
+    readme = src_dir / "README.md" if src_dir is not None else None
+    card = model_card(readme, name=name or dst.name, ternary_format=ternary_format,
+                      embedding_format=embedding_format)  # fmt: skip
+    atomic_write_text(dst / "README.md", card)
+    written.append("README.md")
+    return written
 
 
 def is_packed(path: str | Path) -> bool:

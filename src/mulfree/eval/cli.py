@@ -75,11 +75,29 @@ def register(sub) -> None:
     d.add_argument("--cache-dir", default=None, help="default: $MULFREE_CACHE or ~/.cache/mulfree")
     d.set_defaults(func=cmd_data)
 
+    le = sub.add_parser(
+        "lm-eval",
+        help="lm-evaluation-harness's CLI with mulfree's model types registered",
+        description="Run `lm_eval ARGS...` in a process where `import mulfree` made hgrn_bit "
+        "and packed (hgrn_bit_packed) directories loadable by `--model hf`; every argument "
+        "goes to lm-eval unchanged (its own --help: `mulfree lm-eval -h`).",
+        add_help=False,
+    )
+    le.add_argument("args", nargs=argparse.REMAINDER, help="lm-eval's arguments")
+    le.set_defaults(func=cmd_lm_eval)
+
     t = sub.add_parser("eval-table", help="compare several `mulfree eval` results in one table")
     t.add_argument("results", nargs="+", help="results JSON files")
     t.add_argument("--out", help="write the Markdown here too")
     t.add_argument("--reference", help="label to compare every other row against, pairwise")
     t.set_defaults(func=cmd_table)
+
+
+def cmd_lm_eval(args) -> int:
+    from mulfree.eval.lm_eval import main
+
+    rest = args.args[1:] if args.args[:1] == ["--"] else args.args
+    return main(rest)
 
 
 def lmul_config_from_args(args):

@@ -49,7 +49,9 @@ __all__ = [
 
 # Registered now if transformers' Auto classes are loaded already (mulfree/__init__.py's hook
 # registers when they load later, and defers to this line while this package is importing).
+# The package's own `_register` runs: it also registers the packed model type (mulfree.engine,
+# a layer above this one, which this package does not import itself).
 _READY = True
 if any(m in sys.modules for m in ("transformers.models.auto.configuration_auto",
                                   "transformers.models.auto.modeling_auto")):  # fmt: skip
-    register_with_transformers()
+    sys.modules["mulfree"]._register()
