@@ -24,7 +24,8 @@ def test_evaluate_every_task(model, tok, data_dir, tmp_path):
         assert m["acc_stderr"] == m["acc_stderr"] or m["n"] == 1  # nan only for one item
         for metric in TASKS[name].metrics:
             assert metric in m
-    assert res["tasks"]["piqa"]["n"] == 2 and res["tasks"]["mmlu"]["n"] == 3  # 1 + 2 subjects
+    # --limit counts items in all: MMLU takes one item of each of its 2 subjects
+    assert res["tasks"]["piqa"]["n"] == 2 and res["tasks"]["mmlu"]["n"] == 2
     assert res["attention"] is None and res["attn_implementation"] == "eager"
     assert read_results(tmp_path / "r.json")["tasks"].keys() == res["tasks"].keys()
     assert "| piqa | acc_norm |" in (tmp_path / "r.md").read_text()
@@ -149,7 +150,7 @@ def test_cli_eval_writes_results(model_dir, data_dir, tmp_path, capsys):
         (["--tasks", "piqa", "--mantissa-bits", "3"], "need --attention"),
         (
             ["--tasks", "piqa", "--attention", "lmul", "--mantissa-bits", "5"],
-            "mantissa_bits must be",
+            "expected 2, 3, 4 or full",
         ),
         (["--tasks", "piqa", "--task-data", "piqa"], "--task-data expects TASK=PATH"),
         (["--tasks", "piqa", "--resume"], "resume needs the results file"),

@@ -71,10 +71,13 @@ def test_lambada_from_olmo_requests_and_from_text():
     assert it.requests == [Request("The cat sat on the", " mat")]
 
 
-def test_limit_applies_per_mmlu_subject(data_dir):
+def test_limit_counts_mmlu_items_round_robin_over_subjects(data_dir):
     task = TASKS["mmlu"]
-    items = load_items(task, task_sources(task, data_dir), limit=1)
-    assert len(items) == 2  # anatomy 1 + astronomy 1 (of 2)
+    src = task_sources(task, data_dir)
+    assert len(load_items(task, src, limit=1)) == 1  # N items in all, not N per subject
+    two = load_items(task, src, limit=2)  # anatomy 1 + astronomy 1 (of 2)
+    assert [it.requests[0].context.split(" about ")[1][:7] for it in two] == ["anatomy", "astrono"]
+    assert len(load_items(task, src, limit=3)) == 3 == len(load_items(task, src))
 
 
 def test_mean_stderr_is_sample_stderr():
@@ -94,7 +97,9 @@ def test_acc_and_acc_norm_by_hand():
     results = [[(-1.0, False), (-2.0, False)], [(-3.0, False), (-4.0, False)]]
     m = score_items(task, items, results)
     assert (m["acc"], m["acc_norm"], m["n"]) == (0.5, 1.0, 2)
-    assert m["per_item"] == {"acc": [0, 1], "acc_norm": [1, 1]}
+    assert m["per_item"] == {"acc": [0, 1], "acc_norm": [1, 1], "choice": [0, 0],
+                             "choice_norm": [1, 0],
+                             "loglikelihoods": [[-1.0, -2.0], [-3.0, -4.0]]}  # fmt: skip
 
 
 def test_lambada_metrics_by_hand():

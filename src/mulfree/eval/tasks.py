@@ -177,24 +177,45 @@ def task_sources(task: Task, root: Path | None) -> list[Path]:
 
 
 def load_items(task: Task, sources: list[Path], limit: int | None = None) -> list[Item]:
-    """Items of `task` from its sources; `limit` keeps the first N (per source: MMLU subject)."""
+    """Items of `task` from its sources; `limit` keeps N items in all (see `select_items`)."""
+    return load_items_counted(task, sources, limit)[0]
+
+
+def select_items(per_source: list[list], limit: int | None) -> list[tuple[int, int]]:
+    """(source, record) indices of the items `limit` keeps: N items in all. With one source the
+    first N; with several (MMLU's 57 subject files) round robin over the sources, record 0 of
+    each, then record 1 of each, ... so every subject is in once N >= the number of subjects
+    and no subject has more than one item more than another (unless it runs out)."""
+    if limit is None:
+        return [(s, i) for s, recs in enumerate(per_source) for i in range(len(recs))]
+    picked: list[tuple[int, int]] = []
+    depth = 0
+    while len(picked) < limit and any(depth < len(r) for r in per_source):
+        for s, recs in enumerate(per_source):
+            if depth < len(recs) and len(picked) < limit:
+                picked.append((s, depth))
+        depth += 1
+    # source order, then record order: the items of one subject stay together
+    return sorted(picked)
+
+
+def load_items_counted(task: Task, sources: list[Path], limit: int | None = None
+                       ) -> tuple[list[Item], int]:  # fmt: skip
+    """(the items `limit` keeps, the number of items the sources hold)."""
     from mulfree.eval.data import read_records
 
+    per_source = [read_records(src) for src in sources]
     items: list[Item] = []
-    for src in sources:
-        records = read_records(src)
-        if limit is not None:
-            records = records[:limit]
-        for i, rec in enumerate(records):
-            try:
-                items.append(task.build(rec))
-            except (KeyError, ValueError, IndexError, TypeError) as e:
-                raise MulfreeError(
-                    f"{src}: record {i} does not look like {task.name} data ({type(e).__name__}: {e})"
-                ) from None
+    for s, i in select_items(per_source, limit):
+        try:
+            items.append(task.build(per_source[s][i]))
+        except (KeyError, ValueError, IndexError, TypeError) as e:
+            raise MulfreeError(
+                f"{sources[s]}: record {i} does not look like {task.name} data ({type(e).__name__}: {e})"
+            ) from None
     if not items:
         raise MulfreeError(f"no items for task {task.name!r} in {', '.join(map(str, sources))}")
-    return items
+    return items, sum(len(r) for r in per_source)
 
 
 # --- metrics --------------------------------------------------------------------------------
@@ -215,16 +236,22 @@ def score_items(task: Task, items: list[Item], results: list[list[tuple[float, b
     if task.kind == "lambada":
         per_item = {"acc": [int(r[0][1]) for r in results], "ll": [r[0][0] for r in results]}
         return metrics_from_per_item(task, per_item)
-    acc, acc_norm = [], []
+    acc, acc_norm, choice, choice_norm, lls_all = [], [], [], [], []
     for item, res in zip(items, results, strict=True):
         lls = [ll for ll, _ in res]
-        acc.append(int(max(range(len(lls)), key=lambda i: lls[i]) == item.gold))
+        lls_all.append(lls)
+        choice.append(max(range(len(lls)), key=lambda i: lls[i]))
+        acc.append(int(choice[-1] == item.gold))
         if "acc_norm" in task.metrics:
             normed = [ll / len(c) for ll, c in zip(lls, item.choices, strict=True)]
-            acc_norm.append(int(max(range(len(normed)), key=lambda i: normed[i]) == item.gold))
-    per_item = {"acc": acc}
+            choice_norm.append(max(range(len(normed)), key=lambda i: normed[i]))
+            acc_norm.append(int(choice_norm[-1] == item.gold))
+    # each item's choice (index of the highest log-likelihood) and every choice's
+    # log-likelihood, so a results file can be re-scored or compared item by item
+    per_item = {"acc": acc, "choice": choice, "loglikelihoods": lls_all}
     if "acc_norm" in task.metrics:
         per_item["acc_norm"] = acc_norm
+        per_item["choice_norm"] = choice_norm
     return metrics_from_per_item(task, per_item)
 
 
