@@ -7,8 +7,11 @@ kernel file needs no edit anywhere else. SIMD code is selected per function at r
 (`__attribute__((target))` + `__builtin_cpu_supports`), so no -m flags are passed and the
 object runs on any x86-64 (or any other CPU, on the scalar path).
 
-The extension is optional: when no C compiler is available the build warns and the package
-still installs; at run time `mulfree.kernels` then says once that it is on the pure-torch path.
+The extension is optional: when it cannot be built (no C compiler, no OpenMP) the build says
+so plainly, with how to get it, and the package still installs; at run time `mulfree.kernels`
+then says once that it is on the pure-torch path (~50x slower decoding). Release wheels are
+manylinux wheels with libgomp bundled (scripts/build_wheel.sh), so `pip install mulfree` needs
+no compiler.
 """
 
 import glob
@@ -16,6 +19,42 @@ import os
 import re
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+MISSING_CORE = """
+==========================================================================================
+mulfree: the compiled core (mulfree._C) was NOT built: {why}
+The package installs and works, but its ternary kernels run on the pure-torch path, about
+50x slower, and `mulfree generate` reports no packed-kernel energy saving.
+To get the fast core, either
+  - install a prebuilt wheel (manylinux x86_64: `pip install --only-binary mulfree mulfree`), or
+  - install a C compiler with OpenMP (Debian/Ubuntu: `apt-get install build-essential`;
+    Fedora: `dnf install gcc`) and reinstall from source (`pip install --force-reinstall .`).
+==========================================================================================
+"""
+
+
+class BuildExt(build_ext):
+    """build_ext that turns a failed build of the optional core into one plain message."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as e:  # no compiler at all: setuptools fails before any extension
+            self._missing(e)
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as e:  # compile or link error (e.g. no OpenMP)
+            self._missing(e)
+
+    @staticmethod
+    def _missing(e: Exception) -> None:
+        import sys
+
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        sys.stderr.write(MISSING_CORE.format(why=why))
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GEN_DIR = os.path.join(HERE, "build", "mf_gen")
@@ -58,8 +97,7 @@ if sources and os.environ.get("MULFREE_NO_EXT", "") != "1":
             # exactly like torch's fp32 ops.
             extra_compile_args=["-O3", "-std=c11", "-fopenmp", "-fno-strict-aliasing"],
             extra_link_args=["-fopenmp"],
-            optional=True,
         )
     )
 
-setup(ext_modules=ext_modules)
+setup(ext_modules=ext_modules, cmdclass={"build_ext": BuildExt})

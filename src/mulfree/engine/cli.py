@@ -141,7 +141,13 @@ def cmd_generate(args) -> int:
                 f"energy per token (estimated, {e.table} table): {e.total_pj / 1e6:.2f} uJ, "
                 f"{e.memory_pj / 1e6:.2f} uJ of it memory"
             )
-            if e.dense_fp32_pj:
+            from mulfree import kernels
+            from mulfree.kernels._core import HOW_TO_GET_CORE
+
+            if not kernels.available():  # nothing packed ran: a ratio here would read "1.0x"
+                line += (f" | no saving to report: the compiled core is missing "
+                         f"({kernels.load_error()}); {HOW_TO_GET_CORE}")  # fmt: skip
+            elif e.dense_fp32_pj:
                 line += (
                     f" | with dense fp32 weights {e.dense_fp32_pj / 1e6:.2f} uJ: "
                     f"{e.saving:.1f}x less"

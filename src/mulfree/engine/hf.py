@@ -13,7 +13,6 @@ reads the config and format from the weights file itself (config.json only route
 from __future__ import annotations
 
 from mulfree.engine.format import PACKED_MODEL_TYPE
-from mulfree.engine.model import PackedHGRNBitForCausalLM, load_packed
 from mulfree.models.mmfree import HGRNBitConfig
 
 
@@ -23,14 +22,19 @@ class PackedHGRNBitConfig(HGRNBitConfig):
     model_type = PACKED_MODEL_TYPE
 
 
-class AutoPackedHGRNBitForCausalLM(PackedHGRNBitForCausalLM):
-    """What AutoModelForCausalLM maps `hgrn_bit_packed` to; `from_pretrained` is `load_packed`
-    (hub keyword arguments such as dtype or device_map do not apply to packed weights)."""
+class AutoPackedHGRNBitForCausalLM:
+    """What AutoModelForCausalLM maps `hgrn_bit_packed` to: only a loader, whose
+    `from_pretrained` is `load_packed` and returns a PackedHGRNBitForCausalLM (hub keyword
+    arguments such as dtype or device_map do not apply to packed weights). Not a model class
+    itself, so that registering needs no import of the model code (which imports this
+    package's models while they may still be importing)."""
 
     config_class = PackedHGRNBitConfig
 
     @classmethod
-    def from_pretrained(cls, path, *args, **kwargs) -> PackedHGRNBitForCausalLM:
+    def from_pretrained(cls, path, *args, **kwargs):
+        from mulfree.engine.model import load_packed
+
         return load_packed(path)
 
 

@@ -36,6 +36,13 @@ _forced: str | None = os.environ.get("MULFREE_ISA") or None
 _best: str | None = None  # cached isa_max() of a loaded core
 
 
+# How a user gets the core: a prebuilt wheel, or a source build with a compiler (setup.py).
+HOW_TO_GET_CORE = (
+    "Install a prebuilt manylinux wheel (`pip install --only-binary mulfree mulfree`) or build "
+    "from source with a C compiler with OpenMP (`pip install --force-reinstall .`)"
+)
+
+
 def _require_c() -> bool:
     return os.environ.get("MULFREE_REQUIRE_C", "") == "1"
 
@@ -46,8 +53,8 @@ def _load() -> ModuleType | None:
     if C is None and _require_c():
         raise MulfreeError(
             "MULFREE_REQUIRE_C=1: the compiled core mulfree._C is required but unavailable "
-            f"({_load_error}). Build it with `pip install -e . --no-build-isolation` (needs a C "
-            "compiler with OpenMP), or unset MULFREE_REQUIRE_C to allow the pure-torch path."
+            f"({_load_error}). {HOW_TO_GET_CORE}, or unset MULFREE_REQUIRE_C to allow the "
+            "pure-torch path."
         )
     return C
 
@@ -93,7 +100,7 @@ def warn_slow_path_once() -> None:
     warnings.warn(
         "mulfree: the compiled core mulfree._C is not available "
         f"({load_error()}); ternary kernels run on the SLOW pure-torch path. "
-        "Rebuild with `pip install -e . --no-build-isolation` (needs a C compiler with OpenMP).",
+        f"{HOW_TO_GET_CORE}.",
         RuntimeWarning,
         stacklevel=3,
     )
