@@ -9,10 +9,15 @@ from typing import Any
 
 
 class MetricsLog:
-    """Append-only JSONL file of records, each with a `step` (optimizer steps completed)."""
+    """Append-only JSONL file of records, each with a `step` (optimizer steps completed).
 
-    def __init__(self, path: str | Path):
+    When TensorBoard is installed (`pip install tensorboard`), every numeric field of a record
+    also goes to TensorBoard event files in `tensorboard/` beside the JSONL file
+    (`tensorboard --logdir RUN/tensorboard`); the JSONL file stays the record of the run."""
+
+    def __init__(self, path: str | Path, *, tensorboard: bool = True):
         self.path = Path(path)
+        self._tb = None if tensorboard else False  # None: not opened yet; False: off
 
     def truncate_after(self, step: int) -> None:
         """Drop records past `step`: a killed run may have logged steps its checkpoint lacks,
@@ -28,6 +33,22 @@ class MetricsLog:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
+        self._to_tensorboard(record)
+
+    def _to_tensorboard(self, record: dict[str, Any]) -> None:
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is not installed: the JSONL file only
+                self._tb = False
+            else:
+                self._tb = SummaryWriter(log_dir=str(self.path.parent / "tensorboard"))
+        if self._tb is False or "step" not in record:
+            return
+        for key, value in record.items():
+            if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
+                self._tb.add_scalar(key, value, record["step"])
+        self._tb.flush()
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
