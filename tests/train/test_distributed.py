@@ -9,14 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests._tolerances import TRAIN_LOSS, TRAIN_WEIGHT
+
 from .helpers import cli_env, run_cli, write_corpus, write_tiny_llama
 
 # 1 vs 2 processes: the 2-process gradient is the average of two half-batch means, the
 # 1-process one the mean of the whole batch; same terms, different fp32 summation order (and
 # different matmul blocking for batch 4 vs 8). Seen: |Δloss| ≤ 1e-6 and |Δweight| ≤ 7e-6 after
 # 10 steps at lr 3e-3; the bounds leave ~10x headroom.
-LOSS_RTOL = 1e-5
-WEIGHT_ATOL = 1e-4
+LOSS_RTOL, WEIGHT_ATOL = TRAIN_LOSS.rtol, TRAIN_WEIGHT.atol
 
 
 @pytest.fixture(scope="module")
