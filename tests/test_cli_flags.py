@@ -132,3 +132,29 @@ def test_every_help_shows_the_defaults_and_no_old_spelling():
             assert "default" in sub._get_formatter()._expand_help(a), (name, a.dest)
     top = parser.format_help()
     assert "examples:" in top and "mulfree generate -p" in top and "parse ->" not in top
+
+
+def test_serve_takes_the_model_as_option_or_positional_once(monkeypatch, capsys):
+    from mulfree.serve import cli as serve_cli
+
+    seen = []
+    monkeypatch.setattr("mulfree.serve.serve", lambda cfg: seen.append(cfg))
+    p = build_parser()
+    for argv in (["serve", "-m", "d1", "-t", "2"], ["serve", "d1", "--threads", "2"]):
+        assert serve_cli.cmd_serve(p.parse_args(argv)) == 0
+    assert [(c.model, c.threads) for c in seen] == [("d1", 2), ("d1", 2)]
+    assert main(["serve", "d1", "-m", "d2"]) == 2
+    assert "give the model once" in capsys.readouterr().err
+
+
+def test_energy_line_without_the_compiled_core_reports_no_saving():
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "MULFREE_DISABLE_C": "1"}
+    r = subprocess.run([sys.executable, "-m", "mulfree.cli", "generate", "-p", "ROMEO:", "-n", "2",
+                        "--temp", "0"], capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    line = next(x for x in r.stderr.splitlines() if x.startswith("energy per token"))
+    assert "x less" not in line and "the compiled core is missing" in line
+    assert "--only-binary mulfree" in line

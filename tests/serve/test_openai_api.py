@@ -176,3 +176,20 @@ def test_openapi_schema_comes_from_the_request_models(server):
         assert name in schemas["CompletionRequest"]["properties"], name
     ref = doc["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]
     assert ref["application/json"]["schema"]["$ref"].endswith("/ChatCompletionRequest")
+
+
+def test_chat_stream_carries_the_logprobs_of_every_token(server):
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temperature": 0,
+            "logprobs": True, "top_logprobs": 1, "ignore_eos": True}  # fmt: skip
+    full = post(server, body, "/v1/chat/completions")["choices"][0]
+    status, _, raw = request(server.url + "/v1/chat/completions", "POST", {**body, "stream": True})
+    assert status == 200
+    got, text = [], ""
+    for line in raw.decode().splitlines():
+        if line.startswith("data: {"):
+            for c in json.loads(line[6:])["choices"]:
+                text += c["delta"].get("content") or ""
+                if c["logprobs"]:
+                    got += c["logprobs"]["content"]
+    assert text == full["message"]["content"] and got == full["logprobs"]["content"]
+    assert len(got) == 6
