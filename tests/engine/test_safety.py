@@ -67,7 +67,7 @@ def test_convert_force_replaces_the_folder_as_a_whole(model_dir, tmp_path):
     assert r.path == out / fmt.WEIGHTS_FILE and fmt.is_packed(out)
     assert not (out / "stale.txt").exists()
     assert fmt.hf_model_type(out) == fmt.PACKED_MODEL_TYPE  # the new config.json, not the stale one
-    assert set(os.listdir(out)) == {fmt.WEIGHTS_FILE, *r.tokenizer_files}
+    assert set(os.listdir(out)) == {fmt.WEIGHTS_FILE, *r.tokenizer_files, *r.hf_files}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing left beside it
     # mode of a plain file (0644 under the usual umask), like the tokenizer files next to it
     mode = stat.S_IMODE((out / fmt.WEIGHTS_FILE).stat().st_mode)

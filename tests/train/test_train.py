@@ -84,6 +84,13 @@ def test_train_save_load_round_trip(finished):
     info = json.loads((res.model_dir / "training_info.json").read_text())
     assert info["format"] == "mulfree-trained-model" and info["steps"] == 12
     assert info["tokens_seen"] == 12 * 8 * 32 == res.tokens_seen
+    # a model card with Hub front matter; the tokenizer has a chat template
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(res.model_dir / "README.md")
+    assert card.data.library_name == "mulfree" and card.data.pipeline_tag == "text-generation"
+    assert {"mulfree", model.config.model_type} <= set(card.data.tags)
+    assert "12 steps" in card.text and tok.chat_template
 
 
 def test_metrics_plot_and_checkpoints(finished):

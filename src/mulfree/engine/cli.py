@@ -89,6 +89,7 @@ def cmd_convert(args) -> int:
     r = convert(ConvertConfig(args.src, args.dst, args.ternary_format, args.embeddings,
                               force=args.force, no_tokenizer=args.no_tokenizer))  # fmt: skip
     extra = f"; copied {', '.join(r.tokenizer_files)}" if r.tokenizer_files else ""
+    extra += f"; wrote {', '.join(r.hf_files)}" if r.hf_files else ""
     print(
         f"wrote {r.path} ({r.nbytes / 1e6:.1f} MB, {args.ternary_format}, {args.embeddings} embeddings){extra}"
     )

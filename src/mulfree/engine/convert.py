@@ -11,7 +11,7 @@ Checkpoints are read tensor by tensor (safetensors), so converting needs little 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -51,6 +51,7 @@ class ConvertResult:
     path: Path  # the packed safetensors file
     nbytes: int  # its size
     tokenizer_files: list[str]
+    hf_files: list[str] = field(default_factory=list)  # config.json, README.md, ... written
 
 
 def _embedding_tensors(emb, efmt: str) -> dict:
@@ -259,10 +260,10 @@ def convert(config: ConvertConfig | str, dst: str | None = None, **kw) -> Conver
         path = tmp / fmt.WEIGHTS_FILE
         fmt.write_packed(path, tensors, model_config.to_json_string(use_diff=False), tfmt, efmt)
         copied = fmt.copy_tokenizer_files(src_dir, tmp)
-        copied += fmt.write_hf_files(tmp, model_config.to_json_string(use_diff=False), tfmt, efmt,
-                                     src_dir=src_dir, name=out_dir.name)  # fmt: skip
+        written = fmt.write_hf_files(tmp, model_config.to_json_string(use_diff=False), tfmt,
+                                     efmt, src_dir=src_dir, name=out_dir.name)  # fmt: skip
         nbytes = path.stat().st_size
-    return ConvertResult(out_dir / fmt.WEIGHTS_FILE, nbytes, copied)
+    return ConvertResult(out_dir / fmt.WEIGHTS_FILE, nbytes, copied, written)
 
 
 def _check_tokenizer(tok_dir: Path, config: ConvertConfig) -> None:

@@ -159,26 +159,14 @@ def model_card(src_readme: Path | None, *, name: str, ternary_format: str,
                embedding_format: str) -> str:  # fmt: skip
     """README.md of a packed directory: the source's card (front matter and text) carried
     over, with Hub front matter (library_name, pipeline_tag, tags) and a note on the packing."""
-    from huggingface_hub import ModelCard, ModelCardData
+    from mulfree.models.card import hub_card
 
-    data, body = {}, ""
-    if src_readme is not None and src_readme.is_file():
-        card = ModelCard(src_readme.read_text(encoding="utf-8"), ignore_metadata_errors=True)
-        # re-packing a packed model: its old packing note goes
-        text = card.text.split("## Packed by mulfree")[0].strip()
-        data, body = card.data.to_dict(), (text + "\n\n" if text else "")
-    data.setdefault("library_name", "mulfree")
-    data.setdefault("pipeline_tag", "text-generation")
-    data["tags"] = list(dict.fromkeys([*(data.get("tags") or []), *CARD_TAGS]))
-    if not body:
-        body = f"# {name}\n\nA MatMul-free (`hgrn_bit`) language model.\n\n"
-    body += (
-        f"## Packed by mulfree\n\n{ternary_format} ternary weights, {embedding_format} "
-        "embeddings, in one safetensors file (`mulfree convert`). Load it with "
-        "`mulfree generate -m DIR`, `mulfree serve -m DIR`, or in Python after `import mulfree`: "
-        "`AutoModelForCausalLM.from_pretrained(DIR)` / `pipeline(\"text-generation\", model=DIR)`.\n"
-    )
-    return f"---\n{ModelCardData(**data).to_yaml()}\n---\n\n{body}"
+    return hub_card(src_readme, title=name, section="## Packed by mulfree", tags=CARD_TAGS, text=(
+        f"{ternary_format} ternary weights, {embedding_format} embeddings, in one safetensors "
+        "file (`mulfree convert`). Load it with `mulfree generate -m DIR`, `mulfree serve -m "
+        "DIR`, or in Python after `import mulfree`: `AutoModelForCausalLM.from_pretrained(DIR)` "
+        '/ `pipeline("text-generation", model=DIR)`.'
+    ))  # fmt: skip
 
 
 def write_hf_files(dst: Path, config_json: str, ternary_format: str, embedding_format: str, *,

@@ -512,6 +512,20 @@ def _train(cfg: TrainConfig, ctx: DistContext, meter=None, clock=None) -> TrainR
     )
 
 
+def _card(raw, info: dict) -> str:
+    """The exported folder's model card, with Hub front matter (mulfree.models.card)."""
+    from mulfree.models.card import hub_card
+
+    kind = raw.config.model_type
+    tags = ("mulfree", kind, "matmul-free", "ternary") if kind == "hgrn_bit" else ("mulfree", kind)
+    val = info.get("final_val_loss")
+    summary = (f"{info['steps']} steps, {info['tokens_seen']:,} tokens, {info['num_params']:,} "
+               f"parameters (`{kind}`)" + (f"; held-out loss {val:.4f}" if val is not None else "")
+               + ". The full configuration is in training_info.json.")  # fmt: skip
+    return hub_card(None, title=info["train_config"].get("model") or kind,
+                    section="## Trained by mulfree", tags=tags, text=summary)  # fmt: skip
+
+
 def export_model(model, raw, tok, eos: str, model_dir: Path, info: dict, ctx: DistContext) -> None:
     """Write an HF-style model folder atomically (temp folder, then rename)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -531,6 +545,7 @@ def export_model(model, raw, tok, eos: str, model_dir: Path, info: dict, ctx: Di
         raw.save_pretrained(str(tmp), state_dict=sd, safe_serialization=True)
         save_hf_tokenizer(tok, eos, tmp)
         (tmp / "training_info.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(_card(raw, info), encoding="utf-8")
         if model_dir.exists():
             old = model_dir.with_name(f".old-{model_dir.name}")
             shutil.rmtree(old, ignore_errors=True)
