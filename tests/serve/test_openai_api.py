@@ -165,6 +165,7 @@ def test_one_set_of_defaults_for_cli_server_and_page(server):
     page = request(server.url + "/")[2].decode()
     assert f'id="temperature" type="number" value="{d.temperature}"' in page
     assert f'id="top_p" type="number" value="{d.top_p}"' in page
+    assert f'id="max_tokens" type="number" value="{server.state.config.default_max_tokens}"' in page
 
 
 def test_openapi_schema_comes_from_the_request_models(server):

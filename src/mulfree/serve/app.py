@@ -754,6 +754,7 @@ class App:
         d = SamplerConfig()  # the shared defaults, as a request without sampling fields gets
         html = PAGE_HTML.replace("{{TEMPERATURE}}", repr(d.temperature))
         html = html.replace("{{TOP_P}}", repr(d.top_p))
+        html = html.replace("{{MAX_TOKENS}}", str(self.config.default_max_tokens))
         return HTMLResponse(html.replace("{{MODEL_ID}}", literal))
 
 

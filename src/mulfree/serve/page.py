@@ -35,7 +35,7 @@ PAGE_HTML = """<!doctype html>
 &middot; <a href="/metrics">metrics</a></p>
 <textarea id="prompt" placeholder="Type a prompt">Once upon a time</textarea>
 <div class="row">
-  <label>max tokens <input id="max_tokens" type="number" value="64" min="1"></label>
+  <label>max tokens <input id="max_tokens" type="number" value="{{MAX_TOKENS}}" min="1"></label>
   <label>temperature <input id="temperature" type="number" value="{{TEMPERATURE}}" step="0.1" min="0" max="2"></label>
   <label>top p <input id="top_p" type="number" value="{{TOP_P}}" step="0.05" min="0.05" max="1"></label>
   <label>seed <input id="seed" type="number" placeholder="random"></label>
