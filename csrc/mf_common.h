@@ -37,6 +37,9 @@ enum {
 
 /* Highest ISA level the running CPU supports (cpuid via __builtin_cpu_supports). */
 int mf_isa_max(void);
+/* 1 if the CPU also has AVX-512 VBMI (vpermb): a sub-variant of the AVX-512 level, chosen inside
+ * a family's selection function (the level numbering stays scalar / AVX2 / AVX-512). */
+int mf_cpu_vbmi(void);
 /* requested = MF_ISA_AUTO -> mf_isa_max(); otherwise min(requested, mf_isa_max()). */
 int mf_isa_resolve(int requested);
 /* Thread count for a kernel: requested > 0 is used as is, else the OpenMP default. */
