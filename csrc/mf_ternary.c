@@ -860,18 +860,21 @@ static int act_quant(const float *x, int64_t M, int64_t K, int8_t *q, float *s, 
     return isa;
 }
 
+int mf_op_tq2_linear(const int64_t *a) {
+    const int rc = tq2_linear(mf_slot_ptr(a[0]), a[1], a[2], mf_slot_ptr(a[3]), a[4],
+                              (float)mf_slot_f64(a[5]), mf_slot_ptr(a[6]), mf_slot_ptr(a[7]),
+                              mf_slot_ptr(a[8]), a[9], (int)a[10]);
+    return rc < 0 ? MF_OP_NOMEM : rc;
+}
+
 MF_PYFUNC(tq2_linear,
           "tq2_linear(x, M, K, w, N, w_scale, row_scales_or_0, y, acc_or_0, threads, isa) -> isa.") {
     (void)self;
-    void *x, *w, *rs, *y, *acc;
-    int64_t M, K, N, threads, isa;
-    double w_scale;
-    if (mf_parse_args(args, nargs, "pllpldpppll", &x, &M, &K, &w, &N, &w_scale, &rs, &y, &acc,
-                      &threads, &isa) < 0)
-        return NULL;
+    int64_t a[11];
+    if (mf_parse_slots(args, nargs, "pllpldpppll", a) < 0) return NULL;
     int used;
-    Py_BEGIN_ALLOW_THREADS used = tq2_linear(x, M, K, w, N, (float)w_scale, rs, y, acc, threads, (int)isa);
-    Py_END_ALLOW_THREADS if (used < 0) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS used = mf_op_tq2_linear(a);
+    Py_END_ALLOW_THREADS if (used < 0) return mf_op_error("tq2_linear", used);
     return PyLong_FromLong(used);
 }
 
