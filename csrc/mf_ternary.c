@@ -25,7 +25,9 @@
 #include "mf_py.h" /* Python.h first, as CPython requires */
 
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
+#include <time.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -748,6 +750,74 @@ static tq2_impl tq2_select(int isa, int vbmi) {
  * weights sharing an input (q/k/v, gate/up) can run fused as one packed [sum N_i][K] weight.
  * Returns the ISA level used, or -1 if scratch allocation failed.
  * ---------------------------------------------------------------------------------------- */
+/* Busy cores. When the master waits at the join for longer than TQ2_STALL_NS and longer than its
+ * own work took, a worker was descheduled (the cores are shared with other busy processes): the
+ * next TQ2_BACKOFF_CALLS multi-threaded calls run on one thread (about one 370M decode step),
+ * then two threads are tried again. A quiet machine never triggers it (the join then waits
+ * microseconds); results do not depend on the thread count (each row's sum has one order). */
+#define TQ2_STALL_NS 500000
+#define TQ2_BACKOFF_CALLS 256
+static atomic_int tq2_backoff;
+
+static inline int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Work items of the decode path: this many row-block groups (impl.group row blocks each). Small
+ * enough that a descheduled thread holds up little (2048 rows: 8 items at group 4), large enough
+ * that handing them out (one atomic add each) costs nothing measurable. */
+#define TQ2_ITEM_GROUPS 2
+
+typedef struct {
+    const tq2_impl *impl;
+    const float *x;
+    const mf_tq2_block *w;
+    float *y;
+    int32_t *acc, *acc_out;
+    const float *row_scales;
+    const int8_t *qx;
+    const float *sx;
+    const uint8_t *tab;
+    float w_scale;
+    int64_t M, K, KB, Kp, N, Np, tab_tok, kcb;
+} tq2_args;
+
+/* Row blocks [nb0, nb1) of every token: zero the accumulators, run the kernels over every
+ * k-chunk, then the one float rescale per output (the same fp32 ops as the torch reference). */
+static void tq2_rows(const tq2_args *a, int64_t nb0, int64_t nb1) {
+    const tq2_impl *impl = a->impl;
+    const int64_t M = a->M, KB = a->KB, Np = a->Np, N = a->N;
+    for (int64_t m = 0; m < M; ++m)
+        memset(a->acc + m * Np + nb0 * MF_TQ2_ROWS, 0, (size_t)((nb1 - nb0) * MF_TQ2_ROWS) * 4);
+    for (int64_t kb0 = 0; kb0 < KB; kb0 += a->kcb) {
+        const int64_t nkb = KB - kb0 < a->kcb ? KB - kb0 : a->kcb;
+        const uint8_t *tab = a->tab + kb0 * impl->tab_per_block;
+        int64_t nb = nb0;
+        if (impl->kernn != NULL)
+            for (; nb + impl->group <= nb1; nb += impl->group)
+                impl->kernn(tab, a->tab_tok, a->w + nb * KB + kb0, KB, nkb,
+                            a->acc + nb * MF_TQ2_ROWS, Np, M);
+        for (; nb < nb1; ++nb)
+            impl->kern(a->qx + kb0 * MF_TQ2_K, a->Kp, tab, a->tab_tok, a->w + nb * KB + kb0, nkb,
+                       a->acc + nb * MF_TQ2_ROWS, Np, M);
+    }
+    const int64_t n0 = nb0 * MF_TQ2_ROWS, n1 = nb1 * MF_TQ2_ROWS < N ? nb1 * MF_TQ2_ROWS : N;
+    for (int64_t m = 0; m < M; ++m) {
+        const int32_t *acc = a->acc + m * Np;
+        float *y = a->y + m * N;
+        if (a->row_scales == NULL) {
+            const float den = a->sx[m] * a->w_scale;
+            for (int64_t n = n0; n < n1; ++n) y[n] = (float)acc[n] / den;
+        } else { /* rows of several fused weights, each with its own tensor scale */
+            for (int64_t n = n0; n < n1; ++n) y[n] = (float)acc[n] / (a->sx[m] * a->row_scales[n]);
+        }
+        if (a->acc_out != NULL)
+            for (int64_t n = n0; n < n1; ++n) a->acc_out[m * N + n] = acc[n];
+    }
+}
+
 static int tq2_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_block *w,
                            int64_t N, float w_scale, const float *row_scales, float *y,
                            int32_t *acc_out, int64_t threads, int isa, int vbmi) {
@@ -761,6 +831,7 @@ static int tq2_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_bl
         }
         return isa;
     }
+    const int64_t t_start = now_ns();
     const tq2_impl impl = tq2_select(isa, vbmi);
     const int64_t KB = mf_round_up(K, MF_TQ2_K) / MF_TQ2_K, Kp = KB * MF_TQ2_K;
     const int64_t NB = mf_round_up(N, MF_TQ2_ROWS) / MF_TQ2_ROWS, Np = NB * MF_TQ2_ROWS;
@@ -768,6 +839,10 @@ static int tq2_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_bl
     int nt = mf_threads(threads);
     if (nt > NB) nt = (int)NB;
     if (nt < 1) nt = 1;
+    if (nt > 1 && atomic_load_explicit(&tq2_backoff, memory_order_relaxed) > 0) {
+        atomic_fetch_sub_explicit(&tq2_backoff, 1, memory_order_relaxed);
+        nt = 1; /* a recent call found the cores busy (see TQ2_STALL_NS) */
+    }
     /* With fewer tokens than threads (decode), every thread quantizes and builds the tables
      * itself (a few us) instead of splitting the work: the region then has no barrier but its
      * join, which matters when the cores are shared and a waiting thread may lose its slice. */
@@ -789,6 +864,7 @@ static int tq2_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_bl
         kcb = kcb < 4 ? 4 : (kcb > KB ? KB : kcb);
     }
 
+    int64_t t_master_done = 0;
 #pragma omp parallel num_threads(nt)
     {
 #ifdef _OPENMP
@@ -813,34 +889,31 @@ static int tq2_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_bl
                 if (impl.tables != NULL) impl.tables(qx + m * Kp, KB, tab + m * tab_tok);
             }
         }
-        /* 3. this thread's row blocks */
-        const int64_t nb0 = NB * tid / T, nb1 = NB * (tid + 1) / T;
-        for (int64_t m = 0; m < M; ++m)
-            memset(acc + m * Np + nb0 * MF_TQ2_ROWS, 0, (size_t)((nb1 - nb0) * MF_TQ2_ROWS) * 4);
-        for (int64_t kb0 = 0; kb0 < KB; kb0 += kcb) {
-            const int64_t nkb = KB - kb0 < kcb ? KB - kb0 : kcb;
-            int64_t nb = nb0;
-            if (impl.kernn != NULL)
-                for (; nb + impl.group <= nb1; nb += impl.group)
-                    impl.kernn(tab + kb0 * impl.tab_per_block, tab_tok, w + nb * KB + kb0, KB, nkb,
-                               acc + nb * MF_TQ2_ROWS, Np, M);
-            for (; nb < nb1; ++nb)
-                impl.kern(qx + kb0 * MF_TQ2_K, Kp, tab + kb0 * impl.tab_per_block, tab_tok,
-                          w + nb * KB + kb0, nkb, acc + nb * MF_TQ2_ROWS, Np, M);
+        /* 3-4. row blocks. One k-chunk (decode, small batches): work items of a few row-block
+         * groups handed out dynamically, with no barrier before the join, so a thread that the
+         * OS deschedules on a busy machine delays only the item it holds (a static split made
+         * the other thread wait for its whole half). Several k-chunks: a static split, the same
+         * row blocks per thread in every chunk (their accumulators carry across chunks). */
+        const tq2_args ta = {&impl, x, w, y, acc, acc_out, row_scales, qx, sx, tab, w_scale,
+                             M, K, KB, Kp, N, Np, tab_tok, kcb};
+        if (kcb == KB) {
+            const int64_t item = (int64_t)impl.group * TQ2_ITEM_GROUPS;
+            const int64_t n_items = (NB + item - 1) / item;
+#pragma omp for schedule(dynamic, 1) nowait
+            for (int64_t i = 0; i < n_items; ++i)
+                tq2_rows(&ta, i * item, (i + 1) * item < NB ? (i + 1) * item : NB);
+        } else {
+            tq2_rows(&ta, NB * tid / T, NB * (tid + 1) / T);
         }
-        /* 4. the one float rescale per output (same fp32 ops as the torch reference) */
-        const int64_t n0 = nb0 * MF_TQ2_ROWS, n1 = nb1 * MF_TQ2_ROWS < N ? nb1 * MF_TQ2_ROWS : N;
-        for (int64_t m = 0; m < M; ++m) {
-            if (row_scales == NULL) {
-                const float den = sx[m] * w_scale;
-                for (int64_t n = n0; n < n1; ++n) y[m * N + n] = (float)acc[m * Np + n] / den;
-            } else { /* rows of several fused weights, each with its own tensor scale */
-                for (int64_t n = n0; n < n1; ++n)
-                    y[m * N + n] = (float)acc[m * Np + n] / (sx[m] * row_scales[n]);
-            }
-            if (acc_out != NULL)
-                for (int64_t n = n0; n < n1; ++n) acc_out[m * N + n] = acc[m * Np + n];
-        }
+        if (tid == 0 && nt > 1) t_master_done = now_ns();
+    }
+    if (nt > 1) {
+        /* The master waited this long at the join for the other threads: on cores shared with
+         * other busy processes a worker can lose its core for a whole scheduler slice (ms).
+         * Then run the next calls on one thread rather than stall on every one. */
+        const int64_t t_end = now_ns();
+        if (t_end - t_master_done > TQ2_STALL_NS && t_end - t_master_done > t_master_done - t_start)
+            atomic_store_explicit(&tq2_backoff, TQ2_BACKOFF_CALLS, memory_order_relaxed);
     }
     return isa;
 }
