@@ -22,7 +22,7 @@ from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from mulfree.hw.reference import FP32
+from mulfree.hw.reference import CIRCUITS, FP32
 from mulfree.lmul.formats import FloatFormat, check_mantissa_bits, lmul_constant
 
 
@@ -342,11 +342,6 @@ class Int8MAC(wiring.Component):
         m = Module()
         m.d.comb += self.z.eq(self.acc + self.a.as_signed() * self.b.as_signed())
         return m
-
-
-CIRCUITS = ("lmul", "lmul_bare", "ieee_mul", "lmul_mac", "ieee_mac", "ternary_acc", "int8_mac")
-FLOAT_CIRCUITS = CIRCUITS[:5]  # parameterised by a float format
-INT_CIRCUITS = CIRCUITS[5:]  # fixed: int8 operands, int32 accumulator
 
 
 def build(circuit: str, fmt: FloatFormat | None, mantissa_bits: int | None = None) -> Elaboratable:

