@@ -65,7 +65,9 @@ def test_run_writes_hw_json_and_verilog(tmp_path, capsys):
     assert "| lmul_bare | e4m3 |" in stdout
     rows = json.loads((out / "hw.json").read_text())
     assert [(r["circuit"], r["format"]) for r in rows] == [
-        ("lmul_bare", "float8_e4m3fn"), ("ternary_acc", "int8")]
+        ("lmul_bare", "float8_e4m3fn"),
+        ("ternary_acc", "int8"),
+    ]
     for r in rows:
         assert tuple(r) == HW_JSON_FIELDS
         assert r["sim_vectors"] == 300 and r["sim_mismatches"] == 0

@@ -34,8 +34,11 @@ def test_ieee_mul_equals_torch_on_normal_range(fmt):
     # The exact product of two <= 24-bit significands fits a float64, so torch's one rounding
     # of it to the format is the IEEE product; where it is a normal number both must agree.
     f, rng, checked = get_format(fmt), random.Random(1), 0
-    pairs = [(x, y) for x in range(256) for y in range(256)] if f.bits == 8 else [
-        (rng.getrandbits(f.bits), rng.getrandbits(f.bits)) for _ in range(20_000)]
+    pairs = (
+        [(x, y) for x in range(256) for y in range(256)]
+        if f.bits == 8
+        else [(rng.getrandbits(f.bits), rng.getrandbits(f.bits)) for _ in range(20_000)]
+    )
     for x, y in pairs:
         if not (_is_normal(x, f) and _is_normal(y, f)):
             continue
@@ -58,10 +61,12 @@ def test_fp32_add_equals_numpy_on_normal_range():
             continue
         with np.errstate(over="ignore"):  # an overflow to inf is skipped below
             s = np.array([a], np.uint32).view(np.float32) + np.array([b], np.uint32).view(
-                np.float32)
+                np.float32
+            )
         want = int(s.view(np.uint32)[0])
         exact = float(np.array([a], np.uint32).view(np.float32)[0]) + float(
-            np.array([b], np.uint32).view(np.float32)[0])
+            np.array([b], np.uint32).view(np.float32)[0]
+        )
         if abs(exact) < 2.0**-126 or not _is_normal(want, ref.FP32):
             continue
         assert ref.fp32_add_bits(a, b) == want, (hex(a), hex(b))

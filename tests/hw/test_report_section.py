@@ -36,7 +36,8 @@ def test_comparisons_are_computed_from_the_rows():
     energy = by[("energy", "float8_e4m3fn")]
     assert energy["ours"] == pytest.approx(75.0)
     assert energy["table"] == pytest.approx(
-        100 * (1 - horowitz_pj("lmul", "float8_e4m3fn") / horowitz_pj("ieee_mul", "float8_e4m3fn")))
+        100 * (1 - horowitz_pj("lmul", "float8_e4m3fn") / horowitz_pj("ieee_mul", "float8_e4m3fn"))
+    )
     dot = by[("energy", "float32")]
     assert dot["ours"] == pytest.approx(50.0) and dot["paper"] == 80.0
 

@@ -43,8 +43,9 @@ def _have_hw() -> bool:
     return True
 
 
-needs_hw = pytest.mark.skipif(not _have_hw(),
-                              reason="the hw extra is not installed: pip install 'mulfree[hw]'")
+needs_hw = pytest.mark.skipif(
+    not _have_hw(), reason="the hw extra is not installed: pip install 'mulfree[hw]'"
+)
 
 
 def _assert_recorded(res, gates, depth):

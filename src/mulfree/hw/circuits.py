@@ -83,9 +83,7 @@ class _Binary(wiring.Component):
 
     def __init__(self, fmt: FloatFormat, out_bits: int | None = None):
         self.fmt = fmt
-        super().__init__(
-            {"x": In(fmt.bits), "y": In(fmt.bits), "z": Out(out_bits or fmt.bits)}
-        )
+        super().__init__({"x": In(fmt.bits), "y": In(fmt.bits), "z": Out(out_bits or fmt.bits)})
 
 
 class LMul(_Binary):
@@ -297,9 +295,7 @@ class MAC(wiring.Component):
         if multiplier not in ("lmul", "ieee_mul"):
             raise ValueError(f"multiplier must be 'lmul' or 'ieee_mul', got {multiplier!r}")
         self.fmt, self.multiplier, self.mantissa_bits = fmt, multiplier, mantissa_bits
-        super().__init__(
-            {"x": In(fmt.bits), "y": In(fmt.bits), "acc": In(32), "z": Out(32)}
-        )
+        super().__init__({"x": In(fmt.bits), "y": In(fmt.bits), "acc": In(32), "z": Out(32)})
 
     def elaborate(self, platform) -> Module:
         m = Module()

@@ -144,6 +144,7 @@ def fp32_add_bits(a_bits: int, b_bits: int) -> int:
         return (sa if a_inf else sb) | f.inf_mag
     if ma == 0 and mb == 0:
         return sa & sb
+
     # Exact sum as an integer times 2^e_min (Python integers have no width).
     def value(sign: int, mag: int) -> tuple[int, int]:
         if mag == 0:

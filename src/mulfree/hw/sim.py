@@ -22,11 +22,19 @@ def special_values(f: FloatFormat) -> list[int]:
     and values near sqrt of the flush and overflow thresholds (their squares land there)."""
     m, s = f.man_bits, f.sign_mask
     mags = {
-        0, 1, f.man_mask,  # zero, smallest and largest subnormal
-        1 << m, (1 << m) | 1, (2 << m) - 1,  # smallest normals
-        f.max_finite_mag, f.max_finite_mag - 1,
-        f.bias << m, (f.bias << m) | f.man_mask, ((f.bias - 1) << m) | f.man_mask,  # ~1
-        (f.bias // 2) << m, ((f.bias // 2) + 1) << m,  # products near the smallest normal
+        0,
+        1,
+        f.man_mask,  # zero, smallest and largest subnormal
+        1 << m,
+        (1 << m) | 1,
+        (2 << m) - 1,  # smallest normals
+        f.max_finite_mag,
+        f.max_finite_mag - 1,
+        f.bias << m,
+        (f.bias << m) | f.man_mask,
+        ((f.bias - 1) << m) | f.man_mask,  # ~1
+        (f.bias // 2) << m,
+        ((f.bias // 2) + 1) << m,  # products near the smallest normal
         ((f.bias + f.bias // 2) << m) | f.man_mask,  # products near the largest
         ((f.bias + (f.bias + 1) // 2) << m),
     }

@@ -130,15 +130,19 @@ def main_table(rows: Sequence[dict], extra: Sequence[dict] | None = None) -> lis
         if more:
             x = extra[i]
             mix = " ".join(f"{k} {v}" for k, v in x["by_type"].items())
-            line += f" {x['nand2']:,} | {mix} | {x['netlist_mismatches']} of " \
-                    f"{x['netlist_vectors']:,} |"
+            line += (
+                f" {x['nand2']:,} | {mix} | {x['netlist_mismatches']} of {x['netlist_vectors']:,} |"
+            )
         line += f" {r['sim_vectors']:,} | {r['sim_mismatches']} |"
         lines.append(line)
     return lines
 
 
 def comparison_table(rows: Sequence[dict]) -> list[str]:
-    lines = ["| claim | format | ours (gate level) | paper | Horowitz table |", "|---|---|---:|---:|---:|"]
+    lines = [
+        "| claim | format | ours (gate level) | paper | Horowitz table |",
+        "|---|---|---:|---:|---:|",
+    ]
     for c in comparisons(rows):
         lines.append(f"| {c['claim']} | {SHORT.get(c['format'], c['format'])} | "
                      f"{_fmt(c['ours'])} % | {_fmt(c['paper'])}{' %' if c['paper'] else ''} | "
