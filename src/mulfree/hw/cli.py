@@ -31,6 +31,8 @@ def register(sub) -> None:
     a("--seed", type=int, default=0)
     a("--out", default=None, help="write hw.json, hw.md and the Verilog into this folder")
     a("--force", action="store_true", help="replace a non-empty --out as a whole")
+    a("--fpga", action="store_true",
+      help="also count FPGA resources (iCE40, ECP5 without DSPs) for ternary_acc and int8_mac")  # fmt: skip
     a("--no-cache", action="store_true", help="re-run Yosys even when a cached result exists")
     a("--no-progress", action="store_true")
     p.set_defaults(func=cmd_hw)
@@ -55,6 +57,7 @@ def cmd_hw(args) -> int:
         seed=args.seed,
         use_cache=not args.no_cache,
         force=args.force,
+        fpga=args.fpga,
         progress=progress,
     )
     print("\n".join(main_table([r.hw_json() for r in results])))

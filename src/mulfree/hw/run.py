@@ -49,6 +49,7 @@ class CircuitResult:
     netlist_vectors: int = 0  # vectors the synthesized netlists were checked on
     netlist_mismatches: int = 0
     mantissa_bits: int | None = None
+    fpga: dict[str, dict[str, int]] = field(default_factory=dict)  # family -> cells (int units)
     yosys: str = ""
     verilog: str = ""  # RTL Verilog of the circuit (written out as <name>.v)
 
@@ -162,15 +163,17 @@ def evaluate_circuit(
     vectors: int | None = None,
     seed: int = 0,
     use_cache: bool = True,
+    fpga: bool = False,
 ) -> CircuitResult:
     """Simulate (Amaranth) against the reference, synthesize (Yosys), check the two mapped
     netlists against the reference too, and estimate the energy per operation.
 
     vectors: random test vectors; None = every operand combination for 8-bit formats and the
-    integer units, WIDE_VECTORS random ones (specials over-represented) for wider formats."""
+    integer units, WIDE_VECTORS random ones (specials over-represented) for wider formats.
+    fpga: also count FPGA resources (iCE40, ECP5 without DSPs) for the integer units."""
     from mulfree.hw import circuits as C
     from mulfree.hw import energy, sim
-    from mulfree.hw.synth import synthesize_rtlil, to_rtlil
+    from mulfree.hw.synth import FPGA_SCRIPTS, fpga_resources, synthesize_rtlil, to_rtlil
 
     require_hw()
     if circuit not in CIRCUITS:
@@ -210,6 +213,10 @@ def evaluate_circuit(
     res.netlist_mismatches = bad_gen + bad_nand + bad_nand_tests
     res.energy_pj = round(energy.energy_per_op_pj(ev.toggles, ev.fanout, len(stream) - 1), 6)
     res.yosys, res.verilog = syn.yosys, syn.rtl_verilog
+    if fpga and not is_float:
+        rtlil = to_rtlil(C.build(circuit, f, k), res.name)
+        res.fpga = {fam: fpga_resources(rtlil, res.name, fam, use_cache=use_cache)
+                    for fam in FPGA_SCRIPTS}  # fmt: skip
     return res
 
 
@@ -221,6 +228,7 @@ def evaluate_circuits(
     vectors: int | None = None,
     seed: int = 0,
     use_cache: bool = True,
+    fpga: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> list[CircuitResult]:
     """Every requested circuit in every format (the integer units once)."""
@@ -236,7 +244,7 @@ def evaluate_circuits(
         if progress:
             progress(f"{c} {f.name if f else INT_FORMAT}")
         out.append(evaluate_circuit(c, f, mantissa_bits=mantissa_bits, vectors=vectors,
-                                    seed=seed, use_cache=use_cache))  # fmt: skip
+                                    seed=seed, use_cache=use_cache, fpga=fpga))  # fmt: skip
     return out
 
 
@@ -265,11 +273,13 @@ def run_hw(
     seed: int = 0,
     use_cache: bool = True,
     force: bool = False,
+    fpga: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> list[CircuitResult]:
     """`mulfree hw`: evaluate the circuits in `formats` ("bf16", "e4m3,fp32", "all") and, with
     `out_dir`, write hw.json, hw.md and the Verilog there (refused if it is not empty, unless
-    `force`). The output folder is checked before any work is done."""
+    `force`). fpga: add iCE40/ECP5 resource counts of the integer units to hw.md. The output
+    folder is checked before any work is done."""
     from mulfree._io import check_output_dir
 
     require_hw()
@@ -283,7 +293,8 @@ def run_hw(
     if out_dir is not None:
         check_output_dir(Path(out_dir), force=force)
     results = evaluate_circuits(fmts, names, mantissa_bits=mantissa_bits, vectors=vectors,
-                                seed=seed, use_cache=use_cache, progress=progress)  # fmt: skip
+                                seed=seed, use_cache=use_cache, fpga=fpga,
+                                progress=progress)  # fmt: skip
     if out_dir is not None:
         write_outputs(results, out_dir, force=force)
     return results

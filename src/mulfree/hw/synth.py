@@ -166,6 +166,43 @@ def _store(work: Path, cdir: Path) -> None:
         pass  # an unwritable cache only costs the next run a re-synthesis
 
 
+FPGA_SCRIPTS = {
+    # Lattice iCE40: 4-input LUTs (SB_LUT4) and carry cells (SB_CARRY); no DSP is inferred
+    # for these widths without -dsp.
+    "ice40": "read_rtlil top.il\nsynth_ice40 -top {top}\ntee -q -o fpga_stat.json stat -json\n",
+    # Lattice ECP5 without DSP blocks, so a multiplier is counted in LUTs as the ternary
+    # unit is (LUT4 + CCU2C carry pairs).
+    "ecp5": "read_rtlil top.il\nsynth_ecp5 -nodsp -top {top}\ntee -q -o fpga_stat.json stat -json\n",
+}
+
+
+def fpga_resources(rtlil_text: str, top: str, family: str, *, use_cache: bool = True) -> dict:
+    """Cells of an FPGA mapping (`synth_ice40` / `synth_ecp5 -nodsp`): {"SB_LUT4": n, ...}."""
+    if family not in FPGA_SCRIPTS:
+        raise MulfreeError(f"unknown FPGA family {family!r}; known: {', '.join(FPGA_SCRIPTS)}")
+    version = yosys_version()
+    script = FPGA_SCRIPTS[family].format(top=top)
+    key = hashlib.sha256(f"{version}\n{script}\n{rtlil_text}".encode()).hexdigest()[:32]
+    cached = cache_dir() / f"fpga-{key}.json"
+    if use_cache and cached.is_file():
+        return json.loads(cached.read_text())
+    with tempfile.TemporaryDirectory(prefix="mulfree-yosys-") as tmp:
+        work = Path(tmp)
+        (work / "top.il").write_text(rtlil_text)
+        (work / "script.ys").write_text(script)
+        _run_yosys(work)
+        cells = _cell_counts(json.loads((work / "fpga_stat.json").read_text()))
+    if use_cache:
+        try:
+            from mulfree._io import atomic_write_text
+
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cached, json.dumps(cells))
+        except OSError:
+            pass
+    return cells
+
+
 def to_rtlil(component, top: str) -> str:
     """Amaranth's RTLIL of a component, its top module named `top` (no source locations, so
     that the cache key is the circuit itself)."""

@@ -171,4 +171,20 @@ def markdown(results) -> str:
         lines.append(f"L-Mul circuits use mantissa_bits = {', '.join(map(str, ks))}.")
     lines += ["", *main_table(rows, extra), "", "## Beside the paper and the energy table", "",
               *comparison_table(rows)]  # fmt: skip
+    fpga = fpga_table(results)
+    if fpga:
+        lines += ["", "## FPGA resources (Yosys synth_ice40, synth_ecp5 -nodsp)", "", *fpga]
     return "\n".join(lines)
+
+
+def fpga_table(results) -> list[str]:
+    """Markdown lines: the FPGA cells of each circuit that has them (none: [])."""
+    rows = [r for r in results if r.fpga]
+    if not rows:
+        return []
+    lines = ["| circuit | family | cells |", "|---|---|---|"]
+    for r in rows:
+        for fam, cells in r.fpga.items():
+            lines.append(f"| {r.circuit} | {fam} | "
+                         + ", ".join(f"{k} {v}" for k, v in cells.items()) + " |")  # fmt: skip
+    return lines
