@@ -11,24 +11,18 @@ package does not. Modules: `reference` (the specifications), `circuits` (Amarant
 evaluation), `energy` (switching energy per operation), `table`, `run`.
 """
 
-from mulfree.hw.reference import CIRCUITS
-from mulfree.hw.run import (
-    CircuitResult,
-    evaluate_circuit,
-    evaluate_circuits,
-    parse_formats,
-    require_hw,
-    run_hw,
-    write_outputs,
-)
+from mulfree._lazy import attach
 
-__all__ = [
-    "CIRCUITS",
-    "CircuitResult",
-    "evaluate_circuit",
-    "evaluate_circuits",
-    "parse_formats",
-    "require_hw",
-    "run_hw",
-    "write_outputs",
-]
+_NAMES = {
+    "CIRCUITS": "mulfree.hw.reference",
+    "CircuitResult": "mulfree.hw.run",
+    "evaluate_circuit": "mulfree.hw.run",
+    "evaluate_circuits": "mulfree.hw.run",
+    "parse_formats": "mulfree.hw.run",
+    "require_hw": "mulfree.hw.run",
+    "run_hw": "mulfree.hw.run",
+    "write_outputs": "mulfree.hw.run",
+}
+__getattr__, __dir__ = attach(__name__, _NAMES)
+
+__all__ = sorted(_NAMES)
