@@ -31,7 +31,27 @@ RECORDED = {
     ("int8_mac", "int8"): (1014, 59),
 }
 # The wider and composite circuits take minutes to synthesize the first time: slow set.
-RECORDED_SLOW = {}
+RECORDED_SLOW = {
+    ("lmul_mac", "float8_e4m3fn"): (1666, 145),
+    ("ieee_mac", "float8_e4m3fn"): (1737, 153),
+    ("lmul", "float8_e5m2"): (128, 21),
+    ("lmul_bare", "float8_e5m2"): (41, 12),
+    ("ieee_mul", "float8_e5m2"): (140, 20),
+    ("lmul_mac", "float8_e5m2"): (1795, 147),
+    ("ieee_mac", "float8_e5m2"): (1794, 141),
+    ("lmul_mac", "bfloat16"): (1819, 165),
+    ("ieee_mac", "bfloat16"): (2132, 185),
+    ("lmul", "float16"): (216, 36),
+    ("lmul_bare", "float16"): (97, 27),
+    ("ieee_mul", "float16"): (916, 68),
+    ("lmul_mac", "float16"): (1897, 169),
+    ("ieee_mac", "float16"): (2726, 198),
+    ("lmul", "float32"): (456, 68),
+    ("lmul_bare", "float32"): (233, 51),
+    ("ieee_mul", "float32"): (4040, 132),
+    ("lmul_mac", "float32"): (2313, 203),
+    ("ieee_mac", "float32"): (5689, 270),
+}
 
 
 def _have_hw() -> bool:
