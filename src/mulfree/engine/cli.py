@@ -8,9 +8,11 @@ import sys
 def register(sub) -> None:
     p = sub.add_parser(
         "convert",
-        help="pack a MatMul-free (hgrn_bit) checkpoint into one packed ternary file",
-        description="Pack an hgrn_bit checkpoint directory (ours or official; or a packed model, "
-        "to re-pack) into DST/model.safetensors, copying tokenizer files alongside.",
+        help="pack a MatMul-free (hgrn_bit) or BitNet b1.58 checkpoint into one packed ternary file",
+        description="Pack an hgrn_bit checkpoint directory (ours or official), a BitNet b1.58 "
+        "checkpoint in the official layout (model_type bitnet, or llama with a bitnet "
+        "quantization_config; packed or bf16 master weights), or a packed model to re-pack, "
+        "into DST/model.safetensors, copying tokenizer files alongside.",
     )
     p.add_argument(
         "src",
@@ -31,6 +33,13 @@ def register(sub) -> None:
         choices=["int8", "int4", "float32", "bfloat16", "float16"],
         help="token embedding storage (default int8 rows + a float32 step per row; int4: 4-bit "
         "codes + a step per 32 entries, half the bytes; float32 keeps the source values exactly)",
+    )
+    p.add_argument(
+        "--head",
+        default="int8",
+        choices=["int8", "int4", "bfloat16", "float16", "float32"],
+        help="BitNet models: output head storage (default int8 rows + a step per row; int4: a "
+        "step per 32 entries; a tied model's embedding is looked up in the same table)",
     )
     p.add_argument(
         "--force",
@@ -123,7 +132,7 @@ def cmd_convert(args) -> int:
     from mulfree.engine.convert import ConvertConfig, convert
 
     r = convert(ConvertConfig(args.src, args.dst, args.ternary_format, args.embeddings,
-                              force=args.force, no_tokenizer=args.no_tokenizer))  # fmt: skip
+                              force=args.force, no_tokenizer=args.no_tokenizer, head=args.head))  # fmt: skip
     extra = f"; copied {', '.join(r.tokenizer_files)}" if r.tokenizer_files else ""
     print(
         f"wrote {r.path} ({r.nbytes / 1e6:.1f} MB, {args.ternary_format}, {args.embeddings} embeddings){extra}"
