@@ -1,0 +1,368 @@
+"""The BitNet b1.58 decode path: a transformer on the packed ternary kernels, with a KV cache per
+sequence and exact or L-Mul attention.
+
+`BitNetDecoder(model)` reads the weights of a PackedBitNetForCausalLM once (q|k|v and gate|up as
+one kernel call each: `place_weights_` put them back to back, so the call reads them through a
+view with a scale per row) and keeps, per sequence slot, a key/value cache bounded by
+`max_context`. Its outward interface is the hgrn_bit Decoder's (mulfree.engine.decode):
+`reset(batch)`, `prefill(ids)` -> logits of the last position, `step(ids)` -> logits [batch,
+vocab] (a buffer the next step reuses), `threads`, `isas`; the family-specific part is the
+layer step (`_layer`), over the weights `BitNetWeights` holds.
+
+Per layer, for the token block x [T, D] of one sequence (T = 1 in `step`, blocks of `block`
+tokens in `prefill`, each weight read once per block by the batched kernel):
+    h = RMSNorm(x) (transformers' formula, op for op); q|k|v = ternary(h) (int8 absmax per
+    token inside the kernel); RoPE on q and k at the tokens' positions; k, v appended to the
+    cache; attention over the cache with GQA (H / Hkv query heads per kv head):
+        scores = MATMUL(q, Kᵀ) * head_dim^-0.5 (+ causal mask in a block), softmax in float32,
+        out = MATMUL(p, V)
+    where MATMUL is torch's (attention="exact") or the L-Matmul kernel (attention="lmul": every
+    scalar product an L-Mul with `mantissa_bits`, sequential float32 sums: mulfree.lmul.lmatmul);
+    attn_sub_norm, o = ternary(.), x += o; h = RMSNorm(x); gate|up = ternary(h);
+    z = act(gate) * up (ReLU² for BitNet), ffn_sub_norm, down = ternary(z), x += down.
+Then the final RMSNorm and the head (engine.bitnet_model.QuantizedHead: int8 / int4 / float).
+
+Its spec is the PackedBitNetForCausalLM forward (transformers' modules on the same kernels),
+with `mulfree.apply_lmul_` for L-Mul attention. With a float32 cache and L-Mul attention every
+operation is the model's own in the same order (the L-Mul sums run sequentially whatever the
+shapes), so logits are bit-equal (tests/engine/test_bitnet_decode.py); with exact attention the
+BLAS sums of a grouped product may be ordered differently than transformers' per-head ones, an
+ulp that can move an int8 activation code: logits then agree within the bound stated there.
+A bfloat16 / float16 cache rounds k and v once as they are stored; an int8 cache stores each
+(position, head) vector as int8 codes with its absmax / 127 step (errors measured in
+benchmarks/bench_bitnet.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mulfree import kernels
+from mulfree.engine import plan as P
+from mulfree.engine.modules import PackedBitLinear, adjacent_weights
+from mulfree.errors import MulfreeError
+from mulfree.kernels import ternary as K_
+from mulfree.ternary import packing
+
+ATTENTIONS = ("exact", "lmul")
+KV_DTYPES = ("bfloat16", "float16", "float32", "int8")
+DEFAULT_BLOCK = 64  # prefill tokens per kernel call (weights read once per block)
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """transformers' BitNetRMSNorm / LlamaRMSNorm on float32 x, op for op (w None: identity)."""
+    if w is None:
+        return x
+    variance = x.pow(2).mean(-1, keepdim=True)
+    return w * (x * torch.rsqrt(variance + eps))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+class KVCache:
+    """Keys and values of every layer for `slots` sequences of up to `max_context` tokens.
+
+    Per layer K and V are [slots, Hkv, max_context, head_dim] in `dtype` (float32, bfloat16,
+    float16), or int8 codes with a float32 step [slots, Hkv, max_context] (x = code * step,
+    step = absmax / 127 per stored vector). `read` gives float32 [Hkv, n, head_dim] (a view for
+    float32, else decoded).
+    """
+
+    def __init__(self, layers: int, slots: int, max_context: int, kv_heads: int, head_dim: int,
+                 dtype: str = "bfloat16"):  # fmt: skip
+        if dtype not in KV_DTYPES:
+            raise MulfreeError(
+                f"kv cache dtype must be one of {', '.join(KV_DTYPES)}, got {dtype!r}"
+            )
+        self.dtype, self.max_context = dtype, max_context
+        store = torch.int8 if dtype == "int8" else getattr(torch, dtype)
+        shape = (slots, kv_heads, max_context, head_dim)
+        self.k = [torch.zeros(shape, dtype=store) for _ in range(layers)]
+        self.v = [torch.zeros(shape, dtype=store) for _ in range(layers)]
+        if dtype == "int8":
+            self.ks = [torch.zeros(shape[:3]) for _ in range(layers)]
+            self.vs = [torch.zeros(shape[:3]) for _ in range(layers)]
+
+    @property
+    def nbytes(self) -> int:
+        n = sum(t.numel() * t.element_size() for t in self.k + self.v)
+        if self.dtype == "int8":
+            n += sum(t.numel() * 4 for t in self.ks + self.vs)
+        return n
+
+    @staticmethod
+    def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [..., hd] float32 -> (codes int8 [..., hd], step [...]): x ≈ codes * step."""
+        step = x.abs().amax(-1).clamp_min(1e-12) / 127.0
+        return torch.round(x / step[..., None]).clamp_(-127, 127).to(torch.int8), step
+
+    def write(self, layer: int, slot: int, pos: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k, v [T, Hkv, hd] (float32) at positions pos .. pos + T - 1 of `slot`."""
+        t = k.shape[0]
+        for dst, src, steps in ((self.k, k, "ks"), (self.v, v, "vs")):
+            kv = src.transpose(0, 1)  # [Hkv, T, hd]
+            if self.dtype == "int8":
+                codes, step = self.quantize(kv)
+                dst[layer][slot, :, pos : pos + t] = codes
+                getattr(self, steps)[layer][slot, :, pos : pos + t] = step
+            else:
+                dst[layer][slot, :, pos : pos + t] = kv
+
+    def read(self, layer: int, slot: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, V) float32 [Hkv, n, hd] of the first n positions of `slot`."""
+        k, v = self.k[layer][slot, :, :n], self.v[layer][slot, :, :n]
+        if self.dtype == "float32":
+            return k, v
+        if self.dtype == "int8":
+            ks, vs = self.ks[layer][slot, :, :n], self.vs[layer][slot, :, :n]
+            return k.float() * ks[..., None], v.float() * vs[..., None]
+        return k.float(), v.float()
+
+
+@dataclass
+class LayerWeights:
+    """One decoder layer: norms (float32 [D] / [I], None when absent) and kernel calls."""
+
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+    attn_sub_norm: torch.Tensor | None
+    ffn_sub_norm: torch.Tensor | None
+    qkv: P.Linear  # q | k | v rows, a scale per row
+    o: P.Linear
+    gate_up: P.Linear  # gate | up rows
+    down: P.Linear
+
+
+def _linear(ms: list[PackedBitLinear]) -> P.Linear:
+    """One kernel call for projections sharing an input (rows stacked; a view when the arena
+    holds them back to back, else a fused copy), or a single projection."""
+    parts = [m.packed() for m in ms]
+    if len(ms) == 1:
+        p = parts[0]
+        return P.Linear(None, p.data, p.out_features, p.in_features, p.scale_value, None)
+    if any(m.out_features % packing.TQ2_ROWS for m in ms):
+        raise MulfreeError("fused projections need out_features in multiples of 32")
+    data = adjacent_weights(ms)
+    if data is None:
+        data, row_scales = packing.fuse_rows(parts)
+    else:
+        row_scales = packing.stacked_row_scales(parts)
+    n = sum(m.out_features for m in ms)
+    return P.Linear(None, data, n, ms[0].in_features, 1.0, row_scales)
+
+
+def _weight(m) -> torch.Tensor | None:
+    w = getattr(m, "weight", None)
+    return None if w is None else w.detach().float().contiguous()
+
+
+class BitNetDecoder:
+    """Decoding on the kernels for a packed BitNet (mulfree.engine.bitnet_model).
+
+    attention: "exact" | "lmul" (with mantissa_bits 2, 3, 4 or None = full); kv_dtype:
+    "bfloat16" (default) | "float16" | "float32" | "int8"; max_context: tokens per sequence
+    (default the model's max_position_embeddings); block: prefill tokens per kernel call.
+    """
+
+    def __init__(self, model, *, threads: int | None = None, isa: str | None = None,
+                 attention: str = "exact", mantissa_bits: int | None = 3, kv_dtype: str = "bfloat16",
+                 max_context: int | None = None, block: int = DEFAULT_BLOCK,
+                 min_weights_per_thread: int = P.MIN_WEIGHTS_PER_THREAD):  # fmt: skip
+        from mulfree.engine.bitnet_model import PackedBitNetForCausalLM
+
+        if not isinstance(model, PackedBitNetForCausalLM):
+            raise MulfreeError(
+                "BitNetDecoder needs a PackedBitNetForCausalLM (load_packed a bitnet file)"
+            )
+        if attention not in ATTENTIONS:
+            raise MulfreeError(
+                f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}"
+            )
+        if kv_dtype not in KV_DTYPES:
+            raise MulfreeError(
+                f"kv cache dtype must be one of {', '.join(KV_DTYPES)}, got {kv_dtype!r}"
+            )
+        cfg = model.config
+        self.model, self.config = model, cfg
+        self.attention, self.mantissa_bits, self.kv_dtype = attention, mantissa_bits, kv_dtype
+        if attention == "lmul":
+            from mulfree.lmul.formats import check_mantissa_bits, get_format
+
+            check_mantissa_bits(get_format(torch.float32), mantissa_bits)
+        limit = int(cfg.max_position_embeddings)
+        self.max_context = limit if max_context is None else int(max_context)
+        if not 0 < self.max_context <= limit:
+            raise MulfreeError(
+                f"max_context must be in [1, {limit}] (the model's max_position_embeddings), got {max_context}"
+            )
+        if block < 1:
+            raise MulfreeError(f"block must be >= 1, got {block}")
+        self.block = int(block)
+        self.threads = kernels.resolve_threads(threads)
+        self.min_weights_per_thread = int(min_weights_per_thread)
+        self.isa = kernels.resolve_isa(isa)
+        self.isas = {} if self.isa == kernels.TORCH else {
+            f: kernels.resolve_isa(isa, f) for f in (kernels.TERNARY_B1, kernels.TERNARY_BATCH)
+        }  # fmt: skip
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = cfg.hidden_size // self.heads
+        self.groups = self.heads // self.kv_heads
+        self.scaling = self.head_dim**-0.5
+        self.eps = float(cfg.rms_norm_eps)
+        from transformers.activations import ACT2FN
+
+        self.act = ACT2FN[cfg.hidden_act]
+        inner = model.model
+        with torch.inference_mode(False), torch.no_grad():
+            self.layers = []
+            for layer in inner.layers:
+                a, mlp = layer.self_attn, layer.mlp
+                self.layers.append(LayerWeights(
+                    input_norm=_weight(layer.input_layernorm),
+                    post_norm=_weight(layer.post_attention_layernorm),
+                    attn_sub_norm=_weight(a.attn_sub_norm), ffn_sub_norm=_weight(mlp.ffn_sub_norm),
+                    qkv=_linear([a.q_proj, a.k_proj, a.v_proj]), o=_linear([a.o_proj]),
+                    gate_up=_linear([mlp.gate_proj, mlp.up_proj]), down=_linear([mlp.down_proj]),
+                ))  # fmt: skip
+            self.final_norm = _weight(inner.norm)
+            rope = inner.rotary_emb
+            # the rotary tables for every position, as transformers' BitNetRotaryEmbedding
+            # computes them (elementwise: position * inv_freq, cat, cos/sin, * scaling)
+            pos = torch.arange(self.max_context, dtype=torch.float32)[:, None]
+            freqs = pos * rope.inv_freq.float()[None, :]  # [ctx, hd / 2]
+            emb = torch.cat((freqs, freqs), dim=-1)  # [ctx, hd]
+            self.cos = emb.cos() * rope.attention_scaling
+            self.sin = emb.sin() * rope.attention_scaling
+        self.embed, self.head = inner.embed_tokens, model.lm_head
+        self.batch = 0
+        self.reset(1)
+
+    # --- slots -----------------------------------------------------------------------------
+    def reset(self, batch: int = 1) -> None:
+        """Empty caches for `batch` sequences (reallocated when batch changes)."""
+        if batch < 1:
+            raise MulfreeError(f"batch must be >= 1, got {batch}")
+        if batch != self.batch:
+            self.cache = KVCache(len(self.layers), batch, self.max_context, self.kv_heads,
+                                 self.head_dim, self.kv_dtype)  # fmt: skip
+            self.logits = torch.zeros(batch, self.config.vocab_size)
+            self.batch = batch
+        self.lengths = [0] * batch
+
+    @property
+    def fused_ifg(self) -> bool:
+        """True: q|k|v and gate|up run as one kernel call each (the hgrn Decoder's flag name)."""
+        return True
+
+    # --- pieces ----------------------------------------------------------------------------
+    def _kernel(self, lin: P.Linear, u: torch.Tensor) -> torch.Tensor:
+        """Packed ternary linear of u [M, K] float32 (int8 absmax per row inside the kernel)."""
+        u = u.contiguous()
+        if self.isa == kernels.TORCH:
+            from mulfree.ternary.packed_linear import ternary_linear_torch
+
+            p = packing.PackedTernary(lin.data, lin.scale, lin.out_features, lin.in_features)
+            if lin.row_scales is None:
+                return ternary_linear_torch(u, p)
+            _, acc = ternary_linear_torch(u, p, return_acc=True)
+            s = 127.0 / u.abs().amax(-1, keepdim=True).clamp_min(1e-5)
+            return acc.float() / (s * lin.row_scales)
+        threads = P.threads_for(lin, self.threads, self.min_weights_per_thread)
+        return K_.tq2_linear(u, lin.data, lin.out_features, lin.scale, threads=threads,
+                             isa=self.isas[kernels.ternary_family(u.shape[0])],
+                             row_scales=lin.row_scales)  # fmt: skip
+
+    def _matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """[B, M, K] @ [B, K, N] float32: exact (torch) or L-Matmul products."""
+        if self.attention == "exact":
+            return torch.matmul(a, b)
+        from mulfree.lmul import lmatmul
+
+        return lmatmul(a.contiguous(), b.contiguous(), mantissa_bits=self.mantissa_bits)
+
+    def _attend(self, layer: int, slot: int, q: torch.Tensor, pos: int) -> torch.Tensor:
+        """q [T, H, hd] of tokens at pos .. pos + T - 1 against the slot's cache -> [T, H * hd]."""
+        T = q.shape[0]
+        n = pos + T
+        K, V = self.cache.read(layer, slot, n)  # [Hkv, n, hd]
+        # [T, H, hd] -> [Hkv, G * T, hd]: query head h uses kv head h // G (repeat_kv order)
+        qg = q.transpose(0, 1).reshape(self.kv_heads, self.groups * T, self.head_dim)
+        scores = self._matmul(qg, K.transpose(1, 2)) * self.scaling  # [Hkv, G * T, n]
+        if T > 1:  # causal inside the block: token i sees positions <= pos + i
+            i = torch.arange(T).repeat(self.groups)[:, None]  # [G * T, 1]
+            scores = scores.masked_fill(torch.arange(n)[None, :] > pos + i, float("-inf"))
+        p = torch.softmax(scores, dim=-1, dtype=torch.float32)
+        out = self._matmul(p, V)  # [Hkv, G * T, hd]
+        # [Hkv, G * T, hd] -> [H, T, hd] -> [T, H * hd]
+        return out.reshape(self.heads, T, self.head_dim).transpose(0, 1).reshape(T, -1)
+
+    def _layer(self, i: int, L: LayerWeights, x: torch.Tensor, slot: int, pos: int) -> None:
+        """One decoder layer on the block x [T, D] of `slot` at positions pos.. (x updated)."""
+        T = x.shape[0]
+        H, Hkv, hd = self.heads, self.kv_heads, self.head_dim
+        qkv = self._kernel(L.qkv, rms_norm(x, L.input_norm, self.eps))  # [T, (H + 2 Hkv) hd]
+        q = qkv[:, : H * hd].reshape(T, H, hd)
+        k = qkv[:, H * hd : (H + Hkv) * hd].reshape(T, Hkv, hd)
+        v = qkv[:, (H + Hkv) * hd :].reshape(T, Hkv, hd)
+        cos, sin = self.cos[pos : pos + T, None, :], self.sin[pos : pos + T, None, :]  # [T, 1, hd]
+        q = (q * cos) + (_rotate_half(q) * sin)
+        k = (k * cos) + (_rotate_half(k) * sin)
+        self.cache.write(i, slot, pos, k, v)
+        a = self._attend(i, slot, q, pos)  # [T, H * hd]
+        x.add_(self._kernel(L.o, rms_norm(a, L.attn_sub_norm, self.eps)))
+        gu = self._kernel(L.gate_up, rms_norm(x, L.post_norm, self.eps))  # [T, 2 I]
+        inter = gu.shape[1] // 2
+        z = self.act(gu[:, :inter]) * gu[:, inter:]
+        x.add_(self._kernel(L.down, rms_norm(z, L.ffn_sub_norm, self.eps)))
+
+    def _run(self, slot: int, ids: torch.Tensor) -> torch.Tensor:
+        """Tokens ids [T] of one sequence through every layer; final hidden states [T, D]."""
+        pos = self.lengths[slot]
+        T = ids.shape[0]
+        if pos + T > self.max_context:
+            raise MulfreeError(f"context full: {pos} + {T} tokens > max_context {self.max_context}")
+        x = self.embed(ids).float().contiguous()  # [T, D]
+        for i, L in enumerate(self.layers):
+            self._layer(i, L, x, slot, pos)
+        self.lengths[slot] = pos + T
+        return rms_norm(x, self.final_norm, self.eps)
+
+    # --- the interface ---------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, ids: torch.Tensor | list[int]) -> torch.Tensor:
+        """One token per sequence (ids [batch]) -> logits [batch, vocab] (a reused buffer)."""
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+        if ids.numel() != self.batch:
+            raise MulfreeError(f"step got {ids.numel()} tokens for a batch of {self.batch}")
+        if self.batch == 1:
+            h = self._run(0, ids)
+        else:  # the projections of all sequences in one kernel call would need per-slot attention
+            h = torch.cat([self._run(s, ids[s : s + 1]) for s in range(self.batch)])
+        self.logits.copy_(self.head(h))
+        return self.logits
+
+    @torch.inference_mode()
+    def prefill(self, ids) -> torch.Tensor:
+        """Prompts ids [batch, T] (or a list of token lists of any lengths) from empty caches,
+        in blocks of `block` tokens; logits of each prompt's last token [batch, vocab]."""
+        rows = [torch.as_tensor(r, dtype=torch.long).reshape(-1) for r in
+                (ids.tolist() if isinstance(ids, torch.Tensor) and ids.dim() == 2 else
+                 [ids] if isinstance(ids, torch.Tensor) or (ids and isinstance(ids[0], int)) else ids)]  # fmt: skip
+        if not rows or any(r.numel() == 0 for r in rows):
+            raise MulfreeError("prefill needs at least one token per sequence")
+        self.reset(len(rows))
+        last = []
+        for s, r in enumerate(rows):
+            if r.numel() > self.max_context:
+                raise MulfreeError(f"prompt of {r.numel()} tokens > max_context {self.max_context}")
+            h = None
+            for b in range(0, r.numel(), self.block):
+                h = self._run(s, r[b : b + self.block])
+            last.append(h[-1:])
+        self.logits.copy_(self.head(torch.cat(last)))
+        return self.logits
