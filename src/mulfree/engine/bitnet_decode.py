@@ -25,9 +25,10 @@ Then the final RMSNorm and the head (engine.bitnet_model.QuantizedHead: int8 / i
 Its spec is the PackedBitNetForCausalLM forward (transformers' modules on the same kernels),
 with `mulfree.apply_lmul_` for L-Mul attention. With a float32 cache and L-Mul attention every
 operation is the model's own in the same order (the L-Mul sums run sequentially whatever the
-shapes), so logits are bit-equal (tests/engine/test_bitnet_decode.py); with exact attention the
-BLAS sums of a grouped product may be ordered differently than transformers' per-head ones, an
-ulp that can move an int8 activation code: logits then agree within the bound stated there.
+shapes), so final hidden states are bit-equal (tests/engine/test_bitnet_decode.py); with exact
+attention BLAS may order the float32 sums of other strides differently, an ulp that can move an
+int8 activation code downstream: that stage is tested alone within a float32 bound, and end to
+end by its greedy tokens.
 A bfloat16 / float16 cache rounds k and v once as they are stored; an int8 cache stores each
 (position, head) vector as int8 codes with its absmax / 127 step (errors measured in
 benchmarks/bench_bitnet.py).
@@ -343,6 +344,7 @@ class BitNetDecoder:
             h = self._run(0, ids)
         else:  # the projections of all sequences in one kernel call would need per-slot attention
             h = torch.cat([self._run(s, ids[s : s + 1]) for s in range(self.batch)])
+        self.hidden = h  # [batch, D]: the head's input (final RMSNorm applied)
         self.logits.copy_(self.head(h))
         return self.logits
 
@@ -364,5 +366,6 @@ class BitNetDecoder:
             for b in range(0, r.numel(), self.block):
                 h = self._run(s, r[b : b + self.block])
             last.append(h[-1:])
-        self.logits.copy_(self.head(torch.cat(last)))
+        self.hidden = torch.cat(last)  # [batch, D]
+        self.logits.copy_(self.head(self.hidden))
         return self.logits
