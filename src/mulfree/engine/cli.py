@@ -117,6 +117,30 @@ def register(sub) -> None:
         help="auto: the torch-free engine for packed models (fast start), else the "
         "torch one; lite: insist; torch: always torch (default: %(default)s)",
     )
+    g.add_argument(
+        "--attention",
+        choices=["exact", "lmul"],
+        default="exact",
+        help="BitNet models: attention products QKᵀ and P·V exact or L-Mul (default: %(default)s)",
+    )
+    g.add_argument(
+        "--mantissa-bits",
+        type=int,
+        default=3,
+        help="BitNet models: mantissa bits of L-Mul attention (default: %(default)s)",
+    )
+    g.add_argument(
+        "--kv-cache",
+        choices=["bfloat16", "float16", "float32", "int8"],
+        default="bfloat16",
+        help="BitNet models: KV cache storage (default: %(default)s)",
+    )
+    g.add_argument(
+        "--max-context",
+        type=int,
+        default=None,
+        help="BitNet models: tokens per sequence the KV cache holds (default: the model's maximum)",
+    )
     g.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-text")
     g.add_argument("--quiet", action="store_true", help="print only the text, no statistics")
     g.add_argument("--no-energy", action="store_true", help="skip the energy estimate")
@@ -160,6 +184,10 @@ def cmd_generate(args) -> int:
         energy=not (args.quiet or args.no_energy),
         energy_table=args.energy_table,
         engine=args.engine,
+        attention=args.attention,
+        mantissa_bits=args.mantissa_bits,
+        kv_cache=args.kv_cache,
+        max_context=args.max_context,
     )
 
     def emit(text: str) -> None:
