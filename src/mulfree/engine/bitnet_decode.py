@@ -293,7 +293,14 @@ class BitNetDecoder:
         K, V = self.cache.read(layer, slot, n)  # [Hkv, n, hd]
         # [T, H, hd] -> [Hkv, G * T, hd]: query head h uses kv head h // G (repeat_kv order)
         qg = q.transpose(0, 1).reshape(self.kv_heads, self.groups * T, self.head_dim)
-        scores = self._matmul(qg, K.transpose(1, 2)) * self.scaling  # [Hkv, G * T, n]
+        if self.attention == "lmul":
+            # scoresᵀ = K qᵀ: the same L-Mul products (L-Mul commutes: it adds the two bit
+            # patterns) summed in the same order over hd, with the cache rows as the left
+            # operand, so a contiguous cache read needs no transposed copy
+            st = self._matmul(K, qg.transpose(1, 2))  # [Hkv, n, G * T]
+            scores = st.transpose(1, 2) * self.scaling  # [Hkv, G * T, n]
+        else:
+            scores = self._matmul(qg, K.transpose(1, 2)) * self.scaling  # [Hkv, G * T, n]
         if T > 1:  # causal inside the block: token i sees positions <= pos + i
             i = torch.arange(T).repeat(self.groups)[:, None]  # [G * T, 1]
             scores = scores.masked_fill(torch.arange(n)[None, :] > pos + i, float("-inf"))
