@@ -47,7 +47,10 @@ def ckpt(tmp_path_factory):
 def model(ckpt):
     m = from_checkpoint(ckpt)
     yield m
-    mulfree.remove_lmul_(m) if mulfree.attention.lmul_config_of(m) is not None else None
+    from mulfree.attention import lmul_config_of, remove_lmul_
+
+    if lmul_config_of(m) is not None:
+        remove_lmul_(m)
 
 
 def reference_hidden(model) -> torch.Tensor:
@@ -198,3 +201,16 @@ def test_hf_generate_batched_left_padded(model):
         while len(toks) < 4 and toks[-1] != EOS:
             toks.append(int(dec.step([toks[-1]])[0].argmax()))
         assert out[row, len(b) : len(b) + len(toks)].tolist() == toks
+
+
+def test_step_energy_counts_without_advancing(model):
+    dec = BitNetDecoder(model, kv_dtype="float32")
+    dec.prefill(IDS[:, :PROMPT])
+    e = dec.step_energy([9])
+    assert dec.lengths == [PROMPT]
+    assert 0 < e.memory_pj < e.total_pj and e.dense_fp32_pj > e.total_pj
+    dec.step([int(IDS[0, PROMPT])])  # the counted step left no trace:
+    plain = BitNetDecoder(model, kv_dtype="float32")
+    plain.prefill(IDS[:, :PROMPT])
+    plain.step([int(IDS[0, PROMPT])])
+    torch.testing.assert_close(dec.hidden, plain.hidden, atol=0, rtol=0)

@@ -21,6 +21,7 @@ tokens in `prefill`, each weight read once per block by the batched kernel):
     attn_sub_norm, o = ternary(.), x += o; h = RMSNorm(x); gate|up = ternary(h);
     z = act(gate) * up (ReLU² for BitNet), ffn_sub_norm, down = ternary(z), x += down.
 Then the final RMSNorm and the head (engine.bitnet_model.QuantizedHead: int8 / int4 / float).
+`step_energy(ids)` counts and prices one step (mulfree.energy), next to dense fp32 projections.
 
 Its spec is the PackedBitNetForCausalLM forward (transformers' modules on the same kernels),
 with `mulfree.apply_lmul_` for L-Mul attention. With a float32 cache and L-Mul attention every
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mulfree import kernels
+from mulfree import energy, kernels
 from mulfree.engine import plan as P
 from mulfree.engine.modules import PackedBitLinear, adjacent_weights
 from mulfree.errors import MulfreeError
@@ -240,6 +241,7 @@ class BitNetDecoder:
             self.cos = emb.cos() * rope.attention_scaling
             self.sin = emb.sin() * rope.attention_scaling
         self.embed, self.head = inner.embed_tokens, model.lm_head
+        self._dense_fp32 = False  # step_energy's counterfactual
         self.batch = 0
         self.reset(1)
 
@@ -274,9 +276,72 @@ class BitNetDecoder:
             s = 127.0 / u.abs().amax(-1, keepdim=True).clamp_min(1e-5)
             return acc.float() / (s * lin.row_scales)
         threads = P.threads_for(lin, self.threads, self.min_weights_per_thread)
-        return K_.tq2_linear(u, lin.data, lin.out_features, lin.scale, threads=threads,
-                             isa=self.isas[kernels.ternary_family(u.shape[0])],
-                             row_scales=lin.row_scales)  # fmt: skip
+        y = K_.tq2_linear(u, lin.data, lin.out_features, lin.scale, threads=threads,
+                          isa=self.isas[kernels.ternary_family(u.shape[0])],
+                          row_scales=lin.row_scales)  # fmt: skip
+        if energy.counting():
+            self._record(lin, u, y)
+        return y
+
+    def _record(self, lin: P.Linear, u: torch.Tensor, out: torch.Tensor) -> None:
+        """Declare one kernel call to the active energy counters (the compiled call is invisible
+        to their dispatch mode): what the kernel does (engine.modules.record_ternary_linear,
+        tq2 bytes read), or, for `step_energy`'s counterfactual, a dense fp32 F.linear of the
+        same shape (K multiplies and K - 1 adds per output, 4 bytes per weight)."""
+        from mulfree.engine.modules import record_ternary_linear, tq2_nnz
+
+        M, K, N = u.shape[0], lin.in_features, lin.out_features
+        io = dict(act_read=u.numel() * 4, act_write=out.numel() * 4)
+        if self._dense_fp32:
+            energy.record("fp_mul", 32, M * N * K)
+            energy.record("fp_add", 32, M * N * (K - 1))
+            energy.record_bytes(weight_read=4 * N * K, **io)
+            return
+        if lin.nnz is None:
+            with energy.opaque():  # a one-off count of the weights, not part of the step
+                lin.nnz = tq2_nnz(lin.data)
+        record_ternary_linear(M, K, N, lin.nnz)
+        energy.record_bytes(weight_read=lin.data.numel(), **io)
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        """The output head; while counting, its kernel is declared (torch's int8 / int4 CPU
+        kernels: per weight one multiply of the bf16 activation by the dequantized weight and
+        one float32 add; the table read once). Float heads are counted by the dispatch mode."""
+        head = self.head
+        if not energy.counting() or head.fmt not in ("int8", "int4"):
+            return head(h)
+        with energy.opaque():
+            y = head(h)
+        M, V, D = h.shape[0], head.vocab, head.dim
+        energy.record("fp_mul", 16, M * V * D)
+        energy.record("fp_add", 32, M * V * (D - 1))
+        energy.record_bytes(weight_read=sum(t.numel() * t.element_size() for t in head.buffers()),
+                            act_read=h.numel() * 2, act_write=y.numel() * 4)  # fmt: skip
+        return y
+
+    def step_energy(self, ids, table: str | None = None) -> P.StepEnergy:
+        """Count and price one `step(ids)` without advancing the sequences: the step as it runs
+        (ternary kernels, quantizers, norms, RoPE, attention products exact or L-Mul, head) and
+        the same step with every ternary projection a dense fp32 F.linear. `table`: an energy
+        table name or JSON file (default mulfree.energy's)."""
+        from mulfree.energy.counter import EnergyCounter
+        from mulfree.energy.tables import DEFAULT_TABLE, EnergyTable, price
+
+        tab = EnergyTable.load(table or DEFAULT_TABLE)
+        lengths = list(self.lengths)
+        priced = []
+        for dense in (False, True):
+            self._dense_fp32 = dense
+            try:
+                with EnergyCounter(self.model) as c:
+                    self.step(ids)
+            finally:  # the step's cache writes lie past `lengths`: the next step overwrites them
+                self._dense_fp32 = False
+                self.lengths = list(lengths)
+            priced.append(price(c.counts, c.bytes, tab))
+        per_seq = 1.0 / self.batch
+        return P.StepEnergy(tab.name, priced[0]["total_pJ"] * per_seq,
+                            priced[0]["memory_pJ"] * per_seq, priced[1]["total_pJ"] * per_seq)  # fmt: skip
 
     def _matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """[B, M, K] @ [B, K, N] float32: exact (torch) or L-Matmul products."""
@@ -352,7 +417,7 @@ class BitNetDecoder:
         else:  # the projections of all sequences in one kernel call would need per-slot attention
             h = torch.cat([self._run(s, ids[s : s + 1]) for s in range(self.batch)])
         self.hidden = h  # [batch, D]: the head's input (final RMSNorm applied)
-        self.logits.copy_(self.head(h))
+        self.logits.copy_(self._head(h))
         return self.logits
 
     @torch.inference_mode()
@@ -374,5 +439,5 @@ class BitNetDecoder:
                 h = self._run(s, r[b : b + self.block])
             last.append(h[-1:])
         self.hidden = torch.cat(last)  # [batch, D]
-        self.logits.copy_(self.head(self.hidden))
+        self.logits.copy_(self._head(self.hidden))
         return self.logits

@@ -369,7 +369,6 @@ def _generate_torch(config, on_text, model, tokenizer, t_start: float) -> Genera
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
     # after the timing and the peak memory: counting runs the (slower) torch path once
     last = (r["token_ids"] or ids)[-1]
-    step_energy = (dec.step_energy([last], config.energy_table)
-                   if config.energy and hasattr(dec, "step_energy") else None)  # fmt: skip
+    step_energy = dec.step_energy([last], config.energy_table) if config.energy else None
     return GenerateResult(peak_rss_mb=peak, fused_ifg=dec.fused_ifg, energy=step_energy,
                           engine="torch", isas=dict(getattr(dec, "isas", {})), **r)  # fmt: skip
