@@ -76,10 +76,10 @@ def step_bytes(model, ctx: int, kv_bytes: int = 2) -> int:
 
 
 def fill_cache(dec: BitNetDecoder, ctx: int) -> None:
-    """Random keys/values in positions 0 .. ctx - 2 of slot 0 (the next step is token ctx)."""
+    """Random keys/values in slot 0, its length ctx - 1 (the next step is token ctx)."""
     g = torch.Generator().manual_seed(0)
     for t in dec.cache.k + dec.cache.v:
-        t[0, :, : ctx - 1].copy_(torch.randn(t[0, :, : ctx - 1].shape, generator=g).to(t.dtype))
+        t[0].copy_(torch.randn(t[0].shape, generator=g).to(t.dtype))
     dec.lengths[0] = ctx - 1
 
 

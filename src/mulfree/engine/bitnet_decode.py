@@ -69,10 +69,12 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class KVCache:
     """Keys and values of every layer for `slots` sequences of up to `max_context` tokens.
 
-    Per layer K and V are [slots, Hkv, max_context, head_dim] in `dtype` (float32, bfloat16,
-    float16), or int8 codes with a float32 step [slots, Hkv, max_context] (x = code * step,
-    step = absmax / 127 per stored vector). `read` gives float32 [Hkv, n, head_dim] (a view for
-    float32, else decoded).
+    Per layer, keys are stored transposed, Kᵀ [slots, Hkv, head_dim, max_context], and values
+    V [slots, Hkv, max_context, head_dim], in `dtype` (float32, bfloat16, float16), or as int8
+    codes with a float32 step per stored vector [slots, Hkv, max_context] (x = code * step,
+    step = absmax / 127). Kᵀ makes q Kᵀ a plain product with wide rows (what BLAS and the
+    L-Matmul kernel run fastest; a token's write is one strided column). `read` gives float32
+    Kᵀ [Hkv, hd, n] and V [Hkv, n, hd].
     """
 
     def __init__(self, layers: int, slots: int, max_context: int, kv_heads: int, head_dim: int,
@@ -83,12 +85,18 @@ class KVCache:
             )
         self.dtype, self.max_context = dtype, max_context
         store = torch.int8 if dtype == "int8" else getattr(torch, dtype)
-        shape = (slots, kv_heads, max_context, head_dim)
-        self.k = [torch.zeros(shape, dtype=store) for _ in range(layers)]
-        self.v = [torch.zeros(shape, dtype=store) for _ in range(layers)]
+        kshape = (slots, kv_heads, head_dim, max_context)
+        vshape = (slots, kv_heads, max_context, head_dim)
+        self.k = [torch.zeros(kshape, dtype=store) for _ in range(layers)]
+        self.v = [torch.zeros(vshape, dtype=store) for _ in range(layers)]
         if dtype == "int8":
-            self.ks = [torch.zeros(shape[:3]) for _ in range(layers)]
-            self.vs = [torch.zeros(shape[:3]) for _ in range(layers)]
+            self.ks = [torch.zeros(vshape[:3]) for _ in range(layers)]
+            self.vs = [torch.zeros(vshape[:3]) for _ in range(layers)]
+        # float32 scratch for decoded reads, allocated once: a fresh multi-MB tensor per read
+        # is a fresh mapping, and its page faults cost more than the conversion (measured ~7 ms
+        # per 2048-position read here, against ~0.5 ms into a reused buffer)
+        self._kbuf = torch.empty(kv_heads * max_context * head_dim)
+        self._vbuf = torch.empty(kv_heads * max_context * head_dim)
 
     @property
     def nbytes(self) -> int:
@@ -106,24 +114,28 @@ class KVCache:
     def write(self, layer: int, slot: int, pos: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store k, v [T, Hkv, hd] (float32) at positions pos .. pos + T - 1 of `slot`."""
         t = k.shape[0]
-        for dst, src, steps in ((self.k, k, "ks"), (self.v, v, "vs")):
-            kv = src.transpose(0, 1)  # [Hkv, T, hd]
-            if self.dtype == "int8":
-                codes, step = self.quantize(kv)
-                dst[layer][slot, :, pos : pos + t] = codes
-                getattr(self, steps)[layer][slot, :, pos : pos + t] = step
-            else:
-                dst[layer][slot, :, pos : pos + t] = kv
-
-    def read(self, layer: int, slot: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K, V) float32 [Hkv, n, hd] of the first n positions of `slot`."""
-        k, v = self.k[layer][slot, :, :n], self.v[layer][slot, :, :n]
-        if self.dtype == "float32":
-            return k, v
+        k, v = k.transpose(0, 1), v.transpose(0, 1)  # [Hkv, T, hd]
         if self.dtype == "int8":
-            ks, vs = self.ks[layer][slot, :, :n], self.vs[layer][slot, :, :n]
-            return k.float() * ks[..., None], v.float() * vs[..., None]
-        return k.float(), v.float()
+            (kq, kst), (vq, vst) = self.quantize(k), self.quantize(v)
+            self.ks[layer][slot, :, pos : pos + t] = kst
+            self.vs[layer][slot, :, pos : pos + t] = vst
+            k, v = kq, vq
+        self.k[layer][slot, :, :, pos : pos + t] = k.transpose(1, 2)  # [Hkv, hd, T]
+        self.v[layer][slot, :, pos : pos + t] = v
+
+    def read(self, layer: int, slot: int, n: int, contiguous: bool = False):
+        """(Kᵀ [Hkv, hd, n], V [Hkv, n, hd]) float32 of the first n positions of `slot`: views
+        of a float32 cache (unless `contiguous`), else scratch buffers the next read overwrites
+        (contiguous)."""
+        k, v = self.k[layer][slot, :, :, :n], self.v[layer][slot, :, :n]
+        if self.dtype == "float32" and not contiguous:
+            return k, v
+        kb = self._kbuf[: k.numel()].view(k.shape).copy_(k)  # [Hkv, hd, n]
+        vb = self._vbuf[: v.numel()].view(v.shape).copy_(v)  # [Hkv, n, hd]
+        if self.dtype == "int8":
+            kb.mul_(self.ks[layer][slot, :, None, :n])
+            vb.mul_(self.vs[layer][slot, :, :n, None])
+        return kb, vb
 
 
 @dataclass
@@ -355,17 +367,11 @@ class BitNetDecoder:
         """q [T, H, hd] of tokens at pos .. pos + T - 1 against the slot's cache -> [T, H * hd]."""
         T = q.shape[0]
         n = pos + T
-        K, V = self.cache.read(layer, slot, n)  # [Hkv, n, hd]
+        # Kᵀ [Hkv, hd, n], V [Hkv, n, hd]; the L-Matmul kernel takes contiguous operands
+        Kt, V = self.cache.read(layer, slot, n, contiguous=self.attention == "lmul")
         # [T, H, hd] -> [Hkv, G * T, hd]: query head h uses kv head h // G (repeat_kv order)
         qg = q.transpose(0, 1).reshape(self.kv_heads, self.groups * T, self.head_dim)
-        if self.attention == "lmul":
-            # scoresᵀ = K qᵀ: the same L-Mul products (L-Mul commutes: it adds the two bit
-            # patterns) summed in the same order over hd, with the cache rows as the left
-            # operand, so a contiguous cache read needs no transposed copy
-            st = self._matmul(K, qg.transpose(1, 2))  # [Hkv, n, G * T]
-            scores = st.transpose(1, 2) * self.scaling  # [Hkv, G * T, n]
-        else:
-            scores = self._matmul(qg, K.transpose(1, 2)) * self.scaling  # [Hkv, G * T, n]
+        scores = self._matmul(qg, Kt) * self.scaling  # [Hkv, G * T, n]
         if T > 1:  # causal inside the block: token i sees positions <= pos + i
             i = torch.arange(T).repeat(self.groups)[:, None]  # [G * T, 1]
             scores = scores.masked_fill(torch.arange(n)[None, :] > pos + i, float("-inf"))
