@@ -110,12 +110,13 @@ def accuracy_tiny() -> None:
         w = model.lm_head.dequantize()
         ref = h @ w.T
     print("tiny model (hidden 64, 2 layers, vocab 300), 48 positions:")
+    bf16 = QuantizedHead.from_float(w, "bfloat16")(h)  # the head as 2B4T ships it
     for fmt in ("bfloat16", "int8", "int4"):
         got = QuantizedHead.from_float(w, fmt)(h)
         top1 = float((got.argmax(-1) == ref.argmax(-1)).float().mean())
-        print(
-            f"  head {fmt:8s} vs float32: logit SQNR {sqnr(ref, got):5.1f} dB, top-1 agreement {top1:.3f}"
-        )
+        vs_bf16 = float((got.argmax(-1) == bf16.argmax(-1)).float().mean())
+        print(f"  head {fmt:8s} vs float32: logit SQNR {sqnr(ref, got):5.1f} dB, top-1 agreement "
+              f"{top1:.3f} | vs the bf16 head: SQNR {sqnr(bf16, got):5.1f} dB, top-1 {vs_bf16:.3f}")  # fmt: skip
 
     def run(kv):
         dec = BitNetDecoder(model, kv_dtype=kv)
