@@ -9,8 +9,9 @@ view with a scale per row) and keeps, per sequence slot, a key/value cache bound
 vocab] (a buffer the next step reuses), `threads`, `isas`; the family-specific part is the
 layer step (`_layer`), over the weights `BitNetWeights` holds.
 
-Per layer, for the token block x [T, D] of one sequence (T = 1 in `step`, blocks of `block`
-tokens in `prefill`, each weight read once per block by the batched kernel):
+Per layer, for rows x [R, D] (in `step` one token of every sequence, in `prefill` a block of
+`block` tokens of one; the projections run on all rows in one kernel call, each weight read once
+per call, while RoPE, the cache and attention are per sequence):
     h = RMSNorm(x) (transformers' formula, op for op); q|k|v = ternary(h) (int8 absmax per
     token inside the kernel); RoPE on q and k at the tokens' positions; k, v appended to the
     cache; attention over the cache with GQA (H / Hkv query heads per kv head):
@@ -380,35 +381,50 @@ class BitNetDecoder:
         # [Hkv, G * T, hd] -> [H, T, hd] -> [T, H * hd]
         return out.reshape(self.heads, T, self.head_dim).transpose(0, 1).reshape(T, -1)
 
-    def _layer(self, i: int, L: LayerWeights, x: torch.Tensor, slot: int, pos: int) -> None:
-        """One decoder layer on the block x [T, D] of `slot` at positions pos.. (x updated)."""
-        T = x.shape[0]
+    def _layer(self, i: int, L: LayerWeights, x: torch.Tensor, segs: list[tuple[int, int, int]],
+               rows: torch.Tensor) -> None:  # fmt: skip
+        """One decoder layer on x [R, D] (updated in place): rows of several sequences, `segs`
+        = (slot, position of its first row, its number of rows) in row order, `rows` the
+        position of every row. Projections run on all rows in one kernel call (each weight
+        read once for the batch); RoPE, the cache and attention are per sequence."""
+        R = x.shape[0]
         H, Hkv, hd = self.heads, self.kv_heads, self.head_dim
-        qkv = self._kernel(L.qkv, rms_norm(x, L.input_norm, self.eps))  # [T, (H + 2 Hkv) hd]
-        q = qkv[:, : H * hd].reshape(T, H, hd)
-        k = qkv[:, H * hd : (H + Hkv) * hd].reshape(T, Hkv, hd)
-        v = qkv[:, (H + Hkv) * hd :].reshape(T, Hkv, hd)
-        cos, sin = self.cos[pos : pos + T, None, :], self.sin[pos : pos + T, None, :]  # [T, 1, hd]
+        qkv = self._kernel(L.qkv, rms_norm(x, L.input_norm, self.eps))  # [R, (H + 2 Hkv) hd]
+        q = qkv[:, : H * hd].reshape(R, H, hd)
+        k = qkv[:, H * hd : (H + Hkv) * hd].reshape(R, Hkv, hd)
+        v = qkv[:, (H + Hkv) * hd :].reshape(R, Hkv, hd)
+        cos, sin = self.cos[rows, None, :], self.sin[rows, None, :]  # [R, 1, hd]
         q = (q * cos) + (_rotate_half(q) * sin)
         k = (k * cos) + (_rotate_half(k) * sin)
-        self.cache.write(i, slot, pos, k, v)
-        a = self._attend(i, slot, q, pos)  # [T, H * hd]
+        parts, r0 = [], 0
+        for slot, pos, t in segs:
+            self.cache.write(i, slot, pos, k[r0 : r0 + t], v[r0 : r0 + t])
+            parts.append(self._attend(i, slot, q[r0 : r0 + t], pos))  # [t, H * hd]
+            r0 += t
+        a = parts[0] if len(parts) == 1 else torch.cat(parts)
         x.add_(self._kernel(L.o, rms_norm(a, L.attn_sub_norm, self.eps)))
-        gu = self._kernel(L.gate_up, rms_norm(x, L.post_norm, self.eps))  # [T, 2 I]
+        gu = self._kernel(L.gate_up, rms_norm(x, L.post_norm, self.eps))  # [R, 2 I]
         inter = gu.shape[1] // 2
         z = self.act(gu[:, :inter]) * gu[:, inter:]
         x.add_(self._kernel(L.down, rms_norm(z, L.ffn_sub_norm, self.eps)))
 
-    def _run(self, slot: int, ids: torch.Tensor) -> torch.Tensor:
-        """Tokens ids [T] of one sequence through every layer; final hidden states [T, D]."""
-        pos = self.lengths[slot]
-        T = ids.shape[0]
-        if pos + T > self.max_context:
-            raise MulfreeError(f"context full: {pos} + {T} tokens > max_context {self.max_context}")
-        x = self.embed(ids).float().contiguous()  # [T, D]
+    def _run(self, slots: list[int], ids: list[torch.Tensor]) -> torch.Tensor:
+        """Tokens ids[j] [T_j] of sequence slots[j], all through every layer together; final
+        hidden states [sum T_j, D] in that order."""
+        segs = []
+        for slot, t in zip(slots, ids, strict=True):
+            pos = self.lengths[slot]
+            if pos + t.numel() > self.max_context:
+                raise MulfreeError(
+                    f"context full: {pos} + {t.numel()} tokens > max_context {self.max_context}"
+                )
+            segs.append((slot, pos, t.numel()))
+        rows = torch.cat([torch.arange(p, p + t) for _, p, t in segs])  # [R] positions
+        x = self.embed(torch.cat(ids)).float().contiguous()  # [R, D]
         for i, L in enumerate(self.layers):
-            self._layer(i, L, x, slot, pos)
-        self.lengths[slot] = pos + T
+            self._layer(i, L, x, segs, rows)
+        for slot, pos, t in segs:
+            self.lengths[slot] = pos + t
         return rms_norm(x, self.final_norm, self.eps)
 
     # --- the interface ---------------------------------------------------------------------
@@ -418,10 +434,7 @@ class BitNetDecoder:
         ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
         if ids.numel() != self.batch:
             raise MulfreeError(f"step got {ids.numel()} tokens for a batch of {self.batch}")
-        if self.batch == 1:
-            h = self._run(0, ids)
-        else:  # the projections of all sequences in one kernel call would need per-slot attention
-            h = torch.cat([self._run(s, ids[s : s + 1]) for s in range(self.batch)])
+        h = self._run(list(range(self.batch)), list(ids[:, None]))  # one row per sequence
         self.hidden = h  # [batch, D]: the head's input (final RMSNorm applied)
         self.logits.copy_(self._head(h))
         return self.logits
@@ -442,7 +455,7 @@ class BitNetDecoder:
                 raise MulfreeError(f"prompt of {r.numel()} tokens > max_context {self.max_context}")
             h = None
             for b in range(0, r.numel(), self.block):
-                h = self._run(s, r[b : b + self.block])
+                h = self._run([s], [r[b : b + self.block]])
             last.append(h[-1:])
         self.hidden = torch.cat(last)  # [batch, D]
         self.logits.copy_(self._head(self.hidden))
