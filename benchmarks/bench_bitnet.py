@@ -216,6 +216,8 @@ def main() -> None:
         )
     del m4, dec
 
+    print(f"peak RSS of the packed engine (both packed models loaded in turn, caches for context "
+          f"{max(contexts)}): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")  # fmt: skip
     if args.hf_steps:
         from transformers import AutoModelForCausalLM, DynamicCache
 
