@@ -17,8 +17,8 @@ Random weights written in the official layout of microsoft/bitnet-b1.58-2B-4T (h
    minutes), decode tok/s at 128 context, a few steps;
 5. accuracy effects on a tiny official-layout model: int8 / int4 / bf16 head against the float32
    head, and bf16 / fp16 / int8 KV caches against float32 (logit SQNR, top-1 agreement).
-Peak RSS is printed at the end. Timings: median of `--steps` steps after 2 warm-up steps, the
-engines interleaved per configuration; the load average is printed (the machine is shared:
+Peak RSS is printed. Timings: median of `--steps` steps after 2 warm-up rounds, exact, L-Mul and
+int4-head steps interleaved round by round; the load average is printed (the machine is shared:
 absolute numbers move with the load, ratios less).
 
     flock /tmp/mulfree-bench.lock python benchmarks/bench_bitnet.py
@@ -83,15 +83,21 @@ def fill_cache(dec: BitNetDecoder, ctx: int) -> None:
     dec.lengths[0] = ctx - 1
 
 
-def time_steps(dec: BitNetDecoder, ctx: int, steps: int) -> float:
-    """Median seconds of one decode step (embedding, 30 layers, head, argmax) at context ctx."""
-    times = []
-    for i in range(steps + 2):
-        fill_cache(dec, ctx) if i == 0 else dec.lengths.__setitem__(0, ctx - 1)
-        t0 = time.perf_counter()
-        int(dec.step([17])[0].argmax())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[2:])
+def time_interleaved(runs: dict, ctx: int, steps: int) -> dict[str, float]:
+    """Median seconds of one decode step (embedding, 30 layers, head, argmax) at context ctx
+    for each named (decoder, attention), their steps interleaved round by round so all see the
+    same load; 2 warm-up rounds."""
+    for dec, _ in runs.values():
+        fill_cache(dec, ctx)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(steps + 2):
+        for name, (dec, att) in runs.items():
+            dec.attention = att
+            dec.lengths[0] = ctx - 1
+            t0 = time.perf_counter()
+            int(dec.step([17])[0].argmax())
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v[2:]) for k, v in times.items()}
 
 
 def accuracy_tiny() -> None:
@@ -178,6 +184,7 @@ def main() -> None:
     t0 = time.perf_counter()
     model = load_packed(packed["int8"])
     print(f"load_packed (int8 head): {time.perf_counter() - t0:.1f} s")
+    m4 = load_packed(packed["int4"])
     g = torch.Generator().manual_seed(1)
     for t in threads:
         torch.set_num_threads(t)
@@ -194,29 +201,27 @@ def main() -> None:
         pf = args.prefill / (time.perf_counter() - t0)
         print(f"[{t} thread(s)] time to first token ({args.prompt}-token prompt, model loaded): "
               f"{ttft:.2f} s | prefill {args.prefill} tokens: {pf:.1f} tok/s")  # fmt: skip
+        dec4 = BitNetDecoder(m4, threads=t, kv_dtype="bfloat16", max_context=max(contexts))
         for ctx in contexts:
-            res = {}
-            for att in ("exact", "lmul"):
-                dec.attention = att
-                res[att] = time_steps(dec, ctx, args.steps)
+            runs = {"exact": (dec, "exact"), "lmul": (dec, "lmul")}
+            if ctx == min(contexts):
+                runs["int4"] = (dec4, "exact")
+            res = time_interleaved(runs, ctx, args.steps)
             roof = bw[t] * 1e9 / step_bytes(model, ctx)
             print(f"[{t} thread(s)] context {ctx}: decode exact {1 / res['exact']:.2f} tok/s "
                   f"({res['exact'] * 1e3:.0f} ms), L-Mul attention {1 / res['lmul']:.2f} tok/s "
                   f"({res['lmul'] * 1e3:.0f} ms, {res['lmul'] / res['exact']:.2f}x exact's time) | "
                   f"roofline {roof:.1f} tok/s ({step_bytes(model, ctx) / 1e6:.0f} MB/step at "
                   f"{bw[t]:.1f} GB/s): exact at {100 / res['exact'] / roof:.0f} %")  # fmt: skip
-        del dec
-    del model
+            if "int4" in res:
+                roof4 = bw[t] * 1e9 / step_bytes(m4, ctx)
+                print(f"[{t} thread(s)] context {ctx}: int4 head decode {1 / res['int4']:.2f} tok/s "
+                      f"({res['int4'] * 1e3:.0f} ms; roofline {roof4:.1f} tok/s at "
+                      f"{step_bytes(m4, ctx) / 1e6:.0f} MB/step)")  # fmt: skip
+        del dec, dec4
+    del model, m4
 
-    m4 = load_packed(packed["int4"])
-    for t in threads[-1:]:
-        dec = BitNetDecoder(m4, threads=t, max_context=256)
-        print(
-            f"[{t} thread(s)] int4 head, context 128: decode {1 / time_steps(dec, 128, args.steps):.2f} tok/s"
-        )
-    del m4, dec
-
-    print(f"peak RSS of the packed engine (both packed models loaded in turn, caches for context "
+    print(f"peak RSS of the packed engine (int8- and int4-head models, caches for context "
           f"{max(contexts)}): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")  # fmt: skip
     if args.hf_steps:
         from transformers import AutoModelForCausalLM, DynamicCache
