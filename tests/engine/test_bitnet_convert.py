@@ -150,3 +150,18 @@ def test_cli_convert_and_generate(ckpts, tmp_path, capsys):
                    "--max-tokens", "4", "--no-energy", "--max-context", "32", *extra])  # fmt: skip
         assert rc == 0
         assert "torch engine" in capsys.readouterr().err  # the torch-free engine runs hgrn_bit only
+
+
+def test_generate_from_checkpoint_dir_and_lite_refusal(ckpts, tmp_path, capsys):
+    """`generate --model CHECKPOINT_DIR` packs a BitNet checkpoint on the fly; the torch-free
+    engine says in one line that it runs hgrn_bit only."""
+    rc = main(["generate", "--model", str(ckpts["llama"]), "The quick", "--temperature", "0",
+               "--max-tokens", "3", "--quiet"])  # fmt: skip
+    assert rc == 0
+    dst = tmp_path / "p"
+    convert(ConvertConfig(str(ckpts["packed"]), str(dst)))
+    assert (
+        main(["generate", "--model", str(dst), "x", "--engine", "lite", "--max-tokens", "2"]) != 0
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "hgrn_bit" in err, err
