@@ -164,4 +164,10 @@ def test_generate_from_checkpoint_dir_and_lite_refusal(ckpts, tmp_path, capsys):
         main(["generate", "--model", str(dst), "x", "--engine", "lite", "--max-tokens", "2"]) != 0
     )
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "hgrn_bit" in err, err
+    assert err.count("\n") == 0 and "torch-free engine" in err, err  # (or: no compiled core)
+    from mulfree.engine import lite
+
+    with pytest.raises(
+        MulfreeError, match="packed bitnet model; the torch-free engine runs hgrn_bit"
+    ):
+        lite.LiteModel.load(dst)
