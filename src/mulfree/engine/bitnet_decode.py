@@ -179,8 +179,8 @@ def _weight(m) -> torch.Tensor | None:
 class BitNetDecoder:
     """Decoding on the kernels for a packed BitNet (mulfree.engine.bitnet_model).
 
-    attention: "exact" | "lmul" (with mantissa_bits 2, 3, 4 or None = full); kv_dtype:
-    "bfloat16" (default) | "float16" | "float32" | "int8"; max_context: tokens per sequence
+    attention: "exact" | "lmul" (mantissa_bits as mulfree.lmul.lmatmul takes them; None = full);
+    kv_dtype: "bfloat16" (default) | "float16" | "float32" | "int8"; max_context: tokens per sequence
     (default the model's max_position_embeddings); block: prefill tokens per kernel call.
     """
 
