@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mulfree.engine import plan as P
-from mulfree.engine.header import FORMAT_NAME, FORMAT_VERSION, weights_file
+from mulfree.engine.header import FORMAT_NAME, READ_VERSIONS, model_family, weights_file
 from mulfree.engine.header import first_line as _first_line
 from mulfree.errors import MulfreeError
 
@@ -175,9 +175,13 @@ class LiteModel:
             raise MulfreeError(
                 f"{file} is not a packed model (format {meta.get('mulfree_format')!r})"
             )
-        if meta.get("mulfree_format_version") != str(FORMAT_VERSION):
+        if meta.get("mulfree_format_version") not in {str(v) for v in READ_VERSIONS}:
             raise MulfreeError(f"{file} is packed format version "
-                               f"{meta.get('mulfree_format_version')!r}; this mulfree reads {FORMAT_VERSION}")  # fmt: skip
+                               f"{meta.get('mulfree_format_version')!r}; this mulfree reads "
+                               f"{', '.join(map(str, READ_VERSIONS))}")  # fmt: skip
+        if model_family(meta, file) != "hgrn_bit":
+            raise MulfreeError(f"{file} is a packed {meta['model_family']} model; the torch-free "
+                               "engine runs hgrn_bit models (use --engine torch)")  # fmt: skip
         if verify:
             check_metadata_crc(meta, file)
         try:
