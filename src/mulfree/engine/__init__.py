@@ -4,7 +4,7 @@
     convert("path/to/hgrn_bit_checkpoint", "packed/")          # tq1 ternary + int8 embedding
     model = load_packed("packed/")                              # a transformers PreTrainedModel
     model.generate(input_ids, max_new_tokens=32)                # HF generate works
-    dec = model.decoder(); logits = dec.prefill(ids); logits = dec.step([next_id])
+    dec = model.fused_decoder(); logits = dec.prefill(ids); logits = dec.step([next_id])
 
 `pack_model_(model)` swaps a model's BitLinears for packed layers in place (what serve and the
 energy report need); `place_weights_(model)` moves their packed weights into one arena on

@@ -344,7 +344,7 @@ def _generate_torch(config, on_text, model, tokenizer, t_start: float) -> Genera
     ids = _prompt_ids(list(tokenizer(config.prompt).input_ids) if config.prompt else [],
                       bos if bos is not None else tokenizer.bos_token_id, model.config.vocab_size)  # fmt: skip
     eos = _eos_ids(model, tokenizer) if config.stop_on_eos else set()
-    dec = model.decoder(threads=config.threads)
+    dec = model.fused_decoder(threads=config.threads)
     with torch.inference_mode():
         r = _run(lambda ids: dec.prefill([ids])[0].numpy(), lambda t: dec.step([t])[0].numpy(),
                  ids, config, eos, tokenizer, on_text, t_start)  # fmt: skip
