@@ -33,7 +33,6 @@ uses slots 0..batch-1.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
