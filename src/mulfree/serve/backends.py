@@ -4,13 +4,14 @@ A backend tokenizes, starts a request (prefill its prompt -> its own state + fir
 one decode step for several requests at once (their states and last tokens -> next-token logits,
 states advanced in place) and frees a request's state.
 
-- `MatMulFreeBackend` (model_type `hgrn_bit`): a request's state is one float32 row
-  [1, hidden*expand_ratio] per layer. A decode step stacks the rows of all active requests along
-  the batch axis, runs one step for all of them and splits the advanced states back: one step,
-  whatever the number of requests. With packed weights (and the compiled core) the step is the
-  packed engine's fused decode step (`mulfree.engine.decode.Decoder`: its logits follow the
-  model's forward up to float rounding, see there); else the model's forward on [B, 1] tokens
-  with the rows stacked into one `HGRNBitCache`.
+- `MatMulFreeBackend` (model_type `hgrn_bit`): one decode step for all active requests, whatever
+  their number. With packed weights (and the compiled core: `fused_step_applies`) a request's
+  state is a slot of the packed engine's decoder (`mulfree.engine.decode.Decoder`, which owns
+  the state arena): `start` prefills into a fresh slot, `step` runs the fused step on the
+  requests' slots in place (no state is stacked, copied or split), `free` returns the slot; its
+  logits follow the model's forward up to float rounding (see there). Else a request's state is
+  one float32 row [1, hidden*expand_ratio] per layer and a step stacks the rows of all active
+  requests into one `HGRNBitCache` for the model's forward on [B, 1] tokens.
 - `GenericBackend` (any Hugging Face causal LM): a request's state is the model's own cache
   (`DynamicCache` for attention models); a step runs the requests one after another (batch 1),
   since KV caches of different lengths do not stack without padding.
@@ -94,9 +95,31 @@ class Backend(abc.ABC):
     def free(self, state: RequestState) -> None:
         state.data = None
 
+    def reserve(self, max_batch: int) -> None:
+        """Prepare for `max_batch` requests stepping together (nothing to do by default)."""
+
 
 class MatMulFreeBackend(Backend):
     kind = "mmfree"
+
+    _decoder: Any = None  # the engine's fused decoder (its slots hold the requests' states)
+
+    def reserve(self, max_batch: int) -> None:
+        """Size the decoder's state arena for `max_batch` requests at once (the scheduler's)."""
+        dec = self._fused()
+        if dec is not None:
+            dec.reserve(max_batch)
+
+    def _fused(self):
+        """The packed engine's decoder when the fused step applies to this model
+        (`mulfree.engine.decode.fused_step_applies`), else None (steps run the model's forward)."""
+        from mulfree.engine.decode import Decoder, fused_step_applies
+
+        if self._decoder is None:
+            if self.weights != "packed" or not fused_step_applies(self.model):
+                return None
+            self._decoder = Decoder(self.model)
+        return self._decoder
 
     def _cache(self, per_layer: list[torch.Tensor] | None):
         from mulfree.models.mmfree.modeling_mmfree import HGRNBitCache
@@ -113,6 +136,15 @@ class MatMulFreeBackend(Backend):
 
     @torch.inference_mode()
     def start(self, ids):
+        dec = self._fused()
+        if dec is not None:
+            slot = dec.alloc()
+            try:
+                logits = dec.prefill_slot(slot, ids)
+            except BaseException:
+                dec.free(slot)
+                raise
+            return RequestState(slot, len(ids)), logits
         cache = self._cache(None)
         x = torch.tensor([ids], dtype=torch.long)  # [1, T]
         out = self.model(input_ids=x, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
@@ -120,38 +152,17 @@ class MatMulFreeBackend(Backend):
         states = [s.clone() for s in self._states(output_cache(out), n)]  # L x [1, E]
         return RequestState(states, len(ids)), out.logits[0, -1]
 
-    _decoder: Any = None  # the engine's fused decode step, built on first use
-
-    def _fused(self):
-        """The packed engine's fused decode step (`mulfree.engine.decode.Decoder`) when the
-        weights are packed, the compiled core is there and the model multiplies exactly;
-        else None (steps run the model's forward)."""
-        from mulfree import kernels
-
-        if (
-            self.weights != "packed"
-            or getattr(self.model.config, "elementwise_mul", "exact") != "exact"
-            or not kernels.available()
-        ):
-            return None
-        if self._decoder is None:
-            from mulfree.engine.decode import Decoder
-
-            self._decoder = Decoder(self.model)
-        return self._decoder
-
     @torch.inference_mode()
     def step(self, states, tokens):
+        dec = self._fused()
+        if dec is not None:
+            logits = dec.step(tokens, [st.data for st in states])  # [B, vocab], a buffer
+            for st in states:
+                st.length += 1
+            return logits.clone()  # B x vocab floats: the caller may keep them past a step
         n = self.model.config.num_hidden_layers
         # L x [B, E]: row b of layer l is request b's state.
         stacked = [torch.cat([st.data[layer] for st in states], 0) for layer in range(n)]
-        dec = self._fused()
-        if dec is not None:
-            logits = dec.step_from(stacked, tokens)  # [B, vocab]
-            for b, st in enumerate(states):
-                st.data = [s[b : b + 1].clone() for s in dec.states]  # L x [1, E]
-                st.length += 1
-            return logits
         cache = self._cache(stacked)
         x = torch.tensor(tokens, dtype=torch.long).unsqueeze(1)  # [B, 1]
         out = self.model(input_ids=x, **cache_kwargs(cache), use_cache=True)
@@ -160,6 +171,11 @@ class MatMulFreeBackend(Backend):
             st.data = [s[b : b + 1].clone() for s in new]  # L x [1, E]
             st.length += 1
         return out.logits[:, -1]  # [B, vocab]
+
+    def free(self, state: RequestState) -> None:
+        if isinstance(state.data, int) and self._decoder is not None:
+            self._decoder.free(state.data)
+        state.data = None
 
 
 class GenericBackend(Backend):

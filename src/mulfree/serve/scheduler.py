@@ -125,6 +125,7 @@ class Scheduler:
         max_context: int | None = None,
     ):
         self.backend = backend
+        backend.reserve(max_batch)  # e.g. the decoder's state arena: sized once, never moved
         self.max_context = max_context or backend.max_context
         self.max_batch = max_batch
         self.max_queue = max_queue
