@@ -31,6 +31,7 @@ from mulfree.engine import plan as P
 from mulfree.errors import MulfreeError
 
 MAX_CACHED_PLANS = 256  # (batch, runs) keys: a server's slots settle into a few layouts
+PREFILL_CHUNK = 64  # prompt tokens per prefill pass (rows of the prefill buffers)
 
 
 class FamilyPlan(Protocol):
@@ -49,6 +50,10 @@ class FamilyPlan(Protocol):
     def run(self, slots: Sequence[int], tokens: np.ndarray) -> np.ndarray:
         """One token per slot (tokens int64 [B]); advance those slots' states in place;
         logits float32 [B, vocab] (rows in `slots` order; a buffer)."""
+
+    def prefill(self, slot: int, tokens: np.ndarray) -> np.ndarray:
+        """A prompt (int64 [T], T >= 1) into `slot` from its current state; the logits of its
+        last token float32 [vocab] (a buffer): equal to running its tokens one by one."""
 
 
 @dataclass
@@ -89,8 +94,8 @@ class HGRNFusedPlan:
         self._plans: dict = {}
         self.allocate(capacity)
 
-    def threads_for(self, lin: P.Linear) -> int:
-        return P.threads_for(lin, self.threads, self.min_weights_per_thread)
+    def threads_for(self, lin: P.Linear, rows: int = 1) -> int:
+        return P.threads_for(lin, self.threads, self.min_weights_per_thread, rows)
 
     def allocate(self, capacity: int) -> None:
         w, cap = self.w, int(capacity)
@@ -105,6 +110,17 @@ class HGRNFusedPlan:
             states[:, :keep] = self.states[:, :keep]
         self.states, self.capacity = states, cap
         self._plans = {}  # their addresses pointed into the old arrays
+        self._pbuf = None  # the prefill buffers, on first use
+
+    def _prefill_buffers(self) -> P.Buffers:
+        if self._pbuf is None:
+            w, n = self.w, PREFILL_CHUNK
+            z = lambda k, rows=n: np.zeros((rows, k), dtype=np.float32)  # noqa: E731
+            d, E, inter = w.hidden, w.expand, w.inter
+            self._pbuf = P.Buffers(x=z(d), h=z(d), y_ifg=z(3 * E), y_i=z(E), y_f=z(E),
+                                   y_g=z(E), t_e=z(E), y_d=z(d), y_gu=z(2 * inter),
+                                   z_i=z(inter), logits=z(w.vocab, 1), h_f=z(d), h_g=z(d))  # fmt: skip
+        return self._pbuf
 
     def clear(self, slot: int) -> None:
         self.states[:, slot] = 0
@@ -123,6 +139,29 @@ class HGRNFusedPlan:
                                 B=B, runs=runs)  # fmt: skip
             self._plans[key] = plan
         return plan
+
+    def prefill(self, slot: int, tokens: np.ndarray) -> np.ndarray:
+        """The prompt's tokens as the rows of one pass per chunk of PREFILL_CHUNK: every
+        projection a batched kernel call over the chunk, the MLGRU stage once per token in order
+        on the slot's state (runs (t, slot, 1)), the head on the last token only. Each row's
+        arithmetic is that of a one-token step (the kernels' rows are independent and exact), so
+        the logits and state equal stepping the tokens one by one, bit for bit (tested)."""
+        buf, w = self._prefill_buffers(), self.w
+        T = len(tokens)
+        for start in range(0, T, PREFILL_CHUNK):
+            chunk = tokens[start : start + PREFILL_CHUNK]
+            B = len(chunk)
+            runs = tuple((t, int(slot), 1) for t in range(B))
+            last = start + B == T
+            plan = P.fused_plan(self.C, buf, list(self.states), w.layers, w.final_norm, w.head,
+                                w.eps, w.bl_eps, self.threads_for, self._levels[self._family(B)],
+                                self._levels[self._stage], _ptr, B=B, runs=runs,
+                                head_rows="last" if last else "none",
+                                head_isa=self._levels[self._family(1)])  # fmt: skip
+            buf.x[:B] = w.embed(chunk)  # [B, d]
+            for fn, args in plan:
+                fn(*args)
+        return buf.logits[0]
 
     def run(self, slots: Sequence[int], tokens: np.ndarray) -> np.ndarray:
         B = len(slots)
@@ -193,6 +232,16 @@ class SlotDecoder:
         if not slots:
             raise MulfreeError("step needs at least one slot")
         return self.family.run(slots, tokens)
+
+    def prefill(self, slot: int, tokens) -> np.ndarray:
+        """Run a prompt into `slot` from a zero state; logits of its last token [vocab]
+        (a buffer, overwritten by the next prefill)."""
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        self.check([slot], 1)
+        if tokens.size == 0:
+            raise MulfreeError("prefill needs at least one token")
+        self.family.clear(slot)
+        return self.family.prefill(slot, tokens)
 
 
 def _ptr(a) -> int:

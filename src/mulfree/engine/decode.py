@@ -101,7 +101,8 @@ class Decoder:
     Slots: `alloc()` -> slot, `prefill_slot(slot, ids)` -> logits [vocab], `step(tokens, slots)`
     -> logits [len(slots), vocab], `free(slot)`; `max_batch` slots live at once before the arena
     grows. Batch API: `reset(batch)` zeroes slots 0..batch-1; `prefill(ids)` runs prompts
-    (batched kernels) into them; `step(ids)` feeds one token per sequence. The returned logits
+    (batched kernels) into them; `step(ids)` feeds one token per sequence (a new Decoder is at
+    batch 1, zero state). Use one API or the other on a Decoder. The returned logits
     of `step` are a buffer reused by the next step (clone them to keep them).
     """
 
@@ -175,10 +176,11 @@ class Decoder:
         self.family = HGRNFusedPlan(core(), w, self.threads, self.isas,
                                     self.min_weights_per_thread, capacity=max(1, int(max_batch)))  # fmt: skip
         self.slots = SlotDecoder(self.family)
-        self.batch = 0
-        self._batch_slots: list[int] = []
+        # the batch API's slots 0..batch-1, taken on its first use (reset, prefill, step without
+        # slots), so a caller of the slot API (a server) gets every slot
+        self.batch = 1
+        self._batch_slots: list[int] | None = None
         self._dense_fp32 = False  # the energy counterfactual of step_energy
-        self.reset(1)
 
     @property
     def fused_ifg(self) -> bool:
@@ -216,10 +218,15 @@ class Decoder:
 
     @torch.inference_mode()
     def prefill_slot(self, slot: int, ids) -> torch.Tensor:
-        """Run one prompt (list of ids, batched kernels) from a zero state into `slot`;
-        logits of its last token [vocab] (a new tensor)."""
+        """Run one prompt (list of ids) from a zero state into `slot`; logits of its last token
+        [vocab] (a new tensor). On the fused path the prompt's tokens are the rows of batched
+        kernel calls with the recurrence stepped token by token (`SlotDecoder.prefill`: the same
+        bits as stepping them); else the model's forward (chunked scan)."""
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+        if self.fused and self.exact and not energy.counting():
+            return torch.from_numpy(self.slots.prefill(slot, ids.numpy()).copy())
         self.slots.check([slot], 1)
-        return self._prefill([slot], torch.as_tensor(ids, dtype=torch.long).reshape(1, -1))[0]
+        return self._prefill([slot], ids.reshape(1, -1))[0].clone()
 
     # --- batch API -------------------------------------------------------------------------
     def reset(self, batch: int = 1) -> None:
@@ -263,6 +270,8 @@ class Decoder:
         if slots is None:
             if ids.numel() != self.batch:
                 raise MulfreeError(f"step got {ids.numel()} tokens for a batch of {self.batch}")
+            if self._batch_slots is None:
+                self.reset(self.batch)
             slots = self._batch_slots
         else:
             slots = [int(s) for s in slots]
@@ -341,9 +350,9 @@ class Decoder:
         return logits
 
     # --- pieces of the torch path ------------------------------------------------------------
-    def _threads_for(self, lin: P.Linear) -> int:
-        """Kernel threads for one projection (mulfree.engine.plan.threads_for)."""
-        return P.threads_for(lin, self.threads, self.min_weights_per_thread)
+    def _threads_for(self, lin: P.Linear, rows: int = 1) -> int:
+        """Kernel threads for one projection on `rows` tokens (mulfree.engine.plan.threads_for)."""
+        return P.threads_for(lin, self.threads, self.min_weights_per_thread, rows)
 
     def _kernel(self, lin: P.Linear, u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """out = packed ternary linear of u (int8 absmax inside the kernel)."""
@@ -358,7 +367,8 @@ class Decoder:
                 s = u.float().abs().amax(-1, keepdim=True).clamp_min(1e-5).reciprocal() * 127
                 out.copy_(acc.float() / (s * lin.row_scales))
             return out
-        K_.tq2_linear(u, lin.data, lin.out_features, lin.scale, threads=self._threads_for(lin),
+        K_.tq2_linear(u, lin.data, lin.out_features, lin.scale,
+                      threads=self._threads_for(lin, u.shape[0]),
                       isa=self.isas[kernels.ternary_family(u.shape[0])], out=out,
                       row_scales=lin.row_scales)  # fmt: skip
         if energy.counting():
@@ -394,7 +404,7 @@ class Decoder:
         cache): loads `states` (L x [B, E]) into slots 0..B-1, runs `step(ids)` and returns a
         copy of the logits [B, vocab]; the advanced states are then in `self.states`."""
         B = states[0].shape[0]
-        if self.batch != B:
+        if self.batch != B or self._batch_slots is None:
             self.reset(B)  # slots only: the arena grows when B exceeds it, else nothing moves
         for rows, s in zip(self.states, states, strict=True):
             rows.copy_(s)

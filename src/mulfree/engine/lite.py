@@ -8,7 +8,8 @@ as tq2 (`mulfree.kernels.memory`, converting tq1 on the way), and `LiteDecoder` 
 plan of compiled calls that `mulfree.engine.decode.Decoder` runs (the same `fused_plan`, the
 same buffers, the same order), on NumPy buffers: its logits equal the torch Decoder's fused
 step bit for bit (tests/engine/test_lite.py). The prompt is fed token by token (the recurrent
-state is all there is), the tokenizer is the `tokenizers` library's on tokenizer.json, and the
+state is all there is; its projections run as batched kernel calls over the prompt, with the
+same bits), the tokenizer is the `tokenizers` library's on tokenizer.json, and the
 sampler `sample` is the NumPy twin of `mulfree.serve.sampling.sample` (equal tokens for equal
 logits and uniform draws).
 
@@ -359,7 +360,8 @@ class LiteDecoder:
         # choice per family (cached on disk; measuring, once per CPU and build, imports torch)
         from mulfree import kernels
 
-        self.isas = {f: kernels.resolve_isa(isa, f) for f in (kernels.TERNARY_B1, kernels.DECODE_STAGES)}
+        self.isas = {f: kernels.resolve_isa(isa, f)
+                     for f in (kernels.TERNARY_B1, kernels.TERNARY_BATCH, kernels.DECODE_STAGES)}  # fmt: skip
         m = model
         self.layers = [_layer(m, L) for L in m.layers]
         h = m.head
@@ -388,13 +390,9 @@ class LiteDecoder:
         return self.core.step([self.slot], [token])[0]
 
     def prefill(self, ids: list[int]) -> np.ndarray:
-        """Run a prompt from a zero state, one token at a time; logits of its last token."""
-        if not ids:
-            raise MulfreeError("prefill needs at least one token")
-        self.reset()
-        for t in ids:
-            logits = self.step(int(t))
-        return logits
+        """Run a prompt from a zero state (batched kernels; the same bits as stepping it one
+        token at a time); logits of its last token [vocab] (a buffer)."""
+        return self.core.prefill(self.slot, ids)
 
 
 def _layer(m: LiteModel, L: dict) -> P.Layer:

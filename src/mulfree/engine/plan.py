@@ -133,25 +133,33 @@ def lower_bounds(lb):
     return np.ascontiguousarray((np.cumsum(s, 0) - s[0]).astype(np.float32))
 
 
-def threads_for(lin: Linear, threads: int, min_weights: int = MIN_WEIGHTS_PER_THREAD) -> int:
-    """Kernel threads for one projection: small weights on one thread (waking a worker costs
-    more than it saves)."""
-    return max(1, min(threads, lin.out_features * lin.in_features // min_weights))
+def threads_for(lin: Linear, threads: int, min_weights: int = MIN_WEIGHTS_PER_THREAD,
+                rows: int = 1) -> int:  # fmt: skip
+    """Kernel threads for one projection on `rows` tokens: one per `min_weights` weight-token
+    products (small calls on one thread: waking a worker costs more than it saves; a batch of
+    tokens does `rows` times the work of one)."""
+    return max(1, min(threads, rows * lin.out_features * lin.in_features // min_weights))
 
 
 def fused_plan(C, buf: Buffers, states: list, layers: list[Layer], final_norm, head: Linear,
-               eps: float, bl_eps: float, threads: Callable[[Linear], int], kernel_isa: int,
+               eps: float, bl_eps: float, threads: Callable[[Linear, int], int], kernel_isa: int,
                stage_isa: int, ptr: Callable[[Any], int], B: int | None = None,
-               runs: tuple[tuple[int, int, int], ...] | None = None) -> list[tuple[Callable, tuple]]:  # fmt: skip
+               runs: tuple[tuple[int, int, int], ...] | None = None, head_rows: str = "all",
+               head_isa: int | None = None) -> list[tuple[Callable, tuple]]:  # fmt: skip
     """The step for B sequences as (C function, args) pairs: per layer attn_norm + BitLinear
     norms, i/f/g kernel(s), MLGRU stage(s), o kernel, mlp norms, gate|up kernel, GLU stage, down
     kernel; then the final norm and the head. Every call works on the first B rows of `buf`
     (default B: all its rows) except the MLGRU stage, which also advances the recurrent states:
     `states[l]` is layer l's state arena [capacity, E] and `runs` ((row, slot, length), see
     `runs_of`; default: rows 0..B-1 are slots 0..B-1) says which arena rows each stretch of buffer
-    rows advances, one stage call per run. kernel_isa / stage_isa: the ISA levels
-    (csrc/mf_common.h's integers) of the ternary kernel calls and of the elementwise decode
-    stages (mulfree.kernels.dispatch picks them per family)."""
+    rows advances, one stage call per run, in order. Runs may name one slot several times: rows
+    t = 0..T-1 as T runs (t, slot, 1) are T tokens of one sequence, each stage call advancing
+    the state by one token (a prompt through batched kernels, see `HGRNFusedPlan.prefill`).
+    head_rows: "all" (logits of every row), "last" (the final norm and head on row B-1 only,
+    logits in row 0; `head_isa` its kernel level) or "none" (no head: a prompt's inner chunk).
+    threads(lin, rows): the kernel threads for a call on `rows` rows. kernel_isa / stage_isa:
+    the ISA levels (csrc/mf_common.h's integers) of the ternary kernel calls and of the
+    elementwise decode stages (mulfree.kernels.dispatch picks them per family)."""
     B = buf.x.shape[0] if B is None else int(B)
     runs = ((0, 0, B),) if runs is None else runs
     if sum(n for _, _, n in runs) != B:
@@ -160,9 +168,10 @@ def fused_plan(C, buf: Buffers, states: list, layers: list[Layer], final_norm, h
     E, inter = buf.y_i.shape[1], buf.z_i.shape[1]
     F32 = 4  # bytes per float32: the plan's addresses are byte addresses
 
-    def kernel(lin: Linear, u, out):
-        return C.tq2_linear, (ptr(u), B, lin.in_features, ptr(lin.data), lin.out_features,
-                              float(lin.scale), ptr(lin.row_scales), ptr(out), 0, threads(lin), kernel_isa)  # fmt: skip
+    def kernel(lin: Linear, u, out, rows: int = B, isa: int = kernel_isa):
+        return C.tq2_linear, (ptr(u), rows, lin.in_features, ptr(lin.data), lin.out_features,
+                              float(lin.scale), ptr(lin.row_scales), ptr(out), 0,
+                              threads(lin, rows), isa)  # fmt: skip
 
     plan, pending = [], 0  # pending: the residual add folded into the next norm
     for L, state in zip(layers, states, strict=True):
@@ -195,7 +204,15 @@ def fused_plan(C, buf: Buffers, states: list, layers: list[Layer], final_norm, h
                                  ptr(buf.z_i), stage_isa)))  # fmt: skip
         plan.append(kernel(L.down, buf.z_i, buf.y_d))
         pending = ptr(buf.y_d)
-    plan.append((C.dec_norm2, (ptr(buf.x), pending, B, d, ptr(final_norm), eps, bl_eps,
-                               ptr(head.norm_w), ptr(buf.h), 0, 0, 0, 0)))  # fmt: skip
-    plan.append(kernel(head, buf.h, buf.logits))
+    if head_rows == "all":
+        plan.append((C.dec_norm2, (ptr(buf.x), pending, B, d, ptr(final_norm), eps, bl_eps,
+                                   ptr(head.norm_w), ptr(buf.h), 0, 0, 0, 0)))  # fmt: skip
+        plan.append(kernel(head, buf.h, buf.logits))
+    elif head_rows == "last":  # row B-1's residual add, norms and head; h and logits row 0
+        last = F32 * (B - 1) * d
+        plan.append((C.dec_norm2, (ptr(buf.x) + last, pending + last, 1, d, ptr(final_norm), eps,
+                                   bl_eps, ptr(head.norm_w), ptr(buf.h), 0, 0, 0, 0)))  # fmt: skip
+        plan.append(kernel(head, buf.h, buf.logits, 1, kernel_isa if head_isa is None else head_isa))
+    elif head_rows != "none":
+        raise ValueError(f"head_rows must be all, last or none, not {head_rows!r}")
     return plan
