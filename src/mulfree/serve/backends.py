@@ -97,6 +97,7 @@ class Backend(abc.ABC):
 
     def reserve(self, max_batch: int) -> None:
         """Prepare for `max_batch` requests stepping together (nothing to do by default)."""
+        return None
 
 
 class MatMulFreeBackend(Backend):
