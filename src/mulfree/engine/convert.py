@@ -131,7 +131,7 @@ def resolve_checkpoint(src: Path) -> tuple[Path, dict, list[Path], Path]:
     checkpoints/step_* folder (config from trainer_state.json, weights from model.safetensors;
     the tokenizer from the run folder).
     """
-    from mulfree.train.checkpoint import list_checkpoints, read_trainer_state
+    from mulfree.models.runs import list_checkpoints, read_trainer_state
 
     if not (src / "config.json").is_file() and not (src / "trainer_state.json").is_file():
         steps = list_checkpoints(src)
