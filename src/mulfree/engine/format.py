@@ -40,10 +40,10 @@ from mulfree.engine.header import (  # noqa: F401  (FORMAT_*, WEIGHTS_FILE, weig
     WEIGHTS_FILE,
     check_against_config,
     check_metadata_crc,
+    first_line,
     metadata_crc32,
     weights_file,
 )
-from mulfree.engine.header import first_line as _first_line
 from mulfree.errors import MulfreeError
 from mulfree.ternary import packing
 
@@ -99,7 +99,7 @@ def read_header(path: str | Path) -> tuple[dict[str, str], dict[str, tuple[tuple
         if Path(path).is_file() and Path(path).stat().st_size == 0:
             raise MulfreeError(f"cannot read {path}: the file is empty (corrupt)") from None
         raise MulfreeError(
-            f"cannot read {path}: corrupt or not a safetensors file ({_first_line(e)})"
+            f"cannot read {path}: corrupt or not a safetensors file ({first_line(e)})"
         ) from None
 
 
@@ -109,16 +109,13 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def looks_packed(path: str | Path) -> bool:
-    """True when `path` is meant as a packed model, readable or not: a packed model (is_packed),
-    any file, or a directory with model.safetensors but no config.json / trainer_state.json (a
-    checkpoint has those). Loading it then says precisely what is wrong with the file, instead
+    """True when `path` is meant as a packed model, readable or not (`mulfree.models.resolve`'s
+    rule: any file, or a directory with model.safetensors but no config.json /
+    trainer_state.json). Loading it then says precisely what is wrong with the file, instead
     of treating a damaged packed folder as a checkpoint without config.json."""
-    p = Path(path)
-    if p.is_file():
-        return True
-    return p.is_dir() and (p / WEIGHTS_FILE).exists() and not any(
-        (p / n).exists() for n in ("config.json", "trainer_state.json")
-    )
+    from mulfree.models.resolver import looks_packed as rule
+
+    return rule(Path(path))
 
 
 def is_packed(path: str | Path) -> bool:
@@ -161,7 +158,7 @@ def _parse_config(file: Path, meta: dict[str, str]):
     except KeyError:
         raise MulfreeError(f"{file}: no config in its metadata") from None
     except (ValueError, RecursionError) as e:
-        raise MulfreeError(f"{file}: unreadable config metadata ({_first_line(e)})") from None
+        raise MulfreeError(f"{file}: unreadable config metadata ({first_line(e)})") from None
     if not isinstance(raw, dict):
         raise MulfreeError(f"{file}: the config metadata is not a JSON object")
     try:
@@ -169,7 +166,7 @@ def _parse_config(file: Path, meta: dict[str, str]):
     except MulfreeError as e:
         raise MulfreeError(f"{file}: bad config: {e}") from None
     except (ValueError, TypeError, OverflowError) as e:
-        raise MulfreeError(f"{file}: bad config: {_first_line(e)}") from None
+        raise MulfreeError(f"{file}: bad config: {first_line(e)}") from None
 
 
 def check_finite(tensors: dict[str, torch.Tensor], where) -> None:
@@ -226,7 +223,7 @@ def read_packed(path: str | Path, *, verify: bool = True):
     try:
         tensors = load_file(str(file))
     except Exception as e:
-        raise MulfreeError(f"{file} is corrupt: {_first_line(e)}") from None
+        raise MulfreeError(f"{file} is corrupt: {first_line(e)}") from None
     if verify and "tensors_crc32" in meta and tensors_crc32(tensors) != meta["tensors_crc32"]:
         raise MulfreeError(f"{file} is corrupt: tensor data CRC-32 does not match its header")
     check_finite(tensors, file)

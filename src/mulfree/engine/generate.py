@@ -121,24 +121,23 @@ def bundled_packed() -> Path | None:
 
 
 def load_model(path: str | Path):
-    """A packed model from a packed file/dir, or packed on the fly from a checkpoint dir.
+    """A packed model from a packed file/dir, or packed on the fly from a checkpoint (a model
+    folder, a train run or one of its steps: `mulfree.models.resolve`).
 
     Returns (model, directory to look for a tokenizer in).
     """
-    from mulfree.engine import format as fmt
-    from mulfree.engine.convert import _from_checkpoint_dir
-    from mulfree.engine.model import _build, load_packed
+    from mulfree.engine.convert import pack_checkpoint
+    from mulfree.engine.model import build_packed, load_packed
+    from mulfree.models.resolver import resolve
 
     p = Path(path)
     if not p.exists():
         raise MulfreeError(f"model not found: {p}")
-    if fmt.looks_packed(p):  # a damaged packed file is reported as such
-        return load_packed(p), fmt.weights_file(p).parent
-    if p.is_dir():
-        config, tensors, tok_dir = _from_checkpoint_dir(p, "tq2", "float32")
-        return _build(config, tensors, "tq2", "float32"), tok_dir
-    fmt.read_packed(p)  # raises the precise one-line reason (bad header, other format, ...)
-    raise MulfreeError(f"{p} is not a model")  # unreachable: read_packed accepted a non-packed file
+    source = resolve(p)
+    if source.kind == "packed":  # a damaged packed file is reported as such by load_packed
+        return load_packed(p), source.tokenizer_dir
+    config, tensors, tok_dir = pack_checkpoint(p, "tq2", "float32")
+    return build_packed(config, tensors, "tq2", "float32"), tok_dir
 
 
 def load_tokenizer(path: str | Path):

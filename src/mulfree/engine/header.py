@@ -12,7 +12,7 @@ from mulfree.errors import MulfreeError
 # The packed format's identity, written into every file's metadata (mulfree.engine.format).
 FORMAT_NAME = "mulfree.packed_hgrn_bit"
 FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_FILE = "model.safetensors"  # = mulfree.models.resolver.WEIGHTS_FILE (tested)
 
 
 def first_line(e: BaseException) -> str:

@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mulfree.engine import plan as P
-from mulfree.engine.header import FORMAT_NAME, FORMAT_VERSION, weights_file
-from mulfree.engine.header import first_line as _first_line
+from mulfree.engine.header import FORMAT_NAME, FORMAT_VERSION, first_line, weights_file
 from mulfree.errors import MulfreeError
 
 BITLINEAR_NORM_EPS = 1e-8  # = mulfree.ternary.bitlinear.BITLINEAR_NORM_EPS (tested)
@@ -186,7 +185,7 @@ class LiteModel:
             if not isinstance(config, dict):
                 raise ValueError("not a JSON object")
         except (KeyError, ValueError, TypeError, RecursionError) as e:
-            raise MulfreeError(f"{file}: bad config metadata ({_first_line(e)})") from None
+            raise MulfreeError(f"{file}: bad config metadata ({first_line(e)})") from None
         try:
             check_shape(config)  # every shape field bounded, before anything is sized from it
         except MulfreeError as e:
@@ -200,7 +199,7 @@ class LiteModel:
         except MulfreeError:
             raise
         except Exception as e:  # safetensors raises its own error types
-            raise MulfreeError(f"cannot read {file}: {_first_line(e)}") from None
+            raise MulfreeError(f"cannot read {file}: {first_line(e)}") from None
         if verify and "tensors_crc32" in meta and _crc32(tensors) != meta["tensors_crc32"]:
             raise MulfreeError(f"{file} is corrupt: tensor data CRC-32 does not match its header")
         for name in sorted(tensors):  # NaN/inf weights would decode nothing but one token
@@ -226,7 +225,7 @@ def read_metadata(file: Path) -> dict[str, str]:
         with safe_open(str(file), framework="numpy") as sf:
             return dict(sf.metadata() or {})
     except Exception as e:
-        raise MulfreeError(f"cannot read {file}: {_first_line(e)}") from None
+        raise MulfreeError(f"cannot read {file}: {first_line(e)}") from None
 
 
 def load_tokenizer(directory: Path):
@@ -237,7 +236,7 @@ def load_tokenizer(directory: Path):
     try:
         return Tokenizer.from_file(str(file))
     except Exception as e:  # tokenizers raises a bare Exception with the parser's message
-        raise MulfreeError(f"cannot load the tokenizer {file}: {_first_line(e)}") from None
+        raise MulfreeError(f"cannot load the tokenizer {file}: {first_line(e)}") from None
 
 
 def eos_ids(model: LiteModel, tokenizer, directory: Path) -> set[int]:

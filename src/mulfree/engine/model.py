@@ -139,7 +139,7 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
         from mulfree.engine.convert import packed_tensors_from_model
 
         tensors = packed_tensors_from_model(model, "tq2", embedding_format)
-        return _build(model.config, tensors, "tq2", embedding_format)
+        return build_packed(model.config, tensors, "tq2", embedding_format)
 
     @classmethod
     def from_pretrained(cls, path, *args, **kwargs):
@@ -155,7 +155,7 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
                            embedding_format=embedding_format or self.embedding_format)  # fmt: skip
 
 
-def _build(config, tensors: dict, ternary_format: str, embedding_format: str):
+def build_packed(config, tensors: dict, ternary_format: str, embedding_format: str):
     """A PackedHGRNBitForCausalLM holding `tensors` (checked names/shapes; tq1 -> tq2)."""
     with torch.device("meta"):
         model = PackedHGRNBitForCausalLM(config, embedding_format)
@@ -187,7 +187,7 @@ def load_packed(path: str | Path, *, verify: bool = True, **_ignored) -> PackedH
     weights end up in one arena on 2 MiB pages (`mulfree.engine.place_weights_`).
     """
     config, tensors, meta = fmt.read_packed(path, verify=verify)
-    model = _build(config, tensors, meta["ternary_format"], meta["embedding_format"])
+    model = build_packed(config, tensors, meta["ternary_format"], meta["embedding_format"])
     del tensors
     place_weights_(model)
     file = fmt.weights_file(path)

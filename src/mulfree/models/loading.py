@@ -24,7 +24,7 @@ def load_causal_lm(path: str | Path, **kwargs):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from mulfree.models.mmfree.modeling_mmfree import _raise_on_bad_load
+    from mulfree.models.mmfree.modeling_mmfree import raise_on_bad_load
 
     path = Path(path)
     if not path.is_dir():
@@ -55,7 +55,7 @@ def load_causal_lm(path: str | Path, **kwargs):
     except (OSError, ValueError, RuntimeError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MulfreeError(f"cannot load {path}: {first_line}") from None
-    _raise_on_bad_load(info, path)
+    raise_on_bad_load(info, path)
     for name, t in model.state_dict().items():  # NaN weights would decode nothing but EOS
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise MulfreeError(f"checkpoint {path}: tensor {name} holds NaN or inf values")

@@ -3,7 +3,7 @@
 `<run>/checkpoints/step_00000100/` folders, each complete one holding `trainer_state.json`
 (format name and version, step, config...) next to `model.safetensors`; `<run>/model/` is the
 exported model. `mulfree.train.checkpoint` writes this layout (and re-exports these names);
-the model-spec resolver (`mulfree.models.resolve`) and `mulfree convert` read it.
+the model-spec resolver (`mulfree.models.resolve` (mulfree.models.resolver)) and `mulfree convert` read it.
 """
 
 from __future__ import annotations

@@ -303,20 +303,23 @@ def load_backend(
     path = Path(model_dir)
     if not path.is_dir():
         raise MulfreeError(f"model directory not found: {path}")
-    from mulfree.engine import load_packed
-    from mulfree.engine.format import looks_packed
+    from mulfree.models.resolver import resolve
 
-    if looks_packed(path):  # a damaged packed folder is reported as corrupt, not as config-less
+    source = resolve(path)
+    if source.kind == "packed":  # a damaged packed folder is reported as corrupt, not config-less
+        from mulfree.engine import load_packed
+
         if lmul_bits is not None:
             raise MulfreeError("--lmul applies to attention models; hgrn_bit has no attention")
         return make_backend(
             load_packed(path),
-            _tokenizer(Path(tokenizer_dir) if tokenizer_dir else path),
-            model_id or path.resolve().name,
+            _tokenizer(Path(tokenizer_dir) if tokenizer_dir else source.tokenizer_dir),
+            model_id or Path(model_dir).resolve().name,
             kind=kind,
             max_context=max_context,
             weights=weights,
         )
+    path = source.path  # a train run folder resolves to its model/ or newest checkpoint
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise MulfreeError(f"no config.json in {path} (is it a model directory?)")
@@ -335,7 +338,7 @@ def load_backend(
             model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError) as e:
             raise MulfreeError(f"cannot load {path}: {str(e).splitlines()[0]}") from None
-    tokenizer = _tokenizer(Path(tokenizer_dir) if tokenizer_dir else path)
+    tokenizer = _tokenizer(Path(tokenizer_dir) if tokenizer_dir else source.tokenizer_dir)
     if lmul_bits is not None:
         if model_type == "hgrn_bit":
             raise MulfreeError("--lmul applies to attention models; hgrn_bit has no attention")
@@ -345,7 +348,7 @@ def load_backend(
     return make_backend(
         model,
         tokenizer,
-        model_id or path.resolve().name,
+        model_id or Path(model_dir).resolve().name,
         kind=kind,
         max_context=max_context,
         weights=weights,
