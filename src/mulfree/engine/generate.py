@@ -169,32 +169,24 @@ def _eos_ids(model, tokenizer) -> set[int]:
 
 
 class _Streamer:
-    """Emits the new text of a growing token list, decoding only a short window each token
-    (the prefix/read offsets of transformers' and TGI's streamers: linear, not quadratic),
-    and holds back an incomplete UTF-8 tail. Works with any tokenizer whose
-    `decode(ids, skip_special_tokens=True)` gives text (tokenizers' or transformers')."""
+    """Emits the new text of a growing token list through `mulfree.engine.detok.Detokenizer`
+    (a short window per token: linear, not quadratic; an incomplete UTF-8 tail held back).
+    Works with any tokenizer whose `decode(ids, skip_special_tokens=True)` gives text."""
 
     def __init__(self, tokenizer, on_text):
-        self.tok, self.on_text, self.ids = tokenizer, on_text, []
-        self.prefix, self.read, self.parts = 0, 0, []
+        from mulfree.engine.detok import Detokenizer
 
-    def _decode(self, ids) -> str:
-        return self.tok.decode(ids, skip_special_tokens=True)
+        self.tok, self.on_text, self.ids = tokenizer, on_text, []
+        self.detok = Detokenizer(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
 
     def push(self, token: int) -> None:
         self.ids.append(token)
-        before = self._decode(self.ids[self.prefix : self.read])
-        text = self._decode(self.ids[self.prefix :])
-        if len(text) <= len(before) or text.endswith("\ufffd") or not text.startswith(before):
-            return  # nothing new yet, or an incomplete character: wait for more tokens
-        piece = text[len(before) :]
-        self.parts.append(piece)
-        if self.on_text is not None:
+        piece = self.detok.add(token)
+        if piece and self.on_text is not None:
             self.on_text(piece)
-        self.prefix, self.read = self.read, len(self.ids)
 
     def text(self) -> str:
-        return self._decode(self.ids)
+        return self.tok.decode(self.ids, skip_special_tokens=True)
 
 
 def _lite_model_path(config: GenerateConfig) -> tuple[Path | None, str]:
