@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mulfree.engine.detok import Detokenizer
 
+
 # a byte-level toy vocabulary: token i is byte i (UTF-8 characters span several tokens)
 def _decode(ids):
     return bytes(ids).decode("utf-8", errors="replace")
