@@ -40,13 +40,7 @@ import torch.nn.functional as F
 from mulfree import energy, kernels
 from mulfree.engine import plan as P
 from mulfree.engine.core import HGRNFusedPlan, HGRNWeights, SlotDecoder
-from mulfree.engine.modules import (
-    PackedBitLinear,
-    adjacent_weights,
-    place_weights_,
-    record_ternary_linear,
-    tq2_nnz,
-)
+from mulfree.engine.modules import PackedBitLinear, adjacent_weights, place_weights_
 from mulfree.engine.plan import MIN_WEIGHTS_PER_THREAD, StepEnergy  # noqa: F401  (re-exported)
 from mulfree.errors import MulfreeError
 from mulfree.kernels import ternary as K_
@@ -287,7 +281,13 @@ class Decoder:
         return P.Buffers(**{k: torch.from_numpy(v[:B]) for k, v in vars(self.family.buf).items()})
 
     def _step_torch(self, ids: torch.Tensor, slots: list[int]) -> torch.Tensor:
-        """The spec of the fused step: torch ops on the same buffers (see the module docstring)."""
+        """The spec of the fused step: torch ops on the same buffers (see the module docstring).
+        `_dense_fp32` (step_energy's counterfactual): the counter prices every ternary kernel
+        call as a dense fp32 F.linear of its shape (mulfree.kernels.ternary.priced_as_dense)."""
+        with K_.priced_as_dense(self._dense_fp32):
+            return self._step_torch_ops(ids, slots)
+
+    def _step_torch_ops(self, ids: torch.Tensor, slots: list[int]) -> torch.Tensor:
         B = len(slots)
         buf, arena = self._buffers(B), self._arena()
         runs = P.runs_of(slots)
@@ -370,28 +370,8 @@ class Decoder:
         K_.tq2_linear(u, lin.data, lin.out_features, lin.scale,
                       threads=self._threads_for(lin, u.shape[0]),
                       isa=self.isas[kernels.ternary_family(u.shape[0])], out=out,
-                      row_scales=lin.row_scales)  # fmt: skip
-        if energy.counting():
-            self._record(lin, u, out)
+                      row_scales=lin.row_scales)  # fmt: skip (a custom op the counter prices)
         return out
-
-    def _record(self, lin: P.Linear, u: torch.Tensor, out: torch.Tensor) -> None:
-        """Declare one projection's ops and bytes to the active energy counters: what the
-        kernel does, or (self._dense_fp32, the counterfactual of `step_energy`) what a dense
-        fp32 F.linear of the same shape would do: K multiplies and K - 1 adds per output, as
-        the counter prices a matmul, reading 4 bytes per weight."""
-        B, K, N = u.shape[0], lin.in_features, lin.out_features
-        io = dict(act_read=u.numel() * u.element_size(), act_write=out.numel() * out.element_size())
-        if self._dense_fp32:
-            energy.record("fp_mul", 32, B * N * K)
-            energy.record("fp_add", 32, B * N * (K - 1))
-            energy.record_bytes(weight_read=4 * N * K, **io)
-            return
-        if lin.nnz is None:
-            with energy.opaque():  # a one-off count of the weights, not part of the step
-                lin.nnz = tq2_nnz(lin.data)
-        record_ternary_linear(B, K, N, lin.nnz)
-        energy.record_bytes(weight_read=lin.data.numel(), **io)
 
     def _bitlinear(self, lin: P.Linear, xn: torch.Tensor, u: torch.Tensor, out: torch.Tensor):
         """BitLinear on an input already divided by its RMS (xn): (xn * norm_w) -> kernel."""
@@ -429,7 +409,7 @@ class Decoder:
             self._dense_fp32 = dense
             try:
                 with EnergyCounter(self.model) as c:
-                    self.step(ids, slots)
+                    self.step(ids, slots)  # the torch path: the counter sees (and prices) its ops
             finally:  # back to the state before the counted step
                 self._dense_fp32 = False
                 self.family.states[...] = saved

@@ -48,7 +48,6 @@ class Linear:
     in_features: int
     scale: float
     row_scales: Any | None
-    nnz: int | None = None  # for the energy counter, computed on first counted call
 
 
 @dataclass
@@ -83,8 +82,7 @@ class Layer:
 
 def map_linear(lin: Linear, fn: Callable[[Any], Any]) -> Linear:
     rs = None if lin.row_scales is None else fn(lin.row_scales)
-    return Linear(fn(lin.norm_w), fn(lin.data), lin.out_features, lin.in_features, lin.scale,
-                  rs, lin.nnz)  # fmt: skip
+    return Linear(fn(lin.norm_w), fn(lin.data), lin.out_features, lin.in_features, lin.scale, rs)
 
 
 @dataclass
