@@ -166,8 +166,8 @@ def place_weights_(model: nn.Module) -> nn.Module:
     """Move the packed weights of every PackedTernaryLinear of `model` into one arena on 2 MiB
     pages (`mulfree.kernels.memory`), in place; values unchanged.
 
-    Why: a decode step streams every packed weight once; on huge pages the cold 2048x2048
-    batch-1 call took 41 instead of 49 us here (see mulfree.kernels.memory). The weights are
+    Why: a decode step streams every packed weight once, and on huge pages a cold batch-1 call
+    walks far fewer page tables (measured in docs/engine.md, "Weight memory"). The weights are
     laid out back to back in module order, so projections defined together (an MLGRU's i/f/g)
     are adjacent and the decoder runs them as one call on a view (`adjacent_weights`) instead
     of a fused copy. Each layer's `weight_packed` buffer becomes a tensor of its own storage

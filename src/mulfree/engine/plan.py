@@ -14,11 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-# A kernel call gets one thread per this many weights (at least one, at most `threads`).
-# Measured with benchmarks/bench_decode.py on the idle 2-core dev machine (libgomp's default wait
-# policy): 370M decode 71.9 tok/s with 3M (only the head on 2 threads), 90.3 with 500K, 91.8 with
-# every call on 2 threads; 1.3B 27.8 / 40.5 / 41.2. Below ~256K weights (the bundled model's
-# layers) a call is a few microseconds and a second thread's fork/join costs about as much.
+# A kernel call gets one thread per this many weight x token products (at least one, at most
+# `threads`): below it a call is a few microseconds and a second thread's fork/join costs about
+# as much (the bundled model's layers). Chosen with benchmarks/bench_decode.py (docs/engine.md).
 MIN_WEIGHTS_PER_THREAD = 262_144
 
 
