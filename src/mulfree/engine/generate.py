@@ -141,31 +141,9 @@ def load_model(path: str | Path):
 
 
 def load_tokenizer(path: str | Path):
-    from transformers import AutoTokenizer
+    from mulfree.models.loading import load_tokenizer as load
 
-    try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MulfreeError(
-            f"cannot load a tokenizer from {path} ({first}); pass --tokenizer DIR"
-        ) from None
-
-
-def _as_ids(v) -> set[int]:
-    if isinstance(v, bool):
-        return set()
-    if isinstance(v, int):
-        return {v}
-    if isinstance(v, list | tuple):
-        return {int(x) for x in v if isinstance(x, int) and not isinstance(x, bool)}
-    return set()
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    return (_as_ids(model.config.eos_token_id)
-            | _as_ids(getattr(model.generation_config, "eos_token_id", None))
-            | _as_ids(getattr(tokenizer, "eos_token_id", None)))  # fmt: skip
+    return load(path, hint="; pass --tokenizer DIR")
 
 
 class _Streamer:
@@ -334,7 +312,9 @@ def _generate_torch(config, on_text, model, tokenizer, t_start: float) -> Genera
     bos = model.config.bos_token_id
     ids = _prompt_ids(list(tokenizer(config.prompt).input_ids) if config.prompt else [],
                       bos if bos is not None else tokenizer.bos_token_id, model.config.vocab_size)  # fmt: skip
-    eos = _eos_ids(model, tokenizer) if config.stop_on_eos else set()
+    from mulfree.models.loading import eos_token_ids
+
+    eos = set(eos_token_ids(model, tokenizer)) if config.stop_on_eos else set()
     dec = model.fused_decoder(threads=config.threads)
     with torch.inference_mode():
         r = _run(lambda ids: dec.prefill([ids])[0].numpy(), lambda t: dec.step([t])[0].numpy(),

@@ -29,6 +29,7 @@ import torch
 
 from mulfree.errors import MulfreeError
 from mulfree.models.hf_compat import cache_kwargs, output_cache
+from mulfree.models.loading import eos_token_ids, load_tokenizer
 
 # Chat template used when the tokenizer carries none: role-tagged lines, then the assistant tag.
 SIMPLE_CHAT_TEMPLATE = "{role}: {content}\n"
@@ -200,25 +201,6 @@ class GenericBackend(Backend):
         return torch.stack(rows)  # [B, vocab]
 
 
-def _eos_ids(model, tokenizer) -> frozenset[int]:
-    ids: set[int] = set()
-    for v in (
-        getattr(model.config, "eos_token_id", None),
-        getattr(tokenizer, "eos_token_id", None),
-    ):
-        if isinstance(v, int):
-            ids.add(v)
-        elif isinstance(v, list | tuple):
-            ids.update(int(x) for x in v)
-    gen = getattr(model, "generation_config", None)
-    v = getattr(gen, "eos_token_id", None) if gen is not None else None
-    if isinstance(v, int):
-        ids.add(v)
-    elif isinstance(v, list | tuple):
-        ids.update(int(x) for x in v)
-    return frozenset(ids)
-
-
 WEIGHTS = ("auto", "packed", "float")
 
 
@@ -273,7 +255,7 @@ def make_backend(
         tokenizer=tokenizer,
         model_id=model_id,
         max_context=max_context,
-        eos_token_ids=_eos_ids(model, tokenizer),
+        eos_token_ids=eos_token_ids(model, tokenizer),
         weights=weights,
     )
 
@@ -356,10 +338,4 @@ def load_backend(
 
 
 def _tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MulfreeError(f"cannot load a tokenizer from {path}: {first}") from None
+    return load_tokenizer(path)
