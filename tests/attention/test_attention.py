@@ -15,11 +15,12 @@ from torch import nn
 from mulfree.attention import LMulConfig, LMulLinear, apply_lmul_, lmul_config_of, remove_lmul_
 from mulfree.errors import MulfreeError
 from mulfree.models.hf_compat import cache_kwargs, output_cache
+from tests._tolerances import FP32_LOGITS
 from tests.attention.models import FAMILIES, VOCAB, gemma2_softcap
 
 # Cached decoding vs a full forward: the non-attention matmuls see other shapes (BLAS may sum in
 # another order) and softmax reduces over rows of another length: float32 round-off only.
-DECODE_ATOL = 1e-5
+DECODE_ATOL = FP32_LOGITS.atol
 # L-Mul / fp8 / bf16 attention must move logits by at least this much on these models (their
 # attention is peaked, see models._build); a silent fallback to exact attention moves them by 0.
 MIN_EFFECT = 1e-4

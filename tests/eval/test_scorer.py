@@ -16,10 +16,11 @@ from mulfree.eval.scorer import (
     text_windows,
 )
 from mulfree.eval.tasks import Request
+from tests._tolerances import LOGLIK
 
 # Batched, right-padded, continuation-only logits vs one full forward per request: the same
 # values up to float32 round-off of BLAS on other shapes.
-LL_ATOL = 1e-4
+LL_ATOL = LOGLIK.atol
 
 REQUESTS = [
     Request("Question: How do I open a jar?\nAnswer:", " Twist the lid."),

@@ -5,7 +5,9 @@ the two differ by float rounding only. Tolerance: rtol 1e-5 plus atol 1e-6 x the
 (a few ulp through exp, one division and the RMS normalization that follows; 1 - sigmoid(v)
 near 0 amplifies exp's relative error) — a wrong formula or lane shows up as O(1) differences.
 Inputs include the extremes where exp saturates (|v| up to 200) and lengths that leave tails.
-(The scalar stages themselves are tested against the torch decode step in tests/engine.)
+(The scalar and AVX2 stages are each pinned bit for bit by their NumPy twins in
+mulfree.engine.decode_ref, tests/engine/test_decode_ref.py; the whole step against the torch decode
+step in tests/engine.)
 """
 
 import pytest
@@ -14,6 +16,7 @@ import torch
 from mulfree import kernels
 from mulfree.kernels import ISA_LEVELS
 from mulfree.kernels._core import core
+from tests._tolerances import STAGE_EXP
 
 pytestmark = pytest.mark.skipif(
     not kernels.available() or "avx2" not in kernels.available_isas(),
@@ -29,7 +32,9 @@ def _inputs(n, seed):
 
 
 def _rtol_close(a, b):
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max()))
+    torch.testing.assert_close(
+        a, b, rtol=STAGE_EXP.rtol, atol=STAGE_EXP.atol * float(b.abs().max())
+    )
 
 
 @pytest.mark.parametrize("n", [8, 13, 1024, 2819])

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tests._tolerances import EXACT, F64, F64_GRAD, assert_close_through_int8
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import mulfree  # noqa: F401  (registers hgrn_bit with the Auto classes)
@@ -16,16 +17,11 @@ from mulfree.models import HGRNBitConfig, HGRNBitForCausalLM, load_causal_lm
 from mulfree.models.hf_compat import cache_kwargs, output_cache
 from mulfree.models.mmfree.modeling_mmfree import HGRNBitCache
 
-# float32 model, chunked scan vs the spec loop: the scan re-associates float32 sums (~1e-7
-# relative); an activation that then lands on the other side of an int8 rounding boundary moves
-# by one quantization step (1/127 of its token's max), so logits agree only to ~1e-3.
-MODEL_RTOL = 1e-3
-MODEL_ATOL = 1e-3
-# The equivalence tests (cache vs full forward, scan vs loop) run the model in float64: rounding
-# differences (~1e-15) then never reach an int8 rounding boundary, so results agree tightly and a
-# real bug (e.g. a state off by one step) cannot hide behind the quantization tolerance.
-F64_RTOL = 1e-9
-F64_ATOL = 1e-9
+# Tolerances (tests/_tolerances.py): equivalence tests (cache vs full forward, scan vs loop) run
+# the model in float64, where rounding differences (~1e-15) never reach an int8 rounding boundary,
+# so results agree tightly and a real bug (a state off by one step) cannot hide; float32 runs
+# through the int8 quantizer are compared by relative RMSE, never by an atol that a rounding flip
+# on another CPU could exceed.
 
 # A tiny shape in the official format: d 64, 3 layers, I = 256 * ceil(int(64*4*2/3) / 256) = 256.
 D, L, V, I = 64, 3, 97, 256
@@ -124,7 +120,7 @@ def reference_forward(sd, ids, eps=1e-6):
         if use_lb and li > 0:
             f = lb[li] + (1 - lb[li]) * f
         i = F.silu(bitlinear(h_in, p + "attn.i_proj")) * (1 - f)
-        h = torch.zeros(ids.shape[0], D)
+        h = torch.zeros(ids.shape[0], D, dtype=x.dtype)
         hs = []
         for t in range(ids.shape[1]):
             h = f[:, t] * h + i[:, t]
@@ -180,11 +176,14 @@ def test_official_checkpoint_loads_through_auto_and_matches_reference(official_d
         model.config.attn_mode = "naive"
         for layer in model.model.layers:
             layer.attn.mode = "naive"
-        torch.testing.assert_close(model(ids).logits, ref, rtol=0, atol=0)
-        # The chunked scan (the default) agrees within the stated tolerance.
+        torch.testing.assert_close(model(ids).logits, ref, **EXACT.kw())
+        # The chunked scan (the default) re-associates the recurrence's sums: compared in
+        # float64, where that cannot flip an int8 activation code (tests/_tolerances.py).
+        model.double()
         for layer in model.model.layers:
             layer.attn.mode = "fused_recurrent"
-        torch.testing.assert_close(model(ids).logits, ref, rtol=MODEL_RTOL, atol=MODEL_ATOL)
+        ref64 = reference_forward({k: v.double() for k, v in sd.items()}, ids)
+        torch.testing.assert_close(model(ids).logits, ref64, **F64.kw())
 
 
 def test_official_variant_without_lower_bounds_and_with_heads(tmp_path):
@@ -201,7 +200,7 @@ def test_official_variant_without_lower_bounds_and_with_heads(tmp_path):
     for layer in model.model.layers:
         layer.attn.mode = "naive"
     with torch.no_grad():
-        torch.testing.assert_close(model(ids).logits, reference_forward(sd, ids), rtol=0, atol=0)
+        torch.testing.assert_close(model(ids).logits, reference_forward(sd, ids), **EXACT.kw())
 
 
 def test_load_causal_lm_helper_loads_official_dir(official_dir):
@@ -224,7 +223,7 @@ def test_token_by_token_with_cache_equals_full_forward():
         for t in range(9, ids.shape[1]):
             out = model(ids[:, t : t + 1], **cache_kwargs(output_cache(out)), use_cache=True)
             steps.append(out.logits)
-    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=F64_RTOL, atol=F64_ATOL)
+    torch.testing.assert_close(torch.cat(steps, 1), full, **F64.kw())
     assert cache.get_seq_length() == ids.shape[1]
     # Constant memory: one [batch, hidden] float32 state per layer, whatever the length.
     states = [layer.recurrent_states[0] for layer in cache.layers]
@@ -244,7 +243,7 @@ def test_float32_cache_state_is_float32_and_decode_tracks_full_forward():
     assert all(
         layer.recurrent_states[0].dtype == torch.float32 for layer in output_cache(out).layers
     )
-    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=MODEL_RTOL, atol=MODEL_ATOL)
+    assert_close_through_int8(torch.cat(steps, 1), full)
 
 
 def test_generate_greedy_equals_argmax_of_full_forward():
@@ -286,7 +285,7 @@ def test_left_padding_does_not_change_real_tokens():
         gen_pad = model.generate(
             padded, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0
         )
-    torch.testing.assert_close(with_pad, alone, rtol=F64_RTOL, atol=F64_ATOL)
+    torch.testing.assert_close(with_pad, alone, **F64.kw())
     assert torch.equal(gen_pad[:, 5:], gen_alone)
 
 
@@ -300,12 +299,12 @@ def test_naive_and_chunk_modes_agree_on_logits_and_grads():
     ids = torch.randint(0, V, (2, 63), generator=torch.Generator().manual_seed(5))
     out_f = fast(ids, labels=ids)
     out_n = naive(ids, labels=ids)
-    torch.testing.assert_close(out_f.logits, out_n.logits, rtol=F64_RTOL, atol=F64_ATOL)
+    torch.testing.assert_close(out_f.logits, out_n.logits, **F64.kw())
     out_f.loss.backward()
     out_n.loss.backward()
     for (name, pf), (_, pn) in zip(fast.named_parameters(), naive.named_parameters(), strict=True):
         torch.testing.assert_close(
-            pf.grad, pn.grad, rtol=1e-8, atol=1e-9, msg=lambda m, n=name: f"{n}: {m}"
+            pf.grad, pn.grad, **F64_GRAD.kw(), msg=lambda m, n=name: f"{n}: {m}"
         )
 
 
@@ -355,7 +354,7 @@ def test_save_load_round_trip_is_exact(tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     ids = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, **EXACT.kw())
     assert loaded.config.to_dict()["hidden_size"] == D
 
 

@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from tests._tolerances import SCAN
 
 from mulfree.ops.hgrn import chunk_hgrn, naive_recurrent_hgrn
 
 # The doubling scan re-associates the same float32 products and sums as the loop; with gates in
 # [0, 1] and inputs of size ~1 the difference is a few ulps times log2(T).
-SCAN_RTOL = 1e-5
-SCAN_ATOL = 1e-5
+SCAN_RTOL, SCAN_ATOL = SCAN.rtol, SCAN.atol
 
 CASES = [
     # (leading dims, T, D)

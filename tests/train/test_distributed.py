@@ -9,14 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests._tolerances import TRAIN_LOSS, TRAIN_WEIGHT
+
 from .helpers import cli_env, run_cli, write_corpus, write_tiny_llama
 
 # 1 vs 2 processes: the 2-process gradient is the average of two half-batch means, the
 # 1-process one the mean of the whole batch; same terms, different fp32 summation order (and
 # different matmul blocking for batch 4 vs 8). Seen: |Δloss| ≤ 1e-6 and |Δweight| ≤ 7e-6 after
 # 10 steps at lr 3e-3; the bounds leave ~10x headroom.
-LOSS_RTOL = 1e-5
-WEIGHT_ATOL = 1e-4
+LOSS_RTOL, WEIGHT_ATOL = TRAIN_LOSS.rtol, TRAIN_WEIGHT.atol
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +97,21 @@ def test_two_process_fsdp_matches_one_process_and_resumes_exactly(inputs, one_pr
     r = _torchrun("train", "--out", str(again), "--resume", "--no-progress", "--fsdp")
     assert r.returncode == 0, r.stderr
     _assert_same_training(out, again, atol=0)
+
+
+def test_energy_budget_stops_every_rank_at_one_step_then_resumes(inputs, one_process, tmp_path):
+    """Under torchrun the budget decision is rank 0's, broadcast: both ranks stop after the same
+    step (no rank left waiting in a collective), one checkpoint is written, every rank exits 0 (a
+    non-zero status would make torchrun print a failure traceback), and --resume finishes the run
+    where an unbroken one ends. The meter is the labelled TDP estimate (this machine may
+    have no counter), with a budget so small that the first step already reaches it."""
+    out = tmp_path / "budget"
+    r = _torchrun(*_args(inputs, out, "--meter", "tdp", "--cpu-tdp", "100",
+                         "--energy-budget", "1e-6"))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("energy budget of 1e-06 Wh reached at step 1") == 1, r.stdout
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000001"]
+    assert not (out / "model").exists()
+    r = _torchrun("train", "--out", str(out), "--resume", "--no-progress", "--energy-budget", "1e3")
+    assert r.returncode == 0, r.stderr
+    _assert_same_training(one_process, out, WEIGHT_ATOL)

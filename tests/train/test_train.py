@@ -10,13 +10,14 @@ from safetensors.torch import load_file
 from mulfree.errors import MulfreeError
 from mulfree.train import TrainConfig, evaluate, train
 from mulfree.train.distributed import DistContext
+from tests._tolerances import TRAIN_LOSS
 
 from .helpers import write_corpus, write_tiny_llama
 
 # Float tolerance for comparing runs that cut the same global batch into different micro-batches:
 # the gradient sums the same terms in another order, so fp32 results agree to a few ulps per
 # step; 5 steps of AdamW keep the loss within 1e-5 relative.
-ACCUM_RTOL = 1e-5
+ACCUM_RTOL = TRAIN_LOSS.rtol
 
 
 @pytest.fixture(scope="module")

@@ -199,9 +199,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(
                 f"continue with: mulfree train --out {result.out_dir} --resume "
-                "(with a larger budget, or none)"
+                "with a larger --energy-budget / --carbon-budget (the saved one carries over)"
             )
-        return EXIT_RESUMABLE
+    if result.stopped:
+        # Under torchrun every rank returns 0: torchrun turns any non-zero worker status into a
+        # failure report with a traceback, and a budget or window stop is a clean stop (a stopped
+        # run is told apart by the message and by DIR/model not existing yet).
+        return EXIT_RESUMABLE if int(os.environ.get("WORLD_SIZE", "1")) == 1 else 0
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary, not one per process
         val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f}"
         print(f"model: {result.model_dir}")
