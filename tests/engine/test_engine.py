@@ -50,7 +50,7 @@ def assert_greedy_follows(logits_of, ref_model, prompt, n=N_NEW):
 def assert_engine_follows(packed, model, prompt, n=N_NEW):
     """The engine's step-by-step greedy decoding follows the PyTorch model (teacher-forced, as
     in assert_greedy_follows)."""
-    dec = packed.decoder()
+    dec = packed.fused_decoder()
     logits, rows, seq = dec.prefill([prompt]), [], []
     for _ in range(n):
         rows.append(logits[0].clone())
