@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-# A kernel call gets one thread per this many weight x token products (at least one, at most
-# `threads`): below it a call is a few microseconds and a second thread's fork/join costs about
-# as much (the bundled model's layers). Chosen with benchmarks/bench_decode.py (docs/engine.md).
+# A kernel call gets one thread per this many weights (at least one, at most `threads`): below
+# it a call is a few microseconds and a second thread's fork/join costs about as much (the
+# bundled model's layers). Chosen with benchmarks/bench_decode.py (docs/engine.md).
 MIN_WEIGHTS_PER_THREAD = 262_144
 
 
@@ -131,10 +131,11 @@ def lower_bounds(lb):
 
 def threads_for(lin: Linear, threads: int, min_weights: int = MIN_WEIGHTS_PER_THREAD,
                 rows: int = 1) -> int:  # fmt: skip
-    """Kernel threads for one projection on `rows` tokens: one per `min_weights` weight-token
-    products (small calls on one thread: waking a worker costs more than it saves; a batch of
-    tokens does `rows` times the work of one)."""
-    return max(1, min(threads, rows * lin.out_features * lin.in_features // min_weights))
+    """Kernel threads for one projection: one per `min_weights` weights, at least one, at most
+    `threads` (small weights on one thread: waking a worker costs more than it saves). `rows`
+    (the call's tokens) does not change the rule: scaling threads with the batch was tried and
+    could not be shown faster on the shared 2-core machine (docs/engine.md, "Threads")."""
+    return max(1, min(threads, lin.out_features * lin.in_features // min_weights))
 
 
 def fused_plan(C, buf: Buffers, states: list, layers: list[Layer], final_norm, head: Linear,
