@@ -1,7 +1,8 @@
 """Ternary linear (packed tq2, add-only kernels) against torch's fastest dense F.linear.
 
 Method (printed with the table):
-- threads pinned: torch.set_num_threads(T) for torch, threads=T for the kernel (default T=2);
+- threads pinned: torch.set_num_threads(T) for torch, threads=T for the kernel; every table is
+  run for each T of --threads (default 1 and 2), each T with its own bandwidth measurement;
 - every timing is the median of `reps` (>= 20) single calls after `warmup` calls, wall clock
   (time.perf_counter), through the public `ternary_linear` (Python overhead included);
 - "hot": the same weight every call (it sits in L2/L3 after the first call);
@@ -16,6 +17,9 @@ Method (printed with the table):
 - bandwidth (best of 10): "read" = fp32 sum over a `cold_mb` buffer (a streaming read),
   "copy" = Tensor.copy_ of `cold_mb` MB (bytes copied / time); roofline time = packed bytes /
   read bw, so "% roofline" = roofline time / our cold time.
+- summary: per shape and T, each batch's cold time over batch 1's (the cost of sharing one weight
+  read across tokens; issue #14 asks <= 3x at batch 8) and, per shape and batch, the cold time at
+  1 thread over the time at each other T (thread scaling, same run);
 - ISA levels: the main table times the level the dispatcher picks for each batch (`isa=None`:
   per kernel family the level measured fastest on this CPU, mulfree.kernels.dispatch; or
   `--isa`); a second table times every SIMD level (`--isas`, default all this CPU has but
@@ -27,8 +31,8 @@ Method (printed with the table):
   sleeping worker (~100 us at batch 1 here). On cores shared with other busy processes, spinning
   workers get descheduled, so run the benchmark on an otherwise idle machine (the load average
   is printed).
-Run: python benchmarks/bench_ternary_linear.py [--threads 2] [--reps 40] [--rounds 5] [--cold-mb 512]
-     [--isas avx2,avx512]
+Run: python benchmarks/bench_ternary_linear.py [--threads 1,2] [--batches 1,8,16] [--reps 40]
+     [--rounds 5] [--cold-mb 512] [--isas avx2,avx512] [--shapes 2048x2048,5632x2048]
 """
 
 from __future__ import annotations
@@ -113,6 +117,7 @@ class Row:
     k: int
     n: int
     m: int
+    threads: int
     packed_mb: float
     ours_hot: float
     ours_cold: float  # weights in a huge-page arena, as load_packed / place_weights_ lay them out
@@ -128,7 +133,7 @@ class Row:
     def isa_cells(self, isas: list[str]) -> list[str]:
         cold = {n: self.per_isa[n][1] for n in isas}
         fastest = min(cold, key=cold.get)
-        cells = [f"{self.k}→{self.n}", str(self.m)]
+        cells = [f"{self.k}→{self.n}", str(self.m), str(self.threads)]
         cells += [f"{self.per_isa[n][0] * 1e6:.0f}" for n in isas]
         cells += [f"{cold[n] * 1e6:.0f}" + (" *" if n == fastest else "") for n in isas]
         pick = cold.get(self.picked)
@@ -141,6 +146,7 @@ class Row:
         return [
             f"{self.k}→{self.n}",
             str(self.m),
+            str(self.threads),
             f"{self.packed_mb:.2f}",
             f"{self.ours_hot * 1e6:.0f}",
             f"{self.torch_hot * 1e6:.0f} ({self.torch_hot_name})",
@@ -151,6 +157,7 @@ class Row:
             f"**{self.torch_cold / self.ours_cold:.1f}x**",
             f"{self.torch_cold / self.ours_cold_4k:.1f}x",
             f"{self.packed_mb * 1e6 / self.ours_cold / 1e9:.1f}",
+            f"{self.read_gbs:.1f}",
             f"{100 * roof / self.ours_cold:.0f}%",
         ]
 
@@ -158,6 +165,7 @@ class Row:
 HEADER = [
     "shape K→N",
     "batch",
+    "threads",
     "packed MB",
     "ours hot µs",
     "torch hot µs",
@@ -168,6 +176,7 @@ HEADER = [
     "ratio cold",
     "ratio cold, 4K pages",
     "ours cold GB/s",
+    "streaming read GB/s (same T)",
     "% roofline (cold)",
 ]
 
@@ -245,6 +254,7 @@ def bench_shape(
                 k,
                 n,
                 m,
+                threads,
                 pbytes / 1e6,
                 t["ours_hot"],
                 t["ours_cold"],
@@ -264,8 +274,8 @@ def bench_shape(
 
 def run(
     shapes=SHAPES,
-    batches=(1, 8),
-    threads: int = 2,
+    batches=(1, 8, 16),
+    threads: tuple[int, ...] = (1, 2),
     reps: int = 40,
     warmup: int = 5,
     cold_mb: int = 512,
@@ -273,10 +283,10 @@ def run(
     rounds: int = 5,
     isas: tuple[str, ...] | None = None,
 ) -> str:
-    """Run the benchmark and return the Markdown report (method, table, target check)."""
+    """Run the benchmark and return the Markdown report (method, tables, summaries)."""
     if reps < 20:
         raise ValueError("reps must be >= 20")
-    torch.set_num_threads(threads)
+    threads = tuple(threads)
     path = kernels.resolve_isa(isa)
     if isas is None:
         isas = tuple(n for n in kernels.available_isas() if n not in ("torch", "scalar"))
@@ -284,13 +294,16 @@ def run(
     picks = {m: kernels.resolve_isa(isa, kernels.ternary_family(m)) for m in batches}
     summary = kernels.isa_summary()
     load0 = os.getloadavg()
-    read_gbs, copy_gbs = measure_bandwidth(cold_mb)
+    bandwidth = {}  # threads -> (read, copy) GB/s
     rows: list[Row] = []
-    for k, n in shapes:
-        for r in bench_shape(k, n, list(batches), threads, reps, warmup, cold_mb, isa, rounds,
-                             isas):  # fmt: skip
-            r.read_gbs = read_gbs
-            rows.append(r)
+    for nt in threads:
+        torch.set_num_threads(nt)
+        bandwidth[nt] = measure_bandwidth(cold_mb)
+        for k, n in shapes:
+            for r in bench_shape(k, n, list(batches), nt, reps, warmup, cold_mb, isa, rounds,
+                                 isas):  # fmt: skip
+                r.read_gbs = bandwidth[nt][0]
+                rows.append(r)
     load1 = os.getloadavg()
     picked = ", ".join(f"batch {m}: {lv}" for m, lv in picks.items())
     lines = [
@@ -298,7 +311,7 @@ def run(
         "",
         f"Dispatcher: {summary}",
         "",
-        f"Method: {threads} threads (torch.set_num_threads and kernel threads), "
+        f"Method: {', '.join(map(str, threads))} threads (torch.set_num_threads and kernel threads), "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, median of {reps} "
         f"single calls after warm-up ({warmup} hot; one full cycle cold), taken in {rounds} "
         "interleaved slices (ours, torch fp32, torch bf16, ours, ...) so that both sides see "
@@ -308,8 +321,13 @@ def run(
         "pages, as load_packed / place_weights_ lay out a model's weights (`ours cold, 4K "
         "pages`: ordinary tensors); torch's on ordinary pages and in such an arena. Torch = "
         "fastest of fp32 / bf16 (x 4K / huge pages when cold) F.linear per row and condition. "
-        f"Bandwidth ({cold_mb} MB buffers, best of 10): read (fp32 sum) "
-        f"{read_gbs:.1f} GB/s, copy (Tensor.copy_, bytes copied / s) {copy_gbs:.1f} GB/s; "
+        f"Bandwidth ({cold_mb} MB buffers, best of 10, per thread count): "
+        + "; ".join(
+            f"{nt} threads: read (fp32 sum) {r:.1f} GB/s, copy (Tensor.copy_, bytes "
+            f"copied / s) {c:.1f} GB/s"
+            for nt, (r, c) in bandwidth.items()
+        )
+        + "; "
         "roofline = packed bytes / read bandwidth. Ratio = torch time / ours. "
         f"Load average before/after: {load0[0]:.2f} / {load1[0]:.2f} (cores shared).",
         "",
@@ -319,35 +337,55 @@ def run(
     lines += ["| " + " | ".join(r.cells()) + " |" for r in rows]
     lines.append("")
     if isas:
-        head = ["shape K→N", "batch"] + [f"{n} hot µs" for n in isas]
+        head = ["shape K→N", "batch", "threads"] + [f"{n} hot µs" for n in isas]
         head += [f"{n} cold µs" for n in isas] + ["dispatcher picks", "picked / fastest (cold)"]
         lines += [
-            f"Every ISA level side by side (same rounds; * = fastest cold; {threads} threads):",
+            "Every ISA level side by side (same rounds; * = fastest cold):",
             "",
             "| " + " | ".join(head) + " |",
             "|" + "---|" * len(head),
         ]
         lines += ["| " + " | ".join(r.isa_cells(list(isas))) + " |" for r in rows]
         lines.append("")
+    lines += _scaling_lines(rows)
     for r in rows:
         if (r.k, r.n) in TARGET_SHAPES:
             target = 8.0 if r.m == 1 else 3.0
             ok = "met" if r.torch_cold / r.ours_cold >= target else "MISSED"
             lines.append(
-                f"- target {target:.0f}x at {r.k}→{r.n}, batch {r.m}: cold "
+                f"- target {target:.0f}x at {r.k}→{r.n}, batch {r.m}, {r.threads} threads: cold "
                 f"{r.torch_cold / r.ours_cold:.1f}x, hot {r.torch_hot / r.ours_hot:.1f}x ({ok}, cold)"
             )
     return "\n".join(lines)
 
 
+def _scaling_lines(rows: list[Row]) -> list[str]:
+    """Batch cost (cold time at batch m / at batch 1, same shape and threads) and thread scaling
+    (cold time at the fewest threads / at each other count, same shape and batch)."""
+    cold = {(r.k, r.n, r.m, r.threads): r.ours_cold for r in rows}
+    out = []
+    for (k, n, m, t), v in cold.items():
+        one = cold.get((k, n, 1, t))
+        if m != 1 and one is not None:
+            out.append(f"- batch cost {k}→{n}, {t} threads: batch {m} = {v / one:.2f}x batch 1 "
+                       f"(cold; {v / one / m:.2f}x per token)")  # fmt: skip
+    t_min = min((r.threads for r in rows), default=1)
+    for (k, n, m, t), v in cold.items():
+        base = cold.get((k, n, m, t_min))
+        if t != t_min and base is not None:
+            out.append(f"- thread scaling {k}→{n}, batch {m}: {t} threads = {base / v:.2f}x "
+                       f"{t_min} thread(s) (cold)")  # fmt: skip
+    return out + ([""] if out else [])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", default="1,2", help="thread counts, e.g. 1,2")
     ap.add_argument("--reps", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=5, help="interleaved slices of the reps")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--cold-mb", type=int, default=512)
-    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--batches", default="1,8,16")
     ap.add_argument("--isa", default=None, help="auto | avx512 | avx2 | scalar | torch")
     ap.add_argument("--shapes", default=None, help="e.g. 2048x2048,5632x2048 (KxN)")
     ap.add_argument("--isas", default=None,
@@ -358,7 +396,8 @@ def main() -> None:
         shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     batches = tuple(int(b) for b in a.batches.split(","))
     isas = tuple(a.isas.split(",")) if a.isas else None
-    print(run(shapes, batches, a.threads, a.reps, a.warmup, a.cold_mb, a.isa, a.rounds, isas))
+    threads = tuple(int(t) for t in a.threads.split(","))
+    print(run(shapes, batches, threads, a.reps, a.warmup, a.cold_mb, a.isa, a.rounds, isas))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ enum {
 
 /* Highest ISA level the running CPU supports (cpuid via __builtin_cpu_supports). */
 int mf_isa_max(void);
+/* 1 if the CPU also has AVX-512 VBMI (vpermb): a sub-variant of the AVX-512 level, chosen inside
+ * a family's selection function (the level numbering stays scalar / AVX2 / AVX-512). */
+int mf_cpu_vbmi(void);
 /* requested = MF_ISA_AUTO -> mf_isa_max(); otherwise min(requested, mf_isa_max()). */
 int mf_isa_resolve(int requested);
 /* Thread count for a kernel: requested > 0 is used as is, else the OpenMP default. */
@@ -73,4 +76,23 @@ typedef struct {
 _Static_assert(sizeof(mf_tq2_block) == 128, "tq2 block must be 32 rows x 16 inputs x 2 bits");
 
 #define MF_TQ1_TRITS 5
+
+/* ---------------------------------------------------------------------------------------------
+ * Ops on argument slots, shared by a Python entry point and the plan runner (csrc/mf_plan.c):
+ * an op's arguments are int64 slots in the order of its format string (mf_py.h: 'p' an
+ * address, 'l' an int, 'd' the bit pattern of a double). An op returns >= 0 (for the kernels:
+ * the ISA level used), MF_OP_NOMEM when scratch allocation failed or MF_OP_BADARG.
+ * ------------------------------------------------------------------------------------------- */
+#define MF_OP_NOMEM (-1)
+#define MF_OP_BADARG (-2)
+typedef int (*mf_op_fn)(const int64_t *slots);
+static inline void *mf_slot_ptr(int64_t v) { return (void *)(intptr_t)v; }
+static inline double mf_slot_f64(int64_t v) {
+    union { int64_t i; double d; } u = {v}; /* the bits of a double, as mf_parse_slots wrote them */
+    return u.d;
+}
+int mf_op_tq2_linear(const int64_t *a); /* "pllpldpppll", mf_ternary.c */
+int mf_op_dec_norm2(const int64_t *a);  /* "ppllpddpppppp", mf_decode.c */
+int mf_op_dec_mlgru(const int64_t *a);  /* "ppplllppppdpdpl" */
+int mf_op_dec_glu(const int64_t *a);    /* "pllpdpl" */
 #endif

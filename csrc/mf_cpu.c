@@ -19,6 +19,15 @@ int mf_isa_max(void) {
     return MF_ISA_SCALAR;
 }
 
+int mf_cpu_vbmi(void) {
+#if MF_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vbmi") && mf_isa_max() >= MF_ISA_AVX512;
+#else
+    return 0;
+#endif
+}
+
 int mf_isa_resolve(int requested) {
     int best = mf_isa_max();
     if (requested < 0 || requested > best) return best;

@@ -168,57 +168,69 @@ MF_TARGET_AVX2 static void glu_avx2(const float *gu, int64_t B, int64_t I, const
 }
 #endif
 
+/* The stages as ops on argument slots (mf_common.h), for their Python entry points below and
+ * the plan runner (csrc/mf_plan.c). */
+int mf_op_dec_norm2(const int64_t *a) {
+    const float *w2[3] = {mf_slot_ptr(a[7]), mf_slot_ptr(a[9]), mf_slot_ptr(a[11])};
+    float *out[3] = {mf_slot_ptr(a[8]), mf_slot_ptr(a[10]), mf_slot_ptr(a[12])};
+    if (w2[0] == NULL || out[0] == NULL) return MF_OP_BADARG; /* the first pair is required */
+    norm2(mf_slot_ptr(a[0]), mf_slot_ptr(a[1]), a[2], a[3], mf_slot_ptr(a[4]),
+          (float)mf_slot_f64(a[5]), (float)mf_slot_f64(a[6]), w2, out);
+    return 0;
+}
+
+int mf_op_dec_mlgru(const int64_t *a) {
+    const int used = mf_isa_resolve((int)a[14]) >= MF_ISA_AVX2 ? MF_ISA_AVX2 : MF_ISA_SCALAR;
+#if MF_X86
+    if (used == MF_ISA_AVX2) {
+        mlgru_avx2(mf_slot_ptr(a[0]), mf_slot_ptr(a[1]), mf_slot_ptr(a[2]), a[3], a[4], a[5],
+                   mf_slot_ptr(a[6]), mf_slot_ptr(a[7]), mf_slot_ptr(a[8]), mf_slot_ptr(a[9]),
+                   (float)mf_slot_f64(a[10]), mf_slot_ptr(a[11]), (float)mf_slot_f64(a[12]),
+                   mf_slot_ptr(a[13]));
+        return used;
+    }
+#endif
+    mlgru(mf_slot_ptr(a[0]), mf_slot_ptr(a[1]), mf_slot_ptr(a[2]), a[3], a[4], a[5],
+          mf_slot_ptr(a[6]), mf_slot_ptr(a[7]), mf_slot_ptr(a[8]), mf_slot_ptr(a[9]),
+          (float)mf_slot_f64(a[10]), mf_slot_ptr(a[11]), (float)mf_slot_f64(a[12]), mf_slot_ptr(a[13]));
+    return MF_ISA_SCALAR;
+}
+
+int mf_op_dec_glu(const int64_t *a) {
+    const int used = mf_isa_resolve((int)a[6]) >= MF_ISA_AVX2 ? MF_ISA_AVX2 : MF_ISA_SCALAR;
+#if MF_X86
+    if (used == MF_ISA_AVX2) {
+        glu_avx2(mf_slot_ptr(a[0]), a[1], a[2], mf_slot_ptr(a[3]), (float)mf_slot_f64(a[4]),
+                 mf_slot_ptr(a[5]));
+        return used;
+    }
+#endif
+    glu(mf_slot_ptr(a[0]), a[1], a[2], mf_slot_ptr(a[3]), (float)mf_slot_f64(a[4]), mf_slot_ptr(a[5]));
+    return MF_ISA_SCALAR;
+}
+
 MF_PYFUNC(dec_norm2, "dec_norm2(x, add_or_0, B, n, w1, eps1, eps2, w2, out, w2b_or_0, outb_or_0, w2c_or_0, outc_or_0): x += add; out = rmsnorm(rmsnorm(x) w1; eps2) w2.") {
     (void)self;
-    void *x, *add, *w1;
-    const float *w2[3];
-    float *out[3];
-    int64_t B, n;
-    double eps1, eps2;
-    if (mf_parse_args(args, nargs, "ppllpddpppppp", &x, &add, &B, &n, &w1, &eps1, &eps2, &w2[0],
-                      &out[0], &w2[1], &out[1], &w2[2], &out[2]) < 0)
-        return NULL;
-    if (w2[0] == NULL || out[0] == NULL) {
+    int64_t a[13];
+    if (mf_parse_slots(args, nargs, "ppllpddpppppp", a) < 0) return NULL;
+    const int rc = mf_op_dec_norm2(a);
+    if (rc < 0) {
         PyErr_SetString(PyExc_ValueError, "dec_norm2: the first weight and output are required");
         return NULL;
     }
-    norm2(x, add, B, n, w1, (float)eps1, (float)eps2, w2, out);
     Py_RETURN_NONE;
 }
 
 MF_PYFUNC(dec_mlgru, "dec_mlgru(yi, yf, yg, ystride, B, E, lb_or_0, olb_or_0, state, gw, g_eps, ow, o_eps, out, isa) -> isa used: MLGRU gates, recurrence, g-norm, o-norm.") {
     (void)self;
-    void *yi, *yf, *yg, *lb, *olb, *state, *gw, *ow, *out;
-    int64_t ys, B, E, isa;
-    double g_eps, o_eps;
-    if (mf_parse_args(args, nargs, "ppplllppppdpdpl", &yi, &yf, &yg, &ys, &B, &E, &lb, &olb,
-                      &state, &gw, &g_eps, &ow, &o_eps, &out, &isa) < 0)
-        return NULL;
-    const int used = mf_isa_resolve((int)isa) >= MF_ISA_AVX2 ? MF_ISA_AVX2 : MF_ISA_SCALAR;
-#if MF_X86
-    if (used == MF_ISA_AVX2) {
-        mlgru_avx2(yi, yf, yg, ys, B, E, lb, olb, state, gw, (float)g_eps, ow, (float)o_eps, out);
-        return PyLong_FromLong(used);
-    }
-#endif
-    mlgru(yi, yf, yg, ys, B, E, lb, olb, state, gw, (float)g_eps, ow, (float)o_eps, out);
-    return PyLong_FromLong(MF_ISA_SCALAR);
+    int64_t a[15];
+    if (mf_parse_slots(args, nargs, "ppplllppppdpdpl", a) < 0) return NULL;
+    return PyLong_FromLong(mf_op_dec_mlgru(a));
 }
 
 MF_PYFUNC(dec_glu, "dec_glu(gu, B, I, dw, d_eps, out, isa) -> isa used: silu(gate) * up, then the down BitLinear norm.") {
     (void)self;
-    void *gu, *dw, *out;
-    int64_t B, I, isa;
-    double d_eps;
-    if (mf_parse_args(args, nargs, "pllpdpl", &gu, &B, &I, &dw, &d_eps, &out, &isa) < 0)
-        return NULL;
-    const int used = mf_isa_resolve((int)isa) >= MF_ISA_AVX2 ? MF_ISA_AVX2 : MF_ISA_SCALAR;
-#if MF_X86
-    if (used == MF_ISA_AVX2) {
-        glu_avx2(gu, B, I, dw, (float)d_eps, out);
-        return PyLong_FromLong(used);
-    }
-#endif
-    glu(gu, B, I, dw, (float)d_eps, out);
-    return PyLong_FromLong(MF_ISA_SCALAR);
+    int64_t a[7];
+    if (mf_parse_slots(args, nargs, "pllpdpl", a) < 0) return NULL;
+    return PyLong_FromLong(mf_op_dec_glu(a));
 }

@@ -36,6 +36,33 @@ fail:
     return -1;
 }
 
+int mf_parse_slots(PyObject *const *args, Py_ssize_t nargs, const char *fmt, int64_t *slots) {
+    Py_ssize_t n = (Py_ssize_t)strlen(fmt);
+    if (nargs != n) {
+        PyErr_Format(PyExc_TypeError, "mulfree._C: expected %zd arguments, got %zd", n, nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        if (fmt[i] == 'd') {
+            union { double d; int64_t i; } u;
+            u.d = PyFloat_AsDouble(args[i]);
+            if (u.d == -1.0 && PyErr_Occurred()) return -1;
+            slots[i] = u.i;
+        } else {
+            long long v = PyLong_AsLongLong(args[i]);
+            if (v == -1 && PyErr_Occurred()) return -1;
+            slots[i] = (int64_t)v;
+        }
+    }
+    return 0;
+}
+
+PyObject *mf_op_error(const char *name, int rc) {
+    if (rc == MF_OP_NOMEM) return PyErr_NoMemory();
+    PyErr_Format(PyExc_ValueError, "mulfree._C.%s: invalid arguments", name);
+    return NULL;
+}
+
 MF_PYFUNC(isa_max, "Highest ISA level of this CPU: 0 scalar, 1 AVX2, 2 AVX-512.") {
     (void)self;
     if (mf_parse_args(args, nargs, "") < 0) return NULL;

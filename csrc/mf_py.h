@@ -22,5 +22,9 @@
 /* Parse positional args by a format string: 'p' -> void ** (int address, 0 allowed = NULL),
  * 'l' -> int64_t *, 'd' -> double *. Returns 0, or -1 with a Python TypeError set. */
 int mf_parse_args(PyObject *const *args, Py_ssize_t nargs, const char *fmt, ...);
+/* The same, into int64 slots (mf_common.h: a double's bit pattern for 'd'); slots >= strlen(fmt). */
+int mf_parse_slots(PyObject *const *args, Py_ssize_t nargs, const char *fmt, int64_t *slots);
+/* Raise the Python error of an op's negative return code (MemoryError / ValueError). */
+PyObject *mf_op_error(const char *name, int rc);
 
 #endif

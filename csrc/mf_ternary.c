@@ -8,12 +8,16 @@
  *      kept exact as two byte planes tb = T & 31 (0..31), ta = (T + 256) >> 5 (0..15),
  *      T + 256 = 32 ta + tb (the +256 per lookup is subtracted once per row at the end);
  *   3. each thread owns a contiguous range of 32-row blocks; a weight byte's low/high nibble is a
- *      table index (vpshufb), the looked-up bytes are summed in byte lanes (8 lookups cannot
- *      overflow: 8 * 31 <= 255 and 8 * 15 <= 255), widened by shifts/masks into int16 every
- *      block and into int32 every <= 64 blocks (64 * 248 < 32767): acc = 32 A + B - bias;
- *      up to 4 tokens share each loaded weight vector and its nibble indices (batch N); at
- *      batch 1 (AVX2) two row blocks share each loaded table vector instead;
+ *      table index (vpshufb, or vpermb with VBMI), the looked-up bytes are summed in byte lanes
+ *      (8 lookups cannot overflow: 8 * 31 <= 255 and 8 * 15 <= 255), widened by shifts/masks
+ *      into int16 every <= 8 lookups and into int32 every <= 64 blocks (64 * 248 < 32767):
+ *      acc = 32 A + B - bias. Register tiles share loads both ways: a group of row blocks
+ *      (2, or 4 with VBMI) shares every loaded table vector, and in batches a tile of 2 tokens
+ *      (AVX2 / VBMI; up to 4 tokens for one row block) shares every loaded weight vector;
  *   4. one float rescale per output.
+ * Variants per level: AVX2 (256-bit vpshufb); AVX-512 with VBMI (vpermb on 256-bit vectors:
+ * no index masking, 32 registers; measured fastest on AMD Zen 4, where 512-bit shuffles are
+ * double-pumped); AVX-512 F+BW+VL without VBMI (512-bit vpshufb).
  * No multiply instruction anywhere in steps 2-3 (no maddubs / dpbusd / pmull).
  * The scalar kernel reads the packed codes directly and is the spec; every SIMD path must give
  * the same int32 accumulators (tests/kernels/test_ternary_kernels.py, atol=0).
@@ -21,7 +25,9 @@
 #include "mf_py.h" /* Python.h first, as CPython requires */
 
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
+#include <time.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -33,6 +39,7 @@
 #endif
 
 #define ACT_EPS 1e-5f       /* quant.ACT_EPS */
+#define TQ2_PF_BLOCKS 24
 #define FLUSH_BLOCKS 64     /* int16 -> int32 every <= 64 blocks (1024 inputs) */
 /* batch-N k-chunk: the tables of all tokens of a chunk fit in half of L2 (512 KiB per core on
  * the AMD EPYC Zen 3 dev machine per lscpu; 1-2 MiB on recent Intel server cores) */
@@ -195,6 +202,11 @@ MF_TARGET_AVX2 static void tq2_tables_avx2(const int8_t *q, int64_t nkb, uint8_t
 #ifndef MF_KEEP
 #define MF_KEEP(v) __asm__("" : "+x"(v))
 #endif
+/* The same for zmm accumulators ("v": any of the 32 vector registers). A SIMDe build defines it
+ * away (-DMF_KEEP512(v)=), where the vectors are not registers. */
+#ifndef MF_KEEP512
+#define MF_KEEP512(v) __asm__("" : "+v"(v))
+#endif
 #define MF_KEEP4(a, b, c, d) \
     do {                       \
         MF_KEEP(a);            \
@@ -257,7 +269,7 @@ MF_TARGET_AVX2 static inline __attribute__((always_inline)) void tq2_tile_avx2(
 /* Batch 1: two row blocks (64 rows) per step, so every table vector loaded serves two weight
  * vectors (half the table loads and broadcasts per weight of tq2_tile_avx2 at TB = 1; the same
  * sums in the same order, so the same int32 results). */
-MF_TARGET_AVX2 static void tq2_pair_avx2(const uint8_t *tab, const mf_tq2_block *w0,
+MF_TARGET_AVX2 static __attribute__((noinline)) void tq2_pair_avx2(const uint8_t *tab, const mf_tq2_block *w0,
                                          const mf_tq2_block *w1, int64_t nkb, int32_t *acc0,
                                          int32_t *acc1) {
     const __m256i nib = _mm256_set1_epi8(0x0F), low = _mm256_set1_epi16(0x00FF);
@@ -267,6 +279,10 @@ MF_TARGET_AVX2 static void tq2_pair_avx2(const uint8_t *tab, const mf_tq2_block 
         __m256i e0[4], e1[4]; /* [ae, ao, be, bo] int16 sums of row block 0 / 1 */
         for (int i = 0; i < 4; ++i) e0[i] = e1[i] = _mm256_setzero_si256();
         for (; kb < kend; ++kb) {
+            _mm_prefetch((const char *)(w0 + kb + TQ2_PF_BLOCKS), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w0 + kb + TQ2_PF_BLOCKS) + 64, _MM_HINT_T0);
+            _mm_prefetch((const char *)(w1 + kb + TQ2_PF_BLOCKS), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w1 + kb + TQ2_PF_BLOCKS) + 64, _MM_HINT_T0);
             __m256i bs0 = _mm256_setzero_si256(), as0 = bs0, bs1 = bs0, as1 = bs0;
             for (int u = 0; u < MF_TQ2_K / 4; ++u) {
                 const uint8_t *tl = tab + (kb << 8) + (u << 6); /* 256 B/block, pair 2u */
@@ -304,6 +320,87 @@ MF_TARGET_AVX2 static void tq2_pair_avx2(const uint8_t *tab, const mf_tq2_block 
         flush_rows(e16[0], e16[1], e16[2], e16[3], 16, kend - k0, acc0);
         flush_rows(e16[4], e16[5], e16[6], e16[7], 16, kend - k0, acc1);
     }
+}
+
+/* Batch (prefill): a 2-D register tile of NR row blocks x NT tokens (each <= 2). Every loaded
+ * weight vector serves NT tokens and every loaded table vector NR row blocks, so the L1/L2
+ * traffic per lookup is half that of tq2_tile_avx2 (which reuses only the weights); the lookups
+ * themselves are the same, in the same order per (row, token), so the int32 results are equal. */
+MF_TARGET_AVX2 static inline __attribute__((always_inline)) void tq2_tile2d_avx2(
+    const uint8_t *tab, int64_t ts, const mf_tq2_block *w0, const mf_tq2_block *w1, int64_t nkb,
+    int32_t *acc0, int32_t *acc1, int64_t as, const int NR, const int NT) {
+    const __m256i nib = _mm256_set1_epi8(0x0F), low = _mm256_set1_epi16(0x00FF);
+    const mf_tq2_block *wr[2] = {w0, w1};
+    const uint8_t *tt[2] = {tab, tab + ts};
+    int64_t kb = 0;
+    while (kb < nkb) {
+        const int64_t k0 = kb, kend = kb + FLUSH_BLOCKS < nkb ? kb + FLUSH_BLOCKS : nkb;
+        __m256i e[2][2][4]; /* [row block][token][ae, ao, be, bo] int16 sums */
+        for (int r = 0; r < NR; ++r)
+            for (int t = 0; t < NT; ++t) e[r][t][0] = e[r][t][1] = e[r][t][2] = e[r][t][3] = _mm256_setzero_si256();
+        for (; kb < kend; ++kb) {
+            __m256i bs[2][2], as_[2][2];
+            for (int r = 0; r < NR; ++r)
+                for (int t = 0; t < NT; ++t) bs[r][t] = as_[r][t] = _mm256_setzero_si256();
+            for (int u = 0; u < MF_TQ2_K / 4; ++u) {
+                __m256i ilo[2], ihi[2];
+                for (int r = 0; r < NR; ++r) {
+                    const __m256i v = _mm256_loadu_si256((const __m256i *)wr[r][kb].q[u]);
+                    ilo[r] = _mm256_and_si256(v, nib);
+                    ihi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+                }
+                for (int t = 0; t < NT; ++t) {
+                    const uint8_t *tl = tt[t] + (kb << 8) + (u << 6); /* 256 B/block, pair 2u */
+                    __m256i tv = BCAST(tl);
+                    for (int r = 0; r < NR; ++r) bs[r][t] = _mm256_add_epi8(bs[r][t], _mm256_shuffle_epi8(tv, ilo[r]));
+                    tv = BCAST(tl + 16);
+                    for (int r = 0; r < NR; ++r) as_[r][t] = _mm256_add_epi8(as_[r][t], _mm256_shuffle_epi8(tv, ilo[r]));
+                    tv = BCAST(tl + 32);
+                    for (int r = 0; r < NR; ++r) bs[r][t] = _mm256_add_epi8(bs[r][t], _mm256_shuffle_epi8(tv, ihi[r]));
+                    tv = BCAST(tl + 48);
+                    for (int r = 0; r < NR; ++r) as_[r][t] = _mm256_add_epi8(as_[r][t], _mm256_shuffle_epi8(tv, ihi[r]));
+                    for (int r = 0; r < NR; ++r) {
+                        MF_KEEP(bs[r][t]);
+                        MF_KEEP(as_[r][t]);
+                    }
+                }
+            }
+            for (int r = 0; r < NR; ++r)
+                for (int t = 0; t < NT; ++t) {
+                    e[r][t][0] = _mm256_add_epi16(e[r][t][0], _mm256_and_si256(as_[r][t], low));
+                    e[r][t][1] = _mm256_add_epi16(e[r][t][1], _mm256_srli_epi16(as_[r][t], 8));
+                    e[r][t][2] = _mm256_add_epi16(e[r][t][2], _mm256_and_si256(bs[r][t], low));
+                    e[r][t][3] = _mm256_add_epi16(e[r][t][3], _mm256_srli_epi16(bs[r][t], 8));
+                }
+        }
+        for (int r = 0; r < NR; ++r)
+            for (int t = 0; t < NT; ++t) {
+                int16_t e16[4][16] __attribute__((aligned(32)));
+                for (int i = 0; i < 4; ++i) _mm256_store_si256((__m256i *)e16[i], e[r][t][i]);
+                flush_rows(e16[0], e16[1], e16[2], e16[3], 16, kend - k0, (r ? acc1 : acc0) + (t ? as : 0));
+            }
+    }
+}
+
+/* Two row blocks (w, w + wstride), every token: batch 1 by tq2_pair_avx2, batches in tiles of
+ * 2 row blocks x 2 tokens. */
+MF_TARGET_AVX2 static void tq2_kernn_avx2(const uint8_t *tab, int64_t ts, const mf_tq2_block *w,
+                                          int64_t wstride, int64_t nkb, int32_t *acc, int64_t as,
+                                          int64_t ntok) {
+    const mf_tq2_block *w1 = w + wstride;
+    int32_t *acc1 = acc + MF_TQ2_ROWS;
+    if (ntok == 1) {
+        tq2_pair_avx2(tab, w, w1, nkb, acc, acc1);
+        return;
+    }
+    int64_t t = 0;
+    for (; t + 2 <= ntok; t += 2) {
+        tq2_tile2d_avx2(tab, ts, w, w1, nkb, acc, acc1, as, 2, 2);
+        tab += ts + ts;
+        acc += as + as;
+        acc1 += as + as;
+    }
+    if (t < ntok) tq2_tile2d_avx2(tab, ts, w, w1, nkb, acc, acc1, as, 2, 1);
 }
 
 MF_TARGET_AVX2 static void tq2_kern_avx2(const int8_t *q, int64_t qs, const uint8_t *tab,
@@ -347,52 +444,228 @@ MF_TARGET_AVX512 static void tq2_tables_avx512(const int8_t *q, int64_t nkb, uin
     }
 }
 
-MF_TARGET_AVX512 static inline __attribute__((always_inline)) void tq2_tile_avx512(
-    const uint8_t *tab, int64_t ts, const mf_tq2_block *w, int64_t nkb, int32_t *acc, int64_t as,
-    const int TB) {
-    const __m512i nib = _mm512_set1_epi8(0x0F), low = _mm512_set1_epi16(0x00FF);
+/* Per byte lane and block a zmm byte sum takes 4 lookups (2 units x 2 nibbles) of <= 31 (tb) or
+ * <= 15 (ta), so two blocks fit in a byte (8 * 31 = 248) before widening. Widening uses 3 adds
+ * per byte vector instead of 4: the vector added as int16 words gives wsum = lo + 256 hi
+ * (mod 2^16) per word and hsum = sum of (word >> 8) the odd bytes; the even bytes' sum is then
+ * wsum - (hsum << 8) (mod 2^16), exact because it stays < 2^16 (<= 64 blocks * 8 * 31 = 15872). */
+#define PAIR_BLOCKS_512 2
+/* Software prefetch distance of the batch-1 weight streams, in 128-byte blocks: chosen by
+ * measurement on the AMD EPYC Zen 4 dev machine (one thread, cold weights, 2048->5632: none
+ * ~10 % slower than 16-32 blocks ahead; the hardware prefetcher alone does not keep two
+ * sequential streams ahead of a loop this fast). */
+
+/* An NR x NT register tile (NR row blocks <= 2, NT tokens <= 4; compile-time after inlining):
+ * every loaded weight vector serves NT tokens and every loaded table vector NR row blocks. */
+MF_TARGET_AVX512 static inline __attribute__((always_inline)) void tq2_tile2d_avx512(
+    const uint8_t *tab, int64_t ts, const mf_tq2_block *w0, const mf_tq2_block *w1, int64_t nkb,
+    int32_t *acc0, int32_t *acc1, int64_t as, const int NR, const int NT, const int PF) {
+    const __m512i nib = _mm512_set1_epi8(0x0F);
+    const mf_tq2_block *wr[2] = {w0, w1};
     const uint8_t *tt[4];
-    int32_t *at[4];
+    int32_t *at[2][4];
     tt[0] = tab;
-    at[0] = acc;
-    for (int t = 1; t < TB; ++t) tt[t] = tt[t - 1] + ts, at[t] = at[t - 1] + as;
+    at[0][0] = acc0;
+    at[1][0] = acc1;
+    for (int t = 1; t < NT; ++t) {
+        tt[t] = tt[t - 1] + ts;
+        at[0][t] = at[0][t - 1] + as;
+        at[1][t] = at[1][t - 1] + as;
+    }
     int64_t kb = 0;
     while (kb < nkb) {
         const int64_t k0 = kb, kend = kb + FLUSH_BLOCKS < nkb ? kb + FLUSH_BLOCKS : nkb;
-        __m512i e[4][4];
-        for (int t = 0; t < TB; ++t) e[t][0] = e[t][1] = e[t][2] = e[t][3] = _mm512_setzero_si512();
-        for (; kb < kend; ++kb) {
-            __m512i bs[4], as_[4];
-            for (int t = 0; t < TB; ++t) bs[t] = as_[t] = _mm512_setzero_si512();
-            for (int p = 0; p < 2; ++p) { /* 4 lookups per byte per block */
-                const __m512i v = _mm512_loadu_si512((const void *)w[kb].q[2 * p]);
-                const __m512i ilo = _mm512_and_si512(v, nib);
-                const __m512i ihi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
-                for (int t = 0; t < TB; ++t) {
-                    const uint8_t *tp = tt[t] + (kb << 9) + (p << 8); /* 512 B/block */
-#define LD(o) _mm512_load_si512((const void *)(tp + (o)))
-                    bs[t] = _mm512_add_epi8(bs[t], _mm512_shuffle_epi8(LD(0), ilo));
-                    as_[t] = _mm512_add_epi8(as_[t], _mm512_shuffle_epi8(LD(64), ilo));
-                    bs[t] = _mm512_add_epi8(bs[t], _mm512_shuffle_epi8(LD(128), ihi));
-                    as_[t] = _mm512_add_epi8(as_[t], _mm512_shuffle_epi8(LD(192), ihi));
-#undef LD
+        /* [row block][token][a words, a odd, b words, b odd] (see the widening note above) */
+        __m512i e[2][4][4];
+        for (int r = 0; r < NR; ++r)
+            for (int t = 0; t < NT; ++t) e[r][t][0] = e[r][t][1] = e[r][t][2] = e[r][t][3] = _mm512_setzero_si512();
+        while (kb < kend) {
+            const int64_t kstop = kb + PAIR_BLOCKS_512 < kend ? kb + PAIR_BLOCKS_512 : kend;
+            __m512i bs[2][4], as_[2][4];
+            for (int r = 0; r < NR; ++r)
+                for (int t = 0; t < NT; ++t) bs[r][t] = as_[r][t] = _mm512_setzero_si512();
+            for (; kb < kstop; ++kb) {
+                if (PF)
+                    for (int r = 0; r < NR; ++r) {
+                        _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS), _MM_HINT_T0);
+                        _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS) + 64, _MM_HINT_T0);
+                    }
+                for (int p = 0; p < 2; ++p) { /* units (2p, 2p + 1) of the block */
+                    __m512i ilo[2], ihi[2];
+                    for (int r = 0; r < NR; ++r) {
+                        const __m512i v = _mm512_loadu_si512((const void *)wr[r][kb].q[2 * p]);
+                        ilo[r] = _mm512_and_si512(v, nib);
+                        ihi[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+                    }
+                    for (int t = 0; t < NT; ++t) {
+                        const uint8_t *tp = tt[t] + (kb << 9) + (p << 8); /* 512 B/block */
+                        __m512i tv = _mm512_load_si512((const void *)tp);
+                        for (int r = 0; r < NR; ++r) bs[r][t] = _mm512_add_epi8(bs[r][t], _mm512_shuffle_epi8(tv, ilo[r]));
+                        tv = _mm512_load_si512((const void *)(tp + 64));
+                        for (int r = 0; r < NR; ++r) as_[r][t] = _mm512_add_epi8(as_[r][t], _mm512_shuffle_epi8(tv, ilo[r]));
+                        tv = _mm512_load_si512((const void *)(tp + 128));
+                        for (int r = 0; r < NR; ++r) bs[r][t] = _mm512_add_epi8(bs[r][t], _mm512_shuffle_epi8(tv, ihi[r]));
+                        tv = _mm512_load_si512((const void *)(tp + 192));
+                        for (int r = 0; r < NR; ++r) as_[r][t] = _mm512_add_epi8(as_[r][t], _mm512_shuffle_epi8(tv, ihi[r]));
+                        for (int r = 0; r < NR; ++r) {
+                            MF_KEEP512(bs[r][t]);
+                            MF_KEEP512(as_[r][t]);
+                        }
+                    }
                 }
             }
-            for (int t = 0; t < TB; ++t) {
-                e[t][0] = _mm512_add_epi16(e[t][0], _mm512_and_si512(as_[t], low));
-                e[t][1] = _mm512_add_epi16(e[t][1], _mm512_srli_epi16(as_[t], 8));
-                e[t][2] = _mm512_add_epi16(e[t][2], _mm512_and_si512(bs[t], low));
-                e[t][3] = _mm512_add_epi16(e[t][3], _mm512_srli_epi16(bs[t], 8));
+            for (int r = 0; r < NR; ++r)
+                for (int t = 0; t < NT; ++t) {
+                    e[r][t][0] = _mm512_add_epi16(e[r][t][0], as_[r][t]);
+                    e[r][t][1] = _mm512_add_epi16(e[r][t][1], _mm512_srli_epi16(as_[r][t], 8));
+                    e[r][t][2] = _mm512_add_epi16(e[r][t][2], bs[r][t]);
+                    e[r][t][3] = _mm512_add_epi16(e[r][t][3], _mm512_srli_epi16(bs[r][t], 8));
+                }
+        }
+        for (int r = 0; r < NR; ++r)
+            for (int t = 0; t < NT; ++t) {
+                int16_t e16[4][32] __attribute__((aligned(64)));
+                /* even-byte sums = word sums - (odd-byte sums << 8), mod 2^16 */
+                const __m512i ae = _mm512_sub_epi16(e[r][t][0], _mm512_slli_epi16(e[r][t][1], 8));
+                const __m512i be = _mm512_sub_epi16(e[r][t][2], _mm512_slli_epi16(e[r][t][3], 8));
+                _mm512_store_si512((void *)e16[0], ae);
+                _mm512_store_si512((void *)e16[1], e[r][t][1]);
+                _mm512_store_si512((void *)e16[2], be);
+                _mm512_store_si512((void *)e16[3], e[r][t][3]);
+                flush_rows(e16[0], e16[1], e16[2], e16[3], 32, kend - k0, at[r][t]);
             }
-        }
-        for (int t = 0; t < TB; ++t) {
-            int16_t e16[4][32] __attribute__((aligned(64)));
-            for (int i = 0; i < 4; ++i) _mm512_store_si512((void *)e16[i], e[t][i]);
-            flush_rows(e16[0], e16[1], e16[2], e16[3], 32, kend - k0, at[t]);
-        }
     }
 }
 
+/* ------------------------------------------------------------------------------------------
+ * 2/3d. AVX-512 VBMI on 256-bit vectors. vpermb indexes a 32-byte table with the low 5 bits of
+ * each index byte and ignores the rest, so with the AVX2 tables (16 entries, broadcast to both
+ * 16-byte halves) the raw weight byte indexes its low nibble's table and the byte shifted right
+ * by 4 its high nibble's: the garbage bits above the nibble only pick the other, equal copy. No
+ * masking then (3 -> 1 logic op per weight vector), and 32 registers let NR row blocks share
+ * every loaded table vector. Same lookups, same order per row: the same int32 sums.
+ * ---------------------------------------------------------------------------------------- */
+#ifndef MF_TARGET_VBMI
+#define MF_TARGET_VBMI __attribute__((target("avx2,avx512f,avx512bw,avx512vl,avx512vbmi")))
+#endif
+#ifndef MF_KEEP_Y
+#define MF_KEEP_Y(v) __asm__("" : "+v"(v))
+#endif
+#define BCASTY(p) _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(p)))
+
+MF_TARGET_VBMI static inline __attribute__((always_inline)) void tq2_tile_vbmi(
+    const uint8_t *tab, int64_t ts, const mf_tq2_block *const *wr, int64_t nkb,
+    int32_t *const *ar, int64_t as, const int NR, const int NT, const int PF) {
+    const uint8_t *tt[2] = {tab, tab + ts};
+    int64_t kb = 0;
+    while (kb < nkb) {
+        const int64_t k0 = kb, kend = kb + FLUSH_BLOCKS < nkb ? kb + FLUSH_BLOCKS : nkb;
+        __m256i e[4][2][4]; /* [row block][token][a words, a odd, b words, b odd] */
+        for (int r = 0; r < NR; ++r)
+            for (int t = 0; t < NT; ++t) e[r][t][0] = e[r][t][1] = e[r][t][2] = e[r][t][3] = _mm256_setzero_si256();
+        for (; kb < kend; ++kb) {
+            if (PF)
+                for (int r = 0; r < NR; ++r) {
+                    _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS) + 64, _MM_HINT_T0);
+                }
+            __m256i bs[4][2], as_[4][2];
+            for (int r = 0; r < NR; ++r)
+                for (int t = 0; t < NT; ++t) bs[r][t] = as_[r][t] = _mm256_setzero_si256();
+            for (int u = 0; u < MF_TQ2_K / 4; ++u) {
+                __m256i vl[4], vh[4];
+                for (int r = 0; r < NR; ++r) {
+                    vl[r] = _mm256_loadu_si256((const __m256i *)wr[r][kb].q[u]);
+                    vh[r] = _mm256_srli_epi16(vl[r], 4);
+                }
+                for (int t = 0; t < NT; ++t) {
+                    const uint8_t *tl = tt[t] + (kb << 8) + (u << 6); /* 256 B/block, pair 2u */
+                    __m256i tv = BCASTY(tl);
+                    for (int r = 0; r < NR; ++r) bs[r][t] = _mm256_add_epi8(bs[r][t], _mm256_permutexvar_epi8(vl[r], tv));
+                    tv = BCASTY(tl + 16);
+                    for (int r = 0; r < NR; ++r) as_[r][t] = _mm256_add_epi8(as_[r][t], _mm256_permutexvar_epi8(vl[r], tv));
+                    tv = BCASTY(tl + 32);
+                    for (int r = 0; r < NR; ++r) bs[r][t] = _mm256_add_epi8(bs[r][t], _mm256_permutexvar_epi8(vh[r], tv));
+                    tv = BCASTY(tl + 48);
+                    for (int r = 0; r < NR; ++r) as_[r][t] = _mm256_add_epi8(as_[r][t], _mm256_permutexvar_epi8(vh[r], tv));
+                    for (int r = 0; r < NR; ++r) {
+                        MF_KEEP_Y(bs[r][t]);
+                        MF_KEEP_Y(as_[r][t]);
+                    }
+                }
+            }
+            /* 8 lookups per byte per block: widen every block (3 ops per vector, see above) */
+            for (int r = 0; r < NR; ++r)
+                for (int t = 0; t < NT; ++t) {
+                    e[r][t][0] = _mm256_add_epi16(e[r][t][0], as_[r][t]);
+                    e[r][t][1] = _mm256_add_epi16(e[r][t][1], _mm256_srli_epi16(as_[r][t], 8));
+                    e[r][t][2] = _mm256_add_epi16(e[r][t][2], bs[r][t]);
+                    e[r][t][3] = _mm256_add_epi16(e[r][t][3], _mm256_srli_epi16(bs[r][t], 8));
+                }
+        }
+        for (int r = 0; r < NR; ++r)
+            for (int t = 0; t < NT; ++t) {
+                int16_t e16[4][16] __attribute__((aligned(32)));
+                const __m256i ae = _mm256_sub_epi16(e[r][t][0], _mm256_slli_epi16(e[r][t][1], 8));
+                const __m256i be = _mm256_sub_epi16(e[r][t][2], _mm256_slli_epi16(e[r][t][3], 8));
+                _mm256_store_si256((__m256i *)e16[0], ae);
+                _mm256_store_si256((__m256i *)e16[1], e[r][t][1]);
+                _mm256_store_si256((__m256i *)e16[2], be);
+                _mm256_store_si256((__m256i *)e16[3], e[r][t][3]);
+                flush_rows(e16[0], e16[1], e16[2], e16[3], 16, kend - k0, ar[r] + (t ? as : 0));
+            }
+    }
+}
+
+MF_TARGET_VBMI static void tq2_kern_vbmi(const int8_t *q, int64_t qs, const uint8_t *tab,
+                                         int64_t ts, const mf_tq2_block *w, int64_t nkb,
+                                         int32_t *acc, int64_t as, int64_t ntok) {
+    (void)q;
+    (void)qs;
+    const mf_tq2_block *wr[1] = {w};
+    int64_t t = 0;
+    for (; t + 2 <= ntok; t += 2) {
+        int32_t *ar[1] = {acc};
+        tq2_tile_vbmi(tab, ts, wr, nkb, ar, as, 1, 2, 0);
+        tab += ts + ts;
+        acc += as + as;
+    }
+    if (t < ntok) {
+        int32_t *ar[1] = {acc};
+        tq2_tile_vbmi(tab, ts, wr, nkb, ar, as, 1, 1, ntok == 1);
+    }
+}
+
+/* TQ2_GROUP_VBMI row blocks (w, w + wstride, ...; acc, acc + 32, ...), every token. */
+#define TQ2_GROUP_VBMI 4
+MF_TARGET_VBMI static void tq2_kernn_vbmi(const uint8_t *tab, int64_t ts, const mf_tq2_block *w,
+                                          int64_t wstride, int64_t nkb, int32_t *acc, int64_t as,
+                                          int64_t ntok) {
+    const mf_tq2_block *wr[TQ2_GROUP_VBMI];
+    int32_t *ar[TQ2_GROUP_VBMI];
+    wr[0] = w;
+    ar[0] = acc;
+    for (int r = 1; r < TQ2_GROUP_VBMI; ++r) wr[r] = wr[r - 1] + wstride, ar[r] = ar[r - 1] + MF_TQ2_ROWS;
+    if (ntok == 1) {
+        tq2_tile_vbmi(tab, ts, wr, nkb, ar, as, TQ2_GROUP_VBMI, 1, 1);
+        return;
+    }
+    /* batches: tiles of 2 row blocks x 2 tokens (4 x 2 runs out of registers: measured slower) */
+    for (int r = 0; r < TQ2_GROUP_VBMI; r += 2) {
+        const uint8_t *tp = tab;
+        int32_t *ap[2] = {ar[r], ar[r + 1]};
+        int64_t t = 0;
+        for (; t + 2 <= ntok; t += 2) {
+            tq2_tile_vbmi(tp, ts, wr + r, nkb, ap, as, 2, 2, 0);
+            tp += ts + ts;
+            ap[0] += as + as;
+            ap[1] += as + as;
+        }
+        if (t < ntok) tq2_tile_vbmi(tp, ts, wr + r, nkb, ap, as, 2, 1, 0);
+    }
+}
+
+/* One row block, every token (tiles of 4, then 2, then 1 token). */
 MF_TARGET_AVX512 static void tq2_kern_avx512(const int8_t *q, int64_t qs, const uint8_t *tab,
                                              int64_t ts, const mf_tq2_block *w, int64_t nkb,
                                              int32_t *acc, int64_t as, int64_t ntok) {
@@ -400,17 +673,38 @@ MF_TARGET_AVX512 static void tq2_kern_avx512(const int8_t *q, int64_t qs, const 
     (void)qs;
     int64_t t = 0;
     for (; t + 4 <= ntok; t += 4) {
-        tq2_tile_avx512(tab, ts, w, nkb, acc, as, 4);
+        tq2_tile2d_avx512(tab, ts, w, w, nkb, acc, acc, as, 1, 4, 0);
         tab += ts + ts + ts + ts;
         acc += as + as + as + as;
     }
     if (ntok - t >= 2) {
-        tq2_tile_avx512(tab, ts, w, nkb, acc, as, 2);
+        tq2_tile2d_avx512(tab, ts, w, w, nkb, acc, acc, as, 1, 2, 0);
         tab += ts + ts;
         acc += as + as;
         t += 2;
     }
-    if (ntok - t == 1) tq2_tile_avx512(tab, ts, w, nkb, acc, as, 1);
+    if (ntok - t == 1) tq2_tile2d_avx512(tab, ts, w, w, nkb, acc, acc, as, 1, 1, ntok == 1);
+}
+
+/* Two row blocks (w, w + wstride), every token: batch 1 shares each table vector between the
+ * two (prefetching the weight streams); batches in tiles of 2 tokens x 2 row blocks. */
+MF_TARGET_AVX512 static void tq2_kernn_avx512(const uint8_t *tab, int64_t ts, const mf_tq2_block *w,
+                                              int64_t wstride, int64_t nkb, int32_t *acc,
+                                              int64_t as, int64_t ntok) {
+    const mf_tq2_block *w1 = w + wstride;
+    int32_t *acc1 = acc + MF_TQ2_ROWS;
+    if (ntok == 1) {
+        tq2_tile2d_avx512(tab, ts, w, w1, nkb, acc, acc1, as, 2, 1, 1);
+        return;
+    }
+    int64_t t = 0;
+    for (; t + 2 <= ntok; t += 2) {
+        tq2_tile2d_avx512(tab, ts, w, w1, nkb, acc, acc1, as, 2, 2, 0);
+        tab += ts + ts;
+        acc += as + as;
+        acc1 += as + as;
+    }
+    if (t < ntok) tq2_tile2d_avx512(tab, ts, w, w1, nkb, acc, acc1, as, 2, 1, 0);
 }
 #endif /* MF_X86 */
 
@@ -421,22 +715,32 @@ typedef void (*quant_fn)(const float *, int64_t, int64_t, int8_t *, float *);
 typedef void (*tables_fn)(const int8_t *, int64_t, uint8_t *);
 typedef void (*kern_fn)(const int8_t *, int64_t, const uint8_t *, int64_t, const mf_tq2_block *,
                         int64_t, int32_t *, int64_t, int64_t);
+/* kernn(tab, ts, w, wstride, nkb, acc, as, ntok): `group` row blocks at once (w + i wstride,
+ * acc + 32 i), every token */
+typedef void (*kernn_fn)(const uint8_t *, int64_t, const mf_tq2_block *, int64_t, int64_t,
+                         int32_t *, int64_t, int64_t);
 typedef struct {
     quant_fn quant;
     tables_fn tables;       /* NULL: the kernel reads q directly */
     kern_fn kern;
+    kernn_fn kernn;         /* `group` row blocks per call (NULL: kern per row block) */
+    int group;
     int64_t tab_per_block;  /* table bytes per 16-input block per token */
 } tq2_impl;
 
-static tq2_impl tq2_select(int isa) {
-    const tq2_impl scalar = {act_quant_scalar, NULL, tq2_kern_scalar, 0};
+/* vbmi: the CPU has AVX-512 VBMI (mf_cpu_vbmi(); a parameter so tests can pick either path). */
+static tq2_impl tq2_select(int isa, int vbmi) {
+    const tq2_impl scalar = {act_quant_scalar, NULL, tq2_kern_scalar, NULL, 1, 0};
 #if MF_X86
+    if (isa >= MF_ISA_AVX512 && vbmi)
+        return (tq2_impl){act_quant_avx2, tq2_tables_avx2, tq2_kern_vbmi, tq2_kernn_vbmi, TQ2_GROUP_VBMI, TQ2_TAB_AVX2};
     if (isa >= MF_ISA_AVX512)
-        return (tq2_impl){act_quant_avx2, tq2_tables_avx512, tq2_kern_avx512, TQ2_TAB_AVX512};
+        return (tq2_impl){act_quant_avx2, tq2_tables_avx512, tq2_kern_avx512, tq2_kernn_avx512, 2, TQ2_TAB_AVX512};
     if (isa >= MF_ISA_AVX2)
-        return (tq2_impl){act_quant_avx2, tq2_tables_avx2, tq2_kern_avx2, TQ2_TAB_AVX2};
+        return (tq2_impl){act_quant_avx2, tq2_tables_avx2, tq2_kern_avx2, tq2_kernn_avx2, 2, TQ2_TAB_AVX2};
 #endif
     (void)isa;
+    (void)vbmi;
     return scalar;
 }
 
@@ -446,27 +750,99 @@ static tq2_impl tq2_select(int isa) {
  * weights sharing an input (q/k/v, gate/up) can run fused as one packed [sum N_i][K] weight.
  * Returns the ISA level used, or -1 if scratch allocation failed.
  * ---------------------------------------------------------------------------------------- */
-static int tq2_linear(const float *x, int64_t M, int64_t K, const mf_tq2_block *w, int64_t N,
-                      float w_scale, const float *row_scales, float *y, int32_t *acc_out,
-                      int64_t threads, int isa_req) {
+/* Busy cores. When the master waits at the join for longer than TQ2_STALL_NS and longer than its
+ * own work took, a worker was descheduled (the cores are shared with other busy processes): the
+ * next TQ2_BACKOFF_CALLS multi-threaded calls run on one thread (about one 370M decode step),
+ * then two threads are tried again. A quiet machine never triggers it (the join then waits
+ * microseconds); results do not depend on the thread count (each row's sum has one order). */
+#define TQ2_STALL_NS 500000
+#define TQ2_BACKOFF_CALLS 256
+static atomic_int tq2_backoff;
+
+static inline int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Work items of the decode path: this many row-block groups (impl.group row blocks each). Small
+ * enough that a descheduled thread holds up little (2048 rows: 8 items at group 4), large enough
+ * that handing them out (one atomic add each) costs nothing measurable. */
+#define TQ2_ITEM_GROUPS 2
+
+typedef struct {
+    const tq2_impl *impl;
+    const float *x;
+    const mf_tq2_block *w;
+    float *y;
+    int32_t *acc, *acc_out;
+    const float *row_scales;
+    const int8_t *qx;
+    const float *sx;
+    const uint8_t *tab;
+    float w_scale;
+    int64_t M, K, KB, Kp, N, Np, tab_tok, kcb;
+} tq2_args;
+
+/* Row blocks [nb0, nb1) of every token: zero the accumulators, run the kernels over every
+ * k-chunk, then the one float rescale per output (the same fp32 ops as the torch reference). */
+static void tq2_rows(const tq2_args *a, int64_t nb0, int64_t nb1) {
+    const tq2_impl *impl = a->impl;
+    const int64_t M = a->M, KB = a->KB, Np = a->Np, N = a->N;
+    for (int64_t m = 0; m < M; ++m)
+        memset(a->acc + m * Np + nb0 * MF_TQ2_ROWS, 0, (size_t)((nb1 - nb0) * MF_TQ2_ROWS) * 4);
+    for (int64_t kb0 = 0; kb0 < KB; kb0 += a->kcb) {
+        const int64_t nkb = KB - kb0 < a->kcb ? KB - kb0 : a->kcb;
+        const uint8_t *tab = a->tab + kb0 * impl->tab_per_block;
+        int64_t nb = nb0;
+        if (impl->kernn != NULL)
+            for (; nb + impl->group <= nb1; nb += impl->group)
+                impl->kernn(tab, a->tab_tok, a->w + nb * KB + kb0, KB, nkb,
+                            a->acc + nb * MF_TQ2_ROWS, Np, M);
+        for (; nb < nb1; ++nb)
+            impl->kern(a->qx + kb0 * MF_TQ2_K, a->Kp, tab, a->tab_tok, a->w + nb * KB + kb0, nkb,
+                       a->acc + nb * MF_TQ2_ROWS, Np, M);
+    }
+    const int64_t n0 = nb0 * MF_TQ2_ROWS, n1 = nb1 * MF_TQ2_ROWS < N ? nb1 * MF_TQ2_ROWS : N;
+    for (int64_t m = 0; m < M; ++m) {
+        const int32_t *acc = a->acc + m * Np;
+        float *y = a->y + m * N;
+        if (a->row_scales == NULL) {
+            const float den = a->sx[m] * a->w_scale;
+            for (int64_t n = n0; n < n1; ++n) y[n] = (float)acc[n] / den;
+        } else { /* rows of several fused weights, each with its own tensor scale */
+            for (int64_t n = n0; n < n1; ++n) y[n] = (float)acc[n] / (a->sx[m] * a->row_scales[n]);
+        }
+        if (a->acc_out != NULL)
+            for (int64_t n = n0; n < n1; ++n) a->acc_out[m * N + n] = acc[n];
+    }
+}
+
+static int tq2_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_block *w,
+                           int64_t N, float w_scale, const float *row_scales, float *y,
+                           int32_t *acc_out, int64_t threads, int isa, int vbmi) {
     if (M > TOKENS_PER_PASS) { /* long prefill: bounded scratch, weights re-read per pass */
-        int isa = 0;
         for (int64_t m0 = 0; m0 < M; m0 += TOKENS_PER_PASS) {
             const int64_t mc = M - m0 < TOKENS_PER_PASS ? M - m0 : TOKENS_PER_PASS;
-            isa = tq2_linear(x + m0 * K, mc, K, w, N, w_scale, row_scales, y + m0 * N,
-                             acc_out != NULL ? acc_out + m0 * N : NULL, threads, isa_req);
-            if (isa < 0) return isa;
+            const int rc = tq2_linear_impl(x + m0 * K, mc, K, w, N, w_scale, row_scales, y + m0 * N,
+                                           acc_out != NULL ? acc_out + m0 * N : NULL, threads, isa,
+                                           vbmi);
+            if (rc < 0) return rc;
         }
         return isa;
     }
-    const int isa = mf_isa_resolve(isa_req);
-    const tq2_impl impl = tq2_select(isa);
+    const int64_t t_start = now_ns();
+    const tq2_impl impl = tq2_select(isa, vbmi);
     const int64_t KB = mf_round_up(K, MF_TQ2_K) / MF_TQ2_K, Kp = KB * MF_TQ2_K;
     const int64_t NB = mf_round_up(N, MF_TQ2_ROWS) / MF_TQ2_ROWS, Np = NB * MF_TQ2_ROWS;
     const int64_t tab_tok = impl.tab_per_block * KB;
     int nt = mf_threads(threads);
     if (nt > NB) nt = (int)NB;
     if (nt < 1) nt = 1;
+    if (nt > 1 && atomic_load_explicit(&tq2_backoff, memory_order_relaxed) > 0) {
+        atomic_fetch_sub_explicit(&tq2_backoff, 1, memory_order_relaxed);
+        nt = 1; /* a recent call found the cores busy (see TQ2_STALL_NS) */
+    }
     /* With fewer tokens than threads (decode), every thread quantizes and builds the tables
      * itself (a few us) instead of splitting the work: the region then has no barrier but its
      * join, which matters when the cores are shared and a waiting thread may lose its slice. */
@@ -488,6 +864,7 @@ static int tq2_linear(const float *x, int64_t M, int64_t K, const mf_tq2_block *
         kcb = kcb < 4 ? 4 : (kcb > KB ? KB : kcb);
     }
 
+    int64_t t_master_done = 0;
 #pragma omp parallel num_threads(nt)
     {
 #ifdef _OPENMP
@@ -512,60 +889,65 @@ static int tq2_linear(const float *x, int64_t M, int64_t K, const mf_tq2_block *
                 if (impl.tables != NULL) impl.tables(qx + m * Kp, KB, tab + m * tab_tok);
             }
         }
-        /* 3. this thread's row blocks */
-        const int64_t nb0 = NB * tid / T, nb1 = NB * (tid + 1) / T;
-        for (int64_t m = 0; m < M; ++m)
-            memset(acc + m * Np + nb0 * MF_TQ2_ROWS, 0, (size_t)((nb1 - nb0) * MF_TQ2_ROWS) * 4);
-        for (int64_t kb0 = 0; kb0 < KB; kb0 += kcb) {
-            const int64_t nkb = KB - kb0 < kcb ? KB - kb0 : kcb;
-            int64_t nb = nb0;
-#if MF_X86
-            if (M == 1 && impl.kern == tq2_kern_avx2) /* decode: two row blocks per step */
-                for (; nb + 2 <= nb1; nb += 2)
-                    tq2_pair_avx2(tab + kb0 * impl.tab_per_block, w + nb * KB + kb0,
-                                  w + (nb + 1) * KB + kb0, nkb, acc + nb * MF_TQ2_ROWS,
-                                  acc + (nb + 1) * MF_TQ2_ROWS);
-#endif
-            for (; nb < nb1; ++nb)
-                impl.kern(qx + kb0 * MF_TQ2_K, Kp, tab + kb0 * impl.tab_per_block, tab_tok,
-                          w + nb * KB + kb0, nkb, acc + nb * MF_TQ2_ROWS, Np, M);
+        /* 3-4. row blocks. One k-chunk (decode, small batches): work items of a few row-block
+         * groups handed out dynamically, with no barrier before the join, so a thread that the
+         * OS deschedules on a busy machine delays only the item it holds (a static split made
+         * the other thread wait for its whole half). Several k-chunks: a static split, the same
+         * row blocks per thread in every chunk (their accumulators carry across chunks). */
+        const tq2_args ta = {&impl, x, w, y, acc, acc_out, row_scales, qx, sx, tab, w_scale,
+                             M, K, KB, Kp, N, Np, tab_tok, kcb};
+        if (kcb == KB) {
+            const int64_t item = (int64_t)impl.group * TQ2_ITEM_GROUPS;
+            const int64_t n_items = (NB + item - 1) / item;
+#pragma omp for schedule(dynamic, 1) nowait
+            for (int64_t i = 0; i < n_items; ++i)
+                tq2_rows(&ta, i * item, (i + 1) * item < NB ? (i + 1) * item : NB);
+        } else {
+            tq2_rows(&ta, NB * tid / T, NB * (tid + 1) / T);
         }
-        /* 4. the one float rescale per output (same fp32 ops as the torch reference) */
-        const int64_t n0 = nb0 * MF_TQ2_ROWS, n1 = nb1 * MF_TQ2_ROWS < N ? nb1 * MF_TQ2_ROWS : N;
-        for (int64_t m = 0; m < M; ++m) {
-            if (row_scales == NULL) {
-                const float den = sx[m] * w_scale;
-                for (int64_t n = n0; n < n1; ++n) y[m * N + n] = (float)acc[m * Np + n] / den;
-            } else { /* rows of several fused weights, each with its own tensor scale */
-                for (int64_t n = n0; n < n1; ++n)
-                    y[m * N + n] = (float)acc[m * Np + n] / (sx[m] * row_scales[n]);
-            }
-            if (acc_out != NULL)
-                for (int64_t n = n0; n < n1; ++n) acc_out[m * N + n] = acc[m * Np + n];
-        }
+        if (tid == 0 && nt > 1) t_master_done = now_ns();
+    }
+    if (nt > 1) {
+        /* The master waited this long at the join for the other threads: on cores shared with
+         * other busy processes a worker can lose its core for a whole scheduler slice (ms).
+         * Then run the next calls on one thread rather than stall on every one. */
+        const int64_t t_end = now_ns();
+        if (t_end - t_master_done > TQ2_STALL_NS && t_end - t_master_done > t_master_done - t_start)
+            atomic_store_explicit(&tq2_backoff, TQ2_BACKOFF_CALLS, memory_order_relaxed);
     }
     return isa;
 }
 
+static int tq2_linear(const float *x, int64_t M, int64_t K, const mf_tq2_block *w, int64_t N,
+                      float w_scale, const float *row_scales, float *y, int32_t *acc_out,
+                      int64_t threads, int isa_req) {
+    const int isa = mf_isa_resolve(isa_req);
+    return tq2_linear_impl(x, M, K, w, N, w_scale, row_scales, y, acc_out, threads, isa,
+                           isa >= MF_ISA_AVX512 && mf_cpu_vbmi());
+}
+
 static int act_quant(const float *x, int64_t M, int64_t K, int8_t *q, float *s, int isa_req) {
     const int isa = mf_isa_resolve(isa_req);
-    const tq2_impl impl = tq2_select(isa);
+    const tq2_impl impl = tq2_select(isa, 0); /* the quantizer is the same in every variant */
     for (int64_t m = 0; m < M; ++m) impl.quant(x + m * K, K, K, q + m * K, &s[m]);
     return isa;
+}
+
+int mf_op_tq2_linear(const int64_t *a) {
+    const int rc = tq2_linear(mf_slot_ptr(a[0]), a[1], a[2], mf_slot_ptr(a[3]), a[4],
+                              (float)mf_slot_f64(a[5]), mf_slot_ptr(a[6]), mf_slot_ptr(a[7]),
+                              mf_slot_ptr(a[8]), a[9], (int)a[10]);
+    return rc < 0 ? MF_OP_NOMEM : rc;
 }
 
 MF_PYFUNC(tq2_linear,
           "tq2_linear(x, M, K, w, N, w_scale, row_scales_or_0, y, acc_or_0, threads, isa) -> isa.") {
     (void)self;
-    void *x, *w, *rs, *y, *acc;
-    int64_t M, K, N, threads, isa;
-    double w_scale;
-    if (mf_parse_args(args, nargs, "pllpldpppll", &x, &M, &K, &w, &N, &w_scale, &rs, &y, &acc,
-                      &threads, &isa) < 0)
-        return NULL;
+    int64_t a[11];
+    if (mf_parse_slots(args, nargs, "pllpldpppll", a) < 0) return NULL;
     int used;
-    Py_BEGIN_ALLOW_THREADS used = tq2_linear(x, M, K, w, N, (float)w_scale, rs, y, acc, threads, (int)isa);
-    Py_END_ALLOW_THREADS if (used < 0) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS used = mf_op_tq2_linear(a);
+    Py_END_ALLOW_THREADS if (used < 0) return mf_op_error("tq2_linear", used);
     return PyLong_FromLong(used);
 }
 

@@ -9,3 +9,17 @@ int mf_parse_args(PyObject *const *args, Py_ssize_t nargs, const char *fmt, ...)
     (void)fmt;
     return -1;
 }
+
+int mf_parse_slots(PyObject *const *args, Py_ssize_t nargs, const char *fmt, int64_t *slots) {
+    (void)args;
+    (void)nargs;
+    (void)fmt;
+    (void)slots;
+    return -1;
+}
+
+PyObject *mf_op_error(const char *name, int rc) {
+    (void)name;
+    (void)rc;
+    return NULL;
+}

@@ -57,6 +57,7 @@ SHAPES = [  # (M, N, K): odd sizes, K not a multiple of 4/5/16/64, K past one in
     (1, 33, 50),
     (1, 96, 1040),  # decode: row blocks in pairs (AVX2) plus an odd one, past one flush
     (1, 230, 2100),
+    (1, 200, 1040),  # 7 row blocks: a group of 4 (AVX-512 VBMI) plus 3, or 3 pairs plus 1
     (2, 32, 16),
     (3, 70, 517),
     (5, 64, 1040),

@@ -1,7 +1,8 @@
-/* Harness for tests/lmul/test_avx512_emulated.py: the AVX-512 L-Mul paths of csrc/mf_lmul.c,
+/* Harness for tests/lmul/test_avx512_emulated.py: the AVX-512 L-Mul paths of csrc/mf_lmul_ew.c and csrc/mf_lmatmul.c,
  * built on SIMDe's emulation of AVX-512 (runs on any x86-64 with AVX2), against the scalar spec.
  * Returns the number of failing cases; prints one line per case. */
-#include "mf_lmul.c"
+#include "mf_lmul_ew.c"
+#include "mf_lmatmul.c"
 #include "mf_cpu.c"
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,5 +1,5 @@
 """The AVX-512 L-Mul paths (elementwise, L-Matmul fast, no-underflow and full routes), bit-exact against the
-scalar spec on CPUs without AVX-512: csrc/mf_lmul.c is compiled against SIMDe's emulation of the
+scalar spec on CPUs without AVX-512: csrc/mf_lmul_ew.c and mf_lmatmul.c are compiled against SIMDe's emulation of the
 AVX-512 intrinsics (apt: libsimde-dev), as tests/kernels/test_avx512_emulated.py does for the
 ternary kernel. On an AVX-512 CPU the native path is covered by test_kernels.py as well."""
 

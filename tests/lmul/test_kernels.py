@@ -1,4 +1,4 @@
-"""The compiled L-Mul kernels (csrc/mf_lmul.c) equal the torch reference bit for bit, on every
+"""The compiled L-Mul kernels (csrc/mf_lmul_ew.c, csrc/mf_lmatmul.c) equal the torch reference bit for bit, on every
 ISA level this CPU has (levels it lacks are skipped, never silently downgraded)."""
 
 import pytest

@@ -213,3 +213,29 @@ def fused_plan(C, buf: Buffers, states: list, layers: list[Layer], final_norm, h
     elif head_rows != "none":
         raise ValueError(f"head_rows must be all, last or none, not {head_rows!r}")
     return plan
+
+
+# --- the plan as one compiled call (csrc/mf_plan.c) -------------------------------------------
+# Kept apart from fused_plan on purpose: it only re-encodes the list fused_plan returns, so the
+# decoders can switch to `C.plan_run(words.ctypes.data, words.size)` without any other change.
+def encode_plan(C, plan: list[tuple[Callable, tuple]]):
+    """The plan as one int64 NumPy array for `C.plan_run(address, len)`, which runs the same
+    calls in the same order in one C call (the same functions the Python entry points run:
+    the same bits). Per call: [op id, slot count, slots...], the slots in the order of the op's
+    format (`C.plan_ops()`): addresses and ints as they are, floats ('d') as the bit pattern of
+    the float64. The array holds addresses only: the caller keeps the plan's arrays alive."""
+    import numpy as np
+
+    ops = {name: (i, fmt) for i, (name, fmt) in enumerate(C.plan_ops())}
+    words: list[int] = []
+    for fn, args in plan:
+        name = getattr(fn, "__name__", repr(fn))
+        if name not in ops:
+            raise ValueError(f"encode_plan: {name} is not an op of plan_run ({', '.join(ops)})")
+        op, fmt = ops[name]
+        if len(args) != len(fmt):
+            raise ValueError(f"encode_plan: {name} takes {len(fmt)} arguments, got {len(args)}")
+        words += [op, len(fmt)]
+        for f, a in zip(fmt, args, strict=True):
+            words.append(int(np.float64(a).view(np.int64)) if f == "d" else int(a))
+    return np.array(words, dtype=np.int64)

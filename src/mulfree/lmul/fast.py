@@ -1,4 +1,5 @@
-"""Launchers of the compiled L-Mul kernels (csrc/mf_lmul.c) behind `lmul` and `lmatmul`.
+"""Launchers of the compiled L-Mul kernels (csrc/mf_lmul_ew.c, csrc/mf_lmatmul.c) behind
+`lmul` and `lmatmul`.
 
 Each returns None when the compiled route does not apply (no compiled core, ISA forced to
 "torch", a non-CPU tensor, or an option the kernel does not cover); the caller then runs the

@@ -1,0 +1,98 @@
+/* The plan runner: a whole decode step (or any fixed sequence of compiled calls) in one call.
+ *
+ * src/mulfree/engine/plan.py builds the step as a list of (compiled function, args) pairs on
+ * fixed buffers; run from Python, every pair costs an interpreter round trip (argument tuple
+ * unpacking, int/float conversion: ~170 per token for a 24-layer model). `encode_plan` there
+ * writes the same list once into an int64 array of ops
+ *     [op id, slot count, slot 0, slot 1, ...]   (slots as in mf_common.h)
+ * and `plan_run` walks it here, calling the very functions the Python entry points call
+ * (mf_op_*), in the same order: the results are the same bits by construction, and
+ * tests/kernels/test_plan.py checks it against the per-call loop.
+ */
+#include "mf_py.h" /* Python.h first, as CPython requires */
+
+#include "mf_common.h"
+
+typedef struct {
+    const char *name; /* the Python entry point the op stands for */
+    const char *fmt;  /* its argument format (mf_py.h) */
+    mf_op_fn fn;
+} plan_op;
+
+/* Op ids are indices into this table (plan_ops() gives them to Python). */
+static const plan_op PLAN_OPS[] = {
+    {"tq2_linear", "pllpldpppll", mf_op_tq2_linear},
+    {"dec_norm2", "ppllpddpppppp", mf_op_dec_norm2},
+    {"dec_mlgru", "ppplllppppdpdpl", mf_op_dec_mlgru},
+    {"dec_glu", "pllpdpl", mf_op_dec_glu},
+};
+#define N_PLAN_OPS ((int64_t)(sizeof PLAN_OPS / sizeof PLAN_OPS[0]))
+
+static int64_t fmt_len(const char *f) {
+    int64_t n = 0;
+    while (f[n] != '\0') ++n;
+    return n;
+}
+
+/* Check the whole plan before running any of it: a malformed plan writes nothing. Returns the
+ * index of the first bad op, or -1 when every op is well formed. */
+static int64_t plan_check(const int64_t *ops, int64_t n_words) {
+    int64_t i = 0, k = 0;
+    for (; i < n_words; ++k) {
+        if (n_words - i < 2) return k;
+        const int64_t id = ops[i], n = ops[i + 1];
+        if (id < 0 || id >= N_PLAN_OPS || n != fmt_len(PLAN_OPS[id].fmt) || n > n_words - i - 2)
+            return k;
+        i += 2 + n;
+    }
+    return -1;
+}
+
+MF_PYFUNC(plan_ops, "plan_ops() -> ((name, format), ...): the op ids of plan_run, in order.") {
+    (void)self;
+    if (mf_parse_args(args, nargs, "") < 0) return NULL;
+    PyObject *t = PyTuple_New(N_PLAN_OPS);
+    if (t == NULL) return NULL;
+    for (int64_t k = 0; k < N_PLAN_OPS; ++k) {
+        PyObject *e = Py_BuildValue("(ss)", PLAN_OPS[k].name, PLAN_OPS[k].fmt);
+        if (e == NULL) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, k, e);
+    }
+    return t;
+}
+
+MF_PYFUNC(plan_run, "plan_run(ops_ptr, n_words) -> number of ops run: an encoded plan in one call.") {
+    (void)self;
+    void *p;
+    int64_t n_words;
+    if (mf_parse_args(args, nargs, "pl", &p, &n_words) < 0) return NULL;
+    const int64_t *ops = p;
+    if (n_words < 0 || (n_words > 0 && ops == NULL)) {
+        PyErr_SetString(PyExc_ValueError, "plan_run: bad plan buffer");
+        return NULL;
+    }
+    const int64_t bad = plan_check(ops, n_words);
+    if (bad >= 0) {
+        PyErr_Format(PyExc_ValueError, "plan_run: op %lld is malformed", (long long)bad);
+        return NULL;
+    }
+    int64_t k = 0, i = 0;
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS;
+    for (; i < n_words; ++k) {
+        rc = PLAN_OPS[ops[i]].fn(ops + i + 2);
+        if (rc < 0) break;
+        i += 2 + ops[i + 1];
+    }
+    Py_END_ALLOW_THREADS;
+    if (rc < 0) {
+        if (rc == MF_OP_NOMEM) return PyErr_NoMemory();
+        PyErr_Format(PyExc_ValueError, "plan_run: op %lld (%s) got invalid arguments", (long long)k,
+                     PLAN_OPS[ops[i]].name);
+        return NULL;
+    }
+    return PyLong_FromLongLong(k);
+}
