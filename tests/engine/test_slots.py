@@ -158,3 +158,20 @@ def test_lite_core_has_no_torch_types(packed_dir):
     dec = lite.LiteDecoder(lite.LiteModel.load(packed_dir))
     logits = dec.prefill([3, 4, 5])
     assert isinstance(logits, np.ndarray) and isinstance(dec.states[0], np.ndarray)
+
+
+@needs_core
+def test_the_plan_runner_equals_the_per_call_loop(packed):
+    """A step as one C call (csrc/mf_plan.c) and as the Python loop over the same plan."""
+    one, loop = Decoder(packed, max_batch=4), Decoder(packed, max_batch=4)
+    loop.family.use_plan_run = False
+    for dec in (one, loop):
+        for _ in range(4):
+            dec.alloc()
+        dec.free(1)  # runs (0), (2, 3): two MLGRU calls per layer
+    for t in range(4):
+        a = one.step([3 + t, 7, 9 + t], [0, 2, 3]).clone()
+        b = loop.step([3 + t, 7, 9 + t], [0, 2, 3]).clone()
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    for sa, sb in zip(one._arena(), loop._arena(), strict=True):
+        torch.testing.assert_close(sa, sb, atol=0, rtol=0)

@@ -94,6 +94,8 @@ class HGRNFusedPlan:
         self._plans: dict = {}
         self.allocate(capacity)
 
+    use_plan_run = True  # False: the per-call loop (the runner's twin, compared in the tests)
+
     def threads_for(self, lin: P.Linear, rows: int = 1) -> int:
         return P.threads_for(lin, self.threads, self.min_weights_per_thread, rows)
 
@@ -127,9 +129,13 @@ class HGRNFusedPlan:
 
     def plan(self, B: int, runs: tuple) -> list:
         """The compiled calls of a step on B rows whose states are `runs` (cached)."""
+        return self._entry(B, runs)[0]
+
+    def _entry(self, B: int, runs: tuple):
+        """(plan, its encoding for the core's plan runner or None), cached per (B, runs)."""
         key = (B, runs)
-        plan = self._plans.get(key)
-        if plan is None:
+        entry = self._plans.get(key)
+        if entry is None:
             if len(self._plans) >= MAX_CACHED_PLANS:
                 self._plans.clear()
             w = self.w
@@ -137,8 +143,11 @@ class HGRNFusedPlan:
                                 w.head, w.eps, w.bl_eps, self.threads_for,
                                 self._levels[self._family(B)], self._levels[self._stage], _ptr,
                                 B=B, runs=runs)  # fmt: skip
-            self._plans[key] = plan
-        return plan
+            # one C call for the whole step when the core has the plan runner (csrc/mf_plan.c:
+            # the same functions in the same order, the same bits; tests/kernels/test_plan.py)
+            words = P.encode_plan(self.C, plan) if hasattr(self.C, "plan_run") else None
+            entry = self._plans[key] = (plan, words)
+        return entry
 
     def prefill(self, slot: int, tokens: np.ndarray) -> np.ndarray:
         """The prompt's tokens as the rows of one pass per chunk of PREFILL_CHUNK: every
@@ -165,10 +174,13 @@ class HGRNFusedPlan:
 
     def run(self, slots: Sequence[int], tokens: np.ndarray) -> np.ndarray:
         B = len(slots)
-        plan = self.plan(B, P.runs_of(slots))
+        plan, words = self._entry(B, P.runs_of(slots))
         self.buf.x[:B] = self.w.embed(tokens)  # [B, d]
-        for fn, args in plan:
-            fn(*args)
+        if words is not None and self.use_plan_run:
+            self.C.plan_run(words.ctypes.data, words.size)
+        else:
+            for fn, args in plan:
+                fn(*args)
         return self.buf.logits[:B]
 
 

@@ -193,6 +193,23 @@ class Decoder:
         """Per layer the state arena [capacity, E] as tensors (views of the core's NumPy)."""
         return [torch.from_numpy(s) for s in self.family.states]
 
+    # the batch API's buffers and plan, as the per-call loop sees them (tests/kernels/test_plan.py)
+    @property
+    def x(self) -> torch.Tensor:
+        """The residual-stream buffer of the batch API's rows [batch, d] (a view)."""
+        return torch.from_numpy(self.family.buf.x[: self.batch])
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """The logits buffer of the batch API's rows [batch, vocab] (a view)."""
+        return torch.from_numpy(self.family.buf.logits[: self.batch])
+
+    def _build_plan(self) -> list:
+        """The fused step of the batch API's slots as (compiled function, args) pairs."""
+        if self._batch_slots is None:
+            self.reset(self.batch)
+        return self.family.plan(self.batch, P.runs_of(self._batch_slots))
+
     @property
     def states(self) -> list[torch.Tensor]:
         """Per layer the recurrent states [batch, E] of the batch API's slots (views)."""
