@@ -145,7 +145,12 @@ class HGRNFusedPlan:
                                 B=B, runs=runs)  # fmt: skip
             # one C call for the whole step when the core has the plan runner (csrc/mf_plan.c:
             # the same functions in the same order, the same bits; tests/kernels/test_plan.py)
-            words = P.encode_plan(self.C, plan) if hasattr(self.C, "plan_run") else None
+            words = None
+            if hasattr(self.C, "plan_run"):
+                try:
+                    words = P.encode_plan(self.C, plan)
+                except ValueError:  # a call the runner does not know (a wrapped core): the loop
+                    words = None
             entry = self._plans[key] = (plan, words)
         return entry
 
