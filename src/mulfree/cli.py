@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "mulfree.serve.cli",
     "mulfree.engine.cli",
     "mulfree.report.cli",
+    "mulfree.hw.cli",
 ]
 
 

@@ -145,4 +145,4 @@ def test_report_from_the_repository_results(tmp_path, fast):
     assert "## 2. Gemma 3 270M" in md and "| fp32 |" in md
     meta = json.loads((out / "report.json").read_text())
     assert meta["results"] == str(REPO / "docs" / "results")
-    assert len(meta["sections"]) == len(B.SECTIONS) == 6
+    assert len(meta["sections"]) == len(B.SECTIONS) == 7

@@ -18,6 +18,7 @@ from mulfree.report import (
     carbon_section,
     energy_section,
     gemma,
+    hw_section,
     lmul_section,
     scaling,
 )
@@ -25,8 +26,8 @@ from mulfree.report.common import Context, Section
 
 REPORT_FORMAT = "mulfree-report"
 REPORT_VERSION = 1
-SECTIONS = (lmul_section, gemma, scaling, energy_section, benchmarks, carbon_section)
-KNOWN_RESULTS = ("gemma3-270m", "scaling", "benchmarks")
+SECTIONS = (lmul_section, gemma, scaling, energy_section, benchmarks, carbon_section, hw_section)
+KNOWN_RESULTS = ("gemma3-270m", "scaling", "benchmarks", "hw")
 
 
 def source_checkout() -> Path | None:
