@@ -45,6 +45,7 @@ LAYERS = {
     "mulfree.train": 4,
     "mulfree.eval": 4,
     "mulfree.energy.report": 4,
+    "mulfree.hw": 4,  # circuits of the numerics (synthesis, simulation): a study above them
     # 5 front ends: the server, the report builder, every command line
     "mulfree.serve": 5,
     "mulfree.report": 5,
