@@ -73,8 +73,8 @@ def test_corrupt_tensor_data_fails_crc(packed_dir, tmp_path):
 
 def test_wrong_version_and_format_name(packed_dir, tmp_path):
     d, f = _copy(packed_dir, tmp_path)
-    _rewrite(f, mulfree_format_version="2")
-    _one_line_error(d, "version '2'")
+    _rewrite(f, mulfree_format_version="99")
+    _one_line_error(d, "version '99'")
     _rewrite(f, mulfree_format_version="1", mulfree_format="mulfree.hgrn_bit")
     _one_line_error(d, "not a packed model")
     _rewrite(f, mulfree_format="mulfree.packed_hgrn_bit", ternary_format="tq3")

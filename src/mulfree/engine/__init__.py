@@ -6,6 +6,10 @@
     model.generate(input_ids, max_new_tokens=32)                # HF generate works
     dec = model.fused_decoder(); logits = dec.prefill(ids); logits = dec.step([next_id])
 
+A BitNet b1.58 checkpoint (official layout) converts the same way; `load_packed` then gives a
+`PackedBitNetForCausalLM` and `model.decoder()` a `BitNetDecoder` (KV cache, exact or L-Mul
+attention).
+
 `pack_model_(model)` swaps a model's BitLinears for packed layers in place (what serve and the
 energy report need); `place_weights_(model)` moves their packed weights into one arena on
 2 MiB pages (load_packed and the decoder do it).
@@ -23,6 +27,8 @@ _NAMES = {
     "is_packed": "mulfree.engine.format",
     "read_packed": "mulfree.engine.format",
     "PackedHGRNBitForCausalLM": "mulfree.engine.model",
+    "PackedBitNetForCausalLM": "mulfree.engine.bitnet_model",
+    "BitNetDecoder": "mulfree.engine.bitnet_decode",
     "load_packed": "mulfree.engine.model",
     "Int4Embedding": "mulfree.engine.modules",
     "Int8Embedding": "mulfree.engine.modules",
@@ -33,6 +39,7 @@ _NAMES = {
 __getattr__, __dir__ = attach(__name__, _NAMES)
 
 __all__ = [
+    "BitNetDecoder",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "ConvertConfig",
@@ -40,6 +47,7 @@ __all__ = [
     "Int4Embedding",
     "Int8Embedding",
     "PackedBitLinear",
+    "PackedBitNetForCausalLM",
     "PackedHGRNBitForCausalLM",
     "convert",
     "is_packed",

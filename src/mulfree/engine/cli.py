@@ -8,9 +8,11 @@ import sys
 def register(sub) -> None:
     p = sub.add_parser(
         "convert",
-        help="pack a MatMul-free (hgrn_bit) checkpoint into one packed ternary file",
-        description="Pack an hgrn_bit checkpoint directory (ours or official; or a packed model, "
-        "to re-pack) into DST/model.safetensors, copying tokenizer files alongside.",
+        help="pack a MatMul-free (hgrn_bit) or BitNet b1.58 checkpoint into one packed ternary file",
+        description="Pack an hgrn_bit checkpoint directory (ours or official), a BitNet b1.58 "
+        "checkpoint in the official layout (model_type bitnet, or llama with a bitnet "
+        "quantization_config; packed or bf16 master weights), or a packed model to re-pack, "
+        "into DST/model.safetensors, copying tokenizer files alongside.",
     )
     p.add_argument(
         "src",
@@ -31,6 +33,13 @@ def register(sub) -> None:
         choices=["int8", "int4", "float32", "bfloat16", "float16"],
         help="token embedding storage (default int8 rows + a float32 step per row; int4: 4-bit "
         "codes + a step per 32 entries, half the bytes; float32 keeps the source values exactly)",
+    )
+    p.add_argument(
+        "--head",
+        default="int8",
+        choices=["int8", "int4", "bfloat16", "float16", "float32"],
+        help="BitNet models: output head storage (default int8 rows + a step per row; int4: a "
+        "step per 32 entries; a tied model's embedding is looked up in the same table)",
     )
     p.add_argument(
         "--force",
@@ -108,6 +117,30 @@ def register(sub) -> None:
         help="auto: the torch-free engine for packed models (fast start), else the "
         "torch one; lite: insist; torch: always torch (default: %(default)s)",
     )
+    g.add_argument(
+        "--attention",
+        choices=["exact", "lmul"],
+        default="exact",
+        help="BitNet models: attention products QKᵀ and P·V exact or L-Mul (default: %(default)s)",
+    )
+    g.add_argument(
+        "--mantissa-bits",
+        type=int,
+        default=3,
+        help="BitNet models: mantissa bits of L-Mul attention (default: %(default)s)",
+    )
+    g.add_argument(
+        "--kv-cache",
+        choices=["bfloat16", "float16", "float32", "int8"],
+        default="bfloat16",
+        help="BitNet models: KV cache storage (default: %(default)s)",
+    )
+    g.add_argument(
+        "--max-context",
+        type=int,
+        default=None,
+        help="BitNet models: tokens per sequence the KV cache holds (default: the model's maximum)",
+    )
     g.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-text")
     g.add_argument("--quiet", action="store_true", help="print only the text, no statistics")
     g.add_argument("--no-energy", action="store_true", help="skip the energy estimate")
@@ -123,7 +156,7 @@ def cmd_convert(args) -> int:
     from mulfree.engine.convert import ConvertConfig, convert
 
     r = convert(ConvertConfig(args.src, args.dst, args.ternary_format, args.embeddings,
-                              force=args.force, no_tokenizer=args.no_tokenizer))  # fmt: skip
+                              force=args.force, no_tokenizer=args.no_tokenizer, head=args.head))  # fmt: skip
     extra = f"; copied {', '.join(r.tokenizer_files)}" if r.tokenizer_files else ""
     print(
         f"wrote {r.path} ({r.nbytes / 1e6:.1f} MB, {args.ternary_format}, {args.embeddings} embeddings){extra}"
@@ -151,6 +184,10 @@ def cmd_generate(args) -> int:
         energy=not (args.quiet or args.no_energy),
         energy_table=args.energy_table,
         engine=args.engine,
+        attention=args.attention,
+        mantissa_bits=args.mantissa_bits,
+        kv_cache=args.kv_cache,
+        max_context=args.max_context,
     )
 
     def emit(text: str) -> None:

@@ -1,4 +1,5 @@
-"""`convert`: pack a MatMul-free checkpoint (ours or an official `hgrn_bit` one) into one file.
+"""`convert`: pack a MatMul-free checkpoint (ours or an official `hgrn_bit` one), or a BitNet
+b1.58 checkpoint in the official layout (see mulfree.engine.bitnet_model), into one file.
 
 Ternary weights are quantized with BitLinear's rule (absmean scale, in float32: what the
 PyTorch model computes for float32 weights) and packed as tq1 (1.6 bits/weight, default) or tq2
@@ -35,8 +36,13 @@ class ConvertConfig:
     embeddings: str = "int8"
     force: bool = False  # replace a non-empty DST as a whole (else it is refused)
     no_tokenizer: bool = False  # write a model without tokenizer files (else: refused)
+    head: str = "int8"  # BitNet models: the output head's storage (engine.bitnet_model)
 
     def __post_init__(self):
+        from mulfree.engine.bitnet_model import HEAD_FORMATS
+
+        if self.head not in HEAD_FORMATS:
+            raise MulfreeError(f"head must be one of {', '.join(HEAD_FORMATS)}, got {self.head!r}")
         if self.ternary_format not in fmt.TERNARY_FORMATS:
             raise MulfreeError(
                 f"ternary format must be one of {', '.join(fmt.TERNARY_FORMATS)}, got {self.ternary_format!r}"
@@ -170,7 +176,7 @@ def pack_checkpoint(src: Path, tfmt: str, efmt: str):
     if not isinstance(raw, dict) or raw.get("model_type") != "hgrn_bit":
         got = raw.get("model_type") if isinstance(raw, dict) else None
         raise MulfreeError(
-            f"{src} holds model_type {got!r}; only hgrn_bit (MatMul-free) models can be packed"
+            f"{src} holds model_type {got!r}; only hgrn_bit (MatMul-free) and BitNet b1.58 (model_type bitnet, or llama with a bitnet quantization_config) models can be packed"
         )
     try:
         config = HGRNBitConfig.from_dict(raw)
@@ -220,6 +226,9 @@ def convert(config: ConvertConfig | str, dst: str | None = None, **kw) -> Conver
     one of its checkpoints/step_* folders (see resolve_checkpoint), or a packed file/dir to re-pack.
 
     `convert("ckpt", "out")` or `convert(ConvertConfig("ckpt", "out", "tq2", "float32"))`.
+    A BitNet b1.58 checkpoint in the official layout (mulfree.models.bitnet.layout: model_type
+    bitnet, or llama with a bitnet quantization_config) is packed as model_family "bitnet"
+    (mulfree.engine.bitnet_model), its head stored as `head`.
     Tokenizer and generation files of the source directory are copied alongside; a source
     without a tokenizer is refused unless `no_tokenizer`. DST must be new or empty unless
     `force`, which replaces it as a whole; the output is written into a temporary sibling folder
@@ -232,7 +241,34 @@ def convert(config: ConvertConfig | str, dst: str | None = None, **kw) -> Conver
     tfmt, efmt = config.ternary_format, config.embeddings
     if not src.exists():
         raise MulfreeError(f"source not found: {src}")
+    _refuse_gguf(src)
     keep = [src] if src.is_dir() else [src, src.parent]
+    if fmt.looks_packed(src) and _packed_family(src) == "bitnet":
+        from mulfree.engine import bitnet_model as B
+
+        src_dir = fmt.weights_file(src).parent
+        keep.append(src_dir)
+        check_output_dir(out_dir, force=config.force, keep=keep)
+        _check_tokenizer(src_dir, config)
+        model = B.load_packed_bitnet(src)
+        tensors = B.model_tensors(model, tfmt, config.head, efmt)
+        return _write(config, out_dir, keep, tensors, B.config_json(model.config), src_dir,
+                      "bitnet", B.file_metadata(model.layout, config.head),
+                      model.embedding_format if model.config.tie_word_embeddings else efmt)  # fmt: skip
+    if src.is_dir() and not fmt.looks_packed(src) and is_bitnet_dir(src):
+        from mulfree.engine import bitnet_model as B
+        from mulfree.models.bitnet.layout import BitNetCheckpoint
+
+        check_output_dir(out_dir, force=config.force, keep=keep)  # before minutes of packing
+        _check_tokenizer(src, config)
+        ck = BitNetCheckpoint(src)
+        try:
+            tensors = B.packed_tensors_from_checkpoint(ck, tfmt, efmt, config.head)
+        finally:
+            ck.close()
+        efmt_file = config.head if ck.config.tie_word_embeddings else efmt
+        return _write(config, out_dir, keep, tensors, B.config_json(ck.config), src, "bitnet",
+                      B.file_metadata(ck.layout, config.head), efmt_file)  # fmt: skip
     if fmt.looks_packed(src):
         from mulfree.engine.model import load_packed
 
@@ -257,6 +293,57 @@ def convert(config: ConvertConfig | str, dst: str | None = None, **kw) -> Conver
         copied = fmt.copy_tokenizer_files(src_dir, tmp)
         nbytes = path.stat().st_size
     return ConvertResult(out_dir / fmt.WEIGHTS_FILE, nbytes, copied)
+
+
+def _write(config: ConvertConfig, out_dir: Path, keep: list, tensors: dict, config_json: str,
+           src_dir: Path, family: str, extra: dict, efmt: str) -> ConvertResult:  # fmt: skip
+    with output_dir(out_dir, force=config.force, keep=keep) as tmp:
+        path = tmp / fmt.WEIGHTS_FILE
+        fmt.write_packed(path, tensors, config_json, config.ternary_format, efmt, family, extra)
+        copied = fmt.copy_tokenizer_files(src_dir, tmp)
+        nbytes = path.stat().st_size
+    return ConvertResult(out_dir / fmt.WEIGHTS_FILE, nbytes, copied)
+
+
+def _refuse_gguf(src: Path) -> None:
+    """A GGUF file (llama.cpp's format, magic b"GGUF") gets its own one-line answer."""
+    file = src if src.is_file() else None
+    if file is None and src.is_dir():
+        ggufs = sorted(src.glob("*.gguf"))
+        if ggufs and not (src / "config.json").is_file() and not (src / fmt.WEIGHTS_FILE).exists():
+            file = ggufs[0]
+    if file is None:
+        return
+    try:
+        with open(file, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise MulfreeError(f"cannot read {file}: {e}") from None
+    if magic == b"GGUF":
+        raise MulfreeError(
+            f"{file} is a GGUF file (llama.cpp); `mulfree convert` packs safetensors checkpoints "
+            "(a directory with config.json + *.safetensors)"
+        )
+
+
+def _packed_family(src: Path) -> str | None:
+    try:
+        return fmt.model_family(fmt.read_metadata(fmt.weights_file(src)), src)
+    except MulfreeError:
+        return None  # the hgrn_bit path reports what is wrong with the file
+
+
+def is_bitnet_dir(src: Path) -> bool:
+    from mulfree.models.bitnet.layout import is_bitnet_config
+
+    cfg = src / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        raw = json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return False  # resolve_checkpoint reports it
+    return is_bitnet_config(raw)
 
 
 def _check_tokenizer(tok_dir: Path, config: ConvertConfig) -> None:

@@ -2,8 +2,11 @@
 
 Metadata (`__metadata__`, all strings):
     mulfree_format          "mulfree.packed_hgrn_bit"
-    mulfree_format_version  "1"
-    config                  the HGRNBitConfig as JSON (every field)
+    mulfree_format_version  "2" (version 1 files, without model_family, still load)
+    model_family            "hgrn_bit" (absent in version 1) or "bitnet" (BitNet b1.58 / 1.58-bit
+                            Llama: its tensors, `head_format` and `bitnet_layout` are described
+                            in mulfree.engine.bitnet_model)
+    config                  the HGRNBitConfig (bitnet: transformers' BitNetConfig) as JSON
     ternary_format          "tq2" (2 bits/weight, the kernels' layout) or "tq1" (1.6 bits/weight)
     embedding_format        "float32" | "bfloat16" | "float16" | "int8" | "int4"
     tensors_crc32           CRC-32 of every tensor's bytes, in sorted-name order (hex)
@@ -37,11 +40,13 @@ from mulfree._memory import check_fits_memory
 from mulfree.engine.header import (  # noqa: F401  (FORMAT_*, WEIGHTS_FILE, weights_file: re-exported)
     FORMAT_NAME,
     FORMAT_VERSION,
+    READ_VERSIONS,
     WEIGHTS_FILE,
     check_against_config,
     check_metadata_crc,
     first_line,
     metadata_crc32,
+    model_family,
     weights_file,
 )
 from mulfree.errors import MulfreeError
@@ -132,17 +137,20 @@ def is_packed(path: str | Path) -> bool:
 
 def write_packed(
     path: Path, tensors: dict[str, torch.Tensor], config_json: str, ternary_format: str,
-    embedding_format: str,
+    embedding_format: str, family: str = "hgrn_bit", extra: dict[str, str] | None = None,
 ) -> None:  # fmt: skip
-    """Write tensors + metadata atomically (a temporary sibling, fsync'ed, renamed over `path`)."""
+    """Write tensors + metadata atomically (a temporary sibling, fsync'ed, renamed over `path`).
+    `extra`: family-specific metadata entries (bitnet: head_format, bitnet_layout)."""
     from safetensors.torch import save_file
 
     meta = {
         "mulfree_format": FORMAT_NAME,
         "mulfree_format_version": str(FORMAT_VERSION),
+        "model_family": family,
         "config": config_json,
         "ternary_format": ternary_format,
         "embedding_format": embedding_format,
+        **(extra or {}),
         "tensors_crc32": tensors_crc32(tensors),
     }
     meta["metadata_crc32"] = metadata_crc32(meta)
@@ -188,10 +196,9 @@ def read_packed(path: str | Path, *, verify: bool = True):
     (every field bounded, see HGRNBitConfig), ternary/embedding formats, that the config's layer
     count and embedding shape are those of the tensors present, and that the tensor names, shapes
     and dtypes are exactly those the config implies; then the data CRC (when `verify`) and that
-    no float tensor holds NaN/inf.
+    no float tensor holds NaN/inf. A bitnet file (model_family "bitnet") returns a BitNetConfig
+    and is checked against mulfree.engine.bitnet_model's tensor list.
     """
-    from safetensors.torch import load_file
-
     file = weights_file(path)
     meta, header = read_header(file)
     name = meta.get("mulfree_format")
@@ -201,12 +208,20 @@ def read_packed(path: str | Path, *, verify: bool = True):
             f"{file} is not a packed model: format {name!r}, expected {FORMAT_NAME!r}{hint}"
         )
     version = meta.get("mulfree_format_version", "")
-    if not version.isdigit() or int(version) != FORMAT_VERSION:
+    if not version.isdigit() or int(version) not in READ_VERSIONS:
         raise MulfreeError(
-            f"{file} is packed format version {version!r}; this mulfree reads version {FORMAT_VERSION}"
+            f"{file} is packed format version {version!r}; this mulfree reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))}"
         )
     if verify:
         check_metadata_crc(meta, file)
+    if model_family(meta, file) == "bitnet":
+        from mulfree.engine.bitnet_model import read_header_specs
+
+        config, specs = read_header_specs(file, meta)
+        check_against_config(config.to_dict(), {k: v[0] for k, v in header.items()}, file)
+        check_tensors(header, specs, file)
+        return config, _load_checked(file, meta, verify), meta
     config = _parse_config(file, meta)
     tfmt, efmt = meta.get("ternary_format"), meta.get("embedding_format")
     if tfmt not in TERNARY_FORMATS:
@@ -219,6 +234,13 @@ def read_packed(path: str | Path, *, verify: bool = True):
         )
     check_against_config(config.to_dict(), {k: v[0] for k, v in header.items()}, file)
     check_tensors(header, expected_specs(config, tfmt, efmt), file)
+    return config, _load_checked(file, meta, verify), meta
+
+
+def _load_checked(file: Path, meta: dict[str, str], verify: bool) -> dict[str, torch.Tensor]:
+    """The tensors of a file whose header was checked: data CRC (when `verify`), finite."""
+    from safetensors.torch import load_file
+
     check_fits_memory(file.stat().st_size, f"loading {file}")  # read whole into memory below
     try:
         tensors = load_file(str(file))
@@ -227,7 +249,7 @@ def read_packed(path: str | Path, *, verify: bool = True):
     if verify and "tensors_crc32" in meta and tensors_crc32(tensors) != meta["tensors_crc32"]:
         raise MulfreeError(f"{file} is corrupt: tensor data CRC-32 does not match its header")
     check_finite(tensors, file)
-    return config, tensors, meta
+    return tensors
 
 
 def expected_specs(config, ternary_format: str, embedding_format: str) -> dict[str, tuple]:

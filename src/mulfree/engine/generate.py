@@ -56,8 +56,15 @@ class GenerateConfig:
     # "auto": the torch-free engine (mulfree.engine.lite) when it can run the model, else the
     # torch Decoder; "lite" insists (an error says why it cannot); "torch" always the Decoder.
     engine: str = "auto"
+    # BitNet models (mulfree.engine.bitnet_decode): attention products, KV cache, context
+    attention: str = "exact"  # "exact" | "lmul"
+    mantissa_bits: int | None = 3  # L-Mul attention's mantissa bits
+    kv_cache: str = "bfloat16"  # "bfloat16" | "float16" | "float32" | "int8"
+    max_context: int | None = None  # tokens per sequence (default: the model's maximum)
 
     def __post_init__(self):
+        if self.attention not in ("exact", "lmul"):
+            raise MulfreeError(f"attention must be exact or lmul, got {self.attention!r}")
         if self.engine not in ENGINES:
             raise MulfreeError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if (
@@ -126,7 +133,7 @@ def load_model(path: str | Path):
 
     Returns (model, directory to look for a tokenizer in).
     """
-    from mulfree.engine.convert import pack_checkpoint
+    from mulfree.engine.convert import is_bitnet_dir, pack_checkpoint
     from mulfree.engine.model import build_packed, load_packed
     from mulfree.models.resolver import resolve
 
@@ -136,6 +143,10 @@ def load_model(path: str | Path):
     source = resolve(p)
     if source.kind == "packed":  # a damaged packed file is reported as such by load_packed
         return load_packed(p), source.tokenizer_dir
+    if p.is_dir() and is_bitnet_dir(p):  # packed on the fly, tables as shipped (bfloat16)
+        from mulfree.engine.bitnet_model import from_checkpoint
+
+        return from_checkpoint(p, embedding_format="bfloat16", head_format="bfloat16"), p
     config, tensors, tok_dir = pack_checkpoint(p, "tq2", "float32")
     return build_packed(config, tensors, "tq2", "float32"), tok_dir
 
@@ -190,6 +201,8 @@ def _lite_model_path(config: GenerateConfig) -> tuple[Path | None, str]:
         return None, str(e)
     if meta.get("mulfree_format") != lite.FORMAT_NAME:
         return None, f"{file} is not a packed model (pack it with `mulfree convert`)"
+    if meta.get("model_family", "hgrn_bit") != "hgrn_bit":
+        return None, f"the torch-free engine runs hgrn_bit models, not {meta['model_family']}"
     try:
         cfg = json.loads(meta.get("config", "{}"))
     except ValueError:
@@ -315,7 +328,12 @@ def _generate_torch(config, on_text, model, tokenizer, t_start: float) -> Genera
     from mulfree.models.loading import eos_token_ids
 
     eos = set(eos_token_ids(model, tokenizer)) if config.stop_on_eos else set()
-    dec = model.fused_decoder(threads=config.threads)
+    if getattr(model, "layout", None) is not None:  # a PackedBitNetForCausalLM
+        dec = model.decoder(threads=config.threads, attention=config.attention,
+                            mantissa_bits=config.mantissa_bits, kv_dtype=config.kv_cache,
+                            max_context=config.max_context)  # fmt: skip
+    else:
+        dec = model.fused_decoder(threads=config.threads)
     with torch.inference_mode():
         r = _run(lambda ids: dec.prefill([ids])[0].numpy(), lambda t: dec.step([t])[0].numpy(),
                  ids, config, eos, tokenizer, on_text, t_start)  # fmt: skip

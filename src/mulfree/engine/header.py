@@ -11,7 +11,21 @@ from mulfree.errors import MulfreeError
 
 # The packed format's identity, written into every file's metadata (mulfree.engine.format).
 FORMAT_NAME = "mulfree.packed_hgrn_bit"
-FORMAT_VERSION = 1
+# 2: `model_family` metadata ("hgrn_bit" | "bitnet"; a version-1 file is hgrn_bit). Files of
+# every version in READ_VERSIONS load.
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
+FAMILIES = ("hgrn_bit", "bitnet")
+
+
+def model_family(meta: Mapping[str, str], file) -> str:
+    """The model family a packed file's metadata names (version 1 files are hgrn_bit)."""
+    fam = meta.get("model_family", "hgrn_bit")
+    if fam not in FAMILIES:
+        raise MulfreeError(f"{file}: unknown model_family {fam!r} (expected one of {', '.join(FAMILIES)})")
+    return fam
+
+
 WEIGHTS_FILE = "model.safetensors"  # = mulfree.models.resolver.WEIGHTS_FILE (tested)
 
 
@@ -57,7 +71,7 @@ def check_against_config(cfg: Mapping, shapes: Mapping[str, tuple], file) -> Non
             f"{file}: config num_hidden_layers={cfg['num_hidden_layers']} but the file holds "
             f"{len(layers)} layers"
         )
-    for name in ("weight", "weight_int8", "weight_int4"):
+    for name in ("weight", "weight_int8", "weight_int4"):  # hgrn_bit's table (bitnet: lm_head)
         key = f"model.embeddings.{name}"
         if key in shapes:
             shape = tuple(shapes[key])

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mulfree.engine import plan as P
-from mulfree.engine.header import FORMAT_NAME, FORMAT_VERSION, first_line, weights_file
+from mulfree.engine.header import FORMAT_NAME, READ_VERSIONS, first_line, model_family, weights_file
 from mulfree.errors import MulfreeError
 
 BITLINEAR_NORM_EPS = 1e-8  # = mulfree.ternary.bitlinear.BITLINEAR_NORM_EPS (tested)
@@ -175,9 +175,13 @@ class LiteModel:
             raise MulfreeError(
                 f"{file} is not a packed model (format {meta.get('mulfree_format')!r})"
             )
-        if meta.get("mulfree_format_version") != str(FORMAT_VERSION):
+        if meta.get("mulfree_format_version") not in {str(v) for v in READ_VERSIONS}:
             raise MulfreeError(f"{file} is packed format version "
-                               f"{meta.get('mulfree_format_version')!r}; this mulfree reads {FORMAT_VERSION}")  # fmt: skip
+                               f"{meta.get('mulfree_format_version')!r}; this mulfree reads "
+                               f"{', '.join(map(str, READ_VERSIONS))}")  # fmt: skip
+        if model_family(meta, file) != "hgrn_bit":
+            raise MulfreeError(f"{file} is a packed {meta['model_family']} model; the torch-free "
+                               "engine runs hgrn_bit models (use --engine torch)")  # fmt: skip
         if verify:
             check_metadata_crc(meta, file)
         try:

@@ -182,10 +182,15 @@ def build_packed(config, tensors: dict, ternary_format: str, embedding_format: s
 def load_packed(path: str | Path, *, verify: bool = True, **_ignored) -> PackedHGRNBitForCausalLM:
     """Load a packed model file (or a directory with model.safetensors).
 
-    Any problem (missing, truncated or corrupt file, another format or version, tensors whose
+    A packed BitNet file (model_family "bitnet") gives a PackedBitNetForCausalLM
+    (mulfree.engine.bitnet_model). Any problem (missing, truncated or corrupt file, another format or version, tensors whose
     shapes do not match the config) raises MulfreeError with one line. The packed ternary
     weights end up in one arena on 2 MiB pages (`mulfree.engine.place_weights_`).
     """
+    if fmt.model_family(fmt.read_metadata(fmt.weights_file(path)), path) == "bitnet":
+        from mulfree.engine.bitnet_model import load_packed_bitnet
+
+        return load_packed_bitnet(path, verify=verify)  # a PackedBitNetForCausalLM
     config, tensors, meta = fmt.read_packed(path, verify=verify)
     model = build_packed(config, tensors, meta["ternary_format"], meta["embedding_format"])
     del tensors

@@ -1,0 +1,462 @@
+"""The BitNet b1.58 decode path: a transformer on the packed ternary kernels, with a KV cache per
+sequence and exact or L-Mul attention.
+
+`BitNetDecoder(model)` reads the weights of a PackedBitNetForCausalLM once (q|k|v and gate|up as
+one kernel call each: `place_weights_` put them back to back, so the call reads them through a
+view with a scale per row) and keeps, per sequence slot, a key/value cache bounded by
+`max_context`. Its outward interface is the hgrn_bit Decoder's (mulfree.engine.decode):
+`reset(batch)`, `prefill(ids)` -> logits of the last position, `step(ids)` -> logits [batch,
+vocab] (a buffer the next step reuses), `threads`, `isas`; the family-specific part is the
+layer step (`_layer`), over the weights `BitNetWeights` holds.
+
+Per layer, for rows x [R, D] (in `step` one token of every sequence, in `prefill` a block of
+`block` tokens of one; the projections run on all rows in one kernel call, each weight read once
+per call, while RoPE, the cache and attention are per sequence):
+    h = RMSNorm(x) (transformers' formula, op for op); q|k|v = ternary(h) (int8 absmax per
+    token inside the kernel); RoPE on q and k at the tokens' positions; k, v appended to the
+    cache; attention over the cache with GQA (H / Hkv query heads per kv head):
+        scores = MATMUL(q, Kᵀ) * head_dim^-0.5 (+ causal mask in a block), softmax in float32,
+        out = MATMUL(p, V)
+    where MATMUL is torch's (attention="exact") or the L-Matmul kernel (attention="lmul": every
+    scalar product an L-Mul with `mantissa_bits`, sequential float32 sums: mulfree.lmul.lmatmul);
+    attn_sub_norm, o = ternary(.), x += o; h = RMSNorm(x); gate|up = ternary(h);
+    z = act(gate) * up (ReLU² for BitNet), ffn_sub_norm, down = ternary(z), x += down.
+Then the final RMSNorm and the head (engine.bitnet_model.QuantizedHead: int8 / int4 / float).
+`step_energy(ids)` counts and prices one step (mulfree.energy), next to dense fp32 projections.
+
+Its spec is the PackedBitNetForCausalLM forward (transformers' modules on the same kernels),
+with `mulfree.apply_lmul_` for L-Mul attention. With a float32 cache and L-Mul attention every
+operation is the model's own in the same order (the L-Mul sums run sequentially whatever the
+shapes), so final hidden states are bit-equal (tests/engine/test_bitnet_decode.py); with exact
+attention BLAS may order the float32 sums of other strides differently, an ulp that can move an
+int8 activation code downstream: that stage is tested alone within a float32 bound, and end to
+end by its greedy tokens.
+A bfloat16 / float16 cache rounds k and v once as they are stored; an int8 cache stores each
+(position, head) vector as int8 codes with its absmax / 127 step (errors measured in
+benchmarks/bench_bitnet.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mulfree import energy, kernels
+from mulfree.engine import plan as P
+from mulfree.engine.modules import PackedBitLinear, adjacent_weights
+from mulfree.errors import MulfreeError
+from mulfree.kernels import ternary as K_
+from mulfree.ternary import packing
+
+ATTENTIONS = ("exact", "lmul")
+KV_DTYPES = ("bfloat16", "float16", "float32", "int8")
+DEFAULT_BLOCK = 64  # prefill tokens per kernel call (weights read once per block)
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """transformers' BitNetRMSNorm / LlamaRMSNorm on float32 x, op for op (w None: identity)."""
+    if w is None:
+        return x
+    variance = x.pow(2).mean(-1, keepdim=True)
+    return w * (x * torch.rsqrt(variance + eps))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+class KVCache:
+    """Keys and values of every layer for `slots` sequences of up to `max_context` tokens.
+
+    Per layer, keys are stored transposed, Kᵀ [slots, Hkv, head_dim, max_context], and values
+    V [slots, Hkv, max_context, head_dim], in `dtype` (float32, bfloat16, float16), or as int8
+    codes with a float32 step per stored vector [slots, Hkv, max_context] (x = code * step,
+    step = absmax / 127). Kᵀ makes q Kᵀ a plain product with wide rows (what BLAS and the
+    L-Matmul kernel run fastest; a token's write is one strided column). `read` gives float32
+    Kᵀ [Hkv, hd, n] and V [Hkv, n, hd].
+    """
+
+    def __init__(self, layers: int, slots: int, max_context: int, kv_heads: int, head_dim: int,
+                 dtype: str = "bfloat16"):  # fmt: skip
+        if dtype not in KV_DTYPES:
+            raise MulfreeError(
+                f"kv cache dtype must be one of {', '.join(KV_DTYPES)}, got {dtype!r}"
+            )
+        self.dtype, self.max_context = dtype, max_context
+        store = torch.int8 if dtype == "int8" else getattr(torch, dtype)
+        kshape = (slots, kv_heads, head_dim, max_context)
+        vshape = (slots, kv_heads, max_context, head_dim)
+        self.k = [torch.zeros(kshape, dtype=store) for _ in range(layers)]
+        self.v = [torch.zeros(vshape, dtype=store) for _ in range(layers)]
+        if dtype == "int8":
+            self.ks = [torch.zeros(vshape[:3]) for _ in range(layers)]
+            self.vs = [torch.zeros(vshape[:3]) for _ in range(layers)]
+        # float32 scratch for decoded reads, allocated once: a fresh multi-MB tensor per read
+        # is a fresh mapping, and its page faults cost more than the conversion (measured ~7 ms
+        # per 2048-position read here, against ~0.5 ms into a reused buffer)
+        self._kbuf = torch.empty(kv_heads * max_context * head_dim)
+        self._vbuf = torch.empty(kv_heads * max_context * head_dim)
+
+    @property
+    def nbytes(self) -> int:
+        n = sum(t.numel() * t.element_size() for t in self.k + self.v)
+        if self.dtype == "int8":
+            n += sum(t.numel() * 4 for t in self.ks + self.vs)
+        return n
+
+    @staticmethod
+    def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [..., hd] float32 -> (codes int8 [..., hd], step [...]): x ≈ codes * step."""
+        step = x.abs().amax(-1).clamp_min(1e-12) / 127.0
+        return torch.round(x / step[..., None]).clamp_(-127, 127).to(torch.int8), step
+
+    def write(self, layer: int, slot: int, pos: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k, v [T, Hkv, hd] (float32) at positions pos .. pos + T - 1 of `slot`."""
+        t = k.shape[0]
+        k, v = k.transpose(0, 1), v.transpose(0, 1)  # [Hkv, T, hd]
+        if self.dtype == "int8":
+            (kq, kst), (vq, vst) = self.quantize(k), self.quantize(v)
+            self.ks[layer][slot, :, pos : pos + t] = kst
+            self.vs[layer][slot, :, pos : pos + t] = vst
+            k, v = kq, vq
+        self.k[layer][slot, :, :, pos : pos + t] = k.transpose(1, 2)  # [Hkv, hd, T]
+        self.v[layer][slot, :, pos : pos + t] = v
+
+    def read(self, layer: int, slot: int, n: int, contiguous: bool = False):
+        """(Kᵀ [Hkv, hd, n], V [Hkv, n, hd]) float32 of the first n positions of `slot`: views
+        of a float32 cache (unless `contiguous`), else scratch buffers the next read overwrites
+        (contiguous)."""
+        k, v = self.k[layer][slot, :, :, :n], self.v[layer][slot, :, :n]
+        if self.dtype == "float32" and not contiguous:
+            return k, v
+        kb = self._kbuf[: k.numel()].view(k.shape).copy_(k)  # [Hkv, hd, n]
+        vb = self._vbuf[: v.numel()].view(v.shape).copy_(v)  # [Hkv, n, hd]
+        if self.dtype == "int8":
+            kb.mul_(self.ks[layer][slot, :, None, :n])
+            vb.mul_(self.vs[layer][slot, :, :n, None])
+        return kb, vb
+
+
+@dataclass
+class LayerWeights:
+    """One decoder layer: norms (float32 [D] / [I], None when absent) and kernel calls."""
+
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+    attn_sub_norm: torch.Tensor | None
+    ffn_sub_norm: torch.Tensor | None
+    qkv: P.Linear  # q | k | v rows, a scale per row
+    o: P.Linear
+    gate_up: P.Linear  # gate | up rows
+    down: P.Linear
+
+
+def _linear(ms: list[PackedBitLinear]) -> P.Linear:
+    """One kernel call for projections sharing an input (rows stacked; a view when the arena
+    holds them back to back, else a fused copy), or a single projection."""
+    parts = [m.packed() for m in ms]
+    if len(ms) == 1:
+        p = parts[0]
+        return P.Linear(None, p.data, p.out_features, p.in_features, p.scale_value, None)
+    if any(m.out_features % packing.TQ2_ROWS for m in ms):
+        raise MulfreeError("fused projections need out_features in multiples of 32")
+    data = adjacent_weights(ms)
+    if data is None:
+        data, row_scales = packing.fuse_rows(parts)
+    else:
+        row_scales = packing.stacked_row_scales(parts)
+    n = sum(m.out_features for m in ms)
+    return P.Linear(None, data, n, ms[0].in_features, 1.0, row_scales)
+
+
+def _weight(m) -> torch.Tensor | None:
+    w = getattr(m, "weight", None)
+    return None if w is None else w.detach().float().contiguous()
+
+
+class BitNetDecoder:
+    """Decoding on the kernels for a packed BitNet (mulfree.engine.bitnet_model).
+
+    attention: "exact" | "lmul" (mantissa_bits as mulfree.lmul.lmatmul takes them; None = full);
+    kv_dtype: "bfloat16" (default) | "float16" | "float32" | "int8"; max_context: tokens per sequence
+    (default the model's max_position_embeddings); block: prefill tokens per kernel call.
+    """
+
+    def __init__(self, model, *, threads: int | None = None, isa: str | None = None,
+                 attention: str = "exact", mantissa_bits: int | None = 3, kv_dtype: str = "bfloat16",
+                 max_context: int | None = None, block: int = DEFAULT_BLOCK,
+                 min_weights_per_thread: int = P.MIN_WEIGHTS_PER_THREAD):  # fmt: skip
+        from mulfree.engine.bitnet_model import PackedBitNetForCausalLM
+
+        if not isinstance(model, PackedBitNetForCausalLM):
+            raise MulfreeError(
+                "BitNetDecoder needs a PackedBitNetForCausalLM (load_packed a bitnet file)"
+            )
+        if attention not in ATTENTIONS:
+            raise MulfreeError(
+                f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}"
+            )
+        if kv_dtype not in KV_DTYPES:
+            raise MulfreeError(
+                f"kv cache dtype must be one of {', '.join(KV_DTYPES)}, got {kv_dtype!r}"
+            )
+        cfg = model.config
+        self.model, self.config = model, cfg
+        self.attention, self.mantissa_bits, self.kv_dtype = attention, mantissa_bits, kv_dtype
+        if attention == "lmul":
+            from mulfree.lmul.formats import check_mantissa_bits, get_format
+
+            check_mantissa_bits(get_format(torch.float32), mantissa_bits)
+        limit = int(cfg.max_position_embeddings)
+        self.max_context = limit if max_context is None else int(max_context)
+        if not 0 < self.max_context <= limit:
+            raise MulfreeError(
+                f"max_context must be in [1, {limit}] (the model's max_position_embeddings), got {max_context}"
+            )
+        if block < 1:
+            raise MulfreeError(f"block must be >= 1, got {block}")
+        self.block = int(block)
+        self.threads = kernels.resolve_threads(threads)
+        self.min_weights_per_thread = int(min_weights_per_thread)
+        self.isa = kernels.resolve_isa(isa)
+        self.isas = {} if self.isa == kernels.TORCH else {
+            f: kernels.resolve_isa(isa, f) for f in (kernels.TERNARY_B1, kernels.TERNARY_BATCH)
+        }  # fmt: skip
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = cfg.hidden_size // self.heads
+        self.groups = self.heads // self.kv_heads
+        self.scaling = self.head_dim**-0.5
+        self.eps = float(cfg.rms_norm_eps)
+        from transformers.activations import ACT2FN
+
+        self.act = ACT2FN[cfg.hidden_act]
+        inner = model.model
+        with torch.inference_mode(False), torch.no_grad():
+            self.layers = []
+            for layer in inner.layers:
+                a, mlp = layer.self_attn, layer.mlp
+                self.layers.append(LayerWeights(
+                    input_norm=_weight(layer.input_layernorm),
+                    post_norm=_weight(layer.post_attention_layernorm),
+                    attn_sub_norm=_weight(a.attn_sub_norm), ffn_sub_norm=_weight(mlp.ffn_sub_norm),
+                    qkv=_linear([a.q_proj, a.k_proj, a.v_proj]), o=_linear([a.o_proj]),
+                    gate_up=_linear([mlp.gate_proj, mlp.up_proj]), down=_linear([mlp.down_proj]),
+                ))  # fmt: skip
+            self.final_norm = _weight(inner.norm)
+            rope = inner.rotary_emb
+            # the rotary tables for every position, as transformers' BitNetRotaryEmbedding
+            # computes them (elementwise: position * inv_freq, cat, cos/sin, * scaling)
+            pos = torch.arange(self.max_context, dtype=torch.float32)[:, None]
+            freqs = pos * rope.inv_freq.float()[None, :]  # [ctx, hd / 2]
+            emb = torch.cat((freqs, freqs), dim=-1)  # [ctx, hd]
+            self.cos = emb.cos() * rope.attention_scaling
+            self.sin = emb.sin() * rope.attention_scaling
+        self.embed, self.head = inner.embed_tokens, model.lm_head
+        self._dense_fp32 = False  # step_energy's counterfactual
+        self.batch = 0
+        self.reset(1)
+
+    # --- slots -----------------------------------------------------------------------------
+    def reset(self, batch: int = 1) -> None:
+        """Empty caches for `batch` sequences (reallocated when batch changes)."""
+        if batch < 1:
+            raise MulfreeError(f"batch must be >= 1, got {batch}")
+        if batch != self.batch:
+            self.cache = KVCache(len(self.layers), batch, self.max_context, self.kv_heads,
+                                 self.head_dim, self.kv_dtype)  # fmt: skip
+            self.logits = torch.zeros(batch, self.config.vocab_size)
+            self.batch = batch
+        self.lengths = [0] * batch
+
+    @property
+    def fused_ifg(self) -> bool:
+        """True: q|k|v and gate|up run as one kernel call each (the hgrn Decoder's flag name)."""
+        return True
+
+    # --- pieces ----------------------------------------------------------------------------
+    def _kernel(self, lin: P.Linear, u: torch.Tensor) -> torch.Tensor:
+        """Packed ternary linear of u [M, K] float32 (int8 absmax per row inside the kernel)."""
+        u = u.contiguous()
+        if self.isa == kernels.TORCH:
+            from mulfree.ternary.packed_linear import ternary_linear_torch
+
+            p = packing.PackedTernary(lin.data, lin.scale, lin.out_features, lin.in_features)
+            if lin.row_scales is None:
+                return ternary_linear_torch(u, p)
+            _, acc = ternary_linear_torch(u, p, return_acc=True)
+            s = 127.0 / u.abs().amax(-1, keepdim=True).clamp_min(1e-5)
+            return acc.float() / (s * lin.row_scales)
+        threads = P.threads_for(lin, self.threads, self.min_weights_per_thread)
+        y = K_.tq2_linear(u, lin.data, lin.out_features, lin.scale, threads=threads,
+                          isa=self.isas[kernels.ternary_family(u.shape[0])],
+                          row_scales=lin.row_scales)  # fmt: skip
+        if energy.counting():
+            self._record(lin, u, y)
+        return y
+
+    def _record(self, lin: P.Linear, u: torch.Tensor, out: torch.Tensor) -> None:
+        """Declare one kernel call to the active energy counters (the compiled call is invisible
+        to their dispatch mode): what the kernel does (engine.modules.record_ternary_linear,
+        tq2 bytes read), or, for `step_energy`'s counterfactual, a dense fp32 F.linear of the
+        same shape (K multiplies and K - 1 adds per output, 4 bytes per weight)."""
+        from mulfree.engine.modules import record_ternary_linear, tq2_nnz
+
+        M, K, N = u.shape[0], lin.in_features, lin.out_features
+        io = dict(act_read=u.numel() * 4, act_write=out.numel() * 4)
+        if self._dense_fp32:
+            energy.record("fp_mul", 32, M * N * K)
+            energy.record("fp_add", 32, M * N * (K - 1))
+            energy.record_bytes(weight_read=4 * N * K, **io)
+            return
+        if lin.nnz is None:
+            with energy.opaque():  # a one-off count of the weights, not part of the step
+                lin.nnz = tq2_nnz(lin.data)
+        record_ternary_linear(M, K, N, lin.nnz)
+        energy.record_bytes(weight_read=lin.data.numel(), **io)
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        """The output head; while counting, its kernel is declared (torch's int8 / int4 CPU
+        kernels: per weight one multiply of the bf16 activation by the dequantized weight and
+        one float32 add; the table read once). Float heads are counted by the dispatch mode."""
+        head = self.head
+        if not energy.counting() or head.fmt not in ("int8", "int4"):
+            return head(h)
+        with energy.opaque():
+            y = head(h)
+        M, V, D = h.shape[0], head.vocab, head.dim
+        energy.record("fp_mul", 16, M * V * D)
+        energy.record("fp_add", 32, M * V * (D - 1))
+        energy.record_bytes(weight_read=sum(t.numel() * t.element_size() for t in head.buffers()),
+                            act_read=h.numel() * 2, act_write=y.numel() * 4)  # fmt: skip
+        return y
+
+    def step_energy(self, ids, table: str | None = None) -> P.StepEnergy:
+        """Count and price one `step(ids)` without advancing the sequences: the step as it runs
+        (ternary kernels, quantizers, norms, RoPE, attention products exact or L-Mul, head) and
+        the same step with every ternary projection a dense fp32 F.linear. `table`: an energy
+        table name or JSON file (default mulfree.energy's)."""
+        from mulfree.energy.counter import EnergyCounter
+        from mulfree.energy.tables import DEFAULT_TABLE, EnergyTable, price
+
+        tab = EnergyTable.load(table or DEFAULT_TABLE)
+        lengths = list(self.lengths)
+        priced = []
+        for dense in (False, True):
+            self._dense_fp32 = dense
+            try:
+                with EnergyCounter(self.model) as c:
+                    self.step(ids)
+            finally:  # the step's cache writes lie past `lengths`: the next step overwrites them
+                self._dense_fp32 = False
+                self.lengths = list(lengths)
+            priced.append(price(c.counts, c.bytes, tab))
+        per_seq = 1.0 / self.batch
+        return P.StepEnergy(tab.name, priced[0]["total_pJ"] * per_seq,
+                            priced[0]["memory_pJ"] * per_seq, priced[1]["total_pJ"] * per_seq)  # fmt: skip
+
+    def _matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """[B, M, K] @ [B, K, N] float32: exact (torch) or L-Matmul products."""
+        if self.attention == "exact":
+            return torch.matmul(a, b)
+        from mulfree.lmul import lmatmul
+
+        return lmatmul(a.contiguous(), b.contiguous(), mantissa_bits=self.mantissa_bits)
+
+    def _attend(self, layer: int, slot: int, q: torch.Tensor, pos: int) -> torch.Tensor:
+        """q [T, H, hd] of tokens at pos .. pos + T - 1 against the slot's cache -> [T, H * hd]."""
+        T = q.shape[0]
+        n = pos + T
+        # Kᵀ [Hkv, hd, n], V [Hkv, n, hd]; the L-Matmul kernel takes contiguous operands
+        Kt, V = self.cache.read(layer, slot, n, contiguous=self.attention == "lmul")
+        # [T, H, hd] -> [Hkv, G * T, hd]: query head h uses kv head h // G (repeat_kv order)
+        qg = q.transpose(0, 1).reshape(self.kv_heads, self.groups * T, self.head_dim)
+        scores = self._matmul(qg, Kt) * self.scaling  # [Hkv, G * T, n]
+        if T > 1:  # causal inside the block: token i sees positions <= pos + i
+            i = torch.arange(T).repeat(self.groups)[:, None]  # [G * T, 1]
+            scores = scores.masked_fill(torch.arange(n)[None, :] > pos + i, float("-inf"))
+        p = torch.softmax(scores, dim=-1, dtype=torch.float32)
+        out = self._matmul(p, V)  # [Hkv, G * T, hd]
+        # [Hkv, G * T, hd] -> [H, T, hd] -> [T, H * hd]
+        return out.reshape(self.heads, T, self.head_dim).transpose(0, 1).reshape(T, -1)
+
+    def _layer(self, i: int, L: LayerWeights, x: torch.Tensor, segs: list[tuple[int, int, int]],
+               rows: torch.Tensor) -> None:  # fmt: skip
+        """One decoder layer on x [R, D] (updated in place): rows of several sequences, `segs`
+        = (slot, position of its first row, its number of rows) in row order, `rows` the
+        position of every row. Projections run on all rows in one kernel call (each weight
+        read once for the batch); RoPE, the cache and attention are per sequence."""
+        R = x.shape[0]
+        H, Hkv, hd = self.heads, self.kv_heads, self.head_dim
+        qkv = self._kernel(L.qkv, rms_norm(x, L.input_norm, self.eps))  # [R, (H + 2 Hkv) hd]
+        q = qkv[:, : H * hd].reshape(R, H, hd)
+        k = qkv[:, H * hd : (H + Hkv) * hd].reshape(R, Hkv, hd)
+        v = qkv[:, (H + Hkv) * hd :].reshape(R, Hkv, hd)
+        cos, sin = self.cos[rows, None, :], self.sin[rows, None, :]  # [R, 1, hd]
+        q = (q * cos) + (_rotate_half(q) * sin)
+        k = (k * cos) + (_rotate_half(k) * sin)
+        parts, r0 = [], 0
+        for slot, pos, t in segs:
+            self.cache.write(i, slot, pos, k[r0 : r0 + t], v[r0 : r0 + t])
+            parts.append(self._attend(i, slot, q[r0 : r0 + t], pos))  # [t, H * hd]
+            r0 += t
+        a = parts[0] if len(parts) == 1 else torch.cat(parts)
+        x.add_(self._kernel(L.o, rms_norm(a, L.attn_sub_norm, self.eps)))
+        gu = self._kernel(L.gate_up, rms_norm(x, L.post_norm, self.eps))  # [R, 2 I]
+        inter = gu.shape[1] // 2
+        z = self.act(gu[:, :inter]) * gu[:, inter:]
+        x.add_(self._kernel(L.down, rms_norm(z, L.ffn_sub_norm, self.eps)))
+
+    def _run(self, slots: list[int], ids: list[torch.Tensor]) -> torch.Tensor:
+        """Tokens ids[j] [T_j] of sequence slots[j], all through every layer together; final
+        hidden states [sum T_j, D] in that order."""
+        segs = []
+        for slot, t in zip(slots, ids, strict=True):
+            pos = self.lengths[slot]
+            if pos + t.numel() > self.max_context:
+                raise MulfreeError(
+                    f"context full: {pos} + {t.numel()} tokens > max_context {self.max_context}"
+                )
+            segs.append((slot, pos, t.numel()))
+        rows = torch.cat([torch.arange(p, p + t) for _, p, t in segs])  # [R] positions
+        x = self.embed(torch.cat(ids)).float().contiguous()  # [R, D]
+        for i, L in enumerate(self.layers):
+            self._layer(i, L, x, segs, rows)
+        for slot, pos, t in segs:
+            self.lengths[slot] = pos + t
+        return rms_norm(x, self.final_norm, self.eps)
+
+    # --- the interface ---------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, ids: torch.Tensor | list[int]) -> torch.Tensor:
+        """One token per sequence (ids [batch]) -> logits [batch, vocab] (a reused buffer)."""
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+        if ids.numel() != self.batch:
+            raise MulfreeError(f"step got {ids.numel()} tokens for a batch of {self.batch}")
+        h = self._run(list(range(self.batch)), list(ids[:, None]))  # one row per sequence
+        self.hidden = h  # [batch, D]: the head's input (final RMSNorm applied)
+        self.logits.copy_(self._head(h))
+        return self.logits
+
+    @torch.inference_mode()
+    def prefill(self, ids) -> torch.Tensor:
+        """Prompts ids [batch, T] (or a list of token lists of any lengths) from empty caches,
+        in blocks of `block` tokens; logits of each prompt's last token [batch, vocab]."""
+        rows = [torch.as_tensor(r, dtype=torch.long).reshape(-1) for r in
+                (ids.tolist() if isinstance(ids, torch.Tensor) and ids.dim() == 2 else
+                 [ids] if isinstance(ids, torch.Tensor) or (ids and isinstance(ids[0], int)) else ids)]  # fmt: skip
+        if not rows or any(r.numel() == 0 for r in rows):
+            raise MulfreeError("prefill needs at least one token per sequence")
+        self.reset(len(rows))
+        last = []
+        for s, r in enumerate(rows):
+            if r.numel() > self.max_context:
+                raise MulfreeError(f"prompt of {r.numel()} tokens > max_context {self.max_context}")
+            h = None
+            for b in range(0, r.numel(), self.block):
+                h = self._run([s], [r[b : b + self.block]])
+            last.append(h[-1:])
+        self.hidden = torch.cat(last)  # [batch, D]
+        self.logits.copy_(self._head(self.hidden))
+        return self.logits
