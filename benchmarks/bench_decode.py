@@ -109,7 +109,7 @@ def bench_engine(name: str, args, tmp: str) -> dict:
     t0 = time.perf_counter()
     model = load_packed(path)
     load_s = time.perf_counter() - t0
-    dec = model.decoder(threads=args.threads)
+    dec = model.fused_decoder(threads=args.threads)
     # the default decoder ("auto": the dispatcher's picks) and one per ISA level, same weights
     decs = {"auto": dec} | {lv: Decoder(model, threads=args.threads, isa=lv) for lv in args.isas}
     prompt = torch.randint(0, config.vocab_size, (1, args.prompt), generator=gen)

@@ -3,6 +3,10 @@
 Public API (re-exports only). Heavy submodules are imported lazily: `import mulfree` imports
 neither torch nor transformers (the registration with transformers' Auto classes waits for them,
 see the bottom of this file).
+
+Layers (imports run downward; docs/layers.md, enforced by tests/test_layers.py): base (errors,
+I/O, energy counter, data) -> numeric core (kernels, lmul, ops, ternary) -> models (models,
+attention, hub) -> engine -> applications (train, eval) -> front ends (serve, report, CLIs).
 """
 
 from mulfree.errors import MulfreeError

@@ -50,7 +50,7 @@ def assert_greedy_follows(logits_of, ref_model, prompt, n=N_NEW):
 def assert_engine_follows(packed, model, prompt, n=N_NEW):
     """The engine's step-by-step greedy decoding follows the PyTorch model (teacher-forced, as
     in assert_greedy_follows)."""
-    dec = packed.decoder()
+    dec = packed.fused_decoder()
     logits, rows, seq = dec.prefill([prompt]), [], []
     for _ in range(n):
         rows.append(logits[0].clone())
@@ -66,7 +66,7 @@ def full_logits(model):
 
 
 def engine_greedy(packed, prompt, n=N_NEW):
-    dec = packed.decoder()
+    dec = packed.fused_decoder()
     logits = dec.prefill([prompt])
     out = []
     for _ in range(n):
@@ -151,7 +151,7 @@ def test_engine_greedy_equals_pytorch(tmp_path, trained, fused):
                 a.g_proj.norm.weight.copy_(a.i_proj.norm.weight)
     save_packed(model, tmp_path, ternary_format="tq1", embedding_format="float32")
     packed = load_packed(tmp_path)
-    assert packed.decoder().fused_ifg == fused
+    assert packed.fused_decoder().fused_ifg == fused
     for prompt in prompts:
         assert_engine_follows(packed, model, prompt)
 
@@ -175,7 +175,7 @@ def test_engine_logits_close_to_pytorch_and_steps_equal_prefill(trained):
     prompt = prompts[1]
     with torch.no_grad():
         ref = model(torch.tensor([prompt])).logits[0]  # [T, V]
-    dec = packed.decoder()
+    dec = packed.fused_decoder()
     full = dec.prefill([prompt])[0].clone()
     # not bit-equal: the kernel's exact int32 sum + one division vs F.linear's fp32 sums, and
     # such 1-ulp differences can move a later int8 activation by one step
@@ -218,7 +218,7 @@ def test_pack_model_in_place_matches_engine_and_counts_adds(trained):
 
 def test_decoder_counts_energy_like_the_model(packed_dir):
     packed = load_packed(packed_dir)
-    dec = packed.decoder()
+    dec = packed.fused_decoder()
     dec.prefill([[1, 2]])
     with energy.EnergyCounter(packed) as c:
         dec.step([3])
@@ -231,7 +231,7 @@ def test_decoder_counts_energy_like_the_model(packed_dir):
 
 
 def test_decoder_state_is_constant_memory(packed_dir):
-    dec = load_packed(packed_dir).decoder()
+    dec = load_packed(packed_dir).fused_decoder()
     dec.prefill([[1, 2, 3]])
     ptrs = [s.data_ptr() for s in dec.states]
     for t in range(50):
@@ -399,10 +399,10 @@ def test_place_weights_keeps_outputs_and_fuses_ifg_as_a_view(trained):
     assert adjacent_weights([a.i_proj, a.g_proj]) is None  # not back to back
     assert adjacent_weights([BitLinear(4, 4)]) is None  # not in an arena
     dec = Decoder(packed)
-    assert dec.fused_ifg and dec.layers[0]["ifg"].data.data_ptr() == view.data_ptr()
+    assert dec.fused_ifg and dec.layers[0].ifg.data.data_ptr() == view.data_ptr()
     fused = packing.fuse_rows([m.packed() for m in (a.i_proj, a.f_proj, a.g_proj)])
-    torch.testing.assert_close(dec.layers[0]["ifg"].data, fused[0], atol=0, rtol=0)
-    torch.testing.assert_close(dec.layers[0]["ifg"].row_scales, fused[1], atol=0, rtol=0)
+    torch.testing.assert_close(dec.layers[0].ifg.data, fused[0], atol=0, rtol=0)
+    torch.testing.assert_close(dec.layers[0].ifg.row_scales, fused[1], atol=0, rtol=0)
 
 
 def test_load_packed_places_weights_and_copies_do_not_share_them(packed_dir, tmp_path):
@@ -430,7 +430,7 @@ def test_step_energy_prices_the_step_and_its_dense_fp32_counterpart(packed_dir):
     from mulfree.energy.tables import DEFAULT_TABLE, EnergyTable, price
 
     packed = load_packed(packed_dir)
-    dec = packed.decoder()
+    dec = packed.fused_decoder()
     dec.prefill([[1, 2]])
     states = [s.clone() for s in dec.states]
     e = dec.step_energy([3])
@@ -452,9 +452,7 @@ def test_step_energy_prices_the_step_and_its_dense_fp32_counterpart(packed_dir):
     assert e.saving > 1
     # the counterfactual swaps each projection's packed bytes for 4 bytes per weight, its
     # add/sub for K multiplies and K - 1 adds per output; everything else is the same step
-    lins = [
-        lin for L in dec.layers for lin in (L["i"], L["f"], L["g"], L["o"], L["gate"], L["down"])
-    ]
+    lins = [lin for L in dec.layers for lin in (L.i, L.f, L.g, L.o, L.gate, L.down)]
     lins.append(dec.head)
     nk = sum(lin.out_features * lin.in_features for lin in lins)
     packed_bytes = sum(lin.data.numel() for lin in lins)
@@ -491,7 +489,7 @@ def test_place_weights_keeps_shared_weights_shared_and_survives_pickling():
 def test_step_energy_in_lmul_mode_prices_the_step_and_keeps_the_cache(packed_dir):
     model = load_packed(packed_dir)
     model.set_elementwise_mul("lmul", mantissa_bits=3)
-    dec = model.decoder()
+    dec = model.fused_decoder()
     dec.prefill([[1, 2, 3]])
     want = dec.step([4]).clone()
     dec.reset(1)
@@ -586,7 +584,7 @@ def test_hf_generate_batched_left_padded_equals_single_rows(trained, monkeypatch
 
 def test_hf_generate_leaves_the_users_decoder_alone(packed_dir):
     packed = load_packed(packed_dir)
-    dec = packed.decoder()
+    dec = packed.fused_decoder()
     dec.prefill([[1, 2, 3]])
     states = [s.clone() for s in dec.states]
     packed.generate(torch.tensor([[7, 8], [9, 10]]), max_new_tokens=4, do_sample=False)

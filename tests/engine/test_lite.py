@@ -49,7 +49,7 @@ def test_lite_logits_equal_the_torch_decoder_bit_for_bit(packed, isa):
     ids = [3, 17, 5, 0, 42, 9, 11]
     lm = lite.LiteModel.load(packed)
     dec = lite.LiteDecoder(lm, threads=2, isa=isa)
-    ref = load_packed(packed).decoder()
+    ref = load_packed(packed).fused_decoder()
     with kernels.use_isa(isa):
         ref = type(ref)(ref.model, threads=2, isa=isa)
         ref.reset(1)
@@ -96,7 +96,7 @@ def test_lite_and_torch_paths_generate_the_same_tokens(packed_dir):
     model = load_packed(packed_dir)
     tok = lite.load_tokenizer(packed_dir)
     ids = tok.encode("The quick").ids
-    dec = model.decoder()
+    dec = model.fused_decoder()
     dec.reset(1)
     for t in ids:
         logits = dec.step([t])[0].numpy()

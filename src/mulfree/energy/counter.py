@@ -29,6 +29,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 _ACTIVE: list[EnergyCounter] = []
 _OPAQUE_DEPTH = 0
+# "namespace::name" of a custom op (torch.library) -> cost(counter, args, kwargs, out): the op's
+# own formula for its ops and bytes, registered by the op's launcher (mulfree.kernels.*)
+_OP_COSTS: dict = {}
+
+
+def register_op_cost(qualname: str, cost) -> None:
+    """Price the custom op `qualname` ("mulfree::tq2_linear") with `cost(counter, args, kwargs,
+    out)`, which adds to `counter.counts` / `counter.bytes` what one call does."""
+    _OP_COSTS[qualname] = cost
 
 
 def record(kind: str, bits: int, count: int) -> None:
@@ -305,6 +314,10 @@ class EnergyCounter:
 
     def count_op(self, func, args, kwargs, out) -> None:
         name = func.overloadpacket.__name__
+        cost = _OP_COSTS.get(f"{getattr(func, 'namespace', '')}::{name}")
+        if cost is not None:  # a compiled kernel: its registered formula (see register_op_cost)
+            cost(self, args, kwargs, out)
+            return
         if name in _VIEWS:
             return
         self._count_bytes(name, args, out)

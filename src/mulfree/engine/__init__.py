@@ -4,7 +4,7 @@
     convert("path/to/hgrn_bit_checkpoint", "packed/")          # tq1 ternary + int8 embedding
     model = load_packed("packed/")                              # a transformers PreTrainedModel
     model.generate(input_ids, max_new_tokens=32)                # HF generate works
-    dec = model.decoder(); logits = dec.prefill(ids); logits = dec.step([next_id])
+    dec = model.fused_decoder(); logits = dec.prefill(ids); logits = dec.step([next_id])
 
 A BitNet b1.58 checkpoint (official layout) converts the same way; `load_packed` then gives a
 `PackedBitNetForCausalLM` and `model.decoder()` a `BitNetDecoder` (KV cache, exact or L-Mul

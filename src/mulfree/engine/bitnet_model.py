@@ -415,7 +415,7 @@ def read_header_specs(file, meta: dict[str, str]):
     except KeyError:
         raise MulfreeError(f"{file}: no config in its metadata") from None
     except (ValueError, RecursionError) as e:
-        raise MulfreeError(f"{file}: unreadable config metadata ({fmt._first_line(e)})") from None
+        raise MulfreeError(f"{file}: unreadable config metadata ({fmt.first_line(e)})") from None
     if not isinstance(raw, dict):
         raise MulfreeError(f"{file}: the config metadata is not a JSON object")
     config = bitnet_config({**raw, "model_type": "bitnet"}, BitNetLayout(), file)

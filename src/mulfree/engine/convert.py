@@ -19,6 +19,7 @@ import torch
 
 from mulfree._io import check_output_dir, output_dir
 from mulfree.engine import format as fmt
+from mulfree.engine.header import first_line
 from mulfree.engine.modules import Int4Embedding, Int8Embedding
 from mulfree.errors import MulfreeError
 from mulfree.ternary import packing
@@ -138,44 +139,44 @@ def save_packed(
 def resolve_checkpoint(src: Path) -> tuple[Path, dict, list[Path], Path]:
     """Where a source's weights are: (folder, raw model config, weight files, tokenizer folder).
 
-    Accepts a model folder (config.json + *.safetensors: ours, or an official hgrn_bit one), a
-    `mulfree train` run folder (its exported model/, else its newest checkpoint) and one
-    checkpoints/step_* folder (config from trainer_state.json, weights from model.safetensors;
-    the tokenizer from the run folder).
+    Accepts what `mulfree.models.resolve` calls a checkpoint: a model folder (config.json +
+    *.safetensors: ours, or an official hgrn_bit one), a `mulfree train` run folder (its exported
+    model/, else its newest checkpoint) and one checkpoints/step_* folder (config from
+    trainer_state.json, weights from model.safetensors; the tokenizer from the run folder).
     """
-    from mulfree.train.checkpoint import list_checkpoints, read_trainer_state
+    from mulfree.models.resolver import classify
+    from mulfree.models.runs import read_trainer_state
 
-    if not (src / "config.json").is_file() and not (src / "trainer_state.json").is_file():
-        steps = list_checkpoints(src)
-        if (src / "model" / "config.json").is_file():
-            src = src / "model"
-        elif steps:
-            src = steps[-1][1]  # the newest
+    try:
+        source = classify(src)
+    except MulfreeError:
+        source = None
+    if source is None or source.kind != "checkpoint":
+        raise MulfreeError(
+            f"no config.json in {src} (expected an hgrn_bit checkpoint, a training run or a packed model)"
+        )
+    src = source.path
     if (src / "config.json").is_file():
         cfg_file = src / "config.json"
         try:
             raw = json.loads(cfg_file.read_text())
         except (OSError, ValueError) as e:
             raise MulfreeError(f"cannot read {cfg_file}: {e}") from None
-        return src, raw, sorted(src.glob("*.safetensors")), src
-    if (src / "trainer_state.json").is_file():
-        raw = read_trainer_state(src).get("model_config")
-        weights = src / "model.safetensors"
-        if not weights.is_file():
-            raise MulfreeError(f"checkpoint {src} has no model.safetensors")
-        return src, raw, [weights], src.parent.parent  # <run>/checkpoints/step_N -> <run>
-    raise MulfreeError(
-        f"no config.json in {src} (expected an hgrn_bit checkpoint, a training run or a packed model)"
-    )
+        return src, raw, sorted(src.glob("*.safetensors")), source.tokenizer_dir
+    raw = read_trainer_state(src).get("model_config")
+    weights = src / "model.safetensors"
+    if not weights.is_file():
+        raise MulfreeError(f"checkpoint {src} has no model.safetensors")
+    return src, raw, [weights], source.tokenizer_dir  # <run>/checkpoints/step_N -> <run>
 
 
-def _from_checkpoint_dir(src: Path, tfmt: str, efmt: str):
+def pack_checkpoint(src: Path, tfmt: str, efmt: str):
     """(config, tensors, tokenizer folder) packed from a checkpoint (see resolve_checkpoint),
-    read tensor by tensor."""
+    read tensor by tensor (`mulfree.engine.model.build_packed` makes the model of them)."""
     from safetensors import safe_open
 
     from mulfree.models.mmfree import HGRNBitConfig, HGRNBitForCausalLM
-    from mulfree.models.mmfree.modeling_mmfree import _check_checkpoint
+    from mulfree.models.mmfree.modeling_mmfree import check_checkpoint
 
     src, raw, files, tok_dir = resolve_checkpoint(src)
     if not isinstance(raw, dict) or raw.get("model_type") != "hgrn_bit":
@@ -188,7 +189,7 @@ def _from_checkpoint_dir(src: Path, tfmt: str, efmt: str):
     except (TypeError, ValueError) as e:
         raise MulfreeError(f"{src}: bad model config: {e}") from None
     # names, shapes, format metadata: one line
-    _check_checkpoint(HGRNBitForCausalLM, config, src, files)
+    check_checkpoint(HGRNBitForCausalLM, config, src, files)
     handles = []
     where: dict[str, object] = {}
     try:
@@ -205,7 +206,7 @@ def _from_checkpoint_dir(src: Path, tfmt: str, efmt: str):
                 t = where[key].get_tensor(key)
             except Exception as e:
                 raise MulfreeError(
-                    f"cannot read tensor {key} from {src}: {fmt._first_line(e)}"
+                    f"cannot read tensor {key} from {src}: {first_line(e)}"
                 ) from None
             fmt.check_finite({key: t}, src)
             return t
@@ -260,7 +261,7 @@ def convert(config: ConvertConfig | str, dst: str | None = None, **kw) -> Conver
         return _write(config, out_dir, keep, tensors, B.config_json(model.config), src_dir,
                       "bitnet", B.file_metadata(model.layout, config.head),
                       model.embedding_format if model.config.tie_word_embeddings else efmt)  # fmt: skip
-    if src.is_dir() and not fmt.looks_packed(src) and _is_bitnet_dir(src):
+    if src.is_dir() and not fmt.looks_packed(src) and is_bitnet_dir(src):
         from mulfree.engine import bitnet_model as B
         from mulfree.models.bitnet.layout import BitNetCheckpoint
 
@@ -289,7 +290,7 @@ def convert(config: ConvertConfig | str, dst: str | None = None, **kw) -> Conver
         keep.append(tok_dir)
         check_output_dir(out_dir, force=config.force, keep=keep)  # before minutes of packing
         _check_tokenizer(tok_dir, config)
-        model_config, tensors, src_dir = _from_checkpoint_dir(src, tfmt, efmt)
+        model_config, tensors, src_dir = pack_checkpoint(src, tfmt, efmt)
     else:
         raise MulfreeError(f"{src} is neither a packed model nor a checkpoint directory")
     with output_dir(out_dir, force=config.force, keep=keep) as tmp:
@@ -340,7 +341,7 @@ def _packed_family(src: Path) -> str | None:
         return None  # the hgrn_bit path reports what is wrong with the file
 
 
-def _is_bitnet_dir(src: Path) -> bool:
+def is_bitnet_dir(src: Path) -> bool:
     from mulfree.models.bitnet.layout import is_bitnet_config
 
     cfg = src / "config.json"

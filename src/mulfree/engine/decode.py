@@ -4,14 +4,14 @@
 and runs `step(token_ids)` -> logits. With the compiled core (default) a step is a fixed plan of
 compiled calls on preallocated buffers, pointers resolved once: per layer the ternary kernels
 plus three fused elementwise stages (csrc/mf_decode.c: norms, gates and recurrence, GLU), ~10
-calls instead of ~30 torch ops (370M: ~9 ms/token instead of ~16). Its spec is the torch path
+calls instead of ~30 torch ops (benchmarks/bench_decode.py times both). Its spec is the torch path
 (`fused=False`, also used while an energy counter runs), which does the operations of the PyTorch model's forward at
 T = 1 (the recurrence as `addcmul(i, f, h)` like the chunked scan, gates and residual adds in
 the same order), but without modules or cache objects, mostly on preallocated buffers, with the
 ternary projections calling the compiled kernel directly. RMSNorms are `torch.rms_norm`, one
 fused op instead of the model's seven (x * (1 / sqrt(mean(x^2) + eps)) * w): it differs from
 the model's formula by at most an ulp or so (rsqrt, its own reduction order) and replaces
-seven Python-level op dispatches per norm by one (2.3x faster per norm at [1, 1024] here). The
+seven Python-level op dispatches per norm by one. The
 i/f/g projections run as one kernel call when their input norms have equal weights (then their
 int8 inputs are identical), else as three. The Decoder moves the model's packed weights into one
 arena on 2 MiB pages (`modules.place_weights_`), where i/f/g lie back to back: the fused call
@@ -23,23 +23,24 @@ mulfree.ternary.packed_linear). Those differences can move an int8 activation ac
 rounding boundary in a later layer, so logits are close, not bit-equal; greedy tokens agree
 (tests/engine). The recurrent state is [batch, hidden * expand_ratio] float32 per layer: memory
 does not grow with the sequence.
+
+Decode state lives in slots (`mulfree.engine.core.SlotDecoder`, torch-free; this class is its
+torch face): `alloc()` a slot per sequence, `prefill_slot(slot, ids)`, `step(tokens, slots)`,
+`free(slot)`; the arena holds `max_batch` slots and a step on any subset of them copies no
+state and rebuilds nothing. The older batch API (`reset(batch)`, `prefill(ids)`, `step(ids)`)
+uses slots 0..batch-1.
 """
 
 from __future__ import annotations
 
-import copy
-
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mulfree import energy, kernels
 from mulfree.engine import plan as P
-from mulfree.engine.modules import (
-    PackedBitLinear,
-    adjacent_weights,
-    place_weights_,
-    record_ternary_linear,
-)
+from mulfree.engine.core import HGRNFusedPlan, HGRNWeights, SlotDecoder
+from mulfree.engine.modules import PackedBitLinear, adjacent_weights, place_weights_
 from mulfree.engine.plan import MIN_WEIGHTS_PER_THREAD, StepEnergy  # noqa: F401  (re-exported)
 from mulfree.errors import MulfreeError
 from mulfree.kernels import ternary as K_
@@ -48,18 +49,16 @@ from mulfree.models.hf_compat import cache_kwargs
 from mulfree.models.mmfree import HGRNBitCache
 from mulfree.ternary import packing
 
-_Linear = P.Linear  # one kernel call (mulfree.engine.plan)
 
-
-def _linear_of(m: PackedBitLinear) -> _Linear:
+def _linear_of(m: PackedBitLinear) -> P.Linear:
     if m.bias is not None:
         raise MulfreeError("the fused decoder expects bias-free ternary projections (hgrn_bit)")
     p = m.packed()
-    return _Linear(m.norm.weight.detach().float().contiguous(), p.data, p.out_features,
-                   p.in_features, p.scale_value, None)  # fmt: skip
+    return P.Linear(m.norm.weight.detach().float().contiguous(), p.data, p.out_features,
+                    p.in_features, p.scale_value, None)  # fmt: skip
 
 
-def _fused_linear(ms: list[PackedBitLinear]) -> _Linear | None:
+def _fused_linear(ms: list[PackedBitLinear]) -> P.Linear | None:
     """One call for projections sharing an input: same input norm weights, row-block aligned."""
     w0 = ms[0].norm.weight
     if any(not torch.equal(m.norm.weight, w0) for m in ms[1:]):
@@ -73,15 +72,32 @@ def _fused_linear(ms: list[PackedBitLinear]) -> _Linear | None:
     else:
         row_scales = packing.stacked_row_scales(parts)
     n = sum(m.out_features for m in ms)
-    return _Linear(w0.detach().float().contiguous(), data, n, ms[0].in_features, 1.0, row_scales)
+    return P.Linear(w0.detach().float().contiguous(), data, n, ms[0].in_features, 1.0, row_scales)
+
+
+def fused_step_applies(model, isa: str | None = None) -> bool:
+    """The one predicate: does the fused decode step (compiled plan) run this model? True for
+    an hgrn_bit model on packed weights (loaded packed or `pack_model_`'ed) multiplying exactly, with the compiled core and an ISA other than
+    "torch". (While an energy counter runs, steps take the torch path, which the counter sees.)"""
+    return (
+        getattr(model.config, "model_type", None) == "hgrn_bit"
+        and isinstance(getattr(model, "lm_head", None), PackedBitLinear)  # pack_model_ ran
+        and getattr(model.config, "elementwise_mul", "exact") == "exact"
+        and kernels.available()
+        and kernels.resolve_isa(isa) != kernels.TORCH
+    )
 
 
 class Decoder:
-    """Single-token decoding on the kernels for a packed HGRNBitForCausalLM.
+    """Single-token decoding on the kernels for a packed HGRNBitForCausalLM (the torch face of
+    `mulfree.engine.core.SlotDecoder`).
 
-    `reset(batch)` zeroes the state; `prefill(ids)` runs a prompt (batched kernels) and keeps
-    its state; `step(ids)` feeds one token per sequence and returns logits [batch, vocab]. The
-    returned logits tensor is a buffer reused by the next step (clone it to keep it).
+    Slots: `alloc()` -> slot, `prefill_slot(slot, ids)` -> logits [vocab], `step(tokens, slots)`
+    -> logits [len(slots), vocab], `free(slot)`; `max_batch` slots live at once before the arena
+    grows. Batch API: `reset(batch)` zeroes slots 0..batch-1; `prefill(ids)` runs prompts
+    (batched kernels) into them; `step(ids)` feeds one token per sequence (a new Decoder is at
+    batch 1, zero state). Use one API or the other on a Decoder. The returned logits
+    of `step` are a buffer reused by the next step (clone them to keep them).
     """
 
     def __init__(
@@ -91,6 +107,7 @@ class Decoder:
         isa: str | None = None,
         min_weights_per_thread: int = MIN_WEIGHTS_PER_THREAD,
         fused: bool | None = None,
+        max_batch: int = 1,
     ):
         cfg = model.config
         self.model = model
@@ -127,14 +144,13 @@ class Decoder:
             if inner.lower_bounds is not None:
                 # [L, d], row 0 is 0: the model's formula (shared with the torch-free engine)
                 lbs = torch.from_numpy(P.lower_bounds(inner.lower_bounds.detach().float().numpy()))
-            self.layers = []
+            self.layers: list[P.Layer] = []
             for idx, blk in enumerate(inner.layers):
                 a, mlp = blk.attn, blk.mlp
-                ifg = _fused_linear([a.i_proj, a.f_proj, a.g_proj])
                 lb = lbs[idx].contiguous() if lbs is not None and idx > 0 else None
-                self.layers.append(dict(
+                self.layers.append(P.Layer(
                     attn_norm=blk.attn_norm.weight.detach().float().contiguous(),
-                    ifg=ifg,
+                    ifg=_fused_linear([a.i_proj, a.f_proj, a.g_proj]),
                     i=_linear_of(a.i_proj), f=_linear_of(a.f_proj), g=_linear_of(a.g_proj),
                     lb=lb, one_minus_lb=(1 - lb) if lb is not None else None,
                     g_norm=a.g_norm.weight.detach().float().contiguous(), g_eps=float(a.g_norm.eps),
@@ -145,47 +161,217 @@ class Decoder:
             self.final_norm = inner.norm.weight.detach().float().contiguous()
             self.head = _linear_of(model.lm_head)
         self.embed = inner.embeddings
-        self.batch = 0
+        d, E = cfg.hidden_size, int(cfg.hidden_size * cfg.expand_ratio)
+        # the torch-free core holds the state arena and the buffers on every path; its fused
+        # plan reads the weights through NumPy views of the tensors above (no copies)
+        w = HGRNWeights([L.map(_np) for L in self.layers], _np(self.final_norm),
+                        P.map_linear(self.head, _np), self._embed_rows, d, E,
+                        cfg.mlp_intermediate_size, cfg.vocab_size, self.eps, self.bl_eps)  # fmt: skip
+        self.family = HGRNFusedPlan(core(), w, self.threads, self.isas,
+                                    self.min_weights_per_thread, capacity=max(1, int(max_batch)))  # fmt: skip
+        self.slots = SlotDecoder(self.family)
+        # the batch API's slots 0..batch-1, taken on its first use (reset, prefill, step without
+        # slots), so a caller of the slot API (a server) gets every slot
+        self.batch = 1
+        self._batch_slots: list[int] | None = None
         self._dense_fp32 = False  # the energy counterfactual of step_energy
-        self.reset(1)
 
     @property
     def fused_ifg(self) -> bool:
         """True when every layer runs its i/f/g projections as one kernel call."""
-        return all(layer["ifg"] is not None for layer in self.layers)
+        return all(layer.ifg is not None for layer in self.layers)
 
-    # --- buffers ---------------------------------------------------------------------------
+    @property
+    def max_batch(self) -> int:
+        """Slots the state arena holds now (it doubles when more are allocated)."""
+        return self.slots.capacity
+
+    def _embed_rows(self, ids: np.ndarray) -> torch.Tensor:
+        return self.embed(torch.from_numpy(ids))  # [B, d] float32
+
+    def _arena(self) -> list[torch.Tensor]:
+        """Per layer the state arena [capacity, E] as tensors (views of the core's NumPy)."""
+        return [torch.from_numpy(s) for s in self.family.states]
+
+    # the batch API's buffers and plan, as the per-call loop sees them (tests/kernels/test_plan.py)
+    @property
+    def x(self) -> torch.Tensor:
+        """The residual-stream buffer of the batch API's rows [batch, d] (a view)."""
+        return torch.from_numpy(self.family.buf.x[: self.batch])
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """The logits buffer of the batch API's rows [batch, vocab] (a view)."""
+        return torch.from_numpy(self.family.buf.logits[: self.batch])
+
+    def _build_plan(self) -> list:
+        """The fused step of the batch API's slots as (compiled function, args) pairs."""
+        if self._batch_slots is None:
+            self.reset(self.batch)
+        return self.family.plan(self.batch, P.runs_of(self._batch_slots))
+
+    @property
+    def states(self) -> list[torch.Tensor]:
+        """Per layer the recurrent states [batch, E] of the batch API's slots (views)."""
+        return [s[: self.batch] for s in self._arena()]
+
+    # --- slots -----------------------------------------------------------------------------
+    def alloc(self) -> int:
+        """A free slot with a zero state (for `prefill_slot` / `step(tokens, slots)`)."""
+        return self.slots.alloc()
+
+    def free(self, slot: int) -> None:
+        self.slots.free(slot)
+
+    def reserve(self, max_batch: int) -> None:
+        """Room for `max_batch` slots at once, so the arena never grows while serving."""
+        self.slots.reserve(int(max_batch))
+
+    @torch.inference_mode()
+    def prefill_slot(self, slot: int, ids) -> torch.Tensor:
+        """Run one prompt (list of ids) from a zero state into `slot`; logits of its last token
+        [vocab] (a new tensor). On the fused path the prompt's tokens are the rows of batched
+        kernel calls with the recurrence stepped token by token (`SlotDecoder.prefill`: the same
+        bits as stepping them); else the model's forward (chunked scan)."""
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+        if self.fused and self.exact and not energy.counting():
+            return torch.from_numpy(self.slots.prefill(slot, ids.numpy()).copy())
+        self.slots.check([slot], 1)
+        return self._prefill([slot], ids.reshape(1, -1))[0].clone()
+
+    # --- batch API -------------------------------------------------------------------------
     def reset(self, batch: int = 1) -> None:
-        """Zero recurrent state for `batch` sequences (allocates buffers when batch changes)."""
-        cfg = self.config
-        if batch != self.batch:
-            d, E = cfg.hidden_size, int(cfg.hidden_size * cfg.expand_ratio)
-            inter = cfg.mlp_intermediate_size
-            z = lambda *s: torch.zeros(*s, dtype=torch.float32)  # noqa: E731
-            self.batch = batch
-            self.x = z(batch, d)  # residual stream
-            self.h = z(batch, d)  # BitLinear input (normed x * norm weight)
-            self.y_ifg = z(batch, 3 * E)
-            self.y_i, self.y_f, self.y_g = z(batch, E), z(batch, E), z(batch, E)
-            self.t_e, self.t_e2 = z(batch, E), z(batch, E)
-            self.y_d = z(batch, d)
-            self.y_gu = z(batch, 2 * inter)
-            self.z_i = z(batch, inter)
-            self.logits = z(batch, cfg.vocab_size)
-            self.states = [z(batch, E) for _ in range(cfg.num_hidden_layers)]
-            self.h_f, self.h_g = z(batch, d), z(batch, d)  # separate i/f/g norm outputs
-            self._plan = None
+        """Zero recurrent state for `batch` sequences in slots 0..batch-1 (every slot freed)."""
+        self.slots.free_all()
+        self.slots.reserve(batch)
+        self._batch_slots = [self.slots.alloc() for _ in range(batch)]  # 0..batch-1: lowest first
+        self.batch = batch
+
+    @torch.inference_mode()
+    def prefill(self, ids: torch.Tensor | list[list[int]] | list[int]) -> torch.Tensor:
+        """Run prompts ids [batch, T] (batched kernels) from a zero state; logits of the last
+        position [batch, vocab] (a buffer). The state is then ready for `step`."""
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        if ids.dim() == 1:
+            ids = ids[None]
+        self.reset(ids.shape[0])
+        logits = self._prefill(self._batch_slots, ids)
+        out = torch.from_numpy(self.family.buf.logits[: self.batch])
+        out.copy_(logits)
+        return out
+
+    def _prefill(self, slots: list[int], ids: torch.Tensor) -> torch.Tensor:
+        """The model's forward on prompts [B, T] (batched kernels, chunked scan); its final
+        states go into `slots`; last-position logits [B, vocab]."""
+        if ids.shape[1] == 0:
+            raise MulfreeError("prefill needs at least one token")
+        cache = HGRNBitCache(self.config)
+        out = self.model(input_ids=ids, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
+        idx = torch.tensor(slots)
+        for i, s in enumerate(self._arena()):
+            s[idx] = cache.layers[i].recurrent_states[0].float()
+        return out.logits[:, -1]
+
+    # --- the step --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, ids: torch.Tensor | list[int], slots: list[int] | None = None) -> torch.Tensor:
+        """Feed one token per sequence: ids [B]; slots (default: the batch API's 0..batch-1)
+        the B slots they go to. Returns logits [B, vocab] (a buffer)."""
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+        if slots is None:
+            if ids.numel() != self.batch:
+                raise MulfreeError(f"step got {ids.numel()} tokens for a batch of {self.batch}")
+            if self._batch_slots is None:
+                self.reset(self.batch)
+            slots = self._batch_slots
         else:
-            for s in self.states:
-                s.zero_()
-        self.cache = None  # L-Mul mode keeps an HGRNBitCache instead
+            slots = [int(s) for s in slots]
+            self.slots.check(slots, ids.numel())
+        if not self.exact:
+            return self._step_model(ids, slots)
+        if self.fused and not energy.counting():  # the counter sees torch ops only
+            return torch.from_numpy(self.slots.step(slots, ids.numpy()))
+        return self._step_torch(ids, slots)
 
-    # --- pieces ----------------------------------------------------------------------------
-    def _threads_for(self, lin: _Linear) -> int:
-        """Kernel threads for one projection (mulfree.engine.plan.threads_for)."""
-        return P.threads_for(lin, self.threads, self.min_weights_per_thread)
+    def _buffers(self, B: int) -> P.Buffers:
+        """The core's scratch buffers, first B rows, as tensors."""
+        return P.Buffers(**{k: torch.from_numpy(v[:B]) for k, v in vars(self.family.buf).items()})
 
-    def _kernel(self, lin: _Linear, u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def _step_torch(self, ids: torch.Tensor, slots: list[int]) -> torch.Tensor:
+        """The spec of the fused step: torch ops on the same buffers (see the module docstring).
+        `_dense_fp32` (step_energy's counterfactual): the counter prices every ternary kernel
+        call as a dense fp32 F.linear of its shape (mulfree.kernels.ternary.priced_as_dense)."""
+        with K_.priced_as_dense(self._dense_fp32):
+            return self._step_torch_ops(ids, slots)
+
+    def _step_torch_ops(self, ids: torch.Tensor, slots: list[int]) -> torch.Tensor:
+        B = len(slots)
+        buf, arena = self._buffers(B), self._arena()
+        runs = P.runs_of(slots)
+        if len(runs) == 1:  # adjacent slots: their states are one view of the arena
+            first = runs[0][1]
+            states = [s[first : first + B] for s in arena]
+        else:
+            idx = torch.tensor(slots)
+            states = [s[idx] for s in arena]  # gathered copies, written back below
+        rms, eps, bl_eps = torch.rms_norm, self.eps, self.bl_eps
+        x, E = buf.x, buf.y_i.shape[1]
+        d, inter = (x.shape[1],), (buf.z_i.shape[1],)
+        t_e2 = torch.empty_like(buf.t_e)
+        x.copy_(self.embed(ids))  # [B, d]
+        for L, state in zip(self.layers, states, strict=True):
+            # token mixer (MLGRU): attn_norm, then the BitLinear norms of i/f/g (shared RMS)
+            hn = rms(rms(x, d, L.attn_norm, eps), d, None, bl_eps)
+            if L.ifg is not None:
+                self._bitlinear(L.ifg, hn, buf.h, buf.y_ifg)
+                yi, yf, yg = buf.y_ifg[:, :E], buf.y_ifg[:, E : 2 * E], buf.y_ifg[:, 2 * E :]
+            else:
+                yi = self._bitlinear(L.i, hn, buf.h, buf.y_i)
+                yf = self._bitlinear(L.f, hn, buf.h, buf.y_f)
+                yg = self._bitlinear(L.g, hn, buf.h, buf.y_g)
+            f = torch.sigmoid(yf, out=buf.t_e)
+            if L.lb is not None:
+                f.mul_(L.one_minus_lb)  # (1 - lb) * f, commutative: same bits
+                f.add_(L.lb)  # lb + ((1 - lb) f)
+            i = torch.sub(1, f, out=t_e2)  # 1 - f
+            i.mul_(F.silu(yi))  # silu(i) * (1 - f)
+            torch.addcmul(i, f, state, out=state)  # h = i + f * h (the scan's addcmul)
+            # g_norm(g, h) = rmsnorm(g) * w * silu(h), then o_proj (its own BitLinear norm)
+            g = rms(yg, (E,), L.g_norm, L.g_eps).mul_(F.silu(state))
+            self._kernel(L.o, rms(g, (E,), L.o.norm_w, bl_eps), buf.y_d)
+            x.add_(buf.y_d)  # residual = attn_out + residual
+            # channel mixer (GLU)
+            u = rms(rms(x, d, L.mlp_norm, eps), d, L.gate.norm_w, bl_eps)
+            gu = self._kernel(L.gate, u, buf.y_gu)
+            z = torch.mul(F.silu(gu[:, : inter[0]]), gu[:, inter[0] :], out=buf.z_i)
+            self._kernel(L.down, rms(z, inter, L.down.norm_w, bl_eps), buf.y_d)
+            x.add_(buf.y_d)
+        if len(runs) > 1:
+            for s, st in zip(arena, states, strict=True):
+                s[idx] = st
+        u = rms(rms(x, d, self.final_norm, eps), d, self.head.norm_w, bl_eps)
+        return self._kernel(self.head, u, buf.logits)
+
+    def _step_model(self, ids: torch.Tensor, slots: list[int]) -> torch.Tensor:
+        """L-Mul mode: the model's own forward on the slots' states (an HGRNBitCache of them)."""
+        idx = torch.tensor(slots)
+        arena = self._arena()
+        cache = HGRNBitCache(self.config)
+        for i, s in enumerate(arena):
+            cache.update_recurrent_state(s[idx], i)  # s[idx]: a gathered copy
+        out = self.model(input_ids=ids[:, None], **cache_kwargs(cache), use_cache=True)
+        for i, s in enumerate(arena):
+            s[idx] = cache.layers[i].recurrent_states[0]
+        logits = self._buffers(len(slots)).logits
+        logits.copy_(out.logits[:, -1])
+        return logits
+
+    # --- pieces of the torch path ------------------------------------------------------------
+    def _threads_for(self, lin: P.Linear, rows: int = 1) -> int:
+        """Kernel threads for one projection on `rows` tokens (mulfree.engine.plan.threads_for)."""
+        return P.threads_for(lin, self.threads, self.min_weights_per_thread, rows)
+
+    def _kernel(self, lin: P.Linear, u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """out = packed ternary linear of u (int8 absmax inside the kernel)."""
         if self.isa == kernels.TORCH:
             p = packing.PackedTernary(lin.data, lin.scale, lin.out_features, lin.in_features)
@@ -198,98 +384,34 @@ class Decoder:
                 s = u.float().abs().amax(-1, keepdim=True).clamp_min(1e-5).reciprocal() * 127
                 out.copy_(acc.float() / (s * lin.row_scales))
             return out
-        K_.tq2_linear(u, lin.data, lin.out_features, lin.scale, threads=self._threads_for(lin),
+        K_.tq2_linear(u, lin.data, lin.out_features, lin.scale,
+                      threads=self._threads_for(lin, u.shape[0]),
                       isa=self.isas[kernels.ternary_family(u.shape[0])], out=out,
-                      row_scales=lin.row_scales)  # fmt: skip
-        if energy.counting():
-            self._record(lin, u, out)
+                      row_scales=lin.row_scales)  # fmt: skip (a custom op the counter prices)
         return out
 
-    def _record(self, lin: _Linear, u: torch.Tensor, out: torch.Tensor) -> None:
-        """Declare one projection's ops and bytes to the active energy counters: what the
-        kernel does, or (self._dense_fp32, the counterfactual of `step_energy`) what a dense
-        fp32 F.linear of the same shape would do: K multiplies and K - 1 adds per output, as
-        the counter prices a matmul, reading 4 bytes per weight."""
-        B, K, N = u.shape[0], lin.in_features, lin.out_features
-        io = dict(act_read=u.numel() * u.element_size(), act_write=out.numel() * out.element_size())
-        if self._dense_fp32:
-            energy.record("fp_mul", 32, B * N * K)
-            energy.record("fp_add", 32, B * N * (K - 1))
-            energy.record_bytes(weight_read=4 * N * K, **io)
-            return
-        if lin.nnz is None:
-            from mulfree.engine.modules import tq2_nnz
-
-            with energy.opaque():  # a one-off count of the weights, not part of the step
-                lin.nnz = tq2_nnz(lin.data)
-        record_ternary_linear(B, K, N, lin.nnz)
-        energy.record_bytes(weight_read=lin.data.numel(), **io)
-
-    def _bitlinear(self, lin: _Linear, xn: torch.Tensor, u: torch.Tensor, out: torch.Tensor):
+    def _bitlinear(self, lin: P.Linear, xn: torch.Tensor, u: torch.Tensor, out: torch.Tensor):
         """BitLinear on an input already divided by its RMS (xn): (xn * norm_w) -> kernel."""
         torch.mul(xn, lin.norm_w, out=u)
         return self._kernel(lin, u, out)
 
-    # --- the step --------------------------------------------------------------------------
-    @torch.inference_mode()
-    def step(self, ids: torch.Tensor | list[int]) -> torch.Tensor:
-        """Feed one token per sequence (ids [batch]); returns logits [batch, vocab] (a buffer)."""
-        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
-        if ids.numel() != self.batch:
-            raise MulfreeError(f"step got {ids.numel()} tokens for a batch of {self.batch}")
-        if not self.exact:
-            return self._step_model(ids)
-        if self.fused and not energy.counting():  # the counter sees torch ops only
-            return self._step_fused(ids)
-        rms, eps, bl_eps = torch.rms_norm, self.eps, self.bl_eps
-        x, E = self.x, self.y_i.shape[1]
-        d, inter = (x.shape[1],), (self.z_i.shape[1],)
-        x.copy_(self.embed(ids))  # [B, d]
-        for L, state in zip(self.layers, self.states, strict=True):
-            # token mixer (MLGRU): attn_norm, then the BitLinear norms of i/f/g (shared RMS)
-            hn = rms(rms(x, d, L["attn_norm"], eps), d, None, bl_eps)
-            if L["ifg"] is not None:
-                self._bitlinear(L["ifg"], hn, self.h, self.y_ifg)
-                yi, yf, yg = self.y_ifg[:, :E], self.y_ifg[:, E : 2 * E], self.y_ifg[:, 2 * E :]
-            else:
-                yi = self._bitlinear(L["i"], hn, self.h, self.y_i)
-                yf = self._bitlinear(L["f"], hn, self.h, self.y_f)
-                yg = self._bitlinear(L["g"], hn, self.h, self.y_g)
-            f = torch.sigmoid(yf, out=self.t_e)
-            if L["lb"] is not None:
-                f.mul_(L["one_minus_lb"])  # (1 - lb) * f, commutative: same bits
-                f.add_(L["lb"])  # lb + ((1 - lb) f)
-            i = torch.sub(1, f, out=self.t_e2)  # 1 - f
-            i.mul_(F.silu(yi))  # silu(i) * (1 - f)
-            torch.addcmul(i, f, state, out=state)  # h = i + f * h (the scan's addcmul)
-            # g_norm(g, h) = rmsnorm(g) * w * silu(h), then o_proj (its own BitLinear norm)
-            g = rms(yg, (E,), L["g_norm"], L["g_eps"]).mul_(F.silu(state))
-            self._kernel(L["o"], rms(g, (E,), L["o"].norm_w, bl_eps), self.y_d)
-            x.add_(self.y_d)  # residual = attn_out + residual
-            # channel mixer (GLU)
-            u = rms(rms(x, d, L["mlp_norm"], eps), d, L["gate"].norm_w, bl_eps)
-            gu = self._kernel(L["gate"], u, self.y_gu)
-            z = torch.mul(F.silu(gu[:, : inter[0]]), gu[:, inter[0] :], out=self.z_i)
-            self._kernel(L["down"], rms(z, inter, L["down"].norm_w, bl_eps), self.y_d)
-            x.add_(self.y_d)
-        u = rms(rms(x, d, self.final_norm, eps), d, self.head.norm_w, bl_eps)
-        return self._kernel(self.head, u, self.logits)
-
+    # --- callers whose state lives elsewhere, and energy ----------------------------------
     def step_from(self, states: list[torch.Tensor], ids: torch.Tensor | list[int]) -> torch.Tensor:
-        """One step for sequences whose recurrent states are kept elsewhere (a server's
-        requests, a transformers cache): loads `states` (L x [B, E]) into the decoder, resizing
-        its batch when B changes, runs `step(ids)` and returns a copy of the logits [B, vocab];
-        the advanced states are then in `self.states`."""
-        if self.batch != states[0].shape[0]:
-            self.reset(states[0].shape[0])  # reallocates the buffers for the new batch size
+        """One step for sequences whose recurrent states are kept elsewhere (a transformers
+        cache): loads `states` (L x [B, E]) into slots 0..B-1, runs `step(ids)` and returns a
+        copy of the logits [B, vocab]; the advanced states are then in `self.states`."""
+        B = states[0].shape[0]
+        if self.batch != B or self._batch_slots is None:
+            self.reset(B)  # slots only: the arena grows when B exceeds it, else nothing moves
         for rows, s in zip(self.states, states, strict=True):
             rows.copy_(s)
         return self.step(ids).clone()  # step's logits are a buffer the next step reuses
 
-    def step_energy(self, ids: torch.Tensor | list[int], table: str | None = None) -> StepEnergy:
-        """Count and price one `step(ids)` without changing the decoder's state: the step as it
-        runs (ternary kernels, int8 quantizers, norms, gates, head) and, for comparison, the
-        same step with every ternary projection a dense fp32 F.linear (K multiplies and K - 1
+    def step_energy(self, ids: torch.Tensor | list[int], table: str | None = None,
+                    slots: list[int] | None = None) -> StepEnergy:  # fmt: skip
+        """Count and price one `step(ids, slots)` without changing the decoder's state: the step
+        as it runs (ternary kernels, int8 quantizers, norms, gates, head) and, for comparison,
+        the same step with every ternary projection a dense fp32 F.linear (K multiplies and K - 1
         adds per output, 4 bytes per weight; all other ops as run). `table`: an energy table
         name or JSON file (default mulfree.energy's). In L-Mul elementwise mode the step runs
         the model's forward and only the step as run is priced (dense_fp32_pj None)."""
@@ -297,21 +419,19 @@ class Decoder:
         from mulfree.energy.tables import DEFAULT_TABLE, EnergyTable, price
 
         tab = EnergyTable.load(table or DEFAULT_TABLE)
-        states = [s.clone() for s in self.states]
-        cache = copy.deepcopy(self.cache)
+        saved = self.family.states.copy()
         priced = []
+        n = len(torch.as_tensor(ids).reshape(-1))
         for dense in (False, True) if self.exact else (False,):
             self._dense_fp32 = dense
             try:
                 with EnergyCounter(self.model) as c:
-                    self.step(ids)
+                    self.step(ids, slots)  # the torch path: the counter sees (and prices) its ops
             finally:  # back to the state before the counted step
                 self._dense_fp32 = False
-                for s, saved in zip(self.states, states, strict=True):
-                    s.copy_(saved)
-                self.cache = copy.deepcopy(cache)
+                self.family.states[...] = saved
             priced.append(price(c.counts, c.bytes, tab))
-        per_seq = 1.0 / self.batch
+        per_seq = 1.0 / n
         return StepEnergy(
             tab.name,
             priced[0]["total_pJ"] * per_seq,
@@ -319,55 +439,7 @@ class Decoder:
             priced[1]["total_pJ"] * per_seq if len(priced) > 1 else None,
         )
 
-    # --- the fused step ----------------------------------------------------------------------
-    def _build_plan(self) -> list:
-        """The step as a list of (compiled function, int/float args) on the fixed buffers
-        (`mulfree.engine.plan.fused_plan`, shared with the torch-free LiteDecoder): the same
-        stages as the torch path of `step`, in the same order. Every address points into a
-        tensor this Decoder holds (weights, buffers, states), so it stays valid; `reset` drops
-        the plan when it reallocates the buffers."""
-        buf = P.Buffers(x=self.x, h=self.h, y_ifg=self.y_ifg, y_i=self.y_i, y_f=self.y_f,
-                        y_g=self.y_g, t_e=self.t_e, y_d=self.y_d, y_gu=self.y_gu, z_i=self.z_i,
-                        logits=self.logits, h_f=self.h_f, h_g=self.h_g)  # fmt: skip
-        ptr = lambda t: t.data_ptr() if t is not None else 0  # noqa: E731
-        B = self.x.shape[0]
-        return P.fused_plan(core(), buf, self.states, self.layers, self.final_norm, self.head,
-                            self.eps, self.bl_eps, self._threads_for,
-                            kernels.ISA_LEVELS[self.isas[kernels.ternary_family(B)]],
-                            kernels.ISA_LEVELS[self.isas[kernels.DECODE_STAGES]], ptr)  # fmt: skip
 
-    def _step_fused(self, ids: torch.Tensor) -> torch.Tensor:
-        if self._plan is None:
-            self._plan = self._build_plan()
-        self.x.copy_(self.embed(ids))  # [B, d]
-        for fn, args in self._plan:
-            fn(*args)
-        return self.logits
-
-    def _step_model(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.cache is None:
-            self.cache = HGRNBitCache(self.config)
-            for i, s in enumerate(self.states):
-                self.cache.update_recurrent_state(s.clone(), i)
-        out = self.model(input_ids=ids[:, None], **cache_kwargs(self.cache), use_cache=True)
-        self.logits.copy_(out.logits[:, -1])
-        return self.logits
-
-    @torch.inference_mode()
-    def prefill(self, ids: torch.Tensor | list[list[int]] | list[int]) -> torch.Tensor:
-        """Run prompts ids [batch, T] (batched kernels) from a zero state; logits of the last
-        position [batch, vocab] (a buffer). The state is then ready for `step`."""
-        ids = torch.as_tensor(ids, dtype=torch.long)
-        if ids.dim() == 1:
-            ids = ids[None]
-        if ids.shape[1] == 0:
-            raise MulfreeError("prefill needs at least one token")
-        self.reset(ids.shape[0])
-        cache = HGRNBitCache(self.config)
-        out = self.model(input_ids=ids, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
-        for i, s in enumerate(self.states):
-            s.copy_(cache.layers[i].recurrent_states[0])
-        if not self.exact:
-            self.cache = cache
-        self.logits.copy_(out.logits[:, -1])
-        return self.logits
+def _np(t):
+    """A NumPy view of a CPU tensor (the same memory), None kept."""
+    return None if t is None else t.detach().numpy()

@@ -44,11 +44,11 @@ from mulfree.engine.header import (  # noqa: F401  (FORMAT_*, WEIGHTS_FILE, weig
     WEIGHTS_FILE,
     check_against_config,
     check_metadata_crc,
+    first_line,
     metadata_crc32,
     model_family,
     weights_file,
 )
-from mulfree.engine.header import first_line as _first_line
 from mulfree.errors import MulfreeError
 from mulfree.ternary import packing
 
@@ -105,7 +105,7 @@ def read_header(path: str | Path) -> tuple[dict[str, str], dict[str, tuple[tuple
         if Path(path).is_file() and Path(path).stat().st_size == 0:
             raise MulfreeError(f"cannot read {path}: the file is empty (corrupt)") from None
         raise MulfreeError(
-            f"cannot read {path}: corrupt or not a safetensors file ({_first_line(e)})"
+            f"cannot read {path}: corrupt or not a safetensors file ({first_line(e)})"
         ) from None
 
 
@@ -115,20 +115,15 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def looks_packed(path: str | Path) -> bool:
-    """True when `path` is meant as a packed model, readable or not: any file, a directory
-    whose config.json says model_type `hgrn_bit_packed` (written since packed directories are
-    Hugging Face directories), or a directory with model.safetensors but no config.json /
-    trainer_state.json (an older packed directory; a checkpoint has those). Loading it then
-    says precisely what is wrong with the file, instead of treating a damaged packed folder as
-    a checkpoint without config.json."""
-    p = Path(path)
-    if p.is_file():
-        return True
-    if not (p.is_dir() and (p / WEIGHTS_FILE).exists()):
-        return False
-    if (p / "config.json").is_file():
-        return hf_model_type(p) == PACKED_MODEL_TYPE
-    return not (p / "trainer_state.json").exists()
+    """True when `path` is meant as a packed model, readable or not (`mulfree.models.resolve`'s
+    rule: any file, a directory whose config.json says model_type `hgrn_bit_packed`, or a
+    directory with model.safetensors but no config.json / trainer_state.json, as packed
+    directories were before they became Hugging Face directories). Loading it then says
+    precisely what is wrong with the file, instead of treating a damaged packed folder as a
+    checkpoint without config.json."""
+    from mulfree.models.resolver import looks_packed as rule
+
+    return rule(Path(path))
 
 
 # --- the Hugging Face side of a packed directory -------------------------------------------
@@ -138,7 +133,8 @@ def looks_packed(path: str | Path) -> bool:
 # template) and a model card with Hub front matter. The weights file stays the one source of
 # truth: it carries its own config and format (loading never needs config.json, so packed
 # directories written before config.json existed still load).
-PACKED_MODEL_TYPE = "hgrn_bit_packed"
+from mulfree.models.resolver import PACKED_MODEL_TYPE  # noqa: E402  (the resolver's rule uses it)
+
 CARD_TAGS = ("mulfree", "hgrn_bit", "matmul-free", "ternary", "packed")
 
 
@@ -249,7 +245,7 @@ def _parse_config(file: Path, meta: dict[str, str]):
     except KeyError:
         raise MulfreeError(f"{file}: no config in its metadata") from None
     except (ValueError, RecursionError) as e:
-        raise MulfreeError(f"{file}: unreadable config metadata ({_first_line(e)})") from None
+        raise MulfreeError(f"{file}: unreadable config metadata ({first_line(e)})") from None
     if not isinstance(raw, dict):
         raise MulfreeError(f"{file}: the config metadata is not a JSON object")
     try:
@@ -257,7 +253,7 @@ def _parse_config(file: Path, meta: dict[str, str]):
     except MulfreeError as e:
         raise MulfreeError(f"{file}: bad config: {e}") from None
     except (ValueError, TypeError, OverflowError) as e:
-        raise MulfreeError(f"{file}: bad config: {_first_line(e)}") from None
+        raise MulfreeError(f"{file}: bad config: {first_line(e)}") from None
 
 
 def check_finite(tensors: dict[str, torch.Tensor], where) -> None:
@@ -328,7 +324,7 @@ def _load_checked(file: Path, meta: dict[str, str], verify: bool) -> dict[str, t
     try:
         tensors = load_file(str(file))
     except Exception as e:
-        raise MulfreeError(f"{file} is corrupt: {_first_line(e)}") from None
+        raise MulfreeError(f"{file} is corrupt: {first_line(e)}") from None
     if verify and "tensors_crc32" in meta and tensors_crc32(tensors) != meta["tensors_crc32"]:
         raise MulfreeError(f"{file} is corrupt: tensor data CRC-32 does not match its header")
     check_finite(tensors, file)

@@ -138,82 +138,52 @@ def bundled_packed() -> Path | None:
 
 
 def load_model(path: str | Path):
-    """A packed model from a packed file/dir, or packed on the fly from a checkpoint dir.
+    """A packed model from a packed file/dir, or packed on the fly from a checkpoint (a model
+    folder, a train run or one of its steps: `mulfree.models.resolve`).
 
     Returns (model, directory to look for a tokenizer in).
     """
-    from mulfree.engine import format as fmt
-    from mulfree.engine.convert import _from_checkpoint_dir, _is_bitnet_dir
-    from mulfree.engine.model import _build, load_packed
+    from mulfree.engine.convert import is_bitnet_dir, pack_checkpoint
+    from mulfree.engine.model import build_packed, load_packed
+    from mulfree.models.resolver import resolve
 
     p = Path(path)
     if not p.exists():
         raise MulfreeError(f"model not found: {p}")
-    if fmt.looks_packed(p):  # a damaged packed file is reported as such
-        return load_packed(p), fmt.weights_file(p).parent
-    if p.is_dir() and _is_bitnet_dir(p):  # packed on the fly, tables as shipped (bfloat16)
+    source = resolve(p)
+    if source.kind == "packed":  # a damaged packed file is reported as such by load_packed
+        return load_packed(p), source.tokenizer_dir
+    if p.is_dir() and is_bitnet_dir(p):  # packed on the fly, tables as shipped (bfloat16)
         from mulfree.engine.bitnet_model import from_checkpoint
 
         return from_checkpoint(p, embedding_format="bfloat16", head_format="bfloat16"), p
-    if p.is_dir():
-        config, tensors, tok_dir = _from_checkpoint_dir(p, "tq2", "float32")
-        return _build(config, tensors, "tq2", "float32"), tok_dir
-    fmt.read_packed(p)  # raises the precise one-line reason (bad header, other format, ...)
-    raise MulfreeError(f"{p} is not a model")  # unreachable: read_packed accepted a non-packed file
+    config, tensors, tok_dir = pack_checkpoint(p, "tq2", "float32")
+    return build_packed(config, tensors, "tq2", "float32"), tok_dir
 
 
 def load_tokenizer(path: str | Path):
-    from transformers import AutoTokenizer
+    from mulfree.models.loading import load_tokenizer as load
 
-    try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MulfreeError(
-            f"cannot load a tokenizer from {path} ({first}); pass --tokenizer DIR"
-        ) from None
-
-
-def _as_ids(v) -> set[int]:
-    if isinstance(v, bool):
-        return set()
-    if isinstance(v, int):
-        return {v}
-    if isinstance(v, list | tuple):
-        return {int(x) for x in v if isinstance(x, int) and not isinstance(x, bool)}
-    return set()
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    return (_as_ids(model.config.eos_token_id)
-            | _as_ids(getattr(model.generation_config, "eos_token_id", None))
-            | _as_ids(getattr(tokenizer, "eos_token_id", None)))  # fmt: skip
+    return load(path, hint="; pass --tokenizer DIR")
 
 
 class _Streamer:
-    """Emits the new text of a growing token list, decoding only a short window each token
-    (the prefix/read offsets of transformers' and TGI's streamers: linear, not quadratic),
-    and holds back an incomplete UTF-8 tail. Works with any tokenizer whose
-    `decode(ids, skip_special_tokens=True)` gives text (tokenizers' or transformers')."""
+    """Emits the new text of a growing token list through `mulfree.engine.detok.Detokenizer`
+    (a short window per token: linear, not quadratic; an incomplete UTF-8 tail held back).
+    Works with any tokenizer whose `decode(ids, skip_special_tokens=True)` gives text."""
 
     def __init__(self, tokenizer, on_text, stop: tuple[str, ...] = ()):
-        self.tok, self.on_text, self.ids = tokenizer, on_text, []
-        self.prefix, self.read, self.parts = 0, 0, []
+        from mulfree.engine.detok import Detokenizer
+
+        self.tok, self.on_text, self.ids, self.parts = tokenizer, on_text, [], []
+        self.detok = Detokenizer(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
         # Stop strings: text that could still become one is held back (engine/stops.py).
         self.stop, self.held, self.stopped = stop, "", False
 
-    def _decode(self, ids) -> str:
-        return self.tok.decode(ids, skip_special_tokens=True)
-
     def push(self, token: int) -> None:
         self.ids.append(token)
-        before = self._decode(self.ids[self.prefix : self.read])
-        text = self._decode(self.ids[self.prefix :])
-        if len(text) <= len(before) or text.endswith("\ufffd") or not text.startswith(before):
-            return  # nothing new yet, or an incomplete character: wait for more tokens
-        piece = text[len(before) :]
-        self.prefix, self.read = self.read, len(self.ids)
-        if self.stop:  # a stop string can only begin in the held-back tail or the new piece
+        piece = self.detok.add(token)
+        if piece and self.stop:  # a stop string can only begin in the held-back tail or here
             pending = self.held + piece
             hit = stops.find_stop(pending, self.stop, 0)
             if hit is not None:
@@ -235,7 +205,9 @@ class _Streamer:
         self.held = ""
 
     def text(self) -> str:
-        return "".join(self.parts) + self.held if self.stop else self._decode(self.ids)
+        if self.stop:
+            return "".join(self.parts) + self.held
+        return self.tok.decode(self.ids, skip_special_tokens=True)
 
 
 def _lite_model_path(config: GenerateConfig) -> tuple[Path | None, str]:
@@ -389,13 +361,15 @@ def _generate_torch(config, on_text, model, tokenizer, t_start: float) -> Genera
     bos = model.config.bos_token_id
     ids = _prompt_ids(list(tokenizer(config.prompt).input_ids) if config.prompt else [],
                       bos if bos is not None else tokenizer.bos_token_id, model.config.vocab_size)  # fmt: skip
-    eos = _eos_ids(model, tokenizer) if config.stop_on_eos else set()
+    from mulfree.models.loading import eos_token_ids
+
+    eos = set(eos_token_ids(model, tokenizer)) if config.stop_on_eos else set()
     if getattr(model, "layout", None) is not None:  # a PackedBitNetForCausalLM
         dec = model.decoder(threads=config.threads, attention=config.attention,
                             mantissa_bits=config.mantissa_bits, kv_dtype=config.kv_cache,
                             max_context=config.max_context)  # fmt: skip
     else:
-        dec = model.decoder(threads=config.threads)
+        dec = model.fused_decoder(threads=config.threads)
     with torch.inference_mode():
         r = _run(lambda ids: dec.prefill([ids])[0].numpy(), lambda t: dec.step([t])[0].numpy(),
                  ids, config, eos, tokenizer, on_text, t_start)  # fmt: skip

@@ -24,7 +24,9 @@ def model_family(meta: Mapping[str, str], file) -> str:
     if fam not in FAMILIES:
         raise MulfreeError(f"{file}: unknown model_family {fam!r} (expected one of {', '.join(FAMILIES)})")
     return fam
-WEIGHTS_FILE = "model.safetensors"
+
+
+WEIGHTS_FILE = "model.safetensors"  # = mulfree.models.resolver.WEIGHTS_FILE (tested)
 
 
 def first_line(e: BaseException) -> str:

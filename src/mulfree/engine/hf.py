@@ -12,8 +12,8 @@ reads the config and format from the weights file itself (config.json only route
 
 from __future__ import annotations
 
-from mulfree.engine.format import PACKED_MODEL_TYPE
 from mulfree.models.mmfree import HGRNBitConfig
+from mulfree.models.resolver import PACKED_MODEL_TYPE
 
 
 class PackedHGRNBitConfig(HGRNBitConfig):

@@ -8,7 +8,8 @@ as tq2 (`mulfree.kernels.memory`, converting tq1 on the way), and `LiteDecoder` 
 plan of compiled calls that `mulfree.engine.decode.Decoder` runs (the same `fused_plan`, the
 same buffers, the same order), on NumPy buffers: its logits equal the torch Decoder's fused
 step bit for bit (tests/engine/test_lite.py). The prompt is fed token by token (the recurrent
-state is all there is), the tokenizer is the `tokenizers` library's on tokenizer.json, and the
+state is all there is; its projections run as batched kernel calls over the prompt, with the
+same bits), the tokenizer is the `tokenizers` library's on tokenizer.json, and the
 sampler `sample` is the NumPy twin of `mulfree.serve.sampling.sample` (equal tokens for equal
 logits and uniform draws).
 
@@ -28,8 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mulfree.engine import plan as P
-from mulfree.engine.header import FORMAT_NAME, READ_VERSIONS, model_family, weights_file
-from mulfree.engine.header import first_line as _first_line
+from mulfree.engine.header import FORMAT_NAME, READ_VERSIONS, first_line, model_family, weights_file
 from mulfree.errors import MulfreeError
 
 BITLINEAR_NORM_EPS = 1e-8  # = mulfree.ternary.bitlinear.BITLINEAR_NORM_EPS (tested)
@@ -189,7 +189,7 @@ class LiteModel:
             if not isinstance(config, dict):
                 raise ValueError("not a JSON object")
         except (KeyError, ValueError, TypeError, RecursionError) as e:
-            raise MulfreeError(f"{file}: bad config metadata ({_first_line(e)})") from None
+            raise MulfreeError(f"{file}: bad config metadata ({first_line(e)})") from None
         try:
             check_shape(config)  # every shape field bounded, before anything is sized from it
         except MulfreeError as e:
@@ -203,7 +203,7 @@ class LiteModel:
         except MulfreeError:
             raise
         except Exception as e:  # safetensors raises its own error types
-            raise MulfreeError(f"cannot read {file}: {_first_line(e)}") from None
+            raise MulfreeError(f"cannot read {file}: {first_line(e)}") from None
         if verify and "tensors_crc32" in meta and _crc32(tensors) != meta["tensors_crc32"]:
             raise MulfreeError(f"{file} is corrupt: tensor data CRC-32 does not match its header")
         for name in sorted(tensors):  # NaN/inf weights would decode nothing but one token
@@ -229,7 +229,7 @@ def read_metadata(file: Path) -> dict[str, str]:
         with safe_open(str(file), framework="numpy") as sf:
             return dict(sf.metadata() or {})
     except Exception as e:
-        raise MulfreeError(f"cannot read {file}: {_first_line(e)}") from None
+        raise MulfreeError(f"cannot read {file}: {first_line(e)}") from None
 
 
 def load_tokenizer(directory: Path):
@@ -240,7 +240,7 @@ def load_tokenizer(directory: Path):
     try:
         return Tokenizer.from_file(str(file))
     except Exception as e:  # tokenizers raises a bare Exception with the parser's message
-        raise MulfreeError(f"cannot load the tokenizer {file}: {_first_line(e)}") from None
+        raise MulfreeError(f"cannot load the tokenizer {file}: {first_line(e)}") from None
 
 
 def eos_ids(model: LiteModel, tokenizer, directory: Path) -> set[int]:
@@ -297,7 +297,7 @@ def step_energy(file: Path, table: str | None = None):
 
     model = load_packed(file)
     bos = model.config.bos_token_id
-    e = model.decoder().step_energy([bos if bos is not None else 0], table)
+    e = model.fused_decoder().step_energy([bos if bos is not None else 0], table)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
@@ -347,9 +347,14 @@ def _embedding(tensors, fmt: str, V: int, d: int, path):
 
 
 class LiteDecoder:
-    """Batch-1 decoding of a LiteModel: `prefill(ids)` then `step(token)` -> logits [vocab]."""
+    """Batch-1 decoding of a LiteModel: `prefill(ids)` then `step(token)` -> logits [vocab].
+
+    A thin face over the torch-free core (`mulfree.engine.core`): one slot of a SlotDecoder
+    whose family plan is the hgrn_bit fused step, the same core the torch Decoder runs."""
 
     def __init__(self, model: LiteModel, threads: int | None = None, isa: str | None = None):
+        from mulfree.engine.core import HGRNFusedPlan, HGRNWeights, SlotDecoder
+
         self.m = model
         if threads is None:  # torch's default too: one per core this process may run on
             threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
@@ -358,74 +363,60 @@ class LiteDecoder:
         # choice per family (cached on disk; measuring, once per CPU and build, imports torch)
         from mulfree import kernels
 
-        self.isas = {f: kernels.resolve_isa(isa, f) for f in (kernels.TERNARY_B1, kernels.DECODE_STAGES)}
+        self.isas = {f: kernels.resolve_isa(isa, f)
+                     for f in (kernels.TERNARY_B1, kernels.TERNARY_BATCH, kernels.DECODE_STAGES)}  # fmt: skip
         m = model
-        z = lambda n: np.zeros((1, n), dtype=np.float32)  # noqa: E731
-        d, E, inter = m.hidden, m.expand, m.inter
-        self.buf = P.Buffers(x=z(d), h=z(d), y_ifg=z(3 * E), y_i=z(E), y_f=z(E), y_g=z(E),
-                             t_e=z(E), y_d=z(d), y_gu=z(2 * inter), z_i=z(inter),
-                             logits=z(m.vocab), h_f=z(d), h_g=z(d))  # fmt: skip
-        self.states = [z(E) for _ in range(m.n_layers)]
-        layers = []
-        for L in m.layers:
-            ifg = ("i_proj", "f_proj", "g_proj")
-            at = [m.offsets[f"{L['prefix']}.attn.{p}"] for p in ifg]
-            ifg_ok = (all(np.array_equal(L[p].norm_w, L["i_proj"].norm_w) for p in ifg)
-                      and all(L[p].out_features % 32 == 0 for p in ifg)  # whole row blocks
-                      and at[1] == at[0] + L["i_proj"].data.size
-                      and at[2] == at[1] + L["f_proj"].data.size)  # fmt: skip
-            ifg = None
-            if ifg_ok:
-                i = L["i_proj"]
-                n = 3 * i.out_features
-                data = np.frombuffer(m.arena.buffer(at[0], tq2_nbytes(n, i.in_features)), np.uint8)
-                rs = np.concatenate([np.full(L[p].out_features, L[p].scale, np.float32)
-                                     for p in ("i_proj", "f_proj", "g_proj")])  # fmt: skip
-                ifg = P.Linear(i.norm_w, data, n, i.in_features, 1.0, rs)
-            lin = {p: P.Linear(L[p].norm_w, L[p].data, L[p].out_features, L[p].in_features, L[p].scale, None)
-                   for p in ("i_proj", "f_proj", "g_proj", "o_proj", "gate_proj", "down_proj")}  # fmt: skip
-            layers.append(dict(attn_norm=L["attn_norm"], ifg=ifg, i=lin["i_proj"], f=lin["f_proj"],
-                               g=lin["g_proj"], lb=L["lb"], one_minus_lb=L["one_minus_lb"],
-                               g_norm=L["g_norm"], g_eps=m.eps, o=lin["o_proj"],
-                               mlp_norm=L["mlp_norm"], gate=lin["gate_proj"], down=lin["down_proj"]))  # fmt: skip
-        self.layers = layers
-        head = m.head
-        self.head = P.Linear(
-            head.norm_w, head.data, head.out_features, head.in_features, head.scale, None
-        )
-        self.plan = P.fused_plan(_core(), self.buf, self.states, layers, m.final_norm, self.head,
-                                 m.eps, BITLINEAR_NORM_EPS, self._threads_for,
-                                 kernels.ISA_LEVELS[self.isas[kernels.TERNARY_B1]],
-                                 kernels.ISA_LEVELS[self.isas[kernels.DECODE_STAGES]], _ptr)  # fmt: skip
+        self.layers = [_layer(m, L) for L in m.layers]
+        h = m.head
+        self.head = P.Linear(h.norm_w, h.data, h.out_features, h.in_features, h.scale, None)
+        w = HGRNWeights(self.layers, m.final_norm, self.head, m.embed, m.hidden, m.expand,
+                        m.inter, m.vocab, m.eps, BITLINEAR_NORM_EPS)  # fmt: skip
+        self.plan = HGRNFusedPlan(_core(), w, self.threads, self.isas)
+        self.core = SlotDecoder(self.plan)
+        self.slot = self.core.alloc()
 
     @property
     def fused_ifg(self) -> bool:
         """True when every layer runs its i/f/g projections as one kernel call."""
-        return all(layer["ifg"] is not None for layer in self.layers)
+        return all(layer.ifg is not None for layer in self.layers)
 
-    def _threads_for(self, lin: P.Linear) -> int:
-        return P.threads_for(lin, self.threads)
+    @property
+    def states(self) -> list[np.ndarray]:
+        """Per layer the recurrent state [1, E] (views of the core's arena)."""
+        return [s[self.slot : self.slot + 1] for s in self.plan.states]
 
     def reset(self) -> None:
-        for s in self.states:
-            s.fill(0)
+        self.plan.clear(self.slot)
 
     def step(self, token: int) -> np.ndarray:
         """Feed one token; logits [vocab] (a buffer the next step overwrites)."""
-        self.buf.x[:] = self.m.embed(np.array([token]))
-        for fn, args in self.plan:
-            fn(*args)
-        return self.buf.logits[0]
+        return self.core.step([self.slot], [token])[0]
 
     def prefill(self, ids: list[int]) -> np.ndarray:
-        """Run a prompt from a zero state, one token at a time; logits of its last token."""
-        if not ids:
-            raise MulfreeError("prefill needs at least one token")
-        self.reset()
-        for t in ids:
-            logits = self.step(int(t))
-        return logits
+        """Run a prompt from a zero state (batched kernels; the same bits as stepping it one
+        token at a time); logits of its last token [vocab] (a buffer)."""
+        return self.core.prefill(self.slot, ids)
 
 
-def _ptr(a) -> int:
-    return 0 if a is None else a.ctypes.data
+def _layer(m: LiteModel, L: dict) -> P.Layer:
+    """One block's typed decode weights; i/f/g as one call when their norms are equal and the
+    arena holds them back to back (a view, as the torch Decoder's `adjacent_weights`)."""
+    ifg = ("i_proj", "f_proj", "g_proj")
+    at = [m.offsets[f"{L['prefix']}.attn.{p}"] for p in ifg]
+    ifg_ok = (all(np.array_equal(L[p].norm_w, L["i_proj"].norm_w) for p in ifg)
+              and all(L[p].out_features % 32 == 0 for p in ifg)  # whole row blocks
+              and at[1] == at[0] + L["i_proj"].data.size
+              and at[2] == at[1] + L["f_proj"].data.size)  # fmt: skip
+    fused = None
+    if ifg_ok:
+        i = L["i_proj"]
+        n = 3 * i.out_features
+        data = np.frombuffer(m.arena.buffer(at[0], tq2_nbytes(n, i.in_features)), np.uint8)
+        rs = np.concatenate([np.full(L[p].out_features, L[p].scale, np.float32) for p in ifg])
+        fused = P.Linear(i.norm_w, data, n, i.in_features, 1.0, rs)
+    lin = {p: P.Linear(L[p].norm_w, L[p].data, L[p].out_features, L[p].in_features, L[p].scale, None)
+           for p in ("i_proj", "f_proj", "g_proj", "o_proj", "gate_proj", "down_proj")}  # fmt: skip
+    return P.Layer(attn_norm=L["attn_norm"], ifg=fused, i=lin["i_proj"], f=lin["f_proj"],
+                   g=lin["g_proj"], lb=L["lb"], one_minus_lb=L["one_minus_lb"], g_norm=L["g_norm"],
+                   g_eps=m.eps, o=lin["o_proj"], mlp_norm=L["mlp_norm"], gate=lin["gate_proj"],
+                   down=lin["down_proj"])  # fmt: skip

@@ -4,10 +4,9 @@
 `PackedBitLinear` (2-bit tq2 weights on the add-only kernels) and, for int8 / int4 files, an
 `Int8Embedding` / `Int4Embedding`. Everything else (norms, MLGRU recurrence, recurrent-state cache, HF
 `generate`) is the PyTorch model's own code, so `model.generate(...)` works as for any causal
-LM. `model.decoder()` gives the fused single-token step used by `mulfree generate`; the
-model's forward hands cached single-token steps to it too, so HF `generate` decodes at the
-engine's speed (370M, random weights, 2 threads: 160 tok/s in benchmarks/bench_decode.py,
-~29 through the modules).
+LM. `model.fused_decoder()` gives the fused single-token step used by `mulfree generate`; the
+model's forward hands cached single-token steps to a Decoder too, so HF `generate` decodes at
+the engine's speed (benchmarks/bench_decode.py compares the two).
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from mulfree.engine import format as fmt
+from mulfree.engine.decode import Decoder, fused_step_applies
 from mulfree.engine.modules import Int4Embedding, Int8Embedding, PackedBitLinear, place_weights_
 from mulfree.errors import MulfreeError
 from mulfree.models.hf_compat import cache_kwargs, one_cache
@@ -58,20 +58,27 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
         # the packed head is its own quantized tensor (tied models are packed untied)
         return None
 
-    def decoder(self, threads: int | None = None):
-        """The fused single-token decoder over this model's weights (built once)."""
-        from mulfree.engine.decode import Decoder
-
+    def fused_decoder(self, threads: int | None = None) -> Decoder:
+        """The fused single-token decoder (`mulfree.engine.decode.Decoder`) over this model's
+        weights (built once). Not HF's `get_decoder()` (the base model): hence the name."""
         if self._decoder is None or (threads is not None and self._decoder.threads != threads):
             self._decoder = Decoder(self, threads=threads)
         return self._decoder
+
+    def decoder(self, threads: int | None = None) -> Decoder:
+        """Deprecated name of `fused_decoder` (kept for one release)."""
+        import warnings
+
+        warnings.warn("PackedHGRNBitForCausalLM.decoder() is now fused_decoder()",
+                      DeprecationWarning, stacklevel=2)  # fmt: skip
+        return self.fused_decoder(threads)
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None,
                 cache=None, labels=None, use_cache=None, output_hidden_states=None,
                 return_dict=None, logits_to_keep=0, past_key_values=None, **kwargs):  # fmt: skip
         """HGRNBitForCausalLM.forward; a cached single-token step (what HF `generate` runs
-        after the prompt) goes through a fused decoder instead (its own, not `decoder()`'s;
-        HF generate on the 370M shape ~5x faster, see benchmarks/bench_decode.py): the same
+        after the prompt) goes through a fused decoder instead (its own, not `fused_decoder()`'s;
+        see benchmarks/bench_decode.py for the speed): the same
         operations as the modules' forward, on the kernels and compiled elementwise stages,
         so logits agree up to float rounding (see mulfree.engine.decode) and greedy tokens
         equal `mulfree generate`'s. Anything else (prompts, labels, hidden states, masked
@@ -83,9 +90,7 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
                                     labels, use_cache, output_hidden_states):  # fmt: skip
             from transformers.modeling_outputs import CausalLMOutputWithPast
 
-            if self._hf_decoder is None:  # its own: a user's decoder() keeps its state
-                from mulfree.engine.decode import Decoder
-
+            if self._hf_decoder is None:  # its own: a user's fused_decoder() keeps its state
                 self._hf_decoder = Decoder(self)
             dec = self._hf_decoder
             n = self.config.num_hidden_layers
@@ -105,16 +110,16 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
 
     def _fused_step_applies(self, input_ids, attention_mask, inputs_embeds, cache, labels,
                             use_cache, output_hidden_states) -> bool:  # fmt: skip
-        from mulfree import energy, kernels
+        from mulfree import energy
         from mulfree.models.mmfree import HGRNBitCache
 
         if (
-            input_ids is None or inputs_embeds is not None or input_ids.dim() != 2
+            not fused_step_applies(self)
+            or input_ids is None or inputs_embeds is not None or input_ids.dim() != 2
             or input_ids.shape[1] != 1 or labels is not None or output_hidden_states
             or use_cache is False or not isinstance(cache, HGRNBitCache)
             or (attention_mask is not None and not bool(attention_mask[:, -1].all()))
-            or self.config.elementwise_mul != "exact" or energy.counting()
-            or not kernels.available()
+            or energy.counting()
         ):  # fmt: skip
             return False
         n = self.config.num_hidden_layers
@@ -134,7 +139,7 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
         from mulfree.engine.convert import packed_tensors_from_model
 
         tensors = packed_tensors_from_model(model, "tq2", embedding_format)
-        return _build(model.config, tensors, "tq2", embedding_format)
+        return build_packed(model.config, tensors, "tq2", embedding_format)
 
     @classmethod
     def from_pretrained(cls, path, *args, **kwargs):
@@ -150,7 +155,7 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
                            embedding_format=embedding_format or self.embedding_format)  # fmt: skip
 
 
-def _build(config, tensors: dict, ternary_format: str, embedding_format: str):
+def build_packed(config, tensors: dict, ternary_format: str, embedding_format: str):
     """A PackedHGRNBitForCausalLM holding `tensors` (checked names/shapes; tq1 -> tq2)."""
     with torch.device("meta"):
         model = PackedHGRNBitForCausalLM(config, embedding_format)
@@ -187,7 +192,7 @@ def load_packed(path: str | Path, *, verify: bool = True, **_ignored) -> PackedH
 
         return load_packed_bitnet(path, verify=verify)  # a PackedBitNetForCausalLM
     config, tensors, meta = fmt.read_packed(path, verify=verify)
-    model = _build(config, tensors, meta["ternary_format"], meta["embedding_format"])
+    model = build_packed(config, tensors, meta["ternary_format"], meta["embedding_format"])
     del tensors
     place_weights_(model)
     file = fmt.weights_file(path)

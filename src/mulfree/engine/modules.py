@@ -1,8 +1,8 @@
 """Inference modules of the packed engine, and `pack_model_`, the verb that puts them in a model.
 
-- `PackedBitLinear`: `PackedTernaryLinear` (same buffers, same forward) that also declares its op
-  mix to `mulfree.energy` while a counter is active (the compiled kernel is invisible to the
-  counter's dispatch mode). `packed_bitlinear(x, layer)` is the same call for the fast decoder.
+- `PackedBitLinear`: `PackedTernaryLinear` (same buffers, same forward) as the hgrn_bit model's
+  projections; its kernel is the custom op `torch.ops.mulfree.tq2_linear`, which the energy
+  counter prices itself (`mulfree.kernels.ternary`), so the module has no counting code.
 - `Int8Embedding`: a token embedding stored as int8 rows with one float32 step per row
   (x = q * step); `Int4Embedding`: 4-bit codes with one step per 32 entries of a row (half
   the bytes: the form that keeps a packed MMfreeLM-370M under 100 MB).
@@ -14,63 +14,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mulfree import energy
 from mulfree.engine.format import INT4_GROUP
 from mulfree.errors import MulfreeError
+from mulfree.kernels.ternary import tq2_nnz  # noqa: E402,F401  (re-exported)
 from mulfree.ternary.packed_linear import PackedTernaryLinear, ternary_linear
-
-# Number of non-zero ternary codes (code != 1) in each possible tq2 byte (4 codes of 2 bits);
-# padding codes are 1, so a sum over the packed bytes is nnz(W).
-_TQ2_NNZ = torch.tensor(
-    [sum(((b >> (2 * i)) & 3) != 1 for i in range(4)) for b in range(256)], dtype=torch.int64
-)
-
-
-def tq2_nnz(data: torch.Tensor) -> int:
-    """Non-zero weights of a tq2-packed tensor (its ternary add/sub count per token)."""
-    return int(_TQ2_NNZ[data.long()].sum())
-
-
-def record_ternary_linear(tokens: int, in_features: int, out_features: int, nnz: int) -> None:
-    """Declare a packed ternary linear's ops to `mulfree.energy` (call only when counting).
-
-    Per token: the int8 absmax quantizer (|x| max: K compares; x * s: K fp32 multiplies; clamp:
-    2K compares; s = 127 / amax: 1 division), nnz(W) int8 adds/subtracts into int32
-    accumulators, and per output one fp32 division acc / (s_x * s_w) (+ the product s_x * s_w
-    once per token).
-    """
-    energy.record("cmp", 32, 3 * tokens * in_features)
-    energy.record("fp_mul", 32, tokens * (in_features + 1))
-    energy.record("div", 32, tokens * (out_features + 1))
-    energy.record("ternary_add", 32, tokens * nnz)
 
 
 class PackedBitLinear(PackedTernaryLinear):
-    """PackedTernaryLinear that reports its op mix to `mulfree.energy` (state dict unchanged)."""
-
-    _nnz: int | None = None
-    _nnz_key: tuple | None = None
-
-    def nnz(self) -> int:
-        wp = self.weight_packed
-        key = (wp.data_ptr(), wp._version)
-        if self._nnz is None or self._nnz_key != key:
-            self._nnz, self._nnz_key = tq2_nnz(wp), key
-        return self._nnz
+    """PackedTernaryLinear as a MatMul-free model's projection (state dict unchanged)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm is not None:
             x = self.norm(x)
-        if not energy.counting():
-            return ternary_linear(x, self.packed(), self.bias)
-        with energy.opaque():  # the kernel, and the one-off nnz count, are not what is modelled
-            y = ternary_linear(x, self.packed(), self.bias)
-            nnz = self.nnz()
-        record_ternary_linear(
-            x.numel() // self.in_features, self.in_features, self.out_features, nnz
-        )
-        energy.record_io([x, self.weight_packed], [y])
-        return y
+        return ternary_linear(x, self.packed(), self.bias)
 
 
 class _QuantizedEmbedding(nn.Module):
@@ -210,8 +166,8 @@ def place_weights_(model: nn.Module) -> nn.Module:
     """Move the packed weights of every PackedTernaryLinear of `model` into one arena on 2 MiB
     pages (`mulfree.kernels.memory`), in place; values unchanged.
 
-    Why: a decode step streams every packed weight once; on huge pages the cold 2048x2048
-    batch-1 call took 41 instead of 49 us here (see mulfree.kernels.memory). The weights are
+    Why: a decode step streams every packed weight once, and on huge pages a cold batch-1 call
+    walks far fewer page tables (measured in docs/engine.md, "Weight memory"). The weights are
     laid out back to back in module order, so projections defined together (an MLGRU's i/f/g)
     are adjacent and the decoder runs them as one call on a view (`adjacent_weights`) instead
     of a fused copy. Each layer's `weight_packed` buffer becomes a tensor of its own storage

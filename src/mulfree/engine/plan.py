@@ -14,11 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-# A kernel call gets one thread per this many weights (at least one, at most `threads`).
-# Measured with benchmarks/bench_decode.py on the idle 2-core dev machine (libgomp's default wait
-# policy): 370M decode 71.9 tok/s with 3M (only the head on 2 threads), 90.3 with 500K, 91.8 with
-# every call on 2 threads; 1.3B 27.8 / 40.5 / 41.2. Below ~256K weights (the bundled model's
-# layers) a call is a few microseconds and a second thread's fork/join costs about as much.
+# A kernel call gets one thread per this many weights (at least one, at most `threads`): below
+# it a call is a few microseconds and a second thread's fork/join costs about as much (the
+# bundled model's layers). Chosen with benchmarks/bench_decode.py (docs/engine.md).
 MIN_WEIGHTS_PER_THREAD = 262_144
 
 
@@ -48,12 +46,47 @@ class Linear:
     in_features: int
     scale: float
     row_scales: Any | None
-    nnz: int | None = None  # for the energy counter, computed on first counted call
+
+
+@dataclass
+class Layer:
+    """One HGRN-Bit block's weights as the decode step reads them (arrays: torch or NumPy)."""
+
+    attn_norm: Any  # float32 [d]
+    ifg: Linear | None  # i | f | g as one call (equal input norms, whole row blocks), else None
+    i: Linear
+    f: Linear
+    g: Linear
+    lb: Any | None  # float32 [E]: the forget gate's floor (None: layer 0 or no lower bound)
+    one_minus_lb: Any | None
+    g_norm: Any  # float32 [E]
+    g_eps: float
+    o: Linear
+    mlp_norm: Any  # float32 [d]
+    gate: Linear  # gate | up, [2I] outputs
+    down: Linear
+
+    def linears(self) -> tuple[Linear, ...]:
+        return (self.i, self.f, self.g, self.o, self.gate, self.down)
+
+    def map(self, fn: Callable[[Any], Any]) -> Layer:
+        """The same layer with every array passed through `fn` (torch tensor -> NumPy view)."""
+        lin = lambda x: None if x is None else map_linear(x, fn)  # noqa: E731
+        opt = lambda a: None if a is None else fn(a)  # noqa: E731
+        return Layer(fn(self.attn_norm), lin(self.ifg), lin(self.i), lin(self.f), lin(self.g),
+                     opt(self.lb), opt(self.one_minus_lb), fn(self.g_norm), self.g_eps,
+                     lin(self.o), fn(self.mlp_norm), lin(self.gate), lin(self.down))  # fmt: skip
+
+
+def map_linear(lin: Linear, fn: Callable[[Any], Any]) -> Linear:
+    rs = None if lin.row_scales is None else fn(lin.row_scales)
+    return Linear(fn(lin.norm_w), fn(lin.data), lin.out_features, lin.in_features, lin.scale, rs)
 
 
 @dataclass
 class Buffers:
-    """The step's float32 buffers, [batch, n] each (torch tensors or NumPy arrays)."""
+    """The step's float32 scratch buffers, [capacity, n] each (torch tensors or NumPy arrays);
+    a step on B sequences uses their first B rows (row j = the j-th slot stepped)."""
 
     x: Any  # residual stream [B, d]
     h: Any  # BitLinear input (normed x * norm weight) [B, d]
@@ -70,6 +103,18 @@ class Buffers:
     h_g: Any
 
 
+def runs_of(slots) -> tuple[tuple[int, int, int], ...]:
+    """The slots of one step as contiguous runs (row, slot, length): row j of the step's buffers
+    holds slot slots[j]; a run is a stretch where consecutive rows hold consecutive slots, so
+    one compiled call advances its recurrent states in place."""
+    out, row = [], 0
+    for j in range(1, len(slots) + 1):
+        if j == len(slots) or slots[j] != slots[j - 1] + 1:
+            out.append((row, int(slots[row]), j - row))
+            row = j
+    return tuple(out)
+
+
 def lower_bounds(lb):
     """The forget-gate floors [L, d] float32 from the model's lower_bounds parameter (a NumPy
     array): softmax over layers, cumsum, minus row 0, as HGRNBitModel.forward computes them.
@@ -84,59 +129,89 @@ def lower_bounds(lb):
     return np.ascontiguousarray((np.cumsum(s, 0) - s[0]).astype(np.float32))
 
 
-def threads_for(lin: Linear, threads: int, min_weights: int = MIN_WEIGHTS_PER_THREAD) -> int:
-    """Kernel threads for one projection: small weights on one thread (waking a worker costs
-    more than it saves)."""
+def threads_for(lin: Linear, threads: int, min_weights: int = MIN_WEIGHTS_PER_THREAD,
+                rows: int = 1) -> int:  # fmt: skip
+    """Kernel threads for one projection: one per `min_weights` weights, at least one, at most
+    `threads` (small weights on one thread: waking a worker costs more than it saves). `rows`
+    (the call's tokens) does not change the rule: scaling threads with the batch was tried and
+    could not be shown faster on the shared 2-core machine (docs/engine.md, "Threads")."""
     return max(1, min(threads, lin.out_features * lin.in_features // min_weights))
 
 
-def fused_plan(C, buf: Buffers, states: list, layers: list[dict], final_norm, head: Linear,
-               eps: float, bl_eps: float, threads: Callable[[Linear], int], kernel_isa: int,
-               stage_isa: int, ptr: Callable[[Any], int]) -> list[tuple[Callable, tuple]]:  # fmt: skip
-    """The step as (C function, args) pairs: per layer attn_norm + BitLinear norms, i/f/g
-    kernel(s), MLGRU stage, o kernel, mlp norms, gate|up kernel, GLU stage, down kernel; then
-    the final norm and the head. `layers[i]` holds attn_norm, ifg (a fused Linear or None),
-    i/f/g/o/gate/down (Linear), lb / one_minus_lb (or None), g_norm, g_eps, mlp_norm.
-    kernel_isa / stage_isa: the ISA levels (csrc/mf_common.h's integers) of the ternary kernel
-    calls and of the elementwise decode stages (mulfree.kernels.dispatch picks them per family)."""
-    B, d = buf.x.shape
+def fused_plan(C, buf: Buffers, states: list, layers: list[Layer], final_norm, head: Linear,
+               eps: float, bl_eps: float, threads: Callable[[Linear, int], int], kernel_isa: int,
+               stage_isa: int, ptr: Callable[[Any], int], B: int | None = None,
+               runs: tuple[tuple[int, int, int], ...] | None = None, head_rows: str = "all",
+               head_isa: int | None = None) -> list[tuple[Callable, tuple]]:  # fmt: skip
+    """The step for B sequences as (C function, args) pairs: per layer attn_norm + BitLinear
+    norms, i/f/g kernel(s), MLGRU stage(s), o kernel, mlp norms, gate|up kernel, GLU stage, down
+    kernel; then the final norm and the head. Every call works on the first B rows of `buf`
+    (default B: all its rows) except the MLGRU stage, which also advances the recurrent states:
+    `states[l]` is layer l's state arena [capacity, E] and `runs` ((row, slot, length), see
+    `runs_of`; default: rows 0..B-1 are slots 0..B-1) says which arena rows each stretch of buffer
+    rows advances, one stage call per run, in order. Runs may name one slot several times: rows
+    t = 0..T-1 as T runs (t, slot, 1) are T tokens of one sequence, each stage call advancing
+    the state by one token (a prompt through batched kernels, see `HGRNFusedPlan.prefill`).
+    head_rows: "all" (logits of every row), "last" (the final norm and head on row B-1 only,
+    logits in row 0; `head_isa` its kernel level) or "none" (no head: a prompt's inner chunk).
+    threads(lin, rows): the kernel threads for a call on `rows` rows. kernel_isa / stage_isa:
+    the ISA levels (csrc/mf_common.h's integers) of the ternary kernel calls and of the
+    elementwise decode stages (mulfree.kernels.dispatch picks them per family)."""
+    B = buf.x.shape[0] if B is None else int(B)
+    runs = ((0, 0, B),) if runs is None else runs
+    if sum(n for _, _, n in runs) != B:
+        raise ValueError(f"runs {runs} do not cover {B} rows")
+    d = buf.x.shape[1]
     E, inter = buf.y_i.shape[1], buf.z_i.shape[1]
+    F32 = 4  # bytes per float32: the plan's addresses are byte addresses
 
-    def kernel(lin: Linear, u, out):
-        return C.tq2_linear, (ptr(u), u.shape[0], lin.in_features, ptr(lin.data), lin.out_features,
-                              float(lin.scale), ptr(lin.row_scales), ptr(out), 0, threads(lin), kernel_isa)  # fmt: skip
+    def kernel(lin: Linear, u, out, rows: int = B, isa: int = kernel_isa):
+        return C.tq2_linear, (ptr(u), rows, lin.in_features, ptr(lin.data), lin.out_features,
+                              float(lin.scale), ptr(lin.row_scales), ptr(out), 0,
+                              threads(lin, rows), isa)  # fmt: skip
 
     plan, pending = [], 0  # pending: the residual add folded into the next norm
     for L, state in zip(layers, states, strict=True):
-        if L["ifg"] is not None:
-            plan.append((C.dec_norm2, (ptr(buf.x), pending, B, d, ptr(L["attn_norm"]), eps,
-                                       bl_eps, ptr(L["ifg"].norm_w), ptr(buf.h), 0, 0, 0, 0)))  # fmt: skip
-            plan.append(kernel(L["ifg"], buf.h, buf.y_ifg))
+        if L.ifg is not None:
+            plan.append((C.dec_norm2, (ptr(buf.x), pending, B, d, ptr(L.attn_norm), eps,
+                                       bl_eps, ptr(L.ifg.norm_w), ptr(buf.h), 0, 0, 0, 0)))  # fmt: skip
+            plan.append(kernel(L.ifg, buf.h, buf.y_ifg))
             base, stride = ptr(buf.y_ifg), 3 * E  # rows [i | f | g], E floats each
-            yi, yf, yg = base, base + 4 * E, base + 8 * E  # byte addresses (float32)
+            yi, yf, yg = base, base + F32 * E, base + 2 * F32 * E
         else:
-            plan.append((C.dec_norm2, (ptr(buf.x), pending, B, d, ptr(L["attn_norm"]), eps,
-                                       bl_eps, ptr(L["i"].norm_w), ptr(buf.h),
-                                       ptr(L["f"].norm_w), ptr(buf.h_f),
-                                       ptr(L["g"].norm_w), ptr(buf.h_g))))  # fmt: skip
-            plan.append(kernel(L["i"], buf.h, buf.y_i))
-            plan.append(kernel(L["f"], buf.h_f, buf.y_f))
-            plan.append(kernel(L["g"], buf.h_g, buf.y_g))
+            plan.append((C.dec_norm2, (ptr(buf.x), pending, B, d, ptr(L.attn_norm), eps,
+                                       bl_eps, ptr(L.i.norm_w), ptr(buf.h),
+                                       ptr(L.f.norm_w), ptr(buf.h_f),
+                                       ptr(L.g.norm_w), ptr(buf.h_g))))  # fmt: skip
+            plan.append(kernel(L.i, buf.h, buf.y_i))
+            plan.append(kernel(L.f, buf.h_f, buf.y_f))
+            plan.append(kernel(L.g, buf.h_g, buf.y_g))
             yi, yf, yg, stride = ptr(buf.y_i), ptr(buf.y_f), ptr(buf.y_g), E
-        plan.append((C.dec_mlgru, (yi, yf, yg, stride, B, E, ptr(L["lb"]), ptr(L["one_minus_lb"]),
-                                   ptr(state), ptr(L["g_norm"]), L["g_eps"], ptr(L["o"].norm_w),
-                                   bl_eps, ptr(buf.t_e), stage_isa)))  # fmt: skip
-        plan.append(kernel(L["o"], buf.t_e, buf.y_d))
-        plan.append((C.dec_norm2, (ptr(buf.x), ptr(buf.y_d), B, d, ptr(L["mlp_norm"]), eps,
-                                   bl_eps, ptr(L["gate"].norm_w), ptr(buf.h), 0, 0, 0, 0)))  # fmt: skip
-        plan.append(kernel(L["gate"], buf.h, buf.y_gu))
-        plan.append((C.dec_glu, (ptr(buf.y_gu), B, inter, ptr(L["down"].norm_w), bl_eps,
+        for row, slot, n in runs:  # rows [row, row + n) advance arena rows [slot, slot + n)
+            y, s, t = F32 * row * stride, F32 * slot * E, F32 * row * E
+            plan.append((C.dec_mlgru, (yi + y, yf + y, yg + y, stride, n, E, ptr(L.lb),
+                                       ptr(L.one_minus_lb), ptr(state) + s, ptr(L.g_norm),
+                                       L.g_eps, ptr(L.o.norm_w), bl_eps, ptr(buf.t_e) + t,
+                                       stage_isa)))  # fmt: skip
+        plan.append(kernel(L.o, buf.t_e, buf.y_d))
+        plan.append((C.dec_norm2, (ptr(buf.x), ptr(buf.y_d), B, d, ptr(L.mlp_norm), eps,
+                                   bl_eps, ptr(L.gate.norm_w), ptr(buf.h), 0, 0, 0, 0)))  # fmt: skip
+        plan.append(kernel(L.gate, buf.h, buf.y_gu))
+        plan.append((C.dec_glu, (ptr(buf.y_gu), B, inter, ptr(L.down.norm_w), bl_eps,
                                  ptr(buf.z_i), stage_isa)))  # fmt: skip
-        plan.append(kernel(L["down"], buf.z_i, buf.y_d))
+        plan.append(kernel(L.down, buf.z_i, buf.y_d))
         pending = ptr(buf.y_d)
-    plan.append((C.dec_norm2, (ptr(buf.x), pending, B, d, ptr(final_norm), eps, bl_eps,
-                               ptr(head.norm_w), ptr(buf.h), 0, 0, 0, 0)))  # fmt: skip
-    plan.append(kernel(head, buf.h, buf.logits))
+    if head_rows == "all":
+        plan.append((C.dec_norm2, (ptr(buf.x), pending, B, d, ptr(final_norm), eps, bl_eps,
+                                   ptr(head.norm_w), ptr(buf.h), 0, 0, 0, 0)))  # fmt: skip
+        plan.append(kernel(head, buf.h, buf.logits))
+    elif head_rows == "last":  # row B-1's residual add, norms and head; h and logits row 0
+        last = F32 * (B - 1) * d
+        plan.append((C.dec_norm2, (ptr(buf.x) + last, pending + last, 1, d, ptr(final_norm), eps,
+                                   bl_eps, ptr(head.norm_w), ptr(buf.h), 0, 0, 0, 0)))  # fmt: skip
+        plan.append(kernel(head, buf.h, buf.logits, 1, kernel_isa if head_isa is None else head_isa))
+    elif head_rows != "none":
+        raise ValueError(f"head_rows must be all, last or none, not {head_rows!r}")
     return plan
 
 

@@ -15,10 +15,10 @@ How a kernel reaches C (csrc/README is this docstring):
 Threads: OpenMP (libgomp, the same runtime torch uses), `threads=` or torch.get_num_threads().
 libgomp's default wait policy (workers spin a while between parallel regions, then sleep) is the
 fast one on idle cores: decoding makes ~150 short parallel regions per token, and with
-OMP_WAIT_POLICY=PASSIVE each wakes a sleeping worker (~100 us per call measured here at batch 1;
-370M decode 40 vs 90 tok/s). On cores shared with other busy processes the opposite holds: a
-spinning worker gets descheduled and a fork/join can wait a scheduler slice (8-16 ms measured
-here, for torch's own ops as well); set OMP_WAIT_POLICY=PASSIVE (before torch is imported) there.
+OMP_WAIT_POLICY=PASSIVE each wakes a sleeping worker. On cores shared with other busy processes
+the opposite holds: a spinning worker gets descheduled and a fork/join can wait a scheduler
+slice; set OMP_WAIT_POLICY=PASSIVE (before torch is imported) there. (The measurements:
+docs/engine.md, "Threads".)
 """
 
 from mulfree.kernels._core import (

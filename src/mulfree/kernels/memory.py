@@ -3,10 +3,8 @@
 A batch-1 ternary call streams its packed weights once, touching each 4 KiB page once: with
 cold TLBs every page costs a page walk, and the hardware prefetchers stop at page boundaries.
 Backing a model's packed weights with one anonymous mapping advised for transparent huge pages
-(Linux `madvise(MADV_HUGEPAGE)`) removes most of that. Measured on the dev machine (2 threads,
-weights cycled through 512 MB of copies so every call reads DRAM, interleaved A/B in one
-process): 2048x2048 batch 1 49.4 -> 41.0 us per call; torch's bf16 F.linear on the same pages:
-unchanged (415 vs 411 us).
+(Linux `madvise(MADV_HUGEPAGE)`) removes most of that (the A/B measurement: docs/engine.md,
+"Weight memory").
 
 `Arena(nbytes)` is the mapping; `arena.tensor(offset, nbytes)` a uint8 tensor over a range of it,
 each with its own storage (so safetensors does not see a model's weights as shared tensors).

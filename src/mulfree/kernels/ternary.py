@@ -2,12 +2,21 @@
 
 These take plain contiguous tensors and do no shape juggling; the public API is
 `mulfree.ternary.packed_linear.ternary_linear` and `mulfree.ternary.packing`.
+
+The packed linear is a torch custom op, `torch.ops.mulfree.tq2_linear` (torch.library): shapes
+and dtypes are checked before the C call, a fake implementation lets tracing and compile see it,
+and its cost formula is registered with the energy counter (`mulfree.energy.counter`), so a
+counted forward prices the kernel that runs, with no bookkeeping in the callers.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
+from mulfree.energy.counter import register_op_cost
+from mulfree.errors import MulfreeError
 from mulfree.kernels._core import ISA_LEVELS, core
 
 
@@ -40,7 +49,11 @@ def tq2_linear(
     """
     M, K = x.shape
     y = torch.empty(M, out_features, dtype=torch.float32) if out is None else out
-    acc = torch.empty(M, out_features, dtype=torch.int32) if return_acc else None
+    if not return_acc:
+        torch.ops.mulfree.tq2_linear(x, w, out_features, float(w_scale), threads, ISA_LEVELS[isa],
+                                     row_scales, y)  # fmt: skip
+        return y
+    acc = torch.empty(M, out_features, dtype=torch.int32)  # the int32 sums: a test/reference view
     if M > 0:
         _lib().tq2_linear(
             x.data_ptr(), M, K, w.data_ptr(), out_features, float(w_scale),
@@ -93,3 +106,101 @@ def tq1_to_tq2(w: torch.Tensor, n: int, k: int, nbytes: int) -> tuple[torch.Tens
     out = torch.empty(nbytes, dtype=torch.uint8)
     bad = _lib().tq1_to_tq2(w.data_ptr(), n, k, out.data_ptr())
     return out, bad
+
+
+def tq2_nbytes(n: int, k: int) -> int:
+    """packing.packed_nbytes("tq2", n, k): 32-row blocks of 16 inputs, 4 weights per byte."""
+    return -(-n // 32) * 32 * -(-k // 16) * 16 // 4
+
+
+def _check_linear(x, w, n, row_scales, out) -> None:
+    if x.dtype != torch.float32 or x.dim() != 2 or not x.is_contiguous():
+        raise MulfreeError(f"tq2_linear: x must be contiguous float32 [M, K], got {x.dtype} {tuple(x.shape)}")
+    m, k = x.shape
+    if w.dtype != torch.uint8 or not w.is_contiguous() or w.numel() != tq2_nbytes(n, k):
+        raise MulfreeError(f"tq2_linear: w must be {tq2_nbytes(n, k)} contiguous uint8 bytes "
+                           f"(tq2 of [{n}, {k}]), got {w.numel()} {w.dtype}")  # fmt: skip
+    if out.dtype != torch.float32 or tuple(out.shape) != (m, n) or not out.is_contiguous():
+        raise MulfreeError(f"tq2_linear: out must be contiguous float32 [{m}, {n}], "
+                           f"got {out.dtype} {tuple(out.shape)}")  # fmt: skip
+    if row_scales is not None and (row_scales.dtype != torch.float32 or row_scales.numel() != n
+                                   or not row_scales.is_contiguous()):  # fmt: skip
+        raise MulfreeError(f"tq2_linear: row_scales must be contiguous float32 [{n}]")
+
+
+@torch.library.custom_op("mulfree::tq2_linear", mutates_args=("out",))
+def _tq2_linear_op(x: torch.Tensor, w: torch.Tensor, out_features: int, w_scale: float,
+                   threads: int, isa: int, row_scales: torch.Tensor | None,
+                   out: torch.Tensor) -> None:  # fmt: skip
+    """out [M, N] = the packed ternary linear of x [M, K] (int8 absmax inside; csrc/mf_ternary.c)."""
+    _check_linear(x, w, out_features, row_scales, out)
+    if x.shape[0] > 0:
+        _lib().tq2_linear(x.data_ptr(), x.shape[0], x.shape[1], w.data_ptr(), out_features,
+                          float(w_scale), row_scales.data_ptr() if row_scales is not None else 0,
+                          out.data_ptr(), 0, int(threads), int(isa))  # fmt: skip
+
+
+@_tq2_linear_op.register_fake
+def _(x, w, out_features, w_scale, threads, isa, row_scales, out) -> None:
+    _check_linear(x, w, out_features, row_scales, out)
+
+
+# --- the cost formula the energy counter uses for the op ----------------------------------------
+_TQ2_NNZ = torch.tensor(  # non-zero weights per tq2 byte (four 2-bit codes, code 1 = zero)
+    [sum(((b >> (2 * i)) & 3) != 1 for i in range(4)) for b in range(256)], dtype=torch.int64
+)
+_nnz_cache: dict[tuple, int] = {}
+_DENSE = [False]  # priced_as_dense's switch
+
+
+def tq2_nnz(data: torch.Tensor) -> int:
+    """Non-zero weights of a tq2-packed tensor (its ternary add/sub count per token)."""
+    return int(_TQ2_NNZ[data.long()].sum())
+
+
+def _nnz(w: torch.Tensor) -> int:
+    key = (w.data_ptr(), w.numel(), w._version)
+    if key not in _nnz_cache:
+        if len(_nnz_cache) > 4096:
+            _nnz_cache.clear()
+        _nnz_cache[key] = tq2_nnz(w)
+    return _nnz_cache[key]
+
+
+@contextlib.contextmanager
+def priced_as_dense(on: bool = True):
+    """Inside, the counter prices every tq2_linear as a dense fp32 F.linear of its shape (K
+    multiplies and K - 1 adds per output, 4 bytes per weight): the counterfactual of
+    mulfree.engine.decode.Decoder.step_energy."""
+    before, _DENSE[0] = _DENSE[0], bool(on)
+    try:
+        yield
+    finally:
+        _DENSE[0] = before
+
+
+def _tq2_linear_cost(counter, args, kwargs, out) -> None:
+    """One call's ops and bytes. Per token: the int8 absmax quantizer (|x| max: K compares;
+    x * s: K fp32 multiplies; clamp: 2K compares; s = 127 / amax: 1 division), nnz(W) int8
+    adds/subtracts into int32 accumulators, and per output one fp32 division acc / (s_x * s_w)
+    (+ the product s_x * s_w once per token). Bytes: the packed weight, x and out."""
+    x, w, n = args[0], args[1], args[2]
+    y = args[7] if len(args) > 7 else kwargs["out"]
+    t, k = x.shape
+    c, b = counter.counts, counter.bytes
+    b["act_read"] += x.numel() * x.element_size()
+    b["act_write"] += y.numel() * y.element_size()
+    if _DENSE[0]:
+        c[("fp_mul", 32)] += t * n * k
+        c[("fp_add", 32)] += t * n * (k - 1)
+        b["weight_read"] += 4 * n * k
+        return
+    c[("cmp", 32)] += 3 * t * k
+    c[("fp_mul", 32)] += t * (k + 1)
+    c[("div", 32)] += t * (n + 1)
+    c[("ternary_add", 32)] += t * _nnz(w)
+    b["weight_read"] += w.numel()  # the packed weight (its bytes, 2 bits per weight)
+
+
+register_op_cost("mulfree::tq2_linear", _tq2_linear_cost)
+

@@ -88,7 +88,7 @@ def register(sub) -> None:
 
 
 def cmd_error(args) -> int:
-    from mulfree.lmul.error import ErrorConfig, run
+    from mulfree.report.lmul_error import ErrorConfig, run
 
     model = args.model
     if model is None and args.sources is None:
@@ -108,7 +108,7 @@ def cmd_error(args) -> int:
     )
     command = "mulfree " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     res = run(cfg, progress=not args.no_progress, command=command)
-    from mulfree.lmul.error import to_markdown
+    from mulfree.report.lmul_error import to_markdown
 
     print(to_markdown(res))
     print(f"\nwrote {cfg.out_dir}/error.md, error.json, error.png")

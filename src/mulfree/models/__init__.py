@@ -12,6 +12,7 @@ import sys
 from mulfree.models.mmfree import PRESETS, HGRNBitConfig, HGRNBitForCausalLM, HGRNBitModel
 
 _LAZY = {
+    "ModelSource": "mulfree.models.resolver",
     "build_transformerpp": "mulfree.models.transformerpp",
     "transformerpp_config": "mulfree.models.transformerpp",
     "transformerpp_config_for": "mulfree.models.transformerpp",
@@ -29,6 +30,8 @@ def register_with_transformers() -> None:
 
 
 def __getattr__(name):
+    if name == "resolve":  # the function, from mulfree.models.resolver
+        return importlib.import_module("mulfree.models.resolver").resolve
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'mulfree.models' has no attribute {name!r}")
@@ -36,12 +39,14 @@ def __getattr__(name):
 
 __all__ = [
     "PRESETS",
+    "ModelSource",
     "HGRNBitConfig",
     "HGRNBitForCausalLM",
     "HGRNBitModel",
     "build_transformerpp",
     "load_causal_lm",
     "register_with_transformers",
+    "resolve",
     "transformerpp_config",
     "transformerpp_config_for",
 ]

@@ -24,7 +24,7 @@ def load_causal_lm(path: str | Path, **kwargs):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from mulfree.models.mmfree.modeling_mmfree import _raise_on_bad_load
+    from mulfree.models.mmfree.modeling_mmfree import raise_on_bad_load
 
     path = Path(path)
     if not path.is_dir():
@@ -55,8 +55,42 @@ def load_causal_lm(path: str | Path, **kwargs):
     except (OSError, ValueError, RuntimeError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MulfreeError(f"cannot load {path}: {first_line}") from None
-    _raise_on_bad_load(info, path)
+    raise_on_bad_load(info, path)
     for name, t in model.state_dict().items():  # NaN weights would decode nothing but EOS
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise MulfreeError(f"checkpoint {path}: tensor {name} holds NaN or inf values")
     return model
+
+
+def load_tokenizer(path: str | Path, hint: str = ""):
+    """transformers' AutoTokenizer of a local folder (no download); one MulfreeError line naming
+    the folder (and `hint`, e.g. which option gives another folder) when it cannot load."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MulfreeError(f"cannot load a tokenizer from {path}: {first}{hint}") from None
+
+
+def _as_ids(v) -> set[int]:
+    if isinstance(v, bool):
+        return set()
+    if isinstance(v, int):
+        return {v}
+    if isinstance(v, list | tuple):
+        return {int(x) for x in v if isinstance(x, int) and not isinstance(x, bool)}
+    return set()
+
+
+def eos_token_ids(model, tokenizer) -> frozenset[int]:
+    """End-of-text ids of a loaded model and tokenizer: the config's, the generation config's
+    and the tokenizer's eos_token_id (the torch-free engine reads the same three from the files:
+    mulfree.engine.lite.eos_ids)."""
+    gen = getattr(model, "generation_config", None)
+    return frozenset(
+        _as_ids(getattr(model.config, "eos_token_id", None))
+        | _as_ids(getattr(gen, "eos_token_id", None) if gen is not None else None)
+        | _as_ids(getattr(tokenizer, "eos_token_id", None))
+    )

@@ -1,6 +1,6 @@
 """Section 1: L-Mul's error against exact k-bit and fp8 multiplication (paper Table 7 / Fig. 4).
 
-Measured fresh with `mulfree.lmul.error` (its tables print the paper's Table 7 beside ours);
+Measured fresh with `mulfree.report.lmul_error` (its tables print the paper's Table 7 beside ours);
 this section adds the paper's two precision claims with computed verdicts.
 """
 
@@ -59,7 +59,7 @@ def claim_rows(res) -> list[dict]:
 
 
 def section(ctx: Context) -> Section:
-    from mulfree.lmul.error import ErrorConfig, measure, plot, to_markdown
+    from mulfree.report.lmul_error import ErrorConfig, measure, plot, to_markdown
 
     cfg = ErrorConfig(
         ks=KS,

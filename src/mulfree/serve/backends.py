@@ -4,13 +4,14 @@ A backend tokenizes, starts a request (prefill its prompt -> its own state + fir
 one decode step for several requests at once (their states and last tokens -> next-token logits,
 states advanced in place) and frees a request's state.
 
-- `MatMulFreeBackend` (model_type `hgrn_bit`): a request's state is one float32 row
-  [1, hidden*expand_ratio] per layer. A decode step stacks the rows of all active requests along
-  the batch axis, runs one step for all of them and splits the advanced states back: one step,
-  whatever the number of requests. With packed weights (and the compiled core) the step is the
-  packed engine's fused decode step (`mulfree.engine.decode.Decoder`: its logits follow the
-  model's forward up to float rounding, see there); else the model's forward on [B, 1] tokens
-  with the rows stacked into one `HGRNBitCache`.
+- `MatMulFreeBackend` (model_type `hgrn_bit`): one decode step for all active requests, whatever
+  their number. With packed weights (and the compiled core: `fused_step_applies`) a request's
+  state is a slot of the packed engine's decoder (`mulfree.engine.decode.Decoder`, which owns
+  the state arena): `start` prefills into a fresh slot, `step` runs the fused step on the
+  requests' slots in place (no state is stacked, copied or split), `free` returns the slot; its
+  logits follow the model's forward up to float rounding (see there). Else a request's state is
+  one float32 row [1, hidden*expand_ratio] per layer and a step stacks the rows of all active
+  requests into one `HGRNBitCache` for the model's forward on [B, 1] tokens.
 - `GenericBackend` (any Hugging Face causal LM): a request's state is the model's own cache
   (`DynamicCache` for attention models); a step runs the requests one after another (batch 1),
   since KV caches of different lengths do not stack without padding.
@@ -28,6 +29,7 @@ import torch
 
 from mulfree.errors import MulfreeError
 from mulfree.models.hf_compat import cache_kwargs, output_cache
+from mulfree.models.loading import eos_token_ids, load_tokenizer
 
 # Chat template used when the tokenizer carries none: role-tagged lines, then the assistant tag.
 SIMPLE_CHAT_TEMPLATE = "{role}: {content}\n"
@@ -96,9 +98,32 @@ class Backend(abc.ABC):
     def free(self, state: RequestState) -> None:
         state.data = None
 
+    def reserve(self, max_batch: int) -> None:
+        """Prepare for `max_batch` requests stepping together (nothing to do by default)."""
+        return None
+
 
 class MatMulFreeBackend(Backend):
     kind = "mmfree"
+
+    _decoder: Any = None  # the engine's fused decoder (its slots hold the requests' states)
+
+    def reserve(self, max_batch: int) -> None:
+        """Size the decoder's state arena for `max_batch` requests at once (the scheduler's)."""
+        dec = self._fused()
+        if dec is not None:
+            dec.reserve(max_batch)
+
+    def _fused(self):
+        """The packed engine's decoder when the fused step applies to this model
+        (`mulfree.engine.decode.fused_step_applies`), else None (steps run the model's forward)."""
+        from mulfree.engine.decode import Decoder, fused_step_applies
+
+        if self._decoder is None:
+            if self.weights != "packed" or not fused_step_applies(self.model):
+                return None
+            self._decoder = Decoder(self.model)
+        return self._decoder
 
     def _cache(self, per_layer: list[torch.Tensor] | None):
         from mulfree.models.mmfree.modeling_mmfree import HGRNBitCache
@@ -115,6 +140,18 @@ class MatMulFreeBackend(Backend):
 
     @torch.inference_mode()
     def start(self, ids, *, all_logits=False):
+        dec = self._fused()
+        if dec is not None:
+            slot = dec.alloc()
+            try:
+                logits = dec.prefill_slot(slot, ids)
+                if all_logits:  # every position's logits: the model's forward over the prompt
+                    x = torch.tensor([ids], dtype=torch.long)  # [1, T]
+                    logits = self.model(input_ids=x, logits_to_keep=0).logits[0]  # [T, V]
+            except BaseException:
+                dec.free(slot)
+                raise
+            return RequestState(slot, len(ids)), logits
         cache = self._cache(None)
         x = torch.tensor([ids], dtype=torch.long)  # [1, T]
         keep = 0 if all_logits else 1  # 0: every position
@@ -123,38 +160,17 @@ class MatMulFreeBackend(Backend):
         states = [s.clone() for s in self._states(output_cache(out), n)]  # L x [1, E]
         return RequestState(states, len(ids)), out.logits[0] if all_logits else out.logits[0, -1]
 
-    _decoder: Any = None  # the engine's fused decode step, built on first use
-
-    def _fused(self):
-        """The packed engine's fused decode step (`mulfree.engine.decode.Decoder`) when the
-        weights are packed, the compiled core is there and the model multiplies exactly;
-        else None (steps run the model's forward)."""
-        from mulfree import kernels
-
-        if (
-            self.weights != "packed"
-            or getattr(self.model.config, "elementwise_mul", "exact") != "exact"
-            or not kernels.available()
-        ):
-            return None
-        if self._decoder is None:
-            from mulfree.engine.decode import Decoder
-
-            self._decoder = Decoder(self.model)
-        return self._decoder
-
     @torch.inference_mode()
     def step(self, states, tokens):
+        dec = self._fused()
+        if dec is not None:
+            logits = dec.step(tokens, [st.data for st in states])  # [B, vocab], a buffer
+            for st in states:
+                st.length += 1
+            return logits.clone()  # B x vocab floats: the caller may keep them past a step
         n = self.model.config.num_hidden_layers
         # L x [B, E]: row b of layer l is request b's state.
         stacked = [torch.cat([st.data[layer] for st in states], 0) for layer in range(n)]
-        dec = self._fused()
-        if dec is not None:
-            logits = dec.step_from(stacked, tokens)  # [B, vocab]
-            for b, st in enumerate(states):
-                st.data = [s[b : b + 1].clone() for s in dec.states]  # L x [1, E]
-                st.length += 1
-            return logits
         cache = self._cache(stacked)
         x = torch.tensor(tokens, dtype=torch.long).unsqueeze(1)  # [B, 1]
         out = self.model(input_ids=x, **cache_kwargs(cache), use_cache=True)
@@ -163,6 +179,11 @@ class MatMulFreeBackend(Backend):
             st.data = [s[b : b + 1].clone() for s in new]  # L x [1, E]
             st.length += 1
         return out.logits[:, -1]  # [B, vocab]
+
+    def free(self, state: RequestState) -> None:
+        if isinstance(state.data, int) and self._decoder is not None:
+            self._decoder.free(state.data)
+        state.data = None
 
 
 class GenericBackend(Backend):
@@ -185,25 +206,6 @@ class GenericBackend(Backend):
             st.length += 1
             rows.append(out.logits[0, -1])
         return torch.stack(rows)  # [B, vocab]
-
-
-def _eos_ids(model, tokenizer) -> frozenset[int]:
-    ids: set[int] = set()
-    for v in (
-        getattr(model.config, "eos_token_id", None),
-        getattr(tokenizer, "eos_token_id", None),
-    ):
-        if isinstance(v, int):
-            ids.add(v)
-        elif isinstance(v, list | tuple):
-            ids.update(int(x) for x in v)
-    gen = getattr(model, "generation_config", None)
-    v = getattr(gen, "eos_token_id", None) if gen is not None else None
-    if isinstance(v, int):
-        ids.add(v)
-    elif isinstance(v, list | tuple):
-        ids.update(int(x) for x in v)
-    return frozenset(ids)
 
 
 WEIGHTS = ("auto", "packed", "float")
@@ -260,7 +262,7 @@ def make_backend(
         tokenizer=tokenizer,
         model_id=model_id,
         max_context=max_context,
-        eos_token_ids=_eos_ids(model, tokenizer),
+        eos_token_ids=eos_token_ids(model, tokenizer),
         weights=weights,
     )
 
@@ -290,20 +292,23 @@ def load_backend(
     path = Path(model_dir)
     if not path.is_dir():
         raise MulfreeError(f"model directory not found: {path}")
-    from mulfree.engine import load_packed
-    from mulfree.engine.format import looks_packed
+    from mulfree.models.resolver import resolve
 
-    if looks_packed(path):  # a damaged packed folder is reported as corrupt, not as config-less
+    source = resolve(path)
+    if source.kind == "packed":  # a damaged packed folder is reported as corrupt, not config-less
+        from mulfree.engine import load_packed
+
         if lmul_bits is not None:
             raise MulfreeError("--lmul applies to attention models; hgrn_bit has no attention")
         return make_backend(
             load_packed(path),
-            _tokenizer(Path(tokenizer_dir) if tokenizer_dir else path),
-            model_id or path.resolve().name,
+            _tokenizer(Path(tokenizer_dir) if tokenizer_dir else source.tokenizer_dir),
+            model_id or Path(model_dir).resolve().name,
             kind=kind,
             max_context=max_context,
             weights=weights,
         )
+    path = source.path  # a train run folder resolves to its model/ or newest checkpoint
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise MulfreeError(f"no config.json in {path} (is it a model directory?)")
@@ -322,7 +327,7 @@ def load_backend(
             model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError) as e:
             raise MulfreeError(f"cannot load {path}: {str(e).splitlines()[0]}") from None
-    tokenizer = _tokenizer(Path(tokenizer_dir) if tokenizer_dir else path)
+    tokenizer = _tokenizer(Path(tokenizer_dir) if tokenizer_dir else source.tokenizer_dir)
     if lmul_bits is not None:
         if model_type == "hgrn_bit":
             raise MulfreeError("--lmul applies to attention models; hgrn_bit has no attention")
@@ -332,7 +337,7 @@ def load_backend(
     return make_backend(
         model,
         tokenizer,
-        model_id or path.resolve().name,
+        model_id or Path(model_dir).resolve().name,
         kind=kind,
         max_context=max_context,
         weights=weights,
@@ -340,10 +345,4 @@ def load_backend(
 
 
 def _tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MulfreeError(f"cannot load a tokenizer from {path}: {first}") from None
+    return load_tokenizer(path)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mulfree.engine.detok import Detokenizer  # noqa: F401  (re-exported: the one detokenizer)
 from mulfree.engine.stops import find_stop as _find_stop
 from mulfree.engine.stops import holdback as _holdback
 from mulfree.engine.stops import longest as _longest
@@ -61,39 +62,6 @@ class Failed:
     kind: str  # "timeout" or "server_error"
     message: str
     completion_tokens: int = 0
-
-
-class Detokenizer:
-    """Incremental decoding that never emits half a character.
-
-    Decodes a short window (a few previous tokens + the new ones) and emits only the part that
-    grew past the previous window's text, holding back text that ends in U+FFFD (a UTF-8
-    sequence split across tokens). The window starts inside the prompt so that tokenizers which
-    drop a leading space at the start of a decode still produce it.
-    """
-
-    CONTEXT = 4
-
-    def __init__(self, backend: Backend, prompt_ids: list[int]):
-        self.backend = backend
-        self.ids = list(prompt_ids[-self.CONTEXT :])
-        self.prefix = 0
-        self.read = len(self.ids)
-
-    def add(self, tok: int) -> str:
-        self.ids.append(tok)
-        before = self.backend.decode(self.ids[self.prefix : self.read])
-        now = self.backend.decode(self.ids[self.prefix :])
-        if len(now) > len(before) and not now.endswith("\ufffd"):
-            self.prefix, self.read = self.read, len(self.ids)
-            return now[len(before) :]
-        return ""
-
-    def flush(self) -> str:
-        before = self.backend.decode(self.ids[self.prefix : self.read])
-        now = self.backend.decode(self.ids[self.prefix :])
-        self.prefix = self.read = len(self.ids)
-        return now[len(before) :] if len(now) > len(before) else ""
 
 
 @dataclass(eq=False)
@@ -145,6 +113,7 @@ class Scheduler:
         max_context: int | None = None,
     ):
         self.backend = backend
+        backend.reserve(max_batch)  # e.g. the decoder's state arena: sized once, never moved
         self.max_context = max_context or backend.max_context
         self.max_batch = max_batch
         self.max_queue = max_queue

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,30 +31,17 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from mulfree.errors import MulfreeError
+# the layout's readers' side lives below the engine (which reads runs): re-exported here
+from mulfree.models.runs import (  # noqa: F401
+    FORMAT,
+    VERSION,
+    checkpoints_root,
+    list_checkpoints,
+    read_trainer_state,
+)
 from mulfree.train.distributed import DistContext
 
-FORMAT = "mulfree-train-checkpoint"
-VERSION = 1
-_NAME = re.compile(r"^step_(\d{8})$")
 _TMP_PREFIX = ".tmp-"
-
-
-def checkpoints_root(out_dir: str | Path) -> Path:
-    return Path(out_dir) / "checkpoints"
-
-
-def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints as (step, path), oldest first."""
-    root = checkpoints_root(out_dir)
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        m = _NAME.match(p.name)
-        if m and (p / "trainer_state.json").is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
 
 
 def remove_temporaries(out_dir: str | Path) -> None:
@@ -167,18 +153,6 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     ctx.barrier()
     return final
-
-
-def read_trainer_state(path: Path) -> dict[str, Any]:
-    try:
-        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise MulfreeError(f"cannot read checkpoint {path}: {e}") from None
-    if state.get("format") != FORMAT:
-        raise MulfreeError(f"{path} is not a {FORMAT} (format {state.get('format')!r})")
-    if state.get("version") != VERSION:
-        raise MulfreeError(f"{path}: checkpoint version {state.get('version')} is not {VERSION}")
-    return state
 
 
 def load_checkpoint(

@@ -294,12 +294,12 @@ class HGRNBitPreTrainedModel(PreTrainedModel):
                 config = kwargs.get("config")
                 if not isinstance(config, HGRNBitConfig):
                     config = cls.config_class.from_pretrained(path)
-                _check_checkpoint(cls, config, path)
+                check_checkpoint(cls, config, path)
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
         )
         if strict:
-            _raise_on_bad_load(info, pretrained_model_name_or_path)
+            raise_on_bad_load(info, pretrained_model_name_or_path)
         return (model, info) if want_info else model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -339,7 +339,7 @@ def _add_safetensors_metadata(path: Path, extra: dict[str, str]) -> None:
 _FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")  # safetensors dtype names
 
 
-def _check_checkpoint(cls, config: HGRNBitConfig, path: Path, files=None) -> None:
+def check_checkpoint(cls, config: HGRNBitConfig, path: Path, files=None) -> None:
     """Compare the tensor names and shapes in `path`'s safetensors files (or `files`) with what
     `cls` expects."""
     from safetensors import safe_open
@@ -394,13 +394,13 @@ def _check_checkpoint(cls, config: HGRNBitConfig, path: Path, files=None) -> Non
     ]
     missing = [k for k in expected if k not in found and k not in optional]
     unexpected = [k for k in found if k not in expected]
-    _raise_on_bad_load(
+    raise_on_bad_load(
         {"mismatched_keys": mismatched, "missing_keys": missing, "unexpected_keys": unexpected},
         path,
     )
 
 
-def _raise_on_bad_load(info: dict, where) -> None:
+def raise_on_bad_load(info: dict, where) -> None:
     def first(keys, n=3):
         keys = sorted(str(k) for k in keys)
         return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")

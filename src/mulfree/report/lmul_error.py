@@ -248,7 +248,7 @@ def to_markdown(res: ErrorResult, command: str | None = None) -> str:
         out += [f"Made by: `{command}`", ""]
     out += [
         f"Relative error |method(x, y) - xy| / |xy| against the float64 product, mean and max over "
-        f"{res.n:,} operand pairs per source (see `mulfree/lmul/error.py`). The paper's Table 7 "
+        f"{res.n:,} operand pairs per source (see `mulfree/report/lmul_error.py`). The paper's Table 7 "
         'columns are its analytic "error expectation" for k = 1..6, a different measure: '
         "compare trends, not values. L-Mul and k-bit rows keep float32's 8-bit exponent; the fp8 "
         "rows have their formats' own narrow exponent ranges, so with one power-of-two scale per "

@@ -1,0 +1,265 @@
+"""The decode core, without torch: decode state in slots it owns, and one step over any of them.
+
+`SlotDecoder(family)` is the one owner of decode state. A sequence gets a slot (`alloc`), a step
+feeds one token to each of some slots (`step(slots, tokens)` -> logits [len(slots), vocab], a
+buffer the next step overwrites) and a finished sequence gives its slot back (`free`). Adding or
+freeing a slot touches that slot's rows only: no other slot's state is copied and no buffer or
+plan is rebuilt; the arena grows (doubling, copying every slot once) only when more sequences
+than its capacity are alive at once. `mulfree generate` (through `mulfree.engine.lite` and the
+torch `mulfree.engine.decode.Decoder`), HF `generate` on a packed model and the server all step
+through a SlotDecoder.
+
+The seam for a model family is a `FamilyPlan` (the protocol below): it owns the family's state
+arena and scratch buffers for `capacity` slots and runs one step on a set of slots.
+`HGRNFusedPlan` is the MatMul-free (hgrn_bit) family's: its state is one float32 row
+[hidden * expand_ratio] per layer and slot, and its step is `mulfree.engine.plan.fused_plan`'s
+list of compiled calls, cached per (batch size, runs of adjacent slots), so a step is a loop over
+prebuilt (function, args) pairs. A family with a KV cache (a transformer) keeps per-slot caches
+and positions in its arena the same way (docs/engine.md).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from mulfree.engine import plan as P
+from mulfree.errors import MulfreeError
+
+MAX_CACHED_PLANS = 256  # (batch, runs) keys: a server's slots settle into a few layouts
+PREFILL_CHUNK = 64  # prompt tokens per prefill pass (rows of the prefill buffers)
+
+
+class FamilyPlan(Protocol):
+    """What a model family gives the SlotDecoder (its state layout and its step)."""
+
+    vocab: int
+    capacity: int  # slots the arena holds now
+
+    def allocate(self, capacity: int) -> None:
+        """(Re)size the state arena and buffers to `capacity` slots, keeping slots < the old
+        capacity as they are."""
+
+    def clear(self, slot: int) -> None:
+        """Zero one slot's state (a new sequence starts from it)."""
+
+    def run(self, slots: Sequence[int], tokens: np.ndarray) -> np.ndarray:
+        """One token per slot (tokens int64 [B]); advance those slots' states in place;
+        logits float32 [B, vocab] (rows in `slots` order; a buffer)."""
+
+    def prefill(self, slot: int, tokens: np.ndarray) -> np.ndarray:
+        """A prompt (int64 [T], T >= 1) into `slot` from its current state; the logits of its
+        last token float32 [vocab] (a buffer): equal to running its tokens one by one."""
+
+
+@dataclass
+class HGRNWeights:
+    """An hgrn_bit model as the fused step reads it: typed layers of NumPy arrays (views of
+    the caller's memory: a torch model's tensors or a memory-mapped file's arena)."""
+
+    layers: list[P.Layer]
+    final_norm: np.ndarray  # float32 [d]
+    head: P.Linear
+    embed: Callable[[np.ndarray], Any]  # ids int64 [B] -> float32 rows [B, d]
+    hidden: int
+    expand: int  # E = hidden * expand_ratio
+    inter: int  # GLU width I
+    vocab: int
+    eps: float  # the model's RMSNorm eps
+    bl_eps: float  # BitLinear's input-norm eps
+
+
+class HGRNFusedPlan:
+    """The hgrn_bit family on the compiled core: state arena [L, capacity, E] float32,
+    scratch buffers [capacity, n], and the fused plan per (batch, runs) (see the module
+    docstring). `isas`: kernel family -> ISA level name (mulfree.kernels.resolve_isa)."""
+
+    def __init__(self, C, w: HGRNWeights, threads: int, isas: Mapping[str, str],
+                 min_weights_per_thread: int = P.MIN_WEIGHTS_PER_THREAD, capacity: int = 1):  # fmt: skip
+        from mulfree import kernels
+
+        self.C, self.w, self.threads = C, w, int(threads)
+        self.vocab = w.vocab
+        self.min_weights_per_thread = int(min_weights_per_thread)
+        self._levels = {f: kernels.ISA_LEVELS[lv] for f, lv in isas.items()}
+        self._family = kernels.ternary_family
+        self._stage = kernels.DECODE_STAGES
+        self.capacity = 0
+        self.states: np.ndarray | None = None  # [L, capacity, E]
+        self.buf: P.Buffers | None = None
+        self._plans: dict = {}
+        self.allocate(capacity)
+
+    use_plan_run = True  # False: the per-call loop (the runner's twin, compared in the tests)
+
+    def threads_for(self, lin: P.Linear, rows: int = 1) -> int:
+        return P.threads_for(lin, self.threads, self.min_weights_per_thread, rows)
+
+    def allocate(self, capacity: int) -> None:
+        w, cap = self.w, int(capacity)
+        z = lambda n: np.zeros((cap, n), dtype=np.float32)  # noqa: E731
+        d, E, inter = w.hidden, w.expand, w.inter
+        self.buf = P.Buffers(x=z(d), h=z(d), y_ifg=z(3 * E), y_i=z(E), y_f=z(E), y_g=z(E),
+                             t_e=z(E), y_d=z(d), y_gu=z(2 * inter), z_i=z(inter),
+                             logits=z(w.vocab), h_f=z(d), h_g=z(d))  # fmt: skip
+        states = np.zeros((len(w.layers), cap, E), dtype=np.float32)
+        if self.states is not None:
+            keep = min(cap, self.capacity)
+            states[:, :keep] = self.states[:, :keep]
+        self.states, self.capacity = states, cap
+        self._plans = {}  # their addresses pointed into the old arrays
+        self._pbuf = None  # the prefill buffers, on first use
+
+    def _prefill_buffers(self) -> P.Buffers:
+        if self._pbuf is None:
+            w, n = self.w, PREFILL_CHUNK
+            z = lambda k, rows=n: np.zeros((rows, k), dtype=np.float32)  # noqa: E731
+            d, E, inter = w.hidden, w.expand, w.inter
+            self._pbuf = P.Buffers(x=z(d), h=z(d), y_ifg=z(3 * E), y_i=z(E), y_f=z(E),
+                                   y_g=z(E), t_e=z(E), y_d=z(d), y_gu=z(2 * inter),
+                                   z_i=z(inter), logits=z(w.vocab, 1), h_f=z(d), h_g=z(d))  # fmt: skip
+        return self._pbuf
+
+    def clear(self, slot: int) -> None:
+        self.states[:, slot] = 0
+
+    def plan(self, B: int, runs: tuple) -> list:
+        """The compiled calls of a step on B rows whose states are `runs` (cached)."""
+        return self._entry(B, runs)[0]
+
+    def _entry(self, B: int, runs: tuple):
+        """(plan, its encoding for the core's plan runner or None), cached per (B, runs)."""
+        key = (B, runs)
+        entry = self._plans.get(key)
+        if entry is None:
+            if len(self._plans) >= MAX_CACHED_PLANS:
+                self._plans.clear()
+            w = self.w
+            plan = P.fused_plan(self.C, self.buf, list(self.states), w.layers, w.final_norm,
+                                w.head, w.eps, w.bl_eps, self.threads_for,
+                                self._levels[self._family(B)], self._levels[self._stage], _ptr,
+                                B=B, runs=runs)  # fmt: skip
+            # one C call for the whole step when the core has the plan runner (csrc/mf_plan.c:
+            # the same functions in the same order, the same bits; tests/kernels/test_plan.py)
+            words = None
+            if hasattr(self.C, "plan_run"):
+                try:
+                    words = P.encode_plan(self.C, plan)
+                except ValueError:  # a call the runner does not know (a wrapped core): the loop
+                    words = None
+            entry = self._plans[key] = (plan, words)
+        return entry
+
+    def prefill(self, slot: int, tokens: np.ndarray) -> np.ndarray:
+        """The prompt's tokens as the rows of one pass per chunk of PREFILL_CHUNK: every
+        projection a batched kernel call over the chunk, the MLGRU stage once per token in order
+        on the slot's state (runs (t, slot, 1)), the head on the last token only. Each row's
+        arithmetic is that of a one-token step (the kernels' rows are independent and exact), so
+        the logits and state equal stepping the tokens one by one, bit for bit (tested)."""
+        buf, w = self._prefill_buffers(), self.w
+        T = len(tokens)
+        for start in range(0, T, PREFILL_CHUNK):
+            chunk = tokens[start : start + PREFILL_CHUNK]
+            B = len(chunk)
+            runs = tuple((t, int(slot), 1) for t in range(B))
+            last = start + B == T
+            plan = P.fused_plan(self.C, buf, list(self.states), w.layers, w.final_norm, w.head,
+                                w.eps, w.bl_eps, self.threads_for, self._levels[self._family(B)],
+                                self._levels[self._stage], _ptr, B=B, runs=runs,
+                                head_rows="last" if last else "none",
+                                head_isa=self._levels[self._family(1)])  # fmt: skip
+            buf.x[:B] = w.embed(chunk)  # [B, d]
+            for fn, args in plan:
+                fn(*args)
+        return buf.logits[0]
+
+    def run(self, slots: Sequence[int], tokens: np.ndarray) -> np.ndarray:
+        B = len(slots)
+        plan, words = self._entry(B, P.runs_of(slots))
+        self.buf.x[:B] = self.w.embed(tokens)  # [B, d]
+        if words is not None and self.use_plan_run:
+            self.C.plan_run(words.ctypes.data, words.size)
+        else:
+            for fn, args in plan:
+                fn(*args)
+        return self.buf.logits[:B]
+
+
+class SlotDecoder:
+    """Decode state in slots (see the module docstring): `alloc`, `step(slots, tokens)`, `free`."""
+
+    def __init__(self, family: FamilyPlan):
+        self.family = family
+        self._free = list(range(family.capacity))  # a heap: the lowest free slot first
+        self._used: set[int] = set()
+
+    @property
+    def capacity(self) -> int:
+        return self.family.capacity
+
+    @property
+    def active(self) -> int:
+        return len(self._used)
+
+    def reserve(self, capacity: int) -> None:
+        """Make room for `capacity` slots at once (the server's max batch), keeping states."""
+        old = self.family.capacity
+        if capacity > old:
+            self.family.allocate(capacity)
+            for s in range(old, capacity):
+                heapq.heappush(self._free, s)
+
+    def alloc(self) -> int:
+        """A free slot, its state zeroed (the arena doubles when every slot is taken)."""
+        if not self._free:
+            self.reserve(max(1, 2 * self.family.capacity))
+        slot = heapq.heappop(self._free)
+        self._used.add(slot)
+        self.family.clear(slot)
+        return slot
+
+    def free(self, slot: int) -> None:
+        if slot not in self._used:
+            raise MulfreeError(f"slot {slot} is not in use")
+        self._used.remove(slot)
+        heapq.heappush(self._free, slot)
+
+    def free_all(self) -> None:
+        for s in list(self._used):
+            self.free(s)
+
+    def check(self, slots: Sequence[int], n_tokens: int) -> None:
+        if len(slots) != n_tokens:
+            raise MulfreeError(f"step got {n_tokens} tokens for {len(slots)} slots")
+        if len(set(slots)) != len(slots):
+            raise MulfreeError("step got a slot twice")
+        bad = [s for s in slots if s not in self._used]
+        if bad:
+            raise MulfreeError(f"step on slot(s) not in use: {bad[:4]}")
+
+    def step(self, slots: Sequence[int], tokens) -> np.ndarray:
+        """Feed tokens[j] to slots[j]; logits float32 [len(slots), vocab] (a buffer)."""
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        slots = [int(s) for s in slots]
+        self.check(slots, tokens.size)
+        if not slots:
+            raise MulfreeError("step needs at least one slot")
+        return self.family.run(slots, tokens)
+
+    def prefill(self, slot: int, tokens) -> np.ndarray:
+        """Run a prompt into `slot` from a zero state; logits of its last token [vocab]
+        (a buffer, overwritten by the next prefill)."""
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        self.check([slot], 1)
+        if tokens.size == 0:
+            raise MulfreeError("prefill needs at least one token")
+        self.family.clear(slot)
+        return self.family.prefill(slot, tokens)
+
+
+def _ptr(a) -> int:
+    return 0 if a is None else a.ctypes.data
