@@ -50,6 +50,7 @@ LAYERS = {
     "mulfree.serve": 5,
     "mulfree.report": 5,
     "mulfree.cli": 5,
+    "mulfree._argparse": 5,  # the command lines' shared flags (reads the sampler's defaults)
 }
 FRONT = 5  # every `<subpackage>.cli` module is a command line: the front layer
 
