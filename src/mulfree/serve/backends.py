@@ -102,6 +102,17 @@ class Backend(abc.ABC):
         return None
 
 
+def _prefill_new_slot(dec, prefill, ids):
+    """(slot, logits): a new decoder slot with the prompt run into it; the slot is given back
+    if the prompt fails, so a bad request leaks no state."""
+    slot = dec.alloc()
+    try:
+        return slot, prefill(slot, ids)
+    except BaseException:
+        dec.free(slot)
+        raise
+
+
 class MatMulFreeBackend(Backend):
     kind = "mmfree"
 
@@ -141,12 +152,7 @@ class MatMulFreeBackend(Backend):
     def start(self, ids):
         dec = self._fused()
         if dec is not None:
-            slot = dec.alloc()
-            try:
-                logits = dec.prefill_slot(slot, ids)
-            except BaseException:
-                dec.free(slot)
-                raise
+            slot, logits = _prefill_new_slot(dec, dec.prefill_slot, ids)
             return RequestState(slot, len(ids)), logits
         cache = self._cache(None)
         x = torch.tensor([ids], dtype=torch.long)  # [1, T]
@@ -209,12 +215,7 @@ class LiteBackend(Backend):
 
     def start(self, ids):
         dec = self._core()
-        slot = dec.alloc()
-        try:
-            logits = dec.prefill(slot, ids)
-        except BaseException:
-            dec.free(slot)
-            raise
+        slot, logits = _prefill_new_slot(dec, dec.prefill, ids)
         return RequestState(slot, len(ids)), torch.from_numpy(logits.copy())
 
     def step(self, states, tokens):
