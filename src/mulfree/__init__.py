@@ -43,15 +43,13 @@ def __getattr__(name):
 def _register(_module=None) -> None:
     import sys
 
-    models = sys.modules.get("mulfree.models")
-    if models is not None and not getattr(models, "_READY", False):
-        return  # mulfree.models is being imported (it loads transformers): it registers when done
-    name = getattr(_module, "__name__", "")
-    if name.endswith("configuration_auto") and "transformers.models.auto.modeling_auto" in sys.modules:
-        # modeling_auto is importing configuration_auto: our model code would import the half-
-        # initialized modeling_auto (`from transformers import AutoModelForCausalLM` first);
-        # its own hook registers once it is complete
-        return
+    for name in ("mulfree.models", "mulfree.models.mmfree"):
+        pkg = sys.modules.get(name)
+        if pkg is not None and not getattr(pkg, "_READY", False):
+            return  # being imported (it loads transformers): it registers when done
+    auto = sys.modules.get("transformers.models.auto.modeling_auto")
+    if auto is not None and not hasattr(auto, "AutoModelForCausalLM"):
+        return  # configuration_auto finished inside modeling_auto's import: its own hook follows
     from mulfree.models import register_with_transformers
 
     register_with_transformers()

@@ -247,7 +247,7 @@ def test_decoder_runs_the_measured_levels(tuner, monkeypatch):
     packed = PackedHGRNBitForCausalLM.from_model(HGRNBitForCausalLM(cfg).eval())
     rec = _Recorder(_core.core())
     monkeypatch.setattr(_core, "_C", rec)
-    dec = packed.decoder(threads=1)
+    dec = packed.fused_decoder(threads=1)
     assert dec.isas == {"ternary_b1": "scalar", "ternary_batch": "scalar",
                         "decode_stages": "avx2"}  # fmt: skip
     dec.prefill(torch.tensor([[1, 2, 3]]))

@@ -194,3 +194,31 @@ def test_chat_stream_carries_the_logprobs_of_every_token(server):
                     got += c["logprobs"]["content"]
     assert text == full["message"]["content"] and got == full["logprobs"]["content"]
     assert len(got) == 6
+
+
+def test_echo_logprobs_on_the_torch_free_backend():
+    """The packed engine's LiteBackend gives every prompt position's logits by decode steps:
+    the same rows as feeding the prompt one token at a time through its own step."""
+    from mulfree.engine.generate import bundled_packed
+    from mulfree.serve import load_backend
+    from mulfree.serve.backends import LiteBackend
+    from tests.serve.conftest import make_server
+
+    packed = bundled_packed()
+    if packed is None:
+        pytest.skip("no bundled packed model")
+    b = load_backend(packed)
+    if not isinstance(b, LiteBackend):
+        pytest.skip("the torch-free backend is not used here (no compiled core)")
+    ids = b.encode("ROMEO: what say you")
+    st, first = b.start(ids[:1])
+    rows = [first]
+    for t in ids[1:]:
+        rows.append(b.step([st], [t])[0])
+    b.free(st)
+    lp = torch.log_softmax(torch.stack(rows).float(), -1)
+    want = [float(lp[i - 1, ids[i]]) for i in range(1, len(ids))]
+    with make_server(b) as s:
+        out = post(s, {"prompt": ids, "echo": True, "logprobs": 1, "max_tokens": 1,
+                       "temperature": 0})  # fmt: skip
+    assert out["choices"][0]["logprobs"]["token_logprobs"][1:-1] == want

@@ -7,7 +7,7 @@
     dec = model.fused_decoder(); logits = dec.prefill(ids); logits = dec.step([next_id])
 
 A BitNet b1.58 checkpoint (official layout) converts the same way; `load_packed` then gives a
-`PackedBitNetForCausalLM` and `model.decoder()` a `BitNetDecoder` (KV cache, exact or L-Mul
+`PackedBitNetForCausalLM` and `model.fused_decoder()` a `BitNetDecoder` (KV cache, exact or L-Mul
 attention).
 
 `pack_model_(model)` swaps a model's BitLinears for packed layers in place (what serve and the

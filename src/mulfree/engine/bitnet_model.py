@@ -261,7 +261,7 @@ class PackedBitNetForCausalLM(_bitnet_base()):
     def _init_weights(self, module):
         return None  # every tensor is loaded from a packed file
 
-    def decoder(self, **kw):
+    def fused_decoder(self, **kw):
         """The fused decoder over this model's weights (mulfree.engine.bitnet_decode)."""
         from mulfree.engine.bitnet_decode import BitNetDecoder
 

@@ -365,7 +365,7 @@ def _generate_torch(config, on_text, model, tokenizer, t_start: float) -> Genera
 
     eos = set(eos_token_ids(model, tokenizer)) if config.stop_on_eos else set()
     if getattr(model, "layout", None) is not None:  # a PackedBitNetForCausalLM
-        dec = model.decoder(threads=config.threads, attention=config.attention,
+        dec = model.fused_decoder(threads=config.threads, attention=config.attention,
                             mantissa_bits=config.mantissa_bits, kv_dtype=config.kv_cache,
                             max_context=config.max_context)  # fmt: skip
     else:

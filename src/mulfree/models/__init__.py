@@ -9,9 +9,14 @@ code is not needed to register `hgrn_bit`, and `import mulfree` should stay as l
 import importlib
 import sys
 
-from mulfree.models.mmfree import PRESETS, HGRNBitConfig, HGRNBitForCausalLM, HGRNBitModel
-
+# Every public name is imported on first use, the hgrn_bit classes too: importing a light
+# submodule (mulfree.models.loading, .hf_compat, .resolver) must not load transformers' model
+# code, which the torch-free serving path (mulfree.serve.backends.LiteBackend) never needs.
 _LAZY = {
+    "PRESETS": "mulfree.models.mmfree",
+    "HGRNBitConfig": "mulfree.models.mmfree",
+    "HGRNBitForCausalLM": "mulfree.models.mmfree",
+    "HGRNBitModel": "mulfree.models.mmfree",
     "ModelSource": "mulfree.models.resolver",
     "build_transformerpp": "mulfree.models.transformerpp",
     "transformerpp_config": "mulfree.models.transformerpp",
@@ -23,6 +28,8 @@ _LAZY = {
 def register_with_transformers() -> None:
     """Register `hgrn_bit` with transformers' Auto classes (idempotent)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    from mulfree.models.mmfree import HGRNBitConfig, HGRNBitForCausalLM, HGRNBitModel
 
     AutoConfig.register(HGRNBitConfig.model_type, HGRNBitConfig, exist_ok=True)
     AutoModel.register(HGRNBitConfig, HGRNBitModel, exist_ok=True)

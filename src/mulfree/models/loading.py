@@ -74,7 +74,7 @@ def load_tokenizer(path: str | Path, hint: str = ""):
         raise MulfreeError(f"cannot load a tokenizer from {path}: {first}{hint}") from None
 
 
-def _as_ids(v) -> set[int]:
+def as_ids(v) -> set[int]:
     if isinstance(v, bool):
         return set()
     if isinstance(v, int):
@@ -90,7 +90,7 @@ def eos_token_ids(model, tokenizer) -> frozenset[int]:
     mulfree.engine.lite.eos_ids)."""
     gen = getattr(model, "generation_config", None)
     return frozenset(
-        _as_ids(getattr(model.config, "eos_token_id", None))
-        | _as_ids(getattr(gen, "eos_token_id", None) if gen is not None else None)
-        | _as_ids(getattr(tokenizer, "eos_token_id", None))
+        as_ids(getattr(model.config, "eos_token_id", None))
+        | as_ids(getattr(gen, "eos_token_id", None) if gen is not None else None)
+        | as_ids(getattr(tokenizer, "eos_token_id", None))
     )

@@ -20,6 +20,7 @@ states advanced in place) and frees a request's state.
 from __future__ import annotations
 
 import abc
+import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ import torch
 
 from mulfree.errors import MulfreeError
 from mulfree.models.hf_compat import cache_kwargs, output_cache
-from mulfree.models.loading import eos_token_ids, load_tokenizer
+from mulfree.models.loading import as_ids, eos_token_ids, load_tokenizer
 
 # Chat template used when the tokenizer carries none: role-tagged lines, then the assistant tag.
 SIMPLE_CHAT_TEMPLATE = "{role}: {content}\n"
@@ -103,6 +104,17 @@ class Backend(abc.ABC):
         return None
 
 
+def _prefill_new_slot(dec, prefill, ids):
+    """(slot, logits): a new decoder slot with the prompt run into it; the slot is given back
+    if the prompt fails, so a bad request leaks no state."""
+    slot = dec.alloc()
+    try:
+        return slot, prefill(slot, ids)
+    except BaseException:
+        dec.free(slot)
+        raise
+
+
 class MatMulFreeBackend(Backend):
     kind = "mmfree"
 
@@ -142,15 +154,14 @@ class MatMulFreeBackend(Backend):
     def start(self, ids, *, all_logits=False):
         dec = self._fused()
         if dec is not None:
-            slot = dec.alloc()
-            try:
-                logits = dec.prefill_slot(slot, ids)
-                if all_logits:  # every position's logits: the model's forward over the prompt
+            slot, logits = _prefill_new_slot(dec, dec.prefill_slot, ids)
+            if all_logits:  # every position's logits: the model's forward over the prompt
+                try:
                     x = torch.tensor([ids], dtype=torch.long)  # [1, T]
                     logits = self.model(input_ids=x, logits_to_keep=0).logits[0]  # [T, V]
-            except BaseException:
-                dec.free(slot)
-                raise
+                except BaseException:
+                    dec.free(slot)
+                    raise
             return RequestState(slot, len(ids)), logits
         cache = self._cache(None)
         x = torch.tensor([ids], dtype=torch.long)  # [1, T]
@@ -184,6 +195,71 @@ class MatMulFreeBackend(Backend):
         if isinstance(state.data, int) and self._decoder is not None:
             self._decoder.free(state.data)
         state.data = None
+
+
+@dataclass
+class LiteBackend(Backend):
+    """A packed hgrn_bit model on the torch-free engine (mulfree.engine.lite): the same slot
+    decoder (mulfree.engine.core) as MatMulFreeBackend's fused path, over memory-mapped NumPy
+    weights, so serving a packed model imports neither transformers' model code nor builds a
+    PyTorch model. Logits are the same bits as MatMulFreeBackend's (tests/serve)."""
+
+    kind = "mmfree"
+    file: Path | None = None  # the packed weights file (for the cached energy estimate)
+    _decoder: Any = field(default=None, init=False, repr=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.vocab)
+
+    def _core(self):
+        if self._decoder is None:
+            from mulfree.engine.lite import LiteDecoder
+
+            self._decoder = LiteDecoder(self.model).core  # a SlotDecoder; drop its first slot
+            self._decoder.free_all()
+        return self._decoder
+
+    def reserve(self, max_batch: int) -> None:
+        self._core().reserve(max_batch)
+
+    def start(self, ids, *, all_logits=False):
+        dec = self._core()
+        if not all_logits:
+            slot, logits = _prefill_new_slot(dec, dec.prefill, ids)
+            return RequestState(slot, len(ids)), torch.from_numpy(logits.copy())
+        # every position's logits (echo + logprobs): the first token prefilled, then one decode
+        # step per prompt token, each giving the next position's row
+        slot, first = _prefill_new_slot(dec, dec.prefill, ids[:1])
+        rows = [torch.from_numpy(first.copy())]
+        try:
+            for tok in ids[1:]:
+                rows.append(torch.from_numpy(dec.step([slot], [tok])[0].copy()))
+        except BaseException:
+            dec.free(slot)
+            raise
+        return RequestState(slot, len(ids)), torch.stack(rows)  # [T, V]
+
+    def step(self, states, tokens):
+        logits = self._core().step([st.data for st in states], tokens)  # [B, vocab], a buffer
+        for st in states:
+            st.length += 1
+        return torch.from_numpy(logits.copy())  # the caller may keep them past a step
+
+    def free(self, state: RequestState) -> None:
+        if isinstance(state.data, int) and self._decoder is not None:
+            self._decoder.free(state.data)
+        state.data = None
+
+    def step_energy_pj(self, table_name: str) -> tuple[float, float]:
+        """(pJ of a decode step of 1 request, of 2) from the packed file's cached estimate
+        (mulfree.engine.lite.step_energy): rows of a step do the same work, and its weights are
+        read once whatever the batch, so 2 requests cost 2 x total - the memory part (which
+        also holds a row's activation traffic: a slight underestimate for the second row)."""
+        from mulfree.engine.lite import step_energy
+
+        e = step_energy(self.file, table_name)
+        return e.total_pj, 2 * e.total_pj - e.memory_pj
 
 
 class GenericBackend(Backend):
@@ -296,10 +372,13 @@ def load_backend(
 
     source = resolve(path)
     if source.kind == "packed":  # a damaged packed folder is reported as corrupt, not config-less
-        from mulfree.engine import load_packed
-
         if lmul_bits is not None:
             raise MulfreeError("--lmul applies to attention models; hgrn_bit has no attention")
+        lite = _lite_backend(path, source, tokenizer_dir, model_id, kind, max_context, weights)
+        if lite is not None:
+            return lite
+        from mulfree.engine import load_packed
+
         return make_backend(
             load_packed(path),
             _tokenizer(Path(tokenizer_dir) if tokenizer_dir else source.tokenizer_dir),
@@ -342,6 +421,64 @@ def load_backend(
         max_context=max_context,
         weights=weights,
     )
+
+
+def _lite_backend(path, source, tokenizer_dir, model_id, kind, max_context, weights):
+    """A LiteBackend for a packed hgrn_bit model when the torch-free engine runs it (compiled
+    core present, exact elementwise products, weights "auto"/"packed"); else None."""
+    from mulfree import kernels
+    from mulfree.engine.header import weights_file
+    from mulfree.engine.lite import LiteModel, read_metadata
+
+    if kind not in ("auto", "mmfree") or weights not in ("auto", "packed"):
+        return None
+    if not kernels.available():
+        return None
+    file = weights_file(path)
+    try:
+        meta = read_metadata(file)
+    except MulfreeError:
+        return None  # unreadable: the packed loader below says what is wrong (e.g. corrupt)
+    if meta.get("model_family", "hgrn_bit") != "hgrn_bit":
+        return None
+    model = LiteModel.load(file)
+    if not model.exact:  # the multiplication-free variant's L-Mul products need torch
+        return None
+    tokenizer = _fast_tokenizer(Path(tokenizer_dir) if tokenizer_dir else source.tokenizer_dir)
+    eos = set(as_ids(model.config.get("eos_token_id")))
+    eos |= set(as_ids(getattr(tokenizer, "eos_token_id", None)))
+    gen = Path(source.path) / "generation_config.json"
+    if gen.is_file():
+        try:
+            eos |= set(as_ids(json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")))
+        except (OSError, ValueError, AttributeError):
+            pass
+    if max_context is None:
+        max_context = int(model.config.get("max_position_embeddings") or 2048)
+    return LiteBackend(
+        model=model,
+        tokenizer=tokenizer,
+        model_id=model_id or Path(path).resolve().name,
+        max_context=max_context,
+        eos_token_ids=frozenset(eos),
+        weights="packed",
+        file=file,
+    )
+
+
+def _fast_tokenizer(path: Path):
+    """transformers' fast tokenizer of DIR/tokenizer.json, loaded directly: AutoTokenizer would
+    import transformers' Auto model registry (and with it mulfree's hgrn_bit model code); any
+    other folder goes through AutoTokenizer."""
+    if not (path / "tokenizer.json").is_file():
+        return _tokenizer(path)
+    from transformers import PreTrainedTokenizerFast
+
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MulfreeError(f"cannot load a tokenizer from {path}: {first}") from None
 
 
 def _tokenizer(path: Path):

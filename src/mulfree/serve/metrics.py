@@ -38,6 +38,8 @@ def estimate_step_energy(
     Each priced step follows a discarded counted one of the same shape, so one-time work (weight
     caches, packed views, and bookkeeping some layers do only while counting, such as the packed
     layers' non-zero weight count) is not priced as per-step work."""
+    if hasattr(backend, "step_energy_pj"):  # the torch-free backend: no modules to count
+        return backend.step_energy_pj(table_name)
     from mulfree.energy import EnergyCounter, EnergyTable, price
 
     table = EnergyTable.load(table_name)

@@ -4,3 +4,14 @@ from mulfree.models.mmfree.configuration_mmfree import PRESETS, HGRNBitConfig
 from mulfree.models.mmfree.modeling_mmfree import HGRNBitCache, HGRNBitForCausalLM, HGRNBitModel
 
 __all__ = ["PRESETS", "HGRNBitCache", "HGRNBitConfig", "HGRNBitForCausalLM", "HGRNBitModel"]
+
+# transformers' Auto modules may have loaded while the lines above imported (mulfree's post-import
+# hook defers while this package is half-initialized): register now that the classes exist.
+_READY = True
+import sys as _sys  # noqa: E402
+
+if any(m in _sys.modules for m in ("transformers.models.auto.configuration_auto",
+                                   "transformers.models.auto.modeling_auto")):  # fmt: skip
+    from mulfree.models import register_with_transformers as _register
+
+    _register()
