@@ -51,9 +51,6 @@ def test_packed_dir_has_the_hugging_face_files(packed):
     assert text.count("## Packed by mulfree") == 1 and "tq2 ternary" in text
 
 
-@pytest.mark.xfail(reason="known gap after merging main's registration guard: when mulfree.models "
-                   "is imported before transformers' Auto modules finish (tests/engine/conftest), "
-                   "hgrn_bit_packed is not registered (see the issue-18 report)", strict=False)
 def test_auto_classes_and_pipeline_load_a_packed_dir(packed):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, pipeline
 
@@ -76,9 +73,6 @@ def test_auto_classes_and_pipeline_load_a_packed_dir(packed):
     assert chat == "user: hi\nassistant:"  # the server's own fallback text
 
 
-@pytest.mark.xfail(reason="known gap after merging main's registration guard: when mulfree.models "
-                   "is imported before transformers' Auto modules finish (tests/engine/conftest), "
-                   "hgrn_bit_packed is not registered (see the issue-18 report)", strict=False)
 def test_packed_save_pretrained_writes_a_hugging_face_dir(packed, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -12,6 +12,4 @@ import sys as _sys  # noqa: E402
 
 if any(m in _sys.modules for m in ("transformers.models.auto.configuration_auto",
                                    "transformers.models.auto.modeling_auto")):  # fmt: skip
-    from mulfree.models import register_with_transformers as _register
-
-    _register()
+    _sys.modules["mulfree"]._register()  # hgrn_bit and the packed type (mulfree/__init__.py)
