@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from mulfree.engine import stops
 from mulfree.engine.header import WEIGHTS_FILE
-from mulfree.engine.sampler import Sampler, SamplerConfig
+from mulfree.engine.sampler import DEFAULT_MAX_TOKENS, Sampler, SamplerConfig
 from mulfree.errors import MulfreeError
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class GenerateConfig:
     prompt: str
     model: str | None = None  # packed file/dir or checkpoint dir; None = the bundled model
     tokenizer: str | None = None  # default: the model's directory
-    max_tokens: int = 128
+    max_tokens: int = DEFAULT_MAX_TOKENS  # mulfree.engine.sampler: shared with the server
     # Sampling: the shared defaults (SamplerConfig(), llama.cpp's), as the server's and page's.
     temperature: float = _DEFAULTS.temperature  # 0 = greedy
     top_k: int = _DEFAULTS.top_k  # 0 = off
@@ -85,7 +85,9 @@ class GenerateConfig:
             raise MulfreeError(f"stop strings must be non-empty strings, got {self.stop!r}")
         if self.threads is not None and self.threads < 1:
             raise MulfreeError(f"threads must be >= 1, got {self.threads!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        ):
             raise MulfreeError(f"seed must be an integer, got {self.seed!r}")
 
     @property

@@ -19,6 +19,10 @@ import numpy as np
 
 from mulfree.errors import MulfreeError
 
+# Tokens to generate when a request or command gives no limit: `mulfree generate`, the server
+# and its page share it (with SamplerConfig's sampling defaults).
+DEFAULT_MAX_TOKENS = 256
+
 
 @dataclass(frozen=True)
 class SamplerConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from mulfree._argparse import hidden_alias
+from mulfree.engine.sampler import DEFAULT_MAX_TOKENS
 from mulfree.errors import MulfreeError
 
 
@@ -22,8 +23,14 @@ def register(sub) -> None:
         help="model directory: a checkpoint (config.json + safetensors) or a packed model from "
         "`mulfree convert`, with tokenizer files (default: the bundled model)",
     )
-    p.add_argument("-m", "--model", dest="model_opt", default=None, metavar="DIR",
-                   help="the model directory, as an option (as `mulfree generate -m`)")
+    p.add_argument(
+        "-m",
+        "--model",
+        dest="model_opt",
+        default=None,
+        metavar="DIR",
+        help="the model directory, as an option (as `mulfree generate -m`)",
+    )
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
     p.add_argument(
         "--model-id", default=None, help="name clients pass as 'model' (default: folder name)"
@@ -60,7 +67,7 @@ def register(sub) -> None:
     p.add_argument("--max-batch", type=int, default=16, help="requests decoding together")
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting; beyond: HTTP 429")
     p.add_argument("--max-tokens-limit", type=int, default=4096)
-    p.add_argument("--default-max-tokens", type=int, default=256)
+    p.add_argument("--default-max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
     p.add_argument("--max-prompt-tokens", type=int, default=None)
     p.add_argument(
         "--max-context",
@@ -95,12 +102,23 @@ def register(sub) -> None:
         default="horowitz_45nm",
         help="energy table for the per-token estimate ('none' to skip it)",
     )
-    p.add_argument("--energy-budget", type=float, metavar="WH",
-                   help="measured energy after which new requests get HTTP 503")
-    p.add_argument("--grid-intensity", metavar="G_PER_KWH|COUNTRY|FILE",
-                   help="carbon intensity for the gCO2e metrics")
-    p.add_argument("--meter", choices=["auto", "rapl", "nvml", "tdp"], default="auto",
-                   help="energy meter (auto: RAPL/NVML counters, else a TDP estimate)")
+    p.add_argument(
+        "--energy-budget",
+        type=float,
+        metavar="WH",
+        help="measured energy after which new requests get HTTP 503",
+    )
+    p.add_argument(
+        "--grid-intensity",
+        metavar="G_PER_KWH|COUNTRY|FILE",
+        help="carbon intensity for the gCO2e metrics",
+    )
+    p.add_argument(
+        "--meter",
+        choices=["auto", "rapl", "nvml", "tdp"],
+        default="auto",
+        help="energy meter (auto: RAPL/NVML counters, else a TDP estimate)",
+    )
     p.add_argument("--cpu-tdp", type=float, metavar="W", help="CPU TDP for the estimate")
     p.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]

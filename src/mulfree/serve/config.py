@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mulfree.engine.sampler import DEFAULT_MAX_TOKENS
 from mulfree.errors import MulfreeError
 
 BACKENDS = ("auto", "mmfree", "generic")
@@ -27,7 +28,7 @@ class ServeConfig:
     max_batch: int = 16  # requests decoding together
     max_queue: int = 64  # requests waiting for a batch place; beyond: HTTP 429
     max_tokens_limit: int = 4096  # the largest max_tokens a request may ask for
-    default_max_tokens: int = 256  # when a request gives none
+    default_max_tokens: int = DEFAULT_MAX_TOKENS  # when a request gives none (= generate's)
     max_prompt_tokens: int | None = None  # default: the model's context length
     max_context: int | None = None  # default: config.max_position_embeddings
     max_body_bytes: int = 1 << 20
