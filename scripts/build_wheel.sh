@@ -23,7 +23,8 @@ trap 'rm -rf "$raw"' EXIT
 # no build isolation: setuptools and wheel from this environment (no index needed)
 MULFREE_REQUIRE_C=1 "$PY" -m pip wheel --no-deps --no-build-isolation -q -w "$raw" .
 wheel=$(ls "$raw"/mulfree-*.whl)
-"$PY" -m zipfile -l "$wheel" | grep -q "mulfree/_C" || {
+# (read the listing whole: `grep -q` closing the pipe early fails the pipeline under pipefail)
+"$PY" -c 'import sys, zipfile; sys.exit(not any(n.startswith("mulfree/_C") for n in zipfile.ZipFile(sys.argv[1]).namelist()))' "$wheel" || {
     echo "build_wheel: the wheel has no compiled core (see the build output above)" >&2
     exit 1
 }
