@@ -8,7 +8,7 @@ int4 embeddings) and a 32,000-token word-level tokenizer.json are written to a t
 directory; then each command runs `--runs` times as a fresh process, alternating, and the
 median / min / max wall time from launch to exit is printed with the child's peak RSS
 (`wait4`). The commands:
-- `import mulfree` now, and `import mulfree` followed by `import mulfree.models` — what
+- `import mulfree` now, and `import mulfree` followed by `import mulfree.models.mmfree` (the model code) — what
   `import mulfree` used to do (it registered hgrn_bit with transformers at import);
 - `mulfree generate --max-tokens 1 --no-energy` on the torch-free engine (`--engine lite`, the
   default for packed models) and on the torch Decoder (`--engine torch`, the path every packed
@@ -97,7 +97,7 @@ def main() -> None:
         gen = [*exe, "generate", "--model", str(d), "w1 w2 w3 w4", "--seed", "1"]
         cases = {
             "import mulfree": [py, "-c", "import mulfree"],
-            "import mulfree + models (what it used to do)": [py, "-c", "import mulfree, mulfree.models"],
+            "import mulfree + models (what it used to do)": [py, "-c", "import mulfree, mulfree.models.mmfree"],
             "generate --max-tokens 1, lite engine": [*gen, "--max-tokens", "1", "--no-energy", "--engine", "lite"],
             "generate --max-tokens 1, torch engine (before)": [*gen, "--max-tokens", "1", "--no-energy", "--engine", "torch"],
             "generate --max-tokens 1 (default, energy on)": [*gen, "--max-tokens", "1"],
