@@ -16,6 +16,7 @@ a gap or a bad row is an error naming the line.
 
 from __future__ import annotations
 
+import abc
 import csv
 import json
 import math
@@ -32,13 +33,14 @@ J_PER_KWH = 3.6e6  # 1 kWh = 1000 W x 3600 s
 G_PER_KWH_PER_LB_PER_MWH = 0.45359237
 
 
-class Intensity:
+class Intensity(abc.ABC):
     """gCO2e per kWh as a function of time."""
 
     label = ""
 
+    @abc.abstractmethod
     def mean(self, t0: datetime, t1: datetime) -> float:
-        raise NotImplementedError
+        """Implemented by each kind."""
 
     def grams(self, joules: float, t0: datetime, t1: datetime) -> float:
         """Emissions of `joules` spent evenly over [t0, t1]."""

@@ -17,6 +17,7 @@ Every backend reads local files or local libraries only; nothing is sent anywher
 
 from __future__ import annotations
 
+import abc
 import csv
 import importlib.util
 import os
@@ -30,15 +31,16 @@ from mulfree.errors import MulfreeError
 METER_KINDS = ("auto", "rapl", "nvml", "tdp")
 
 
-class Meter:
+class Meter(abc.ABC):
     """Cumulative energy since the meter was opened. `estimate` is True when nothing was read
     from a hardware counter."""
 
     name = "meter"
     estimate = False
 
+    @abc.abstractmethod
     def joules(self) -> float:
-        raise NotImplementedError
+        """Implemented by each kind."""
 
     def describe(self) -> str:
         return self.name
