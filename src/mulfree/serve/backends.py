@@ -30,7 +30,7 @@ import torch
 
 from mulfree.errors import MulfreeError
 from mulfree.models.hf_compat import cache_kwargs, output_cache
-from mulfree.models.loading import as_ids, eos_token_ids, load_tokenizer
+from mulfree.models.loading import eos_token_ids, load_tokenizer
 
 # Chat template used when the tokenizer carries none: role-tagged lines, then the assistant tag.
 SIMPLE_CHAT_TEMPLATE = "{role}: {content}\n"
@@ -87,7 +87,9 @@ class Backend(abc.ABC):
 
     # --- model -----------------------------------------------------------------------------
     @abc.abstractmethod
-    def start(self, ids: list[int], *, all_logits: bool = False) -> tuple[RequestState, torch.Tensor]:
+    def start(
+        self, ids: list[int], *, all_logits: bool = False
+    ) -> tuple[RequestState, torch.Tensor]:
         """Prefill a prompt: (its state, next-token logits [vocab]); with all_logits, the logits
         after every prompt position [T, vocab] (the last row is the next token's), for the
         prompt's log-probabilities (the API's `echo` + `logprobs`)."""
@@ -361,7 +363,6 @@ def load_backend(
     bits; for attention models only (a MatMul-free model has no attention to replace).
     weights: see `make_backend` (default: packed ternary weights for MatMul-free models).
     """
-    import json
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -428,7 +429,7 @@ def _lite_backend(path, source, tokenizer_dir, model_id, kind, max_context, weig
     core present, exact elementwise products, weights "auto"/"packed"); else None."""
     from mulfree import kernels
     from mulfree.engine.header import weights_file
-    from mulfree.engine.lite import LiteModel, read_metadata
+    from mulfree.engine.lite import LiteModel, eos_ids, read_metadata
 
     if kind not in ("auto", "mmfree") or weights not in ("auto", "packed"):
         return None
@@ -444,15 +445,12 @@ def _lite_backend(path, source, tokenizer_dir, model_id, kind, max_context, weig
     model = LiteModel.load(file)
     if not model.exact:  # the multiplication-free variant's L-Mul products need torch
         return None
-    tokenizer = _fast_tokenizer(Path(tokenizer_dir) if tokenizer_dir else source.tokenizer_dir)
-    eos = set(as_ids(model.config.get("eos_token_id")))
-    eos |= set(as_ids(getattr(tokenizer, "eos_token_id", None)))
-    gen = Path(source.path) / "generation_config.json"
-    if gen.is_file():
-        try:
-            eos |= set(as_ids(json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")))
-        except (OSError, ValueError, AttributeError):
-            pass
+    tok_dir = Path(tokenizer_dir) if tokenizer_dir else source.tokenizer_dir
+    if not (tok_dir / "tokenizer.json").is_file():
+        return None  # a slow / custom tokenizer: the torch backend's AutoTokenizer path
+    tokenizer = _fast_tokenizer(tok_dir)
+    # the torch-free engine's own EOS lookup (config, generation_config, tokenizer_config)
+    eos = eos_ids(model, tokenizer.backend_tokenizer, source.path)
     if max_context is None:
         max_context = int(model.config.get("max_position_embeddings") or 2048)
     return LiteBackend(
