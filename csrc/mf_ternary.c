@@ -39,11 +39,15 @@
 #endif
 
 #define ACT_EPS 1e-5f       /* quant.ACT_EPS */
+#ifndef TQ2_PF_BLOCKS
 #define TQ2_PF_BLOCKS 24
+#endif
 #define FLUSH_BLOCKS 64     /* int16 -> int32 every <= 64 blocks (1024 inputs) */
 /* batch-N k-chunk: the tables of all tokens of a chunk fit in half of L2 (512 KiB per core on
  * the AMD EPYC Zen 3 dev machine per lscpu; 1-2 MiB on recent Intel server cores) */
+#ifndef TAB_L2_BYTES
 #define TAB_L2_BYTES (256 * 1024)
+#endif
 /* Tokens per pass over the weights (more tokens: the weights are re-read per pass). At 64 a
  * pass ran 20-25 % slower per token than at 16 on 2 threads (up to 2.4x on one thread, e.g.
  * 1024->5632: 143 vs 60 us per token; dev machine): the k-chunk that keeps all the pass's
@@ -636,33 +640,120 @@ MF_TARGET_VBMI static void tq2_kern_vbmi(const int8_t *q, int64_t qs, const uint
     }
 }
 
-/* TQ2_GROUP_VBMI row blocks (w, w + wstride, ...; acc, acc + 32, ...), every token. */
+/* Row blocks per group of the VBMI kernels (tq2_kernn_vbmiz). */
 #define TQ2_GROUP_VBMI 4
-MF_TARGET_VBMI static void tq2_kernn_vbmi(const uint8_t *tab, int64_t ts, const mf_tq2_block *w,
-                                          int64_t wstride, int64_t nkb, int32_t *acc, int64_t as,
-                                          int64_t ntok) {
+
+/* ------------------------------------------------------------------------------------------
+ * 2/3e. AVX-512 VBMI on 512-bit vectors, two row blocks per vector. A zmm holds unit u of row
+ * block 2p in its low half and of row block 2p + 1 in its high half (64 rows sharing the same 4
+ * inputs), so one 16-entry table serves all 64 byte lanes: broadcast to the 4 quarters of the
+ * zmm, vpermb's 6-bit index may carry any garbage in bits 4-5 (the raw byte, or the byte
+ * shifted right by 4) and still picks an equal copy. On AMD Zen 4 a 512-bit vpermb + vpaddb pair
+ * costs ~1.4x a 256-bit one for twice the lanes (measured in isolation on the dev machine:
+ * 0.35 vs 0.25 ns per pair), so this halves the lookup instructions of tq2_tile_vbmi for ~70 %
+ * of its time. Used for batches (tiles of 2 pairs x 2 tokens; batch 8/16 one thread, cold,
+ * 5-12 % faster than the 256-bit tiles in an interleaved A/B); batch 1, memory-bound, keeps the
+ * 256-bit tile (no gain measured). Same lookups, same order per row: the same int32 sums.
+ * ---------------------------------------------------------------------------------------- */
+#ifndef MF_KEEP_Z
+#define MF_KEEP_Z(v) __asm__("" : "+v"(v))
+#endif
+#define BCASTZ(p) _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)(p)))
+
+/* NP pairs of row blocks (wr[2i], wr[2i + 1]; <= 2) x NT tokens (<= 2) */
+MF_TARGET_VBMI static inline __attribute__((always_inline)) void tq2_tile_vbmiz(
+    const uint8_t *tab, int64_t ts, const mf_tq2_block *const *wr, int64_t nkb,
+    int32_t *const *ar, int64_t as, const int NP, const int NT, const int PF) {
+    const uint8_t *tt[2] = {tab, tab + ts};
+    int64_t kb = 0;
+    while (kb < nkb) {
+        const int64_t k0 = kb, kend = kb + FLUSH_BLOCKS < nkb ? kb + FLUSH_BLOCKS : nkb;
+        __m512i e[2][2][4]; /* [row-block pair][token][a words, a odd, b words, b odd] */
+        for (int p = 0; p < NP; ++p)
+            for (int t = 0; t < NT; ++t) e[p][t][0] = e[p][t][1] = e[p][t][2] = e[p][t][3] = _mm512_setzero_si512();
+        for (; kb < kend; ++kb) {
+            if (PF)
+                for (int r = 0; r < 2 * NP; ++r) {
+                    _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS) + 64, _MM_HINT_T0);
+                }
+            __m512i bs[2][2], as_[2][2];
+            for (int p = 0; p < NP; ++p)
+                for (int t = 0; t < NT; ++t) bs[p][t] = as_[p][t] = _mm512_setzero_si512();
+            for (int u = 0; u < MF_TQ2_K / 4; ++u) {
+                __m512i vl[2], vh[2];
+                for (int p = 0; p < NP; ++p) {
+                    const __m256i lo = _mm256_loadu_si256((const __m256i *)wr[2 * p][kb].q[u]);
+                    const __m256i hi = _mm256_loadu_si256((const __m256i *)wr[2 * p + 1][kb].q[u]);
+                    vl[p] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                    vh[p] = _mm512_srli_epi16(vl[p], 4);
+                }
+                for (int t = 0; t < NT; ++t) {
+                    const uint8_t *tl = tt[t] + (kb << 8) + (u << 6); /* 256 B/block, pair 2u */
+                    __m512i tv = BCASTZ(tl);
+                    for (int p = 0; p < NP; ++p) bs[p][t] = _mm512_add_epi8(bs[p][t], _mm512_permutexvar_epi8(vl[p], tv));
+                    tv = BCASTZ(tl + 16);
+                    for (int p = 0; p < NP; ++p) as_[p][t] = _mm512_add_epi8(as_[p][t], _mm512_permutexvar_epi8(vl[p], tv));
+                    tv = BCASTZ(tl + 32);
+                    for (int p = 0; p < NP; ++p) bs[p][t] = _mm512_add_epi8(bs[p][t], _mm512_permutexvar_epi8(vh[p], tv));
+                    tv = BCASTZ(tl + 48);
+                    for (int p = 0; p < NP; ++p) as_[p][t] = _mm512_add_epi8(as_[p][t], _mm512_permutexvar_epi8(vh[p], tv));
+                    for (int p = 0; p < NP; ++p) {
+                        MF_KEEP_Z(bs[p][t]);
+                        MF_KEEP_Z(as_[p][t]);
+                    }
+                }
+            }
+            /* 8 lookups per byte per block: widen every block (3 ops per vector, see 2/3c) */
+            for (int p = 0; p < NP; ++p)
+                for (int t = 0; t < NT; ++t) {
+                    e[p][t][0] = _mm512_add_epi16(e[p][t][0], as_[p][t]);
+                    e[p][t][1] = _mm512_add_epi16(e[p][t][1], _mm512_srli_epi16(as_[p][t], 8));
+                    e[p][t][2] = _mm512_add_epi16(e[p][t][2], bs[p][t]);
+                    e[p][t][3] = _mm512_add_epi16(e[p][t][3], _mm512_srli_epi16(bs[p][t], 8));
+                }
+        }
+        for (int p = 0; p < NP; ++p)
+            for (int t = 0; t < NT; ++t) {
+                int16_t e16[4][32] __attribute__((aligned(64)));
+                const __m512i ae = _mm512_sub_epi16(e[p][t][0], _mm512_slli_epi16(e[p][t][1], 8));
+                const __m512i be = _mm512_sub_epi16(e[p][t][2], _mm512_slli_epi16(e[p][t][3], 8));
+                _mm512_store_si512((void *)e16[0], ae);
+                _mm512_store_si512((void *)e16[1], e[p][t][1]);
+                _mm512_store_si512((void *)e16[2], be);
+                _mm512_store_si512((void *)e16[3], e[p][t][3]);
+                /* words 0-15: row block 2p, words 16-31: row block 2p + 1 */
+                flush_rows(e16[0], e16[1], e16[2], e16[3], 16, kend - k0, ar[2 * p] + (t ? as : 0));
+                flush_rows(e16[0] + 16, e16[1] + 16, e16[2] + 16, e16[3] + 16, 16, kend - k0,
+                           ar[2 * p + 1] + (t ? as : 0));
+            }
+    }
+}
+
+/* TQ2_GROUP_VBMI row blocks as two pairs, every token: batch 1 in one tile of 2 pairs (4 weight
+ * streams, prefetched), batches in tiles of 2 pairs x 2 tokens. */
+MF_TARGET_VBMI static void tq2_kernn_vbmiz(const uint8_t *tab, int64_t ts, const mf_tq2_block *w,
+                                           int64_t wstride, int64_t nkb, int32_t *acc, int64_t as,
+                                           int64_t ntok) {
     const mf_tq2_block *wr[TQ2_GROUP_VBMI];
     int32_t *ar[TQ2_GROUP_VBMI];
     wr[0] = w;
     ar[0] = acc;
     for (int r = 1; r < TQ2_GROUP_VBMI; ++r) wr[r] = wr[r - 1] + wstride, ar[r] = ar[r - 1] + MF_TQ2_ROWS;
-    if (ntok == 1) {
+    if (ntok == 1) { /* batch 1 is memory-bound: the 256-bit kernel streams as fast (A/B) */
         tq2_tile_vbmi(tab, ts, wr, nkb, ar, as, TQ2_GROUP_VBMI, 1, 1);
         return;
     }
-    /* batches: tiles of 2 row blocks x 2 tokens (4 x 2 runs out of registers: measured slower) */
-    for (int r = 0; r < TQ2_GROUP_VBMI; r += 2) {
-        const uint8_t *tp = tab;
-        int32_t *ap[2] = {ar[r], ar[r + 1]};
-        int64_t t = 0;
-        for (; t + 2 <= ntok; t += 2) {
-            tq2_tile_vbmi(tp, ts, wr + r, nkb, ap, as, 2, 2, 0);
-            tp += ts + ts;
-            ap[0] += as + as;
-            ap[1] += as + as;
-        }
-        if (t < ntok) tq2_tile_vbmi(tp, ts, wr + r, nkb, ap, as, 2, 1, 0);
+    int64_t t = 0;
+    for (; t + 2 <= ntok; t += 2) {
+        if (t == 0) /* the first tile reads the weights from memory: prefetch them */
+            tq2_tile_vbmiz(tab, ts, wr, nkb, ar, as, 2, 2, 1);
+        else
+            tq2_tile_vbmiz(tab, ts, wr, nkb, ar, as, 2, 2, 0);
+        tab += ts + ts;
+        for (int r = 0; r < TQ2_GROUP_VBMI; ++r) ar[r] += as + as;
     }
+    if (t < ntok) tq2_tile_vbmiz(tab, ts, wr, nkb, ar, as, 2, 1, 0);
 }
 
 /* One row block, every token (tiles of 4, then 2, then 1 token). */
@@ -733,7 +824,7 @@ static tq2_impl tq2_select(int isa, int vbmi) {
     const tq2_impl scalar = {act_quant_scalar, NULL, tq2_kern_scalar, NULL, 1, 0};
 #if MF_X86
     if (isa >= MF_ISA_AVX512 && vbmi)
-        return (tq2_impl){act_quant_avx2, tq2_tables_avx2, tq2_kern_vbmi, tq2_kernn_vbmi, TQ2_GROUP_VBMI, TQ2_TAB_AVX2};
+        return (tq2_impl){act_quant_avx2, tq2_tables_avx2, tq2_kern_vbmi, tq2_kernn_vbmiz, TQ2_GROUP_VBMI, TQ2_TAB_AVX2};
     if (isa >= MF_ISA_AVX512)
         return (tq2_impl){act_quant_avx2, tq2_tables_avx512, tq2_kern_avx512, tq2_kernn_avx512, 2, TQ2_TAB_AVX512};
     if (isa >= MF_ISA_AVX2)

@@ -16,7 +16,8 @@ int mf_avx512_emulated_check(void) {
      * remainder; K past one int16 flush (1024) and a batch past the L2 k-chunk (9 x 4100) */
     const int64_t shapes[][3] = {{1, 32, 16},     {1, 96, 1040},   {1, 230, 2100},  {3, 33, 50},
                                  {5, 64, 1040},   {4, 40, 2096},   {7, 96, 517},    {2, 64, 3120},
-                                 {9, 100, 4100},  {17, 70, 200},   {1, 64, 3120}};
+                                 {9, 100, 4100},  {17, 70, 200},   {1, 64, 3120},
+                                 {3, 160, 1040}};
     const int nshapes = (int)(sizeof shapes / sizeof shapes[0]);
     for (int si = 0; si < nshapes; ++si) {
         const int64_t M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];

@@ -46,7 +46,7 @@ def build_on_simde(harness: Path, tmp_path: Path) -> ctypes.CDLL:
     cmd = [
         "gcc", "-O1", "-std=gnu11", "-mavx2", "-fopenmp", "-fPIC", "-shared",
         # plain functions: the intrinsics come from SIMDe, whose vectors are not registers
-        "-DMF_TARGET_AVX512=", "-DMF_TARGET_VBMI=", "-DMF_KEEP512(v)=", "-DMF_KEEP_Y(v)=",
+        "-DMF_TARGET_AVX512=", "-DMF_TARGET_VBMI=", "-DMF_KEEP512(v)=", "-DMF_KEEP_Y(v)=", "-DMF_KEEP_Z(v)=",
         f"-I{tmp_path}", f"-I{ROOT / 'csrc'}", f"-I{sysconfig.get_paths()['include']}",
         str(harness), str(Path(__file__).with_name("simde_harness_stub.c")), "-o", str(so),
     ]  # fmt: skip
@@ -61,4 +61,4 @@ def test_avx512_kernel_equals_scalar_under_simde(tmp_path, capfd):
     fails = lib.mf_avx512_emulated_check()
     report = capfd.readouterr().out
     assert fails == 0, report
-    assert report.count(": ok") == 11 * 2 * 2, report  # shapes x variants x thread counts
+    assert report.count(": ok") == 12 * 2 * 2, report  # shapes x variants x thread counts

@@ -62,6 +62,8 @@ SHAPES = [  # (M, N, K): odd sizes, K not a multiple of 4/5/16/64, K past one in
     (3, 70, 517),
     (5, 64, 1040),
     (8, 96, 2048),
+    (3, 160, 1040),  # batch on a group of 4 row blocks (512-bit VBMI pairs) + 1, tiles 2 + 1 tokens
+    (8, 256, 2100),  # two groups, four 2-token tiles, past one flush
     (9, 40, 4100),  # batch k-chunking kicks in (tables of 9 tokens > the L2 budget)
     (130, 33, 100),  # more tokens than one pass (16): nine passes over the weights
     (37, 64, 600),  # three passes, the last of 5 tokens (tiles of 4 + 1)
