@@ -33,6 +33,7 @@ Method (printed with the table):
   is printed).
 Run: python benchmarks/bench_ternary_linear.py [--threads 1,2] [--batches 1,8,16] [--reps 40]
      [--rounds 5] [--cold-mb 512] [--isas avx2,avx512] [--shapes 2048x2048,5632x2048]
+     python benchmarks/bench_ternary_linear.py --quick   (issue #14's shapes, batch 1/8, 1/2 threads)
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ SHAPES = [
 ]
 TARGET_SHAPES = {(2048, 2048), (2048, 11264), (5632, 2048)}  # 1.3B: >= 8x at 1, >= 3x at 8
 DT_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+# --quick: the four shapes issue #14 sets targets on, batches 1 and 8 (the lead's final run)
+QUICK = {"shapes": "2048x2048,2048x5632,5632x2048,1024x32000", "batches": "1,8", "reps": 20,
+         "rounds": 4, "cold_mb": 256}  # fmt: skip
 
 
 def _times(calls, reps: int, warmup: int) -> list[float]:
@@ -390,7 +394,14 @@ def main() -> None:
     ap.add_argument("--shapes", default=None, help="e.g. 2048x2048,5632x2048 (KxN)")
     ap.add_argument("--isas", default=None,
                     help="levels side by side, e.g. scalar,avx2,avx512 (default: SIMD levels)")  # fmt: skip
+    ap.add_argument("--quick", action="store_true",
+                    help="issue #14's four shapes at batch 1 and 8, 1 and 2 threads, 20 reps, "
+                    "256 MB cold sets (explicit --shapes/--batches/--reps/--cold-mb still win)")  # fmt: skip
     a = ap.parse_args()
+    if a.quick:
+        for name, value in QUICK.items():
+            if getattr(a, name) == ap.get_default(name):
+                setattr(a, name, value)
     shapes = SHAPES
     if a.shapes:
         shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
