@@ -146,6 +146,7 @@ _VIEWS = {
     "size",
     "stride",
     "_local_scalar_dense",
+    "item",  # reading one scalar
     "clone_preserve_strides",
     "empty",
     "empty_like",

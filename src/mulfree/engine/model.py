@@ -91,7 +91,10 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
             from transformers.modeling_outputs import CausalLMOutputWithPast
 
             if self._hf_decoder is None:  # its own: a user's fused_decoder() keeps its state
-                self._hf_decoder = Decoder(self)
+                from mulfree import energy
+
+                with energy.opaque():  # a one-off set-up, not part of a counted step
+                    self._hf_decoder = Decoder(self)
             dec = self._hf_decoder
             n = self.config.num_hidden_layers
             states = [layer.recurrent_states[0] for layer in cache.layers[:n]]  # L x [B, E]
