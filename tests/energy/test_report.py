@@ -41,7 +41,7 @@ def test_report_rows_and_files(tmp_path):
 def test_cli_bad_inputs(capsys, tmp_path):
     for argv, needle in (
         (["energy", "--model", "nosuch:tiny"], "unknown model family"),
-        (["energy", "--model", str(tmp_path / "missing")], "neither a directory"),
+        (["energy", "--model", str(tmp_path / "missing")], "neither a local folder"),
         (["energy", "--model", "mmfree:tiny", "--variants", "fp99"], "unknown energy variant"),
         (["energy", "--model", "mmfree:nope"], "unknown MatMul-free preset"),
         (["energy", "--model", "mmfree:tiny", "--context", "0"], "context must be"),

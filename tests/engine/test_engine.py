@@ -555,14 +555,23 @@ def test_hf_cached_step_runs_the_fused_decoder(trained, monkeypatch):
     assert_argmax_agrees(fast, slow)
     for a, b in zip(cache_fast.layers, cache_slow.layers, strict=True):
         assert_close_through_int8(a.recurrent_states[0], b.recurrent_states[0])
-    # a step whose token is masked out, and a step while energy is counted, run the modules
+    # a step whose token is masked out runs the modules
     cache = HGRNBitCache(packed.config)
     with torch.no_grad():
         packed(torch.tensor([prompt]), **cache_kwargs(cache), use_cache=True)
         packed(torch.tensor([[5]]), attention_mask=torch.tensor([[0]]), **cache_kwargs(cache))
+    assert len(calls) == 3
+    # a step while energy is counted runs the fused decoder too (its calls as custom ops the
+    # counter prices): the same logits and state, bit for bit, as the step uncounted
+    twin = copy.deepcopy(cache)
+    with torch.no_grad():
+        want = packed(torch.tensor([[5]]), **cache_kwargs(twin), use_cache=True).logits
         with energy.EnergyCounter(packed) as c:
-            packed(torch.tensor([[5]]), **cache_kwargs(cache), use_cache=True)
-    assert len(calls) == 3 and c.counts[("ternary_add", 32)] > 0
+            got = packed(torch.tensor([[5]]), **cache_kwargs(cache), use_cache=True).logits
+    assert len(calls) == 5 and c.counts[("ternary_add", 32)] > 0
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    for a, b in zip(cache.layers, twin.layers, strict=True):
+        torch.testing.assert_close(a.recurrent_states[0], b.recurrent_states[0], atol=0, rtol=0)
 
 
 def test_hf_generate_batched_left_padded_equals_single_rows(trained, monkeypatch):

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from mulfree._argparse import hidden_alias
-from mulfree.errors import MulfreeError
 
 
 def register(sub) -> None:
@@ -15,8 +14,8 @@ def register(sub) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="a local HF model dir, a known model (e.g. gemma3-270m), or mmfree:PRESET / "
-        "transformerpp:PRESET (random weights)",
+        help="a packed model, a model dir or train run, a known model (e.g. gemma3-270m), or "
+        "mmfree:PRESET / transformerpp:PRESET (random weights)",
     )
     p.add_argument("--variants", default=",".join(_variants()), help="comma-separated variants")
     p.add_argument("--context", type=int, default=64, help="prompt tokens before the counted step")
@@ -41,42 +40,12 @@ def _variants():
 
 
 def load_model(spec: str):
-    """A causal LM from a local directory, or a preset with random weights (seed 0)."""
-    import torch
+    """(model, display name) of a model spec (`mulfree.models.resolve`: a packed model, a model
+    folder, a train run, a known model, or FAMILY:PRESET with random weights, seed 0)."""
+    from mulfree.engine.load import load
 
-    if ":" in spec and not Path(spec).exists():
-        family, name = spec.split(":", 1)
-        torch.manual_seed(0)
-        if family == "mmfree":
-            from mulfree.models.mmfree import HGRNBitConfig, HGRNBitForCausalLM
-
-            return HGRNBitForCausalLM(HGRNBitConfig.from_name(name)).eval(), spec
-        if family == "transformerpp":
-            from mulfree.models.transformerpp import build_transformerpp
-
-            return build_transformerpp(name).eval(), spec
-        raise MulfreeError(
-            f"unknown model family {family!r} in {spec!r}; use mmfree: or transformerpp:"
-        )
-    from mulfree.hub.registry import MODELS, resolve_model
-
-    path = resolve_model(spec) if spec in MODELS else Path(spec)
-    if not path.is_dir():
-        raise MulfreeError(
-            f"model {spec!r} is neither a directory, a known model ({', '.join(sorted(MODELS))}) "
-            "nor a FAMILY:PRESET name"
-        )
-    from transformers import AutoModelForCausalLM
-
-    import mulfree  # noqa: F401  (registers hgrn_bit with the Auto classes)
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except (OSError, ValueError) as e:
-        raise MulfreeError(
-            f"cannot load a causal LM from {spec!r}: {str(e).splitlines()[0]}"
-        ) from None
-    return model.eval(), path.name
+    got = load(spec)
+    return got.model, got.name
 
 
 def cmd_energy(args) -> int:

@@ -40,6 +40,16 @@ def register_op_cost(qualname: str, cost) -> None:
     _OP_COSTS[qualname] = cost
 
 
+def price_as(qualname: str, args: tuple, kwargs: dict | None = None, out=None) -> None:
+    """Add one call of the custom op `qualname` with these arguments to every active counter,
+    by its registered formula: for an op's torch twin (run inside `opaque()`), so both
+    implementations of one operation cost the same."""
+    if _ACTIVE:
+        cost = _OP_COSTS[qualname]
+        for c in _ACTIVE:
+            cost(c, args, kwargs or {}, out)
+
+
 def record(kind: str, bits: int, count: int) -> None:
     """Add `count` operations of (kind, bits) to every active counter (no-op when none)."""
     for c in _ACTIVE:
@@ -121,6 +131,9 @@ _VIEWS = {
     "expand_as",
     "view_as",
     "contiguous",
+    "to",  # a real conversion dispatches _to_copy; `to` itself returns its input
+    "resolve_conj",  # no-ops on real tensors (Tensor.numpy() calls them)
+    "resolve_neg",
     "_has_compatible_shallow_copy_type",
     "promote_types",
     "result_type",
@@ -133,6 +146,7 @@ _VIEWS = {
     "size",
     "stride",
     "_local_scalar_dense",
+    "item",  # reading one scalar
     "clone_preserve_strides",
     "empty",
     "empty_like",

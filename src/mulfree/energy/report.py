@@ -55,11 +55,26 @@ def _is_mmfree(model) -> bool:
     return getattr(getattr(model, "config", None), "model_type", None) == "hgrn_bit"
 
 
+def _is_packed(model) -> bool:
+    """A model loaded from the packed format (mulfree.engine): its projections are ternary."""
+    from mulfree.engine.bitnet_model import PackedBitNetForCausalLM
+    from mulfree.engine.model import PackedHGRNBitForCausalLM
+
+    return isinstance(model, (PackedHGRNBitForCausalLM, PackedBitNetForCausalLM))
+
+
+_PACKED = "a packed model's projections are ternary already (the float variants need its checkpoint)"
+
+
 def _fp32(model):
+    if _is_packed(model):
+        raise VariantNotApplicable(_PACKED)
     return model.float()
 
 
 def _bf16(model):
+    if _is_packed(model):
+        raise VariantNotApplicable(_PACKED)
     return model.to(torch.bfloat16)
 
 
@@ -75,6 +90,10 @@ def _lmul_attn(model, bits, linear=False):
 
 
 def _ternary(model, elementwise_lmul_bits=None):
+    if _is_packed(model) and not _is_mmfree(model):  # a packed BitNet: ternary as loaded
+        if elementwise_lmul_bits is not None:
+            raise VariantNotApplicable("L-Mul elementwise products are for MatMul-free models")
+        return model
     if not _is_mmfree(model):
         raise VariantNotApplicable("only MatMul-free (hgrn_bit) models have ternary weights")
     from mulfree.engine import pack_model_

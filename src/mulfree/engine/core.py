@@ -20,6 +20,7 @@ and positions in its arena the same way (docs/engine.md).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -83,6 +84,7 @@ class HGRNFusedPlan:
         from mulfree import kernels
 
         self.C, self.w, self.threads = C, w, int(threads)
+        self.ptr: Callable[[Any], Any] = _ptr  # array -> the address the C calls take
         self.vocab = w.vocab
         self.min_weights_per_thread = int(min_weights_per_thread)
         self._levels = {f: kernels.ISA_LEVELS[lv] for f, lv in isas.items()}
@@ -95,6 +97,21 @@ class HGRNFusedPlan:
         self.allocate(capacity)
 
     use_plan_run = True  # False: the per-call loop (the runner's twin, compared in the tests)
+
+    @contextlib.contextmanager
+    def calls_through(self, C, ptr):
+        """Inside, steps and prefills run their plan call by call on `C`'s functions with
+        addresses from `ptr` (uncached): the per-call twin of the plan runner, e.g. on the
+        compiled functions as torch custom ops (mulfree.kernels.decode.OpsCore), so torch's
+        dispatch, and the energy counter, see each call."""
+        saved, buf = (self.C, self.ptr, self._plans, self.use_plan_run), self.buf
+        self.C, self.ptr, self._plans, self.use_plan_run = C, ptr, {}, False
+        try:
+            yield
+        finally:
+            self.C, self.ptr, self._plans, self.use_plan_run = saved
+            if self.buf is not buf:  # the arena grew inside: the cached plans are stale
+                self._plans = {}
 
     def threads_for(self, lin: P.Linear, rows: int = 1) -> int:
         return P.threads_for(lin, self.threads, self.min_weights_per_thread, rows)
@@ -141,7 +158,7 @@ class HGRNFusedPlan:
             w = self.w
             plan = P.fused_plan(self.C, self.buf, list(self.states), w.layers, w.final_norm,
                                 w.head, w.eps, w.bl_eps, self.threads_for,
-                                self._levels[self._family(B)], self._levels[self._stage], _ptr,
+                                self._levels[self._family(B)], self._levels[self._stage], self.ptr,
                                 B=B, runs=runs)  # fmt: skip
             # one C call for the whole step when the core has the plan runner (csrc/mf_plan.c:
             # the same functions in the same order, the same bits; tests/kernels/test_plan.py)
@@ -169,7 +186,7 @@ class HGRNFusedPlan:
             last = start + B == T
             plan = P.fused_plan(self.C, buf, list(self.states), w.layers, w.final_norm, w.head,
                                 w.eps, w.bl_eps, self.threads_for, self._levels[self._family(B)],
-                                self._levels[self._stage], _ptr, B=B, runs=runs,
+                                self._levels[self._stage], self.ptr, B=B, runs=runs,
                                 head_rows="last" if last else "none",
                                 head_isa=self._levels[self._family(1)])  # fmt: skip
             buf.x[:B] = w.embed(chunk)  # [B, d]

@@ -5,7 +5,7 @@ and runs `step(token_ids)` -> logits. With the compiled core (default) a step is
 compiled calls on preallocated buffers, pointers resolved once: per layer the ternary kernels
 plus three fused elementwise stages (csrc/mf_decode.c: norms, gates and recurrence, GLU), ~10
 calls instead of ~30 torch ops (benchmarks/bench_decode.py times both). Its spec is the torch path
-(`fused=False`, also used while an energy counter runs), which does the operations of the PyTorch model's forward at
+(`fused=False`), which does the operations of the PyTorch model's forward at
 T = 1 (the recurrence as `addcmul(i, f, h)` like the chunked scan, gates and residual adds in
 the same order), but without modules or cache objects, mostly on preallocated buffers, with the
 ternary projections calling the compiled kernel directly. RMSNorms are `torch.rms_norm`, one
@@ -33,6 +33,8 @@ uses slots 0..batch-1.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -43,6 +45,7 @@ from mulfree.engine.core import HGRNFusedPlan, HGRNWeights, SlotDecoder
 from mulfree.engine.modules import PackedBitLinear, adjacent_weights, place_weights_
 from mulfree.engine.plan import MIN_WEIGHTS_PER_THREAD, StepEnergy  # noqa: F401  (re-exported)
 from mulfree.errors import MulfreeError
+from mulfree.kernels import decode as KD
 from mulfree.kernels import ternary as K_
 from mulfree.kernels._core import core
 from mulfree.models.hf_compat import cache_kwargs
@@ -78,7 +81,8 @@ def _fused_linear(ms: list[PackedBitLinear]) -> P.Linear | None:
 def fused_step_applies(model, isa: str | None = None) -> bool:
     """The one predicate: does the fused decode step (compiled plan) run this model? True for
     an hgrn_bit model on packed weights (loaded packed or `pack_model_`'ed) multiplying exactly, with the compiled core and an ISA other than
-    "torch". (While an energy counter runs, steps take the torch path, which the counter sees.)"""
+    "torch". (While an energy counter runs, the same compiled calls run one by one as torch
+    custom ops, which the counter prices: `Decoder._visible_calls`.)"""
     return (
         getattr(model.config, "model_type", None) == "hgrn_bit"
         and isinstance(getattr(model, "lm_head", None), PackedBitLinear)  # pack_model_ ran
@@ -234,8 +238,9 @@ class Decoder:
         kernel calls with the recurrence stepped token by token (`SlotDecoder.prefill`: the same
         bits as stepping them); else the model's forward (chunked scan)."""
         ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
-        if self.fused and self.exact and not energy.counting():
-            return torch.from_numpy(self.slots.prefill(slot, ids.numpy()).copy())
+        if self.fused and self.exact:
+            with self._visible_calls():
+                return torch.from_numpy(self.slots.prefill(slot, ids.numpy()).copy())
         self.slots.check([slot], 1)
         return self._prefill([slot], ids.reshape(1, -1))[0].clone()
 
@@ -289,9 +294,23 @@ class Decoder:
             self.slots.check(slots, ids.numel())
         if not self.exact:
             return self._step_model(ids, slots)
-        if self.fused and not energy.counting():  # the counter sees torch ops only
-            return torch.from_numpy(self.slots.step(slots, ids.numpy()))
+        if self.fused:
+            with self._visible_calls():
+                return torch.from_numpy(self.slots.step(slots, ids.numpy()))
         return self._step_torch(ids, slots)
+
+    @contextlib.contextmanager
+    def _visible_calls(self):
+        """While an energy counter runs, the fused step runs call by call as torch custom ops
+        (mulfree.kernels.decode.OpsCore), each priced by its registered formula. Those are the
+        same compiled functions, in the same order, on the same buffers as the plan runner's one
+        C call (bit-identical: tests/kernels/test_plan.py), which dispatch cannot see into.
+        `_dense_fp32`: step_energy's counterfactual (mulfree.kernels.ternary.priced_as_dense)."""
+        if not energy.counting():
+            yield
+            return
+        with self.family.calls_through(KD.OpsCore, KD.Ref.of), K_.priced_as_dense(self._dense_fp32):
+            yield
 
     def _buffers(self, B: int) -> P.Buffers:
         """The core's scratch buffers, first B rows, as tensors."""
@@ -426,7 +445,7 @@ class Decoder:
             self._dense_fp32 = dense
             try:
                 with EnergyCounter(self.model) as c:
-                    self.step(ids, slots)  # the torch path: the counter sees (and prices) its ops
+                    self.step(ids, slots)  # the counter prices each compiled call (custom ops)
             finally:  # back to the state before the counted step
                 self._dense_fp32 = False
                 self.family.states[...] = saved

@@ -141,26 +141,17 @@ def bundled_packed() -> Path | None:
 
 def load_model(path: str | Path):
     """A packed model from a packed file/dir, or packed on the fly from a checkpoint (a model
-    folder, a train run or one of its steps: `mulfree.models.resolve`).
+    folder, a train run or one of its steps: `mulfree.engine.load`).
 
     Returns (model, directory to look for a tokenizer in).
     """
-    from mulfree.engine.convert import is_bitnet_dir, pack_checkpoint
-    from mulfree.engine.model import build_packed, load_packed
-    from mulfree.models.resolver import resolve
+    from mulfree.engine.load import load
 
     p = Path(path)
     if not p.exists():
         raise MulfreeError(f"model not found: {p}")
-    source = resolve(p)
-    if source.kind == "packed":  # a damaged packed file is reported as such by load_packed
-        return load_packed(p), source.tokenizer_dir
-    if p.is_dir() and is_bitnet_dir(p):  # packed on the fly, tables as shipped (bfloat16)
-        from mulfree.engine.bitnet_model import from_checkpoint
-
-        return from_checkpoint(p, embedding_format="bfloat16", head_format="bfloat16"), p
-    config, tensors, tok_dir = pack_checkpoint(p, "tq2", "float32")
-    return build_packed(config, tensors, "tq2", "float32"), tok_dir
+    got = load(p, pack=True)
+    return got.model, got.tokenizer_dir
 
 
 def load_tokenizer(path: str | Path):

@@ -82,7 +82,7 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
         operations as the modules' forward, on the kernels and compiled elementwise stages,
         so logits agree up to float rounding (see mulfree.engine.decode) and greedy tokens
         equal `mulfree generate`'s. Anything else (prompts, labels, hidden states, masked
-        steps, L-Mul products, an active energy counter, no compiled core) runs the modules'
+        steps, L-Mul products, no compiled core) runs the modules'
         forward."""
         cache = one_cache(cache=cache, past_key_values=past_key_values,
                           cache_params=kwargs.pop("cache_params", None))  # fmt: skip
@@ -91,7 +91,10 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
             from transformers.modeling_outputs import CausalLMOutputWithPast
 
             if self._hf_decoder is None:  # its own: a user's fused_decoder() keeps its state
-                self._hf_decoder = Decoder(self)
+                from mulfree import energy
+
+                with energy.opaque():  # a one-off set-up, not part of a counted step
+                    self._hf_decoder = Decoder(self)
             dec = self._hf_decoder
             n = self.config.num_hidden_layers
             states = [layer.recurrent_states[0] for layer in cache.layers[:n]]  # L x [B, E]
@@ -110,7 +113,6 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
 
     def _fused_step_applies(self, input_ids, attention_mask, inputs_embeds, cache, labels,
                             use_cache, output_hidden_states) -> bool:  # fmt: skip
-        from mulfree import energy
         from mulfree.models.mmfree import HGRNBitCache
 
         if (
@@ -119,7 +121,6 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
             or input_ids.shape[1] != 1 or labels is not None or output_hidden_states
             or use_cache is False or not isinstance(cache, HGRNBitCache)
             or (attention_mask is not None and not bool(attention_mask[:, -1].all()))
-            or energy.counting()
         ):  # fmt: skip
             return False
         n = self.config.num_hidden_layers

