@@ -44,6 +44,39 @@ def test_import_mulfree_is_light_and_registers_when_transformers_loads():
         assert _run(code).splitlines()[-1] == "HGRNBitConfig HGRNBitForCausalLM", first
 
 
+# Imports that load transformers' model code through a model module first: modeling_utils is half
+# loaded when configuration_auto (and with it our hook) runs, so registering then would import
+# our classes from a half-loaded transformers (the circular import these once raised).
+@pytest.mark.parametrize(
+    "first",
+    [
+        "import mulfree\nfrom transformers import BitNetForCausalLM",
+        "import mulfree.engine.bitnet_model",
+        "import mulfree\nfrom transformers import LlamaForCausalLM",
+        "import mulfree.data.tokenizer\nimport transformers.modeling_utils",
+    ],
+)
+def test_registration_survives_model_modules_imported_first(first):
+    # registered as soon as the Auto classes are there (before anything else imports them), and
+    # still so once they are used
+    code = (
+        f"{first}\n"
+        "import sys\n"
+        "def state():\n"
+        "    auto = sys.modules.get('transformers.models.auto.modeling_auto')\n"
+        "    if auto is None:\n"
+        "        return 'no-auto'\n"
+        "    return sorted(c.__name__ for c in auto.MODEL_FOR_CAUSAL_LM_MAPPING._extra_content)\n"
+        "print(state())\n"
+        "from transformers import AutoModelForCausalLM\n"
+        "print(state())"
+    )
+    before, after = _run(code).splitlines()[-2:]
+    want = "['HGRNBitConfig', 'PackedHGRNBitConfig']"
+    assert before in ("no-auto", want), first
+    assert after == want, first
+
+
 @pytest.mark.parametrize(
     "package, name",
     [("mulfree.engine", "convert"), ("mulfree.eval", "evaluate"), ("mulfree.lmul", "lmatmul")],

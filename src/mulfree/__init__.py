@@ -40,16 +40,54 @@ def __getattr__(name):
 # already are): a post-import hook (wrapt), not an import of ours.
 
 
+# Modules that can be the outermost half-loaded one when an Auto module loads: transformers' core
+# (our classes import names from most of them) and our own modules the registration imports.
+# When the registration had to wait, each one's hook retries it as it finishes.
+_RETRY_HOOKS = ("transformers.configuration_utils", "transformers.modeling_utils",
+                "transformers.modeling_layers", "transformers.modeling_outputs",
+                "transformers.cache_utils", "transformers.generation",
+                "transformers.conversion_mapping", "transformers.integrations",
+                "transformers.trainer", "transformers.pipelines",
+                "mulfree.models.hf_compat", "mulfree.models.transformerpp",
+                "mulfree.engine.hf")  # fmt: skip
+_pending = False  # an Auto module loaded while the registration could not run yet
+
+
+def _initializing(mod) -> bool:
+    # importlib marks a module's spec while its body runs (a post-import hook runs inside it)
+    return bool(getattr(getattr(mod, "__spec__", None), "_initializing", False))
+
+
+def _blocks(name: str) -> bool:
+    # transformers' own machinery (Auto included) and what the registration imports of ours (a
+    # module of transformers for one model, or of ours that the registration does not import,
+    # may be the outermost import: modeling_bitnet importing modeling_utils, say)
+    if name.startswith("mulfree.models.") or name == "mulfree.engine.hf":
+        return True
+    if not name.startswith("transformers."):
+        return False
+    return not name.startswith("transformers.models.") or name.startswith("transformers.models.auto")
+
+
 def _register(_module=None) -> None:
+    global _pending
     import sys
 
     for name in ("mulfree.models", "mulfree.models.mmfree"):
         pkg = sys.modules.get(name)
         if pkg is not None and not getattr(pkg, "_READY", False):
             return  # being imported (it loads transformers): it registers when done
+    for name, mod in list(sys.modules.items()):
+        if mod is not _module and _blocks(name) and _initializing(mod):
+            # half loaded (modeling_utils imports configuration_auto on its way, modeling_layers
+            # imports modeling_utils ...): our classes import its names, so register when it
+            # has finished (its retry hook follows)
+            _pending = True
+            return
     auto = sys.modules.get("transformers.models.auto.modeling_auto")
     if auto is not None and not hasattr(auto, "AutoModelForCausalLM"):
         return  # configuration_auto finished inside modeling_auto's import: its own hook follows
+    _pending = False
     from mulfree.models import register_with_transformers
 
     register_with_transformers()
@@ -60,12 +98,19 @@ def _register(_module=None) -> None:
         register_packed_with_transformers()
 
 
+def _retry(module) -> None:
+    if _pending:
+        _register(module)
+
+
 def _install_hooks() -> None:
     import wrapt
 
     for name in ("transformers.models.auto.configuration_auto",
                  "transformers.models.auto.modeling_auto"):  # fmt: skip
         wrapt.register_post_import_hook(_register, name)
+    for name in _RETRY_HOOKS:
+        wrapt.register_post_import_hook(_retry, name)
 
 
 _install_hooks()
