@@ -23,6 +23,7 @@ LAYERS = {
     # corpora and tokenizers (files, no model code)
     "mulfree.errors": 0,
     "mulfree._io": 0,
+    "mulfree.tensorfile": 0,
     "mulfree._bounds": 0,
     "mulfree._lazy": 0,
     "mulfree._memory": 0,

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import json
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mulfree import tensorfile
 from mulfree.engine import plan as P
-from mulfree.engine.header import FORMAT_NAME, READ_VERSIONS, first_line, model_family, weights_file
+from mulfree.engine.header import first_line, model_family, weights_file
 from mulfree.errors import MulfreeError
 
 BITLINEAR_NORM_EPS = 1e-8  # = mulfree.ternary.bitlinear.BITLINEAR_NORM_EPS (tested)
@@ -163,27 +163,16 @@ class LiteModel:
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = True) -> LiteModel:
         """Read a packed file (or DIR/model.safetensors); one-line MulfreeError on any problem."""
-        from safetensors import safe_open
-
         from mulfree._bounds import check_shape
         from mulfree._memory import check_fits_memory
-        from mulfree.engine.header import check_against_config, check_metadata_crc
+        from mulfree.engine.header import check_against_config, check_identity
 
         file = weights_file(path)
-        meta = read_metadata(file)
-        if meta.get("mulfree_format") != FORMAT_NAME:
-            raise MulfreeError(
-                f"{file} is not a packed model (format {meta.get('mulfree_format')!r})"
-            )
-        if meta.get("mulfree_format_version") not in {str(v) for v in READ_VERSIONS}:
-            raise MulfreeError(f"{file} is packed format version "
-                               f"{meta.get('mulfree_format_version')!r}; this mulfree reads "
-                               f"{', '.join(map(str, READ_VERSIONS))}")  # fmt: skip
+        meta, specs = tensorfile.read_header(file)
+        check_identity(meta, file, verify=verify)
         if model_family(meta, file) != "hgrn_bit":
             raise MulfreeError(f"{file} is a packed {meta['model_family']} model; the torch-free "
                                "engine runs hgrn_bit models (use --engine torch)")  # fmt: skip
-        if verify:
-            check_metadata_crc(meta, file)
         try:
             config = json.loads(meta["config"])
             if not isinstance(config, dict):
@@ -194,17 +183,10 @@ class LiteModel:
             check_shape(config)  # every shape field bounded, before anything is sized from it
         except MulfreeError as e:
             raise MulfreeError(f"{file}: bad config: {e}") from None
-        try:
-            with safe_open(str(file), framework="numpy") as sf:
-                shapes = {k: tuple(sf.get_slice(k).get_shape()) for k in sf.keys()}  # noqa: SIM118
-                check_against_config(config, shapes, file)
-                check_fits_memory(file.stat().st_size, f"loading {file}")
-                tensors = {k: sf.get_tensor(k) for k in sf.keys()}  # noqa: SIM118
-        except MulfreeError:
-            raise
-        except Exception as e:  # safetensors raises its own error types
-            raise MulfreeError(f"cannot read {file}: {first_line(e)}") from None
-        if verify and "tensors_crc32" in meta and _crc32(tensors) != meta["tensors_crc32"]:
+        check_against_config(config, {k: shape for k, (shape, _) in specs.items()}, file)
+        check_fits_memory(file.stat().st_size, f"loading {file}")
+        tensors = tensorfile.read_tensors(file, numpy=True)
+        if verify and "tensors_crc32" in meta and tensorfile.tensors_crc32(tensors) != meta["tensors_crc32"]:
             raise MulfreeError(f"{file} is corrupt: tensor data CRC-32 does not match its header")
         for name in sorted(tensors):  # NaN/inf weights would decode nothing but one token
             t = tensors[name]
@@ -219,17 +201,6 @@ class LiteModel:
     def exact(self) -> bool:
         """False for the multiplication-free (L-Mul elementwise) model, which needs torch."""
         return self.config.get("elementwise_mul", "exact") == "exact"
-
-
-def read_metadata(file: Path) -> dict[str, str]:
-    """The `__metadata__` of a safetensors file (its header only), one-line errors."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(file), framework="numpy") as sf:
-            return dict(sf.metadata() or {})
-    except Exception as e:
-        raise MulfreeError(f"cannot read {file}: {first_line(e)}") from None
 
 
 def load_tokenizer(directory: Path):
@@ -306,16 +277,6 @@ def step_energy(file: Path, table: str | None = None):
     except OSError:
         pass  # a read-only cache only costs the count next time
     return e
-
-
-def _crc32(tensors: dict[str, np.ndarray]) -> str:
-    """mulfree.engine.format.tensors_crc32 on NumPy arrays (the same bytes, the same order)."""
-    crc = 0
-    for name in sorted(tensors):
-        t = np.ascontiguousarray(tensors[name])
-        if t.size:
-            crc = zlib.crc32(t.reshape(-1).view(np.uint8), crc)
-    return f"{crc:08x}"
 
 
 def _embedding(tensors, fmt: str, V: int, d: int, path):
