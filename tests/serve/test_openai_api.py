@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from mulfree.engine.generate import GenerateConfig
-from mulfree.engine.sampler import SamplerConfig
+from mulfree.engine.sampler import SamplerConfig, SamplingParams
 from mulfree.serve.protocol import CompletionRequest, parse
-from mulfree.serve.sampling import SamplingParams
 from tests.serve.conftest import request, request_json
 
 PROMPT = "The quick brown fox"

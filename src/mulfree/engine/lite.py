@@ -10,7 +10,7 @@ same buffers, the same order), on NumPy buffers: its logits equal the torch Deco
 step bit for bit (tests/engine/test_lite.py). The prompt is fed token by token (the recurrent
 state is all there is; its projections run as batched kernel calls over the prompt, with the
 same bits), the tokenizer is the `tokenizers` library's on tokenizer.json, and the
-sampler `sample` is the NumPy twin of `mulfree.serve.sampling.sample` (equal tokens for equal
+sampler `sample` is the NumPy twin of `mulfree.engine.sampler.sample_torch` (equal tokens for equal
 logits and uniform draws).
 
 Only the exact (non-L-Mul) model with the compiled core runs here; anything else — and every

@@ -372,7 +372,8 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _label(run: dict) -> str:
+def run_label(run: dict) -> str:
+    """A results run's name in tables and plots: its label, else its attention kind."""
     return run.get("label") or (run.get("attention") or {}).get("kind") or "model"
 
 
@@ -380,7 +381,7 @@ def merge_runs(runs: list[dict]) -> dict[str, dict]:
     """Runs with the same label (e.g. one JSON per task) merged: label -> {task: metrics}."""
     merged: dict[str, dict] = {}
     for r in runs:
-        merged.setdefault(_label(r), {}).update(r["tasks"])
+        merged.setdefault(run_label(r), {}).update(r["tasks"])
     return merged
 
 

@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
-from mulfree.engine.sampler import SamplerConfig
+from mulfree.engine.sampler import SamplerConfig, SamplingParams, TokenLogprob
 from mulfree.kernels.memory import trim_heap
 from mulfree.serve.backends import Backend
 from mulfree.serve.config import ServeConfig
@@ -40,7 +40,6 @@ from mulfree.serve.protocol import (
     openapi,
     parse,
 )
-from mulfree.serve.sampling import SamplingParams, TokenLogprob
 from mulfree.serve.scheduler import Failed, Finished, GenRequest, QueueFull, Scheduler
 
 ENDPOINTS = ("/", "/health", "/metrics", "/openapi.json", "/v1/models", "/v1/completions",
