@@ -27,6 +27,7 @@ LAYERS = {
     "mulfree._bounds": 0,
     "mulfree._lazy": 0,
     "mulfree._memory": 0,
+    "mulfree._swap": 0,
     "mulfree._C": 0,
     "mulfree.energy": 0,
     "mulfree.data": 0,
