@@ -74,6 +74,24 @@ class Projection:
     norm_w: np.ndarray  # float32 [in_features]: the BitLinear's RMSNorm weight
 
 
+@dataclass
+class LiteLayer:
+    """One block's weights as read from the file (`_layer` makes the decode plan's P.Layer)."""
+
+    prefix: str  # "model.layers.<i>"
+    attn_norm: np.ndarray  # float32 [d]
+    g_norm: np.ndarray  # float32 [E]
+    mlp_norm: np.ndarray  # float32 [d]
+    lb: np.ndarray | None  # the layer's forget-gate lower bound [E] (None: layer 0 / unused)
+    one_minus_lb: np.ndarray | None
+    i_proj: Projection
+    f_proj: Projection
+    g_proj: Projection
+    o_proj: Projection
+    gate_proj: Projection
+    down_proj: Projection
+
+
 class LiteModel:
     """A packed hgrn_bit model as NumPy arrays (see the module docstring)."""
 
@@ -137,7 +155,7 @@ class LiteModel:
             self.proj[prefix] = Projection(
                 dst, float(scale), n, k, norm(f"{prefix}.norm.weight", k)
             )
-        self.layers = []
+        self.layers: list[LiteLayer] = []
         lbs = None
         if config.get("use_lower_bound", True):
             lb = tensors.get("model.lower_bounds")
@@ -146,7 +164,7 @@ class LiteModel:
             lbs = P.lower_bounds(lb)
         for i in range(L):
             pre = f"model.layers.{i}"
-            self.layers.append(dict(
+            self.layers.append(LiteLayer(
                 prefix=pre,
                 attn_norm=norm(f"{pre}.attn_norm.weight", d),
                 g_norm=norm(f"{pre}.attn.g_norm.weight", E),
@@ -359,25 +377,27 @@ class LiteDecoder:
         return self.core.prefill(self.slot, ids)
 
 
-def _layer(m: LiteModel, L: dict) -> P.Layer:
+def _linear(p: Projection) -> P.Linear:
+    return P.Linear(p.norm_w, p.data, p.out_features, p.in_features, p.scale, None)
+
+
+def _layer(m: LiteModel, L: LiteLayer) -> P.Layer:
     """One block's typed decode weights; i/f/g as one call when their norms are equal and the
     arena holds them back to back (a view, as the torch Decoder's `adjacent_weights`)."""
-    ifg = ("i_proj", "f_proj", "g_proj")
-    at = [m.offsets[f"{L['prefix']}.attn.{p}"] for p in ifg]
-    ifg_ok = (all(np.array_equal(L[p].norm_w, L["i_proj"].norm_w) for p in ifg)
-              and all(L[p].out_features % 32 == 0 for p in ifg)  # whole row blocks
-              and at[1] == at[0] + L["i_proj"].data.size
-              and at[2] == at[1] + L["f_proj"].data.size)  # fmt: skip
+    ifg = (L.i_proj, L.f_proj, L.g_proj)
+    at = [m.offsets[f"{L.prefix}.attn.{p}"] for p in ("i_proj", "f_proj", "g_proj")]
+    ifg_ok = (all(np.array_equal(p.norm_w, L.i_proj.norm_w) for p in ifg)
+              and all(p.out_features % 32 == 0 for p in ifg)  # whole row blocks
+              and at[1] == at[0] + L.i_proj.data.size
+              and at[2] == at[1] + L.f_proj.data.size)  # fmt: skip
     fused = None
     if ifg_ok:
-        i = L["i_proj"]
+        i = L.i_proj
         n = 3 * i.out_features
         data = np.frombuffer(m.arena.buffer(at[0], tq2_nbytes(n, i.in_features)), np.uint8)
-        rs = np.concatenate([np.full(L[p].out_features, L[p].scale, np.float32) for p in ifg])
+        rs = np.concatenate([np.full(p.out_features, p.scale, np.float32) for p in ifg])
         fused = P.Linear(i.norm_w, data, n, i.in_features, 1.0, rs)
-    lin = {p: P.Linear(L[p].norm_w, L[p].data, L[p].out_features, L[p].in_features, L[p].scale, None)
-           for p in ("i_proj", "f_proj", "g_proj", "o_proj", "gate_proj", "down_proj")}  # fmt: skip
-    return P.Layer(attn_norm=L["attn_norm"], ifg=fused, i=lin["i_proj"], f=lin["f_proj"],
-                   g=lin["g_proj"], lb=L["lb"], one_minus_lb=L["one_minus_lb"], g_norm=L["g_norm"],
-                   g_eps=m.eps, o=lin["o_proj"], mlp_norm=L["mlp_norm"], gate=lin["gate_proj"],
-                   down=lin["down_proj"])  # fmt: skip
+    return P.Layer(attn_norm=L.attn_norm, ifg=fused, i=_linear(L.i_proj), f=_linear(L.f_proj),
+                   g=_linear(L.g_proj), lb=L.lb, one_minus_lb=L.one_minus_lb, g_norm=L.g_norm,
+                   g_eps=m.eps, o=_linear(L.o_proj), mlp_norm=L.mlp_norm,
+                   gate=_linear(L.gate_proj), down=_linear(L.down_proj))  # fmt: skip

@@ -73,7 +73,7 @@ class BitLinear(nn.Linear):
 
     In eval mode without autograd the quantized weight is computed once and kept (a second copy
     of the weight, not saved in the state dict) until the weight changes: re-quantizing every
-    weight on every decoding step costs ~50x the matmul itself. train() drops the copy.
+    weight on every decoding step would cost many times the matmul itself. train() drops the copy.
     """
 
     def __init__(
