@@ -14,8 +14,8 @@ import pytest
 
 from mulfree.errors import MulfreeError
 from mulfree.serve import ServeConfig
-from mulfree.serve.validation import PREFIX_CHARS_PER_TOKEN
 from mulfree.serve.guard import normalize_origin, split_host
+from mulfree.serve.validation import PREFIX_CHARS_PER_TOKEN
 from tests.serve.conftest import make_server, request, request_json, wait_idle
 
 EVIL = "http://evil.example"

@@ -30,7 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from mulfree._io import atomic_write_text
+from mulfree._io import atomic_write_text, fsync_dir
 
 # the layout's readers' side lives below the engine (which reads runs): re-exported here
 from mulfree.models.runs import (  # noqa: F401
@@ -53,14 +53,6 @@ def remove_temporaries(out_dir: str | Path) -> None:
         for p in root.iterdir():
             if p.name.startswith(_TMP_PREFIX):
                 shutil.rmtree(p, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unshared(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -132,13 +124,13 @@ def save_checkpoint(
         _write_json(tmp / "trainer_state.json", state)
     ctx.barrier()  # every process's RNG file is on disk before the rename publishes the folder
     if ctx.is_main:
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # only when a resumed run re-reaches a saved step
             trash = root / f"{_TMP_PREFIX}old-{final.name}"
             os.replace(final, trash)
             shutil.rmtree(trash, ignore_errors=True)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         for _, old in list_checkpoints(out_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     ctx.barrier()
