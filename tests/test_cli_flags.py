@@ -107,6 +107,29 @@ def test_old_spellings_are_hidden_aliases(old, new, dest):
     assert getattr(p.parse_args(new), dest) is not None
 
 
+# the old spellings of the L-Mul width: still accepted, with a one-line deprecation note
+DEPRECATED = [(old, new) for old, new, _ in ALIASES
+              if any(a in ("--k", "--lmul-bits", "--lmul") for a in old)]  # fmt: skip
+
+
+@pytest.mark.parametrize("old, new", DEPRECATED, ids=[" ".join(o[:2]) for o, _ in DEPRECATED])
+def test_old_mantissa_spellings_print_one_deprecation_line(old, new, capsys):
+    p = build_parser()
+    p.parse_args(new)
+    assert capsys.readouterr().err == ""  # the one spelling: no note
+    p.parse_args(old)
+    err = capsys.readouterr().err
+    used = next(a for a in old if a in ("--k", "--lmul-bits", "--lmul"))
+    assert err.count("\n") == 1 and err.startswith("mulfree: FutureWarning: " + used), err
+    assert "deprecated" in err and "use --mantissa-bits" in err
+
+
+def test_deprecated_aliases_cover_every_old_mantissa_spelling():
+    used = {a for o, _ in DEPRECATED for a in o if a in ("--k", "--lmul-bits", "--lmul")}
+    assert used == {"--k", "--lmul-bits", "--lmul"}
+    assert len(DEPRECATED) == 4  # energy --lmul-bits, lmul matmul/error --k, serve --lmul
+
+
 def _subparsers(parser):
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):

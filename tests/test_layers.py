@@ -23,9 +23,11 @@ LAYERS = {
     # corpora and tokenizers (files, no model code)
     "mulfree.errors": 0,
     "mulfree._io": 0,
+    "mulfree.tensorfile": 0,
     "mulfree._bounds": 0,
     "mulfree._lazy": 0,
     "mulfree._memory": 0,
+    "mulfree._swap": 0,
     "mulfree._C": 0,
     "mulfree.energy": 0,
     "mulfree.data": 0,

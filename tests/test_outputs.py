@@ -22,7 +22,7 @@ def _one_line(capsys, argv, match):
     assert match in err, err
 
 
-LMUL_ERROR = ["lmul", "error", "--n", "1000", "--k", "2", "--sources", "uniform", "--no-progress"]
+LMUL_ERROR = ["lmul", "error", "--n", "1000", "--mantissa-bits", "2", "--sources", "uniform", "--no-progress"]
 
 
 def test_lmul_error_out_rules(tmp_path, capsys):

@@ -2,7 +2,9 @@
 generation flags and where a prompt comes from.
 
 One spelling per option across commands (`--mantissa-bits` for the L-Mul width, `--threads`,
-`-m/--model`); an older spelling stays accepted as a hidden alias (`hidden_alias`)."""
+`-m/--model`); an older spelling stays accepted as a hidden alias (`hidden_alias`). The old
+spellings of the L-Mul width (`--k`, `--lmul-bits`, `serve --lmul`) are deprecated: they still
+work for one release and print a one-line note naming the new spelling (`deprecated=`)."""
 
 from __future__ import annotations
 
@@ -32,9 +34,29 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def hidden_alias(parser, *names: str, dest: str, **kw) -> None:
-    """Accept `names` for `dest` without listing them in --help (an old spelling)."""
+class _DeprecatedAlias(argparse.Action):
+    """Store the value like the option it stands for, after a one-line deprecation note."""
+
+    def __init__(self, *args, use: str, **kw):
+        self.use = use
+        super().__init__(*args, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"mulfree: FutureWarning: {option_string} is deprecated and will be removed; "
+              f"use {self.use}", file=sys.stderr)  # fmt: skip
+        setattr(namespace, self.dest, values)
+
+
+def hidden_alias(parser, *names: str, dest: str, deprecated: str | None = None, **kw) -> None:
+    """Accept `names` for `dest` without listing them in --help (an old spelling). With
+    `deprecated` (the option's one spelling, e.g. "--mantissa-bits"), using an old name prints
+    a one-line FutureWarning note to stderr naming it."""
+    if deprecated is not None:
+        kw.update(action=_DeprecatedAlias, use=deprecated)
     parser.add_argument(*names, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kw)
+
+
+MANTISSA_BITS = "--mantissa-bits"  # the one spelling of the L-Mul width on every command
 
 
 def add_prompt_args(p) -> None:

@@ -34,7 +34,8 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a folder (a rename into it is durable afterwards), where the filesystem allows it."""
     try:
         _fsync(path)
     except OSError:  # some filesystems refuse fsync on a directory; the rename still happened
@@ -55,7 +56,7 @@ def finish_file(tmp: Path, path: Path) -> None:
     os.chmod(tmp, 0o666 & ~_umask())
     _fsync(tmp)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 @contextmanager
@@ -171,7 +172,7 @@ def output_dir(dst: Path, *, force: bool = False, keep: Iterable[Path] = (),
         for f in tmp.iterdir():
             if f.is_file():
                 _fsync(f)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         old = None
         if dst.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
@@ -182,7 +183,7 @@ def output_dir(dst: Path, *, force: bool = False, keep: Iterable[Path] = (),
             if old is not None:
                 os.replace(old / "d", dst)  # put the old folder back
             raise
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

@@ -56,7 +56,9 @@ from functools import cache
 import torch
 from torch import nn
 
+from mulfree._swap import swap_modules_
 from mulfree.errors import MulfreeError
+from mulfree.lmul.formats import canonical_name
 
 KINDS = ("lmul", "fp8_e4m3", "fp8_e5m2", "exact")
 MANTISSA_BITS = (2, 3, 4, None)
@@ -80,7 +82,7 @@ def _dtype_name(value, table: dict, field: str) -> str | None:
             if dt == value:
                 return name
     elif isinstance(value, str):
-        key = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(value, value)
+        key = canonical_name(value)  # "bf16", "fp32", ... (mulfree.lmul.formats' alias table)
         if key in table:
             return key
     raise MulfreeError(f"{field} must be one of {', '.join(table)}; got {value!r}")
@@ -401,23 +403,16 @@ class LMulLinear(nn.Module):
 
 
 def _swap_linears(model: nn.Module, cfg: LMulConfig) -> list[str]:
-    names = []
-    for name, mod in list(model.named_modules()):
+    def lmul(name: str, mod: nn.Module) -> LMulLinear | None:
         if type(mod) is not nn.Linear or any(name.endswith(s) for s in cfg.linear_skip):
-            continue
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LMulLinear(mod, cfg))
-        names.append(name)
-    return names
+            return None
+        return LMulLinear(mod, cfg)
+
+    return swap_modules_(model, lmul)
 
 
 def _restore_linears(model: nn.Module) -> None:
-    for name, mod in list(model.named_modules()):
-        if isinstance(mod, LMulLinear):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, mod.original[0])
+    swap_modules_(model, lambda _, mod: mod.original[0] if isinstance(mod, LMulLinear) else None)
 
 
 # --- the in-place verbs -----------------------------------------------------------------------

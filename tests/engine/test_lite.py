@@ -23,10 +23,9 @@ from mulfree.engine.generate import (
     bundled_packed,
     generate,
 )
-from mulfree.engine.sampler import SamplerConfig
+from mulfree.engine.sampler import SamplerConfig, SamplingParams, make_generator
 from mulfree.engine.sampler import sample as np_sample
-from mulfree.serve.sampling import SamplingParams, make_generator
-from mulfree.serve.sampling import sample as torch_sample
+from mulfree.engine.sampler import sample_torch as torch_sample
 from mulfree.ternary.bitlinear import BITLINEAR_NORM_EPS
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="needs the compiled core")
@@ -159,7 +158,7 @@ def test_generate_defaults_are_llama_cpp_sampling():
 def _far_from_boundaries(logits: torch.Tensor, p: SamplingParams, u: float) -> bool:
     """u lands at least 1e-4 (in probability) from every CDF step, computed in float64: float32
     softmax/cumsum in torch vs NumPy may differ by a few ulps, which could only matter there."""
-    from mulfree.serve.sampling import _filter
+    from mulfree.engine.sampler import _filter
 
     x = _filter(logits.double() / p.temperature, p)
     cdf = torch.cumsum(torch.softmax(x, -1), -1)

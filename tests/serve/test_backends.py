@@ -155,3 +155,14 @@ def test_packed_model_directory(model_dir, tmp_path):
     single = packed.step([s1], [5])
     batched = packed.step([s2, s3], [7, 5])
     torch.testing.assert_close(batched[1], single[0], atol=PACKED_ATOL, rtol=0)
+
+
+def test_detokenizer_rebuilds_the_text(backend):
+    from mulfree.engine.detok import Detokenizer
+
+    prompt = backend.encode("Hello")
+    text = " world, ternary weights répondent ✓"
+    ids = backend.encode(text)
+    d = Detokenizer(backend, prompt)
+    out = "".join(d.add(t) for t in ids) + d.flush()
+    assert out == text

@@ -14,8 +14,8 @@ import pytest
 
 from mulfree.errors import MulfreeError
 from mulfree.serve import ServeConfig
-from mulfree.serve.app import PREFIX_CHARS_PER_TOKEN
 from mulfree.serve.guard import normalize_origin, split_host
+from mulfree.serve.validation import PREFIX_CHARS_PER_TOKEN
 from tests.serve.conftest import make_server, request, request_json, wait_idle
 
 EVIL = "http://evil.example"
@@ -149,7 +149,7 @@ def test_long_prompt_rejected_before_tokenizing(guarded, backend, monkeypatch):
     status, _, got = request_json(url, "POST", {"prompt": "Hello world " * 40, "max_tokens": 1})
     assert status == 400 and "tokens" in got["error"]["message"] and len(calls) == 1
     # Under the byte cap but longer than the probe prefix: only the prefix is tokenized.
-    app = guarded.state
+    app = guarded.state.checks  # the protocol checks hold the prompt caps
     probe = app.max_prompt * PREFIX_CHARS_PER_TOKEN
     assert app.max_prompt_bytes > 2 * probe
     text = ("Hello world " * 100_000)[: app.max_prompt_bytes]

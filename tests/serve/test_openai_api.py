@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from mulfree.engine.generate import GenerateConfig
-from mulfree.engine.sampler import SamplerConfig
+from mulfree.engine.sampler import SamplerConfig, SamplingParams
 from mulfree.serve.protocol import CompletionRequest, parse
-from mulfree.serve.sampling import SamplingParams
 from tests.serve.conftest import request, request_json
 
 PROMPT = "The quick brown fox"
@@ -160,7 +159,7 @@ def test_one_set_of_defaults_for_cli_server_and_page(server):
     d = SamplerConfig()
     assert (d.temperature, d.top_k, d.top_p, d.min_p) == (0.8, 40, 0.95, 0.05)  # llama.cpp's
     assert GenerateConfig(prompt="x").sampler == d
-    got = server.state._params(parse(CompletionRequest, {"prompt": "x"}))
+    got = server.state.checks.params(parse(CompletionRequest, {"prompt": "x"}))
     assert got == SamplingParams.defaults() and got.sampler_config() == d
     page = request(server.url + "/")[2].decode()
     assert f'id="temperature" type="number" value="{d.temperature}"' in page

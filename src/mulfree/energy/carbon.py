@@ -254,9 +254,9 @@ def _json_points(text: str, label: str) -> list[tuple[datetime, float, str]]:
 def country_intensity(code: str) -> ConstantIntensity:
     """The yearly average intensity of a country (ISO 3166 alpha-3 or alpha-2 code) from
     CodeCarbon's bundled energy-mix data."""
-    from mulfree.energy.meter import _codecarbon_data
+    from mulfree.energy.meter import codecarbon_data
 
-    path = _codecarbon_data("private_infra/global_energy_mix.json")
+    path = codecarbon_data("private_infra/global_energy_mix.json")
     if path is None:
         raise MulfreeError(
             f"a region code ({code!r}) needs CodeCarbon's bundled data: pip install "

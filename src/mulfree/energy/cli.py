@@ -6,7 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from mulfree._argparse import hidden_alias
+from mulfree._argparse import MANTISSA_BITS, hidden_alias
 
 
 def register(sub) -> None:
@@ -21,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("--context", type=int, default=64, help="prompt tokens before the counted step")
     p.add_argument("--mantissa-bits", dest="lmul_bits", type=int, default=3,
                    help="L-Mul mantissa bits for lmul variants")
-    hidden_alias(p, "--lmul-bits", dest="lmul_bits", type=int)
+    hidden_alias(p, "--lmul-bits", dest="lmul_bits", type=int, deprecated=MANTISSA_BITS)
     p.add_argument("--table", default="horowitz_45nm", help="energy table name or JSON file")
     p.add_argument("--out", default="runs/energy", help="output directory")
     p.add_argument(

@@ -140,7 +140,7 @@ def cpu_model_name(cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
     return None
 
 
-def _codecarbon_data(relative: str) -> Path | None:
+def codecarbon_data(relative: str) -> Path | None:
     """A file of CodeCarbon's bundled data, located without importing codecarbon (its import
     starts logging and loads pandas; we only want the data)."""
     spec = importlib.util.find_spec("codecarbon")
@@ -159,7 +159,7 @@ def _normalise_cpu(name: str) -> str:
 def lookup_tdp(model: str) -> float | None:
     """TDP in watts of `model` from CodeCarbon's CPU power table (exact name after dropping
     (R)/(TM)/"CPU"/clock); None when the table is missing or has no such CPU."""
-    path = _codecarbon_data("hardware/cpu_power.csv")
+    path = codecarbon_data("hardware/cpu_power.csv")
     if path is None or not model:
         return None
     want = _normalise_cpu(model)
@@ -213,7 +213,7 @@ def open_meter(
         tdp = lookup_tdp(model or "")
         if tdp is not None:
             return TdpMeter(tdp, f"CodeCarbon's table for {model!r}"), reasons
-        if _codecarbon_data("hardware/cpu_power.csv") is None:
+        if codecarbon_data("hardware/cpu_power.csv") is None:
             reasons.append("no TDP: pass --cpu-tdp W (or install mulfree[energy] for a table)")
         else:
             reasons.append(f"no TDP for CPU {model!r} in CodeCarbon's table: pass --cpu-tdp W")

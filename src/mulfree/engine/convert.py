@@ -19,9 +19,9 @@ import torch
 
 from mulfree._io import check_output_dir, output_dir
 from mulfree.engine import format as fmt
-from mulfree.engine.header import first_line
 from mulfree.engine.modules import Int4Embedding, Int8Embedding
 from mulfree.errors import MulfreeError
+from mulfree.tensorfile import TensorFiles
 from mulfree.ternary import packing
 from mulfree.ternary.packed_linear import PackedTernaryLinear
 
@@ -173,8 +173,6 @@ def resolve_checkpoint(src: Path) -> tuple[Path, dict, list[Path], Path]:
 def pack_checkpoint(src: Path, tfmt: str, efmt: str):
     """(config, tensors, tokenizer folder) packed from a checkpoint (see resolve_checkpoint),
     read tensor by tensor (`mulfree.engine.model.build_packed` makes the model of them)."""
-    from safetensors import safe_open
-
     from mulfree.models.mmfree import HGRNBitConfig, HGRNBitForCausalLM
     from mulfree.models.mmfree.modeling_mmfree import check_checkpoint
 
@@ -190,24 +188,12 @@ def pack_checkpoint(src: Path, tfmt: str, efmt: str):
         raise MulfreeError(f"{src}: bad model config: {e}") from None
     # names, shapes, format metadata: one line
     check_checkpoint(HGRNBitForCausalLM, config, src, files)
-    handles = []
-    where: dict[str, object] = {}
-    try:
-        for file in files:
-            sf = safe_open(str(file), framework="pt")
-            handles.append(sf)
-            for k in sf.keys():
-                where[k] = sf
+    with TensorFiles(files, src) as weights:
 
         def tensor(key):
-            if key not in where and key == "lm_head.weight" and config.tie_word_embeddings:
+            if key not in weights and key == "lm_head.weight" and config.tie_word_embeddings:
                 key = "model.embeddings.weight"
-            try:
-                t = where[key].get_tensor(key)
-            except Exception as e:
-                raise MulfreeError(
-                    f"cannot read tensor {key} from {src}: {first_line(e)}"
-                ) from None
+            t = weights.get(key)
             fmt.check_finite({key: t}, src)
             return t
 
@@ -218,8 +204,6 @@ def pack_checkpoint(src: Path, tfmt: str, efmt: str):
             return _embedding_tensors(tensor("model.embeddings.weight").float(), efmt)
 
         tensors = _pack_all(config, linear, tensor, embedding, tfmt, efmt)
-    finally:
-        handles.clear()
     return config, tensors, tok_dir
 
 

@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import zlib
 from pathlib import Path
 
 import torch
 
-from mulfree._io import atomic_file
+from mulfree import tensorfile
 from mulfree._memory import check_fits_memory
 from mulfree.engine.header import (  # noqa: F401  (FORMAT_*, WEIGHTS_FILE, weights_file: re-exported)
     FORMAT_NAME,
@@ -43,13 +42,14 @@ from mulfree.engine.header import (  # noqa: F401  (FORMAT_*, WEIGHTS_FILE, weig
     READ_VERSIONS,
     WEIGHTS_FILE,
     check_against_config,
-    check_metadata_crc,
+    check_identity,
     first_line,
     metadata_crc32,
     model_family,
     weights_file,
 )
 from mulfree.errors import MulfreeError
+from mulfree.tensorfile import read_metadata, tensors_crc32  # noqa: F401  (re-exported)
 from mulfree.ternary import packing
 
 TERNARY_FORMATS = packing.FORMATS  # ("tq2", "tq1")
@@ -69,49 +69,11 @@ TOKENIZER_FILES = (
 )
 
 
-def tensors_crc32(tensors: dict[str, torch.Tensor]) -> str:
-    """CRC-32 of the tensors' bytes in sorted-name order, as 8 hex digits."""
-    crc = 0
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        if t.numel():
-            crc = zlib.crc32(t.reshape(-1).view(torch.uint8).numpy(), crc)
-    return f"{crc:08x}"
-
-
-# safetensors dtype names -> torch dtypes (the ones a packed file may hold).
-_ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-}  # fmt: skip
-
-
 def read_header(path: str | Path) -> tuple[dict[str, str], dict[str, tuple[tuple, object]]]:
     """(`__metadata__`, name -> (shape, torch dtype or safetensors dtype name)) of a safetensors
-    file, read from its header alone (no tensor data is touched); one-line errors."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as sf:
-            meta = dict(sf.metadata() or {})
-            specs = {}
-            for k in sf.keys():
-                sl = sf.get_slice(k)
-                d = sl.get_dtype()
-                specs[k] = (tuple(sl.get_shape()), _ST_DTYPES.get(d, d))
-            return meta, specs
-    except Exception as e:  # safetensors raises its own error types for bad headers
-        if Path(path).is_file() and Path(path).stat().st_size == 0:
-            raise MulfreeError(f"cannot read {path}: the file is empty (corrupt)") from None
-        raise MulfreeError(
-            f"cannot read {path}: corrupt or not a safetensors file ({first_line(e)})"
-        ) from None
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The `__metadata__` of a safetensors file, with one-line errors for unreadable files."""
-    return read_header(path)[0]
+    file, read from its header alone (mulfree.tensorfile.read_header with torch dtypes)."""
+    meta, specs = tensorfile.read_header(path)
+    return meta, {k: (shape, tensorfile.torch_dtype(d)) for k, (shape, d) in specs.items()}
 
 
 def looks_packed(path: str | Path) -> bool:
@@ -220,11 +182,8 @@ def write_packed(
 ) -> None:  # fmt: skip
     """Write tensors + metadata atomically (a temporary sibling, fsync'ed, renamed over `path`).
     `extra`: family-specific metadata entries (bitnet: head_format, bitnet_layout)."""
-    from safetensors.torch import save_file
-
     meta = {
-        "mulfree_format": FORMAT_NAME,
-        "mulfree_format_version": str(FORMAT_VERSION),
+        **tensorfile.PACKED.stamp(),
         "model_family": family,
         "config": config_json,
         "ternary_format": ternary_format,
@@ -233,8 +192,7 @@ def write_packed(
         "tensors_crc32": tensors_crc32(tensors),
     }
     meta["metadata_crc32"] = metadata_crc32(meta)
-    with atomic_file(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    tensorfile.write_tensors(path, tensors, meta)
 
 
 def _parse_config(file: Path, meta: dict[str, str]):
@@ -280,20 +238,7 @@ def read_packed(path: str | Path, *, verify: bool = True):
     """
     file = weights_file(path)
     meta, header = read_header(file)
-    name = meta.get("mulfree_format")
-    if name != FORMAT_NAME:
-        hint = " (a regular checkpoint: pack it with `mulfree convert`)" if name else ""
-        raise MulfreeError(
-            f"{file} is not a packed model: format {name!r}, expected {FORMAT_NAME!r}{hint}"
-        )
-    version = meta.get("mulfree_format_version", "")
-    if not version.isdigit() or int(version) not in READ_VERSIONS:
-        raise MulfreeError(
-            f"{file} is packed format version {version!r}; this mulfree reads versions "
-            f"{', '.join(map(str, READ_VERSIONS))}"
-        )
-    if verify:
-        check_metadata_crc(meta, file)
+    check_identity(meta, file, verify=verify)
     if model_family(meta, file) == "bitnet":
         from mulfree.engine.bitnet_model import read_header_specs
 
@@ -318,13 +263,8 @@ def read_packed(path: str | Path, *, verify: bool = True):
 
 def _load_checked(file: Path, meta: dict[str, str], verify: bool) -> dict[str, torch.Tensor]:
     """The tensors of a file whose header was checked: data CRC (when `verify`), finite."""
-    from safetensors.torch import load_file
-
     check_fits_memory(file.stat().st_size, f"loading {file}")  # read whole into memory below
-    try:
-        tensors = load_file(str(file))
-    except Exception as e:
-        raise MulfreeError(f"{file} is corrupt: {first_line(e)}") from None
+    tensors = tensorfile.read_tensors(file)
     if verify and "tensors_crc32" in meta and tensors_crc32(tensors) != meta["tensors_crc32"]:
         raise MulfreeError(f"{file} is corrupt: tensor data CRC-32 does not match its header")
     check_finite(tensors, file)

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mulfree import tensorfile
 from mulfree.engine import stops
-from mulfree.engine.header import WEIGHTS_FILE
+from mulfree.engine.header import FORMAT_NAME, WEIGHTS_FILE
 from mulfree.engine.sampler import DEFAULT_MAX_TOKENS, Sampler, SamplerConfig
 from mulfree.errors import MulfreeError
 
@@ -218,13 +219,11 @@ def _lite_model_path(config: GenerateConfig) -> tuple[Path | None, str]:
     tok_dir = Path(config.tokenizer) if config.tokenizer else file.parent
     if not (tok_dir / "tokenizer.json").is_file():
         return None, f"no tokenizer.json in {tok_dir}"
-    from mulfree.engine import lite
-
     try:
-        meta = lite.read_metadata(file)
+        meta = tensorfile.read_metadata(file)
     except MulfreeError as e:
         return None, str(e)
-    if meta.get("mulfree_format") != lite.FORMAT_NAME:
+    if meta.get("mulfree_format") != FORMAT_NAME:
         return None, f"{file} is not a packed model (pack it with `mulfree convert`)"
     if meta.get("model_family", "hgrn_bit") != "hgrn_bit":
         return None, f"the torch-free engine runs hgrn_bit models, not {meta['model_family']}"

@@ -7,14 +7,13 @@ import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
-from mulfree.errors import MulfreeError
+from mulfree.errors import MulfreeError, first_line  # noqa: F401  (re-exported)
+from mulfree.tensorfile import PACKED, WEIGHTS_FILE  # noqa: F401  (re-exported)
 
-# The packed format's identity, written into every file's metadata (mulfree.engine.format).
-FORMAT_NAME = "mulfree.packed_hgrn_bit"
-# 2: `model_family` metadata ("hgrn_bit" | "bitnet"; a version-1 file is hgrn_bit). Files of
-# every version in READ_VERSIONS load.
-FORMAT_VERSION = 2
-READ_VERSIONS = (1, 2)
+# The packed format's identity, written into every file's metadata (mulfree.tensorfile.PACKED).
+FORMAT_NAME = PACKED.name
+FORMAT_VERSION = PACKED.version
+READ_VERSIONS = PACKED.read_versions
 FAMILIES = ("hgrn_bit", "bitnet")
 
 
@@ -26,13 +25,12 @@ def model_family(meta: Mapping[str, str], file) -> str:
     return fam
 
 
-WEIGHTS_FILE = "model.safetensors"  # = mulfree.models.resolver.WEIGHTS_FILE (tested)
-
-
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message (its type name when it has none)."""
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__
+def check_identity(meta: Mapping[str, str], file, *, verify: bool = True) -> None:
+    """Format name and version (and, when `verify`, the metadata CRC) of a packed file's
+    metadata: one MulfreeError line for a file that is not one this mulfree reads."""
+    PACKED.check(meta, file)
+    if verify:
+        check_metadata_crc(meta, file)
 
 
 def weights_file(path: str | Path) -> Path:

@@ -10,7 +10,7 @@ same buffers, the same order), on NumPy buffers: its logits equal the torch Deco
 step bit for bit (tests/engine/test_lite.py). The prompt is fed token by token (the recurrent
 state is all there is; its projections run as batched kernel calls over the prompt, with the
 same bits), the tokenizer is the `tokenizers` library's on tokenizer.json, and the
-sampler `sample` is the NumPy twin of `mulfree.serve.sampling.sample` (equal tokens for equal
+sampler `sample` is the NumPy twin of `mulfree.engine.sampler.sample_torch` (equal tokens for equal
 logits and uniform draws).
 
 Only the exact (non-L-Mul) model with the compiled core runs here; anything else — and every
@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import json
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mulfree import tensorfile
 from mulfree.engine import plan as P
-from mulfree.engine.header import FORMAT_NAME, READ_VERSIONS, first_line, model_family, weights_file
+from mulfree.engine.header import first_line, model_family, weights_file
 from mulfree.errors import MulfreeError
 
 BITLINEAR_NORM_EPS = 1e-8  # = mulfree.ternary.bitlinear.BITLINEAR_NORM_EPS (tested)
@@ -72,6 +72,24 @@ class Projection:
     out_features: int
     in_features: int
     norm_w: np.ndarray  # float32 [in_features]: the BitLinear's RMSNorm weight
+
+
+@dataclass
+class LiteLayer:
+    """One block's weights as read from the file (`_layer` makes the decode plan's P.Layer)."""
+
+    prefix: str  # "model.layers.<i>"
+    attn_norm: np.ndarray  # float32 [d]
+    g_norm: np.ndarray  # float32 [E]
+    mlp_norm: np.ndarray  # float32 [d]
+    lb: np.ndarray | None  # the layer's forget-gate lower bound [E] (None: layer 0 / unused)
+    one_minus_lb: np.ndarray | None
+    i_proj: Projection
+    f_proj: Projection
+    g_proj: Projection
+    o_proj: Projection
+    gate_proj: Projection
+    down_proj: Projection
 
 
 class LiteModel:
@@ -137,7 +155,7 @@ class LiteModel:
             self.proj[prefix] = Projection(
                 dst, float(scale), n, k, norm(f"{prefix}.norm.weight", k)
             )
-        self.layers = []
+        self.layers: list[LiteLayer] = []
         lbs = None
         if config.get("use_lower_bound", True):
             lb = tensors.get("model.lower_bounds")
@@ -146,7 +164,7 @@ class LiteModel:
             lbs = P.lower_bounds(lb)
         for i in range(L):
             pre = f"model.layers.{i}"
-            self.layers.append(dict(
+            self.layers.append(LiteLayer(
                 prefix=pre,
                 attn_norm=norm(f"{pre}.attn_norm.weight", d),
                 g_norm=norm(f"{pre}.attn.g_norm.weight", E),
@@ -163,27 +181,16 @@ class LiteModel:
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = True) -> LiteModel:
         """Read a packed file (or DIR/model.safetensors); one-line MulfreeError on any problem."""
-        from safetensors import safe_open
-
         from mulfree._bounds import check_shape
         from mulfree._memory import check_fits_memory
-        from mulfree.engine.header import check_against_config, check_metadata_crc
+        from mulfree.engine.header import check_against_config, check_identity
 
         file = weights_file(path)
-        meta = read_metadata(file)
-        if meta.get("mulfree_format") != FORMAT_NAME:
-            raise MulfreeError(
-                f"{file} is not a packed model (format {meta.get('mulfree_format')!r})"
-            )
-        if meta.get("mulfree_format_version") not in {str(v) for v in READ_VERSIONS}:
-            raise MulfreeError(f"{file} is packed format version "
-                               f"{meta.get('mulfree_format_version')!r}; this mulfree reads "
-                               f"{', '.join(map(str, READ_VERSIONS))}")  # fmt: skip
+        meta, specs = tensorfile.read_header(file)
+        check_identity(meta, file, verify=verify)
         if model_family(meta, file) != "hgrn_bit":
             raise MulfreeError(f"{file} is a packed {meta['model_family']} model; the torch-free "
                                "engine runs hgrn_bit models (use --engine torch)")  # fmt: skip
-        if verify:
-            check_metadata_crc(meta, file)
         try:
             config = json.loads(meta["config"])
             if not isinstance(config, dict):
@@ -194,17 +201,10 @@ class LiteModel:
             check_shape(config)  # every shape field bounded, before anything is sized from it
         except MulfreeError as e:
             raise MulfreeError(f"{file}: bad config: {e}") from None
-        try:
-            with safe_open(str(file), framework="numpy") as sf:
-                shapes = {k: tuple(sf.get_slice(k).get_shape()) for k in sf.keys()}  # noqa: SIM118
-                check_against_config(config, shapes, file)
-                check_fits_memory(file.stat().st_size, f"loading {file}")
-                tensors = {k: sf.get_tensor(k) for k in sf.keys()}  # noqa: SIM118
-        except MulfreeError:
-            raise
-        except Exception as e:  # safetensors raises its own error types
-            raise MulfreeError(f"cannot read {file}: {first_line(e)}") from None
-        if verify and "tensors_crc32" in meta and _crc32(tensors) != meta["tensors_crc32"]:
+        check_against_config(config, {k: shape for k, (shape, _) in specs.items()}, file)
+        check_fits_memory(file.stat().st_size, f"loading {file}")
+        tensors = tensorfile.read_tensors(file, numpy=True)
+        if verify and "tensors_crc32" in meta and tensorfile.tensors_crc32(tensors) != meta["tensors_crc32"]:
             raise MulfreeError(f"{file} is corrupt: tensor data CRC-32 does not match its header")
         for name in sorted(tensors):  # NaN/inf weights would decode nothing but one token
             t = tensors[name]
@@ -219,17 +219,6 @@ class LiteModel:
     def exact(self) -> bool:
         """False for the multiplication-free (L-Mul elementwise) model, which needs torch."""
         return self.config.get("elementwise_mul", "exact") == "exact"
-
-
-def read_metadata(file: Path) -> dict[str, str]:
-    """The `__metadata__` of a safetensors file (its header only), one-line errors."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(file), framework="numpy") as sf:
-            return dict(sf.metadata() or {})
-    except Exception as e:
-        raise MulfreeError(f"cannot read {file}: {first_line(e)}") from None
 
 
 def load_tokenizer(directory: Path):
@@ -306,16 +295,6 @@ def step_energy(file: Path, table: str | None = None):
     except OSError:
         pass  # a read-only cache only costs the count next time
     return e
-
-
-def _crc32(tensors: dict[str, np.ndarray]) -> str:
-    """mulfree.engine.format.tensors_crc32 on NumPy arrays (the same bytes, the same order)."""
-    crc = 0
-    for name in sorted(tensors):
-        t = np.ascontiguousarray(tensors[name])
-        if t.size:
-            crc = zlib.crc32(t.reshape(-1).view(np.uint8), crc)
-    return f"{crc:08x}"
 
 
 def _embedding(tensors, fmt: str, V: int, d: int, path):
@@ -398,25 +377,27 @@ class LiteDecoder:
         return self.core.prefill(self.slot, ids)
 
 
-def _layer(m: LiteModel, L: dict) -> P.Layer:
+def _linear(p: Projection) -> P.Linear:
+    return P.Linear(p.norm_w, p.data, p.out_features, p.in_features, p.scale, None)
+
+
+def _layer(m: LiteModel, L: LiteLayer) -> P.Layer:
     """One block's typed decode weights; i/f/g as one call when their norms are equal and the
     arena holds them back to back (a view, as the torch Decoder's `adjacent_weights`)."""
-    ifg = ("i_proj", "f_proj", "g_proj")
-    at = [m.offsets[f"{L['prefix']}.attn.{p}"] for p in ifg]
-    ifg_ok = (all(np.array_equal(L[p].norm_w, L["i_proj"].norm_w) for p in ifg)
-              and all(L[p].out_features % 32 == 0 for p in ifg)  # whole row blocks
-              and at[1] == at[0] + L["i_proj"].data.size
-              and at[2] == at[1] + L["f_proj"].data.size)  # fmt: skip
+    ifg = (L.i_proj, L.f_proj, L.g_proj)
+    at = [m.offsets[f"{L.prefix}.attn.{p}"] for p in ("i_proj", "f_proj", "g_proj")]
+    ifg_ok = (all(np.array_equal(p.norm_w, L.i_proj.norm_w) for p in ifg)
+              and all(p.out_features % 32 == 0 for p in ifg)  # whole row blocks
+              and at[1] == at[0] + L.i_proj.data.size
+              and at[2] == at[1] + L.f_proj.data.size)  # fmt: skip
     fused = None
     if ifg_ok:
-        i = L["i_proj"]
+        i = L.i_proj
         n = 3 * i.out_features
         data = np.frombuffer(m.arena.buffer(at[0], tq2_nbytes(n, i.in_features)), np.uint8)
-        rs = np.concatenate([np.full(L[p].out_features, L[p].scale, np.float32) for p in ifg])
+        rs = np.concatenate([np.full(p.out_features, p.scale, np.float32) for p in ifg])
         fused = P.Linear(i.norm_w, data, n, i.in_features, 1.0, rs)
-    lin = {p: P.Linear(L[p].norm_w, L[p].data, L[p].out_features, L[p].in_features, L[p].scale, None)
-           for p in ("i_proj", "f_proj", "g_proj", "o_proj", "gate_proj", "down_proj")}  # fmt: skip
-    return P.Layer(attn_norm=L["attn_norm"], ifg=fused, i=lin["i_proj"], f=lin["f_proj"],
-                   g=lin["g_proj"], lb=L["lb"], one_minus_lb=L["one_minus_lb"], g_norm=L["g_norm"],
-                   g_eps=m.eps, o=lin["o_proj"], mlp_norm=L["mlp_norm"], gate=lin["gate_proj"],
-                   down=lin["down_proj"])  # fmt: skip
+    return P.Layer(attn_norm=L.attn_norm, ifg=fused, i=_linear(L.i_proj), f=_linear(L.f_proj),
+                   g=_linear(L.g_proj), lb=L.lb, one_minus_lb=L.one_minus_lb, g_norm=L.g_norm,
+                   g_eps=m.eps, o=_linear(L.o_proj), mlp_norm=L.mlp_norm,
+                   gate=_linear(L.gate_proj), down=_linear(L.down_proj))  # fmt: skip

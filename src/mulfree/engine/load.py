@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mulfree.errors import MulfreeError
+from mulfree.errors import MulfreeError, first_line
 from mulfree.models.resolver import ModelSource, resolve
 
 DTYPES = ("float32", "bfloat16")
@@ -41,10 +41,6 @@ def _torch_dtype(dtype: str):
     if dtype not in DTYPES:
         raise MulfreeError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     return getattr(torch, dtype)
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def build_preset(family: str, preset: str):
@@ -115,5 +111,5 @@ def _float_checkpoint(path: Path, torch_dtype, attn_implementation: str | None):
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, **kw)
     except (OSError, ValueError, RuntimeError) as e:
-        raise MulfreeError(f"cannot load a causal LM from {path}: {_first_line(e)}") from None
+        raise MulfreeError(f"cannot load a causal LM from {path}: {first_line(e)}") from None
     return model.eval()

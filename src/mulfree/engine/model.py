@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from mulfree._swap import swap_modules_
 from mulfree.engine import format as fmt
 from mulfree.engine.decode import Decoder, fused_step_applies
 from mulfree.engine.modules import Int4Embedding, Int8Embedding, PackedBitLinear, place_weights_
@@ -38,12 +39,14 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
         if embedding_format not in fmt.EMBEDDING_FORMATS:
             raise MulfreeError(f"embedding_format must be one of {fmt.EMBEDDING_FORMATS}")
         self.embedding_format = embedding_format
-        for module in list(self.modules()):
-            for name, child in list(module.named_children()):
-                if isinstance(child, BitLinear):
-                    norm = RMSNorm(child.in_features, eps=BITLINEAR_NORM_EPS)
-                    setattr(module, name, PackedBitLinear(child.in_features, child.out_features,
-                                                          bias=child.bias is not None, norm=norm))  # fmt: skip
+
+        def packed(_, m: torch.nn.Module) -> PackedBitLinear | None:
+            if not isinstance(m, BitLinear):
+                return None
+            norm = RMSNorm(m.in_features, eps=BITLINEAR_NORM_EPS)
+            return PackedBitLinear(m.in_features, m.out_features, bias=m.bias is not None, norm=norm)
+
+        swap_modules_(self, packed)
         if embedding_format in ("int8", "int4"):
             cls = Int8Embedding if embedding_format == "int8" else Int4Embedding
             self.model.embeddings = cls(config.vocab_size, config.hidden_size)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mulfree._swap import swap_modules_
 from mulfree.engine.format import INT4_GROUP
 from mulfree.errors import MulfreeError
 from mulfree.kernels.ternary import tq2_nnz  # noqa: E402,F401  (re-exported)
@@ -144,11 +145,7 @@ def pack_model_(model: nn.Module) -> nn.Module:
     """
     from mulfree.ternary.bitlinear import BitLinear
 
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, BitLinear):
-                new = PackedBitLinear.from_bitlinear(child)
-                setattr(module, name, new)
+    swap_modules_(model, lambda _, m: PackedBitLinear.from_bitlinear(m) if isinstance(m, BitLinear) else None)
     return model.eval() if hasattr(model, "eval") else model
 
 

@@ -1,23 +1,34 @@
-"""Next-token sampling for `mulfree generate`, in NumPy (the packed engine's path imports no torch).
+"""Next-token sampling: the one sampler, for `mulfree generate` (NumPy) and the server (torch).
+
+Two twins of one rule set, in this module:
+* NumPy (`SamplerConfig`, `sample`, `Sampler`): what `mulfree generate` runs; the torch-free
+  engine's path imports no torch, so this half never does.
+* torch (`SamplingParams`, `sample_torch`, `sample_batch`, `token_logprobs`): what the server
+  runs on a whole decode step's logits, each request with its own torch.Generator, plus
+  logit_bias and the log-probabilities the API reports; torch is imported inside these
+  functions only. For equal logits and an equal uniform number both halves give the same token
+  (tests/engine/test_lite.py, tests/serve/test_sampling.py).
 
 Defaults are llama.cpp's (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, no penalties),
 as users of a local CLI expect; temperature 0 is greedy. `SamplerConfig()` is the one source of
 these defaults: `mulfree generate`, the server (a request that gives none) and its web page all
-read them from here. The order is that of `mulfree.serve.sampling.sample` (the server's, in
-torch), whose twin this is: penalties (repeat, presence, frequency over the last
-`repeat_last_n` tokens, as llama.cpp) -> temperature -> top-k -> top-p -> min-p -> one uniform
-draw inverting the CDF. For equal logits
-and an equal uniform number both give the same token (tests/engine/test_sampler.py).
+read them from here. The order (llama.cpp's), in both halves: logit_bias (torch half only) ->
+penalties (repeat, presence, frequency over the last `repeat_last_n` tokens, as llama.cpp) ->
+temperature -> top-k -> top-p -> min-p -> one uniform draw inverting the CDF.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mulfree.errors import MulfreeError
+
+if TYPE_CHECKING:
+    import torch
 
 # Tokens to generate when a request or command gives no limit: `mulfree generate`, the server
 # and its page share it (with SamplerConfig's sampling defaults).
@@ -124,3 +135,199 @@ class Sampler:
     def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
         u = self.rng.random() if self.cfg.temperature else 0.0
         return sample(logits, self.cfg, u, history)
+
+# ---------------------------------------------------------------------------------------------
+# The torch half: the server's sampler. `sample_torch(logits, params, generator, history)` is the
+# spec, one row at a time; `sample_batch` is what the scheduler runs on a whole decode step's
+# logits and returns the same tokens (tested). A token is drawn by inverting the CDF with one
+# uniform number from the request's generator, so a request's tokens depend only on its own
+# logits, history and generator: the same seed gives the same text alone or in a batch. (One
+# uniform per token, rather than torch.multinomial's internal draws, also makes the batched
+# version a cumsum and a searchsorted over all rows.) The defaults a request gets when it names
+# none are `SamplerConfig()`'s, via `SamplingParams.defaults()`; a bare `SamplingParams()` is
+# plain sampling (every filter off). Reported log-probabilities are the model's own
+# (log-softmax of the raw logits, before bias, penalties and temperature), as OpenAI and vLLM
+# report them.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """temperature 0 means greedy (argmax); top_k 0, top_p 1, min_p 0, repeat_penalty 1 and
+    presence/frequency 0 disable those steps. logit_bias: (token id, bias added to its logit)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0  # drop tokens below min_p x the top token's probability (0 = off)
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+
+    @classmethod
+    def defaults(cls, **overrides) -> SamplingParams:
+        """The shared defaults (`SamplerConfig()`), with overrides."""
+        d = SamplerConfig()
+        base = cls(d.temperature, d.top_p, d.top_k, d.min_p, d.repeat_penalty, d.repeat_last_n,
+                   d.presence_penalty, d.frequency_penalty)  # fmt: skip
+        return replace(base, **overrides)
+
+    def sampler_config(self) -> SamplerConfig:
+        """The NumPy twin's config (logit_bias has no counterpart there)."""
+        return SamplerConfig(self.temperature, self.top_k, self.top_p, self.min_p,
+                             self.repeat_penalty, self.repeat_last_n, self.presence_penalty,
+                             self.frequency_penalty)  # fmt: skip
+
+    @property
+    def filters(self) -> bool:
+        return bool(self.top_k) or self.top_p < 1.0 or self.min_p > 0
+
+    @property
+    def penalizes(self) -> bool:
+        return bool(self.repeat_last_n) and (
+            self.repeat_penalty != 1.0 or self.presence_penalty != 0 or self.frequency_penalty != 0
+        )
+
+
+def make_generator(seed: int) -> torch.Generator:
+    import torch
+
+    g = torch.Generator(device="cpu")
+    g.manual_seed(int(seed))
+    return g
+
+
+def _adjust(logits: torch.Tensor, params: SamplingParams, history: Sequence[int]) -> torch.Tensor:
+    """float32 logits [V] after logit_bias and the penalties (the twin of `penalize`)."""
+    import torch
+
+    if params.logit_bias:
+        ids = torch.tensor([t for t, _ in params.logit_bias], dtype=torch.long)
+        bias = torch.tensor([b for _, b in params.logit_bias], dtype=torch.float32)
+        logits = logits.index_add(0, ids, bias)
+    if not params.penalizes or not history:
+        return logits
+    recent, count = torch.unique(
+        torch.tensor(list(history[-params.repeat_last_n :]), dtype=torch.long), return_counts=True
+    )
+    v = logits[recent]
+    rp = torch.tensor(params.repeat_penalty, dtype=torch.float32)
+    v = torch.where(v > 0, v / rp, v * rp)
+    flat = torch.tensor(params.presence_penalty, dtype=torch.float32)
+    v = v - (flat + count.float() * torch.tensor(params.frequency_penalty, dtype=torch.float32))
+    return logits.index_copy(0, recent, v)
+
+
+def _filter(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Temperature-scaled logits [V] with tokens outside top-k / top-p / min-p set to -inf (the
+    twin of `filtered`)."""
+    import torch
+
+    if params.top_k and params.top_k < logits.numel():
+        kth = torch.topk(logits, params.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p: drop a token when the mass before
+        # it already does. The first token is always kept.
+        before = torch.cumsum(probs, dim=-1) - probs
+        drop = before >= params.top_p
+        drop[0] = False
+        logits = logits.scatter(0, order[drop], float("-inf"))
+    if params.min_p > 0:
+        probs = torch.softmax(logits, dim=-1)
+        logits = logits.masked_fill(probs < params.min_p * probs.max(), float("-inf"))
+    return logits
+
+
+def _uniform(generator: torch.Generator) -> torch.Tensor:
+    import torch
+
+    return torch.rand((), generator=generator, dtype=torch.float64)
+
+
+def sample_torch(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator,
+    history: Sequence[int] = (),
+) -> int:
+    """One token id from one row of logits [vocab] (the spec of `sample_batch`); `history` is
+    the request's tokens so far (prompt + output), for the penalties."""
+    import torch
+
+    logits = _adjust(logits.float(), params, history)
+    if params.temperature == 0:
+        return int(torch.argmax(logits))
+    scaled = _filter(logits / params.temperature, params)
+    cdf = torch.cumsum(torch.softmax(scaled, dim=-1), dim=-1)  # [V]
+    u = (_uniform(generator) * cdf[-1].double()).float()
+    # The first token whose CDF exceeds u (zero-probability tokens have no width: never chosen).
+    return min(int(torch.searchsorted(cdf, u.reshape(1), right=True)), logits.numel() - 1)
+
+
+def sample_batch(
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    generators: list[torch.Generator],
+    histories: list[Sequence[int]] | None = None,
+) -> list[int]:
+    """Token ids for every row of logits [B, vocab]; row b uses params[b], generators[b] and
+    histories[b] (default: no history)."""
+    import torch
+
+    logits = logits.float()
+    if any(p.logit_bias or p.penalizes for p in params):
+        hist = histories or [()] * len(params)
+        logits = torch.stack([_adjust(logits[b], p, hist[b]) for b, p in enumerate(params)])
+    out = [0] * len(params)
+    drawn = []
+    for b, p in enumerate(params):
+        if p.temperature == 0:
+            out[b] = int(torch.argmax(logits[b]))
+        else:
+            drawn.append(b)
+    if not drawn:
+        return out
+    temps = torch.tensor([params[b].temperature for b in drawn], dtype=torch.float32)
+    scaled = logits[drawn] / temps.unsqueeze(1)  # [R, V]
+    for j, b in enumerate(drawn):
+        if params[b].filters:
+            scaled[j] = _filter(scaled[j], params[b])
+    cdf = torch.cumsum(torch.softmax(scaled, dim=-1), dim=-1)  # [R, V]
+    u = torch.stack([_uniform(generators[b]) for b in drawn])  # [R] float64
+    u = (u * cdf[:, -1].double()).float().unsqueeze(1)  # [R, 1]
+    idx = torch.searchsorted(cdf, u, right=True).clamp_max(logits.shape[1] - 1)  # [R, 1]
+    for j, b in enumerate(drawn):
+        out[b] = int(idx[j, 0])
+    return out
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One position's log-probabilities: the token there and the `top` most likely ones."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]  # (token id, logprob), most likely first
+
+
+def token_logprobs(logits: torch.Tensor, tokens: Sequence[int], top_n: int) -> list[TokenLogprob]:
+    """Log-probabilities of tokens[i] under logits[i] [N, vocab], with the top_n alternatives.
+
+    The chosen token's value and the alternatives' come from the same log-softmax row, so a
+    greedy token's logprob equals the largest of its top values exactly (lm-eval's is_greedy)."""
+    import torch
+
+    lp = torch.log_softmax(logits.float(), dim=-1)  # [N, V]
+    idx = torch.tensor(list(tokens), dtype=torch.long).unsqueeze(1)  # [N, 1]
+    chosen = lp.gather(1, idx)[:, 0].tolist()
+    if top_n:
+        vals, ids = torch.topk(lp, min(top_n, lp.shape[1]), dim=-1)  # [N, top_n]
+        tops = [tuple(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), vals.tolist(), strict=True)]
+    else:
+        tops = [()] * len(chosen)
+    return [TokenLogprob(int(t), c, top) for t, c, top in zip(tokens, chosen, tops, strict=True)]

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mulfree._io import atomic_write_text, check_output_file
-from mulfree.errors import MulfreeError
+from mulfree.errors import MulfreeError, first_line
 from mulfree.eval.tasks import TASKS
 
 RESULTS_FORMAT = "mulfree-eval"
@@ -92,10 +92,6 @@ def load_model(name_or_path, *, dtype: str = "float32"):
     return got.model, load_tokenizer(got.tokenizer_dir)
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
 def _environment() -> dict:
     import torch
     import transformers
@@ -140,7 +136,7 @@ def _resumable(path: Path, results: dict) -> dict:
     try:
         previous = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MulfreeError(f"cannot resume from {path}: {_first_line(e)}") from None
+        raise MulfreeError(f"cannot resume from {path}: {first_line(e)}") from None
     if not isinstance(previous, dict):
         raise MulfreeError(f"cannot resume from {path}: not a mulfree eval results file")
     # Compare in the form the file stores (a tuple of this run reads back as a list).
@@ -376,7 +372,8 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _label(run: dict) -> str:
+def run_label(run: dict) -> str:
+    """A results run's name in tables and plots: its label, else its attention kind."""
     return run.get("label") or (run.get("attention") or {}).get("kind") or "model"
 
 
@@ -384,7 +381,7 @@ def merge_runs(runs: list[dict]) -> dict[str, dict]:
     """Runs with the same label (e.g. one JSON per task) merged: label -> {task: metrics}."""
     merged: dict[str, dict] = {}
     for r in runs:
-        merged.setdefault(_label(r), {}).update(r["tasks"])
+        merged.setdefault(run_label(r), {}).update(r["tasks"])
     return merged
 
 

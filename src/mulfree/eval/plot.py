@@ -18,7 +18,7 @@ def accuracy_png(runs: list[dict], path: str | Path, *, metric: str = METRIC) ->
     import matplotlib.pyplot as plt
 
     from mulfree._io import save_figure
-    from mulfree.eval.harness import _label
+    from mulfree.eval.harness import run_label
 
     tasks = list(dict.fromkeys(t for r in runs for t, m in r.get("tasks", {}).items()
                                if metric in m))  # fmt: skip
@@ -35,7 +35,7 @@ def accuracy_png(runs: list[dict], path: str | Path, *, metric: str = METRIC) ->
                 xs.append(i + (j - (len(runs) - 1) / 2) * width)
                 ys.append(100 * m[metric])
                 es.append(100 * se if se is not None and se == se else 0.0)
-        ax.bar(xs, ys, width, yerr=es, capsize=3, label=_label(run))
+        ax.bar(xs, ys, width, yerr=es, capsize=3, label=run_label(run))
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylabel(f"{metric} (%) ± 1 s.e.")
     ax.set_ylim(0, 100)

@@ -7,7 +7,7 @@ import shlex
 import sys
 import time
 
-from mulfree._argparse import hidden_alias
+from mulfree._argparse import MANTISSA_BITS, hidden_alias
 from mulfree.errors import MulfreeError
 
 
@@ -51,7 +51,7 @@ def register(sub) -> None:
         "--mantissa-bits", dest="k", type=_int_list, default=(1, 2, 3, 4, 5, 6, 7),
         help="mantissa bits, e.g. 1-7"
     )
-    hidden_alias(e, "--k", dest="k", type=_int_list)
+    hidden_alias(e, "--k", dest="k", type=_int_list, deprecated=MANTISSA_BITS)
     e.add_argument("--n", type=int, default=1_000_000, help="operand pairs per source")
     e.add_argument(
         "--sources",
@@ -81,7 +81,7 @@ def register(sub) -> None:
     m.add_argument("--format", default="float32", help="float32, bf16, fp16, e4m3, e5m2")
     m.add_argument("--mantissa-bits", dest="k", type=int, default=None,
                    help="mantissa bits (default: the format's)")
-    hidden_alias(m, "--k", dest="k", type=int)
+    hidden_alias(m, "--k", dest="k", type=int, deprecated=MANTISSA_BITS)
     m.add_argument("--mode", default="int", choices=["int", "eq1"])
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=cmd_matmul)

@@ -100,6 +100,13 @@ _ALIASES = {
 _BY_DTYPE = {f.dtype: f for f in FORMATS.values()}
 
 
+def canonical_name(name: str) -> str:
+    """A float format's canonical (torch) name for any of its spellings: "bf16" -> "bfloat16",
+    "e4m3" -> "float8_e4m3fn"; an unknown name comes back lowercased. The one alias table."""
+    key = str(name).lower()
+    return _ALIASES.get(key, key)
+
+
 def get_format(fmt: str | torch.dtype | FloatFormat) -> FloatFormat:
     """Look a format up by name (e.g. "bf16", "float8_e4m3fn") or torch dtype."""
     if isinstance(fmt, FloatFormat):
@@ -108,7 +115,7 @@ def get_format(fmt: str | torch.dtype | FloatFormat) -> FloatFormat:
         if fmt not in _BY_DTYPE:
             raise MulfreeError(f"L-Mul does not support dtype {fmt}; supported: {_names()}")
         return _BY_DTYPE[fmt]
-    key = _ALIASES.get(str(fmt).lower(), str(fmt).lower())
+    key = canonical_name(fmt)
     if key not in FORMATS:
         raise MulfreeError(f"unknown float format {fmt!r}; supported: {_names()}")
     return FORMATS[key]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mulfree.errors import MulfreeError
+from mulfree.errors import MulfreeError, first_line
 
 # model_type values this package knows how to build.
 KNOWN_MODEL_TYPES = ("hgrn_bit", "llama")
@@ -53,8 +53,7 @@ def load_causal_lm(path: str | Path, **kwargs):
     except MulfreeError:
         raise
     except (OSError, ValueError, RuntimeError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MulfreeError(f"cannot load {path}: {first_line}") from None
+        raise MulfreeError(f"cannot load {path}: {first_line(e)}") from None
     raise_on_bad_load(info, path)
     for name, t in model.state_dict().items():  # NaN weights would decode nothing but EOS
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):

@@ -27,10 +27,8 @@ from pathlib import Path
 
 from mulfree.errors import MulfreeError
 from mulfree.models.runs import list_checkpoints
+from mulfree.tensorfile import WEIGHTS_FILE  # noqa: F401  (a model folder's weights file; re-exported)
 
-# a model folder's (and a packed model's) weights file; = mulfree.engine.header.WEIGHTS_FILE,
-# which the torch-free engine reads without importing this package (tested)
-WEIGHTS_FILE = "model.safetensors"
 PRESET_FAMILIES = ("mmfree", "transformerpp")
 KINDS = ("packed", "checkpoint", "preset")
 

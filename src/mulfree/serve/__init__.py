@@ -18,7 +18,7 @@ _NAMES = {
     "load_backend": "mulfree.serve.backends",
     "make_backend": "mulfree.serve.backends",
     "ServeConfig": "mulfree.serve.config",
-    "SamplingParams": "mulfree.serve.sampling",
+    "SamplingParams": "mulfree.engine.sampler",
     "ServerThread": "mulfree.serve.server",
     "serve": "mulfree.serve.server",
 }

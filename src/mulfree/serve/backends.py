@@ -429,7 +429,8 @@ def _lite_backend(path, source, tokenizer_dir, model_id, kind, max_context, weig
     core present, exact elementwise products, weights "auto"/"packed"); else None."""
     from mulfree import kernels
     from mulfree.engine.header import weights_file
-    from mulfree.engine.lite import LiteModel, eos_ids, read_metadata
+    from mulfree.engine.lite import LiteModel, eos_ids
+    from mulfree.tensorfile import read_metadata
 
     if kind not in ("auto", "mmfree") or weights not in ("auto", "packed"):
         return None

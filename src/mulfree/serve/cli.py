@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from mulfree._argparse import hidden_alias
+from mulfree._argparse import MANTISSA_BITS, hidden_alias
 from mulfree.engine.sampler import DEFAULT_MAX_TOKENS
 from mulfree.errors import MulfreeError
 
@@ -56,7 +56,7 @@ def register(sub) -> None:
         metavar="K",
         help="apply L-Mul attention with K mantissa bits (HF attention models)",
     )
-    hidden_alias(p, "--lmul", dest="lmul", type=int)
+    hidden_alias(p, "--lmul", dest="lmul", type=int, deprecated=MANTISSA_BITS)
     p.add_argument("--host", default="127.0.0.1", help="address to bind")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(

@@ -20,19 +20,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mulfree.engine.detok import Detokenizer  # noqa: F401  (re-exported: the one detokenizer)
-from mulfree.engine.stops import find_stop as _find_stop
-from mulfree.engine.stops import holdback as _holdback
-from mulfree.engine.stops import longest as _longest
-from mulfree.serve.backends import Backend, RequestState
-from mulfree.serve.metrics import Metrics
-from mulfree.serve.sampling import (
+from mulfree.engine.detok import Detokenizer
+from mulfree.engine.sampler import (
     SamplingParams,
     TokenLogprob,
     make_generator,
     sample_batch,
     token_logprobs,
 )
+from mulfree.engine.stops import find_stop, holdback, longest
+from mulfree.serve.backends import Backend, RequestState
+from mulfree.serve.metrics import Metrics
 
 
 class QueueFull(Exception):
@@ -190,7 +188,7 @@ class Scheduler:
             req.text += req.detok.flush()
         end = len(req.text)
         if req.stop:
-            hit = _find_stop(req.text, req.stop, 0)
+            hit = find_stop(req.text, req.stop, 0)
             if hit is not None:
                 end, reason = hit, "stop"
         if end > req.sent:
@@ -231,15 +229,15 @@ class Scheduler:
             return
         piece = req.detok.add(tok)
         if piece:
-            scan_from = max(0, len(req.text) - _longest(req.stop) + 1)
+            scan_from = max(0, len(req.text) - longest(req.stop) + 1)
             req.text += piece
             if req.stop:
-                hit = _find_stop(req.text, req.stop, scan_from)
+                hit = find_stop(req.text, req.stop, scan_from)
                 if hit is not None:
                     req.text = req.text[:hit]
                     self._finish(req, "stop")
                     return
-            safe = len(req.text) - _holdback(req.text, req.stop)
+            safe = len(req.text) - holdback(req.text, req.stop)
             if safe > req.sent:
                 self._emit(req, Delta(req.text[req.sent : safe], self._take_logprobs(req)))
                 req.sent = safe

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mulfree._swap import swap_modules_
 from mulfree.errors import MulfreeError
 from mulfree.lmul.emul import ElementwiseMul
 from mulfree.ternary.quant import act_fake_quant, weight_fake_quant
@@ -72,7 +73,7 @@ class BitLinear(nn.Linear):
 
     In eval mode without autograd the quantized weight is computed once and kept (a second copy
     of the weight, not saved in the state dict) until the weight changes: re-quantizing every
-    weight on every decoding step costs ~50x the matmul itself. train() drops the copy.
+    weight on every decoding step would cost many times the matmul itself. train() drops the copy.
     """
 
     def __init__(
@@ -136,26 +137,16 @@ def quantize_(model: nn.Module, config: TernaryConfig | None = None) -> nn.Modul
     Returns the model for chaining.
     """
     config = config or TernaryConfig()
-    targets = [
-        name
-        for name, m in model.named_modules()
-        if type(m) is nn.Linear
-        and name
-        and not any(fnmatch.fnmatchcase(name, p) for p in config.skip)
-    ]
-    for name in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        old = getattr(parent, child)
-        new = BitLinear(
-            old.in_features,
-            old.out_features,
-            bias=old.bias is not None,
-            device=old.weight.device,
-            dtype=old.weight.dtype,
-        )
+
+    def ternary(name: str, old: nn.Module) -> BitLinear | None:
+        if type(old) is not nn.Linear or any(fnmatch.fnmatchcase(name, p) for p in config.skip):
+            return None
+        new = BitLinear(old.in_features, old.out_features, bias=old.bias is not None,
+                        device=old.weight.device, dtype=old.weight.dtype)  # fmt: skip
         new.weight = old.weight
         if old.bias is not None:
             new.bias = old.bias
-        setattr(parent, child, new)
+        return new
+
+    swap_modules_(model, ternary)
     return model

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -30,6 +29,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+
+from mulfree._io import atomic_write_text, fsync_dir
 
 # the layout's readers' side lives below the engine (which reads runs): re-exported here
 from mulfree.models.runs import (  # noqa: F401
@@ -39,6 +40,7 @@ from mulfree.models.runs import (  # noqa: F401
     list_checkpoints,
     read_trainer_state,
 )
+from mulfree.tensorfile import read_tensors, write_tensors
 from mulfree.train.distributed import DistContext
 
 _TMP_PREFIX = ".tmp-"
@@ -51,19 +53,6 @@ def remove_temporaries(out_dir: str | Path) -> None:
         for p in root.iterdir():
             if p.name.startswith(_TMP_PREFIX):
                 shutil.rmtree(p, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 def _unshared(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -89,7 +78,7 @@ def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")  # fsync'ed
 
 
 def save_checkpoint(
@@ -114,10 +103,10 @@ def save_checkpoint(
     # ends up holding the tensors.
     msd = get_model_state_dict(model, options=_options(cpu_offload=True))
     osd = get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
-    save_file(_rng_state(ctx.device), str(tmp / f"rng_rank{ctx.rank}.safetensors"))
-    _fsync_file(tmp / f"rng_rank{ctx.rank}.safetensors")
+    # each file is written atomically and fsync'ed (mulfree.tensorfile, mulfree._io)
+    write_tensors(tmp / f"rng_rank{ctx.rank}.safetensors", _rng_state(ctx.device))
     if ctx.is_main:
-        save_file(_unshared(msd), str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        write_tensors(tmp / "model.safetensors", _unshared(msd), {"format": FORMAT})
         tensors, meta = {}, {"param_groups": [], "state_other": {}}
         for name, slots in osd["state"].items():
             for slot, v in slots.items():
@@ -129,26 +118,19 @@ def save_checkpoint(
             meta["param_groups"].append(
                 {k: list(v) if isinstance(v, tuple) else v for k, v in g.items()}
             )
-        save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"format": FORMAT})
+        write_tensors(tmp / "optimizer.safetensors", tensors, {"format": FORMAT})
         _write_json(tmp / "optimizer.json", meta)
         state = {"format": FORMAT, "version": VERSION, "step": step, **trainer_state}
         _write_json(tmp / "trainer_state.json", state)
-        for f in (
-            "model.safetensors",
-            "optimizer.safetensors",
-            "optimizer.json",
-            "trainer_state.json",
-        ):
-            _fsync_file(tmp / f)
     ctx.barrier()  # every process's RNG file is on disk before the rename publishes the folder
     if ctx.is_main:
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # only when a resumed run re-reaches a saved step
             trash = root / f"{_TMP_PREFIX}old-{final.name}"
             os.replace(final, trash)
             shutil.rmtree(trash, ignore_errors=True)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         for _, old in list_checkpoints(out_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     ctx.barrier()
@@ -160,11 +142,11 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore weights, optimizer and this process's RNG from `path`; return trainer_state."""
     state = read_trainer_state(path)
-    msd = load_file(str(path / "model.safetensors"))
+    msd = read_tensors(path / "model.safetensors")
     set_model_state_dict(model, msd, options=_options(strict=True))
     meta = json.loads((path / "optimizer.json").read_text(encoding="utf-8"))
     opt_state: dict[str, dict[str, Any]] = {}
-    for key, v in load_file(str(path / "optimizer.safetensors")).items():
+    for key, v in read_tensors(path / "optimizer.safetensors").items():
         name, slot = key[len("state.") :].rsplit(".", 1)
         opt_state.setdefault(name, {})[slot] = v
     for name, slots in meta["state_other"].items():
@@ -177,7 +159,7 @@ def load_checkpoint(
     )
     rng_file = path / f"rng_rank{ctx.rank}.safetensors"
     if rng_file.is_file():
-        rng = load_file(str(rng_file))
+        rng = read_tensors(rng_file)
         torch.set_rng_state(rng["torch_cpu"])
         if "torch_cuda" in rng and ctx.device.type == "cuda":
             torch.cuda.set_rng_state(rng["torch_cuda"], ctx.device)

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from mulfree.errors import MulfreeError
+from mulfree.errors import MulfreeError, first_line
+from mulfree.tensorfile import TensorFiles
 
 MODEL_TYPES = ("bitnet", "llama")
 LINEAR_CLASSES = ("bitlinear", "autobitlinear")
@@ -210,11 +211,6 @@ def bitnet_config(raw: dict, layout: BitNetLayout, where):
     return out
 
 
-def first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__
-
-
 def projection_shapes(cfg) -> dict[str, tuple[int, int]]:
     """[out, in] of each ternary projection (PROJECTIONS) for a BitNetConfig."""
     d, i = cfg.hidden_size, cfg.intermediate_size
@@ -256,36 +252,16 @@ class BitNetCheckpoint:
             raise MulfreeError(
                 f"no .safetensors weights in {self.src} (only safetensors checkpoints are read)"
             )
-        from safetensors import safe_open
-
-        self._where: dict[str, object] = {}
-        self._handles = []
-        for file in files:
-            try:
-                sf = safe_open(str(file), framework="pt")
-            except Exception as e:  # safetensors raises its own types for bad headers
-                raise MulfreeError(
-                    f"cannot read {file}: corrupt or not a safetensors file ({first_line(e)})"
-                ) from None
-            self._handles.append(sf)
-            for k in sf.keys():
-                self._where[k] = sf
+        self._files = TensorFiles(files, self.src)
 
     def keys(self) -> set[str]:
-        return set(self._where)
+        return self._files.keys()
 
     def has(self, key: str) -> bool:
-        return key in self._where
+        return key in self._files
 
     def raw(self, key: str) -> torch.Tensor:
-        if key not in self._where:
-            raise MulfreeError(f"{self.src}: missing tensor {key}")
-        try:
-            return self._where[key].get_tensor(key)
-        except Exception as e:
-            raise MulfreeError(
-                f"cannot read tensor {key} from {self.src}: {first_line(e)}"
-            ) from None
+        return self._files.get(key)
 
     def tensor(self, key: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:
         """A float tensor as float32, finite, of `shape` when given."""
@@ -356,5 +332,4 @@ class BitNetCheckpoint:
         return q, torch.tensor(scale, dtype=torch.float32)
 
     def close(self) -> None:
-        self._handles.clear()
-        self._where.clear()
+        self._files.close()

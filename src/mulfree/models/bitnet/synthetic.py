@@ -24,6 +24,7 @@ import torch
 
 from mulfree._io import output_dir
 from mulfree.models.bitnet.layout import PROJECTIONS, pack_official, projection_shapes
+from mulfree.tensorfile import WEIGHTS_FILE, write_tensors
 
 VARIANTS = ("packed", "master", "autobitlinear", "llama")
 
@@ -68,7 +69,6 @@ def write_random_checkpoint(dst: str | Path, config: dict | None = None, *, vari
                             force: bool = False) -> Path:  # fmt: skip
     """Write a random checkpoint of `config` (BitNetConfig fields; default TINY) to `dst`
     (config.json + model.safetensors), atomically. Returns dst."""
-    from safetensors.torch import save_file
     from transformers import BitNetConfig
 
     if variant not in VARIANTS:
@@ -122,6 +122,5 @@ def write_random_checkpoint(dst: str | Path, config: dict | None = None, *, vari
     dst = Path(dst)
     with output_dir(dst, force=force) as tmp:
         (tmp / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True))
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})  # fmt: skip
+        write_tensors(tmp / WEIGHTS_FILE, tensors, {"format": "pt"})
     return dst

@@ -17,11 +17,7 @@ declares every layer "linear_attention"): memory per sequence is constant, whate
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
-import struct
 from pathlib import Path
 
 import torch
@@ -33,6 +29,7 @@ from transformers.cache_utils import Cache, DynamicCache, LinearAttentionCacheLa
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from mulfree import tensorfile
 from mulfree.errors import MulfreeError
 from mulfree.lmul.emul import ElementwiseMul
 from mulfree.models.hf_compat import CACHE, cache_kwargs, one_cache, output_cache
@@ -41,9 +38,9 @@ from mulfree.ops.hgrn import chunk_hgrn, naive_recurrent_hgrn
 from mulfree.ternary.bitlinear import BitLinear, RMSNorm, acc_dtype
 
 # Written into the metadata of every saved safetensors file (with the config), so a weights file
-# says what it is without its directory. Bump the version when the tensor layout changes.
-FORMAT_NAME = "mulfree.hgrn_bit"
-FORMAT_VERSION = 1
+# says what it is without its directory (mulfree.tensorfile.CHECKPOINT).
+FORMAT_NAME = tensorfile.CHECKPOINT.name
+FORMAT_VERSION = tensorfile.CHECKPOINT.version
 
 # ---------------------------------------------------------------------------------------------
 # Norms. RMSNorm (float32 inside) comes from mulfree.ternary.bitlinear, where BitLinear uses it.
@@ -306,75 +303,29 @@ class HGRNBitPreTrainedModel(PreTrainedModel):
         """transformers' save_pretrained (config.json + safetensors), then the format name, version
         and config are added to each safetensors file's metadata."""
         out = super().save_pretrained(save_directory, *args, **kwargs)
-        extra = {
-            "mulfree_format": FORMAT_NAME,
-            "mulfree_format_version": str(FORMAT_VERSION),
-            "config": self.config.to_json_string(use_diff=False),
-        }
+        # transformers' save_pretrained has no way to pass file metadata: added afterwards
+        extra = {**tensorfile.CHECKPOINT.stamp(), "config": self.config.to_json_string(use_diff=False)}
         for file in Path(save_directory).glob("*.safetensors"):
-            _add_safetensors_metadata(file, extra)
+            tensorfile.add_metadata(file, extra)
         return out
-
-
-def _add_safetensors_metadata(path: Path, extra: dict[str, str]) -> None:
-    """Merge `extra` into a safetensors file's `__metadata__`, copying the tensor bytes unchanged.
-
-    transformers' save_pretrained has no way to pass file metadata. Tensor offsets in the header
-    are relative to the data section, so only the header changes; the rewrite is atomic.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    with open(path, "rb") as src:
-        (n,) = struct.unpack("<Q", src.read(8))
-        header = json.loads(src.read(n))
-        header["__metadata__"] = {**header.get("__metadata__", {}), **extra}
-        blob = json.dumps(header, separators=(",", ":")).encode()
-        blob += b" " * (-len(blob) % 8)  # keep the data section 8-byte aligned, as safetensors does
-        with open(tmp, "wb") as dst:
-            dst.write(struct.pack("<Q", len(blob)))
-            dst.write(blob)
-            shutil.copyfileobj(src, dst, 1 << 24)
-    os.replace(tmp, path)
-
-
-_FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")  # safetensors dtype names
 
 
 def check_checkpoint(cls, config: HGRNBitConfig, path: Path, files=None) -> None:
     """Compare the tensor names and shapes in `path`'s safetensors files (or `files`) with what
     `cls` expects."""
-    from safetensors import safe_open
-
     from mulfree._memory import check_fits_memory
 
     found: dict[str, tuple[int, ...]] = {}
     for file in sorted(path.glob("*.safetensors")) if files is None else files:
-        try:
-            with safe_open(str(file), framework="pt") as sf:
-                meta = sf.metadata() or {}
-                for key in sf.keys():
-                    sl = sf.get_slice(key)
-                    found[key] = tuple(sl.get_shape())
-                    dtype = sl.get_dtype()
-                    if dtype not in _FLOAT_DTYPES:  # every weight of this model is a float
-                        raise MulfreeError(
-                            f"{file}: tensor {key} is stored as {dtype}; a float type "
-                            f"({', '.join(_FLOAT_DTYPES)}) is expected"
-                        )
-        except MulfreeError:
-            raise
-        except Exception as e:  # a truncated or foreign file: say which one, in one line
-            raise MulfreeError(
-                f"cannot read {file}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-            ) from None
-        if meta.get("mulfree_format", FORMAT_NAME) != FORMAT_NAME:
-            raise MulfreeError(
-                f"{file} holds {meta['mulfree_format']!r}, not {FORMAT_NAME!r} weights"
-            )
-        if int(meta.get("mulfree_format_version", FORMAT_VERSION)) > FORMAT_VERSION:
-            raise MulfreeError(
-                f"{file} is format version {meta['mulfree_format_version']}; this mulfree reads up to "
-                f"{FORMAT_VERSION} (upgrade mulfree)"
-            )
+        meta, specs = tensorfile.read_header(file)  # a truncated or foreign file: one line
+        for key, (shape, dtype) in specs.items():
+            found[key] = shape
+            if dtype not in tensorfile.FLOAT_DTYPES:  # every weight of this model is a float
+                raise MulfreeError(
+                    f"{file}: tensor {key} is stored as {dtype}; a float type "
+                    f"({', '.join(tensorfile.FLOAT_DTYPES)}) is expected"
+                )
+        tensorfile.CHECKPOINT.check(meta, file)
     # Before a model of `config` is even described (on the meta device, which takes time per
     # layer): its layer count against the tensors present, its float32 size against memory.
     layers = {int(k.split(".")[2]) for k in found

@@ -1,12 +1,13 @@
-"""Sampling policy and the scheduler's text helpers (no server)."""
+"""Sampling policy (mulfree.engine.sampler's torch half) and the stop-string helpers (no server)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mulfree.serve.sampling import SamplingParams, make_generator, sample, sample_batch
-from mulfree.serve.scheduler import Detokenizer, _find_stop, _holdback
+from mulfree.engine.sampler import SamplingParams, make_generator, sample_batch
+from mulfree.engine.sampler import sample_torch as sample
+from mulfree.engine.stops import find_stop, holdback
 
 
 def test_greedy_is_argmax():
@@ -74,22 +75,13 @@ def test_zero_probability_tokens_are_never_drawn():
     ids=["partial-word", "no-prefix", "newline", "empty"],
 )
 def test_holdback_keeps_possible_stop_prefixes(text, stop, hold):
-    assert _holdback(text, stop) == hold
+    assert holdback(text, stop) == hold
 
 
 def test_find_stop_earliest():
-    assert _find_stop("one. two! three.", (".", "!"), 0) == 3
-    assert _find_stop("one. two! three.", (".", "!"), 4) == 8
-    assert _find_stop("none", ("x",), 0) is None
-
-
-def test_detokenizer_rebuilds_the_text(backend):
-    prompt = backend.encode("Hello")
-    text = " world, ternary weights répondent ✓"
-    ids = backend.encode(text)
-    d = Detokenizer(backend, prompt)
-    out = "".join(d.add(t) for t in ids) + d.flush()
-    assert out == text
+    assert find_stop("one. two! three.", (".", "!"), 0) == 3
+    assert find_stop("one. two! three.", (".", "!"), 4) == 8
+    assert find_stop("none", ("x",), 0) is None
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -104,7 +96,7 @@ def test_penalties_and_bias_are_the_twins_of_the_numpy_sampler(seed):
     history = torch.randint(0, 200, (90,), generator=g).tolist()
     p = SamplingParams(temperature=0, repeat_penalty=1.3, repeat_last_n=64,
                        presence_penalty=0.7, frequency_penalty=0.4)  # fmt: skip
-    from mulfree.serve.sampling import _adjust
+    from mulfree.engine.sampler import _adjust
 
     want = penalize(logits.numpy(), history, p.sampler_config())
     assert np.array_equal(_adjust(logits, p, history).numpy(), want)
