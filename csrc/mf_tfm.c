@@ -277,48 +277,6 @@ MF_TARGET_AVX2 static inline __m256 exp_poly8(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-/* 8 consecutive stored values from index i as float32 (int8: times steps[si..si+8)). */
-MF_TARGET_AVX2_F16C static inline __m256 kv_load8(const void *c, int64_t i, int dtype,
-                                                   const float *steps, int64_t si) {
-    switch (dtype) {
-    case TFM_KV_F32: return _mm256_loadu_ps((const float *)c + i);
-    case TFM_KV_BF16: {
-        const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)c + i));
-        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    }
-    case TFM_KV_F16:
-        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)c + i)));
-    default: {
-        const __m128i b = _mm_loadl_epi64((const __m128i *)((const int8_t *)c + i));
-        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), _mm256_loadu_ps(steps + si));
-    }
-    }
-}
-
-MF_TARGET_AVX2_F16C static inline __m256 prod8(const attn_args *A, const lm_vconst *vc, __m256 a,
-                                               __m256 b) {
-    if (!A->lmul) return _mm256_mul_ps(a, b);
-    return _mm256_castsi256_ps(lmul256(vc, _mm256_castps_si256(a), _mm256_castps_si256(b)));
-}
-
-/* The scores of heads h0..h0+nq-1 (one kv head) at 8 positions of tile t, into sc rows. */
-MF_TARGET_AVX2_F16C static inline void scores_tile(const attn_args *A, const lm_vconst *vc,
-                                                   const float *q, int64_t h0, int nq, int64_t sh,
-                                                   int64_t t, float *sc, int64_t npad) {
-    const int64_t hd = A->hd;
-    const int64_t kt = (sh * (A->ctx / TFM_KTILE) + t) * hd * TFM_KTILE;
-    const float *st = A->ks == NULL ? NULL : A->ks + sh * A->ctx + t * TFM_KTILE;
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t d = 0; d < hd; ++d) {
-        /* int8: code * step per position, as the scalar kv_load does */
-        const __m256 kv = kv_load8(A->kc, kt + d * TFM_KTILE, A->dtype, st, 0);
-        for (int i = 0; i < nq; ++i)
-            acc[i] = _mm256_add_ps(acc[i], prod8(A, vc, _mm256_set1_ps(q[(h0 + i) * hd + d]), kv));
-    }
-    const __m256 s = _mm256_set1_ps(A->scaling);
-    for (int i = 0; i < nq; ++i) _mm256_storeu_ps(sc + i * npad + t * TFM_KTILE, _mm256_mul_ps(acc[i], s));
-}
-
 MF_TARGET_AVX2 static void softmax_avx2(float *s, int64_t n) {
     int64_t j = 0;
     __m256 vm = _mm256_set1_ps(s[0]);
@@ -347,56 +305,147 @@ MF_TARGET_AVX2 static void softmax_avx2(float *s, int64_t n) {
     for (; j < n; ++j) s[j] = s[j] * iv;
 }
 
-/* out[h0+i][d0 .. d0 + 8 nv) = sum_j p_i[j] V[j][d0 ..], j sequential, for nq heads. */
-MF_TARGET_AVX2_F16C static inline void pv_chunk(const attn_args *A, const lm_vconst *vc,
-                                                const float *p, int64_t npad, int nq, int64_t sh,
-                                                int64_t n, int64_t d0, int nv, float *out) {
-    const int64_t hd = A->hd;
-    __m256 acc[4][4];
+#define MF_AI __attribute__((always_inline)) inline
+
+/* The vector code is written once with dtype, lmul and the head count as compile-time
+ * constants (always-inlined into one switch per combination): no branch in an inner loop, and
+ * the accumulators of a fixed head count stay in registers. */
+MF_TARGET_AVX2_F16C static MF_AI __m256 prod8(const lm_vconst *vc, const int lmul, __m256 a,
+                                              __m256 b) {
+    if (!lmul) return _mm256_mul_ps(a, b);
+    return _mm256_castsi256_ps(lmul256(vc, _mm256_castps_si256(a), _mm256_castps_si256(b)));
+}
+
+/* 8 stored values from index i as float32; int8 codes times `step` (per lane), as kv_load. */
+MF_TARGET_AVX2_F16C static MF_AI __m256 load8(const void *c, int64_t i, const int dtype,
+                                              __m256 step) {
+    if (dtype == TFM_KV_F32) return _mm256_loadu_ps((const float *)c + i);
+    if (dtype == TFM_KV_BF16) {
+        const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)c + i));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    if (dtype == TFM_KV_F16)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)c + i)));
+    const __m128i b = _mm_loadl_epi64((const __m128i *)((const int8_t *)c + i));
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), step);
+}
+
+/* Scores of nq heads (rows q + i hd) at the 8 positions of tile t, decoded in kt [hd][8]:
+ * sc[i][8t ..] = (sum_d q_i[d] k[d]) * scaling, d sequential. */
+MF_TARGET_AVX2_F16C static MF_AI void scores_nq(const lm_vconst *vc, const int lmul, const int nq,
+                                                const float *q, int64_t hd, const float *kt,
+                                                float scaling, float *sc, int64_t npad, int64_t t) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t d = 0; d < hd; ++d) {
+        const __m256 kv = _mm256_load_ps(kt + d * TFM_KTILE);
+#pragma GCC unroll 4
+        for (int i = 0; i < nq; ++i)
+            acc[i] = _mm256_add_ps(acc[i], prod8(vc, lmul, _mm256_set1_ps(q[i * hd + d]), kv));
+    }
+    const __m256 s = _mm256_set1_ps(scaling);
+#pragma GCC unroll 4
+    for (int i = 0; i < nq; ++i) _mm256_storeu_ps(sc + i * npad + t * TFM_KTILE, _mm256_mul_ps(acc[i], s));
+}
+
+/* out_i[d0 .. d0 + 8 nv) = sum_j p_i[j] v[j][d0 ..], j sequential, for nq heads. */
+MF_TARGET_AVX2_F16C static MF_AI void pv_nq(const lm_vconst *vc, const int lmul, const int dtype,
+                                            const int nq, const int nv, const float *p,
+                                            int64_t npad, const void *vbase, const float *vst,
+                                            int64_t n, int64_t hd, int64_t d0, float *out) {
+    __m256 acc[4][2];
+#pragma GCC unroll 4
     for (int i = 0; i < nq; ++i)
         for (int v = 0; v < nv; ++v) acc[i][v] = _mm256_setzero_ps();
-    const float *vst = A->vs == NULL ? NULL : A->vs + sh * A->ctx;
+    __m256 step = _mm256_setzero_ps();
     for (int64_t j = 0; j < n; ++j) {
-        __m256 vv[4];
-        const int64_t base = (sh * A->ctx + j) * hd + d0;
-        for (int v = 0; v < nv; ++v) {
-            if (A->dtype == TFM_KV_I8) /* code * step, the step of position j in every lane */
-                vv[v] = _mm256_mul_ps(
-                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-                        _mm_loadl_epi64((const __m128i *)((const int8_t *)A->vc + base + 8 * v)))),
-                    _mm256_set1_ps(vst[j]));
-            else
-                vv[v] = kv_load8(A->vc, base + 8 * v, A->dtype, NULL, 0);
-        }
+        if (dtype == TFM_KV_I8) step = _mm256_set1_ps(vst[j]); /* the step of position j */
+        __m256 vv[2];
+        for (int v = 0; v < nv; ++v) vv[v] = load8(vbase, j * hd + d0 + 8 * v, dtype, step);
+#pragma GCC unroll 4
         for (int i = 0; i < nq; ++i) {
             const __m256 pj = _mm256_set1_ps(p[i * npad + j]);
-            for (int v = 0; v < nv; ++v) acc[i][v] = _mm256_add_ps(acc[i][v], prod8(A, vc, pj, vv[v]));
+            for (int v = 0; v < nv; ++v) acc[i][v] = _mm256_add_ps(acc[i][v], prod8(vc, lmul, pj, vv[v]));
         }
     }
+#pragma GCC unroll 4
     for (int i = 0; i < nq; ++i)
         for (int v = 0; v < nv; ++v) _mm256_storeu_ps(out + i * hd + d0 + 8 * v, acc[i][v]);
 }
 
-/* Needs hd % 8 == 0 (checked by the op). sc: scratch >= 4 * npad. */
-MF_TARGET_AVX2_F16C static void attend_row_avx2(const attn_args *A, const lm_vconst *vc,
-                                                const float *q, int64_t slot, int64_t n,
-                                                float *out, float *sc) {
-    const int64_t G = A->H / A->Hkv, hd = A->hd;
+#define MF_NQ_SWITCH(nq, call) \
+    switch (nq) {              \
+    case 1: call(1); break;    \
+    case 2: call(2); break;    \
+    case 3: call(3); break;    \
+    default: call(4); break;   \
+    }
+
+/* One row: q [H][hd] of `slot` over positions 0..n-1 -> out [H][hd]. sc: scratch of G * npad
+ * scores followed by a decoded key tile (hd x 8, 32-byte aligned). Needs hd % 8 == 0. */
+MF_TARGET_AVX2_F16C static MF_AI void attend_row_t(const attn_args *A, const lm_vconst *vc,
+                                                   const int dtype, const int lmul,
+                                                   const float *q, int64_t slot, int64_t n,
+                                                   float *out, float *sc) {
+    const int64_t G = A->H / A->Hkv, hd = A->hd, ctx = A->ctx;
     const int64_t tiles = (n + TFM_KTILE - 1) / TFM_KTILE, npad = tiles * TFM_KTILE;
+    float *kt = sc + mf_round_up(G * npad, 8);
     for (int64_t g = 0; g < A->Hkv; ++g) {
         const int64_t sh = slot * A->Hkv + g;
-        for (int64_t h0 = g * G; h0 < (g + 1) * G; h0 += 4) {
-            const int nq = (int)((g + 1) * G - h0 < 4 ? (g + 1) * G - h0 : 4);
-            /* whole tiles: lanes past n hold values of unused positions, never read */
-            for (int64_t t = 0; t < tiles; ++t) scores_tile(A, vc, q, h0, nq, sh, t, sc, npad);
-            for (int i = 0; i < nq; ++i) softmax_avx2(sc + i * npad, n);
+        const float *qg = q + g * G * hd;
+        for (int64_t t = 0; t < tiles; ++t) {
+            /* decode the tile once for the G heads; lanes past n hold unused positions */
+            const int64_t base = (sh * (ctx / TFM_KTILE) + t) * hd * TFM_KTILE;
+            const __m256 st = dtype == TFM_KV_I8 ? _mm256_loadu_ps(A->ks + sh * ctx + t * TFM_KTILE)
+                                                 : _mm256_setzero_ps();
+            for (int64_t d = 0; d < hd; ++d)
+                _mm256_store_ps(kt + d * TFM_KTILE, load8(A->kc, base + d * TFM_KTILE, dtype, st));
+            for (int64_t i0 = 0; i0 < G; i0 += 4) {
+                const int64_t nq = G - i0 < 4 ? G - i0 : 4;
+#define MF_SCORES(k) scores_nq(vc, lmul, k, qg + i0 * hd, hd, kt, A->scaling, sc + i0 * npad, npad, t)
+                MF_NQ_SWITCH(nq, MF_SCORES)
+#undef MF_SCORES
+            }
+        }
+        for (int64_t i = 0; i < G; ++i) softmax_avx2(sc + i * npad, n);
+        const void *vbase = (const char *)A->vc + (size_t)(sh * ctx * hd) * (dtype == TFM_KV_F32 ? 4 : dtype == TFM_KV_I8 ? 1 : 2);
+        const float *vst = dtype == TFM_KV_I8 ? A->vs + sh * ctx : NULL;
+        for (int64_t i0 = 0; i0 < G; i0 += 4) {
+            const int64_t nq = G - i0 < 4 ? G - i0 : 4;
+            float *o = out + (g * G + i0) * hd;
             int64_t d0 = 0;
-            for (; d0 + 32 <= hd; d0 += 32) pv_chunk(A, vc, sc, npad, nq, sh, n, d0, 4, out + h0 * hd);
-            for (; d0 < hd; d0 += 8) pv_chunk(A, vc, sc, npad, nq, sh, n, d0, 1, out + h0 * hd);
+#define MF_PV2(k) pv_nq(vc, lmul, dtype, k, 2, sc + i0 * npad, npad, vbase, vst, n, hd, d0, o)
+#define MF_PV1(k) pv_nq(vc, lmul, dtype, k, 1, sc + i0 * npad, npad, vbase, vst, n, hd, d0, o)
+            for (; d0 + 16 <= hd; d0 += 16) MF_NQ_SWITCH(nq, MF_PV2)
+            if (d0 < hd) MF_NQ_SWITCH(nq, MF_PV1)
+#undef MF_PV2
+#undef MF_PV1
         }
     }
 }
 
+#define MF_ROW_FN(name, dt, lm)                                                                 \
+    MF_TARGET_AVX2_F16C static void name(const attn_args *A, const lm_vconst *vc,                \
+                                         const float *q, int64_t slot, int64_t n, float *out,    \
+                                         float *sc) {                                            \
+        attend_row_t(A, vc, dt, lm, q, slot, n, out, sc);                                        \
+    }
+MF_ROW_FN(row_f32_x, TFM_KV_F32, 0)
+MF_ROW_FN(row_f32_l, TFM_KV_F32, 1)
+MF_ROW_FN(row_bf16_x, TFM_KV_BF16, 0)
+MF_ROW_FN(row_bf16_l, TFM_KV_BF16, 1)
+MF_ROW_FN(row_f16_x, TFM_KV_F16, 0)
+MF_ROW_FN(row_f16_l, TFM_KV_F16, 1)
+MF_ROW_FN(row_i8_x, TFM_KV_I8, 0)
+MF_ROW_FN(row_i8_l, TFM_KV_I8, 1)
+#undef MF_ROW_FN
+
+typedef void (*attend_row_fn)(const attn_args *, const lm_vconst *, const float *, int64_t,
+                              int64_t, float *, float *);
+static const attend_row_fn ROW_AVX2[4][2] = {{row_f32_x, row_f32_l}, {row_bf16_x, row_bf16_l},
+                                             {row_f16_x, row_f16_l}, {row_i8_x, row_i8_l}};
+#endif
+
+#if MF_X86
 /* act(gate) * up, 8 lanes: ReLU^2 (no exp) or SiLU g / (1 + exp_poly(-g)) */
 MF_TARGET_AVX2 static void glu_act_avx2(const float *g, const float *u, int64_t I, int act,
                                         float *o) {
@@ -485,15 +534,18 @@ int mf_op_tfm_attend(const int64_t *a) {
     int64_t nmax = 0;
     for (int64_t b = 0; b < B; ++b) nmax = rows[2 * b + 1] + 1 > nmax ? rows[2 * b + 1] + 1 : nmax;
     const int64_t npad = mf_round_up(nmax, TFM_KTILE);
-    float *sc = mf_scratch((size_t)(4 * npad + 16) * sizeof(float));
+    /* scores of one kv head's G query heads, then a decoded key tile (attend_row_t) */
+    const int64_t G = A.H / A.Hkv;
+    float *sc = mf_scratch((size_t)(mf_round_up(G * npad, 8) + A.hd * TFM_KTILE) * sizeof(float));
     if (sc == NULL) return MF_OP_NOMEM;
     const int level = mf_isa_resolve((int)a[17]);
 #if MF_X86
     if (level >= MF_ISA_AVX2 && A.hd % 8 == 0 && __builtin_cpu_supports("f16c")) {
         lm_vconst vc;
         vconst_init(&A.f, A.lmul ? A.k : 23, 0, &vc);
+        const attend_row_fn row = ROW_AVX2[A.dtype][A.lmul];
         for (int64_t b = 0; b < B; ++b)
-            attend_row_avx2(&A, &vc, q + b * qs, rows[2 * b], rows[2 * b + 1] + 1, out + b * os, sc);
+            row(&A, &vc, q + b * qs, rows[2 * b], rows[2 * b + 1] + 1, out + b * os, sc);
         return MF_ISA_AVX2;
     }
 #endif
