@@ -8,21 +8,24 @@ Random weights written in the official layout of microsoft/bitnet-b1.58-2B-4T (h
    read pattern of a decode step), per thread count, giving the weight-bytes roofline of a
    step (packed tq2 weights + head + the KV cache read at that context);
 3. load time, time to first token (prefill of a `--prompt`-token prompt + head), prefill tok/s
-   (`--prefill`-token prompt, blocks of 64) and decode tok/s at 1 and 2 threads, exact vs L-Mul
-   attention (`--mantissa-bits`, default 3), contexts 128 and 2048: the cache is filled with
-   random keys/values up to the context (a decode step's cost does not depend on their values;
-   prefilling 2048 tokens with L-Mul attention would take hours), bfloat16 KV cache;
+   (`--prefill`-token prompt, chunks of 64) and decode tok/s at 1 and 2 threads, exact vs L-Mul
+   attention (`--mantissa-bits`, default 3), contexts 128 and 2048, for the compiled step
+   (engine.bitnet_plan: every layer in one plan_run, BitNetDecoder's default) and the torch step
+   (`fused=False`, its spec): the cache is filled with random keys/values up to the context (a
+   decode step's cost does not depend on their values), bfloat16 KV cache;
 4. transformers' BitNetForCausalLM on the same checkpoint (bfloat16, its BitLinear unpacks
    the 2-bit weights at every call; TORCHDYNAMO_DISABLE=1 as torch.compile on CPU takes
    minutes), decode tok/s at 128 context, a few steps;
 5. accuracy effects on a tiny official-layout model: int8 / int4 / bf16 head against the float32
    head, and bf16 / fp16 / int8 KV caches against float32 (logit SQNR, top-1 agreement).
-Peak RSS is printed. Timings: median of `--steps` steps after 2 warm-up rounds, exact, L-Mul and
-int4-head steps interleaved round by round; the load average is printed (the machine is shared:
-absolute numbers move with the load, ratios less).
+Peak RSS is printed. Timings: median of `--steps` steps after 2 warm-up rounds, the variants
+(compiled / torch, exact / L-Mul, int4 head) interleaved round by round; the load average is
+printed (the machine is shared: absolute numbers move with the load, ratios less). A progress
+bar (stderr) follows the full run (~15-25 min here, most of it writing and converting the
+checkpoint on the first run; --workdir keeps them for the next).
 
     flock /tmp/mulfree-bench.lock python benchmarks/bench_bitnet.py
-    python benchmarks/bench_bitnet.py --quick            # 1 thread count, context 128, no HF
+    python benchmarks/bench_bitnet.py --quick   # ~1 min: compiled vs torch step at a small shape
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ from mulfree.engine import convert, load_packed  # noqa: E402
 from mulfree.engine.bitnet_decode import BitNetDecoder  # noqa: E402
 from mulfree.engine.convert import ConvertConfig  # noqa: E402
 from mulfree.models.bitnet.synthetic import B1_58_2B_4T, write_random_checkpoint  # noqa: E402
+
+# --quick: the 2B4T layer structure (head_dim 128, 4 query heads per kv head, ReLU^2) scaled down
+SMALL = dict(B1_58_2B_4T, vocab_size=16384, hidden_size=1024, intermediate_size=2752,
+             num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2)  # fmt: skip
 
 
 def load() -> str:
@@ -75,29 +82,99 @@ def step_bytes(model, ctx: int, kv_bytes: int = 2) -> int:
     return w + head + kv
 
 
+def set_length(dec: BitNetDecoder, n: int) -> None:
+    """Slot 0 holds n positions (its cache contents as they are)."""
+    dec.lengths[0] = n
+    if dec.fused:
+        dec.plan.lengths[0] = n
+
+
 def fill_cache(dec: BitNetDecoder, ctx: int) -> None:
     """Random keys/values in slot 0, its length ctx - 1 (the next step is token ctx)."""
     g = torch.Generator().manual_seed(0)
-    for t in dec.cache.k + dec.cache.v:
-        t[0].copy_(torch.randn(t[0].shape, generator=g).to(t.dtype))
-    dec.lengths[0] = ctx - 1
+    if dec.fused:  # the compiled cache: bf16 bit patterns in uint16 arrays (engine.bitnet_plan)
+        p = dec.plan
+        for a in (p.k, p.v):
+            r = torch.randn(a[:, 0].shape, generator=g).to(torch.bfloat16)
+            a[:, 0] = r.view(torch.int16).numpy().view(a.dtype)
+    else:
+        for t in dec.cache.k + dec.cache.v:
+            t[0].copy_(torch.randn(t[0].shape, generator=g).to(t.dtype))
+    set_length(dec, ctx - 1)
 
 
-def time_interleaved(runs: dict, ctx: int, steps: int) -> dict[str, float]:
-    """Median seconds of one decode step (embedding, 30 layers, head, argmax) at context ctx
-    for each named (decoder, attention), their steps interleaved round by round so all see the
-    same load; 2 warm-up rounds."""
-    for dec, _ in runs.values():
+def time_interleaved(runs: dict[str, BitNetDecoder], ctx: int, steps: int) -> dict[str, float]:
+    """Median seconds of one decode step (embedding, every layer, head, argmax) at context ctx
+    for each named decoder, their steps interleaved round by round so all see the same load;
+    2 warm-up rounds."""
+    for dec in runs.values():
         fill_cache(dec, ctx)
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(steps + 2):
-        for name, (dec, att) in runs.items():
-            dec.attention = att
-            dec.lengths[0] = ctx - 1
+        for name, dec in runs.items():
+            set_length(dec, ctx - 1)
             t0 = time.perf_counter()
             int(dec.step([17])[0].argmax())
             times[name].append(time.perf_counter() - t0)
     return {k: statistics.median(v[2:]) for k, v in times.items()}
+
+
+def decoders(model, threads: int, ctx: int, mbits: int, torch_path: bool = True) -> dict:
+    """The timed variants: compiled exact / L-Mul (and the torch step's, when torch_path)."""
+    kw = dict(threads=threads, kv_dtype="bfloat16", max_context=ctx, mantissa_bits=mbits)
+    out = {f"compiled {a}": BitNetDecoder(model, attention=a, **kw) for a in ("exact", "lmul")}
+    if torch_path:
+        out.update({f"torch {a}": BitNetDecoder(model, attention=a, fused=False, **kw)
+                    for a in ("exact", "lmul")})  # fmt: skip
+    return out
+
+
+def report(t: int, ctx: int, res: dict[str, float], roof: float | None = None, nbytes: int = 0,
+           bw: float = 0.0) -> None:  # fmt: skip
+    line = " | ".join(f"{k} {1 / v:.2f} tok/s ({v * 1e3:.1f} ms)" for k, v in res.items())
+    print(f"[{t} thread(s)] context {ctx}: {line}")
+    ce, cl = res["compiled exact"], res["compiled lmul"]
+    extra = f"  L-Mul attention / exact time (compiled): {cl / ce:.2f}x"
+    if "torch exact" in res:
+        extra += (f"; compiled speed-up over torch: exact {res['torch exact'] / ce:.2f}x, "
+                  f"L-Mul {res['torch lmul'] / cl:.2f}x")  # fmt: skip
+    if roof:
+        extra += (f"; roofline {roof:.1f} tok/s ({nbytes / 1e6:.0f} MB/step at {bw:.1f} GB/s): "
+                  f"compiled exact at {100 / ce / roof:.0f} %")  # fmt: skip
+    print(extra)
+
+
+def quick(args, threads: list[int]) -> None:
+    """Compiled vs torch step at the SMALL shape (no convert, no transformers baseline)."""
+    from mulfree.engine.bitnet_model import from_checkpoint
+
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        model = from_checkpoint(write_random_checkpoint(Path(d) / "small", SMALL, seed=0),
+                                head_format="int8")  # fmt: skip
+    print(f"small model (hidden 1024, 4 layers, 8 / 2 heads, head_dim 128, MLP 2752, vocab "
+          f"16384, int8 head) built in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+    for t in threads:
+        torch.set_num_threads(t)
+        for ctx in (128, 1024):
+            runs = decoders(model, t, ctx, args.mantissa_bits)
+            report(t, ctx, time_interleaved(runs, ctx, args.steps))
+            del runs
+        prompt = torch.randint(
+            0, 16000, (128,), generator=torch.Generator().manual_seed(2)
+        ).tolist()
+        pf = {}
+        for name, fused in (("compiled", None), ("torch", False)):
+            dec = BitNetDecoder(model, threads=t, kv_dtype="bfloat16", max_context=256, fused=fused)
+            dec.prefill(prompt[:8])  # warm-up
+            t0 = time.perf_counter()
+            dec.prefill(prompt)
+            pf[name] = len(prompt) / (time.perf_counter() - t0)
+        print(f"[{t} thread(s)] prefill 128 tokens: compiled {pf['compiled']:.0f} tok/s, "
+              f"torch {pf['torch']:.0f} tok/s")  # fmt: skip
+    print(
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB | {load()}"
+    )
 
 
 def accuracy_tiny() -> None:
@@ -149,48 +226,64 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=128, help="prompt tokens for prefill tok/s")
     ap.add_argument("--mantissa-bits", type=int, default=3)
     ap.add_argument("--hf-steps", type=int, default=3)
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="compiled vs torch at a small shape")
     args = ap.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     contexts = [int(c) for c in args.contexts.split(",")]
+    print(load())
     if args.quick:
-        threads, contexts, args.hf_steps = threads[-1:], contexts[:1], 0
+        if "--steps" not in os.sys.argv:
+            args.steps = 5
+        quick(args, threads)
+        return
+    from tqdm import tqdm
+
+    # stages: checkpoint, 2 converts, bandwidth, load, per thread count (prefill + contexts),
+    # transformers, accuracy
+    bar = tqdm(total=6 + len(threads) * (1 + len(contexts)) + (1 if args.hf_steps else 0),
+               desc="bench_bitnet", unit="stage", file=os.sys.stderr)  # fmt: skip
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    print(load())
     ck = work / "ckpt"
     if not (ck / "model.safetensors").is_file():
+        bar.set_postfix_str("writing the 2B4T-shape checkpoint")
         t0 = time.perf_counter()
         write_random_checkpoint(ck, B1_58_2B_4T, seed=0)
         print(f"wrote the random 2B4T-shape checkpoint in {time.perf_counter() - t0:.0f} s")
+    bar.update()
     print(f"official-layout checkpoint: {(ck / 'model.safetensors').stat().st_size / 1e6:.0f} MB "
           "(packed 2-bit ternary + bf16 tied embedding)")  # fmt: skip
     packed = {}
     for head in ("int8", "int4"):
         dst = work / f"packed-{head}"
         if not (dst / "model.safetensors").is_file():
+            bar.set_postfix_str(f"convert --head {head}")
             t0 = time.perf_counter()
             convert(ConvertConfig(str(ck), str(dst), head=head, no_tokenizer=True, force=True))
             print(f"convert --head {head}: {time.perf_counter() - t0:.0f} s")
+        bar.update()
         packed[head] = dst
-        print(
-            f"packed file, tq1 + {head} head (tied): {(dst / 'model.safetensors').stat().st_size / 1e6:.0f} MB"
-        )
+        print(f"packed file, tq1 + {head} head (tied): "
+              f"{(dst / 'model.safetensors').stat().st_size / 1e6:.0f} MB")  # fmt: skip
 
+    bar.set_postfix_str("bandwidth")
     bw = {t: bandwidth_gbs(t) for t in threads}
     for t, v in bw.items():
         print(f"streaming read bandwidth, {t} thread(s): {v:.1f} GB/s")
+    bar.update()
 
+    bar.set_postfix_str("load")
     t0 = time.perf_counter()
     model = load_packed(packed["int8"])
     print(f"load_packed (int8 head): {time.perf_counter() - t0:.1f} s")
     m4 = load_packed(packed["int4"])
+    bar.update()
     g = torch.Generator().manual_seed(1)
     for t in threads:
         torch.set_num_threads(t)
-        dec = BitNetDecoder(
-            model, threads=t, kv_dtype="bfloat16", max_context=max(contexts + [args.prefill])
-        )
+        bar.set_postfix_str(f"{t} thread(s): time to first token, prefill")
+        dec = BitNetDecoder(model, threads=t, kv_dtype="bfloat16",
+                            max_context=max(contexts + [args.prefill]))  # fmt: skip
         prompt = torch.randint(0, 128000, (args.prompt,), generator=g).tolist()
         t0 = time.perf_counter()
         int(dec.prefill(prompt)[0].argmax())
@@ -199,26 +292,28 @@ def main() -> None:
         t0 = time.perf_counter()
         dec.prefill(long)
         pf = args.prefill / (time.perf_counter() - t0)
-        print(f"[{t} thread(s)] time to first token ({args.prompt}-token prompt, model loaded): "
-              f"{ttft:.2f} s | prefill {args.prefill} tokens: {pf:.1f} tok/s")  # fmt: skip
-        dec4 = BitNetDecoder(m4, threads=t, kv_dtype="bfloat16", max_context=max(contexts))
+        print(f"[{t} thread(s)] compiled step: time to first token ({args.prompt}-token prompt, "
+              f"model loaded): {ttft:.2f} s | prefill {args.prefill} tokens: {pf:.1f} tok/s")  # fmt: skip
+        del dec
+        bar.update()
         for ctx in contexts:
-            runs = {"exact": (dec, "exact"), "lmul": (dec, "lmul")}
+            bar.set_postfix_str(f"{t} thread(s): decode at context {ctx}")
+            # the torch step at the shortest context only: its L-Mul attention at 2048 costs
+            # seconds per token
+            runs = decoders(model, t, ctx, args.mantissa_bits, torch_path=ctx == min(contexts))
             if ctx == min(contexts):
-                runs["int4"] = (dec4, "exact")
+                runs["compiled exact, int4 head"] = BitNetDecoder(m4, threads=t, kv_dtype="bfloat16",
+                                                                  max_context=ctx)  # fmt: skip
             res = time_interleaved(runs, ctx, args.steps)
-            roof = bw[t] * 1e9 / step_bytes(model, ctx)
-            print(f"[{t} thread(s)] context {ctx}: decode exact {1 / res['exact']:.2f} tok/s "
-                  f"({res['exact'] * 1e3:.0f} ms), L-Mul attention {1 / res['lmul']:.2f} tok/s "
-                  f"({res['lmul'] * 1e3:.0f} ms, {res['lmul'] / res['exact']:.2f}x exact's time) | "
-                  f"roofline {roof:.1f} tok/s ({step_bytes(model, ctx) / 1e6:.0f} MB/step at "
-                  f"{bw[t]:.1f} GB/s): exact at {100 / res['exact'] / roof:.0f} %")  # fmt: skip
-            if "int4" in res:
-                roof4 = bw[t] * 1e9 / step_bytes(m4, ctx)
-                print(f"[{t} thread(s)] context {ctx}: int4 head decode {1 / res['int4']:.2f} tok/s "
-                      f"({res['int4'] * 1e3:.0f} ms; roofline {roof4:.1f} tok/s at "
-                      f"{step_bytes(m4, ctx) / 1e6:.0f} MB/step)")  # fmt: skip
-        del dec, dec4
+            nbytes = step_bytes(model, ctx)
+            report(t, ctx, res, bw[t] * 1e9 / nbytes, nbytes, bw[t])
+            if "compiled exact, int4 head" in res:
+                n4 = step_bytes(m4, ctx)
+                print(
+                    f"  int4 head: roofline {bw[t] * 1e9 / n4:.1f} tok/s ({n4 / 1e6:.0f} MB/step)"
+                )
+            del runs
+            bar.update()
     del model, m4
 
     print(f"peak RSS of the packed engine (int8- and int4-head models, caches for context "
@@ -226,6 +321,7 @@ def main() -> None:
     if args.hf_steps:
         from transformers import AutoModelForCausalLM, DynamicCache
 
+        bar.set_postfix_str("transformers BitNetForCausalLM")
         torch.set_num_threads(threads[-1])
         t0 = time.perf_counter()
         hf = AutoModelForCausalLM.from_pretrained(str(ck), dtype=torch.bfloat16).eval()
@@ -246,7 +342,11 @@ def main() -> None:
         print(f"[{threads[-1]} thread(s)] transformers BitNet: prefill 128 tokens {hf_pf:.2f} tok/s, "
               f"decode at context ~128: {1 / statistics.median(times):.3f} tok/s")  # fmt: skip
         del hf
+        bar.update()
+    bar.set_postfix_str("accuracy (tiny model)")
     accuracy_tiny()
+    bar.update()
+    bar.close()
     print(
         f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB | {load()}"
     )

@@ -12,6 +12,7 @@
 #include "mf_py.h" /* Python.h first, as CPython requires */
 
 #include "mf_common.h"
+#include "mf_tfm.h"
 
 typedef struct {
     const char *name; /* the Python entry point the op stands for */
@@ -25,6 +26,11 @@ static const plan_op PLAN_OPS[] = {
     {"dec_norm2", "ppllpddpppppp", mf_op_dec_norm2},
     {"dec_mlgru", "ppplllppppdpdpl", mf_op_dec_mlgru},
     {"dec_glu", "pllpdpl", mf_op_dec_glu},
+    {"tfm_norm", "ppllpdp", mf_op_tfm_norm},
+    {"tfm_rope", "plllpppp", mf_op_tfm_rope},
+    {"tfm_kv_write", "plllpppppllllp", mf_op_tfm_kv_write},
+    {"tfm_attend", "pllplpppplllllpdll", mf_op_tfm_attend},
+    {"tfm_glu", "pllpdpll", mf_op_tfm_glu},
 };
 #define N_PLAN_OPS ((int64_t)(sizeof PLAN_OPS / sizeof PLAN_OPS[0]))
 

@@ -1,5 +1,6 @@
-"""The BitNet decoder (engine.bitnet_decode) against its spec, PackedBitNetForCausalLM's forward
-(transformers' modules on the same kernels), on a tiny random official-layout checkpoint.
+"""The BitNet decoder's torch path (engine.bitnet_decode, `fused=False`) against its spec,
+PackedBitNetForCausalLM's forward (transformers' modules on the same kernels), on a tiny random
+official-layout checkpoint. The compiled step (the default) is tested in test_bitnet_plan.py.
 
 Exact comparisons and why they hold: the decoder runs transformers' RMSNorm and RoPE formulas op
 for op, the same kernel calls (fused q|k|v and gate|up calls equal separate ones: the kernel's
@@ -63,7 +64,9 @@ def test_lmul_decoder_equals_model(model, block):
     """Prefill (in blocks) and steps bit-equal to the model's forward with L-Mul attention."""
     mulfree.apply_lmul_(model, mulfree.LMulConfig(mantissa_bits=3))
     want = reference_hidden(model)
-    dec = BitNetDecoder(model, attention="lmul", mantissa_bits=3, kv_dtype="float32", block=block)
+    dec = BitNetDecoder(
+        model, attention="lmul", mantissa_bits=3, kv_dtype="float32", block=block, fused=False
+    )
     logits = dec.prefill(IDS[:, :PROMPT])
     torch.testing.assert_close(dec.hidden, want[PROMPT - 1 : PROMPT], atol=0, rtol=0)
     with torch.no_grad():
@@ -80,7 +83,7 @@ def test_exact_attention_stage_within_fp32_bound(model, T, pos):
     exact comparison is the L-Mul one above, whose sums are sequential by spec): scores carry
     <= hd u sum|q k| scaling of error (u = 2^-24), which moves p by <= 2 ds relative, and the
     P.V sum adds (n + 2) u: |out - out64| <= ((n + 2) u + 2 ds) (|p| @ |V|)."""
-    dec = BitNetDecoder(model, attention="exact", kv_dtype="float32")
+    dec = BitNetDecoder(model, attention="exact", kv_dtype="float32", fused=False)
     g = torch.Generator().manual_seed(2)
     n, H, Hkv, hd = pos + T, dec.heads, dec.kv_heads, dec.head_dim
     k, v = torch.randn(n, Hkv, hd, generator=g) * 2, torch.randn(n, Hkv, hd, generator=g)
@@ -107,7 +110,7 @@ def test_exact_decoder_through_int8(model):
     want = reference_hidden(model)
     with torch.no_grad():
         ref = model.lm_head(want)[PROMPT - 1 :]
-    dec = BitNetDecoder(model, attention="exact", kv_dtype="float32")
+    dec = BitNetDecoder(model, attention="exact", kv_dtype="float32", fused=False)
     got = [dec.prefill(IDS[:, :PROMPT]).clone()]
     got += [dec.step([int(t)]).clone() for t in IDS[0, PROMPT:]]
     got = torch.cat(got)
@@ -118,13 +121,13 @@ def test_exact_decoder_through_int8(model):
 def test_slots_are_independent(model):
     """Two sequences of different lengths in one decoder equal each decoded alone."""
     a, b = IDS[0, :4].tolist(), IDS[0, 2:9].tolist()
-    dec = BitNetDecoder(model, kv_dtype="float32")
+    dec = BitNetDecoder(model, kv_dtype="float32", fused=False)
     dec.prefill([a, b])
     both = [dec.hidden.clone()]
     dec.step([11, 12])
     both.append(dec.hidden.clone())
     for row, (p, nxt) in enumerate(((a, 11), (b, 12))):
-        one = BitNetDecoder(model, kv_dtype="float32")
+        one = BitNetDecoder(model, kv_dtype="float32", fused=False)
         one.prefill(p)
         torch.testing.assert_close(one.hidden[0], both[0][row], atol=0, rtol=0)
         one.step([nxt])
@@ -134,7 +137,7 @@ def test_slots_are_independent(model):
 @pytest.mark.parametrize("kv", ["bfloat16", "float16", "int8"])
 def test_kv_cache_accuracy(model, kv):
     def run(dtype):
-        dec = BitNetDecoder(model, kv_dtype=dtype)
+        dec = BitNetDecoder(model, kv_dtype=dtype, fused=False)
         out = [dec.prefill(IDS[:, :PROMPT]).clone()]
         out += [dec.step([int(t)]).clone() for t in IDS[0, PROMPT:]]
         return torch.cat(out)
@@ -144,11 +147,12 @@ def test_kv_cache_accuracy(model, kv):
 
 
 def test_max_context(model):
-    dec = BitNetDecoder(model, max_context=6)
-    dec.prefill(IDS[:, :5])
-    dec.step([3])
-    with pytest.raises(MulfreeError, match="context full"):
-        dec.step([4])
+    for fused in (False, None):  # the torch path and the compiled step (when the core is built)
+        dec = BitNetDecoder(model, max_context=6, fused=fused)
+        dec.prefill(IDS[:, :5])
+        dec.step([3])
+        with pytest.raises(MulfreeError, match="context full"):
+            dec.step([4])
     with pytest.raises(MulfreeError, match="max_context"):
         BitNetDecoder(model, max_context=10**6)
     with pytest.raises(MulfreeError, match="max_context"):

@@ -181,13 +181,17 @@ class BitNetDecoder:
 
     attention: "exact" | "lmul" (mantissa_bits as mulfree.lmul.lmatmul takes them; None = full);
     kv_dtype: "bfloat16" (default) | "float16" | "float32" | "int8"; max_context: tokens per sequence
-    (default the model's max_position_embeddings); block: prefill tokens per kernel call.
+    (default the model's max_position_embeddings); block: prefill tokens per kernel call
+    (the torch path; the compiled step prefills in chunks of bitnet_plan.PREFILL_CHUNK).
+    fused: None (default) runs the whole step on the compiled core (engine.bitnet_plan) when it
+    is there, False the torch path below (the compiled step's spec), True requires the core.
     """
 
     def __init__(self, model, *, threads: int | None = None, isa: str | None = None,
                  attention: str = "exact", mantissa_bits: int | None = 3, kv_dtype: str = "bfloat16",
                  max_context: int | None = None, block: int = DEFAULT_BLOCK,
-                 min_weights_per_thread: int = P.MIN_WEIGHTS_PER_THREAD):  # fmt: skip
+                 min_weights_per_thread: int = P.MIN_WEIGHTS_PER_THREAD,
+                 fused: bool | None = None):  # fmt: skip
         from mulfree.engine.bitnet_model import PackedBitNetForCausalLM
 
         if not isinstance(model, PackedBitNetForCausalLM):
@@ -254,9 +258,34 @@ class BitNetDecoder:
             self.cos = emb.cos() * rope.attention_scaling
             self.sin = emb.sin() * rope.attention_scaling
         self.embed, self.head = inner.embed_tokens, model.lm_head
-        self._dense_fp32 = False  # step_energy's counterfactual
+        self.fused, self.plan = self._fused_plan(fused), None
+        if self.fused:
+            from mulfree.engine.bitnet_plan import BitNetPlan, weights_of
+            from mulfree.kernels._core import core
+
+            stage = self.isa if self.isa != kernels.TORCH else "scalar"
+            self.plan = BitNetPlan(core(), weights_of(self), threads=self.threads, isas=self.isas,
+                                   stage_isa=stage, kv_dtype=kv_dtype, attention=attention,
+                                   mantissa_bits=mantissa_bits, max_context=self.max_context,
+                                   min_weights_per_thread=self.min_weights_per_thread)  # fmt: skip
         self.batch = 0
+        self.cache = None
         self.reset(1)
+
+    def _fused_plan(self, fused: bool | None) -> bool:
+        """Whether the step runs on the compiled core (see the class docstring)."""
+        from mulfree.engine.bitnet_ref import ACTS
+
+        why = None
+        if self.isa == kernels.TORCH or not kernels.available():
+            why = "the compiled core is not available (or isa='torch')"
+        elif str(self.config.hidden_act) not in ACTS:
+            why = f"the compiled step has no {self.config.hidden_act} activation"
+        elif self.heads * self.head_dim != self.config.hidden_size or self.head_dim % 2:
+            why = "the compiled step needs hidden_size = heads * head_dim and an even head_dim"
+        if fused and why:
+            raise MulfreeError(f"fused=True: {why}")
+        return why is None if fused is None else bool(fused)
 
     # --- slots -----------------------------------------------------------------------------
     def reset(self, batch: int = 1) -> None:
@@ -264,11 +293,20 @@ class BitNetDecoder:
         if batch < 1:
             raise MulfreeError(f"batch must be >= 1, got {batch}")
         if batch != self.batch:
-            self.cache = KVCache(len(self.layers), batch, self.max_context, self.kv_heads,
-                                 self.head_dim, self.kv_dtype)  # fmt: skip
+            if self.fused:
+                self.plan.allocate(batch)
+            else:
+                self.cache = self._torch_cache(batch)
             self.logits = torch.zeros(batch, self.config.vocab_size)
             self.batch = batch
         self.lengths = [0] * batch
+        if self.fused:
+            for s in range(batch):
+                self.plan.clear(s)
+
+    def _torch_cache(self, batch: int) -> KVCache:
+        return KVCache(len(self.layers), batch, self.max_context, self.kv_heads, self.head_dim,
+                       self.kv_dtype)  # fmt: skip
 
     @property
     def fused_ifg(self) -> bool:
@@ -292,29 +330,7 @@ class BitNetDecoder:
         y = K_.tq2_linear(u, lin.data, lin.out_features, lin.scale, threads=threads,
                           isa=self.isas[kernels.ternary_family(u.shape[0])],
                           row_scales=lin.row_scales)  # fmt: skip
-        if energy.counting():
-            self._record(lin, u, y)
-        return y
-
-    def _record(self, lin: P.Linear, u: torch.Tensor, out: torch.Tensor) -> None:
-        """Declare one kernel call to the active energy counters (the compiled call is invisible
-        to their dispatch mode): what the kernel does (engine.modules.record_ternary_linear,
-        tq2 bytes read), or, for `step_energy`'s counterfactual, a dense fp32 F.linear of the
-        same shape (K multiplies and K - 1 adds per output, 4 bytes per weight)."""
-        from mulfree.engine.modules import record_ternary_linear, tq2_nnz
-
-        M, K, N = u.shape[0], lin.in_features, lin.out_features
-        io = dict(act_read=u.numel() * 4, act_write=out.numel() * 4)
-        if self._dense_fp32:
-            energy.record("fp_mul", 32, M * N * K)
-            energy.record("fp_add", 32, M * N * (K - 1))
-            energy.record_bytes(weight_read=4 * N * K, **io)
-            return
-        if lin.nnz is None:
-            with energy.opaque():  # a one-off count of the weights, not part of the step
-                lin.nnz = tq2_nnz(lin.data)
-        record_ternary_linear(M, K, N, lin.nnz)
-        energy.record_bytes(weight_read=lin.data.numel(), **io)
+        return y  # counted by the energy counter as the custom op it is (kernels.ternary)
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         """The output head; while counting, its kernel is declared (torch's int8 / int4 CPU
@@ -342,16 +358,21 @@ class BitNetDecoder:
 
         tab = EnergyTable.load(table or DEFAULT_TABLE)
         lengths = list(self.lengths)
+        fused, cache = self.fused, self.cache
+        if fused:  # counted on the torch path (the same ops; its cache contents do not matter)
+            self.fused, self.cache = False, cache or self._torch_cache(self.batch)
         priced = []
-        for dense in (False, True):
-            self._dense_fp32 = dense
-            try:
-                with EnergyCounter(self.model) as c:
-                    self.step(ids)
-            finally:  # the step's cache writes lie past `lengths`: the next step overwrites them
-                self._dense_fp32 = False
-                self.lengths = list(lengths)
-            priced.append(price(c.counts, c.bytes, tab))
+        try:
+            for dense in (False, True):
+                try:
+                    # dense: every kernel call priced as a dense fp32 F.linear of its shape
+                    with EnergyCounter(self.model) as c, K_.priced_as_dense(dense):
+                        self.step(ids)
+                finally:  # the step's cache writes lie past `lengths`: the next step overwrites them
+                    self.lengths = list(lengths)
+                priced.append(price(c.counts, c.bytes, tab))
+        finally:
+            self.fused, self.cache = fused, cache
         per_seq = 1.0 / self.batch
         return P.StepEnergy(tab.name, priced[0]["total_pJ"] * per_seq,
                             priced[0]["memory_pJ"] * per_seq, priced[1]["total_pJ"] * per_seq)  # fmt: skip
@@ -434,6 +455,12 @@ class BitNetDecoder:
         ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
         if ids.numel() != self.batch:
             raise MulfreeError(f"step got {ids.numel()} tokens for a batch of {self.batch}")
+        if self.fused:
+            logits = self.plan.run(range(self.batch), ids.numpy())
+            self.lengths = self.plan.lengths[: self.batch].tolist()
+            self.hidden = torch.from_numpy(self.plan.hidden.copy())  # [batch, D]
+            self.logits.copy_(torch.from_numpy(logits))
+            return self.logits
         h = self._run(list(range(self.batch)), list(ids[:, None]))  # one row per sequence
         self.hidden = h  # [batch, D]: the head's input (final RMSNorm applied)
         self.logits.copy_(self._head(h))
@@ -453,10 +480,16 @@ class BitNetDecoder:
         for s, r in enumerate(rows):
             if r.numel() > self.max_context:
                 raise MulfreeError(f"prompt of {r.numel()} tokens > max_context {self.max_context}")
+            if self.fused:
+                self.logits[s] = torch.from_numpy(self.plan.prefill(s, r.numpy()))
+                last.append(torch.from_numpy(self.plan.hidden.copy()))
+                self.lengths[s] = r.numel()
+                continue
             h = None
             for b in range(0, r.numel(), self.block):
                 h = self._run([s], [r[b : b + self.block]])
             last.append(h[-1:])
         self.hidden = torch.cat(last)  # [batch, D]
-        self.logits.copy_(self._head(self.hidden))
+        if not self.fused:
+            self.logits.copy_(self._head(self.hidden))
         return self.logits

@@ -1,0 +1,28 @@
+/* Transformer decode stages of the compiled core (csrc/mf_tfm.c), for the BitNet b1.58 step
+ * (src/mulfree/engine/bitnet_plan.py) and the plan runner (csrc/mf_plan.c).
+ *
+ * KV cache layout (one layer; `ctx` positions per slot, a multiple of TFM_KTILE):
+ *   keys   K [slots][Hkv][ctx / 8][hd][8]  (8-position tiles: a tile of one head is hd x 8
+ *          contiguous values, so the scores of 8 positions stream one block of memory)
+ *   values V [slots][Hkv][ctx][hd]
+ *   steps  [slots][Hkv][ctx] float32, int8 caches only (x = code * step, step = absmax / 127)
+ * in float32, bfloat16, float16 or int8 (TFM_KV_*). Rows of a step name their (slot, position)
+ * in an int64 array rows[B][2] the caller refills before each run: one encoded plan serves
+ * every step of the same slots.
+ */
+#ifndef MF_TFM_H
+#define MF_TFM_H
+
+#include <stdint.h>
+
+#define TFM_KTILE 8
+enum { TFM_KV_F32 = 0, TFM_KV_BF16 = 1, TFM_KV_F16 = 2, TFM_KV_I8 = 3 };
+enum { TFM_ACT_RELU2 = 0, TFM_ACT_SILU = 1 };
+
+int mf_op_tfm_norm(const int64_t *a);     /* "ppllpdp" */
+int mf_op_tfm_rope(const int64_t *a);     /* "plllpppp" */
+int mf_op_tfm_kv_write(const int64_t *a); /* "plllpppppllllp" */
+int mf_op_tfm_attend(const int64_t *a);   /* "pllplpppplllllpdll" */
+int mf_op_tfm_glu(const int64_t *a);      /* "pllpdpll" */
+
+#endif

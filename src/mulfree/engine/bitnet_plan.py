@@ -1,0 +1,305 @@
+"""The BitNet b1.58 decode step on the compiled core: every layer in one `plan_run` call.
+
+`BitNetPlan` is the transformer family's `FamilyPlan` (mulfree.engine.core): it owns, for
+`capacity` sequence slots, a KV cache per layer in the layout of csrc/mf_tfm.h (keys in tiles of
+8 positions, values row per position; float32, bfloat16, float16 or int8 with a step per stored
+vector), the position of every slot, and float32 scratch rows. A step on B slots is one encoded
+plan (csrc/mf_plan.c), cached per slot list, per layer:
+
+    tfm_norm      x += (previous layer's down output); h = input_layernorm(x)
+    tq2_linear    q | k | v = ternary(h)               (int8 absmax per token inside the kernel)
+    tfm_rope      q and k heads rotated at each row's position
+    tfm_kv_write  k, v stored at (slot, position)
+    tfm_attend    GQA attention over positions 0..position, exact or L-Mul products
+    tfm_norm      attn_sub_norm (absent in Llama-layout models: the kernel reads the output)
+    tq2_linear    o_proj;  tfm_norm: x += o, h = post_attention_layernorm(x)
+    tq2_linear    gate | up;  tfm_glu: act(gate) * up, ffn_sub_norm;  tq2_linear: down_proj
+then the final norm; the head (engine.bitnet_model.QuantizedHead) runs after the plan in torch.
+Positions are read by the stages from rows [B, 2] = (slot, position), which `run` refills before
+each call, so one encoded plan serves every step of a slot list. A prompt runs in chunks of
+PREFILL_CHUNK tokens as the rows of one pass (the rows t of a chunk at positions p + t: every k, v
+of the chunk is stored before any row attends, and row t attends over positions <= p + t, the
+causal mask by construction); each row's arithmetic is that of a one-token step, so a prefill
+equals stepping its tokens one by one, bit for bit (tests/engine/test_bitnet_plan.py).
+
+The stages' spec is engine/bitnet_ref.py (bit for bit); the step's spec is BitNetDecoder's torch
+path (`fused=False`), which it matches through int8 rounding: the stages use their own exp
+polynomial, RMS sum order and sequential attention sums where torch uses its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mulfree.engine import plan as P
+from mulfree.engine.bitnet_ref import ACTS, KTILE, KV_DTYPES
+from mulfree.errors import MulfreeError
+
+PREFILL_CHUNK = 64  # prompt tokens per pass (weights read once per chunk)
+MAX_CACHED_PLANS = 256
+F32 = 4  # bytes per float32
+
+
+@dataclass
+class TfmLayer:
+    """One decoder layer as the plan reads it (NumPy arrays; norms None when absent)."""
+
+    input_norm: np.ndarray
+    post_norm: np.ndarray
+    attn_sub_norm: np.ndarray | None
+    ffn_sub_norm: np.ndarray | None
+    qkv: P.Linear
+    o: P.Linear
+    gate_up: P.Linear
+    down: P.Linear
+
+
+@dataclass
+class TfmWeights:
+    """A BitNet model as the compiled step reads it."""
+
+    layers: list[TfmLayer]
+    final_norm: np.ndarray
+    cos: np.ndarray  # float32 [max_context, hd]: RoPE tables per position
+    sin: np.ndarray
+    embed: Any  # ids int64 [B] -> float32 [B, D]
+    head: Any  # float32 [B, D] -> logits [B, V] (a torch module or a function)
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    inter: int
+    vocab: int
+    eps: float
+    act: str  # "relu2" | "silu"
+
+
+class BitNetPlan:
+    """The BitNet family on the compiled core (see the module docstring).
+
+    kv_dtype: one of bitnet_ref.KV_DTYPES; attention "exact" | "lmul" (mantissa_bits None: all
+    23); isas: ternary kernel family -> ISA level name; stage_isa: the level name of the stages."""
+
+    def __init__(self, C, w: TfmWeights, *, threads: int, isas, stage_isa: str, kv_dtype: str,
+                 attention: str, mantissa_bits: int | None, max_context: int,
+                 min_weights_per_thread: int = P.MIN_WEIGHTS_PER_THREAD, capacity: int = 1):  # fmt: skip
+        from mulfree import kernels
+
+        if kv_dtype not in KV_DTYPES:
+            raise MulfreeError(
+                f"kv cache dtype must be one of {', '.join(KV_DTYPES)}, got {kv_dtype!r}"
+            )
+        if w.act not in ACTS:
+            raise MulfreeError(
+                f"the compiled step has activations {', '.join(ACTS)}, not {w.act!r}"
+            )
+        if w.heads % w.kv_heads or w.head_dim % 2:
+            raise MulfreeError("the compiled step needs heads % kv_heads == 0 and an even head_dim")
+        self.C, self.w, self.threads = C, w, int(threads)
+        self.vocab = w.vocab
+        self.kv_dtype, self.attention = kv_dtype, attention
+        self.mbits = (
+            -1 if attention == "exact" else (23 if mantissa_bits is None else int(mantissa_bits))
+        )
+        self.max_context = int(max_context)
+        self.ctx = -(-self.max_context // KTILE) * KTILE  # cache positions per slot
+        self.min_weights_per_thread = int(min_weights_per_thread)
+        self._levels = {f: kernels.ISA_LEVELS[lv] for f, lv in isas.items()}
+        self._family = kernels.ternary_family
+        self._stage = kernels.ISA_LEVELS[stage_isa]
+        self.capacity = 0
+        self.lengths = np.zeros(0, dtype=np.int64)
+        self._plans: dict = {}
+        self.allocate(capacity)
+
+    # --- state -----------------------------------------------------------------------------
+    def _buffers(self, rows: int) -> dict[str, np.ndarray]:
+        w = self.w
+        z = lambda n: np.zeros((rows, n), dtype=np.float32)  # noqa: E731
+        qkv = (w.heads + 2 * w.kv_heads) * w.head_dim
+        return {"x": z(w.hidden), "h": z(w.hidden), "qkv": z(qkv), "a": z(w.heads * w.head_dim),
+                "ha": z(w.heads * w.head_dim), "y": z(w.hidden), "gu": z(2 * w.inter),
+                "z": z(w.inter), "hf": z(w.hidden), "rows": np.zeros((rows, 2), dtype=np.int64)}  # fmt: skip
+
+    def allocate(self, capacity: int) -> None:
+        w, cap = self.w, int(capacity)
+        L, Hkv, hd, ctx = len(w.layers), w.kv_heads, w.head_dim, self.ctx
+        store = {"float32": np.float32, "bfloat16": np.uint16, "float16": np.uint16,
+                 "int8": np.int8}[self.kv_dtype]  # fmt: skip
+        k = np.zeros(
+            (L, cap, Hkv, ctx // KTILE, hd, KTILE), dtype=store
+        )  # [L, slot, kv head, tile, hd, 8]
+        v = np.zeros((L, cap, Hkv, ctx, hd), dtype=store)  # [L, slot, kv head, position, hd]
+        steps = self.kv_dtype == "int8"
+        ks = np.zeros((L, cap, Hkv, ctx), dtype=np.float32) if steps else None
+        vs = np.zeros((L, cap, Hkv, ctx), dtype=np.float32) if steps else None
+        lengths = np.zeros(cap, dtype=np.int64)
+        if self.capacity:
+            keep = min(cap, self.capacity)
+            k[:, :keep], v[:, :keep] = self.k[:, :keep], self.v[:, :keep]
+            if steps:
+                ks[:, :keep], vs[:, :keep] = self.ks[:, :keep], self.vs[:, :keep]
+            lengths[:keep] = self.lengths[:keep]
+        self.k, self.v, self.ks, self.vs, self.lengths = k, v, ks, vs, lengths
+        self.buf = self._buffers(cap)
+        self.logits = np.zeros((cap, w.vocab), dtype=np.float32)
+        self.capacity = cap
+        self._plans = {}  # their addresses pointed into the old arrays
+        self._pbuf = None  # the prefill buffers, on first use
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the KV caches (all slots)."""
+        return sum(a.nbytes for a in (self.k, self.v, self.ks, self.vs) if a is not None)
+
+    def clear(self, slot: int) -> None:
+        self.lengths[slot] = 0  # positions past a slot's length are never read
+
+    # --- the plan --------------------------------------------------------------------------
+    def threads_for(self, lin: P.Linear, rows: int = 1) -> int:
+        return P.threads_for(lin, self.threads, self.min_weights_per_thread, rows)
+
+    def step_plan(self, buf: dict[str, np.ndarray], B: int, head_rows: str = "all") -> list:
+        """The compiled calls of one pass on the first B rows of `buf` (their slots and
+        positions in buf["rows"]); head_rows "all" (final norm of every row into buf["hf"]),
+        "last" (row B-1 only, into hf row 0) or "none"."""
+        C, w = self.C, self.w
+        ptr = lambda a: 0 if a is None else a.ctypes.data  # noqa: E731
+        D, H, Hkv, hd, inter = w.hidden, w.heads, w.kv_heads, w.head_dim, w.inter
+        nqkv = (H + 2 * Hkv) * hd
+        kisa = self._levels[self._family(B)]
+        dt, rows, sc = KV_DTYPES[self.kv_dtype], ptr(buf["rows"]), float(w.head_dim**-0.5)
+
+        def kernel(lin: P.Linear, u, out):
+            return C.tq2_linear, (ptr(u), B, lin.in_features, ptr(lin.data), lin.out_features,
+                                  float(lin.scale), ptr(lin.row_scales), ptr(out), 0,
+                                  self.threads_for(lin, B), kisa)  # fmt: skip
+
+        x, h, qkv, a, ha, y = (buf[n] for n in ("x", "h", "qkv", "a", "ha", "y"))
+        plan, pending = [], 0
+        for li, L in enumerate(w.layers):
+            cache = (ptr(self.k[li]), ptr(self.v[li]), ptr(None if self.ks is None else self.ks[li]),
+                     ptr(None if self.vs is None else self.vs[li]), dt)  # fmt: skip
+            plan.append((C.tfm_norm, (ptr(x), pending, B, D, ptr(L.input_norm), w.eps, ptr(h))))
+            plan.append(kernel(L.qkv, h, qkv))
+            plan.append(
+                (C.tfm_rope, (ptr(qkv), B, nqkv, H + Hkv, hd, ptr(w.cos), ptr(w.sin), rows))
+            )
+            plan.append((C.tfm_kv_write, (ptr(qkv), B, nqkv, H * hd, (H + Hkv) * hd, *cache, Hkv,
+                                          hd, self.ctx, rows)))  # fmt: skip
+            plan.append((C.tfm_attend, (ptr(qkv), B, nqkv, ptr(a), H * hd, *cache, H, Hkv, hd,
+                                        self.ctx, rows, sc, self.mbits, self._stage)))  # fmt: skip
+            o_in = a
+            if L.attn_sub_norm is not None:
+                plan.append(
+                    (C.tfm_norm, (ptr(a), 0, B, H * hd, ptr(L.attn_sub_norm), w.eps, ptr(ha)))
+                )
+                o_in = ha
+            plan.append(kernel(L.o, o_in, y))
+            plan.append((C.tfm_norm, (ptr(x), ptr(y), B, D, ptr(L.post_norm), w.eps, ptr(h))))
+            plan.append(kernel(L.gate_up, h, buf["gu"]))
+            plan.append((C.tfm_glu, (ptr(buf["gu"]), B, inter, ptr(L.ffn_sub_norm), w.eps,
+                                     ptr(buf["z"]), ACTS[w.act], self._stage)))  # fmt: skip
+            plan.append(kernel(L.down, buf["z"], y))
+            pending = ptr(y)
+        if head_rows == "all":
+            plan.append(
+                (C.tfm_norm, (ptr(x), pending, B, D, ptr(w.final_norm), w.eps, ptr(buf["hf"])))
+            )
+        elif head_rows == "last":
+            last = F32 * (B - 1) * D
+            plan.append((C.tfm_norm, (ptr(x) + last, pending + last, 1, D, ptr(w.final_norm), w.eps,
+                                      ptr(buf["hf"]))))  # fmt: skip
+        elif head_rows != "none":
+            raise ValueError(f"head_rows must be all, last or none, not {head_rows!r}")
+        return plan
+
+    def _encoded(self, key, buf, B: int, head_rows: str):
+        words = self._plans.get(key)
+        if words is None:
+            if len(self._plans) >= MAX_CACHED_PLANS:
+                self._plans.clear()
+            words = self._plans[key] = P.encode_plan(self.C, self.step_plan(buf, B, head_rows))
+        return words
+
+    def _check_room(self, slot: int, n: int) -> None:
+        pos = int(self.lengths[slot])
+        if pos + n > self.max_context:
+            raise MulfreeError(f"context full: {pos} + {n} tokens > max_context {self.max_context}")
+
+    def _embed(self, tokens: np.ndarray) -> np.ndarray:
+        e = self.w.embed(tokens)
+        return e.numpy() if hasattr(e, "numpy") else np.asarray(e, dtype=np.float32)
+
+    def _head(self, hf: np.ndarray, out: np.ndarray) -> None:
+        import torch
+
+        with torch.inference_mode():
+            out[:] = self.w.head(torch.from_numpy(hf)).float().numpy()
+
+    # --- FamilyPlan ------------------------------------------------------------------------
+    def run(self, slots: Sequence[int], tokens: np.ndarray) -> np.ndarray:
+        slots = [int(s) for s in slots]
+        B = len(slots)
+        for s in slots:
+            self._check_room(s, 1)
+        buf = self.buf
+        words = self._encoded(("step", tuple(slots)), buf, B, "all")
+        buf["rows"][:B, 0] = slots
+        buf["rows"][:B, 1] = self.lengths[slots]
+        buf["x"][:B] = self._embed(tokens)  # [B, D]
+        self.C.plan_run(words.ctypes.data, words.size)
+        self.lengths[slots] += 1
+        self._head(buf["hf"][:B], self.logits[:B])
+        self.hidden = buf["hf"][:B]
+        return self.logits[:B]
+
+    def prefill(self, slot: int, tokens: np.ndarray) -> np.ndarray:
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        self._check_room(slot, tokens.size)
+        if self._pbuf is None:
+            self._pbuf = self._buffers(PREFILL_CHUNK)
+        buf, T = self._pbuf, tokens.size
+        for start in range(0, T, PREFILL_CHUNK):
+            chunk = tokens[start : start + PREFILL_CHUNK]
+            B, last = chunk.size, start + chunk.size == T
+            words = self._encoded(("prefill", B, last), buf, B, "last" if last else "none")
+            pos = int(self.lengths[slot])
+            buf["rows"][:B, 0] = slot
+            buf["rows"][:B, 1] = np.arange(pos, pos + B)
+            buf["x"][:B] = self._embed(chunk)
+            self.C.plan_run(words.ctypes.data, words.size)
+            self.lengths[slot] = pos + B
+        self._head(buf["hf"][:1], self.logits[:1])
+        self.hidden = buf["hf"][:1]
+        return self.logits[0]
+
+
+def weights_of(dec) -> TfmWeights:
+    """The compiled step's view of a BitNetDecoder's weights (NumPy views, no copies)."""
+    import torch
+
+    def np_(t):
+        return None if t is None else t.detach().contiguous().numpy()
+
+    def lin(x: P.Linear) -> P.Linear:
+        return P.Linear(
+            None, np_(x.data), x.out_features, x.in_features, x.scale, np_(x.row_scales)
+        )
+
+    layers = [TfmLayer(np_(L.input_norm), np_(L.post_norm), np_(L.attn_sub_norm),
+                       np_(L.ffn_sub_norm), lin(L.qkv), lin(L.o), lin(L.gate_up), lin(L.down))
+              for L in dec.layers]  # fmt: skip
+    cfg = dec.config
+
+    def embed(ids: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return dec.embed(torch.from_numpy(ids)).float().contiguous().numpy()
+
+    return TfmWeights(layers, np_(dec.final_norm), np_(dec.cos.contiguous()), np_(dec.sin.contiguous()),
+                      embed, dec.head, cfg.hidden_size, dec.heads, dec.kv_heads, dec.head_dim,
+                      cfg.intermediate_size, cfg.vocab_size, dec.eps, str(cfg.hidden_act))  # fmt: skip

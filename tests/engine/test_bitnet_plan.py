@@ -1,0 +1,206 @@
+"""The compiled BitNet step (engine.bitnet_plan, BitNetDecoder's default) against its spec, the
+torch path (`fused=False`), and against transformers' own BitNetForCausalLM, on tiny random
+official-layout checkpoints.
+
+Tolerances: the compiled stages differ from torch's only by float rounding (their exp
+polynomial, the RMS sum order, sequential attention sums) before int8 activation quantizers, so
+logits are compared through int8 (tests/_tolerances.py: relative RMSE, argmax where decidable);
+against transformers, greedy tokens where the top-2 gap is decidable. Between runs of the
+compiled step itself everything is bit-exact (EXACT): rows of a kernel call and of every stage are
+independent, so a prompt's chunked prefill equals stepping its tokens, and a slot stepped in a
+batch equals the slot stepped alone.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+
+import mulfree  # noqa: E402, F401
+from mulfree import kernels  # noqa: E402
+from mulfree.engine.bitnet_decode import BitNetDecoder  # noqa: E402
+from mulfree.engine.bitnet_model import from_checkpoint  # noqa: E402
+from mulfree.engine.core import SlotDecoder  # noqa: E402
+from mulfree.errors import MulfreeError  # noqa: E402
+from mulfree.models.bitnet.synthetic import write_random_checkpoint  # noqa: E402
+from tests._tolerances import assert_argmax_agrees, assert_close_through_int8  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="needs the compiled core")
+
+IDS = [1, 5, 7, 9, 33, 100, 7, 8, 250, 3, 61, 17]
+PROMPT = 5
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bnp")
+    return {v: write_random_checkpoint(root / v, variant=v, seed=5) for v in ("packed", "llama")}
+
+
+@pytest.fixture(scope="module")
+def model(ckpts):
+    return from_checkpoint(ckpts["packed"])
+
+
+def run(dec, prompt=IDS[:PROMPT], rest=IDS[PROMPT:]) -> torch.Tensor:
+    out = [dec.prefill(torch.tensor([prompt])).clone()]
+    out += [dec.step([t]).clone() for t in rest]
+    return torch.cat(out)  # [1 + len(rest), V]
+
+
+@pytest.mark.parametrize("kv", ["float32", "bfloat16", "float16", "int8"])
+@pytest.mark.parametrize("attention", ["exact", "lmul"])
+def test_compiled_step_matches_torch_step(model, kv, attention):
+    fused = BitNetDecoder(model, attention=attention, kv_dtype=kv)
+    assert fused.fused
+    want = run(BitNetDecoder(model, attention=attention, kv_dtype=kv, fused=False))
+    got = run(fused)
+    assert_close_through_int8(got, want, what=f"{attention} {kv}: ")
+    assert_argmax_agrees(got, want)
+
+
+def test_llama_layout_silu_no_sub_norms(ckpts):
+    """A 1.58-bit Llama-layout checkpoint: SiLU gate, no sub-norms (the o_proj kernel reads the
+    attention output directly)."""
+    m = from_checkpoint(ckpts["llama"])
+    got = run(BitNetDecoder(m, kv_dtype="float32"))
+    want = run(BitNetDecoder(m, kv_dtype="float32", fused=False))
+    assert_close_through_int8(got, want)
+    assert_argmax_agrees(got, want)
+
+
+def test_greedy_tokens_equal_transformers(ckpts, model):
+    """Greedy decoding on the compiled step against transformers' BitNetForCausalLM (its own
+    modules, float32, eager attention) on the official-layout checkpoint: the same tokens
+    wherever transformers' top-2 gap is wider than the through-int8 difference."""
+    pytest.importorskip("accelerate")  # transformers' bitnet quantizer needs it to load
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(str(ckpts["packed"]), dtype=torch.float32)
+    ref = torch.nn.Module.to(ref, torch.float32).eval()
+    ref.config._attn_implementation = "eager"
+    prompt, new = IDS[:4], 8
+    with torch.no_grad():
+        hf = ref.generate(torch.tensor([prompt]), max_new_tokens=new, do_sample=False,
+                          pad_token_id=0)[0, len(prompt):].tolist()  # fmt: skip
+        hf_logits = ref(torch.tensor([prompt + hf])).logits[0, len(prompt) - 1 : -1]  # [new, V]
+    dec = BitNetDecoder(model, kv_dtype="float32")
+    mine = run(dec, prompt, hf[:-1])  # teacher-forced on transformers' tokens
+    assert_close_through_int8(mine, hf_logits)
+    top2 = hf_logits.topk(2, dim=-1).values
+    decided = (top2[:, 0] - top2[:, 1]) > 2 * (mine - hf_logits).abs().max()
+    assert decided.sum() >= new // 2  # most steps are decidable at this size
+    assert mine.argmax(-1)[decided].tolist() == torch.tensor(hf)[decided].tolist()
+
+
+@pytest.mark.parametrize("kv", ["bfloat16", "int8"])
+def test_prefill_equals_steps_bitwise(model, kv):
+    """A prompt in one chunk (rows at positions 0..T-1) equals its tokens stepped one by one."""
+    a = BitNetDecoder(model, kv_dtype=kv)
+    la = a.prefill(torch.tensor([IDS])).clone()
+    b = BitNetDecoder(model, kv_dtype=kv)
+    b.prefill(torch.tensor([IDS[:1]]))
+    for t in IDS[1:]:
+        lb = b.step([t]).clone()
+    torch.testing.assert_close(la, lb, atol=0, rtol=0)
+    torch.testing.assert_close(a.hidden, b.hidden, atol=0, rtol=0)
+
+
+def test_prefill_in_chunks(model, monkeypatch):
+    """A prompt longer than a chunk (chunks of 4 here) equals it in one chunk."""
+    from mulfree.engine import bitnet_plan
+
+    want = BitNetDecoder(model).prefill(torch.tensor([IDS])).clone()
+    monkeypatch.setattr(bitnet_plan, "PREFILL_CHUNK", 4)
+    got = BitNetDecoder(model).prefill(torch.tensor([IDS])).clone()
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_slots_added_and_freed(model):
+    """SlotDecoder over the BitNet plan: slots in one batch equal each run alone, bit for bit
+    (final hidden states: the torch head's float sums may block differently for [2, D] than
+    for [1, D]); a freed slot reused by a new sequence starts clean; the arena grows keeping
+    the live slots' caches."""
+    plan = BitNetDecoder(model, kv_dtype="bfloat16").plan
+
+    def alone(prompt, steps):
+        p = type(plan)(plan.C, plan.w, threads=1, isas=_isas(plan), stage_isa=_stage(plan),
+                       kv_dtype="bfloat16", attention="exact", mantissa_bits=None,
+                       max_context=plan.max_context)  # fmt: skip
+        one = SlotDecoder(p)
+        s = one.alloc()
+        one.prefill(s, prompt)
+        out = [p.hidden[0].copy()]
+        for t in steps:
+            one.step([s], [t])
+            out.append(p.hidden[0].copy())
+        return out
+
+    sd = SlotDecoder(plan)
+    a = sd.alloc()
+    sd.prefill(a, IDS[:3])
+    ha = [plan.hidden[0].copy()]
+    b = sd.alloc()  # the arena doubles: a's cache is kept
+    assert sd.capacity == 2
+    sd.prefill(b, IDS[2:8])
+    hb = [plan.hidden[0].copy()]
+    for ta, tb in ((11, 12), (13, 14)):
+        sd.step([a, b], [ta, tb])
+        ha.append(plan.hidden[0].copy())
+        hb.append(plan.hidden[1].copy())
+    sd.free(a)
+    c = sd.alloc()  # a's slot, reused
+    assert c == a
+    sd.prefill(c, IDS[5:7])
+    hc = [plan.hidden[0].copy()]
+    sd.step([b, c], [15, 16])
+    hc.append(plan.hidden[1].copy())
+    for got, want in ((ha, alone(IDS[:3], [11, 13])), (hb, alone(IDS[2:8], [12, 14])),
+                      (hc, alone(IDS[5:7], [16]))):  # fmt: skip
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
+
+
+def _isas(plan):
+    names = {v: k for k, v in kernels.ISA_LEVELS.items()}
+    return {f: names[lv] for f, lv in plan._levels.items()}
+
+
+def _stage(plan):
+    return {v: k for k, v in kernels.ISA_LEVELS.items()}[plan._stage]
+
+
+def test_max_context_enforced(model):
+    dec = BitNetDecoder(model, max_context=9)
+    assert dec.fused
+    dec.prefill(torch.tensor([IDS[:8]]))
+    dec.step([1])
+    with pytest.raises(MulfreeError, match="context full"):
+        dec.step([2])
+    sd = SlotDecoder(dec.plan)
+    with pytest.raises(MulfreeError, match="context full"):
+        sd.prefill(sd.alloc(), IDS[:10])
+    # a reset starts over
+    dec.reset(1)
+    dec.prefill(torch.tensor([IDS[:9]]))
+
+
+def test_fused_true_needs_a_supported_model(model):
+    with pytest.raises(MulfreeError, match="fused=True"):
+        BitNetDecoder(model, isa="torch", fused=True)
+    assert not BitNetDecoder(model, isa="torch").fused
+
+
+def test_step_energy_counts_on_the_torch_path(model):
+    """step_energy counts the same step through the torch path and leaves the compiled state."""
+    dec = BitNetDecoder(model)
+    dec.prefill(torch.tensor([IDS[:4]]))
+    e = dec.step_energy([3])
+    assert e.total_pj > 0 and e.saving > 1
+    assert dec.fused and dec.lengths == [4]
+    want = BitNetDecoder(model)
+    want.prefill(torch.tensor([IDS[:4]]))
+    torch.testing.assert_close(dec.step([3]), want.step([3]), atol=0, rtol=0)

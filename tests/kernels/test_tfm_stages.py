@@ -1,0 +1,184 @@
+"""The compiled transformer decode stages (csrc/mf_tfm.c) equal their NumPy twins
+(engine/bitnet_ref.py) bit for bit, at every ISA level this CPU has (tolerance EXACT: the twins
+run the same float32 operations in the same order, tests/_tolerances.py). Shapes leave vector
+tails (n % 8 != 0, positions past a key tile), heads share kv heads (GQA), every cache dtype,
+exact and L-Mul products; bad arguments raise one ValueError."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mulfree import kernels
+from mulfree.engine import bitnet_ref as ref
+from mulfree.kernels import ISA_LEVELS
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="needs the compiled core")
+
+LEVELS = [i for i in kernels.available_isas() if i in ISA_LEVELS] if kernels.available() else []
+f32 = np.float32
+
+
+def _core():
+    from mulfree.kernels._core import core
+
+    return core()
+
+
+def _p(a) -> int:
+    if a is None:
+        return 0
+    assert a.flags.c_contiguous
+    return a.ctypes.data
+
+
+def _same_bits(got, want, what=""):
+    g, w = np.ascontiguousarray(got, dtype=f32), np.ascontiguousarray(want, dtype=f32)
+    assert g.shape == w.shape, what
+    diff = np.flatnonzero(g.view(np.uint32) != w.view(np.uint32))
+    assert diff.size == 0, f"{what}: {diff.size} of {g.size} differ, first at {diff[:5]}"
+
+
+def _rand(shape, seed, scale=1.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(f32)
+
+
+@pytest.mark.parametrize("n", [1, 7, 64, 100])
+@pytest.mark.parametrize("add", [False, True])
+def test_norm(n, add):
+    C = _core()
+    x, a, w = _rand((3, n), 1, 3.0), _rand((3, n), 2), _rand(n, 3)
+    want_x, want = ref.norm(x, a if add else None, w, 1e-6)
+    out = np.zeros_like(x)
+    C.tfm_norm(_p(x), _p(a) if add else 0, 3, n, _p(w), 1e-6, _p(out))
+    _same_bits(x, want_x, "x")
+    _same_bits(out, want, "out")
+
+
+def test_norm_wide_range():
+    """Squares of very different sizes, where the float64 sum's order shows in the last bits:
+    the 8-lane order of the C and the twin agree."""
+    v = np.array([1e30, 1.0, 3.0, 1e-3, 7.0, 1.0, 1e20, 1.0, -1e30] * 3, dtype=f32)
+    C = _core()
+    x, w, out = v[None].copy(), np.ones(v.size, dtype=f32), np.zeros((1, v.size), dtype=f32)
+    C.tfm_norm(_p(x), 0, 1, v.size, _p(w), 0.0, _p(out))
+    _same_bits(out, ref.norm(v[None], None, w, 0.0)[1])
+
+
+@pytest.mark.parametrize("hd", [2, 16, 24])
+def test_rope(hd):
+    C = _core()
+    B, nh, ctx = 3, 5, 40
+    x = _rand((B, nh, hd), 4)
+    cos, sin = np.cos(_rand((ctx, hd), 5)).astype(f32), np.sin(_rand((ctx, hd), 6)).astype(f32)
+    pos = np.array([0, 17, 39])
+    rows = np.stack([np.arange(B), pos], 1).astype(np.int64)
+    want = ref.rope(x, cos, sin, pos)
+    got = x.copy()
+    C.tfm_rope(_p(got), B, nh * hd, nh, hd, _p(cos), _p(sin), _p(rows))
+    _same_bits(got, want)
+
+
+def _cache_pair(dtype, slots, Hkv, hd, ctx):
+    a, b = ref.Cache(slots, Hkv, hd, ctx, dtype), ref.Cache(slots, Hkv, hd, ctx, dtype)
+    return a, b
+
+
+def _write_c(C, cache, k, v, rows):
+    B, Hkv, hd = k.shape
+    x = np.concatenate([k.reshape(B, -1), v.reshape(B, -1)], 1).copy()  # [B, k | v]
+    C.tfm_kv_write(_p(x), B, x.shape[1], 0, Hkv * hd, _p(cache.k), _p(cache.v), _p(cache.ks),
+                   _p(cache.vs), ref.KV_DTYPES[cache.dtype], Hkv, hd, cache.ctx, _p(rows))  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", list(ref.KV_DTYPES))
+def test_kv_write(dtype):
+    C = _core()
+    Hkv, hd, ctx = 2, 12, 24
+    mine, theirs = _cache_pair(dtype, 3, Hkv, hd, ctx)
+    for seed, slots, pos in ((0, [0, 2], [0, 5]), (1, [2, 1], [23, 8])):
+        k, v = _rand((2, Hkv, hd), 10 + seed, 50.0), _rand((2, Hkv, hd), 20 + seed, 1e-3)
+        k[0, 0, :3] = [0.0, -0.0, 1e-9]  # zeros and a float16 subnormal
+        rows = np.array(list(zip(slots, pos, strict=True)), dtype=np.int64)
+        _write_c(C, mine, k, v, rows)
+        ref.kv_write(theirs, k, v, slots, pos)
+    for name in ("k", "v", "ks", "vs"):
+        a, b = getattr(mine, name), getattr(theirs, name)
+        if a is not None:
+            np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8), err_msg=name)
+
+
+def _filled(C, dtype, slots, Hkv, hd, ctx, n, seed):
+    """A C-written cache whose slots hold n positions of random k, v."""
+    cache = ref.Cache(slots, Hkv, hd, ctx, dtype)
+    for p in range(n):
+        k, v = _rand((slots, Hkv, hd), seed + 2 * p, 2.0), _rand((slots, Hkv, hd), seed + 2 * p + 1)
+        rows = np.stack([np.arange(slots), np.full(slots, p)], 1).astype(np.int64)
+        _write_c(C, cache, k, v, rows)
+    return cache
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("dtype", list(ref.KV_DTYPES))
+@pytest.mark.parametrize("mbits", [None, 3], ids=["exact", "lmul3"])
+def test_attend(isa, dtype, mbits):
+    C = _core()
+    H, Hkv, hd, ctx = 6, 2, 40, 32  # G = 3 heads per kv head; hd 40 = one 32-chunk + one 8
+    cache = _filled(C, dtype, 2, Hkv, hd, ctx, 19, 7)
+    pos = [18, 4]  # n = 19: two whole tiles and a tail of 3; n = 5 inside the first tile
+    rows = np.array([[0, pos[0]], [1, pos[1]]], dtype=np.int64)
+    q = _rand((2, H, hd), 9, 2.0)
+    out = np.zeros_like(q)
+    used = C.tfm_attend(_p(q), 2, H * hd, _p(out), H * hd, _p(cache.k), _p(cache.v),
+                        _p(cache.ks), _p(cache.vs), ref.KV_DTYPES[dtype], H, Hkv, hd, ctx,
+                        _p(rows), hd**-0.5, -1 if mbits is None else mbits, ISA_LEVELS[isa])  # fmt: skip
+    assert used <= ISA_LEVELS[isa]
+    _same_bits(out, ref.attend(cache, q, [0, 1], pos, hd**-0.5, mbits), f"{isa} {dtype}")
+
+
+def test_attend_odd_head_dim_runs_scalar():
+    """hd % 8 != 0: the scalar code at any level, still equal to the twin."""
+    C = _core()
+    H, Hkv, hd, ctx = 2, 1, 6, 8
+    cache = _filled(C, "bfloat16", 1, Hkv, hd, ctx, 3, 1)
+    q, out, rows = _rand((1, H, hd), 2), np.zeros((1, H, hd), dtype=f32), np.array([[0, 2]])
+    used = C.tfm_attend(_p(q), 1, H * hd, _p(out), H * hd, _p(cache.k), _p(cache.v), 0, 0, 1, H,
+                        Hkv, hd, ctx, _p(rows), 0.5, -1, -1)  # fmt: skip
+    assert used == 0
+    _same_bits(out, ref.attend(cache, q, [0], [2], 0.5))
+
+
+def test_softmax_sums_to_one_and_matches_exp():
+    """The twin's softmax is a softmax (not only equal to the C): within 1e-6 of float64."""
+    s = _rand(37, 3, 4.0)
+    p = ref.softmax(s)
+    e = np.exp(s.astype(np.float64) - s.max())
+    np.testing.assert_allclose(p, e / e.sum(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("act", list(ref.ACTS))
+@pytest.mark.parametrize("I,norm", [(37, True), (64, False)])
+def test_glu(isa, act, I, norm):
+    C = _core()
+    gu = _rand((2, 2 * I), 11, 3.0)
+    gu[0, :4] = [0.0, -0.0, 100.0, -100.0]
+    w = _rand(I, 12) if norm else None
+    out = np.zeros((2, I), dtype=f32)
+    C.tfm_glu(_p(gu), 2, I, _p(w), 1e-5, _p(out), ref.ACTS[act], ISA_LEVELS[isa])
+    _same_bits(out, ref.glu(gu, w, 1e-5, act), f"{isa} {act}")
+
+
+def test_bad_arguments_raise():
+    C = _core()
+    x = np.zeros((1, 16), dtype=f32)
+    rows = np.array([[0, 8]], dtype=np.int64)  # position 8 >= ctx 8
+    with pytest.raises(ValueError, match="tfm_kv_write"):
+        C.tfm_kv_write(_p(x), 1, 16, 0, 8, _p(x), _p(x), 0, 0, 0, 1, 8, 8, _p(rows))
+    with pytest.raises(ValueError, match="tfm_attend"):  # int8 without steps
+        C.tfm_attend(_p(x), 1, 16, _p(x), 16, _p(x), _p(x), 0, 0, 3, 1, 1, 8, 8, _p(rows * 0),
+                     1.0, -1, -1)  # fmt: skip
+    with pytest.raises(ValueError, match="tfm_glu"):
+        C.tfm_glu(_p(x), 1, 8, 0, 1e-5, _p(x), 7, -1)
+    with pytest.raises(ValueError, match="tfm_rope"):
+        C.tfm_rope(_p(x), 1, 16, 1, 3, _p(x), _p(x), _p(rows))
