@@ -214,6 +214,28 @@ MF_TARGET_AVX2 static void fast_kernel_avx2(const int32_t *am, const uint32_t *a
 }
 #endif /* MF_X86 */
 
+/* A direct-route matmul (M <= 8) below this many products runs on one thread. */
+#define LMATMUL_DIRECT_MIN_PARALLEL (1 << 18)
+
+#if MF_X86
+/* prep256 for the fast route's operands: flush-to-zero and round to k bits, without the NaN /
+ * inf / overflow selects. Equal to prep_mag on every finite magnitude whose rounding stays
+ * finite, which the route check guarantees (fast_route_ok). For the route check itself: a NaN
+ * or inf magnitude, or one that rounds to inf, still comes out >= 0x7F800000 (as an unsigned
+ * maximum), so the check sees the same "special" operands as with prep256. */
+MF_TARGET_AVX2 static inline __m256i prep_fin256(const lm_vconst *c, __m256i mag) {
+    /* mag < 2^31 (sign cleared): the signed compare is the unsigned one */
+    mag = _mm256_andnot_si256(_mm256_cmpgt_epi32(V256(c->min_normal), mag), mag);
+    if (c->drop > 0) {
+        const __m128i sh = _mm_cvtsi32_si128(c->drop);
+        const __m256i lsb = _mm256_and_si256(_mm256_srl_epi32(mag, sh), V256(1));
+        const __m256i r = _mm256_add_epi32(_mm256_add_epi32(mag, V256(c->round_half_m1)), lsb);
+        mag = _mm256_and_si256(r, V256(~((1u << c->drop) - 1))); /* (r >> drop) << drop */
+    }
+    return mag;
+}
+#endif
+
 /* Prepared operand: sign word and magnitude after flush-to-zero and rounding (float32). */
 static inline uint32_t prep_f32(uint32_t bits, int k, uint32_t *sign) {
     *sign = bits & 0x80000000u;
@@ -229,11 +251,11 @@ static inline uint32_t prep_f32(uint32_t bits, int k, uint32_t *sign) {
  * Same result as the scalar loop in prep_range. */
 MF_TARGET_AVX2 static uint32_t prep_range_avx2(const lm_vconst *c, const uint32_t *X, int64_t lo,
                                                int64_t hi, int k, uint32_t *min_out) {
-    __m256i vm = _mm256_setzero_si256(), vn = _mm256_set1_epi32(-1), nan, inf, zero;
+    __m256i vm = _mm256_setzero_si256(), vn = _mm256_set1_epi32(-1);
     int64_t i = lo;
     for (; i + 8 <= hi; i += 8) {
         const __m256i mag = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(X + i)), V256(c->mag_mask));
-        const __m256i g = prep256(c, mag, &nan, &inf, &zero);
+        const __m256i g = prep_fin256(c, mag);
         vm = _mm256_max_epu32(vm, g);
         vn = _mm256_min_epu32(vn, g);
     }
@@ -316,6 +338,124 @@ MF_TARGET_AVX2 static inline void pack_b8_avx2(const lm_vconst *c, const uint32_
     const __m256i s = _mm256_and_si256(x, V256(c->sign_mask));
     _mm256_storeu_si256((__m256i *)mag_out, sel256(zero, V256(zb), g));
     _mm256_storeu_si256((__m256i *)sgn_out, sel256(zero, V256(zb), _mm256_or_si256(g, s)));
+}
+#endif
+
+#if MF_X86
+/* Small M (attention at decode: q kᵀ and p v with 1..8 query rows). Packing B into panels costs
+ * about as much as the products when each B element meets only M <= 8 rows (profile, Zen 3,
+ * [16, 1, 64] x [16, 64, 1024]: packing ~45 % of the call, the kernel ~7 %), so this route
+ * reads B in place and encodes each loaded vector on the fly (the same encodings as
+ * pack_b8_avx2, hence the same sums in the same k order: the same bits). RT rows x NC vectors of
+ * 8 columns per tile (RT NC <= 8 accumulators); A's encodings [K][RT] are prepared once. */
+MF_TARGET_AVX2 static inline __attribute__((always_inline)) void direct_tile_avx2(
+    const lm_vconst *c, const int32_t *am, const uint32_t *as, const uint32_t *B, int64_t K,
+    int64_t N, float *C, int64_t ldc, int rows, int32_t zb, const int RT, const int NC,
+    const int check) {
+    __m256 acc[8][2];
+    for (int r = 0; r < RT; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    const __m256i lo_m1 = V256((1u << 23) - 1), vzb = V256(zb);
+    for (int64_t kk = 0; kk < K; ++kk) {
+        __m256i bm[2], bs[2];
+        for (int ci = 0; ci < NC; ++ci) {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(B + kk * N + 8 * ci));
+            const __m256i g = prep_fin256(c, _mm256_and_si256(x, V256(c->mag_mask)));
+            const __m256i zero = _mm256_cmpeq_epi32(g, _mm256_setzero_si256());
+            bm[ci] = sel256(zero, vzb, g);
+            bs[ci] = sel256(zero, vzb, _mm256_or_si256(g, _mm256_and_si256(x, V256(c->sign_mask))));
+        }
+        for (int r = 0; r < RT; ++r) {
+            const __m256i sa = V256(as[kk * RT + r]);
+            const __m256i a = V256(am[kk * RT + r]);
+            for (int ci = 0; ci < NC; ++ci) {
+                __m256i v = _mm256_add_epi32(sa, bs[ci]);
+                if (check) /* invalid lanes become +0.0: the accumulator is unchanged */
+                    v = _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_add_epi32(a, bm[ci]), lo_m1), v);
+                acc[r][ci] = _mm256_add_ps(acc[r][ci], _mm256_castsi256_ps(v));
+            }
+        }
+    }
+    for (int r = 0; r < rows; ++r)
+        for (int ci = 0; ci < NC; ++ci) _mm256_storeu_ps(C + r * ldc + 8 * ci, acc[r][ci]);
+}
+
+/* Columns [j0, j1) of rows [0, RT) (RT = M <= 8): tiles of 16 columns (8 for RT > 4), then one
+ * of 8, then the last < 8 columns by the scalar spec (the same products, the same order). */
+#define DIRECT_TILES(RT, NC)                                                                    \
+    MF_TARGET_AVX2 static void direct_rows##RT##_##NC(                                          \
+        const lm_vconst *c, const int32_t *am, const uint32_t *as, const uint32_t *B, int64_t K, \
+        int64_t N, float *C, int64_t j0, int64_t j1, int32_t zb, int check) {                   \
+        int64_t j = j0;                                                                         \
+        for (; j + 8 * NC <= j1; j += 8 * NC)                                                   \
+            if (check)                                                                          \
+                direct_tile_avx2(c, am, as, B + j, K, N, C + j, N, RT, zb, RT, NC, 1);          \
+            else                                                                                \
+                direct_tile_avx2(c, am, as, B + j, K, N, C + j, N, RT, zb, RT, NC, 0);          \
+        if (NC == 2 && j + 8 <= j1) {                                                           \
+            if (check)                                                                          \
+                direct_tile_avx2(c, am, as, B + j, K, N, C + j, N, RT, zb, RT, 1, 1);           \
+            else                                                                                \
+                direct_tile_avx2(c, am, as, B + j, K, N, C + j, N, RT, zb, RT, 1, 0);           \
+        }                                                                                       \
+    }
+DIRECT_TILES(1, 2)
+DIRECT_TILES(2, 2)
+DIRECT_TILES(3, 2)
+DIRECT_TILES(4, 2)
+DIRECT_TILES(5, 1)
+DIRECT_TILES(6, 1)
+DIRECT_TILES(7, 1)
+DIRECT_TILES(8, 1)
+#define LMATMUL_DIRECT_MAX_M 8
+
+typedef void (*direct_fn)(const lm_vconst *, const int32_t *, const uint32_t *, const uint32_t *,
+                          int64_t, int64_t, float *, int64_t, int64_t, int32_t, int);
+
+/* C [M][N] (M <= LMATMUL_DIRECT_MAX_M) by direct_rows*: every tile reads B in place. */
+static void lmatmul_direct(const uint32_t *A, const uint32_t *B, float *C, int64_t M, int64_t K,
+                           int64_t N, int k, uint32_t lconst, int64_t amax_f, int64_t bmax,
+                           int no_under, int nt) {
+    static const direct_fn fns[LMATMUL_DIRECT_MAX_M + 1] = {
+        NULL, direct_rows1_2, direct_rows2_2, direct_rows3_2, direct_rows4_2,
+        direct_rows5_1, direct_rows6_1, direct_rows7_1, direct_rows8_1};
+    const int64_t lo = 1 << 23;
+    const int32_t za = (int32_t)(lo - 1 - bmax), zb = (int32_t)(lo - 1 - amax_f);
+    const size_t a_bytes = mf_align_up((size_t)(K * M) * 4);
+    uint8_t *scratch = mf_scratch(2 * a_bytes);
+    if (scratch == NULL) {
+        lmatmul_scalar(A, B, C, M, K, N, k, 0, 0, M); /* out of memory: the slow, exact route */
+        return;
+    }
+    int32_t *am = (int32_t *)scratch;
+    uint32_t *as = (uint32_t *)(scratch + a_bytes);
+    for (int64_t kk = 0; kk < K; ++kk) /* A's encodings, [K][M] (the spec: lmatmul_fast's) */
+        for (int64_t r = 0; r < M; ++r) {
+            uint32_t s = 0;
+            const uint32_t g = prep_f32(A[r * K + kk], k, &s);
+            const int32_t mag = g ? (int32_t)((int64_t)g - lconst) : za;
+            am[kk * M + r] = mag;
+            as[kk * M + r] = (uint32_t)mag + s; /* mod 2^32 */
+        }
+    lm_vconst vc;
+    vconst_init(f32_fmt(), k, 0, &vc);
+    const direct_fn fn = fns[M];
+    const int64_t nv = N / 8; /* whole 8-column vectors, split over the threads */
+#pragma omp parallel num_threads(nt) if (nt > 1 && M * K * N >= LMATMUL_DIRECT_MIN_PARALLEL)
+    {
+#ifdef _OPENMP
+        const int tid = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+        const int tid = 0, T = 1;
+#endif
+        fn(&vc, am, as, B, K, N, C, 8 * (nv * tid / T), 8 * (nv * (tid + 1) / T), zb, !no_under);
+    }
+    const lm_fmt *f = f32_fmt();
+    for (int64_t i = 0; i < M; ++i) /* the last N % 8 columns */
+        for (int64_t j = 8 * nv; j < N; ++j) {
+            float acc = 0.0f;
+            for (int64_t kk = 0; kk < K; ++kk) acc += bits_f32(lmul_one(f, A[i * K + kk], B[kk * N + j], k, 0));
+            C[i * N + j] = acc;
+        }
 }
 #endif
 
@@ -426,6 +566,10 @@ static int lmatmul_one(int level, const uint32_t *A, const uint32_t *B, float *C
                                    &no_under, nt);
     if (fast && all_under)
         memset(C, 0, (size_t)(M * N) * sizeof(float));
+#if MF_X86
+    else if (fast && M <= LMATMUL_DIRECT_MAX_M)
+        lmatmul_direct(A, B, C, M, K, N, k, lconst, amax_f, bmax, no_under, nt);
+#endif
     else if (fast)
         lmatmul_fast(level, A, B, C, M, K, N, k, lconst, amax_f, bmax, no_under, nt);
     else

@@ -326,62 +326,96 @@ MF_TARGET_AVX2 static __attribute__((noinline)) void tq2_pair_avx2(const uint8_t
     }
 }
 
-/* Batch (prefill): a 2-D register tile of NR row blocks x NT tokens (each <= 2). Every loaded
- * weight vector serves NT tokens and every loaded table vector NR row blocks, so the L1/L2
- * traffic per lookup is half that of tq2_tile_avx2 (which reuses only the weights); the lookups
- * themselves are the same, in the same order per (row, token), so the int32 results are equal. */
+/* Batch (prefill): a 2-D register tile of NR row blocks x NT tokens (NR <= 2, NT <= 4, NR NT
+ * <= 4). Every loaded weight vector serves NT tokens and every loaded table vector NR row blocks;
+ * the lookups are the same, in the same order per (row, token), as in tq2_tile_avx2, so the int32
+ * results are equal. The register file (16 ymm) holds only what the lookups touch: the byte sums
+ * (bs per block, as over two blocks: 16 lookups of <= 15 fit a byte) and the indices; the int16
+ * sums live in memory (one read-modify-write per byte vector and widening; widened with 3 ops:
+ * see the note before PAIR_BLOCKS_512). Before this the int16 sums of the 2 x 2 tile were 16 more
+ * ymm values than the 16 registers, and GCC spilled the byte sums of the lookups in the loop. */
+#define AS_BLOCKS_AVX2 2 /* blocks per `as` byte sum: 2 * 8 lookups * 15 <= 255 */
 MF_TARGET_AVX2 static inline __attribute__((always_inline)) void tq2_tile2d_avx2(
     const uint8_t *tab, int64_t ts, const mf_tq2_block *w0, const mf_tq2_block *w1, int64_t nkb,
     int32_t *acc0, int32_t *acc1, int64_t as, const int NR, const int NT) {
-    const __m256i nib = _mm256_set1_epi8(0x0F), low = _mm256_set1_epi16(0x00FF);
+    const __m256i nib = _mm256_set1_epi8(0x0F);
     const mf_tq2_block *wr[2] = {w0, w1};
-    const uint8_t *tt[2] = {tab, tab + ts};
+    const uint8_t *tt[4];
+    int32_t *at[2][4];
+    tt[0] = tab;
+    at[0][0] = acc0;
+    at[1][0] = acc1;
+    for (int t = 1; t < NT; ++t) { /* per-token pointers by repeated addition */
+        tt[t] = tt[t - 1] + ts;
+        at[0][t] = at[0][t - 1] + as;
+        at[1][t] = at[1][t - 1] + as;
+    }
+    /* [row block][token][a words, a odd, b words, b odd][16] */
+    int16_t e16[2][4][4][16] __attribute__((aligned(32)));
     int64_t kb = 0;
     while (kb < nkb) {
         const int64_t k0 = kb, kend = kb + FLUSH_BLOCKS < nkb ? kb + FLUSH_BLOCKS : nkb;
-        __m256i e[2][2][4]; /* [row block][token][ae, ao, be, bo] int16 sums */
         for (int r = 0; r < NR; ++r)
-            for (int t = 0; t < NT; ++t) e[r][t][0] = e[r][t][1] = e[r][t][2] = e[r][t][3] = _mm256_setzero_si256();
-        for (; kb < kend; ++kb) {
-            __m256i bs[2][2], as_[2][2];
+            for (int t = 0; t < NT; ++t)
+                for (int i = 0; i < 4; ++i) _mm256_store_si256((__m256i *)e16[r][t][i], _mm256_setzero_si256());
+        while (kb < kend) {
+            const int64_t kstop = kb + AS_BLOCKS_AVX2 < kend ? kb + AS_BLOCKS_AVX2 : kend;
+            __m256i as_[2][4];
             for (int r = 0; r < NR; ++r)
-                for (int t = 0; t < NT; ++t) bs[r][t] = as_[r][t] = _mm256_setzero_si256();
-            for (int u = 0; u < MF_TQ2_K / 4; ++u) {
-                __m256i ilo[2], ihi[2];
-                for (int r = 0; r < NR; ++r) {
-                    const __m256i v = _mm256_loadu_si256((const __m256i *)wr[r][kb].q[u]);
-                    ilo[r] = _mm256_and_si256(v, nib);
-                    ihi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
-                }
-                for (int t = 0; t < NT; ++t) {
-                    const uint8_t *tl = tt[t] + (kb << 8) + (u << 6); /* 256 B/block, pair 2u */
-                    __m256i tv = BCAST(tl);
-                    for (int r = 0; r < NR; ++r) bs[r][t] = _mm256_add_epi8(bs[r][t], _mm256_shuffle_epi8(tv, ilo[r]));
-                    tv = BCAST(tl + 16);
-                    for (int r = 0; r < NR; ++r) as_[r][t] = _mm256_add_epi8(as_[r][t], _mm256_shuffle_epi8(tv, ilo[r]));
-                    tv = BCAST(tl + 32);
-                    for (int r = 0; r < NR; ++r) bs[r][t] = _mm256_add_epi8(bs[r][t], _mm256_shuffle_epi8(tv, ihi[r]));
-                    tv = BCAST(tl + 48);
-                    for (int r = 0; r < NR; ++r) as_[r][t] = _mm256_add_epi8(as_[r][t], _mm256_shuffle_epi8(tv, ihi[r]));
+                for (int t = 0; t < NT; ++t) as_[r][t] = _mm256_setzero_si256();
+            for (; kb < kstop; ++kb) {
+                __m256i bs[2][4];
+                for (int r = 0; r < NR; ++r)
+                    for (int t = 0; t < NT; ++t) bs[r][t] = _mm256_setzero_si256();
+                for (int u = 0; u < MF_TQ2_K / 4; ++u) {
+                    __m256i ilo[2], ihi[2];
                     for (int r = 0; r < NR; ++r) {
-                        MF_KEEP(bs[r][t]);
-                        MF_KEEP(as_[r][t]);
+                        const __m256i v = _mm256_loadu_si256((const __m256i *)wr[r][kb].q[u]);
+                        ilo[r] = _mm256_and_si256(v, nib);
+                        ihi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+                    }
+                    for (int t = 0; t < NT; ++t) {
+                        const uint8_t *tl = tt[t] + (kb << 8) + (u << 6); /* 256 B/block, pair 2u */
+                        __m256i tv = BCAST(tl);
+                        for (int r = 0; r < NR; ++r) bs[r][t] = _mm256_add_epi8(bs[r][t], _mm256_shuffle_epi8(tv, ilo[r]));
+                        tv = BCAST(tl + 16);
+                        for (int r = 0; r < NR; ++r) as_[r][t] = _mm256_add_epi8(as_[r][t], _mm256_shuffle_epi8(tv, ilo[r]));
+                        tv = BCAST(tl + 32);
+                        for (int r = 0; r < NR; ++r) bs[r][t] = _mm256_add_epi8(bs[r][t], _mm256_shuffle_epi8(tv, ihi[r]));
+                        tv = BCAST(tl + 48);
+                        for (int r = 0; r < NR; ++r) as_[r][t] = _mm256_add_epi8(as_[r][t], _mm256_shuffle_epi8(tv, ihi[r]));
+                        for (int r = 0; r < NR; ++r) {
+                            MF_KEEP(bs[r][t]);
+                            MF_KEEP(as_[r][t]);
+                        }
                     }
                 }
+                for (int r = 0; r < NR; ++r)
+                    for (int t = 0; t < NT; ++t) {
+                        __m256i *eb = (__m256i *)e16[r][t][2], *ebo = (__m256i *)e16[r][t][3];
+                        _mm256_store_si256(eb, _mm256_add_epi16(_mm256_load_si256(eb), bs[r][t]));
+                        _mm256_store_si256(ebo, _mm256_add_epi16(_mm256_load_si256(ebo), _mm256_srli_epi16(bs[r][t], 8)));
+                    }
+                /* keep the int16 sums in memory: without this GCC promotes them to registers
+                 * across the block loop and spills the byte sums instead */
+                __asm__ volatile("" : : "r"(e16) : "memory");
             }
             for (int r = 0; r < NR; ++r)
                 for (int t = 0; t < NT; ++t) {
-                    e[r][t][0] = _mm256_add_epi16(e[r][t][0], _mm256_and_si256(as_[r][t], low));
-                    e[r][t][1] = _mm256_add_epi16(e[r][t][1], _mm256_srli_epi16(as_[r][t], 8));
-                    e[r][t][2] = _mm256_add_epi16(e[r][t][2], _mm256_and_si256(bs[r][t], low));
-                    e[r][t][3] = _mm256_add_epi16(e[r][t][3], _mm256_srli_epi16(bs[r][t], 8));
+                    __m256i *ea = (__m256i *)e16[r][t][0], *eao = (__m256i *)e16[r][t][1];
+                    _mm256_store_si256(ea, _mm256_add_epi16(_mm256_load_si256(ea), as_[r][t]));
+                    _mm256_store_si256(eao, _mm256_add_epi16(_mm256_load_si256(eao), _mm256_srli_epi16(as_[r][t], 8)));
                 }
         }
         for (int r = 0; r < NR; ++r)
             for (int t = 0; t < NT; ++t) {
-                int16_t e16[4][16] __attribute__((aligned(32)));
-                for (int i = 0; i < 4; ++i) _mm256_store_si256((__m256i *)e16[i], e[r][t][i]);
-                flush_rows(e16[0], e16[1], e16[2], e16[3], 16, kend - k0, (r ? acc1 : acc0) + (t ? as : 0));
+                /* even-byte sums = word sums - (odd-byte sums << 8), mod 2^16 */
+                for (int i = 0; i < 4; i += 2) {
+                    __m256i *ew = (__m256i *)e16[r][t][i];
+                    const __m256i eo = _mm256_load_si256((const __m256i *)e16[r][t][i + 1]);
+                    _mm256_store_si256(ew, _mm256_sub_epi16(_mm256_load_si256(ew), _mm256_slli_epi16(eo, 8)));
+                }
+                flush_rows(e16[r][t][0], e16[r][t][1], e16[r][t][2], e16[r][t][3], 16, kend - k0, at[r][t]);
             }
     }
 }
