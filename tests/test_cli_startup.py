@@ -93,3 +93,13 @@ def test_lazy_names_resolve_to_the_objects(package, name):
     assert name in dir(pkg)
     with pytest.raises(AttributeError):
         pkg.no_such_name  # noqa: B018
+
+
+def test_registration_after_importing_the_model_classes_first():
+    # mulfree.models.mmfree registers at its end (it loads transformers' Auto modules on its way)
+    code = (
+        "from mulfree.models import HGRNBitConfig\n"
+        "from transformers.models.auto.configuration_auto import CONFIG_MAPPING\n"
+        "print(sorted(CONFIG_MAPPING._extra_content))"
+    )
+    assert _run(code).splitlines()[-1] == "['hgrn_bit', 'hgrn_bit_packed']"

@@ -66,4 +66,4 @@ __all__ = [
 _READY = True
 if any(m in sys.modules for m in ("transformers.models.auto.configuration_auto",
                                   "transformers.models.auto.modeling_auto")):  # fmt: skip
-    sys.modules["mulfree"]._register()
+    sys.modules["mulfree"]._register(sys.modules[__name__])

@@ -74,8 +74,11 @@ class App:
         self.config = config
         self.backend = backend
         self.metrics = metrics or Metrics(backend.model_id, backend.kind)
-        # Per request: prompt + generated tokens (the config's limit, else the backend's).
+        # Per request: prompt + generated tokens (the config's limit, else the backend's; never
+        # more than a backend whose per-request memory is sized for its own limit holds).
         self.max_context = config.max_context or backend.max_context
+        if backend.context_bound:
+            self.max_context = min(self.max_context, backend.max_context)
         self.scheduler = Scheduler(
             backend,
             max_batch=config.max_batch,

@@ -62,6 +62,7 @@ class Backend(abc.ABC):
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     kind = "base"
+    context_bound = False  # True: a request's memory holds max_context tokens, never more
 
     # --- text ------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -264,6 +265,106 @@ class LiteBackend(Backend):
         return e.total_pj, 2 * e.total_pj - e.memory_pj
 
 
+@dataclass
+class BitNetBackend(Backend):
+    """A packed BitNet b1.58 model (`mulfree convert` of a bitnet checkpoint) on the compiled
+    transformer step (mulfree.engine.bitnet_plan): a request is a slot of the step's KV arena,
+    sized once for the scheduler's max batch x `max_context` tokens (refused in one line when
+    that does not fit in memory), so requests join and leave without moving other requests'
+    caches. Attention products are exact or L-Mul (`attention`, `mantissa_bits`); the cache
+    stores `kv_dtype`. Logits are the BitNetDecoder's (tests/engine/test_bitnet_plan.py)."""
+
+    kind = "bitnet"
+    context_bound = True
+    attention: str = "exact"
+    mantissa_bits: int | None = 3
+    kv_dtype: str = "bfloat16"
+    threads: int | None = None
+    _decoder: Any = field(default=None, init=False, repr=False)  # the BitNetDecoder
+    _slots: Any = field(default=None, init=False, repr=False)  # a SlotDecoder over its plan
+
+    def decoder(self):
+        """The BitNetDecoder (built on first use; None when the compiled step does not apply)."""
+        if self._decoder is None:
+            from mulfree.engine.bitnet_decode import BitNetDecoder
+
+            self._decoder = BitNetDecoder(
+                self.model, threads=self.threads, attention=self.attention,
+                mantissa_bits=self.mantissa_bits, kv_dtype=self.kv_dtype,
+                max_context=self.max_context,
+            )  # fmt: skip
+        return self._decoder
+
+    def _core(self):
+        if self._slots is None:
+            from mulfree.engine.core import SlotDecoder
+
+            dec = self.decoder()
+            if not dec.fused:
+                raise MulfreeError("the BitNet backend needs the compiled core (mulfree._C)")
+            self._slots = SlotDecoder(dec.plan)
+        return self._slots
+
+    def slot_bytes(self) -> int:
+        """Bytes of one request's KV cache (every layer, `max_context` positions)."""
+        plan = self.decoder().plan
+        return plan.nbytes // max(1, plan.capacity)
+
+    def reserve(self, max_batch: int) -> None:
+        from mulfree._memory import memory_limit_bytes
+
+        need, limit = max_batch * self.slot_bytes(), memory_limit_bytes()
+        if limit is not None and need > limit:
+            raise MulfreeError(
+                f"a {self.kv_dtype} KV cache for {max_batch} requests x {self.max_context} tokens "
+                f"needs {need / 2**30:.1f} GiB, more than this machine's {limit / 2**30:.1f} GiB: "
+                "lower --max-batch or --max-context, or use --kv-cache int8"
+            )
+        self._core().reserve(max_batch)
+
+    def start(self, ids, *, all_logits=False):
+        if len(ids) > self.max_context:
+            raise MulfreeError(f"prompt of {len(ids)} tokens > max_context {self.max_context}")
+        dec = self._core()
+        if not all_logits:
+            slot, logits = _prefill_new_slot(dec, dec.prefill, ids)
+            return RequestState(slot, len(ids)), torch.from_numpy(logits.copy())
+        # every position's logits (echo + logprobs): the first token prefilled, then one decode
+        # step per prompt token, each giving the next position's row
+        slot, first = _prefill_new_slot(dec, dec.prefill, ids[:1])
+        rows = [torch.from_numpy(first.copy())]
+        try:
+            for tok in ids[1:]:
+                rows.append(torch.from_numpy(dec.step([slot], [tok])[0].copy()))
+        except BaseException:
+            dec.free(slot)
+            raise
+        return RequestState(slot, len(ids)), torch.stack(rows)  # [T, V]
+
+    def step(self, states, tokens):
+        logits = self._core().step([st.data for st in states], tokens)  # [B, vocab], a buffer
+        for st in states:
+            st.length += 1
+        return torch.from_numpy(logits.copy())  # the caller may keep them past a step
+
+    def free(self, state: RequestState) -> None:
+        if isinstance(state.data, int) and self._slots is not None:
+            self._slots.free(state.data)
+        state.data = None
+
+    def step_energy_pj(self, table_name: str) -> tuple[float, float]:
+        """(pJ of a decode step of 1 request, of 2): BitNetDecoder.step_energy counts one step
+        as it runs (on its own sequence, not the requests' slots); a second request does the
+        same work while the weights are read once, so it adds the total less the memory part."""
+        with self.lock:
+            dec = self.decoder()
+            prompt = self.encode("energy") or [0]
+            # the decoder's own one sequence (its torch path; the slots' caches are not touched)
+            dec.lengths = [min(len(prompt), self.max_context - 1)]
+            e = dec.step_energy([prompt[-1]], table_name)
+        return e.total_pj, 2 * e.total_pj - e.memory_pj
+
+
 class GenericBackend(Backend):
     kind = "generic"
 
@@ -292,7 +393,13 @@ WEIGHTS = ("auto", "packed", "float")
 def _is_packed_model(model) -> bool:
     from mulfree.engine import PackedHGRNBitForCausalLM
 
-    return isinstance(model, PackedHGRNBitForCausalLM)
+    return isinstance(model, PackedHGRNBitForCausalLM) or _is_packed_bitnet(model)
+
+
+def _is_packed_bitnet(model) -> bool:
+    from mulfree.engine.bitnet_model import PackedBitNetForCausalLM
+
+    return isinstance(model, PackedBitNetForCausalLM)
 
 
 def make_backend(
@@ -303,39 +410,54 @@ def make_backend(
     kind: str = "auto",
     max_context: int | None = None,
     weights: str = "float",
+    attention: str = "exact",
+    mantissa_bits: int | None = 3,
+    kv_dtype: str = "bfloat16",
+    threads: int | None = None,
 ) -> Backend:
-    """Wrap a loaded model + tokenizer. kind: "auto" (MatMul-free when model_type is hgrn_bit),
-    "mmfree" or "generic". weights: "float" (as loaded), "packed" (`mulfree.engine.pack_model_`
-    first: BitLinears on 2-bit weights and the add-only kernels; a model loaded packed stays so)
-    or "auto" (packed for hgrn_bit when the compiled kernels are available)."""
+    """Wrap a loaded model + tokenizer. kind: "auto" (MatMul-free when model_type is hgrn_bit,
+    BitNet for a packed BitNet model when the compiled core is there), "mmfree", "bitnet" or
+    "generic". weights: "float" (as loaded), "packed" (`mulfree.engine.pack_model_` first:
+    BitLinears on 2-bit weights and the add-only kernels; a model loaded packed stays so) or
+    "auto" (packed for hgrn_bit when the compiled kernels are available). attention,
+    mantissa_bits, kv_dtype: the BitNet backend's (engine.bitnet_decode.BitNetDecoder)."""
+    from mulfree import kernels
+
     model_type = getattr(model.config, "model_type", None)
     if weights not in WEIGHTS:
         raise MulfreeError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
-    if weights == "auto":
-        from mulfree import kernels
-
-        weights = "packed" if model_type == "hgrn_bit" and kernels.available() else "float"
     if _is_packed_model(model):
         if weights == "float":
             raise MulfreeError("this model is stored packed; it has no float weights to serve")
         weights = "packed"
-    elif weights == "packed":
+    if weights == "auto":
+        weights = "packed" if model_type == "hgrn_bit" and kernels.available() else "float"
+    if weights == "packed" and not _is_packed_model(model):
         if model_type != "hgrn_bit":
-            raise MulfreeError(f"packed ternary weights need an hgrn_bit model, not {model_type!r}")
+            raise MulfreeError(
+                f"packed ternary weights need an hgrn_bit model or a packed BitNet, not "
+                f"{model_type!r} (pack a BitNet checkpoint with `mulfree convert`)"
+            )
         from mulfree.engine import pack_model_
 
         pack_model_(model)
+    bitnet = _is_packed_bitnet(model)
     if kind == "auto":
         kind = "mmfree" if model_type == "hgrn_bit" else "generic"
+        if bitnet and kernels.available():
+            kind = "bitnet"
     if kind == "mmfree" and model_type != "hgrn_bit":
         raise MulfreeError(f"the mmfree backend serves hgrn_bit models, not {model_type!r}")
-    if kind not in ("mmfree", "generic"):
-        raise MulfreeError(f"unknown backend {kind!r}; choose auto, mmfree or generic")
+    if kind == "bitnet" and not bitnet:
+        raise MulfreeError(f"the bitnet backend serves packed BitNet models, not {model_type!r}")
+    if kind not in ("mmfree", "bitnet", "generic"):
+        raise MulfreeError(f"unknown backend {kind!r}; choose auto, mmfree, bitnet or generic")
+    if attention != "exact" and kind != "bitnet":
+        raise MulfreeError("L-Mul attention on this model: apply it when loading (lmul_bits)")
     if max_context is None:
         max_context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
     model.eval()
-    cls = MatMulFreeBackend if kind == "mmfree" else GenericBackend
-    return cls(
+    common = dict(
         model=model,
         tokenizer=tokenizer,
         model_id=model_id,
@@ -343,6 +465,13 @@ def make_backend(
         eos_token_ids=eos_token_ids(model, tokenizer),
         weights=weights,
     )
+    if kind == "bitnet":
+        backend = BitNetBackend(**common, attention=attention, mantissa_bits=mantissa_bits,
+                                kv_dtype=kv_dtype, threads=threads)  # fmt: skip
+        backend.decoder()  # bad options (context, mantissa bits) fail here, before serving
+        return backend
+    cls = MatMulFreeBackend if kind == "mmfree" else GenericBackend
+    return cls(**common)
 
 
 def load_backend(
@@ -355,12 +484,14 @@ def load_backend(
     max_context: int | None = None,
     threads: int | None = None,
     weights: str = "auto",
+    kv_dtype: str = "bfloat16",
 ) -> Backend:
     """Load a model directory and its tokenizer into a backend: a checkpoint (config.json +
     safetensors) or a packed model written by `mulfree convert` (mulfree.engine format).
 
-    lmul_bits: apply L-Mul attention (`mulfree.attention.apply_lmul_`) with that many mantissa
-    bits; for attention models only (a MatMul-free model has no attention to replace).
+    lmul_bits: L-Mul attention with that many mantissa bits: `mulfree.attention.apply_lmul_`
+    on a Hugging Face attention model, the compiled L-Mul attention of a packed BitNet; a
+    MatMul-free model has no attention to replace. kv_dtype: a packed BitNet's KV cache.
     weights: see `make_backend` (default: packed ternary weights for MatMul-free models).
     """
 
@@ -373,20 +504,29 @@ def load_backend(
 
     source = resolve(path)
     if source.kind == "packed":  # a damaged packed folder is reported as corrupt, not config-less
-        if lmul_bits is not None:
-            raise MulfreeError("--lmul applies to attention models; hgrn_bit has no attention")
-        lite = _lite_backend(path, source, tokenizer_dir, model_id, kind, max_context, weights)
+        lite = None
+        if lmul_bits is None:
+            lite = _lite_backend(path, source, tokenizer_dir, model_id, kind, max_context, weights)
         if lite is not None:
             return lite
         from mulfree.engine import load_packed
 
+        model = load_packed(path)
+        if lmul_bits is not None and not _is_packed_bitnet(model):
+            raise MulfreeError(
+                "--mantissa-bits (L-Mul attention) applies to attention models; hgrn_bit has none"
+            )
         return make_backend(
-            load_packed(path),
+            model,
             _tokenizer(Path(tokenizer_dir) if tokenizer_dir else source.tokenizer_dir),
             model_id or Path(model_dir).resolve().name,
             kind=kind,
             max_context=max_context,
             weights=weights,
+            attention="exact" if lmul_bits is None else "lmul",
+            mantissa_bits=3 if lmul_bits is None else lmul_bits,
+            kv_dtype=kv_dtype,
+            threads=threads,
         )
     path = source.path  # a train run folder resolves to its model/ or newest checkpoint
     cfg_file = path / "config.json"

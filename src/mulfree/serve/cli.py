@@ -38,8 +38,9 @@ def register(sub) -> None:
     p.add_argument(
         "--backend",
         default="auto",
-        choices=["auto", "mmfree", "generic"],
-        help="auto: batched MatMul-free decoding for hgrn_bit models, generic otherwise",
+        choices=["auto", "mmfree", "bitnet", "generic"],
+        help="auto: batched MatMul-free decoding for hgrn_bit models, the compiled transformer "
+        "step for packed BitNet models, generic otherwise",
     )
     p.add_argument(
         "--weights",
@@ -54,9 +55,16 @@ def register(sub) -> None:
         type=int,
         default=None,
         metavar="K",
-        help="apply L-Mul attention with K mantissa bits (HF attention models)",
+        help="apply L-Mul attention with K mantissa bits (HF attention models, packed BitNet)",
     )
     hidden_alias(p, "--lmul", dest="lmul", type=int, deprecated=MANTISSA_BITS)
+    p.add_argument(
+        "--kv-cache",
+        choices=["bfloat16", "float16", "float32", "int8"],
+        default="bfloat16",
+        help="packed BitNet models: KV cache storage, per request x --max-context tokens "
+        "(default: %(default)s)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
@@ -138,6 +146,7 @@ def cmd_serve(args) -> int:
         backend=args.backend,
         weights=args.weights,
         lmul=args.lmul,
+        kv_cache=args.kv_cache,
         host=args.host,
         port=args.port,
         api_key=args.api_key or os.environ.get("MULFREE_API_KEY") or None,

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from mulfree.engine.sampler import DEFAULT_MAX_TOKENS
 from mulfree.errors import MulfreeError
 
-BACKENDS = ("auto", "mmfree", "generic")
+BACKENDS = ("auto", "mmfree", "bitnet", "generic")
+KV_CACHES = ("bfloat16", "float16", "float32", "int8")
 WEIGHTS = ("auto", "packed", "float")
 
 
@@ -21,7 +22,8 @@ class ServeConfig:
     model_id: str | None = None  # the name clients pass as "model"; default: the folder name
     backend: str = "auto"
     weights: str = "auto"  # "packed" | "float" | "auto" (packed for hgrn_bit with compiled kernels)
-    lmul: int | None = None  # L-Mul attention mantissa bits for HF attention models
+    lmul: int | None = None  # L-Mul attention mantissa bits (HF attention models, packed BitNet)
+    kv_cache: str = "bfloat16"  # a packed BitNet's KV cache: bfloat16 | float16 | float32 | int8
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None  # when set, /v1/* need "Authorization: Bearer <api_key>"
@@ -57,6 +59,10 @@ class ServeConfig:
             )
         if self.weights not in WEIGHTS:
             raise MulfreeError(f"weights must be one of {', '.join(WEIGHTS)}, got {self.weights!r}")
+        if self.kv_cache not in KV_CACHES:
+            raise MulfreeError(
+                f"kv_cache must be one of {', '.join(KV_CACHES)}, got {self.kv_cache!r}"
+            )
         if not 0 <= int(self.port) <= 65535:
             raise MulfreeError(f"port must be in 0..65535, got {self.port}")
         for name in ("max_batch", "max_tokens_limit", "default_max_tokens", "max_body_bytes"):

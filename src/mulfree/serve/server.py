@@ -32,6 +32,7 @@ def backend_from_config(config: ServeConfig) -> Backend:
         weights=config.weights,
         max_context=config.max_context,
         threads=config.threads,
+        kv_dtype=config.kv_cache,
     )
 
 

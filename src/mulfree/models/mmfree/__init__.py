@@ -12,4 +12,5 @@ import sys as _sys  # noqa: E402
 
 if any(m in _sys.modules for m in ("transformers.models.auto.configuration_auto",
                                    "transformers.models.auto.modeling_auto")):  # fmt: skip
-    _sys.modules["mulfree"]._register()  # hgrn_bit and the packed type (mulfree/__init__.py)
+    # hgrn_bit and the packed type (mulfree/__init__.py); this module, still initializing, is done
+    _sys.modules["mulfree"]._register(_sys.modules[__name__])
