@@ -221,17 +221,6 @@ class LiteModel:
         return self.config.get("elementwise_mul", "exact") == "exact"
 
 
-def load_tokenizer(directory: Path):
-    """The `tokenizers` Tokenizer of DIR/tokenizer.json (what AutoTokenizer wraps)."""
-    from tokenizers import Tokenizer
-
-    file = Path(directory) / "tokenizer.json"
-    try:
-        return Tokenizer.from_file(str(file))
-    except Exception as e:  # tokenizers raises a bare Exception with the parser's message
-        raise MulfreeError(f"cannot load the tokenizer {file}: {first_line(e)}") from None
-
-
 def eos_ids(model: LiteModel, tokenizer, directory: Path) -> set[int]:
     """End-of-text ids: the config's, generation_config.json's and tokenizer_config.json's
     eos_token (what the torch path collects from the model and the HF tokenizer)."""

@@ -69,8 +69,7 @@ def load_tokenizer(path: str | Path, hint: str = ""):
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MulfreeError(f"cannot load a tokenizer from {path}: {first}{hint}") from None
+        raise MulfreeError(f"cannot load a tokenizer from {path}: {first_line(e)}{hint}") from None
 
 
 def as_ids(v) -> set[int]:
