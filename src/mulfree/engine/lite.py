@@ -204,8 +204,8 @@ class LiteModel:
         check_against_config(config, {k: shape for k, (shape, _) in specs.items()}, file)
         check_fits_memory(file.stat().st_size, f"loading {file}")
         tensors = tensorfile.read_tensors(file, numpy=True)
-        if verify and "tensors_crc32" in meta and tensorfile.tensors_crc32(tensors) != meta["tensors_crc32"]:
-            raise MulfreeError(f"{file} is corrupt: tensor data CRC-32 does not match its header")
+        if verify:
+            tensorfile.check_tensors_crc(tensors, meta, file)
         for name in sorted(tensors):  # NaN/inf weights would decode nothing but one token
             t = tensors[name]
             if t.dtype.kind == "f" and t.size and not bool(np.isfinite(t).all()):
