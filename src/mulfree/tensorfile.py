@@ -17,7 +17,7 @@ mulfree.engine.format). What the two formats share lives here once:
   (`tensors_crc32`, `check_tensors_crc`).
 
 What a format's tensors must be (names, shapes against a config) stays with the model code that
-knows the config (mulfree.models.mmfree.modeling_mmfree.check_checkpoint,
+knows the config (mulfree.models.loading.check_checkpoint,
 mulfree.engine.format.read_packed). Base layer: imports nothing above `errors` and `_io`; torch
 is imported only by the functions that return torch tensors, so the torch-free engine
 (mulfree.engine.lite) reads through the NumPy side.

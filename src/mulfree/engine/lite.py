@@ -29,8 +29,8 @@ import numpy as np
 
 from mulfree import tensorfile
 from mulfree.engine import plan as P
-from mulfree.engine.header import first_line, model_family, weights_file
-from mulfree.errors import MulfreeError
+from mulfree.engine.header import model_family, weights_file
+from mulfree.errors import MulfreeError, first_line
 
 BITLINEAR_NORM_EPS = 1e-8  # = mulfree.ternary.bitlinear.BITLINEAR_NORM_EPS (tested)
 INT4_GROUP = 32
