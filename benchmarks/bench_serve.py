@@ -15,7 +15,12 @@ on this repository's Python sources; pass --model DIR to serve a real model dire
 All traffic goes to 127.0.0.1; every loop is bounded in time and count.
 
     python benchmarks/bench_serve.py                          # preset "small", 15 s per N
+    python benchmarks/bench_serve.py --quick                  # ~1 min: N = 1/4/16, 3 s per N
     python benchmarks/bench_serve.py --preset tiny --seconds 5 --clients 1 4
+
+`--quick` is a smoke-sized run of the same table (a smaller tokenizer, 3 s and 32 tokens per
+request at each N): ratios between the two backends are meaningful, absolute figures less so;
+any option given explicitly wins over the quick value.
 """
 
 from __future__ import annotations
@@ -33,6 +38,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# option -> (full run, --quick) values; an option given on the command line wins over both
+RUNS = {
+    "vocab": (8192, 2048),
+    "clients": ([1, 4, 16], [1, 4, 16]),
+    "seconds": (15.0, 3.0),
+    "max_tokens": (64, 32),
+}
 PROMPT = "The MatMul-free language model keeps a constant-size recurrent state, so"
 
 
@@ -224,10 +236,16 @@ def main() -> None:
     ap.add_argument(
         "--preset", default="small", help="MatMul-free preset when --model is not given"
     )
-    ap.add_argument("--vocab", type=int, default=8192, help="tokenizer vocabulary for the preset")
-    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    ap.add_argument("--seconds", type=float, default=15.0, help="load time per client count")
-    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--quick", action="store_true",
+                    help="a ~1 minute run: " + ", ".join(f"{k}={v[1]}" for k, v in RUNS.items()))
+    ap.add_argument("--vocab", type=int, default=None,
+                    help=f"tokenizer vocabulary for the preset (default {RUNS['vocab'][0]})")
+    ap.add_argument("--clients", type=int, nargs="+", default=None,
+                    help=f"client counts N (default {' '.join(map(str, RUNS['clients'][0]))})")
+    ap.add_argument("--seconds", type=float, default=None,
+                    help=f"load time per client count (default {RUNS['seconds'][0]:g})")
+    ap.add_argument("--max-tokens", type=int, default=None,
+                    help=f"tokens per request (default {RUNS['max_tokens'][0]})")
     ap.add_argument("--threads", type=int, default=None, help="server torch threads")
     ap.add_argument(
         "--backends", nargs="+", default=["mmfree", "generic"], choices=["mmfree", "generic"]
@@ -240,6 +258,10 @@ def main() -> None:
     )
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
+    for name, values in RUNS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, values[1] if args.quick else values[0])
+    t_run = time.perf_counter()
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = (
@@ -252,7 +274,8 @@ def main() -> None:
         what = args.model or f"preset {args.preset} (random weights)"
         print(
             f"model: {what}; {args.max_tokens} tokens per request; {args.seconds:g} s per N; "
-            f"server threads: {args.threads or 'torch default'}\n"
+            f"server threads: {args.threads or 'torch default'}"
+            + ("; --quick" if args.quick else "") + "\n"
         )
         table: dict[str, list[dict]] = {}
         for backend in args.backends:
@@ -302,6 +325,7 @@ def main() -> None:
             print("## batched (mmfree) / one-request-per-step (generic) aggregate tokens/s")
             for a, b in zip(table["mmfree"], table["generic"], strict=True):
                 print(f"N={a['clients']}: {a['tokens_per_s'] / b['tokens_per_s']:.2f}x")
+        print(f"\n(whole run: {time.perf_counter() - t_run:.0f} s)")
         if args.json:
             Path(args.json).write_text(json.dumps(table, indent=2))
 

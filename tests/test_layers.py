@@ -141,6 +141,41 @@ def test_no_cycles_between_subpackages():
     assert not cycle, "import cycle: " + " -> ".join(f"{p}@{lv}" for p, lv in cycle)
 
 
+def _private_imports(mod: str, file: Path, known: set[str]) -> list[str]:
+    """`from mulfree.x import _name` where _name is not a module: a private name used across
+    modules (a private module, `from mulfree import _bounds`, is a module's own choice)."""
+    pkg = mod if file.name == "__init__.py" else mod.rsplit(".", 1)[0]
+    bad = []
+    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+            src = ".".join(base + ([node.module] if node.module else []))
+        else:
+            src = node.module or ""
+        if src.split(".")[0] != "mulfree" or src == mod:
+            continue
+        for a in node.names:
+            if a.name.startswith("_") and not a.name.startswith("__") and f"{src}.{a.name}" not in known:
+                bad.append(f"{mod}:{node.lineno} imports {src}.{a.name}")
+    return bad
+
+
+def test_no_private_names_imported_across_modules():
+    mods = _modules()
+    known = set(mods) | {"mulfree._C"}
+    bad = [b for m, f in mods.items() for b in _private_imports(m, f, known)]
+    assert not bad, "private names imported from other modules:\n" + "\n".join(bad)
+
+
+def test_the_private_name_checker_sees_them(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("from mulfree.serve.app import _hidden, public\nfrom mulfree import _C, _bounds\n")
+    got = _private_imports("mulfree.lmul.m", f, {"mulfree._C", "mulfree._bounds", "mulfree.serve.app"})
+    assert got == ["mulfree.lmul.m:1 imports mulfree.serve.app._hidden"]
+
+
 def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("def f():\n    from mulfree.serve import app\n    from . import sibling\n")

@@ -47,6 +47,11 @@ def test_numpy_side_gives_the_same_bytes_and_crc(tmp_path):
     t2 = dict(t, a=t["a"].clone())
     t2["a"][0, 0] += 1
     assert tf.tensors_crc32(t2) != tf.tensors_crc32(t)
+    meta = {"tensors_crc32": tf.tensors_crc32(t)}
+    tf.check_tensors_crc(arrays, meta, "f")
+    tf.check_tensors_crc(t2, {}, "f")  # a file without the checksum: nothing to check
+    with pytest.raises(MulfreeError, match="f is corrupt: tensor data CRC-32"):
+        tf.check_tensors_crc(t2, meta, "f")
 
 
 def test_add_metadata_merges_and_keeps_tensor_bytes(tmp_path):

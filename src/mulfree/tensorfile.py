@@ -13,10 +13,11 @@ mulfree.engine.format). What the two formats share lives here once:
   `add_metadata` (merge entries into a written file's `__metadata__`, tensor bytes unchanged:
   transformers' save_pretrained cannot pass metadata);
 * identity: each format's name and version in the metadata (`CHECKPOINT`, `PACKED`:
-  `FileFormat.stamp()` when writing, `FileFormat.check()` when reading), and `tensors_crc32`.
+  `FileFormat.stamp()` when writing, `FileFormat.check()` when reading), and the data checksum
+  (`tensors_crc32`, `check_tensors_crc`).
 
 What a format's tensors must be (names, shapes against a config) stays with the model code that
-knows the config (mulfree.models.mmfree.modeling_mmfree.check_checkpoint,
+knows the config (mulfree.models.loading.check_checkpoint,
 mulfree.engine.format.read_packed). Base layer: imports nothing above `errors` and `_io`; torch
 is imported only by the functions that return torch tensors, so the torch-free engine
 (mulfree.engine.lite) reads through the NumPy side.
@@ -186,6 +187,12 @@ def tensors_crc32(tensors: Mapping[str, Any]) -> str:
         if t.size:
             crc = zlib.crc32(t.reshape(-1).view(np.uint8), crc)
     return f"{crc:08x}"
+
+
+def check_tensors_crc(tensors: Mapping[str, Any], meta: Mapping[str, str], file) -> None:
+    """Refuse tensors whose bytes do not match the file's `tensors_crc32` (when it has one)."""
+    if "tensors_crc32" in meta and tensors_crc32(tensors) != meta["tensors_crc32"]:
+        raise MulfreeError(f"{file} is corrupt: tensor data CRC-32 does not match its header")
 
 
 @dataclass(frozen=True)

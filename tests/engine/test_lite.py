@@ -14,6 +14,7 @@ import torch
 from safetensors.numpy import load_file as load_np
 
 from mulfree import kernels
+from mulfree.data.tokenizer import load_tokenizer
 from mulfree.engine import convert, lite, load_packed
 from mulfree.engine.convert import ConvertConfig
 from mulfree.engine.generate import (
@@ -93,7 +94,7 @@ def test_lite_and_torch_paths_generate_the_same_tokens(packed_dir):
     assert a.engine == "lite" and len(a.token_ids) == 6
     assert a.token_ids == generate(GenerateConfig("The quick", **cfg)).token_ids  # seeded
     model = load_packed(packed_dir)
-    tok = lite.load_tokenizer(packed_dir)
+    tok = load_tokenizer(packed_dir)
     ids = tok.encode("The quick").ids
     dec = model.fused_decoder()
     dec.reset(1)
@@ -107,7 +108,7 @@ def test_tokenizer_and_eos_match_the_transformers_path(packed_dir):
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(str(packed_dir))
-    tok = lite.load_tokenizer(packed_dir)
+    tok = load_tokenizer(packed_dir)
     for text in ["The quick", "ternary weights, 1.58 bits!", ""]:
         assert tok.encode(text).ids == list(hf(text).input_ids)
     lm = lite.LiteModel.load(packed_dir)
@@ -133,7 +134,7 @@ def test_bundled_packed_copy_equals_a_fresh_conversion(tmp_path):
 
 
 def test_streamer_emits_the_decoded_text_piece_by_piece(packed_dir):
-    tok = lite.load_tokenizer(packed_dir)
+    tok = load_tokenizer(packed_dir)
     ids = tok.encode("ternary weights and an add-only engine, step by step").ids
     pieces = []
     s = _Streamer(tok, pieces.append)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from mulfree.errors import MulfreeError
+from mulfree.errors import MulfreeError, first_line
 
 EOS_TOKEN = "<|endoftext|>"
 # Names used for the end-of-text token by the tokenizer families a user is likely to bring
@@ -30,7 +30,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     try:
         return Tokenizer.from_file(str(p))
     except Exception as e:  # tokenizers raises a bare Exception with a parser message
-        raise MulfreeError(f"{p} is not a tokenizers `tokenizer.json`: {e}") from None
+        raise MulfreeError(f"{p} is not a tokenizers `tokenizer.json`: {first_line(e)}") from None
 
 
 def train_bpe_tokenizer(docs: Sequence[str], vocab_size: int) -> Tokenizer:

@@ -173,8 +173,8 @@ def resolve_checkpoint(src: Path) -> tuple[Path, dict, list[Path], Path]:
 def pack_checkpoint(src: Path, tfmt: str, efmt: str):
     """(config, tensors, tokenizer folder) packed from a checkpoint (see resolve_checkpoint),
     read tensor by tensor (`mulfree.engine.model.build_packed` makes the model of them)."""
+    from mulfree.models.loading import check_checkpoint
     from mulfree.models.mmfree import HGRNBitConfig, HGRNBitForCausalLM
-    from mulfree.models.mmfree.modeling_mmfree import check_checkpoint
 
     src, raw, files, tok_dir = resolve_checkpoint(src)
     if not isinstance(raw, dict) or raw.get("model_type") != "hgrn_bit":

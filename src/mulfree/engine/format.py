@@ -265,8 +265,8 @@ def _load_checked(file: Path, meta: dict[str, str], verify: bool) -> dict[str, t
     """The tensors of a file whose header was checked: data CRC (when `verify`), finite."""
     check_fits_memory(file.stat().st_size, f"loading {file}")  # read whole into memory below
     tensors = tensorfile.read_tensors(file)
-    if verify and "tensors_crc32" in meta and tensors_crc32(tensors) != meta["tensors_crc32"]:
-        raise MulfreeError(f"{file} is corrupt: tensor data CRC-32 does not match its header")
+    if verify:
+        tensorfile.check_tensors_crc(tensors, meta, file)
     check_finite(tensors, file)
     return tensors
 

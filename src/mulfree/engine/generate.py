@@ -316,11 +316,12 @@ def generate(config: GenerateConfig, on_text=None, *, model=None, tokenizer=None
 
 
 def _generate_lite(config: GenerateConfig, file: Path, on_text, t_start: float) -> GenerateResult:
+    from mulfree.data.tokenizer import load_tokenizer as load_tokenizers_json
     from mulfree.engine import lite
 
     lm = lite.LiteModel.load(file)
     dec = lite.LiteDecoder(lm, threads=config.threads)
-    tok = lite.load_tokenizer(Path(config.tokenizer) if config.tokenizer else file.parent)
+    tok = load_tokenizers_json(Path(config.tokenizer) if config.tokenizer else file.parent)
     ids = _prompt_ids(tok.encode(config.prompt).ids if config.prompt else [],
                       lm.config.get("bos_token_id"), lm.vocab)  # fmt: skip
     eos = lite.eos_ids(lm, tok, file.parent) if config.stop_on_eos else set()

@@ -29,8 +29,8 @@ import numpy as np
 
 from mulfree import tensorfile
 from mulfree.engine import plan as P
-from mulfree.engine.header import first_line, model_family, weights_file
-from mulfree.errors import MulfreeError
+from mulfree.engine.header import model_family, weights_file
+from mulfree.errors import MulfreeError, first_line
 
 BITLINEAR_NORM_EPS = 1e-8  # = mulfree.ternary.bitlinear.BITLINEAR_NORM_EPS (tested)
 INT4_GROUP = 32
@@ -204,8 +204,8 @@ class LiteModel:
         check_against_config(config, {k: shape for k, (shape, _) in specs.items()}, file)
         check_fits_memory(file.stat().st_size, f"loading {file}")
         tensors = tensorfile.read_tensors(file, numpy=True)
-        if verify and "tensors_crc32" in meta and tensorfile.tensors_crc32(tensors) != meta["tensors_crc32"]:
-            raise MulfreeError(f"{file} is corrupt: tensor data CRC-32 does not match its header")
+        if verify:
+            tensorfile.check_tensors_crc(tensors, meta, file)
         for name in sorted(tensors):  # NaN/inf weights would decode nothing but one token
             t = tensors[name]
             if t.dtype.kind == "f" and t.size and not bool(np.isfinite(t).all()):
@@ -219,17 +219,6 @@ class LiteModel:
     def exact(self) -> bool:
         """False for the multiplication-free (L-Mul elementwise) model, which needs torch."""
         return self.config.get("elementwise_mul", "exact") == "exact"
-
-
-def load_tokenizer(directory: Path):
-    """The `tokenizers` Tokenizer of DIR/tokenizer.json (what AutoTokenizer wraps)."""
-    from tokenizers import Tokenizer
-
-    file = Path(directory) / "tokenizer.json"
-    try:
-        return Tokenizer.from_file(str(file))
-    except Exception as e:  # tokenizers raises a bare Exception with the parser's message
-        raise MulfreeError(f"cannot load the tokenizer {file}: {first_line(e)}") from None
 
 
 def eos_ids(model: LiteModel, tokenizer, directory: Path) -> set[int]:

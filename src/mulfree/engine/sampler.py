@@ -7,7 +7,7 @@ Two twins of one rule set, in this module:
   runs on a whole decode step's logits, each request with its own torch.Generator, plus
   logit_bias and the log-probabilities the API reports; torch is imported inside these
   functions only. For equal logits and an equal uniform number both halves give the same token
-  (tests/engine/test_lite.py, tests/serve/test_sampling.py).
+  (tests/engine/test_lite.py, tests/engine/test_sampler.py).
 
 Defaults are llama.cpp's (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, no penalties),
 as users of a local CLI expect; temperature 0 is greedy. `SamplerConfig()` is the one source of

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from mulfree._io import atomic_write_text, check_output_dir, output_dir, save_figure
-from mulfree.errors import MulfreeError
+from mulfree.errors import MulfreeError, first_line
 from mulfree.lmul.formats import get_format
 from mulfree.lmul.ops import lmul, prepare
 
@@ -115,7 +115,7 @@ def model_operands(path: str, n: int, gen: torch.Generator) -> tuple[torch.Tenso
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     except (OSError, ValueError) as e:
         raise MulfreeError(
-            f"cannot load a causal LM from {path!r}: {str(e).splitlines()[0]}"
+            f"cannot load a causal LM from {path!r}: {first_line(e)}"
         ) from None
     weights, acts = [], []
 

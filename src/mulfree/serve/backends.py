@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from mulfree.errors import MulfreeError
+from mulfree.errors import MulfreeError, first_line
 from mulfree.models.hf_compat import cache_kwargs, output_cache
 from mulfree.models.loading import eos_token_ids, load_tokenizer
 
@@ -546,7 +546,7 @@ def load_backend(
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError) as e:
-            raise MulfreeError(f"cannot load {path}: {str(e).splitlines()[0]}") from None
+            raise MulfreeError(f"cannot load {path}: {first_line(e)}") from None
     tokenizer = _tokenizer(Path(tokenizer_dir) if tokenizer_dir else source.tokenizer_dir)
     if lmul_bits is not None:
         if model_type == "hgrn_bit":
@@ -616,8 +616,7 @@ def _fast_tokenizer(path: Path):
     try:
         return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MulfreeError(f"cannot load a tokenizer from {path}: {first}") from None
+        raise MulfreeError(f"cannot load a tokenizer from {path}: {first_line(e)}") from None
 
 
 def _tokenizer(path: Path):

@@ -33,6 +33,7 @@ from mulfree import tensorfile
 from mulfree.errors import MulfreeError
 from mulfree.lmul.emul import ElementwiseMul
 from mulfree.models.hf_compat import CACHE, cache_kwargs, one_cache, output_cache
+from mulfree.models.loading import check_checkpoint, raise_on_bad_load
 from mulfree.models.mmfree.configuration_mmfree import HGRNBitConfig
 from mulfree.ops.hgrn import chunk_hgrn, naive_recurrent_hgrn
 from mulfree.ternary.bitlinear import BitLinear, RMSNorm, acc_dtype
@@ -308,66 +309,6 @@ class HGRNBitPreTrainedModel(PreTrainedModel):
         for file in Path(save_directory).glob("*.safetensors"):
             tensorfile.add_metadata(file, extra)
         return out
-
-
-def check_checkpoint(cls, config: HGRNBitConfig, path: Path, files=None) -> None:
-    """Compare the tensor names and shapes in `path`'s safetensors files (or `files`) with what
-    `cls` expects."""
-    from mulfree._memory import check_fits_memory
-
-    found: dict[str, tuple[int, ...]] = {}
-    for file in sorted(path.glob("*.safetensors")) if files is None else files:
-        meta, specs = tensorfile.read_header(file)  # a truncated or foreign file: one line
-        for key, (shape, dtype) in specs.items():
-            found[key] = shape
-            if dtype not in tensorfile.FLOAT_DTYPES:  # every weight of this model is a float
-                raise MulfreeError(
-                    f"{file}: tensor {key} is stored as {dtype}; a float type "
-                    f"({', '.join(tensorfile.FLOAT_DTYPES)}) is expected"
-                )
-        tensorfile.CHECKPOINT.check(meta, file)
-    # Before a model of `config` is even described (on the meta device, which takes time per
-    # layer): its layer count against the tensors present, its float32 size against memory.
-    layers = {int(k.split(".")[2]) for k in found
-              if k.startswith("model.layers.") and k.split(".")[2].isdigit()}  # fmt: skip
-    if len(layers) != config.num_hidden_layers:
-        raise MulfreeError(
-            f"checkpoint {path}: config num_hidden_layers={config.num_hidden_layers} but the "
-            f"weights hold {len(layers)} layers"
-        )
-    check_fits_memory(4 * config.num_parameters_estimate(), f"the float32 model in {path}")
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in cls(config).state_dict().items()}
-    # Tied weights may be stored once.
-    optional = set(cls._tied_weights_keys or {}) if config.tie_word_embeddings else set()
-    mismatched = [
-        (k, found[k], expected[k]) for k in expected if k in found and found[k] != expected[k]
-    ]
-    missing = [k for k in expected if k not in found and k not in optional]
-    unexpected = [k for k in found if k not in expected]
-    raise_on_bad_load(
-        {"mismatched_keys": mismatched, "missing_keys": missing, "unexpected_keys": unexpected},
-        path,
-    )
-
-
-def raise_on_bad_load(info: dict, where) -> None:
-    def first(keys, n=3):
-        keys = sorted(str(k) for k in keys)
-        return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
-
-    if info.get("mismatched_keys"):
-        items = sorted(info["mismatched_keys"], key=lambda t: str(t[0]))
-        shown = "; ".join(
-            f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in items[:3]
-        )
-        raise MulfreeError(f"checkpoint {where}: wrong tensor shapes: {shown}")
-    if info.get("missing_keys"):
-        raise MulfreeError(f"checkpoint {where}: missing tensors: {first(info['missing_keys'])}")
-    if info.get("unexpected_keys"):
-        raise MulfreeError(
-            f"checkpoint {where}: unexpected tensors: {first(info['unexpected_keys'])}"
-        )
 
 
 class HGRNBitModel(HGRNBitPreTrainedModel):
