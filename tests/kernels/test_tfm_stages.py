@@ -182,3 +182,22 @@ def test_bad_arguments_raise():
         C.tfm_glu(_p(x), 1, 8, 0, 1e-5, _p(x), 7, -1)
     with pytest.raises(ValueError, match="tfm_rope"):
         C.tfm_rope(_p(x), 1, 16, 1, 3, _p(x), _p(x), _p(rows))
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+def test_attend_lmul_special_values_take_the_full_route(isa):
+    """L-Mul attention with an inf value and zero / huge operands: the AVX2 level's fast route
+    hands such rows to the full one (csrc/mf_tfm.c); the bits are still the twin's. (NaN
+    inputs are outside the bit-exact contract: the SIMD max of NaN scores is not the scalar's.)"""
+    C = _core()
+    H, Hkv, hd, ctx = 4, 2, 16, 16
+    cache = _filled(C, "float32", 1, Hkv, hd, ctx, 6, 3)
+    cache.v[0, 1, 2, 5] = np.inf  # one value of kv head 1
+    cache.k[0, 0, 0, 3, 1] = 3e38  # a key whose products overflow to inf in the scores
+    q = _rand((1, H, hd), 4)
+    q[0, 0, :2] = 0.0
+    rows = np.array([[0, 5]], dtype=np.int64)
+    out = np.zeros_like(q)
+    C.tfm_attend(_p(q), 1, H * hd, _p(out), H * hd, _p(cache.k), _p(cache.v), 0, 0, 0, H, Hkv,
+                 hd, ctx, _p(rows), hd**-0.5, 3, ISA_LEVELS[isa])  # fmt: skip
+    _same_bits(out, ref.attend(cache, q, [0], [5], hd**-0.5, 3))
