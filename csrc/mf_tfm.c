@@ -43,6 +43,8 @@
 
 #define MF_TARGET_AVX2_F16C __attribute__((target("avx2,f16c")))
 #define TFM_MAX_HD 1024 /* head_dim bound: RoPE's per-head copy lives on the stack */
+/* tfm_attend: a thread per this many products at least (below, fork/join costs about as much) */
+#define TFM_MIN_WORK (1 << 19)
 
 static inline uint32_t f2u(float f) {
     uint32_t u;
@@ -387,12 +389,12 @@ MF_TARGET_AVX2_F16C static MF_AI void pv_nq(const lm_vconst *vc, const int lmul,
  * scores followed by a decoded key tile (hd x 8, 32-byte aligned). Needs hd % 8 == 0. */
 MF_TARGET_AVX2_F16C static MF_AI void attend_row_t(const attn_args *A, const lm_vconst *vc,
                                                    const int dtype, const int lmul,
-                                                   const float *q, int64_t slot, int64_t n,
-                                                   float *out, float *sc) {
+                                                   const float *q, int64_t slot, int64_t gsel,
+                                                   int64_t n, float *out, float *sc) {
     const int64_t G = A->H / A->Hkv, hd = A->hd, ctx = A->ctx;
     const int64_t tiles = (n + TFM_KTILE - 1) / TFM_KTILE, npad = tiles * TFM_KTILE;
     float *kt = sc + mf_round_up(G * npad, 8);
-    for (int64_t g = 0; g < A->Hkv; ++g) {
+    for (int64_t g = gsel; g < gsel + 1; ++g) { /* one kv head per call */
         const int64_t sh = slot * A->Hkv + g;
         const float *qg = q + g * G * hd;
         for (int64_t t = 0; t < tiles; ++t) {
@@ -428,9 +430,9 @@ MF_TARGET_AVX2_F16C static MF_AI void attend_row_t(const attn_args *A, const lm_
 
 #define MF_ROW_FN(name, dt, lm)                                                                 \
     MF_TARGET_AVX2_F16C static void name(const attn_args *A, const lm_vconst *vc,                \
-                                         const float *q, int64_t slot, int64_t n, float *out,    \
-                                         float *sc) {                                            \
-        attend_row_t(A, vc, dt, lm, q, slot, n, out, sc);                                        \
+                                         const float *q, int64_t slot, int64_t g, int64_t n,     \
+                                         float *out, float *sc) {                                \
+        attend_row_t(A, vc, dt, lm, q, slot, g, n, out, sc);                                     \
     }
 MF_ROW_FN(row_f32_x, TFM_KV_F32, 0)
 MF_ROW_FN(row_f32_l, TFM_KV_F32, 1)
@@ -561,13 +563,13 @@ MF_TARGET_AVX2_F16C static MF_AI void lmf_pv_nq(const lm_vconst *c, const int dt
  * usable written: the caller runs the full route). */
 MF_TARGET_AVX2_F16C static MF_AI int lmf_row_t(const attn_args *A, const lm_vconst *c,
                                                const int dtype, const float *q, int64_t slot,
-                                               int64_t n, float *out, float *sc,
+                                               int64_t gsel, int64_t n, float *out, float *sc,
                                                const lmf_buf *L) {
     const int64_t G = A->H / A->Hkv, hd = A->hd, ctx = A->ctx;
     const int64_t tiles = (n + TFM_KTILE - 1) / TFM_KTILE, npad = tiles * TFM_KTILE;
     __m256i nf = _mm256_setzero_si256();
     int bad = 0;
-    for (int64_t g = 0; g < A->Hkv; ++g) {
+    for (int64_t g = gsel; g < gsel + 1; ++g) { /* one kv head per call */
         const int64_t sh = slot * A->Hkv + g;
         for (int64_t e = 0; e < G * hd; ++e)
             bad |= lmf_prep1(&A->f, A->k, q[g * G * hd + e], L->qa + e, L->qz + e, L->qs + e);
@@ -615,20 +617,20 @@ MF_TARGET_AVX2_F16C static MF_AI int lmf_row_t(const attn_args *A, const lm_vcon
 
 #define MF_LMF_FN(name, dt)                                                                     \
     MF_TARGET_AVX2_F16C static int name(const attn_args *A, const lm_vconst *c, const float *q,  \
-                                        int64_t slot, int64_t n, float *out, float *sc,          \
-                                        const lmf_buf *L) {                                      \
-        return lmf_row_t(A, c, dt, q, slot, n, out, sc, L);                                      \
+                                        int64_t slot, int64_t g, int64_t n, float *out,          \
+                                        float *sc, const lmf_buf *L) {                           \
+        return lmf_row_t(A, c, dt, q, slot, g, n, out, sc, L);                                   \
     }
 MF_LMF_FN(lmf_f32, TFM_KV_F32)
 MF_LMF_FN(lmf_bf16, TFM_KV_BF16)
 MF_LMF_FN(lmf_f16, TFM_KV_F16)
 MF_LMF_FN(lmf_i8, TFM_KV_I8)
 #undef MF_LMF_FN
-typedef int (*lmf_row_fn)(const attn_args *, const lm_vconst *, const float *, int64_t, int64_t,
+typedef int (*lmf_row_fn)(const attn_args *, const lm_vconst *, const float *, int64_t, int64_t, int64_t,
                           float *, float *, const lmf_buf *);
 static const lmf_row_fn LMF_ROW[4] = {lmf_f32, lmf_bf16, lmf_f16, lmf_i8};
 
-typedef void (*attend_row_fn)(const attn_args *, const lm_vconst *, const float *, int64_t,
+typedef void (*attend_row_fn)(const attn_args *, const lm_vconst *, const float *, int64_t, int64_t,
                               int64_t, float *, float *);
 static const attend_row_fn ROW_AVX2[4][2] = {{row_f32_x, row_f32_l}, {row_bf16_x, row_bf16_l},
                                              {row_f16_x, row_f16_l}, {row_i8_x, row_i8_l}};
@@ -723,12 +725,13 @@ int mf_op_tfm_attend(const int64_t *a) {
     int64_t nmax = 0;
     for (int64_t b = 0; b < B; ++b) nmax = rows[2 * b + 1] + 1 > nmax ? rows[2 * b + 1] + 1 : nmax;
     const int64_t npad = mf_round_up(nmax, TFM_KTILE);
-    /* scores of one kv head's G query heads, then a decoded key tile (attend_row_t) */
     const int64_t G = A.H / A.Hkv, nsc = mf_round_up(G * npad, 8), tile = A.hd * TFM_KTILE;
     const int64_t nq = mf_round_up(G * A.hd, 8);
-    /* full route: scores + a decoded key tile; fast L-Mul route: + 3 key tiles, 3 x q, 3 x p */
+    /* full route: scores + a decoded key tile; fast L-Mul route: + 3 key tiles, 3 x q, 3 x p,
+     * the P V sums */
     const int64_t words = nsc + tile + (A.lmul ? 3 * tile + 3 * nq + 3 * nsc + 4 * A.hd : 0);
-    float *sc = mf_scratch((size_t)words * sizeof(float));
+    const size_t bytes = (size_t)words * sizeof(float);
+    float *sc = mf_scratch(bytes);
     if (sc == NULL) return MF_OP_NOMEM;
     const int level = mf_isa_resolve((int)a[17]);
 #if MF_X86
@@ -736,18 +739,40 @@ int mf_op_tfm_attend(const int64_t *a) {
         lm_vconst vc;
         vconst_init(&A.f, A.lmul ? A.k : 23, 0, &vc);
         const attend_row_fn row = ROW_AVX2[A.dtype][A.lmul];
-        float *w = sc + nsc + tile;
-        lmf_buf L = {vc.drop, w, w + tile, w + 2 * tile, (uint32_t *)(w + 3 * tile),
-                     (uint32_t *)(w + 3 * tile + nq), (uint32_t *)(w + 3 * tile + 2 * nq),
-                     (uint32_t *)(w + 3 * tile + 3 * nq), (uint32_t *)(w + 3 * tile + 3 * nq + nsc),
-                     (uint32_t *)(w + 3 * tile + 3 * nq + 2 * nsc), w + 3 * tile + 3 * nq + 3 * nsc};
-        for (int64_t b = 0; b < B; ++b) {
-            const float *qb = q + b * qs;
-            const int64_t slot = rows[2 * b], n = rows[2 * b + 1] + 1;
-            if (!A.lmul || LMF_ROW[A.dtype](&A, &vc, qb, slot, n, out + b * os, sc, &L))
-                row(&A, &vc, qb, slot, n, out + b * os, sc);
+        /* (row, kv head) items are independent: threads split them, each with its own
+         * scratch (mf_scratch is per thread); a thread per TFM_MIN_WORK products at most */
+        const int64_t items = B * A.Hkv;
+        int64_t nt = mf_threads(a[18]);
+        const int64_t work = 2 * nmax * A.H * A.hd * B;
+        nt = nt < items ? nt : items;
+        nt = nt < work / TFM_MIN_WORK ? nt : work / TFM_MIN_WORK;
+        nt = nt < 1 ? 1 : nt;
+        int nomem = 0;
+#pragma omp parallel num_threads((int)nt) if (nt > 1)
+        {
+            float *s = mf_scratch(bytes);
+            if (s == NULL) {
+#pragma omp atomic write
+                nomem = 1;
+            } else {
+                float *w = s + nsc + tile;
+                lmf_buf L = {vc.drop, w, w + tile, w + 2 * tile, (uint32_t *)(w + 3 * tile),
+                             (uint32_t *)(w + 3 * tile + nq), (uint32_t *)(w + 3 * tile + 2 * nq),
+                             (uint32_t *)(w + 3 * tile + 3 * nq),
+                             (uint32_t *)(w + 3 * tile + 3 * nq + nsc),
+                             (uint32_t *)(w + 3 * tile + 3 * nq + 2 * nsc),
+                             w + 3 * tile + 3 * nq + 3 * nsc};
+#pragma omp for schedule(static)
+                for (int64_t it = 0; it < items; ++it) {
+                    const int64_t b = it / A.Hkv, g = it % A.Hkv;
+                    const float *qb = q + b * qs;
+                    const int64_t slot = rows[2 * b], n = rows[2 * b + 1] + 1;
+                    if (!A.lmul || LMF_ROW[A.dtype](&A, &vc, qb, slot, g, n, out + b * os, s, &L))
+                        row(&A, &vc, qb, slot, g, n, out + b * os, s);
+                }
+            }
         }
-        return MF_ISA_AVX2;
+        return nomem ? MF_OP_NOMEM : MF_ISA_AVX2;
     }
 #endif
     (void)level;
@@ -802,8 +827,8 @@ MF_PYFUNC(tfm_kv_write, "tfm_kv_write(x, B, stride, koff, voff, kc, vc, ks_or_0,
     TFM_ENTRY(tfm_kv_write, 14, "plllpppppllllp");
 }
 
-MF_PYFUNC(tfm_attend, "tfm_attend(q, B, qstride, out, ostride, kc, vc, ks_or_0, vs_or_0, dtype, H, Hkv, head_dim, ctx, rows, scaling, mbits_or_-1, isa) -> isa used: GQA attention of one token per row.") {
-    TFM_ENTRY(tfm_attend, 18, "pllplpppplllllpdll");
+MF_PYFUNC(tfm_attend, "tfm_attend(q, B, qstride, out, ostride, kc, vc, ks_or_0, vs_or_0, dtype, H, Hkv, head_dim, ctx, rows, scaling, mbits_or_-1, isa, threads) -> isa used: GQA attention of one token per row.") {
+    TFM_ENTRY(tfm_attend, 19, "pllplpppplllllpdlll");
 }
 
 MF_PYFUNC(tfm_glu, "tfm_glu(gu, B, I, w_or_0, eps, out, act, isa) -> isa used: act(gate) * up (0 relu2, 1 silu), then the sub-norm.") {

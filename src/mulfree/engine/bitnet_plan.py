@@ -192,7 +192,7 @@ class BitNetPlan:
             plan.append((C.tfm_kv_write, (ptr(qkv), B, nqkv, H * hd, (H + Hkv) * hd, *cache, Hkv,
                                           hd, self.ctx, rows)))  # fmt: skip
             plan.append((C.tfm_attend, (ptr(qkv), B, nqkv, ptr(a), H * hd, *cache, H, Hkv, hd,
-                                        self.ctx, rows, sc, self.mbits, self._stage)))  # fmt: skip
+                                        self.ctx, rows, sc, self.mbits, self._stage, self.threads)))  # fmt: skip
             o_in = a
             if L.attn_sub_norm is not None:
                 plan.append(
