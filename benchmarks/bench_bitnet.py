@@ -52,6 +52,17 @@ SMALL = dict(B1_58_2B_4T, vocab_size=16384, hidden_size=1024, intermediate_size=
              num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2)  # fmt: skip
 
 
+_BAR = None  # the full run's progress bar: lines go above it
+
+
+def say(*parts) -> None:
+    line = " ".join(str(p) for p in parts)
+    if _BAR is None:
+        print(line, flush=True)
+    else:
+        _BAR.write(line)
+
+
 def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -132,7 +143,7 @@ def decoders(model, threads: int, ctx: int, mbits: int, torch_path: bool = True)
 def report(t: int, ctx: int, res: dict[str, float], roof: float | None = None, nbytes: int = 0,
            bw: float = 0.0) -> None:  # fmt: skip
     line = " | ".join(f"{k} {1 / v:.2f} tok/s ({v * 1e3:.1f} ms)" for k, v in res.items())
-    print(f"[{t} thread(s)] context {ctx}: {line}")
+    say(f"[{t} thread(s)] context {ctx}: {line}")
     ce, cl = res["compiled exact"], res["compiled lmul"]
     extra = f"  L-Mul attention / exact time (compiled): {cl / ce:.2f}x"
     if "torch exact" in res:
@@ -141,7 +152,7 @@ def report(t: int, ctx: int, res: dict[str, float], roof: float | None = None, n
     if roof:
         extra += (f"; roofline {roof:.1f} tok/s ({nbytes / 1e6:.0f} MB/step at {bw:.1f} GB/s): "
                   f"compiled exact at {100 / ce / roof:.0f} %")  # fmt: skip
-    print(extra)
+    say(extra)
 
 
 def quick(args, threads: list[int]) -> None:
@@ -152,7 +163,7 @@ def quick(args, threads: list[int]) -> None:
         t0 = time.perf_counter()
         model = from_checkpoint(write_random_checkpoint(Path(d) / "small", SMALL, seed=0),
                                 head_format="int8")  # fmt: skip
-    print(f"small model (hidden 1024, 4 layers, 8 / 2 heads, head_dim 128, MLP 2752, vocab "
+    say(f"small model (hidden 1024, 4 layers, 8 / 2 heads, head_dim 128, MLP 2752, vocab "
           f"16384, int8 head) built in {time.perf_counter() - t0:.1f} s")  # fmt: skip
     for t in threads:
         torch.set_num_threads(t)
@@ -170,11 +181,9 @@ def quick(args, threads: list[int]) -> None:
             t0 = time.perf_counter()
             dec.prefill(prompt)
             pf[name] = len(prompt) / (time.perf_counter() - t0)
-        print(f"[{t} thread(s)] prefill 128 tokens: compiled {pf['compiled']:.0f} tok/s, "
+        say(f"[{t} thread(s)] prefill 128 tokens: compiled {pf['compiled']:.0f} tok/s, "
               f"torch {pf['torch']:.0f} tok/s")  # fmt: skip
-    print(
-        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB | {load()}"
-    )
+    say(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB | {load()}")
 
 
 def accuracy_tiny() -> None:
@@ -192,13 +201,13 @@ def accuracy_tiny() -> None:
         h = model.model(ids).last_hidden_state[0]  # [T, D]
         w = model.lm_head.dequantize()
         ref = h @ w.T
-    print("tiny model (hidden 64, 2 layers, vocab 300), 48 positions:")
+    say("tiny model (hidden 64, 2 layers, vocab 300), 48 positions:")
     bf16 = QuantizedHead.from_float(w, "bfloat16")(h)  # the head as 2B4T ships it
     for fmt in ("bfloat16", "int8", "int4"):
         got = QuantizedHead.from_float(w, fmt)(h)
         top1 = float((got.argmax(-1) == ref.argmax(-1)).float().mean())
         vs_bf16 = float((got.argmax(-1) == bf16.argmax(-1)).float().mean())
-        print(f"  head {fmt:8s} vs float32: logit SQNR {sqnr(ref, got):5.1f} dB, top-1 agreement "
+        say(f"  head {fmt:8s} vs float32: logit SQNR {sqnr(ref, got):5.1f} dB, top-1 agreement "
               f"{top1:.3f} | vs the bf16 head: SQNR {sqnr(bf16, got):5.1f} dB, top-1 {vs_bf16:.3f}")  # fmt: skip
 
     def run(kv):
@@ -211,7 +220,7 @@ def accuracy_tiny() -> None:
     for kv in ("bfloat16", "float16", "int8"):
         got = run(kv)
         top1 = float((got.argmax(-1) == base.argmax(-1)).float().mean())
-        print(
+        say(
             f"  kv cache {kv:8s} vs float32: logit SQNR {sqnr(base, got):5.1f} dB, top-1 agreement {top1:.3f}"
         )
 
@@ -227,10 +236,12 @@ def main() -> None:
     ap.add_argument("--mantissa-bits", type=int, default=3)
     ap.add_argument("--hf-steps", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="compiled vs torch at a small shape")
+    ap.add_argument("--shape", choices=("2b4t", "small"), default="2b4t",
+                    help="the full run's model shape (small: a quick check of the full run)")  # fmt: skip
     args = ap.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     contexts = [int(c) for c in args.contexts.split(",")]
-    print(load())
+    say(load())
     if args.quick:
         if "--steps" not in os.sys.argv:
             args.steps = 5
@@ -240,18 +251,20 @@ def main() -> None:
 
     # stages: checkpoint, 2 converts, bandwidth, load, per thread count (prefill + contexts),
     # transformers, accuracy
-    bar = tqdm(total=6 + len(threads) * (1 + len(contexts)) + (1 if args.hf_steps else 0),
+    global _BAR
+    bar = _BAR = tqdm(total=6 + len(threads) * (1 + len(contexts)) + (1 if args.hf_steps else 0),
                desc="bench_bitnet", unit="stage", file=os.sys.stderr)  # fmt: skip
-    work = Path(args.workdir)
+    work = Path(args.workdir) / args.shape
     work.mkdir(parents=True, exist_ok=True)
     ck = work / "ckpt"
+    shape = B1_58_2B_4T if args.shape == "2b4t" else SMALL
     if not (ck / "model.safetensors").is_file():
-        bar.set_postfix_str("writing the 2B4T-shape checkpoint")
+        bar.set_postfix_str(f"writing the {args.shape}-shape checkpoint")
         t0 = time.perf_counter()
-        write_random_checkpoint(ck, B1_58_2B_4T, seed=0)
-        print(f"wrote the random 2B4T-shape checkpoint in {time.perf_counter() - t0:.0f} s")
+        write_random_checkpoint(ck, shape, seed=0)
+        say(f"wrote the random {args.shape}-shape checkpoint in {time.perf_counter() - t0:.0f} s")
     bar.update()
-    print(f"official-layout checkpoint: {(ck / 'model.safetensors').stat().st_size / 1e6:.0f} MB "
+    say(f"official-layout checkpoint: {(ck / 'model.safetensors').stat().st_size / 1e6:.0f} MB "
           "(packed 2-bit ternary + bf16 tied embedding)")  # fmt: skip
     packed = {}
     for head in ("int8", "int4"):
@@ -260,22 +273,22 @@ def main() -> None:
             bar.set_postfix_str(f"convert --head {head}")
             t0 = time.perf_counter()
             convert(ConvertConfig(str(ck), str(dst), head=head, no_tokenizer=True, force=True))
-            print(f"convert --head {head}: {time.perf_counter() - t0:.0f} s")
+            say(f"convert --head {head}: {time.perf_counter() - t0:.0f} s")
         bar.update()
         packed[head] = dst
-        print(f"packed file, tq1 + {head} head (tied): "
+        say(f"packed file, tq1 + {head} head (tied): "
               f"{(dst / 'model.safetensors').stat().st_size / 1e6:.0f} MB")  # fmt: skip
 
     bar.set_postfix_str("bandwidth")
     bw = {t: bandwidth_gbs(t) for t in threads}
     for t, v in bw.items():
-        print(f"streaming read bandwidth, {t} thread(s): {v:.1f} GB/s")
+        say(f"streaming read bandwidth, {t} thread(s): {v:.1f} GB/s")
     bar.update()
 
     bar.set_postfix_str("load")
     t0 = time.perf_counter()
     model = load_packed(packed["int8"])
-    print(f"load_packed (int8 head): {time.perf_counter() - t0:.1f} s")
+    say(f"load_packed (int8 head): {time.perf_counter() - t0:.1f} s")
     m4 = load_packed(packed["int4"])
     bar.update()
     g = torch.Generator().manual_seed(1)
@@ -284,15 +297,19 @@ def main() -> None:
         bar.set_postfix_str(f"{t} thread(s): time to first token, prefill")
         dec = BitNetDecoder(model, threads=t, kv_dtype="bfloat16",
                             max_context=max(contexts + [args.prefill]))  # fmt: skip
-        prompt = torch.randint(0, 128000, (args.prompt,), generator=g).tolist()
+        prompt = torch.randint(
+            0, min(128000, shape["vocab_size"]), (args.prompt,), generator=g
+        ).tolist()
         t0 = time.perf_counter()
         int(dec.prefill(prompt)[0].argmax())
         ttft = time.perf_counter() - t0
-        long = torch.randint(0, 128000, (args.prefill,), generator=g).tolist()
+        long = torch.randint(
+            0, min(128000, shape["vocab_size"]), (args.prefill,), generator=g
+        ).tolist()
         t0 = time.perf_counter()
         dec.prefill(long)
         pf = args.prefill / (time.perf_counter() - t0)
-        print(f"[{t} thread(s)] compiled step: time to first token ({args.prompt}-token prompt, "
+        say(f"[{t} thread(s)] compiled step: time to first token ({args.prompt}-token prompt, "
               f"model loaded): {ttft:.2f} s | prefill {args.prefill} tokens: {pf:.1f} tok/s")  # fmt: skip
         del dec
         bar.update()
@@ -309,14 +326,12 @@ def main() -> None:
             report(t, ctx, res, bw[t] * 1e9 / nbytes, nbytes, bw[t])
             if "compiled exact, int4 head" in res:
                 n4 = step_bytes(m4, ctx)
-                print(
-                    f"  int4 head: roofline {bw[t] * 1e9 / n4:.1f} tok/s ({n4 / 1e6:.0f} MB/step)"
-                )
+                say(f"  int4 head: roofline {bw[t] * 1e9 / n4:.1f} tok/s ({n4 / 1e6:.0f} MB/step)")
             del runs
             bar.update()
     del model, m4
 
-    print(f"peak RSS of the packed engine (int8- and int4-head models, caches for context "
+    say(f"peak RSS of the packed engine (int8- and int4-head models, caches for context "
           f"{max(contexts)}): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")  # fmt: skip
     if args.hf_steps:
         from transformers import AutoModelForCausalLM, DynamicCache
@@ -325,10 +340,10 @@ def main() -> None:
         torch.set_num_threads(threads[-1])
         t0 = time.perf_counter()
         hf = AutoModelForCausalLM.from_pretrained(str(ck), dtype=torch.bfloat16).eval()
-        print(f"transformers BitNetForCausalLM (bf16) loaded in {time.perf_counter() - t0:.1f} s")
+        say(f"transformers BitNetForCausalLM (bf16) loaded in {time.perf_counter() - t0:.1f} s")
         with torch.no_grad():
             cache = DynamicCache(config=hf.config)
-            ids = torch.randint(0, 128000, (1, 128), generator=g)
+            ids = torch.randint(0, min(128000, shape["vocab_size"]), (1, 128), generator=g)
             t0 = time.perf_counter()
             out = hf(ids, cache=cache, use_cache=True)
             hf_pf = 128 / (time.perf_counter() - t0)
@@ -339,7 +354,7 @@ def main() -> None:
                 out = hf(nxt, cache=out.cache, use_cache=True)
                 nxt = out.logits[:, -1:].argmax(-1)
                 times.append(time.perf_counter() - t0)
-        print(f"[{threads[-1]} thread(s)] transformers BitNet: prefill 128 tokens {hf_pf:.2f} tok/s, "
+        say(f"[{threads[-1]} thread(s)] transformers BitNet: prefill 128 tokens {hf_pf:.2f} tok/s, "
               f"decode at context ~128: {1 / statistics.median(times):.3f} tok/s")  # fmt: skip
         del hf
         bar.update()
@@ -347,9 +362,8 @@ def main() -> None:
     accuracy_tiny()
     bar.update()
     bar.close()
-    print(
-        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB | {load()}"
-    )
+    _BAR = None
+    say(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB | {load()}")
 
 
 if __name__ == "__main__":

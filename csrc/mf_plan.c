@@ -29,7 +29,7 @@ static const plan_op PLAN_OPS[] = {
     {"tfm_norm", "ppllpdp", mf_op_tfm_norm},
     {"tfm_rope", "plllpppp", mf_op_tfm_rope},
     {"tfm_kv_write", "plllpppppllllp", mf_op_tfm_kv_write},
-    {"tfm_attend", "pllplpppplllllpdll", mf_op_tfm_attend},
+    {"tfm_attend", "pllplpppplllllpdlll", mf_op_tfm_attend},
     {"tfm_glu", "pllpdpll", mf_op_tfm_glu},
 };
 #define N_PLAN_OPS ((int64_t)(sizeof PLAN_OPS / sizeof PLAN_OPS[0]))

@@ -23,7 +23,10 @@
  *   AVX2 stages), written once for scalar lanes and once for 8 lanes with the same operations.
  * tfm_norm, tfm_rope and tfm_kv_write are a few thousand operations per token: scalar C only
  * (the compiler vectorizes what it can without reordering sums). tfm_attend and tfm_glu have
- * AVX2 (+F16C for float16 caches) variants; the AVX-512 level runs the AVX2 code.
+ * AVX2 (+F16C for float16 caches) variants; the AVX-512 level runs the AVX2 code. tfm_attend's
+ * AVX2 L-Mul products go through a fast route (operands prepared once, see lmf_prod) for rows
+ * whose operands are all finite, the full lmul256 otherwise: the same bits either way. NaN
+ * inputs are outside the bit-exact contract (the SIMD max of NaN scores is not the scalar's).
  */
 #include "mf_py.h" /* Python.h first, as CPython requires */
 
@@ -40,6 +43,8 @@
 
 #define MF_TARGET_AVX2_F16C __attribute__((target("avx2,f16c")))
 #define TFM_MAX_HD 1024 /* head_dim bound: RoPE's per-head copy lives on the stack */
+/* tfm_attend: a thread per this many products at least (below, fork/join costs about as much) */
+#define TFM_MIN_WORK (1 << 19)
 
 static inline uint32_t f2u(float f) {
     uint32_t u;
@@ -384,12 +389,12 @@ MF_TARGET_AVX2_F16C static MF_AI void pv_nq(const lm_vconst *vc, const int lmul,
  * scores followed by a decoded key tile (hd x 8, 32-byte aligned). Needs hd % 8 == 0. */
 MF_TARGET_AVX2_F16C static MF_AI void attend_row_t(const attn_args *A, const lm_vconst *vc,
                                                    const int dtype, const int lmul,
-                                                   const float *q, int64_t slot, int64_t n,
-                                                   float *out, float *sc) {
+                                                   const float *q, int64_t slot, int64_t gsel,
+                                                   int64_t n, float *out, float *sc) {
     const int64_t G = A->H / A->Hkv, hd = A->hd, ctx = A->ctx;
     const int64_t tiles = (n + TFM_KTILE - 1) / TFM_KTILE, npad = tiles * TFM_KTILE;
     float *kt = sc + mf_round_up(G * npad, 8);
-    for (int64_t g = 0; g < A->Hkv; ++g) {
+    for (int64_t g = gsel; g < gsel + 1; ++g) { /* one kv head per call */
         const int64_t sh = slot * A->Hkv + g;
         const float *qg = q + g * G * hd;
         for (int64_t t = 0; t < tiles; ++t) {
@@ -425,9 +430,9 @@ MF_TARGET_AVX2_F16C static MF_AI void attend_row_t(const attn_args *A, const lm_
 
 #define MF_ROW_FN(name, dt, lm)                                                                 \
     MF_TARGET_AVX2_F16C static void name(const attn_args *A, const lm_vconst *vc,                \
-                                         const float *q, int64_t slot, int64_t n, float *out,    \
-                                         float *sc) {                                            \
-        attend_row_t(A, vc, dt, lm, q, slot, n, out, sc);                                        \
+                                         const float *q, int64_t slot, int64_t g, int64_t n,     \
+                                         float *out, float *sc) {                                \
+        attend_row_t(A, vc, dt, lm, q, slot, g, n, out, sc);                                     \
     }
 MF_ROW_FN(row_f32_x, TFM_KV_F32, 0)
 MF_ROW_FN(row_f32_l, TFM_KV_F32, 1)
@@ -439,7 +444,193 @@ MF_ROW_FN(row_i8_x, TFM_KV_I8, 0)
 MF_ROW_FN(row_i8_l, TFM_KV_I8, 1)
 #undef MF_ROW_FN
 
-typedef void (*attend_row_fn)(const attn_args *, const lm_vconst *, const float *, int64_t,
+/* ---- L-Mul fast route (float32 operands, "int" mode) --------------------------------------
+ * lmul256 prepares both operands of every product (round to k mantissa bits, flush, NaN / inf
+ * / zero tests). Here each operand is prepared once: a decoded key tile or value vector for
+ * the G query heads that use it, q and p once per row. For finite operands lmul_one is
+ *     s = ax + ay (prepared magnitudes); s < lconst + 2^23 or ax == 0 or ay == 0 -> +-0;
+ *     else sign | min(s - lconst, inf)
+ * and that is what lmf_prod computes (the sign of a zero product is never seen: a float32
+ * sum from +0 gives the same bits for +0 and -0 terms). Any inf or NaN among a row's operands
+ * (or a magnitude that rounds up to inf) sends the row to the full route: the same bits. */
+typedef struct {
+    int drop;
+    float *kx, *kz, *ks;     /* key tile: magnitude ^ 2^31, zero mask, sign (hd x 8 each) */
+    uint32_t *qa, *qz, *qs;  /* q: magnitude, zero mask, sign ([G][hd] each) */
+    uint32_t *pa, *pz, *ps;  /* p: the same for the probabilities ([G][npad] each) */
+    float *acc;              /* P V sums of up to 4 heads [4][hd] */
+} lmf_buf;
+
+/* Prepared magnitude of 8 floats (prep_mag for finite values); *nf flags inf / NaN lanes. */
+MF_TARGET_AVX2 static MF_AI __m256i lmf_prep(const lm_vconst *c, __m256 v, __m256i *nf) {
+    __m256i mag = _mm256_and_si256(_mm256_castps_si256(v), V256(0x7fffffffu));
+    *nf = _mm256_or_si256(*nf, _mm256_cmpgt_epi32(mag, V256(0x7f7fffffu)));
+    mag = _mm256_andnot_si256(_mm256_cmpgt_epi32(V256(0x800000u), mag), mag); /* flush */
+    if (c->drop > 0) {
+        const __m128i sh = _mm_cvtsi32_si128(c->drop);
+        const __m256i lsb = _mm256_and_si256(_mm256_srl_epi32(mag, sh), V256(1));
+        mag = _mm256_add_epi32(_mm256_add_epi32(mag, V256(c->round_half_m1)), lsb);
+        mag = _mm256_sll_epi32(_mm256_srl_epi32(mag, sh), sh);
+        *nf = _mm256_or_si256(*nf, _mm256_cmpgt_epi32(mag, V256(0x7f7fffffu))); /* rounds to inf */
+    }
+    return mag;
+}
+
+/* Scalar operand (q or p) prepared; returns 1 when it is not finite after rounding. */
+static inline int lmf_prep1(const lm_fmt *f, int k, float v, uint32_t *a, uint32_t *z,
+                            uint32_t *sg) {
+    const uint32_t u = f2u(v);
+    *a = prep_mag(f, u & 0x7fffffffu, k);
+    *z = *a == 0 ? 0xffffffffu : 0;
+    *sg = u & 0x80000000u;
+    return *a > 0x7f7fffffu;
+}
+
+/* 8 L-Mul products of a prepared vector (x = magnitude ^ 2^31, zero mask, sign) and a
+ * prepared scalar (qa, zero mask, sign), as float32 bits. */
+MF_TARGET_AVX2 static MF_AI __m256 lmf_prod(const lm_vconst *c, __m256i x, __m256i z, __m256i sg,
+                                            uint32_t qa, uint32_t qz, uint32_t qs) {
+    const __m256i s = _mm256_add_epi32(x, V256(qa)); /* (ax + ay) - 2^31, no signed overflow */
+    const __m256i under = _mm256_cmpgt_epi32(V256(c->under_sum ^ 0x80000000u), s);
+    const __m256i bad = _mm256_or_si256(_mm256_or_si256(under, z), V256(qz));
+    const __m256i r = _mm256_min_epu32(_mm256_add_epi32(s, V256(0x80000000u - c->lconst)),
+                                       V256(0x7f800000u));
+    return _mm256_castsi256_ps(
+        _mm256_or_si256(_mm256_andnot_si256(bad, r), _mm256_xor_si256(sg, V256(qs))));
+}
+
+MF_TARGET_AVX2 static MF_AI void lmf_split(const lm_vconst *c, __m256 v, __m256i *x, __m256i *z,
+                                           __m256i *sg, __m256i *nf) {
+    const __m256i a = lmf_prep(c, v, nf);
+    *x = _mm256_xor_si256(a, V256(0x80000000u));
+    *z = _mm256_cmpeq_epi32(a, _mm256_setzero_si256());
+    *sg = _mm256_and_si256(_mm256_castps_si256(v), V256(0x80000000u));
+}
+
+MF_TARGET_AVX2_F16C static MF_AI void lmf_scores_nq(const lm_vconst *c, const int nq,
+                                                    const lmf_buf *L, int64_t i0, int64_t hd,
+                                                    float scaling, float *sc, int64_t npad,
+                                                    int64_t t) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t d = 0; d < hd; ++d) {
+        const __m256i x = _mm256_load_si256((const __m256i *)(L->kx + d * TFM_KTILE));
+        const __m256i z = _mm256_load_si256((const __m256i *)(L->kz + d * TFM_KTILE));
+        const __m256i sg = _mm256_load_si256((const __m256i *)(L->ks + d * TFM_KTILE));
+#pragma GCC unroll 4
+        for (int i = 0; i < nq; ++i) {
+            const int64_t e = (i0 + i) * hd + d;
+            acc[i] = _mm256_add_ps(acc[i], lmf_prod(c, x, z, sg, L->qa[e], L->qz[e], L->qs[e]));
+        }
+    }
+    const __m256 sv = _mm256_set1_ps(scaling);
+#pragma GCC unroll 4
+    for (int i = 0; i < nq; ++i)
+        _mm256_storeu_ps(sc + (i0 + i) * npad + t * TFM_KTILE, _mm256_mul_ps(acc[i], sv));
+}
+
+/* out_i[0 .. hd) = sum_j p_i[j] v[j][..], j sequential, for nq heads: positions outer (a value
+ * row is read once, in order, and prepared once for the nq heads), the nq x hd sums in L1. */
+MF_TARGET_AVX2_F16C static MF_AI void lmf_pv_nq(const lm_vconst *c, const int dtype, const int nq,
+                                                const lmf_buf *L, int64_t i0, int64_t npad,
+                                                const void *vbase, const float *vst, int64_t n,
+                                                int64_t hd, float *out, __m256i *nf) {
+    float *acc = L->acc;
+    for (int64_t e = 0; e < nq * hd; ++e) acc[e] = 0.0f;
+    __m256 step = _mm256_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+        if (dtype == TFM_KV_I8) step = _mm256_set1_ps(vst[j]);
+        uint32_t pa[4], pz[4], ps[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < nq; ++i) {
+            const int64_t e = (i0 + i) * npad + j;
+            pa[i] = L->pa[e], pz[i] = L->pz[e], ps[i] = L->ps[e];
+        }
+        for (int64_t d0 = 0; d0 < hd; d0 += 8) {
+            __m256i x, z, sg;
+            lmf_split(c, load8(vbase, j * hd + d0, dtype, step), &x, &z, &sg, nf);
+#pragma GCC unroll 4
+            for (int i = 0; i < nq; ++i) {
+                float *a = acc + i * hd + d0;
+                _mm256_store_ps(a, _mm256_add_ps(_mm256_load_ps(a),
+                                                 lmf_prod(c, x, z, sg, pa[i], pz[i], ps[i])));
+            }
+        }
+    }
+    memcpy(out + i0 * hd, acc, (size_t)(nq * hd) * sizeof(float));
+}
+
+/* The fast L-Mul route of one row; returns 0, or 1 when an operand is not finite (nothing
+ * usable written: the caller runs the full route). */
+MF_TARGET_AVX2_F16C static MF_AI int lmf_row_t(const attn_args *A, const lm_vconst *c,
+                                               const int dtype, const float *q, int64_t slot,
+                                               int64_t gsel, int64_t n, float *out, float *sc,
+                                               const lmf_buf *L) {
+    const int64_t G = A->H / A->Hkv, hd = A->hd, ctx = A->ctx;
+    const int64_t tiles = (n + TFM_KTILE - 1) / TFM_KTILE, npad = tiles * TFM_KTILE;
+    __m256i nf = _mm256_setzero_si256();
+    int bad = 0;
+    for (int64_t g = gsel; g < gsel + 1; ++g) { /* one kv head per call */
+        const int64_t sh = slot * A->Hkv + g;
+        for (int64_t e = 0; e < G * hd; ++e)
+            bad |= lmf_prep1(&A->f, A->k, q[g * G * hd + e], L->qa + e, L->qz + e, L->qs + e);
+        for (int64_t t = 0; t < tiles; ++t) {
+            const int64_t base = (sh * (ctx / TFM_KTILE) + t) * hd * TFM_KTILE;
+            const __m256 st = dtype == TFM_KV_I8 ? _mm256_loadu_ps(A->ks + sh * ctx + t * TFM_KTILE)
+                                                 : _mm256_setzero_ps();
+            /* lanes past n (positions not written yet) must not raise the flag */
+            __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - t * TFM_KTILE)),
+                                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            for (int64_t d = 0; d < hd; ++d) {
+                __m256i x, z, sg, tnf = _mm256_setzero_si256();
+                lmf_split(c, load8(A->kc, base + d * TFM_KTILE, dtype, st), &x, &z, &sg, &tnf);
+                nf = _mm256_or_si256(nf, _mm256_and_si256(tnf, live));
+                _mm256_store_si256((__m256i *)(L->kx + d * TFM_KTILE), x);
+                _mm256_store_si256((__m256i *)(L->kz + d * TFM_KTILE), z);
+                _mm256_store_si256((__m256i *)(L->ks + d * TFM_KTILE), sg);
+            }
+            for (int64_t i0 = 0; i0 < G; i0 += 4) {
+                const int64_t nq = G - i0 < 4 ? G - i0 : 4;
+#define MF_SC(k) lmf_scores_nq(c, k, L, i0, hd, A->scaling, sc, npad, t)
+                MF_NQ_SWITCH(nq, MF_SC)
+#undef MF_SC
+            }
+        }
+        for (int64_t i = 0; i < G; ++i) {
+            softmax_avx2(sc + i * npad, n);
+            for (int64_t j = 0; j < n; ++j) {
+                const int64_t e = i * npad + j;
+                bad |= lmf_prep1(&A->f, A->k, sc[e], L->pa + e, L->pz + e, L->ps + e);
+            }
+        }
+        const void *vbase = (const char *)A->vc + (size_t)(sh * ctx * hd) * (dtype == TFM_KV_F32 ? 4 : dtype == TFM_KV_I8 ? 1 : 2);
+        const float *vst = dtype == TFM_KV_I8 ? A->vs + sh * ctx : NULL;
+        float *o = out + g * G * hd;
+        for (int64_t i0 = 0; i0 < G; i0 += 4) {
+            const int64_t nq = G - i0 < 4 ? G - i0 : 4;
+#define MF_PV(k) lmf_pv_nq(c, dtype, k, L, i0, npad, vbase, vst, n, hd, o, &nf)
+            MF_NQ_SWITCH(nq, MF_PV)
+#undef MF_PV
+        }
+    }
+    return bad || !_mm256_testz_si256(nf, nf);
+}
+
+#define MF_LMF_FN(name, dt)                                                                     \
+    MF_TARGET_AVX2_F16C static int name(const attn_args *A, const lm_vconst *c, const float *q,  \
+                                        int64_t slot, int64_t g, int64_t n, float *out,          \
+                                        float *sc, const lmf_buf *L) {                           \
+        return lmf_row_t(A, c, dt, q, slot, g, n, out, sc, L);                                   \
+    }
+MF_LMF_FN(lmf_f32, TFM_KV_F32)
+MF_LMF_FN(lmf_bf16, TFM_KV_BF16)
+MF_LMF_FN(lmf_f16, TFM_KV_F16)
+MF_LMF_FN(lmf_i8, TFM_KV_I8)
+#undef MF_LMF_FN
+typedef int (*lmf_row_fn)(const attn_args *, const lm_vconst *, const float *, int64_t, int64_t, int64_t,
+                          float *, float *, const lmf_buf *);
+static const lmf_row_fn LMF_ROW[4] = {lmf_f32, lmf_bf16, lmf_f16, lmf_i8};
+
+typedef void (*attend_row_fn)(const attn_args *, const lm_vconst *, const float *, int64_t, int64_t,
                               int64_t, float *, float *);
 static const attend_row_fn ROW_AVX2[4][2] = {{row_f32_x, row_f32_l}, {row_bf16_x, row_bf16_l},
                                              {row_f16_x, row_f16_l}, {row_i8_x, row_i8_l}};
@@ -534,9 +725,13 @@ int mf_op_tfm_attend(const int64_t *a) {
     int64_t nmax = 0;
     for (int64_t b = 0; b < B; ++b) nmax = rows[2 * b + 1] + 1 > nmax ? rows[2 * b + 1] + 1 : nmax;
     const int64_t npad = mf_round_up(nmax, TFM_KTILE);
-    /* scores of one kv head's G query heads, then a decoded key tile (attend_row_t) */
-    const int64_t G = A.H / A.Hkv;
-    float *sc = mf_scratch((size_t)(mf_round_up(G * npad, 8) + A.hd * TFM_KTILE) * sizeof(float));
+    const int64_t G = A.H / A.Hkv, nsc = mf_round_up(G * npad, 8), tile = A.hd * TFM_KTILE;
+    const int64_t nq = mf_round_up(G * A.hd, 8);
+    /* full route: scores + a decoded key tile; fast L-Mul route: + 3 key tiles, 3 x q, 3 x p,
+     * the P V sums */
+    const int64_t words = nsc + tile + (A.lmul ? 3 * tile + 3 * nq + 3 * nsc + 4 * A.hd : 0);
+    const size_t bytes = (size_t)words * sizeof(float);
+    float *sc = mf_scratch(bytes);
     if (sc == NULL) return MF_OP_NOMEM;
     const int level = mf_isa_resolve((int)a[17]);
 #if MF_X86
@@ -544,9 +739,40 @@ int mf_op_tfm_attend(const int64_t *a) {
         lm_vconst vc;
         vconst_init(&A.f, A.lmul ? A.k : 23, 0, &vc);
         const attend_row_fn row = ROW_AVX2[A.dtype][A.lmul];
-        for (int64_t b = 0; b < B; ++b)
-            row(&A, &vc, q + b * qs, rows[2 * b], rows[2 * b + 1] + 1, out + b * os, sc);
-        return MF_ISA_AVX2;
+        /* (row, kv head) items are independent: threads split them, each with its own
+         * scratch (mf_scratch is per thread); a thread per TFM_MIN_WORK products at most */
+        const int64_t items = B * A.Hkv;
+        int64_t nt = mf_threads(a[18]);
+        const int64_t work = 2 * nmax * A.H * A.hd * B;
+        nt = nt < items ? nt : items;
+        nt = nt < work / TFM_MIN_WORK ? nt : work / TFM_MIN_WORK;
+        nt = nt < 1 ? 1 : nt;
+        int nomem = 0;
+#pragma omp parallel num_threads((int)nt) if (nt > 1)
+        {
+            float *s = mf_scratch(bytes);
+            if (s == NULL) {
+#pragma omp atomic write
+                nomem = 1;
+            } else {
+                float *w = s + nsc + tile;
+                lmf_buf L = {vc.drop, w, w + tile, w + 2 * tile, (uint32_t *)(w + 3 * tile),
+                             (uint32_t *)(w + 3 * tile + nq), (uint32_t *)(w + 3 * tile + 2 * nq),
+                             (uint32_t *)(w + 3 * tile + 3 * nq),
+                             (uint32_t *)(w + 3 * tile + 3 * nq + nsc),
+                             (uint32_t *)(w + 3 * tile + 3 * nq + 2 * nsc),
+                             w + 3 * tile + 3 * nq + 3 * nsc};
+#pragma omp for schedule(static)
+                for (int64_t it = 0; it < items; ++it) {
+                    const int64_t b = it / A.Hkv, g = it % A.Hkv;
+                    const float *qb = q + b * qs;
+                    const int64_t slot = rows[2 * b], n = rows[2 * b + 1] + 1;
+                    if (!A.lmul || LMF_ROW[A.dtype](&A, &vc, qb, slot, g, n, out + b * os, s, &L))
+                        row(&A, &vc, qb, slot, g, n, out + b * os, s);
+                }
+            }
+        }
+        return nomem ? MF_OP_NOMEM : MF_ISA_AVX2;
     }
 #endif
     (void)level;
@@ -601,8 +827,8 @@ MF_PYFUNC(tfm_kv_write, "tfm_kv_write(x, B, stride, koff, voff, kc, vc, ks_or_0,
     TFM_ENTRY(tfm_kv_write, 14, "plllpppppllllp");
 }
 
-MF_PYFUNC(tfm_attend, "tfm_attend(q, B, qstride, out, ostride, kc, vc, ks_or_0, vs_or_0, dtype, H, Hkv, head_dim, ctx, rows, scaling, mbits_or_-1, isa) -> isa used: GQA attention of one token per row.") {
-    TFM_ENTRY(tfm_attend, 18, "pllplpppplllllpdll");
+MF_PYFUNC(tfm_attend, "tfm_attend(q, B, qstride, out, ostride, kc, vc, ks_or_0, vs_or_0, dtype, H, Hkv, head_dim, ctx, rows, scaling, mbits_or_-1, isa, threads) -> isa used: GQA attention of one token per row.") {
+    TFM_ENTRY(tfm_attend, 19, "pllplpppplllllpdlll");
 }
 
 MF_PYFUNC(tfm_glu, "tfm_glu(gu, B, I, w_or_0, eps, out, act, isa) -> isa used: act(gate) * up (0 relu2, 1 silu), then the sub-norm.") {

@@ -22,7 +22,7 @@ enum { TFM_ACT_RELU2 = 0, TFM_ACT_SILU = 1 };
 int mf_op_tfm_norm(const int64_t *a);     /* "ppllpdp" */
 int mf_op_tfm_rope(const int64_t *a);     /* "plllpppp" */
 int mf_op_tfm_kv_write(const int64_t *a); /* "plllpppppllllp" */
-int mf_op_tfm_attend(const int64_t *a);   /* "pllplpppplllllpdll" */
+int mf_op_tfm_attend(const int64_t *a);   /* "pllplpppplllllpdlll" */
 int mf_op_tfm_glu(const int64_t *a);      /* "pllpdpll" */
 
 #endif

@@ -109,6 +109,16 @@ def test_prefill_equals_steps_bitwise(model, kv):
     torch.testing.assert_close(a.hidden, b.hidden, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("attention", ["exact", "lmul"])
+def test_plan_runner_equals_the_call_loop(model, attention):
+    """One plan_run call per pass runs the very calls of the list, in order: the same bits as
+    calling them one by one from Python."""
+    want = BitNetDecoder(model, attention=attention, kv_dtype="int8")
+    want.plan.use_plan_run = False
+    got = BitNetDecoder(model, attention=attention, kv_dtype="int8")
+    torch.testing.assert_close(run(got), run(want), atol=0, rtol=0)
+
+
 def test_prefill_in_chunks(model, monkeypatch):
     """A prompt longer than a chunk (chunks of 4 here) equals it in one chunk."""
     from mulfree.engine import bitnet_plan

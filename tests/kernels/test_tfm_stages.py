@@ -123,7 +123,7 @@ def _filled(C, dtype, slots, Hkv, hd, ctx, n, seed):
 @pytest.mark.parametrize("mbits", [None, 3], ids=["exact", "lmul3"])
 def test_attend(isa, dtype, mbits):
     C = _core()
-    H, Hkv, hd, ctx = 6, 2, 40, 32  # G = 3 heads per kv head; hd 40 = one 32-chunk + one 8
+    H, Hkv, hd, ctx = 6, 2, 40, 32  # G = 3 heads per kv head; hd 40 = two 16-chunks + one 8
     cache = _filled(C, dtype, 2, Hkv, hd, ctx, 19, 7)
     pos = [18, 4]  # n = 19: two whole tiles and a tail of 3; n = 5 inside the first tile
     rows = np.array([[0, pos[0]], [1, pos[1]]], dtype=np.int64)
@@ -131,9 +131,28 @@ def test_attend(isa, dtype, mbits):
     out = np.zeros_like(q)
     used = C.tfm_attend(_p(q), 2, H * hd, _p(out), H * hd, _p(cache.k), _p(cache.v),
                         _p(cache.ks), _p(cache.vs), ref.KV_DTYPES[dtype], H, Hkv, hd, ctx,
-                        _p(rows), hd**-0.5, -1 if mbits is None else mbits, ISA_LEVELS[isa])  # fmt: skip
+                        _p(rows), hd**-0.5, -1 if mbits is None else mbits, ISA_LEVELS[isa],
+                        1)  # fmt: skip
     assert used <= ISA_LEVELS[isa]
     _same_bits(out, ref.attend(cache, q, [0, 1], pos, hd**-0.5, mbits), f"{isa} {dtype}")
+
+
+@pytest.mark.parametrize("mbits", [None, 3], ids=["exact", "lmul3"])
+def test_attend_threads(mbits):
+    """Two threads split the (row, kv head) items (enough work for a second thread: more than
+    2 x TFM_MIN_WORK products): the same bits as the twin."""
+    C = _core()
+    H, Hkv, hd, ctx, n = 8, 2, 64, 640, 600
+    cache = ref.Cache(2, Hkv, hd, ctx, "bfloat16")
+    rng = np.random.default_rng(8)
+    cache.k[...] = ref.bf16_round(rng.standard_normal(cache.k.shape).astype(f32))
+    cache.v[...] = ref.bf16_round(rng.standard_normal(cache.v.shape).astype(f32))
+    q = _rand((2, H, hd), 9)
+    rows = np.array([[0, n - 1], [1, n - 7]], dtype=np.int64)
+    out = np.zeros_like(q)
+    C.tfm_attend(_p(q), 2, H * hd, _p(out), H * hd, _p(cache.k), _p(cache.v), 0, 0, 1, H, Hkv,
+                 hd, ctx, _p(rows), hd**-0.5, -1 if mbits is None else mbits, -1, 2)  # fmt: skip
+    _same_bits(out, ref.attend(cache, q, [0, 1], [n - 1, n - 7], hd**-0.5, mbits))
 
 
 def test_attend_odd_head_dim_runs_scalar():
@@ -143,7 +162,7 @@ def test_attend_odd_head_dim_runs_scalar():
     cache = _filled(C, "bfloat16", 1, Hkv, hd, ctx, 3, 1)
     q, out, rows = _rand((1, H, hd), 2), np.zeros((1, H, hd), dtype=f32), np.array([[0, 2]])
     used = C.tfm_attend(_p(q), 1, H * hd, _p(out), H * hd, _p(cache.k), _p(cache.v), 0, 0, 1, H,
-                        Hkv, hd, ctx, _p(rows), 0.5, -1, -1)  # fmt: skip
+                        Hkv, hd, ctx, _p(rows), 0.5, -1, -1, 1)  # fmt: skip
     assert used == 0
     _same_bits(out, ref.attend(cache, q, [0], [2], 0.5))
 
@@ -177,8 +196,27 @@ def test_bad_arguments_raise():
         C.tfm_kv_write(_p(x), 1, 16, 0, 8, _p(x), _p(x), 0, 0, 0, 1, 8, 8, _p(rows))
     with pytest.raises(ValueError, match="tfm_attend"):  # int8 without steps
         C.tfm_attend(_p(x), 1, 16, _p(x), 16, _p(x), _p(x), 0, 0, 3, 1, 1, 8, 8, _p(rows * 0),
-                     1.0, -1, -1)  # fmt: skip
+                     1.0, -1, -1, 1)  # fmt: skip
     with pytest.raises(ValueError, match="tfm_glu"):
         C.tfm_glu(_p(x), 1, 8, 0, 1e-5, _p(x), 7, -1)
     with pytest.raises(ValueError, match="tfm_rope"):
         C.tfm_rope(_p(x), 1, 16, 1, 3, _p(x), _p(x), _p(rows))
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+def test_attend_lmul_special_values_take_the_full_route(isa):
+    """L-Mul attention with an inf value and zero / huge operands: the AVX2 level's fast route
+    hands such rows to the full one (csrc/mf_tfm.c); the bits are still the twin's. (NaN
+    inputs are outside the bit-exact contract: the SIMD max of NaN scores is not the scalar's.)"""
+    C = _core()
+    H, Hkv, hd, ctx = 4, 2, 16, 16
+    cache = _filled(C, "float32", 1, Hkv, hd, ctx, 6, 3)
+    cache.v[0, 1, 2, 5] = np.inf  # one value of kv head 1
+    cache.k[0, 0, 0, 3, 1] = 3e38  # a key whose products overflow to inf in the scores
+    q = _rand((1, H, hd), 4)
+    q[0, 0, :2] = 0.0
+    rows = np.array([[0, 5]], dtype=np.int64)
+    out = np.zeros_like(q)
+    C.tfm_attend(_p(q), 1, H * hd, _p(out), H * hd, _p(cache.k), _p(cache.v), 0, 0, 0, H, Hkv,
+                 hd, ctx, _p(rows), hd**-0.5, 3, ISA_LEVELS[isa], 2)  # fmt: skip
+    _same_bits(out, ref.attend(cache, q, [0], [5], hd**-0.5, 3))

@@ -24,7 +24,13 @@ per call, while RoPE, the cache and attention are per sequence):
 Then the final RMSNorm and the head (engine.bitnet_model.QuantizedHead: int8 / int4 / float).
 `step_energy(ids)` counts and prices one step (mulfree.energy), next to dense fp32 projections.
 
-Its spec is the PackedBitNetForCausalLM forward (transformers' modules on the same kernels),
+By default (`fused=None`, when the compiled core is built) a step runs whole on the compiled
+core: engine.bitnet_plan.BitNetPlan encodes every layer (the same kernel calls, and the
+elementwise / attention stages of csrc/mf_tfm.c in place of the torch ops below) into one
+plan_run call, with its own KV cache; it matches this torch path through int8 rounding
+(tests/engine/test_bitnet_plan.py). `fused=False` runs the torch path, the compiled step's spec.
+
+The torch path's spec is the PackedBitNetForCausalLM forward (transformers' modules on the same kernels),
 with `mulfree.apply_lmul_` for L-Mul attention. With a float32 cache and L-Mul attention every
 operation is the model's own in the same order (the L-Mul sums run sequentially whatever the
 shapes), so final hidden states are bit-equal (tests/engine/test_bitnet_decode.py); with exact

@@ -192,7 +192,7 @@ class BitNetPlan:
             plan.append((C.tfm_kv_write, (ptr(qkv), B, nqkv, H * hd, (H + Hkv) * hd, *cache, Hkv,
                                           hd, self.ctx, rows)))  # fmt: skip
             plan.append((C.tfm_attend, (ptr(qkv), B, nqkv, ptr(a), H * hd, *cache, H, Hkv, hd,
-                                        self.ctx, rows, sc, self.mbits, self._stage)))  # fmt: skip
+                                        self.ctx, rows, sc, self.mbits, self._stage, self.threads)))  # fmt: skip
             o_in = a
             if L.attn_sub_norm is not None:
                 plan.append(
@@ -218,13 +218,22 @@ class BitNetPlan:
             raise ValueError(f"head_rows must be all, last or none, not {head_rows!r}")
         return plan
 
-    def _encoded(self, key, buf, B: int, head_rows: str):
-        words = self._plans.get(key)
-        if words is None:
+    use_plan_run = True  # False: the same calls one by one from Python (the runner's twin)
+
+    def _run_plan(self, key, buf, B: int, head_rows: str) -> None:
+        """Run the (cached) plan of `key`: one plan_run call, or its calls one by one."""
+        entry = self._plans.get(key)
+        if entry is None:
             if len(self._plans) >= MAX_CACHED_PLANS:
                 self._plans.clear()
-            words = self._plans[key] = P.encode_plan(self.C, self.step_plan(buf, B, head_rows))
-        return words
+            plan = self.step_plan(buf, B, head_rows)
+            entry = self._plans[key] = (plan, P.encode_plan(self.C, plan))
+        plan, words = entry
+        if self.use_plan_run:
+            self.C.plan_run(words.ctypes.data, words.size)
+        else:
+            for fn, args in plan:
+                fn(*args)
 
     def _check_room(self, slot: int, n: int) -> None:
         pos = int(self.lengths[slot])
@@ -248,11 +257,10 @@ class BitNetPlan:
         for s in slots:
             self._check_room(s, 1)
         buf = self.buf
-        words = self._encoded(("step", tuple(slots)), buf, B, "all")
         buf["rows"][:B, 0] = slots
         buf["rows"][:B, 1] = self.lengths[slots]
         buf["x"][:B] = self._embed(tokens)  # [B, D]
-        self.C.plan_run(words.ctypes.data, words.size)
+        self._run_plan(("step", tuple(slots)), buf, B, "all")
         self.lengths[slots] += 1
         self._head(buf["hf"][:B], self.logits[:B])
         self.hidden = buf["hf"][:B]
@@ -267,12 +275,11 @@ class BitNetPlan:
         for start in range(0, T, PREFILL_CHUNK):
             chunk = tokens[start : start + PREFILL_CHUNK]
             B, last = chunk.size, start + chunk.size == T
-            words = self._encoded(("prefill", B, last), buf, B, "last" if last else "none")
             pos = int(self.lengths[slot])
             buf["rows"][:B, 0] = slot
             buf["rows"][:B, 1] = np.arange(pos, pos + B)
             buf["x"][:B] = self._embed(chunk)
-            self.C.plan_run(words.ctypes.data, words.size)
+            self._run_plan(("prefill", B, last), buf, B, "last" if last else "none")
             self.lengths[slot] = pos + B
         self._head(buf["hf"][:1], self.logits[:1])
         self.hidden = buf["hf"][:1]

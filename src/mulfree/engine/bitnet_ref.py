@@ -188,13 +188,15 @@ def attend(cache: Cache, q, slots, positions, scaling: float, mantissa_bits: int
         n = int(pos) + 1
         for h in range(H):
             K, V = cache.keys(slot, h // G, n), cache.values(slot, h // G, n)  # [n, hd]
+            prods = _prod(q[b, h][:, None], K.T, mantissa_bits)  # [hd, n]: q[d] k_j[d]
             acc = np.zeros(n, dtype=f32)
             for d in range(hd):  # scores: products summed d = 0, 1, ...
-                acc = acc + _prod(q[b, h, d], K[:, d], mantissa_bits)
+                acc = acc + prods[d]
             p = softmax(acc * f32(scaling))
+            prods = _prod(p[:, None], V, mantissa_bits)  # [n, hd]: p_j v_j[d]
             o = np.zeros(hd, dtype=f32)
             for j in range(n):  # outputs: summed over positions j = 0, 1, ...
-                o = o + _prod(p[j], V[j], mantissa_bits)
+                o = o + prods[j]
             out[b, h] = o
     return out
 
