@@ -186,9 +186,14 @@ MF_TARGET_AVX2 static inline __attribute__((always_inline)) void fast_kernel_avx
     }
     float tmp[16];
     for (int r = 0; r < rows; ++r) {
-        _mm256_storeu_ps(tmp, acc[r][0]);
-        _mm256_storeu_ps(tmp + 8, acc[r][1]);
-        memcpy(C + r * ldc, tmp, (size_t)cols * sizeof(float));
+        if (cols == NR256) {
+            _mm256_storeu_ps(C + r * ldc, acc[r][0]);
+            _mm256_storeu_ps(C + r * ldc + 8, acc[r][1]);
+        } else {
+            _mm256_storeu_ps(tmp, acc[r][0]);
+            _mm256_storeu_ps(tmp + 8, acc[r][1]);
+            memcpy(C + r * ldc, tmp, (size_t)cols * sizeof(float));
+        }
     }
 }
 /* check = 0: the no-underflow variant, for operands where every product is a normal number
@@ -328,16 +333,18 @@ static int fast_route_ok(const uint32_t *A, const uint32_t *B, int64_t nA, int64
 }
 
 #if MF_X86
-/* B's two encodings for 8 consecutive columns (the scalar loop in lmatmul_fast is the spec):
- * magnitude g or the zero encoding zb; g | sign or zb. Operands are finite here. */
-MF_TARGET_AVX2 static inline void pack_b8_avx2(const lm_vconst *c, const uint32_t *src, int32_t zb,
-                                               int32_t *mag_out, uint32_t *sgn_out) {
-    const __m256i x = _mm256_loadu_si256((const __m256i *)src);
-    __m256i nan, inf, zero;
-    const __m256i g = prep256(c, _mm256_and_si256(x, V256(c->mag_mask)), &nan, &inf, &zero);
-    const __m256i s = _mm256_and_si256(x, V256(c->sign_mask));
-    _mm256_storeu_si256((__m256i *)mag_out, sel256(zero, V256(zb), g));
-    _mm256_storeu_si256((__m256i *)sgn_out, sel256(zero, V256(zb), _mm256_or_si256(g, s)));
+/* B's two encodings for the NR256 columns of one panel row (the scalar loop in lmatmul_fast is
+ * the spec): magnitude g or the zero encoding zb; g | sign or zb. Operands are finite here. */
+MF_TARGET_AVX2 static void pack_b_row_avx2(const lm_vconst *c, const uint32_t *src, int32_t zb,
+                                           int32_t *mag_out, uint32_t *sgn_out, int n) {
+    for (int i = 0; i < n; i += 8) {
+        const __m256i x = _mm256_loadu_si256((const __m256i *)(src + i));
+        const __m256i g = prep_fin256(c, _mm256_and_si256(x, V256(c->mag_mask)));
+        const __m256i zero = _mm256_cmpeq_epi32(g, _mm256_setzero_si256());
+        const __m256i s = _mm256_and_si256(x, V256(c->sign_mask));
+        _mm256_storeu_si256((__m256i *)(mag_out + i), sel256(zero, V256(zb), g));
+        _mm256_storeu_si256((__m256i *)(sgn_out + i), sel256(zero, V256(zb), _mm256_or_si256(g, s)));
+    }
 }
 #endif
 
@@ -346,7 +353,7 @@ MF_TARGET_AVX2 static inline void pack_b8_avx2(const lm_vconst *c, const uint32_
  * about as much as the products when each B element meets only M <= 8 rows (profile, Zen 3,
  * [16, 1, 64] x [16, 64, 1024]: packing ~45 % of the call, the kernel ~7 %), so this route
  * reads B in place and encodes each loaded vector on the fly (the same encodings as
- * pack_b8_avx2, hence the same sums in the same k order: the same bits). RT rows x NC vectors of
+ * pack_b_row_avx2, hence the same sums in the same k order: the same bits). RT rows x NC vectors of
  * 8 columns per tile (RT NC <= 8 accumulators); A's encodings [K][RT] are prepared once. */
 MF_TARGET_AVX2 static inline __attribute__((always_inline)) void direct_tile_avx2(
     const lm_vconst *c, const int32_t *am, const uint32_t *as, const uint32_t *B, int64_t K,
@@ -406,16 +413,21 @@ DIRECT_TILES(5, 1)
 DIRECT_TILES(6, 1)
 DIRECT_TILES(7, 1)
 DIRECT_TILES(8, 1)
+/* Up to this M the direct route runs (one group of rows). At 16-64 rows (two to eight groups,
+ * each encoding B again) the packed route was as fast or faster: [16, M, 64] x [16, 64, 1024]
+ * and [16, M, 1024] x [16, 1024, 64], k = 3, one thread, Zen 3, loaded machine (min of 15). */
 #define LMATMUL_DIRECT_MAX_M 8
 
 typedef void (*direct_fn)(const lm_vconst *, const int32_t *, const uint32_t *, const uint32_t *,
                           int64_t, int64_t, float *, int64_t, int64_t, int32_t, int);
 
-/* C [M][N] (M <= LMATMUL_DIRECT_MAX_M) by direct_rows*: every tile reads B in place. */
+/* C [M][N] by direct_rows*, in groups of <= DIRECT_RT_MAX rows (each group reads and encodes B
+ * again: worth it while M is small, LMATMUL_DIRECT_MAX_M). */
+#define DIRECT_RT_MAX 8
 static void lmatmul_direct(const uint32_t *A, const uint32_t *B, float *C, int64_t M, int64_t K,
                            int64_t N, int k, uint32_t lconst, int64_t amax_f, int64_t bmax,
                            int no_under, int nt) {
-    static const direct_fn fns[LMATMUL_DIRECT_MAX_M + 1] = {
+    static const direct_fn fns[DIRECT_RT_MAX + 1] = {
         NULL, direct_rows1_2, direct_rows2_2, direct_rows3_2, direct_rows4_2,
         direct_rows5_1, direct_rows6_1, direct_rows7_1, direct_rows8_1};
     const int64_t lo = 1 << 23;
@@ -428,17 +440,20 @@ static void lmatmul_direct(const uint32_t *A, const uint32_t *B, float *C, int64
     }
     int32_t *am = (int32_t *)scratch;
     uint32_t *as = (uint32_t *)(scratch + a_bytes);
-    for (int64_t kk = 0; kk < K; ++kk) /* A's encodings, [K][M] (the spec: lmatmul_fast's) */
-        for (int64_t r = 0; r < M; ++r) {
-            uint32_t s = 0;
-            const uint32_t g = prep_f32(A[r * K + kk], k, &s);
-            const int32_t mag = g ? (int32_t)((int64_t)g - lconst) : za;
-            am[kk * M + r] = mag;
-            as[kk * M + r] = (uint32_t)mag + s; /* mod 2^32 */
-        }
+    /* A's encodings (the spec: lmatmul_fast's), group by group: [group][K][rows of the group] */
+    for (int64_t i0 = 0; i0 < M; i0 += DIRECT_RT_MAX) {
+        const int64_t rt = M - i0 < DIRECT_RT_MAX ? M - i0 : DIRECT_RT_MAX;
+        for (int64_t kk = 0; kk < K; ++kk)
+            for (int64_t r = 0; r < rt; ++r) {
+                uint32_t s = 0;
+                const uint32_t g = prep_f32(A[(i0 + r) * K + kk], k, &s);
+                const int32_t mag = g ? (int32_t)((int64_t)g - lconst) : za;
+                am[i0 * K + kk * rt + r] = mag;
+                as[i0 * K + kk * rt + r] = (uint32_t)mag + s; /* mod 2^32 */
+            }
+    }
     lm_vconst vc;
     vconst_init(f32_fmt(), k, 0, &vc);
-    const direct_fn fn = fns[M];
     const int64_t nv = N / 8; /* whole 8-column vectors, split over the threads */
 #pragma omp parallel num_threads(nt) if (nt > 1 && M * K * N >= LMATMUL_DIRECT_MIN_PARALLEL)
     {
@@ -447,7 +462,11 @@ static void lmatmul_direct(const uint32_t *A, const uint32_t *B, float *C, int64
 #else
         const int tid = 0, T = 1;
 #endif
-        fn(&vc, am, as, B, K, N, C, 8 * (nv * tid / T), 8 * (nv * (tid + 1) / T), zb, !no_under);
+        for (int64_t i0 = 0; i0 < M; i0 += DIRECT_RT_MAX) {
+            const int64_t rt = M - i0 < DIRECT_RT_MAX ? M - i0 : DIRECT_RT_MAX;
+            fns[rt](&vc, am + i0 * K, as + i0 * K, B, K, N, C + i0 * N, 8 * (nv * tid / T),
+                    8 * (nv * (tid + 1) / T), zb, !no_under);
+        }
     }
     const lm_fmt *f = f32_fmt();
     for (int64_t i = 0; i < M; ++i) /* the last N % 8 columns */
@@ -501,10 +520,11 @@ static void lmatmul_fast(int level, const uint32_t *A, const uint32_t *B, float 
         for (int64_t nb = 0; nb < nblocks; ++nb)
             for (int64_t kk = 0; kk < K; ++kk) {
                 int c = 0;
-                if (nb * NR + NR <= N) /* a whole panel row: 8 columns at a time */
-                    for (; c < NR; c += 8)
-                        pack_b8_avx2(&vc, B + kk * N + nb * NR + c, zb,
-                                     bpm + (nb * K + kk) * NR + c, bps + (nb * K + kk) * NR + c);
+                if (nb * NR + NR <= N) { /* a whole panel row: 8 columns at a time */
+                    pack_b_row_avx2(&vc, B + kk * N + nb * NR, zb, bpm + (nb * K + kk) * NR,
+                                    bps + (nb * K + kk) * NR, NR);
+                    c = NR;
+                }
                 for (; c < NR; ++c) {
                     const int64_t j = nb * NR + c;
                     uint32_t s = 0, g = 0;
