@@ -120,9 +120,16 @@ MF_TARGET_AVX2 static void lmatmul_full_avx2(const lm_vconst *c, const uint32_t 
 
 MF_TARGET_AVX512 static inline __attribute__((always_inline)) void fast_kernel_avx512_impl(
     const int32_t *am, const uint32_t *as, const int32_t *bm, const uint32_t *bs, int64_t K,
-    float *C, int64_t ldc, int rows, int cols, const int check) {
+    float *C, int64_t ldc, int rows, int cols, const int check, int cont) {
     __m512 acc[MR512][2];
     for (int r = 0; r < MR512; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    if (cont) /* continue the sums of an earlier k-chunk (stored fp32: the same bits) */
+        for (int r = 0; r < rows; ++r) {
+            float tmp[NR512] = {0};
+            memcpy(tmp, C + r * ldc, (size_t)cols * sizeof(float));
+            acc[r][0] = _mm512_loadu_ps(tmp);
+            acc[r][1] = _mm512_loadu_ps(tmp + 16);
+        }
     const __m512i lo_m1 = V512((1u << 23) - 1);
     for (int64_t kk = 0; kk < K; ++kk) {
         const __m512i b0 = check ? _mm512_loadu_si512(bm + kk * NR512) : lo_m1;
@@ -160,9 +167,16 @@ MF_TARGET_AVX512 static inline __attribute__((always_inline)) void fast_kernel_a
 
 MF_TARGET_AVX2 static inline __attribute__((always_inline)) void fast_kernel_avx2_impl(
     const int32_t *am, const uint32_t *as, const int32_t *bm, const uint32_t *bs, int64_t K,
-    float *C, int64_t ldc, int rows, int cols, const int check) {
+    float *C, int64_t ldc, int rows, int cols, const int check, int cont) {
     __m256 acc[MR256][2];
     for (int r = 0; r < MR256; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    if (cont) /* continue the sums of an earlier k-chunk (stored fp32: the same bits) */
+        for (int r = 0; r < rows; ++r) {
+            float tmp[NR256] = {0};
+            memcpy(tmp, C + r * ldc, (size_t)cols * sizeof(float));
+            acc[r][0] = _mm256_loadu_ps(tmp);
+            acc[r][1] = _mm256_loadu_ps(tmp + 8);
+        }
     const __m256i lo_m1 = V256((1u << 23) - 1);
     for (int64_t kk = 0; kk < K; ++kk) {
         const __m256i b0 = check ? _mm256_loadu_si256((const __m256i *)(bm + kk * NR256)) : lo_m1;
@@ -202,20 +216,21 @@ MF_TARGET_AVX2 static inline __attribute__((always_inline)) void fast_kernel_avx
 MF_TARGET_AVX512 static void fast_kernel_avx512(const int32_t *am, const uint32_t *as,
                                                 const int32_t *bm, const uint32_t *bs, int64_t K,
                                                 float *C, int64_t ldc, int rows, int cols,
-                                                int check) {
+                                                int check, int cont) {
     if (check)
-        fast_kernel_avx512_impl(am, as, bm, bs, K, C, ldc, rows, cols, 1);
+        fast_kernel_avx512_impl(am, as, bm, bs, K, C, ldc, rows, cols, 1, cont);
     else
-        fast_kernel_avx512_impl(am, as, bm, bs, K, C, ldc, rows, cols, 0);
+        fast_kernel_avx512_impl(am, as, bm, bs, K, C, ldc, rows, cols, 0, cont);
 }
 
 MF_TARGET_AVX2 static void fast_kernel_avx2(const int32_t *am, const uint32_t *as,
                                             const int32_t *bm, const uint32_t *bs, int64_t K,
-                                            float *C, int64_t ldc, int rows, int cols, int check) {
+                                            float *C, int64_t ldc, int rows, int cols, int check,
+                                            int cont) {
     if (check)
-        fast_kernel_avx2_impl(am, as, bm, bs, K, C, ldc, rows, cols, 1);
+        fast_kernel_avx2_impl(am, as, bm, bs, K, C, ldc, rows, cols, 1, cont);
     else
-        fast_kernel_avx2_impl(am, as, bm, bs, K, C, ldc, rows, cols, 0);
+        fast_kernel_avx2_impl(am, as, bm, bs, K, C, ldc, rows, cols, 0, cont);
 }
 #endif /* MF_X86 */
 
@@ -478,6 +493,48 @@ static void lmatmul_direct(const uint32_t *A, const uint32_t *B, float *C, int64
 }
 #endif
 
+#if MF_X86
+/* A's two encodings for one whole block of MR256 = 4 rows (row stride K), k in [0, K8), K8 a
+ * multiple of 8, into the [K][4] panel layout: 8 k of each row are encoded as a vector, then a
+ * 4 x 8 transpose interleaves the rows. The scalar loop in lmatmul_fast is the spec (finite
+ * operands: the fast route). */
+MF_TARGET_AVX2 static void pack_a4_avx2(const lm_vconst *c, const uint32_t *A, int64_t K,
+                                        int64_t K8, int32_t za, int32_t *mag_out,
+                                        uint32_t *sgn_out) {
+    const __m256i vza = V256(za), vlc = V256(c->lconst);
+    for (int64_t kk = 0; kk < K8; kk += 8) {
+        __m256i m[4], sg[4];
+        for (int r = 0; r < 4; ++r) {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(A + r * K + kk));
+            const __m256i g = prep_fin256(c, _mm256_and_si256(x, V256(c->mag_mask)));
+            const __m256i zero = _mm256_cmpeq_epi32(g, _mm256_setzero_si256());
+            m[r] = sel256(zero, vza, _mm256_sub_epi32(g, vlc));
+            sg[r] = _mm256_add_epi32(m[r], _mm256_and_si256(x, V256(c->sign_mask))); /* mod 2^32 */
+        }
+        __m256i *outs[2] = {(__m256i *)(mag_out + kk * 4), (__m256i *)(sgn_out + kk * 4)};
+        for (int e = 0; e < 2; ++e) {
+            const __m256i *R = e ? sg : m;
+            const __m256i t0 = _mm256_unpacklo_epi32(R[0], R[1]), t1 = _mm256_unpackhi_epi32(R[0], R[1]);
+            const __m256i t2 = _mm256_unpacklo_epi32(R[2], R[3]), t3 = _mm256_unpackhi_epi32(R[2], R[3]);
+            const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+            const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+            /* u0 = [k0 | k4], u1 = [k1 | k5], u2 = [k2 | k6], u3 = [k3 | k7] (4 rows each) */
+            _mm256_storeu_si256(outs[e] + 0, _mm256_permute2x128_si256(u0, u1, 0x20));
+            _mm256_storeu_si256(outs[e] + 1, _mm256_permute2x128_si256(u2, u3, 0x20));
+            _mm256_storeu_si256(outs[e] + 2, _mm256_permute2x128_si256(u0, u1, 0x31));
+            _mm256_storeu_si256(outs[e] + 3, _mm256_permute2x128_si256(u2, u3, 0x31));
+        }
+    }
+}
+#endif
+
+/* k-chunk of the packed route (B panel chunk: KC x NR x 2 encodings x 4 B = 32 KiB at AVX2's
+ * NR = 16), and row blocks per group sharing a chunk (A chunks: 16 x KC x MR x 8 B from L2). */
+#ifndef LMATMUL_KC
+#define LMATMUL_KC 256
+#endif
+#define LMATMUL_MGROUP 16
+
 static void lmatmul_fast(int level, const uint32_t *A, const uint32_t *B, float *C, int64_t M,
                          int64_t K, int64_t N, int k, uint32_t lconst, int64_t amax_f,
                          int64_t bmax, int no_under, int nt) {
@@ -489,6 +546,7 @@ static void lmatmul_fast(int level, const uint32_t *A, const uint32_t *B, float 
      * int32 overflow (see the file comment and docs/lmul.md). */
     const int32_t za = (int32_t)(lo - 1 - bmax), zb = (int32_t)(lo - 1 - amax_f);
     const int64_t mblocks = (M + MR - 1) / MR, nblocks = (N + NR - 1) / NR;
+    const int64_t mgroups = (mblocks + LMATMUL_MGROUP - 1) / LMATMUL_MGROUP;
     /* panels in the calling thread's grow-only scratch: no malloc or page faults per call */
     const size_t a_bytes = mf_align_up((size_t)(mblocks * K * MR) * 4);
     const size_t b_bytes = mf_align_up((size_t)(nblocks * K * NR) * 4);
@@ -506,8 +564,13 @@ static void lmatmul_fast(int level, const uint32_t *A, const uint32_t *B, float 
 #pragma omp parallel num_threads(nt)
     {
 #pragma omp for schedule(static) nowait
-        for (int64_t mb = 0; mb < mblocks; ++mb)
-            for (int64_t kk = 0; kk < K; ++kk)
+        for (int64_t mb = 0; mb < mblocks; ++mb) {
+            int64_t k8 = 0; /* whole 4-row blocks at AVX2's MR: 8 k at a time */
+            if (MR == MR256 && mb * MR + MR <= M) {
+                k8 = K / 8 * 8;
+                pack_a4_avx2(&vc, A + mb * MR * K, K, k8, za, apm + mb * K * MR, aps + mb * K * MR);
+            }
+            for (int64_t kk = k8; kk < K; ++kk)
                 for (int r = 0; r < MR; ++r) {
                     const int64_t i = mb * MR + r;
                     uint32_t s = 0, g = 0;
@@ -516,6 +579,7 @@ static void lmatmul_fast(int level, const uint32_t *A, const uint32_t *B, float 
                     apm[(mb * K + kk) * MR + r] = mag;
                     aps[(mb * K + kk) * MR + r] = (uint32_t)mag + s; /* mod 2^32 */
                 }
+        }
 #pragma omp for schedule(static)
         for (int64_t nb = 0; nb < nblocks; ++nb)
             for (int64_t kk = 0; kk < K; ++kk) {
@@ -533,20 +597,29 @@ static void lmatmul_fast(int level, const uint32_t *A, const uint32_t *B, float 
                     bps[(nb * K + kk) * NR + c] = g ? (g | s) : (uint32_t)zb;
                 }
             }
-        /* Tiles: each B panel (K x NR, in L2) is reused over all row blocks. */
+        /* Tiles: a k-chunk of a B panel (LMATMUL_KC x NR: 16-32 KiB, in L1) is reused by every
+         * row block of a group before the next chunk; each tile's sums continue from C between
+         * chunks (fp32 stores: the same bits as keeping them in registers). Without the chunks
+         * a long K (p v: K = ctx) streamed each K x NR panel from L2 once per row block. */
 #pragma omp for schedule(static) collapse(2)
         for (int64_t nb = 0; nb < nblocks; ++nb)
-            for (int64_t mb = 0; mb < mblocks; ++mb) {
-                const int rows = (int)(M - mb * MR < MR ? M - mb * MR : MR);
-                const int cols = (int)(N - nb * NR < NR ? N - nb * NR : NR);
-                float *ct = C + mb * MR * N + nb * NR;
-                if (level >= MF_ISA_AVX512)
-                    fast_kernel_avx512(apm + mb * K * MR, aps + mb * K * MR, bpm + nb * K * NR,
-                                       bps + nb * K * NR, K, ct, N, rows, cols, !no_under);
-                else
-                    fast_kernel_avx2(apm + mb * K * MR, aps + mb * K * MR, bpm + nb * K * NR,
-                                     bps + nb * K * NR, K, ct, N, rows, cols, !no_under);
-            }
+            for (int64_t mg = 0; mg < mgroups; ++mg)
+                for (int64_t kc0 = 0; kc0 < K; kc0 += LMATMUL_KC) {
+                    const int64_t kc = K - kc0 < LMATMUL_KC ? K - kc0 : LMATMUL_KC;
+                    const int64_t mb1 = (mg + 1) * LMATMUL_MGROUP < mblocks ? (mg + 1) * LMATMUL_MGROUP : mblocks;
+                    for (int64_t mb = mg * LMATMUL_MGROUP; mb < mb1; ++mb) {
+                        const int rows = (int)(M - mb * MR < MR ? M - mb * MR : MR);
+                        const int cols = (int)(N - nb * NR < NR ? N - nb * NR : NR);
+                        float *ct = C + mb * MR * N + nb * NR;
+                        const int64_t ao = (mb * K + kc0) * MR, bo = (nb * K + kc0) * NR;
+                        if (level >= MF_ISA_AVX512)
+                            fast_kernel_avx512(apm + ao, aps + ao, bpm + bo, bps + bo, kc, ct, N,
+                                               rows, cols, !no_under, kc0 > 0);
+                        else
+                            fast_kernel_avx2(apm + ao, aps + ao, bpm + bo, bps + bo, kc, ct, N,
+                                             rows, cols, !no_under, kc0 > 0);
+                    }
+                }
     }
 #else
     (void)level, (void)lconst, (void)amax_f, (void)bmax, (void)no_under, (void)nt;
