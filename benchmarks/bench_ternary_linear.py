@@ -25,12 +25,11 @@ Method (printed with the table):
   `--isa`); a second table times every SIMD level (`--isas`, default all this CPU has but
   scalar, the 100-300x slower spec) side by side, hot and cold, interleaved in the same rounds
   as the main variants, and marks the dispatcher's pick;
-- OpenMP wait policy: libgomp's default (workers spin a while between parallel regions, then
-  sleep) unless OMP_WAIT_POLICY is set; it applies to torch and the kernels alike (one libgomp).
-  On a quiet machine the default is fastest: PASSIVE makes every parallel region wake a
-  sleeping worker (~100 us at batch 1 here). On cores shared with other busy processes, spinning
-  workers get descheduled, so run the benchmark on an otherwise idle machine (the load average
-  is printed).
+- OpenMP wait policy: `import mulfree` (first, before torch) sets GOMP_SPINCOUNT=10000 unless
+  OMP_WAIT_POLICY / GOMP_SPINCOUNT are set (csrc/README.md, "Threads": libgomp's default 300000
+  spins made 2 threads stall 50-100 ms per step on busy shared cores); it applies to torch and
+  the kernels alike (one libgomp). Both are printed; so is the load average: on cores shared
+  with other busy processes the 2-thread figures measure the other processes too.
 Run: python benchmarks/bench_ternary_linear.py [--threads 1,2] [--batches 1,8,16] [--reps 40]
      [--rounds 5] [--cold-mb 512] [--isas avx2,avx512] [--shapes 2048x2048,5632x2048]
      python benchmarks/bench_ternary_linear.py --quick   (issue #14's shapes, batch 1/8, 1/2 threads)
@@ -38,6 +37,10 @@ Run: python benchmarks/bench_ternary_linear.py [--threads 1,2] [--batches 1,8,16
 
 from __future__ import annotations
 
+# isort: off
+import mulfree  # noqa: F401  (first: its OpenMP spin default must precede torch's libgomp)
+
+# isort: on
 import argparse
 import os
 import statistics
@@ -316,7 +319,8 @@ def run(
         f"Dispatcher: {summary}",
         "",
         f"Method: {', '.join(map(str, threads))} threads (torch.set_num_threads and kernel threads), "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, median of {reps} "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+        f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}, median of {reps} "
         f"single calls after warm-up ({warmup} hot; one full cycle cold), taken in {rounds} "
         "interleaved slices (ours, torch fp32, torch bf16, ours, ...) so that both sides see "
         "the same drift of the shared machine, wall clock through "

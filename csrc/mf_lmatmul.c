@@ -120,9 +120,16 @@ MF_TARGET_AVX2 static void lmatmul_full_avx2(const lm_vconst *c, const uint32_t 
 
 MF_TARGET_AVX512 static inline __attribute__((always_inline)) void fast_kernel_avx512_impl(
     const int32_t *am, const uint32_t *as, const int32_t *bm, const uint32_t *bs, int64_t K,
-    float *C, int64_t ldc, int rows, int cols, const int check) {
+    float *C, int64_t ldc, int rows, int cols, const int check, int cont) {
     __m512 acc[MR512][2];
     for (int r = 0; r < MR512; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    if (cont) /* continue the sums of an earlier k-chunk (stored fp32: the same bits) */
+        for (int r = 0; r < rows; ++r) {
+            float tmp[NR512] = {0};
+            memcpy(tmp, C + r * ldc, (size_t)cols * sizeof(float));
+            acc[r][0] = _mm512_loadu_ps(tmp);
+            acc[r][1] = _mm512_loadu_ps(tmp + 16);
+        }
     const __m512i lo_m1 = V512((1u << 23) - 1);
     for (int64_t kk = 0; kk < K; ++kk) {
         const __m512i b0 = check ? _mm512_loadu_si512(bm + kk * NR512) : lo_m1;
@@ -160,9 +167,16 @@ MF_TARGET_AVX512 static inline __attribute__((always_inline)) void fast_kernel_a
 
 MF_TARGET_AVX2 static inline __attribute__((always_inline)) void fast_kernel_avx2_impl(
     const int32_t *am, const uint32_t *as, const int32_t *bm, const uint32_t *bs, int64_t K,
-    float *C, int64_t ldc, int rows, int cols, const int check) {
+    float *C, int64_t ldc, int rows, int cols, const int check, int cont) {
     __m256 acc[MR256][2];
     for (int r = 0; r < MR256; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    if (cont) /* continue the sums of an earlier k-chunk (stored fp32: the same bits) */
+        for (int r = 0; r < rows; ++r) {
+            float tmp[NR256] = {0};
+            memcpy(tmp, C + r * ldc, (size_t)cols * sizeof(float));
+            acc[r][0] = _mm256_loadu_ps(tmp);
+            acc[r][1] = _mm256_loadu_ps(tmp + 8);
+        }
     const __m256i lo_m1 = V256((1u << 23) - 1);
     for (int64_t kk = 0; kk < K; ++kk) {
         const __m256i b0 = check ? _mm256_loadu_si256((const __m256i *)(bm + kk * NR256)) : lo_m1;
@@ -186,9 +200,14 @@ MF_TARGET_AVX2 static inline __attribute__((always_inline)) void fast_kernel_avx
     }
     float tmp[16];
     for (int r = 0; r < rows; ++r) {
-        _mm256_storeu_ps(tmp, acc[r][0]);
-        _mm256_storeu_ps(tmp + 8, acc[r][1]);
-        memcpy(C + r * ldc, tmp, (size_t)cols * sizeof(float));
+        if (cols == NR256) {
+            _mm256_storeu_ps(C + r * ldc, acc[r][0]);
+            _mm256_storeu_ps(C + r * ldc + 8, acc[r][1]);
+        } else {
+            _mm256_storeu_ps(tmp, acc[r][0]);
+            _mm256_storeu_ps(tmp + 8, acc[r][1]);
+            memcpy(C + r * ldc, tmp, (size_t)cols * sizeof(float));
+        }
     }
 }
 /* check = 0: the no-underflow variant, for operands where every product is a normal number
@@ -197,20 +216,21 @@ MF_TARGET_AVX2 static inline __attribute__((always_inline)) void fast_kernel_avx
 MF_TARGET_AVX512 static void fast_kernel_avx512(const int32_t *am, const uint32_t *as,
                                                 const int32_t *bm, const uint32_t *bs, int64_t K,
                                                 float *C, int64_t ldc, int rows, int cols,
-                                                int check) {
+                                                int check, int cont) {
     if (check)
-        fast_kernel_avx512_impl(am, as, bm, bs, K, C, ldc, rows, cols, 1);
+        fast_kernel_avx512_impl(am, as, bm, bs, K, C, ldc, rows, cols, 1, cont);
     else
-        fast_kernel_avx512_impl(am, as, bm, bs, K, C, ldc, rows, cols, 0);
+        fast_kernel_avx512_impl(am, as, bm, bs, K, C, ldc, rows, cols, 0, cont);
 }
 
 MF_TARGET_AVX2 static void fast_kernel_avx2(const int32_t *am, const uint32_t *as,
                                             const int32_t *bm, const uint32_t *bs, int64_t K,
-                                            float *C, int64_t ldc, int rows, int cols, int check) {
+                                            float *C, int64_t ldc, int rows, int cols, int check,
+                                            int cont) {
     if (check)
-        fast_kernel_avx2_impl(am, as, bm, bs, K, C, ldc, rows, cols, 1);
+        fast_kernel_avx2_impl(am, as, bm, bs, K, C, ldc, rows, cols, 1, cont);
     else
-        fast_kernel_avx2_impl(am, as, bm, bs, K, C, ldc, rows, cols, 0);
+        fast_kernel_avx2_impl(am, as, bm, bs, K, C, ldc, rows, cols, 0, cont);
 }
 #endif /* MF_X86 */
 
@@ -328,16 +348,18 @@ static int fast_route_ok(const uint32_t *A, const uint32_t *B, int64_t nA, int64
 }
 
 #if MF_X86
-/* B's two encodings for 8 consecutive columns (the scalar loop in lmatmul_fast is the spec):
- * magnitude g or the zero encoding zb; g | sign or zb. Operands are finite here. */
-MF_TARGET_AVX2 static inline void pack_b8_avx2(const lm_vconst *c, const uint32_t *src, int32_t zb,
-                                               int32_t *mag_out, uint32_t *sgn_out) {
-    const __m256i x = _mm256_loadu_si256((const __m256i *)src);
-    __m256i nan, inf, zero;
-    const __m256i g = prep256(c, _mm256_and_si256(x, V256(c->mag_mask)), &nan, &inf, &zero);
-    const __m256i s = _mm256_and_si256(x, V256(c->sign_mask));
-    _mm256_storeu_si256((__m256i *)mag_out, sel256(zero, V256(zb), g));
-    _mm256_storeu_si256((__m256i *)sgn_out, sel256(zero, V256(zb), _mm256_or_si256(g, s)));
+/* B's two encodings for the NR256 columns of one panel row (the scalar loop in lmatmul_fast is
+ * the spec): magnitude g or the zero encoding zb; g | sign or zb. Operands are finite here. */
+MF_TARGET_AVX2 static void pack_b_row_avx2(const lm_vconst *c, const uint32_t *src, int32_t zb,
+                                           int32_t *mag_out, uint32_t *sgn_out, int n) {
+    for (int i = 0; i < n; i += 8) {
+        const __m256i x = _mm256_loadu_si256((const __m256i *)(src + i));
+        const __m256i g = prep_fin256(c, _mm256_and_si256(x, V256(c->mag_mask)));
+        const __m256i zero = _mm256_cmpeq_epi32(g, _mm256_setzero_si256());
+        const __m256i s = _mm256_and_si256(x, V256(c->sign_mask));
+        _mm256_storeu_si256((__m256i *)(mag_out + i), sel256(zero, V256(zb), g));
+        _mm256_storeu_si256((__m256i *)(sgn_out + i), sel256(zero, V256(zb), _mm256_or_si256(g, s)));
+    }
 }
 #endif
 
@@ -346,7 +368,7 @@ MF_TARGET_AVX2 static inline void pack_b8_avx2(const lm_vconst *c, const uint32_
  * about as much as the products when each B element meets only M <= 8 rows (profile, Zen 3,
  * [16, 1, 64] x [16, 64, 1024]: packing ~45 % of the call, the kernel ~7 %), so this route
  * reads B in place and encodes each loaded vector on the fly (the same encodings as
- * pack_b8_avx2, hence the same sums in the same k order: the same bits). RT rows x NC vectors of
+ * pack_b_row_avx2, hence the same sums in the same k order: the same bits). RT rows x NC vectors of
  * 8 columns per tile (RT NC <= 8 accumulators); A's encodings [K][RT] are prepared once. */
 MF_TARGET_AVX2 static inline __attribute__((always_inline)) void direct_tile_avx2(
     const lm_vconst *c, const int32_t *am, const uint32_t *as, const uint32_t *B, int64_t K,
@@ -406,16 +428,21 @@ DIRECT_TILES(5, 1)
 DIRECT_TILES(6, 1)
 DIRECT_TILES(7, 1)
 DIRECT_TILES(8, 1)
+/* Up to this M the direct route runs (one group of rows). At 16-64 rows (two to eight groups,
+ * each encoding B again) the packed route was as fast or faster: [16, M, 64] x [16, 64, 1024]
+ * and [16, M, 1024] x [16, 1024, 64], k = 3, one thread, Zen 3, loaded machine (min of 15). */
 #define LMATMUL_DIRECT_MAX_M 8
 
 typedef void (*direct_fn)(const lm_vconst *, const int32_t *, const uint32_t *, const uint32_t *,
                           int64_t, int64_t, float *, int64_t, int64_t, int32_t, int);
 
-/* C [M][N] (M <= LMATMUL_DIRECT_MAX_M) by direct_rows*: every tile reads B in place. */
+/* C [M][N] by direct_rows*, in groups of <= DIRECT_RT_MAX rows (each group reads and encodes B
+ * again: worth it while M is small, LMATMUL_DIRECT_MAX_M). */
+#define DIRECT_RT_MAX 8
 static void lmatmul_direct(const uint32_t *A, const uint32_t *B, float *C, int64_t M, int64_t K,
                            int64_t N, int k, uint32_t lconst, int64_t amax_f, int64_t bmax,
                            int no_under, int nt) {
-    static const direct_fn fns[LMATMUL_DIRECT_MAX_M + 1] = {
+    static const direct_fn fns[DIRECT_RT_MAX + 1] = {
         NULL, direct_rows1_2, direct_rows2_2, direct_rows3_2, direct_rows4_2,
         direct_rows5_1, direct_rows6_1, direct_rows7_1, direct_rows8_1};
     const int64_t lo = 1 << 23;
@@ -428,17 +455,20 @@ static void lmatmul_direct(const uint32_t *A, const uint32_t *B, float *C, int64
     }
     int32_t *am = (int32_t *)scratch;
     uint32_t *as = (uint32_t *)(scratch + a_bytes);
-    for (int64_t kk = 0; kk < K; ++kk) /* A's encodings, [K][M] (the spec: lmatmul_fast's) */
-        for (int64_t r = 0; r < M; ++r) {
-            uint32_t s = 0;
-            const uint32_t g = prep_f32(A[r * K + kk], k, &s);
-            const int32_t mag = g ? (int32_t)((int64_t)g - lconst) : za;
-            am[kk * M + r] = mag;
-            as[kk * M + r] = (uint32_t)mag + s; /* mod 2^32 */
-        }
+    /* A's encodings (the spec: lmatmul_fast's), group by group: [group][K][rows of the group] */
+    for (int64_t i0 = 0; i0 < M; i0 += DIRECT_RT_MAX) {
+        const int64_t rt = M - i0 < DIRECT_RT_MAX ? M - i0 : DIRECT_RT_MAX;
+        for (int64_t kk = 0; kk < K; ++kk)
+            for (int64_t r = 0; r < rt; ++r) {
+                uint32_t s = 0;
+                const uint32_t g = prep_f32(A[(i0 + r) * K + kk], k, &s);
+                const int32_t mag = g ? (int32_t)((int64_t)g - lconst) : za;
+                am[i0 * K + kk * rt + r] = mag;
+                as[i0 * K + kk * rt + r] = (uint32_t)mag + s; /* mod 2^32 */
+            }
+    }
     lm_vconst vc;
     vconst_init(f32_fmt(), k, 0, &vc);
-    const direct_fn fn = fns[M];
     const int64_t nv = N / 8; /* whole 8-column vectors, split over the threads */
 #pragma omp parallel num_threads(nt) if (nt > 1 && M * K * N >= LMATMUL_DIRECT_MIN_PARALLEL)
     {
@@ -447,7 +477,11 @@ static void lmatmul_direct(const uint32_t *A, const uint32_t *B, float *C, int64
 #else
         const int tid = 0, T = 1;
 #endif
-        fn(&vc, am, as, B, K, N, C, 8 * (nv * tid / T), 8 * (nv * (tid + 1) / T), zb, !no_under);
+        for (int64_t i0 = 0; i0 < M; i0 += DIRECT_RT_MAX) {
+            const int64_t rt = M - i0 < DIRECT_RT_MAX ? M - i0 : DIRECT_RT_MAX;
+            fns[rt](&vc, am + i0 * K, as + i0 * K, B, K, N, C + i0 * N, 8 * (nv * tid / T),
+                    8 * (nv * (tid + 1) / T), zb, !no_under);
+        }
     }
     const lm_fmt *f = f32_fmt();
     for (int64_t i = 0; i < M; ++i) /* the last N % 8 columns */
@@ -458,6 +492,48 @@ static void lmatmul_direct(const uint32_t *A, const uint32_t *B, float *C, int64
         }
 }
 #endif
+
+#if MF_X86
+/* A's two encodings for one whole block of MR256 = 4 rows (row stride K), k in [0, K8), K8 a
+ * multiple of 8, into the [K][4] panel layout: 8 k of each row are encoded as a vector, then a
+ * 4 x 8 transpose interleaves the rows. The scalar loop in lmatmul_fast is the spec (finite
+ * operands: the fast route). */
+MF_TARGET_AVX2 static void pack_a4_avx2(const lm_vconst *c, const uint32_t *A, int64_t K,
+                                        int64_t K8, int32_t za, int32_t *mag_out,
+                                        uint32_t *sgn_out) {
+    const __m256i vza = V256(za), vlc = V256(c->lconst);
+    for (int64_t kk = 0; kk < K8; kk += 8) {
+        __m256i m[4], sg[4];
+        for (int r = 0; r < 4; ++r) {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(A + r * K + kk));
+            const __m256i g = prep_fin256(c, _mm256_and_si256(x, V256(c->mag_mask)));
+            const __m256i zero = _mm256_cmpeq_epi32(g, _mm256_setzero_si256());
+            m[r] = sel256(zero, vza, _mm256_sub_epi32(g, vlc));
+            sg[r] = _mm256_add_epi32(m[r], _mm256_and_si256(x, V256(c->sign_mask))); /* mod 2^32 */
+        }
+        __m256i *outs[2] = {(__m256i *)(mag_out + kk * 4), (__m256i *)(sgn_out + kk * 4)};
+        for (int e = 0; e < 2; ++e) {
+            const __m256i *R = e ? sg : m;
+            const __m256i t0 = _mm256_unpacklo_epi32(R[0], R[1]), t1 = _mm256_unpackhi_epi32(R[0], R[1]);
+            const __m256i t2 = _mm256_unpacklo_epi32(R[2], R[3]), t3 = _mm256_unpackhi_epi32(R[2], R[3]);
+            const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+            const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+            /* u0 = [k0 | k4], u1 = [k1 | k5], u2 = [k2 | k6], u3 = [k3 | k7] (4 rows each) */
+            _mm256_storeu_si256(outs[e] + 0, _mm256_permute2x128_si256(u0, u1, 0x20));
+            _mm256_storeu_si256(outs[e] + 1, _mm256_permute2x128_si256(u2, u3, 0x20));
+            _mm256_storeu_si256(outs[e] + 2, _mm256_permute2x128_si256(u0, u1, 0x31));
+            _mm256_storeu_si256(outs[e] + 3, _mm256_permute2x128_si256(u2, u3, 0x31));
+        }
+    }
+}
+#endif
+
+/* k-chunk of the packed route (B panel chunk: KC x NR x 2 encodings x 4 B = 32 KiB at AVX2's
+ * NR = 16), and row blocks per group sharing a chunk (A chunks: 16 x KC x MR x 8 B from L2). */
+#ifndef LMATMUL_KC
+#define LMATMUL_KC 256
+#endif
+#define LMATMUL_MGROUP 16
 
 static void lmatmul_fast(int level, const uint32_t *A, const uint32_t *B, float *C, int64_t M,
                          int64_t K, int64_t N, int k, uint32_t lconst, int64_t amax_f,
@@ -470,6 +546,7 @@ static void lmatmul_fast(int level, const uint32_t *A, const uint32_t *B, float 
      * int32 overflow (see the file comment and docs/lmul.md). */
     const int32_t za = (int32_t)(lo - 1 - bmax), zb = (int32_t)(lo - 1 - amax_f);
     const int64_t mblocks = (M + MR - 1) / MR, nblocks = (N + NR - 1) / NR;
+    const int64_t mgroups = (mblocks + LMATMUL_MGROUP - 1) / LMATMUL_MGROUP;
     /* panels in the calling thread's grow-only scratch: no malloc or page faults per call */
     const size_t a_bytes = mf_align_up((size_t)(mblocks * K * MR) * 4);
     const size_t b_bytes = mf_align_up((size_t)(nblocks * K * NR) * 4);
@@ -487,8 +564,13 @@ static void lmatmul_fast(int level, const uint32_t *A, const uint32_t *B, float 
 #pragma omp parallel num_threads(nt)
     {
 #pragma omp for schedule(static) nowait
-        for (int64_t mb = 0; mb < mblocks; ++mb)
-            for (int64_t kk = 0; kk < K; ++kk)
+        for (int64_t mb = 0; mb < mblocks; ++mb) {
+            int64_t k8 = 0; /* whole 4-row blocks at AVX2's MR: 8 k at a time */
+            if (MR == MR256 && mb * MR + MR <= M) {
+                k8 = K / 8 * 8;
+                pack_a4_avx2(&vc, A + mb * MR * K, K, k8, za, apm + mb * K * MR, aps + mb * K * MR);
+            }
+            for (int64_t kk = k8; kk < K; ++kk)
                 for (int r = 0; r < MR; ++r) {
                     const int64_t i = mb * MR + r;
                     uint32_t s = 0, g = 0;
@@ -497,14 +579,16 @@ static void lmatmul_fast(int level, const uint32_t *A, const uint32_t *B, float 
                     apm[(mb * K + kk) * MR + r] = mag;
                     aps[(mb * K + kk) * MR + r] = (uint32_t)mag + s; /* mod 2^32 */
                 }
+        }
 #pragma omp for schedule(static)
         for (int64_t nb = 0; nb < nblocks; ++nb)
             for (int64_t kk = 0; kk < K; ++kk) {
                 int c = 0;
-                if (nb * NR + NR <= N) /* a whole panel row: 8 columns at a time */
-                    for (; c < NR; c += 8)
-                        pack_b8_avx2(&vc, B + kk * N + nb * NR + c, zb,
-                                     bpm + (nb * K + kk) * NR + c, bps + (nb * K + kk) * NR + c);
+                if (nb * NR + NR <= N) { /* a whole panel row: 8 columns at a time */
+                    pack_b_row_avx2(&vc, B + kk * N + nb * NR, zb, bpm + (nb * K + kk) * NR,
+                                    bps + (nb * K + kk) * NR, NR);
+                    c = NR;
+                }
                 for (; c < NR; ++c) {
                     const int64_t j = nb * NR + c;
                     uint32_t s = 0, g = 0;
@@ -513,20 +597,29 @@ static void lmatmul_fast(int level, const uint32_t *A, const uint32_t *B, float 
                     bps[(nb * K + kk) * NR + c] = g ? (g | s) : (uint32_t)zb;
                 }
             }
-        /* Tiles: each B panel (K x NR, in L2) is reused over all row blocks. */
+        /* Tiles: a k-chunk of a B panel (LMATMUL_KC x NR: 16-32 KiB, in L1) is reused by every
+         * row block of a group before the next chunk; each tile's sums continue from C between
+         * chunks (fp32 stores: the same bits as keeping them in registers). Without the chunks
+         * a long K (p v: K = ctx) streamed each K x NR panel from L2 once per row block. */
 #pragma omp for schedule(static) collapse(2)
         for (int64_t nb = 0; nb < nblocks; ++nb)
-            for (int64_t mb = 0; mb < mblocks; ++mb) {
-                const int rows = (int)(M - mb * MR < MR ? M - mb * MR : MR);
-                const int cols = (int)(N - nb * NR < NR ? N - nb * NR : NR);
-                float *ct = C + mb * MR * N + nb * NR;
-                if (level >= MF_ISA_AVX512)
-                    fast_kernel_avx512(apm + mb * K * MR, aps + mb * K * MR, bpm + nb * K * NR,
-                                       bps + nb * K * NR, K, ct, N, rows, cols, !no_under);
-                else
-                    fast_kernel_avx2(apm + mb * K * MR, aps + mb * K * MR, bpm + nb * K * NR,
-                                     bps + nb * K * NR, K, ct, N, rows, cols, !no_under);
-            }
+            for (int64_t mg = 0; mg < mgroups; ++mg)
+                for (int64_t kc0 = 0; kc0 < K; kc0 += LMATMUL_KC) {
+                    const int64_t kc = K - kc0 < LMATMUL_KC ? K - kc0 : LMATMUL_KC;
+                    const int64_t mb1 = (mg + 1) * LMATMUL_MGROUP < mblocks ? (mg + 1) * LMATMUL_MGROUP : mblocks;
+                    for (int64_t mb = mg * LMATMUL_MGROUP; mb < mb1; ++mb) {
+                        const int rows = (int)(M - mb * MR < MR ? M - mb * MR : MR);
+                        const int cols = (int)(N - nb * NR < NR ? N - nb * NR : NR);
+                        float *ct = C + mb * MR * N + nb * NR;
+                        const int64_t ao = (mb * K + kc0) * MR, bo = (nb * K + kc0) * NR;
+                        if (level >= MF_ISA_AVX512)
+                            fast_kernel_avx512(apm + ao, aps + ao, bpm + bo, bps + bo, kc, ct, N,
+                                               rows, cols, !no_under, kc0 > 0);
+                        else
+                            fast_kernel_avx2(apm + ao, aps + ao, bpm + bo, bps + bo, kc, ct, N,
+                                             rows, cols, !no_under, kc0 > 0);
+                    }
+                }
     }
 #else
     (void)level, (void)lconst, (void)amax_f, (void)bmax, (void)no_under, (void)nt;

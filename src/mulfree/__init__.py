@@ -9,7 +9,18 @@ I/O, energy counter, data) -> numeric core (kernels, lmul, ops, ternary) -> mode
 attention, hub) -> engine -> applications (train, eval) -> front ends (serve, report, CLIs).
 """
 
+import os as _os
+
 from mulfree.errors import MulfreeError
+
+# OpenMP's idle spin. libgomp (one copy, shared with torch) reads it once, when it is loaded; its
+# default (300000 spins: milliseconds of a busy core after every parallel region) made 2-thread
+# decode calls stall 50-100 ms on cores that other processes share, while 10000 spins measured as
+# good as OMP_WAIT_POLICY=PASSIVE there and still keep the workers awake between a decode step's
+# calls (csrc/README.md, "Threads"). Takes effect when mulfree is imported before torch (the CLIs,
+# the packed engine); a user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+if "OMP_WAIT_POLICY" not in _os.environ:
+    _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 __version__ = "0.1.0"
 

@@ -88,3 +88,18 @@ def test_pure_torch_fallback_imports_works_and_warns_once():
     )
     assert out.returncode == 0, out.stderr
     assert "fallback-ok" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "env,want",
+    [({}, "10000"), ({"OMP_WAIT_POLICY": "PASSIVE"}, None), ({"GOMP_SPINCOUNT": "77"}, "77")],
+    ids=["default", "user_policy_wins", "user_spincount_wins"],
+)
+def test_import_sets_a_short_openmp_spin_unless_the_user_chose(env, want):
+    """`import mulfree` (before torch, as the CLIs do) bounds libgomp's idle spin (csrc/README.md,
+    "Threads"); a user's OpenMP wait settings are left alone."""
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = "import os, mulfree; print(os.environ.get('GOMP_SPINCOUNT'))"
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True,
+                         text=True, check=True).stdout.strip()  # fmt: skip
+    assert out == str(want)

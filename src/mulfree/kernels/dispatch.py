@@ -45,12 +45,13 @@ from pathlib import Path
 from mulfree.kernels import _core
 
 FORMAT = "mulfree-isa-choice"
-VERSION = 1  # bump when probes, candidates or the rule change: old files are then foreign
+VERSION = 2  # bump when probes, candidates or the rule change: old files are then foreign
 MARGIN = 0.05  # a lower level must be >= 5 % faster (median paired ratio) to be chosen
 SAMPLE_S = 6e-4  # target seconds per sample
 ROUNDS = 9
 MIN_ROUNDS = 5
 BUDGET_S = 0.05  # per family: stop after MIN_ROUNDS once this is spent
+PROBE_COPIES = 16  # ternary probes: weight copies cycled through (16 x 512 KiB, past L2)
 
 TERNARY_B1 = "ternary_b1"
 TERNARY_BATCH = "ternary_batch"
@@ -72,8 +73,12 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    TERNARY_B1: Family("tq2_linear, 1 token (decode GEMV)", "1x2048->512", ("avx2", "avx512")),
-    TERNARY_BATCH: Family("tq2_linear, > 1 token (prefill)", "8x1024->512", ("avx2", "avx512")),
+    TERNARY_B1: Family(
+        "tq2_linear, 1 token (decode GEMV)", "1x2048->1024, 16 weight copies", ("avx2", "avx512")
+    ),
+    TERNARY_BATCH: Family(
+        "tq2_linear, > 1 token (prefill)", "8x2048->1024, 16 weight copies", ("avx2", "avx512")
+    ),
     # mf_decode.c: dec_mlgru / dec_glu run AVX2 for any level >= AVX2 (dec_norm2 has no level)
     DECODE_STAGES: Family("dec_mlgru, dec_glu", "E 1024, I 2816", ("avx2",)),
     LMUL_EW: Family("lmul_ew", "16384 fp32", ("avx2", "avx512")),
@@ -136,15 +141,23 @@ def _probe(family: str) -> tuple[Callable[[int], None], Callable[[], None]]:
     C = _core.core()
     g = torch.Generator().manual_seed(0)
     if family in (TERNARY_B1, TERNARY_BATCH):
-        m, k, n = (1, 2048, 512) if family == TERNARY_B1 else (8, 1024, 512)
+        # A model's shape (2048 inputs), its weights not in L1/L2: calls cycle through copies
+        # (PROBE_COPIES x 512 KiB), as decoding streams each layer's weights once per token. A
+        # hot 8x1024->512 probe picked AVX2 for batches on AMD Zen 4 where the cold benchmark
+        # table favoured AVX-512 (benchmarks/bench_ternary_linear.py --quick).
+        m, k, n = (1, 2048, 1024) if family == TERNARY_B1 else (8, 2048, 1024)
         q = torch.randint(-1, 2, (n, k), dtype=torch.int8, generator=g)
         w = K_.tq2_pack(q, -(-n // 32) * 32 * -(-k // 16) * 16 // 4)  # packing.packed_nbytes
+        ws = [w] + [w.clone() for _ in range(PROBE_COPIES - 1)]
         x, y = torch.randn(m, k, generator=g), torch.empty(m, n)
-        ptrs = (x.data_ptr(), m, k, w.data_ptr(), n, 1.0, 0, y.data_ptr(), 0, 1)
-        keep = (w, x, y)
+        head, tail = (x.data_ptr(), m, k), (n, 1.0, 0, y.data_ptr(), 0, 1)
+        wptrs = [c.data_ptr() for c in ws]
+        keep = (ws, x, y)
+        turn = [0]
 
         def run(level: int) -> None:
-            C.tq2_linear(*ptrs, level)
+            turn[0] = (turn[0] + 1) % PROBE_COPIES
+            C.tq2_linear(*head, wptrs[turn[0]], *tail, level)
 
     elif family == DECODE_STAGES:
         e, i = 1024, 2816
