@@ -201,27 +201,16 @@ class MatMulFreeBackend(Backend):
 
 
 @dataclass
-class LiteBackend(Backend):
-    """A packed hgrn_bit model on the torch-free engine (mulfree.engine.lite): the same slot
-    decoder (mulfree.engine.core) as MatMulFreeBackend's fused path, over memory-mapped NumPy
-    weights, so serving a packed model imports neither transformers' model code nor builds a
-    PyTorch model. Logits are the same bits as MatMulFreeBackend's (tests/serve)."""
+class SlotBackend(Backend):
+    """A backend whose requests are slots of a slot decoder (mulfree.engine.core.SlotDecoder,
+    from `_core()`): start prefills a fresh slot, step runs the requests' slots in place, free
+    returns the slot. Subclasses give `_core()` and keep it in `_slots` once built."""
 
-    kind = "mmfree"
-    file: Path | None = None  # the packed weights file (for the cached energy estimate)
-    _decoder: Any = field(default=None, init=False, repr=False)
+    _slots: Any = field(default=None, init=False, repr=False)
 
-    @property
-    def vocab_size(self) -> int:
-        return int(self.model.vocab)
-
+    @abc.abstractmethod
     def _core(self):
-        if self._decoder is None:
-            from mulfree.engine.lite import LiteDecoder
-
-            self._decoder = LiteDecoder(self.model).core  # a SlotDecoder; drop its first slot
-            self._decoder.free_all()
-        return self._decoder
+        """The SlotDecoder (built on first use, then kept in `_slots`)."""
 
     def reserve(self, max_batch: int) -> None:
         self._core().reserve(max_batch)
@@ -250,9 +239,32 @@ class LiteBackend(Backend):
         return torch.from_numpy(logits.copy())  # the caller may keep them past a step
 
     def free(self, state: RequestState) -> None:
-        if isinstance(state.data, int) and self._decoder is not None:
-            self._decoder.free(state.data)
+        if isinstance(state.data, int) and self._slots is not None:
+            self._slots.free(state.data)
         state.data = None
+
+
+@dataclass
+class LiteBackend(SlotBackend):
+    """A packed hgrn_bit model on the torch-free engine (mulfree.engine.lite): the same slot
+    decoder (mulfree.engine.core) as MatMulFreeBackend's fused path, over memory-mapped NumPy
+    weights, so serving a packed model imports neither transformers' model code nor builds a
+    PyTorch model. Logits are the same bits as MatMulFreeBackend's (tests/serve)."""
+
+    kind = "mmfree"
+    file: Path | None = None  # the packed weights file (for the cached energy estimate)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.vocab)
+
+    def _core(self):
+        if self._slots is None:
+            from mulfree.engine.lite import LiteDecoder
+
+            self._slots = LiteDecoder(self.model).core  # a SlotDecoder; drop its first slot
+            self._slots.free_all()
+        return self._slots
 
     def step_energy_pj(self, table_name: str) -> tuple[float, float]:
         """(pJ of a decode step of 1 request, of 2) from the packed file's cached estimate
@@ -266,7 +278,7 @@ class LiteBackend(Backend):
 
 
 @dataclass
-class BitNetBackend(Backend):
+class BitNetBackend(SlotBackend):
     """A packed BitNet b1.58 model (`mulfree convert` of a bitnet checkpoint) on the compiled
     transformer step (mulfree.engine.bitnet_plan): a request is a slot of the step's KV arena,
     sized once for the scheduler's max batch x `max_context` tokens (refused in one line when
@@ -281,10 +293,9 @@ class BitNetBackend(Backend):
     kv_dtype: str = "bfloat16"
     threads: int | None = None
     _decoder: Any = field(default=None, init=False, repr=False)  # the BitNetDecoder
-    _slots: Any = field(default=None, init=False, repr=False)  # a SlotDecoder over its plan
 
     def decoder(self):
-        """The BitNetDecoder (built on first use; None when the compiled step does not apply)."""
+        """The BitNetDecoder (built on first use; its `fused` says whether the compiled step runs)."""
         if self._decoder is None:
             from mulfree.engine.bitnet_decode import BitNetDecoder
 
@@ -325,32 +336,7 @@ class BitNetBackend(Backend):
     def start(self, ids, *, all_logits=False):
         if len(ids) > self.max_context:
             raise MulfreeError(f"prompt of {len(ids)} tokens > max_context {self.max_context}")
-        dec = self._core()
-        if not all_logits:
-            slot, logits = _prefill_new_slot(dec, dec.prefill, ids)
-            return RequestState(slot, len(ids)), torch.from_numpy(logits.copy())
-        # every position's logits (echo + logprobs): the first token prefilled, then one decode
-        # step per prompt token, each giving the next position's row
-        slot, first = _prefill_new_slot(dec, dec.prefill, ids[:1])
-        rows = [torch.from_numpy(first.copy())]
-        try:
-            for tok in ids[1:]:
-                rows.append(torch.from_numpy(dec.step([slot], [tok])[0].copy()))
-        except BaseException:
-            dec.free(slot)
-            raise
-        return RequestState(slot, len(ids)), torch.stack(rows)  # [T, V]
-
-    def step(self, states, tokens):
-        logits = self._core().step([st.data for st in states], tokens)  # [B, vocab], a buffer
-        for st in states:
-            st.length += 1
-        return torch.from_numpy(logits.copy())  # the caller may keep them past a step
-
-    def free(self, state: RequestState) -> None:
-        if isinstance(state.data, int) and self._slots is not None:
-            self._slots.free(state.data)
-        state.data = None
+        return super().start(ids, all_logits=all_logits)
 
     def step_energy_pj(self, table_name: str) -> tuple[float, float]:
         """(pJ of a decode step of 1 request, of 2): BitNetDecoder.step_energy counts one step
