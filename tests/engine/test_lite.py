@@ -71,6 +71,31 @@ def test_corrupt_file_is_one_error_line(packed, tmp_path):
         lite.LiteModel.load(tmp_path)
 
 
+@pytest.mark.parametrize("config, message", [
+    (None, "no config in its metadata"),
+    ("{oops", "unreadable config metadata"),
+    ("[1, 2]", "the config metadata is not a JSON object"),
+], ids=["missing", "not-json", "not-an-object"])  # fmt: skip
+def test_bad_config_metadata_is_the_same_line_in_both_readers(packed_dir, tmp_path, config, message):
+    from mulfree import tensorfile
+    from mulfree.engine.header import metadata_crc32
+
+    src = packed_dir / "model.safetensors"
+    meta = tensorfile.read_metadata(src)
+    if config is None:
+        del meta["config"]
+    else:
+        meta["config"] = config
+    meta["metadata_crc32"] = metadata_crc32(meta)  # a crafted file, not a damaged one
+    tensorfile.write_tensors(tmp_path / "model.safetensors", tensorfile.read_tensors(src), meta)
+    lines = []
+    for read in (lite.LiteModel.load, load_packed):
+        with pytest.raises(lite.MulfreeError, match=message) as e:
+            read(tmp_path)
+        lines.append(str(e.value))
+    assert lines[0] == lines[1] and "\n" not in lines[0]
+
+
 def test_generate_on_a_packed_model_imports_neither_torch_nor_transformers(packed_dir):
     code = (
         "import sys\n"

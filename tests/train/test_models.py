@@ -26,3 +26,11 @@ def test_override_reaches_the_config_and_unknown_field_is_refused():
     assert model_config("mmfree-tiny", {"elementwise_mul": "lmul"}).elementwise_mul == "lmul"
     with pytest.raises(MulfreeError, match="no field 'bogus'"):
         model_config("transformerpp-tiny", {"bogus": 1})
+
+
+def test_presets_take_the_resolvers_spelling_too():
+    over = {"vocab_size": 512}
+    for family in ("mmfree", "transformerpp"):
+        assert model_config(f"{family}:tiny", over).to_dict() == model_config(f"{family}-tiny", over).to_dict()
+    with pytest.raises(MulfreeError, match="unknown model 'mmfree:huge'"):
+        model_config("mmfree:huge")

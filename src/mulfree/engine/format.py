@@ -43,6 +43,7 @@ from mulfree.engine.header import (  # noqa: F401  (FORMAT_*, WEIGHTS_FILE, weig
     WEIGHTS_FILE,
     check_against_config,
     check_identity,
+    config_metadata,
     first_line,
     metadata_crc32,
     model_family,
@@ -198,14 +199,7 @@ def write_packed(
 def _parse_config(file: Path, meta: dict[str, str]):
     from mulfree.models.mmfree import HGRNBitConfig
 
-    try:
-        raw = json.loads(meta["config"])
-    except KeyError:
-        raise MulfreeError(f"{file}: no config in its metadata") from None
-    except (ValueError, RecursionError) as e:
-        raise MulfreeError(f"{file}: unreadable config metadata ({first_line(e)})") from None
-    if not isinstance(raw, dict):
-        raise MulfreeError(f"{file}: the config metadata is not a JSON object")
+    raw = config_metadata(meta, file)
     try:
         return HGRNBitConfig(**raw)
     except MulfreeError as e:

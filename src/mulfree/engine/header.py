@@ -3,6 +3,7 @@ torch reader (engine.format.read_packed) and the torch-free engine (engine.lite)
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +32,19 @@ def check_identity(meta: Mapping[str, str], file, *, verify: bool = True) -> Non
     PACKED.check(meta, file)
     if verify:
         check_metadata_crc(meta, file)
+
+
+def config_metadata(meta: Mapping[str, str], file) -> dict:
+    """The config JSON object a packed file's metadata holds (any family); one-line errors."""
+    try:
+        raw = json.loads(meta["config"])
+    except KeyError:
+        raise MulfreeError(f"{file}: no config in its metadata") from None
+    except (ValueError, TypeError, RecursionError) as e:
+        raise MulfreeError(f"{file}: unreadable config metadata ({first_line(e)})") from None
+    if not isinstance(raw, dict):
+        raise MulfreeError(f"{file}: the config metadata is not a JSON object")
+    return raw
 
 
 def weights_file(path: str | Path) -> Path:

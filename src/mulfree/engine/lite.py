@@ -30,7 +30,7 @@ import numpy as np
 from mulfree import tensorfile
 from mulfree.engine import plan as P
 from mulfree.engine.header import model_family, weights_file
-from mulfree.errors import MulfreeError, first_line
+from mulfree.errors import MulfreeError
 
 BITLINEAR_NORM_EPS = 1e-8  # = mulfree.ternary.bitlinear.BITLINEAR_NORM_EPS (tested)
 INT4_GROUP = 32
@@ -183,7 +183,7 @@ class LiteModel:
         """Read a packed file (or DIR/model.safetensors); one-line MulfreeError on any problem."""
         from mulfree._bounds import check_shape
         from mulfree._memory import check_fits_memory
-        from mulfree.engine.header import check_against_config, check_identity
+        from mulfree.engine.header import check_against_config, check_identity, config_metadata
 
         file = weights_file(path)
         meta, specs = tensorfile.read_header(file)
@@ -191,12 +191,7 @@ class LiteModel:
         if model_family(meta, file) != "hgrn_bit":
             raise MulfreeError(f"{file} is a packed {meta['model_family']} model; the torch-free "
                                "engine runs hgrn_bit models (use --engine torch)")  # fmt: skip
-        try:
-            config = json.loads(meta["config"])
-            if not isinstance(config, dict):
-                raise ValueError("not a JSON object")
-        except (KeyError, ValueError, TypeError, RecursionError) as e:
-            raise MulfreeError(f"{file}: bad config metadata ({first_line(e)})") from None
+        config = config_metadata(meta, file)
         try:
             check_shape(config)  # every shape field bounded, before anything is sized from it
         except MulfreeError as e:

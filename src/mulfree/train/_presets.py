@@ -1,6 +1,7 @@
 """Named model presets for `--model`, gathered from the models package.
 
-`mmfree-<shape>` is the MatMul-free LM (`hgrn_bit`) at a shape of
+`mmfree-<shape>` (given as `mmfree:<shape>`, mulfree.models.resolve's spelling, or as before
+with a dash) is the MatMul-free LM (`hgrn_bit`) at a shape of
 `mulfree.models.mmfree.PRESETS` ("tiny", "mini", "small", "370M", ...); `transformerpp-<shape>`
 is the Transformer++ (Llama) baseline matched to that shape. The vocabulary is always replaced by
 the tokenizer's, so a preset's own vocab_size does not matter here.

@@ -39,8 +39,8 @@ def register(sub) -> None:
     a("--out", required=True, metavar="DIR", help="run folder (checkpoints, metrics, model/)")
     a(
         "--model",
-        help="preset (mmfree-tiny|mini|small|370M|1.3B|2.7B, transformerpp-<same>) "
-        "or path to a config.json / model folder",
+        help="preset (mmfree:tiny|mini|small|370M|1.3B|2.7B, transformerpp:<same>, as every "
+        "command spells them; mmfree-tiny etc. still work) or path to a config.json / model folder",
     )
     a(
         "--model-arg",

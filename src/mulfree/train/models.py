@@ -78,6 +78,9 @@ def model_config(name: str, overrides: dict[str, Any] | None = None):
         cfg = _config_from_path(path)
     else:
         presets = _presets()
+        family, colon, shape = name.partition(":")
+        if colon and f"{family}-{shape}" in presets:  # `mmfree:tiny`, mulfree.models.resolve's syntax
+            name = f"{family}-{shape}"
         if name not in presets:
             known = ", ".join(sorted(presets)) or "none installed"
             raise MulfreeError(
