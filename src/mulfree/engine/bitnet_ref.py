@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mulfree.engine.decode_ref import _quiet
 from mulfree.engine.decode_ref import exp_avx2 as exp_poly
+from mulfree.engine.decode_ref import quiet_fp
 
 f32 = np.float32
 KTILE = 8  # positions per key tile (TFM_KTILE)
@@ -62,7 +62,7 @@ def inv_rms8(v: np.ndarray, eps: float) -> np.float32:
     return f32(1.0) / np.sqrt(mean + f32(eps))
 
 
-@_quiet
+@quiet_fp
 def norm(x, add, w, eps):
     """tfm_norm on rows x [B, n]: returns (x + add, out)."""
     x = np.array(x, dtype=f32, copy=True)
@@ -134,7 +134,7 @@ class Cache:
         return self._decode(self.v[slot, g, :n], st)
 
 
-@_quiet
+@quiet_fp
 def _step(v: np.ndarray) -> np.float32:
     m = np.abs(v).max() if v.size else f32(0.0)
     return f32(max(m, f32(1e-12)) / f32(127.0))
@@ -167,7 +167,7 @@ def _prod(a: np.ndarray, b: np.ndarray, mantissa_bits: int | None) -> np.ndarray
                         mode="int").numpy()  # fmt: skip
 
 
-@_quiet
+@quiet_fp
 def softmax(s: np.ndarray) -> np.ndarray:
     s = np.asarray(s, dtype=f32)
     e = exp_poly(s - s.max())
@@ -175,7 +175,7 @@ def softmax(s: np.ndarray) -> np.ndarray:
     return (e * inv).astype(f32)
 
 
-@_quiet
+@quiet_fp
 def attend(cache: Cache, q, slots, positions, scaling: float, mantissa_bits: int | None = None):
     """tfm_attend: q [B, H, hd] of tokens at (slots[b], positions[b]) -> out [B, H, hd].
     mantissa_bits None: exact float32 products; else L-Mul with that many bits."""
@@ -201,7 +201,7 @@ def attend(cache: Cache, q, slots, positions, scaling: float, mantissa_bits: int
     return out
 
 
-@_quiet
+@quiet_fp
 def glu(gu, w, eps, act: str = "relu2"):
     """tfm_glu on rows gu [B, 2I] = [gate | up]: act(gate) * up, then w's RMSNorm (w None: none)."""
     gu = np.asarray(gu, dtype=f32)

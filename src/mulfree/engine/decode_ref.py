@@ -39,7 +39,7 @@ _libm.expf.argtypes = [ctypes.c_float]
 _expf_u = np.frompyfunc(lambda v: _libm.expf(v), 1, 1)
 
 
-def _quiet(fn):
+def quiet_fp(fn):
     """Stages see saturating inputs (exp -> inf, v / inf): IEEE results, not warnings."""
 
     @functools.wraps(fn)
@@ -50,14 +50,14 @@ def _quiet(fn):
     return run
 
 
-@_quiet
+@quiet_fp
 def expf(v: np.ndarray) -> np.ndarray:
     """libm's expf, elementwise (the function the scalar C stages call)."""
     v = np.asarray(v, dtype=f32)
     return _expf_u(v).astype(f32).reshape(v.shape)
 
 
-@_quiet
+@quiet_fp
 def exp_avx2(x: np.ndarray) -> np.ndarray:
     """exp_avx2 of csrc/mf_decode.c, lane by lane: 2^n exp(r), Cody-Waite reduction, Cephes poly.
 
@@ -94,7 +94,7 @@ def _split(n: int, isa: str) -> int:
     return n - n % 8 if isa == "avx2" else 0
 
 
-@_quiet
+@quiet_fp
 def norm2(x, add, w1, eps1, eps2, w2s):
     """dec_norm2 on rows of x [B, n]: returns (x + add, [out_c for each w2_c])."""
     x = np.array(x, dtype=f32, copy=True)
@@ -110,7 +110,7 @@ def norm2(x, add, w1, eps1, eps2, w2s):
     return x, outs
 
 
-@_quiet
+@quiet_fp
 def mlgru(yi, yf, yg, lb, olb, state, gw, g_eps, ow, o_eps, isa="scalar"):
     """dec_mlgru on rows [B, E]: returns (new state, out). lb / olb (= 1 - lb) may be None."""
     yi, yf, yg = (np.asarray(a, dtype=f32) for a in (yi, yf, yg))
@@ -143,7 +143,7 @@ def mlgru(yi, yf, yg, lb, olb, state, gw, g_eps, ow, o_eps, isa="scalar"):
     return h_all, out
 
 
-@_quiet
+@quiet_fp
 def glu(gu, dw, d_eps, isa="scalar"):
     """dec_glu on rows gu [B, 2I] = [gate | up]: returns out [B, I]."""
     gu = np.asarray(gu, dtype=f32)
