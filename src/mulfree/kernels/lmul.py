@@ -1,6 +1,7 @@
 """Launchers of the L-Mul kernels of the compiled core (csrc/mf_lmul_ew.c, csrc/mf_lmatmul.c) as
-dispatcher ops (mulfree.kernels._ops). The public API is `mulfree.lmul.lmul` / `lmatmul` (which choose when the
-compiled route applies: `mulfree.lmul.fast`); these take plain contiguous tensors.
+dispatcher ops (mulfree.kernels._ops). The public API is `mulfree.lmul.lmul` / `lmatmul` (which
+choose when the compiled route applies: `mulfree.lmul.fast`); these take plain contiguous
+tensors.
 
     torch.ops.mulfree.lmul_ew       out = a ⊙ b, every product one L-Mul (a, b, out one shape)
     torch.ops.mulfree.lmatmul_f32   out [B, M, N] = a [B, M, K] x b [B, K, N], float32 sums
