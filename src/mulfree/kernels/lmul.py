@@ -1,6 +1,7 @@
 """Launchers of the L-Mul kernels of the compiled core (csrc/mf_lmul_ew.c, csrc/mf_lmatmul.c) as
-torch custom ops. The public API is `mulfree.lmul.lmul` / `lmatmul` (which choose when the
-compiled route applies: `mulfree.lmul.fast`); these take plain contiguous tensors.
+dispatcher ops (mulfree.kernels._ops). The public API is `mulfree.lmul.lmul` / `lmatmul` (which
+choose when the compiled route applies: `mulfree.lmul.fast`); these take plain contiguous
+tensors.
 
     torch.ops.mulfree.lmul_ew       out = a ⊙ b, every product one L-Mul (a, b, out one shape)
     torch.ops.mulfree.lmatmul_f32   out [B, M, N] = a [B, M, K] x b [B, K, N], float32 sums
@@ -20,6 +21,7 @@ import torch
 from mulfree.energy.counter import price_as, register_op_cost
 from mulfree.errors import MulfreeError
 from mulfree.kernels._core import ISA_LEVELS, core
+from mulfree.kernels._ops import define_op
 
 #: csrc/mf_lmul.h's format and mode ids
 FORMAT_IDS = {"float32": 0, "bfloat16": 1, "float16": 2, "float8_e4m3fn": 3, "float8_e5m2": 4}
@@ -54,7 +56,6 @@ def _check_ew(a, b, out, k, mode) -> None:
         raise MulfreeError(f"lmul_ew: mantissa bits must be >= 0, got {k}")
 
 
-@torch.library.custom_op("mulfree::lmul_ew", mutates_args=("out",))
 def _lmul_ew(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, k: int, mode_id: int,
              isa: int, threads: int) -> None:  # fmt: skip
     """out = L-Mul(a, b) elementwise (k mantissa bits, mode id, ISA level, threads)."""
@@ -64,9 +65,11 @@ def _lmul_ew(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, k: int, mode_i
                        _DTYPE_FORMAT[a.dtype], int(k), int(mode_id), int(isa), int(threads))  # fmt: skip
 
 
-@_lmul_ew.register_fake
-def _(a, b, out, k, mode_id, isa, threads) -> None:
+def _lmul_ew_fake(a, b, out, k, mode_id, isa, threads) -> None:
     _check_ew(a, b, out, k, mode_id)
+
+
+define_op("lmul_ew", _lmul_ew, _lmul_ew_fake, mutates_args=("out",))
 
 
 def lmul_ew(a: torch.Tensor, b: torch.Tensor, k: int, mode: str, *, isa: str,
@@ -95,7 +98,6 @@ def _check_mm(a, b, out, k, mode) -> None:
     _check_mode("lmatmul_f32", mode)
 
 
-@torch.library.custom_op("mulfree::lmatmul_f32", mutates_args=("out",))
 def _lmatmul_f32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, k: int, mode_id: int,
                  isa: int, threads: int, route: int) -> None:  # fmt: skip
     """out [B, M, N] = the L-Matmul of a [B, M, K], b [B, K, N] summed in float32 over k in
@@ -117,9 +119,11 @@ def _lmatmul_f32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, k: int, mo
         out.masked_fill_(out.isnan(), float("nan"))
 
 
-@_lmatmul_f32.register_fake
-def _(a, b, out, k, mode_id, isa, threads, route) -> None:
+def _lmatmul_f32_fake(a, b, out, k, mode_id, isa, threads, route) -> None:
     _check_mm(a, b, out, k, mode_id)
+
+
+define_op("lmatmul_f32", _lmatmul_f32, _lmatmul_f32_fake, mutates_args=("out",))
 
 
 def lmatmul_f32(a: torch.Tensor, b: torch.Tensor, k: int, mode: str, *, isa: str, threads: int,

@@ -3,7 +3,7 @@
 These take plain contiguous tensors and do no shape juggling; the public API is
 `mulfree.ternary.packed_linear.ternary_linear` and `mulfree.ternary.packing`.
 
-The packed linear is a torch custom op, `torch.ops.mulfree.tq2_linear` (torch.library): shapes
+The packed linear is a dispatcher op, `torch.ops.mulfree.tq2_linear` (kernels._ops): shapes
 and dtypes are checked before the C call, a fake implementation lets tracing and compile see it,
 and its cost formula is registered with the energy counter (`mulfree.energy.counter`), so a
 counted forward prices the kernel that runs, with no bookkeeping in the callers.
@@ -18,6 +18,7 @@ import torch
 from mulfree.energy.counter import register_op_cost
 from mulfree.errors import MulfreeError
 from mulfree.kernels._core import ISA_LEVELS, core
+from mulfree.kernels._ops import define_op
 
 
 def _lib():
@@ -128,7 +129,6 @@ def _check_linear(x, w, n, row_scales, out) -> None:
         raise MulfreeError(f"tq2_linear: row_scales must be contiguous float32 [{n}]")
 
 
-@torch.library.custom_op("mulfree::tq2_linear", mutates_args=("out",))
 def _tq2_linear_op(x: torch.Tensor, w: torch.Tensor, out_features: int, w_scale: float,
                    threads: int, isa: int, row_scales: torch.Tensor | None,
                    out: torch.Tensor) -> None:  # fmt: skip
@@ -140,9 +140,11 @@ def _tq2_linear_op(x: torch.Tensor, w: torch.Tensor, out_features: int, w_scale:
                           out.data_ptr(), 0, int(threads), int(isa))  # fmt: skip
 
 
-@_tq2_linear_op.register_fake
-def _(x, w, out_features, w_scale, threads, isa, row_scales, out) -> None:
+def _tq2_linear_fake(x, w, out_features, w_scale, threads, isa, row_scales, out) -> None:
     _check_linear(x, w, out_features, row_scales, out)
+
+
+define_op("tq2_linear", _tq2_linear_op, _tq2_linear_fake, mutates_args=("out",))
 
 
 # --- the cost formula the energy counter uses for the op ----------------------------------------
