@@ -1,5 +1,6 @@
 """Launchers of the fused hgrn_bit decode stages of the compiled core (csrc/mf_decode.c) as torch
-custom ops, and the core's decode functions over them for a counted step.
+dispatcher ops (kernels._ops.define_op: no custom_op wrapper cost per call), and the core's
+decode functions over them for a counted step.
 
     torch.ops.mulfree.dec_norm2   x += add; out_c = rmsnorm(rmsnorm(x; eps1) * w1; eps2) * w2_c
     torch.ops.mulfree.dec_mlgru   gates, h = i + f h, rmsnorm(g) * gw * silu(h), o_proj's norm
@@ -34,6 +35,7 @@ import torch
 from mulfree.energy.counter import register_op_cost
 from mulfree.errors import MulfreeError
 from mulfree.kernels._core import core
+from mulfree.kernels._ops import define_op
 from mulfree.kernels.ternary import tq2_nbytes
 
 F32 = torch.float32
@@ -84,7 +86,6 @@ def _check_norm2(x, add, w1, w2, out, w2_b, out_b, w2_c, out_c) -> None:
             _rows("dec_norm2", f"out{tag}", o, B, n)
 
 
-@torch.library.custom_op("mulfree::dec_norm2", mutates_args=("x", "out", "out_b", "out_c"))
 def _dec_norm2(x: torch.Tensor, add: torch.Tensor | None, w1: torch.Tensor, eps1: float,
                eps2: float, w2: torch.Tensor, out: torch.Tensor, w2_b: torch.Tensor | None,
                out_b: torch.Tensor | None, w2_c: torch.Tensor | None,
@@ -97,9 +98,11 @@ def _dec_norm2(x: torch.Tensor, add: torch.Tensor | None, w1: torch.Tensor, eps1
                          _ptr(out_b), _ptr(w2_c), _ptr(out_c))  # fmt: skip
 
 
-@_dec_norm2.register_fake
-def _(x, add, w1, eps1, eps2, w2, out, w2_b, out_b, w2_c, out_c) -> None:
+def _dec_norm2_fake(x, add, w1, eps1, eps2, w2, out, w2_b, out_b, w2_c, out_c) -> None:
     _check_norm2(x, add, w1, w2, out, w2_b, out_b, w2_c, out_c)
+
+
+define_op("dec_norm2", _dec_norm2, _dec_norm2_fake, mutates_args=("x", "out", "out_b", "out_c"))
 
 
 # --- dec_mlgru -----------------------------------------------------------------------------------
@@ -120,7 +123,6 @@ def _check_mlgru(yi, yf, yg, lb, olb, state, gw, ow, out) -> None:
     _rows("dec_mlgru", "out", out, B, E)
 
 
-@torch.library.custom_op("mulfree::dec_mlgru", mutates_args=("state", "out"))
 def _dec_mlgru(yi: torch.Tensor, yf: torch.Tensor, yg: torch.Tensor, lb: torch.Tensor | None,
                olb: torch.Tensor | None, state: torch.Tensor, gw: torch.Tensor, g_eps: float,
                ow: torch.Tensor, o_eps: float, out: torch.Tensor, isa: int) -> None:  # fmt: skip
@@ -134,9 +136,11 @@ def _dec_mlgru(yi: torch.Tensor, yf: torch.Tensor, yg: torch.Tensor, lb: torch.T
                          float(g_eps), ow.data_ptr(), float(o_eps), out.data_ptr(), int(isa))  # fmt: skip
 
 
-@_dec_mlgru.register_fake
-def _(yi, yf, yg, lb, olb, state, gw, g_eps, ow, o_eps, out, isa) -> None:
+def _dec_mlgru_fake(yi, yf, yg, lb, olb, state, gw, g_eps, ow, o_eps, out, isa) -> None:
     _check_mlgru(yi, yf, yg, lb, olb, state, gw, ow, out)
+
+
+define_op("dec_mlgru", _dec_mlgru, _dec_mlgru_fake, mutates_args=("state", "out"))
 
 
 # --- dec_glu -------------------------------------------------------------------------------------
@@ -149,7 +153,6 @@ def _check_glu(gu, dw, out) -> None:
     _rows("dec_glu", "out", out, B, inter)
 
 
-@torch.library.custom_op("mulfree::dec_glu", mutates_args=("out",))
 def _dec_glu(gu: torch.Tensor, dw: torch.Tensor, d_eps: float, out: torch.Tensor,
              isa: int) -> None:  # fmt: skip
     """out [B, I] = down_proj's normed input of silu(gate) * up, gu [B, 2I] = [gate | up]."""
@@ -159,9 +162,11 @@ def _dec_glu(gu: torch.Tensor, dw: torch.Tensor, d_eps: float, out: torch.Tensor
                        out.data_ptr(), int(isa))  # fmt: skip
 
 
-@_dec_glu.register_fake
-def _(gu, dw, d_eps, out, isa) -> None:
+def _dec_glu_fake(gu, dw, d_eps, out, isa) -> None:
     _check_glu(gu, dw, out)
+
+
+define_op("dec_glu", _dec_glu, _dec_glu_fake, mutates_args=("out",))
 
 
 # --- the cost formulas (see the module docstring) ------------------------------------------------
