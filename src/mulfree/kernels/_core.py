@@ -140,6 +140,11 @@ def set_isa(name: str | None) -> None:
     _forced = None if name in (None, AUTO) else _check_name(name)
 
 
+def forced_isa() -> str | None:
+    """The level forced by set_isa / use_isa / $MULFREE_ISA (None: auto)."""
+    return _forced
+
+
 @contextlib.contextmanager
 def use_isa(name: str | None) -> Iterator[None]:
     """`with use_isa("scalar"): ...` runs the kernels inside on that level."""
@@ -212,4 +217,4 @@ def resolve_threads(threads: int | None = None) -> int:
 
 from mulfree.kernels import dispatch as _dispatch  # noqa: E402  (it imports this module)
 
-_chosen = _dispatch._chosen  # the same dict (dispatch.reset clears it in place)
+_chosen = _dispatch.chosen  # the same dict (dispatch.reset clears it in place)

@@ -323,7 +323,7 @@ def write_cache(path: Path, key: Mapping[str, str], families: Mapping[str, dict]
 
 # --- the process-wide state -------------------------------------------------------------------
 _lock = threading.RLock()
-_chosen: dict[str, str] = {}  # family -> level: the per-call fast path of resolve_isa
+chosen: dict[str, str] = {}  # family -> level (public: the per-call fast path of _core.resolve_isa)
 _entries: dict[str, dict] = {}  # family -> entry (level, medians, source) for isa_report
 _key: dict[str, str] | None = None
 _disk: dict[str, dict] | None = None  # the cache file's entries, read once
@@ -333,7 +333,7 @@ def reset() -> None:
     """Forget every choice of this process (tests; the disk cache is kept)."""
     global _key, _disk
     with _lock:
-        _chosen.clear()
+        chosen.clear()
         _entries.clear()
         _key = _disk = None
 
@@ -356,13 +356,13 @@ def _entry(levels: Sequence[str], samples: Mapping[str, Sequence[float]]) -> dic
 
 def choice(family: str) -> str:
     """The measured (or cached) level of a family on this CPU; the compiled core is loaded."""
-    lv = _chosen.get(family)
+    lv = chosen.get(family)
     if lv is not None:
         return lv
     global _key, _disk
     with _lock:
-        if family in _chosen:
-            return _chosen[family]
+        if family in chosen:
+            return chosen[family]
         if family not in FAMILIES:
             raise KeyError(f"unknown kernel family {family!r}; known: {', '.join(FAMILIES)}")
         best = _core.ISA_LEVELS[_core.isa_max()]
@@ -387,13 +387,13 @@ def choice(family: str) -> str:
                     _disk = {**fresh, family: stored}
                     write_cache(cache_path(_key), _key, _disk)
         _entries[family] = entry
-        _chosen[family] = entry["level"]
+        chosen[family] = entry["level"]
         return entry["level"]
 
 
 def report(measure_all: bool = True) -> dict:
     """What the dispatcher chose: CPU, forced level, and family -> entry (level, source, µs)."""
-    out: dict = {"max": _core.isa_max(), "forced": _core._forced}
+    out: dict = {"max": _core.isa_max(), "forced": _core.forced_isa()}
     if out["max"] == _core.TORCH:
         out["families"] = {}
         return out
@@ -403,9 +403,9 @@ def report(measure_all: bool = True) -> dict:
     key = _key or cache_key()
     out.update(cpu=key["cpu"], cache=str(cache_path(key)))
     out["families"] = {f: dict(e) for f, e in _entries.items()}
-    if _core._forced not in (None, _core.AUTO):
+    if _core.forced_isa() not in (None, _core.AUTO):
         for e in out["families"].values():
-            e["used"] = _core._forced
+            e["used"] = _core.forced_isa()
     return out
 
 
