@@ -188,6 +188,33 @@ def test_glu(isa, act, I, norm):
     _same_bits(out, ref.glu(gu, w, 1e-5, act), f"{isa} {act}")
 
 
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("V,D,threads", [(37, 100, 1), (9, 64, 1), (8203, 40, 2)])
+def test_head_i8(isa, V, D, threads):
+    """Rows past a block of 4, a D tail past 32 bytes, codes -128..127 (a file may hold -128),
+    two threads over the rows."""
+    C = _core()
+    rng = np.random.default_rng(V)
+    codes = rng.integers(-128, 128, (V, D)).astype(np.int8)
+    step = (rng.random(V) * 1e-2).astype(f32)
+    x = _rand((2, D), 3, 5.0)
+    x[1] = 0.0  # an all-zero row: absmax floor
+    out = np.zeros((2, V), dtype=f32)
+    C.tfm_head_i8(_p(x), 2, D, _p(codes), V, _p(step), _p(out), threads, ISA_LEVELS[isa])
+    _same_bits(out, ref.head_i8(x, codes, step), f"{isa}")
+
+
+def test_head_i8_is_the_int8_product():
+    """The twin is a head: within its activation quantization step of the float product."""
+    rng = np.random.default_rng(1)
+    codes = rng.integers(-127, 128, (50, 64)).astype(np.int8)
+    step = np.full(50, 0.01, dtype=f32)
+    x = _rand((1, 64), 2)
+    want = x.astype(np.float64) @ (codes.astype(np.float64) * 0.01).T
+    bound = np.abs(codes.astype(np.float64) * 0.01).sum(1) * np.abs(x).max() / 127  # 1/2 step each
+    assert (np.abs(ref.head_i8(x, codes, step) - want) <= bound).all()
+
+
 def test_bad_arguments_raise():
     C = _core()
     x = np.zeros((1, 16), dtype=f32)
