@@ -455,8 +455,10 @@ MF_ROW_FN(row_i8_l, TFM_KV_I8, 1)
  * (or a magnitude that rounds up to inf) sends the row to the full route: the same bits. */
 typedef struct {
     int drop;
-    float *kx, *kz, *ks;     /* key tile: magnitude ^ 2^31, zero mask, sign (hd x 8 each) */
-    uint32_t *qa, *qz, *qs;  /* q: magnitude, zero mask, sign ([G][hd] each) */
+    float *kx, *kz, *ks;     /* key tile: magnitude ^ 2^31, zero mask, sign, then the sign
+                              * flipped (ks + tile): the product's sign, selected by q's */
+    int64_t tile;
+    uint32_t *qa, *qz, *qs;  /* q: magnitude, (unused), sign as an offset 0 / tile ([G][hd]) */
     uint32_t *pa, *pz, *ps;  /* p: the same for the probabilities ([G][npad] each) */
     float *acc;              /* P V sums of up to 4 heads [4][hd] */
 } lmf_buf;
@@ -515,11 +517,17 @@ MF_TARGET_AVX2_F16C static MF_AI void lmf_scores_nq(const lm_vconst *c, const in
     for (int64_t d = 0; d < hd; ++d) {
         const __m256i x = _mm256_load_si256((const __m256i *)(L->kx + d * TFM_KTILE));
         const __m256i z = _mm256_load_si256((const __m256i *)(L->kz + d * TFM_KTILE));
-        const __m256i sg = _mm256_load_si256((const __m256i *)(L->ks + d * TFM_KTILE));
 #pragma GCC unroll 4
         for (int i = 0; i < nq; ++i) {
             const int64_t e = (i0 + i) * hd + d;
-            acc[i] = _mm256_add_ps(acc[i], lmf_prod(c, x, z, sg, L->qa[e], L->qz[e], L->qs[e]));
+                /* q nonzero (zeros take the full route): only the key side can be zero */
+            const __m256i s = _mm256_add_epi32(x, V256(L->qa[e]));
+            const __m256i bad = _mm256_or_si256(
+                _mm256_cmpgt_epi32(V256(c->under_sum ^ 0x80000000u), s), z);
+            const __m256i r = _mm256_min_epu32(_mm256_add_epi32(s, V256(0x80000000u - c->lconst)),
+                                               V256(0x7f800000u));
+            const __m256i sg = _mm256_load_si256((const __m256i *)(L->ks + L->qs[e] + d * TFM_KTILE));
+            acc[i] = _mm256_add_ps(acc[i], _mm256_castsi256_ps(_mm256_or_si256(_mm256_andnot_si256(bad, r), sg)));
         }
     }
     const __m256 sv = _mm256_set1_ps(scaling);
@@ -571,8 +579,11 @@ MF_TARGET_AVX2_F16C static MF_AI int lmf_row_t(const attn_args *A, const lm_vcon
     int bad = 0;
     for (int64_t g = gsel; g < gsel + 1; ++g) { /* one kv head per call */
         const int64_t sh = slot * A->Hkv + g;
-        for (int64_t e = 0; e < G * hd; ++e)
+        for (int64_t e = 0; e < G * hd; ++e) {
             bad |= lmf_prep1(&A->f, A->k, q[g * G * hd + e], L->qa + e, L->qz + e, L->qs + e);
+            bad |= L->qa[e] == 0;
+            L->qs[e] = L->qs[e] ? (uint32_t)L->tile : 0;
+        }
         for (int64_t t = 0; t < tiles; ++t) {
             const int64_t base = (sh * (ctx / TFM_KTILE) + t) * hd * TFM_KTILE;
             const __m256 st = dtype == TFM_KV_I8 ? _mm256_loadu_ps(A->ks + sh * ctx + t * TFM_KTILE)
@@ -587,6 +598,8 @@ MF_TARGET_AVX2_F16C static MF_AI int lmf_row_t(const attn_args *A, const lm_vcon
                 _mm256_store_si256((__m256i *)(L->kx + d * TFM_KTILE), x);
                 _mm256_store_si256((__m256i *)(L->kz + d * TFM_KTILE), z);
                 _mm256_store_si256((__m256i *)(L->ks + d * TFM_KTILE), sg);
+                _mm256_store_si256((__m256i *)(L->ks + L->tile + d * TFM_KTILE),
+                                   _mm256_xor_si256(sg, V256(0x80000000u)));
             }
             for (int64_t i0 = 0; i0 < G; i0 += 4) {
                 const int64_t nq = G - i0 < 4 ? G - i0 : 4;
@@ -808,7 +821,7 @@ int mf_op_tfm_attend(const int64_t *a) {
     const int64_t nq = mf_round_up(G * A.hd, 8);
     /* full route: scores + a decoded key tile; fast L-Mul route: + 3 key tiles, 3 x q, 3 x p,
      * the P V sums */
-    const int64_t words = nsc + tile + (A.lmul ? 3 * tile + 3 * nq + 3 * nsc + 4 * A.hd : 0);
+    const int64_t words = nsc + tile + (A.lmul ? 4 * tile + 3 * nq + 3 * nsc + 4 * A.hd : 0);
     const size_t bytes = (size_t)words * sizeof(float);
     float *sc = mf_scratch(bytes);
     if (sc == NULL) return MF_OP_NOMEM;
@@ -834,13 +847,11 @@ int mf_op_tfm_attend(const int64_t *a) {
 #pragma omp atomic write
                 nomem = 1;
             } else {
-                float *w = s + nsc + tile;
-                lmf_buf L = {vc.drop, w, w + tile, w + 2 * tile, (uint32_t *)(w + 3 * tile),
-                             (uint32_t *)(w + 3 * tile + nq), (uint32_t *)(w + 3 * tile + 2 * nq),
-                             (uint32_t *)(w + 3 * tile + 3 * nq),
-                             (uint32_t *)(w + 3 * tile + 3 * nq + nsc),
-                             (uint32_t *)(w + 3 * tile + 3 * nq + 2 * nsc),
-                             w + 3 * tile + 3 * nq + 3 * nsc};
+                float *w = s + nsc + tile, *u = w + 4 * tile; /* kx, kz, ks, ks flipped; then u */
+                lmf_buf L = {vc.drop, w, w + tile, w + 2 * tile, tile, (uint32_t *)u,
+                             (uint32_t *)(u + nq), (uint32_t *)(u + 2 * nq),
+                             (uint32_t *)(u + 3 * nq), (uint32_t *)(u + 3 * nq + nsc),
+                             (uint32_t *)(u + 3 * nq + 2 * nsc), u + 3 * nq + 3 * nsc};
 #pragma omp for schedule(static)
                 for (int64_t it = 0; it < items; ++it) {
                     const int64_t b = it / A.Hkv, g = it % A.Hkv;
