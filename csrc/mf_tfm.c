@@ -451,8 +451,10 @@ MF_ROW_FN(row_i8_l, TFM_KV_I8, 1)
  *     s = ax + ay (prepared magnitudes); s < lconst + 2^23 or ax == 0 or ay == 0 -> +-0;
  *     else sign | min(s - lconst, inf)
  * and that is what lmf_prod computes (the sign of a zero product is never seen: a float32
- * sum from +0 gives the same bits for +0 and -0 terms). Any inf or NaN among a row's operands
- * (or a magnitude that rounds up to inf) sends the row to the full route: the same bits. */
+ * sum from +0 gives the same bits for +0 and -0 terms). The scalar side is specialised: a zero
+ * q element or a p that is not > 0 after rounding (a flushed probability) sends the row's kv
+ * head to the full route, as does any inf or NaN among its operands (or a magnitude that rounds
+ * up to inf): the same bits either way. */
 typedef struct {
     int drop;
     float *kx, *kz, *ks;     /* key tile: magnitude ^ 2^31, zero mask, sign, then the sign
@@ -488,17 +490,16 @@ static inline int lmf_prep1(const lm_fmt *f, int k, float v, uint32_t *a, uint32
     return *a > 0x7f7fffffu;
 }
 
-/* 8 L-Mul products of a prepared vector (x = magnitude ^ 2^31, zero mask, sign) and a
- * prepared scalar (qa, zero mask, sign), as float32 bits. */
+/* 8 L-Mul products of a prepared vector (x = magnitude ^ 2^31, z its zero mask) and a prepared
+ * scalar magnitude qa (finite, nonzero: other scalars take the full route), the products'
+ * signs sg given, as float32 bits. */
 MF_TARGET_AVX2 static MF_AI __m256 lmf_prod(const lm_vconst *c, __m256i x, __m256i z, __m256i sg,
-                                            uint32_t qa, uint32_t qz, uint32_t qs) {
+                                            uint32_t qa) {
     const __m256i s = _mm256_add_epi32(x, V256(qa)); /* (ax + ay) - 2^31, no signed overflow */
-    const __m256i under = _mm256_cmpgt_epi32(V256(c->under_sum ^ 0x80000000u), s);
-    const __m256i bad = _mm256_or_si256(_mm256_or_si256(under, z), V256(qz));
+    const __m256i bad = _mm256_or_si256(_mm256_cmpgt_epi32(V256(c->under_sum ^ 0x80000000u), s), z);
     const __m256i r = _mm256_min_epu32(_mm256_add_epi32(s, V256(0x80000000u - c->lconst)),
                                        V256(0x7f800000u));
-    return _mm256_castsi256_ps(
-        _mm256_or_si256(_mm256_andnot_si256(bad, r), _mm256_xor_si256(sg, V256(qs))));
+    return _mm256_castsi256_ps(_mm256_or_si256(_mm256_andnot_si256(bad, r), sg));
 }
 
 MF_TARGET_AVX2 static MF_AI void lmf_split(const lm_vconst *c, __m256 v, __m256i *x, __m256i *z,
@@ -520,14 +521,9 @@ MF_TARGET_AVX2_F16C static MF_AI void lmf_scores_nq(const lm_vconst *c, const in
 #pragma GCC unroll 4
         for (int i = 0; i < nq; ++i) {
             const int64_t e = (i0 + i) * hd + d;
-                /* q nonzero (zeros take the full route): only the key side can be zero */
-            const __m256i s = _mm256_add_epi32(x, V256(L->qa[e]));
-            const __m256i bad = _mm256_or_si256(
-                _mm256_cmpgt_epi32(V256(c->under_sum ^ 0x80000000u), s), z);
-            const __m256i r = _mm256_min_epu32(_mm256_add_epi32(s, V256(0x80000000u - c->lconst)),
-                                               V256(0x7f800000u));
+                /* the sign of k * q: the key tile's signs, flipped when q is negative */
             const __m256i sg = _mm256_load_si256((const __m256i *)(L->ks + L->qs[e] + d * TFM_KTILE));
-            acc[i] = _mm256_add_ps(acc[i], _mm256_castsi256_ps(_mm256_or_si256(_mm256_andnot_si256(bad, r), sg)));
+            acc[i] = _mm256_add_ps(acc[i], lmf_prod(c, x, z, sg, L->qa[e]));
         }
     }
     const __m256 sv = _mm256_set1_ps(scaling);
@@ -547,12 +543,9 @@ MF_TARGET_AVX2_F16C static MF_AI void lmf_pv_nq(const lm_vconst *c, const int dt
     __m256 step = _mm256_setzero_ps();
     for (int64_t j = 0; j < n; ++j) {
         if (dtype == TFM_KV_I8) step = _mm256_set1_ps(vst[j]);
-        uint32_t pa[4], pz[4], ps[4];
+        uint32_t pa[4]; /* p > 0 (softmax; others took the full route): v's signs are the products' */
 #pragma GCC unroll 4
-        for (int i = 0; i < nq; ++i) {
-            const int64_t e = (i0 + i) * npad + j;
-            pa[i] = L->pa[e], pz[i] = L->pz[e], ps[i] = L->ps[e];
-        }
+        for (int i = 0; i < nq; ++i) pa[i] = L->pa[(i0 + i) * npad + j];
         for (int64_t d0 = 0; d0 < hd; d0 += 8) {
             __m256i x, z, sg;
             lmf_split(c, load8(vbase, j * hd + d0, dtype, step), &x, &z, &sg, nf);
@@ -560,7 +553,7 @@ MF_TARGET_AVX2_F16C static MF_AI void lmf_pv_nq(const lm_vconst *c, const int dt
             for (int i = 0; i < nq; ++i) {
                 float *a = acc + i * hd + d0;
                 _mm256_store_ps(a, _mm256_add_ps(_mm256_load_ps(a),
-                                                 lmf_prod(c, x, z, sg, pa[i], pz[i], ps[i])));
+                                                 lmf_prod(c, x, z, sg, pa[i])));
             }
         }
     }
@@ -613,6 +606,7 @@ MF_TARGET_AVX2_F16C static MF_AI int lmf_row_t(const attn_args *A, const lm_vcon
             for (int64_t j = 0; j < n; ++j) {
                 const int64_t e = i * npad + j;
                 bad |= lmf_prep1(&A->f, A->k, sc[e], L->pa + e, L->pz + e, L->ps + e);
+                bad |= L->pa[e] == 0 || L->ps[e] != 0;
             }
         }
         const void *vbase = (const char *)A->vc + (size_t)(sh * ctx * hd) * (dtype == TFM_KV_F32 ? 4 : dtype == TFM_KV_I8 ? 1 : 2);
