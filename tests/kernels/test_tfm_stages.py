@@ -247,3 +247,20 @@ def test_attend_lmul_special_values_take_the_full_route(isa):
     C.tfm_attend(_p(q), 1, H * hd, _p(out), H * hd, _p(cache.k), _p(cache.v), 0, 0, 0, H, Hkv,
                  hd, ctx, _p(rows), hd**-0.5, 3, ISA_LEVELS[isa], 2)  # fmt: skip
     _same_bits(out, ref.attend(cache, q, [0], [5], hd**-0.5, 3))
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+def test_attend_lmul_peaky_softmax(isa):
+    """Scores hundreds apart: probabilities flush to zero in L-Mul's operand rounding, which
+    the fast route hands to the full one; the bits are still the twin's."""
+    C = _core()
+    H, Hkv, hd, ctx = 2, 1, 16, 16
+    cache = _filled(C, "bfloat16", 1, Hkv, hd, ctx, 9, 5)
+    cache.k[0, 0, 0] = cache.k[0, 0, 0, :, :1]  # positions 0..7 one key: in one of the two heads
+    q = _rand((1, H, hd), 6, 100.0)  # (q and -q) they share the top score, p_8 ~ 2^-129 / 8
+    q[0, 1] = -q[0, 0]
+    rows = np.array([[0, 8]], dtype=np.int64)
+    out = np.zeros_like(q)
+    C.tfm_attend(_p(q), 1, H * hd, _p(out), H * hd, _p(cache.k), _p(cache.v), 0, 0, 1, H, Hkv,
+                 hd, ctx, _p(rows), hd**-0.5, 3, ISA_LEVELS[isa], 1)  # fmt: skip
+    _same_bits(out, ref.attend(cache, q, [0], [8], hd**-0.5, 3))
