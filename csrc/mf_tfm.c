@@ -451,16 +451,17 @@ MF_ROW_FN(row_i8_l, TFM_KV_I8, 1)
  *     s = ax + ay (prepared magnitudes); s < lconst + 2^23 or ax == 0 or ay == 0 -> +-0;
  *     else sign | min(s - lconst, inf)
  * and that is what lmf_prod computes (the sign of a zero product is never seen: a float32
- * sum from +0 gives the same bits for +0 and -0 terms). The scalar side is specialised: a zero
- * q element or a p that is not > 0 after rounding (a flushed probability) sends the row's kv
- * head to the full route, as does any inf or NaN among its operands (or a magnitude that rounds
- * up to inf): the same bits either way. */
+ * sum from +0 gives the same bits for +0 and -0 terms). The scalar side is specialised: a
+ * negative p sends the row's kv head to the full route, as does any inf or NaN
+ * among its operands (or a magnitude that rounds up to inf): the same bits either way; a p
+ * flushed to zero skips its products (they add +-0). */
 typedef struct {
     int drop;
-    float *kx, *kz, *ks;     /* key tile: magnitude ^ 2^31, zero mask, sign, then the sign
-                              * flipped (ks + tile): the product's sign, selected by q's */
+    float *kx, *kz, *ks;     /* key tile: magnitude ^ 2^31, zero mask (then an all-ones tile
+                              * at kz + tile), sign (then flipped at ks + tile): the product's
+                              * zero mask and sign, selected by q's */
     int64_t tile;
-    uint32_t *qa, *qz, *qs;  /* q: magnitude, (unused), sign as an offset 0 / tile ([G][hd]) */
+    uint32_t *qa, *qz, *qs;  /* q: magnitude, zero and sign as offsets 0 / tile ([G][hd]) */
     uint32_t *pa, *pz, *ps;  /* p: the same for the probabilities ([G][npad] each) */
     float *acc;              /* P V sums of up to 4 heads [4][hd] */
 } lmf_buf;
@@ -517,11 +518,12 @@ MF_TARGET_AVX2_F16C static MF_AI void lmf_scores_nq(const lm_vconst *c, const in
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t d = 0; d < hd; ++d) {
         const __m256i x = _mm256_load_si256((const __m256i *)(L->kx + d * TFM_KTILE));
-        const __m256i z = _mm256_load_si256((const __m256i *)(L->kz + d * TFM_KTILE));
 #pragma GCC unroll 4
         for (int i = 0; i < nq; ++i) {
             const int64_t e = (i0 + i) * hd + d;
-                /* the sign of k * q: the key tile's signs, flipped when q is negative */
+            /* the key tile's zero mask, or all ones when q is 0 (kz + tile); the sign of k q:
+             * the key tile's signs, or their flipped copy when q is negative (ks + tile) */
+            const __m256i z = _mm256_load_si256((const __m256i *)(L->kz + L->qz[e] + d * TFM_KTILE));
             const __m256i sg = _mm256_load_si256((const __m256i *)(L->ks + L->qs[e] + d * TFM_KTILE));
             acc[i] = _mm256_add_ps(acc[i], lmf_prod(c, x, z, sg, L->qa[e]));
         }
@@ -543,7 +545,8 @@ MF_TARGET_AVX2_F16C static MF_AI void lmf_pv_nq(const lm_vconst *c, const int dt
     __m256 step = _mm256_setzero_ps();
     for (int64_t j = 0; j < n; ++j) {
         if (dtype == TFM_KV_I8) step = _mm256_set1_ps(vst[j]);
-        uint32_t pa[4]; /* p > 0 (softmax; others took the full route): v's signs are the products' */
+        /* p >= 0 (softmax; a negative p takes the full route): v's signs are the products' */
+        uint32_t pa[4] = {0, 0, 0, 0};
 #pragma GCC unroll 4
         for (int i = 0; i < nq; ++i) pa[i] = L->pa[(i0 + i) * npad + j];
         for (int64_t d0 = 0; d0 < hd; d0 += 8) {
@@ -551,6 +554,10 @@ MF_TARGET_AVX2_F16C static MF_AI void lmf_pv_nq(const lm_vconst *c, const int dt
             lmf_split(c, load8(vbase, j * hd + d0, dtype, step), &x, &z, &sg, nf);
 #pragma GCC unroll 4
             for (int i = 0; i < nq; ++i) {
+                /* p flushed to 0 (an exp far below the max): its products are +-0 and leave
+                 * the sums as they are (a sum from +0 is never -0), so they are skipped;
+                 * the values were still prepared above, for the inf / NaN test */
+                if (pa[i] == 0) continue;
                 float *a = acc + i * hd + d0;
                 _mm256_store_ps(a, _mm256_add_ps(_mm256_load_ps(a),
                                                  lmf_prod(c, x, z, sg, pa[i])));
@@ -570,11 +577,13 @@ MF_TARGET_AVX2_F16C static MF_AI int lmf_row_t(const attn_args *A, const lm_vcon
     const int64_t tiles = (n + TFM_KTILE - 1) / TFM_KTILE, npad = tiles * TFM_KTILE;
     __m256i nf = _mm256_setzero_si256();
     int bad = 0;
+    for (int64_t d = 0; d < hd; ++d) /* the all-ones tile after kz */
+        _mm256_store_si256((__m256i *)(L->kz + L->tile + d * TFM_KTILE), _mm256_set1_epi32(-1));
     for (int64_t g = gsel; g < gsel + 1; ++g) { /* one kv head per call */
         const int64_t sh = slot * A->Hkv + g;
         for (int64_t e = 0; e < G * hd; ++e) {
             bad |= lmf_prep1(&A->f, A->k, q[g * G * hd + e], L->qa + e, L->qz + e, L->qs + e);
-            bad |= L->qa[e] == 0;
+            L->qz[e] = L->qz[e] ? (uint32_t)L->tile : 0;
             L->qs[e] = L->qs[e] ? (uint32_t)L->tile : 0;
         }
         for (int64_t t = 0; t < tiles; ++t) {
@@ -606,7 +615,7 @@ MF_TARGET_AVX2_F16C static MF_AI int lmf_row_t(const attn_args *A, const lm_vcon
             for (int64_t j = 0; j < n; ++j) {
                 const int64_t e = i * npad + j;
                 bad |= lmf_prep1(&A->f, A->k, sc[e], L->pa + e, L->pz + e, L->ps + e);
-                bad |= L->pa[e] == 0 || L->ps[e] != 0;
+                bad |= L->ps[e] != 0;
             }
         }
         const void *vbase = (const char *)A->vc + (size_t)(sh * ctx * hd) * (dtype == TFM_KV_F32 ? 4 : dtype == TFM_KV_I8 ? 1 : 2);
@@ -815,7 +824,7 @@ int mf_op_tfm_attend(const int64_t *a) {
     const int64_t nq = mf_round_up(G * A.hd, 8);
     /* full route: scores + a decoded key tile; fast L-Mul route: + 3 key tiles, 3 x q, 3 x p,
      * the P V sums */
-    const int64_t words = nsc + tile + (A.lmul ? 4 * tile + 3 * nq + 3 * nsc + 4 * A.hd : 0);
+    const int64_t words = nsc + tile + (A.lmul ? 5 * tile + 3 * nq + 3 * nsc + 4 * A.hd : 0);
     const size_t bytes = (size_t)words * sizeof(float);
     float *sc = mf_scratch(bytes);
     if (sc == NULL) return MF_OP_NOMEM;
@@ -841,8 +850,9 @@ int mf_op_tfm_attend(const int64_t *a) {
 #pragma omp atomic write
                 nomem = 1;
             } else {
-                float *w = s + nsc + tile, *u = w + 4 * tile; /* kx, kz, ks, ks flipped; then u */
-                lmf_buf L = {vc.drop, w, w + tile, w + 2 * tile, tile, (uint32_t *)u,
+                /* tiles kx, kz, all ones, ks, ks flipped; then q, p and the P V sums from u */
+                float *w = s + nsc + tile, *u = w + 5 * tile;
+                lmf_buf L = {vc.drop, w, w + tile, w + 3 * tile, tile, (uint32_t *)u,
                              (uint32_t *)(u + nq), (uint32_t *)(u + 2 * nq),
                              (uint32_t *)(u + 3 * nq), (uint32_t *)(u + 3 * nq + nsc),
                              (uint32_t *)(u + 3 * nq + 2 * nsc), u + 3 * nq + 3 * nsc};

@@ -264,3 +264,21 @@ def test_attend_lmul_peaky_softmax(isa):
     C.tfm_attend(_p(q), 1, H * hd, _p(out), H * hd, _p(cache.k), _p(cache.v), 0, 0, 1, H, Hkv,
                  hd, ctx, _p(rows), hd**-0.5, 3, ISA_LEVELS[isa], 1)  # fmt: skip
     _same_bits(out, ref.attend(cache, q, [0], [8], hd**-0.5, 3))
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_attend_lmul_zero_operands(isa, dtype):
+    """Zero q elements (frequent after ternary projections: an integer sum of 0) and zero
+    cached values (int8 code 0) on the fast route: the same bits as the twin."""
+    C = _core()
+    H, Hkv, hd, ctx = 4, 2, 16, 16
+    cache = _filled(C, dtype, 1, Hkv, hd, ctx, 11, 2)
+    q = _rand((1, H, hd), 7)
+    q[0, :, ::3] = 0.0
+    rows = np.array([[0, 10]], dtype=np.int64)
+    out = np.zeros_like(q)
+    C.tfm_attend(_p(q), 1, H * hd, _p(out), H * hd, _p(cache.k), _p(cache.v), _p(cache.ks),
+                 _p(cache.vs), ref.KV_DTYPES[dtype], H, Hkv, hd, ctx, _p(rows), hd**-0.5, 3,
+                 ISA_LEVELS[isa], 1)  # fmt: skip
+    _same_bits(out, ref.attend(cache, q, [0], [10], hd**-0.5, 3))
