@@ -210,6 +210,16 @@ def accuracy_tiny() -> None:
         say(f"  head {fmt:8s} vs float32: logit SQNR {sqnr(ref, got):5.1f} dB, top-1 agreement "
               f"{top1:.3f} | vs the bf16 head: SQNR {sqnr(bf16, got):5.1f} dB, top-1 {vs_bf16:.3f}")  # fmt: skip
 
+    # the compiled step's int8 head (tfm_head_i8) also quantizes its input to int8 (absmax)
+    from mulfree.engine.bitnet_ref import head_i8
+
+    q8 = QuantizedHead.from_float(w, "int8")
+    got = torch.from_numpy(head_i8(h.numpy(), q8.weight_int8.numpy(), q8.weight_step.numpy()))
+    top1 = float((got.argmax(-1) == ref.argmax(-1)).float().mean())
+    vs_bf16 = float((got.argmax(-1) == bf16.argmax(-1)).float().mean())
+    say(f"  head int8 + int8 activations (compiled) vs float32: logit SQNR {sqnr(ref, got):5.1f} dB, "
+        f"top-1 {top1:.3f} | vs the bf16 head: SQNR {sqnr(bf16, got):5.1f} dB, top-1 {vs_bf16:.3f}")  # fmt: skip
+
     def run(kv):
         dec = BitNetDecoder(model, kv_dtype=kv)
         out = [dec.prefill(ids[:, :8]).clone()]

@@ -31,6 +31,7 @@ static const plan_op PLAN_OPS[] = {
     {"tfm_kv_write", "plllpppppllllp", mf_op_tfm_kv_write},
     {"tfm_attend", "pllplpppplllllpdlll", mf_op_tfm_attend},
     {"tfm_glu", "pllpdpll", mf_op_tfm_glu},
+    {"tfm_head_i8", "pllplppll", mf_op_tfm_head_i8},
 };
 #define N_PLAN_OPS ((int64_t)(sizeof PLAN_OPS / sizeof PLAN_OPS[0]))
 

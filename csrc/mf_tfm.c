@@ -451,12 +451,17 @@ MF_ROW_FN(row_i8_l, TFM_KV_I8, 1)
  *     s = ax + ay (prepared magnitudes); s < lconst + 2^23 or ax == 0 or ay == 0 -> +-0;
  *     else sign | min(s - lconst, inf)
  * and that is what lmf_prod computes (the sign of a zero product is never seen: a float32
- * sum from +0 gives the same bits for +0 and -0 terms). Any inf or NaN among a row's operands
- * (or a magnitude that rounds up to inf) sends the row to the full route: the same bits. */
+ * sum from +0 gives the same bits for +0 and -0 terms). The scalar side is specialised: a
+ * negative p sends the row's kv head to the full route, as does any inf or NaN
+ * among its operands (or a magnitude that rounds up to inf): the same bits either way; a p
+ * flushed to zero skips its products (they add +-0). */
 typedef struct {
     int drop;
-    float *kx, *kz, *ks;     /* key tile: magnitude ^ 2^31, zero mask, sign (hd x 8 each) */
-    uint32_t *qa, *qz, *qs;  /* q: magnitude, zero mask, sign ([G][hd] each) */
+    float *kx, *kz, *ks;     /* key tile: magnitude ^ 2^31, zero mask (then an all-ones tile
+                              * at kz + tile), sign (then flipped at ks + tile): the product's
+                              * zero mask and sign, selected by q's */
+    int64_t tile;
+    uint32_t *qa, *qz, *qs;  /* q: magnitude, zero and sign as offsets 0 / tile ([G][hd]) */
     uint32_t *pa, *pz, *ps;  /* p: the same for the probabilities ([G][npad] each) */
     float *acc;              /* P V sums of up to 4 heads [4][hd] */
 } lmf_buf;
@@ -486,17 +491,16 @@ static inline int lmf_prep1(const lm_fmt *f, int k, float v, uint32_t *a, uint32
     return *a > 0x7f7fffffu;
 }
 
-/* 8 L-Mul products of a prepared vector (x = magnitude ^ 2^31, zero mask, sign) and a
- * prepared scalar (qa, zero mask, sign), as float32 bits. */
+/* 8 L-Mul products of a prepared vector (x = magnitude ^ 2^31, z its zero mask) and a prepared
+ * scalar magnitude qa (finite, nonzero: other scalars take the full route), the products'
+ * signs sg given, as float32 bits. */
 MF_TARGET_AVX2 static MF_AI __m256 lmf_prod(const lm_vconst *c, __m256i x, __m256i z, __m256i sg,
-                                            uint32_t qa, uint32_t qz, uint32_t qs) {
+                                            uint32_t qa) {
     const __m256i s = _mm256_add_epi32(x, V256(qa)); /* (ax + ay) - 2^31, no signed overflow */
-    const __m256i under = _mm256_cmpgt_epi32(V256(c->under_sum ^ 0x80000000u), s);
-    const __m256i bad = _mm256_or_si256(_mm256_or_si256(under, z), V256(qz));
+    const __m256i bad = _mm256_or_si256(_mm256_cmpgt_epi32(V256(c->under_sum ^ 0x80000000u), s), z);
     const __m256i r = _mm256_min_epu32(_mm256_add_epi32(s, V256(0x80000000u - c->lconst)),
                                        V256(0x7f800000u));
-    return _mm256_castsi256_ps(
-        _mm256_or_si256(_mm256_andnot_si256(bad, r), _mm256_xor_si256(sg, V256(qs))));
+    return _mm256_castsi256_ps(_mm256_or_si256(_mm256_andnot_si256(bad, r), sg));
 }
 
 MF_TARGET_AVX2 static MF_AI void lmf_split(const lm_vconst *c, __m256 v, __m256i *x, __m256i *z,
@@ -514,12 +518,14 @@ MF_TARGET_AVX2_F16C static MF_AI void lmf_scores_nq(const lm_vconst *c, const in
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t d = 0; d < hd; ++d) {
         const __m256i x = _mm256_load_si256((const __m256i *)(L->kx + d * TFM_KTILE));
-        const __m256i z = _mm256_load_si256((const __m256i *)(L->kz + d * TFM_KTILE));
-        const __m256i sg = _mm256_load_si256((const __m256i *)(L->ks + d * TFM_KTILE));
 #pragma GCC unroll 4
         for (int i = 0; i < nq; ++i) {
             const int64_t e = (i0 + i) * hd + d;
-            acc[i] = _mm256_add_ps(acc[i], lmf_prod(c, x, z, sg, L->qa[e], L->qz[e], L->qs[e]));
+            /* the key tile's zero mask, or all ones when q is 0 (kz + tile); the sign of k q:
+             * the key tile's signs, or their flipped copy when q is negative (ks + tile) */
+            const __m256i z = _mm256_load_si256((const __m256i *)(L->kz + L->qz[e] + d * TFM_KTILE));
+            const __m256i sg = _mm256_load_si256((const __m256i *)(L->ks + L->qs[e] + d * TFM_KTILE));
+            acc[i] = _mm256_add_ps(acc[i], lmf_prod(c, x, z, sg, L->qa[e]));
         }
     }
     const __m256 sv = _mm256_set1_ps(scaling);
@@ -539,20 +545,22 @@ MF_TARGET_AVX2_F16C static MF_AI void lmf_pv_nq(const lm_vconst *c, const int dt
     __m256 step = _mm256_setzero_ps();
     for (int64_t j = 0; j < n; ++j) {
         if (dtype == TFM_KV_I8) step = _mm256_set1_ps(vst[j]);
-        uint32_t pa[4], pz[4], ps[4];
+        /* p >= 0 (softmax; a negative p takes the full route): v's signs are the products' */
+        uint32_t pa[4] = {0, 0, 0, 0};
 #pragma GCC unroll 4
-        for (int i = 0; i < nq; ++i) {
-            const int64_t e = (i0 + i) * npad + j;
-            pa[i] = L->pa[e], pz[i] = L->pz[e], ps[i] = L->ps[e];
-        }
+        for (int i = 0; i < nq; ++i) pa[i] = L->pa[(i0 + i) * npad + j];
         for (int64_t d0 = 0; d0 < hd; d0 += 8) {
             __m256i x, z, sg;
             lmf_split(c, load8(vbase, j * hd + d0, dtype, step), &x, &z, &sg, nf);
 #pragma GCC unroll 4
             for (int i = 0; i < nq; ++i) {
+                /* p flushed to 0 (an exp far below the max): its products are +-0 and leave
+                 * the sums as they are (a sum from +0 is never -0), so they are skipped;
+                 * the values were still prepared above, for the inf / NaN test */
+                if (pa[i] == 0) continue;
                 float *a = acc + i * hd + d0;
                 _mm256_store_ps(a, _mm256_add_ps(_mm256_load_ps(a),
-                                                 lmf_prod(c, x, z, sg, pa[i], pz[i], ps[i])));
+                                                 lmf_prod(c, x, z, sg, pa[i])));
             }
         }
     }
@@ -569,10 +577,15 @@ MF_TARGET_AVX2_F16C static MF_AI int lmf_row_t(const attn_args *A, const lm_vcon
     const int64_t tiles = (n + TFM_KTILE - 1) / TFM_KTILE, npad = tiles * TFM_KTILE;
     __m256i nf = _mm256_setzero_si256();
     int bad = 0;
+    for (int64_t d = 0; d < hd; ++d) /* the all-ones tile after kz */
+        _mm256_store_si256((__m256i *)(L->kz + L->tile + d * TFM_KTILE), _mm256_set1_epi32(-1));
     for (int64_t g = gsel; g < gsel + 1; ++g) { /* one kv head per call */
         const int64_t sh = slot * A->Hkv + g;
-        for (int64_t e = 0; e < G * hd; ++e)
+        for (int64_t e = 0; e < G * hd; ++e) {
             bad |= lmf_prep1(&A->f, A->k, q[g * G * hd + e], L->qa + e, L->qz + e, L->qs + e);
+            L->qz[e] = L->qz[e] ? (uint32_t)L->tile : 0;
+            L->qs[e] = L->qs[e] ? (uint32_t)L->tile : 0;
+        }
         for (int64_t t = 0; t < tiles; ++t) {
             const int64_t base = (sh * (ctx / TFM_KTILE) + t) * hd * TFM_KTILE;
             const __m256 st = dtype == TFM_KV_I8 ? _mm256_loadu_ps(A->ks + sh * ctx + t * TFM_KTILE)
@@ -587,6 +600,8 @@ MF_TARGET_AVX2_F16C static MF_AI int lmf_row_t(const attn_args *A, const lm_vcon
                 _mm256_store_si256((__m256i *)(L->kx + d * TFM_KTILE), x);
                 _mm256_store_si256((__m256i *)(L->kz + d * TFM_KTILE), z);
                 _mm256_store_si256((__m256i *)(L->ks + d * TFM_KTILE), sg);
+                _mm256_store_si256((__m256i *)(L->ks + L->tile + d * TFM_KTILE),
+                                   _mm256_xor_si256(sg, V256(0x80000000u)));
             }
             for (int64_t i0 = 0; i0 < G; i0 += 4) {
                 const int64_t nq = G - i0 < 4 ? G - i0 : 4;
@@ -600,6 +615,7 @@ MF_TARGET_AVX2_F16C static MF_AI int lmf_row_t(const attn_args *A, const lm_vcon
             for (int64_t j = 0; j < n; ++j) {
                 const int64_t e = i * npad + j;
                 bad |= lmf_prep1(&A->f, A->k, sc[e], L->pa + e, L->pz + e, L->ps + e);
+                bad |= L->ps[e] != 0;
             }
         }
         const void *vbase = (const char *)A->vc + (size_t)(sh * ctx * hd) * (dtype == TFM_KV_F32 ? 4 : dtype == TFM_KV_I8 ? 1 : 2);
@@ -668,6 +684,85 @@ static void glu_act_scalar(const float *g, const float *u, int64_t I, int act, f
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * tfm_head_i8: logits = int8 table (a step per row) times int8 activations (absmax per row)
+ * The head is int8, not ternary: integer multiply-adds (exact int32 sums, so every ISA and
+ * thread split gives the same bits), then logit[v] = ((float)acc / s_x) * step[v].
+ * ------------------------------------------------------------------------------------------- */
+static float head_quant(const float *x, int64_t D, int8_t *q) {
+    float m = 0.0f;
+    for (int64_t d = 0; d < D; ++d) m = fabsf(x[d]) > m ? fabsf(x[d]) : m;
+    const float s = 127.0f / (m > 1e-5f ? m : 1e-5f);
+    for (int64_t d = 0; d < D; ++d) {
+        float v = rintf(x[d] * s);
+        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+        q[d] = (int8_t)v;
+    }
+    return s;
+}
+
+static inline int32_t dot_i8_scalar(const int8_t *w, const int8_t *q, int64_t D) {
+    int32_t acc = 0;
+    for (int64_t d = 0; d < D; ++d) acc += (int32_t)w[d] * q[d];
+    return acc;
+}
+
+#if MF_X86
+/* 4 rows of w (ld bytes apart) dotted with q: |w| (u8) x sign(w) q (s8) pairs, no saturation
+ * (2 x 128 x 127 < 2^15), widened to int32 lanes; the tail d >= D - D % 32 in scalar. */
+MF_TARGET_AVX2 static void dot4_i8_avx2(const int8_t *w, int64_t ld, const int8_t *q, int64_t D,
+                                        int nr, int32_t *out) {
+    __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                      _mm256_setzero_si256()};
+    const __m256i ones = _mm256_set1_epi16(1);
+    int64_t d = 0;
+    for (; d + 32 <= D; d += 32) {
+        const __m256i x = _mm256_loadu_si256((const __m256i *)(q + d));
+        for (int r = 0; r < nr; ++r) {
+            const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + r * ld + d));
+            const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(x, wv));
+            acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
+        }
+    }
+    for (int r = 0; r < nr; ++r) {
+        int32_t l[8];
+        _mm256_storeu_si256((__m256i *)l, acc[r]);
+        out[r] = l[0] + l[1] + l[2] + l[3] + l[4] + l[5] + l[6] + l[7] +
+                 dot_i8_scalar(w + r * ld + d, q + d, D - d);
+    }
+}
+#endif
+
+/* x [B][D] float32 -> logits [B][V]; w [V][D] int8 codes, step [V]. q: scratch B x D. */
+static int head_i8(const float *x, int64_t B, int64_t D, const int8_t *w, int64_t V,
+                   const float *step, float *out, int64_t threads, int level) {
+    int8_t *q = mf_scratch((size_t)(B * D + B * 4 + 64));
+    if (q == NULL) return MF_OP_NOMEM;
+    float *sx = (float *)(q + mf_round_up(B * D, 4));
+    for (int64_t b = 0; b < B; ++b) sx[b] = head_quant(x + b * D, D, q + b * D);
+    const int use = MF_X86 && level >= MF_ISA_AVX2;
+    int64_t nt = mf_threads(threads);
+    nt = nt < V / 4096 ? nt : V / 4096; /* a thread per 4096 rows at least */
+    nt = nt < 1 ? 1 : nt;
+    const int64_t blocks = (V + 3) / 4;
+#pragma omp parallel for num_threads((int)nt) schedule(static) if (nt > 1)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+        const int64_t v0 = blk * 4;
+        const int nr = (int)(V - v0 < 4 ? V - v0 : 4);
+        for (int64_t b = 0; b < B; ++b) {
+            int32_t acc[4];
+#if MF_X86
+            if (use)
+                dot4_i8_avx2(w + v0 * D, D, q + b * D, D, nr, acc);
+            else
+#endif
+                for (int r = 0; r < nr; ++r) acc[r] = dot_i8_scalar(w + (v0 + r) * D, q + b * D, D);
+            for (int r = 0; r < nr; ++r) out[b * V + v0 + r] = ((float)acc[r] / sx[b]) * step[v0 + r];
+        }
+    }
+    return use ? MF_ISA_AVX2 : MF_ISA_SCALAR;
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Ops on argument slots (mf_common.h) and their Python entry points
  * ------------------------------------------------------------------------------------------- */
 int mf_op_tfm_norm(const int64_t *a) {
@@ -729,7 +824,7 @@ int mf_op_tfm_attend(const int64_t *a) {
     const int64_t nq = mf_round_up(G * A.hd, 8);
     /* full route: scores + a decoded key tile; fast L-Mul route: + 3 key tiles, 3 x q, 3 x p,
      * the P V sums */
-    const int64_t words = nsc + tile + (A.lmul ? 3 * tile + 3 * nq + 3 * nsc + 4 * A.hd : 0);
+    const int64_t words = nsc + tile + (A.lmul ? 5 * tile + 3 * nq + 3 * nsc + 4 * A.hd : 0);
     const size_t bytes = (size_t)words * sizeof(float);
     float *sc = mf_scratch(bytes);
     if (sc == NULL) return MF_OP_NOMEM;
@@ -755,13 +850,12 @@ int mf_op_tfm_attend(const int64_t *a) {
 #pragma omp atomic write
                 nomem = 1;
             } else {
-                float *w = s + nsc + tile;
-                lmf_buf L = {vc.drop, w, w + tile, w + 2 * tile, (uint32_t *)(w + 3 * tile),
-                             (uint32_t *)(w + 3 * tile + nq), (uint32_t *)(w + 3 * tile + 2 * nq),
-                             (uint32_t *)(w + 3 * tile + 3 * nq),
-                             (uint32_t *)(w + 3 * tile + 3 * nq + nsc),
-                             (uint32_t *)(w + 3 * tile + 3 * nq + 2 * nsc),
-                             w + 3 * tile + 3 * nq + 3 * nsc};
+                /* tiles kx, kz, all ones, ks, ks flipped; then q, p and the P V sums from u */
+                float *w = s + nsc + tile, *u = w + 5 * tile;
+                lmf_buf L = {vc.drop, w, w + tile, w + 3 * tile, tile, (uint32_t *)u,
+                             (uint32_t *)(u + nq), (uint32_t *)(u + 2 * nq),
+                             (uint32_t *)(u + 3 * nq), (uint32_t *)(u + 3 * nq + nsc),
+                             (uint32_t *)(u + 3 * nq + 2 * nsc), u + 3 * nq + 3 * nsc};
 #pragma omp for schedule(static)
                 for (int64_t it = 0; it < items; ++it) {
                     const int64_t b = it / A.Hkv, g = it % A.Hkv;
@@ -806,6 +900,15 @@ int mf_op_tfm_glu(const int64_t *a) {
     return MF_X86 ? used : MF_ISA_SCALAR;
 }
 
+int mf_op_tfm_head_i8(const int64_t *a) {
+    const float *x = mf_slot_ptr(a[0]), *step = mf_slot_ptr(a[5]);
+    const int8_t *w = mf_slot_ptr(a[3]);
+    float *out = mf_slot_ptr(a[6]);
+    if (x == NULL || w == NULL || step == NULL || out == NULL || a[1] < 0 || a[2] < 1 || a[4] < 1)
+        return MF_OP_BADARG;
+    return head_i8(x, a[1], a[2], w, a[4], step, out, a[7], mf_isa_resolve((int)a[8]));
+}
+
 #define TFM_ENTRY(name, n, fmt)                                      \
     int64_t a[n];                                                    \
     (void)self;                                                      \
@@ -833,4 +936,8 @@ MF_PYFUNC(tfm_attend, "tfm_attend(q, B, qstride, out, ostride, kc, vc, ks_or_0, 
 
 MF_PYFUNC(tfm_glu, "tfm_glu(gu, B, I, w_or_0, eps, out, act, isa) -> isa used: act(gate) * up (0 relu2, 1 silu), then the sub-norm.") {
     TFM_ENTRY(tfm_glu, 8, "pllpdpll");
+}
+
+MF_PYFUNC(tfm_head_i8, "tfm_head_i8(x, B, D, w_int8, V, step, out, threads, isa) -> isa used: int8 head on int8 (absmax) activations.") {
+    TFM_ENTRY(tfm_head_i8, 9, "pllplppll");
 }

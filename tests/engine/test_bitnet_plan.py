@@ -62,6 +62,23 @@ def test_compiled_step_matches_torch_step(model, kv, attention):
     assert_argmax_agrees(got, want)
 
 
+@pytest.mark.parametrize("attention", ["exact", "lmul"])
+def test_int8_head_in_the_plan(ckpts, attention):
+    """An int8 head runs in the plan (tfm_head_i8: int8 activations, exact integer sums) where
+    the torch path's head takes bf16 activations (torch's int8 kernel): the same logits
+    through int8 rounding, and the plan runner equals its call loop bit for bit."""
+    m = from_checkpoint(ckpts["packed"], embedding_format="int8", head_format="int8")
+    dec = BitNetDecoder(m, attention=attention)
+    assert dec.plan.w.head_i8 is not None
+    got = run(dec)
+    want = run(BitNetDecoder(m, attention=attention, fused=False))
+    assert_close_through_int8(got, want)
+    assert_argmax_agrees(got, want)
+    loop = BitNetDecoder(m, attention=attention)
+    loop.plan.use_plan_run = False
+    torch.testing.assert_close(got, run(loop), atol=0, rtol=0)
+
+
 def test_llama_layout_silu_no_sub_norms(ckpts):
     """A 1.58-bit Llama-layout checkpoint: SiLU gate, no sub-norms (the o_proj kernel reads the
     attention output directly)."""

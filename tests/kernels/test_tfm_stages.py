@@ -118,6 +118,19 @@ def _filled(C, dtype, slots, Hkv, hd, ctx, n, seed):
     return cache
 
 
+def _attend_c(C, cache, q, rows, mbits, isa: str | int = -1, threads: int = 1, scaling=None):
+    """tfm_attend on the C side: q [B, H, hd] at rows [B, 2] (slot, position) -> (out, level)."""
+    B, H, hd = q.shape
+    out = np.zeros_like(q)
+    level = ISA_LEVELS[isa] if isinstance(isa, str) else isa
+    used = C.tfm_attend(_p(q), B, H * hd, _p(out), H * hd, _p(cache.k), _p(cache.v),
+                        _p(cache.ks), _p(cache.vs), ref.KV_DTYPES[cache.dtype], H,
+                        cache.k.shape[1], hd, cache.ctx, _p(rows),
+                        hd**-0.5 if scaling is None else scaling,
+                        -1 if mbits is None else mbits, level, threads)  # fmt: skip
+    return out, used
+
+
 @pytest.mark.parametrize("isa", LEVELS)
 @pytest.mark.parametrize("dtype", list(ref.KV_DTYPES))
 @pytest.mark.parametrize("mbits", [None, 3], ids=["exact", "lmul3"])
@@ -128,11 +141,7 @@ def test_attend(isa, dtype, mbits):
     pos = [18, 4]  # n = 19: two whole tiles and a tail of 3; n = 5 inside the first tile
     rows = np.array([[0, pos[0]], [1, pos[1]]], dtype=np.int64)
     q = _rand((2, H, hd), 9, 2.0)
-    out = np.zeros_like(q)
-    used = C.tfm_attend(_p(q), 2, H * hd, _p(out), H * hd, _p(cache.k), _p(cache.v),
-                        _p(cache.ks), _p(cache.vs), ref.KV_DTYPES[dtype], H, Hkv, hd, ctx,
-                        _p(rows), hd**-0.5, -1 if mbits is None else mbits, ISA_LEVELS[isa],
-                        1)  # fmt: skip
+    out, used = _attend_c(C, cache, q, rows, mbits, isa)
     assert used <= ISA_LEVELS[isa]
     _same_bits(out, ref.attend(cache, q, [0, 1], pos, hd**-0.5, mbits), f"{isa} {dtype}")
 
@@ -149,9 +158,7 @@ def test_attend_threads(mbits):
     cache.v[...] = ref.bf16_round(rng.standard_normal(cache.v.shape).astype(f32))
     q = _rand((2, H, hd), 9)
     rows = np.array([[0, n - 1], [1, n - 7]], dtype=np.int64)
-    out = np.zeros_like(q)
-    C.tfm_attend(_p(q), 2, H * hd, _p(out), H * hd, _p(cache.k), _p(cache.v), 0, 0, 1, H, Hkv,
-                 hd, ctx, _p(rows), hd**-0.5, -1 if mbits is None else mbits, -1, 2)  # fmt: skip
+    out, _ = _attend_c(C, cache, q, rows, mbits, threads=2)
     _same_bits(out, ref.attend(cache, q, [0, 1], [n - 1, n - 7], hd**-0.5, mbits))
 
 
@@ -160,9 +167,8 @@ def test_attend_odd_head_dim_runs_scalar():
     C = _core()
     H, Hkv, hd, ctx = 2, 1, 6, 8
     cache = _filled(C, "bfloat16", 1, Hkv, hd, ctx, 3, 1)
-    q, out, rows = _rand((1, H, hd), 2), np.zeros((1, H, hd), dtype=f32), np.array([[0, 2]])
-    used = C.tfm_attend(_p(q), 1, H * hd, _p(out), H * hd, _p(cache.k), _p(cache.v), 0, 0, 1, H,
-                        Hkv, hd, ctx, _p(rows), 0.5, -1, -1, 1)  # fmt: skip
+    q, rows = _rand((1, H, hd), 2), np.array([[0, 2]], dtype=np.int64)
+    out, used = _attend_c(C, cache, q, rows, None, scaling=0.5)
     assert used == 0
     _same_bits(out, ref.attend(cache, q, [0], [2], 0.5))
 
@@ -186,6 +192,33 @@ def test_glu(isa, act, I, norm):
     out = np.zeros((2, I), dtype=f32)
     C.tfm_glu(_p(gu), 2, I, _p(w), 1e-5, _p(out), ref.ACTS[act], ISA_LEVELS[isa])
     _same_bits(out, ref.glu(gu, w, 1e-5, act), f"{isa} {act}")
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("V,D,threads", [(37, 100, 1), (9, 64, 1), (8203, 40, 2)])
+def test_head_i8(isa, V, D, threads):
+    """Rows past a block of 4, a D tail past 32 bytes, codes -128..127 (a file may hold -128),
+    two threads over the rows."""
+    C = _core()
+    rng = np.random.default_rng(V)
+    codes = rng.integers(-128, 128, (V, D)).astype(np.int8)
+    step = (rng.random(V) * 1e-2).astype(f32)
+    x = _rand((2, D), 3, 5.0)
+    x[1] = 0.0  # an all-zero row: absmax floor
+    out = np.zeros((2, V), dtype=f32)
+    C.tfm_head_i8(_p(x), 2, D, _p(codes), V, _p(step), _p(out), threads, ISA_LEVELS[isa])
+    _same_bits(out, ref.head_i8(x, codes, step), f"{isa}")
+
+
+def test_head_i8_is_the_int8_product():
+    """The twin is a head: within its activation quantization step of the float product."""
+    rng = np.random.default_rng(1)
+    codes = rng.integers(-127, 128, (50, 64)).astype(np.int8)
+    step = np.full(50, 0.01, dtype=f32)
+    x = _rand((1, 64), 2)
+    want = x.astype(np.float64) @ (codes.astype(np.float64) * 0.01).T
+    bound = np.abs(codes.astype(np.float64) * 0.01).sum(1) * np.abs(x).max() / 127  # 1/2 step each
+    assert (np.abs(ref.head_i8(x, codes, step) - want) <= bound).all()
 
 
 def test_bad_arguments_raise():
@@ -216,7 +249,35 @@ def test_attend_lmul_special_values_take_the_full_route(isa):
     q = _rand((1, H, hd), 4)
     q[0, 0, :2] = 0.0
     rows = np.array([[0, 5]], dtype=np.int64)
-    out = np.zeros_like(q)
-    C.tfm_attend(_p(q), 1, H * hd, _p(out), H * hd, _p(cache.k), _p(cache.v), 0, 0, 0, H, Hkv,
-                 hd, ctx, _p(rows), hd**-0.5, 3, ISA_LEVELS[isa], 2)  # fmt: skip
+    out, _ = _attend_c(C, cache, q, rows, 3, isa, threads=2)
     _same_bits(out, ref.attend(cache, q, [0], [5], hd**-0.5, 3))
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+def test_attend_lmul_peaky_softmax(isa):
+    """Scores hundreds apart: probabilities flush to zero in L-Mul's operand rounding, which
+    the fast route hands to the full one; the bits are still the twin's."""
+    C = _core()
+    H, Hkv, hd, ctx = 2, 1, 16, 16
+    cache = _filled(C, "bfloat16", 1, Hkv, hd, ctx, 9, 5)
+    cache.k[0, 0, 0] = cache.k[0, 0, 0, :, :1]  # positions 0..7 one key: in one of the two heads
+    q = _rand((1, H, hd), 6, 100.0)  # (q and -q) they share the top score, p_8 ~ 2^-129 / 8
+    q[0, 1] = -q[0, 0]
+    rows = np.array([[0, 8]], dtype=np.int64)
+    out, _ = _attend_c(C, cache, q, rows, 3, isa)
+    _same_bits(out, ref.attend(cache, q, [0], [8], hd**-0.5, 3))
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_attend_lmul_zero_operands(isa, dtype):
+    """Zero q elements (frequent after ternary projections: an integer sum of 0) and zero
+    cached values (int8 code 0) on the fast route: the same bits as the twin."""
+    C = _core()
+    H, Hkv, hd, ctx = 4, 2, 16, 16
+    cache = _filled(C, dtype, 1, Hkv, hd, ctx, 11, 2)
+    q = _rand((1, H, hd), 7)
+    q[0, :, ::3] = 0.0
+    rows = np.array([[0, 10]], dtype=np.int64)
+    out, _ = _attend_c(C, cache, q, rows, 3, isa)
+    _same_bits(out, ref.attend(cache, q, [0], [10], hd**-0.5, 3))

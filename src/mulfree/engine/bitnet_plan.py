@@ -14,7 +14,9 @@ plan (csrc/mf_plan.c), cached per slot list, per layer:
     tfm_norm      attn_sub_norm (absent in Llama-layout models: the kernel reads the output)
     tq2_linear    o_proj;  tfm_norm: x += o, h = post_attention_layernorm(x)
     tq2_linear    gate | up;  tfm_glu: act(gate) * up, ffn_sub_norm;  tq2_linear: down_proj
-then the final norm; the head (engine.bitnet_model.QuantizedHead) runs after the plan in torch.
+then the final norm and, for an int8 head, tfm_head_i8 (the int8 table times int8 absmax
+activations, exact integer sums: the head is int8, not ternary); other heads
+(engine.bitnet_model.QuantizedHead) run after the plan in torch.
 Positions are read by the stages from rows [B, 2] = (slot, position), which `run` refills before
 each call, so one encoded plan serves every step of a slot list. A prompt runs in chunks of
 PREFILL_CHUNK tokens as the rows of one pass (the rows t of a chunk at positions p + t: every k, v
@@ -76,6 +78,7 @@ class TfmWeights:
     vocab: int
     eps: float
     act: str  # "relu2" | "silu"
+    head_i8: tuple[np.ndarray, np.ndarray] | None = None  # (codes int8 [V, D], step [V]): in C
 
 
 class BitNetPlan:
@@ -216,6 +219,12 @@ class BitNetPlan:
                                       ptr(buf["hf"]))))  # fmt: skip
         elif head_rows != "none":
             raise ValueError(f"head_rows must be all, last or none, not {head_rows!r}")
+        if w.head_i8 is not None and head_rows != "none":  # the int8 head in the plan too
+            codes, step = w.head_i8
+            rows_h = B if head_rows == "all" else 1
+            threads = max(1, min(self.threads, w.vocab * D // self.min_weights_per_thread))
+            plan.append((C.tfm_head_i8, (ptr(buf["hf"]), rows_h, D, ptr(codes), w.vocab, ptr(step),
+                                         ptr(self.logits), threads, self._stage)))  # fmt: skip
         return plan
 
     use_plan_run = True  # False: the same calls one by one from Python (the runner's twin)
@@ -262,7 +271,8 @@ class BitNetPlan:
         buf["x"][:B] = self._embed(tokens)  # [B, D]
         self._run_plan(("step", tuple(slots)), buf, B, "all")
         self.lengths[slots] += 1
-        self._head(buf["hf"][:B], self.logits[:B])
+        if self.w.head_i8 is None:
+            self._head(buf["hf"][:B], self.logits[:B])
         self.hidden = buf["hf"][:B]
         return self.logits[:B]
 
@@ -281,7 +291,8 @@ class BitNetPlan:
             buf["x"][:B] = self._embed(chunk)
             self._run_plan(("prefill", B, last), buf, B, "last" if last else "none")
             self.lengths[slot] = pos + B
-        self._head(buf["hf"][:1], self.logits[:1])
+        if self.w.head_i8 is None:
+            self._head(buf["hf"][:1], self.logits[:1])
         self.hidden = buf["hf"][:1]
         return self.logits[0]
 
@@ -307,6 +318,11 @@ def weights_of(dec) -> TfmWeights:
         with torch.inference_mode():
             return dec.embed(torch.from_numpy(ids)).float().contiguous().numpy()
 
+    head = dec.head
+    head_i8 = None
+    if getattr(head, "fmt", None) == "int8":  # QuantizedHead: its table, read by tfm_head_i8
+        head_i8 = (np_(head.weight_int8), np_(head.weight_step.float()))
     return TfmWeights(layers, np_(dec.final_norm), np_(dec.cos.contiguous()), np_(dec.sin.contiguous()),
                       embed, dec.head, cfg.hidden_size, dec.heads, dec.kv_heads, dec.head_dim,
-                      cfg.intermediate_size, cfg.vocab_size, dec.eps, str(cfg.hidden_act))  # fmt: skip
+                      cfg.intermediate_size, cfg.vocab_size, dec.eps, str(cfg.hidden_act),
+                      head_i8)  # fmt: skip

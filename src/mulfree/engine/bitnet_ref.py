@@ -9,6 +9,7 @@ float32 precision, so the compiled stage equals it bit for bit at every ISA leve
     kv_write   k, v rows into the cache at (slot, position)                 (tfm_kv_write)
     attend     one token's GQA attention over its slot's positions 0..pos   (tfm_attend)
     glu        act(gate) * up, then the sub-norm                            (tfm_glu)
+    head_i8    int8 table times int8 (absmax) activations, exact int sums   (tfm_head_i8)
 
 The orders the C fixes (so that scalar and SIMD code agree) and the twins follow:
 - the RMS sum: float64, element j into lane j % 8 (sequential per lane), lanes combined
@@ -36,7 +37,7 @@ KTILE = 8  # positions per key tile (TFM_KTILE)
 KV_DTYPES = {"float32": 0, "bfloat16": 1, "float16": 2, "int8": 3}  # the C dtype codes
 ACTS = {"relu2": 0, "silu": 1}  # the C activation codes
 
-__all__ = ["exp_poly", "inv_rms8", "norm", "rope", "kv_write", "attend", "glu", "Cache",
+__all__ = ["exp_poly", "inv_rms8", "norm", "rope", "kv_write", "attend", "glu", "head_i8", "Cache",
            "bf16_round", "KV_DTYPES", "ACTS", "KTILE"]  # fmt: skip
 
 
@@ -219,3 +220,16 @@ def glu(gu, w, eps, act: str = "relu2"):
         return o
     _, out = norm(o, None, w, eps)
     return out
+
+
+@_quiet
+def head_i8(x, codes, step):
+    """tfm_head_i8: x [B, D] float32, codes int8 [V, D], step float32 [V] -> logits [B, V].
+    Per row: s = 127 / max(absmax, 1e-5), q = clamp(rint(x s), +-127); acc = codes . q exactly
+    (integers); logit = (float32(acc) / s) * step."""
+    x = np.asarray(x, dtype=f32)
+    m = np.abs(x).max(axis=1)
+    s = (f32(127.0) / np.maximum(m, f32(1e-5))).astype(f32)  # [B]
+    q = np.clip(np.rint(x * s[:, None]), -127, 127).astype(np.int64)  # [B, D]
+    acc = q @ np.asarray(codes, dtype=np.int64).T  # [B, V], exact
+    return ((acc.astype(f32) / s[:, None]) * np.asarray(step, dtype=f32)).astype(f32)
