@@ -222,7 +222,7 @@ def glu(gu, w, eps, act: str = "relu2"):
     return out
 
 
-@_quiet
+@quiet_fp
 def head_i8(x, codes, step):
     """tfm_head_i8: x [B, D] float32, codes int8 [V, D], step float32 [V] -> logits [B, V].
     Per row: s = 127 / max(absmax, 1e-5), q = clamp(rint(x s), +-127); acc = codes . q exactly
