@@ -35,6 +35,7 @@
 #include <string.h>
 
 #include "mf_common.h"
+#include "mf_exp.h"
 #include "mf_lmul.h"
 #include "mf_tfm.h"
 #if MF_X86
@@ -267,20 +268,6 @@ static void attend_row_scalar(const attn_args *A, const float *q, int64_t slot, 
 }
 
 #if MF_X86
-MF_TARGET_AVX2 static inline __m256 exp_poly8(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.7f));
-    const __m256 n = _mm256_floor_ps(
-        _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _mm256_set1_ps(0.5f)));
-    __m256 r = _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f)));
-    r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(-2.12194440e-4f)));
-    static const float c[5] = {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f,
-                               1.6666665459e-1f, 5.0000001201e-1f};
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    for (int i = 0; i < 5; ++i) p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(c[i]));
-    p = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r), _mm256_set1_ps(1.0f));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
 
 MF_TARGET_AVX2 static void softmax_avx2(float *s, int64_t n) {
     int64_t j = 0;
@@ -294,7 +281,7 @@ MF_TARGET_AVX2 static void softmax_avx2(float *s, int64_t n) {
     const __m256 bm = _mm256_set1_ps(m);
     __m256 lanes = _mm256_setzero_ps();
     for (j = 0; j + 8 <= n; j += 8) {
-        const __m256 e = exp_poly8(_mm256_sub_ps(_mm256_loadu_ps(s + j), bm));
+        const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + j), bm));
         _mm256_storeu_ps(s + j, e);
         lanes = _mm256_add_ps(lanes, e);
     }
@@ -665,7 +652,7 @@ MF_TARGET_AVX2 static void glu_act_avx2(const float *g, const float *u, int64_t 
             const __m256 r = _mm256_max_ps(vg, zero);
             a = _mm256_mul_ps(r, r);
         } else {
-            a = _mm256_div_ps(vg, _mm256_add_ps(one, exp_poly8(_mm256_sub_ps(zero, vg))));
+            a = _mm256_div_ps(vg, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(zero, vg))));
         }
         _mm256_storeu_ps(o + j, _mm256_mul_ps(a, _mm256_loadu_ps(u + j)));
     }
