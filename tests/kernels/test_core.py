@@ -103,3 +103,22 @@ def test_import_sets_a_short_openmp_spin_unless_the_user_chose(env, want):
     out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True,
                          text=True, check=True).stdout.strip()  # fmt: skip
     assert out == str(want)
+
+
+def test_energy_nnz_cache_not_fooled_by_a_reused_address():
+    # The counter's per-weight non-zero count is cached by address: a weight freed and another
+    # one placed at the same address (same size, version 0) must get its own count.
+    import gc
+
+    from mulfree.kernels import ternary as K_
+
+    buf = bytearray(b"\x55" * 256)  # 0x55 = four zero codes per byte
+    a = torch.frombuffer(buf, dtype=torch.uint8)
+    assert K_._nnz(a) == 0
+    ptr = a.data_ptr()
+    del a
+    gc.collect()
+    buf[:] = b"\x00" * 256  # four -1 codes per byte
+    b = torch.frombuffer(buf, dtype=torch.uint8)
+    assert b.data_ptr() == ptr and b._version == 0
+    assert K_._nnz(b) == K_.tq2_nnz(b) == 1024

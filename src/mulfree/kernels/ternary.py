@@ -12,6 +12,7 @@ counted forward prices the kernel that runs, with no bookkeeping in the callers.
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import torch
 
@@ -151,7 +152,7 @@ define_op("tq2_linear", _tq2_linear_op, _tq2_linear_fake, mutates_args=("out",))
 _TQ2_NNZ = torch.tensor(  # non-zero weights per tq2 byte (four 2-bit codes, code 1 = zero)
     [sum(((b >> (2 * i)) & 3) != 1 for i in range(4)) for b in range(256)], dtype=torch.int64
 )
-_nnz_cache: dict[tuple, int] = {}
+_nnz_cache: dict[tuple, tuple] = {}  # key -> (weakref to the owning tensor, nnz)
 _DENSE = [False]  # priced_as_dense's switch
 
 
@@ -161,12 +162,19 @@ def tq2_nnz(data: torch.Tensor) -> int:
 
 
 def _nnz(w: torch.Tensor) -> int:
-    key = (w.data_ptr(), w.numel(), w._version)
-    if key not in _nnz_cache:
-        if len(_nnz_cache) > 4096:
-            _nnz_cache.clear()
-        _nnz_cache[key] = tq2_nnz(w)
-    return _nnz_cache[key]
+    # Keyed by address, size and version, and checked against a weak reference to the tensor
+    # that owns the memory: a weight freed and another allocated at the same address (a second
+    # model in the process) must not get the first one's count.
+    base = w._base if w._base is not None else w
+    key = (w.data_ptr(), w.numel(), base._version)
+    hit = _nnz_cache.get(key)
+    if hit is not None and hit[0]() is base:
+        return hit[1]
+    if len(_nnz_cache) > 4096:
+        _nnz_cache.clear()
+    n = tq2_nnz(w)
+    _nnz_cache[key] = (weakref.ref(base), n)
+    return n
 
 
 @contextlib.contextmanager
