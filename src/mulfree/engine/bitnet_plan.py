@@ -269,7 +269,7 @@ class BitNetPlan:
         buf["rows"][:B, 0] = slots
         buf["rows"][:B, 1] = self.lengths[slots]
         buf["x"][:B] = self._embed(tokens)  # [B, D]
-        self._run_plan(("step", tuple(slots)), buf, B, "all")
+        self._run_plan(("step", B), buf, B, "all")  # slots and positions: buf["rows"]
         self.lengths[slots] += 1
         if self.w.head_i8 is None:
             self._head(buf["hf"][:B], self.logits[:B])
