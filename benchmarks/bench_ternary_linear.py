@@ -25,7 +25,7 @@ Method (printed with the table):
   `--isa`); a second table times every SIMD level (`--isas`, default all this CPU has but
   scalar, the 100-300x slower spec) side by side, hot and cold, interleaved in the same rounds
   as the main variants, and marks the dispatcher's pick;
-- OpenMP wait policy: `import mulfree` (first, before torch) sets GOMP_SPINCOUNT=10000 unless
+- OpenMP wait policy: `import mulfree` (first, before torch) sets GOMP_SPINCOUNT=100000 unless
   OMP_WAIT_POLICY / GOMP_SPINCOUNT are set (csrc/README.md, "Threads": libgomp's default 300000
   spins made 2 threads stall 50-100 ms per step on busy shared cores); it applies to torch and
   the kernels alike (one libgomp). Both are printed; so is the load average: on cores shared

@@ -15,12 +15,13 @@ from mulfree.errors import MulfreeError
 
 # OpenMP's idle spin. libgomp (one copy, shared with torch) reads it once, when it is loaded; its
 # default (300000 spins: milliseconds of a busy core after every parallel region) made 2-thread
-# decode calls stall 50-100 ms on cores that other processes share, while 10000 spins measured as
-# good as OMP_WAIT_POLICY=PASSIVE there and still keep the workers awake between a decode step's
-# calls (csrc/README.md, "Threads"). Takes effect when mulfree is imported before torch (the CLIs,
-# the packed engine); a user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+# decode calls stall 50-100 ms on cores that other processes share; 100000 spins stalled rarely
+# there and decode as fast as the default on an idle machine, where 10000 (workers asleep between
+# a step's calls) cost 13-17 % of decode speed (csrc/README.md, "Threads"). Takes effect when
+# mulfree is imported before torch (the CLIs, the packed engine); a user's OMP_WAIT_POLICY or
+# GOMP_SPINCOUNT wins.
 if "OMP_WAIT_POLICY" not in _os.environ:
-    _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+    _os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 
 __version__ = "0.1.0"
 

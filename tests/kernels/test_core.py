@@ -92,7 +92,7 @@ def test_pure_torch_fallback_imports_works_and_warns_once():
 
 @pytest.mark.parametrize(
     "env,want",
-    [({}, "10000"), ({"OMP_WAIT_POLICY": "PASSIVE"}, None), ({"GOMP_SPINCOUNT": "77"}, "77")],
+    [({}, "100000"), ({"OMP_WAIT_POLICY": "PASSIVE"}, None), ({"GOMP_SPINCOUNT": "77"}, "77")],
     ids=["default", "user_policy_wins", "user_spincount_wins"],
 )
 def test_import_sets_a_short_openmp_spin_unless_the_user_chose(env, want):
