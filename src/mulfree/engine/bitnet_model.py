@@ -29,7 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from mulfree.engine import format as fmt
-from mulfree.engine.modules import Int4Embedding, Int8Embedding, PackedBitLinear, place_weights_
+from mulfree.engine.modules import (
+    Int4Embedding,
+    Int8Embedding,
+    PackedBitLinear,
+    attach_generation_config,
+    place_weights_,
+)
 from mulfree.errors import MulfreeError
 from mulfree.models.bitnet.layout import PROJECTIONS, BitNetLayout, projection_shapes
 from mulfree.ternary import packing
@@ -406,18 +412,9 @@ def file_metadata(layout: BitNetLayout, head_format: str) -> dict[str, str]:
 
 def read_header_specs(file, meta: dict[str, str]):
     """(BitNetConfig, expected tensor specs) of a packed bitnet file, from its metadata alone."""
-    import json
-
     from mulfree.models.bitnet.layout import bitnet_config
 
-    try:
-        raw = json.loads(meta["config"])
-    except KeyError:
-        raise MulfreeError(f"{file}: no config in its metadata") from None
-    except (ValueError, RecursionError) as e:
-        raise MulfreeError(f"{file}: unreadable config metadata ({fmt.first_line(e)})") from None
-    if not isinstance(raw, dict):
-        raise MulfreeError(f"{file}: the config metadata is not a JSON object")
+    raw = fmt.config_metadata(meta, file)
     config = bitnet_config({**raw, "model_type": "bitnet"}, BitNetLayout(), file)
     layout = BitNetLayout.from_json(meta.get("bitnet_layout", "{}"), file)
     tfmt, efmt, hfmt = (meta.get(k) for k in ("ternary_format", "embedding_format", "head_format"))
@@ -489,12 +486,5 @@ def load_packed_bitnet(path, *, verify: bool = True) -> PackedBitNetForCausalLM:
     model = build(config, layout, tensors, meta["ternary_format"], meta["embedding_format"],
                   meta["head_format"])  # fmt: skip
     del tensors
-    gen = fmt.weights_file(path).parent / "generation_config.json"
-    if gen.is_file():
-        from transformers import GenerationConfig
-
-        try:
-            model.generation_config = GenerationConfig.from_pretrained(str(gen.parent))
-        except (OSError, ValueError):
-            pass  # a broken generation_config.json leaves the config-derived defaults
+    attach_generation_config(model, fmt.weights_file(path).parent)
     return model

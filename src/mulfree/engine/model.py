@@ -18,7 +18,13 @@ import torch
 from mulfree._swap import swap_modules_
 from mulfree.engine import format as fmt
 from mulfree.engine.decode import Decoder, fused_step_applies
-from mulfree.engine.modules import Int4Embedding, Int8Embedding, PackedBitLinear, place_weights_
+from mulfree.engine.modules import (
+    Int4Embedding,
+    Int8Embedding,
+    PackedBitLinear,
+    attach_generation_config,
+    place_weights_,
+)
 from mulfree.errors import MulfreeError
 from mulfree.models.hf_compat import cache_kwargs, one_cache
 from mulfree.models.mmfree import HGRNBitConfig, HGRNBitForCausalLM
@@ -199,13 +205,5 @@ def load_packed(path: str | Path, *, verify: bool = True, **_ignored) -> PackedH
     model = build_packed(config, tensors, meta["ternary_format"], meta["embedding_format"])
     del tensors
     place_weights_(model)
-    file = fmt.weights_file(path)
-    gen = file.parent / "generation_config.json"
-    if gen.is_file():
-        from transformers import GenerationConfig
-
-        try:
-            model.generation_config = GenerationConfig.from_pretrained(str(file.parent))
-        except (OSError, ValueError):
-            pass  # a broken generation_config.json leaves the config-derived defaults
+    attach_generation_config(model, fmt.weights_file(path).parent)
     return model

@@ -136,6 +136,21 @@ class Int4Embedding(_QuantizedEmbedding):
         return f"{super().extra_repr()} (groups of {INT4_GROUP})"
 
 
+def attach_generation_config(model: nn.Module, folder) -> None:
+    """A packed folder's generation_config.json as model.generation_config, when there is one
+    (a broken file leaves the config-derived defaults)."""
+    from pathlib import Path
+
+    if not (Path(folder) / "generation_config.json").is_file():
+        return
+    from transformers import GenerationConfig
+
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(str(folder))
+    except (OSError, ValueError):
+        pass
+
+
 def pack_model_(model: nn.Module) -> nn.Module:
     """Replace every BitLinear of `model` by a PackedBitLinear (tq2, add-only kernels), in place.
 
