@@ -25,11 +25,12 @@ def memory_limit_bytes() -> int | None:
     return limit
 
 
-def check_fits_memory(nbytes: int, what: str) -> None:
-    """Refuse, in one line, to build something that needs more bytes than the machine has."""
+def check_fits_memory(nbytes: int, what: str, hint: str = "") -> None:
+    """Refuse, in one line, to build something that needs more bytes than the machine has
+    (`hint`: what to do instead, appended to the line)."""
     limit = memory_limit_bytes()
     if limit is not None and nbytes > limit:
         raise MulfreeError(
             f"{what} needs {nbytes / 2**30:.1f} GiB, more than this machine's "
-            f"{limit / 2**30:.1f} GiB of memory"
+            f"{limit / 2**30:.1f} GiB of memory" + (f": {hint}" if hint else "")
         )

@@ -322,21 +322,14 @@ class BitNetBackend(SlotBackend):
         return plan.nbytes // max(1, plan.capacity)
 
     def reserve(self, max_batch: int) -> None:
-        from mulfree._memory import memory_limit_bytes
+        from mulfree._memory import check_fits_memory
 
-        need, limit = max_batch * self.slot_bytes(), memory_limit_bytes()
-        if limit is not None and need > limit:
-            raise MulfreeError(
-                f"a {self.kv_dtype} KV cache for {max_batch} requests x {self.max_context} tokens "
-                f"needs {need / 2**30:.1f} GiB, more than this machine's {limit / 2**30:.1f} GiB: "
-                "lower --max-batch or --max-context, or use --kv-cache int8"
-            )
+        check_fits_memory(
+            max_batch * self.slot_bytes(),
+            f"a {self.kv_dtype} KV cache for {max_batch} requests x {self.max_context} tokens",
+            "lower --max-batch or --max-context, or use --kv-cache int8",
+        )
         self._core().reserve(max_batch)
-
-    def start(self, ids, *, all_logits=False):
-        if len(ids) > self.max_context:
-            raise MulfreeError(f"prompt of {len(ids)} tokens > max_context {self.max_context}")
-        return super().start(ids, all_logits=all_logits)
 
     def step_energy_pj(self, table_name: str) -> tuple[float, float]:
         """(pJ of a decode step of 1 request, of 2): BitNetDecoder.step_energy counts one step
