@@ -129,6 +129,7 @@ def bench_engine(name: str, args, tmp: str) -> dict:
             if i >= args.warmup:
                 steps[n].append(time.perf_counter() - t0)
     times, tok = steps["auto"], toks["auto"]
+    overhead = call_overhead(dec, tok, args.steps)
     per_isa = {n: (args.prompt / prefill[n][-1], 1 / statistics.median(steps[n])) for n in decs}
     picks = dict(dec.isas)
     for n in args.isas:
@@ -147,7 +148,29 @@ def bench_engine(name: str, args, tmp: str) -> dict:
         "mean_s": statistics.fmean(times),
         "energy": energy,
         "hf_tok_s": hf_tok_s,
+        "overhead": overhead,
     }
+
+
+def call_overhead(dec, tok: int, n: int) -> tuple[float, float] | None:
+    """(median Decoder.step s, median s of its plan runner call alone), interleaved: the
+    difference is what Python adds per token around the one C call of a fused step (embedding
+    lookup, argument checks, tensor wrapping). The state drifts (the runner repeats the step),
+    which does not change the cost of a step."""
+    run = dec.runner_call()
+    if run is None:
+        return None
+    full, bare = [], []
+    for i in range(2 + n):
+        t0 = time.perf_counter()
+        dec.step([tok])
+        t1 = time.perf_counter()
+        run()
+        t2 = time.perf_counter()
+        if i >= 2:
+            full.append(t1 - t0)
+            bare.append(t2 - t1)
+    return statistics.median(full), statistics.median(bare)
 
 
 def bench_hf_generate(model, prompt: torch.Tensor, steps: int) -> float:
@@ -228,6 +251,11 @@ def main(argv=None) -> int:
                   f"{TARGETS.get(name, float('nan')):.0f}"
                   + (f"; official fake-quant {base:.2f} s/token ({1 / base:.2f} tok/s), "
                      f"engine = {base / e['median_s']:.0f}x" if base else ""), flush=True)  # fmt: skip
+            if e["overhead"] is not None:
+                full, bare = e["overhead"]
+                print(f"{name} call overhead: Decoder.step {full * 1e3:.3f} ms vs its plan runner "
+                      f"call alone {bare * 1e3:.3f} ms: Python adds {(full - bare) * 1e6:.0f} µs "
+                      f"per token ({(full - bare) / full:.1%} of the step)", flush=True)  # fmt: skip
             print(f"{name} per ISA (interleaved): " + "; ".join(
                 f"{n} decode {d:.1f} tok/s, prefill {p:.0f} tok/s"
                 for n, (p, d) in e["per_isa"].items()) + f"; auto = {e['picks']}", flush=True)  # fmt: skip

@@ -175,3 +175,27 @@ def test_the_plan_runner_equals_the_per_call_loop(packed):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     for sa, sb in zip(one._arena(), loop._arena(), strict=True):
         torch.testing.assert_close(sa, sb, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("embedding_format", ["float32", "int8", "int4"])
+def test_fused_step_embedding_lookup_equals_the_module(trained, embedding_format):
+    """The fused step looks embeddings up in NumPy (engine.lite's lookup, no torch op in the
+    step): the rows equal the model's embedding module's, bit for bit, in every file format."""
+    packed = PackedHGRNBitForCausalLM.from_model(trained[0], embedding_format=embedding_format)
+    dec = Decoder(packed)
+    ids = np.array([0, 5, 299, 5, 17], dtype=np.int64)
+    got = np.asarray(dec._embed_rows(ids))
+    assert dec._np_embed is not None  # the NumPy lookup is the one that ran
+    want = packed.model.embeddings(torch.from_numpy(ids)).float().numpy()
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("bad", [-1, 300, 10**6])
+def test_step_and_prefill_refuse_out_of_range_ids(packed, bad):
+    """An id outside the vocabulary is one clear error (a NumPy lookup would wrap -1 around)."""
+    dec = Decoder(packed)
+    slot = dec.alloc()
+    with pytest.raises(MulfreeError, match="out of range"):
+        dec.prefill_slot(slot, [3, bad])
+    with pytest.raises(MulfreeError, match="out of range"):
+        dec.step([bad], slots=[slot])

@@ -21,6 +21,7 @@ and positions in its arena the same way (docs/engine.md).
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -194,6 +195,16 @@ class HGRNFusedPlan:
                 fn(*args)
         return buf.logits[0]
 
+    def runner_call(self, slots: Sequence[int]):
+        """The plan runner's one C call for a step on `slots` (cached plan), as a no-argument
+        callable, or None where the core has no runner: run alone (after `run` filled the
+        inputs), it is the compiled part of a step; benchmarks/bench_decode.py times it against
+        the whole Python step to give the per-token call overhead."""
+        _, words = self._entry(len(slots), P.runs_of(slots))
+        if words is None:
+            return None
+        return functools.partial(self.C.plan_run, words.ctypes.data, words.size)
+
     def run(self, slots: Sequence[int], tokens: np.ndarray) -> np.ndarray:
         B = len(slots)
         plan, words = self._entry(B, P.runs_of(slots))
@@ -265,7 +276,15 @@ class SlotDecoder:
         self.check(slots, tokens.size)
         if not slots:
             raise MulfreeError("step needs at least one slot")
+        self._check_ids(tokens)
         return self.family.run(slots, tokens)
+
+    def _check_ids(self, tokens: np.ndarray) -> None:
+        # a NumPy lookup would wrap a negative id around instead of failing
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.family.vocab:
+            bad = lo if lo < 0 else hi
+            raise MulfreeError(f"token id {bad} is out of range for a vocabulary of {self.family.vocab}")
 
     def prefill(self, slot: int, tokens) -> np.ndarray:
         """Run a prompt into `slot` from a zero state; logits of its last token [vocab]
@@ -274,6 +293,7 @@ class SlotDecoder:
         self.check([slot], 1)
         if tokens.size == 0:
             raise MulfreeError("prefill needs at least one token")
+        self._check_ids(tokens)
         self.family.clear(slot)
         return self.family.prefill(slot, tokens)
 

@@ -176,7 +176,7 @@ class LiteModel:
             ))  # fmt: skip
         self.final_norm = norm("model.norm.weight", d)
         self.head = self.proj["lm_head"]
-        self.embed = _embedding(tensors, embedding_format, V, d, path)
+        self.embed = embedding_lookup(tensors, embedding_format, V, d, path)
 
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = True) -> LiteModel:
@@ -281,8 +281,9 @@ def step_energy(file: Path, table: str | None = None):
     return e
 
 
-def _embedding(tensors, fmt: str, V: int, d: int, path):
-    """A function ids -> float32 rows [B, d], the lookup of Int8/Int4Embedding or nn.Embedding."""
+def embedding_lookup(tensors, fmt: str, V: int, d: int, path):
+    """A function ids -> float32 rows [B, d], the lookup of Int8/Int4Embedding or nn.Embedding
+    in NumPy (the same rows, bit for bit), from the file's tensors (NumPy arrays by name)."""
     if fmt == "int8":
         q, step = tensors["model.embeddings.weight_int8"], tensors["model.embeddings.weight_step"]
         return lambda ids: q[ids].astype(np.float32) * step[ids][:, None]
