@@ -106,3 +106,45 @@ def test_penalties_and_bias_are_the_twins_of_the_numpy_sampler(seed):
     assert sample_batch(logits.expand(3, 200), [biased, p, SamplingParams(temperature=0)],
                         [make_generator(0)] * 3, [(), history, ()]) == [  # fmt: skip
         7, int(np.argmax(want)), int(logits.argmax())]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams.defaults(),  # top-k 40, top-p 0.95, min-p 0.05
+        SamplingParams(top_k=5, top_p=0.5),
+        SamplingParams(top_k=3, top_p=0.999),
+        SamplingParams(top_p=0.8),  # no top-k: the full sort
+        SamplingParams(top_k=7),
+        SamplingParams(min_p=0.2),
+        SamplingParams(top_k=999, top_p=0.9),  # k >= V: off
+    ],
+    ids=["defaults", "k5-p0.5", "k3-p0.999", "p0.8", "k7", "minp0.2", "k-over-V"],
+)
+def test_row_filter_equals_the_spec_bit_for_bit(params):
+    """sample_batch filters rows with the same params together (_filter_rows, top-p without a
+    full sort): every row equals the one-row spec _filter exactly, ties included (coarse
+    logits make many ties at the k-th value and at the top-p boundary), with -inf logits."""
+    from mulfree.engine.sampler import _filter, _filter_rows
+
+    g = torch.Generator().manual_seed(11)
+    smooth = torch.randn(6, 300, generator=g) * 2
+    coarse = torch.randint(-4, 4, (6, 300), generator=g).float()  # ties everywhere
+    coarse[1, :280] = float("-inf")  # fewer finite values than some k
+    for x in (smooth, coarse):
+        got = _filter_rows(x, params)
+        want = torch.stack([_filter(x[r], params) for r in range(x.shape[0])])
+        assert torch.equal(got, want)
+
+
+def test_row_filter_with_nan_logits_follows_the_spec():
+    """A NaN logit (a broken model) takes the spec's full sort in _filter_rows too."""
+    from mulfree.engine.sampler import _filter, _filter_rows
+
+    x = torch.randn(3, 100, generator=torch.Generator().manual_seed(5))
+    x[1, 17] = float("nan")
+    p = SamplingParams.defaults()
+    got = _filter_rows(x, p)
+    want = torch.stack([_filter(x[r], p) for r in range(3)])
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got.nan_to_num(0.0), want.nan_to_num(0.0))
