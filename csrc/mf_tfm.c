@@ -432,88 +432,92 @@ MF_ROW_FN(row_i8_l, TFM_KV_I8, 1)
 #undef MF_ROW_FN
 
 /* ---- L-Mul fast route (float32 operands, "int" mode) --------------------------------------
- * lmul256 prepares both operands of every product (round to k mantissa bits, flush, NaN / inf
- * / zero tests). Here each operand is prepared once: a decoded key tile or value vector for
- * the G query heads that use it, q and p once per row. For finite operands lmul_one is
- *     s = ax + ay (prepared magnitudes); s < lconst + 2^23 or ax == 0 or ay == 0 -> +-0;
- *     else sign | min(s - lconst, inf)
- * and that is what lmf_prod computes (the sign of a zero product is never seen: a float32
- * sum from +0 gives the same bits for +0 and -0 terms). The scalar side is specialised: a
- * negative p sends the row's kv head to the full route, as does any inf or NaN
- * among its operands (or a magnitude that rounds up to inf): the same bits either way; a p
- * flushed to zero skips its products (they add +-0). */
+ * lmul256 prepares both operands of every product (flush, round to k mantissa bits, NaN / inf
+ * / zero tests) and then selects among five outcomes. Here each operand is prepared once (a
+ * key or value vector for the G query heads that use it; q and p once per row) and a product
+ * is one integer add, one compare and one and. For finite prepared magnitudes a (the vector
+ * side) and b (the scalar side, q or p), lmul_one is
+ *     a == 0 or b == 0 or a + b < under_sum (= lconst + 2^23)  ->  +-0
+ *     else sign | min(a + b - lconst, inf)
+ * A row goes to the full route when a + b - lconst could pass 0x7f7fffff or any operand is inf
+ * or NaN (checked on the largest magnitudes, lmf_ok), so the min never bites; for the other
+ * lanes 2^23 <= a + b - lconst < 2^31 and
+ *     sign | (a + b - lconst) = (sa | a) + ((b - lconst) + sb)   (mod 2^32, sa, sb bit 31):
+ * the sign bits add with no carry into them, i.e. they xor. The scalar side holds
+ * adj = (b - lconst) + sb and thr, the largest a whose product is +-0 (max(under_sum - b, 1) - 1:
+ * a zero a is always at or below it; a zero b has thr = INT32_MAX), so a product is
+ *     a > thr ? (sa | a) + adj : +0.
+ * A +-0 product leaves the float32 sum it is added to as it is (a sum from +0 is never -0), so
+ * the masked lanes adding +0 give the spec's bits. The order of every sum is the full route's. */
 typedef struct {
-    int drop;
-    float *kx, *kz, *ks;     /* key tile: magnitude ^ 2^31, zero mask (then an all-ones tile
-                              * at kz + tile), sign (then flipped at ks + tile): the product's
-                              * zero mask and sign, selected by q's */
-    int64_t tile;
-    uint32_t *qa, *qz, *qs;  /* q: magnitude, zero and sign as offsets 0 / tile ([G][hd]) */
-    uint32_t *pa, *pz, *ps;  /* p: the same for the probabilities ([G][npad] each) */
-    float *acc;              /* P V sums of up to 4 heads [4][hd] */
+    uint32_t *qadj, *qthr; /* q's scalar sides [G][hd] */
+    uint32_t *padj, *pthr; /* p's [G][npad] */
 } lmf_buf;
 
-/* Prepared magnitude of 8 floats (prep_mag for finite values); *nf flags inf / NaN lanes. */
-MF_TARGET_AVX2 static MF_AI __m256i lmf_prep(const lm_vconst *c, __m256 v, __m256i *nf) {
-    __m256i mag = _mm256_and_si256(_mm256_castps_si256(v), V256(0x7fffffffu));
-    *nf = _mm256_or_si256(*nf, _mm256_cmpgt_epi32(mag, V256(0x7f7fffffu)));
-    mag = _mm256_andnot_si256(_mm256_cmpgt_epi32(V256(0x800000u), mag), mag); /* flush */
-    if (c->drop > 0) {
+/* The scalar side (q or p element v): adj and thr as above; returns b (> 0x7f7fffff when v is
+ * not finite after rounding). */
+static inline uint32_t lmf_scalar(const lm_fmt *f, int k, uint32_t lconst, uint32_t under_sum,
+                                  float v, uint32_t *adj, uint32_t *thr) {
+    const uint32_t u = f2u(v), b = prep_mag(f, u & 0x7fffffffu, k);
+    *adj = (b - lconst) + (u & 0x80000000u);
+    *thr = b == 0 ? 0x7fffffffu : (b >= under_sum ? 0u : under_sum - b - 1);
+    return b;
+}
+
+/* The row is safe for the fast route: every vector-side magnitude (raw, before rounding, so at
+ * most `slack` = 2^drop below its rounded value) and scalar-side b <= bmax keep a + b - lconst
+ * below inf, and no magnitude rounds to inf or is inf / NaN. */
+static inline int lmf_ok(uint32_t vmax, uint32_t bmax, uint32_t lconst, uint32_t slack) {
+    return bmax <= 0x7f7fffffu && vmax <= 0x7f7fffffu - slack &&
+           (uint64_t)vmax + slack + bmax <= 0x7f7fffffull + lconst;
+}
+
+/* Prepared vector side of 8 floats: mag = a (flushed, rounded), ms = sign | a; vmax collects
+ * the raw magnitudes of the lanes in `live`. */
+MF_TARGET_AVX2 static MF_AI void lmf_vprep(const lm_vconst *c, __m256 v, __m256i live,
+                                           __m256i *ms, __m256i *mag, __m256i *vmax) {
+    const __m256i b = _mm256_castps_si256(v);
+    __m256i m = _mm256_and_si256(b, V256(0x7fffffffu));
+    *vmax = _mm256_max_epu32(*vmax, _mm256_and_si256(m, live));
+    m = _mm256_andnot_si256(_mm256_cmpgt_epi32(V256(0x800000u), m), m); /* flush */
+    if (c->drop > 0) { /* round to nearest even at bit `drop`: (m + half - 1 + lsb) & ~low */
         const __m128i sh = _mm_cvtsi32_si128(c->drop);
-        const __m256i lsb = _mm256_and_si256(_mm256_srl_epi32(mag, sh), V256(1));
-        mag = _mm256_add_epi32(_mm256_add_epi32(mag, V256(c->round_half_m1)), lsb);
-        mag = _mm256_sll_epi32(_mm256_srl_epi32(mag, sh), sh);
-        *nf = _mm256_or_si256(*nf, _mm256_cmpgt_epi32(mag, V256(0x7f7fffffu))); /* rounds to inf */
+        const __m256i lsb = _mm256_and_si256(_mm256_srl_epi32(m, sh), V256(1));
+        m = _mm256_and_si256(_mm256_add_epi32(_mm256_add_epi32(m, V256(c->round_half_m1)), lsb),
+                             V256(~((1u << c->drop) - 1)));
     }
-    return mag;
+    *mag = m;
+    *ms = _mm256_or_si256(_mm256_and_si256(b, V256(0x80000000u)), m);
 }
 
-/* Scalar operand (q or p) prepared; returns 1 when it is not finite after rounding. */
-static inline int lmf_prep1(const lm_fmt *f, int k, float v, uint32_t *a, uint32_t *z,
-                            uint32_t *sg) {
-    const uint32_t u = f2u(v);
-    *a = prep_mag(f, u & 0x7fffffffu, k);
-    *z = *a == 0 ? 0xffffffffu : 0;
-    *sg = u & 0x80000000u;
-    return *a > 0x7f7fffffu;
+/* 8 products of a prepared vector side and one scalar side (adj, thr), as float32 bits. */
+MF_TARGET_AVX2 static MF_AI __m256 lmf_prod(__m256i ms, __m256i mag, uint32_t adj, uint32_t thr) {
+    const __m256i keep = _mm256_cmpgt_epi32(mag, V256(thr)); /* both < 2^31: signed is fine */
+    return _mm256_castsi256_ps(_mm256_and_si256(_mm256_add_epi32(ms, V256(adj)), keep));
 }
 
-/* 8 L-Mul products of a prepared vector (x = magnitude ^ 2^31, z its zero mask) and a prepared
- * scalar magnitude qa (finite, nonzero: other scalars take the full route), the products'
- * signs sg given, as float32 bits. */
-MF_TARGET_AVX2 static MF_AI __m256 lmf_prod(const lm_vconst *c, __m256i x, __m256i z, __m256i sg,
-                                            uint32_t qa) {
-    const __m256i s = _mm256_add_epi32(x, V256(qa)); /* (ax + ay) - 2^31, no signed overflow */
-    const __m256i bad = _mm256_or_si256(_mm256_cmpgt_epi32(V256(c->under_sum ^ 0x80000000u), s), z);
-    const __m256i r = _mm256_min_epu32(_mm256_add_epi32(s, V256(0x80000000u - c->lconst)),
-                                       V256(0x7f800000u));
-    return _mm256_castsi256_ps(_mm256_or_si256(_mm256_andnot_si256(bad, r), sg));
+static inline uint32_t hmax8_epu32(const uint32_t l[8]) {
+    uint32_t m = l[0];
+    for (int i = 1; i < 8; ++i) m = l[i] > m ? l[i] : m;
+    return m;
 }
 
-MF_TARGET_AVX2 static MF_AI void lmf_split(const lm_vconst *c, __m256 v, __m256i *x, __m256i *z,
-                                           __m256i *sg, __m256i *nf) {
-    const __m256i a = lmf_prep(c, v, nf);
-    *x = _mm256_xor_si256(a, V256(0x80000000u));
-    *z = _mm256_cmpeq_epi32(a, _mm256_setzero_si256());
-    *sg = _mm256_and_si256(_mm256_castps_si256(v), V256(0x80000000u));
-}
-
-MF_TARGET_AVX2_F16C static MF_AI void lmf_scores_nq(const lm_vconst *c, const int nq,
-                                                    const lmf_buf *L, int64_t i0, int64_t hd,
-                                                    float scaling, float *sc, int64_t npad,
-                                                    int64_t t) {
+/* Scores of heads i0 .. i0 + nq at the 8 positions of the key tile at `base`: each key vector
+ * is loaded and prepared once for the nq heads (no decoded tile in memory), sums d = 0, 1, ... */
+MF_TARGET_AVX2_F16C static MF_AI void lmf_scores_nq(const lm_vconst *c, const int dtype,
+                                                    const int nq, const lmf_buf *L, int64_t i0,
+                                                    int64_t hd, const void *kc, int64_t base,
+                                                    __m256 st, __m256i live, float scaling,
+                                                    float *sc, int64_t npad, int64_t t,
+                                                    __m256i *vmax) {
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    const uint32_t *qadj = L->qadj + i0 * hd, *qthr = L->qthr + i0 * hd;
     for (int64_t d = 0; d < hd; ++d) {
-        const __m256i x = _mm256_load_si256((const __m256i *)(L->kx + d * TFM_KTILE));
+        __m256i ms, mag;
+        lmf_vprep(c, load8(kc, base + d * TFM_KTILE, dtype, st), live, &ms, &mag, vmax);
 #pragma GCC unroll 4
-        for (int i = 0; i < nq; ++i) {
-            const int64_t e = (i0 + i) * hd + d;
-            /* the key tile's zero mask, or all ones when q is 0 (kz + tile); the sign of k q:
-             * the key tile's signs, or their flipped copy when q is negative (ks + tile) */
-            const __m256i z = _mm256_load_si256((const __m256i *)(L->kz + L->qz[e] + d * TFM_KTILE));
-            const __m256i sg = _mm256_load_si256((const __m256i *)(L->ks + L->qs[e] + d * TFM_KTILE));
-            acc[i] = _mm256_add_ps(acc[i], lmf_prod(c, x, z, sg, L->qa[e]));
-        }
+        for (int i = 0; i < nq; ++i)
+            acc[i] = _mm256_add_ps(acc[i], lmf_prod(ms, mag, qadj[i * hd + d], qthr[i * hd + d]));
     }
     const __m256 sv = _mm256_set1_ps(scaling);
 #pragma GCC unroll 4
@@ -521,101 +525,98 @@ MF_TARGET_AVX2_F16C static MF_AI void lmf_scores_nq(const lm_vconst *c, const in
         _mm256_storeu_ps(sc + (i0 + i) * npad + t * TFM_KTILE, _mm256_mul_ps(acc[i], sv));
 }
 
-/* out_i[0 .. hd) = sum_j p_i[j] v[j][..], j sequential, for nq heads: positions outer (a value
- * row is read once, in order, and prepared once for the nq heads), the nq x hd sums in L1. */
+/* out_i[d0 .. d0 + 8 nv) = sum_j p_i[j] v[j][d0 ..], j sequential, for nq heads: the nq x nv
+ * sums stay in registers over the positions (d-blocks outer), each value vector is loaded and
+ * prepared once for the nq heads. */
 MF_TARGET_AVX2_F16C static MF_AI void lmf_pv_nq(const lm_vconst *c, const int dtype, const int nq,
-                                                const lmf_buf *L, int64_t i0, int64_t npad,
-                                                const void *vbase, const float *vst, int64_t n,
-                                                int64_t hd, float *out, __m256i *nf) {
-    float *acc = L->acc;
-    for (int64_t e = 0; e < nq * hd; ++e) acc[e] = 0.0f;
+                                                const int nv, const lmf_buf *L, int64_t i0,
+                                                int64_t npad, const void *vbase, const float *vst,
+                                                int64_t n, int64_t hd, int64_t d0, float *out,
+                                                __m256i *vmax) {
+    __m256 acc[4][2];
+#pragma GCC unroll 4
+    for (int i = 0; i < nq; ++i)
+        for (int v = 0; v < nv; ++v) acc[i][v] = _mm256_setzero_ps();
+    const uint32_t *padj = L->padj + i0 * npad, *pthr = L->pthr + i0 * npad;
+    const __m256i all = _mm256_set1_epi32(-1);
     __m256 step = _mm256_setzero_ps();
     for (int64_t j = 0; j < n; ++j) {
-        if (dtype == TFM_KV_I8) step = _mm256_set1_ps(vst[j]);
-        /* p >= 0 (softmax; a negative p takes the full route): v's signs are the products' */
-        uint32_t pa[4] = {0, 0, 0, 0};
+        if (dtype == TFM_KV_I8) step = _mm256_set1_ps(vst[j]); /* the step of position j */
+        __m256i ms[2], mag[2];
+        for (int v = 0; v < nv; ++v)
+            lmf_vprep(c, load8(vbase, j * hd + d0 + 8 * v, dtype, step), all, &ms[v], &mag[v], vmax);
 #pragma GCC unroll 4
-        for (int i = 0; i < nq; ++i) pa[i] = L->pa[(i0 + i) * npad + j];
-        for (int64_t d0 = 0; d0 < hd; d0 += 8) {
-            __m256i x, z, sg;
-            lmf_split(c, load8(vbase, j * hd + d0, dtype, step), &x, &z, &sg, nf);
-#pragma GCC unroll 4
-            for (int i = 0; i < nq; ++i) {
-                /* p flushed to 0 (an exp far below the max): its products are +-0 and leave
-                 * the sums as they are (a sum from +0 is never -0), so they are skipped;
-                 * the values were still prepared above, for the inf / NaN test */
-                if (pa[i] == 0) continue;
-                float *a = acc + i * hd + d0;
-                _mm256_store_ps(a, _mm256_add_ps(_mm256_load_ps(a),
-                                                 lmf_prod(c, x, z, sg, pa[i])));
-            }
+        for (int i = 0; i < nq; ++i) {
+            const uint32_t adj = padj[i * npad + j], thr = pthr[i * npad + j];
+            for (int v = 0; v < nv; ++v)
+                acc[i][v] = _mm256_add_ps(acc[i][v], lmf_prod(ms[v], mag[v], adj, thr));
         }
     }
-    memcpy(out + i0 * hd, acc, (size_t)(nq * hd) * sizeof(float));
+#pragma GCC unroll 4
+    for (int i = 0; i < nq; ++i)
+        for (int v = 0; v < nv; ++v) _mm256_storeu_ps(out + (i0 + i) * hd + d0 + 8 * v, acc[i][v]);
 }
 
-/* The fast L-Mul route of one row; returns 0, or 1 when an operand is not finite (nothing
- * usable written: the caller runs the full route). */
+/* The fast L-Mul route of one (row, kv head); returns 0, or 1 when the row is not safe for it
+ * (lmf_ok; nothing usable written: the caller runs the full route). */
 MF_TARGET_AVX2_F16C static MF_AI int lmf_row_t(const attn_args *A, const lm_vconst *c,
                                                const int dtype, const float *q, int64_t slot,
-                                               int64_t gsel, int64_t n, float *out, float *sc,
+                                               int64_t g, int64_t n, float *out, float *sc,
                                                const lmf_buf *L) {
     const int64_t G = A->H / A->Hkv, hd = A->hd, ctx = A->ctx;
     const int64_t tiles = (n + TFM_KTILE - 1) / TFM_KTILE, npad = tiles * TFM_KTILE;
-    __m256i nf = _mm256_setzero_si256();
-    int bad = 0;
-    for (int64_t d = 0; d < hd; ++d) /* the all-ones tile after kz */
-        _mm256_store_si256((__m256i *)(L->kz + L->tile + d * TFM_KTILE), _mm256_set1_epi32(-1));
-    for (int64_t g = gsel; g < gsel + 1; ++g) { /* one kv head per call */
-        const int64_t sh = slot * A->Hkv + g;
-        for (int64_t e = 0; e < G * hd; ++e) {
-            bad |= lmf_prep1(&A->f, A->k, q[g * G * hd + e], L->qa + e, L->qz + e, L->qs + e);
-            L->qz[e] = L->qz[e] ? (uint32_t)L->tile : 0;
-            L->qs[e] = L->qs[e] ? (uint32_t)L->tile : 0;
-        }
-        for (int64_t t = 0; t < tiles; ++t) {
-            const int64_t base = (sh * (ctx / TFM_KTILE) + t) * hd * TFM_KTILE;
-            const __m256 st = dtype == TFM_KV_I8 ? _mm256_loadu_ps(A->ks + sh * ctx + t * TFM_KTILE)
-                                                 : _mm256_setzero_ps();
-            /* lanes past n (positions not written yet) must not raise the flag */
-            __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - t * TFM_KTILE)),
-                                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-            for (int64_t d = 0; d < hd; ++d) {
-                __m256i x, z, sg, tnf = _mm256_setzero_si256();
-                lmf_split(c, load8(A->kc, base + d * TFM_KTILE, dtype, st), &x, &z, &sg, &tnf);
-                nf = _mm256_or_si256(nf, _mm256_and_si256(tnf, live));
-                _mm256_store_si256((__m256i *)(L->kx + d * TFM_KTILE), x);
-                _mm256_store_si256((__m256i *)(L->kz + d * TFM_KTILE), z);
-                _mm256_store_si256((__m256i *)(L->ks + d * TFM_KTILE), sg);
-                _mm256_store_si256((__m256i *)(L->ks + L->tile + d * TFM_KTILE),
-                                   _mm256_xor_si256(sg, V256(0x80000000u)));
-            }
-            for (int64_t i0 = 0; i0 < G; i0 += 4) {
-                const int64_t nq = G - i0 < 4 ? G - i0 : 4;
-#define MF_SC(k) lmf_scores_nq(c, k, L, i0, hd, A->scaling, sc, npad, t)
-                MF_NQ_SWITCH(nq, MF_SC)
-#undef MF_SC
-            }
-        }
-        for (int64_t i = 0; i < G; ++i) {
-            softmax_avx2(sc + i * npad, n);
-            for (int64_t j = 0; j < n; ++j) {
-                const int64_t e = i * npad + j;
-                bad |= lmf_prep1(&A->f, A->k, sc[e], L->pa + e, L->pz + e, L->ps + e);
-                bad |= L->ps[e] != 0;
-            }
-        }
-        const void *vbase = (const char *)A->vc + (size_t)(sh * ctx * hd) * (dtype == TFM_KV_F32 ? 4 : dtype == TFM_KV_I8 ? 1 : 2);
-        const float *vst = dtype == TFM_KV_I8 ? A->vs + sh * ctx : NULL;
-        float *o = out + g * G * hd;
+    const uint32_t lconst = c->lconst, us = c->under_sum, slack = 1u << c->drop;
+    const int64_t sh = slot * A->Hkv + g;
+    uint32_t bmax = 0, l[8];
+    for (int64_t e = 0; e < G * hd; ++e) {
+        const uint32_t b = lmf_scalar(&A->f, A->k, lconst, us, q[g * G * hd + e], L->qadj + e,
+                                      L->qthr + e);
+        bmax = b > bmax ? b : bmax;
+    }
+    if (bmax > 0x7f7fffffu) return 1;
+    __m256i vmax = _mm256_setzero_si256();
+    for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t base = (sh * (ctx / TFM_KTILE) + t) * hd * TFM_KTILE;
+        const __m256 st = dtype == TFM_KV_I8 ? _mm256_loadu_ps(A->ks + sh * ctx + t * TFM_KTILE)
+                                             : _mm256_setzero_ps();
+        /* lanes past n (positions not written yet) are not checked */
+        const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - t * TFM_KTILE)),
+                                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         for (int64_t i0 = 0; i0 < G; i0 += 4) {
             const int64_t nq = G - i0 < 4 ? G - i0 : 4;
-#define MF_PV(k) lmf_pv_nq(c, dtype, k, L, i0, npad, vbase, vst, n, hd, o, &nf)
-            MF_NQ_SWITCH(nq, MF_PV)
-#undef MF_PV
+#define MF_SC(k) lmf_scores_nq(c, dtype, k, L, i0, hd, A->kc, base, st, live, A->scaling, sc, npad, t, &vmax)
+            MF_NQ_SWITCH(nq, MF_SC)
+#undef MF_SC
         }
     }
-    return bad || !_mm256_testz_si256(nf, nf);
+    _mm256_storeu_si256((__m256i *)l, vmax);
+    if (!lmf_ok(hmax8_epu32(l), bmax, lconst, slack)) return 1;
+    bmax = 0;
+    for (int64_t i = 0; i < G; ++i) {
+        softmax_avx2(sc + i * npad, n);
+        for (int64_t j = 0; j < n; ++j) {
+            const int64_t e = i * npad + j;
+            const uint32_t b = lmf_scalar(&A->f, A->k, lconst, us, sc[e], L->padj + e, L->pthr + e);
+            bmax = b > bmax ? b : bmax;
+        }
+    }
+    if (bmax > 0x7f7fffffu) return 1;
+    const void *vbase = (const char *)A->vc + (size_t)(sh * ctx * hd) * (dtype == TFM_KV_F32 ? 4 : dtype == TFM_KV_I8 ? 1 : 2);
+    const float *vst = dtype == TFM_KV_I8 ? A->vs + sh * ctx : NULL;
+    float *o = out + g * G * hd;
+    vmax = _mm256_setzero_si256();
+    for (int64_t i0 = 0; i0 < G; i0 += 4) {
+        const int64_t nq = G - i0 < 4 ? G - i0 : 4;
+        int64_t d0 = 0;
+#define MF_PV2(k) lmf_pv_nq(c, dtype, k, 2, L, i0, npad, vbase, vst, n, hd, d0, o, &vmax)
+#define MF_PV1(k) lmf_pv_nq(c, dtype, k, 1, L, i0, npad, vbase, vst, n, hd, d0, o, &vmax)
+        for (; d0 + 16 <= hd; d0 += 16) MF_NQ_SWITCH(nq, MF_PV2)
+        if (d0 < hd) MF_NQ_SWITCH(nq, MF_PV1)
+#undef MF_PV2
+#undef MF_PV1
+    }
+    _mm256_storeu_si256((__m256i *)l, vmax);
+    return !lmf_ok(hmax8_epu32(l), bmax, lconst, slack);
 }
 
 #define MF_LMF_FN(name, dt)                                                                     \
@@ -632,6 +633,233 @@ MF_LMF_FN(lmf_i8, TFM_KV_I8)
 typedef int (*lmf_row_fn)(const attn_args *, const lm_vconst *, const float *, int64_t, int64_t, int64_t,
                           float *, float *, const lmf_buf *);
 static const lmf_row_fn LMF_ROW[4] = {lmf_f32, lmf_bf16, lmf_f16, lmf_i8};
+
+/* ---- AVX-512: the fast L-Mul route on 16 lanes ---------------------------------------------
+ * The products of lmf_* above with AVX-512's forms: the zero / underflow test is a compare
+ * into a mask register that masks the float add (no and), sign | a one vpternlogd, the flush
+ * a zero-masking and; 16 positions (two key tiles) per score vector, 16 head_dim elements per
+ * value vector, 4 x 4 P V sums in registers. Every sum keeps its order (the full route's), so
+ * the bits are the AVX2 and scalar routes'. Needs hd % 16 == 0. */
+
+/* 16 stored values as float32: split 0: 16 from index i; split 1: 8 from i and 8 from i + off
+ * (two key tiles; two == 0: only the first, the upper 8 lanes 0). int8 codes times step. */
+MF_TARGET_AVX512 static MF_AI __m512 load16(const void *c, int64_t i, int64_t off, const int split,
+                                            const int two, const int dtype, __m512 step) {
+    if (dtype == TFM_KV_F32) {
+        const float *p = (const float *)c + i;
+        if (!split) return _mm512_loadu_ps(p);
+        const __m256 hi = two ? _mm256_loadu_ps(p + off) : _mm256_setzero_ps();
+        return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(p))),
+                                                   _mm256_castps_pd(hi), 1));
+    }
+    if (dtype == TFM_KV_BF16 || dtype == TFM_KV_F16) {
+        const uint16_t *p = (const uint16_t *)c + i;
+        __m256i h;
+        if (!split) {
+            h = _mm256_loadu_si256((const __m256i *)p);
+        } else {
+            const __m128i hi = two ? _mm_loadu_si128((const __m128i *)(p + off)) : _mm_setzero_si128();
+            h = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p)), hi, 1);
+        }
+        if (dtype == TFM_KV_F16) return _mm512_cvtph_ps(h);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    const int8_t *p = (const int8_t *)c + i;
+    __m128i b;
+    if (!split) {
+        b = _mm_loadu_si128((const __m128i *)p);
+    } else {
+        const __m128i hi = two ? _mm_loadl_epi64((const __m128i *)(p + off)) : _mm_setzero_si128();
+        b = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)p), hi);
+    }
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), step);
+}
+
+/* lmf_vprep on 16 lanes. */
+MF_TARGET_AVX512 static MF_AI void lmf_vprep512(const lm_vconst *c, __m512 v, __mmask16 live,
+                                                __m512i *ms, __m512i *mag, __m512i *vmax) {
+    const __m512i b = _mm512_castps_si512(v);
+    __m512i m = _mm512_and_si512(b, V512(0x7fffffffu));
+    *vmax = _mm512_mask_max_epu32(*vmax, live, *vmax, m);
+    const __mmask16 normal = _mm512_cmpge_epu32_mask(m, V512(0x800000u)); /* the rest flush */
+    if (c->drop > 0) {
+        const __m128i sh = _mm_cvtsi32_si128(c->drop);
+        const __m512i lsb = _mm512_and_si512(_mm512_srl_epi32(m, sh), V512(1));
+        m = _mm512_maskz_and_epi32(normal, _mm512_add_epi32(_mm512_add_epi32(m, V512(c->round_half_m1)), lsb),
+                                   V512(~((1u << c->drop) - 1)));
+    } else {
+        m = _mm512_maskz_mov_epi32(normal, m);
+    }
+    *mag = m;
+    *ms = _mm512_ternarylogic_epi32(b, m, V512(0x80000000u), 0xEC); /* (b & sign) | m */
+}
+
+/* acc + the 16 products of a prepared vector side and one scalar side (masked lanes: acc). */
+MF_TARGET_AVX512 static MF_AI __m512 lmf_fadd512(__m512 acc, __m512i ms, __m512i mag, uint32_t adj,
+                                                 uint32_t thr) {
+    const __mmask16 keep = _mm512_cmpgt_epi32_mask(mag, V512(thr));
+    return _mm512_mask_add_ps(acc, keep, acc, _mm512_castsi512_ps(_mm512_add_epi32(ms, V512(adj))));
+}
+
+static inline uint32_t hmax16_epu32(const uint32_t l[16]) {
+    uint32_t m = l[0];
+    for (int i = 1; i < 16; ++i) m = l[i] > m ? l[i] : m;
+    return m;
+}
+
+/* Scores of heads i0 .. i0 + nq at the 16 positions of key tiles t, t + 1 (two == 0: t only). */
+MF_TARGET_AVX512 static MF_AI void lmf_scores512_nq(const lm_vconst *c, const int dtype, const int nq,
+                                                    const int two, const lmf_buf *L, int64_t i0,
+                                                    int64_t hd, const void *kc, int64_t base,
+                                                    __m512 st, __mmask16 live, float scaling,
+                                                    float *sc, int64_t npad, int64_t t,
+                                                    __m512i *vmax) {
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    const uint32_t *qadj = L->qadj + i0 * hd, *qthr = L->qthr + i0 * hd;
+    for (int64_t d = 0; d < hd; ++d) {
+        __m512i ms, mag;
+        lmf_vprep512(c, load16(kc, base + d * TFM_KTILE, hd * TFM_KTILE, 1, two, dtype, st), live,
+                     &ms, &mag, vmax);
+#pragma GCC unroll 4
+        for (int i = 0; i < nq; ++i) acc[i] = lmf_fadd512(acc[i], ms, mag, qadj[i * hd + d], qthr[i * hd + d]);
+    }
+    const __m512 sv = _mm512_set1_ps(scaling);
+#pragma GCC unroll 4
+    for (int i = 0; i < nq; ++i) {
+        float *o = sc + (i0 + i) * npad + t * TFM_KTILE;
+        const __m512 r = _mm512_mul_ps(acc[i], sv);
+        if (two)
+            _mm512_storeu_ps(o, r);
+        else
+            _mm256_storeu_ps(o, _mm512_castps512_ps256(r));
+    }
+}
+
+/* lmf_pv_nq on 16 lanes: out_i[d0 .. d0 + 16 nv), nv <= 4. */
+MF_TARGET_AVX512 static MF_AI void lmf_pv512_nq(const lm_vconst *c, const int dtype, const int nq,
+                                                const int nv, const lmf_buf *L, int64_t i0,
+                                                int64_t npad, const void *vbase, const float *vst,
+                                                int64_t n, int64_t hd, int64_t d0, float *out,
+                                                __m512i *vmax) {
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < nq; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; ++v) acc[i][v] = _mm512_setzero_ps();
+    const uint32_t *padj = L->padj + i0 * npad, *pthr = L->pthr + i0 * npad;
+    __m512 step = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+        if (dtype == TFM_KV_I8) step = _mm512_set1_ps(vst[j]);
+        __m512i ms[4], mag[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; ++v)
+            lmf_vprep512(c, load16(vbase, j * hd + d0 + 16 * v, 0, 0, 0, dtype, step), 0xffff,
+                         &ms[v], &mag[v], vmax);
+#pragma GCC unroll 4
+        for (int i = 0; i < nq; ++i) {
+            const uint32_t adj = padj[i * npad + j], thr = pthr[i * npad + j];
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; ++v) acc[i][v] = lmf_fadd512(acc[i][v], ms[v], mag[v], adj, thr);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < nq; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; ++v) _mm512_storeu_ps(out + (i0 + i) * hd + d0 + 16 * v, acc[i][v]);
+}
+
+#define MF_NV_SWITCH(nv, nq, call) \
+    switch (nv) {                  \
+    case 1: MF_NQ_SWITCH(nq, call##_1) break; \
+    case 2: MF_NQ_SWITCH(nq, call##_2) break; \
+    case 3: MF_NQ_SWITCH(nq, call##_3) break; \
+    default: MF_NQ_SWITCH(nq, call##_4) break; \
+    }
+
+/* lmf_row_t on 16 lanes (the same checks and hand-off). */
+MF_TARGET_AVX512 static MF_AI int lmf_row512_t(const attn_args *A, const lm_vconst *c,
+                                               const int dtype, const float *q, int64_t slot,
+                                               int64_t g, int64_t n, float *out, float *sc,
+                                               const lmf_buf *L) {
+    const int64_t G = A->H / A->Hkv, hd = A->hd, ctx = A->ctx;
+    const int64_t tiles = (n + TFM_KTILE - 1) / TFM_KTILE, npad = tiles * TFM_KTILE;
+    const uint32_t lconst = c->lconst, us = c->under_sum, slack = 1u << c->drop;
+    const int64_t sh = slot * A->Hkv + g;
+    uint32_t bmax = 0, l[16];
+    for (int64_t e = 0; e < G * hd; ++e) {
+        const uint32_t b = lmf_scalar(&A->f, A->k, lconst, us, q[g * G * hd + e], L->qadj + e,
+                                      L->qthr + e);
+        bmax = b > bmax ? b : bmax;
+    }
+    if (bmax > 0x7f7fffffu) return 1;
+    __m512i vmax = _mm512_setzero_si512();
+    for (int64_t t = 0; t < tiles; t += 2) {
+        const int two = t + 1 < tiles;
+        const int64_t base = (sh * (ctx / TFM_KTILE) + t) * hd * TFM_KTILE, left = n - t * TFM_KTILE;
+        const float *kst = A->ks + sh * ctx + t * TFM_KTILE; /* int8 caches only */
+        const __m512 st = dtype != TFM_KV_I8 ? _mm512_setzero_ps()
+                          : two ? _mm512_loadu_ps(kst) : _mm512_maskz_loadu_ps(0xff, kst);
+        /* lanes past n (positions not written yet) are not checked */
+        const __mmask16 live = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
+        for (int64_t i0 = 0; i0 < G; i0 += 4) {
+            const int64_t nq = G - i0 < 4 ? G - i0 : 4;
+#define MF_SC2(k) lmf_scores512_nq(c, dtype, k, 1, L, i0, hd, A->kc, base, st, live, A->scaling, sc, npad, t, &vmax)
+#define MF_SC1(k) lmf_scores512_nq(c, dtype, k, 0, L, i0, hd, A->kc, base, st, live, A->scaling, sc, npad, t, &vmax)
+            if (two)
+                MF_NQ_SWITCH(nq, MF_SC2)
+            else
+                MF_NQ_SWITCH(nq, MF_SC1)
+#undef MF_SC2
+#undef MF_SC1
+        }
+    }
+    _mm512_storeu_si512((void *)l, vmax);
+    if (!lmf_ok(hmax16_epu32(l), bmax, lconst, slack)) return 1;
+    bmax = 0;
+    for (int64_t i = 0; i < G; ++i) {
+        softmax_avx2(sc + i * npad, n);
+        for (int64_t j = 0; j < n; ++j) {
+            const int64_t e = i * npad + j;
+            const uint32_t b = lmf_scalar(&A->f, A->k, lconst, us, sc[e], L->padj + e, L->pthr + e);
+            bmax = b > bmax ? b : bmax;
+        }
+    }
+    if (bmax > 0x7f7fffffu) return 1;
+    const void *vbase = (const char *)A->vc + (size_t)(sh * ctx * hd) * (dtype == TFM_KV_F32 ? 4 : dtype == TFM_KV_I8 ? 1 : 2);
+    const float *vst = dtype == TFM_KV_I8 ? A->vs + sh * ctx : NULL;
+    float *o = out + g * G * hd;
+    vmax = _mm512_setzero_si512();
+    for (int64_t i0 = 0; i0 < G; i0 += 4) {
+        const int64_t nq = G - i0 < 4 ? G - i0 : 4;
+        for (int64_t d0 = 0; d0 < hd; d0 += 64) {
+            const int64_t nv = (hd - d0) / 16 < 4 ? (hd - d0) / 16 : 4;
+#define MF_PV_1(k) lmf_pv512_nq(c, dtype, k, 1, L, i0, npad, vbase, vst, n, hd, d0, o, &vmax)
+#define MF_PV_2(k) lmf_pv512_nq(c, dtype, k, 2, L, i0, npad, vbase, vst, n, hd, d0, o, &vmax)
+#define MF_PV_3(k) lmf_pv512_nq(c, dtype, k, 3, L, i0, npad, vbase, vst, n, hd, d0, o, &vmax)
+#define MF_PV_4(k) lmf_pv512_nq(c, dtype, k, 4, L, i0, npad, vbase, vst, n, hd, d0, o, &vmax)
+            MF_NV_SWITCH(nv, nq, MF_PV)
+#undef MF_PV_1
+#undef MF_PV_2
+#undef MF_PV_3
+#undef MF_PV_4
+        }
+    }
+    _mm512_storeu_si512((void *)l, vmax);
+    return !lmf_ok(hmax16_epu32(l), bmax, lconst, slack);
+}
+
+#define MF_LMF512_FN(name, dt)                                                                  \
+    MF_TARGET_AVX512 static int name(const attn_args *A, const lm_vconst *c, const float *q,     \
+                                     int64_t slot, int64_t g, int64_t n, float *out, float *sc,  \
+                                     const lmf_buf *L) {                                         \
+        return lmf_row512_t(A, c, dt, q, slot, g, n, out, sc, L);                                \
+    }
+MF_LMF512_FN(lmf512_f32, TFM_KV_F32)
+MF_LMF512_FN(lmf512_bf16, TFM_KV_BF16)
+MF_LMF512_FN(lmf512_f16, TFM_KV_F16)
+MF_LMF512_FN(lmf512_i8, TFM_KV_I8)
+#undef MF_LMF512_FN
+static const lmf_row_fn LMF_ROW512[4] = {lmf512_f32, lmf512_bf16, lmf512_f16, lmf512_i8};
 
 typedef void (*attend_row_fn)(const attn_args *, const lm_vconst *, const float *, int64_t, int64_t,
                               int64_t, float *, float *);
@@ -791,41 +1019,36 @@ int mf_op_tfm_kv_write(const int64_t *a) {
     return 0;
 }
 
-int mf_op_tfm_attend(const int64_t *a) {
-    const float *q = mf_slot_ptr(a[0]);
-    float *out = mf_slot_ptr(a[3]);
-    const int64_t B = a[1], qs = a[2], os = a[4], *rows = mf_slot_ptr(a[14]), mbits = a[16];
-    attn_args A = {mf_slot_ptr(a[5]), mf_slot_ptr(a[6]), mf_slot_ptr(a[7]), mf_slot_ptr(a[8]),
-                   (int)a[9], a[10], a[11], a[12], a[13], (float)mf_slot_f64(a[15]),
-                   mbits >= 0, {0}, (int)mbits};
-    if (q == NULL || out == NULL || A.kc == NULL || A.vc == NULL || rows == NULL || B < 0 ||
-        A.Hkv < 1 || A.H < A.Hkv || A.H % A.Hkv || A.hd < 1 || mbits > 23 ||
-        !kv_ok(A.dtype, A.ctx, A.ks, A.vs) || !rows_ok(rows, B, A.ctx))
-        return MF_OP_BADARG;
-    if (A.dtype != TFM_KV_I8) A.ks = A.vs = NULL;
-    fmt_init(0, &A.f); /* float32 operands */
+/* tfm_attend on checked arguments at ISA level `level` (the caller resolves it to one this CPU
+ * runs; a SIMDe test harness passes MF_ISA_AVX512 on an AVX2 machine): q rows B x H x hd (qs
+ * floats apart) at rows[b] = (slot, position) -> out rows (os apart). Returns the level used. */
+static int attend_impl(attn_args *A, const float *q, int64_t B, int64_t qs, float *out,
+                       int64_t os, const int64_t *rows, int level, int64_t threads) {
+    if (A->dtype != TFM_KV_I8) A->ks = A->vs = NULL;
+    fmt_init(0, &A->f); /* float32 operands */
     int64_t nmax = 0;
     for (int64_t b = 0; b < B; ++b) nmax = rows[2 * b + 1] + 1 > nmax ? rows[2 * b + 1] + 1 : nmax;
     const int64_t npad = mf_round_up(nmax, TFM_KTILE);
-    const int64_t G = A.H / A.Hkv, nsc = mf_round_up(G * npad, 8), tile = A.hd * TFM_KTILE;
-    const int64_t nq = mf_round_up(G * A.hd, 8);
-    /* full route: scores + a decoded key tile; fast L-Mul route: + 3 key tiles, 3 x q, 3 x p,
-     * the P V sums */
-    const int64_t words = nsc + tile + (A.lmul ? 5 * tile + 3 * nq + 3 * nsc + 4 * A.hd : 0);
+    const int64_t G = A->H / A->Hkv, nsc = mf_round_up(G * npad, 16), tile = A->hd * TFM_KTILE;
+    const int64_t nq = mf_round_up(G * A->hd, 16);
+    /* full route: scores + a decoded key tile; fast L-Mul route: + q's and p's scalar sides */
+    const int64_t words = nsc + tile + (A->lmul ? 2 * nq + 2 * nsc : 0);
     const size_t bytes = (size_t)words * sizeof(float);
     float *sc = mf_scratch(bytes);
     if (sc == NULL) return MF_OP_NOMEM;
-    const int level = mf_isa_resolve((int)a[17]);
 #if MF_X86
-    if (level >= MF_ISA_AVX2 && A.hd % 8 == 0 && __builtin_cpu_supports("f16c")) {
+    if (level >= MF_ISA_AVX2 && A->hd % 8 == 0 && __builtin_cpu_supports("f16c")) {
         lm_vconst vc;
-        vconst_init(&A.f, A.lmul ? A.k : 23, 0, &vc);
-        const attend_row_fn row = ROW_AVX2[A.dtype][A.lmul];
+        vconst_init(&A->f, A->lmul ? A->k : 23, 0, &vc);
+        const attend_row_fn row = ROW_AVX2[A->dtype][A->lmul];
+        /* the fast L-Mul route: 16 lanes where the level allows (head_dim a multiple of 16) */
+        const int wide = level >= MF_ISA_AVX512 && A->hd % 16 == 0;
+        const lmf_row_fn fast = (wide ? LMF_ROW512 : LMF_ROW)[A->dtype];
         /* (row, kv head) items are independent: threads split them, each with its own
          * scratch (mf_scratch is per thread); a thread per TFM_MIN_WORK products at most */
-        const int64_t items = B * A.Hkv;
-        int64_t nt = mf_threads(a[18]);
-        const int64_t work = 2 * nmax * A.H * A.hd * B;
+        const int64_t items = B * A->Hkv;
+        int64_t nt = mf_threads(threads);
+        const int64_t work = 2 * nmax * A->H * A->hd * B;
         nt = nt < items ? nt : items;
         nt = nt < work / TFM_MIN_WORK ? nt : work / TFM_MIN_WORK;
         nt = nt < 1 ? 1 : nt;
@@ -837,29 +1060,41 @@ int mf_op_tfm_attend(const int64_t *a) {
 #pragma omp atomic write
                 nomem = 1;
             } else {
-                /* tiles kx, kz, all ones, ks, ks flipped; then q, p and the P V sums from u */
-                float *w = s + nsc + tile, *u = w + 5 * tile;
-                lmf_buf L = {vc.drop, w, w + tile, w + 3 * tile, tile, (uint32_t *)u,
-                             (uint32_t *)(u + nq), (uint32_t *)(u + 2 * nq),
-                             (uint32_t *)(u + 3 * nq), (uint32_t *)(u + 3 * nq + nsc),
-                             (uint32_t *)(u + 3 * nq + 2 * nsc), u + 3 * nq + 3 * nsc};
+                uint32_t *u = (uint32_t *)(s + nsc + tile); /* q's, then p's scalar sides */
+                lmf_buf L = {u, u + nq, u + 2 * nq, u + 2 * nq + nsc};
 #pragma omp for schedule(static)
                 for (int64_t it = 0; it < items; ++it) {
-                    const int64_t b = it / A.Hkv, g = it % A.Hkv;
+                    const int64_t b = it / A->Hkv, g = it % A->Hkv;
                     const float *qb = q + b * qs;
                     const int64_t slot = rows[2 * b], n = rows[2 * b + 1] + 1;
-                    if (!A.lmul || LMF_ROW[A.dtype](&A, &vc, qb, slot, g, n, out + b * os, s, &L))
-                        row(&A, &vc, qb, slot, g, n, out + b * os, s);
+                    if (!A->lmul || fast(A, &vc, qb, slot, g, n, out + b * os, s, &L))
+                        row(A, &vc, qb, slot, g, n, out + b * os, s);
                 }
             }
         }
-        return nomem ? MF_OP_NOMEM : MF_ISA_AVX2;
+        if (nomem) return MF_OP_NOMEM;
+        return wide && A->lmul ? MF_ISA_AVX512 : MF_ISA_AVX2;
     }
 #endif
     (void)level;
+    (void)threads;
     for (int64_t b = 0; b < B; ++b)
-        attend_row_scalar(&A, q + b * qs, rows[2 * b], rows[2 * b + 1] + 1, out + b * os, sc);
+        attend_row_scalar(A, q + b * qs, rows[2 * b], rows[2 * b + 1] + 1, out + b * os, sc);
     return MF_ISA_SCALAR;
+}
+
+int mf_op_tfm_attend(const int64_t *a) {
+    const float *q = mf_slot_ptr(a[0]);
+    float *out = mf_slot_ptr(a[3]);
+    const int64_t B = a[1], *rows = mf_slot_ptr(a[14]), mbits = a[16];
+    attn_args A = {mf_slot_ptr(a[5]), mf_slot_ptr(a[6]), mf_slot_ptr(a[7]), mf_slot_ptr(a[8]),
+                   (int)a[9], a[10], a[11], a[12], a[13], (float)mf_slot_f64(a[15]),
+                   mbits >= 0, {0}, (int)mbits};
+    if (q == NULL || out == NULL || A.kc == NULL || A.vc == NULL || rows == NULL || B < 0 ||
+        A.Hkv < 1 || A.H < A.Hkv || A.H % A.Hkv || A.hd < 1 || mbits > 23 ||
+        !kv_ok(A.dtype, A.ctx, A.ks, A.vs) || !rows_ok(rows, B, A.ctx))
+        return MF_OP_BADARG;
+    return attend_impl(&A, q, B, a[2], out, a[4], rows, mf_isa_resolve((int)a[17]), a[18]);
 }
 
 int mf_op_tfm_glu(const int64_t *a) {

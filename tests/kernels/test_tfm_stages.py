@@ -281,3 +281,123 @@ def test_attend_lmul_zero_operands(isa, dtype):
     rows = np.array([[0, 10]], dtype=np.int64)
     out, _ = _attend_c(C, cache, q, rows, 3, isa)
     _same_bits(out, ref.attend(cache, q, [0], [10], hd**-0.5, 3))
+
+
+def _random_cache(dtype, slots, Hkv, hd, ctx, seed, zeros=0.0):
+    """A cache filled directly (every position, so tiles past n hold live-looking data)."""
+    cache = ref.Cache(slots, Hkv, hd, ctx, dtype)
+    rng = np.random.default_rng(seed)
+    k, v = (rng.standard_normal((slots, Hkv, ctx, hd)).astype(f32) for _ in range(2))
+    for a in (k, v):
+        a[rng.random(a.shape) < zeros] = 0.0
+    for p in range(ctx):  # the twin's writer: the same codes and steps as the C's (test_kv_write)
+        ref.kv_write(cache, k[:, :, p], v[:, :, p], list(range(slots)) if slots > 1 else [0], [p] * slots)
+    return cache
+
+
+@pytest.mark.parametrize("isa", [i for i in LEVELS if i != "scalar"])
+@pytest.mark.parametrize("dtype", list(ref.KV_DTYPES))
+@pytest.mark.parametrize("G", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("hd", [32, 48])
+def test_attend_lmul_groups_and_contexts(isa, dtype, G, hd):
+    """The fast L-Mul routes (AVX2; AVX-512 on 16 lanes where head_dim % 16 == 0) at GQA groups
+    1..5 (4 heads per register block, then a remainder), head_dim 32 (two 16-lane vectors) and
+    48 (three: a P V block short of 4), contexts 1, 7, 9 and 63 (a lone key tile, odd pairs of
+    tiles, tails), exact zeros among q, keys and values: the twin's bits."""
+    C = _core()
+    Hkv, ctx = 2, 64
+    cache = _random_cache(dtype, 1, Hkv, hd, ctx, 31 + G, zeros=0.2)
+    q = _rand((1, G * Hkv, hd), 5 + G, 2.0)
+    q[np.random.default_rng(G).random(q.shape) < 0.25] = 0.0
+    for n in (1, 7, 9, 63):
+        rows = np.array([[0, n - 1]], dtype=np.int64)
+        out, used = _attend_c(C, cache, q, rows, 3, isa)
+        assert used == ISA_LEVELS[isa] or (isa == "avx512" and used == ISA_LEVELS["avx2"])
+        _same_bits(out, ref.attend(cache, q, [0], [n - 1], hd**-0.5, 3), f"{isa} {dtype} G={G} n={n}")
+
+
+@pytest.mark.parametrize("isa", [i for i in LEVELS if i != "scalar"])
+def test_attend_lmul_wide_route_is_taken(isa):
+    """head_dim 128 (the 2B4T shape): the AVX-512 level reports its 16-lane L-Mul route (so the
+    tests above check it, not the AVX2 one), and exact attention the AVX2 code."""
+    C = _core()
+    cache = _random_cache("bfloat16", 1, 1, 128, 16, 3)
+    q, rows = _rand((1, 2, 128), 4), np.array([[0, 12]], dtype=np.int64)
+    _, used = _attend_c(C, cache, q, rows, 3, isa)
+    assert used == ISA_LEVELS[isa]
+    _, used = _attend_c(C, cache, q, rows, None, isa)
+    assert used == ISA_LEVELS["avx2"]
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("mbits", [None, 3], ids=["exact", "lmul3"])
+def test_attend_2b4t_shape_context_2048(isa, mbits):
+    """One kv head of the 2B4T layer (4 query heads, head_dim 128) at context 2048, bfloat16."""
+    C = _core()
+    cache = ref.Cache(1, 1, 128, 2048, "bfloat16")
+    rng = np.random.default_rng(20)
+    cache.k[...] = ref.bf16_round(rng.standard_normal(cache.k.shape).astype(f32))
+    cache.v[...] = ref.bf16_round(rng.standard_normal(cache.v.shape).astype(f32))
+    q = _rand((1, 4, 128), 21, 2.0)
+    q[rng.random(q.shape) < 0.25] = 0.0
+    rows = np.array([[0, 2047]], dtype=np.int64)
+    out, _ = _attend_c(C, cache, q, rows, mbits, isa)
+    _same_bits(out, ref.attend(cache, q, [0], [2047], 128**-0.5, mbits), f"{isa}")
+
+
+@pytest.mark.parametrize("isa", [i for i in LEVELS if i != "scalar"])
+@pytest.mark.parametrize("scale", [1e-21, 1e18, 1.2e19], ids=["underflow", "large", "overflow"])
+def test_attend_lmul_extreme_magnitudes(isa, scale):
+    """Products at the ends of float32 on the fast route's borders: |q k| ~ 1e-42 underflows to
+    +-0 inside the fast route (the threshold test); ~1e36 stays on it (below the hand-off bound);
+    ~1.4e38 may pass float32's largest value, so the row goes to the full route (lmf_ok). The
+    bits are the twin's in every case."""
+    C = _core()
+    H, Hkv, hd, ctx = 4, 1, 32, 24
+    cache = ref.Cache(1, Hkv, hd, ctx, "float32")
+    rng = np.random.default_rng(9)
+    cache.k[...] = rng.standard_normal(cache.k.shape).astype(f32) * f32(scale)
+    cache.v[...] = rng.standard_normal(cache.v.shape).astype(f32) * f32(min(scale, 1e30))
+    q = _rand((1, H, hd), 10, scale)
+    rows = np.array([[0, 20]], dtype=np.int64)
+    out, _ = _attend_c(C, cache, q, rows, 3, isa, scaling=1.0 if scale < 1 else 1e-30)
+    _same_bits(out, ref.attend(cache, q, [0], [20], 1.0 if scale < 1 else 1e-30, 3))
+
+
+def _three_bit(rng, shape, lo, hi, zeros=0.1):
+    """+-(1 + m / 8) 2^e, e uniform in [lo, hi), a fraction `zeros` 0: values L-Mul's 3-bit
+    rounding keeps as they are."""
+    e = rng.integers(lo, hi, shape).astype(np.float64)
+    m = 1 + rng.integers(0, 8, shape) / 8
+    s = np.where(rng.random(shape) < 0.5, -1.0, 1.0)
+    v = (s * m * 2.0**e).astype(f32)
+    v[rng.random(shape) < zeros] = 0.0
+    return v
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("hd", [32, 40])
+@pytest.mark.parametrize("q_exp,k_exp,k_zeros,scaling", [((-70, -56), (-70, -56), 0.1, 110),
+                                                         ((40, 60), (-126, -118), 0.5, 60)],
+                         ids=["straddle", "zero-keys"])  # fmt: skip
+def test_attend_lmul_underflow_threshold(isa, hd, q_exp, k_exp, k_zeros, scaling):
+    """Products straddling float32's smallest normal (2^-126), some exactly on it (kept) or one
+    L-Mul step below (+-0): q k products at 2^-140..2^-112 with scaling 2^110, so the scores
+    show them; p v products likewise, in outputs of ~2^-120 nothing else hides. "zero-keys":
+    huge q against tiny keys, half of them 0: a zero key times q (q above the threshold's
+    range) must add nothing, where a product of the smallest normal would show in the scores.
+    Guards the fast routes' threshold compare (a > thr) at its edges."""
+    C = _core()
+    rng = np.random.default_rng(hd)
+    H, Hkv, ctx, n = 4, 1, 16, 13
+    cache = ref.Cache(1, Hkv, hd, ctx, "float32")
+    k = _three_bit(rng, (ctx, hd), *k_exp, zeros=k_zeros)
+    v = _three_bit(rng, (ctx, hd), -124, -112)
+    cache.k[0, 0] = k.reshape(ctx // 8, 8, hd).transpose(0, 2, 1)  # [tile, hd, 8]
+    cache.v[0, 0] = v
+    q = _three_bit(rng, (1, H, hd), *q_exp)
+    rows = np.array([[0, n - 1]], dtype=np.int64)
+    out, _ = _attend_c(C, cache, q, rows, 3, isa, scaling=2.0**scaling)
+    want = ref.attend(cache, q, [0], [n - 1], 2.0**scaling, 3)
+    assert np.count_nonzero(want) > want.size // 2  # the outputs are not all flushed away
+    _same_bits(out, want, f"{isa} hd={hd}")
