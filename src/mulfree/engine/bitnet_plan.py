@@ -162,6 +162,47 @@ class BitNetPlan:
     def clear(self, slot: int) -> None:
         self.lengths[slot] = 0  # positions past a slot's length are never read
 
+    def load_kv(self, slot: int, keys: Sequence[np.ndarray], values: Sequence[np.ndarray]) -> None:
+        """Make slot `slot` hold n positions: keys[l], values[l] float32 [n, Hkv, hd] of layer l
+        (RoPE applied, as the step stores them). They are written by tfm_kv_write, the stage a
+        step writes with, so the cache holds what stepping those tokens would have stored
+        (rounded to the cache dtype the same way); the slot's length becomes n."""
+        w = self.w
+        n = int(keys[0].shape[0]) if len(keys) else 0
+        if len(keys) != len(w.layers) or len(values) != len(w.layers):
+            raise MulfreeError(f"load_kv needs keys and values of all {len(w.layers)} layers")
+        if not 0 <= n <= self.max_context:
+            raise MulfreeError(f"load_kv: {n} positions > max_context {self.max_context}")
+        width = w.kv_heads * w.head_dim
+        rows = np.stack([np.full(n, slot), np.arange(n)], axis=1).astype(np.int64)  # [n, 2]
+        kv = np.empty((n, 2 * width), dtype=np.float32)  # [n, k | v], the stage's row layout
+        ptr = lambda a: 0 if a is None else a.ctypes.data  # noqa: E731
+        for li in range(len(w.layers)):
+            kv[:, :width] = keys[li].reshape(n, width)
+            kv[:, width:] = values[li].reshape(n, width)
+            if n:
+                self.C.tfm_kv_write(ptr(kv), n, 2 * width, 0, width, ptr(self.k[li]),
+                                    ptr(self.v[li]), ptr(None if self.ks is None else self.ks[li]),
+                                    ptr(None if self.vs is None else self.vs[li]),
+                                    KV_DTYPES[self.kv_dtype], w.kv_heads, w.head_dim, self.ctx,
+                                    ptr(rows))  # fmt: skip
+        self.lengths[slot] = n
+
+    def kv_at(self, slot: int, pos: int) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, values) float32 [L, Hkv, hd] stored at position `pos` of `slot`, decoded from
+        the cache dtype (float32: the step's own values)."""
+        k = self.k[:, slot, :, pos // KTILE, :, pos % KTILE]  # [L, Hkv, hd]
+        v = self.v[:, slot, :, pos]
+        if self.kv_dtype == "float32":
+            return k.copy(), v.copy()
+        if self.kv_dtype == "bfloat16":
+            return ((k.astype(np.uint32) << 16).view(np.float32),
+                    (v.astype(np.uint32) << 16).view(np.float32))  # fmt: skip
+        if self.kv_dtype == "float16":
+            return k.view(np.float16).astype(np.float32), v.view(np.float16).astype(np.float32)
+        ks, vs = self.ks[:, slot, :, pos, None], self.vs[:, slot, :, pos, None]  # [L, Hkv, 1]
+        return k.astype(np.float32) * ks, v.astype(np.float32) * vs
+
     # --- the plan --------------------------------------------------------------------------
     def threads_for(self, lin: P.Linear, rows: int = 1) -> int:
         return P.threads_for(lin, self.threads, self.min_weights_per_thread, rows)
