@@ -12,6 +12,7 @@
 #include "mf_py.h" /* Python.h first, as CPython requires */
 
 #include "mf_common.h"
+#include "mf_head.h"
 #include "mf_tfm.h"
 
 typedef struct {
@@ -32,6 +33,7 @@ static const plan_op PLAN_OPS[] = {
     {"tfm_attend", "pllplpppplllllpdlll", mf_op_tfm_attend},
     {"tfm_glu", "pllpdpll", mf_op_tfm_glu},
     {"tfm_head_i8", "pllplppll", mf_op_tfm_head_i8},
+    {"tfm_head_i4", "pllplppll", mf_op_tfm_head_i4},
 };
 #define N_PLAN_OPS ((int64_t)(sizeof PLAN_OPS / sizeof PLAN_OPS[0]))
 

@@ -79,6 +79,42 @@ def test_int8_head_in_the_plan(ckpts, attention):
     torch.testing.assert_close(got, run(loop), atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("attention", ["exact", "lmul"])
+def test_int4_head_in_the_plan(ckpts, attention):
+    """An int4 head runs in the plan too (tfm_head_i4, csrc/mf_head.c): its logits are the
+    stage's twin (engine/head_ref.py) on the step's final hidden state bit for bit, match the
+    torch path's head (torch's int4 kernel on bf16 activations) through int8 rounding, and the
+    plan runner equals its call loop bit for bit."""
+    from mulfree.engine import head_ref
+
+    m = from_checkpoint(ckpts["packed"], embedding_format="int8", head_format="int4")
+    dec = BitNetDecoder(m, attention=attention)
+    assert dec.plan.w.head_i4 is not None and dec.plan.w.head_i8 is None
+    got = run(dec)
+    codes, steps = dec.plan.w.head_i4
+    twin = head_ref.head_i4(dec.hidden.numpy(), codes, steps)  # the last step's head
+    torch.testing.assert_close(got[-1:], torch.from_numpy(twin), atol=0, rtol=0)
+    want = run(BitNetDecoder(m, attention=attention, fused=False))
+    assert_close_through_int8(got, want)
+    assert_argmax_agrees(got, want)
+    loop = BitNetDecoder(m, attention=attention)
+    loop.plan.use_plan_run = False
+    torch.testing.assert_close(got, run(loop), atol=0, rtol=0)
+
+
+def test_int4_head_with_other_steps_runs_in_torch(ckpts):
+    """Steps that are not bfloat16 values (not what quantize_head writes) are not what the
+    stage reads: such a head runs after the plan in torch, as float heads do."""
+    m = from_checkpoint(ckpts["packed"], embedding_format="int8", head_format="int4")
+    with torch.no_grad():
+        m.lm_head.weight_step.mul_(1.0 + 2**-12)
+    dec = BitNetDecoder(m)
+    assert dec.plan.w.head_i4 is None
+    got = run(dec)
+    want = run(BitNetDecoder(m, fused=False))
+    assert_close_through_int8(got, want)
+
+
 def test_llama_layout_silu_no_sub_norms(ckpts):
     """A 1.58-bit Llama-layout checkpoint: SiLU gate, no sub-norms (the o_proj kernel reads the
     attention output directly)."""

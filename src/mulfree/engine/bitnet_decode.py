@@ -73,6 +73,22 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
+def compiled_step_unsupported(config, isa: str | None = None) -> str | None:
+    """Why the compiled step (engine.bitnet_plan) cannot run a model of `config` at `isa`
+    (a resolved ISA name or None for the best), or None when it can."""
+    from mulfree.engine.bitnet_ref import ACTS
+
+    heads = config.num_attention_heads
+    head_dim = config.hidden_size // heads
+    if kernels.resolve_isa(isa) == kernels.TORCH or not kernels.available():
+        return "the compiled core is not available (or isa='torch')"
+    if str(config.hidden_act) not in ACTS:
+        return f"the compiled step has no {config.hidden_act} activation"
+    if heads * head_dim != config.hidden_size or head_dim % 2:
+        return "the compiled step needs hidden_size = heads * head_dim and an even head_dim"
+    return None
+
+
 class KVCache:
     """Keys and values of every layer for `slots` sequences of up to `max_context` tokens.
 
@@ -280,15 +296,7 @@ class BitNetDecoder:
 
     def _fused_plan(self, fused: bool | None) -> bool:
         """Whether the step runs on the compiled core (see the class docstring)."""
-        from mulfree.engine.bitnet_ref import ACTS
-
-        why = None
-        if self.isa == kernels.TORCH or not kernels.available():
-            why = "the compiled core is not available (or isa='torch')"
-        elif str(self.config.hidden_act) not in ACTS:
-            why = f"the compiled step has no {self.config.hidden_act} activation"
-        elif self.heads * self.head_dim != self.config.hidden_size or self.head_dim % 2:
-            why = "the compiled step needs hidden_size = heads * head_dim and an even head_dim"
+        why = compiled_step_unsupported(self.config, self.isa)
         if fused and why:
             raise MulfreeError(f"fused=True: {why}")
         return why is None if fused is None else bool(fused)
@@ -318,6 +326,34 @@ class BitNetDecoder:
     def fused_ifg(self) -> bool:
         """True: q|k|v and gate|up run as one kernel call each (the hgrn Decoder's flag name)."""
         return True
+
+    def load_kv(self, slot: int, keys, values) -> None:
+        """Make `slot` hold the n positions keys[l], values[l] (float32 [n, Hkv, hd] per layer,
+        RoPE applied: what transformers' cache holds for one sequence, padding removed), as if
+        its tokens had been stepped; its next token is at position n."""
+        n = int(keys[0].shape[0])
+        if n > self.max_context:
+            raise MulfreeError(f"load_kv: {n} positions > max_context {self.max_context}")
+        if self.fused:
+            as_np = lambda ts: [t.detach().float().contiguous().numpy() for t in ts]  # noqa: E731
+            self.plan.load_kv(slot, as_np(keys), as_np(values))
+        else:
+            for i, (k, v) in enumerate(zip(keys, values, strict=True)):
+                self.cache.write(i, slot, 0, k.float(), v.float())
+        self.lengths[slot] = n
+
+    def kv_at(self, slot: int, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, values) float32 [L, Hkv, hd] stored for `slot` at position `pos`."""
+        if self.fused:
+            k, v = self.plan.kv_at(slot, pos)
+            return torch.from_numpy(k), torch.from_numpy(v)
+        c = self.cache
+        k = torch.stack([t[slot, :, :, pos] for t in c.k]).float()  # [L, Hkv, hd]
+        v = torch.stack([t[slot, :, pos] for t in c.v]).float()
+        if c.dtype == "int8":
+            k = k * torch.stack([t[slot, :, pos] for t in c.ks])[..., None]
+            v = v * torch.stack([t[slot, :, pos] for t in c.vs])[..., None]
+        return k, v
 
     # --- pieces ----------------------------------------------------------------------------
     def _kernel(self, lin: P.Linear, u: torch.Tensor) -> torch.Tensor:
@@ -499,3 +535,65 @@ class BitNetDecoder:
         if not self.fused:
             self.logits.copy_(self._head(self.hidden))
         return self.logits
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers' generate on the compiled step
+# ---------------------------------------------------------------------------------------------
+MIN_HF_CONTEXT = 256  # positions of the first HF-step decoder; it doubles as sequences grow
+
+
+class HFCacheStep:
+    """Cached single-token steps of a PackedBitNetForCausalLM's forward (what HF `generate` runs
+    after the prompt) on a BitNetDecoder's compiled step, with transformers' DynamicCache kept
+    whole: each step appends its keys and values to it, so any later step that falls back to
+    the model's own forward (engine.bitnet_model's predicate) reads a correct cache.
+
+    The decoder (float32 KV, so keys and values taken from transformers' cache are held
+    exactly) stays bound to the last cache it stepped: while steps continue that cache, only
+    the new token runs; another cache, batch or a cache grown behind its back is loaded into the
+    decoder's slots first (`BitNetDecoder.load_kv`), each row's unmasked positions packed to the
+    front (a left-padded row's real tokens are at positions 0..n-1, as its position ids say).
+    """
+
+    def __init__(self, model):
+        self.model, self.dec = model, None
+        self._bound: tuple | None = None  # (weakref to the cache, its length, row lengths)
+
+    def _decoder(self, batch: int, need: int) -> BitNetDecoder:
+        limit = int(self.model.config.max_position_embeddings)
+        if self.dec is None or self.dec.max_context < need:
+            ctx = min(limit, max(MIN_HF_CONTEXT, 1 << (need - 1).bit_length()))
+            self.dec = BitNetDecoder(self.model, kv_dtype="float32", max_context=ctx, fused=True)
+            self._bound = None
+        if self.dec.batch != batch:
+            self.dec.reset(batch)
+            self._bound = None
+        return self.dec
+
+    @torch.inference_mode()
+    def step(self, cache, ids: torch.Tensor, keep: torch.Tensor | None, lengths: list[int]):
+        """ids [B]: one token per row of `cache` (a DynamicCache of past positions P); keep
+        [B, P] bool (None: all) marks each row's real positions, lengths[b] = keep[b].sum()
+        (the position of row b's token). Returns logits [B, V] (the decoder's buffer)."""
+        import weakref
+
+        B, past = ids.shape[0], cache.get_seq_length()
+        dec = self._decoder(B, max(lengths) + 1)
+        bound = self._bound
+        if bound is None or bound[0]() is not cache or bound[1:] != (past, tuple(lengths)):
+            layers = cache.layers[: len(dec.layers)]
+            for b in range(B):
+                sel = slice(None) if keep is None else keep[b]  # [P] -> the row's n positions
+                # transformers' cache [B, Hkv, P, hd] -> the row's [n, Hkv, hd]
+                ks = [layer.keys[b][:, sel].transpose(0, 1) for layer in layers]
+                vs = [layer.values[b][:, sel].transpose(0, 1) for layer in layers]
+                dec.load_kv(b, ks, vs)
+        logits = dec.step(ids)
+        new = [dec.kv_at(b, n) for b, n in enumerate(lengths)]  # B x ([L, Hkv, hd] k, v)
+        k = torch.stack([kb for kb, _ in new], dim=1)[:, :, :, None]  # [L, B, Hkv, 1, hd]
+        v = torch.stack([vb for _, vb in new], dim=1)[:, :, :, None]
+        for li in range(len(dec.layers)):
+            cache.update(k[li], v[li], li)
+        self._bound = (weakref.ref(cache), past + 1, tuple(n + 1 for n in lengths))
+        return logits

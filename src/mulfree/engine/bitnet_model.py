@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mulfree.engine import format as fmt
+from mulfree.engine.hf import one_token_step, own_decoder, step_output
 from mulfree.engine.modules import (
     Int4Embedding,
     Int8Embedding,
@@ -38,6 +39,7 @@ from mulfree.engine.modules import (
 )
 from mulfree.errors import MulfreeError
 from mulfree.models.bitnet.layout import PROJECTIONS, BitNetLayout, projection_shapes
+from mulfree.models.hf_compat import cache_kwargs, one_cache
 from mulfree.ternary import packing
 
 HEAD_FORMATS = ("int8", "int4", "bfloat16", "float16", "float32")
@@ -257,6 +259,7 @@ class PackedBitNetForCausalLM(_bitnet_base()):
         self.requires_grad_(False)
         self.eval()
         self._decoder = None
+        self._hf_step = None  # the cached-step fast path of forward (HF generate)
 
     def tie_weights(self, *args, **kwargs):
         return None  # the head is its own quantized table; a tied model looks tokens up in it
@@ -266,6 +269,86 @@ class PackedBitNetForCausalLM(_bitnet_base()):
 
     def _init_weights(self, module):
         return None  # every tensor is loaded from a packed file
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
+                inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0,
+                past_key_values=None, return_dict=None, **kwargs):  # fmt: skip
+        """BitNetForCausalLM.forward; a cached single-token step (what HF `generate` runs after
+        the prompt, greedy or sampling, batched and left-padded) runs on the compiled step
+        instead (engine.bitnet_decode.HFCacheStep: the engine's speed, transformers' cache kept
+        whole), which matches this model's own modules through int8 rounding
+        (tests/engine/test_bitnet_generate.py). Anything `_cached_step_rows` does not accept
+        runs transformers' code: prompts, labels, hidden states or attentions asked for,
+        training, no cache or another cache class, 4D or gapped masks whose position ids
+        disagree with the compacted rows, L-Mul attention set by `apply_lmul_`, energy
+        counting, no compiled core."""
+        cache = one_cache(cache=cache, past_key_values=past_key_values)
+        lengths = self._cached_step_rows(input_ids, attention_mask, position_ids, cache,
+                                         inputs_embeds, labels, use_cache, kwargs)  # fmt: skip
+        if lengths is not None:
+            from mulfree.engine.bitnet_decode import HFCacheStep
+
+            run = own_decoder(self, "_hf_step", lambda: HFCacheStep(self))
+            past = cache.get_seq_length()
+            keep = None if attention_mask is None else attention_mask[:, :past].bool()
+            logits = run.step(cache, input_ids[:, 0], keep, lengths)
+            return step_output(self, logits, cache, return_dict)
+        if return_dict is not None:
+            kwargs["return_dict"] = return_dict
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids, inputs_embeds=inputs_embeds,
+                               labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,
+                               **cache_kwargs(cache), **kwargs)  # fmt: skip
+
+    def _cached_step_rows(self, input_ids, attention_mask, position_ids, cache, inputs_embeds,
+                          labels, use_cache, kwargs) -> list[int] | None:  # fmt: skip
+        """The one predicate of the fast path: each row's number of real past positions (its
+        token's position) when the compiled step runs this forward call, else None."""
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+
+        from mulfree import energy
+        from mulfree.engine.bitnet_decode import compiled_step_unsupported
+
+        cfg = self.config
+        if (
+            not one_token_step(self, input_ids, inputs_embeds, labels, use_cache, kwargs)
+            or energy.counting()  # counted on transformers' modules (the ops it prices)
+            or cfg._attn_implementation not in ("eager", "sdpa")  # exact attention only
+            or compiled_step_unsupported(cfg) is not None
+            or type(cache) is not DynamicCache
+            or len(cache.layers) != cfg.num_hidden_layers
+        ):  # fmt: skip
+            return None
+        B, past = input_ids.shape[0], cache.get_seq_length()
+        hd = cfg.hidden_size // cfg.num_attention_heads
+        want = (B, cfg.num_key_value_heads, past, hd)
+        for layer in cache.layers:  # plain float32 layers holding `past` positions of every row
+            if type(layer) is not DynamicLayer or not layer.is_initialized:
+                return None
+            for t in (layer.keys, layer.values):
+                if t is None or t.dtype != torch.float32 or tuple(t.shape) != want:
+                    return None
+        if past < 1 or past + 1 > cfg.max_position_embeddings:
+            return None
+        if attention_mask is None:
+            lengths = torch.full((B,), past)
+        elif attention_mask.dim() != 2 or tuple(attention_mask.shape) != (B, past + 1):
+            return None
+        elif not bool(attention_mask[:, -1].all()):
+            return None  # the new token itself masked
+        else:
+            lengths = attention_mask[:, :past].ne(0).sum(1)
+        # the row's token sits at position `length` of its compacted row: transformers must
+        # be rotating it there too (position ids from the mask; none given: the cache length)
+        pos = kwargs.get("cache_position")
+        if pos is not None and (pos.numel() != 1 or int(pos.reshape(-1)[0]) != past):
+            return None
+        if position_ids is None:
+            if not bool((lengths == past).all()):
+                return None
+        elif tuple(position_ids.shape) != (B, 1) or not torch.equal(position_ids[:, 0].cpu(), lengths):
+            return None
+        return lengths.tolist()
 
     def fused_decoder(self, **kw):
         """The fused decoder over this model's weights (mulfree.engine.bitnet_decode)."""

@@ -15,8 +15,10 @@ plan (csrc/mf_plan.c), cached per slot list, per layer:
     tq2_linear    o_proj;  tfm_norm: x += o, h = post_attention_layernorm(x)
     tq2_linear    gate | up;  tfm_glu: act(gate) * up, ffn_sub_norm;  tq2_linear: down_proj
 then the final norm and, for an int8 head, tfm_head_i8 (the int8 table times int8 absmax
-activations, exact integer sums: the head is int8, not ternary); other heads
-(engine.bitnet_model.QuantizedHead) run after the plan in torch.
+activations, exact integer sums: the head is int8, not ternary), for an int4 head tfm_head_i4
+(csrc/mf_head.c: exact integer sums per group of 32, then its bfloat16 step; spec
+engine/head_ref.py); other heads (engine.bitnet_model.QuantizedHead's float ones) run after the
+plan in torch.
 Positions are read by the stages from rows [B, 2] = (slot, position), which `run` refills before
 each call, so one encoded plan serves every step of a slot list. A prompt runs in chunks of
 PREFILL_CHUNK tokens as the rows of one pass (the rows t of a chunk at positions p + t: every k, v
@@ -79,6 +81,12 @@ class TfmWeights:
     eps: float
     act: str  # "relu2" | "silu"
     head_i8: tuple[np.ndarray, np.ndarray] | None = None  # (codes int8 [V, D], step [V]): in C
+    # (codes uint8 [V, 16 G], steps as bfloat16 bits uint16 [V, G]): in C (csrc/mf_head.h)
+    head_i4: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def head_in_plan(self) -> bool:
+        return self.head_i8 is not None or self.head_i4 is not None
 
 
 class BitNetPlan:
@@ -162,6 +170,47 @@ class BitNetPlan:
     def clear(self, slot: int) -> None:
         self.lengths[slot] = 0  # positions past a slot's length are never read
 
+    def load_kv(self, slot: int, keys: Sequence[np.ndarray], values: Sequence[np.ndarray]) -> None:
+        """Make slot `slot` hold n positions: keys[l], values[l] float32 [n, Hkv, hd] of layer l
+        (RoPE applied, as the step stores them). They are written by tfm_kv_write, the stage a
+        step writes with, so the cache holds what stepping those tokens would have stored
+        (rounded to the cache dtype the same way); the slot's length becomes n."""
+        w = self.w
+        n = int(keys[0].shape[0]) if len(keys) else 0
+        if len(keys) != len(w.layers) or len(values) != len(w.layers):
+            raise MulfreeError(f"load_kv needs keys and values of all {len(w.layers)} layers")
+        if not 0 <= n <= self.max_context:
+            raise MulfreeError(f"load_kv: {n} positions > max_context {self.max_context}")
+        width = w.kv_heads * w.head_dim
+        rows = np.stack([np.full(n, slot), np.arange(n)], axis=1).astype(np.int64)  # [n, 2]
+        kv = np.empty((n, 2 * width), dtype=np.float32)  # [n, k | v], the stage's row layout
+        ptr = lambda a: 0 if a is None else a.ctypes.data  # noqa: E731
+        for li in range(len(w.layers)):
+            kv[:, :width] = keys[li].reshape(n, width)
+            kv[:, width:] = values[li].reshape(n, width)
+            if n:
+                self.C.tfm_kv_write(ptr(kv), n, 2 * width, 0, width, ptr(self.k[li]),
+                                    ptr(self.v[li]), ptr(None if self.ks is None else self.ks[li]),
+                                    ptr(None if self.vs is None else self.vs[li]),
+                                    KV_DTYPES[self.kv_dtype], w.kv_heads, w.head_dim, self.ctx,
+                                    ptr(rows))  # fmt: skip
+        self.lengths[slot] = n
+
+    def kv_at(self, slot: int, pos: int) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, values) float32 [L, Hkv, hd] stored at position `pos` of `slot`, decoded from
+        the cache dtype (float32: the step's own values)."""
+        k = self.k[:, slot, :, pos // KTILE, :, pos % KTILE]  # [L, Hkv, hd]
+        v = self.v[:, slot, :, pos]
+        if self.kv_dtype == "float32":
+            return k.copy(), v.copy()
+        if self.kv_dtype == "bfloat16":
+            return ((k.astype(np.uint32) << 16).view(np.float32),
+                    (v.astype(np.uint32) << 16).view(np.float32))  # fmt: skip
+        if self.kv_dtype == "float16":
+            return k.view(np.float16).astype(np.float32), v.view(np.float16).astype(np.float32)
+        ks, vs = self.ks[:, slot, :, pos, None], self.vs[:, slot, :, pos, None]  # [L, Hkv, 1]
+        return k.astype(np.float32) * ks, v.astype(np.float32) * vs
+
     # --- the plan --------------------------------------------------------------------------
     def threads_for(self, lin: P.Linear, rows: int = 1) -> int:
         return P.threads_for(lin, self.threads, self.min_weights_per_thread, rows)
@@ -219,12 +268,13 @@ class BitNetPlan:
                                       ptr(buf["hf"]))))  # fmt: skip
         elif head_rows != "none":
             raise ValueError(f"head_rows must be all, last or none, not {head_rows!r}")
-        if w.head_i8 is not None and head_rows != "none":  # the int8 head in the plan too
-            codes, step = w.head_i8
+        if w.head_in_plan and head_rows != "none":  # the int8 / int4 head in the plan too
+            stage, (codes, step) = ((C.tfm_head_i8, w.head_i8) if w.head_i8 is not None
+                                    else (C.tfm_head_i4, w.head_i4))  # fmt: skip
             rows_h = B if head_rows == "all" else 1
             threads = max(1, min(self.threads, w.vocab * D // self.min_weights_per_thread))
-            plan.append((C.tfm_head_i8, (ptr(buf["hf"]), rows_h, D, ptr(codes), w.vocab, ptr(step),
-                                         ptr(self.logits), threads, self._stage)))  # fmt: skip
+            plan.append((stage, (ptr(buf["hf"]), rows_h, D, ptr(codes), w.vocab, ptr(step),
+                                 ptr(self.logits), threads, self._stage)))  # fmt: skip
         return plan
 
     use_plan_run = True  # False: the same calls one by one from Python (the runner's twin)
@@ -271,7 +321,7 @@ class BitNetPlan:
         buf["x"][:B] = self._embed(tokens)  # [B, D]
         self._run_plan(("step", B), buf, B, "all")  # slots and positions: buf["rows"]
         self.lengths[slots] += 1
-        if self.w.head_i8 is None:
+        if not self.w.head_in_plan:
             self._head(buf["hf"][:B], self.logits[:B])
         self.hidden = buf["hf"][:B]
         return self.logits[:B]
@@ -291,7 +341,7 @@ class BitNetPlan:
             buf["x"][:B] = self._embed(chunk)
             self._run_plan(("prefill", B, last), buf, B, "last" if last else "none")
             self.lengths[slot] = pos + B
-        if self.w.head_i8 is None:
+        if not self.w.head_in_plan:
             self._head(buf["hf"][:1], self.logits[:1])
         self.hidden = buf["hf"][:1]
         return self.logits[0]
@@ -319,10 +369,15 @@ def weights_of(dec) -> TfmWeights:
             return dec.embed(torch.from_numpy(ids)).float().contiguous().numpy()
 
     head = dec.head
-    head_i8 = None
+    head_i8 = head_i4 = None
     if getattr(head, "fmt", None) == "int8":  # QuantizedHead: its table, read by tfm_head_i8
         head_i8 = (np_(head.weight_int8), np_(head.weight_step.float()))
+    elif getattr(head, "fmt", None) == "int4":  # its codes as stored; steps as bfloat16 bits
+        from mulfree.engine.head_ref import bf16_steps
+
+        steps = bf16_steps(np_(head.weight_step.float()))  # None: not bf16 values, torch runs it
+        head_i4 = None if steps is None else (np_(head.weight_int4), steps)
     return TfmWeights(layers, np_(dec.final_norm), np_(dec.cos.contiguous()), np_(dec.sin.contiguous()),
                       embed, dec.head, cfg.hidden_size, dec.heads, dec.kv_heads, dec.head_dim,
                       cfg.intermediate_size, cfg.vocab_size, dec.eps, str(cfg.hidden_act),
-                      head_i8)  # fmt: skip
+                      head_i8, head_i4)  # fmt: skip

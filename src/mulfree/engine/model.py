@@ -18,6 +18,7 @@ import torch
 from mulfree._swap import swap_modules_
 from mulfree.engine import format as fmt
 from mulfree.engine.decode import Decoder, fused_step_applies
+from mulfree.engine.hf import one_token_step, own_decoder, step_output
 from mulfree.engine.modules import (
     Int4Embedding,
     Int8Embedding,
@@ -26,7 +27,7 @@ from mulfree.engine.modules import (
     place_weights_,
 )
 from mulfree.errors import MulfreeError
-from mulfree.models.hf_compat import cache_kwargs, one_cache
+from mulfree.models.hf_compat import one_cache
 from mulfree.models.mmfree import HGRNBitConfig, HGRNBitForCausalLM
 from mulfree.ternary import packing
 from mulfree.ternary.bitlinear import BITLINEAR_NORM_EPS, BitLinear, RMSNorm
@@ -96,24 +97,15 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
         cache = one_cache(cache=cache, past_key_values=past_key_values,
                           cache_params=kwargs.pop("cache_params", None))  # fmt: skip
         if self._fused_step_applies(input_ids, attention_mask, inputs_embeds, cache,
-                                    labels, use_cache, output_hidden_states):  # fmt: skip
-            from transformers.modeling_outputs import CausalLMOutputWithPast
-
-            if self._hf_decoder is None:  # its own: a user's fused_decoder() keeps its state
-                from mulfree import energy
-
-                with energy.opaque():  # a one-off set-up, not part of a counted step
-                    self._hf_decoder = Decoder(self)
-            dec = self._hf_decoder
+                                    labels, use_cache, output_hidden_states, kwargs):  # fmt: skip
+            dec = own_decoder(self, "_hf_decoder", lambda: Decoder(self))
             n = self.config.num_hidden_layers
             states = [layer.recurrent_states[0] for layer in cache.layers[:n]]  # L x [B, E]
             logits = dec.step_from(states, input_ids[:, 0])  # [B, vocab]
             for layer, rows in enumerate(dec.states):
                 cache.update_recurrent_state(rows, layer)  # copies into the cache's tensor
             cache.seen_tokens += 1
-            out = CausalLMOutputWithPast(logits=logits[:, None], **cache_kwargs(cache))
-            rd = return_dict if return_dict is not None else self.config.return_dict
-            return out if rd else out.to_tuple()
+            return step_output(self, logits, cache, return_dict)
         return super().forward(input_ids=input_ids, attention_mask=attention_mask,
                                inputs_embeds=inputs_embeds, cache=cache,
                                labels=labels, use_cache=use_cache,
@@ -121,14 +113,14 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
                                logits_to_keep=logits_to_keep, **kwargs)  # fmt: skip
 
     def _fused_step_applies(self, input_ids, attention_mask, inputs_embeds, cache, labels,
-                            use_cache, output_hidden_states) -> bool:  # fmt: skip
+                            use_cache, output_hidden_states, kwargs) -> bool:  # fmt: skip
         from mulfree.models.mmfree import HGRNBitCache
 
+        flags = {**kwargs, "output_hidden_states": output_hidden_states}
         if (
             not fused_step_applies(self)
-            or input_ids is None or inputs_embeds is not None or input_ids.dim() != 2
-            or input_ids.shape[1] != 1 or labels is not None or output_hidden_states
-            or use_cache is False or not isinstance(cache, HGRNBitCache)
+            or not one_token_step(self, input_ids, inputs_embeds, labels, use_cache, flags)
+            or not isinstance(cache, HGRNBitCache)
             or (attention_mask is not None and not bool(attention_mask[:, -1].all()))
         ):  # fmt: skip
             return False

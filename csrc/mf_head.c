@@ -1,0 +1,195 @@
+/* The int4 output head of the BitNet step (tfm_head_i4), for src/mulfree/engine/bitnet_plan.py,
+ * which runs it as the last stage of the step's plan (csrc/mf_plan.c). Its spec is the NumPy
+ * twin src/mulfree/engine/head_ref.py (bit for bit, tests/kernels/test_head_stages.py).
+ *
+ *   tfm_head_i4   logits = int4 table (a bfloat16 step per 32 entries of a row, mf_head.h)
+ *                 times int8 activations (absmax per row, as tfm_head_i8 quantizes them)
+ *
+ * Per activation row b and table row v:
+ *   s = 127 / max(absmax(x_b), 1e-5), q = clamp(rint(x_b s), +-127) (zero past D);
+ *   acc_g = sum over the group's 32 entries of (code - 8) * q       (exact int32, |acc| < 2^15)
+ *   lane j (j = 0..7) = sum over g = j, j + 8, ... in order of (float)acc_g * step_g, from +0.0
+ *   logit = (((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))) / s
+ * The head is int4 x int8, not ternary: integer multiply-adds (maddubs) like tfm_head_i8. Every
+ * ISA level gives the same bits by construction: the group sums are exact integers, and the
+ * float32 products and sums are single operations in the order above (no FMA contraction under
+ * -std=c11), the AVX2 code running the 8 lanes as one vector.
+ *
+ * The AVX2 variant: a 32-byte load holds two groups of a row; the low and high nibbles are
+ * multiplied (maddubs: u8 code x s8 activation, pairs summed in int16, at most 2 x 15 x 127)
+ * with the activations of the even and odd entries, laid out that way once per row of x, and
+ * sum(code x q) - 8 sum(q) gives the group sums (the per-group sum(q) also computed once).
+ * Eight groups end in one vector of group sums; its lanes meet the steps of the same groups.
+ * AVX-512 is not used: at the 2B4T shape the stage reads its 185 MB from memory, and the AVX2
+ * loop already outruns the bandwidth on both cores (benchmark numbers in the commit log).
+ */
+#include "mf_py.h" /* Python.h first, as CPython requires */
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "mf_common.h"
+#include "mf_head.h"
+#if MF_X86
+#include <immintrin.h>
+#endif
+
+#define GRP MF_HEAD_I4_GROUP
+
+static inline float bf16_to_f32(uint16_t b) {
+    const uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* The activation quantizer of tfm_head_i8 (csrc/mf_tfm.c): s = 127 / max(absmax, 1e-5). */
+static float quant_row(const float *x, int64_t D, int8_t *q) {
+    float m = 0.0f;
+    for (int64_t d = 0; d < D; ++d) m = fabsf(x[d]) > m ? fabsf(x[d]) : m;
+    const float s = 127.0f / (m > 1e-5f ? m : 1e-5f);
+    for (int64_t d = 0; d < D; ++d) {
+        float v = rintf(x[d] * s);
+        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+        q[d] = (int8_t)v;
+    }
+    return s;
+}
+
+/* One group: sum of (code - 8) * q over its 32 entries (q in natural order). */
+static inline int32_t group_scalar(const uint8_t *c, const int8_t *q) {
+    int32_t acc = 0;
+    for (int j = 0; j < GRP / 2; ++j) {
+        acc += ((int32_t)(c[j] & 15) - 8) * q[2 * j];
+        acc += ((int32_t)(c[j] >> 4) - 8) * q[2 * j + 1];
+    }
+    return acc;
+}
+
+static inline float tree8(const float *l) {
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+/* Groups g0 <= g < G of one row into the lanes (scalar: the spec of every lane). */
+static void row_groups_scalar(const uint8_t *c, const uint16_t *st, const int8_t *q, int64_t g0,
+                              int64_t G, float *lanes) {
+    for (int64_t g = g0; g < G; ++g) {
+        const float p = (float)group_scalar(c + 16 * g, q + GRP * g) * bf16_to_f32(st[g]);
+        lanes[g & 7] = lanes[g & 7] + p;
+    }
+}
+
+#if MF_X86
+/* Per row of x, the layout the AVX2 loop reads: for each pair of groups (2p, 2p + 1), 64 bytes
+ * [even entries of 2p | even of 2p + 1 | odd of 2p | odd of 2p + 1], so one 32-byte load meets
+ * the low nibbles of a 32-byte code load and the next one the high nibbles. */
+static void interleave_pairs(const int8_t *q, int64_t pairs, int8_t *qx) {
+    for (int64_t p = 0; p < pairs; ++p)
+        for (int h = 0; h < 2; ++h)
+            for (int j = 0; j < GRP / 2; ++j) {
+                qx[64 * p + 16 * h + j] = q[GRP * (2 * p + h) + 2 * j];
+                qx[64 * p + 32 + 16 * h + j] = q[GRP * (2 * p + h) + 2 * j + 1];
+            }
+}
+
+/* Groups 0 .. 8 G8 - 1 of one row into the 8 lanes; z8[g] = 8 sum(q of group g). */
+MF_TARGET_AVX2 static void row_groups_avx2(const uint8_t *c, const uint16_t *st, const int8_t *qx,
+                                           const int32_t *z8, int64_t G8, float *lanes) {
+    const __m256i nib = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    /* hadd leaves groups in the order 0 2 4 6 | 1 3 5 7: put them back in order */
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256 acc = _mm256_loadu_ps(lanes);
+    for (int64_t blk = 0; blk < G8; ++blk) {
+        __m256i r[4];
+        for (int p = 0; p < 4; ++p) {
+            const int64_t pair = 4 * blk + p;
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(c + 32 * pair));
+            const __m256i lo = _mm256_and_si256(w, nib);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), nib);
+            const __m256i qe = _mm256_loadu_si256((const __m256i *)(qx + 64 * pair));
+            const __m256i qo = _mm256_loadu_si256((const __m256i *)(qx + 64 * pair + 32));
+            const __m256i s16 =
+                _mm256_add_epi16(_mm256_maddubs_epi16(lo, qe), _mm256_maddubs_epi16(hi, qo));
+            r[p] = _mm256_madd_epi16(s16, ones); /* lanes 0-3: group 2p, 4-7: group 2p + 1 */
+        }
+        const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(r[0], r[1]),
+                                            _mm256_hadd_epi32(r[2], r[3]));
+        __m256i sums = _mm256_permutevar8x32_epi32(h, order); /* sum(code q), groups 8 blk .. +7 */
+        sums = _mm256_sub_epi32(sums, _mm256_loadu_si256((const __m256i *)(z8 + 8 * blk)));
+        const __m128i sb = _mm_loadu_si128((const __m128i *)(st + 8 * blk));
+        const __m256 step = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(sb), 16));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sums), step));
+    }
+    _mm256_storeu_ps(lanes, acc);
+}
+#endif
+
+/* x [B][D] float32 -> out [B][V]; codes [V][16 G], step bf16 [V][G]. */
+static int head_i4(const float *x, int64_t B, int64_t D, const uint8_t *codes, int64_t V,
+                   const uint16_t *step, float *out, int64_t threads, int level) {
+    const int64_t G = (D + GRP - 1) / GRP, Dp = G * GRP;
+    const int use = MF_X86 && level >= MF_ISA_AVX2;
+    const int64_t G8 = use ? G / 8 : 0; /* groups the vector loop takes (8 at a time) */
+    /* scratch: q [B][Dp], qx [B][Dp], z8 [B][G] int32, sx [B] */
+    const size_t qbytes = mf_align_up((size_t)(B * Dp));
+    int8_t *q = mf_scratch(2 * qbytes + mf_align_up((size_t)(B * G) * 4) + (size_t)B * 4 + 64);
+    if (q == NULL) return MF_OP_NOMEM;
+    int8_t *qx = q + qbytes;
+    int32_t *z8 = (int32_t *)(qx + qbytes);
+    float *sx = (float *)(z8 + mf_align_up((size_t)(B * G) * 4) / 4);
+    for (int64_t b = 0; b < B; ++b) {
+        int8_t *qb = q + b * Dp;
+        memset(qb, 0, (size_t)Dp);
+        sx[b] = quant_row(x + b * D, D, qb);
+        for (int64_t g = 0; g < G; ++g) {
+            int32_t s = 0;
+            for (int j = 0; j < GRP; ++j) s += qb[GRP * g + j];
+            z8[b * G + g] = 8 * s;
+        }
+#if MF_X86
+        if (use) interleave_pairs(qb, 4 * G8, qx + b * Dp);
+#endif
+    }
+    int64_t nt = mf_threads(threads);
+    nt = nt < V / 4096 ? nt : V / 4096; /* a thread per 4096 rows at least */
+    nt = nt < 1 ? 1 : nt;
+#pragma omp parallel for num_threads((int)nt) schedule(static) if (nt > 1)
+    for (int64_t v = 0; v < V; ++v) {
+        const uint8_t *c = codes + v * 16 * G;
+        const uint16_t *st = step + v * G;
+        for (int64_t b = 0; b < B; ++b) {
+            float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+#if MF_X86
+            if (G8) row_groups_avx2(c, st, qx + b * Dp, z8 + b * G, G8, lanes);
+#endif
+            row_groups_scalar(c, st, q + b * Dp, 8 * G8, G, lanes);
+            out[b * V + v] = tree8(lanes) / sx[b];
+        }
+    }
+    return use ? MF_ISA_AVX2 : MF_ISA_SCALAR;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The op on argument slots (mf_common.h) and its Python entry point
+ * ------------------------------------------------------------------------------------------- */
+int mf_op_tfm_head_i4(const int64_t *a) {
+    const float *x = mf_slot_ptr(a[0]);
+    const uint8_t *codes = mf_slot_ptr(a[3]);
+    const uint16_t *step = mf_slot_ptr(a[5]);
+    float *out = mf_slot_ptr(a[6]);
+    if (x == NULL || codes == NULL || step == NULL || out == NULL || a[1] < 0 || a[2] < 1 ||
+        a[4] < 1)
+        return MF_OP_BADARG;
+    return head_i4(x, a[1], a[2], codes, a[4], step, out, a[7], mf_isa_resolve((int)a[8]));
+}
+
+MF_PYFUNC(tfm_head_i4, "tfm_head_i4(x, B, D, codes_int4, V, step_bf16, out, threads, isa) -> isa used: int4 head (a bf16 step per 32 entries) on int8 (absmax) activations.") {
+    int64_t a[9];
+    (void)self;
+    if (mf_parse_slots(args, nargs, "pllplppll", a) < 0) return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = mf_op_tfm_head_i4(a);
+    Py_END_ALLOW_THREADS if (rc < 0) return mf_op_error("tfm_head_i4", rc);
+    return PyLong_FromLong(rc);
+}
