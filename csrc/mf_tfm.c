@@ -634,6 +634,12 @@ typedef int (*lmf_row_fn)(const attn_args *, const lm_vconst *, const float *, i
                           float *, float *, const lmf_buf *);
 static const lmf_row_fn LMF_ROW[4] = {lmf_f32, lmf_bf16, lmf_f16, lmf_i8};
 
+/* AVX-512 code that also converts with F16C's 8-lane forms; overridable like MF_TARGET_AVX512
+ * (mf_common.h) for the SIMDe harness */
+#ifndef MF_TARGET_AVX512_F16C
+#define MF_TARGET_AVX512_F16C __attribute__((target("avx2,f16c,avx512f,avx512bw,avx512vl")))
+#endif
+
 /* ---- AVX-512: the fast L-Mul route on 16 lanes ---------------------------------------------
  * The products of lmf_* above with AVX-512's forms: the zero / underflow test is a compare
  * into a mask register that masks the float add (no and), sign | a one vpternlogd, the flush
@@ -641,42 +647,29 @@ static const lmf_row_fn LMF_ROW[4] = {lmf_f32, lmf_bf16, lmf_f16, lmf_i8};
  * value vector, 4 x 4 P V sums in registers. Every sum keeps its order (the full route's), so
  * the bits are the AVX2 and scalar routes'. Needs hd % 16 == 0. */
 
+/* Two 8-lane halves as one 16-lane vector. */
+MF_TARGET_AVX512_F16C static MF_AI __m512 join16(__m256 lo, __m256 hi) {
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(lo)),
+                                               _mm256_castps_pd(hi), 1));
+}
+
 /* 16 stored values as float32: split 0: 16 from index i; split 1: 8 from i and 8 from i + off
- * (two key tiles; two == 0: only the first, the upper 8 lanes 0). int8 codes times step. */
-MF_TARGET_AVX512 static MF_AI __m512 load16(const void *c, int64_t i, int64_t off, const int split,
-                                            const int two, const int dtype, __m512 step) {
-    if (dtype == TFM_KV_F32) {
-        const float *p = (const float *)c + i;
-        if (!split) return _mm512_loadu_ps(p);
-        const __m256 hi = two ? _mm256_loadu_ps(p + off) : _mm256_setzero_ps();
-        return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(p))),
-                                                   _mm256_castps_pd(hi), 1));
-    }
-    if (dtype == TFM_KV_BF16 || dtype == TFM_KV_F16) {
-        const uint16_t *p = (const uint16_t *)c + i;
-        __m256i h;
-        if (!split) {
-            h = _mm256_loadu_si256((const __m256i *)p);
-        } else {
-            const __m128i hi = two ? _mm_loadu_si128((const __m128i *)(p + off)) : _mm_setzero_si128();
-            h = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p)), hi, 1);
-        }
-        if (dtype == TFM_KV_F16) return _mm512_cvtph_ps(h);
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    const int8_t *p = (const int8_t *)c + i;
-    __m128i b;
-    if (!split) {
-        b = _mm_loadu_si128((const __m128i *)p);
-    } else {
-        const __m128i hi = two ? _mm_loadl_epi64((const __m128i *)(p + off)) : _mm_setzero_si128();
-        b = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)p), hi);
-    }
-    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), step);
+ * (two key tiles; two == 0: only the first, the upper 8 lanes 0). int8 codes times step. The
+ * conversions run on 8-lane halves (load8): the forms SIMDe emulates too (it has no 16-lane
+ * int8 / uint16 / float16 conversions), at the same cost on a CPU that splits 512-bit ops. */
+MF_TARGET_AVX512_F16C static MF_AI __m512 load16(const void *c, int64_t i, int64_t off,
+                                                 const int split, const int two, const int dtype,
+                                                 __m512 step) {
+    if (dtype == TFM_KV_F32 && !split) return _mm512_loadu_ps((const float *)c + i);
+    const int64_t i2 = split ? i + off : i + 8;
+    const __m256 z = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+    const __m256 lo = load8(c, i, dtype, one), hi = (split && !two) ? z : load8(c, i2, dtype, one);
+    const __m512 v = join16(lo, hi);
+    return dtype == TFM_KV_I8 ? _mm512_mul_ps(v, step) : v;
 }
 
 /* lmf_vprep on 16 lanes. */
-MF_TARGET_AVX512 static MF_AI void lmf_vprep512(const lm_vconst *c, __m512 v, __mmask16 live,
+MF_TARGET_AVX512_F16C static MF_AI void lmf_vprep512(const lm_vconst *c, __m512 v, __mmask16 live,
                                                 __m512i *ms, __m512i *mag, __m512i *vmax) {
     const __m512i b = _mm512_castps_si512(v);
     __m512i m = _mm512_and_si512(b, V512(0x7fffffffu));
@@ -695,7 +688,7 @@ MF_TARGET_AVX512 static MF_AI void lmf_vprep512(const lm_vconst *c, __m512 v, __
 }
 
 /* acc + the 16 products of a prepared vector side and one scalar side (masked lanes: acc). */
-MF_TARGET_AVX512 static MF_AI __m512 lmf_fadd512(__m512 acc, __m512i ms, __m512i mag, uint32_t adj,
+MF_TARGET_AVX512_F16C static MF_AI __m512 lmf_fadd512(__m512 acc, __m512i ms, __m512i mag, uint32_t adj,
                                                  uint32_t thr) {
     const __mmask16 keep = _mm512_cmpgt_epi32_mask(mag, V512(thr));
     return _mm512_mask_add_ps(acc, keep, acc, _mm512_castsi512_ps(_mm512_add_epi32(ms, V512(adj))));
@@ -708,7 +701,7 @@ static inline uint32_t hmax16_epu32(const uint32_t l[16]) {
 }
 
 /* Scores of heads i0 .. i0 + nq at the 16 positions of key tiles t, t + 1 (two == 0: t only). */
-MF_TARGET_AVX512 static MF_AI void lmf_scores512_nq(const lm_vconst *c, const int dtype, const int nq,
+MF_TARGET_AVX512_F16C static MF_AI void lmf_scores512_nq(const lm_vconst *c, const int dtype, const int nq,
                                                     const int two, const lmf_buf *L, int64_t i0,
                                                     int64_t hd, const void *kc, int64_t base,
                                                     __m512 st, __mmask16 live, float scaling,
@@ -736,7 +729,7 @@ MF_TARGET_AVX512 static MF_AI void lmf_scores512_nq(const lm_vconst *c, const in
 }
 
 /* lmf_pv_nq on 16 lanes: out_i[d0 .. d0 + 16 nv), nv <= 4. */
-MF_TARGET_AVX512 static MF_AI void lmf_pv512_nq(const lm_vconst *c, const int dtype, const int nq,
+MF_TARGET_AVX512_F16C static MF_AI void lmf_pv512_nq(const lm_vconst *c, const int dtype, const int nq,
                                                 const int nv, const lmf_buf *L, int64_t i0,
                                                 int64_t npad, const void *vbase, const float *vst,
                                                 int64_t n, int64_t hd, int64_t d0, float *out,
@@ -777,7 +770,7 @@ MF_TARGET_AVX512 static MF_AI void lmf_pv512_nq(const lm_vconst *c, const int dt
     }
 
 /* lmf_row_t on 16 lanes (the same checks and hand-off). */
-MF_TARGET_AVX512 static MF_AI int lmf_row512_t(const attn_args *A, const lm_vconst *c,
+MF_TARGET_AVX512_F16C static MF_AI int lmf_row512_t(const attn_args *A, const lm_vconst *c,
                                                const int dtype, const float *q, int64_t slot,
                                                int64_t g, int64_t n, float *out, float *sc,
                                                const lmf_buf *L) {
@@ -798,7 +791,7 @@ MF_TARGET_AVX512 static MF_AI int lmf_row512_t(const attn_args *A, const lm_vcon
         const int64_t base = (sh * (ctx / TFM_KTILE) + t) * hd * TFM_KTILE, left = n - t * TFM_KTILE;
         const float *kst = A->ks + sh * ctx + t * TFM_KTILE; /* int8 caches only */
         const __m512 st = dtype != TFM_KV_I8 ? _mm512_setzero_ps()
-                          : two ? _mm512_loadu_ps(kst) : _mm512_maskz_loadu_ps(0xff, kst);
+                          : join16(_mm256_loadu_ps(kst), two ? _mm256_loadu_ps(kst + 8) : _mm256_setzero_ps());
         /* lanes past n (positions not written yet) are not checked */
         const __mmask16 live = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
         for (int64_t i0 = 0; i0 < G; i0 += 4) {
@@ -849,7 +842,7 @@ MF_TARGET_AVX512 static MF_AI int lmf_row512_t(const attn_args *A, const lm_vcon
 }
 
 #define MF_LMF512_FN(name, dt)                                                                  \
-    MF_TARGET_AVX512 static int name(const attn_args *A, const lm_vconst *c, const float *q,     \
+    MF_TARGET_AVX512_F16C static int name(const attn_args *A, const lm_vconst *c, const float *q,     \
                                      int64_t slot, int64_t g, int64_t n, float *out, float *sc,  \
                                      const lmf_buf *L) {                                         \
         return lmf_row512_t(A, c, dt, q, slot, g, n, out, sc, L);                                \

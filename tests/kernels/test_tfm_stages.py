@@ -401,3 +401,20 @@ def test_attend_lmul_underflow_threshold(isa, hd, q_exp, k_exp, k_zeros, scaling
     want = ref.attend(cache, q, [0], [n - 1], 2.0**scaling, 3)
     assert np.count_nonzero(want) > want.size // 2  # the outputs are not all flushed away
     _same_bits(out, want, f"{isa} hd={hd}")
+
+
+def test_attend_avx512_under_simde(tmp_path, capfd):
+    """The AVX-512 L-Mul route compiled on SIMDe's AVX-512 emulation (so an AVX2-only machine
+    checks it too) through the real driver, against the scalar spec, bit for bit
+    (tests/kernels/avx512_tfm_harness.c)."""
+    from pathlib import Path
+
+    from tests.kernels.test_avx512_emulated import SIMDE, build_on_simde
+
+    if not SIMDE.exists() or "avx2" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("needs x86-64 with AVX2, gcc and SIMDe headers (libsimde-dev)")
+    lib = build_on_simde(Path(__file__).with_name("avx512_tfm_harness.c"), tmp_path)
+    fails = lib.mf_tfm_avx512_check()
+    report = capfd.readouterr().out
+    assert fails == 0, report
+    assert report.count(": ok") == 9 * 4 * 2, report  # cases x dtypes x thread counts
