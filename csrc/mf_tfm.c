@@ -430,6 +430,8 @@ MF_ROW_FN(row_f16_l, TFM_KV_F16, 1)
 MF_ROW_FN(row_i8_x, TFM_KV_I8, 0)
 MF_ROW_FN(row_i8_l, TFM_KV_I8, 1)
 #undef MF_ROW_FN
+typedef void (*attend_row_fn)(const attn_args *, const lm_vconst *, const float *, int64_t, int64_t,
+                              int64_t, float *, float *);
 
 /* ---- L-Mul fast route (float32 operands, "int" mode) --------------------------------------
  * lmul256 prepares both operands of every product (flush, round to k mantissa bits, NaN / inf
@@ -854,8 +856,126 @@ MF_LMF512_FN(lmf512_i8, TFM_KV_I8)
 #undef MF_LMF512_FN
 static const lmf_row_fn LMF_ROW512[4] = {lmf512_f32, lmf512_bf16, lmf512_f16, lmf512_i8};
 
-typedef void (*attend_row_fn)(const attn_args *, const lm_vconst *, const float *, int64_t, int64_t,
-                              int64_t, float *, float *);
+/* ---- AVX-512: the exact route on 16 lanes --------------------------------------------------
+ * scores_nq / pv_nq of attend_row_t with 16 lanes: a score vector covers two key tiles (decoded
+ * once into kt [hd][16] for the G heads), a P V vector 16 head_dim elements, 4 x 4 sums in
+ * registers. The same float32 operations in the same order. Needs hd % 16 == 0. */
+MF_TARGET_AVX512_F16C static MF_AI void scores512_nq(const int nq, const int two, const float *q,
+                                                     int64_t hd, const float *kt, float scaling,
+                                                     float *sc, int64_t npad, int64_t t) {
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t d = 0; d < hd; ++d) {
+        const __m512 kv = _mm512_load_ps(kt + d * 16);
+#pragma GCC unroll 4
+        for (int i = 0; i < nq; ++i)
+            acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(_mm512_set1_ps(q[i * hd + d]), kv));
+    }
+    const __m512 s = _mm512_set1_ps(scaling);
+#pragma GCC unroll 4
+    for (int i = 0; i < nq; ++i) {
+        float *o = sc + i * npad + t * TFM_KTILE;
+        const __m512 r = _mm512_mul_ps(acc[i], s);
+        if (two)
+            _mm512_storeu_ps(o, r);
+        else
+            _mm256_storeu_ps(o, _mm512_castps512_ps256(r));
+    }
+}
+
+MF_TARGET_AVX512_F16C static MF_AI void pv512_nq(const int dtype, const int nq, const int nv,
+                                                 const float *p, int64_t npad, const void *vbase,
+                                                 const float *vst, int64_t n, int64_t hd,
+                                                 int64_t d0, float *out) {
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < nq; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; ++v) acc[i][v] = _mm512_setzero_ps();
+    __m512 step = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+        if (dtype == TFM_KV_I8) step = _mm512_set1_ps(vst[j]);
+        __m512 vv[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; ++v) vv[v] = load16(vbase, j * hd + d0 + 16 * v, 0, 0, 0, dtype, step);
+#pragma GCC unroll 4
+        for (int i = 0; i < nq; ++i) {
+            const __m512 pj = _mm512_set1_ps(p[i * npad + j]);
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; ++v) acc[i][v] = _mm512_add_ps(acc[i][v], _mm512_mul_ps(pj, vv[v]));
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < nq; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; ++v) _mm512_storeu_ps(out + i * hd + d0 + 16 * v, acc[i][v]);
+}
+
+/* attend_row_t's exact route on 16 lanes; sc: G * npad scores, then kt (hd x 16, aligned). */
+MF_TARGET_AVX512_F16C static MF_AI void attend_row512_t(const attn_args *A, const int dtype,
+                                                        const float *q, int64_t slot, int64_t g,
+                                                        int64_t n, float *out, float *sc) {
+    const int64_t G = A->H / A->Hkv, hd = A->hd, ctx = A->ctx;
+    const int64_t tiles = (n + TFM_KTILE - 1) / TFM_KTILE, npad = tiles * TFM_KTILE;
+    float *kt = sc + mf_round_up(G * npad, 16);
+    const int64_t sh = slot * A->Hkv + g;
+    const float *qg = q + g * G * hd;
+    for (int64_t t = 0; t < tiles; t += 2) {
+        const int two = t + 1 < tiles;
+        const int64_t base = (sh * (ctx / TFM_KTILE) + t) * hd * TFM_KTILE;
+        const float *kst = A->ks + sh * ctx + t * TFM_KTILE; /* int8 caches only */
+        const __m512 st = dtype != TFM_KV_I8 ? _mm512_setzero_ps()
+                          : join16(_mm256_loadu_ps(kst), two ? _mm256_loadu_ps(kst + 8) : _mm256_setzero_ps());
+        /* decode the tile pair once for the G heads; lanes past n hold unused positions */
+        for (int64_t d = 0; d < hd; ++d)
+            _mm512_store_ps(kt + d * 16, two ? load16(A->kc, base + d * TFM_KTILE, hd * TFM_KTILE, 1, 1, dtype, st)
+                                             : load16(A->kc, base + d * TFM_KTILE, hd * TFM_KTILE, 1, 0, dtype, st));
+        for (int64_t i0 = 0; i0 < G; i0 += 4) {
+            const int64_t nq = G - i0 < 4 ? G - i0 : 4;
+#define MF_S2(k) scores512_nq(k, 1, qg + i0 * hd, hd, kt, A->scaling, sc + i0 * npad, npad, t)
+#define MF_S1(k) scores512_nq(k, 0, qg + i0 * hd, hd, kt, A->scaling, sc + i0 * npad, npad, t)
+            if (two)
+                MF_NQ_SWITCH(nq, MF_S2)
+            else
+                MF_NQ_SWITCH(nq, MF_S1)
+#undef MF_S2
+#undef MF_S1
+        }
+    }
+    for (int64_t i = 0; i < G; ++i) softmax_avx2(sc + i * npad, n);
+    const void *vbase = (const char *)A->vc + (size_t)(sh * ctx * hd) * (dtype == TFM_KV_F32 ? 4 : dtype == TFM_KV_I8 ? 1 : 2);
+    const float *vst = dtype == TFM_KV_I8 ? A->vs + sh * ctx : NULL;
+    for (int64_t i0 = 0; i0 < G; i0 += 4) {
+        const int64_t nq = G - i0 < 4 ? G - i0 : 4;
+        float *o = out + (g * G + i0) * hd;
+        for (int64_t d0 = 0; d0 < hd; d0 += 64) {
+            const int64_t nv = (hd - d0) / 16 < 4 ? (hd - d0) / 16 : 4;
+#define MF_XV_1(k) pv512_nq(dtype, k, 1, sc + i0 * npad, npad, vbase, vst, n, hd, d0, o)
+#define MF_XV_2(k) pv512_nq(dtype, k, 2, sc + i0 * npad, npad, vbase, vst, n, hd, d0, o)
+#define MF_XV_3(k) pv512_nq(dtype, k, 3, sc + i0 * npad, npad, vbase, vst, n, hd, d0, o)
+#define MF_XV_4(k) pv512_nq(dtype, k, 4, sc + i0 * npad, npad, vbase, vst, n, hd, d0, o)
+            MF_NV_SWITCH(nv, nq, MF_XV)
+#undef MF_XV_1
+#undef MF_XV_2
+#undef MF_XV_3
+#undef MF_XV_4
+        }
+    }
+}
+
+#define MF_ROW512_FN(name, dt)                                                                   \
+    MF_TARGET_AVX512_F16C static void name(const attn_args *A, const lm_vconst *vc,              \
+                                           const float *q, int64_t slot, int64_t g, int64_t n,   \
+                                           float *out, float *sc) {                              \
+        (void)vc;                                                                                \
+        attend_row512_t(A, dt, q, slot, g, n, out, sc);                                          \
+    }
+MF_ROW512_FN(row512_f32_x, TFM_KV_F32)
+MF_ROW512_FN(row512_bf16_x, TFM_KV_BF16)
+MF_ROW512_FN(row512_f16_x, TFM_KV_F16)
+MF_ROW512_FN(row512_i8_x, TFM_KV_I8)
+#undef MF_ROW512_FN
+static const attend_row_fn ROW512_X[4] = {row512_f32_x, row512_bf16_x, row512_f16_x, row512_i8_x};
+
 static const attend_row_fn ROW_AVX2[4][2] = {{row_f32_x, row_f32_l}, {row_bf16_x, row_bf16_l},
                                              {row_f16_x, row_f16_l}, {row_i8_x, row_i8_l}};
 #endif
@@ -1022,7 +1142,7 @@ static int attend_impl(attn_args *A, const float *q, int64_t B, int64_t qs, floa
     int64_t nmax = 0;
     for (int64_t b = 0; b < B; ++b) nmax = rows[2 * b + 1] + 1 > nmax ? rows[2 * b + 1] + 1 : nmax;
     const int64_t npad = mf_round_up(nmax, TFM_KTILE);
-    const int64_t G = A->H / A->Hkv, nsc = mf_round_up(G * npad, 16), tile = A->hd * TFM_KTILE;
+    const int64_t G = A->H / A->Hkv, nsc = mf_round_up(G * npad, 16), tile = A->hd * 16;
     const int64_t nq = mf_round_up(G * A->hd, 16);
     /* full route: scores + a decoded key tile; fast L-Mul route: + q's and p's scalar sides */
     const int64_t words = nsc + tile + (A->lmul ? 2 * nq + 2 * nsc : 0);
@@ -1033,9 +1153,10 @@ static int attend_impl(attn_args *A, const float *q, int64_t B, int64_t qs, floa
     if (level >= MF_ISA_AVX2 && A->hd % 8 == 0 && __builtin_cpu_supports("f16c")) {
         lm_vconst vc;
         vconst_init(&A->f, A->lmul ? A->k : 23, 0, &vc);
-        const attend_row_fn row = ROW_AVX2[A->dtype][A->lmul];
-        /* the fast L-Mul route: 16 lanes where the level allows (head_dim a multiple of 16) */
+        /* 16 lanes where the level allows (head_dim a multiple of 16): the exact route and the
+         * fast L-Mul route (its hand-offs take the AVX2 full route: rare, and the same bits) */
         const int wide = level >= MF_ISA_AVX512 && A->hd % 16 == 0;
+        const attend_row_fn row = wide && !A->lmul ? ROW512_X[A->dtype] : ROW_AVX2[A->dtype][A->lmul];
         const lmf_row_fn fast = (wide ? LMF_ROW512 : LMF_ROW)[A->dtype];
         /* (row, kv head) items are independent: threads split them, each with its own
          * scratch (mf_scratch is per thread); a thread per TFM_MIN_WORK products at most */
@@ -1066,7 +1187,7 @@ static int attend_impl(attn_args *A, const float *q, int64_t B, int64_t qs, floa
             }
         }
         if (nomem) return MF_OP_NOMEM;
-        return wide && A->lmul ? MF_ISA_AVX512 : MF_ISA_AVX2;
+        return wide ? MF_ISA_AVX512 : MF_ISA_AVX2;
     }
 #endif
     (void)level;

@@ -1,6 +1,6 @@
 /* Harness for tests/kernels/test_tfm_stages.py::test_attend_avx512_under_simde: tfm_attend's
- * AVX-512 L-Mul route (lmf_row512_t), built on SIMDe's emulation of AVX-512 so it runs on any
- * x86-64 with AVX2, through the real driver (attend_impl: the (row, kv head) split, threads,
+ * AVX-512 routes, exact (attend_row512_t) and L-Mul (lmf_row512_t), built on SIMDe's emulation
+ * of AVX-512 so they run on any x86-64 with AVX2, through the real driver (attend_impl: the (row, kv head) split, threads,
  * the hand-off to the full route) against the scalar spec (attend_impl at MF_ISA_SCALAR, which
  * tests compare with the NumPy twin): every cache dtype, GQA groups 1..5, head_dim 16..128,
  * contexts 1..600, exact zeros, an inf value (hand-off) and tiny products (underflow). Prints
@@ -50,8 +50,9 @@ int mf_tfm_avx512_check(void) {
                 q[i] = rnd() % 4 == 0 ? 0.0f : gauss() * 2.0f * (cases[ci].scale < 1 ? 1e-20f : 1.0f);
             const int64_t n = cases[ci].n;
             rows[0] = 0, rows[1] = n - 1, rows[2] = 1, rows[3] = n > 5 ? n - 6 : 0;
-            for (int threads = 1; threads <= 2; ++threads) {
-                attn_args A = {kc, vc, ks, vs, dtype, H, Hkv, hd, ctx, 1.0f / sqrtf((float)hd), 1, {0}, 3};
+            for (int run = 0; run < 4; ++run) { /* exact, L-Mul x 1, 2 threads */
+                const int threads = 1 + run % 2, lmul = run / 2;
+                attn_args A = {kc, vc, ks, vs, dtype, H, Hkv, hd, ctx, 1.0f / sqrtf((float)hd), lmul, {0}, 3};
                 attn_args R = A;
                 const int used = attend_impl(&A, q, B, H * hd, o, H * hd, rows, MF_ISA_AVX512, threads);
                 attend_impl(&R, q, B, H * hd, o_ref, H * hd, rows, MF_ISA_SCALAR, 1);
@@ -61,8 +62,8 @@ int mf_tfm_avx512_check(void) {
                     memcpy(&a, o + i, 4), memcpy(&b, o_ref + i, 4);
                     bad += a != b;
                 }
-                printf("dtype=%d H=%ld Hkv=%ld hd=%ld n=%ld scale=%g inf=%d threads=%d: %s (%d "
-                       "mismatches, level %d) sample ref=%g got=%g\n",
+                printf("%s dtype=%d H=%ld Hkv=%ld hd=%ld n=%ld scale=%g inf=%d threads=%d: %s (%d "
+                       "mismatches, level %d) sample ref=%g got=%g\n", lmul ? "lmul3" : "exact",
                        dtype, (long)H, (long)Hkv, (long)hd, (long)n, (double)cases[ci].scale,
                        cases[ci].inf, threads, bad ? "FAIL" : "ok", bad, used, (double)o_ref[0],
                        (double)o[0]);
