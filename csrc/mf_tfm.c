@@ -23,10 +23,13 @@
  *   AVX2 stages), written once for scalar lanes and once for 8 lanes with the same operations.
  * tfm_norm, tfm_rope and tfm_kv_write are a few thousand operations per token: scalar C only
  * (the compiler vectorizes what it can without reordering sums). tfm_attend and tfm_glu have
- * AVX2 (+F16C for float16 caches) variants; the AVX-512 level runs the AVX2 code. tfm_attend's
- * AVX2 L-Mul products go through a fast route (operands prepared once, see lmf_prod) for rows
- * whose operands are all finite, the full lmul256 otherwise: the same bits either way. NaN
- * inputs are outside the bit-exact contract (the SIMD max of NaN scores is not the scalar's).
+ * AVX2 (+F16C for float16 caches) variants; tfm_attend also AVX-512 ones (16 lanes, head_dim
+ * % 16 == 0; tested natively and on SIMDe, tests/kernels/avx512_tfm_harness.c), tfm_glu's
+ * AVX-512 level runs the AVX2 code. tfm_attend's L-Mul products go through a fast route (each
+ * operand prepared once; a product one add, one compare and one and or mask, see lmf_prod)
+ * for rows whose products cannot overflow and whose operands are all finite, the full lmul256
+ * otherwise: the same bits either way. NaN inputs are outside the bit-exact contract (the
+ * SIMD max of NaN scores is not the scalar's).
  */
 #include "mf_py.h" /* Python.h first, as CPython requires */
 
