@@ -12,7 +12,10 @@ their ratio, and the step-level ratio that implies: (S - exact + L-Mul) / S, S t
 time (`--step-ms`, default the one measured with benchmarks/bench_bitnet.py at that context and
 thread count on this machine; see --help). Exact and L-Mul calls alternate token by token (one
 process, the same load); median of --tokens tokens after a warm-up token. The load average is
-printed. `--baseline` names another build of the compiled core (e.g. main's
+printed. `--step PACKED` (a packed 2B4T-shape model with an int8 head, e.g. the one
+bench_bitnet.py converts into /tmp/mulfree-bench-bitnet/2b4t/packed-int8) also times the whole
+compiled decode step, exact vs L-Mul attention, as bench_bitnet does, and uses its exact step
+time for the step ratio. `--baseline` names another build of the compiled core (e.g. main's
 src/mulfree/_C*.so) whose tfm_attend is timed in the same rounds, for before / after ratios.
 
     flock /tmp/mulfree-bench.lock python benchmarks/bench_tfm_attend.py
@@ -69,6 +72,31 @@ def token_ms(C, caches, q, out, n: int, mbits: int, level: int, threads: int) ->
     return (time.perf_counter() - t0) * 1e3
 
 
+def time_steps(args) -> dict[tuple[int, int], float]:
+    """Whole compiled decode steps (bench_bitnet's decoders and interleaved timing): exact and
+    L-Mul attention at each (context, threads); returns the exact step ms per (context, threads)."""
+    import torch
+
+    from bench_bitnet import decoders, time_interleaved
+    from mulfree.engine import load_packed
+
+    model = load_packed(args.step)
+    exact = {}
+    for t in (int(x) for x in args.threads.split(",")):
+        torch.set_num_threads(t)
+        for ctx in (int(c) for c in args.contexts.split(",")):
+            runs = decoders(model, t, ctx, args.mantissa_bits, torch_path=False)
+            res = time_interleaved(runs, ctx, args.step_rounds)
+            e, lm = res["compiled exact"] * 1e3, res["compiled lmul"] * 1e3
+            exact[(ctx, t)] = e
+            print(f"[step, {t} thread(s)] context {ctx}: exact {e:.1f} ms ({1e3 / e:.2f} tok/s), "
+                  f"L-Mul {lm:.1f} ms ({1e3 / lm:.2f} tok/s): L-Mul / exact {lm / e:.3f}x | {load()}",
+                  flush=True)  # fmt: skip
+            del runs
+    del model
+    return exact
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--contexts", default="128,2048")
@@ -83,6 +111,9 @@ def main() -> None:
                          "(bench_bitnet's compiled exact, int8 head, 2B4T shape, this machine)")  # fmt: skip
     ap.add_argument("--baseline", default=None,
                     help="path of another _C build (e.g. /work/main/src/mulfree/_C...so) to time too")  # fmt: skip
+    ap.add_argument("--step", default=None, metavar="PACKED",
+                    help="a packed 2B4T-shape int8-head model: time the whole step too")  # fmt: skip
+    ap.add_argument("--step-rounds", type=int, default=6)
     args = ap.parse_args()
     from mulfree.kernels._core import core
 
@@ -100,6 +131,8 @@ def main() -> None:
         c, t, ms = item.split(":")
         step[(int(c), int(t))] = float(ms)
     print(load())
+    if args.step:
+        step.update(time_steps(args))
     print(f"tfm_attend, 2B4T shape: {H} heads / {HKV} kv heads, head_dim {HD}, bf16 cache, "
           f"{LAYERS} layers per token, q {args.zeros:.0%} zeros, L-Mul {args.mantissa_bits} bits")  # fmt: skip
     q = make_q(zeros=args.zeros)

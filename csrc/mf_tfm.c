@@ -23,10 +23,13 @@
  *   AVX2 stages), written once for scalar lanes and once for 8 lanes with the same operations.
  * tfm_norm, tfm_rope and tfm_kv_write are a few thousand operations per token: scalar C only
  * (the compiler vectorizes what it can without reordering sums). tfm_attend and tfm_glu have
- * AVX2 (+F16C for float16 caches) variants; the AVX-512 level runs the AVX2 code. tfm_attend's
- * AVX2 L-Mul products go through a fast route (operands prepared once, see lmf_prod) for rows
- * whose operands are all finite, the full lmul256 otherwise: the same bits either way. NaN
- * inputs are outside the bit-exact contract (the SIMD max of NaN scores is not the scalar's).
+ * AVX2 (+F16C for float16 caches) variants; tfm_attend also AVX-512 ones (16 lanes, head_dim
+ * % 16 == 0; tested natively and on SIMDe, tests/kernels/avx512_tfm_harness.c), tfm_glu's
+ * AVX-512 level runs the AVX2 code. tfm_attend's L-Mul products go through a fast route (each
+ * operand prepared once; a product one add, one compare and one and or mask, see lmf_prod)
+ * for rows whose products cannot overflow and whose operands are all finite, the full lmul256
+ * otherwise: the same bits either way. NaN inputs are outside the bit-exact contract (the
+ * SIMD max of NaN scores is not the scalar's).
  */
 #include "mf_py.h" /* Python.h first, as CPython requires */
 
@@ -430,6 +433,8 @@ MF_ROW_FN(row_f16_l, TFM_KV_F16, 1)
 MF_ROW_FN(row_i8_x, TFM_KV_I8, 0)
 MF_ROW_FN(row_i8_l, TFM_KV_I8, 1)
 #undef MF_ROW_FN
+typedef void (*attend_row_fn)(const attn_args *, const lm_vconst *, const float *, int64_t, int64_t,
+                              int64_t, float *, float *);
 
 /* ---- L-Mul fast route (float32 operands, "int" mode) --------------------------------------
  * lmul256 prepares both operands of every product (flush, round to k mantissa bits, NaN / inf
@@ -634,6 +639,12 @@ typedef int (*lmf_row_fn)(const attn_args *, const lm_vconst *, const float *, i
                           float *, float *, const lmf_buf *);
 static const lmf_row_fn LMF_ROW[4] = {lmf_f32, lmf_bf16, lmf_f16, lmf_i8};
 
+/* AVX-512 code that also converts with F16C's 8-lane forms; overridable like MF_TARGET_AVX512
+ * (mf_common.h) for the SIMDe harness */
+#ifndef MF_TARGET_AVX512_F16C
+#define MF_TARGET_AVX512_F16C __attribute__((target("avx2,f16c,avx512f,avx512bw,avx512vl")))
+#endif
+
 /* ---- AVX-512: the fast L-Mul route on 16 lanes ---------------------------------------------
  * The products of lmf_* above with AVX-512's forms: the zero / underflow test is a compare
  * into a mask register that masks the float add (no and), sign | a one vpternlogd, the flush
@@ -641,42 +652,29 @@ static const lmf_row_fn LMF_ROW[4] = {lmf_f32, lmf_bf16, lmf_f16, lmf_i8};
  * value vector, 4 x 4 P V sums in registers. Every sum keeps its order (the full route's), so
  * the bits are the AVX2 and scalar routes'. Needs hd % 16 == 0. */
 
+/* Two 8-lane halves as one 16-lane vector. */
+MF_TARGET_AVX512_F16C static MF_AI __m512 join16(__m256 lo, __m256 hi) {
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(lo)),
+                                               _mm256_castps_pd(hi), 1));
+}
+
 /* 16 stored values as float32: split 0: 16 from index i; split 1: 8 from i and 8 from i + off
- * (two key tiles; two == 0: only the first, the upper 8 lanes 0). int8 codes times step. */
-MF_TARGET_AVX512 static MF_AI __m512 load16(const void *c, int64_t i, int64_t off, const int split,
-                                            const int two, const int dtype, __m512 step) {
-    if (dtype == TFM_KV_F32) {
-        const float *p = (const float *)c + i;
-        if (!split) return _mm512_loadu_ps(p);
-        const __m256 hi = two ? _mm256_loadu_ps(p + off) : _mm256_setzero_ps();
-        return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(p))),
-                                                   _mm256_castps_pd(hi), 1));
-    }
-    if (dtype == TFM_KV_BF16 || dtype == TFM_KV_F16) {
-        const uint16_t *p = (const uint16_t *)c + i;
-        __m256i h;
-        if (!split) {
-            h = _mm256_loadu_si256((const __m256i *)p);
-        } else {
-            const __m128i hi = two ? _mm_loadu_si128((const __m128i *)(p + off)) : _mm_setzero_si128();
-            h = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p)), hi, 1);
-        }
-        if (dtype == TFM_KV_F16) return _mm512_cvtph_ps(h);
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    const int8_t *p = (const int8_t *)c + i;
-    __m128i b;
-    if (!split) {
-        b = _mm_loadu_si128((const __m128i *)p);
-    } else {
-        const __m128i hi = two ? _mm_loadl_epi64((const __m128i *)(p + off)) : _mm_setzero_si128();
-        b = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)p), hi);
-    }
-    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), step);
+ * (two key tiles; two == 0: only the first, the upper 8 lanes 0). int8 codes times step. The
+ * conversions run on 8-lane halves (load8): the forms SIMDe emulates too (it has no 16-lane
+ * int8 / uint16 / float16 conversions), at the same cost on a CPU that splits 512-bit ops. */
+MF_TARGET_AVX512_F16C static MF_AI __m512 load16(const void *c, int64_t i, int64_t off,
+                                                 const int split, const int two, const int dtype,
+                                                 __m512 step) {
+    if (dtype == TFM_KV_F32 && !split) return _mm512_loadu_ps((const float *)c + i);
+    const int64_t i2 = split ? i + off : i + 8;
+    const __m256 z = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+    const __m256 lo = load8(c, i, dtype, one), hi = (split && !two) ? z : load8(c, i2, dtype, one);
+    const __m512 v = join16(lo, hi);
+    return dtype == TFM_KV_I8 ? _mm512_mul_ps(v, step) : v;
 }
 
 /* lmf_vprep on 16 lanes. */
-MF_TARGET_AVX512 static MF_AI void lmf_vprep512(const lm_vconst *c, __m512 v, __mmask16 live,
+MF_TARGET_AVX512_F16C static MF_AI void lmf_vprep512(const lm_vconst *c, __m512 v, __mmask16 live,
                                                 __m512i *ms, __m512i *mag, __m512i *vmax) {
     const __m512i b = _mm512_castps_si512(v);
     __m512i m = _mm512_and_si512(b, V512(0x7fffffffu));
@@ -695,7 +693,7 @@ MF_TARGET_AVX512 static MF_AI void lmf_vprep512(const lm_vconst *c, __m512 v, __
 }
 
 /* acc + the 16 products of a prepared vector side and one scalar side (masked lanes: acc). */
-MF_TARGET_AVX512 static MF_AI __m512 lmf_fadd512(__m512 acc, __m512i ms, __m512i mag, uint32_t adj,
+MF_TARGET_AVX512_F16C static MF_AI __m512 lmf_fadd512(__m512 acc, __m512i ms, __m512i mag, uint32_t adj,
                                                  uint32_t thr) {
     const __mmask16 keep = _mm512_cmpgt_epi32_mask(mag, V512(thr));
     return _mm512_mask_add_ps(acc, keep, acc, _mm512_castsi512_ps(_mm512_add_epi32(ms, V512(adj))));
@@ -708,7 +706,7 @@ static inline uint32_t hmax16_epu32(const uint32_t l[16]) {
 }
 
 /* Scores of heads i0 .. i0 + nq at the 16 positions of key tiles t, t + 1 (two == 0: t only). */
-MF_TARGET_AVX512 static MF_AI void lmf_scores512_nq(const lm_vconst *c, const int dtype, const int nq,
+MF_TARGET_AVX512_F16C static MF_AI void lmf_scores512_nq(const lm_vconst *c, const int dtype, const int nq,
                                                     const int two, const lmf_buf *L, int64_t i0,
                                                     int64_t hd, const void *kc, int64_t base,
                                                     __m512 st, __mmask16 live, float scaling,
@@ -736,7 +734,7 @@ MF_TARGET_AVX512 static MF_AI void lmf_scores512_nq(const lm_vconst *c, const in
 }
 
 /* lmf_pv_nq on 16 lanes: out_i[d0 .. d0 + 16 nv), nv <= 4. */
-MF_TARGET_AVX512 static MF_AI void lmf_pv512_nq(const lm_vconst *c, const int dtype, const int nq,
+MF_TARGET_AVX512_F16C static MF_AI void lmf_pv512_nq(const lm_vconst *c, const int dtype, const int nq,
                                                 const int nv, const lmf_buf *L, int64_t i0,
                                                 int64_t npad, const void *vbase, const float *vst,
                                                 int64_t n, int64_t hd, int64_t d0, float *out,
@@ -777,7 +775,7 @@ MF_TARGET_AVX512 static MF_AI void lmf_pv512_nq(const lm_vconst *c, const int dt
     }
 
 /* lmf_row_t on 16 lanes (the same checks and hand-off). */
-MF_TARGET_AVX512 static MF_AI int lmf_row512_t(const attn_args *A, const lm_vconst *c,
+MF_TARGET_AVX512_F16C static MF_AI int lmf_row512_t(const attn_args *A, const lm_vconst *c,
                                                const int dtype, const float *q, int64_t slot,
                                                int64_t g, int64_t n, float *out, float *sc,
                                                const lmf_buf *L) {
@@ -798,7 +796,7 @@ MF_TARGET_AVX512 static MF_AI int lmf_row512_t(const attn_args *A, const lm_vcon
         const int64_t base = (sh * (ctx / TFM_KTILE) + t) * hd * TFM_KTILE, left = n - t * TFM_KTILE;
         const float *kst = A->ks + sh * ctx + t * TFM_KTILE; /* int8 caches only */
         const __m512 st = dtype != TFM_KV_I8 ? _mm512_setzero_ps()
-                          : two ? _mm512_loadu_ps(kst) : _mm512_maskz_loadu_ps(0xff, kst);
+                          : join16(_mm256_loadu_ps(kst), two ? _mm256_loadu_ps(kst + 8) : _mm256_setzero_ps());
         /* lanes past n (positions not written yet) are not checked */
         const __mmask16 live = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
         for (int64_t i0 = 0; i0 < G; i0 += 4) {
@@ -849,7 +847,7 @@ MF_TARGET_AVX512 static MF_AI int lmf_row512_t(const attn_args *A, const lm_vcon
 }
 
 #define MF_LMF512_FN(name, dt)                                                                  \
-    MF_TARGET_AVX512 static int name(const attn_args *A, const lm_vconst *c, const float *q,     \
+    MF_TARGET_AVX512_F16C static int name(const attn_args *A, const lm_vconst *c, const float *q,     \
                                      int64_t slot, int64_t g, int64_t n, float *out, float *sc,  \
                                      const lmf_buf *L) {                                         \
         return lmf_row512_t(A, c, dt, q, slot, g, n, out, sc, L);                                \
@@ -861,8 +859,126 @@ MF_LMF512_FN(lmf512_i8, TFM_KV_I8)
 #undef MF_LMF512_FN
 static const lmf_row_fn LMF_ROW512[4] = {lmf512_f32, lmf512_bf16, lmf512_f16, lmf512_i8};
 
-typedef void (*attend_row_fn)(const attn_args *, const lm_vconst *, const float *, int64_t, int64_t,
-                              int64_t, float *, float *);
+/* ---- AVX-512: the exact route on 16 lanes --------------------------------------------------
+ * scores_nq / pv_nq of attend_row_t with 16 lanes: a score vector covers two key tiles (decoded
+ * once into kt [hd][16] for the G heads), a P V vector 16 head_dim elements, 4 x 4 sums in
+ * registers. The same float32 operations in the same order. Needs hd % 16 == 0. */
+MF_TARGET_AVX512_F16C static MF_AI void scores512_nq(const int nq, const int two, const float *q,
+                                                     int64_t hd, const float *kt, float scaling,
+                                                     float *sc, int64_t npad, int64_t t) {
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t d = 0; d < hd; ++d) {
+        const __m512 kv = _mm512_load_ps(kt + d * 16);
+#pragma GCC unroll 4
+        for (int i = 0; i < nq; ++i)
+            acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(_mm512_set1_ps(q[i * hd + d]), kv));
+    }
+    const __m512 s = _mm512_set1_ps(scaling);
+#pragma GCC unroll 4
+    for (int i = 0; i < nq; ++i) {
+        float *o = sc + i * npad + t * TFM_KTILE;
+        const __m512 r = _mm512_mul_ps(acc[i], s);
+        if (two)
+            _mm512_storeu_ps(o, r);
+        else
+            _mm256_storeu_ps(o, _mm512_castps512_ps256(r));
+    }
+}
+
+MF_TARGET_AVX512_F16C static MF_AI void pv512_nq(const int dtype, const int nq, const int nv,
+                                                 const float *p, int64_t npad, const void *vbase,
+                                                 const float *vst, int64_t n, int64_t hd,
+                                                 int64_t d0, float *out) {
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < nq; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; ++v) acc[i][v] = _mm512_setzero_ps();
+    __m512 step = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+        if (dtype == TFM_KV_I8) step = _mm512_set1_ps(vst[j]);
+        __m512 vv[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; ++v) vv[v] = load16(vbase, j * hd + d0 + 16 * v, 0, 0, 0, dtype, step);
+#pragma GCC unroll 4
+        for (int i = 0; i < nq; ++i) {
+            const __m512 pj = _mm512_set1_ps(p[i * npad + j]);
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; ++v) acc[i][v] = _mm512_add_ps(acc[i][v], _mm512_mul_ps(pj, vv[v]));
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < nq; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; ++v) _mm512_storeu_ps(out + i * hd + d0 + 16 * v, acc[i][v]);
+}
+
+/* attend_row_t's exact route on 16 lanes; sc: G * npad scores, then kt (hd x 16, aligned). */
+MF_TARGET_AVX512_F16C static MF_AI void attend_row512_t(const attn_args *A, const int dtype,
+                                                        const float *q, int64_t slot, int64_t g,
+                                                        int64_t n, float *out, float *sc) {
+    const int64_t G = A->H / A->Hkv, hd = A->hd, ctx = A->ctx;
+    const int64_t tiles = (n + TFM_KTILE - 1) / TFM_KTILE, npad = tiles * TFM_KTILE;
+    float *kt = sc + mf_round_up(G * npad, 16);
+    const int64_t sh = slot * A->Hkv + g;
+    const float *qg = q + g * G * hd;
+    for (int64_t t = 0; t < tiles; t += 2) {
+        const int two = t + 1 < tiles;
+        const int64_t base = (sh * (ctx / TFM_KTILE) + t) * hd * TFM_KTILE;
+        const float *kst = A->ks + sh * ctx + t * TFM_KTILE; /* int8 caches only */
+        const __m512 st = dtype != TFM_KV_I8 ? _mm512_setzero_ps()
+                          : join16(_mm256_loadu_ps(kst), two ? _mm256_loadu_ps(kst + 8) : _mm256_setzero_ps());
+        /* decode the tile pair once for the G heads; lanes past n hold unused positions */
+        for (int64_t d = 0; d < hd; ++d)
+            _mm512_store_ps(kt + d * 16, two ? load16(A->kc, base + d * TFM_KTILE, hd * TFM_KTILE, 1, 1, dtype, st)
+                                             : load16(A->kc, base + d * TFM_KTILE, hd * TFM_KTILE, 1, 0, dtype, st));
+        for (int64_t i0 = 0; i0 < G; i0 += 4) {
+            const int64_t nq = G - i0 < 4 ? G - i0 : 4;
+#define MF_S2(k) scores512_nq(k, 1, qg + i0 * hd, hd, kt, A->scaling, sc + i0 * npad, npad, t)
+#define MF_S1(k) scores512_nq(k, 0, qg + i0 * hd, hd, kt, A->scaling, sc + i0 * npad, npad, t)
+            if (two)
+                MF_NQ_SWITCH(nq, MF_S2)
+            else
+                MF_NQ_SWITCH(nq, MF_S1)
+#undef MF_S2
+#undef MF_S1
+        }
+    }
+    for (int64_t i = 0; i < G; ++i) softmax_avx2(sc + i * npad, n);
+    const void *vbase = (const char *)A->vc + (size_t)(sh * ctx * hd) * (dtype == TFM_KV_F32 ? 4 : dtype == TFM_KV_I8 ? 1 : 2);
+    const float *vst = dtype == TFM_KV_I8 ? A->vs + sh * ctx : NULL;
+    for (int64_t i0 = 0; i0 < G; i0 += 4) {
+        const int64_t nq = G - i0 < 4 ? G - i0 : 4;
+        float *o = out + (g * G + i0) * hd;
+        for (int64_t d0 = 0; d0 < hd; d0 += 64) {
+            const int64_t nv = (hd - d0) / 16 < 4 ? (hd - d0) / 16 : 4;
+#define MF_XV_1(k) pv512_nq(dtype, k, 1, sc + i0 * npad, npad, vbase, vst, n, hd, d0, o)
+#define MF_XV_2(k) pv512_nq(dtype, k, 2, sc + i0 * npad, npad, vbase, vst, n, hd, d0, o)
+#define MF_XV_3(k) pv512_nq(dtype, k, 3, sc + i0 * npad, npad, vbase, vst, n, hd, d0, o)
+#define MF_XV_4(k) pv512_nq(dtype, k, 4, sc + i0 * npad, npad, vbase, vst, n, hd, d0, o)
+            MF_NV_SWITCH(nv, nq, MF_XV)
+#undef MF_XV_1
+#undef MF_XV_2
+#undef MF_XV_3
+#undef MF_XV_4
+        }
+    }
+}
+
+#define MF_ROW512_FN(name, dt)                                                                   \
+    MF_TARGET_AVX512_F16C static void name(const attn_args *A, const lm_vconst *vc,              \
+                                           const float *q, int64_t slot, int64_t g, int64_t n,   \
+                                           float *out, float *sc) {                              \
+        (void)vc;                                                                                \
+        attend_row512_t(A, dt, q, slot, g, n, out, sc);                                          \
+    }
+MF_ROW512_FN(row512_f32_x, TFM_KV_F32)
+MF_ROW512_FN(row512_bf16_x, TFM_KV_BF16)
+MF_ROW512_FN(row512_f16_x, TFM_KV_F16)
+MF_ROW512_FN(row512_i8_x, TFM_KV_I8)
+#undef MF_ROW512_FN
+static const attend_row_fn ROW512_X[4] = {row512_f32_x, row512_bf16_x, row512_f16_x, row512_i8_x};
+
 static const attend_row_fn ROW_AVX2[4][2] = {{row_f32_x, row_f32_l}, {row_bf16_x, row_bf16_l},
                                              {row_f16_x, row_f16_l}, {row_i8_x, row_i8_l}};
 #endif
@@ -1029,7 +1145,7 @@ static int attend_impl(attn_args *A, const float *q, int64_t B, int64_t qs, floa
     int64_t nmax = 0;
     for (int64_t b = 0; b < B; ++b) nmax = rows[2 * b + 1] + 1 > nmax ? rows[2 * b + 1] + 1 : nmax;
     const int64_t npad = mf_round_up(nmax, TFM_KTILE);
-    const int64_t G = A->H / A->Hkv, nsc = mf_round_up(G * npad, 16), tile = A->hd * TFM_KTILE;
+    const int64_t G = A->H / A->Hkv, nsc = mf_round_up(G * npad, 16), tile = A->hd * 16;
     const int64_t nq = mf_round_up(G * A->hd, 16);
     /* full route: scores + a decoded key tile; fast L-Mul route: + q's and p's scalar sides */
     const int64_t words = nsc + tile + (A->lmul ? 2 * nq + 2 * nsc : 0);
@@ -1040,9 +1156,10 @@ static int attend_impl(attn_args *A, const float *q, int64_t B, int64_t qs, floa
     if (level >= MF_ISA_AVX2 && A->hd % 8 == 0 && __builtin_cpu_supports("f16c")) {
         lm_vconst vc;
         vconst_init(&A->f, A->lmul ? A->k : 23, 0, &vc);
-        const attend_row_fn row = ROW_AVX2[A->dtype][A->lmul];
-        /* the fast L-Mul route: 16 lanes where the level allows (head_dim a multiple of 16) */
+        /* 16 lanes where the level allows (head_dim a multiple of 16): the exact route and the
+         * fast L-Mul route (its hand-offs take the AVX2 full route: rare, and the same bits) */
         const int wide = level >= MF_ISA_AVX512 && A->hd % 16 == 0;
+        const attend_row_fn row = wide && !A->lmul ? ROW512_X[A->dtype] : ROW_AVX2[A->dtype][A->lmul];
         const lmf_row_fn fast = (wide ? LMF_ROW512 : LMF_ROW)[A->dtype];
         /* (row, kv head) items are independent: threads split them, each with its own
          * scratch (mf_scratch is per thread); a thread per TFM_MIN_WORK products at most */
@@ -1073,7 +1190,7 @@ static int attend_impl(attn_args *A, const float *q, int64_t B, int64_t qs, floa
             }
         }
         if (nomem) return MF_OP_NOMEM;
-        return wide && A->lmul ? MF_ISA_AVX512 : MF_ISA_AVX2;
+        return wide ? MF_ISA_AVX512 : MF_ISA_AVX2;
     }
 #endif
     (void)level;

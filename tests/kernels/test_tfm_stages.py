@@ -299,11 +299,12 @@ def _random_cache(dtype, slots, Hkv, hd, ctx, seed, zeros=0.0):
 @pytest.mark.parametrize("dtype", list(ref.KV_DTYPES))
 @pytest.mark.parametrize("G", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("hd", [32, 48])
-def test_attend_lmul_groups_and_contexts(isa, dtype, G, hd):
-    """The fast L-Mul routes (AVX2; AVX-512 on 16 lanes where head_dim % 16 == 0) at GQA groups
-    1..5 (4 heads per register block, then a remainder), head_dim 32 (two 16-lane vectors) and
-    48 (three: a P V block short of 4), contexts 1, 7, 9 and 63 (a lone key tile, odd pairs of
-    tiles, tails), exact zeros among q, keys and values: the twin's bits."""
+@pytest.mark.parametrize("mbits", [None, 3], ids=["exact", "lmul3"])
+def test_attend_groups_and_contexts(isa, dtype, G, hd, mbits):
+    """The AVX2 routes and the AVX-512 ones (16 lanes where head_dim % 16 == 0), exact and fast
+    L-Mul, at GQA groups 1..5 (4 heads per register block, then a remainder), head_dim 32 (two
+    16-lane vectors) and 48 (three: a P V block short of 4), contexts 1, 7, 9 and 63 (a lone key
+    tile, odd pairs of tiles, tails), exact zeros among q, keys and values: the twin's bits."""
     C = _core()
     Hkv, ctx = 2, 64
     cache = _random_cache(dtype, 1, Hkv, hd, ctx, 31 + G, zeros=0.2)
@@ -311,22 +312,22 @@ def test_attend_lmul_groups_and_contexts(isa, dtype, G, hd):
     q[np.random.default_rng(G).random(q.shape) < 0.25] = 0.0
     for n in (1, 7, 9, 63):
         rows = np.array([[0, n - 1]], dtype=np.int64)
-        out, used = _attend_c(C, cache, q, rows, 3, isa)
-        assert used == ISA_LEVELS[isa] or (isa == "avx512" and used == ISA_LEVELS["avx2"])
-        _same_bits(out, ref.attend(cache, q, [0], [n - 1], hd**-0.5, 3), f"{isa} {dtype} G={G} n={n}")
+        out, used = _attend_c(C, cache, q, rows, mbits, isa)
+        assert used == ISA_LEVELS[isa]
+        want = ref.attend(cache, q, [0], [n - 1], hd**-0.5, mbits)
+        _same_bits(out, want, f"{isa} {dtype} G={G} n={n}")
 
 
 @pytest.mark.parametrize("isa", [i for i in LEVELS if i != "scalar"])
-def test_attend_lmul_wide_route_is_taken(isa):
-    """head_dim 128 (the 2B4T shape): the AVX-512 level reports its 16-lane L-Mul route (so the
-    tests above check it, not the AVX2 one), and exact attention the AVX2 code."""
+def test_attend_wide_route_is_taken(isa):
+    """head_dim 128 (the 2B4T shape): the AVX-512 level reports its 16-lane routes, exact and
+    L-Mul (so the tests above check them, not the AVX2 ones); head_dim 40 runs the AVX2 code."""
     C = _core()
-    cache = _random_cache("bfloat16", 1, 1, 128, 16, 3)
-    q, rows = _rand((1, 2, 128), 4), np.array([[0, 12]], dtype=np.int64)
-    _, used = _attend_c(C, cache, q, rows, 3, isa)
-    assert used == ISA_LEVELS[isa]
-    _, used = _attend_c(C, cache, q, rows, None, isa)
-    assert used == ISA_LEVELS["avx2"]
+    for hd, level in ((128, ISA_LEVELS[isa]), (40, ISA_LEVELS["avx2"])):
+        cache = _random_cache("bfloat16", 1, 1, hd, 16, 3)
+        q, rows = _rand((1, 2, hd), 4), np.array([[0, 12]], dtype=np.int64)
+        for mbits in (3, None):
+            assert _attend_c(C, cache, q, rows, mbits, isa)[1] == level
 
 
 @pytest.mark.parametrize("isa", LEVELS)
@@ -401,3 +402,20 @@ def test_attend_lmul_underflow_threshold(isa, hd, q_exp, k_exp, k_zeros, scaling
     want = ref.attend(cache, q, [0], [n - 1], 2.0**scaling, 3)
     assert np.count_nonzero(want) > want.size // 2  # the outputs are not all flushed away
     _same_bits(out, want, f"{isa} hd={hd}")
+
+
+def test_attend_avx512_under_simde(tmp_path, capfd):
+    """The AVX-512 routes (exact, L-Mul) compiled on SIMDe's AVX-512 emulation (so an AVX2-only machine
+    checks it too) through the real driver, against the scalar spec, bit for bit
+    (tests/kernels/avx512_tfm_harness.c)."""
+    from pathlib import Path
+
+    from tests.kernels.test_avx512_emulated import SIMDE, build_on_simde
+
+    if not SIMDE.exists() or "avx2" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("needs x86-64 with AVX2, gcc and SIMDe headers (libsimde-dev)")
+    lib = build_on_simde(Path(__file__).with_name("avx512_tfm_harness.c"), tmp_path)
+    fails = lib.mf_tfm_avx512_check()
+    report = capfd.readouterr().out
+    assert fails == 0, report
+    assert report.count(": ok") == 9 * 4 * 2 * 2, report  # cases x dtypes x routes x threads
