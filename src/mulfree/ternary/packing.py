@@ -8,6 +8,11 @@ and in-features to a multiple of 16 with code 1 (weight 0). Blocks of 32 rows x 
 byte q[u][r] holds inputs 4u..4u+3 of row r as c0 | c1 << 2 | c2 << 4 | c3 << 6. A SIMD byte
 lane is therefore one row, and each nibble indexes a 16-entry table of an input pair.
 
+"t81" — an in-memory layout of tq2 for CPUs with AVX-512 VBMI: the same blocks and bytes, but
+each byte holds its 4 codes as one base-3 number c0 + 3 c1 + 9 c2 + 27 c3 (< 81), so it indexes
+one 81-entry table of its 4 inputs (vpermi2b; csrc/mf_ternary.c section 5). Same size as tq2:
+`tq2_to_t81` / `t81_to_tq2` re-code the bytes one by one (in place when out is the input).
+
 "tq1" — 1.6 bits per weight (5 trits per byte, 3^5 = 243 <= 256): row-major
 [N][ceil(K / 5)], byte = sum_i c(5j + i) * 3^i, trailing codes 1. A storage format (files,
 transfers); `to_tq2` converts it for the kernels.
@@ -88,6 +93,26 @@ def unpack_tq2_ref(data: torch.Tensor, out_features: int, in_features: int) -> t
     codes = (byte >> shifts) & 3  # [nb, kb, u, r, i]
     codes = codes.permute(0, 3, 1, 2, 4).reshape(NB * TQ2_ROWS, KB * TQ2_K)  # [Np, Kp]
     return _TQ2_CODE_TO_Q[codes[:N, :K].long()]
+
+
+def _tq2_to_t81_map() -> torch.Tensor:
+    """[256] uint8: tq2 byte -> t81 byte (code 3, never packed, read as weight 0 = code 1)."""
+    b = torch.arange(256)
+    codes = torch.stack([(b >> (2 * i)) & 3 for i in range(4)], dim=-1)  # [256, i]
+    codes = torch.where(codes == 3, 1, codes)
+    return (codes * torch.tensor([1, 3, 9, 27])).sum(-1).to(torch.uint8)
+
+
+def tq2_to_t81_ref(data: torch.Tensor) -> torch.Tensor:
+    """tq2 bytes -> t81 bytes of the same weight (same length, same block layout)."""
+    return _tq2_to_t81_map()[data.long()]
+
+
+def t81_to_tq2_ref(data: torch.Tensor) -> torch.Tensor:
+    """t81 bytes -> tq2 bytes (bytes >= 81, never written, read as four zero weights)."""
+    v = torch.where(data.long() < 81, data.long(), 40)  # 40 = four codes 1
+    codes = torch.stack([(v // 3**i) % 3 for i in range(4)], dim=-1)  # [n, i]
+    return (codes << torch.tensor([0, 2, 4, 6])).sum(-1).to(torch.uint8)
 
 
 def pack_tq1_ref(q: torch.Tensor) -> torch.Tensor:
