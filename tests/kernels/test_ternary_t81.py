@@ -110,3 +110,22 @@ def test_t81_vbmi_kernel_equals_scalar_under_simde(tmp_path, capfd):
     report = capfd.readouterr().out
     assert fails == 0, report
     assert report.count(": ok") == 12 * 2, report  # shapes x thread counts
+
+
+@pytest.mark.parametrize("isa", ["torch", "scalar", "avx2", "avx512"])
+def test_packed_ternary_t81_through_ternary_linear(isa):
+    """PackedTernary in format t81 (pack, unpack, to_format both ways) and ternary_linear on it:
+    the same outputs as on tq2 at every level (the t81 kernel where it runs, else a conversion)."""
+    if isa not in kernels.available_isas():
+        pytest.skip(f"this CPU lacks {isa}")
+    from mulfree.ternary.packed_linear import ternary_linear
+
+    q_w = _weights(100, 300, 7)
+    p2 = PackedTernary.from_int(q_w, 0.5)
+    p81 = PackedTernary.from_int(q_w, 0.5, "t81")
+    assert p81.nbytes == p2.nbytes and torch.equal(p81.data, packing.tq2_to_t81_ref(p2.data))
+    assert torch.equal(p81.unpack(), q_w)
+    assert torch.equal(p2.to_format("t81").data, p81.data)
+    assert torch.equal(p81.to_format("tq2").data, p2.data)
+    x = _acts(5, 300, seed=9)
+    assert torch.equal(ternary_linear(x, p81, threads=2, isa=isa), ternary_linear(x, p2, threads=2, isa=isa))

@@ -32,7 +32,8 @@ from mulfree.errors import MulfreeError
 from mulfree.kernels import ternary as K_
 from mulfree.ternary.quant import weight_quant_ternary
 
-FORMATS = ("tq2", "tq1")
+FORMATS = ("tq2", "tq1")  # storage formats (files: engine.format.TERNARY_FORMATS)
+LAYOUTS = FORMATS + ("t81",)  # what a PackedTernary may hold in memory; t81 is never stored
 TQ2_ROWS = 32  # rows per block (one byte lane per row in a 256-bit register)
 TQ2_K = 16  # inputs per block (4 units of 4 inputs)
 TQ1_TRITS = 5
@@ -45,7 +46,7 @@ def _ceil_div(a: int, b: int) -> int:
 
 def packed_nbytes(fmt: str, out_features: int, in_features: int) -> int:
     """Bytes of an [out_features, in_features] weight in format `fmt`."""
-    if fmt == "tq2":
+    if fmt in ("tq2", "t81"):  # t81: tq2's blocks, bytes re-coded
         return (
             _ceil_div(out_features, TQ2_ROWS)
             * TQ2_ROWS
@@ -55,7 +56,7 @@ def packed_nbytes(fmt: str, out_features: int, in_features: int) -> int:
         )
     if fmt == "tq1":
         return out_features * _ceil_div(in_features, TQ1_TRITS)
-    raise MulfreeError(f"unknown packed format {fmt!r}; expected one of {FORMATS}")
+    raise MulfreeError(f"unknown packed format {fmt!r}; expected one of {LAYOUTS}")
 
 
 def _check_q(q: torch.Tensor) -> torch.Tensor:
@@ -149,6 +150,9 @@ def _use_c() -> bool:
 def pack(q: torch.Tensor, fmt: str = "tq2") -> torch.Tensor:
     """q: [N, K] int8 in {-1, 0, 1} -> packed bytes of format `fmt`."""
     q = _check_q(q)
+    if fmt == "t81":
+        tq2 = pack(q, "tq2")
+        return K_.tq2_to_t81(tq2, out=tq2) if _use_c() else tq2_to_t81_ref(tq2)
     nbytes = packed_nbytes(fmt, *q.shape)
     if not _use_c():
         return pack_tq2_ref(q) if fmt == "tq2" else pack_tq1_ref(q)
@@ -168,6 +172,8 @@ def _check_data(data: torch.Tensor, fmt: str, n: int, k: int) -> torch.Tensor:
 def unpack(data: torch.Tensor, fmt: str, out_features: int, in_features: int) -> torch.Tensor:
     """Packed bytes of format `fmt` -> q [out_features, in_features] int8."""
     data = _check_data(data, fmt, out_features, in_features)
+    if fmt == "t81":
+        return unpack(t81_to_tq2(data), "tq2", out_features, in_features)
     if not _use_c():
         ref = unpack_tq2_ref if fmt == "tq2" else unpack_tq1_ref
         return ref(data, out_features, in_features)
@@ -191,6 +197,18 @@ def tq1_to_tq2(data: torch.Tensor, out_features: int, in_features: int) -> torch
     return out
 
 
+def t81_to_tq2(data: torch.Tensor) -> torch.Tensor:
+    """t81 bytes -> tq2 bytes (raises on bytes >= 81, which no packer writes)."""
+    if not _use_c():
+        if data.numel() and int(data.max()) >= 81:
+            raise MulfreeError("corrupt t81 data: byte(s) >= 81")
+        return t81_to_tq2_ref(data)
+    out, bad = K_.t81_to_tq2(data)
+    if bad:
+        raise MulfreeError(f"corrupt t81 data: {bad} byte(s) >= 81")
+    return out
+
+
 @dataclass
 class PackedTernary:
     """A packed ternary weight [out_features, in_features]: w ≈ unpack(data) / scale."""
@@ -203,8 +221,8 @@ class PackedTernary:
     _q_cache: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise MulfreeError(f"unknown packed format {self.format!r}; expected one of {FORMATS}")
+        if self.format not in LAYOUTS:
+            raise MulfreeError(f"unknown packed format {self.format!r}; expected one of {LAYOUTS}")
         self.data = _check_data(self.data, self.format, self.out_features, self.in_features)
         self.scale = torch.as_tensor(self.scale, dtype=torch.float32).reshape(())
         # read once: a PackedTernary is immutable (PackedTernaryLinear rebuilds its view when
@@ -243,9 +261,14 @@ class PackedTernary:
         """The same weight in another format."""
         if fmt == self.format:
             return self
+        n, k = self.out_features, self.in_features
         if self.format == "tq1" and fmt == "tq2":
-            data = tq1_to_tq2(self.data, self.out_features, self.in_features)
-            return PackedTernary(data, self.scale, self.out_features, self.in_features, "tq2")
+            return PackedTernary(tq1_to_tq2(self.data, n, k), self.scale, n, k, "tq2")
+        if (self.format, fmt) == ("tq2", "t81"):  # byte by byte (kernels.ternary.tq2_to_t81)
+            data = K_.tq2_to_t81(self.data) if _use_c() else tq2_to_t81_ref(self.data)
+            return PackedTernary(data, self.scale, n, k, "t81")
+        if (self.format, fmt) == ("t81", "tq2"):
+            return PackedTernary(t81_to_tq2(self.data), self.scale, n, k, "tq2")
         return PackedTernary.from_int(self.unpack(), self.scale, fmt)
 
     def dequantize(self) -> torch.Tensor:
