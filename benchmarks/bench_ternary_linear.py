@@ -24,7 +24,9 @@ Method (printed with the table):
   per kernel family the level measured fastest on this CPU, mulfree.kernels.dispatch; or
   `--isa`); a second table times every SIMD level (`--isas`, default all this CPU has but
   scalar, the 100-300x slower spec) side by side, hot and cold, interleaved in the same rounds
-  as the main variants, and marks the dispatcher's pick;
+  as the main variants, and marks the dispatcher's pick; `avx512-t81` there is the t81 layout
+  (4 weights per byte as one base-3 index, vpermi2b lookups; where the CPU has AVX-512 VBMI) on
+  its own copies, with its batch cost per shape in the summary;
 - OpenMP wait policy: `import mulfree` (first, before torch) sets GOMP_SPINCOUNT=100000 unless
   OMP_WAIT_POLICY / GOMP_SPINCOUNT are set (csrc/README.md, "Threads": libgomp's default 300000
   spins made 2 threads stall 50-100 ms per step on busy shared cores); it applies to torch and
@@ -52,6 +54,7 @@ import torch.nn.functional as F
 
 from mulfree import kernels
 from mulfree.kernels import memory
+from mulfree.kernels import ternary as K_
 from mulfree.ternary.packed_linear import ternary_linear, ternary_linear_torch
 from mulfree.ternary.packing import PackedTernary
 from mulfree.ternary.quant import act_fake_quant, weight_fake_quant
@@ -66,6 +69,7 @@ SHAPES = [
     (5632, 2048),
     (1024, 32000),
 ]
+T81 = "avx512-t81"  # the t81 layout on its VBMI kernel (csrc/mf_ternary.c section 5), as a level
 TARGET_SHAPES = {(2048, 2048), (2048, 11264), (5632, 2048)}  # 1.3B: >= 8x at 1, >= 3x at 8
 DT_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 # --quick: the four shapes issue #14 sets targets on, batches 1 and 8 (the lead's final run)
@@ -209,6 +213,11 @@ def bench_shape(
     n_packed = max(2, -(-cold_mb * (1 << 20) // pbytes))
     _, datas = memory.copy_to_arena([packed.data] * n_packed)
     packed_copies = [PackedTernary(d, packed.scale, n, k) for d in datas]
+    layouts = {level: (packed, packed_copies) for level in isas}
+    if T81 in isas:  # the t81 layout (kernels.ternary.t81_linear): its own arena of copies
+        p81 = packed.to_format("t81")
+        _, datas81 = memory.copy_to_arena([p81.data] * n_packed)
+        layouts[T81] = (p81, [PackedTernary(d, packed.scale, n, k, "t81") for d in datas81])
     packed_4k = [PackedTernary(packed.data.clone(), packed.scale, n, k) for _ in range(n_packed)]
     dense_copies = {}  # (dtype, pages) -> copies; torch gets the huge pages too, to be fair
     for dt in (torch.float32, torch.bfloat16):
@@ -238,9 +247,11 @@ def bench_shape(
             "ours_cold_4k": ([ours(p) for p in packed_4k], len(packed_4k)),
         }
         for level in isas:  # every level side by side, in the same interleaved rounds
-            assert torch.equal(ternary_linear(x, packed, threads=threads, isa=level), y)
-            variants[level, "hot"] = ([at(level, packed)], warmup)
-            variants[level, "cold"] = ([at(level, p) for p in packed_copies], len(packed_copies))
+            hot_w, cold_ws = layouts[level]
+            run_at = "avx512" if level == T81 else level
+            assert torch.equal(ternary_linear(x, hot_w, threads=threads, isa=run_at), y)
+            variants[level, "hot"] = ([at(run_at, hot_w)], warmup)
+            variants[level, "cold"] = ([at(run_at, p) for p in cold_ws], len(cold_ws))
         for dt in (torch.float32, torch.bfloat16):
             wd, xd = w.to(dt), x.to(dt)
             variants[DT_NAME[dt], "hot"] = ([lambda wd=wd, xd=xd: F.linear(xd, wd)], warmup)
@@ -297,6 +308,7 @@ def run(
     path = kernels.resolve_isa(isa)
     if isas is None:
         isas = tuple(n for n in kernels.available_isas() if n not in ("torch", "scalar"))
+        isas += (T81,) if K_.t81_runs_simd("avx512") else ()
     isas = tuple(isas) if path != kernels.TORCH else ()
     picks = {m: kernels.resolve_isa(isa, kernels.ternary_family(m)) for m in batches}
     summary = kernels.isa_summary()
@@ -377,6 +389,13 @@ def _scaling_lines(rows: list[Row]) -> list[str]:
         if m != 1 and one is not None:
             out.append(f"- batch cost {k}→{n}, {t} threads: batch {m} = {v / one:.2f}x batch 1 "
                        f"(cold; {v / one / m:.2f}x per token)")  # fmt: skip
+    for r in rows:  # the same batch cost per level of the side-by-side table
+        base = next((b for b in rows if (b.k, b.n, b.threads, b.m) == (r.k, r.n, r.threads, 1)), None)
+        if r.m != 1 and base is not None and r.per_isa:
+            per = ", ".join(f"{lv} {r.per_isa[lv][1] / base.per_isa[lv][1]:.2f}x"
+                            for lv in r.per_isa)  # fmt: skip
+            out.append(f"- batch cost per level {r.k}→{r.n}, {r.threads} threads: batch {r.m} = "
+                       f"{per} batch 1 (cold)")  # fmt: skip
     t_min = min((r.threads for r in rows), default=1)
     for (k, n, m, t), v in cold.items():
         base = cold.get((k, n, m, t_min))

@@ -77,6 +77,13 @@ _Static_assert(sizeof(mf_tq2_block) == 128, "tq2 block must be 32 rows x 16 inpu
 
 #define MF_TQ1_TRITS 5
 
+/* "t81" (2 bits/weight, an in-memory layout for AVX-512 VBMI): the tq2 geometry and block struct
+ * (mf_tq2_block, same padding), but each byte is the base-3 number of its 4 codes,
+ *     q[u][r] = c(k0) + 3 c(k0+1) + 9 c(k0+2) + 27 c(k0+3)  (< 81),
+ * so one byte indexes one 81-entry table of the 4 inputs (vpermi2b, csrc/mf_ternary.c section 5).
+ * Converted from / to tq2 byte by byte (mf_pack.c); same size, so weights are repacked in place. */
+#define MF_T81_CODES 81
+
 /* ---------------------------------------------------------------------------------------------
  * Ops on argument slots, shared by a Python entry point and the plan runner (csrc/mf_plan.c):
  * an op's arguments are int64 slots in the order of its format string (mf_py.h: 'p' an
@@ -92,6 +99,7 @@ static inline double mf_slot_f64(int64_t v) {
     return u.d;
 }
 int mf_op_tq2_linear(const int64_t *a); /* "pllpldpppll", mf_ternary.c */
+int mf_op_t81_linear(const int64_t *a); /* the same slots, t81 weights */
 int mf_op_dec_norm2(const int64_t *a);  /* "ppllpddpppppp", mf_decode.c */
 int mf_op_dec_mlgru(const int64_t *a);  /* "ppplllppppdpdpl" */
 int mf_op_dec_glu(const int64_t *a);    /* "pllpdpl" */

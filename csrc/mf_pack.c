@@ -161,3 +161,52 @@ MF_PYFUNC(tq1_to_tq2, "tq1_to_tq2(w_ptr, N, K, out_ptr) -> number of invalid byt
     Py_END_ALLOW_THREADS if (bad < 0) return PyErr_NoMemory();
     return PyLong_FromLongLong(bad);
 }
+
+/* tq2 <-> t81 (mf_common.h): the same bytes re-coded one by one, in place allowed (in == out).
+ * tq2 code 3 (never packed; read as weight 0 by the kernels) becomes code 1. t81 -> tq2 returns
+ * the number of invalid bytes (>= 81), written as four zero weights. */
+static void tq2_to_t81(const uint8_t *in, int64_t nbytes, uint8_t *out) {
+    uint8_t map[256];
+    for (unsigned b = 0; b < 256; ++b) {
+        unsigned e = 0;
+        for (int i = 3; i >= 0; --i) { /* Horner: c0 + 3 (c1 + 3 (c2 + 3 c3)) */
+            const unsigned c = (b >> (2 * i)) & 3u;
+            e = 3u * e + (c == 3u ? 1u : c);
+        }
+        map[b] = (uint8_t)e;
+    }
+    for (int64_t i = 0; i < nbytes; ++i) out[i] = map[in[i]];
+}
+
+static int64_t t81_to_tq2(const uint8_t *in, int64_t nbytes, uint8_t *out) {
+    uint8_t map[256];
+    for (unsigned b = 0; b < 256; ++b) {
+        unsigned v = b < MF_T81_CODES ? b : 40u, byte = 0; /* 40 = four codes 1 */
+        for (int i = 0; i < 4; ++i, v /= 3u) byte |= (v % 3u) << (2 * i);
+        map[b] = (uint8_t)byte;
+    }
+    int64_t bad = 0;
+    for (int64_t i = 0; i < nbytes; ++i) {
+        bad += in[i] >= MF_T81_CODES;
+        out[i] = map[in[i]];
+    }
+    return bad;
+}
+
+MF_PYFUNC(tq2_to_t81, "tq2_to_t81(in_ptr, nbytes, out_ptr): re-code tq2 bytes as t81 (in place ok).") {
+    (void)self;
+    void *in, *out;
+    int64_t n;
+    if (mf_parse_args(args, nargs, "plp", &in, &n, &out) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS tq2_to_t81(in, n, out);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+MF_PYFUNC(t81_to_tq2, "t81_to_tq2(in_ptr, nbytes, out_ptr) -> number of invalid bytes (>= 81).") {
+    (void)self;
+    void *in, *out;
+    int64_t n, bad;
+    if (mf_parse_args(args, nargs, "plp", &in, &n, &out) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS bad = t81_to_tq2(in, n, out);
+    Py_END_ALLOW_THREADS return PyLong_FromLongLong(bad);
+}

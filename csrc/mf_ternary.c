@@ -834,6 +834,272 @@ MF_TARGET_AVX512 static void tq2_kernn_avx512(const uint8_t *tab, int64_t ts, co
 #endif /* MF_X86 */
 
 /* ------------------------------------------------------------------------------------------
+ * 5. "t81": four weights per byte as one base-3 number, for VBMI's 128-entry byte lookups.
+ * Same geometry as tq2 (mf_common.h: 32-row x 16-input blocks of 128 bytes, byte q[u][r] holds
+ * inputs k0..k0+3 of row r, k0 = 16 kb + 4 u), but the byte is e = c0 + 3 c1 + 9 c2 + 27 c3
+ * (< 81, c = q + 1), not c0 | c1 << 2 | .... A byte then indexes ONE 81-entry table per token
+ * and 4 inputs: T[e] = sum_i s(c_i) x_i, s(c) = c - 1. vpermi2b picks from a 128-byte table held
+ * in two zmm registers with a 7-bit index, so one instruction resolves 64 rows x 4 weights;
+ * the pair tables of tq2 resolve 64 rows x 2 weights per vpermb (half the lookups per weight:
+ * measured in isolation on AMD Zen 4, vpermi2b + vpaddb zmm 0.39 ns vs vpermb + vpaddb zmm
+ * 0.33 ns, for twice the weights). The raw weight byte is the index: no nibble extraction.
+ *
+ * Exactness. The quantizer gives |q_x| <= 127 (q = rint(x * 127 / amax) with |x| <= amax and
+ * fp32 rounding keeps |x * s| < 127.5; NaN gives 0), so |T| <= 4 * 127 = 508 and V = T + 512
+ * lies in [4, 1020]: two byte planes tb = V & 31 (0..31) and ta = V >> 5 (0..31), V = 32 ta +
+ * tb. A byte lane sums 8 lookups of <= 31 (248 <= 255) before widening; widened to int16 words
+ * (<= 64 blocks * 4 lookups * 31 = 7936 per row) and to int32 every FLUSH_BLOCKS blocks; the
+ * +512 per lookup, 4 lookups per block, is the same nblk << 11 that flush_rows subtracts for tq2.
+ * Entries 81..127 are never indexed (the packers emit e < 81); they hold T = 0.
+ * Tables built with adds (masked add/sub of the inputs), once per token per 4 inputs.
+ * ---------------------------------------------------------------------------------------- */
+#define T81_TAB (4 * 256) /* table bytes per block per token: 4 groups x (tb[128] | ta[128]) */
+
+/* Base-3 digits of e < 81 by repeated subtraction (the spec's decoder: no multiply, no divide). */
+static inline void t81_digits(unsigned e, unsigned c[4]) {
+    static const unsigned pow3[4] = {27, 9, 3, 1};
+    for (int i = 3; i >= 0; --i) {
+        c[i] = 0;
+        while (e >= pow3[3 - i]) e -= pow3[3 - i], ++c[i];
+    }
+}
+
+/* Scalar (the spec): decodes each byte into 4 codes and adds / subtracts the int8 inputs. */
+static void t81_kern_scalar(const int8_t *q, int64_t qs, const uint8_t *tab, int64_t ts,
+                            const mf_tq2_block *w, int64_t nkb, int32_t *acc, int64_t as,
+                            int64_t ntok) {
+    (void)tab;
+    (void)ts;
+    for (int64_t t = 0; t < ntok; ++t)
+        for (int r = 0; r < MF_TQ2_ROWS; ++r) {
+            int32_t s = 0;
+            for (int64_t kb = 0; kb < nkb; ++kb)
+                for (int u = 0; u < MF_TQ2_K / 4; ++u) {
+                    unsigned c[4];
+                    t81_digits(w[kb].q[u][r], c);
+                    for (int i = 0; i < 4; ++i) {
+                        const int32_t x = q[t * qs + kb * MF_TQ2_K + 4 * u + i];
+                        if (c[i] == 2u)
+                            s += x;
+                        else if (c[i] == 0u)
+                            s -= x;
+                    }
+                }
+            acc[t * as + r] += s;
+        }
+}
+
+#if MF_X86
+/* Per token: group g = 4 kb + u of 4 inputs -> 256 bytes at tab + 256 g: tb[0..127] | ta[0..127].
+ * T[e] = P[c0 + 3 c1] + Q[c2 + 3 c3] with the pair tables P = s(c0) x0 + s(c1) x1 and Q (9
+ * entries each). P' = P + 256 and Q' = Q + 256 lie in [2, 510] (|x| <= 127), so V = T + 512 =
+ * P' + Q' and, with P' = 32 ph + pl (pl < 32, ph < 16), V & 31 = (pl + ql) & 31 and V >> 5 =
+ * ph + qh + ((pl + ql) >> 5): the 81 entries of both planes come from byte lookups (vpermb, 64
+ * entries per instruction) into one vector holding pl, ph, ql, qh, plus adds and a carry. About
+ * 40 vector ops per group, against ~60 for masked adds over all 81 int16 entries and their
+ * narrowing (measured: 2048 -> 128, batch 8 (tables dominate), one thread, hot). */
+MF_TARGET_VBMI static void t81_tables_vbmi(const int8_t *q, int64_t nkb, uint8_t *tab) {
+    /* Word w < 9 of the pair vector holds P'[w], word 16 + w Q'[w], w = lo + 3 hi (lo: digit of
+     * x0 / x2, hi: of x1 / x3); after packing, byte 2 w' = pl / ql, byte 2 w' + 1 = ph / qh
+     * (w' = w or 16 + w). Masks and lookup indices built once per call, by adds. */
+    __mmask32 lo2 = 0, lo0 = 0, hi2 = 0, hi0 = 0;
+    for (unsigned w = 0; w < 9; ++w) {
+        unsigned c[4];
+        t81_digits(w, c); /* w < 9: c[0] = lo, c[1] = hi */
+        const __mmask32 bits = ((__mmask32)1u << w) | ((__mmask32)1u << (16 + w));
+        if (c[0] == 2u) lo2 |= bits;
+        if (c[0] == 0u) lo0 |= bits;
+        if (c[1] == 2u) hi2 |= bits;
+        if (c[1] == 0u) hi0 |= bits;
+    }
+    uint8_t ip[128] __attribute__((aligned(64))), iq[128] __attribute__((aligned(64)));
+    for (unsigned e = 0; e < 128; ++e) {
+        unsigned c[4] = {1, 1, 1, 1}; /* e >= 81: T = 0 (P'[4] = Q'[4] = 256) */
+        if (e < MF_T81_CODES) t81_digits(e, c);
+        const unsigned wp = c[0] + c[1] + c[1] + c[1], wq = c[2] + c[3] + c[3] + c[3];
+        ip[e] = (uint8_t)(wp + wp);
+        iq[e] = (uint8_t)(32 + wq + wq);
+    }
+    __m512i ipl[2], iql[2], iph[2], iqh[2];
+    const __m512i one = _mm512_set1_epi8(1);
+    for (int j = 0; j < 2; ++j) {
+        ipl[j] = _mm512_load_si512((const void *)(ip + 64 * j));
+        iql[j] = _mm512_load_si512((const void *)(iq + 64 * j));
+        iph[j] = _mm512_add_epi8(ipl[j], one);
+        iqh[j] = _mm512_add_epi8(iql[j], one);
+    }
+    const __m512i base = _mm512_set1_epi16(256), zero = _mm512_setzero_si512();
+    const __m512i m31w = _mm512_set1_epi16(31), mhw = _mm512_set1_epi16(0x1F00);
+    const __m512i m31b = _mm512_set1_epi8(31);
+    for (int64_t g = 0; g < nkb * (MF_TQ2_K / 4); ++g) {
+        const int8_t *x = q + 4 * g;
+        const __m512i x02 = _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(x[0]), _mm512_set1_epi16(x[2]));
+        const __m512i x13 = _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(x[1]), _mm512_set1_epi16(x[3]));
+        __m512i pq = _mm512_mask_add_epi16(base, lo2, base, x02);
+        pq = _mm512_mask_add_epi16(pq, lo0, pq, _mm512_sub_epi16(zero, x02));
+        pq = _mm512_mask_add_epi16(pq, hi2, pq, x13);
+        pq = _mm512_mask_add_epi16(pq, hi0, pq, _mm512_sub_epi16(zero, x13));
+        /* word P' -> bytes (P' & 31, P' >> 5): P' < 512, so (P' << 3) & 0x1F00 = (P' >> 5) << 8 */
+        const __m512i lh = _mm512_or_si512(_mm512_and_si512(pq, m31w), _mm512_and_si512(_mm512_slli_epi16(pq, 3), mhw));
+        uint8_t *tb = tab + 256 * g, *ta = tb + 128;
+        for (int j = 0; j < 2; ++j) {
+            const __m512i l = _mm512_add_epi8(_mm512_permutexvar_epi8(ipl[j], lh), _mm512_permutexvar_epi8(iql[j], lh));
+            const __m512i h = _mm512_add_epi8(_mm512_permutexvar_epi8(iph[j], lh), _mm512_permutexvar_epi8(iqh[j], lh));
+            /* l <= 62: bit 5 of each byte is the carry (a word shift moves it to bit 0) */
+            const __m512i carry = _mm512_and_si512(_mm512_srli_epi16(l, 5), one);
+            _mm512_store_si512((void *)(tb + 64 * j), _mm512_and_si512(l, m31b));
+            _mm512_store_si512((void *)(ta + 64 * j), _mm512_add_epi8(h, carry));
+        }
+    }
+}
+
+/* vpermi2b with the index register as destination (a copy of the weight vector: the move is a
+ * register rename): GCC's own choice, vpermt2b, overwrites a table register instead and then
+ * reloads the table for every row-block pair (2 loads per lookup). On SIMDe (tests: emulated
+ * vectors are not registers) the intrinsic. */
+#if defined(SIMDE_VERSION) && !defined(T81_PERMI2B)
+#define T81_PERMI2B(lo, idx, hi) _mm512_permutex2var_epi8(lo, idx, hi)
+#endif
+#ifndef T81_PERMI2B
+MF_TARGET_VBMI static inline __attribute__((always_inline)) __m512i t81_permi2b(__m512i lo, __m512i idx,
+                                                                               __m512i hi) {
+    __asm__("vpermi2b %[hi], %[lo], %[idx]" : [idx] "+v"(idx) : [lo] "v"(lo), [hi] "v"(hi));
+    return idx;
+}
+#define T81_PERMI2B(lo, idx, hi) t81_permi2b(lo, idx, hi)
+#endif
+
+
+/* NP pairs of row blocks (wr[2p] rows in the low 32 byte lanes, wr[2p + 1] in the high ones;
+ * NP <= 4) x NT tokens (<= 2); PF: prefetch the weight streams (the first pass over them).
+ * Loads per lookup: a table vector serves NP pairs, a weight vector NT tokens (at NP = 4, NT =
+ * 2: 48 bytes per vpermi2b, from L1/L2). At NP = 4, NT = 2 the int16 sums (32 vectors) do not
+ * fit the registers with the byte sums: GCC keeps some on the stack (read-modify-write once per
+ * widening, every 8 lookups), which measured as fast as forcing them all there (tq2_tile2d_avx2's
+ * barrier: 5-10 % slower here) and 1.1x faster than NP = 2 with every sum in registers
+ * (2048->2048, batch 8, one thread, hot, dev machine); a vectorized flush_rows gained < 2 %. */
+MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_tile_vbmi(
+    const uint8_t *tab, int64_t ts, const mf_tq2_block *const *wr, int64_t nkb,
+    int32_t *const *ar, int64_t as, const int NP, const int NT, const int PF) {
+    const uint8_t *tt[2] = {tab, tab + ts};
+    __m512i e[4][2][4]; /* [row-block pair][token][a words, a odd, b words, b odd] int16 sums */
+    int64_t kb = 0;
+    while (kb < nkb) {
+        const int64_t k0 = kb, kend = kb + FLUSH_BLOCKS < nkb ? kb + FLUSH_BLOCKS : nkb;
+        for (int p = 0; p < NP; ++p)
+            for (int t = 0; t < NT; ++t) e[p][t][0] = e[p][t][1] = e[p][t][2] = e[p][t][3] = _mm512_setzero_si512();
+        while (kb < kend) {
+            /* two blocks = 8 lookups per byte lane (<= 248) between widenings */
+            const int64_t kstop = kb + 2 < kend ? kb + 2 : kend;
+            __m512i bs[4][2], as_[4][2];
+            for (int p = 0; p < NP; ++p)
+                for (int t = 0; t < NT; ++t) bs[p][t] = as_[p][t] = _mm512_setzero_si512();
+            for (; kb < kstop; ++kb) {
+                if (PF)
+                    for (int r = 0; r < 2 * NP; ++r) {
+                        _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS), _MM_HINT_T0);
+                        _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS) + 64, _MM_HINT_T0);
+                    }
+                for (int u = 0; u < MF_TQ2_K / 4; ++u) {
+                    __m512i vi[4];
+                    for (int p = 0; p < NP; ++p) {
+                        const __m256i lo = _mm256_loadu_si256((const __m256i *)wr[2 * p][kb].q[u]);
+                        const __m256i hi = _mm256_loadu_si256((const __m256i *)wr[2 * p + 1][kb].q[u]);
+                        vi[p] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                    }
+                    for (int t = 0; t < NT; ++t) {
+                        const uint8_t *tl = tt[t] + (kb << 10) + (u << 8); /* 1 KB/block */
+                        const __m512i b0 = _mm512_load_si512((const void *)tl);
+                        const __m512i b1 = _mm512_load_si512((const void *)(tl + 64));
+                        const __m512i a0 = _mm512_load_si512((const void *)(tl + 128));
+                        const __m512i a1 = _mm512_load_si512((const void *)(tl + 192));
+                        for (int p = 0; p < NP; ++p) {
+                            bs[p][t] = _mm512_add_epi8(bs[p][t], T81_PERMI2B(b0, vi[p], b1));
+                            as_[p][t] = _mm512_add_epi8(as_[p][t], T81_PERMI2B(a0, vi[p], a1));
+                            MF_KEEP_Z(bs[p][t]);
+                            MF_KEEP_Z(as_[p][t]);
+                        }
+                    }
+                }
+            }
+            /* widen (3 ops per vector: word sums and odd-byte sums, see 2/3c) */
+            for (int p = 0; p < NP; ++p)
+                for (int t = 0; t < NT; ++t) {
+                    e[p][t][0] = _mm512_add_epi16(e[p][t][0], as_[p][t]);
+                    e[p][t][1] = _mm512_add_epi16(e[p][t][1], _mm512_srli_epi16(as_[p][t], 8));
+                    e[p][t][2] = _mm512_add_epi16(e[p][t][2], bs[p][t]);
+                    e[p][t][3] = _mm512_add_epi16(e[p][t][3], _mm512_srli_epi16(bs[p][t], 8));
+                }
+        }
+        for (int p = 0; p < NP; ++p)
+            for (int t = 0; t < NT; ++t) {
+                int16_t e16[4][32] __attribute__((aligned(64)));
+                const __m512i ae = _mm512_sub_epi16(e[p][t][0], _mm512_slli_epi16(e[p][t][1], 8));
+                const __m512i be = _mm512_sub_epi16(e[p][t][2], _mm512_slli_epi16(e[p][t][3], 8));
+                _mm512_store_si512((void *)e16[0], ae);
+                _mm512_store_si512((void *)e16[1], e[p][t][1]);
+                _mm512_store_si512((void *)e16[2], be);
+                _mm512_store_si512((void *)e16[3], e[p][t][3]);
+                /* words 0-15: row block 2p, words 16-31: row block 2p + 1 */
+                flush_rows(e16[0], e16[1], e16[2], e16[3], 16, kend - k0, ar[2 * p] + (t ? as : 0));
+                flush_rows(e16[0] + 16, e16[1] + 16, e16[2] + 16, e16[3] + 16, 16, kend - k0,
+                           ar[2 * p + 1] + (t ? as : 0));
+            }
+    }
+}
+
+/* Row blocks per group of the t81 kernel: T81_NP pairs. */
+#ifndef T81_NP
+#define T81_NP 4
+#endif
+#define T81_GROUP (2 * T81_NP)
+
+/* T81_GROUP row blocks (w + i wstride), every token: batch 1 in one tile (prefetched weight
+ * streams), batches in tiles of T81_NP pairs x 2 tokens, the first tile prefetching. */
+MF_TARGET_VBMI static void t81_kernn_vbmi(const uint8_t *tab, int64_t ts, const mf_tq2_block *w,
+                                          int64_t wstride, int64_t nkb, int32_t *acc, int64_t as,
+                                          int64_t ntok) {
+    const mf_tq2_block *wr[T81_GROUP];
+    int32_t *ar[T81_GROUP];
+    wr[0] = w;
+    ar[0] = acc;
+    for (int r = 1; r < T81_GROUP; ++r) wr[r] = wr[r - 1] + wstride, ar[r] = ar[r - 1] + MF_TQ2_ROWS;
+    if (ntok == 1) {
+        t81_tile_vbmi(tab, ts, wr, nkb, ar, as, T81_NP, 1, 1);
+        return;
+    }
+    int64_t t = 0;
+    for (; t + 2 <= ntok; t += 2) {
+        if (t == 0)
+            t81_tile_vbmi(tab, ts, wr, nkb, ar, as, T81_NP, 2, 1);
+        else
+            t81_tile_vbmi(tab, ts, wr, nkb, ar, as, T81_NP, 2, 0);
+        tab += ts + ts;
+        for (int r = 0; r < T81_GROUP; ++r) ar[r] += as + as;
+    }
+    if (t < ntok) t81_tile_vbmi(tab, ts, wr, nkb, ar, as, T81_NP, 1, 0);
+}
+
+/* One row block (the remainder of a group): the block in both halves of the vector, the high
+ * half's sums discarded. */
+MF_TARGET_VBMI static void t81_kern_vbmi(const int8_t *q, int64_t qs, const uint8_t *tab,
+                                         int64_t ts, const mf_tq2_block *w, int64_t nkb,
+                                         int32_t *acc, int64_t as, int64_t ntok) {
+    (void)q;
+    (void)qs;
+    int32_t discard[MF_TQ2_ROWS];
+    const mf_tq2_block *wr[2] = {w, w};
+    for (int64_t t = 0; t < ntok; ++t) {
+        int32_t *ar[2] = {acc, discard};
+        /* NT = 1: the token stride only offsets token 1, unused */
+        t81_tile_vbmi(tab, ts, wr, nkb, ar, as, 1, 1, 0);
+        tab += ts;
+        acc += as;
+    }
+}
+#endif /* MF_X86 */
+
+/* ------------------------------------------------------------------------------------------
  * The one dispatch point of this kernel family.
  * ---------------------------------------------------------------------------------------- */
 typedef void (*quant_fn)(const float *, int64_t, int64_t, int8_t *, float *);
@@ -868,6 +1134,23 @@ static tq2_impl tq2_select(int isa, int vbmi) {
     (void)vbmi;
     return scalar;
 }
+
+/* t81 weights: the VBMI kernel where the CPU has VBMI at the AVX-512 level, else the scalar spec
+ * (the dispatcher lays weights out as t81 only where VBMI runs; elsewhere they stay tq2). */
+static tq2_impl t81_select(int isa, int vbmi) {
+#if MF_X86
+    if (isa >= MF_ISA_AVX512 && vbmi)
+        return (tq2_impl){act_quant_avx2, t81_tables_vbmi, t81_kern_vbmi, t81_kernn_vbmi, T81_GROUP, T81_TAB};
+    if (isa >= MF_ISA_AVX2)
+        return (tq2_impl){act_quant_avx2, NULL, t81_kern_scalar, NULL, 1, 0};
+#endif
+    (void)isa;
+    (void)vbmi;
+    return (tq2_impl){act_quant_scalar, NULL, t81_kern_scalar, NULL, 1, 0};
+}
+
+/* The level whose kernel runs t81 weights: AVX-512 with VBMI, else scalar. */
+static int t81_level(int isa, int vbmi) { return isa >= MF_ISA_AVX512 && vbmi ? MF_ISA_AVX512 : MF_ISA_SCALAR; }
 
 /* ------------------------------------------------------------------------------------------
  * Driver. x [M][K] fp32, w tq2 blocks of an [N][K] weight, y [M][N] fp32; acc_out [M][N]
@@ -943,21 +1226,22 @@ static void tq2_rows(const tq2_args *a, int64_t nb0, int64_t nb1) {
     }
 }
 
-static int tq2_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_block *w,
-                           int64_t N, float w_scale, const float *row_scales, float *y,
-                           int32_t *acc_out, int64_t threads, int isa, int vbmi) {
+/* The driver of both formats (tq2, t81: the same block geometry); `impl` holds the variant's
+ * functions and `isa` is the level they belong to (returned). */
+static int tern_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_block *w,
+                            int64_t N, float w_scale, const float *row_scales, float *y,
+                            int32_t *acc_out, int64_t threads, int isa, const tq2_impl impl) {
     if (M > TOKENS_PER_PASS) { /* long prefill: bounded scratch, weights re-read per pass */
         for (int64_t m0 = 0; m0 < M; m0 += TOKENS_PER_PASS) {
             const int64_t mc = M - m0 < TOKENS_PER_PASS ? M - m0 : TOKENS_PER_PASS;
-            const int rc = tq2_linear_impl(x + m0 * K, mc, K, w, N, w_scale, row_scales, y + m0 * N,
-                                           acc_out != NULL ? acc_out + m0 * N : NULL, threads, isa,
-                                           vbmi);
+            const int rc = tern_linear_impl(x + m0 * K, mc, K, w, N, w_scale, row_scales,
+                                            y + m0 * N, acc_out != NULL ? acc_out + m0 * N : NULL,
+                                            threads, isa, impl);
             if (rc < 0) return rc;
         }
         return isa;
     }
     const int64_t t_start = now_ns();
-    const tq2_impl impl = tq2_select(isa, vbmi);
     const int64_t KB = mf_round_up(K, MF_TQ2_K) / MF_TQ2_K, Kp = KB * MF_TQ2_K;
     const int64_t NB = mf_round_up(N, MF_TQ2_ROWS) / MF_TQ2_ROWS, Np = NB * MF_TQ2_ROWS;
     const int64_t tab_tok = impl.tab_per_block * KB;
@@ -1043,12 +1327,26 @@ static int tq2_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_bl
     return isa;
 }
 
+static int tq2_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_block *w,
+                           int64_t N, float w_scale, const float *row_scales, float *y,
+                           int32_t *acc_out, int64_t threads, int isa, int vbmi) {
+    return tern_linear_impl(x, M, K, w, N, w_scale, row_scales, y, acc_out, threads, isa,
+                            tq2_select(isa, vbmi));
+}
+
 static int tq2_linear(const float *x, int64_t M, int64_t K, const mf_tq2_block *w, int64_t N,
                       float w_scale, const float *row_scales, float *y, int32_t *acc_out,
                       int64_t threads, int isa_req) {
     const int isa = mf_isa_resolve(isa_req);
     return tq2_linear_impl(x, M, K, w, N, w_scale, row_scales, y, acc_out, threads, isa,
                            isa >= MF_ISA_AVX512 && mf_cpu_vbmi());
+}
+
+static int t81_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_block *w,
+                           int64_t N, float w_scale, const float *row_scales, float *y,
+                           int32_t *acc_out, int64_t threads, int isa, int vbmi) {
+    return tern_linear_impl(x, M, K, w, N, w_scale, row_scales, y, acc_out, threads,
+                            t81_level(isa, vbmi), t81_select(isa, vbmi));
 }
 
 static int act_quant(const float *x, int64_t M, int64_t K, int8_t *q, float *s, int isa_req) {
@@ -1082,4 +1380,29 @@ MF_PYFUNC(act_quant_i8, "act_quant_i8(x, M, K, q, s, isa) -> isa used: int8 absm
     int64_t M, K, isa;
     if (mf_parse_args(args, nargs, "pllppl", &x, &M, &K, &q, &s, &isa) < 0) return NULL;
     return PyLong_FromLong(act_quant(x, M, K, q, s, (int)isa));
+}
+
+int mf_op_t81_linear(const int64_t *a) {
+    const int isa = mf_isa_resolve((int)a[10]);
+    const int rc = t81_linear_impl(mf_slot_ptr(a[0]), a[1], a[2], mf_slot_ptr(a[3]), a[4],
+                                   (float)mf_slot_f64(a[5]), mf_slot_ptr(a[6]), mf_slot_ptr(a[7]),
+                                   mf_slot_ptr(a[8]), a[9], isa, isa >= MF_ISA_AVX512 && mf_cpu_vbmi());
+    return rc < 0 ? MF_OP_NOMEM : rc;
+}
+
+MF_PYFUNC(t81_linear,
+          "t81_linear(x, M, K, w, N, w_scale, row_scales_or_0, y, acc_or_0, threads, isa) -> isa.") {
+    (void)self;
+    int64_t a[11];
+    if (mf_parse_slots(args, nargs, "pllpldpppll", a) < 0) return NULL;
+    int used;
+    Py_BEGIN_ALLOW_THREADS used = mf_op_t81_linear(a);
+    Py_END_ALLOW_THREADS if (used < 0) return mf_op_error("t81_linear", used);
+    return PyLong_FromLong(used);
+}
+
+MF_PYFUNC(cpu_vbmi, "1 if the CPU has AVX-512 VBMI at the AVX-512 level (t81 weights run the VBMI kernel).") {
+    (void)self;
+    if (mf_parse_args(args, nargs, "") < 0) return NULL;
+    return PyLong_FromLong(mf_cpu_vbmi());
 }

@@ -65,6 +65,60 @@ def tq2_linear(
     return (y, acc) if return_acc else y
 
 
+def t81_linear(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    out_features: int,
+    w_scale: float,
+    *,
+    threads: int,
+    isa: str,
+    return_acc: bool = False,
+    out: torch.Tensor | None = None,
+    row_scales: torch.Tensor | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """tq2_linear on t81 bytes (packing.tq2_to_t81 of a tq2 weight): the same shapes, the same
+    results (int32 accumulators equal); the VBMI kernel where the CPU and `isa` allow AVX-512
+    with VBMI, else the scalar spec."""
+    M, K = x.shape
+    y = torch.empty(M, out_features, dtype=torch.float32) if out is None else out
+    if not return_acc:
+        torch.ops.mulfree.t81_linear(x, w, out_features, float(w_scale), threads, ISA_LEVELS[isa],
+                                     row_scales, y)  # fmt: skip
+        return y
+    acc = torch.empty(M, out_features, dtype=torch.int32)  # the int32 sums: a test/reference view
+    if M > 0:
+        _check_linear(x, w, out_features, row_scales, y)
+        _lib().t81_linear(
+            x.data_ptr(), M, K, w.data_ptr(), out_features, float(w_scale),
+            row_scales.data_ptr() if row_scales is not None else 0, y.data_ptr(),
+            acc.data_ptr(), threads, ISA_LEVELS[isa],
+        )  # fmt: skip
+    return y, acc
+
+
+def t81_runs_simd(isa: str) -> bool:
+    """True if t81 weights run on the VBMI kernel at `isa` on this CPU (else on the scalar spec:
+    keep tq2 there)."""
+    C = core()
+    level = ISA_LEVELS[isa]
+    return C is not None and level != 0 and C.isa_resolve(level) >= 2 and bool(C.cpu_vbmi())
+
+
+def tq2_to_t81(w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """tq2 bytes -> t81 bytes (`out` may be `w`: in place)."""
+    out = torch.empty_like(w) if out is None else out
+    _lib().tq2_to_t81(w.data_ptr(), w.numel(), out.data_ptr())
+    return out
+
+
+def t81_to_tq2(w: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """t81 bytes -> (tq2 bytes, number of invalid t81 bytes >= 81)."""
+    out = torch.empty_like(w)
+    bad = _lib().t81_to_tq2(w.data_ptr(), w.numel(), out.data_ptr())
+    return out, bad
+
+
 def act_quant_i8(x: torch.Tensor, *, isa: str) -> tuple[torch.Tensor, torch.Tensor]:
     """x: [M, K] float32 contiguous -> (q [M, K] int8, scale [M, 1] float32), as quant.py."""
     assert x.dtype == torch.float32 and x.is_contiguous() and x.dim() == 2
@@ -148,9 +202,27 @@ def _tq2_linear_fake(x, w, out_features, w_scale, threads, isa, row_scales, out)
 define_op("tq2_linear", _tq2_linear_op, _tq2_linear_fake, mutates_args=("out",))
 
 
+def _t81_linear_op(x: torch.Tensor, w: torch.Tensor, out_features: int, w_scale: float,
+                   threads: int, isa: int, row_scales: torch.Tensor | None,
+                   out: torch.Tensor) -> None:  # fmt: skip
+    """out [M, N] = the packed ternary linear of x [M, K] on t81 weights (csrc/mf_ternary.c)."""
+    _check_linear(x, w, out_features, row_scales, out)
+    if x.shape[0] > 0:
+        _lib().t81_linear(x.data_ptr(), x.shape[0], x.shape[1], w.data_ptr(), out_features,
+                          float(w_scale), row_scales.data_ptr() if row_scales is not None else 0,
+                          out.data_ptr(), 0, int(threads), int(isa))  # fmt: skip
+
+
+define_op("t81_linear", _t81_linear_op, _tq2_linear_fake, mutates_args=("out",))
+
+
 # --- the cost formula the energy counter uses for the op ----------------------------------------
 _TQ2_NNZ = torch.tensor(  # non-zero weights per tq2 byte (four 2-bit codes, code 1 = zero)
     [sum(((b >> (2 * i)) & 3) != 1 for i in range(4)) for b in range(256)], dtype=torch.int64
+)
+_T81_NNZ = torch.tensor(  # non-zero weights per t81 byte (four base-3 digits, digit 1 = zero)
+    [sum((b // 3**i) % 3 != 1 for i in range(4)) if b < 81 else 0 for b in range(256)],
+    dtype=torch.int64,
 )
 _nnz_cache: dict[tuple, tuple] = {}  # key -> (weakref to the owning tensor, nnz)
 _DENSE = [False]  # priced_as_dense's switch
@@ -161,18 +233,18 @@ def tq2_nnz(data: torch.Tensor) -> int:
     return int(_TQ2_NNZ[data.long()].sum())
 
 
-def _nnz(w: torch.Tensor) -> int:
+def _nnz(w: torch.Tensor, table: torch.Tensor = _TQ2_NNZ) -> int:
     # Keyed by address, size and version, and checked against a weak reference to the tensor
     # that owns the memory: a weight freed and another allocated at the same address (a second
     # model in the process) must not get the first one's count.
     base = w._base if w._base is not None else w
-    key = (w.data_ptr(), w.numel(), base._version)
+    key = (w.data_ptr(), w.numel(), base._version, table is _T81_NNZ)
     hit = _nnz_cache.get(key)
     if hit is not None and hit[0]() is base:
         return hit[1]
     if len(_nnz_cache) > 4096:
         _nnz_cache.clear()
-    n = tq2_nnz(w)
+    n = int(table[w.long()].sum())
     _nnz_cache[key] = (weakref.ref(base), n)
     return n
 
@@ -189,7 +261,7 @@ def priced_as_dense(on: bool = True):
         _DENSE[0] = before
 
 
-def _tq2_linear_cost(counter, args, kwargs, out) -> None:
+def _tq2_linear_cost(counter, args, kwargs, out, nnz_table: torch.Tensor = _TQ2_NNZ) -> None:
     """One call's ops and bytes. Per token: the int8 absmax quantizer (|x| max: K compares;
     x * s: K fp32 multiplies; clamp: 2K compares; s = 127 / amax: 1 division), nnz(W) int8
     adds/subtracts into int32 accumulators, and per output one fp32 division acc / (s_x * s_w)
@@ -208,9 +280,12 @@ def _tq2_linear_cost(counter, args, kwargs, out) -> None:
     c[("cmp", 32)] += 3 * t * k
     c[("fp_mul", 32)] += t * (k + 1)
     c[("div", 32)] += t * (n + 1)
-    c[("ternary_add", 32)] += t * _nnz(w)
+    c[("ternary_add", 32)] += t * _nnz(w, nnz_table)
     b["weight_read"] += w.numel()  # the packed weight (its bytes, 2 bits per weight)
 
 
 register_op_cost("mulfree::tq2_linear", _tq2_linear_cost)
+register_op_cost(  # the same work on t81 bytes (their own non-zero count)
+    "mulfree::t81_linear", lambda c, a, k, o: _tq2_linear_cost(c, a, k, o, _T81_NNZ)
+)
 

@@ -55,7 +55,8 @@ def ternary_linear(
 
     Args:
         x: [..., K] float (any float dtype; quantized from its fp32 value), K = in_features.
-        packed: PackedTernary of an [N, K] weight (tq2, or tq1 which is converted first).
+        packed: PackedTernary of an [N, K] weight: tq2; t81 (runs its VBMI kernel where the
+            CPU has AVX-512 VBMI and `isa` allows AVX-512, else is converted); tq1 (converted).
         bias: optional [N], added after the rescale.
         threads: kernel threads (default torch.get_num_threads()).
         isa: "auto" | "avx512" | "avx2" | "scalar" | "torch" (default: mulfree.kernels setting).
@@ -69,16 +70,19 @@ def ternary_linear(
         raise MulfreeError(f"ternary_linear: x has {x.shape[-1]} features, weight expects {K}")
     if K > MAX_IN_FEATURES:
         raise MulfreeError(f"ternary_linear: in_features {K} > {MAX_IN_FEATURES} is not supported")
-    if packed.format != "tq2":
-        packed = packed.to_format("tq2")
     # per-call work kept small: decode calls this ~170 times per token
     x2d = x
     if x.dim() != 2 or x.dtype != torch.float32 or not x.is_contiguous():
         x2d = x.reshape(-1, K).to(torch.float32).contiguous()  # [M, K]
     path = kernels.resolve_isa(isa, kernels.ternary_family(x2d.shape[0]))
-    if path == kernels.TORCH:
+    if packed.format == "t81" and path != kernels.TORCH and K_.t81_runs_simd(path):
+        nt = torch.get_num_threads() if threads is None else kernels.resolve_threads(threads)
+        y = K_.t81_linear(x2d, packed.data, N, packed.scale_value, threads=nt, isa=path)
+    elif path == kernels.TORCH:
         y = ternary_linear_torch(x2d, packed)
     else:
+        if packed.format != "tq2":  # tq1, or t81 where its SIMD kernel does not run
+            packed = packed.to_format("tq2")
         nt = torch.get_num_threads() if threads is None else kernels.resolve_threads(threads)
         y = K_.tq2_linear(x2d, packed.data, N, packed.scale_value, threads=nt, isa=path)
     if bias is not None:

@@ -8,6 +8,11 @@ and in-features to a multiple of 16 with code 1 (weight 0). Blocks of 32 rows x 
 byte q[u][r] holds inputs 4u..4u+3 of row r as c0 | c1 << 2 | c2 << 4 | c3 << 6. A SIMD byte
 lane is therefore one row, and each nibble indexes a 16-entry table of an input pair.
 
+"t81" — an in-memory layout of tq2 for CPUs with AVX-512 VBMI: the same blocks and bytes, but
+each byte holds its 4 codes as one base-3 number c0 + 3 c1 + 9 c2 + 27 c3 (< 81), so it indexes
+one 81-entry table of its 4 inputs (vpermi2b; csrc/mf_ternary.c section 5). Same size as tq2:
+`tq2_to_t81` / `t81_to_tq2` re-code the bytes one by one (in place when out is the input).
+
 "tq1" — 1.6 bits per weight (5 trits per byte, 3^5 = 243 <= 256): row-major
 [N][ceil(K / 5)], byte = sum_i c(5j + i) * 3^i, trailing codes 1. A storage format (files,
 transfers); `to_tq2` converts it for the kernels.
@@ -27,7 +32,8 @@ from mulfree.errors import MulfreeError
 from mulfree.kernels import ternary as K_
 from mulfree.ternary.quant import weight_quant_ternary
 
-FORMATS = ("tq2", "tq1")
+FORMATS = ("tq2", "tq1")  # storage formats (files: engine.format.TERNARY_FORMATS)
+LAYOUTS = FORMATS + ("t81",)  # what a PackedTernary may hold in memory; t81 is never stored
 TQ2_ROWS = 32  # rows per block (one byte lane per row in a 256-bit register)
 TQ2_K = 16  # inputs per block (4 units of 4 inputs)
 TQ1_TRITS = 5
@@ -40,7 +46,7 @@ def _ceil_div(a: int, b: int) -> int:
 
 def packed_nbytes(fmt: str, out_features: int, in_features: int) -> int:
     """Bytes of an [out_features, in_features] weight in format `fmt`."""
-    if fmt == "tq2":
+    if fmt in ("tq2", "t81"):  # t81: tq2's blocks, bytes re-coded
         return (
             _ceil_div(out_features, TQ2_ROWS)
             * TQ2_ROWS
@@ -50,7 +56,7 @@ def packed_nbytes(fmt: str, out_features: int, in_features: int) -> int:
         )
     if fmt == "tq1":
         return out_features * _ceil_div(in_features, TQ1_TRITS)
-    raise MulfreeError(f"unknown packed format {fmt!r}; expected one of {FORMATS}")
+    raise MulfreeError(f"unknown packed format {fmt!r}; expected one of {LAYOUTS}")
 
 
 def _check_q(q: torch.Tensor) -> torch.Tensor:
@@ -90,6 +96,26 @@ def unpack_tq2_ref(data: torch.Tensor, out_features: int, in_features: int) -> t
     return _TQ2_CODE_TO_Q[codes[:N, :K].long()]
 
 
+def _tq2_to_t81_map() -> torch.Tensor:
+    """[256] uint8: tq2 byte -> t81 byte (code 3, never packed, read as weight 0 = code 1)."""
+    b = torch.arange(256)
+    codes = torch.stack([(b >> (2 * i)) & 3 for i in range(4)], dim=-1)  # [256, i]
+    codes = torch.where(codes == 3, 1, codes)
+    return (codes * torch.tensor([1, 3, 9, 27])).sum(-1).to(torch.uint8)
+
+
+def tq2_to_t81_ref(data: torch.Tensor) -> torch.Tensor:
+    """tq2 bytes -> t81 bytes of the same weight (same length, same block layout)."""
+    return _tq2_to_t81_map()[data.long()]
+
+
+def t81_to_tq2_ref(data: torch.Tensor) -> torch.Tensor:
+    """t81 bytes -> tq2 bytes (bytes >= 81, never written, read as four zero weights)."""
+    v = torch.where(data.long() < 81, data.long(), 40)  # 40 = four codes 1
+    codes = torch.stack([(v // 3**i) % 3 for i in range(4)], dim=-1)  # [n, i]
+    return (codes << torch.tensor([0, 2, 4, 6])).sum(-1).to(torch.uint8)
+
+
 def pack_tq1_ref(q: torch.Tensor) -> torch.Tensor:
     """q: [N, K] int8 in {-1, 0, 1} -> tq1 bytes [N * ceil(K / 5)] uint8."""
     q = _check_q(q)
@@ -124,6 +150,9 @@ def _use_c() -> bool:
 def pack(q: torch.Tensor, fmt: str = "tq2") -> torch.Tensor:
     """q: [N, K] int8 in {-1, 0, 1} -> packed bytes of format `fmt`."""
     q = _check_q(q)
+    if fmt == "t81":
+        tq2 = pack(q, "tq2")
+        return K_.tq2_to_t81(tq2, out=tq2) if _use_c() else tq2_to_t81_ref(tq2)
     nbytes = packed_nbytes(fmt, *q.shape)
     if not _use_c():
         return pack_tq2_ref(q) if fmt == "tq2" else pack_tq1_ref(q)
@@ -143,6 +172,8 @@ def _check_data(data: torch.Tensor, fmt: str, n: int, k: int) -> torch.Tensor:
 def unpack(data: torch.Tensor, fmt: str, out_features: int, in_features: int) -> torch.Tensor:
     """Packed bytes of format `fmt` -> q [out_features, in_features] int8."""
     data = _check_data(data, fmt, out_features, in_features)
+    if fmt == "t81":
+        return unpack(t81_to_tq2(data), "tq2", out_features, in_features)
     if not _use_c():
         ref = unpack_tq2_ref if fmt == "tq2" else unpack_tq1_ref
         return ref(data, out_features, in_features)
@@ -166,6 +197,18 @@ def tq1_to_tq2(data: torch.Tensor, out_features: int, in_features: int) -> torch
     return out
 
 
+def t81_to_tq2(data: torch.Tensor) -> torch.Tensor:
+    """t81 bytes -> tq2 bytes (raises on bytes >= 81, which no packer writes)."""
+    if not _use_c():
+        if data.numel() and int(data.max()) >= 81:
+            raise MulfreeError("corrupt t81 data: byte(s) >= 81")
+        return t81_to_tq2_ref(data)
+    out, bad = K_.t81_to_tq2(data)
+    if bad:
+        raise MulfreeError(f"corrupt t81 data: {bad} byte(s) >= 81")
+    return out
+
+
 @dataclass
 class PackedTernary:
     """A packed ternary weight [out_features, in_features]: w ≈ unpack(data) / scale."""
@@ -178,8 +221,8 @@ class PackedTernary:
     _q_cache: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise MulfreeError(f"unknown packed format {self.format!r}; expected one of {FORMATS}")
+        if self.format not in LAYOUTS:
+            raise MulfreeError(f"unknown packed format {self.format!r}; expected one of {LAYOUTS}")
         self.data = _check_data(self.data, self.format, self.out_features, self.in_features)
         self.scale = torch.as_tensor(self.scale, dtype=torch.float32).reshape(())
         # read once: a PackedTernary is immutable (PackedTernaryLinear rebuilds its view when
@@ -218,9 +261,14 @@ class PackedTernary:
         """The same weight in another format."""
         if fmt == self.format:
             return self
+        n, k = self.out_features, self.in_features
         if self.format == "tq1" and fmt == "tq2":
-            data = tq1_to_tq2(self.data, self.out_features, self.in_features)
-            return PackedTernary(data, self.scale, self.out_features, self.in_features, "tq2")
+            return PackedTernary(tq1_to_tq2(self.data, n, k), self.scale, n, k, "tq2")
+        if (self.format, fmt) == ("tq2", "t81"):  # byte by byte (kernels.ternary.tq2_to_t81)
+            data = K_.tq2_to_t81(self.data) if _use_c() else tq2_to_t81_ref(self.data)
+            return PackedTernary(data, self.scale, n, k, "t81")
+        if (self.format, fmt) == ("t81", "tq2"):
+            return PackedTernary(t81_to_tq2(self.data), self.scale, n, k, "tq2")
         return PackedTernary.from_int(self.unpack(), self.scale, fmt)
 
     def dequantize(self) -> torch.Tensor:
