@@ -213,3 +213,31 @@ def test_lmul_attention_falls_back(model, spy):
     finally:
         remove_lmul_(model)
     assert spy and all(r is None for r in spy)
+
+
+def test_reordered_cache_is_loaded_again(model, spy):
+    """A beam search reorders transformers' cache in place of its tensors between steps (same
+    object, same length, here the same row lengths too): the compiled step notices (the bound
+    tensors changed) and reloads the rows, so its logits follow the reordered rows."""
+    ids, mask = left_padded(B[:3], A)  # two different rows of one length
+    with torch.no_grad():
+        cache = output_cache(model(ids, attention_mask=mask, use_cache=True))
+        ref = output_cache(model(ids, attention_mask=mask, use_cache=True))
+    pos = mask.sum(1, keepdim=True)  # each row's next position
+    m1 = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1)
+    step = dict(attention_mask=m1, position_ids=pos, use_cache=True)
+    with torch.no_grad():
+        model(torch.tensor([[3], [4]]), **cache_kwargs(cache), **step)  # a compiled step
+        model(torch.tensor([[3], [4]]), **cache_kwargs(ref), **step, output_hidden_states=True)
+        assert spy[-2] is not None and spy[-1] is None
+        swap = torch.tensor([1, 0])
+        cache.reorder_cache(swap)
+        ref.reorder_cache(swap)
+        m2 = torch.cat([m1[swap], torch.ones(2, 1, dtype=mask.dtype)], 1)
+        step = dict(attention_mask=m2, position_ids=pos[swap] + 1, use_cache=True)
+        got = model(torch.tensor([[5], [6]]), **cache_kwargs(cache), **step).logits[:, -1]
+        assert spy[-1] is not None  # compiled
+        want = model(torch.tensor([[5], [6]]), **cache_kwargs(ref), **step,
+                     output_hidden_states=True).logits[:, -1]  # fmt: skip
+    assert_close_through_int8(got, want)
+    assert_argmax_agrees(got, want)

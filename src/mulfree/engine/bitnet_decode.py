@@ -571,7 +571,6 @@ class HFCacheStep:
             self._bound = None
         return self.dec
 
-    @torch.inference_mode()
     def step(self, cache, ids: torch.Tensor, keep: torch.Tensor | None, lengths: list[int]):
         """ids [B]: one token per row of `cache` (a DynamicCache of past positions P); keep
         [B, P] bool (None: all) marks each row's real positions, lengths[b] = keep[b].sum()
@@ -580,20 +579,36 @@ class HFCacheStep:
 
         B, past = ids.shape[0], cache.get_seq_length()
         dec = self._decoder(B, max(lengths) + 1)
-        bound = self._bound
-        if bound is None or bound[0]() is not cache or bound[1:] != (past, tuple(lengths)):
-            layers = cache.layers[: len(dec.layers)]
-            for b in range(B):
-                sel = slice(None) if keep is None else keep[b]  # [P] -> the row's n positions
-                # transformers' cache [B, Hkv, P, hd] -> the row's [n, Hkv, hd]
-                ks = [layer.keys[b][:, sel].transpose(0, 1) for layer in layers]
-                vs = [layer.values[b][:, sel].transpose(0, 1) for layer in layers]
-                dec.load_kv(b, ks, vs)
-        logits = dec.step(ids)
-        new = [dec.kv_at(b, n) for b, n in enumerate(lengths)]  # B x ([L, Hkv, hd] k, v)
-        k = torch.stack([kb for kb, _ in new], dim=1)[:, :, :, None]  # [L, B, Hkv, 1, hd]
-        v = torch.stack([vb for _, vb in new], dim=1)[:, :, :, None]
+        layers = cache.layers[: len(dec.layers)]
+        if not self._bound_to(cache, layers, past, lengths):
+            with torch.inference_mode():
+                for b in range(B):
+                    sel = slice(None) if keep is None else keep[b]  # [P] -> the row's n positions
+                    # transformers' cache [B, Hkv, P, hd] -> the row's [n, Hkv, hd]
+                    ks = [layer.keys[b][:, sel].transpose(0, 1) for layer in layers]
+                    vs = [layer.values[b][:, sel].transpose(0, 1) for layer in layers]
+                    dec.load_kv(b, ks, vs)
+        with torch.inference_mode():
+            logits = dec.step(ids)
+            new = [dec.kv_at(b, n) for b, n in enumerate(lengths)]  # B x ([L, Hkv, hd] k, v)
+        # outside inference mode: the cache's tensors stay ordinary ones (transformers may
+        # update them in place later, e.g. a beam search's reorder)
+        k = torch.stack([kb.clone() for kb, _ in new], dim=1)[:, :, :, None]  # [L, B, Hkv, 1, hd]
+        v = torch.stack([vb.clone() for _, vb in new], dim=1)[:, :, :, None]
         for li in range(len(dec.layers)):
             cache.update(k[li], v[li], li)
-        self._bound = (weakref.ref(cache), past + 1, tuple(n + 1 for n in lengths))
+        # bound: this cache object at this length, these rows, and these very tensors (a
+        # reorder, crop or reset replaces them, and then the rows are loaded again)
+        tensors = [weakref.ref(t) for layer in layers for t in (layer.keys, layer.values)]
+        self._bound = (weakref.ref(cache), past + 1, tuple(n + 1 for n in lengths), tensors)
         return logits
+
+    def _bound_to(self, cache, layers, past: int, lengths: list[int]) -> bool:
+        """Whether the decoder's slots hold exactly `cache`'s rows (the last step's state)."""
+        if self._bound is None:
+            return False
+        ref, n, rows, tensors = self._bound
+        if ref() is not cache or n != past or rows != tuple(lengths):
+            return False
+        now = [t for layer in layers for t in (layer.keys, layer.values)]
+        return len(now) == len(tensors) and all(r() is t for r, t in zip(tensors, now, strict=True))
