@@ -93,9 +93,9 @@ def test_greedy_batched_left_padded_runs_the_compiled_step(ckpts, spy, variant):
                      pad_token_id=PAD, eos_token_id=None, return_dict_in_generate=True,
                      output_logits=True)  # fmt: skip
     spied = list(spy)
-    # the prompt ran transformers' code, every later step the compiled one, at the rows'
-    # own positions (the padded row's real tokens at 0, 1, ...)
-    assert spied[0] is None and len(spied) == new
+    # the prompt and every later step ran the compiled step, at the rows' own positions (the
+    # padded row's real tokens at 0, 1, ...); the reference below is transformers' code
+    assert len(spied) == new and spied[0] == [len(A), len(B)]
     assert spied[1:] == [[len(A) + t, len(B) + t] for t in range(new - 1)]
     got, want = check_generated(m, gen, ids, mask, new)
     picks = gen.sequences[:, ids.shape[1] :]
@@ -112,7 +112,7 @@ def test_sampling_runs_the_compiled_step(model, spy):
     gen = model.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=True, top_k=20,
                          temperature=1.5, pad_token_id=PAD, eos_token_id=None,
                          return_dict_in_generate=True, output_logits=True)  # fmt: skip
-    assert all(r is not None for r in spy[1:]) and len(spy) == new
+    assert all(r is not None for r in spy) and len(spy) == new
     check_generated(model, gen, ids, mask, new)
 
 
@@ -121,7 +121,7 @@ def test_unpadded_batch_without_mask(model, spy):
     new = 4
     gen = model.generate(ids, max_new_tokens=new, do_sample=False, pad_token_id=PAD,
                          eos_token_id=None, return_dict_in_generate=True, output_logits=True)  # fmt: skip
-    assert spy[1:] == [[4 + t, 4 + t] for t in range(new - 1)]
+    assert spy == [[4, 4]] + [[4 + t, 4 + t] for t in range(new - 1)]  # prompt, then steps
     check_generated(model, gen, ids, torch.ones_like(ids), new)
 
 
@@ -135,10 +135,58 @@ def test_decoder_grows_with_the_sequence(model, spy, monkeypatch):
     gen = model.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
                          pad_token_id=PAD, eos_token_id=None, return_dict_in_generate=True,
                          output_logits=True)  # fmt: skip
-    assert all(r is not None for r in spy[1:])
+    assert all(r is not None for r in spy)
     assert model._hf_step.dec.max_context == 32
     check_generated(model, gen, ids, mask, new)
     model._hf_step = None  # the other tests' decoder size
+
+
+def test_prompt_fills_the_cache_as_transformers_does(model, spy):
+    """The prompt on the compiled step (only its last logits asked for, as generate asks):
+    transformers' cache holds the rows' keys and values at their real tokens' places (through
+    int8 of transformers' own prefill), zeros at the padded places (masked: never read)."""
+    from transformers import DynamicCache
+
+    ids, mask = left_padded()
+    pad = mask == 0
+    pos = (mask.cumsum(1) - 1).clamp_min(0)  # generate's position ids: real tokens at 0, 1, ...
+    with torch.no_grad():
+        mine = model(ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                     **cache_kwargs(DynamicCache(config=model.config)))  # fmt: skip
+        assert spy[-1] == mask.sum(1).tolist()
+        # all logits asked for: transformers' code
+        ref = model(ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        assert spy[-1] is None
+    got, want = mine.logits[:, -1], ref.logits[:, -1]
+    assert_close_through_int8(got, want)
+    assert_argmax_agrees(got, want)
+    for a, b in zip(output_cache(mine).layers, output_cache(ref).layers, strict=True):
+        assert a.keys.shape == b.keys.shape
+        for x, y in ((a.keys, b.keys), (a.values, b.values)):  # [B, Hkv, T, hd]
+            real = ~pad[:, None, :, None].expand_as(x)
+            assert_close_through_int8(x[real], y[real])
+            assert not x[~real].any()
+
+
+def test_prompts_that_fall_back(model, spy):
+    """Right padding (a row's last token a pad: its logits are a pad's), all positions' logits,
+    position ids that disagree with the mask: transformers' code."""
+    from transformers import DynamicCache
+
+    ids, mask = left_padded()
+    fresh = lambda: cache_kwargs(DynamicCache(config=model.config))  # noqa: E731
+    pos = (mask.cumsum(1) - 1).clamp_min(0)
+    cases = {
+        "right padded": dict(attention_mask=mask.flip(1), position_ids=pos.flip(1), logits_to_keep=1),
+        "all logits": dict(attention_mask=mask, position_ids=pos, logits_to_keep=0),
+        "position ids": dict(attention_mask=mask, logits_to_keep=1,
+                             position_ids=torch.arange(ids.shape[1]).expand_as(ids)),
+        "no position ids": dict(attention_mask=mask, logits_to_keep=1),  # pads would count
+    }
+    for what, kw in cases.items():
+        with torch.no_grad():
+            model(ids, use_cache=True, **fresh(), **kw)
+        assert spy[-1] is None, what
 
 
 def _step(model, cache, tok, **kw):
@@ -193,14 +241,14 @@ def test_what_falls_back(model, spy):
     for what, kw in cases.items():
         rows = model._cached_step_rows(one, kw.get("attention_mask"), kw.get("position_ids"),
                                        None if what == "no cache" else cache, None, None,
-                                       kw.get("use_cache"), kw)  # fmt: skip
+                                       kw.get("use_cache"), 0, kw)  # fmt: skip
         assert rows is None, what
-    assert model._cached_step_rows(one, ok_mask, None, cache, None, None, True, {}) == [past]
+    assert model._cached_step_rows(one, ok_mask, None, cache, None, None, True, 0, {}) == [past]
     # a gapped mask whose position ids count only the real positions: compacted, accepted
     gap = ok_mask.clone()
     gap[0, 2] = 0
     assert model._cached_step_rows(one, gap, torch.tensor([[past - 1]]), cache, None, None,
-                                   True, {}) == [past - 1]  # fmt: skip
+                                   True, 0, {}) == [past - 1]  # fmt: skip
 
 
 def test_lmul_attention_falls_back(model, spy):
@@ -213,3 +261,31 @@ def test_lmul_attention_falls_back(model, spy):
     finally:
         remove_lmul_(model)
     assert spy and all(r is None for r in spy)
+
+
+def test_reordered_cache_is_loaded_again(model, spy):
+    """A beam search reorders transformers' cache in place of its tensors between steps (same
+    object, same length, here the same row lengths too): the compiled step notices (the bound
+    tensors changed) and reloads the rows, so its logits follow the reordered rows."""
+    ids, mask = left_padded(B[:3], A)  # two different rows of one length
+    with torch.no_grad():
+        cache = output_cache(model(ids, attention_mask=mask, use_cache=True))
+        ref = output_cache(model(ids, attention_mask=mask, use_cache=True))
+    pos = mask.sum(1, keepdim=True)  # each row's next position
+    m1 = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1)
+    step = dict(attention_mask=m1, position_ids=pos, use_cache=True)
+    with torch.no_grad():
+        model(torch.tensor([[3], [4]]), **cache_kwargs(cache), **step)  # a compiled step
+        model(torch.tensor([[3], [4]]), **cache_kwargs(ref), **step, output_hidden_states=True)
+        assert spy[-2] is not None and spy[-1] is None
+        swap = torch.tensor([1, 0])
+        cache.reorder_cache(swap)
+        ref.reorder_cache(swap)
+        m2 = torch.cat([m1[swap], torch.ones(2, 1, dtype=mask.dtype)], 1)
+        step = dict(attention_mask=m2, position_ids=pos[swap] + 1, use_cache=True)
+        got = model(torch.tensor([[5], [6]]), **cache_kwargs(cache), **step).logits[:, -1]
+        assert spy[-1] is not None  # compiled
+        want = model(torch.tensor([[5], [6]]), **cache_kwargs(ref), **step,
+                     output_hidden_states=True).logits[:, -1]  # fmt: skip
+    assert_close_through_int8(got, want)
+    assert_argmax_agrees(got, want)

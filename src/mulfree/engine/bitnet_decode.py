@@ -342,17 +342,18 @@ class BitNetDecoder:
                 self.cache.write(i, slot, 0, k.float(), v.float())
         self.lengths[slot] = n
 
-    def kv_at(self, slot: int, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(keys, values) float32 [L, Hkv, hd] stored for `slot` at position `pos`."""
+    def kv_rows(self, slot: int, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, values) float32 [L, n, Hkv, hd] stored for `slot` at positions start ..
+        start + n - 1 (RoPE applied; the inverse of `load_kv`)."""
         if self.fused:
-            k, v = self.plan.kv_at(slot, pos)
+            k, v = self.plan.kv_rows(slot, start, n)
             return torch.from_numpy(k), torch.from_numpy(v)
-        c = self.cache
-        k = torch.stack([t[slot, :, :, pos] for t in c.k]).float()  # [L, Hkv, hd]
-        v = torch.stack([t[slot, :, pos] for t in c.v]).float()
+        c, sl = self.cache, slice(start, start + n)
+        k = torch.stack([t[slot, :, :, sl].permute(2, 0, 1) for t in c.k]).float()  # [L, n, Hkv, hd]
+        v = torch.stack([t[slot, :, sl].transpose(0, 1) for t in c.v]).float()
         if c.dtype == "int8":
-            k = k * torch.stack([t[slot, :, pos] for t in c.ks])[..., None]
-            v = v * torch.stack([t[slot, :, pos] for t in c.vs])[..., None]
+            k = k * torch.stack([t[slot, :, sl].T for t in c.ks])[..., None]
+            v = v * torch.stack([t[slot, :, sl].T for t in c.vs])[..., None]
         return k, v
 
     # --- pieces ----------------------------------------------------------------------------
@@ -571,29 +572,71 @@ class HFCacheStep:
             self._bound = None
         return self.dec
 
-    @torch.inference_mode()
     def step(self, cache, ids: torch.Tensor, keep: torch.Tensor | None, lengths: list[int]):
         """ids [B]: one token per row of `cache` (a DynamicCache of past positions P); keep
         [B, P] bool (None: all) marks each row's real positions, lengths[b] = keep[b].sum()
         (the position of row b's token). Returns logits [B, V] (the decoder's buffer)."""
-        import weakref
-
         B, past = ids.shape[0], cache.get_seq_length()
         dec = self._decoder(B, max(lengths) + 1)
-        bound = self._bound
-        if bound is None or bound[0]() is not cache or bound[1:] != (past, tuple(lengths)):
-            layers = cache.layers[: len(dec.layers)]
-            for b in range(B):
-                sel = slice(None) if keep is None else keep[b]  # [P] -> the row's n positions
-                # transformers' cache [B, Hkv, P, hd] -> the row's [n, Hkv, hd]
-                ks = [layer.keys[b][:, sel].transpose(0, 1) for layer in layers]
-                vs = [layer.values[b][:, sel].transpose(0, 1) for layer in layers]
-                dec.load_kv(b, ks, vs)
-        logits = dec.step(ids)
-        new = [dec.kv_at(b, n) for b, n in enumerate(lengths)]  # B x ([L, Hkv, hd] k, v)
-        k = torch.stack([kb for kb, _ in new], dim=1)[:, :, :, None]  # [L, B, Hkv, 1, hd]
-        v = torch.stack([vb for _, vb in new], dim=1)[:, :, :, None]
-        for li in range(len(dec.layers)):
-            cache.update(k[li], v[li], li)
-        self._bound = (weakref.ref(cache), past + 1, tuple(n + 1 for n in lengths))
+        layers = cache.layers[: len(dec.layers)]
+        if not self._bound_to(cache, layers, past, lengths):
+            with torch.inference_mode():
+                for b in range(B):
+                    sel = slice(None) if keep is None else keep[b]  # [P] -> the row's n positions
+                    # transformers' cache [B, Hkv, P, hd] -> the row's [n, Hkv, hd]
+                    ks = [layer.keys[b][:, sel].transpose(0, 1) for layer in layers]
+                    vs = [layer.values[b][:, sel].transpose(0, 1) for layer in layers]
+                    dec.load_kv(b, ks, vs)
+        with torch.inference_mode():
+            logits = dec.step(ids)
+            new = [dec.kv_rows(b, n, 1) for b, n in enumerate(lengths)]  # B x [L, 1, Hkv, hd]
+        # outside inference mode: the cache's tensors stay ordinary ones (transformers may
+        # update them in place later, e.g. a beam search's reorder)
+        k = torch.stack([kb.clone() for kb, _ in new], dim=1).transpose(2, 3)  # [L, B, Hkv, 1, hd]
+        v = torch.stack([vb.clone() for _, vb in new], dim=1).transpose(2, 3)
+        self._append(cache, k, v, [n + 1 for n in lengths])
         return logits
+
+    def prefill(self, cache, ids: torch.Tensor, keep: torch.Tensor | None, lengths: list[int]):
+        """ids [B, T] prompts into the empty `cache`; keep [B, T] bool (None: all) marks each
+        row's real tokens (lengths[b] of them, the last one real). The rows are prefilled on
+        the compiled step and their keys and values written into `cache` at the real tokens'
+        places (padded places hold zeros: masked, never read). Returns the last tokens'
+        logits [B, V]."""
+        B, T = ids.shape
+        dec = self._decoder(B, max(lengths))
+        rows = [r.tolist() for r in (ids if keep is None else (ids[b][keep[b]] for b in range(B)))]
+        with torch.inference_mode():
+            logits = dec.prefill(rows)
+            kv = [dec.kv_rows(b, 0, n) for b, n in enumerate(lengths)]  # B x [L, n, Hkv, hd]
+        L, _, Hkv, hd = kv[0][0].shape
+        k = torch.zeros(L, B, T, Hkv, hd)
+        v = torch.zeros(L, B, T, Hkv, hd)
+        for b, (kb, vb) in enumerate(kv):
+            sel = slice(None) if keep is None else keep[b]
+            k[:, b, sel], v[:, b, sel] = kb, vb
+        # [L, B, T, Hkv, hd] -> transformers' [L][B, Hkv, T, hd]
+        self._append(cache, k.transpose(2, 3), v.transpose(2, 3), list(lengths))
+        return logits
+
+    def _append(self, cache, k: torch.Tensor, v: torch.Tensor, lengths: list[int]) -> None:
+        """Append k, v [L, B, Hkv, t, hd] to `cache` and bind the decoder to the result."""
+        import weakref
+
+        for li in range(k.shape[0]):
+            cache.update(k[li], v[li], li)
+        # bound: this cache object at this length, these rows, and these very tensors (a
+        # reorder, crop or reset replaces them, and then the rows are loaded again)
+        layers = cache.layers[: k.shape[0]]
+        tensors = [weakref.ref(t) for layer in layers for t in (layer.keys, layer.values)]
+        self._bound = (weakref.ref(cache), cache.get_seq_length(), tuple(lengths), tensors)
+
+    def _bound_to(self, cache, layers, past: int, lengths: list[int]) -> bool:
+        """Whether the decoder's slots hold exactly `cache`'s rows (the last step's state)."""
+        if self._bound is None:
+            return False
+        ref, n, rows, tensors = self._bound
+        if ref() is not cache or n != past or rows != tuple(lengths):
+            return False
+        now = [t for layer in layers for t in (layer.keys, layer.values)]
+        return len(now) == len(tensors) and all(r() is t for r, t in zip(tensors, now, strict=True))

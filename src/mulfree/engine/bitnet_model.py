@@ -273,25 +273,31 @@ class PackedBitNetForCausalLM(_bitnet_base()):
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
                 inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0,
                 past_key_values=None, return_dict=None, **kwargs):  # fmt: skip
-        """BitNetForCausalLM.forward; a cached single-token step (what HF `generate` runs after
-        the prompt, greedy or sampling, batched and left-padded) runs on the compiled step
-        instead (engine.bitnet_decode.HFCacheStep: the engine's speed, transformers' cache kept
-        whole), which matches this model's own modules through int8 rounding
+        """BitNetForCausalLM.forward; what HF `generate` runs (greedy or sampling, batched and
+        left-padded) runs on the compiled step instead: the prompt (when only its last logits
+        are asked for, as generate does) and every cached single-token step after it
+        (engine.bitnet_decode.HFCacheStep: the engine's speed, transformers' cache kept whole,
+        so any call may fall back), matching this model's own modules through int8 rounding
         (tests/engine/test_bitnet_generate.py). Anything `_cached_step_rows` does not accept
-        runs transformers' code: prompts, labels, hidden states or attentions asked for,
-        training, no cache or another cache class, 4D or gapped masks whose position ids
-        disagree with the compacted rows, L-Mul attention set by `apply_lmul_`, energy
-        counting, no compiled core."""
+        runs transformers' code: all positions' logits, labels, hidden states or attentions
+        asked for, training, no cache or another cache class, 4D masks or masks whose position
+        ids disagree with the rows' real positions, L-Mul attention set by `apply_lmul_`,
+        energy counting, no compiled core."""
         cache = one_cache(cache=cache, past_key_values=past_key_values)
         lengths = self._cached_step_rows(input_ids, attention_mask, position_ids, cache,
-                                         inputs_embeds, labels, use_cache, kwargs)  # fmt: skip
+                                         inputs_embeds, labels, use_cache, logits_to_keep,
+                                         kwargs)  # fmt: skip
         if lengths is not None:
             from mulfree.engine.bitnet_decode import HFCacheStep
 
             run = own_decoder(self, "_hf_step", lambda: HFCacheStep(self))
             past = cache.get_seq_length()
-            keep = None if attention_mask is None else attention_mask[:, :past].bool()
-            logits = run.step(cache, input_ids[:, 0], keep, lengths)
+            if past == 0:  # the prompt: its real tokens (mask) per row
+                keep = None if attention_mask is None else attention_mask.bool()
+                logits = run.prefill(cache, input_ids, keep, lengths)
+            else:
+                keep = None if attention_mask is None else attention_mask[:, :past].bool()
+                logits = run.step(cache, input_ids[:, 0], keep, lengths)
             return step_output(self, logits, cache, return_dict)
         if return_dict is not None:
             kwargs["return_dict"] = return_dict
@@ -301,9 +307,11 @@ class PackedBitNetForCausalLM(_bitnet_base()):
                                **cache_kwargs(cache), **kwargs)  # fmt: skip
 
     def _cached_step_rows(self, input_ids, attention_mask, position_ids, cache, inputs_embeds,
-                          labels, use_cache, kwargs) -> list[int] | None:  # fmt: skip
-        """The one predicate of the fast path: each row's number of real past positions (its
-        token's position) when the compiled step runs this forward call, else None."""
+                          labels, use_cache, logits_to_keep, kwargs) -> list[int] | None:  # fmt: skip
+        """The one predicate of the fast path: None when transformers' code runs this call, else
+        per row: for a cached step (one token per row, P > 0 past positions) the number of
+        the row's real past positions (the position its token is rotated to); for a prompt
+        into an empty cache (only the last logits asked for) the number of its real tokens."""
         from transformers.cache_utils import DynamicCache, DynamicLayer
 
         from mulfree import energy
@@ -311,7 +319,8 @@ class PackedBitNetForCausalLM(_bitnet_base()):
 
         cfg = self.config
         if (
-            not one_token_step(self, input_ids, inputs_embeds, labels, use_cache, kwargs)
+            not one_token_step(self, input_ids, inputs_embeds, labels, use_cache, kwargs,
+                               prompt=True)
             or energy.counting()  # counted on transformers' modules (the ops it prices)
             or cfg._attn_implementation not in ("eager", "sdpa")  # exact attention only
             or compiled_step_unsupported(cfg) is not None
@@ -319,7 +328,10 @@ class PackedBitNetForCausalLM(_bitnet_base()):
             or len(cache.layers) != cfg.num_hidden_layers
         ):  # fmt: skip
             return None
-        B, past = input_ids.shape[0], cache.get_seq_length()
+        (B, T), past = input_ids.shape, cache.get_seq_length()
+        if past == 0:
+            return self._prompt_rows(cache, B, T, attention_mask, position_ids, logits_to_keep,
+                                     kwargs)  # fmt: skip
         hd = cfg.hidden_size // cfg.num_attention_heads
         want = (B, cfg.num_key_value_heads, past, hd)
         for layer in cache.layers:  # plain float32 layers holding `past` positions of every row
@@ -328,7 +340,7 @@ class PackedBitNetForCausalLM(_bitnet_base()):
             for t in (layer.keys, layer.values):
                 if t is None or t.dtype != torch.float32 or tuple(t.shape) != want:
                     return None
-        if past < 1 or past + 1 > cfg.max_position_embeddings:
+        if T != 1 or past + 1 > cfg.max_position_embeddings:
             return None
         if attention_mask is None:
             lengths = torch.full((B,), past)
@@ -349,6 +361,43 @@ class PackedBitNetForCausalLM(_bitnet_base()):
         elif tuple(position_ids.shape) != (B, 1) or not torch.equal(position_ids[:, 0].cpu(), lengths):
             return None
         return lengths.tolist()
+
+    def _prompt_rows(self, cache, B, T, attention_mask, position_ids, logits_to_keep,
+                     kwargs) -> list[int] | None:  # fmt: skip
+        """`_cached_step_rows` for a prompt into an empty cache: the rows' real token counts."""
+        from transformers.cache_utils import DynamicLayer
+
+        for layer in cache.layers:  # empty plain layers (generate's fresh DynamicCache)
+            if type(layer) is not DynamicLayer:
+                return None
+            if layer.is_initialized and (layer.keys is not None and layer.keys.numel()):
+                return None
+        # generate asks for the last position's logits only; all positions' logits (a scoring
+        # forward) are transformers' (the compiled prefill computes the head on the last row)
+        if not (logits_to_keep == 1 or (T == 1 and logits_to_keep == 0)):
+            return None
+        if T > self.config.max_position_embeddings:
+            return None
+        if attention_mask is None:
+            keep = torch.ones(B, T, dtype=torch.bool)
+        elif attention_mask.dim() != 2 or tuple(attention_mask.shape) != (B, T):
+            return None
+        else:
+            keep = attention_mask.ne(0)
+        if not bool(keep[:, -1].all()):
+            return None  # a row whose last token is padding (right padding): its logits are a pad's
+        # each row's real tokens at positions 0, 1, ... (the compacted row): what transformers
+        # rotates them to with position ids from the mask; none given, positions 0..T-1
+        real = keep.cumsum(1) - 1  # [B, T]
+        if position_ids is None:
+            if not bool(keep.all()):
+                return None
+        elif tuple(position_ids.shape) != (B, T) or not torch.equal(position_ids.cpu()[keep], real[keep]):
+            return None
+        pos = kwargs.get("cache_position")
+        if pos is not None and not torch.equal(pos.reshape(-1).cpu(), torch.arange(T)):
+            return None
+        return keep.sum(1).tolist()
 
     def fused_decoder(self, **kw):
         """The fused decoder over this model's weights (mulfree.engine.bitnet_decode)."""

@@ -196,19 +196,24 @@ class BitNetPlan:
                                     ptr(rows))  # fmt: skip
         self.lengths[slot] = n
 
-    def kv_at(self, slot: int, pos: int) -> tuple[np.ndarray, np.ndarray]:
-        """(keys, values) float32 [L, Hkv, hd] stored at position `pos` of `slot`, decoded from
-        the cache dtype (float32: the step's own values)."""
-        k = self.k[:, slot, :, pos // KTILE, :, pos % KTILE]  # [L, Hkv, hd]
-        v = self.v[:, slot, :, pos]
+    def kv_rows(self, slot: int, start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, values) float32 [L, n, Hkv, hd] stored at positions start .. start + n - 1 of
+        `slot`, decoded from the cache dtype (float32: the step's own values)."""
+        t0, t1 = start // KTILE, -(-(start + n) // KTILE)
+        k = self.k[:, slot, :, t0:t1]  # [L, Hkv, tiles, hd, 8]
+        L, Hkv, tiles, hd, _ = k.shape
+        k = k.transpose(0, 2, 4, 1, 3).reshape(L, tiles * KTILE, Hkv, hd)  # [L, positions, Hkv, hd]
+        k = k[:, start - t0 * KTILE : start - t0 * KTILE + n]
+        v = self.v[:, slot, :, start : start + n].transpose(0, 2, 1, 3)  # [L, n, Hkv, hd]
         if self.kv_dtype == "float32":
-            return k.copy(), v.copy()
+            return np.ascontiguousarray(k), np.ascontiguousarray(v)
         if self.kv_dtype == "bfloat16":
-            return ((k.astype(np.uint32) << 16).view(np.float32),
-                    (v.astype(np.uint32) << 16).view(np.float32))  # fmt: skip
+            dec = lambda a: (a.astype(np.uint32) << 16).view(np.float32)  # noqa: E731
+            return dec(k), dec(v)
         if self.kv_dtype == "float16":
             return k.view(np.float16).astype(np.float32), v.view(np.float16).astype(np.float32)
-        ks, vs = self.ks[:, slot, :, pos, None], self.vs[:, slot, :, pos, None]  # [L, Hkv, 1]
+        ks = self.ks[:, slot, :, start : start + n].transpose(0, 2, 1)[..., None]  # [L, n, Hkv, 1]
+        vs = self.vs[:, slot, :, start : start + n].transpose(0, 2, 1)[..., None]
         return k.astype(np.float32) * ks, v.astype(np.float32) * vs
 
     # --- the plan --------------------------------------------------------------------------

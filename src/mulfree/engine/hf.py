@@ -56,13 +56,16 @@ def register_packed_with_transformers() -> None:
 # ---------------------------------------------------------------------------------------------
 # The cached-step fast path of a packed model's forward (shared by both families)
 # ---------------------------------------------------------------------------------------------
-def one_token_step(model, input_ids, inputs_embeds, labels, use_cache, flags: dict[str, Any]) -> bool:
+def one_token_step(model, input_ids, inputs_embeds, labels, use_cache, flags: dict[str, Any],
+                   prompt: bool = False) -> bool:  # fmt: skip
     """The family-independent half of the fast path's predicate: an inference step of one new
-    token id per row that wants the cache and no extra outputs (`flags`: output_hidden_states /
-    output_attentions as the forward got them). The family then checks its cache and mask."""
+    token id per row (prompt=True: any number) that wants the cache and no extra outputs
+    (`flags`: output_hidden_states / output_attentions as the forward got them). The family
+    then checks its cache and mask."""
     return not (
         model.training or input_ids is None or inputs_embeds is not None or input_ids.dim() != 2
-        or input_ids.shape[1] != 1 or labels is not None or use_cache is False
+        or input_ids.shape[1] < 1 or (input_ids.shape[1] != 1 and not prompt)
+        or labels is not None or use_cache is False
         or flags.get("output_hidden_states") or flags.get("output_attentions")
     )  # fmt: skip
 
