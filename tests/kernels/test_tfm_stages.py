@@ -437,3 +437,17 @@ def test_attend_avx512_under_simde(tmp_path, capfd):
     report = capfd.readouterr().out
     assert fails == 0, report
     assert report.count(": ok") == 10 * 4 * 2 * 2, report  # cases x dtypes x routes x threads
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("mbits", [1, 2, 7, 23])
+def test_attend_lmul_mantissa_bits(isa, mbits):
+    """Other mantissa widths than 3: no rounding (23, the fast routes' drop = 0 case), one bit
+    kept (a carry into the exponent is frequent), and between; L-Mul's offset l(k) changes
+    with k too."""
+    C = _core()
+    cache = _random_cache("float32", 1, 2, 32, 24, 40 + mbits, zeros=0.1)
+    q = _rand((1, 8, 32), 41, 2.0)
+    rows = np.array([[0, 20]], dtype=np.int64)
+    out, _ = _attend_c(C, cache, q, rows, mbits, isa)
+    _same_bits(out, ref.attend(cache, q, [0], [20], 32**-0.5, mbits), f"{isa} k={mbits}")
