@@ -9,17 +9,17 @@ random normal. The op is driven through the C entry point the tests use (mulfree
 
 Printed per (ISA level, threads, context): attention ms per token (30 calls) exact and L-Mul,
 their ratio, and the step-level ratio that implies: (S - exact + L-Mul) / S, S the exact step
-time (`--step-ms`, default the one measured with benchmarks/bench_bitnet.py at that context and
-thread count on this machine; see --help). Exact and L-Mul calls alternate token by token (one
-process, the same load); median of --tokens tokens after a warm-up token. The load average is
-printed. `--step PACKED` (a packed 2B4T-shape model with an int8 head, e.g. the one
+time (`--step-ms ctx:threads:ms,...`, figures of bench_bitnet.py on the machine, or measured
+with --step). Exact and L-Mul calls alternate token by token (one process, the same load);
+median of --tokens tokens after a warm-up token. The load average is printed. `--step PACKED` (a packed 2B4T-shape model with an int8 head, e.g. the one
 bench_bitnet.py converts into /tmp/mulfree-bench-bitnet/2b4t/packed-int8) also times the whole
 compiled decode step, exact vs L-Mul attention, as bench_bitnet does, and uses its exact step
 time for the step ratio. `--baseline` names another build of the compiled core (e.g. main's
 src/mulfree/_C*.so) whose tfm_attend is timed in the same rounds, for before / after ratios.
 
     flock /tmp/mulfree-bench.lock python benchmarks/bench_tfm_attend.py
-    MULFREE_ISA=avx2 ... (or --isa avx2,avx512) to compare levels in one run
+    python benchmarks/bench_tfm_attend.py --isa avx2,avx512 --baseline /path/to/old/_C.so \
+        --step /tmp/mulfree-bench-bitnet/2b4t/packed-int8
 """
 
 from __future__ import annotations

@@ -47,8 +47,11 @@
 
 #define MF_TARGET_AVX2_F16C __attribute__((target("avx2,f16c")))
 #define TFM_MAX_HD 1024 /* head_dim bound: RoPE's per-head copy lives on the stack */
-/* tfm_attend: a thread per this many products at least (below, fork/join costs about as much) */
+/* tfm_attend: a thread per this many products at least (below, fork/join costs about as much);
+ * overridable so the SIMDe harness splits small shapes */
+#ifndef TFM_MIN_WORK
 #define TFM_MIN_WORK (1 << 19)
+#endif
 
 static inline uint32_t f2u(float f) {
     uint32_t u;
@@ -380,7 +383,8 @@ MF_TARGET_AVX2_F16C static MF_AI void pv_nq(const lm_vconst *vc, const int lmul,
 MF_TARGET_AVX2_F16C static MF_AI void attend_row_t(const attn_args *A, const lm_vconst *vc,
                                                    const int dtype, const int lmul,
                                                    const float *q, int64_t slot, int64_t gsel,
-                                                   int64_t n, float *out, float *sc) {
+                                                   int64_t h0, int64_t h1, int64_t n, float *out,
+                                                   float *sc) {
     const int64_t G = A->H / A->Hkv, hd = A->hd, ctx = A->ctx;
     const int64_t tiles = (n + TFM_KTILE - 1) / TFM_KTILE, npad = tiles * TFM_KTILE;
     float *kt = sc + mf_round_up(G * npad, 8);
@@ -394,18 +398,18 @@ MF_TARGET_AVX2_F16C static MF_AI void attend_row_t(const attn_args *A, const lm_
                                                  : _mm256_setzero_ps();
             for (int64_t d = 0; d < hd; ++d)
                 _mm256_store_ps(kt + d * TFM_KTILE, load8(A->kc, base + d * TFM_KTILE, dtype, st));
-            for (int64_t i0 = 0; i0 < G; i0 += 4) {
-                const int64_t nq = G - i0 < 4 ? G - i0 : 4;
+            for (int64_t i0 = h0; i0 < h1; i0 += 4) {
+                const int64_t nq = h1 - i0 < 4 ? h1 - i0 : 4;
 #define MF_SCORES(k) scores_nq(vc, lmul, k, qg + i0 * hd, hd, kt, A->scaling, sc + i0 * npad, npad, t)
                 MF_NQ_SWITCH(nq, MF_SCORES)
 #undef MF_SCORES
             }
         }
-        for (int64_t i = 0; i < G; ++i) softmax_avx2(sc + i * npad, n);
+        for (int64_t i = h0; i < h1; ++i) softmax_avx2(sc + i * npad, n);
         const void *vbase = (const char *)A->vc + (size_t)(sh * ctx * hd) * (dtype == TFM_KV_F32 ? 4 : dtype == TFM_KV_I8 ? 1 : 2);
         const float *vst = dtype == TFM_KV_I8 ? A->vs + sh * ctx : NULL;
-        for (int64_t i0 = 0; i0 < G; i0 += 4) {
-            const int64_t nq = G - i0 < 4 ? G - i0 : 4;
+        for (int64_t i0 = h0; i0 < h1; i0 += 4) {
+            const int64_t nq = h1 - i0 < 4 ? h1 - i0 : 4;
             float *o = out + (g * G + i0) * hd;
             int64_t d0 = 0;
 #define MF_PV2(k) pv_nq(vc, lmul, dtype, k, 2, sc + i0 * npad, npad, vbase, vst, n, hd, d0, o)
@@ -420,9 +424,9 @@ MF_TARGET_AVX2_F16C static MF_AI void attend_row_t(const attn_args *A, const lm_
 
 #define MF_ROW_FN(name, dt, lm)                                                                 \
     MF_TARGET_AVX2_F16C static void name(const attn_args *A, const lm_vconst *vc,                \
-                                         const float *q, int64_t slot, int64_t g, int64_t n,     \
-                                         float *out, float *sc) {                                \
-        attend_row_t(A, vc, dt, lm, q, slot, g, n, out, sc);                                     \
+                                         const float *q, int64_t slot, int64_t g, int64_t h0, int64_t h1,     \
+                                         int64_t n, float *out, float *sc) {                                \
+        attend_row_t(A, vc, dt, lm, q, slot, g, h0, h1, n, out, sc);                                     \
     }
 MF_ROW_FN(row_f32_x, TFM_KV_F32, 0)
 MF_ROW_FN(row_f32_l, TFM_KV_F32, 1)
@@ -434,7 +438,7 @@ MF_ROW_FN(row_i8_x, TFM_KV_I8, 0)
 MF_ROW_FN(row_i8_l, TFM_KV_I8, 1)
 #undef MF_ROW_FN
 typedef void (*attend_row_fn)(const attn_args *, const lm_vconst *, const float *, int64_t, int64_t,
-                              int64_t, float *, float *);
+                              int64_t, int64_t, int64_t, float *, float *);
 
 /* ---- L-Mul fast route (float32 operands, "int" mode) --------------------------------------
  * lmul256 prepares both operands of every product (flush, round to k mantissa bits, NaN / inf
@@ -478,21 +482,24 @@ static inline int lmf_ok(uint32_t vmax, uint32_t bmax, uint32_t lconst, uint32_t
 }
 
 /* Prepared vector side of 8 floats: mag = a (flushed, rounded), ms = sign | a; vmax collects
- * the raw magnitudes of the lanes in `live`. */
+ * the raw magnitudes of the lanes in `live`. The rounding runs on the signed bits: the sign
+ * stays for every magnitude the route keeps (a carry into bit 31 needs an inf / NaN magnitude,
+ * whose rows lmf_ok hands off), and ms of a flushed lane is never used (its mag is 0, at or
+ * below every thr): 2 operations fewer than rounding the magnitude and or-ing the sign back. */
 MF_TARGET_AVX2 static MF_AI void lmf_vprep(const lm_vconst *c, __m256 v, __m256i live,
                                            __m256i *ms, __m256i *mag, __m256i *vmax) {
-    const __m256i b = _mm256_castps_si256(v);
-    __m256i m = _mm256_and_si256(b, V256(0x7fffffffu));
-    *vmax = _mm256_max_epu32(*vmax, _mm256_and_si256(m, live));
-    m = _mm256_andnot_si256(_mm256_cmpgt_epi32(V256(0x800000u), m), m); /* flush */
+    const __m256i b = _mm256_castps_si256(v), raw = _mm256_and_si256(b, V256(0x7fffffffu));
+    *vmax = _mm256_max_epu32(*vmax, _mm256_and_si256(raw, live));
+    __m256i r = b;
     if (c->drop > 0) { /* round to nearest even at bit `drop`: (m + half - 1 + lsb) & ~low */
         const __m128i sh = _mm_cvtsi32_si128(c->drop);
-        const __m256i lsb = _mm256_and_si256(_mm256_srl_epi32(m, sh), V256(1));
-        m = _mm256_and_si256(_mm256_add_epi32(_mm256_add_epi32(m, V256(c->round_half_m1)), lsb),
+        const __m256i lsb = _mm256_and_si256(_mm256_srl_epi32(b, sh), V256(1));
+        r = _mm256_and_si256(_mm256_add_epi32(_mm256_add_epi32(b, V256(c->round_half_m1)), lsb),
                              V256(~((1u << c->drop) - 1)));
     }
-    *mag = m;
-    *ms = _mm256_or_si256(_mm256_and_si256(b, V256(0x80000000u)), m);
+    *ms = r;
+    *mag = _mm256_andnot_si256(_mm256_cmpgt_epi32(V256(0x800000u), raw), /* flush */
+                               _mm256_and_si256(r, V256(0x7fffffffu)));
 }
 
 /* 8 products of a prepared vector side and one scalar side (adj, thr), as float32 bits. */
@@ -566,14 +573,14 @@ MF_TARGET_AVX2_F16C static MF_AI void lmf_pv_nq(const lm_vconst *c, const int dt
  * (lmf_ok; nothing usable written: the caller runs the full route). */
 MF_TARGET_AVX2_F16C static MF_AI int lmf_row_t(const attn_args *A, const lm_vconst *c,
                                                const int dtype, const float *q, int64_t slot,
-                                               int64_t g, int64_t n, float *out, float *sc,
-                                               const lmf_buf *L) {
+                                               int64_t g, int64_t h0, int64_t h1, int64_t n,
+                                               float *out, float *sc, const lmf_buf *L) {
     const int64_t G = A->H / A->Hkv, hd = A->hd, ctx = A->ctx;
     const int64_t tiles = (n + TFM_KTILE - 1) / TFM_KTILE, npad = tiles * TFM_KTILE;
     const uint32_t lconst = c->lconst, us = c->under_sum, slack = 1u << c->drop;
     const int64_t sh = slot * A->Hkv + g;
     uint32_t bmax = 0, l[8];
-    for (int64_t e = 0; e < G * hd; ++e) {
+    for (int64_t e = h0 * hd; e < h1 * hd; ++e) {
         const uint32_t b = lmf_scalar(&A->f, A->k, lconst, us, q[g * G * hd + e], L->qadj + e,
                                       L->qthr + e);
         bmax = b > bmax ? b : bmax;
@@ -587,8 +594,8 @@ MF_TARGET_AVX2_F16C static MF_AI int lmf_row_t(const attn_args *A, const lm_vcon
         /* lanes past n (positions not written yet) are not checked */
         const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - t * TFM_KTILE)),
                                                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        for (int64_t i0 = 0; i0 < G; i0 += 4) {
-            const int64_t nq = G - i0 < 4 ? G - i0 : 4;
+        for (int64_t i0 = h0; i0 < h1; i0 += 4) {
+            const int64_t nq = h1 - i0 < 4 ? h1 - i0 : 4;
 #define MF_SC(k) lmf_scores_nq(c, dtype, k, L, i0, hd, A->kc, base, st, live, A->scaling, sc, npad, t, &vmax)
             MF_NQ_SWITCH(nq, MF_SC)
 #undef MF_SC
@@ -597,7 +604,7 @@ MF_TARGET_AVX2_F16C static MF_AI int lmf_row_t(const attn_args *A, const lm_vcon
     _mm256_storeu_si256((__m256i *)l, vmax);
     if (!lmf_ok(hmax8_epu32(l), bmax, lconst, slack)) return 1;
     bmax = 0;
-    for (int64_t i = 0; i < G; ++i) {
+    for (int64_t i = h0; i < h1; ++i) {
         softmax_avx2(sc + i * npad, n);
         for (int64_t j = 0; j < n; ++j) {
             const int64_t e = i * npad + j;
@@ -610,8 +617,8 @@ MF_TARGET_AVX2_F16C static MF_AI int lmf_row_t(const attn_args *A, const lm_vcon
     const float *vst = dtype == TFM_KV_I8 ? A->vs + sh * ctx : NULL;
     float *o = out + g * G * hd;
     vmax = _mm256_setzero_si256();
-    for (int64_t i0 = 0; i0 < G; i0 += 4) {
-        const int64_t nq = G - i0 < 4 ? G - i0 : 4;
+    for (int64_t i0 = h0; i0 < h1; i0 += 4) {
+        const int64_t nq = h1 - i0 < 4 ? h1 - i0 : 4;
         int64_t d0 = 0;
 #define MF_PV2(k) lmf_pv_nq(c, dtype, k, 2, L, i0, npad, vbase, vst, n, hd, d0, o, &vmax)
 #define MF_PV1(k) lmf_pv_nq(c, dtype, k, 1, L, i0, npad, vbase, vst, n, hd, d0, o, &vmax)
@@ -626,17 +633,17 @@ MF_TARGET_AVX2_F16C static MF_AI int lmf_row_t(const attn_args *A, const lm_vcon
 
 #define MF_LMF_FN(name, dt)                                                                     \
     MF_TARGET_AVX2_F16C static int name(const attn_args *A, const lm_vconst *c, const float *q,  \
-                                        int64_t slot, int64_t g, int64_t n, float *out,          \
+                                        int64_t slot, int64_t g, int64_t h0, int64_t h1, int64_t n, float *out,          \
                                         float *sc, const lmf_buf *L) {                           \
-        return lmf_row_t(A, c, dt, q, slot, g, n, out, sc, L);                                   \
+        return lmf_row_t(A, c, dt, q, slot, g, h0, h1, n, out, sc, L);                                   \
     }
 MF_LMF_FN(lmf_f32, TFM_KV_F32)
 MF_LMF_FN(lmf_bf16, TFM_KV_BF16)
 MF_LMF_FN(lmf_f16, TFM_KV_F16)
 MF_LMF_FN(lmf_i8, TFM_KV_I8)
 #undef MF_LMF_FN
-typedef int (*lmf_row_fn)(const attn_args *, const lm_vconst *, const float *, int64_t, int64_t, int64_t,
-                          float *, float *, const lmf_buf *);
+typedef int (*lmf_row_fn)(const attn_args *, const lm_vconst *, const float *, int64_t, int64_t,
+                          int64_t, int64_t, int64_t, float *, float *, const lmf_buf *);
 static const lmf_row_fn LMF_ROW[4] = {lmf_f32, lmf_bf16, lmf_f16, lmf_i8};
 
 /* AVX-512 code that also converts with F16C's 8-lane forms; overridable like MF_TARGET_AVX512
@@ -777,14 +784,14 @@ MF_TARGET_AVX512_F16C static MF_AI void lmf_pv512_nq(const lm_vconst *c, const i
 /* lmf_row_t on 16 lanes (the same checks and hand-off). */
 MF_TARGET_AVX512_F16C static MF_AI int lmf_row512_t(const attn_args *A, const lm_vconst *c,
                                                const int dtype, const float *q, int64_t slot,
-                                               int64_t g, int64_t n, float *out, float *sc,
-                                               const lmf_buf *L) {
+                                               int64_t g, int64_t h0, int64_t h1, int64_t n,
+                                               float *out, float *sc, const lmf_buf *L) {
     const int64_t G = A->H / A->Hkv, hd = A->hd, ctx = A->ctx;
     const int64_t tiles = (n + TFM_KTILE - 1) / TFM_KTILE, npad = tiles * TFM_KTILE;
     const uint32_t lconst = c->lconst, us = c->under_sum, slack = 1u << c->drop;
     const int64_t sh = slot * A->Hkv + g;
     uint32_t bmax = 0, l[16];
-    for (int64_t e = 0; e < G * hd; ++e) {
+    for (int64_t e = h0 * hd; e < h1 * hd; ++e) {
         const uint32_t b = lmf_scalar(&A->f, A->k, lconst, us, q[g * G * hd + e], L->qadj + e,
                                       L->qthr + e);
         bmax = b > bmax ? b : bmax;
@@ -799,8 +806,8 @@ MF_TARGET_AVX512_F16C static MF_AI int lmf_row512_t(const attn_args *A, const lm
                           : join16(_mm256_loadu_ps(kst), two ? _mm256_loadu_ps(kst + 8) : _mm256_setzero_ps());
         /* lanes past n (positions not written yet) are not checked */
         const __mmask16 live = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
-        for (int64_t i0 = 0; i0 < G; i0 += 4) {
-            const int64_t nq = G - i0 < 4 ? G - i0 : 4;
+        for (int64_t i0 = h0; i0 < h1; i0 += 4) {
+            const int64_t nq = h1 - i0 < 4 ? h1 - i0 : 4;
 #define MF_SC2(k) lmf_scores512_nq(c, dtype, k, 1, L, i0, hd, A->kc, base, st, live, A->scaling, sc, npad, t, &vmax)
 #define MF_SC1(k) lmf_scores512_nq(c, dtype, k, 0, L, i0, hd, A->kc, base, st, live, A->scaling, sc, npad, t, &vmax)
             if (two)
@@ -814,7 +821,7 @@ MF_TARGET_AVX512_F16C static MF_AI int lmf_row512_t(const attn_args *A, const lm
     _mm512_storeu_si512((void *)l, vmax);
     if (!lmf_ok(hmax16_epu32(l), bmax, lconst, slack)) return 1;
     bmax = 0;
-    for (int64_t i = 0; i < G; ++i) {
+    for (int64_t i = h0; i < h1; ++i) {
         softmax_avx2(sc + i * npad, n);
         for (int64_t j = 0; j < n; ++j) {
             const int64_t e = i * npad + j;
@@ -827,8 +834,8 @@ MF_TARGET_AVX512_F16C static MF_AI int lmf_row512_t(const attn_args *A, const lm
     const float *vst = dtype == TFM_KV_I8 ? A->vs + sh * ctx : NULL;
     float *o = out + g * G * hd;
     vmax = _mm512_setzero_si512();
-    for (int64_t i0 = 0; i0 < G; i0 += 4) {
-        const int64_t nq = G - i0 < 4 ? G - i0 : 4;
+    for (int64_t i0 = h0; i0 < h1; i0 += 4) {
+        const int64_t nq = h1 - i0 < 4 ? h1 - i0 : 4;
         for (int64_t d0 = 0; d0 < hd; d0 += 64) {
             const int64_t nv = (hd - d0) / 16 < 4 ? (hd - d0) / 16 : 4;
 #define MF_PV_1(k) lmf_pv512_nq(c, dtype, k, 1, L, i0, npad, vbase, vst, n, hd, d0, o, &vmax)
@@ -848,9 +855,9 @@ MF_TARGET_AVX512_F16C static MF_AI int lmf_row512_t(const attn_args *A, const lm
 
 #define MF_LMF512_FN(name, dt)                                                                  \
     MF_TARGET_AVX512_F16C static int name(const attn_args *A, const lm_vconst *c, const float *q,     \
-                                     int64_t slot, int64_t g, int64_t n, float *out, float *sc,  \
+                                     int64_t slot, int64_t g, int64_t h0, int64_t h1, int64_t n, float *out, float *sc,  \
                                      const lmf_buf *L) {                                         \
-        return lmf_row512_t(A, c, dt, q, slot, g, n, out, sc, L);                                \
+        return lmf_row512_t(A, c, dt, q, slot, g, h0, h1, n, out, sc, L);                                \
     }
 MF_LMF512_FN(lmf512_f32, TFM_KV_F32)
 MF_LMF512_FN(lmf512_bf16, TFM_KV_BF16)
@@ -916,7 +923,8 @@ MF_TARGET_AVX512_F16C static MF_AI void pv512_nq(const int dtype, const int nq, 
 /* attend_row_t's exact route on 16 lanes; sc: G * npad scores, then kt (hd x 16, aligned). */
 MF_TARGET_AVX512_F16C static MF_AI void attend_row512_t(const attn_args *A, const int dtype,
                                                         const float *q, int64_t slot, int64_t g,
-                                                        int64_t n, float *out, float *sc) {
+                                                        int64_t h0, int64_t h1, int64_t n,
+                                                        float *out, float *sc) {
     const int64_t G = A->H / A->Hkv, hd = A->hd, ctx = A->ctx;
     const int64_t tiles = (n + TFM_KTILE - 1) / TFM_KTILE, npad = tiles * TFM_KTILE;
     float *kt = sc + mf_round_up(G * npad, 16);
@@ -932,8 +940,8 @@ MF_TARGET_AVX512_F16C static MF_AI void attend_row512_t(const attn_args *A, cons
         for (int64_t d = 0; d < hd; ++d)
             _mm512_store_ps(kt + d * 16, two ? load16(A->kc, base + d * TFM_KTILE, hd * TFM_KTILE, 1, 1, dtype, st)
                                              : load16(A->kc, base + d * TFM_KTILE, hd * TFM_KTILE, 1, 0, dtype, st));
-        for (int64_t i0 = 0; i0 < G; i0 += 4) {
-            const int64_t nq = G - i0 < 4 ? G - i0 : 4;
+        for (int64_t i0 = h0; i0 < h1; i0 += 4) {
+            const int64_t nq = h1 - i0 < 4 ? h1 - i0 : 4;
 #define MF_S2(k) scores512_nq(k, 1, qg + i0 * hd, hd, kt, A->scaling, sc + i0 * npad, npad, t)
 #define MF_S1(k) scores512_nq(k, 0, qg + i0 * hd, hd, kt, A->scaling, sc + i0 * npad, npad, t)
             if (two)
@@ -944,11 +952,11 @@ MF_TARGET_AVX512_F16C static MF_AI void attend_row512_t(const attn_args *A, cons
 #undef MF_S1
         }
     }
-    for (int64_t i = 0; i < G; ++i) softmax_avx2(sc + i * npad, n);
+    for (int64_t i = h0; i < h1; ++i) softmax_avx2(sc + i * npad, n);
     const void *vbase = (const char *)A->vc + (size_t)(sh * ctx * hd) * (dtype == TFM_KV_F32 ? 4 : dtype == TFM_KV_I8 ? 1 : 2);
     const float *vst = dtype == TFM_KV_I8 ? A->vs + sh * ctx : NULL;
-    for (int64_t i0 = 0; i0 < G; i0 += 4) {
-        const int64_t nq = G - i0 < 4 ? G - i0 : 4;
+    for (int64_t i0 = h0; i0 < h1; i0 += 4) {
+        const int64_t nq = h1 - i0 < 4 ? h1 - i0 : 4;
         float *o = out + (g * G + i0) * hd;
         for (int64_t d0 = 0; d0 < hd; d0 += 64) {
             const int64_t nv = (hd - d0) / 16 < 4 ? (hd - d0) / 16 : 4;
@@ -967,10 +975,10 @@ MF_TARGET_AVX512_F16C static MF_AI void attend_row512_t(const attn_args *A, cons
 
 #define MF_ROW512_FN(name, dt)                                                                   \
     MF_TARGET_AVX512_F16C static void name(const attn_args *A, const lm_vconst *vc,              \
-                                           const float *q, int64_t slot, int64_t g, int64_t n,   \
-                                           float *out, float *sc) {                              \
+                                           const float *q, int64_t slot, int64_t g, int64_t h0, int64_t h1,   \
+                                           int64_t n, float *out, float *sc) {                              \
         (void)vc;                                                                                \
-        attend_row512_t(A, dt, q, slot, g, n, out, sc);                                          \
+        attend_row512_t(A, dt, q, slot, g, h0, h1, n, out, sc);                                          \
     }
 MF_ROW512_FN(row512_f32_x, TFM_KV_F32)
 MF_ROW512_FN(row512_bf16_x, TFM_KV_BF16)
@@ -1162,13 +1170,19 @@ static int attend_impl(attn_args *A, const float *q, int64_t B, int64_t qs, floa
         const attend_row_fn row = wide && !A->lmul ? ROW512_X[A->dtype] : ROW_AVX2[A->dtype][A->lmul];
         const lmf_row_fn fast = (wide ? LMF_ROW512 : LMF_ROW)[A->dtype];
         /* (row, kv head) items are independent: threads split them, each with its own
-         * scratch (mf_scratch is per thread); a thread per TFM_MIN_WORK products at most */
+         * scratch (mf_scratch is per thread); a thread per TFM_MIN_WORK products at most.
+         * When they do not divide evenly (2B4T's 5 kv heads on 2 threads), each of the last
+         * items % nt is split by query heads into nt parts, one per thread (schedule(static, 1)
+         * deals the whole items, then the parts, round-robin): no thread does a whole item
+         * more than another (a part prepares its keys and values for fewer heads). */
         const int64_t items = B * A->Hkv;
         int64_t nt = mf_threads(threads);
         const int64_t work = 2 * nmax * A->H * A->hd * B;
         nt = nt < items ? nt : items;
         nt = nt < work / TFM_MIN_WORK ? nt : work / TFM_MIN_WORK;
         nt = nt < 1 ? 1 : nt;
+        const int64_t rem = nt > 1 && G >= nt ? items % nt : 0, whole = items - rem;
+        const int64_t units = whole + rem * nt;
         int nomem = 0;
 #pragma omp parallel num_threads((int)nt) if (nt > 1)
         {
@@ -1179,13 +1193,19 @@ static int attend_impl(attn_args *A, const float *q, int64_t B, int64_t qs, floa
             } else {
                 uint32_t *u = (uint32_t *)(s + nsc + tile); /* q's, then p's scalar sides */
                 lmf_buf L = {u, u + nq, u + 2 * nq, u + 2 * nq + nsc};
-#pragma omp for schedule(static)
-                for (int64_t it = 0; it < items; ++it) {
+#pragma omp for schedule(static, 1)
+                for (int64_t un = 0; un < units; ++un) {
+                    int64_t it = un, h0 = 0, h1 = G; /* the item and its query heads */
+                    if (un >= whole) {
+                        const int64_t part = (un - whole) % nt;
+                        it = whole + (un - whole) / nt;
+                        h0 = G * part / nt, h1 = G * (part + 1) / nt;
+                    }
                     const int64_t b = it / A->Hkv, g = it % A->Hkv;
                     const float *qb = q + b * qs;
                     const int64_t slot = rows[2 * b], n = rows[2 * b + 1] + 1;
-                    if (!A->lmul || fast(A, &vc, qb, slot, g, n, out + b * os, s, &L))
-                        row(A, &vc, qb, slot, g, n, out + b * os, s);
+                    if (!A->lmul || fast(A, &vc, qb, slot, g, h0, h1, n, out + b * os, s, &L))
+                        row(A, &vc, qb, slot, g, h0, h1, n, out + b * os, s);
                 }
             }
         }

@@ -8,6 +8,7 @@
 /* F16C natively (the AVX2 float16 conversions), AVX-512 from SIMDe: plain functions */
 #pragma GCC target("f16c")
 #define MF_TARGET_AVX512_F16C
+#define TFM_MIN_WORK 4096 /* 2 threads on small shapes: emulated AVX-512 is slow */
 #include "mf_tfm.c"
 #include "mf_cpu.c"
 #include <stdio.h>
@@ -21,18 +22,21 @@ static float gauss(void) { /* a sum of 4 uniforms: a bell on (-2, 2), enough for
 }
 
 int mf_tfm_avx512_check(void) {
-    /* H, Hkv, hd, ctx, n of row 0 (row 1: n - 5 or 1), value scale (1e-20: tiny products) */
-    const struct { int64_t H, Hkv, hd, ctx, n; float scale; int inf; } cases[] = {
-        {4, 1, 128, 64, 1, 1.0f, 0},   {4, 1, 128, 64, 7, 1.0f, 0},    {4, 1, 128, 64, 9, 1.0f, 0},
-        {10, 2, 32, 64, 63, 1.0f, 0},  {3, 3, 48, 32, 17, 1.0f, 0},    {6, 2, 16, 24, 24, 1.0f, 0},
-        {8, 2, 64, 64, 40, 1e-20f, 0}, {4, 2, 32, 32, 30, 1.0f, 1},    {8, 2, 128, 640, 600, 1.0f, 0},
+    /* H, Hkv, hd, ctx, n of row 0 (row 1: n - 5 or 1), value scale (1e-20: tiny products), an
+     * inf value, rows B; the last: 5 kv heads on 2 threads (the fifth split by query heads) */
+    const struct { int64_t H, Hkv, hd, ctx, n; float scale; int inf; int64_t B; } cases[] = {
+        {4, 1, 128, 64, 1, 1.0f, 0, 2},   {4, 1, 128, 64, 7, 1.0f, 0, 2},
+        {4, 1, 128, 64, 9, 1.0f, 0, 2},   {10, 2, 32, 64, 63, 1.0f, 0, 2},
+        {3, 3, 48, 32, 17, 1.0f, 0, 2},   {6, 2, 16, 24, 24, 1.0f, 0, 2},
+        {8, 2, 64, 64, 40, 1e-20f, 0, 2}, {4, 2, 32, 32, 30, 1.0f, 1, 2},
+        {8, 2, 128, 128, 100, 1.0f, 0, 2}, {20, 5, 32, 128, 100, 1.0f, 1, 1},
     };
     const int ncases = (int)(sizeof cases / sizeof cases[0]);
     int fails = 0;
     for (int ci = 0; ci < ncases; ++ci)
         for (int dtype = 0; dtype < 4; ++dtype) {
             const int64_t H = cases[ci].H, Hkv = cases[ci].Hkv, hd = cases[ci].hd, ctx = cases[ci].ctx;
-            const int64_t B = 2, esz = dtype == TFM_KV_F32 ? 4 : dtype == TFM_KV_I8 ? 1 : 2;
+            const int64_t B = cases[ci].B, esz = dtype == TFM_KV_F32 ? 4 : dtype == TFM_KV_I8 ? 1 : 2;
             const int64_t nkv = B * Hkv * ctx * hd;
             void *kc = calloc((size_t)nkv, (size_t)esz), *vc = calloc((size_t)nkv, (size_t)esz);
             float *ks = calloc((size_t)(B * Hkv * ctx), 4), *vs = calloc((size_t)(B * Hkv * ctx), 4);
@@ -42,7 +46,7 @@ int mf_tfm_avx512_check(void) {
             for (int64_t p = 0; p < ctx; ++p) { /* k | v rows of both slots at position p */
                 for (int64_t i = 0; i < B * 2 * Hkv * hd; ++i)
                     x[i] = rnd() % 5 == 0 ? 0.0f : gauss() * cases[ci].scale;
-                if (cases[ci].inf && p == 3) x[2 * Hkv * hd - 1] = INFINITY; /* a value of slot 0 */
+                if (cases[ci].inf && p == 3) x[2 * Hkv * hd - 1] = INFINITY; /* slot 0, last kv head */
                 rows[0] = 0, rows[1] = p, rows[2] = 1, rows[3] = p;
                 kv_write(x, B, 2 * Hkv * hd, 0, Hkv * hd, kc, vc, ks, vs, dtype, Hkv, hd, ctx, rows);
             }

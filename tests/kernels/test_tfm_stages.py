@@ -162,6 +162,24 @@ def test_attend_threads(mbits):
     _same_bits(out, ref.attend(cache, q, [0, 1], [n - 1, n - 7], hd**-0.5, mbits))
 
 
+@pytest.mark.parametrize("isa", [i for i in LEVELS if i != "scalar"])
+@pytest.mark.parametrize("mbits", [None, 3], ids=["exact", "lmul3"])
+@pytest.mark.parametrize("H,hd,inf", [(20, 64, False), (15, 64, False), (20, 40, True)])
+def test_attend_threads_split_last_kv_head(isa, mbits, H, hd, inf):
+    """5 kv heads on 2 threads (the 2B4T layer): the fifth is split by query heads (2 + 2, or
+    1 + 2 with 3 heads per kv head), one part per thread, each part a route of its own (the
+    fast L-Mul one, or with an inf value in that kv head the full one): the twin's bits."""
+    C = _core()
+    Hkv, ctx, n = 5, 608, 600  # 2 n H hd products: enough work for 2 threads
+    cache = _random_cache("bfloat16", 1, Hkv, hd, ctx, 12)
+    if inf:
+        cache.v[0, 4, 10, 3] = 0x7F80  # +inf (bfloat16 bits) in the split kv head
+    q = _rand((1, H, hd), 13, 2.0)
+    rows = np.array([[0, n - 1]], dtype=np.int64)
+    out, _ = _attend_c(C, cache, q, rows, mbits, isa, threads=2)
+    _same_bits(out, ref.attend(cache, q, [0], [n - 1], hd**-0.5, mbits), f"{isa}")
+
+
 def test_attend_odd_head_dim_runs_scalar():
     """hd % 8 != 0: the scalar code at any level, still equal to the twin."""
     C = _core()
@@ -418,4 +436,18 @@ def test_attend_avx512_under_simde(tmp_path, capfd):
     fails = lib.mf_tfm_avx512_check()
     report = capfd.readouterr().out
     assert fails == 0, report
-    assert report.count(": ok") == 9 * 4 * 2 * 2, report  # cases x dtypes x routes x threads
+    assert report.count(": ok") == 10 * 4 * 2 * 2, report  # cases x dtypes x routes x threads
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("mbits", [1, 2, 7, 23])
+def test_attend_lmul_mantissa_bits(isa, mbits):
+    """Other mantissa widths than 3: no rounding (23, the fast routes' drop = 0 case), one bit
+    kept (a carry into the exponent is frequent), and between; L-Mul's offset l(k) changes
+    with k too."""
+    C = _core()
+    cache = _random_cache("float32", 1, 2, 32, 24, 40 + mbits, zeros=0.1)
+    q = _rand((1, 8, 32), 41, 2.0)
+    rows = np.array([[0, 20]], dtype=np.int64)
+    out, _ = _attend_c(C, cache, q, rows, mbits, isa)
+    _same_bits(out, ref.attend(cache, q, [0], [20], 32**-0.5, mbits), f"{isa} k={mbits}")
