@@ -4,6 +4,13 @@
  *
  *   tfm_head_i4   logits = int4 table (a bfloat16 step per 32 entries of a row, mf_head.h)
  *                 times int8 activations (absmax per row, as tfm_head_i8 quantizes them)
+ *   tfm_head_bf16 logits = bfloat16 table times the float32 activations
+ *
+ * tfm_head_bf16, per activation row b and table row v: lane j (j = 0..7) = sum over d = j, j + 8,
+ * ... in order of x[d] * w[v][d] (float32 products and sums from +0.0), logit = the lanes
+ * combined as below. Its AVX2 variant runs the 8 lanes as one vector, 4 table rows at a time
+ * (4 independent sums in flight; one would wait on each add's latency). The head is float, not
+ * ternary: one multiply per weight, as the torch head it replaces.
  *
  * Per activation row b and table row v:
  *   s = 127 / max(absmax(x_b), 1e-5), q = clamp(rint(x_b s), +-127) (zero past D);
@@ -238,7 +245,73 @@ static int cpu_vnni(void) {
 }
 
 /* ---------------------------------------------------------------------------------------------
- * The op on argument slots (mf_common.h) and its Python entry point
+ * tfm_head_bf16
+ * ------------------------------------------------------------------------------------------- */
+/* Entries d0 <= d < D of one row into the lanes (scalar: the spec of every lane). */
+static void bf16_row_scalar(const uint16_t *w, const float *x, int64_t d0, int64_t D, float *lanes) {
+    for (int64_t d = d0; d < D; ++d) lanes[d & 7] = lanes[d & 7] + x[d] * bf16_to_f32(w[d]);
+}
+
+#if MF_X86
+MF_TARGET_AVX2 static inline __m256 bf16x8(const uint16_t *w) {
+    const __m128i b = _mm_loadu_si128((const __m128i *)w);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16));
+}
+
+/* nr (1..4) rows of w (ld apart), entries 0 .. D8 - 1 (D8 a multiple of 8), into lanes[r][8]. */
+MF_TARGET_AVX2 static void bf16_rows_avx2(const uint16_t *w, int64_t ld, const float *x, int64_t D8,
+                                          int nr, float (*lanes)[8]) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    if (nr == 4) {
+        for (int64_t d = 0; d < D8; d += 8) {
+            const __m256 xv = _mm256_loadu_ps(x + d);
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(xv, bf16x8(w + d)));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(xv, bf16x8(w + ld + d)));
+            a2 = _mm256_add_ps(a2, _mm256_mul_ps(xv, bf16x8(w + 2 * ld + d)));
+            a3 = _mm256_add_ps(a3, _mm256_mul_ps(xv, bf16x8(w + 3 * ld + d)));
+        }
+        _mm256_storeu_ps(lanes[0], a0), _mm256_storeu_ps(lanes[1], a1);
+        _mm256_storeu_ps(lanes[2], a2), _mm256_storeu_ps(lanes[3], a3);
+        return;
+    }
+    for (int r = 0; r < nr; ++r) {
+        a0 = _mm256_setzero_ps();
+        for (int64_t d = 0; d < D8; d += 8)
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(_mm256_loadu_ps(x + d), bf16x8(w + r * ld + d)));
+        _mm256_storeu_ps(lanes[r], a0);
+    }
+}
+#endif
+
+/* x [B][D] float32 -> out [B][V]; w [V][D] bfloat16 bits. */
+static int head_bf16(const float *x, int64_t B, int64_t D, const uint16_t *w, int64_t V,
+                     float *out, int64_t threads, int level) {
+    const int use = MF_X86 && level >= MF_ISA_AVX2;
+    const int64_t D8 = use ? D / 8 * 8 : 0; /* entries the vector loop takes */
+    int64_t nt = mf_threads(threads);
+    nt = nt < V / 4096 ? nt : V / 4096; /* a thread per 4096 rows at least */
+    nt = nt < 1 ? 1 : nt;
+    const int64_t blocks = (V + 3) / 4;
+#pragma omp parallel for num_threads((int)nt) schedule(static) if (nt > 1)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+        const int64_t v0 = 4 * blk;
+        const int nr = (int)(V - v0 < 4 ? V - v0 : 4);
+        for (int64_t b = 0; b < B; ++b) {
+            float lanes[4][8] = {{0}};
+#if MF_X86
+            if (D8) bf16_rows_avx2(w + v0 * D, D, x + b * D, D8, nr, lanes);
+#endif
+            for (int r = 0; r < nr; ++r) {
+                bf16_row_scalar(w + (v0 + r) * D, x + b * D, D8, D, lanes[r]);
+                out[b * V + v0 + r] = tree8(lanes[r]);
+            }
+        }
+    }
+    return use ? MF_ISA_AVX2 : MF_ISA_SCALAR;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The ops on argument slots (mf_common.h) and their Python entry points
  * ------------------------------------------------------------------------------------------- */
 int mf_op_tfm_head_i4(const int64_t *a) {
     const float *x = mf_slot_ptr(a[0]);
@@ -250,6 +323,25 @@ int mf_op_tfm_head_i4(const int64_t *a) {
         return MF_OP_BADARG;
     return head_i4(x, a[1], a[2], codes, a[4], step, out, a[7], mf_isa_resolve((int)a[8]),
                    cpu_vnni());
+}
+
+int mf_op_tfm_head_bf16(const int64_t *a) {
+    const float *x = mf_slot_ptr(a[0]);
+    const uint16_t *w = mf_slot_ptr(a[3]);
+    float *out = mf_slot_ptr(a[5]);
+    if (x == NULL || w == NULL || out == NULL || a[1] < 0 || a[2] < 1 || a[4] < 1)
+        return MF_OP_BADARG;
+    return head_bf16(x, a[1], a[2], w, a[4], out, a[6], mf_isa_resolve((int)a[7]));
+}
+
+MF_PYFUNC(tfm_head_bf16, "tfm_head_bf16(x, B, D, w_bf16, V, out, threads, isa) -> isa used: bfloat16 head on float32 activations.") {
+    int64_t a[8];
+    (void)self;
+    if (mf_parse_slots(args, nargs, "pllplpll", a) < 0) return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = mf_op_tfm_head_bf16(a);
+    Py_END_ALLOW_THREADS if (rc < 0) return mf_op_error("tfm_head_bf16", rc);
+    return PyLong_FromLong(rc);
 }
 
 MF_PYFUNC(tfm_head_i4, "tfm_head_i4(x, B, D, codes_int4, V, step_bf16, out, threads, isa) -> isa used: int4 head (a bf16 step per 32 entries) on int8 (absmax) activations.") {
