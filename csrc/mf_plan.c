@@ -34,6 +34,7 @@ static const plan_op PLAN_OPS[] = {
     {"tfm_glu", "pllpdpll", mf_op_tfm_glu},
     {"tfm_head_i8", "pllplppll", mf_op_tfm_head_i8},
     {"tfm_head_i4", "pllplppll", mf_op_tfm_head_i4},
+    {"tfm_head_bf16", "pllplpll", mf_op_tfm_head_bf16},
 };
 #define N_PLAN_OPS ((int64_t)(sizeof PLAN_OPS / sizeof PLAN_OPS[0]))
 

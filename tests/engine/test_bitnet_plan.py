@@ -102,6 +102,26 @@ def test_int4_head_in_the_plan(ckpts, attention):
     torch.testing.assert_close(got, run(loop), atol=0, rtol=0)
 
 
+def test_bf16_head_in_the_plan(ckpts):
+    """A bfloat16 head runs in the plan too (tfm_head_bf16): the twin's logits on the step's
+    final hidden state bit for bit, the torch path's (bf16 GEMM on bf16-rounded activations)
+    through int8 rounding, plan runner and call loop bit-equal."""
+    from mulfree.engine import head_ref
+
+    m = from_checkpoint(ckpts["packed"], embedding_format="bfloat16", head_format="bfloat16")
+    dec = BitNetDecoder(m)
+    assert dec.plan.w.head_bf16 is not None
+    got = run(dec)
+    twin = head_ref.head_bf16(dec.hidden.numpy(), dec.plan.w.head_bf16)
+    torch.testing.assert_close(got[-1:], torch.from_numpy(twin), atol=0, rtol=0)
+    want = run(BitNetDecoder(m, fused=False))
+    assert_close_through_int8(got, want)
+    assert_argmax_agrees(got, want)
+    loop = BitNetDecoder(m)
+    loop.plan.use_plan_run = False
+    torch.testing.assert_close(got, run(loop), atol=0, rtol=0)
+
+
 def test_int4_head_with_other_steps_runs_in_torch(ckpts):
     """Steps that are not bfloat16 values (not what quantize_head writes) are not what the
     stage reads: such a head runs after the plan in torch, as float heads do."""

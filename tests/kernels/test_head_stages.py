@@ -74,6 +74,36 @@ def test_head_i4_is_the_int4_product():
     assert np.abs(got - want).max() > 0  # the quantizer is really in the path
 
 
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("V,D,B,threads", [(37, 300, 3, 1), (9, 64, 1, 1), (8203, 20, 2, 2),
+                                           (6, 13, 1, 1)])  # fmt: skip
+def test_head_bf16_equals_twin(isa, V, D, B, threads):
+    """Rows past a block of 4, a D tail past 8 entries, two threads; signed zeros and a huge
+    entry (an inf product) among the weights."""
+    C = _core()
+    rng = np.random.default_rng(V * D)
+    w = torch.from_numpy(rng.standard_normal((V, D)).astype(f32)).to(torch.bfloat16)
+    w[0, :3] = torch.tensor([0.0, -0.0, 3e38])
+    bits = w.view(torch.int16).numpy().view(np.uint16)
+    x = (rng.standard_normal((B, D)) * 3.0).astype(f32)
+    out = np.zeros((B, V), dtype=f32)
+    used = C.tfm_head_bf16(_p(x), B, D, _p(bits), V, _p(out), threads, ISA_LEVELS[isa])
+    assert used <= ISA_LEVELS[isa]
+    want = ref.head_bf16(x, bits)
+    diff = np.flatnonzero(out.view(np.uint32) != want.view(np.uint32))
+    assert diff.size == 0, f"{isa}: {diff.size} of {out.size} differ, first at {diff[:5]}"
+
+
+def test_head_bf16_is_the_float_product():
+    from tests._tolerances import FP32_REASSOC
+
+    w = torch.randn(40, 100).to(torch.bfloat16)
+    x = np.random.default_rng(4).standard_normal((2, 100)).astype(f32)
+    got = ref.head_bf16(x, w.view(torch.int16).numpy().view(np.uint16))
+    want = x.astype(np.float64) @ w.double().numpy().T
+    np.testing.assert_allclose(got, want, **FP32_REASSOC.kw())
+
+
 def test_bf16_steps_refuses_other_floats():
     assert ref.bf16_steps(np.array([[0.5, 1.0 + 2**-12]], dtype=f32)) is None
     np.testing.assert_array_equal(ref.bf16_steps(np.array([[0.5, -2.0]], dtype=f32)),
@@ -87,3 +117,5 @@ def test_bad_arguments_raise():
         C.tfm_head_i4(_p(x), 1, 0, _p(x), 1, _p(x), _p(x), 1, -1)  # D = 0
     with pytest.raises(ValueError, match="tfm_head_i4"):
         C.tfm_head_i4(_p(x), 1, 32, 0, 1, _p(x), _p(x), 1, -1)  # no table
+    with pytest.raises(ValueError, match="tfm_head_bf16"):
+        C.tfm_head_bf16(_p(x), 1, 32, 0, 1, _p(x), 1, -1)  # no table

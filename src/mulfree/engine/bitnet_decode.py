@@ -23,6 +23,8 @@ per call, while RoPE, the cache and attention are per sequence):
     z = act(gate) * up (ReLU² for BitNet), ffn_sub_norm, down = ternary(z), x += down.
 Then the final RMSNorm and the head (engine.bitnet_model.QuantizedHead: int8 / int4 / float).
 `step_energy(ids)` counts and prices one step (mulfree.energy), next to dense fp32 projections.
+`HFCacheStep` (end of this file) runs transformers' `generate` calls of the packed model on the
+compiled step, on transformers' own cache (engine.bitnet_model's forward hands them over).
 
 By default (`fused=None`, when the compiled core is built) a step runs whole on the compiled
 core: engine.bitnet_plan.BitNetPlan encodes every layer (the same kernel calls, and the
@@ -545,21 +547,25 @@ MIN_HF_CONTEXT = 256  # positions of the first HF-step decoder; it doubles as se
 
 
 class HFCacheStep:
-    """Cached single-token steps of a PackedBitNetForCausalLM's forward (what HF `generate` runs
-    after the prompt) on a BitNetDecoder's compiled step, with transformers' DynamicCache kept
-    whole: each step appends its keys and values to it, so any later step that falls back to
-    the model's own forward (engine.bitnet_model's predicate) reads a correct cache.
+    """What HF `generate` runs through a PackedBitNetForCausalLM's forward (the prompt, then
+    one token per row and step), on a BitNetDecoder's compiled step, with transformers'
+    DynamicCache kept whole: each call appends its keys and values to it, so any later call
+    that falls back to the model's own forward (engine.bitnet_model's one predicate) reads a
+    correct cache.
 
     The decoder (float32 KV, so keys and values taken from transformers' cache are held
-    exactly) stays bound to the last cache it stepped: while steps continue that cache, only
-    the new token runs; another cache, batch or a cache grown behind its back is loaded into the
-    decoder's slots first (`BitNetDecoder.load_kv`), each row's unmasked positions packed to the
-    front (a left-padded row's real tokens are at positions 0..n-1, as its position ids say).
+    exactly) stays bound to the last cache it wrote: while steps continue that cache, only the
+    new token runs; another cache, batch, or a cache changed behind its back (a fallback step,
+    a beam search's reorder) is loaded into the decoder's slots first (`BitNetDecoder.load_kv`),
+    each row's real positions packed to the front (a left-padded row's real tokens are at
+    positions 0..n-1, as its position ids say). The decoder's context starts at MIN_HF_CONTEXT
+    and doubles (a new decoder, loaded from the cache) when a row outgrows it.
     """
 
     def __init__(self, model):
         self.model, self.dec = model, None
-        self._bound: tuple | None = None  # (weakref to the cache, its length, row lengths)
+        # (weakref to the cache, its length, row lengths, weakrefs to its layers' tensors)
+        self._bound: tuple | None = None
 
     def _decoder(self, batch: int, need: int) -> BitNetDecoder:
         limit = int(self.model.config.max_position_embeddings)

@@ -17,8 +17,9 @@ plan (csrc/mf_plan.c), cached per slot list, per layer:
 then the final norm and, for an int8 head, tfm_head_i8 (the int8 table times int8 absmax
 activations, exact integer sums: the head is int8, not ternary), for an int4 head tfm_head_i4
 (csrc/mf_head.c: exact integer sums per group of 32, then its bfloat16 step; spec
-engine/head_ref.py); other heads (engine.bitnet_model.QuantizedHead's float ones) run after the
-plan in torch.
+engine/head_ref.py), for a bfloat16 head tfm_head_bf16 (float32 activations, float32 sums in 8
+lanes); the float16 and float32 heads (engine.bitnet_model.QuantizedHead) run after the plan in
+torch.
 Positions are read by the stages from rows [B, 2] = (slot, position), which `run` refills before
 each call, so one encoded plan serves every step of a slot list. A prompt runs in chunks of
 PREFILL_CHUNK tokens as the rows of one pass (the rows t of a chunk at positions p + t: every k, v
@@ -83,10 +84,11 @@ class TfmWeights:
     head_i8: tuple[np.ndarray, np.ndarray] | None = None  # (codes int8 [V, D], step [V]): in C
     # (codes uint8 [V, 16 G], steps as bfloat16 bits uint16 [V, G]): in C (csrc/mf_head.h)
     head_i4: tuple[np.ndarray, np.ndarray] | None = None
+    head_bf16: np.ndarray | None = None  # the table as bfloat16 bits uint16 [V, D]: in C
 
     @property
     def head_in_plan(self) -> bool:
-        return self.head_i8 is not None or self.head_i4 is not None
+        return any(h is not None for h in (self.head_i8, self.head_i4, self.head_bf16))
 
 
 class BitNetPlan:
@@ -273,13 +275,18 @@ class BitNetPlan:
                                       ptr(buf["hf"]))))  # fmt: skip
         elif head_rows != "none":
             raise ValueError(f"head_rows must be all, last or none, not {head_rows!r}")
-        if w.head_in_plan and head_rows != "none":  # the int8 / int4 head in the plan too
-            stage, (codes, step) = ((C.tfm_head_i8, w.head_i8) if w.head_i8 is not None
-                                    else (C.tfm_head_i4, w.head_i4))  # fmt: skip
+        if w.head_in_plan and head_rows != "none":  # the int8 / int4 / bf16 head in the plan too
             rows_h = B if head_rows == "all" else 1
             threads = max(1, min(self.threads, w.vocab * D // self.min_weights_per_thread))
-            plan.append((stage, (ptr(buf["hf"]), rows_h, D, ptr(codes), w.vocab, ptr(step),
-                                 ptr(self.logits), threads, self._stage)))  # fmt: skip
+            hf, out = ptr(buf["hf"]), ptr(self.logits)
+            if w.head_bf16 is not None:
+                plan.append((C.tfm_head_bf16, (hf, rows_h, D, ptr(w.head_bf16), w.vocab, out,
+                                               threads, self._stage)))  # fmt: skip
+            else:
+                stage, (codes, step) = ((C.tfm_head_i8, w.head_i8) if w.head_i8 is not None
+                                        else (C.tfm_head_i4, w.head_i4))  # fmt: skip
+                plan.append((stage, (hf, rows_h, D, ptr(codes), w.vocab, ptr(step), out, threads,
+                                     self._stage)))  # fmt: skip
         return plan
 
     use_plan_run = True  # False: the same calls one by one from Python (the runner's twin)
@@ -374,8 +381,10 @@ def weights_of(dec) -> TfmWeights:
             return dec.embed(torch.from_numpy(ids)).float().contiguous().numpy()
 
     head = dec.head
-    head_i8 = head_i4 = None
-    if getattr(head, "fmt", None) == "int8":  # QuantizedHead: its table, read by tfm_head_i8
+    head_i8 = head_i4 = head_bf16 = None
+    if getattr(head, "fmt", None) == "bfloat16":  # its table's bits, a view
+        head_bf16 = head.weight.detach().contiguous().view(torch.int16).numpy().view(np.uint16)
+    elif getattr(head, "fmt", None) == "int8":  # QuantizedHead: its table, read by tfm_head_i8
         head_i8 = (np_(head.weight_int8), np_(head.weight_step.float()))
     elif getattr(head, "fmt", None) == "int4":  # its codes as stored; steps as bfloat16 bits
         from mulfree.engine.head_ref import bf16_steps
@@ -385,4 +394,4 @@ def weights_of(dec) -> TfmWeights:
     return TfmWeights(layers, np_(dec.final_norm), np_(dec.cos.contiguous()), np_(dec.sin.contiguous()),
                       embed, dec.head, cfg.hidden_size, dec.heads, dec.kv_heads, dec.head_dim,
                       cfg.intermediate_size, cfg.vocab_size, dec.eps, str(cfg.hidden_act),
-                      head_i8, head_i4)  # fmt: skip
+                      head_i8, head_i4, head_bf16)  # fmt: skip

@@ -2,6 +2,7 @@
 
     head_i4    int4 table (a bfloat16 step per 32 entries) times int8 (absmax) activations
                (tfm_head_i4; the int8 head's twin is engine.bitnet_ref.head_i8)
+    head_bf16  bfloat16 table times float32 activations (tfm_head_bf16)
 
 It does what the C stage does, operation by operation in the same order and the same float32
 precision, so the compiled stage equals it bit for bit at every ISA level
@@ -20,7 +21,7 @@ from mulfree.engine.decode_ref import quiet_fp
 f32 = np.float32
 GROUP = 32  # entries per step (MF_HEAD_I4_GROUP, engine.format.INT4_GROUP)
 
-__all__ = ["head_i4", "bf16_steps", "GROUP"]
+__all__ = ["head_i4", "head_bf16", "bf16_steps", "GROUP"]
 
 
 def bf16_steps(step) -> np.ndarray | None:
@@ -62,5 +63,22 @@ def head_i4(x, codes, step_bf16):
     lanes = np.zeros((8, B, V), dtype=f32)
     for g in range(G):  # lane g % 8, in order of g
         lanes[g % 8] = lanes[g % 8] + p[:, :, g]
-    total = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
-    return (total / s[:, None]).astype(f32)
+    return (_tree8(lanes) / s[:, None]).astype(f32)
+
+
+def _tree8(lanes):
+    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+
+
+@quiet_fp
+def head_bf16(x, w_bf16):
+    """tfm_head_bf16: x [B, D] float32, w_bf16 uint16 [V, D] (bfloat16 bits) -> logits [B, V]
+    float32. Lane j sums x[d] * w[v, d] for d = j, j + 8, ... in order from +0.0 (float32
+    products and sums); logit = (((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)))."""
+    x = np.asarray(x, dtype=f32)
+    w = (np.asarray(w_bf16, dtype=np.uint16).astype(np.uint32) << 16).view(f32)  # [V, D]
+    B, D = x.shape
+    lanes = np.zeros((8, B, w.shape[0]), dtype=f32)
+    for d in range(D):  # entry d into lane d % 8, in order (no padding: a -0.0 sum stays -0.0)
+        lanes[d % 8] = lanes[d % 8] + (x[:, d, None] * w[None, :, d]).astype(f32)
+    return _tree8(lanes).astype(f32)
