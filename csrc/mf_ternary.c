@@ -1053,6 +1053,13 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_tile_vbmi(
 #define T81_NP 4
 #endif
 #define T81_GROUP (2 * T81_NP)
+/* batch-N k-chunk of the t81 tables (1 KB per block per token, 4x tq2's): half of the 1 MiB L2
+ * per core of AMD Zen 4. Batch 8, one thread, hot, interleaved builds on the dev machine (load
+ * 3-6): 2048->2048 229-234 us at 512 KiB vs 238-241 at 256 KiB, 254-256 at 128 KiB, 236-239 at
+ * 768 KiB, 240-316 at 1 MiB; 5632->2048 625-676 vs 651-652. */
+#ifndef T81_L2_BYTES
+#define T81_L2_BYTES (512 * 1024)
+#endif
 
 /* T81_GROUP row blocks (w + i wstride), every token: batch 1 in one tile (prefetched weight
  * streams), batches in tiles of T81_NP pairs x 2 tokens, the first tile prefetching. */
@@ -1269,7 +1276,7 @@ static int tern_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_b
      * weights (<= a few KB) is reused from L1 by every token. */
     int64_t kcb = KB;
     if (M > 1 && impl.tab_per_block > 0) {
-        kcb = TAB_L2_BYTES / (M * impl.tab_per_block);
+        kcb = (impl.tab_per_block == T81_TAB ? T81_L2_BYTES : TAB_L2_BYTES) / (M * impl.tab_per_block);
         kcb = kcb < 4 ? 4 : (kcb > KB ? KB : kcb);
     }
 
