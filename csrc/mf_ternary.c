@@ -18,6 +18,9 @@
  * Variants per level: AVX2 (256-bit vpshufb); AVX-512 with VBMI (vpermb on 256-bit vectors:
  * no index masking, 32 registers; measured fastest on AMD Zen 4, where 512-bit shuffles are
  * double-pumped); AVX-512 F+BW+VL without VBMI (512-bit vpshufb).
+ * A second layout of the same blocks, t81 (section 5; 4 weights per byte as one base-3 index into
+ * an 81-entry table, one vpermi2b per 64 rows x 4 weights), runs on AVX-512 VBMI through the same
+ * driver: half the lookups per weight, 0.73-0.85x tq2's batch 8-16 time on AMD Zen 4.
  * No multiply instruction anywhere in steps 2-3 (no maddubs / dpbusd / pmull).
  * The scalar kernel reads the packed codes directly and is the spec; every SIMD path must give
  * the same int32 accumulators (tests/kernels/test_ternary_kernels.py, atol=0).
@@ -851,7 +854,14 @@ MF_TARGET_AVX512 static void tq2_kernn_avx512(const uint8_t *tab, int64_t ts, co
  * (<= 64 blocks * 4 lookups * 31 = 7936 per row) and to int32 every FLUSH_BLOCKS blocks; the
  * +512 per lookup, 4 lookups per block, is the same nblk << 11 that flush_rows subtracts for tq2.
  * Entries 81..127 are never indexed (the packers emit e < 81); they hold T = 0.
- * Tables built with adds (masked add/sub of the inputs), once per token per 4 inputs.
+ * Tables built with adds and byte lookups, once per token per 4 inputs (t81_tables_vbmi).
+ * Measured (bench_ternary_linear, AMD EPYC Zen 4, one thread, cold, same run as tq2's VBMI kernel,
+ * load 3.5-4.5): batch 8 2048->2048 272 vs 331 us, 2048->5632 705 vs 873, 5632->2048 706 vs 862,
+ * 1024->32000 1878 vs 2573; batch 1 81 vs 78, 191 vs 183, 194 vs 160 (K-sized tables: 352 KB
+ * at K = 5632, re-read from L2 per group of 8 row blocks), 543 vs 564. Batch 8 / batch 1:
+ * 3.35-3.70x (tq2: 4.22-5.38x). What bounds it: per lookup a vpermi2b, a byte add and a register
+ * copy (vpermi2b overwrites its index), plus 48 bytes of table / weight loads from L1/L2 at
+ * 8 row blocks x 2 tokens per tile (1 KB of tables per block per token, 4x tq2's).
  * ---------------------------------------------------------------------------------------- */
 #define T81_TAB (4 * 256) /* table bytes per block per token: 4 groups x (tb[128] | ta[128]) */
 
