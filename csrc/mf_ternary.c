@@ -987,7 +987,9 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) __m512i t81_permi2b(
  * fit the registers with the byte sums: GCC keeps some on the stack (read-modify-write once per
  * widening, every 8 lookups), which measured as fast as forcing them all there (tq2_tile2d_avx2's
  * barrier: 5-10 % slower here) and 1.1x faster than NP = 2 with every sum in registers
- * (2048->2048, batch 8, one thread, hot, dev machine); a vectorized flush_rows gained < 2 %. */
+ * (2048->2048, batch 8, one thread, hot, dev machine); a vectorized flush_rows gained < 2 %.
+ * The MF_KEEP_Z barriers on the byte sums (accumulate as the lookups come) are worth 1.2x here
+ * (batch 8, one thread, hot: 2048->2048 228 vs 269-276 us, 5632->2048 616-620 vs 729-746). */
 MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_tile_vbmi(
     const uint8_t *tab, int64_t ts, const mf_tq2_block *const *wr, int64_t nkb,
     int32_t *const *ar, int64_t as, const int NP, const int NT, const int PF) {
