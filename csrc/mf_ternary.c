@@ -18,6 +18,9 @@
  * Variants per level: AVX2 (256-bit vpshufb); AVX-512 with VBMI (vpermb on 256-bit vectors:
  * no index masking, 32 registers; measured fastest on AMD Zen 4, where 512-bit shuffles are
  * double-pumped); AVX-512 F+BW+VL without VBMI (512-bit vpshufb).
+ * A second layout of the same blocks, t81 (section 5; 4 weights per byte as one base-3 index into
+ * an 81-entry table, one vpermi2b per 64 rows x 4 weights), runs on AVX-512 VBMI through the same
+ * driver: half the lookups per weight, 0.73-0.85x tq2's batch 8-16 time on AMD Zen 4.
  * No multiply instruction anywhere in steps 2-3 (no maddubs / dpbusd / pmull).
  * The scalar kernel reads the packed codes directly and is the spec; every SIMD path must give
  * the same int32 accumulators (tests/kernels/test_ternary_kernels.py, atol=0).
@@ -851,7 +854,14 @@ MF_TARGET_AVX512 static void tq2_kernn_avx512(const uint8_t *tab, int64_t ts, co
  * (<= 64 blocks * 4 lookups * 31 = 7936 per row) and to int32 every FLUSH_BLOCKS blocks; the
  * +512 per lookup, 4 lookups per block, is the same nblk << 11 that flush_rows subtracts for tq2.
  * Entries 81..127 are never indexed (the packers emit e < 81); they hold T = 0.
- * Tables built with adds (masked add/sub of the inputs), once per token per 4 inputs.
+ * Tables built with adds and byte lookups, once per token per 4 inputs (t81_tables_vbmi).
+ * Measured (bench_ternary_linear, AMD EPYC Zen 4, one thread, cold, same run as tq2's VBMI kernel,
+ * load 3.5-4.5): batch 8 2048->2048 272 vs 331 us, 2048->5632 705 vs 873, 5632->2048 706 vs 862,
+ * 1024->32000 1878 vs 2573; batch 1 81 vs 78, 191 vs 183, 194 vs 160 (K-sized tables: 352 KB
+ * at K = 5632, re-read from L2 per group of 8 row blocks), 543 vs 564. Batch 8 / batch 1:
+ * 3.35-3.70x (tq2: 4.22-5.38x). What bounds it: per lookup a vpermi2b, a byte add and a register
+ * copy (vpermi2b overwrites its index), plus 48 bytes of table / weight loads from L1/L2 at
+ * 8 row blocks x 2 tokens per tile (1 KB of tables per block per token, 4x tq2's).
  * ---------------------------------------------------------------------------------------- */
 #define T81_TAB (4 * 256) /* table bytes per block per token: 4 groups x (tb[128] | ta[128]) */
 
@@ -977,7 +987,9 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) __m512i t81_permi2b(
  * fit the registers with the byte sums: GCC keeps some on the stack (read-modify-write once per
  * widening, every 8 lookups), which measured as fast as forcing them all there (tq2_tile2d_avx2's
  * barrier: 5-10 % slower here) and 1.1x faster than NP = 2 with every sum in registers
- * (2048->2048, batch 8, one thread, hot, dev machine); a vectorized flush_rows gained < 2 %. */
+ * (2048->2048, batch 8, one thread, hot, dev machine); a vectorized flush_rows gained < 2 %.
+ * The MF_KEEP_Z barriers on the byte sums (accumulate as the lookups come) are worth 1.2x here
+ * (batch 8, one thread, hot: 2048->2048 228 vs 269-276 us, 5632->2048 616-620 vs 729-746). */
 MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_tile_vbmi(
     const uint8_t *tab, int64_t ts, const mf_tq2_block *const *wr, int64_t nkb,
     int32_t *const *ar, int64_t as, const int NP, const int NT, const int PF) {
@@ -1053,6 +1065,13 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_tile_vbmi(
 #define T81_NP 4
 #endif
 #define T81_GROUP (2 * T81_NP)
+/* batch-N k-chunk of the t81 tables (1 KB per block per token, 4x tq2's): half of the 1 MiB L2
+ * per core of AMD Zen 4. Batch 8, one thread, hot, interleaved builds on the dev machine (load
+ * 3-6): 2048->2048 229-234 us at 512 KiB vs 238-241 at 256 KiB, 254-256 at 128 KiB, 236-239 at
+ * 768 KiB, 240-316 at 1 MiB; 5632->2048 625-676 vs 651-652. */
+#ifndef T81_L2_BYTES
+#define T81_L2_BYTES (512 * 1024)
+#endif
 
 /* T81_GROUP row blocks (w + i wstride), every token: batch 1 in one tile (prefetched weight
  * streams), batches in tiles of T81_NP pairs x 2 tokens, the first tile prefetching. */
@@ -1269,7 +1288,7 @@ static int tern_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_b
      * weights (<= a few KB) is reused from L1 by every token. */
     int64_t kcb = KB;
     if (M > 1 && impl.tab_per_block > 0) {
-        kcb = TAB_L2_BYTES / (M * impl.tab_per_block);
+        kcb = (impl.tab_per_block == T81_TAB ? T81_L2_BYTES : TAB_L2_BYTES) / (M * impl.tab_per_block);
         kcb = kcb < 4 ? 4 : (kcb > KB ? KB : kcb);
     }
 

@@ -129,3 +129,18 @@ def test_packed_ternary_t81_through_ternary_linear(isa):
     assert torch.equal(p81.to_format("tq2").data, p2.data)
     x = _acts(5, 300, seed=9)
     assert torch.equal(ternary_linear(x, p81, threads=2, isa=isa), ternary_linear(x, p2, threads=2, isa=isa))
+
+
+def test_energy_counter_prices_t81_like_tq2():
+    """The t81 op has its own cost entry (its own non-zero count per byte): the same adds as tq2."""
+    from mulfree.energy.counter import EnergyCounter
+    from mulfree.ternary.packed_linear import ternary_linear
+
+    q_w = _weights(64, 128, 5)
+    x = _acts(3, 128, seed=5)
+    adds = []
+    for fmt in ("tq2", "t81"):
+        with EnergyCounter() as c:
+            ternary_linear(x, PackedTernary.from_int(q_w, 1.0, fmt), isa=kernels.isa_max())
+        adds.append(c.total("ternary_add"))
+    assert adds == [3 * int((q_w != 0).sum())] * 2
