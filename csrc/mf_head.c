@@ -42,6 +42,7 @@
 
 #include "mf_common.h"
 #include "mf_head.h"
+#include "mf_tfm.h"
 #if MF_X86
 #include <immintrin.h>
 #endif
@@ -57,19 +58,6 @@ static inline float bf16_to_f32(uint16_t b) {
     float f;
     memcpy(&f, &u, 4);
     return f;
-}
-
-/* The activation quantizer of tfm_head_i8 (csrc/mf_tfm.c): s = 127 / max(absmax, 1e-5). */
-static float quant_row(const float *x, int64_t D, int8_t *q) {
-    float m = 0.0f;
-    for (int64_t d = 0; d < D; ++d) m = fabsf(x[d]) > m ? fabsf(x[d]) : m;
-    const float s = 127.0f / (m > 1e-5f ? m : 1e-5f);
-    for (int64_t d = 0; d < D; ++d) {
-        float v = rintf(x[d] * s);
-        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-        q[d] = (int8_t)v;
-    }
-    return s;
 }
 
 /* One group: sum of (code - 8) * q over its 32 entries (q in natural order). */
@@ -201,7 +189,7 @@ static int head_i4(const float *x, int64_t B, int64_t D, const uint8_t *codes, i
     for (int64_t b = 0; b < B; ++b) {
         int8_t *qb = q + b * Dp;
         memset(qb, 0, (size_t)Dp);
-        sx[b] = quant_row(x + b * D, D, qb);
+        sx[b] = tfm_head_quant(x + b * D, D, qb);
         for (int64_t g = 0; g < G; ++g) {
             int32_t s = 0;
             for (int j = 0; j < GRP; ++j) s += qb[GRP * g + j];

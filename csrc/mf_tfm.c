@@ -1027,18 +1027,6 @@ static void glu_act_scalar(const float *g, const float *u, int64_t I, int act, f
  * The head is int8, not ternary: integer multiply-adds (exact int32 sums, so every ISA and
  * thread split gives the same bits), then logit[v] = ((float)acc / s_x) * step[v].
  * ------------------------------------------------------------------------------------------- */
-static float head_quant(const float *x, int64_t D, int8_t *q) {
-    float m = 0.0f;
-    for (int64_t d = 0; d < D; ++d) m = fabsf(x[d]) > m ? fabsf(x[d]) : m;
-    const float s = 127.0f / (m > 1e-5f ? m : 1e-5f);
-    for (int64_t d = 0; d < D; ++d) {
-        float v = rintf(x[d] * s);
-        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-        q[d] = (int8_t)v;
-    }
-    return s;
-}
-
 static inline int32_t dot_i8_scalar(const int8_t *w, const int8_t *q, int64_t D) {
     int32_t acc = 0;
     for (int64_t d = 0; d < D; ++d) acc += (int32_t)w[d] * q[d];
@@ -1077,7 +1065,7 @@ static int head_i8(const float *x, int64_t B, int64_t D, const int8_t *w, int64_
     int8_t *q = mf_scratch((size_t)(B * D + B * 4 + 64));
     if (q == NULL) return MF_OP_NOMEM;
     float *sx = (float *)(q + mf_round_up(B * D, 4));
-    for (int64_t b = 0; b < B; ++b) sx[b] = head_quant(x + b * D, D, q + b * D);
+    for (int64_t b = 0; b < B; ++b) sx[b] = tfm_head_quant(x + b * D, D, q + b * D);
     const int use = MF_X86 && level >= MF_ISA_AVX2;
     int64_t nt = mf_threads(threads);
     nt = nt < V / 4096 ? nt : V / 4096; /* a thread per 4096 rows at least */

@@ -13,7 +13,22 @@
 #ifndef MF_TFM_H
 #define MF_TFM_H
 
+#include <math.h>
 #include <stdint.h>
+
+/* The heads' activation quantizer (tfm_head_i8 in mf_tfm.c, tfm_head_i4 in mf_head.c): int8
+ * absmax per row, s = 127 / max(absmax, 1e-5), q = clamp(rint(x s), -127, 127); returns s. */
+static inline float tfm_head_quant(const float *x, int64_t D, int8_t *q) {
+    float m = 0.0f;
+    for (int64_t d = 0; d < D; ++d) m = fabsf(x[d]) > m ? fabsf(x[d]) : m;
+    const float s = 127.0f / (m > 1e-5f ? m : 1e-5f);
+    for (int64_t d = 0; d < D; ++d) {
+        float v = rintf(x[d] * s);
+        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+        q[d] = (int8_t)v;
+    }
+    return s;
+}
 
 #define TFM_KTILE 8
 enum { TFM_KV_F32 = 0, TFM_KV_BF16 = 1, TFM_KV_F16 = 2, TFM_KV_I8 = 3 };

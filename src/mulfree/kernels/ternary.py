@@ -49,20 +49,8 @@ def tq2_linear(
     several weights that share an input as one (rows concatenated, each its own tensor scale);
     `packing.fuse_rows` builds such a weight.
     """
-    M, K = x.shape
-    y = torch.empty(M, out_features, dtype=torch.float32) if out is None else out
-    if not return_acc:
-        torch.ops.mulfree.tq2_linear(x, w, out_features, float(w_scale), threads, ISA_LEVELS[isa],
-                                     row_scales, y)  # fmt: skip
-        return y
-    acc = torch.empty(M, out_features, dtype=torch.int32)  # the int32 sums: a test/reference view
-    if M > 0:
-        _lib().tq2_linear(
-            x.data_ptr(), M, K, w.data_ptr(), out_features, float(w_scale),
-            row_scales.data_ptr() if row_scales is not None else 0, y.data_ptr(),
-            acc.data_ptr() if acc is not None else 0, threads, ISA_LEVELS[isa],
-        )  # fmt: skip
-    return (y, acc) if return_acc else y
+    return _linear("tq2_linear", x, w, out_features, w_scale, threads, isa, return_acc, out,
+                   row_scales)  # fmt: skip
 
 
 def t81_linear(
@@ -80,16 +68,23 @@ def t81_linear(
     """tq2_linear on t81 bytes (packing.tq2_to_t81 of a tq2 weight): the same shapes, the same
     results (int32 accumulators equal); the VBMI kernel where the CPU and `isa` allow AVX-512
     with VBMI, else the scalar spec."""
+    return _linear("t81_linear", x, w, out_features, w_scale, threads, isa, return_acc, out,
+                   row_scales)  # fmt: skip
+
+
+def _linear(name, x, w, out_features, w_scale, threads, isa, return_acc, out, row_scales):
+    """Both layouts' call: the torch op (what the energy counter prices), or with return_acc
+    the compiled entry point directly, which also writes the int32 sums (a test view)."""
     M, K = x.shape
     y = torch.empty(M, out_features, dtype=torch.float32) if out is None else out
     if not return_acc:
-        torch.ops.mulfree.t81_linear(x, w, out_features, float(w_scale), threads, ISA_LEVELS[isa],
-                                     row_scales, y)  # fmt: skip
+        getattr(torch.ops.mulfree, name)(x, w, out_features, float(w_scale), threads,
+                                         ISA_LEVELS[isa], row_scales, y)  # fmt: skip
         return y
-    acc = torch.empty(M, out_features, dtype=torch.int32)  # the int32 sums: a test/reference view
+    acc = torch.empty(M, out_features, dtype=torch.int32)
     if M > 0:
         _check_linear(x, w, out_features, row_scales, y)
-        _lib().t81_linear(
+        getattr(_lib(), name)(
             x.data_ptr(), M, K, w.data_ptr(), out_features, float(w_scale),
             row_scales.data_ptr() if row_scales is not None else 0, y.data_ptr(),
             acc.data_ptr(), threads, ISA_LEVELS[isa],
