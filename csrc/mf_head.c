@@ -202,9 +202,7 @@ static int head_i4(const float *x, int64_t B, int64_t D, const uint8_t *codes, i
             interleave_pairs(qb, 4 * G8, qx + b * Dp);
 #endif
     }
-    int64_t nt = mf_threads(threads);
-    nt = nt < V / 4096 ? nt : V / 4096; /* a thread per 4096 rows at least */
-    nt = nt < 1 ? 1 : nt;
+    const int64_t nt = tfm_head_threads(mf_threads(threads), V);
 #pragma omp parallel for num_threads((int)nt) schedule(static) if (nt > 1)
     for (int64_t v = 0; v < V; ++v) {
         const uint8_t *c = codes + v * 16 * G;
@@ -276,9 +274,7 @@ static int head_bf16(const float *x, int64_t B, int64_t D, const uint16_t *w, in
                      float *out, int64_t threads, int level) {
     const int use = MF_X86 && level >= MF_ISA_AVX2;
     const int64_t D8 = use ? D / 8 * 8 : 0; /* entries the vector loop takes */
-    int64_t nt = mf_threads(threads);
-    nt = nt < V / 4096 ? nt : V / 4096; /* a thread per 4096 rows at least */
-    nt = nt < 1 ? 1 : nt;
+    const int64_t nt = tfm_head_threads(mf_threads(threads), V);
     const int64_t blocks = (V + 3) / 4;
 #pragma omp parallel for num_threads((int)nt) schedule(static) if (nt > 1)
     for (int64_t blk = 0; blk < blocks; ++blk) {
@@ -323,21 +319,9 @@ int mf_op_tfm_head_bf16(const int64_t *a) {
 }
 
 MF_PYFUNC(tfm_head_bf16, "tfm_head_bf16(x, B, D, w_bf16, V, out, threads, isa) -> isa used: bfloat16 head on float32 activations.") {
-    int64_t a[8];
-    (void)self;
-    if (mf_parse_slots(args, nargs, "pllplpll", a) < 0) return NULL;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS rc = mf_op_tfm_head_bf16(a);
-    Py_END_ALLOW_THREADS if (rc < 0) return mf_op_error("tfm_head_bf16", rc);
-    return PyLong_FromLong(rc);
+    MF_OP_ENTRY(tfm_head_bf16, 8, "pllplpll");
 }
 
 MF_PYFUNC(tfm_head_i4, "tfm_head_i4(x, B, D, codes_int4, V, step_bf16, out, threads, isa) -> isa used: int4 head (a bf16 step per 32 entries) on int8 (absmax) activations.") {
-    int64_t a[9];
-    (void)self;
-    if (mf_parse_slots(args, nargs, "pllplppll", a) < 0) return NULL;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS rc = mf_op_tfm_head_i4(a);
-    Py_END_ALLOW_THREADS if (rc < 0) return mf_op_error("tfm_head_i4", rc);
-    return PyLong_FromLong(rc);
+    MF_OP_ENTRY(tfm_head_i4, 9, "pllplppll");
 }

@@ -27,4 +27,15 @@ int mf_parse_slots(PyObject *const *args, Py_ssize_t nargs, const char *fmt, int
 /* Raise the Python error of an op's negative return code (MemoryError / ValueError). */
 PyObject *mf_op_error(const char *name, int rc);
 
+/* The body of an op's Python entry point: parse n slots by fmt, run mf_op_<name> without the
+ * GIL, return its code (an error raised when negative). */
+#define MF_OP_ENTRY(name, n, fmt)                                    \
+    int64_t a[n];                                                    \
+    (void)self;                                                      \
+    if (mf_parse_slots(args, nargs, fmt, a) < 0) return NULL;        \
+    int rc;                                                          \
+    Py_BEGIN_ALLOW_THREADS rc = mf_op_##name(a);                     \
+    Py_END_ALLOW_THREADS if (rc < 0) return mf_op_error(#name, rc);  \
+    return PyLong_FromLong(rc)
+
 #endif

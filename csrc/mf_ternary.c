@@ -1384,13 +1384,7 @@ int mf_op_tq2_linear(const int64_t *a) {
 
 MF_PYFUNC(tq2_linear,
           "tq2_linear(x, M, K, w, N, w_scale, row_scales_or_0, y, acc_or_0, threads, isa) -> isa.") {
-    (void)self;
-    int64_t a[11];
-    if (mf_parse_slots(args, nargs, "pllpldpppll", a) < 0) return NULL;
-    int used;
-    Py_BEGIN_ALLOW_THREADS used = mf_op_tq2_linear(a);
-    Py_END_ALLOW_THREADS if (used < 0) return mf_op_error("tq2_linear", used);
-    return PyLong_FromLong(used);
+    MF_OP_ENTRY(tq2_linear, 11, "pllpldpppll");
 }
 
 MF_PYFUNC(act_quant_i8, "act_quant_i8(x, M, K, q, s, isa) -> isa used: int8 absmax per row.") {
@@ -1411,13 +1405,7 @@ int mf_op_t81_linear(const int64_t *a) {
 
 MF_PYFUNC(t81_linear,
           "t81_linear(x, M, K, w, N, w_scale, row_scales_or_0, y, acc_or_0, threads, isa) -> isa.") {
-    (void)self;
-    int64_t a[11];
-    if (mf_parse_slots(args, nargs, "pllpldpppll", a) < 0) return NULL;
-    int used;
-    Py_BEGIN_ALLOW_THREADS used = mf_op_t81_linear(a);
-    Py_END_ALLOW_THREADS if (used < 0) return mf_op_error("t81_linear", used);
-    return PyLong_FromLong(used);
+    MF_OP_ENTRY(t81_linear, 11, "pllpldpppll");
 }
 
 MF_PYFUNC(cpu_vbmi, "1 if the CPU has AVX-512 VBMI at the AVX-512 level (t81 weights run the VBMI kernel).") {

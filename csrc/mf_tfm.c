@@ -1067,9 +1067,7 @@ static int head_i8(const float *x, int64_t B, int64_t D, const int8_t *w, int64_
     float *sx = (float *)(q + mf_round_up(B * D, 4));
     for (int64_t b = 0; b < B; ++b) sx[b] = tfm_head_quant(x + b * D, D, q + b * D);
     const int use = MF_X86 && level >= MF_ISA_AVX2;
-    int64_t nt = mf_threads(threads);
-    nt = nt < V / 4096 ? nt : V / 4096; /* a thread per 4096 rows at least */
-    nt = nt < 1 ? 1 : nt;
+    const int64_t nt = tfm_head_threads(mf_threads(threads), V);
     const int64_t blocks = (V + 3) / 4;
 #pragma omp parallel for num_threads((int)nt) schedule(static) if (nt > 1)
     for (int64_t blk = 0; blk < blocks; ++blk) {
@@ -1256,35 +1254,26 @@ int mf_op_tfm_head_i8(const int64_t *a) {
     return head_i8(x, a[1], a[2], w, a[4], step, out, a[7], mf_isa_resolve((int)a[8]));
 }
 
-#define TFM_ENTRY(name, n, fmt)                                      \
-    int64_t a[n];                                                    \
-    (void)self;                                                      \
-    if (mf_parse_slots(args, nargs, fmt, a) < 0) return NULL;        \
-    int rc;                                                          \
-    Py_BEGIN_ALLOW_THREADS rc = mf_op_##name(a);                     \
-    Py_END_ALLOW_THREADS if (rc < 0) return mf_op_error(#name, rc);  \
-    return PyLong_FromLong(rc)
-
 MF_PYFUNC(tfm_norm, "tfm_norm(x, add_or_0, B, n, w, eps, out) -> 0: x += add; out = w * (x * rsqrt(mean(x^2) + eps)).") {
-    TFM_ENTRY(tfm_norm, 7, "ppllpdp");
+    MF_OP_ENTRY(tfm_norm, 7, "ppllpdp");
 }
 
 MF_PYFUNC(tfm_rope, "tfm_rope(x, B, stride, heads, head_dim, cos, sin, rows) -> 0: rotate-half RoPE in place at rows' positions.") {
-    TFM_ENTRY(tfm_rope, 8, "plllpppp");
+    MF_OP_ENTRY(tfm_rope, 8, "plllpppp");
 }
 
 MF_PYFUNC(tfm_kv_write, "tfm_kv_write(x, B, stride, koff, voff, kc, vc, ks_or_0, vs_or_0, dtype, Hkv, head_dim, ctx, rows) -> 0: store k, v rows in the cache.") {
-    TFM_ENTRY(tfm_kv_write, 14, "plllpppppllllp");
+    MF_OP_ENTRY(tfm_kv_write, 14, "plllpppppllllp");
 }
 
 MF_PYFUNC(tfm_attend, "tfm_attend(q, B, qstride, out, ostride, kc, vc, ks_or_0, vs_or_0, dtype, H, Hkv, head_dim, ctx, rows, scaling, mbits_or_-1, isa, threads) -> isa used: GQA attention of one token per row.") {
-    TFM_ENTRY(tfm_attend, 19, "pllplpppplllllpdlll");
+    MF_OP_ENTRY(tfm_attend, 19, "pllplpppplllllpdlll");
 }
 
 MF_PYFUNC(tfm_glu, "tfm_glu(gu, B, I, w_or_0, eps, out, act, isa) -> isa used: act(gate) * up (0 relu2, 1 silu), then the sub-norm.") {
-    TFM_ENTRY(tfm_glu, 8, "pllpdpll");
+    MF_OP_ENTRY(tfm_glu, 8, "pllpdpll");
 }
 
 MF_PYFUNC(tfm_head_i8, "tfm_head_i8(x, B, D, w_int8, V, step, out, threads, isa) -> isa used: int8 head on int8 (absmax) activations.") {
-    TFM_ENTRY(tfm_head_i8, 9, "pllplppll");
+    MF_OP_ENTRY(tfm_head_i8, 9, "pllplppll");
 }

@@ -16,6 +16,12 @@
 #include <math.h>
 #include <stdint.h>
 
+/* Threads for a head of V rows: at most `nt` (already resolved), at least 4096 rows each. */
+static inline int64_t tfm_head_threads(int64_t nt, int64_t V) {
+    nt = nt < V / 4096 ? nt : V / 4096;
+    return nt < 1 ? 1 : nt;
+}
+
 /* The heads' activation quantizer (tfm_head_i8 in mf_tfm.c, tfm_head_i4 in mf_head.c): int8
  * absmax per row, s = 127 / max(absmax, 1e-5), q = clamp(rint(x s), -127, 127); returns s. */
 static inline float tfm_head_quant(const float *x, int64_t D, int8_t *q) {
