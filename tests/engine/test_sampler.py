@@ -148,3 +148,80 @@ def test_row_filter_with_nan_logits_follows_the_spec():
     want = torch.stack([_filter(x[r], p) for r in range(3)])
     assert torch.equal(got.isnan(), want.isnan())
     assert torch.equal(got.nan_to_num(0.0), want.nan_to_num(0.0))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams.defaults(temperature=1.0),  # top-k 40, top-p 0.95, min-p 0.05
+        SamplingParams.defaults(temperature=0.7, min_p=0.0),
+        SamplingParams(temperature=1.3, top_k=5),
+        SamplingParams(temperature=0.9, top_k=12, min_p=0.1),
+        SamplingParams(temperature=1.0, top_k=299, top_p=0.5),  # k = V - 1
+    ],
+    ids=["defaults", "k40-p0.95", "k5", "k12-minp", "k-V-1"],
+)
+def test_top_k_draw_equals_the_full_draw_at_every_cdf_boundary(params):
+    """_draw_top_k (the work after top-k on the k candidates) against _draw_full (the spec's
+    ops over the whole vocabulary) with the uniform numbers placed on the spec's own CDF
+    steps and one float64 ulp either side: a CDF value that differs in its last bit from the
+    spec's moves a token at one of these places, so equal tokens here mean equal CDFs."""
+    import numpy as np
+
+    from mulfree.engine.sampler import _draw_full, _draw_top_k, _filter_rows
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(8, 300, generator=g) * 3
+    temps = torch.full((8,), params.temperature)
+    spec_cdf = torch.cumsum(torch.softmax(_filter_rows(x / temps[:, None], params), -1), -1)
+    taken = 0
+    for r in range(8):
+        total = float(spec_cdf[r, -1])
+        steps = sorted({float(v) / total for v in spec_cdf[r].unique() if 0 < v})
+        us = [np.nextafter(s, d) for s in steps for d in (0.0, 2.0)] + steps + [0.0]
+        us = torch.tensor([min(u, np.nextafter(1.0, 0.0)) for u in us], dtype=torch.float64)
+        rows = x[r].expand(len(us), -1)
+        t = temps[:1].expand(len(us))
+        fast = _draw_top_k(rows, t, params, us)
+        assert fast is not None  # smooth logits: no tie at the k-th value, the shortcut runs
+        assert torch.equal(fast, _draw_full(rows, t, params, us))
+        taken += len(us)
+    assert taken > 8 * 4
+
+
+def test_top_k_draw_declines_ties_and_non_finite_logits():
+    """A tie at the k-th value, a NaN or an infinite logit: _draw_top_k leaves the row to
+    _draw_full (the spec's ops), and sample_batch still equals the spec row by row."""
+    from mulfree.engine.sampler import _draw_top_k
+
+    p = SamplingParams.defaults(temperature=1.0)
+    u = torch.full((1,), 0.5, dtype=torch.float64)
+    tie = torch.randn(1, 100, generator=torch.Generator().manual_seed(1))
+    tie[0, :45] = 5.0  # 45 values tied above the rest: more than k = 40 survive
+    nan = torch.randn(1, 100, generator=torch.Generator().manual_seed(2))
+    nan[0, 3] = float("nan")
+    inf = torch.randn(1, 100, generator=torch.Generator().manual_seed(3))
+    inf[0, 9] = float("inf")
+    few = torch.full((1, 100), float("-inf"))
+    few[0, :10] = torch.arange(10.0)  # fewer finite values than k
+    for x in (tie, nan, inf, few):
+        assert _draw_top_k(x, torch.ones(1), p, u) is None
+    x = torch.cat((tie, few, torch.randn(2, 100, generator=torch.Generator().manual_seed(4))))
+    a = [make_generator(s) for s in range(4)]
+    b = [make_generator(s) for s in range(4)]
+    for _ in range(10):
+        assert sample_batch(x, [p] * 4, a) == [sample(x[i], p, b[i]) for i in range(4)]
+
+
+def test_a_generator_shared_by_rows_is_drawn_in_row_order():
+    """Rows with different filters are drawn in groups, but each row's uniform number comes
+    from its generator in row order, as when the rows are sampled one by one."""
+    x = torch.randn(6, 200, generator=torch.Generator().manual_seed(8)) * 2
+    params = [SamplingParams.defaults(temperature=1.0), SamplingParams(temperature=0.8),
+              SamplingParams(temperature=1.1, top_k=7), SamplingParams.defaults(temperature=1.0),
+              SamplingParams(temperature=0), SamplingParams(temperature=0.8)]  # fmt: skip
+    ga, gb = make_generator(5), make_generator(5)
+    for _ in range(10):
+        got = sample_batch(x, params, [ga] * 6)
+        assert got == [sample(x[i], p, gb) for i, p in enumerate(params)]
+        x = x.roll(3, dims=1)

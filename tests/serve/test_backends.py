@@ -48,10 +48,11 @@ def test_batched_step_equals_single_steps(any_backend):
     singles = []
     for p, t in zip(prompts, tokens, strict=True):
         st, _ = backend.start(backend.encode(p))
-        singles.append(backend.step([st], [t])[0])
-        singles.append(backend.step([st], [t + 1])[0])
+        # a step's logits are valid until the backend's next call (Backend.step): kept, copied
+        singles.append(backend.step([st], [t])[0].clone())
+        singles.append(backend.step([st], [t + 1])[0].clone())
     states = [backend.start(backend.encode(p))[0] for p in prompts]
-    first = backend.step(states, tokens)
+    first = backend.step(states, tokens).clone()
     second = backend.step(states, [t + 1 for t in tokens])
     atol = PACKED_ATOL if backend.weights == "packed" else LOGIT_ATOL
     for i in range(3):
@@ -66,7 +67,7 @@ def test_cached_steps_equal_full_forward(any_backend):
     st, logits = backend.start(ids[:3])
     rows = [logits]
     for t in ids[3:]:
-        rows.append(backend.step([st], [t])[0])
+        rows.append(backend.step([st], [t])[0].clone())  # valid until the next call
     with torch.inference_mode():
         full = backend.model(input_ids=torch.tensor([ids])).logits[0, 2:]
     if backend.weights != "packed":
@@ -152,7 +153,7 @@ def test_packed_model_directory(model_dir, tmp_path):
     s1, _ = packed.start(ids)
     s2, _ = packed.start(packed.encode("The quick"))
     s3, _ = packed.start(ids)
-    single = packed.step([s1], [5])
+    single = packed.step([s1], [5]).clone()  # valid until the next call
     batched = packed.step([s2, s3], [7, 5])
     torch.testing.assert_close(batched[1], single[0], atol=PACKED_ATOL, rtol=0)
 

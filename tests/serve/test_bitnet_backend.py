@@ -63,7 +63,7 @@ def test_requests_join_and_leave_with_the_same_bits_as_alone(backend, packed_dir
     rows_a, rows_b = [la], [lb]
     for t in range(5):  # two requests stepping together, then b leaves and c joins
         states = [sa, sb] if t < 3 else [sa]
-        out = backend.step(states, [7 + t] * len(states))
+        out = backend.step(states, [7 + t] * len(states)).clone()  # valid until the next call
         rows_a.append(out[0])
         if t < 3:
             rows_b.append(out[1])

@@ -48,7 +48,7 @@ def test_packed_dir_is_served_by_the_torch_free_engine_with_the_same_bits(lite, 
         rows = [la, lb]
         for t in range(5):  # two requests stepping together, then one leaves
             states = [sa, sb] if t < 3 else [sa]
-            out = be.step(states, [7 + t] * len(states))
+            out = be.step(states, [7 + t] * len(states)).clone()  # valid until the next call
             rows.extend(out)
             if t == 2:
                 be.free(sb)

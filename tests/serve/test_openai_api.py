@@ -213,7 +213,7 @@ def test_echo_logprobs_on_the_torch_free_backend():
     st, first = b.start(ids[:1])
     rows = [first]
     for t in ids[1:]:
-        rows.append(b.step([st], [t])[0])
+        rows.append(b.step([st], [t])[0].clone())  # valid until the next call
     b.free(st)
     lp = torch.log_softmax(torch.stack(rows).float(), -1)
     want = [float(lp[i - 1, ids[i]]) for i in range(1, len(ids))]

@@ -319,39 +319,104 @@ def sample_batch(
     histories: list[Sequence[int]] | None = None,
 ) -> list[int]:
     """Token ids for every row of logits [B, vocab]; row b uses params[b], generators[b] and
-    histories[b] (default: no history)."""
+    histories[b] (default: no history). The same tokens as `sample_torch` row by row (tested):
+    rows with the same filters are drawn together, by `_draw_top_k` where a top-k applies, else
+    by `_draw_full`."""
     import torch
 
     logits = logits.float()
     if any(p.logit_bias or p.penalizes for p in params):
         hist = histories or [()] * len(params)
         logits = torch.stack([_adjust(logits[b], p, hist[b]) for b, p in enumerate(params)])
-    out = [0] * len(params)
-    drawn = []
-    for b, p in enumerate(params):
-        if p.temperature == 0:
-            out[b] = int(torch.argmax(logits[b]))
-        else:
-            drawn.append(b)
-    if not drawn:
-        return out
-    temps = torch.tensor([params[b].temperature for b in drawn], dtype=torch.float32)
-    scaled = logits[drawn] / temps.unsqueeze(1)  # [R, V]
-    groups: dict[tuple, list[int]] = {}  # rows with the same filters, filtered together
-    for j, b in enumerate(drawn):
-        if params[b].filters:
-            p = params[b]
-            groups.setdefault((p.top_k, p.top_p, p.min_p), []).append(j)
+    B, V = logits.shape
+    out = [0] * B
+    greedy = [b for b, p in enumerate(params) if p.temperature == 0]
+    if greedy:
+        for b, t in zip(greedy, _rows(logits, greedy).argmax(dim=-1).tolist(), strict=True):
+            out[b] = t
+    drawn = [b for b, p in enumerate(params) if p.temperature != 0]
+    # one uniform per drawn row, in row order (a generator shared by rows is drawn in that order)
+    uniforms = {b: _uniform(generators[b]) for b in drawn}
+    groups: dict[tuple, list[int]] = {}  # rows with the same filters, drawn together
+    for b in drawn:
+        p = params[b]
+        groups.setdefault((p.top_k, p.top_p, p.min_p), []).append(b)
     for rows in groups.values():
-        idx = torch.tensor(rows)
-        scaled[idx] = _filter_rows(scaled[idx], params[drawn[rows[0]]])
-    cdf = torch.cumsum(torch.softmax(scaled, dim=-1), dim=-1)  # [R, V]
-    u = torch.stack([_uniform(generators[b]) for b in drawn])  # [R] float64
-    u = (u * cdf[:, -1].double()).float().unsqueeze(1)  # [R, 1]
-    idx = torch.searchsorted(cdf, u, right=True).clamp_max(logits.shape[1] - 1)  # [R, 1]
-    for j, b in enumerate(drawn):
-        out[b] = int(idx[j, 0])
+        p = params[rows[0]]
+        x = _rows(logits, rows)  # [R, V]
+        temps = torch.tensor([params[b].temperature for b in rows], dtype=torch.float32)
+        u = torch.stack([uniforms[b] for b in rows])  # [R] float64
+        toks = None
+        if p.top_k and p.top_k < V:
+            toks = _draw_top_k(x, temps, p, u)
+        if toks is None:
+            toks = _draw_full(x, temps, p, u)
+        for b, t in zip(rows, toks.tolist(), strict=True):
+            out[b] = t
     return out
+
+
+def _rows(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """x[rows] without the copy when rows are all of x's rows in order."""
+    return x if len(rows) == x.shape[0] and rows == list(range(len(rows))) else x[rows]
+
+
+def _draw_full(x: torch.Tensor, temps: torch.Tensor, p: SamplingParams, u: torch.Tensor):
+    """Tokens [R] of raw logits x [R, V] under one filter set: `sample_torch`'s ops on every
+    row at once (the temperature, `_filter_rows`, the CDF over the vocabulary)."""
+    import torch
+
+    scaled = x / temps.unsqueeze(1)  # [R, V]
+    if p.filters:
+        scaled = _filter_rows(scaled, p)
+    cdf = torch.cumsum(torch.softmax(scaled, dim=-1), dim=-1)  # [R, V]
+    target = (u * cdf[:, -1].double()).float().unsqueeze(1)  # [R, 1]
+    return torch.searchsorted(cdf, target, right=True).clamp_max(x.shape[1] - 1)[:, 0]
+
+
+def _draw_top_k(x: torch.Tensor, temps: torch.Tensor, p: SamplingParams, u: torch.Tensor):
+    """`_draw_full` where a top-k applies, with the work after the top-k done on the k
+    candidates, not the whole vocabulary; the same tokens, bit for bit (tests/engine/
+    test_sampler.py), or None (then `_draw_full`) where the shortcut's premises fail.
+
+    Why the values are the spec's: dividing by a temperature > 0 keeps the order, so the k + 1
+    largest raw logits give the spec's k-th and (k+1)-th scaled values; when those differ (no
+    tie at the k-th; all finite) the spec's top-k survivors are exactly these k candidates.
+    Every softmax the spec takes over the vocabulary is still taken over a [R, V] row equal to
+    the spec's (-inf off the candidates), because its sum depends on where the values sit;
+    torch's cumulative sum on the CPU accumulates in double, in order, so a prefix of it (top-p)
+    and the candidates' own sum in id order (the final CDF) equal the spec's values at those
+    places (adding a zero probability changes no partial sum). The token is then the first
+    candidate whose CDF exceeds the target, which is where the spec's search over the
+    vocabulary lands (its CDF only rises at candidates)."""
+    import torch
+
+    R, V = x.shape
+    k = p.top_k
+    neg = float("-inf")
+    top = torch.topk(x, k + 1, dim=-1)  # raw logits: the same ranking as the scaled ones
+    vals = top.values / temps.unsqueeze(1)  # [R, k + 1]: the spec's scaled values
+    if not bool(torch.isfinite(vals).all()) or bool((vals[:, k - 1] == vals[:, k]).any()):
+        return None  # NaN / inf, or a tie at the k-th value (more than k survive)
+    cand, perm = top.indices[:, :k].sort(dim=-1)  # [R, k]: the survivors in id order
+    cv = vals[:, :k].gather(1, perm)  # their scaled values, id order
+    if p.top_p < 1.0:
+        sv, o = torch.sort(cv, dim=-1, descending=True, stable=True)  # the spec's order
+        probs = torch.softmax(torch.cat((sv, sv.new_full((R, V - k), neg)), dim=1), dim=-1)[:, :k]
+        before = torch.cumsum(probs, dim=-1) - probs
+        drop = before >= p.top_p
+        drop[:, 0] = False
+        cv = cv.scatter(1, o, sv.masked_fill(drop, neg))
+    row = x.new_full((R, V), neg)
+    if p.min_p > 0:
+        pc = torch.softmax(row.scatter_(1, cand, cv), dim=-1).gather(1, cand)  # [R, k]
+        cv = cv.masked_fill(pc < p.min_p * pc.amax(dim=-1, keepdim=True), neg)
+    probs = torch.softmax(row.scatter_(1, cand, cv), dim=-1).gather(1, cand)  # [R, k]
+    cdf = torch.cumsum(probs, dim=-1)  # the spec's CDF at the candidates
+    target = (u * cdf[:, -1].double()).float().unsqueeze(1)  # [R, 1]
+    j = torch.searchsorted(cdf, target, right=True)  # [R, 1]
+    # past the last candidate the spec's search ends at V (clamped to V - 1)
+    return torch.where(j < k, cand.gather(1, j.clamp_max(k - 1)), V - 1)[:, 0]
 
 
 @dataclass(frozen=True)

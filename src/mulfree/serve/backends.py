@@ -97,7 +97,9 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def step(self, states: list[RequestState], tokens: list[int]) -> torch.Tensor:
-        """Feed one token per request; advance each state in place; logits [len(states), vocab]."""
+        """Feed one token per request; advance each state in place; logits [len(states), vocab],
+        valid until this backend's next `start` or `step` (a decoder's buffer, not copied:
+        the scheduler samples from them before its next model call)."""
 
     def free(self, state: RequestState) -> None:
         state.data = None
@@ -181,7 +183,7 @@ class MatMulFreeBackend(Backend):
             logits = dec.step(tokens, [st.data for st in states])  # [B, vocab], a buffer
             for st in states:
                 st.length += 1
-            return logits.clone()  # B x vocab floats: the caller may keep them past a step
+            return logits
         n = self.model.config.num_hidden_layers
         # L x [B, E]: row b of layer l is request b's state.
         stacked = [torch.cat([st.data[layer] for st in states], 0) for layer in range(n)]
@@ -236,7 +238,7 @@ class SlotBackend(Backend):
         logits = self._core().step([st.data for st in states], tokens)  # [B, vocab], a buffer
         for st in states:
             st.length += 1
-        return torch.from_numpy(logits.copy())  # the caller may keep them past a step
+        return torch.from_numpy(logits)
 
     def free(self, state: RequestState) -> None:
         if isinstance(state.data, int) and self._slots is not None:

@@ -7,13 +7,23 @@ iteration:
   2. admits waiting requests into free batch places: prefill -> state + first token;
   3. runs one batched decode step for all active requests and samples each one's next token
      with its own generator; finished requests free their state and their slot.
-Outputs travel to the asyncio side as events on the request's own asyncio.Queue.
+Outputs travel to the asyncio side as events on the request's own asyncio.Queue, handed over
+once per phase of an iteration (after the admissions, after the step) in one cross-thread call
+per event loop, not one per token.
+
+The worker's own torch work (sampling and log-probabilities on a step's [batch, vocab] logits)
+runs on one torch thread (`HOST_TORCH_THREADS`): split over threads it gains little at these
+sizes, and a second thread then has to be woken on cores the decode kernels' workers, the event
+loop and often the clients share; a woken worker that finds no free core holds a whole op up
+for a scheduler time slice (ms, where the op takes ~0.1 ms). The model calls keep the thread
+count they were built with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -100,6 +110,25 @@ class GenRequest:
         return self.t_submit + self.timeout_s
 
 
+# torch intra-op threads for the worker's sampling (see the module docstring). On the 2-core AMD
+# EPYC dev machine, busy: one [16, 8192] softmax took ~8 ms on 2 threads, 0.08-0.2 ms on one.
+HOST_TORCH_THREADS = 1
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch intra-op threads = n inside (this thread's setting), restored after."""
+    before = torch.get_num_threads()
+    if n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class Scheduler:
     def __init__(
         self,
@@ -122,6 +151,7 @@ class Scheduler:
         self._inflight = 0  # submitted and not yet finished (pending + active)
         self._stop = False
         self._thread: threading.Thread | None = None
+        self._outbox: list[tuple[GenRequest, object]] = []  # worker side: events not yet handed over
 
     # --- asyncio side ----------------------------------------------------------------------
     @property
@@ -164,10 +194,22 @@ class Scheduler:
 
     # --- worker side -----------------------------------------------------------------------
     def _emit(self, req: GenRequest, event) -> None:
-        try:
-            req.loop.call_soon_threadsafe(req.events.put_nowait, event)
-        except RuntimeError:  # the event loop is closed: the server is shutting down
-            pass
+        """Queue an event for the request's asyncio side (handed over by `_flush`)."""
+        self._outbox.append((req, event))
+
+    def _flush(self) -> None:
+        """Hand the queued events over: one call_soon_threadsafe per event loop, in order."""
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for req, event in self._outbox:
+            by_loop.setdefault(req.loop, []).append((req.events, event))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the event loop is closed: the server is shutting down
+                pass
 
     def _release(self, req: GenRequest) -> None:
         if req.done:
@@ -257,8 +299,9 @@ class Scheduler:
             logits = logits[-1]
         with self._cond:
             self._active.append(req)
-        tok = sample_batch(logits.unsqueeze(0), [req.params], [req.generator], [req.history])[0]
-        self._accept(req, tok, logits)
+        with torch_threads(HOST_TORCH_THREADS):
+            tok = sample_batch(logits.unsqueeze(0), [req.params], [req.generator], [req.history])[0]
+            self._accept(req, tok, logits)
 
     def _sweep(self) -> None:
         """Free cancelled and expired requests, waiting or active."""
@@ -291,12 +334,15 @@ class Scheduler:
                     held = list(self._active)
                 for r in held:
                     self._fail(r, "server_error", f"{type(e).__name__}: {e}")
+            finally:
+                self._flush()
         # Shutting down: tell everyone still waiting.
         with self._cond:
             left = list(self._pending) + list(self._active)
             self._pending.clear()
         for r in left:
             self._fail(r, "server_error", "the server is shutting down")
+        self._flush()
 
     def _iteration(self) -> None:
         self._sweep()
@@ -308,6 +354,7 @@ class Scheduler:
                 self._admit(req)
             except Exception as e:  # a failing model call fails its request, not the server
                 self._fail(req, "server_error", f"{type(e).__name__}: {e}")
+        self._flush()  # the first tokens go out before the step
         with self._cond:
             batch = [r for r in self._active if not r.done]
         # Requests admitted in this iteration already have their first token; they join the
@@ -323,16 +370,24 @@ class Scheduler:
             return
         self.metrics.decode_step(len(batch), time.monotonic() - t0)
         live = [i for i, r in enumerate(batch) if not (r.cancelled or r.done)]
-        try:
-            tokens = sample_batch(
-                logits[live],
-                [batch[i].params for i in live],
-                [batch[i].generator for i in live],
-                [batch[i].history for i in live],
-            )
-        except Exception as e:
-            for i in live:
-                self._fail(batch[i], "server_error", f"{type(e).__name__}: {e}")
-            return
-        for i, tok in zip(live, tokens, strict=True):
-            self._accept(batch[i], tok, logits[i])
+        # the step's logits stay valid until the backend's next call (see Backend.step)
+        with torch_threads(HOST_TORCH_THREADS):
+            try:
+                tokens = sample_batch(
+                    logits if len(live) == len(batch) else logits[live],
+                    [batch[i].params for i in live],
+                    [batch[i].generator for i in live],
+                    [batch[i].history for i in live],
+                )
+            except Exception as e:
+                for i in live:
+                    self._fail(batch[i], "server_error", f"{type(e).__name__}: {e}")
+                return
+            for i, tok in zip(live, tokens, strict=True):
+                self._accept(batch[i], tok, logits[i])
+
+
+def _deliver(items: list) -> None:
+    """On the event loop: put each (queue, event) in order."""
+    for queue, event in items:
+        queue.put_nowait(event)
