@@ -189,15 +189,15 @@ def test_top_k_draw_equals_the_full_draw_at_every_cdf_boundary(params):
     assert taken > 8 * 4
 
 
-def test_top_k_draw_declines_ties_and_non_finite_logits():
-    """A tie at the k-th value, a NaN or an infinite logit: _draw_top_k leaves the row to
-    _draw_full (the spec's ops), and sample_batch still equals the spec row by row."""
+def test_top_k_draw_declines_wide_ties_and_non_finite_logits():
+    """Ties with the k-th value past the window, a NaN or an infinite logit: _draw_top_k leaves
+    the row to _draw_full (the spec's ops), and sample_batch still equals the spec row by row."""
     from mulfree.engine.sampler import _draw_top_k
 
     p = SamplingParams.defaults(temperature=1.0)
     u = torch.full((1,), 0.5, dtype=torch.float64)
     tie = torch.randn(1, 100, generator=torch.Generator().manual_seed(1))
-    tie[0, :45] = 5.0  # 45 values tied above the rest: more than k = 40 survive
+    tie[0, :90] = 5.0  # 90 values tied at the top: past the window of 2k + 8 = 88
     nan = torch.randn(1, 100, generator=torch.Generator().manual_seed(2))
     nan[0, 3] = float("nan")
     inf = torch.randn(1, 100, generator=torch.Generator().manual_seed(3))
@@ -225,3 +225,31 @@ def test_a_generator_shared_by_rows_is_drawn_in_row_order():
         got = sample_batch(x, params, [ga] * 6)
         assert got == [sample(x[i], p, gb) for i, p in enumerate(params)]
         x = x.roll(3, dims=1)
+
+
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_top_k_draw_keeps_the_ties_of_the_k_th_value(k):
+    """Quantized logits (a packed model's: integer sums times a scale) tie often at the k-th
+    value; the spec keeps every tied value, and so does the window, at every CDF boundary."""
+    import numpy as np
+
+    from mulfree.engine.sampler import _draw_full, _draw_top_k, _filter_rows
+
+    g = torch.Generator().manual_seed(k)
+    x = torch.randint(-80, 80, (6, 500), generator=g).float() * 0.25  # many ties
+    for params in (SamplingParams.defaults(temperature=1.0, top_k=k),
+                   SamplingParams(temperature=0.8, top_k=k, min_p=0.2)):  # fmt: skip
+        temps = torch.full((6,), params.temperature)
+        filt = _filter_rows(x / temps[:, None], params)
+        top_k_only = _filter_rows(x / temps[:, None], SamplingParams(top_k=k))
+        assert int(torch.isfinite(top_k_only).sum(-1).max()) > k  # ties survive the top-k
+        spec_cdf = torch.cumsum(torch.softmax(filt, -1), -1)
+        for r in range(6):
+            total = float(spec_cdf[r, -1])
+            steps = sorted({float(v) / total for v in spec_cdf[r].unique() if 0 < v})
+            us = [np.nextafter(s, d) for s in steps for d in (0.0, 2.0)] + steps
+            us = torch.tensor([min(u, np.nextafter(1.0, 0.0)) for u in us], dtype=torch.float64)
+            rows, t = x[r].expand(len(us), -1), temps[:1].expand(len(us))
+            fast = _draw_top_k(rows, t, params, us)
+            assert fast is not None
+            assert torch.equal(fast, _draw_full(rows, t, params, us))

@@ -375,48 +375,55 @@ def _draw_full(x: torch.Tensor, temps: torch.Tensor, p: SamplingParams, u: torch
 
 
 def _draw_top_k(x: torch.Tensor, temps: torch.Tensor, p: SamplingParams, u: torch.Tensor):
-    """`_draw_full` where a top-k applies, with the work after the top-k done on the k
-    candidates, not the whole vocabulary; the same tokens, bit for bit (tests/engine/
-    test_sampler.py), or None (then `_draw_full`) where the shortcut's premises fail.
+    """`_draw_full` where a top-k applies, with the work after the top-k done on a window of
+    candidates (the 2k + 8 largest logits), not the whole vocabulary; the same tokens, bit for
+    bit (tests/engine/test_sampler.py), or None (then `_draw_full`) where the shortcut's
+    premises fail: a NaN or infinite value among the k largest, or values tied with the k-th
+    reaching past the window.
 
-    Why the values are the spec's: dividing by a temperature > 0 keeps the order, so the k + 1
-    largest raw logits give the spec's k-th and (k+1)-th scaled values; when those differ (no
-    tie at the k-th; all finite) the spec's top-k survivors are exactly these k candidates.
-    Every softmax the spec takes over the vocabulary is still taken over a [R, V] row equal to
-    the spec's (-inf off the candidates), because its sum depends on where the values sit;
-    torch's cumulative sum on the CPU accumulates in double, in order, so a prefix of it (top-p)
-    and the candidates' own sum in id order (the final CDF) equal the spec's values at those
-    places (adding a zero probability changes no partial sum). The token is then the first
-    candidate whose CDF exceeds the target, which is where the spec's search over the
-    vocabulary lands (its CDF only rises at candidates)."""
+    Why the values are the spec's: dividing by a temperature > 0 keeps the order, so the
+    window's scaled values are the spec's largest ones, and its k-th is the spec's threshold;
+    the spec's survivors (>= the k-th: ties included, common in a packed model's quantized
+    logits) all sit in the window, the rest of it is set to -inf as the spec does. Every
+    softmax the spec takes over the vocabulary is still taken over a [R, V] row equal to the
+    spec's, because its sum depends on where the values sit; torch's cumulative sum on the CPU
+    accumulates in double, in order, so a prefix of it (top-p) and the candidates' own sum in
+    id order (the final CDF) equal the spec's values at those places (a zero probability
+    changes no partial sum). The token is then the first candidate whose CDF exceeds the
+    target, which is where the spec's search over the vocabulary lands (its CDF only rises at
+    candidates)."""
     import torch
 
     R, V = x.shape
     k = p.top_k
+    w = min(V, 2 * k + 8)  # the window
     neg = float("-inf")
-    top = torch.topk(x, k + 1, dim=-1)  # raw logits: the same ranking as the scaled ones
-    vals = top.values / temps.unsqueeze(1)  # [R, k + 1]: the spec's scaled values
-    if not bool(torch.isfinite(vals).all()) or bool((vals[:, k - 1] == vals[:, k]).any()):
-        return None  # NaN / inf, or a tie at the k-th value (more than k survive)
-    cand, perm = top.indices[:, :k].sort(dim=-1)  # [R, k]: the survivors in id order
-    cv = vals[:, :k].gather(1, perm)  # their scaled values, id order
+    top = torch.topk(x, w, dim=-1)  # raw logits: the same ranking as the scaled ones
+    vals = top.values / temps.unsqueeze(1)  # [R, w]: the spec's scaled values, descending
+    kth = vals[:, k - 1 : k]
+    if not bool(torch.isfinite(vals[:, :k]).all()):
+        return None  # NaN (ranked first by topk) or inf: the spec's ops decide
+    if w < V and bool((vals[:, w - 1 : w] == kth).any()):
+        return None  # the k-th value's ties may reach past the window
+    cand, perm = top.indices.sort(dim=-1)  # [R, w]: the window in id order
+    cv = vals.masked_fill(vals < kth, neg).gather(1, perm)  # the spec's top-k row, id order
     if p.top_p < 1.0:
         sv, o = torch.sort(cv, dim=-1, descending=True, stable=True)  # the spec's order
-        probs = torch.softmax(torch.cat((sv, sv.new_full((R, V - k), neg)), dim=1), dim=-1)[:, :k]
+        probs = torch.softmax(torch.cat((sv, sv.new_full((R, V - w), neg)), dim=1), dim=-1)[:, :w]
         before = torch.cumsum(probs, dim=-1) - probs
         drop = before >= p.top_p
         drop[:, 0] = False
         cv = cv.scatter(1, o, sv.masked_fill(drop, neg))
     row = x.new_full((R, V), neg)
     if p.min_p > 0:
-        pc = torch.softmax(row.scatter_(1, cand, cv), dim=-1).gather(1, cand)  # [R, k]
+        pc = torch.softmax(row.scatter_(1, cand, cv), dim=-1).gather(1, cand)  # [R, w]
         cv = cv.masked_fill(pc < p.min_p * pc.amax(dim=-1, keepdim=True), neg)
-    probs = torch.softmax(row.scatter_(1, cand, cv), dim=-1).gather(1, cand)  # [R, k]
+    probs = torch.softmax(row.scatter_(1, cand, cv), dim=-1).gather(1, cand)  # [R, w]
     cdf = torch.cumsum(probs, dim=-1)  # the spec's CDF at the candidates
     target = (u * cdf[:, -1].double()).float().unsqueeze(1)  # [R, 1]
     j = torch.searchsorted(cdf, target, right=True)  # [R, 1]
     # past the last candidate the spec's search ends at V (clamped to V - 1)
-    return torch.where(j < k, cand.gather(1, j.clamp_max(k - 1)), V - 1)[:, 0]
+    return torch.where(j < w, cand.gather(1, j.clamp_max(w - 1)), V - 1)[:, 0]
 
 
 @dataclass(frozen=True)
