@@ -18,6 +18,13 @@ All traffic goes to 127.0.0.1; every loop is bounded in time and count.
     python benchmarks/bench_serve.py --quick                  # ~1 min: N = 1/4/16, 3 s per N
     python benchmarks/bench_serve.py --preset tiny --seconds 5 --clients 1 4
 
+`--vs TREE` also serves the same model from another checkout of mulfree (its `src` on the
+server's PYTHONPATH; e.g. a `git worktree` of an older commit, its compiled core built there):
+both servers stay up, the client counts alternate between them (ours, then theirs, per N) so
+both see the same drift of a shared machine, and the table ends with ours / theirs per N.
+
+    python benchmarks/bench_serve.py --backends mmfree --clients 1 4 16 64 --vs ../before
+
 `--quick` is a smoke-sized run of the same table (a smaller tokenizer, 3 s and 32 tokens per
 request at each N): ratios between the two backends are meaningful, absolute figures less so;
 any option given explicitly wins over the quick value.
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -70,7 +78,8 @@ class Server:
     """`mulfree serve` in a subprocess on a free loopback port."""
 
     def __init__(
-        self, model_dir: Path, backend: str, threads: int | None, max_batch: int, weights: str
+        self, model_dir: Path, backend: str, threads: int | None, max_batch: int, weights: str,
+        tree: Path | None = None,
     ):
         cmd = [
             sys.executable,
@@ -95,7 +104,10 @@ class Server:
         ]
         if threads:
             cmd += ["--threads", str(threads)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        env = None
+        if tree is not None:  # another checkout's mulfree (its src first on the path)
+            env = dict(os.environ, PYTHONPATH=str(tree / "src"))
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=tree)
         line = self.proc.stdout.readline()
         m = re.search(r"http://(127\.0\.0\.1):(\d+)", line)
         if not m:
@@ -230,6 +242,39 @@ def pct(xs: list[float], q: float) -> float:
     return statistics.quantiles(xs, n=100, method="inclusive")[min(98, max(0, int(q) - 1))]
 
 
+def measure(server: Server, backend: str, n: int, args) -> dict:
+    """One load run of n clients against `server`, with the server-side figures."""
+    m0 = server.metrics()
+    row = run_load(server, n, args.seconds, args.max_tokens)
+    m1 = server.metrics()
+    steps = m1["mulfree_decode_steps_total"] - m0["mulfree_decode_steps_total"]
+    gen = m1["mulfree_generated_tokens_total"] - m0["mulfree_generated_tokens_total"]
+    # Each request's first token comes from its prefill, the rest from steps.
+    row["mean_batch"] = (gen - row["requests"]) / steps if steps else float("nan")
+    if backend == "generic":
+        row["mean_batch"] = 1.0
+    row["peak_rss_mb"] = server.status("VmHWM") / 1024
+    row["energy_pj_per_token"] = m1.get("mulfree_energy_per_token_picojoules")
+    return row
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(
+        "| N | requests | tok/s | TTFT p50 ms | TTFT p99 ms | tok p50 ms | tok p99 ms "
+        "| mean batch | peak RSS MB | est. µJ/token |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        e = r["energy_pj_per_token"]
+        print(
+            f"| {r['clients']} | {r['requests']} | {r['tokens_per_s']:.1f} | "
+            f"{r['ttft_p50_ms']:.0f} | {r['ttft_p99_ms']:.0f} | {r['tok_p50_ms']:.1f} | "
+            f"{r['tok_p99_ms']:.1f} | {r['mean_batch']:.1f} | {r['peak_rss_mb']:.0f} | "
+            f"{e / 1e6 if e else float('nan'):.2f} |"
+        )
+    print()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model directory (default: a random preset)")
@@ -257,6 +302,8 @@ def main() -> None:
         help="served weights (auto: packed ternary when the compiled kernels are built)",
     )
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--vs", type=Path, default=None, metavar="TREE",
+                    help="also serve from this mulfree checkout, alternating per N (a baseline)")
     args = ap.parse_args()
     for name, values in RUNS.items():
         if getattr(args, name) is None:
@@ -277,54 +324,42 @@ def main() -> None:
             f"server threads: {args.threads or 'torch default'}"
             + ("; --quick" if args.quick else "") + "\n"
         )
+        if args.vs is not None and not (args.vs / "src" / "mulfree").is_dir():
+            raise SystemExit(f"--vs {args.vs}: not a mulfree checkout (no src/mulfree)")
+        trees = {"": None} | ({" (vs)": args.vs.resolve()} if args.vs is not None else {})
         table: dict[str, list[dict]] = {}
         for backend in args.backends:
-            server = Server(
-                model_dir, backend, args.threads, max_batch=max(args.clients), weights=args.weights
-            )
+            servers = {}
             try:
-                stream_once(server.host, server.port, 4, seed=0)  # warm-up
-                rss_idle = server.status("VmRSS")
-                rows = []
+                for tag, tree in trees.items():
+                    servers[tag] = Server(model_dir, backend, args.threads,
+                                          max_batch=max(args.clients), weights=args.weights,
+                                          tree=tree)  # fmt: skip
+                    stream_once(servers[tag].host, servers[tag].port, 4, seed=0)  # warm-up
+                idle = {tag: srv.status("VmRSS") for tag, srv in servers.items()}
+                rows = {tag: [] for tag in servers}
                 for n in args.clients:
-                    m0 = server.metrics()
-                    row = run_load(server, n, args.seconds, args.max_tokens)
-                    m1 = server.metrics()
-                    steps = m1["mulfree_decode_steps_total"] - m0["mulfree_decode_steps_total"]
-                    gen = (
-                        m1["mulfree_generated_tokens_total"] - m0["mulfree_generated_tokens_total"]
-                    )
-                    reqs = row["requests"]
-                    # Each request's first token comes from its prefill, the rest from steps.
-                    row["mean_batch"] = (gen - reqs) / steps if steps else float("nan")
-                    if backend == "generic":
-                        row["mean_batch"] = 1.0
-                    row["peak_rss_mb"] = server.status("VmHWM") / 1024
-                    row["energy_pj_per_token"] = m1.get("mulfree_energy_per_token_picojoules")
-                    rows.append(row)
-                table[backend] = rows
-                print(f"## {backend} backend (idle RSS {rss_idle / 1024:.0f} MB)")
-                print(server.banner)
-                print(
-                    "| N | requests | tok/s | TTFT p50 ms | TTFT p99 ms | tok p50 ms | tok p99 ms "
-                    "| mean batch | peak RSS MB | est. µJ/token |"
-                )
-                print("|---|---|---|---|---|---|---|---|---|---|")
-                for r in rows:
-                    e = r["energy_pj_per_token"]
-                    print(
-                        f"| {r['clients']} | {r['requests']} | {r['tokens_per_s']:.1f} | "
-                        f"{r['ttft_p50_ms']:.0f} | {r['ttft_p99_ms']:.0f} | {r['tok_p50_ms']:.1f} | "
-                        f"{r['tok_p99_ms']:.1f} | {r['mean_batch']:.1f} | {r['peak_rss_mb']:.0f} | "
-                        f"{e / 1e6 if e else float('nan'):.2f} |"
-                    )
-                print()
+                    for tag, server in servers.items():  # alternating: the same drift for both
+                        rows[tag].append(measure(server, backend, n, args))
+                for tag, server in servers.items():
+                    table[backend + tag] = rows[tag]
+                    where = f" from {trees[tag]}" if trees[tag] else ""
+                    print(f"## {backend} backend{where} (idle RSS {idle[tag] / 1024:.0f} MB)")
+                    print(server.banner)
+                    print_rows(rows[tag])
             finally:
-                server.stop()
+                for server in servers.values():
+                    server.stop()
         if "mmfree" in table and "generic" in table:
             print("## batched (mmfree) / one-request-per-step (generic) aggregate tokens/s")
             for a, b in zip(table["mmfree"], table["generic"], strict=True):
                 print(f"N={a['clients']}: {a['tokens_per_s'] / b['tokens_per_s']:.2f}x")
+        for backend in args.backends:
+            if backend + " (vs)" in table:
+                print(f"## {backend}: this tree / {args.vs} aggregate tokens/s (alternating runs)")
+                for a, b in zip(table[backend], table[backend + " (vs)"], strict=True):
+                    print(f"N={a['clients']}: {a['tokens_per_s'] / b['tokens_per_s']:.2f}x "
+                          f"({a['tokens_per_s']:.1f} vs {b['tokens_per_s']:.1f} tok/s)")  # fmt: skip
         print(f"\n(whole run: {time.perf_counter() - t_run:.0f} s)")
         if args.json:
             Path(args.json).write_text(json.dumps(table, indent=2))
