@@ -94,7 +94,7 @@ def test_packed_tile_kernels_equal_reference(isa, kind, mkn):
     first one all zero for the top rows: the tile still starts from +0), both thread counts."""
     m, k_dim, n = mkn
     gen = torch.Generator().manual_seed(m + k_dim + n + len(kind))
-    a, b = _causal(kind, 2, m, k_dim, n, gen)
+    a, b = _causal(kind, 3, m, k_dim, n, gen)  # 3 on 2 threads: each matmul on both threads
     for k in (23, 3):
         want = lmatmul_reference(a, b, mantissa_bits=k, mode="int")
         for threads in (1, 2):
