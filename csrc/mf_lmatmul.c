@@ -397,15 +397,16 @@ static int fast_route_ok(const uint32_t *A, const uint32_t *B, int64_t nA, int64
  * about as much as the products when each B element meets only M <= 8 rows (profile, Zen 3,
  * [16, 1, 64] x [16, 64, 1024]: packing ~45 % of the call, the kernel ~7 %), so this route
  * reads B in place and encodes each loaded vector on the fly (the same encodings as
- * pack_b_row_avx2, hence the same sums in the same k order: the same bits). RT rows x NC vectors of
- * 8 columns per tile (RT NC <= 8 accumulators); A's encodings [K][RT] are prepared once. */
+ * pack_b_panel, hence the same sums in the same k order: the same bits). RT rows x NC vectors
+ * per tile; A's encodings (threshold at and signed as, as in the packed route) [K][RT] are
+ * prepared once. */
 MF_TARGET_AVX2 static inline __attribute__((always_inline)) void direct_tile_avx2(
-    const lm_vconst *c, const int32_t *am, const uint32_t *as, const uint32_t *B, int64_t K,
+    const lm_vconst *c, const uint32_t *at, const uint32_t *as, const uint32_t *B, int64_t K,
     int64_t N, float *C, int64_t ldc, int rows, int32_t zb, const int RT, const int NC,
     const int check) {
     __m256 acc[8][2];
     for (int r = 0; r < RT; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    const __m256i lo_m1 = V256((1u << 23) - 1), vzb = V256(zb);
+    const __m256i vzb = V256(zb);
     for (int64_t kk = 0; kk < K; ++kk) {
         __m256i bm[2], bs[2];
         for (int ci = 0; ci < NC; ++ci) {
@@ -417,11 +418,11 @@ MF_TARGET_AVX2 static inline __attribute__((always_inline)) void direct_tile_avx
         }
         for (int r = 0; r < RT; ++r) {
             const __m256i sa = V256(as[kk * RT + r]);
-            const __m256i a = V256(am[kk * RT + r]);
+            const __m256i ta = V256(at[kk * RT + r]);
             for (int ci = 0; ci < NC; ++ci) {
                 __m256i v = _mm256_add_epi32(sa, bs[ci]);
                 if (check) /* invalid lanes become +0.0: the accumulator is unchanged */
-                    v = _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_add_epi32(a, bm[ci]), lo_m1), v);
+                    v = _mm256_and_si256(_mm256_cmpgt_epi32(bm[ci], ta), v);
                 acc[r][ci] = _mm256_add_ps(acc[r][ci], _mm256_castsi256_ps(v));
             }
         }
@@ -430,23 +431,96 @@ MF_TARGET_AVX2 static inline __attribute__((always_inline)) void direct_tile_avx
         for (int ci = 0; ci < NC; ++ci) _mm256_storeu_ps(C + r * ldc + 8 * ci, acc[r][ci]);
 }
 
-/* Columns [j0, j1) of rows [0, RT) (RT = M <= 8): tiles of 16 columns (8 for RT > 4), then one
- * of 8, then the last < 8 columns by the scalar spec (the same products, the same order). */
+/* prep_fin256 in 16 lanes (the same operations; finite operands, the fast route). */
+MF_TARGET_AVX512 static inline __m512i prep_fin512(const lm_vconst *c, __m512i mag) {
+    mag = _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(mag, V512(c->min_normal)), mag);
+    if (c->drop > 0) {
+        const __m128i sh = _mm_cvtsi32_si128(c->drop);
+        const __m512i lsb = _mm512_and_si512(_mm512_srl_epi32(mag, sh), V512(1));
+        const __m512i r = _mm512_add_epi32(_mm512_add_epi32(mag, V512(c->round_half_m1)), lsb);
+        mag = _mm512_and_si512(r, V512(~((1u << c->drop) - 1))); /* (r >> drop) << drop */
+    }
+    return mag;
+}
+
+/* direct_tile_avx2 with 16-column vectors (one encoding of B per 16 columns shared by the RT
+ * rows: half the instructions per product). */
+MF_TARGET_AVX512 static inline __attribute__((always_inline)) void direct_tile_avx512(
+    const lm_vconst *c, const uint32_t *at, const uint32_t *as, const uint32_t *B, int64_t K,
+    int64_t N, float *C, int64_t ldc, int rows, int32_t zb, const int RT, const int NC,
+    const int check) {
+    __m512 acc[8][2];
+    for (int r = 0; r < RT; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    const __m512i vzb = V512(zb);
+    for (int64_t kk = 0; kk < K; ++kk) {
+        __m512i bm[2], bs[2];
+        for (int ci = 0; ci < NC; ++ci) {
+            const __m512i x = _mm512_loadu_si512(B + kk * N + 16 * ci);
+            const __m512i g = prep_fin512(c, _mm512_and_si512(x, V512(c->mag_mask)));
+            const __mmask16 zero = _mm512_cmpeq_epi32_mask(g, _mm512_setzero_si512());
+            bm[ci] = _mm512_mask_mov_epi32(g, zero, vzb);
+            bs[ci] = _mm512_mask_mov_epi32(_mm512_or_si512(g, _mm512_and_si512(x, V512(c->sign_mask))),
+                                           zero, vzb);
+        }
+        for (int r = 0; r < RT; ++r) {
+            const __m512i sa = V512(as[kk * RT + r]);
+            const __m512i ta = V512(at[kk * RT + r]);
+            for (int ci = 0; ci < NC; ++ci) {
+                const __m512 p = _mm512_castsi512_ps(_mm512_add_epi32(sa, bs[ci]));
+                if (check)
+                    acc[r][ci] = _mm512_mask_add_ps(acc[r][ci], _mm512_cmpgt_epi32_mask(bm[ci], ta),
+                                                    acc[r][ci], p);
+                else
+                    acc[r][ci] = _mm512_add_ps(acc[r][ci], p);
+            }
+        }
+    }
+    for (int r = 0; r < rows; ++r)
+        for (int ci = 0; ci < NC; ++ci) _mm512_storeu_ps(C + r * ldc + 16 * ci, acc[r][ci]);
+}
+
+/* Columns [j0, j1) (multiples of 8) of rows [0, RT) (RT = M <= 8). AVX2: tiles of 16 columns
+ * (8 for RT > 4), then one of 8. AVX-512: tiles of 32 columns, then 16, then 8 (AVX2). The
+ * last N % 8 columns: lmatmul_direct, by the scalar spec. */
 #define DIRECT_TILES(RT, NC)                                                                    \
-    MF_TARGET_AVX2 static void direct_rows##RT##_##NC(                                          \
-        const lm_vconst *c, const int32_t *am, const uint32_t *as, const uint32_t *B, int64_t K, \
-        int64_t N, float *C, int64_t j0, int64_t j1, int32_t zb, int check) {                   \
+    MF_TARGET_AVX2 static void direct_rows##RT(const lm_vconst *c, const uint32_t *at,          \
+                                               const uint32_t *as, const uint32_t *B, int64_t K, \
+                                               int64_t N, float *C, int64_t j0, int64_t j1,     \
+                                               int32_t zb, int check) {                         \
         int64_t j = j0;                                                                         \
         for (; j + 8 * NC <= j1; j += 8 * NC)                                                   \
             if (check)                                                                          \
-                direct_tile_avx2(c, am, as, B + j, K, N, C + j, N, RT, zb, RT, NC, 1);          \
+                direct_tile_avx2(c, at, as, B + j, K, N, C + j, N, RT, zb, RT, NC, 1);          \
             else                                                                                \
-                direct_tile_avx2(c, am, as, B + j, K, N, C + j, N, RT, zb, RT, NC, 0);          \
+                direct_tile_avx2(c, at, as, B + j, K, N, C + j, N, RT, zb, RT, NC, 0);          \
         if (NC == 2 && j + 8 <= j1) {                                                           \
             if (check)                                                                          \
-                direct_tile_avx2(c, am, as, B + j, K, N, C + j, N, RT, zb, RT, 1, 1);           \
+                direct_tile_avx2(c, at, as, B + j, K, N, C + j, N, RT, zb, RT, 1, 1);           \
             else                                                                                \
-                direct_tile_avx2(c, am, as, B + j, K, N, C + j, N, RT, zb, RT, 1, 0);           \
+                direct_tile_avx2(c, at, as, B + j, K, N, C + j, N, RT, zb, RT, 1, 0);           \
+        }                                                                                       \
+    }                                                                                           \
+    MF_TARGET_AVX512 static void direct_rows##RT##_512(                                         \
+        const lm_vconst *c, const uint32_t *at, const uint32_t *as, const uint32_t *B, int64_t K, \
+        int64_t N, float *C, int64_t j0, int64_t j1, int32_t zb, int check) {                   \
+        int64_t j = j0;                                                                         \
+        for (; j + 32 <= j1; j += 32)                                                           \
+            if (check)                                                                          \
+                direct_tile_avx512(c, at, as, B + j, K, N, C + j, N, RT, zb, RT, 2, 1);         \
+            else                                                                                \
+                direct_tile_avx512(c, at, as, B + j, K, N, C + j, N, RT, zb, RT, 2, 0);         \
+        if (j + 16 <= j1) {                                                                     \
+            if (check)                                                                          \
+                direct_tile_avx512(c, at, as, B + j, K, N, C + j, N, RT, zb, RT, 1, 1);         \
+            else                                                                                \
+                direct_tile_avx512(c, at, as, B + j, K, N, C + j, N, RT, zb, RT, 1, 0);         \
+            j += 16;                                                                            \
+        }                                                                                       \
+        if (j + 8 <= j1) {                                                                      \
+            if (check)                                                                          \
+                direct_tile_avx2(c, at, as, B + j, K, N, C + j, N, RT, zb, RT, 1, 1);           \
+            else                                                                                \
+                direct_tile_avx2(c, at, as, B + j, K, N, C + j, N, RT, zb, RT, 1, 0);           \
         }                                                                                       \
     }
 DIRECT_TILES(1, 2)
@@ -462,18 +536,23 @@ DIRECT_TILES(8, 1)
  * and [16, M, 1024] x [16, 1024, 64], k = 3, one thread, Zen 3, loaded machine (min of 15). */
 #define LMATMUL_DIRECT_MAX_M 8
 
-typedef void (*direct_fn)(const lm_vconst *, const int32_t *, const uint32_t *, const uint32_t *,
+typedef void (*direct_fn)(const lm_vconst *, const uint32_t *, const uint32_t *, const uint32_t *,
                           int64_t, int64_t, float *, int64_t, int64_t, int32_t, int);
 
 /* C [M][N] by direct_rows*, in groups of <= DIRECT_RT_MAX rows (each group reads and encodes B
  * again: worth it while M is small, LMATMUL_DIRECT_MAX_M). */
 #define DIRECT_RT_MAX 8
-static void lmatmul_direct(const uint32_t *A, const uint32_t *B, float *C, int64_t M, int64_t K,
-                           int64_t N, int k, uint32_t lconst, int64_t amax_f, int64_t bmax,
-                           int no_under, int nt) {
-    static const direct_fn fns[DIRECT_RT_MAX + 1] = {
-        NULL, direct_rows1_2, direct_rows2_2, direct_rows3_2, direct_rows4_2,
-        direct_rows5_1, direct_rows6_1, direct_rows7_1, direct_rows8_1};
+static void lmatmul_direct(int level, const uint32_t *A, const uint32_t *B, float *C, int64_t M,
+                           int64_t K, int64_t N, int k, uint32_t lconst, int64_t amax_f,
+                           int64_t bmax, int no_under, int nt) {
+    static const direct_fn fns2[DIRECT_RT_MAX + 1] = {
+        NULL,           direct_rows1, direct_rows2, direct_rows3, direct_rows4,
+        direct_rows5, direct_rows6, direct_rows7, direct_rows8};
+    static const direct_fn fns5[DIRECT_RT_MAX + 1] = {
+        NULL,           direct_rows1_512, direct_rows2_512, direct_rows3_512, direct_rows4_512,
+        direct_rows5_512, direct_rows6_512, direct_rows7_512, direct_rows8_512};
+    const int wide = level >= MF_ISA_AVX512;
+    const direct_fn *fns = wide ? fns5 : fns2;
     const int64_t lo = 1 << 23;
     const int32_t za = (int32_t)(lo - 1 - bmax), zb = (int32_t)(lo - 1 - amax_f);
     const size_t a_bytes = mf_align_up((size_t)(K * M) * 4);
@@ -482,9 +561,9 @@ static void lmatmul_direct(const uint32_t *A, const uint32_t *B, float *C, int64
         lmatmul_scalar(A, B, C, M, K, N, k, 0, 0, M); /* out of memory: the slow, exact route */
         return;
     }
-    int32_t *am = (int32_t *)scratch;
+    uint32_t *at = (uint32_t *)scratch;
     uint32_t *as = (uint32_t *)(scratch + a_bytes);
-    /* A's encodings (the spec: lmatmul_fast's), group by group: [group][K][rows of the group] */
+    /* A's encodings (the spec: enc_a), group by group: [group][K][rows of the group] */
     for (int64_t i0 = 0; i0 < M; i0 += DIRECT_RT_MAX) {
         const int64_t rt = M - i0 < DIRECT_RT_MAX ? M - i0 : DIRECT_RT_MAX;
         for (int64_t kk = 0; kk < K; ++kk)
@@ -492,13 +571,15 @@ static void lmatmul_direct(const uint32_t *A, const uint32_t *B, float *C, int64
                 uint32_t s = 0;
                 const uint32_t g = prep_f32(A[(i0 + r) * K + kk], k, &s);
                 const int32_t mag = g ? (int32_t)((int64_t)g - lconst) : za;
-                am[i0 * K + kk * rt + r] = mag;
+                at[i0 * K + kk * rt + r] = (uint32_t)(lo - 1 - (int64_t)mag);
                 as[i0 * K + kk * rt + r] = (uint32_t)mag + s; /* mod 2^32 */
             }
     }
     lm_vconst vc;
     vconst_init(f32_fmt(), k, 0, &vc);
-    const int64_t nv = N / 8; /* whole 8-column vectors, split over the threads */
+    /* whole vectors (16 columns at AVX-512, 8 at AVX2) split over the threads; the last
+     * thread also takes a last group of 8 */
+    const int64_t w = wide ? 16 : 8, nv = N / w, n8 = N / 8 * 8;
 #pragma omp parallel num_threads(nt) if (nt > 1 && M * K * N >= LMATMUL_DIRECT_MIN_PARALLEL)
     {
 #ifdef _OPENMP
@@ -506,15 +587,15 @@ static void lmatmul_direct(const uint32_t *A, const uint32_t *B, float *C, int64
 #else
         const int tid = 0, T = 1;
 #endif
+        const int64_t j0 = w * (nv * tid / T), j1 = tid == T - 1 ? n8 : w * (nv * (tid + 1) / T);
         for (int64_t i0 = 0; i0 < M; i0 += DIRECT_RT_MAX) {
             const int64_t rt = M - i0 < DIRECT_RT_MAX ? M - i0 : DIRECT_RT_MAX;
-            fns[rt](&vc, am + i0 * K, as + i0 * K, B, K, N, C + i0 * N, 8 * (nv * tid / T),
-                    8 * (nv * (tid + 1) / T), zb, !no_under);
+            fns[rt](&vc, at + i0 * K, as + i0 * K, B, K, N, C + i0 * N, j0, j1, zb, !no_under);
         }
     }
     const lm_fmt *f = f32_fmt();
     for (int64_t i = 0; i < M; ++i) /* the last N % 8 columns */
-        for (int64_t j = 8 * nv; j < N; ++j) {
+        for (int64_t j = n8; j < N; ++j) {
             float acc = 0.0f;
             for (int64_t kk = 0; kk < K; ++kk) acc += bits_f32(lmul_one(f, A[i * K + kk], B[kk * N + j], k, 0));
             C[i * N + j] = acc;
@@ -801,7 +882,7 @@ static int lmatmul_one(int level, const uint32_t *A, const uint32_t *B, float *C
         memset(C, 0, (size_t)(M * N) * sizeof(float));
 #if MF_X86
     else if (fast && M <= LMATMUL_DIRECT_MAX_M)
-        lmatmul_direct(A, B, C, M, K, N, k, lconst, amax_f, bmax, no_under, nt);
+        lmatmul_direct(level, A, B, C, M, K, N, k, lconst, amax_f, bmax, no_under, nt);
 #endif
     else if (fast)
         lmatmul_fast(level, A, B, C, M, K, N, k, lconst, amax_f, bmax, nt);

@@ -58,10 +58,12 @@ def test_fast_routes_equal_reference(isa, kind, m):
 
 
 @pytest.mark.parametrize("isa", SIMD)
-def test_direct_route_splits_columns_over_threads(isa):
-    """Large enough to fork (M K N >= 2^18): each thread's column range, and the scalar tail."""
+@pytest.mark.parametrize("n", [1029, 1037])
+def test_direct_route_splits_columns_over_threads(isa, n):
+    """Large enough to fork (M K N >= 2^18): each thread's column range (in 16-column vectors
+    at AVX-512, the last thread also taking a group of 8: N = 1037), and the scalar tail."""
     gen = torch.Generator().manual_seed(7)
-    a, b = _operands("zeros", 1, 3, 128, 1029, gen)
+    a, b = _operands("zeros", 1, 3, 128, n, gen)
     want = lmatmul_reference(a, b, mantissa_bits=4, mode="int")
     got, code = _run(a, b, 4, isa, 2)
     assert code == 1  # zeros: the masked kernel
