@@ -299,6 +299,17 @@ MF_TARGET_AVX2 static inline __m256i prep_fin256(const lm_vconst *c, __m256i mag
     }
     return mag;
 }
+/* prep_fin256 in 16 lanes (the same operations; finite operands, the fast route). */
+MF_TARGET_AVX512 static inline __m512i prep_fin512(const lm_vconst *c, __m512i mag) {
+    mag = _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(mag, V512(c->min_normal)), mag);
+    if (c->drop > 0) {
+        const __m128i sh = _mm_cvtsi32_si128(c->drop);
+        const __m512i lsb = _mm512_and_si512(_mm512_srl_epi32(mag, sh), V512(1));
+        const __m512i r = _mm512_add_epi32(_mm512_add_epi32(mag, V512(c->round_half_m1)), lsb);
+        mag = _mm512_and_si512(r, V512(~((1u << c->drop) - 1))); /* (r >> drop) << drop */
+    }
+    return mag;
+}
 #endif
 
 /* Prepared operand: sign word and magnitude after flush-to-zero and rounding (float32). */
@@ -342,9 +353,38 @@ MF_TARGET_AVX2 static uint32_t prep_range_avx2(const lm_vconst *c, const uint32_
 }
 #endif
 
+#if MF_X86
+/* prep_range_avx2 in 16 lanes. */
+MF_TARGET_AVX512 static uint32_t prep_range_avx512(const lm_vconst *c, const uint32_t *X,
+                                                   int64_t lo, int64_t hi, int k, uint32_t *min_out) {
+    __m512i vm = _mm512_setzero_si512(), vn = V512(0xFFFFFFFFu);
+    int64_t i = lo;
+    for (; i + 16 <= hi; i += 16) {
+        const __m512i g = prep_fin512(c, _mm512_and_si512(_mm512_loadu_si512(X + i), V512(c->mag_mask)));
+        vm = _mm512_max_epu32(vm, g);
+        vn = _mm512_min_epu32(vn, g);
+    }
+    uint32_t lanes[16], nlanes[16], m = 0, n = 0xFFFFFFFFu;
+    _mm512_storeu_si512(lanes, vm);
+    _mm512_storeu_si512(nlanes, vn);
+    for (int j = 0; j < 16; ++j) {
+        m = lanes[j] > m ? lanes[j] : m;
+        n = nlanes[j] < n ? nlanes[j] : n;
+    }
+    for (; i < hi; ++i) {
+        uint32_t s;
+        const uint32_t g = prep_f32(X[i], k, &s);
+        m = g > m ? g : m;
+        n = g < n ? g : n;
+    }
+    *min_out = n;
+    return m;
+}
+#endif
+
 /* max (returned) and min (*min_out) over X[0, n) of the prepared magnitudes, threads splitting
  * the range */
-static uint32_t prep_range(const uint32_t *X, int64_t n, int k, int nt, uint32_t *min_out) {
+static uint32_t prep_range(int level, const uint32_t *X, int64_t n, int k, int nt, uint32_t *min_out) {
     uint32_t m = 0, mn = 0xFFFFFFFFu;
 #if MF_X86
     lm_vconst c;
@@ -353,12 +393,14 @@ static uint32_t prep_range(const uint32_t *X, int64_t n, int k, int nt, uint32_t
 #pragma omp parallel for num_threads(nt) reduction(max : m) reduction(min : mn) schedule(static) if (n > 2 * chunk)
     for (int64_t lo = 0; lo < n; lo += chunk) {
         uint32_t gn;
-        const uint32_t g = prep_range_avx2(&c, X, lo, lo + chunk < n ? lo + chunk : n, k, &gn);
+        const int64_t hi = lo + chunk < n ? lo + chunk : n;
+        const uint32_t g = level >= MF_ISA_AVX512 ? prep_range_avx512(&c, X, lo, hi, k, &gn)
+                                                  : prep_range_avx2(&c, X, lo, hi, k, &gn);
         m = g > m ? g : m;
         mn = gn < mn ? gn : mn;
     }
 #else
-    (void)nt;
+    (void)nt, (void)level;
     for (int64_t i = 0; i < n; ++i) {
         uint32_t s;
         const uint32_t g = prep_f32(X[i], k, &s);
@@ -370,12 +412,12 @@ static uint32_t prep_range(const uint32_t *X, int64_t n, int k, int nt, uint32_t
     return m;
 }
 
-static int fast_route_ok(const uint32_t *A, const uint32_t *B, int64_t nA, int64_t nB, int k,
+static int fast_route_ok(int level, const uint32_t *A, const uint32_t *B, int64_t nA, int64_t nB, int k,
                          uint32_t lconst, int64_t *amax_f, int64_t *bmax, int *all_under,
                          int *no_under, int nt) {
     /* the largest non-zero prepared magnitudes (-1: all zero); inf/NaN make the max special */
     uint32_t na, nb;
-    const uint32_t ga = prep_range(A, nA, k, nt, &na), gb = prep_range(B, nB, k, nt, &nb);
+    const uint32_t ga = prep_range(level, A, nA, k, nt, &na), gb = prep_range(level, B, nB, k, nt, &nb);
     const int64_t am = ga ? (int64_t)ga : -1, bmx = gb ? (int64_t)gb : -1;
     const int special = ga >= 0x7F800000u || gb >= 0x7F800000u;
     *all_under = 0;
@@ -429,18 +471,6 @@ MF_TARGET_AVX2 static inline __attribute__((always_inline)) void direct_tile_avx
     }
     for (int r = 0; r < rows; ++r)
         for (int ci = 0; ci < NC; ++ci) _mm256_storeu_ps(C + r * ldc + 8 * ci, acc[r][ci]);
-}
-
-/* prep_fin256 in 16 lanes (the same operations; finite operands, the fast route). */
-MF_TARGET_AVX512 static inline __m512i prep_fin512(const lm_vconst *c, __m512i mag) {
-    mag = _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(mag, V512(c->min_normal)), mag);
-    if (c->drop > 0) {
-        const __m128i sh = _mm_cvtsi32_si128(c->drop);
-        const __m512i lsb = _mm512_and_si512(_mm512_srl_epi32(mag, sh), V512(1));
-        const __m512i r = _mm512_add_epi32(_mm512_add_epi32(mag, V512(c->round_half_m1)), lsb);
-        mag = _mm512_and_si512(r, V512(~((1u << c->drop) - 1))); /* (r >> drop) << drop */
-    }
-    return mag;
 }
 
 /* direct_tile_avx2 with 16-column vectors (one encoding of B per 16 columns shared by the RT
@@ -876,7 +906,7 @@ static int lmatmul_one(int level, const uint32_t *A, const uint32_t *B, float *C
     int64_t amax_f = 0, bmax = 0;
     int all_under = 0, no_under = 0;
     const int fast = route != 0 && mode == 0 && level >= MF_ISA_AVX2 &&
-                     fast_route_ok(A, B, M * K, K * N, k, lconst, &amax_f, &bmax, &all_under,
+                     fast_route_ok(level, A, B, M * K, K * N, k, lconst, &amax_f, &bmax, &all_under,
                                    &no_under, nt);
     if (fast && all_under)
         memset(C, 0, (size_t)(M * N) * sizeof(float));
