@@ -1,30 +1,37 @@
-"""L-Matmul throughput vs torch fp32 `matmul` and vs the pure-torch emulation (issue #4).
+"""L-Matmul throughput vs torch fp32 `matmul` and vs the pure-torch emulation (issues #4, #14).
 
 Method: threads pinned (--threads, default 2); random normal operands (exact zeros, which
-torch.randn produces now and then at these sizes, replaced by 1e-3); for each size, 2 warm-up
-calls then the median of --repeats timed calls (time.perf_counter) of:
+torch.randn produces now and then at these sizes, replaced by 1e-3). Every compiled variant is
+run at every SIMD level this CPU has (avx2, avx512: `use_isa`), so the levels' ratios come from
+one run; the dispatcher's own pick for the family is printed at the top.
+
+Square sizes (--sizes): for each size, 2 warm-up calls then the median of --repeats timed calls
+(time.perf_counter) of:
   - torch.matmul, float32 (the baseline);
   - mulfree.lmul.lmatmul, float32 operands (compiled kernel, fast add-only route; every product
     is a normal number, so the no-underflow kernel runs);
-  - the same with 1 % of A's entries set to 0 (the fast route's masked kernel: zero or
-    underflowing products must add nothing, checked per lane);
+  - the same with 1 % of A's entries set to 0 (zeros scattered at random: the per-lane
+    compare runs on every tile);
   - mulfree.lmul.lmatmul, bfloat16 operands (compiled kernel on widened operands);
-The kernel route of each compiled variant is printed (0 full, 1 fast masked, 2 fast
-no-underflow; `lmatmul_f32`'s return value).
   - the pure-torch emulation (mulfree.lmul.ops.lmatmul_reference, which materializes every
     L-Mul product with vectorized integer tensor ops). Its cost is linear in K, so for large
     sizes it is timed on a K-slice (--emu-k) and scaled by K / slice (printed as such).
+The kernel route of each compiled variant is printed (0 full, 1 fast with zero / underflow
+handling, 2 fast no-underflow; `lmatmul_f32`'s return value).
 Throughput is counted as 2*M*N*K "flop-equivalents" per second (one multiply + one add per
 product, as for GEMM). Ratios are against numbers measured in the same run.
 
-Attention shapes (--attn, default on; issue #14): L-Mul attention's two products per layer,
-q kᵀ = [H, Tq, hd] x [H, hd, ctx] and p v = [H, Tq, ctx] x [H, ctx, hd] (H = --heads, hd =
---head-dim, Tq = --queries: 1 is a decode step, more a prefill chunk; ctx = --ctx), float32,
-k = 23 and k = 3 (LMulConfig(mantissa_bits=3)); p is softmax-like (positive, some exact zeros
-from a causal mask: the masked kernel), q, k, v normal. Each is timed through the public
-`lmatmul` and as the raw compiled call (`lmatmul_f32` on prepared contiguous operands; the
-difference is the Python/custom-op layer), against torch.matmul fp32 on the same operands,
-interleaved (torch, ours, raw, torch, ...) so both see the same drift of a shared machine.
+Attention shapes (--attn, default on): L-Mul attention's two products per layer, q kᵀ =
+[H, Tq, hd] x [H, hd, ctx] and p v = [H, Tq, ctx] x [H, ctx, hd], float32, k = 23 and k = 3
+(LMulConfig(mantissa_bits=3)); q, k, v normal.
+  - decode / chunked (H = --heads, hd = --head-dim, Tq = --queries, ctx = --ctx): p is
+    softmax-like with its last ctx/8 columns zero (a padding mask);
+  - prefill (--prefill T list, hd in --prefill-head-dims, Tq = ctx = T, H = --heads for
+    T <= 512, else 4): p has a causal mask's zeros (row i zero past column i: about half).
+Each is timed through the public `lmatmul` at every level and as the raw compiled call at the
+dispatcher's level (`lmatmul_f32` on prepared contiguous operands; the difference is the
+Python/custom-op layer), against torch.matmul fp32 on the same operands, interleaved (torch,
+each level, raw, torch, ...) so all see the same drift of a shared machine.
 """
 
 from __future__ import annotations
@@ -36,9 +43,12 @@ import statistics
 import torch
 
 from _timing import median_time
-from mulfree.kernels import isa_max
+from mulfree.kernels import ISA_LEVELS, LMATMUL, available_isas, resolve_isa, use_isa
+from mulfree.kernels._core import core
 from mulfree.lmul import lmatmul
 from mulfree.lmul.ops import lmatmul_reference
+
+LEVELS = [isa for isa in available_isas() if isa in ("avx2", "avx512")]
 
 
 def main() -> None:
@@ -53,19 +63,26 @@ def main() -> None:
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--queries", default="1,8,64", help="query rows Tq per head")
     ap.add_argument("--ctx", default="256,1024", help="context lengths")
+    ap.add_argument("--prefill", default="128,512,2048", help="prefill lengths T ('' = none)")
+    ap.add_argument("--prefill-head-dims", default="64,128")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(
         f"load average {os.getloadavg()[0]:.2f} (cores shared?); "
-        f"threads={torch.get_num_threads()} isa={isa_max()} torch={torch.__version__}; "
-        f"median of {args.repeats} (fewer for slow variants) after 2 warm-up calls"
+        f"threads={torch.get_num_threads()} levels={','.join(LEVELS)} "
+        f"dispatcher's lmatmul level={resolve_isa(family=LMATMUL)} torch={torch.__version__}; "
+        f"median of {args.repeats} (fewer for slow variants) after warm-up calls"
     )
     if args.attn:
         _attention(args)
-    if not args.square:
-        return
+    if args.square:
+        _square(args)
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+
+
+def _square(args) -> None:
     print(
-        f"{'size':>6} {'variant':28} {'time ms':>11} {'GFLOP-eq/s':>11} {'vs fp32 GEMM':>13} {'vs emulation':>13}"
+        f"\n{'size':>6} {'variant':34} {'time ms':>11} {'GFLOP-eq/s':>11} {'vs fp32 GEMM':>13} {'vs emulation':>13}"
     )
     for n in (int(s) for s in args.sizes.split(",")):
         gen = torch.Generator().manual_seed(0)
@@ -76,24 +93,28 @@ def main() -> None:
         ab, bb = a.bfloat16(), b.bfloat16()
         flops = 2.0 * n**3
         reps = args.repeats if n <= 1024 else max(5, args.repeats // 4)
-        t_gemm = median_time(lambda a=a, b=b: torch.matmul(a, b), args.repeats)
-        t_l32 = median_time(lambda a=a, b=b: lmatmul(a, b), reps)
-        t_l32z = median_time(lambda a=az, b=b: lmatmul(a, b), reps)
-        t_l16 = median_time(lambda a=ab, b=bb: lmatmul(a, b), reps)
+        rows = [
+            (
+                "torch.matmul fp32",
+                median_time(lambda a=a, b=b: torch.matmul(a, b), args.repeats),
+                None,
+            )
+        ]
+        for isa in LEVELS:
+            with use_isa(isa):
+                for label, x, y, ops in (("fp32", a, b, (a, b)), ("fp32, 1% zeros", az, b, (az, b)),
+                                         ("bf16", ab, bb, (ab.float(), bb.float()))):  # fmt: skip
+                    t = median_time(lambda x=x, y=y: lmatmul(x, y), reps)
+                    rows.append((f"lmatmul {label} [{isa}]", t, (isa, *ops)))
         ks = min(n, args.emu_k) if n > 512 else n
         a3, b3 = a[None, :, :ks].contiguous(), b[None, :ks, :].contiguous()
         t_emu = median_time(lambda a3=a3, b3=b3: lmatmul_reference(a3, b3), 1, warmup=0) * (n / ks)
-        emu_label = "torch emulation" + (f" (K={ks} x{n // ks})" if ks < n else "")
-        for label, t, ops in (
-            ("torch.matmul fp32", t_gemm, None),
-            ("lmatmul fp32 (compiled)", t_l32, (a, b)),
-            ("lmatmul fp32, 1% zeros", t_l32z, (az, b)),
-            ("lmatmul bf16 (compiled)", t_l16, (ab.float(), bb.float())),
-            (emu_label, t_emu, None),
-        ):
+        rows.append(("torch emulation" + (f" (K={ks} x{n // ks})" if ks < n else ""), t_emu, None))
+        t_gemm = rows[0][1]
+        for label, t, ops in rows:
             route = f" route {_route(*ops)}" if ops is not None else ""
             print(
-                f"{n:>6} {label:28} {t * 1e3:11.2f} {flops / t / 1e9:11.2f} {t_gemm / t:12.3f}x {t_emu / t:12.1f}x{route}"
+                f"{n:>6} {label:34} {t * 1e3:11.2f} {flops / t / 1e9:11.2f} {t_gemm / t:12.3f}x {t_emu / t:12.1f}x{route}"
             )
 
 
@@ -108,51 +129,71 @@ def _interleaved(fns: dict, repeats: int, rounds: int = 4) -> dict:
 
 
 def _attention(args) -> None:
-    """q kᵀ and p v at attention shapes: ours (public and raw call) vs torch.matmul fp32."""
-    from mulfree.kernels import ISA_LEVELS
-    from mulfree.kernels._core import core
-
+    """q kᵀ and p v at attention shapes: ours (public at every level, raw call) vs torch."""
     H, hd = args.heads, args.head_dim
-    level = ISA_LEVELS[isa_max()]
-    print(f"\nattention products, H={H}, hd={hd}, float32 operands (interleaved medians)")
-    print(f"{'product':>28} {'k':>3} {'torch us':>9} {'ours us':>9} {'raw us':>9} "
-          f"{'ours/torch':>11} {'raw/torch':>10} route")  # fmt: skip
+    cases = []  # (section, H, Tq, ctx, hd, causal)
     for ctx in (int(c) for c in args.ctx.split(",")):
         for tq in (int(q) for q in args.queries.split(",")):
-            gen = torch.Generator().manual_seed(ctx + tq)
-            q = torch.randn(H, tq, hd, generator=gen)
-            kt = torch.randn(H, hd, ctx, generator=gen)  # kᵀ, as attention passes it (contiguous)
-            p = torch.rand(H, tq, ctx, generator=gen)
-            p[:, :, ctx - ctx // 8 :] = 0.0  # a causal mask's zeros
-            p = p / p.sum(-1, keepdim=True)
-            v = torch.randn(H, ctx, hd, generator=gen)
-            for name, a, b in ((f"q·kᵀ [{H},{tq},{hd}]x[{hd},{ctx}]", q, kt),
-                               (f"p·v [{H},{tq},{ctx}]x[{ctx},{hd}]", p, v)):  # fmt: skip
-                out = torch.empty(H, a.shape[1], b.shape[2])
-                for k in (23, 3):
-                    mb = None if k == 23 else k
+            cases.append(("decode/chunk", H, tq, ctx, hd, False))
+    for t in (int(x) for x in args.prefill.split(",") if x):
+        for d in (int(x) for x in args.prefill_head_dims.split(",")):
+            cases.append(("prefill, causal", H if t <= 512 else 4, t, t, d, True))
+    level = resolve_isa(family=LMATMUL)
+    cols = " ".join(f"{isa + ' us':>10}" for isa in LEVELS)
+    ratios = " ".join(f"{isa + '/torch':>12}" for isa in LEVELS)
+    print(
+        f"\nattention products, float32 operands (interleaved medians; raw = the compiled call at {level})"
+    )
+    print(
+        f"{'product':>36} {'k':>3} {'torch us':>9} {cols} {'raw us':>9} {ratios} {'raw/torch':>10} route"
+    )
+    section = None
+    for name_s, h, tq, ctx, d, causal in cases:
+        if name_s != section:
+            section = name_s
+            print(f"-- {section}")
+        gen = torch.Generator().manual_seed(ctx + tq + d)
+        q = torch.randn(h, tq, d, generator=gen)
+        kt = torch.randn(h, d, ctx, generator=gen)  # kᵀ, as attention passes it (contiguous)
+        p = torch.rand(h, tq, ctx, generator=gen)
+        if causal:  # row i sees columns <= i + (ctx - tq)
+            i, j = torch.arange(tq)[:, None], torch.arange(ctx)[None, :]
+            p = p.masked_fill(j > i + (ctx - tq), 0.0)
+        else:
+            p[:, :, ctx - ctx // 8 :] = 0.0  # a padding mask's zeros
+        p = p / p.sum(-1, keepdim=True)
+        v = torch.randn(h, ctx, d, generator=gen)
+        reps = args.repeats if h * tq * ctx * d < 2**28 else max(4, args.repeats // 4)
+        for name, a, b in ((f"q·kᵀ [{h},{tq},{d}]x[{d},{ctx}]", q, kt),
+                           (f"p·v [{h},{tq},{ctx}]x[{ctx},{d}]", p, v)):  # fmt: skip
+            out = torch.empty(h, a.shape[1], b.shape[2])
+            for k in (23, 3):
+                mb = None if k == 23 else k
 
-                    def raw(a=a, b=b, out=out, k=k):
-                        return core().lmatmul_f32(
-                            a.data_ptr(), b.data_ptr(), out.data_ptr(), H, a.shape[1], a.shape[2],
-                            b.shape[2], k, 0, level, torch.get_num_threads(), -1)  # fmt: skip
+                def raw(a=a, b=b, out=out, k=k, h=h):
+                    return core().lmatmul_f32(
+                        a.data_ptr(), b.data_ptr(), out.data_ptr(), h, a.shape[1], a.shape[2],
+                        b.shape[2], k, 0, ISA_LEVELS[level], torch.get_num_threads(), -1)  # fmt: skip
 
-                    t = _interleaved({"torch": lambda a=a, b=b: torch.matmul(a, b),
-                                      "ours": lambda a=a, b=b, mb=mb: lmatmul(a, b, mantissa_bits=mb),
-                                      "raw": raw}, args.repeats)  # fmt: skip
-                    print(f"{name:>28} {k:>3} {t['torch'] * 1e6:9.0f} {t['ours'] * 1e6:9.0f} "
-                          f"{t['raw'] * 1e6:9.0f} {t['torch'] / t['ours']:10.2f}x "
-                          f"{t['torch'] / t['raw']:9.2f}x {raw()}")  # fmt: skip
+                def ours(isa, a=a, b=b, mb=mb):
+                    with use_isa(isa):
+                        return lmatmul(a, b, mantissa_bits=mb)
+
+                fns = {"torch": lambda a=a, b=b: torch.matmul(a, b)}
+                fns.update({isa: (lambda isa=isa: ours(isa)) for isa in LEVELS})
+                fns["raw"] = raw
+                t = _interleaved(fns, reps)
+                lv = " ".join(f"{t[isa] * 1e6:10.0f}" for isa in LEVELS)
+                lr = " ".join(f"{t['torch'] / t[isa]:11.2f}x" for isa in LEVELS)
+                print(f"{name:>36} {k:>3} {t['torch'] * 1e6:9.0f} {lv} {t['raw'] * 1e6:9.0f} "
+                      f"{lr} {t['torch'] / t['raw']:9.2f}x {raw()}")  # fmt: skip
 
 
-def _route(a: torch.Tensor, b: torch.Tensor) -> int:
+def _route(isa: str, a: torch.Tensor, b: torch.Tensor) -> int:
     """The compiled L-Matmul's route code for these float32 operands (k = 23, int mode)."""
-    from mulfree.kernels import ISA_LEVELS
-    from mulfree.kernels._core import core
-
     c = torch.empty(a.shape[0], b.shape[1])
     return core().lmatmul_f32(a.data_ptr(), b.data_ptr(), c.data_ptr(), 1, a.shape[0], a.shape[1],
-                              b.shape[1], 23, 0, ISA_LEVELS[isa_max()], torch.get_num_threads(), -1)  # fmt: skip
+                              b.shape[1], 23, 0, ISA_LEVELS[isa], torch.get_num_threads(), -1)  # fmt: skip
 
 
 if __name__ == "__main__":

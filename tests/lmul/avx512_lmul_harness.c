@@ -49,7 +49,9 @@ static int check_elementwise(int fmt_id, int k, int mode) {
     return bad != 0;
 }
 
-/* kind 0: normal values; 1: with zeros and tiny values; 2: with inf/NaN (the full route) */
+/* kind 0: normal values; 1: with zeros and tiny values; 2: with inf/NaN (the full route);
+ * 3: a causal mask's zeros in A (row i zero past k = 8 i: all-zero chunks, chunks whose only
+ * invalid lanes are A's zeros, chunks with none) */
 static int check_lmatmul(int64_t M, int64_t K, int64_t N, int k, int mode, int kind) {
     uint32_t *A = malloc(M * K * 4), *B = malloc(K * N * 4);
     float *c_ref = malloc(M * N * 4 + 4), *c_512 = malloc(M * N * 4 + 4);
@@ -59,6 +61,7 @@ static int check_lmatmul(int64_t M, int64_t K, int64_t N, int k, int mode, int k
                      ((uint32_t)rnd() & 0x7FFFFFu);
         if (kind >= 1 && rnd() % 5 == 0) v = (rnd() & 1) ? 0 : (1u << 23); /* zero or tiny */
         if (kind == 2 && rnd() % 17 == 0) v = (rnd() & 1) ? 0x7F800000u : 0x7FC00000u;
+        if (kind == 3 && i < M * K && i % K > 8 * (i / K)) v = (rnd() & 1) ? 0 : 0x80000000u;
         if (i < M * K) A[i] = v; else B[i - M * K] = v;
     }
     lmatmul_scalar(A, B, c_ref, M, K, N, k, mode, 0, M);
@@ -85,9 +88,11 @@ int mf_lmul_avx512_emulated_check(void) {
             fails += check_elementwise(fmt, 3, mode);
             fails += check_elementwise(fmt, 23, mode);
         }
-    const int64_t shapes[][3] = {{7, 33, 45}, {13, 70, 64}, {1, 5, 1}, {6, 1, 32}};
-    for (int s = 0; s < 4; ++s)
-        for (int kind = 0; kind < 3; ++kind) {
+    /* the direct route (M <= 8), the packed one with partial row blocks / panels, K % 8 tails
+     * and several k-chunks (K = 300) */
+    const int64_t shapes[][3] = {{7, 33, 45}, {13, 70, 64}, {1, 5, 1}, {6, 1, 32}, {37, 300, 45}};
+    for (int s = 0; s < 5; ++s)
+        for (int kind = 0; kind < 4; ++kind) {
             fails += check_lmatmul(shapes[s][0], shapes[s][1], shapes[s][2], 23, 0, kind);
             fails += check_lmatmul(shapes[s][0], shapes[s][1], shapes[s][2], 3, 0, kind);
             fails += check_lmatmul(shapes[s][0], shapes[s][1], shapes[s][2], 23, 1, kind);
