@@ -838,9 +838,13 @@ MF_TARGET_AVX512 static void tq2_kernn_avx512(const uint8_t *tab, int64_t ts, co
 
 /* ------------------------------------------------------------------------------------------
  * 5. "t81": four weights per byte as one base-3 number, for VBMI's 128-entry byte lookups.
- * Same geometry as tq2 (mf_common.h: 32-row x 16-input blocks of 128 bytes, byte q[u][r] holds
- * inputs k0..k0+3 of row r, k0 = 16 kb + 4 u), but the byte is e = c0 + 3 c1 + 9 c2 + 27 c3
- * (< 81, c = q + 1), not c0 | c1 << 2 | .... A byte then indexes ONE 81-entry table per token
+ * tq2's bytes per (row, 4 inputs k0..k0+3, k0 = 16 kb + 4 u), but the byte is e = c0 + 3 c1 +
+ * 9 c2 + 27 c3 (< 81, c = q + 1), not c0 | c1 << 2 | ..., and row blocks 2j, 2j + 1 share one
+ * stream of 64-row blocks (mf_t81_pair, mf_common.h), so the index vector of a row-block pair
+ * is one aligned 512-bit load: with two 256-bit loads and an insert per vector (tq2's block
+ * order) batch 8 ran 1.08-1.17x slower (one thread, hot, interleaved, AMD Zen 4: 2048->2048
+ * 231 vs 213 us, 5632->2048 759 vs 641, 1024->32000 2405 vs 2133; load 1.5). An odd last row
+ * block keeps tq2's order (t81_kern_vbmi). A byte then indexes ONE 81-entry table per token
  * and 4 inputs: T[e] = sum_i s(c_i) x_i, s(c) = c - 1. vpermi2b picks from a 128-byte table held
  * in two zmm registers with a 7-bit index, so one instruction resolves 64 rows x 4 weights;
  * the pair tables of tq2 resolve 64 rows x 2 weights per vpermb (half the lookups per weight:
@@ -887,6 +891,33 @@ static void t81_kern_scalar(const int8_t *q, int64_t qs, const uint8_t *tab, int
                 for (int u = 0; u < MF_TQ2_K / 4; ++u) {
                     unsigned c[4];
                     t81_digits(w[kb].q[u][r], c);
+                    for (int i = 0; i < 4; ++i) {
+                        const int32_t x = q[t * qs + kb * MF_TQ2_K + 4 * u + i];
+                        if (c[i] == 2u)
+                            s += x;
+                        else if (c[i] == 0u)
+                            s -= x;
+                    }
+                }
+            acc[t * as + r] += s;
+        }
+}
+
+/* Scalar (the spec) on a pair stream (mf_t81_pair): row blocks 2j, 2j + 1 as 64-row blocks;
+ * acc rows 0..63 (the two row blocks' accumulators are adjacent). */
+static void t81_kernp_scalar(const int8_t *q, int64_t qs, const uint8_t *tab, int64_t ts,
+                             const mf_tq2_block *w, int64_t nkb, int32_t *acc, int64_t as,
+                             int64_t ntok) {
+    (void)tab;
+    (void)ts;
+    const mf_t81_pair *wp = (const mf_t81_pair *)w;
+    for (int64_t t = 0; t < ntok; ++t)
+        for (int r = 0; r < 2 * MF_TQ2_ROWS; ++r) {
+            int32_t s = 0;
+            for (int64_t kb = 0; kb < nkb; ++kb)
+                for (int u = 0; u < MF_TQ2_K / 4; ++u) {
+                    unsigned c[4];
+                    t81_digits(wp[kb].q[u][r], c);
                     for (int i = 0; i < 4; ++i) {
                         const int32_t x = q[t * qs + kb * MF_TQ2_K + 4 * u + i];
                         if (c[i] == 2u)
@@ -991,8 +1022,8 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) __m512i t81_permi2b(
  * The MF_KEEP_Z barriers on the byte sums (accumulate as the lookups come) are worth 1.2x here
  * (batch 8, one thread, hot: 2048->2048 228 vs 269-276 us, 5632->2048 616-620 vs 729-746). */
 MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_tile_vbmi(
-    const uint8_t *tab, int64_t ts, const mf_tq2_block *const *wr, int64_t nkb,
-    int32_t *const *ar, int64_t as, const int NP, const int NT, const int PF) {
+    const uint8_t *tab, int64_t ts, const uint8_t *const *wp, int64_t nkb,
+    int32_t *const *ar, int64_t as, const int NP, const int NT, const int PF, const int SINGLE) {
     const uint8_t *tt[2] = {tab, tab + ts};
     __m512i e[4][2][4]; /* [row-block pair][token][a words, a odd, b words, b odd] int16 sums */
     int64_t kb = 0;
@@ -1008,17 +1039,16 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_tile_vbmi(
                 for (int t = 0; t < NT; ++t) bs[p][t] = as_[p][t] = _mm512_setzero_si512();
             for (; kb < kstop; ++kb) {
                 if (PF)
-                    for (int r = 0; r < 2 * NP; ++r) {
-                        _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS), _MM_HINT_T0);
-                        _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS) + 64, _MM_HINT_T0);
-                    }
+                    for (int p = 0; p < NP; ++p)
+                        for (int l = 0; l < (int)sizeof(mf_t81_pair); l += 64)
+                            _mm_prefetch((const char *)wp[p] + (kb + TQ2_PF_BLOCKS) * (int64_t)sizeof(mf_t81_pair) + l,
+                                         _MM_HINT_T0);
                 for (int u = 0; u < MF_TQ2_K / 4; ++u) {
                     __m512i vi[4];
-                    for (int p = 0; p < NP; ++p) {
-                        const __m256i lo = _mm256_loadu_si256((const __m256i *)wr[2 * p][kb].q[u]);
-                        const __m256i hi = _mm256_loadu_si256((const __m256i *)wr[2 * p + 1][kb].q[u]);
-                        vi[p] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-                    }
+                    for (int p = 0; p < NP; ++p)
+                        vi[p] = SINGLE ? _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                                             (const __m256i *)((const mf_tq2_block *)wp[p])[kb].q[u]))
+                                       : _mm512_load_si512((const void *)((const mf_t81_pair *)wp[p])[kb].q[u]);
                     for (int t = 0; t < NT; ++t) {
                         const uint8_t *tl = tt[t] + (kb << 10) + (u << 8); /* 1 KB/block */
                         const __m512i b0 = _mm512_load_si512((const void *)tl);
@@ -1073,33 +1103,47 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_tile_vbmi(
 #define T81_L2_BYTES (512 * 1024)
 #endif
 
-/* T81_GROUP row blocks (w + i wstride), every token: batch 1 in one tile (prefetched weight
- * streams), batches in tiles of T81_NP pairs x 2 tokens, the first tile prefetching. */
+/* T81_NP pairs (pair stream p at w + 2 p wstride), every token: batch 1 in one tile (prefetched
+ * weight streams), batches in tiles of T81_NP pairs x 2 tokens, the first tile prefetching. */
 MF_TARGET_VBMI static void t81_kernn_vbmi(const uint8_t *tab, int64_t ts, const mf_tq2_block *w,
                                           int64_t wstride, int64_t nkb, int32_t *acc, int64_t as,
                                           int64_t ntok) {
-    const mf_tq2_block *wr[T81_GROUP];
+    const uint8_t *wp[T81_NP];
     int32_t *ar[T81_GROUP];
-    wr[0] = w;
-    ar[0] = acc;
-    for (int r = 1; r < T81_GROUP; ++r) wr[r] = wr[r - 1] + wstride, ar[r] = ar[r - 1] + MF_TQ2_ROWS;
+    for (int p = 0; p < T81_NP; ++p) wp[p] = (const uint8_t *)(w + 2 * p * wstride);
+    for (int r = 0; r < T81_GROUP; ++r) ar[r] = acc + r * MF_TQ2_ROWS;
     if (ntok == 1) {
-        t81_tile_vbmi(tab, ts, wr, nkb, ar, as, T81_NP, 1, 1);
+        t81_tile_vbmi(tab, ts, wp, nkb, ar, as, T81_NP, 1, 1, 0);
         return;
     }
     int64_t t = 0;
     for (; t + 2 <= ntok; t += 2) {
         if (t == 0)
-            t81_tile_vbmi(tab, ts, wr, nkb, ar, as, T81_NP, 2, 1);
+            t81_tile_vbmi(tab, ts, wp, nkb, ar, as, T81_NP, 2, 1, 0);
         else
-            t81_tile_vbmi(tab, ts, wr, nkb, ar, as, T81_NP, 2, 0);
+            t81_tile_vbmi(tab, ts, wp, nkb, ar, as, T81_NP, 2, 0, 0);
         tab += ts + ts;
         for (int r = 0; r < T81_GROUP; ++r) ar[r] += as + as;
     }
-    if (t < ntok) t81_tile_vbmi(tab, ts, wr, nkb, ar, as, T81_NP, 1, 0);
+    if (t < ntok) t81_tile_vbmi(tab, ts, wp, nkb, ar, as, T81_NP, 1, 0, 0);
 }
 
-/* One row block (the remainder of a group): the block in both halves of the vector, the high
+/* One pair (a group's remainder), every token, one token per tile. */
+MF_TARGET_VBMI static void t81_kernp_vbmi(const int8_t *q, int64_t qs, const uint8_t *tab,
+                                          int64_t ts, const mf_tq2_block *w, int64_t nkb,
+                                          int32_t *acc, int64_t as, int64_t ntok) {
+    (void)q;
+    (void)qs;
+    const uint8_t *wp[1] = {(const uint8_t *)w};
+    for (int64_t t = 0; t < ntok; ++t) {
+        int32_t *ar[2] = {acc, acc + MF_TQ2_ROWS};
+        t81_tile_vbmi(tab, ts, wp, nkb, ar, as, 1, 1, 0, 0);
+        tab += ts;
+        acc += as;
+    }
+}
+
+/* The odd last row block (tq2 block order): the block in both halves of the vector, the high
  * half's sums discarded. */
 MF_TARGET_VBMI static void t81_kern_vbmi(const int8_t *q, int64_t qs, const uint8_t *tab,
                                          int64_t ts, const mf_tq2_block *w, int64_t nkb,
@@ -1107,11 +1151,11 @@ MF_TARGET_VBMI static void t81_kern_vbmi(const int8_t *q, int64_t qs, const uint
     (void)q;
     (void)qs;
     int32_t discard[MF_TQ2_ROWS];
-    const mf_tq2_block *wr[2] = {w, w};
+    const uint8_t *wp[1] = {(const uint8_t *)w};
     for (int64_t t = 0; t < ntok; ++t) {
         int32_t *ar[2] = {acc, discard};
         /* NT = 1: the token stride only offsets token 1, unused */
-        t81_tile_vbmi(tab, ts, wr, nkb, ar, as, 1, 1, 0);
+        t81_tile_vbmi(tab, ts, wp, nkb, ar, as, 1, 1, 0, 1);
         tab += ts;
         acc += as;
     }
@@ -1134,20 +1178,22 @@ typedef struct {
     tables_fn tables;       /* NULL: the kernel reads q directly */
     kern_fn kern;
     kernn_fn kernn;         /* `group` row blocks per call (NULL: kern per row block) */
+    kern_fn kern_pair;      /* paired layouts (t81): one pair of row blocks per call; kern then
+                             * serves only an odd last row block. NULL: tq2 order */
     int group;
     int64_t tab_per_block;  /* table bytes per 16-input block per token */
 } tq2_impl;
 
 /* vbmi: the CPU has AVX-512 VBMI (mf_cpu_vbmi(); a parameter so tests can pick either path). */
 static tq2_impl tq2_select(int isa, int vbmi) {
-    const tq2_impl scalar = {act_quant_scalar, NULL, tq2_kern_scalar, NULL, 1, 0};
+    const tq2_impl scalar = {act_quant_scalar, NULL, tq2_kern_scalar, NULL, NULL, 1, 0};
 #if MF_X86
     if (isa >= MF_ISA_AVX512 && vbmi)
-        return (tq2_impl){act_quant_avx2, tq2_tables_avx2, tq2_kern_vbmi, tq2_kernn_vbmiz, TQ2_GROUP_VBMI, TQ2_TAB_AVX2};
+        return (tq2_impl){act_quant_avx2, tq2_tables_avx2, tq2_kern_vbmi, tq2_kernn_vbmiz, NULL, TQ2_GROUP_VBMI, TQ2_TAB_AVX2};
     if (isa >= MF_ISA_AVX512)
-        return (tq2_impl){act_quant_avx2, tq2_tables_avx512, tq2_kern_avx512, tq2_kernn_avx512, 2, TQ2_TAB_AVX512};
+        return (tq2_impl){act_quant_avx2, tq2_tables_avx512, tq2_kern_avx512, tq2_kernn_avx512, NULL, 2, TQ2_TAB_AVX512};
     if (isa >= MF_ISA_AVX2)
-        return (tq2_impl){act_quant_avx2, tq2_tables_avx2, tq2_kern_avx2, tq2_kernn_avx2, 2, TQ2_TAB_AVX2};
+        return (tq2_impl){act_quant_avx2, tq2_tables_avx2, tq2_kern_avx2, tq2_kernn_avx2, NULL, 2, TQ2_TAB_AVX2};
 #endif
     (void)isa;
     (void)vbmi;
@@ -1159,13 +1205,13 @@ static tq2_impl tq2_select(int isa, int vbmi) {
 static tq2_impl t81_select(int isa, int vbmi) {
 #if MF_X86
     if (isa >= MF_ISA_AVX512 && vbmi)
-        return (tq2_impl){act_quant_avx2, t81_tables_vbmi, t81_kern_vbmi, t81_kernn_vbmi, T81_GROUP, T81_TAB};
+        return (tq2_impl){act_quant_avx2, t81_tables_vbmi, t81_kern_vbmi, t81_kernn_vbmi, t81_kernp_vbmi, T81_GROUP, T81_TAB};
     if (isa >= MF_ISA_AVX2)
-        return (tq2_impl){act_quant_avx2, NULL, t81_kern_scalar, NULL, 1, 0};
+        return (tq2_impl){act_quant_avx2, NULL, t81_kern_scalar, NULL, t81_kernp_scalar, 1, 0};
 #endif
     (void)isa;
     (void)vbmi;
-    return (tq2_impl){act_quant_scalar, NULL, t81_kern_scalar, NULL, 1, 0};
+    return (tq2_impl){act_quant_scalar, NULL, t81_kern_scalar, NULL, t81_kernp_scalar, 1, 0};
 }
 
 /* The level whose kernel runs t81 weights: AVX-512 with VBMI, else scalar. */
@@ -1221,11 +1267,17 @@ static void tq2_rows(const tq2_args *a, int64_t nb0, int64_t nb1) {
     for (int64_t kb0 = 0; kb0 < KB; kb0 += a->kcb) {
         const int64_t nkb = KB - kb0 < a->kcb ? KB - kb0 : a->kcb;
         const uint8_t *tab = a->tab + kb0 * impl->tab_per_block;
+        /* the k-chunk's first block in a row block's stream; a pair stream has 2 blocks per kb */
+        const int64_t wk = impl->kern_pair != NULL ? 2 * kb0 : kb0;
         int64_t nb = nb0;
         if (impl->kernn != NULL)
             for (; nb + impl->group <= nb1; nb += impl->group)
-                impl->kernn(tab, a->tab_tok, a->w + nb * KB + kb0, KB, nkb,
+                impl->kernn(tab, a->tab_tok, a->w + nb * KB + wk, KB, nkb,
                             a->acc + nb * MF_TQ2_ROWS, Np, M);
+        if (impl->kern_pair != NULL) /* nb is even here (tern_linear_impl splits at pairs) */
+            for (; nb + 2 <= nb1; nb += 2)
+                impl->kern_pair(a->qx + kb0 * MF_TQ2_K, a->Kp, tab, a->tab_tok, a->w + nb * KB + wk,
+                                nkb, a->acc + nb * MF_TQ2_ROWS, Np, M);
         for (; nb < nb1; ++nb)
             impl->kern(a->qx + kb0 * MF_TQ2_K, a->Kp, tab, a->tab_tok, a->w + nb * KB + kb0, nkb,
                        a->acc + nb * MF_TQ2_ROWS, Np, M);
@@ -1331,7 +1383,9 @@ static int tern_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_b
             for (int64_t i = 0; i < n_items; ++i)
                 tq2_rows(&ta, i * item, (i + 1) * item < NB ? (i + 1) * item : NB);
         } else {
-            tq2_rows(&ta, NB * tid / T, NB * (tid + 1) / T);
+            /* paired layouts: every thread's range starts at a pair (its first row block even) */
+            const int64_t even = impl.kern_pair != NULL ? ~(int64_t)1 : ~(int64_t)0;
+            tq2_rows(&ta, (NB * tid / T) & even, tid + 1 == T ? NB : (NB * (tid + 1) / T) & even);
         }
         if (tid == 0 && nt > 1) t_master_done = now_ns();
     }
