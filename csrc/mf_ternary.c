@@ -1025,7 +1025,7 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_tile_vbmi(
     const uint8_t *tab, int64_t ts, const uint8_t *const *wp, int64_t nkb,
     int32_t *const *ar, int64_t as, const int NP, const int NT, const int PF, const int SINGLE) {
     const uint8_t *tt[2] = {tab, tab + ts};
-    __m512i e[4][2][4]; /* [row-block pair][token][a words, a odd, b words, b odd] int16 sums */
+    __m512i e[8][2][4]; /* [row-block pair][token][a words, a odd, b words, b odd] int16 sums */
     int64_t kb = 0;
     while (kb < nkb) {
         const int64_t k0 = kb, kend = kb + FLUSH_BLOCKS < nkb ? kb + FLUSH_BLOCKS : nkb;
@@ -1034,7 +1034,7 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_tile_vbmi(
         while (kb < kend) {
             /* two blocks = 8 lookups per byte lane (<= 248) between widenings */
             const int64_t kstop = kb + 2 < kend ? kb + 2 : kend;
-            __m512i bs[4][2], as_[4][2];
+            __m512i bs[8][2], as_[8][2];
             for (int p = 0; p < NP; ++p)
                 for (int t = 0; t < NT; ++t) bs[p][t] = as_[p][t] = _mm512_setzero_si512();
             for (; kb < kstop; ++kb) {
@@ -1044,7 +1044,7 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_tile_vbmi(
                             _mm_prefetch((const char *)wp[p] + (kb + TQ2_PF_BLOCKS) * (int64_t)sizeof(mf_t81_pair) + l,
                                          _MM_HINT_T0);
                 for (int u = 0; u < MF_TQ2_K / 4; ++u) {
-                    __m512i vi[4];
+                    __m512i vi[8];
                     for (int p = 0; p < NP; ++p)
                         vi[p] = SINGLE ? _mm512_broadcast_i64x4(_mm256_loadu_si256(
                                              (const __m256i *)((const mf_tq2_block *)wp[p])[kb].q[u]))
@@ -1090,11 +1090,20 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_tile_vbmi(
     }
 }
 
-/* Row blocks per group of the t81 kernel: T81_NP pairs. */
+/* Pairs per tile: T81_NP for batches, T81_NP1 (a multiple of T81_NP) at batch 1; a group is
+ * T81_NP1 pairs. Batch 1 at 8 pairs (each table vector serves 8 lookups; the int16 sums partly on
+ * the stack) vs 4: 0.90-0.95x the time at 2048->2048, 5632->2048, 2048->5632, 1024->32000 (one
+ * thread, cold, interleaved, AMD Zen 4, load 2.7-2.9); batch 8 unchanged (same 4-pair tiles).
+ * Tried and dropped: k-chunks at batch 1 (96 or 160 blocks, the tables L2-resident): no gain at
+ * 5632->2048 (187-188 vs 193 us, noise-level); a batch loop with every token pair over 4-block
+ * sub-chunks (weights from L1, int16 sums through memory): 1.15-1.2x slower at batch 8. */
 #ifndef T81_NP
 #define T81_NP 4
 #endif
-#define T81_GROUP (2 * T81_NP)
+#ifndef T81_NP1
+#define T81_NP1 8
+#endif
+#define T81_GROUP (2 * T81_NP1)
 /* batch-N k-chunk of the t81 tables (1 KB per block per token, 4x tq2's): half of the 1 MiB L2
  * per core of AMD Zen 4. Batch 8, one thread, hot, interleaved builds on the dev machine (load
  * 3-6): 2048->2048 229-234 us at 512 KiB vs 238-241 at 256 KiB, 254-256 at 128 KiB, 236-239 at
@@ -1108,24 +1117,29 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_tile_vbmi(
 MF_TARGET_VBMI static void t81_kernn_vbmi(const uint8_t *tab, int64_t ts, const mf_tq2_block *w,
                                           int64_t wstride, int64_t nkb, int32_t *acc, int64_t as,
                                           int64_t ntok) {
-    const uint8_t *wp[T81_NP];
+    const uint8_t *wp[T81_NP1];
     int32_t *ar[T81_GROUP];
-    for (int p = 0; p < T81_NP; ++p) wp[p] = (const uint8_t *)(w + 2 * p * wstride);
+    for (int p = 0; p < T81_NP1; ++p) wp[p] = (const uint8_t *)(w + 2 * p * wstride);
     for (int r = 0; r < T81_GROUP; ++r) ar[r] = acc + r * MF_TQ2_ROWS;
     if (ntok == 1) {
-        t81_tile_vbmi(tab, ts, wp, nkb, ar, as, T81_NP, 1, 1, 0);
+        t81_tile_vbmi(tab, ts, wp, nkb, ar, as, T81_NP1, 1, 1, 0);
         return;
     }
-    int64_t t = 0;
-    for (; t + 2 <= ntok; t += 2) {
-        if (t == 0)
-            t81_tile_vbmi(tab, ts, wp, nkb, ar, as, T81_NP, 2, 1, 0);
-        else
-            t81_tile_vbmi(tab, ts, wp, nkb, ar, as, T81_NP, 2, 0, 0);
-        tab += ts + ts;
-        for (int r = 0; r < T81_GROUP; ++r) ar[r] += as + as;
+    for (int h = 0; h < T81_NP1; h += T81_NP) {
+        const uint8_t *tb = tab;
+        int32_t *ah[2 * T81_NP];
+        for (int r = 0; r < 2 * T81_NP; ++r) ah[r] = ar[2 * h + r];
+        int64_t t = 0;
+        for (; t + 2 <= ntok; t += 2) {
+            if (t == 0)
+                t81_tile_vbmi(tb, ts, wp + h, nkb, ah, as, T81_NP, 2, 1, 0);
+            else
+                t81_tile_vbmi(tb, ts, wp + h, nkb, ah, as, T81_NP, 2, 0, 0);
+            tb += ts + ts;
+            for (int r = 0; r < 2 * T81_NP; ++r) ah[r] += as + as;
+        }
+        if (t < ntok) t81_tile_vbmi(tb, ts, wp + h, nkb, ah, as, T81_NP, 1, 0, 0);
     }
-    if (t < ntok) t81_tile_vbmi(tab, ts, wp, nkb, ar, as, T81_NP, 1, 0, 0);
 }
 
 /* One pair (a group's remainder), every token, one token per tile. */
