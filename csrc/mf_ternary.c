@@ -1114,18 +1114,20 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_tile_vbmi(
 
 /* T81_NP pairs (pair stream p at w + 2 p wstride), every token: batch 1 in one tile (prefetched
  * weight streams), batches in tiles of T81_NP pairs x 2 tokens, the first tile prefetching. */
-MF_TARGET_VBMI static void t81_kernn_vbmi(const uint8_t *tab, int64_t ts, const mf_tq2_block *w,
-                                          int64_t wstride, int64_t nkb, int32_t *acc, int64_t as,
-                                          int64_t ntok) {
+/* NP1 pairs (a multiple of T81_NP) at w + 2 p wstride, every token: batch 1 in one tile of NP1
+ * pairs, batches in tiles of T81_NP pairs x 2 tokens (the first token pair prefetching). */
+MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_pairs_vbmi(
+    const uint8_t *tab, int64_t ts, const mf_tq2_block *w, int64_t wstride, int64_t nkb,
+    int32_t *acc, int64_t as, int64_t ntok, const int NP1) {
     const uint8_t *wp[T81_NP1];
     int32_t *ar[T81_GROUP];
-    for (int p = 0; p < T81_NP1; ++p) wp[p] = (const uint8_t *)(w + 2 * p * wstride);
-    for (int r = 0; r < T81_GROUP; ++r) ar[r] = acc + r * MF_TQ2_ROWS;
+    for (int p = 0; p < NP1; ++p) wp[p] = (const uint8_t *)(w + 2 * p * wstride);
+    for (int r = 0; r < 2 * NP1; ++r) ar[r] = acc + r * MF_TQ2_ROWS;
     if (ntok == 1) {
-        t81_tile_vbmi(tab, ts, wp, nkb, ar, as, T81_NP1, 1, 1, 0);
+        t81_tile_vbmi(tab, ts, wp, nkb, ar, as, NP1, 1, 1, 0);
         return;
     }
-    for (int h = 0; h < T81_NP1; h += T81_NP) {
+    for (int h = 0; h < NP1; h += T81_NP) {
         const uint8_t *tb = tab;
         int32_t *ah[2 * T81_NP];
         for (int r = 0; r < 2 * T81_NP; ++r) ah[r] = ar[2 * h + r];
@@ -1140,6 +1142,20 @@ MF_TARGET_VBMI static void t81_kernn_vbmi(const uint8_t *tab, int64_t ts, const 
         }
         if (t < ntok) t81_tile_vbmi(tb, ts, wp + h, nkb, ah, as, T81_NP, 1, 0, 0);
     }
+}
+
+/* A group: T81_NP1 pairs. */
+MF_TARGET_VBMI static void t81_kernn_vbmi(const uint8_t *tab, int64_t ts, const mf_tq2_block *w,
+                                          int64_t wstride, int64_t nkb, int32_t *acc, int64_t as,
+                                          int64_t ntok) {
+    t81_pairs_vbmi(tab, ts, w, wstride, nkb, acc, as, ntok, T81_NP1);
+}
+
+/* A group's remainder, T81_NP pairs at a time (4-pair tiles at every batch size). */
+MF_TARGET_VBMI static void t81_kernn4_vbmi(const uint8_t *tab, int64_t ts, const mf_tq2_block *w,
+                                           int64_t wstride, int64_t nkb, int32_t *acc, int64_t as,
+                                           int64_t ntok) {
+    t81_pairs_vbmi(tab, ts, w, wstride, nkb, acc, as, ntok, T81_NP);
 }
 
 /* One pair (a group's remainder), every token, one token per tile. */
@@ -1194,20 +1210,22 @@ typedef struct {
     kernn_fn kernn;         /* `group` row blocks per call (NULL: kern per row block) */
     kern_fn kern_pair;      /* paired layouts (t81): one pair of row blocks per call; kern then
                              * serves only an odd last row block. NULL: tq2 order */
+    kernn_fn kernn2;        /* a group's remainder: group2 row blocks per call (NULL: none) */
+    int group2;
     int group;
     int64_t tab_per_block;  /* table bytes per 16-input block per token */
 } tq2_impl;
 
 /* vbmi: the CPU has AVX-512 VBMI (mf_cpu_vbmi(); a parameter so tests can pick either path). */
 static tq2_impl tq2_select(int isa, int vbmi) {
-    const tq2_impl scalar = {act_quant_scalar, NULL, tq2_kern_scalar, NULL, NULL, 1, 0};
+    const tq2_impl scalar = {act_quant_scalar, NULL, tq2_kern_scalar, NULL, NULL, NULL, 0, 1, 0};
 #if MF_X86
     if (isa >= MF_ISA_AVX512 && vbmi)
-        return (tq2_impl){act_quant_avx2, tq2_tables_avx2, tq2_kern_vbmi, tq2_kernn_vbmiz, NULL, TQ2_GROUP_VBMI, TQ2_TAB_AVX2};
+        return (tq2_impl){act_quant_avx2, tq2_tables_avx2, tq2_kern_vbmi, tq2_kernn_vbmiz, NULL, NULL, 0, TQ2_GROUP_VBMI, TQ2_TAB_AVX2};
     if (isa >= MF_ISA_AVX512)
-        return (tq2_impl){act_quant_avx2, tq2_tables_avx512, tq2_kern_avx512, tq2_kernn_avx512, NULL, 2, TQ2_TAB_AVX512};
+        return (tq2_impl){act_quant_avx2, tq2_tables_avx512, tq2_kern_avx512, tq2_kernn_avx512, NULL, NULL, 0, 2, TQ2_TAB_AVX512};
     if (isa >= MF_ISA_AVX2)
-        return (tq2_impl){act_quant_avx2, tq2_tables_avx2, tq2_kern_avx2, tq2_kernn_avx2, NULL, 2, TQ2_TAB_AVX2};
+        return (tq2_impl){act_quant_avx2, tq2_tables_avx2, tq2_kern_avx2, tq2_kernn_avx2, NULL, NULL, 0, 2, TQ2_TAB_AVX2};
 #endif
     (void)isa;
     (void)vbmi;
@@ -1219,13 +1237,13 @@ static tq2_impl tq2_select(int isa, int vbmi) {
 static tq2_impl t81_select(int isa, int vbmi) {
 #if MF_X86
     if (isa >= MF_ISA_AVX512 && vbmi)
-        return (tq2_impl){act_quant_avx2, t81_tables_vbmi, t81_kern_vbmi, t81_kernn_vbmi, t81_kernp_vbmi, T81_GROUP, T81_TAB};
+        return (tq2_impl){act_quant_avx2, t81_tables_vbmi, t81_kern_vbmi, t81_kernn_vbmi, t81_kernp_vbmi, t81_kernn4_vbmi, 2 * T81_NP, T81_GROUP, T81_TAB};
     if (isa >= MF_ISA_AVX2)
-        return (tq2_impl){act_quant_avx2, NULL, t81_kern_scalar, NULL, t81_kernp_scalar, 1, 0};
+        return (tq2_impl){act_quant_avx2, NULL, t81_kern_scalar, NULL, t81_kernp_scalar, NULL, 0, 1, 0};
 #endif
     (void)isa;
     (void)vbmi;
-    return (tq2_impl){act_quant_scalar, NULL, t81_kern_scalar, NULL, t81_kernp_scalar, 1, 0};
+    return (tq2_impl){act_quant_scalar, NULL, t81_kern_scalar, NULL, t81_kernp_scalar, NULL, 0, 1, 0};
 }
 
 /* The level whose kernel runs t81 weights: AVX-512 with VBMI, else scalar. */
@@ -1252,10 +1270,12 @@ static inline int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Work items of the decode path: this many row-block groups (impl.group row blocks each). Small
- * enough that a descheduled thread holds up little (2048 rows: 8 items at group 4), large enough
- * that handing them out (one atomic add each) costs nothing measurable. */
+/* Work items of the decode path: this many row-block groups (impl.group row blocks each), but
+ * at most TQ2_ITEM_BLOCKS row blocks (t81's groups of 16: one group). Small enough that a
+ * descheduled thread holds up little (2048 rows: 8 items at group 4), large enough that handing
+ * them out (one atomic add each) costs nothing measurable. */
 #define TQ2_ITEM_GROUPS 2
+#define TQ2_ITEM_BLOCKS 16
 
 typedef struct {
     const tq2_impl *impl;
@@ -1288,6 +1308,10 @@ static void tq2_rows(const tq2_args *a, int64_t nb0, int64_t nb1) {
             for (; nb + impl->group <= nb1; nb += impl->group)
                 impl->kernn(tab, a->tab_tok, a->w + nb * KB + wk, KB, nkb,
                             a->acc + nb * MF_TQ2_ROWS, Np, M);
+        if (impl->kernn2 != NULL)
+            for (; nb + impl->group2 <= nb1; nb += impl->group2)
+                impl->kernn2(tab, a->tab_tok, a->w + nb * KB + wk, KB, nkb,
+                             a->acc + nb * MF_TQ2_ROWS, Np, M);
         if (impl->kern_pair != NULL) /* nb is even here (tern_linear_impl splits at pairs) */
             for (; nb + 2 <= nb1; nb += 2)
                 impl->kern_pair(a->qx + kb0 * MF_TQ2_K, a->Kp, tab, a->tab_tok, a->w + nb * KB + wk,
@@ -1391,7 +1415,7 @@ static int tern_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_b
         const tq2_args ta = {&impl, x, w, y, acc, acc_out, row_scales, qx, sx, tab, w_scale,
                              M, K, KB, Kp, N, Np, tab_tok, kcb};
         if (kcb == KB) {
-            const int64_t item = (int64_t)impl.group * TQ2_ITEM_GROUPS;
+            const int64_t item = impl.group * TQ2_ITEM_GROUPS <= TQ2_ITEM_BLOCKS ? impl.group * TQ2_ITEM_GROUPS : impl.group;
             const int64_t n_items = (NB + item - 1) / item;
 #pragma omp for schedule(dynamic, 1) nowait
             for (int64_t i = 0; i < n_items; ++i)
