@@ -857,7 +857,8 @@ MF_TARGET_AVX512 static void tq2_kernn_avx512(const uint8_t *tab, int64_t ts, co
  * tb. A byte lane sums 8 lookups of <= 31 (248 <= 255) before widening; widened to int16 words
  * (<= 64 blocks * 4 lookups * 31 = 7936 per row) and to int32 every FLUSH_BLOCKS blocks; the
  * +512 per lookup, 4 lookups per block, is the same nblk << 11 that flush_rows subtracts for tq2.
- * Entries 81..127 are never indexed (the packers emit e < 81); they hold T = 0.
+ * Entries 81..127 are never indexed (the packers emit e < 81): 81..95 hold T = 0, 96..127 are
+ * not written.
  * Tables built with adds and byte lookups, once per token per 4 inputs (t81_tables_vbmi).
  * Measured (bench_ternary_linear, AMD EPYC Zen 4, one thread, cold, same run as tq2's VBMI kernel,
  * load 3.5-4.5): batch 8 2048->2048 272 vs 331 us, 2048->5632 705 vs 873, 5632->2048 706 vs 862,
@@ -940,42 +941,43 @@ static void t81_kernp_scalar(const int8_t *q, int64_t qs, const uint8_t *tab, in
  * 40 vector ops per group, against ~60 for masked adds over all 81 int16 entries and their
  * narrowing (measured: 2048 -> 128, batch 8 (tables dominate), one thread, hot). */
 MF_TARGET_VBMI static void t81_tables_vbmi(const int8_t *q, int64_t nkb, uint8_t *tab) {
-    /* Word w < 9 of the pair vector holds P'[w], word 16 + w Q'[w], w = lo + 3 hi (lo: digit of
+    /* Word w < 9 of the pair vector holds P'[w], word 17 - w Q'[w], w = lo + 3 hi (lo: digit of
      * x0 / x2, hi: of x1 / x3); after packing, byte 2 w' = pl / ql, byte 2 w' + 1 = ph / qh
-     * (w' = w or 16 + w). Masks and lookup indices built once per call, by adds. */
+     * (w' = w or 17 - w). Q' reversed after P' puts every pair entry of the table's top part
+     * (entries 64..80: P'[0..8], Q'[7..8]) in the vector's low 32 bytes, so that part is built
+     * with 256-bit ops (entries 96..127 are not written; no byte indexes them). Masks and
+     * lookup indices built once per call, by counting (e = wp + 9 wq, no divide). */
     __mmask32 lo2 = 0, lo0 = 0, hi2 = 0, hi0 = 0;
-    for (unsigned w = 0; w < 9; ++w) {
-        unsigned c[4];
-        t81_digits(w, c); /* w < 9: c[0] = lo, c[1] = hi */
-        const __mmask32 bits = ((__mmask32)1u << w) | ((__mmask32)1u << (16 + w));
-        if (c[0] == 2u) lo2 |= bits;
-        if (c[0] == 0u) lo0 |= bits;
-        if (c[1] == 2u) hi2 |= bits;
-        if (c[1] == 0u) hi0 |= bits;
+    for (unsigned w = 0, lo = 0, hi = 0; w < 9; ++w) {
+        const __mmask32 bits = ((__mmask32)1u << w) | ((__mmask32)1u << (17 - w));
+        if (lo == 2u) lo2 |= bits;
+        if (lo == 0u) lo0 |= bits;
+        if (hi == 2u) hi2 |= bits;
+        if (hi == 0u) hi0 |= bits;
+        if (++lo == 3u) lo = 0, ++hi;
     }
     uint8_t ip[128] __attribute__((aligned(64))), iq[128] __attribute__((aligned(64)));
-    for (unsigned e = 0; e < 128; ++e) {
-        unsigned c[4] = {1, 1, 1, 1}; /* e >= 81: T = 0 (P'[4] = Q'[4] = 256) */
-        if (e < MF_T81_CODES) t81_digits(e, c);
-        const unsigned wp = c[0] + c[1] + c[1] + c[1], wq = c[2] + c[3] + c[3] + c[3];
-        ip[e] = (uint8_t)(wp + wp);
-        iq[e] = (uint8_t)(32 + wq + wq);
+    for (unsigned e = 0, wp = 0, wq = 0; e < 128; ++e) {
+        /* e >= 81: T = 0 (P'[4] = Q'[4] = 256: all digits 1) */
+        ip[e] = (uint8_t)(e < MF_T81_CODES ? wp + wp : 8u);
+        iq[e] = (uint8_t)(e < MF_T81_CODES ? 34u - wq - wq : 26u);
+        if (++wp == 9u) wp = 0, ++wq;
     }
-    __m512i ipl[2], iql[2], iph[2], iqh[2];
+    const __m512i ipl = _mm512_load_si512((const void *)ip), iql = _mm512_load_si512((const void *)iq);
     const __m512i one = _mm512_set1_epi8(1);
-    for (int j = 0; j < 2; ++j) {
-        ipl[j] = _mm512_load_si512((const void *)(ip + 64 * j));
-        iql[j] = _mm512_load_si512((const void *)(iq + 64 * j));
-        iph[j] = _mm512_add_epi8(ipl[j], one);
-        iqh[j] = _mm512_add_epi8(iql[j], one);
-    }
+    const __m512i iph = _mm512_add_epi8(ipl, one), iqh = _mm512_add_epi8(iql, one);
+    const __m256i ipl1 = _mm256_load_si256((const __m256i *)(ip + 64)), iql1 = _mm256_load_si256((const __m256i *)(iq + 64));
+    const __m256i one8 = _mm256_set1_epi8(1);
+    const __m256i iph1 = _mm256_add_epi8(ipl1, one8), iqh1 = _mm256_add_epi8(iql1, one8);
     const __m512i base = _mm512_set1_epi16(256), zero = _mm512_setzero_si512();
     const __m512i m31w = _mm512_set1_epi16(31), mhw = _mm512_set1_epi16(0x1F00);
     const __m512i m31b = _mm512_set1_epi8(31);
+    const __m256i m31y = _mm256_set1_epi8(31);
+    const __mmask32 qwords = 0x3FE00u; /* words 9..17: Q' */
     for (int64_t g = 0; g < nkb * (MF_TQ2_K / 4); ++g) {
         const int8_t *x = q + 4 * g;
-        const __m512i x02 = _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(x[0]), _mm512_set1_epi16(x[2]));
-        const __m512i x13 = _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(x[1]), _mm512_set1_epi16(x[3]));
+        const __m512i x02 = _mm512_mask_blend_epi16(qwords, _mm512_set1_epi16(x[0]), _mm512_set1_epi16(x[2]));
+        const __m512i x13 = _mm512_mask_blend_epi16(qwords, _mm512_set1_epi16(x[1]), _mm512_set1_epi16(x[3]));
         __m512i pq = _mm512_mask_add_epi16(base, lo2, base, x02);
         pq = _mm512_mask_add_epi16(pq, lo0, pq, _mm512_sub_epi16(zero, x02));
         pq = _mm512_mask_add_epi16(pq, hi2, pq, x13);
@@ -983,14 +985,18 @@ MF_TARGET_VBMI static void t81_tables_vbmi(const int8_t *q, int64_t nkb, uint8_t
         /* word P' -> bytes (P' & 31, P' >> 5): P' < 512, so (P' << 3) & 0x1F00 = (P' >> 5) << 8 */
         const __m512i lh = _mm512_or_si512(_mm512_and_si512(pq, m31w), _mm512_and_si512(_mm512_slli_epi16(pq, 3), mhw));
         uint8_t *tb = tab + 256 * g, *ta = tb + 128;
-        for (int j = 0; j < 2; ++j) {
-            const __m512i l = _mm512_add_epi8(_mm512_permutexvar_epi8(ipl[j], lh), _mm512_permutexvar_epi8(iql[j], lh));
-            const __m512i h = _mm512_add_epi8(_mm512_permutexvar_epi8(iph[j], lh), _mm512_permutexvar_epi8(iqh[j], lh));
-            /* l <= 62: bit 5 of each byte is the carry (a word shift moves it to bit 0) */
-            const __m512i carry = _mm512_and_si512(_mm512_srli_epi16(l, 5), one);
-            _mm512_store_si512((void *)(tb + 64 * j), _mm512_and_si512(l, m31b));
-            _mm512_store_si512((void *)(ta + 64 * j), _mm512_add_epi8(h, carry));
-        }
+        /* entries 0..63 */
+        const __m512i l = _mm512_add_epi8(_mm512_permutexvar_epi8(ipl, lh), _mm512_permutexvar_epi8(iql, lh));
+        const __m512i h = _mm512_add_epi8(_mm512_permutexvar_epi8(iph, lh), _mm512_permutexvar_epi8(iqh, lh));
+        /* l <= 62: bit 5 of each byte is the carry (a word shift moves it to bit 0) */
+        _mm512_store_si512((void *)tb, _mm512_and_si512(l, m31b));
+        _mm512_store_si512((void *)ta, _mm512_add_epi8(h, _mm512_and_si512(_mm512_srli_epi16(l, 5), one)));
+        /* entries 64..95, from the low 32 bytes of lh */
+        const __m256i lh1 = _mm512_castsi512_si256(lh);
+        const __m256i l1 = _mm256_add_epi8(_mm256_permutexvar_epi8(ipl1, lh1), _mm256_permutexvar_epi8(iql1, lh1));
+        const __m256i h1 = _mm256_add_epi8(_mm256_permutexvar_epi8(iph1, lh1), _mm256_permutexvar_epi8(iqh1, lh1));
+        _mm256_store_si256((__m256i *)(tb + 64), _mm256_and_si256(l1, m31y));
+        _mm256_store_si256((__m256i *)(ta + 64), _mm256_add_epi8(h1, _mm256_and_si256(_mm256_srli_epi16(l1, 5), one8)));
     }
 }
 
