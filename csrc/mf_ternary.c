@@ -20,7 +20,7 @@
  * double-pumped); AVX-512 F+BW+VL without VBMI (512-bit vpshufb).
  * A second layout of the same blocks, t81 (section 5; 4 weights per byte as one base-3 index into
  * an 81-entry table, one vpermi2b per 64 rows x 4 weights), runs on AVX-512 VBMI through the same
- * driver: half the lookups per weight, 0.73-0.85x tq2's batch 8-16 time on AMD Zen 4.
+ * driver: half the lookups per weight, 0.71-0.81x tq2's batch 8 time on AMD Zen 4.
  * No multiply instruction anywhere in steps 2-3 (no maddubs / dpbusd / pmull).
  * The scalar kernel reads the packed codes directly and is the spec; every SIMD path must give
  * the same int32 accumulators (tests/kernels/test_ternary_kernels.py, atol=0).
@@ -860,13 +860,20 @@ MF_TARGET_AVX512 static void tq2_kernn_avx512(const uint8_t *tab, int64_t ts, co
  * Entries 81..127 are never indexed (the packers emit e < 81): 81..95 hold T = 0, 96..127 are
  * not written.
  * Tables built with adds and byte lookups, once per token per 4 inputs (t81_tables_vbmi).
- * Measured (bench_ternary_linear, AMD EPYC Zen 4, one thread, cold, same run as tq2's VBMI kernel,
- * load 3.5-4.5): batch 8 2048->2048 272 vs 331 us, 2048->5632 705 vs 873, 5632->2048 706 vs 862,
- * 1024->32000 1878 vs 2573; batch 1 81 vs 78, 191 vs 183, 194 vs 160 (K-sized tables: 352 KB
- * at K = 5632, re-read from L2 per group of 8 row blocks), 543 vs 564. Batch 8 / batch 1:
- * 3.35-3.70x (tq2: 4.22-5.38x). What bounds it: per lookup a vpermi2b, a byte add and a register
- * copy (vpermi2b overwrites its index), plus 48 bytes of table / weight loads from L1/L2 at
- * 8 row blocks x 2 tokens per tile (1 KB of tables per block per token, 4x tq2's).
+ * Measured (bench_ternary_linear --quick, AMD EPYC Zen 4, one thread, cold, same run as tq2's
+ * VBMI kernel, load 3.2 / 2.5, pair layout and 8-pair batch-1 tiles): batch 8 2048->2048 264 vs
+ * 331 us, 2048->5632 632 vs 886, 5632->2048 691 vs 858, 1024->32000 1848 vs 2491; batch 1 81 vs
+ * 82, 184 vs 182, 199 vs 173, 493 vs 549. Batch 8 / batch 1: 3.25-3.75x (tq2: 4.05-4.96x); over
+ * tq2's batch 1 (the decode pick): 3.22x, 3.47x, 3.99x, 3.37x. Batch 1 at K = 5632 is 1.15-1.25x
+ * slower than tq2 (A/B runs too): the K-sized tables (352 KB per token) are re-read from L2 per
+ * group of 16 row blocks. What bounds batches: the lookups. Per vpermi2b (64 rows x 4 weights x
+ * 1 token) a byte add, ~0.75 register copies (vpermi2b overwrites its index; GCC needs one per
+ * reuse of a weight vector) and 0.375 widening ops; in isolation copy + vpermi2b + vpaddb take
+ * 0.44 ns on this CPU, in the tile ~0.69 ns (marginal cost per lookup from K = 1024 to 2048,
+ * tables excluded), and the tables ~14 % of a batch-8 call at N = 2048. Tried without gain:
+ * software prefetch of the next blocks' tables (1.0-1.1x slower), k-chunked tables built just
+ * before use (tables then L2-resident: same time, so the table build is not bound by its 1 MB
+ * of writes), weights L1-resident sub-chunks (see T81_NP1).
  * ---------------------------------------------------------------------------------------- */
 #define T81_TAB (4 * 256) /* table bytes per block per token: 4 groups x (tb[128] | ta[128]) */
 
