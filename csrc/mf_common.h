@@ -77,11 +77,20 @@ _Static_assert(sizeof(mf_tq2_block) == 128, "tq2 block must be 32 rows x 16 inpu
 
 #define MF_TQ1_TRITS 5
 
-/* "t81" (2 bits/weight, an in-memory layout for AVX-512 VBMI): the tq2 geometry and block struct
- * (mf_tq2_block, same padding), but each byte is the base-3 number of its 4 codes,
- *     q[u][r] = c(k0) + 3 c(k0+1) + 9 c(k0+2) + 27 c(k0+3)  (< 81),
- * so one byte indexes one 81-entry table of the 4 inputs (vpermi2b, csrc/mf_ternary.c section 5).
- * Converted from / to tq2 byte by byte (mf_pack.c); same size, so weights are repacked in place. */
+/* "t81" (2 bits/weight, an in-memory layout for AVX-512 VBMI): tq2's padding and bytes per
+ * (row, 4 inputs), but each byte is the base-3 number of its 4 codes,
+ *     c(k0) + 3 c(k0+1) + 9 c(k0+2) + 27 c(k0+3)  (< 81),
+ * so one byte indexes one 81-entry table of the 4 inputs (vpermi2b, csrc/mf_ternary.c section
+ * 5), and row blocks go in pairs: row blocks 2j, 2j + 1 (32 rows each) share one stream of
+ * 64-row blocks (mf_t81_pair), pair[j][kb].q[u][32 h + r] = the byte of row 32 (2j + h) + r,
+ * so one aligned 512-bit load is the index vector of 64 rows. With an odd number of row blocks
+ * the last one keeps tq2's block order (mf_tq2_block, bytes re-coded). Same size as tq2; the
+ * stream of pair j starts where row block 2j's does (block 2j KB), so it fits in place.
+ * Converted from / to tq2 by mf_pack.c (tq2_to_t81 / t81_to_tq2). */
+typedef struct {
+    uint8_t q[MF_TQ2_K / 4][2 * MF_TQ2_ROWS];
+} mf_t81_pair;
+_Static_assert(sizeof(mf_t81_pair) == 2 * sizeof(mf_tq2_block), "a t81 pair block is two tq2 blocks");
 #define MF_T81_CODES 81
 
 /* ---------------------------------------------------------------------------------------------

@@ -162,51 +162,75 @@ MF_PYFUNC(tq1_to_tq2, "tq1_to_tq2(w_ptr, N, K, out_ptr) -> number of invalid byt
     return PyLong_FromLongLong(bad);
 }
 
-/* tq2 <-> t81 (mf_common.h): the same bytes re-coded one by one, in place allowed (in == out).
- * tq2 code 3 (never packed; read as weight 0 by the kernels) becomes code 1. t81 -> tq2 returns
- * the number of invalid bytes (>= 81), written as four zero weights. */
-static void tq2_to_t81(const uint8_t *in, int64_t nbytes, uint8_t *out) {
-    uint8_t map[256];
+/* tq2 <-> t81 (mf_common.h): every byte re-coded (tq2 code 3, never packed and read as weight 0
+ * by the kernels, becomes code 1) and row blocks 2j, 2j + 1 interleaved into one stream of
+ * 64-row blocks; an odd last row block is only re-coded. In place allowed (in == out): each
+ * pair goes through a scratch copy of its 2 KB blocks. t81 -> tq2 returns the number of invalid
+ * bytes (>= 81), written as four zero weights; both return -1 if scratch allocation failed. */
+static void t81_maps(uint8_t to81[256], uint8_t to2[256]) {
     for (unsigned b = 0; b < 256; ++b) {
         unsigned e = 0;
         for (int i = 3; i >= 0; --i) { /* Horner: c0 + 3 (c1 + 3 (c2 + 3 c3)) */
             const unsigned c = (b >> (2 * i)) & 3u;
             e = 3u * e + (c == 3u ? 1u : c);
         }
-        map[b] = (uint8_t)e;
-    }
-    for (int64_t i = 0; i < nbytes; ++i) out[i] = map[in[i]];
-}
-
-static int64_t t81_to_tq2(const uint8_t *in, int64_t nbytes, uint8_t *out) {
-    uint8_t map[256];
-    for (unsigned b = 0; b < 256; ++b) {
+        to81[b] = (uint8_t)e;
         unsigned v = b < MF_T81_CODES ? b : 40u, byte = 0; /* 40 = four codes 1 */
         for (int i = 0; i < 4; ++i, v /= 3u) byte |= (v % 3u) << (2 * i);
-        map[b] = (uint8_t)byte;
+        to2[b] = (uint8_t)byte;
     }
+}
+
+/* dir 0: tq2 -> t81, 1: t81 -> tq2 (the inverse permutation of the pairs' bytes) */
+static int64_t t81_convert(const uint8_t *in, int64_t N, int64_t K, uint8_t *out, int dir) {
+    uint8_t to81[256], to2[256];
+    t81_maps(to81, to2);
+    const uint8_t *map = dir == 0 ? to81 : to2;
+    const int64_t NB = mf_round_up(N, MF_TQ2_ROWS) / MF_TQ2_ROWS, KB = mf_round_up(K, MF_TQ2_K) / MF_TQ2_K;
+    const int64_t blk = (int64_t)sizeof(mf_tq2_block), pair = 2 * KB * blk;
     int64_t bad = 0;
-    for (int64_t i = 0; i < nbytes; ++i) {
-        bad += in[i] >= MF_T81_CODES;
-        out[i] = map[in[i]];
+    if (dir == 1)
+        for (int64_t i = 0; i < NB * KB * blk; ++i) bad += in[i] >= MF_T81_CODES;
+    uint8_t *tmp = malloc(pair > 0 ? (size_t)pair : 1);
+    if (tmp == NULL) return -1;
+    for (int64_t j = 0; j + 1 < NB; j += 2) {
+        const uint8_t *src = in + j * KB * blk;
+        for (int64_t kb = 0; kb < KB; ++kb)
+            for (int u = 0; u < MF_TQ2_K / 4; ++u)
+                for (int h = 0; h < 2; ++h)
+                    for (int r = 0; r < MF_TQ2_ROWS; ++r) {
+                        /* tq2: block (2j + h, kb) unit u row r; t81: pair kb, unit u, lane 32 h + r */
+                        const int64_t o2 = (h * KB + kb) * blk + u * MF_TQ2_ROWS + r;
+                        const int64_t o81 = kb * 2 * blk + u * 2 * MF_TQ2_ROWS + h * MF_TQ2_ROWS + r;
+                        if (dir == 0)
+                            tmp[o81] = map[src[o2]];
+                        else
+                            tmp[o2] = map[src[o81]];
+                    }
+        memcpy(out + j * KB * blk, tmp, (size_t)pair);
     }
+    if (NB % 2)
+        for (int64_t i = (NB - 1) * KB * blk; i < NB * KB * blk; ++i) out[i] = map[in[i]];
+    free(tmp);
     return bad;
 }
 
-MF_PYFUNC(tq2_to_t81, "tq2_to_t81(in_ptr, nbytes, out_ptr): re-code tq2 bytes as t81 (in place ok).") {
+MF_PYFUNC(tq2_to_t81, "tq2_to_t81(in_ptr, N, K, out_ptr): tq2 bytes of an [N, K] weight as t81 (in place ok).") {
     (void)self;
     void *in, *out;
-    int64_t n;
-    if (mf_parse_args(args, nargs, "plp", &in, &n, &out) < 0) return NULL;
-    Py_BEGIN_ALLOW_THREADS tq2_to_t81(in, n, out);
-    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+    int64_t n, k, rc;
+    if (mf_parse_args(args, nargs, "pllp", &in, &n, &k, &out) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS rc = t81_convert(in, n, k, out, 0);
+    Py_END_ALLOW_THREADS if (rc < 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
 }
 
-MF_PYFUNC(t81_to_tq2, "t81_to_tq2(in_ptr, nbytes, out_ptr) -> number of invalid bytes (>= 81).") {
+MF_PYFUNC(t81_to_tq2, "t81_to_tq2(in_ptr, N, K, out_ptr) -> number of invalid bytes (>= 81).") {
     (void)self;
     void *in, *out;
-    int64_t n, bad;
-    if (mf_parse_args(args, nargs, "plp", &in, &n, &out) < 0) return NULL;
-    Py_BEGIN_ALLOW_THREADS bad = t81_to_tq2(in, n, out);
-    Py_END_ALLOW_THREADS return PyLong_FromLongLong(bad);
+    int64_t n, k, bad;
+    if (mf_parse_args(args, nargs, "pllp", &in, &n, &k, &out) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS bad = t81_convert(in, n, k, out, 1);
+    Py_END_ALLOW_THREADS if (bad < 0) return PyErr_NoMemory();
+    return PyLong_FromLongLong(bad);
 }

@@ -20,7 +20,7 @@
  * double-pumped); AVX-512 F+BW+VL without VBMI (512-bit vpshufb).
  * A second layout of the same blocks, t81 (section 5; 4 weights per byte as one base-3 index into
  * an 81-entry table, one vpermi2b per 64 rows x 4 weights), runs on AVX-512 VBMI through the same
- * driver: half the lookups per weight, 0.73-0.85x tq2's batch 8-16 time on AMD Zen 4.
+ * driver: half the lookups per weight, 0.71-0.81x tq2's batch 8 time on AMD Zen 4.
  * No multiply instruction anywhere in steps 2-3 (no maddubs / dpbusd / pmull).
  * The scalar kernel reads the packed codes directly and is the spec; every SIMD path must give
  * the same int32 accumulators (tests/kernels/test_ternary_kernels.py, atol=0).
@@ -838,9 +838,13 @@ MF_TARGET_AVX512 static void tq2_kernn_avx512(const uint8_t *tab, int64_t ts, co
 
 /* ------------------------------------------------------------------------------------------
  * 5. "t81": four weights per byte as one base-3 number, for VBMI's 128-entry byte lookups.
- * Same geometry as tq2 (mf_common.h: 32-row x 16-input blocks of 128 bytes, byte q[u][r] holds
- * inputs k0..k0+3 of row r, k0 = 16 kb + 4 u), but the byte is e = c0 + 3 c1 + 9 c2 + 27 c3
- * (< 81, c = q + 1), not c0 | c1 << 2 | .... A byte then indexes ONE 81-entry table per token
+ * tq2's bytes per (row, 4 inputs k0..k0+3, k0 = 16 kb + 4 u), but the byte is e = c0 + 3 c1 +
+ * 9 c2 + 27 c3 (< 81, c = q + 1), not c0 | c1 << 2 | ..., and row blocks 2j, 2j + 1 share one
+ * stream of 64-row blocks (mf_t81_pair, mf_common.h), so the index vector of a row-block pair
+ * is one aligned 512-bit load: with two 256-bit loads and an insert per vector (tq2's block
+ * order) batch 8 ran 1.08-1.17x slower (one thread, hot, interleaved, AMD Zen 4: 2048->2048
+ * 231 vs 213 us, 5632->2048 759 vs 641, 1024->32000 2405 vs 2133; load 1.5). An odd last row
+ * block keeps tq2's order (t81_kern_vbmi). A byte then indexes ONE 81-entry table per token
  * and 4 inputs: T[e] = sum_i s(c_i) x_i, s(c) = c - 1. vpermi2b picks from a 128-byte table held
  * in two zmm registers with a 7-bit index, so one instruction resolves 64 rows x 4 weights;
  * the pair tables of tq2 resolve 64 rows x 2 weights per vpermb (half the lookups per weight:
@@ -853,15 +857,23 @@ MF_TARGET_AVX512 static void tq2_kernn_avx512(const uint8_t *tab, int64_t ts, co
  * tb. A byte lane sums 8 lookups of <= 31 (248 <= 255) before widening; widened to int16 words
  * (<= 64 blocks * 4 lookups * 31 = 7936 per row) and to int32 every FLUSH_BLOCKS blocks; the
  * +512 per lookup, 4 lookups per block, is the same nblk << 11 that flush_rows subtracts for tq2.
- * Entries 81..127 are never indexed (the packers emit e < 81); they hold T = 0.
+ * Entries 81..127 are never indexed (the packers emit e < 81): 81..95 hold T = 0, 96..127 are
+ * not written.
  * Tables built with adds and byte lookups, once per token per 4 inputs (t81_tables_vbmi).
- * Measured (bench_ternary_linear, AMD EPYC Zen 4, one thread, cold, same run as tq2's VBMI kernel,
- * load 3.5-4.5): batch 8 2048->2048 272 vs 331 us, 2048->5632 705 vs 873, 5632->2048 706 vs 862,
- * 1024->32000 1878 vs 2573; batch 1 81 vs 78, 191 vs 183, 194 vs 160 (K-sized tables: 352 KB
- * at K = 5632, re-read from L2 per group of 8 row blocks), 543 vs 564. Batch 8 / batch 1:
- * 3.35-3.70x (tq2: 4.22-5.38x). What bounds it: per lookup a vpermi2b, a byte add and a register
- * copy (vpermi2b overwrites its index), plus 48 bytes of table / weight loads from L1/L2 at
- * 8 row blocks x 2 tokens per tile (1 KB of tables per block per token, 4x tq2's).
+ * Measured (bench_ternary_linear --quick, AMD EPYC Zen 4, one thread, cold, same run as tq2's
+ * VBMI kernel, load 3.2 / 2.5, pair layout and 8-pair batch-1 tiles): batch 8 2048->2048 264 vs
+ * 331 us, 2048->5632 632 vs 886, 5632->2048 691 vs 858, 1024->32000 1848 vs 2491; batch 1 81 vs
+ * 82, 184 vs 182, 199 vs 173, 493 vs 549. Batch 8 / batch 1: 3.25-3.75x (tq2: 4.05-4.96x); over
+ * tq2's batch 1 (the decode pick): 3.22x, 3.47x, 3.99x, 3.37x. Batch 1 at K = 5632 is 1.15-1.25x
+ * slower than tq2 (A/B runs too): the K-sized tables (352 KB per token) are re-read from L2 per
+ * group of 16 row blocks. What bounds batches: the lookups. Per vpermi2b (64 rows x 4 weights x
+ * 1 token) a byte add, ~0.75 register copies (vpermi2b overwrites its index; GCC needs one per
+ * reuse of a weight vector) and 0.375 widening ops; in isolation copy + vpermi2b + vpaddb take
+ * 0.44 ns on this CPU, in the tile ~0.69 ns (marginal cost per lookup from K = 1024 to 2048,
+ * tables excluded), and the tables ~14 % of a batch-8 call at N = 2048. Tried without gain:
+ * software prefetch of the next blocks' tables (1.0-1.1x slower), k-chunked tables built just
+ * before use (tables then L2-resident: same time, so the table build is not bound by its 1 MB
+ * of writes), weights L1-resident sub-chunks (see T81_NP1).
  * ---------------------------------------------------------------------------------------- */
 #define T81_TAB (4 * 256) /* table bytes per block per token: 4 groups x (tb[128] | ta[128]) */
 
@@ -899,6 +911,33 @@ static void t81_kern_scalar(const int8_t *q, int64_t qs, const uint8_t *tab, int
         }
 }
 
+/* Scalar (the spec) on a pair stream (mf_t81_pair): row blocks 2j, 2j + 1 as 64-row blocks;
+ * acc rows 0..63 (the two row blocks' accumulators are adjacent). */
+static void t81_kernp_scalar(const int8_t *q, int64_t qs, const uint8_t *tab, int64_t ts,
+                             const mf_tq2_block *w, int64_t nkb, int32_t *acc, int64_t as,
+                             int64_t ntok) {
+    (void)tab;
+    (void)ts;
+    const mf_t81_pair *wp = (const mf_t81_pair *)w;
+    for (int64_t t = 0; t < ntok; ++t)
+        for (int r = 0; r < 2 * MF_TQ2_ROWS; ++r) {
+            int32_t s = 0;
+            for (int64_t kb = 0; kb < nkb; ++kb)
+                for (int u = 0; u < MF_TQ2_K / 4; ++u) {
+                    unsigned c[4];
+                    t81_digits(wp[kb].q[u][r], c);
+                    for (int i = 0; i < 4; ++i) {
+                        const int32_t x = q[t * qs + kb * MF_TQ2_K + 4 * u + i];
+                        if (c[i] == 2u)
+                            s += x;
+                        else if (c[i] == 0u)
+                            s -= x;
+                    }
+                }
+            acc[t * as + r] += s;
+        }
+}
+
 #if MF_X86
 /* Per token: group g = 4 kb + u of 4 inputs -> 256 bytes at tab + 256 g: tb[0..127] | ta[0..127].
  * T[e] = P[c0 + 3 c1] + Q[c2 + 3 c3] with the pair tables P = s(c0) x0 + s(c1) x1 and Q (9
@@ -909,42 +948,43 @@ static void t81_kern_scalar(const int8_t *q, int64_t qs, const uint8_t *tab, int
  * 40 vector ops per group, against ~60 for masked adds over all 81 int16 entries and their
  * narrowing (measured: 2048 -> 128, batch 8 (tables dominate), one thread, hot). */
 MF_TARGET_VBMI static void t81_tables_vbmi(const int8_t *q, int64_t nkb, uint8_t *tab) {
-    /* Word w < 9 of the pair vector holds P'[w], word 16 + w Q'[w], w = lo + 3 hi (lo: digit of
+    /* Word w < 9 of the pair vector holds P'[w], word 17 - w Q'[w], w = lo + 3 hi (lo: digit of
      * x0 / x2, hi: of x1 / x3); after packing, byte 2 w' = pl / ql, byte 2 w' + 1 = ph / qh
-     * (w' = w or 16 + w). Masks and lookup indices built once per call, by adds. */
+     * (w' = w or 17 - w). Q' reversed after P' puts every pair entry of the table's top part
+     * (entries 64..80: P'[0..8], Q'[7..8]) in the vector's low 32 bytes, so that part is built
+     * with 256-bit ops (entries 96..127 are not written; no byte indexes them). Masks and
+     * lookup indices built once per call, by counting (e = wp + 9 wq, no divide). */
     __mmask32 lo2 = 0, lo0 = 0, hi2 = 0, hi0 = 0;
-    for (unsigned w = 0; w < 9; ++w) {
-        unsigned c[4];
-        t81_digits(w, c); /* w < 9: c[0] = lo, c[1] = hi */
-        const __mmask32 bits = ((__mmask32)1u << w) | ((__mmask32)1u << (16 + w));
-        if (c[0] == 2u) lo2 |= bits;
-        if (c[0] == 0u) lo0 |= bits;
-        if (c[1] == 2u) hi2 |= bits;
-        if (c[1] == 0u) hi0 |= bits;
+    for (unsigned w = 0, lo = 0, hi = 0; w < 9; ++w) {
+        const __mmask32 bits = ((__mmask32)1u << w) | ((__mmask32)1u << (17 - w));
+        if (lo == 2u) lo2 |= bits;
+        if (lo == 0u) lo0 |= bits;
+        if (hi == 2u) hi2 |= bits;
+        if (hi == 0u) hi0 |= bits;
+        if (++lo == 3u) lo = 0, ++hi;
     }
     uint8_t ip[128] __attribute__((aligned(64))), iq[128] __attribute__((aligned(64)));
-    for (unsigned e = 0; e < 128; ++e) {
-        unsigned c[4] = {1, 1, 1, 1}; /* e >= 81: T = 0 (P'[4] = Q'[4] = 256) */
-        if (e < MF_T81_CODES) t81_digits(e, c);
-        const unsigned wp = c[0] + c[1] + c[1] + c[1], wq = c[2] + c[3] + c[3] + c[3];
-        ip[e] = (uint8_t)(wp + wp);
-        iq[e] = (uint8_t)(32 + wq + wq);
+    for (unsigned e = 0, wp = 0, wq = 0; e < 128; ++e) {
+        /* e >= 81: T = 0 (P'[4] = Q'[4] = 256: all digits 1) */
+        ip[e] = (uint8_t)(e < MF_T81_CODES ? wp + wp : 8u);
+        iq[e] = (uint8_t)(e < MF_T81_CODES ? 34u - wq - wq : 26u);
+        if (++wp == 9u) wp = 0, ++wq;
     }
-    __m512i ipl[2], iql[2], iph[2], iqh[2];
+    const __m512i ipl = _mm512_load_si512((const void *)ip), iql = _mm512_load_si512((const void *)iq);
     const __m512i one = _mm512_set1_epi8(1);
-    for (int j = 0; j < 2; ++j) {
-        ipl[j] = _mm512_load_si512((const void *)(ip + 64 * j));
-        iql[j] = _mm512_load_si512((const void *)(iq + 64 * j));
-        iph[j] = _mm512_add_epi8(ipl[j], one);
-        iqh[j] = _mm512_add_epi8(iql[j], one);
-    }
+    const __m512i iph = _mm512_add_epi8(ipl, one), iqh = _mm512_add_epi8(iql, one);
+    const __m256i ipl1 = _mm256_load_si256((const __m256i *)(ip + 64)), iql1 = _mm256_load_si256((const __m256i *)(iq + 64));
+    const __m256i one8 = _mm256_set1_epi8(1);
+    const __m256i iph1 = _mm256_add_epi8(ipl1, one8), iqh1 = _mm256_add_epi8(iql1, one8);
     const __m512i base = _mm512_set1_epi16(256), zero = _mm512_setzero_si512();
     const __m512i m31w = _mm512_set1_epi16(31), mhw = _mm512_set1_epi16(0x1F00);
     const __m512i m31b = _mm512_set1_epi8(31);
+    const __m256i m31y = _mm256_set1_epi8(31);
+    const __mmask32 qwords = 0x3FE00u; /* words 9..17: Q' */
     for (int64_t g = 0; g < nkb * (MF_TQ2_K / 4); ++g) {
         const int8_t *x = q + 4 * g;
-        const __m512i x02 = _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(x[0]), _mm512_set1_epi16(x[2]));
-        const __m512i x13 = _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(x[1]), _mm512_set1_epi16(x[3]));
+        const __m512i x02 = _mm512_mask_blend_epi16(qwords, _mm512_set1_epi16(x[0]), _mm512_set1_epi16(x[2]));
+        const __m512i x13 = _mm512_mask_blend_epi16(qwords, _mm512_set1_epi16(x[1]), _mm512_set1_epi16(x[3]));
         __m512i pq = _mm512_mask_add_epi16(base, lo2, base, x02);
         pq = _mm512_mask_add_epi16(pq, lo0, pq, _mm512_sub_epi16(zero, x02));
         pq = _mm512_mask_add_epi16(pq, hi2, pq, x13);
@@ -952,14 +992,18 @@ MF_TARGET_VBMI static void t81_tables_vbmi(const int8_t *q, int64_t nkb, uint8_t
         /* word P' -> bytes (P' & 31, P' >> 5): P' < 512, so (P' << 3) & 0x1F00 = (P' >> 5) << 8 */
         const __m512i lh = _mm512_or_si512(_mm512_and_si512(pq, m31w), _mm512_and_si512(_mm512_slli_epi16(pq, 3), mhw));
         uint8_t *tb = tab + 256 * g, *ta = tb + 128;
-        for (int j = 0; j < 2; ++j) {
-            const __m512i l = _mm512_add_epi8(_mm512_permutexvar_epi8(ipl[j], lh), _mm512_permutexvar_epi8(iql[j], lh));
-            const __m512i h = _mm512_add_epi8(_mm512_permutexvar_epi8(iph[j], lh), _mm512_permutexvar_epi8(iqh[j], lh));
-            /* l <= 62: bit 5 of each byte is the carry (a word shift moves it to bit 0) */
-            const __m512i carry = _mm512_and_si512(_mm512_srli_epi16(l, 5), one);
-            _mm512_store_si512((void *)(tb + 64 * j), _mm512_and_si512(l, m31b));
-            _mm512_store_si512((void *)(ta + 64 * j), _mm512_add_epi8(h, carry));
-        }
+        /* entries 0..63 */
+        const __m512i l = _mm512_add_epi8(_mm512_permutexvar_epi8(ipl, lh), _mm512_permutexvar_epi8(iql, lh));
+        const __m512i h = _mm512_add_epi8(_mm512_permutexvar_epi8(iph, lh), _mm512_permutexvar_epi8(iqh, lh));
+        /* l <= 62: bit 5 of each byte is the carry (a word shift moves it to bit 0) */
+        _mm512_store_si512((void *)tb, _mm512_and_si512(l, m31b));
+        _mm512_store_si512((void *)ta, _mm512_add_epi8(h, _mm512_and_si512(_mm512_srli_epi16(l, 5), one)));
+        /* entries 64..95, from the low 32 bytes of lh */
+        const __m256i lh1 = _mm512_castsi512_si256(lh);
+        const __m256i l1 = _mm256_add_epi8(_mm256_permutexvar_epi8(ipl1, lh1), _mm256_permutexvar_epi8(iql1, lh1));
+        const __m256i h1 = _mm256_add_epi8(_mm256_permutexvar_epi8(iph1, lh1), _mm256_permutexvar_epi8(iqh1, lh1));
+        _mm256_store_si256((__m256i *)(tb + 64), _mm256_and_si256(l1, m31y));
+        _mm256_store_si256((__m256i *)(ta + 64), _mm256_add_epi8(h1, _mm256_and_si256(_mm256_srli_epi16(l1, 5), one8)));
     }
 }
 
@@ -991,10 +1035,10 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) __m512i t81_permi2b(
  * The MF_KEEP_Z barriers on the byte sums (accumulate as the lookups come) are worth 1.2x here
  * (batch 8, one thread, hot: 2048->2048 228 vs 269-276 us, 5632->2048 616-620 vs 729-746). */
 MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_tile_vbmi(
-    const uint8_t *tab, int64_t ts, const mf_tq2_block *const *wr, int64_t nkb,
-    int32_t *const *ar, int64_t as, const int NP, const int NT, const int PF) {
+    const uint8_t *tab, int64_t ts, const uint8_t *const *wp, int64_t nkb,
+    int32_t *const *ar, int64_t as, const int NP, const int NT, const int PF, const int SINGLE) {
     const uint8_t *tt[2] = {tab, tab + ts};
-    __m512i e[4][2][4]; /* [row-block pair][token][a words, a odd, b words, b odd] int16 sums */
+    __m512i e[8][2][4]; /* [row-block pair][token][a words, a odd, b words, b odd] int16 sums */
     int64_t kb = 0;
     while (kb < nkb) {
         const int64_t k0 = kb, kend = kb + FLUSH_BLOCKS < nkb ? kb + FLUSH_BLOCKS : nkb;
@@ -1003,22 +1047,21 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_tile_vbmi(
         while (kb < kend) {
             /* two blocks = 8 lookups per byte lane (<= 248) between widenings */
             const int64_t kstop = kb + 2 < kend ? kb + 2 : kend;
-            __m512i bs[4][2], as_[4][2];
+            __m512i bs[8][2], as_[8][2];
             for (int p = 0; p < NP; ++p)
                 for (int t = 0; t < NT; ++t) bs[p][t] = as_[p][t] = _mm512_setzero_si512();
             for (; kb < kstop; ++kb) {
                 if (PF)
-                    for (int r = 0; r < 2 * NP; ++r) {
-                        _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS), _MM_HINT_T0);
-                        _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS) + 64, _MM_HINT_T0);
-                    }
+                    for (int p = 0; p < NP; ++p)
+                        for (int l = 0; l < (int)sizeof(mf_t81_pair); l += 64)
+                            _mm_prefetch((const char *)wp[p] + (kb + TQ2_PF_BLOCKS) * (int64_t)sizeof(mf_t81_pair) + l,
+                                         _MM_HINT_T0);
                 for (int u = 0; u < MF_TQ2_K / 4; ++u) {
-                    __m512i vi[4];
-                    for (int p = 0; p < NP; ++p) {
-                        const __m256i lo = _mm256_loadu_si256((const __m256i *)wr[2 * p][kb].q[u]);
-                        const __m256i hi = _mm256_loadu_si256((const __m256i *)wr[2 * p + 1][kb].q[u]);
-                        vi[p] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-                    }
+                    __m512i vi[8];
+                    for (int p = 0; p < NP; ++p)
+                        vi[p] = SINGLE ? _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                                             (const __m256i *)((const mf_tq2_block *)wp[p])[kb].q[u]))
+                                       : _mm512_load_si512((const void *)((const mf_t81_pair *)wp[p])[kb].q[u]);
                     for (int t = 0; t < NT; ++t) {
                         const uint8_t *tl = tt[t] + (kb << 10) + (u << 8); /* 1 KB/block */
                         const __m512i b0 = _mm512_load_si512((const void *)tl);
@@ -1060,11 +1103,20 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_tile_vbmi(
     }
 }
 
-/* Row blocks per group of the t81 kernel: T81_NP pairs. */
+/* Pairs per tile: T81_NP for batches, T81_NP1 (a multiple of T81_NP) at batch 1; a group is
+ * T81_NP1 pairs. Batch 1 at 8 pairs (each table vector serves 8 lookups; the int16 sums partly on
+ * the stack) vs 4: 0.90-0.95x the time at 2048->2048, 5632->2048, 2048->5632, 1024->32000 (one
+ * thread, cold, interleaved, AMD Zen 4, load 2.7-2.9); batch 8 unchanged (same 4-pair tiles).
+ * Tried and dropped: k-chunks at batch 1 (96 or 160 blocks, the tables L2-resident): no gain at
+ * 5632->2048 (187-188 vs 193 us, noise-level); a batch loop with every token pair over 4-block
+ * sub-chunks (weights from L1, int16 sums through memory): 1.15-1.2x slower at batch 8. */
 #ifndef T81_NP
 #define T81_NP 4
 #endif
-#define T81_GROUP (2 * T81_NP)
+#ifndef T81_NP1
+#define T81_NP1 8
+#endif
+#define T81_GROUP (2 * T81_NP1)
 /* batch-N k-chunk of the t81 tables (1 KB per block per token, 4x tq2's): half of the 1 MiB L2
  * per core of AMD Zen 4. Batch 8, one thread, hot, interleaved builds on the dev machine (load
  * 3-6): 2048->2048 229-234 us at 512 KiB vs 238-241 at 256 KiB, 254-256 at 128 KiB, 236-239 at
@@ -1073,33 +1125,68 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_tile_vbmi(
 #define T81_L2_BYTES (512 * 1024)
 #endif
 
-/* T81_GROUP row blocks (w + i wstride), every token: batch 1 in one tile (prefetched weight
- * streams), batches in tiles of T81_NP pairs x 2 tokens, the first tile prefetching. */
+/* T81_NP pairs (pair stream p at w + 2 p wstride), every token: batch 1 in one tile (prefetched
+ * weight streams), batches in tiles of T81_NP pairs x 2 tokens, the first tile prefetching. */
+/* NP1 pairs (a multiple of T81_NP) at w + 2 p wstride, every token: batch 1 in one tile of NP1
+ * pairs, batches in tiles of T81_NP pairs x 2 tokens (the first token pair prefetching). */
+MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_pairs_vbmi(
+    const uint8_t *tab, int64_t ts, const mf_tq2_block *w, int64_t wstride, int64_t nkb,
+    int32_t *acc, int64_t as, int64_t ntok, const int NP1) {
+    const uint8_t *wp[T81_NP1];
+    int32_t *ar[T81_GROUP];
+    for (int p = 0; p < NP1; ++p) wp[p] = (const uint8_t *)(w + 2 * p * wstride);
+    for (int r = 0; r < 2 * NP1; ++r) ar[r] = acc + r * MF_TQ2_ROWS;
+    if (ntok == 1) {
+        t81_tile_vbmi(tab, ts, wp, nkb, ar, as, NP1, 1, 1, 0);
+        return;
+    }
+    for (int h = 0; h < NP1; h += T81_NP) {
+        const uint8_t *tb = tab;
+        int32_t *ah[2 * T81_NP];
+        for (int r = 0; r < 2 * T81_NP; ++r) ah[r] = ar[2 * h + r];
+        int64_t t = 0;
+        for (; t + 2 <= ntok; t += 2) {
+            if (t == 0)
+                t81_tile_vbmi(tb, ts, wp + h, nkb, ah, as, T81_NP, 2, 1, 0);
+            else
+                t81_tile_vbmi(tb, ts, wp + h, nkb, ah, as, T81_NP, 2, 0, 0);
+            tb += ts + ts;
+            for (int r = 0; r < 2 * T81_NP; ++r) ah[r] += as + as;
+        }
+        if (t < ntok) t81_tile_vbmi(tb, ts, wp + h, nkb, ah, as, T81_NP, 1, 0, 0);
+    }
+}
+
+/* A group: T81_NP1 pairs. */
 MF_TARGET_VBMI static void t81_kernn_vbmi(const uint8_t *tab, int64_t ts, const mf_tq2_block *w,
                                           int64_t wstride, int64_t nkb, int32_t *acc, int64_t as,
                                           int64_t ntok) {
-    const mf_tq2_block *wr[T81_GROUP];
-    int32_t *ar[T81_GROUP];
-    wr[0] = w;
-    ar[0] = acc;
-    for (int r = 1; r < T81_GROUP; ++r) wr[r] = wr[r - 1] + wstride, ar[r] = ar[r - 1] + MF_TQ2_ROWS;
-    if (ntok == 1) {
-        t81_tile_vbmi(tab, ts, wr, nkb, ar, as, T81_NP, 1, 1);
-        return;
-    }
-    int64_t t = 0;
-    for (; t + 2 <= ntok; t += 2) {
-        if (t == 0)
-            t81_tile_vbmi(tab, ts, wr, nkb, ar, as, T81_NP, 2, 1);
-        else
-            t81_tile_vbmi(tab, ts, wr, nkb, ar, as, T81_NP, 2, 0);
-        tab += ts + ts;
-        for (int r = 0; r < T81_GROUP; ++r) ar[r] += as + as;
-    }
-    if (t < ntok) t81_tile_vbmi(tab, ts, wr, nkb, ar, as, T81_NP, 1, 0);
+    t81_pairs_vbmi(tab, ts, w, wstride, nkb, acc, as, ntok, T81_NP1);
 }
 
-/* One row block (the remainder of a group): the block in both halves of the vector, the high
+/* A group's remainder, T81_NP pairs at a time (4-pair tiles at every batch size). */
+MF_TARGET_VBMI static void t81_kernn4_vbmi(const uint8_t *tab, int64_t ts, const mf_tq2_block *w,
+                                           int64_t wstride, int64_t nkb, int32_t *acc, int64_t as,
+                                           int64_t ntok) {
+    t81_pairs_vbmi(tab, ts, w, wstride, nkb, acc, as, ntok, T81_NP);
+}
+
+/* One pair (a group's remainder), every token, one token per tile. */
+MF_TARGET_VBMI static void t81_kernp_vbmi(const int8_t *q, int64_t qs, const uint8_t *tab,
+                                          int64_t ts, const mf_tq2_block *w, int64_t nkb,
+                                          int32_t *acc, int64_t as, int64_t ntok) {
+    (void)q;
+    (void)qs;
+    const uint8_t *wp[1] = {(const uint8_t *)w};
+    for (int64_t t = 0; t < ntok; ++t) {
+        int32_t *ar[2] = {acc, acc + MF_TQ2_ROWS};
+        t81_tile_vbmi(tab, ts, wp, nkb, ar, as, 1, 1, 0, 0);
+        tab += ts;
+        acc += as;
+    }
+}
+
+/* The odd last row block (tq2 block order): the block in both halves of the vector, the high
  * half's sums discarded. */
 MF_TARGET_VBMI static void t81_kern_vbmi(const int8_t *q, int64_t qs, const uint8_t *tab,
                                          int64_t ts, const mf_tq2_block *w, int64_t nkb,
@@ -1107,11 +1194,11 @@ MF_TARGET_VBMI static void t81_kern_vbmi(const int8_t *q, int64_t qs, const uint
     (void)q;
     (void)qs;
     int32_t discard[MF_TQ2_ROWS];
-    const mf_tq2_block *wr[2] = {w, w};
+    const uint8_t *wp[1] = {(const uint8_t *)w};
     for (int64_t t = 0; t < ntok; ++t) {
         int32_t *ar[2] = {acc, discard};
         /* NT = 1: the token stride only offsets token 1, unused */
-        t81_tile_vbmi(tab, ts, wr, nkb, ar, as, 1, 1, 0);
+        t81_tile_vbmi(tab, ts, wp, nkb, ar, as, 1, 1, 0, 1);
         tab += ts;
         acc += as;
     }
@@ -1134,20 +1221,24 @@ typedef struct {
     tables_fn tables;       /* NULL: the kernel reads q directly */
     kern_fn kern;
     kernn_fn kernn;         /* `group` row blocks per call (NULL: kern per row block) */
+    kern_fn kern_pair;      /* paired layouts (t81): one pair of row blocks per call; kern then
+                             * serves only an odd last row block. NULL: tq2 order */
+    kernn_fn kernn2;        /* a group's remainder: group2 row blocks per call (NULL: none) */
+    int group2;
     int group;
     int64_t tab_per_block;  /* table bytes per 16-input block per token */
 } tq2_impl;
 
 /* vbmi: the CPU has AVX-512 VBMI (mf_cpu_vbmi(); a parameter so tests can pick either path). */
 static tq2_impl tq2_select(int isa, int vbmi) {
-    const tq2_impl scalar = {act_quant_scalar, NULL, tq2_kern_scalar, NULL, 1, 0};
+    const tq2_impl scalar = {act_quant_scalar, NULL, tq2_kern_scalar, NULL, NULL, NULL, 0, 1, 0};
 #if MF_X86
     if (isa >= MF_ISA_AVX512 && vbmi)
-        return (tq2_impl){act_quant_avx2, tq2_tables_avx2, tq2_kern_vbmi, tq2_kernn_vbmiz, TQ2_GROUP_VBMI, TQ2_TAB_AVX2};
+        return (tq2_impl){act_quant_avx2, tq2_tables_avx2, tq2_kern_vbmi, tq2_kernn_vbmiz, NULL, NULL, 0, TQ2_GROUP_VBMI, TQ2_TAB_AVX2};
     if (isa >= MF_ISA_AVX512)
-        return (tq2_impl){act_quant_avx2, tq2_tables_avx512, tq2_kern_avx512, tq2_kernn_avx512, 2, TQ2_TAB_AVX512};
+        return (tq2_impl){act_quant_avx2, tq2_tables_avx512, tq2_kern_avx512, tq2_kernn_avx512, NULL, NULL, 0, 2, TQ2_TAB_AVX512};
     if (isa >= MF_ISA_AVX2)
-        return (tq2_impl){act_quant_avx2, tq2_tables_avx2, tq2_kern_avx2, tq2_kernn_avx2, 2, TQ2_TAB_AVX2};
+        return (tq2_impl){act_quant_avx2, tq2_tables_avx2, tq2_kern_avx2, tq2_kernn_avx2, NULL, NULL, 0, 2, TQ2_TAB_AVX2};
 #endif
     (void)isa;
     (void)vbmi;
@@ -1159,13 +1250,13 @@ static tq2_impl tq2_select(int isa, int vbmi) {
 static tq2_impl t81_select(int isa, int vbmi) {
 #if MF_X86
     if (isa >= MF_ISA_AVX512 && vbmi)
-        return (tq2_impl){act_quant_avx2, t81_tables_vbmi, t81_kern_vbmi, t81_kernn_vbmi, T81_GROUP, T81_TAB};
+        return (tq2_impl){act_quant_avx2, t81_tables_vbmi, t81_kern_vbmi, t81_kernn_vbmi, t81_kernp_vbmi, t81_kernn4_vbmi, 2 * T81_NP, T81_GROUP, T81_TAB};
     if (isa >= MF_ISA_AVX2)
-        return (tq2_impl){act_quant_avx2, NULL, t81_kern_scalar, NULL, 1, 0};
+        return (tq2_impl){act_quant_avx2, NULL, t81_kern_scalar, NULL, t81_kernp_scalar, NULL, 0, 1, 0};
 #endif
     (void)isa;
     (void)vbmi;
-    return (tq2_impl){act_quant_scalar, NULL, t81_kern_scalar, NULL, 1, 0};
+    return (tq2_impl){act_quant_scalar, NULL, t81_kern_scalar, NULL, t81_kernp_scalar, NULL, 0, 1, 0};
 }
 
 /* The level whose kernel runs t81 weights: AVX-512 with VBMI, else scalar. */
@@ -1192,10 +1283,12 @@ static inline int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Work items of the decode path: this many row-block groups (impl.group row blocks each). Small
- * enough that a descheduled thread holds up little (2048 rows: 8 items at group 4), large enough
- * that handing them out (one atomic add each) costs nothing measurable. */
+/* Work items of the decode path: this many row-block groups (impl.group row blocks each), but
+ * at most TQ2_ITEM_BLOCKS row blocks (t81's groups of 16: one group). Small enough that a
+ * descheduled thread holds up little (2048 rows: 8 items at group 4), large enough that handing
+ * them out (one atomic add each) costs nothing measurable. */
 #define TQ2_ITEM_GROUPS 2
+#define TQ2_ITEM_BLOCKS 16
 
 typedef struct {
     const tq2_impl *impl;
@@ -1221,11 +1314,21 @@ static void tq2_rows(const tq2_args *a, int64_t nb0, int64_t nb1) {
     for (int64_t kb0 = 0; kb0 < KB; kb0 += a->kcb) {
         const int64_t nkb = KB - kb0 < a->kcb ? KB - kb0 : a->kcb;
         const uint8_t *tab = a->tab + kb0 * impl->tab_per_block;
+        /* the k-chunk's first block in a row block's stream; a pair stream has 2 blocks per kb */
+        const int64_t wk = impl->kern_pair != NULL ? 2 * kb0 : kb0;
         int64_t nb = nb0;
         if (impl->kernn != NULL)
             for (; nb + impl->group <= nb1; nb += impl->group)
-                impl->kernn(tab, a->tab_tok, a->w + nb * KB + kb0, KB, nkb,
+                impl->kernn(tab, a->tab_tok, a->w + nb * KB + wk, KB, nkb,
                             a->acc + nb * MF_TQ2_ROWS, Np, M);
+        if (impl->kernn2 != NULL)
+            for (; nb + impl->group2 <= nb1; nb += impl->group2)
+                impl->kernn2(tab, a->tab_tok, a->w + nb * KB + wk, KB, nkb,
+                             a->acc + nb * MF_TQ2_ROWS, Np, M);
+        if (impl->kern_pair != NULL) /* nb is even here (tern_linear_impl splits at pairs) */
+            for (; nb + 2 <= nb1; nb += 2)
+                impl->kern_pair(a->qx + kb0 * MF_TQ2_K, a->Kp, tab, a->tab_tok, a->w + nb * KB + wk,
+                                nkb, a->acc + nb * MF_TQ2_ROWS, Np, M);
         for (; nb < nb1; ++nb)
             impl->kern(a->qx + kb0 * MF_TQ2_K, a->Kp, tab, a->tab_tok, a->w + nb * KB + kb0, nkb,
                        a->acc + nb * MF_TQ2_ROWS, Np, M);
@@ -1325,13 +1428,15 @@ static int tern_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_b
         const tq2_args ta = {&impl, x, w, y, acc, acc_out, row_scales, qx, sx, tab, w_scale,
                              M, K, KB, Kp, N, Np, tab_tok, kcb};
         if (kcb == KB) {
-            const int64_t item = (int64_t)impl.group * TQ2_ITEM_GROUPS;
+            const int64_t item = impl.group * TQ2_ITEM_GROUPS <= TQ2_ITEM_BLOCKS ? impl.group * TQ2_ITEM_GROUPS : impl.group;
             const int64_t n_items = (NB + item - 1) / item;
 #pragma omp for schedule(dynamic, 1) nowait
             for (int64_t i = 0; i < n_items; ++i)
                 tq2_rows(&ta, i * item, (i + 1) * item < NB ? (i + 1) * item : NB);
         } else {
-            tq2_rows(&ta, NB * tid / T, NB * (tid + 1) / T);
+            /* paired layouts: every thread's range starts at a pair (its first row block even) */
+            const int64_t even = impl.kern_pair != NULL ? ~(int64_t)1 : ~(int64_t)0;
+            tq2_rows(&ta, (NB * tid / T) & even, tid + 1 == T ? NB : (NB * (tid + 1) / T) & even);
         }
         if (tid == 0 && nt > 1) t_master_done = now_ns();
     }

@@ -12,12 +12,16 @@ static uint64_t rs = 88172645463325252ull;
 static uint64_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return rs; }
 int mf_t81_emulated_check(void) {
     int fails = 0;
-    /* M, N, K: N = 32 * (8 k + 1..7) exercises the group of 8 row blocks and its remainder, K
+    /* M, N, K: N = 32 * (16 k + 1..15) exercises the group of 16 row blocks and its remainders
+     * (a 4-pair tile, single pairs, an odd last block: 27 row blocks has all three), K
      * past one int16 flush (1024) and a batch past the L2 k-chunk (9 x 4100), odd batches (the
-     * single-token tile), and |q_x| = 127 on all-+-1 rows (the largest partial sums) */
+     * single-token tile), |q_x| = 127 on all-+-1 rows (the largest partial sums), and odd row
+     * block counts (the last block unpaired) with k-chunks (a static split of 2 threads rounded
+     * down to a pair: 9 and 11 row blocks) */
     const int64_t shapes[][3] = {{1, 32, 16},   {1, 256, 1040}, {1, 290, 2100}, {3, 33, 50},
                                  {5, 512, 1040}, {4, 40, 2096},  {7, 300, 517},  {2, 256, 3120},
-                                 {9, 100, 4100}, {17, 70, 200},  {1, 512, 3120}, {8, 320, 2048}};
+                                 {9, 100, 4100}, {17, 70, 200},  {1, 512, 3120}, {8, 320, 2048},
+                                 {6, 288, 4100}, {6, 352, 4100}, {3, 864, 1040}};
     const int nshapes = (int)(sizeof shapes / sizeof shapes[0]);
     for (int si = 0; si < nshapes; ++si) {
         const int64_t M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
@@ -30,7 +34,7 @@ int mf_t81_emulated_check(void) {
             x[i] = extreme ? ((i / K) % 2 ? -1.0f : 1.0f) : (float)((int)(rnd() % 2001) - 1000) / 300.0f;
         mf_tq2_block *w = aligned_alloc(64, NB * KB * 128), *w81 = aligned_alloc(64, NB * KB * 128);
         tq2_pack(qw, N, K, (uint8_t *)w);
-        tq2_to_t81((const uint8_t *)w, NB * KB * 128, (uint8_t *)w81);
+        t81_convert((const uint8_t *)w, N, K, (uint8_t *)w81, 0);
         int32_t *a_ref = calloc(M * N, 4), *a = calloc(M * N, 4);
         tq2_linear_impl(x, M, K, w, N, 0.5f, NULL, y_ref, a_ref, 1, MF_ISA_SCALAR, 0);
         for (int threads = 1; threads <= 2; ++threads) {

@@ -23,29 +23,55 @@ def _weights(n, k, seed):
 
 
 def test_recode_matches_spec_and_round_trips():
-    every_byte = torch.arange(256, dtype=torch.int64).to(torch.uint8)
-    t81 = KT.tq2_to_t81(every_byte)
-    assert torch.equal(t81, packing.tq2_to_t81_ref(every_byte))
+    """Byte re-coding on one row block (32 rows: nothing to pair, bytes keep their place)."""
+    every_byte = torch.arange(256, dtype=torch.int64).to(torch.uint8)  # a [32, 32] weight
+    t81 = KT.tq2_to_t81(every_byte, 32, 32)
+    assert torch.equal(t81, packing.tq2_to_t81_ref(every_byte, 32, 32))
     assert int(t81.max()) == 80
-    # each valid tq2 byte (no code 3) maps to a distinct t81 byte, and back
-    valid = torch.tensor([b for b in range(256) if all((b >> (2 * i)) & 3 != 3 for i in range(4))],
-                         dtype=torch.uint8)  # fmt: skip
-    assert sorted(KT.tq2_to_t81(valid).tolist()) == list(range(81))
-    back, bad = KT.t81_to_tq2(KT.tq2_to_t81(valid))
+    # each valid tq2 byte (no code 3) maps to a distinct t81 byte, and back; padded with 0x55
+    # (four zero weights) to the 128 bytes of a [32, 16] weight
+    valid = [b for b in range(256) if all((b >> (2 * i)) & 3 != 3 for i in range(4))]
+    valid = torch.tensor(valid + [0x55] * (128 - len(valid)), dtype=torch.uint8)
+    assert sorted(KT.tq2_to_t81(valid, 32, 16)[:81].tolist()) == list(range(81))
+    back, bad = KT.t81_to_tq2(KT.tq2_to_t81(valid, 32, 16), 32, 16)
     assert bad == 0 and torch.equal(back, valid)
-    assert torch.equal(back, packing.t81_to_tq2_ref(KT.tq2_to_t81(valid)))
+    assert torch.equal(back, packing.t81_to_tq2_ref(KT.tq2_to_t81(valid, 32, 16), 32, 16))
     # invalid t81 bytes (never written) are counted and read as four zero weights (tq2 0x55)
-    junk, bad = KT.t81_to_tq2(torch.tensor([81, 200, 255], dtype=torch.uint8))
-    assert bad == 3 and junk.tolist() == [0x55] * 3
-    assert torch.equal(packing.t81_to_tq2_ref(torch.tensor([81, 255], dtype=torch.uint8)),
-                       torch.tensor([0x55, 0x55], dtype=torch.uint8))  # fmt: skip
+    junk = torch.full((128,), 40, dtype=torch.uint8)
+    junk[:3] = torch.tensor([81, 200, 255], dtype=torch.uint8)
+    out, bad = KT.t81_to_tq2(junk, 32, 16)
+    assert bad == 3 and out.tolist() == [0x55] * 128
+    assert torch.equal(packing.t81_to_tq2_ref(junk, 32, 16), out)
+
+
+@pytest.mark.parametrize("n,k", [(64, 16), (70, 50), (96, 200), (256, 1040), (33, 16)], ids=str)
+def test_pairs_layout(n, k):
+    """Row blocks 2j, 2j + 1 interleaved into 64-row blocks (mf_t81_pair), an odd last block in
+    tq2 order: the C conversion equals the torch spec, a position written out from the layout's
+    definition agrees with both, and the round trip is exact."""
+    q_w = _weights(n, k, n + k)
+    tq2 = PackedTernary.from_int(q_w, 1.0).data
+    t81 = KT.tq2_to_t81(tq2, n, k)
+    assert torch.equal(t81, packing.tq2_to_t81_ref(tq2, n, k))
+    NB, KB = -(-n // 32), -(-k // 16)
+    code = packing._tq2_to_t81_map()
+    for nb, kb, u, r in ((0, 0, 0, 0), (1, KB - 1, 3, 31), (NB - 1, KB - 1, 2, 5), (NB - 1, 0, 1, 17)):
+        b2 = int(tq2[(nb * KB + kb) * 128 + u * 32 + r])
+        if nb // 2 * 2 + 1 < NB:  # paired: pair j = nb // 2 starts at row block 2j's first byte
+            o81 = (nb // 2 * 2 * KB) * 128 + kb * 256 + u * 64 + (nb % 2) * 32 + r
+        else:  # the odd last row block: tq2 order
+            o81 = (nb * KB + kb) * 128 + u * 32 + r
+        assert int(t81[o81]) == int(code[b2])
+    back, bad = KT.t81_to_tq2(t81, n, k)
+    assert bad == 0 and torch.equal(back, tq2)
+    assert torch.equal(packing.t81_to_tq2_ref(t81, n, k), tq2)
 
 
 def test_recode_in_place():
     packed = PackedTernary.from_int(_weights(70, 50, 1), 1.0)
     data = packed.data.clone()
-    KT.tq2_to_t81(data, out=data)
-    assert torch.equal(data, packing.tq2_to_t81_ref(packed.data))
+    KT.tq2_to_t81(data, 70, 50, out=data)
+    assert torch.equal(data, packing.tq2_to_t81_ref(packed.data, 70, 50))
 
 
 @pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
@@ -65,11 +91,11 @@ def test_t81_linear_equals_tq2_spec(isa, threads, m, n, k):
     x = _acts(m, k, seed=k)
     w = PackedTernary.from_int(q_w, 0.75).data
     y_ref, acc_ref = KT.tq2_linear(x, w, n, 0.75, threads=1, isa="scalar", return_acc=True)
-    y, acc = KT.t81_linear(x, KT.tq2_to_t81(w), n, 0.75, threads=threads, isa=isa, return_acc=True)
+    y, acc = KT.t81_linear(x, KT.tq2_to_t81(w, n, k), n, 0.75, threads=threads, isa=isa, return_acc=True)
     assert torch.equal(acc, acc_ref)
     assert torch.equal(acc.long(), _int_reference(x, q_w))
     assert torch.equal(y, y_ref)
-    y_op = KT.t81_linear(x, KT.tq2_to_t81(w), n, 0.75, threads=threads, isa=isa)  # the op
+    y_op = KT.t81_linear(x, KT.tq2_to_t81(w, n, k), n, 0.75, threads=threads, isa=isa)  # the op
     assert torch.equal(y_op, y_ref)
 
 
@@ -85,7 +111,7 @@ def test_t81_extremes_do_not_overflow(m):
     q_w[2::4, 1::2] = -1
     x = torch.full((m, k), 1.0)
     x[1::2, 1::2] = -1.0
-    w = KT.tq2_to_t81(PackedTernary.from_int(q_w, 1.0).data)
+    w = KT.tq2_to_t81(PackedTernary.from_int(q_w, 1.0).data, n, k)
     _, acc = KT.t81_linear(x, w, n, 1.0, threads=2, isa=kernels.isa_max(), return_acc=True)
     ref = _int_reference(x, q_w)
     assert ref.abs().max() == 127 * k
@@ -98,7 +124,7 @@ def test_row_scales_and_fused_rows():
     data, row_scales = packing.fuse_rows(parts)
     x = _acts(3, 200, seed=3)
     want = KT.tq2_linear(x, data, 160, 1.0, threads=1, isa="scalar", row_scales=row_scales)
-    got = KT.t81_linear(x, KT.tq2_to_t81(data), 160, 1.0, threads=2, isa=kernels.isa_max(),
+    got = KT.t81_linear(x, KT.tq2_to_t81(data, 160, 200), 160, 1.0, threads=2, isa=kernels.isa_max(),
                         row_scales=row_scales)  # fmt: skip
     assert torch.equal(got, want)
 
@@ -109,7 +135,7 @@ def test_t81_vbmi_kernel_equals_scalar_under_simde(tmp_path, capfd):
     fails = lib.mf_t81_emulated_check()
     report = capfd.readouterr().out
     assert fails == 0, report
-    assert report.count(": ok") == 12 * 2, report  # shapes x thread counts
+    assert report.count(": ok") == 15 * 2, report  # shapes x thread counts
 
 
 @pytest.mark.parametrize("isa", ["torch", "scalar", "avx2", "avx512"])
@@ -123,7 +149,7 @@ def test_packed_ternary_t81_through_ternary_linear(isa):
     q_w = _weights(100, 300, 7)
     p2 = PackedTernary.from_int(q_w, 0.5)
     p81 = PackedTernary.from_int(q_w, 0.5, "t81")
-    assert p81.nbytes == p2.nbytes and torch.equal(p81.data, packing.tq2_to_t81_ref(p2.data))
+    assert p81.nbytes == p2.nbytes and torch.equal(p81.data, packing.tq2_to_t81_ref(p2.data, 100, 300))
     assert torch.equal(p81.unpack(), q_w)
     assert torch.equal(p2.to_format("t81").data, p81.data)
     assert torch.equal(p81.to_format("tq2").data, p2.data)

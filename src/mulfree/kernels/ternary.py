@@ -65,7 +65,7 @@ def t81_linear(
     out: torch.Tensor | None = None,
     row_scales: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """tq2_linear on t81 bytes (packing.tq2_to_t81 of a tq2 weight): the same shapes, the same
+    """tq2_linear on t81 bytes (tq2_to_t81 of a tq2 weight): the same shapes, the same
     results (int32 accumulators equal); the VBMI kernel where the CPU and `isa` allow AVX-512
     with VBMI, else the scalar spec."""
     return _linear("t81_linear", x, w, out_features, w_scale, threads, isa, return_acc, out,
@@ -100,17 +100,17 @@ def t81_runs_simd(isa: str) -> bool:
     return C is not None and level != 0 and C.isa_resolve(level) >= 2 and bool(C.cpu_vbmi())
 
 
-def tq2_to_t81(w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """tq2 bytes -> t81 bytes (`out` may be `w`: in place)."""
+def tq2_to_t81(w: torch.Tensor, n: int, k: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """tq2 bytes of an [n, k] weight -> its t81 bytes (`out` may be `w`: in place)."""
     out = torch.empty_like(w) if out is None else out
-    _lib().tq2_to_t81(w.data_ptr(), w.numel(), out.data_ptr())
+    _lib().tq2_to_t81(w.data_ptr(), n, k, out.data_ptr())
     return out
 
 
-def t81_to_tq2(w: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """t81 bytes -> (tq2 bytes, number of invalid t81 bytes >= 81)."""
+def t81_to_tq2(w: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, int]:
+    """t81 bytes of an [n, k] weight -> (tq2 bytes, number of invalid t81 bytes >= 81)."""
     out = torch.empty_like(w)
-    bad = _lib().t81_to_tq2(w.data_ptr(), w.numel(), out.data_ptr())
+    bad = _lib().t81_to_tq2(w.data_ptr(), n, k, out.data_ptr())
     return out, bad
 
 

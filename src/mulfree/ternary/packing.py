@@ -8,10 +8,13 @@ and in-features to a multiple of 16 with code 1 (weight 0). Blocks of 32 rows x 
 byte q[u][r] holds inputs 4u..4u+3 of row r as c0 | c1 << 2 | c2 << 4 | c3 << 6. A SIMD byte
 lane is therefore one row, and each nibble indexes a 16-entry table of an input pair.
 
-"t81" — an in-memory layout of tq2 for CPUs with AVX-512 VBMI: the same blocks and bytes, but
-each byte holds its 4 codes as one base-3 number c0 + 3 c1 + 9 c2 + 27 c3 (< 81), so it indexes
-one 81-entry table of its 4 inputs (vpermi2b; csrc/mf_ternary.c section 5). Same size as tq2:
-`tq2_to_t81` / `t81_to_tq2` re-code the bytes one by one (in place when out is the input).
+"t81" — an in-memory layout of tq2 for CPUs with AVX-512 VBMI: tq2's padding and one byte per
+(row, 4 inputs), but each byte holds its 4 codes as one base-3 number c0 + 3 c1 + 9 c2 + 27 c3
+(< 81), so it indexes one 81-entry table of its 4 inputs (vpermi2b; csrc/mf_ternary.c section 5),
+and row blocks 2j, 2j + 1 are interleaved into one stream of 64-row blocks (256 bytes: unit u
+holds rows 0-31 of block 2j, then rows 0-31 of block 2j + 1), so one 512-bit load is the index
+vector of 64 rows; an odd last row block keeps tq2's order. Same size as tq2: `tq2_to_t81` /
+`t81_to_tq2` convert (in place when out is the input).
 
 "tq1" — 1.6 bits per weight (5 trits per byte, 3^5 = 243 <= 256): row-major
 [N][ceil(K / 5)], byte = sum_i c(5j + i) * 3^i, trailing codes 1. A storage format (files,
@@ -104,16 +107,31 @@ def _tq2_to_t81_map() -> torch.Tensor:
     return (codes * torch.tensor([1, 3, 9, 27])).sum(-1).to(torch.uint8)
 
 
-def tq2_to_t81_ref(data: torch.Tensor) -> torch.Tensor:
-    """tq2 bytes -> t81 bytes of the same weight (same length, same block layout)."""
-    return _tq2_to_t81_map()[data.long()]
+def _t81_pairs(data: torch.Tensor, n: int, k: int, to_t81: bool) -> torch.Tensor:
+    """Interleave (to_t81) or split the pairs of row blocks (2j, 2j + 1) of packed bytes."""
+    NB, KB = _ceil_div(n, TQ2_ROWS), _ceil_div(k, TQ2_K)
+    P = NB // 2
+    head = data[: P * 2 * KB * TQ2_K * TQ2_ROWS // 4]
+    units = TQ2_K // 4
+    if to_t81:  # tq2 [j, h, kb, u, r] -> t81 [j, kb, u, h, r]
+        head = head.view(P, 2, KB, units, TQ2_ROWS).permute(0, 2, 3, 1, 4)
+    else:
+        head = head.view(P, KB, units, 2, TQ2_ROWS).permute(0, 3, 1, 2, 4)
+    return torch.cat([head.reshape(-1), data[head.numel() :]])
 
 
-def t81_to_tq2_ref(data: torch.Tensor) -> torch.Tensor:
-    """t81 bytes -> tq2 bytes (bytes >= 81, never written, read as four zero weights)."""
+def tq2_to_t81_ref(data: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """tq2 bytes of an [n, k] weight -> its t81 bytes (same length)."""
+    return _t81_pairs(_tq2_to_t81_map()[data.long()], n, k, to_t81=True)
+
+
+def t81_to_tq2_ref(data: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """t81 bytes of an [n, k] weight -> tq2 bytes (bytes >= 81, never written, read as four
+    zero weights)."""
     v = torch.where(data.long() < 81, data.long(), 40)  # 40 = four codes 1
-    codes = torch.stack([(v // 3**i) % 3 for i in range(4)], dim=-1)  # [n, i]
-    return (codes << torch.tensor([0, 2, 4, 6])).sum(-1).to(torch.uint8)
+    codes = torch.stack([(v // 3**i) % 3 for i in range(4)], dim=-1)  # [bytes, i]
+    tq2 = (codes << torch.tensor([0, 2, 4, 6])).sum(-1).to(torch.uint8)
+    return _t81_pairs(tq2, n, k, to_t81=False)
 
 
 def pack_tq1_ref(q: torch.Tensor) -> torch.Tensor:
@@ -152,7 +170,7 @@ def pack(q: torch.Tensor, fmt: str = "tq2") -> torch.Tensor:
     q = _check_q(q)
     if fmt == "t81":
         tq2 = pack(q, "tq2")
-        return K_.tq2_to_t81(tq2, out=tq2) if _use_c() else tq2_to_t81_ref(tq2)
+        return K_.tq2_to_t81(tq2, *q.shape, out=tq2) if _use_c() else tq2_to_t81_ref(tq2, *q.shape)
     nbytes = packed_nbytes(fmt, *q.shape)
     if not _use_c():
         return pack_tq2_ref(q) if fmt == "tq2" else pack_tq1_ref(q)
@@ -173,7 +191,7 @@ def unpack(data: torch.Tensor, fmt: str, out_features: int, in_features: int) ->
     """Packed bytes of format `fmt` -> q [out_features, in_features] int8."""
     data = _check_data(data, fmt, out_features, in_features)
     if fmt == "t81":
-        return unpack(t81_to_tq2(data), "tq2", out_features, in_features)
+        return unpack(t81_to_tq2(data, out_features, in_features), "tq2", out_features, in_features)
     if not _use_c():
         ref = unpack_tq2_ref if fmt == "tq2" else unpack_tq1_ref
         return ref(data, out_features, in_features)
@@ -197,13 +215,15 @@ def tq1_to_tq2(data: torch.Tensor, out_features: int, in_features: int) -> torch
     return out
 
 
-def t81_to_tq2(data: torch.Tensor) -> torch.Tensor:
-    """t81 bytes -> tq2 bytes (raises on bytes >= 81, which no packer writes)."""
+def t81_to_tq2(data: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
+    """t81 bytes -> tq2 bytes of the same weight (raises on bytes >= 81, which no packer
+    writes)."""
+    data = _check_data(data, "t81", out_features, in_features)
     if not _use_c():
         if data.numel() and int(data.max()) >= 81:
             raise MulfreeError("corrupt t81 data: byte(s) >= 81")
-        return t81_to_tq2_ref(data)
-    out, bad = K_.t81_to_tq2(data)
+        return t81_to_tq2_ref(data, out_features, in_features)
+    out, bad = K_.t81_to_tq2(data, out_features, in_features)
     if bad:
         raise MulfreeError(f"corrupt t81 data: {bad} byte(s) >= 81")
     return out
@@ -264,11 +284,11 @@ class PackedTernary:
         n, k = self.out_features, self.in_features
         if self.format == "tq1" and fmt == "tq2":
             return PackedTernary(tq1_to_tq2(self.data, n, k), self.scale, n, k, "tq2")
-        if (self.format, fmt) == ("tq2", "t81"):  # byte by byte (kernels.ternary.tq2_to_t81)
-            data = K_.tq2_to_t81(self.data) if _use_c() else tq2_to_t81_ref(self.data)
+        if (self.format, fmt) == ("tq2", "t81"):  # kernels.ternary.tq2_to_t81
+            data = K_.tq2_to_t81(self.data, n, k) if _use_c() else tq2_to_t81_ref(self.data, n, k)
             return PackedTernary(data, self.scale, n, k, "t81")
         if (self.format, fmt) == ("t81", "tq2"):
-            return PackedTernary(t81_to_tq2(self.data), self.scale, n, k, "tq2")
+            return PackedTernary(t81_to_tq2(self.data, n, k), self.scale, n, k, "tq2")
         return PackedTernary.from_int(self.unpack(), self.scale, fmt)
 
     def dequantize(self) -> torch.Tensor:
