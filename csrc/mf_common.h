@@ -112,4 +112,5 @@ int mf_op_t81_linear(const int64_t *a); /* the same slots, t81 weights */
 int mf_op_dec_norm2(const int64_t *a);  /* "ppllpddpppppp", mf_decode.c */
 int mf_op_dec_mlgru(const int64_t *a);  /* "ppplllppppdpdpl" */
 int mf_op_dec_glu(const int64_t *a);    /* "pllpdpl" */
+int mf_op_dec_embed(const int64_t *a);  /* "pllllpplp" */
 #endif

@@ -19,11 +19,20 @@
  * AVX2 variants run the same formulas 8 lanes at a time with exp_avx2 (a Cephes-style
  * exponential, <= 2 ulp on the range that matters), the only difference from the scalar path.
  * libm expf was ~10 % of a 370M decode step (5.9k calls per layer and token).
+ *
+ * dec_embed is the step's first stage, the token embedding lookup, so that a plan_run step
+ * starts from token ids and needs no NumPy op before its one C call. Its spec is the NumPy
+ * lookup (mulfree.engine.lite.embedding_lookup) for the float32, int8 and int4 tables, the same
+ * single fp32 operations in the same order (bit-exact, tests/kernels/test_plan.py). Why in C:
+ * a decode step streams ~100 MB of weights through the caches, so the Python that runs
+ * between two steps runs cold; measured on the Zen 4 (1 thread, load ~1.5), right after a
+ * plan_run the int4 NumPy lookup took ~170 us (11 us warm), about 3 % of a 370M step.
  */
 #include "mf_py.h" /* Python.h first, as CPython requires */
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "mf_common.h"
 #include "mf_exp.h"
@@ -31,9 +40,17 @@
 #include <immintrin.h>
 #endif
 
+/* 1 / sqrt(mean(v^2) + eps), the sum in double (each square exact) over 8 interleaved partial
+ * sums combined in a fixed order (decode_ref.inv_rms is its twin). Why 8: one chain of
+ * dependent double adds was ~60 % of the stages' time (4 cycles per element: 2.6 of 4 us per
+ * dec_norm2 at d = 1024); 8 independent chains run at the adds' throughput. */
 static inline float inv_rms(const float *v, int64_t n, float eps) {
-    double s = 0.0; /* double sum: the order no longer matters at fp32 precision */
-    for (int64_t j = 0; j < n; ++j) s += (double)v[j] * v[j];
+    double a[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; ++l) a[l] += (double)v[j + l] * v[j + l];
+    for (int l = 0; j + l < n; ++l) a[l] += (double)v[j + l] * v[j + l];
+    const double s = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
     const float mean = (float)(s / (double)n);
     return 1.0f / sqrtf(mean + eps);
 }
@@ -147,6 +164,43 @@ MF_TARGET_AVX2 static void glu_avx2(const float *gu, int64_t B, int64_t I, const
 }
 #endif
 
+/* Token ids [B] (each checked < vocab) -> x [B][d] float32 rows of an embedding table:
+ *   MF_EMBED_F32  table float32 [V][d]                         x = table[t]
+ *   MF_EMBED_INT8 table int8 [V][d], step float32 [V]           x = (float)q * step[t]
+ *   MF_EMBED_INT4 table uint8 [V][16 G], step float32 [V][G]    byte j holds columns 2j (low
+ *                 nibble) and 2j + 1 (high), code q + 8; x[c] = ((float)code - 8) * step[t][c / 32]
+ * (engine/format.py's layouts; G = groups, the step row length). Returns 0, or MF_OP_BADARG for
+ * an unknown format or an id out of range (then no row is written). */
+enum { MF_EMBED_F32 = 0, MF_EMBED_INT8 = 1, MF_EMBED_INT4 = 2 };
+#define MF_INT4_GROUP 32 /* entries per step (engine/format.py INT4_GROUP) */
+
+static int embed(const int64_t *ids, int64_t B, int64_t vocab, int64_t d, int64_t fmt,
+                 const void *table, const float *step, int64_t groups, float *x) {
+    if (fmt < MF_EMBED_F32 || fmt > MF_EMBED_INT4) return MF_OP_BADARG;
+    if (fmt == MF_EMBED_INT4 && groups * MF_INT4_GROUP < d) return MF_OP_BADARG;
+    for (int64_t b = 0; b < B; ++b)
+        if (ids[b] < 0 || ids[b] >= vocab) return MF_OP_BADARG;
+    for (int64_t b = 0; b < B; ++b) {
+        const int64_t t = ids[b];
+        float *o = x + b * d;
+        if (fmt == MF_EMBED_F32) {
+            memcpy(o, (const float *)table + t * d, (size_t)d * sizeof(float));
+        } else if (fmt == MF_EMBED_INT8) {
+            const int8_t *q = (const int8_t *)table + t * d;
+            const float s = step[t];
+            for (int64_t j = 0; j < d; ++j) o[j] = (float)q[j] * s;
+        } else {
+            const uint8_t *c = (const uint8_t *)table + t * groups * (MF_INT4_GROUP / 2);
+            const float *s = step + t * groups;
+            for (int64_t j = 0; j < d; ++j) {
+                const int code = j % 2 == 0 ? c[j / 2] & 15 : c[j / 2] >> 4;
+                o[j] = ((float)code - 8.0f) * s[j / MF_INT4_GROUP];
+            }
+        }
+    }
+    return 0;
+}
+
 /* The stages as ops on argument slots (mf_common.h), for their Python entry points below and
  * the plan runner (csrc/mf_plan.c). */
 int mf_op_dec_norm2(const int64_t *a) {
@@ -156,6 +210,11 @@ int mf_op_dec_norm2(const int64_t *a) {
     norm2(mf_slot_ptr(a[0]), mf_slot_ptr(a[1]), a[2], a[3], mf_slot_ptr(a[4]),
           (float)mf_slot_f64(a[5]), (float)mf_slot_f64(a[6]), w2, out);
     return 0;
+}
+
+int mf_op_dec_embed(const int64_t *a) {
+    return embed(mf_slot_ptr(a[0]), a[1], a[2], a[3], a[4], mf_slot_ptr(a[5]), mf_slot_ptr(a[6]),
+                 a[7], mf_slot_ptr(a[8]));
 }
 
 int mf_op_dec_mlgru(const int64_t *a) {
@@ -195,6 +254,17 @@ MF_PYFUNC(dec_norm2, "dec_norm2(x, add_or_0, B, n, w1, eps1, eps2, w2, out, w2b_
     const int rc = mf_op_dec_norm2(a);
     if (rc < 0) {
         PyErr_SetString(PyExc_ValueError, "dec_norm2: the first weight and output are required");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+MF_PYFUNC(dec_embed, "dec_embed(ids, B, vocab, d, fmt, table, step_or_0, groups, x): embedding rows of token ids (fmt 0 float32, 1 int8, 2 int4).") {
+    (void)self;
+    int64_t a[9];
+    if (mf_parse_slots(args, nargs, "pllllpplp", a) < 0) return NULL;
+    if (mf_op_dec_embed(a) < 0) {
+        PyErr_SetString(PyExc_ValueError, "dec_embed: a token id out of range or an unknown format");
         return NULL;
     }
     Py_RETURN_NONE;

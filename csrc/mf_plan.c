@@ -8,6 +8,11 @@
  * and `plan_run` walks it here, calling the very functions the Python entry points call
  * (mf_op_*), in the same order: the results are the same bits by construction, and
  * tests/kernels/test_plan.py checks it against the per-call loop.
+ *
+ * A decode step passes its token ids too (plan_run(ops, n, ids_ptr, ids_cap, ids)): they are
+ * written to the plan's int64 id buffer, which its first op (dec_embed) reads, so the step's
+ * Python does no NumPy or torch op at all (Python between two steps runs with cold caches:
+ * see csrc/mf_decode.c, dec_embed).
  */
 #include "mf_py.h" /* Python.h first, as CPython requires */
 
@@ -35,6 +40,7 @@ static const plan_op PLAN_OPS[] = {
     {"tfm_head_i8", "pllplppll", mf_op_tfm_head_i8},
     {"tfm_head_i4", "pllplppll", mf_op_tfm_head_i4},
     {"tfm_head_bf16", "pllplpll", mf_op_tfm_head_bf16},
+    {"dec_embed", "pllllpplp", mf_op_dec_embed},
 };
 #define N_PLAN_OPS ((int64_t)(sizeof PLAN_OPS / sizeof PLAN_OPS[0]))
 
@@ -74,11 +80,36 @@ MF_PYFUNC(plan_ops, "plan_ops() -> ((name, format), ...): the op ids of plan_run
     return t;
 }
 
-MF_PYFUNC(plan_run, "plan_run(ops_ptr, n_words) -> number of ops run: an encoded plan in one call.") {
+/* ids (a list or tuple of ints, at most cap) -> buf. 0, or -1 with a Python error set. */
+static int write_ids(PyObject *ids, int64_t *buf, int64_t cap) {
+    if (!PyList_Check(ids) && !PyTuple_Check(ids)) {
+        PyErr_SetString(PyExc_TypeError, "plan_run: ids must be a list or tuple of ints");
+        return -1;
+    }
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(ids);
+    if (n > cap || (n > 0 && buf == NULL)) {
+        PyErr_Format(PyExc_ValueError, "plan_run: %zd ids for a buffer of %lld", n, (long long)cap);
+        return -1;
+    }
+    PyObject **items = PySequence_Fast_ITEMS(ids);
+    for (Py_ssize_t j = 0; j < n; ++j) {
+        const long long v = PyLong_AsLongLong(items[j]);
+        if (v == -1 && PyErr_Occurred()) return -1;
+        buf[j] = (int64_t)v;
+    }
+    return 0;
+}
+
+MF_PYFUNC(plan_run, "plan_run(ops_ptr, n_words[, ids_ptr, ids_cap, ids]) -> number of ops run: an encoded plan in one call (ids, a list of ints, written to the int64 buffer ids_ptr first).") {
     (void)self;
-    void *p;
-    int64_t n_words;
-    if (mf_parse_args(args, nargs, "pl", &p, &n_words) < 0) return NULL;
+    void *p, *idp = NULL;
+    int64_t n_words, cap = 0;
+    if (nargs == 5) {
+        if (mf_parse_args(args, 4, "plpl", &p, &n_words, &idp, &cap) < 0) return NULL;
+        if (write_ids(args[4], idp, cap) < 0) return NULL;
+    } else if (mf_parse_args(args, nargs, "pl", &p, &n_words) < 0) {
+        return NULL;
+    }
     const int64_t *ops = p;
     if (n_words < 0 || (n_words > 0 && ops == NULL)) {
         PyErr_SetString(PyExc_ValueError, "plan_run: bad plan buffer");

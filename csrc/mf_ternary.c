@@ -1270,12 +1270,20 @@ static int t81_level(int isa, int vbmi) { return isa >= MF_ISA_AVX512 && vbmi ? 
  * ---------------------------------------------------------------------------------------- */
 /* Busy cores. When the master waits at the join for longer than TQ2_STALL_NS and longer than its
  * own work took, a worker was descheduled (the cores are shared with other busy processes): the
- * next TQ2_BACKOFF_CALLS multi-threaded calls run on one thread (about one 370M decode step),
- * then two threads are tried again. A quiet machine never triggers it (the join then waits
- * microseconds); results do not depend on the thread count (each row's sum has one order). */
+ * next multi-threaded calls run on one thread, then two threads are tried again. The back-off is
+ * TQ2_BACKOFF_CALLS calls (about one 370M decode step), doubled (up to TQ2_BACKOFF_MAX, about a
+ * hundred steps) each time the cores are still busy: a stall within TQ2_BACKOFF_CALLS 2-thread
+ * calls of the last back-off; a stall after a longer quiet stretch starts over at the base.
+ * Why doubling: with a fixed 256 calls, a machine that stays busy (load 3 on 2 cores) stalled on
+ * every retry, ~2 steps apart, and 2 threads decoded 370M 1.7x slower than 1 thread. A quiet
+ * machine never triggers it (the join then waits microseconds); results do not depend on the
+ * thread count (each row's sum has one order). */
 #define TQ2_STALL_NS 500000
 #define TQ2_BACKOFF_CALLS 256
-static atomic_int tq2_backoff;
+#define TQ2_BACKOFF_MAX (TQ2_BACKOFF_CALLS * 64)
+static atomic_int tq2_backoff;                          /* calls left to run on one thread */
+static atomic_int tq2_backoff_len = TQ2_BACKOFF_CALLS; /* the last back-off's length */
+static atomic_int tq2_calls_since;                      /* 2-thread calls since a back-off */
 
 static inline int64_t now_ns(void) {
     struct timespec ts;
@@ -1445,8 +1453,16 @@ static int tern_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_b
          * other busy processes a worker can lose its core for a whole scheduler slice (ms).
          * Then run the next calls on one thread rather than stall on every one. */
         const int64_t t_end = now_ns();
-        if (t_end - t_master_done > TQ2_STALL_NS && t_end - t_master_done > t_master_done - t_start)
-            atomic_store_explicit(&tq2_backoff, TQ2_BACKOFF_CALLS, memory_order_relaxed);
+        if (t_end - t_master_done > TQ2_STALL_NS && t_end - t_master_done > t_master_done - t_start) {
+            const int since = atomic_exchange_explicit(&tq2_calls_since, 0, memory_order_relaxed);
+            int len = atomic_load_explicit(&tq2_backoff_len, memory_order_relaxed);
+            len = since < TQ2_BACKOFF_CALLS ? (len * 2 < TQ2_BACKOFF_MAX ? len * 2 : TQ2_BACKOFF_MAX)
+                                            : TQ2_BACKOFF_CALLS;
+            atomic_store_explicit(&tq2_backoff_len, len, memory_order_relaxed);
+            atomic_store_explicit(&tq2_backoff, len, memory_order_relaxed);
+        } else if (atomic_load_explicit(&tq2_calls_since, memory_order_relaxed) < TQ2_BACKOFF_CALLS) {
+            atomic_fetch_add_explicit(&tq2_calls_since, 1, memory_order_relaxed); /* saturates */
+        }
     }
     return isa;
 }

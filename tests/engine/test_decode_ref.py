@@ -127,6 +127,32 @@ def test_norm2_stage_equals_twin(n, outs, with_add):
         _same_bits(got[c], want[c], f"norm2 out {c}")
 
 
+def test_norm2_rms_sum_order_is_pinned():
+    """A row whose float32 mean of squares depends on the order of the float64 sum: 16 +
+    2^-20 (a float32 tie after / 16) plus 2^-50 terms each below half an ulp of 16. Summed left
+    to right they vanish (the mean rounds to 1.0); in inv_rms's 8 partial sums they add up to
+    one ulp (the mean rounds up to 1 + 2^-23); with eps = 2^-23 that ulp reaches 1 / sqrt:
+    1 - 2^-23 instead of 1. The second norm's eps (2^20) dominates its mean, so it passes r1's
+    ulp on to the output instead of normalizing it away. The stage must take the twin's order."""
+    n = 16
+    x = np.zeros((1, n), dtype=np.float32)
+    x[0, 0], x[0, 8], x[0, 1:8] = 4.0, 2.0**-10, 2.0**-25  # squares 16, 2^-20, 2^-50
+    eps = np.float32(2.0**-23)
+    sq = x[0].astype(np.float64) ** 2
+    mean = np.float32(np.cumsum(sq)[-1] / n)  # the left-to-right order, which this tells apart
+    assert mean == np.float32(1.0) and np.float32(1) / np.sqrt(mean + eps) == np.float32(1.0)
+    assert ref.inv_rms(x[0], float(eps)) == np.float32(1.0 - 2.0**-23)
+    w = np.ones(n, dtype=np.float32)
+    got_x, got = x.copy(), np.empty((1, n), dtype=np.float32)
+    _core().dec_norm2(_ptr(got_x), 0, 1, n, _ptr(w), float(eps), 2.0**20, _ptr(w), _ptr(got),
+                      0, 0, 0, 0)  # fmt: skip
+    _, want = ref.norm2(x, None, w, float(eps), 2.0**20, [w])
+    # the left-to-right order's output: r1 = 1, so o = x
+    l2r = (x[0] * ref.inv_rms(x[0], 2.0**20)) * w
+    assert (want[0][0] != l2r).any()  # the two orders give different bits here
+    _same_bits(got, want[0], "norm2 out")
+
+
 def test_twins_refuse_an_unknown_level():
     with pytest.raises(ValueError, match="scalar and avx2"):
         ref.glu(np.zeros((1, 16), np.float32), np.ones(8, np.float32), 1e-6, isa="avx512")

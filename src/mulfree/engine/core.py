@@ -51,7 +51,9 @@ class FamilyPlan(Protocol):
 
     def run(self, slots: Sequence[int], tokens: np.ndarray) -> np.ndarray:
         """One token per slot (tokens int64 [B]); advance those slots' states in place;
-        logits float32 [B, vocab] (rows in `slots` order; a buffer)."""
+        logits float32 [B, vocab] (rows in `slots` order; a buffer). A family may also have
+        `run_ids(slots: list[int], ids: list[int])`, the same step on Python ints (ids checked
+        in range), which the SlotDecoder then calls instead: no array op on the way."""
 
     def prefill(self, slot: int, tokens: np.ndarray) -> np.ndarray:
         """A prompt (int64 [T], T >= 1) into `slot` from its current state; the logits of its
@@ -73,6 +75,7 @@ class HGRNWeights:
     vocab: int
     eps: float  # the model's RMSNorm eps
     bl_eps: float  # BitLinear's input-norm eps
+    embed_table: P.Embedding | None = None  # `embed`'s table, for the step's compiled lookup
 
 
 class HGRNFusedPlan:
@@ -129,7 +132,9 @@ class HGRNFusedPlan:
             keep = min(cap, self.capacity)
             states[:, :keep] = self.states[:, :keep]
         self.states, self.capacity = states, cap
+        self.ids = np.zeros(cap, dtype=np.int64)  # a step's token ids, read by its first op
         self._plans = {}  # their addresses pointed into the old arrays
+        self._rows: dict[int, np.ndarray] = {}  # B -> the logits rows a step returns
         self._pbuf = None  # the prefill buffers, on first use
 
     def _prefill_buffers(self) -> P.Buffers:
@@ -150,7 +155,8 @@ class HGRNFusedPlan:
         return self._entry(B, runs)[0]
 
     def _entry(self, B: int, runs: tuple):
-        """(plan, its encoding for the core's plan runner or None), cached per (B, runs)."""
+        """(plan, its encoding for the core's plan runner or None, the runner's arguments for a
+        whole step from token ids or None), cached per (B, runs)."""
         key = (B, runs)
         entry = self._plans.get(key)
         if entry is None:
@@ -163,13 +169,20 @@ class HGRNFusedPlan:
                                 B=B, runs=runs)  # fmt: skip
             # one C call for the whole step when the core has the plan runner (csrc/mf_plan.c:
             # the same functions in the same order, the same bits; tests/kernels/test_plan.py)
-            words = None
+            words = step = None
             if hasattr(self.C, "plan_run"):
                 try:
                     words = P.encode_plan(self.C, plan)
                 except ValueError:  # a call the runner does not know (a wrapped core): the loop
                     words = None
-            entry = self._plans[key] = (plan, words)
+            if words is not None and w.embed_table is not None and hasattr(self.C, "dec_embed"):
+                # the step from token ids: the lookup as its first op (the per-call loop and
+                # `words` leave it to `w.embed`, the NumPy spec it is tested against); the
+                # runner's arguments kept as ints, ready to call
+                sw = P.encode_plan(self.C, [P.embed_call(self.C, w.embed_table, self.ids,
+                                                         self.buf.x, B, self.ptr)] + plan)  # fmt: skip
+                step = (sw, (sw.ctypes.data, sw.size, self.ptr(self.ids), B))
+            entry = self._plans[key] = (plan, words, step)
         return entry
 
     def prefill(self, slot: int, tokens: np.ndarray) -> np.ndarray:
@@ -196,25 +209,40 @@ class HGRNFusedPlan:
         return buf.logits[0]
 
     def runner_call(self, slots: Sequence[int]):
-        """The plan runner's one C call for a step on `slots` (cached plan), as a no-argument
-        callable, or None where the core has no runner: run alone (after `run` filled the
-        inputs), it is the compiled part of a step; benchmarks/bench_decode.py times it against
-        the whole Python step to give the per-token call overhead."""
-        _, words = self._entry(len(slots), P.runs_of(slots))
+        """The plan runner's one C call of a step on `slots` (cached plan), exactly as `run_ids`
+        makes it (from the token ids of the last step, when the lookup is compiled too), as a
+        no-argument callable, or None where the core has no runner: run alone it is the
+        compiled part of a step; benchmarks/bench_decode.py times it against the whole Python
+        step to give the per-token call overhead."""
+        B = len(slots)
+        _, words, step = self._entry(B, P.runs_of(slots))
+        if step is not None:
+            return functools.partial(self.C.plan_run, *step[1], self.ids[:B].tolist())
         if words is None:
             return None
         return functools.partial(self.C.plan_run, words.ctypes.data, words.size)
 
     def run(self, slots: Sequence[int], tokens: np.ndarray) -> np.ndarray:
+        return self.run_ids(list(slots), np.asarray(tokens, dtype=np.int64).reshape(-1).tolist())
+
+    def run_ids(self, slots: list[int], ids: list[int]) -> np.ndarray:
+        # Lean on purpose: a step streams ~100 MB of weights, so this Python runs with cold
+        # caches, where each NumPy or torch op costs tens of µs (csrc/mf_decode.c, dec_embed).
         B = len(slots)
-        plan, words = self._entry(B, P.runs_of(slots))
-        self.buf.x[:B] = self.w.embed(tokens)  # [B, d]
-        if words is not None and self.use_plan_run:
-            self.C.plan_run(words.ctypes.data, words.size)
+        plan, words, step = self._entry(B, P.runs_of(slots))
+        if step is not None and self.use_plan_run:
+            self.C.plan_run(*step[1], ids)  # the lookup and the whole step in one C call
         else:
-            for fn, args in plan:
-                fn(*args)
-        return self.buf.logits[:B]
+            self.buf.x[:B] = self.w.embed(np.asarray(ids, dtype=np.int64))  # [B, d]
+            if words is not None and self.use_plan_run:
+                self.C.plan_run(words.ctypes.data, words.size)
+            else:
+                for fn, args in plan:
+                    fn(*args)
+        rows = self._rows.get(B)
+        if rows is None:
+            rows = self._rows[B] = self.buf.logits[:B]
+        return rows
 
 
 class SlotDecoder:
@@ -224,6 +252,7 @@ class SlotDecoder:
         self.family = family
         self._free = list(range(family.capacity))  # a heap: the lowest free slot first
         self._used: set[int] = set()
+        self._run_ids = getattr(family, "run_ids", None)  # the step on Python ints, if any
 
     @property
     def capacity(self) -> int:
@@ -270,18 +299,24 @@ class SlotDecoder:
             raise MulfreeError(f"step on slot(s) not in use: {bad[:4]}")
 
     def step(self, slots: Sequence[int], tokens) -> np.ndarray:
-        """Feed tokens[j] to slots[j]; logits float32 [len(slots), vocab] (a buffer)."""
-        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        """Feed tokens[j] to slots[j] (tokens: ints, a list of them or an integer array of any
+        shape, flattened); logits float32 [len(slots), vocab] (a buffer)."""
+        ids = id_list(tokens)
         slots = [int(s) for s in slots]
-        self.check(slots, tokens.size)
+        self.check(slots, len(ids))
         if not slots:
             raise MulfreeError("step needs at least one slot")
-        self._check_ids(tokens)
-        return self.family.run(slots, tokens)
+        self._check_ids(ids)
+        if self._run_ids is not None:
+            return self._run_ids(slots, ids)
+        return self.family.run(slots, np.array(ids, dtype=np.int64))
 
-    def _check_ids(self, tokens: np.ndarray) -> None:
+    def _check_ids(self, tokens) -> None:
         # a NumPy lookup would wrap a negative id around instead of failing
-        lo, hi = int(tokens.min()), int(tokens.max())
+        if isinstance(tokens, np.ndarray):
+            lo, hi = int(tokens.min()), int(tokens.max())
+        else:
+            lo, hi = int(min(tokens)), int(max(tokens))
         if lo < 0 or hi >= self.family.vocab:
             bad = lo if lo < 0 else hi
             raise MulfreeError(f"token id {bad} is out of range for a vocabulary of {self.family.vocab}")
@@ -296,6 +331,21 @@ class SlotDecoder:
         self._check_ids(tokens)
         self.family.clear(slot)
         return self.family.prefill(slot, tokens)
+
+
+def id_list(tokens) -> list[int]:
+    """Token ids as a flat list of Python ints: a list of ints as it is (the decode loop's
+    case: no array op), else through NumPy (any integer array or nested sequence, flattened;
+    a torch tensor through its `tolist`)."""
+    if type(tokens) is list and all(type(t) is int for t in tokens):
+        return tokens
+    if type(tokens) is int:
+        return [tokens]
+    if hasattr(tokens, "tolist") and hasattr(tokens, "reshape"):  # a torch tensor or an ndarray
+        flat = tokens.reshape(-1).tolist()
+        if all(type(t) is int for t in flat):
+            return flat
+    return np.asarray(tokens, dtype=np.int64).reshape(-1).tolist()
 
 
 def _ptr(a) -> int:

@@ -41,8 +41,8 @@ import torch.nn.functional as F
 
 from mulfree import energy, kernels
 from mulfree.engine import plan as P
-from mulfree.engine.core import HGRNFusedPlan, HGRNWeights, SlotDecoder
-from mulfree.engine.lite import embedding_lookup
+from mulfree.engine.core import HGRNFusedPlan, HGRNWeights, SlotDecoder, id_list
+from mulfree.engine.lite import embedding_lookup, embedding_table
 from mulfree.engine.modules import (
     Int4Embedding,
     Int8Embedding,
@@ -69,14 +69,16 @@ def _linear_of(m: PackedBitLinear) -> P.Linear:
 
 
 def _numpy_embedding(module: torch.nn.Module, vocab: int, dim: int):
-    """engine.lite's NumPy lookup over the module's own buffers (no copies), or None for a
-    table only torch reads (bfloat16)."""
+    """engine.lite's NumPy lookup over the module's own buffers (no copies) and its table for
+    the step's compiled lookup (None where that does not read it), or (None, None) for a table
+    only torch reads (bfloat16)."""
     fmt = "int8" if isinstance(module, Int8Embedding) else "int4" if isinstance(module, Int4Embedding) else "float32"
     try:
         tensors = {f"model.embeddings.{k}": v.detach().numpy() for k, v in module.state_dict().items()}
-        return embedding_lookup(tensors, fmt, vocab, dim, "the model")
+        return (embedding_lookup(tensors, fmt, vocab, dim, "the model"),
+                embedding_table(tensors, fmt, vocab, dim))  # fmt: skip
     except (TypeError, RuntimeError, MulfreeError):  # a dtype NumPy lacks, or one lite leaves to torch
-        return None
+        return None, None
 
 
 def _fused_linear(ms: list[PackedBitLinear]) -> P.Linear | None:
@@ -183,13 +185,14 @@ class Decoder:
             self.final_norm = inner.norm.weight.detach().float().contiguous()
             self.head = _linear_of(model.lm_head)
         self.embed = inner.embeddings
-        self._np_embed = _numpy_embedding(self.embed, cfg.vocab_size, cfg.hidden_size)
+        self._np_embed, table = _numpy_embedding(self.embed, cfg.vocab_size, cfg.hidden_size)
         d, E = cfg.hidden_size, int(cfg.hidden_size * cfg.expand_ratio)
         # the torch-free core holds the state arena and the buffers on every path; its fused
         # plan reads the weights through NumPy views of the tensors above (no copies)
         w = HGRNWeights([L.map(_np) for L in self.layers], _np(self.final_norm),
                         P.map_linear(self.head, _np), self._embed_rows, d, E,
-                        cfg.mlp_intermediate_size, cfg.vocab_size, self.eps, self.bl_eps)  # fmt: skip
+                        cfg.mlp_intermediate_size, cfg.vocab_size, self.eps, self.bl_eps,
+                        table)  # fmt: skip
         self.family = HGRNFusedPlan(core(), w, self.threads, self.isas,
                                     self.min_weights_per_thread, capacity=max(1, int(max_batch)))  # fmt: skip
         self.slots = SlotDecoder(self.family)
@@ -198,6 +201,7 @@ class Decoder:
         self.batch = 1
         self._batch_slots: list[int] | None = None
         self._dense_fp32 = False  # the energy counterfactual of step_energy
+        self._logits_t: tuple | None = None  # (logits array, {id(rows): (rows, tensor)})
 
     @property
     def fused_ifg(self) -> bool:
@@ -313,10 +317,40 @@ class Decoder:
         return out.logits[:, -1]
 
     # --- the step --------------------------------------------------------------------------
-    @torch.inference_mode()
     def step(self, ids: torch.Tensor | list[int], slots: list[int] | None = None) -> torch.Tensor:
         """Feed one token per sequence: ids [B]; slots (default: the batch API's 0..batch-1)
         the B slots they go to. Returns logits [B, vocab] (a buffer)."""
+        if self.fused and self.exact and not energy.counting():
+            # the compiled step: no torch op on the way. A step streams ~100 MB of weights, so
+            # the Python between two steps runs with cold caches, where one torch op costs tens
+            # of µs (as_tensor, from_numpy, inference_mode: ~300 µs a token on 370M, Zen 4)
+            toks = id_list(ids)
+            if slots is None:
+                if len(toks) != self.batch:
+                    raise MulfreeError(f"step got {len(toks)} tokens for a batch of {self.batch}")
+                if self._batch_slots is None:
+                    self.reset(self.batch)
+                slots = self._batch_slots
+            rows = self.slots.step(slots, toks)
+            return self._logits_rows(rows)
+        return self._step_slow(ids, slots)
+
+    def _logits_rows(self, rows: np.ndarray) -> torch.Tensor:
+        """The tensor view of the core's logits rows `rows` (a step's return: the same few
+        arrays every step), made once per array."""
+        cache = self._logits_t
+        if cache is None or cache[0] is not self.family.buf.logits:
+            cache = self._logits_t = (self.family.buf.logits, {})  # the arena was (re)allocated
+        t = cache[1].get(id(rows))
+        if t is None or t[0] is not rows:
+            with torch.inference_mode():  # as the step's torch path returns: inference tensors
+                t = cache[1][id(rows)] = (rows, torch.from_numpy(rows))
+        return t[1]
+
+    @torch.inference_mode()
+    def _step_slow(self, ids, slots: list[int] | None) -> torch.Tensor:
+        """Every other step: L-Mul mode, the torch path, the compiled step under an energy
+        counter (its calls one by one, visible to the counter)."""
         ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
         if slots is None:
             if ids.numel() != self.batch:

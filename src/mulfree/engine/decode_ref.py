@@ -11,8 +11,9 @@ every stage at every ISA level the CPU has):
 What "the same" takes, spelled out (each point is a place a twin could silently drift):
 - every elementwise product and sum is one float32 operation (NumPy float32 ufuncs, no FMA
   contraction; the C is compiled with -std=c11, which turns contraction off);
-- the RMS sum is float64, accumulated left to right (`np.cumsum`, not `np.sum`'s pairwise order),
-  then divided in float64 and rounded to float32, as `inv_rms` does;
+- the RMS sum is float64 in 8 interleaved partial sums (sum l adds v[l], v[l + 8], ... left to
+  right: `np.cumsum`, not `np.sum`'s pairwise order), combined in inv_rms's fixed order, then
+  divided in float64 and rounded to float32, as `inv_rms` does;
 - the scalar stages call libm's `expf` (here through ctypes, the same function); the AVX2 stages
   use `exp_avx2`, a Cephes-style polynomial written below with the intrinsics' exact semantics,
   including `_mm256_max_ps`/`_mm256_min_ps` returning the second operand when the first is NaN;
@@ -80,9 +81,12 @@ def exp_avx2(x: np.ndarray) -> np.ndarray:
 
 
 def inv_rms(v: np.ndarray, eps: float) -> np.float32:
-    """1 / sqrt(mean(v^2) + eps): float64 sum left to right, mean rounded to float32."""
+    """1 / sqrt(mean(v^2) + eps): float64 sums of every 8th square (C's a[0..7]), combined as
+    ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)); mean rounded to float32."""
     v = np.asarray(v, dtype=f32)
-    s = np.cumsum(v.astype(np.float64) ** 2)[-1] if v.size else 0.0  # exact squares, C's order
+    sq = v.astype(np.float64) ** 2  # exact: a float32 square fits a float64
+    a = [float(np.cumsum(sq[lane::8])[-1]) if sq[lane::8].size else 0.0 for lane in range(8)]
+    s = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
     mean = f32(s / float(v.size))
     return f32(1.0) / np.sqrt(mean + f32(eps))
 

@@ -177,6 +177,7 @@ class LiteModel:
         self.final_norm = norm("model.norm.weight", d)
         self.head = self.proj["lm_head"]
         self.embed = embedding_lookup(tensors, embedding_format, V, d, path)
+        self.embed_table = embedding_table(tensors, embedding_format, V, d)  # None: NumPy only
 
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = True) -> LiteModel:
@@ -310,6 +311,31 @@ def embedding_lookup(tensors, fmt: str, V: int, d: int, path):
     raise MulfreeError(f"{path}: {fmt} embeddings need the torch path")
 
 
+def embedding_table(tensors, fmt: str, V: int, d: int) -> P.Embedding | None:
+    """The table of `embedding_lookup` as the decode plan's compiled lookup reads it (the same
+    rows, bit for bit: tests/kernels/test_plan.py), or None for a format or memory layout it
+    does not read (float16, bfloat16, a non-contiguous array): those steps look up in NumPy."""
+    step = tensors.get("model.embeddings.weight_step")
+    if fmt == "int8":
+        table, code, shapes = tensors.get("model.embeddings.weight_int8"), P.EMBED_INT8, ((V, d), (V,))
+    elif fmt == "int4":
+        g = -(-d // INT4_GROUP)
+        table, code = tensors.get("model.embeddings.weight_int4"), P.EMBED_INT4
+        shapes = ((V, 16 * g), (V, g))
+    else:
+        table, step, code = tensors.get("model.embeddings.weight"), None, P.EMBED_F32
+        shapes = ((V, d), None)
+    dtypes = {P.EMBED_F32: np.float32, P.EMBED_INT8: np.int8, P.EMBED_INT4: np.uint8}
+    if not isinstance(table, np.ndarray) or table.dtype != dtypes[code] or table.shape != shapes[0]:
+        return None
+    if step is not None and (not isinstance(step, np.ndarray) or step.dtype != np.float32
+                             or step.shape != shapes[1] or not step.flags.c_contiguous):  # fmt: skip
+        return None
+    if not table.flags.c_contiguous:
+        return None
+    return P.Embedding(code, table, step, V, d)
+
+
 class LiteDecoder:
     """Batch-1 decoding of a LiteModel: `prefill(ids)` then `step(token)` -> logits [vocab].
 
@@ -334,7 +360,7 @@ class LiteDecoder:
         h = m.head
         self.head = P.Linear(h.norm_w, h.data, h.out_features, h.in_features, h.scale, None)
         w = HGRNWeights(self.layers, m.final_norm, self.head, m.embed, m.hidden, m.expand,
-                        m.inter, m.vocab, m.eps, BITLINEAR_NORM_EPS)  # fmt: skip
+                        m.inter, m.vocab, m.eps, BITLINEAR_NORM_EPS, m.embed_table)  # fmt: skip
         self.plan = HGRNFusedPlan(_core(), w, self.threads, self.isas)
         self.core = SlotDecoder(self.plan)
         self.slot = self.core.alloc()

@@ -103,6 +103,35 @@ class Buffers:
     h_g: Any
 
 
+# Embedding table formats of the plan's lookup op (csrc/mf_decode.c, dec_embed)
+EMBED_F32, EMBED_INT8, EMBED_INT4 = 0, 1, 2
+
+
+@dataclass
+class Embedding:
+    """An embedding table as the step's first compiled op reads it (`embed_call`): float32
+    [V, d] (fmt EMBED_F32, step None), int8 [V, d] + float32 step [V] (EMBED_INT8) or int4
+    codes uint8 [V, 16 G] + float32 step [V, G] (EMBED_INT4; engine/format.py's layouts), all
+    C-contiguous. Its spec is engine.lite.embedding_lookup (the same rows, bit for bit)."""
+
+    fmt: int
+    table: Any
+    step: Any | None
+    vocab: int
+    dim: int
+
+    @property
+    def groups(self) -> int:
+        return 0 if self.fmt != EMBED_INT4 else int(self.step.shape[1])
+
+
+def embed_call(C, emb: Embedding, ids, x, B: int, ptr: Callable[[Any], int]) -> tuple:
+    """The lookup of B token ids (int64 buffer `ids`) into rows of `x` as a (C function, args)
+    pair: the op a plan_run step starts with, so the step's Python does no array op."""
+    return C.dec_embed, (ptr(ids), int(B), emb.vocab, emb.dim, emb.fmt, ptr(emb.table),
+                         ptr(emb.step), emb.groups, ptr(x))  # fmt: skip
+
+
 def runs_of(slots) -> tuple[tuple[int, int, int], ...]:
     """The slots of one step as contiguous runs (row, slot, length): row j of the step's buffers
     holds slot slots[j]; a run is a stretch where consecutive rows hold consecutive slots, so
