@@ -154,9 +154,13 @@ def bench_engine(name: str, args, tmp: str) -> dict:
 
 def call_overhead(dec, tok: int, n: int) -> tuple[float, float] | None:
     """(median Decoder.step s, median s of its plan runner call alone), interleaved: the
-    difference is what Python adds per token around the one C call of a fused step (embedding
-    lookup, argument checks, tensor wrapping). The state drifts (the runner repeats the step),
-    which does not change the cost of a step."""
+    difference is what Python adds per token around the one C call of a fused step (argument
+    checks, the id list, the logits view; the embedding lookup is the call's first op). The bare
+    call is the step's very call (`runner_call`: the same words and token ids), and each of the
+    two is timed right after a plan run, as a step follows a step in real decoding: a step
+    streams ~100 MB of weights, so the Python around the call runs with cold caches, where it
+    costs ~10x its warm time (a back-to-back loop of the Python alone would flatter it). The
+    state drifts (the runner repeats the step), which does not change the cost of a step."""
     run = dec.runner_call()
     if run is None:
         return None
