@@ -31,7 +31,8 @@ Attention shapes (--attn, default on): L-Mul attention's two products per layer,
 Each is timed through the public `lmatmul` at every level and as the raw compiled call at the
 dispatcher's level (`lmatmul_f32` on prepared contiguous operands; the difference is the
 Python/custom-op layer), against torch.matmul fp32 on the same operands, interleaved (torch,
-each level, raw, torch, ...) so all see the same drift of a shared machine.
+each level, raw, torch, ...) so all see the same drift of a shared machine: the median over 6
+rounds of each round's fastest call (see _interleaved).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import time
 
 import torch
 
@@ -118,13 +120,22 @@ def _square(args) -> None:
             )
 
 
-def _interleaved(fns: dict, repeats: int, rounds: int = 4) -> dict:
-    """name -> median time of `repeats` calls of each fn, taken in `rounds` interleaved slices."""
-    per = max(1, -(-repeats // rounds))
+def _interleaved(fns: dict, repeats: int, rounds: int = 6) -> dict:
+    """name -> the median over `rounds` interleaved slices of each slice's fastest call (of
+    ~repeats / rounds calls of each fn). The fastest, not the median, of a slice: on a shared
+    machine a 2-thread call whose second thread is descheduled takes a time slice (~4-8 ms)
+    longer, whichever kernel it runs (torch's too); seen as 8 ms medians for 20 us products."""
+    per = max(2, -(-repeats // rounds))
     samples: dict = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            samples[name].append(median_time(fn, per, warmup=1))
+            fn()  # warm-up
+            ts = []
+            for _ in range(per):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+            samples[name].append(min(ts))
     return {name: statistics.median(t) for name, t in samples.items()}
 
 
@@ -142,7 +153,8 @@ def _attention(args) -> None:
     cols = " ".join(f"{isa + ' us':>10}" for isa in LEVELS)
     ratios = " ".join(f"{isa + '/torch':>12}" for isa in LEVELS)
     print(
-        f"\nattention products, float32 operands (interleaved medians; raw = the compiled call at {level})"
+        f"\nattention products, float32 operands (median over rounds of the fastest call; "
+        f"raw = the compiled call at {level})"
     )
     print(
         f"{'product':>36} {'k':>3} {'torch us':>9} {cols} {'raw us':>9} {ratios} {'raw/torch':>10} route"

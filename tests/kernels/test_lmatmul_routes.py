@@ -74,10 +74,14 @@ def _causal(kind, bsz, m, k, n, gen):
     """p v at prefill: p [m, k] softmax-like with a causal mask (row i zero past k - m + i),
     v [k, n] normal. kind: "causal" (only p's zeros: all-zero chunks skipped, the row mask on
     the diagonal, the unchecked kernel below it); "causal_vzero" (v has zeros too: the per-lane
-    compare); "causal_tiny" (one tiny p whose products underflow: the compare on its chunk)."""
+    compare); "causal_tiny" (one tiny p whose products underflow: the compare on its chunk);
+    "window" (a sliding window of 40: zeros before the window too, so a tile's non-zero k range
+    starts inside a chunk)."""
     p = torch.rand(bsz, m, k, generator=gen) + 0.01
     i, j = torch.arange(m)[:, None], torch.arange(k)[None, :]
     p = p.masked_fill(j > i + (k - m), 0.0)
+    if kind == "window":
+        p = p.masked_fill(j < i + (k - m) - 40, 0.0)
     p = p / p.sum(-1, keepdim=True)
     v = torch.randn(bsz, k, n, generator=gen)
     if kind == "causal_vzero":
@@ -89,7 +93,7 @@ def _causal(kind, bsz, m, k, n, gen):
 
 
 @pytest.mark.parametrize("isa", SIMD)
-@pytest.mark.parametrize("kind", ["causal", "causal_vzero", "causal_tiny"])
+@pytest.mark.parametrize("kind", ["causal", "causal_vzero", "causal_tiny", "window"])
 @pytest.mark.parametrize("mkn", [(37, 300, 45), (64, 64, 64), (130, 513, 17)], ids=str)
 def test_packed_tile_kernels_equal_reference(isa, kind, mkn):
     """Row blocks and panels with padding (M % 8, N % 32), K % 8 tails, several k-chunks (the

@@ -67,6 +67,8 @@ def test_special_values_propagate():
         ((4, 7), (7,)),
         ((2, 1, 4, 7), (3, 7, 5)),
         ((3, 4, 7), (7, 5)),
+        ((4, 7), (2, 7, 5)),  # only b batched
+        ((2, 3, 4, 7), (2, 3, 7, 5)),  # equal batch dims (attention heads)
         ((63, 17), (17, 1)),
     ],
     ids=str,
