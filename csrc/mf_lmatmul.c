@@ -322,6 +322,24 @@ static inline uint32_t prep_f32(uint32_t bits, int k, uint32_t *sign) {
  * product can be normal), 0 if not; *all_under = 1 when every product underflows. Also returns
  * the largest prepared magnitudes. */
 #if MF_X86
+/* The end of a vector range scan: the w lanes' max / min, then the scalar remainder X[i, hi). */
+static uint32_t prep_range_finish(const uint32_t *lanes, const uint32_t *nlanes, int w,
+                                  const uint32_t *X, int64_t i, int64_t hi, int k, uint32_t *min_out) {
+    uint32_t m = 0, n = 0xFFFFFFFFu;
+    for (int j = 0; j < w; ++j) {
+        m = lanes[j] > m ? lanes[j] : m;
+        n = nlanes[j] < n ? nlanes[j] : n;
+    }
+    for (; i < hi; ++i) {
+        uint32_t s;
+        const uint32_t g = prep_f32(X[i], k, &s);
+        m = g > m ? g : m;
+        n = g < n ? g : n;
+    }
+    *min_out = n;
+    return m;
+}
+
 /* Largest and smallest prepared magnitudes of X[lo, hi) (inf/NaN pass through preparation, so a
  * special value shows as a maximum >= 0x7F800000; a zero or flushed value as a minimum of 0).
  * Same result as the scalar loop in prep_range. */
@@ -335,21 +353,10 @@ MF_TARGET_AVX2 static uint32_t prep_range_avx2(const lm_vconst *c, const uint32_
         vm = _mm256_max_epu32(vm, g);
         vn = _mm256_min_epu32(vn, g);
     }
-    uint32_t lanes[8], nlanes[8], m = 0, n = 0xFFFFFFFFu;
+    uint32_t lanes[8], nlanes[8];
     _mm256_storeu_si256((__m256i *)lanes, vm);
     _mm256_storeu_si256((__m256i *)nlanes, vn);
-    for (int j = 0; j < 8; ++j) {
-        m = lanes[j] > m ? lanes[j] : m;
-        n = nlanes[j] < n ? nlanes[j] : n;
-    }
-    for (; i < hi; ++i) {
-        uint32_t s;
-        const uint32_t g = prep_f32(X[i], k, &s);
-        m = g > m ? g : m;
-        n = g < n ? g : n;
-    }
-    *min_out = n;
-    return m;
+    return prep_range_finish(lanes, nlanes, 8, X, i, hi, k, min_out);
 }
 #endif
 
@@ -364,21 +371,10 @@ MF_TARGET_AVX512 static uint32_t prep_range_avx512(const lm_vconst *c, const uin
         vm = _mm512_max_epu32(vm, g);
         vn = _mm512_min_epu32(vn, g);
     }
-    uint32_t lanes[16], nlanes[16], m = 0, n = 0xFFFFFFFFu;
+    uint32_t lanes[16], nlanes[16];
     _mm512_storeu_si512(lanes, vm);
     _mm512_storeu_si512(nlanes, vn);
-    for (int j = 0; j < 16; ++j) {
-        m = lanes[j] > m ? lanes[j] : m;
-        n = nlanes[j] < n ? nlanes[j] : n;
-    }
-    for (; i < hi; ++i) {
-        uint32_t s;
-        const uint32_t g = prep_f32(X[i], k, &s);
-        m = g > m ? g : m;
-        n = g < n ? g : n;
-    }
-    *min_out = n;
-    return m;
+    return prep_range_finish(lanes, nlanes, 16, X, i, hi, k, min_out);
 }
 #endif
 

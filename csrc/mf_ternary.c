@@ -886,6 +886,21 @@ static inline void t81_digits(unsigned e, unsigned c[4]) {
     }
 }
 
+/* One t81 byte against its 4 int8 inputs x[0..3]: + x where the digit is 2 (weight +1), - x
+ * where it is 0 (weight -1), nothing where it is 1 (the spec's arithmetic: adds only). */
+static inline int32_t t81_byte_sum(unsigned e, const int8_t *x) {
+    unsigned c[4];
+    int32_t s = 0;
+    t81_digits(e, c);
+    for (int i = 0; i < 4; ++i) {
+        if (c[i] == 2u)
+            s += x[i];
+        else if (c[i] == 0u)
+            s -= x[i];
+    }
+    return s;
+}
+
 /* Scalar (the spec): decodes each byte into 4 codes and adds / subtracts the int8 inputs. */
 static void t81_kern_scalar(const int8_t *q, int64_t qs, const uint8_t *tab, int64_t ts,
                             const mf_tq2_block *w, int64_t nkb, int32_t *acc, int64_t as,
@@ -896,17 +911,8 @@ static void t81_kern_scalar(const int8_t *q, int64_t qs, const uint8_t *tab, int
         for (int r = 0; r < MF_TQ2_ROWS; ++r) {
             int32_t s = 0;
             for (int64_t kb = 0; kb < nkb; ++kb)
-                for (int u = 0; u < MF_TQ2_K / 4; ++u) {
-                    unsigned c[4];
-                    t81_digits(w[kb].q[u][r], c);
-                    for (int i = 0; i < 4; ++i) {
-                        const int32_t x = q[t * qs + kb * MF_TQ2_K + 4 * u + i];
-                        if (c[i] == 2u)
-                            s += x;
-                        else if (c[i] == 0u)
-                            s -= x;
-                    }
-                }
+                for (int u = 0; u < MF_TQ2_K / 4; ++u)
+                    s += t81_byte_sum(w[kb].q[u][r], q + t * qs + kb * MF_TQ2_K + 4 * u);
             acc[t * as + r] += s;
         }
 }
@@ -923,17 +929,8 @@ static void t81_kernp_scalar(const int8_t *q, int64_t qs, const uint8_t *tab, in
         for (int r = 0; r < 2 * MF_TQ2_ROWS; ++r) {
             int32_t s = 0;
             for (int64_t kb = 0; kb < nkb; ++kb)
-                for (int u = 0; u < MF_TQ2_K / 4; ++u) {
-                    unsigned c[4];
-                    t81_digits(wp[kb].q[u][r], c);
-                    for (int i = 0; i < 4; ++i) {
-                        const int32_t x = q[t * qs + kb * MF_TQ2_K + 4 * u + i];
-                        if (c[i] == 2u)
-                            s += x;
-                        else if (c[i] == 0u)
-                            s -= x;
-                    }
-                }
+                for (int u = 0; u < MF_TQ2_K / 4; ++u)
+                    s += t81_byte_sum(wp[kb].q[u][r], q + t * qs + kb * MF_TQ2_K + 4 * u);
             acc[t * as + r] += s;
         }
 }
