@@ -697,6 +697,32 @@ MF_TARGET_VBMI static void tq2_kern_vbmi(const int8_t *q, int64_t qs, const uint
 #endif
 #define BCASTZ(p) _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)(p)))
 
+/* The byte-plane sums of one zmm of 64 rows (row blocks 2p | 2p + 1) into its int16 sums
+ * e = [a words, a odd bytes, b words, b odd bytes] (3 ops per vector, see 2/3c); shared by the
+ * tq2 tile below and the t81 tile (section 5). */
+MF_TARGET_VBMI static inline __attribute__((always_inline)) void zpair_widen(__m512i e[4], __m512i a,
+                                                                            __m512i b) {
+    e[0] = _mm512_add_epi16(e[0], a);
+    e[1] = _mm512_add_epi16(e[1], _mm512_srli_epi16(a, 8));
+    e[2] = _mm512_add_epi16(e[2], b);
+    e[3] = _mm512_add_epi16(e[3], _mm512_srli_epi16(b, 8));
+}
+
+/* Those int16 sums over nkb blocks into the int32 accumulators of the two row blocks: words
+ * 0-15 to acc0 (row block 2p), words 16-31 to acc1 (row block 2p + 1). */
+MF_TARGET_VBMI static inline __attribute__((always_inline)) void zpair_flush(const __m512i e[4],
+                                                                            int64_t nkb,
+                                                                            int32_t *acc0,
+                                                                            int32_t *acc1) {
+    int16_t e16[4][32] __attribute__((aligned(64)));
+    _mm512_store_si512((void *)e16[0], _mm512_sub_epi16(e[0], _mm512_slli_epi16(e[1], 8)));
+    _mm512_store_si512((void *)e16[1], e[1]);
+    _mm512_store_si512((void *)e16[2], _mm512_sub_epi16(e[2], _mm512_slli_epi16(e[3], 8)));
+    _mm512_store_si512((void *)e16[3], e[3]);
+    flush_rows(e16[0], e16[1], e16[2], e16[3], 16, nkb, acc0);
+    flush_rows(e16[0] + 16, e16[1] + 16, e16[2] + 16, e16[3] + 16, 16, nkb, acc1);
+}
+
 /* NP pairs of row blocks (wr[2i], wr[2i + 1]; <= 2) x NT tokens (<= 2) */
 MF_TARGET_VBMI static inline __attribute__((always_inline)) void tq2_tile_vbmiz(
     const uint8_t *tab, int64_t ts, const mf_tq2_block *const *wr, int64_t nkb,
@@ -741,29 +767,13 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) void tq2_tile_vbmiz(
                     }
                 }
             }
-            /* 8 lookups per byte per block: widen every block (3 ops per vector, see 2/3c) */
+            /* 8 lookups per byte per block: widen every block */
             for (int p = 0; p < NP; ++p)
-                for (int t = 0; t < NT; ++t) {
-                    e[p][t][0] = _mm512_add_epi16(e[p][t][0], as_[p][t]);
-                    e[p][t][1] = _mm512_add_epi16(e[p][t][1], _mm512_srli_epi16(as_[p][t], 8));
-                    e[p][t][2] = _mm512_add_epi16(e[p][t][2], bs[p][t]);
-                    e[p][t][3] = _mm512_add_epi16(e[p][t][3], _mm512_srli_epi16(bs[p][t], 8));
-                }
+                for (int t = 0; t < NT; ++t) zpair_widen(e[p][t], as_[p][t], bs[p][t]);
         }
         for (int p = 0; p < NP; ++p)
-            for (int t = 0; t < NT; ++t) {
-                int16_t e16[4][32] __attribute__((aligned(64)));
-                const __m512i ae = _mm512_sub_epi16(e[p][t][0], _mm512_slli_epi16(e[p][t][1], 8));
-                const __m512i be = _mm512_sub_epi16(e[p][t][2], _mm512_slli_epi16(e[p][t][3], 8));
-                _mm512_store_si512((void *)e16[0], ae);
-                _mm512_store_si512((void *)e16[1], e[p][t][1]);
-                _mm512_store_si512((void *)e16[2], be);
-                _mm512_store_si512((void *)e16[3], e[p][t][3]);
-                /* words 0-15: row block 2p, words 16-31: row block 2p + 1 */
-                flush_rows(e16[0], e16[1], e16[2], e16[3], 16, kend - k0, ar[2 * p] + (t ? as : 0));
-                flush_rows(e16[0] + 16, e16[1] + 16, e16[2] + 16, e16[3] + 16, 16, kend - k0,
-                           ar[2 * p + 1] + (t ? as : 0));
-            }
+            for (int t = 0; t < NT; ++t)
+                zpair_flush(e[p][t], kend - k0, ar[2 * p] + (t ? as : 0), ar[2 * p + 1] + (t ? as : 0));
     }
 }
 
@@ -1074,29 +1084,12 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_tile_vbmi(
                     }
                 }
             }
-            /* widen (3 ops per vector: word sums and odd-byte sums, see 2/3c) */
             for (int p = 0; p < NP; ++p)
-                for (int t = 0; t < NT; ++t) {
-                    e[p][t][0] = _mm512_add_epi16(e[p][t][0], as_[p][t]);
-                    e[p][t][1] = _mm512_add_epi16(e[p][t][1], _mm512_srli_epi16(as_[p][t], 8));
-                    e[p][t][2] = _mm512_add_epi16(e[p][t][2], bs[p][t]);
-                    e[p][t][3] = _mm512_add_epi16(e[p][t][3], _mm512_srli_epi16(bs[p][t], 8));
-                }
+                for (int t = 0; t < NT; ++t) zpair_widen(e[p][t], as_[p][t], bs[p][t]);
         }
         for (int p = 0; p < NP; ++p)
-            for (int t = 0; t < NT; ++t) {
-                int16_t e16[4][32] __attribute__((aligned(64)));
-                const __m512i ae = _mm512_sub_epi16(e[p][t][0], _mm512_slli_epi16(e[p][t][1], 8));
-                const __m512i be = _mm512_sub_epi16(e[p][t][2], _mm512_slli_epi16(e[p][t][3], 8));
-                _mm512_store_si512((void *)e16[0], ae);
-                _mm512_store_si512((void *)e16[1], e[p][t][1]);
-                _mm512_store_si512((void *)e16[2], be);
-                _mm512_store_si512((void *)e16[3], e[p][t][3]);
-                /* words 0-15: row block 2p, words 16-31: row block 2p + 1 */
-                flush_rows(e16[0], e16[1], e16[2], e16[3], 16, kend - k0, ar[2 * p] + (t ? as : 0));
-                flush_rows(e16[0] + 16, e16[1] + 16, e16[2] + 16, e16[3] + 16, 16, kend - k0,
-                           ar[2 * p + 1] + (t ? as : 0));
-            }
+            for (int t = 0; t < NT; ++t)
+                zpair_flush(e[p][t], kend - k0, ar[2 * p] + (t ? as : 0), ar[2 * p + 1] + (t ? as : 0));
     }
 }
 

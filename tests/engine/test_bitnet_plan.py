@@ -51,6 +51,17 @@ def run(dec, prompt=IDS[:PROMPT], rest=IDS[PROMPT:]) -> torch.Tensor:
     return torch.cat(out)  # [1 + len(rest), V]
 
 
+def assert_head_in_the_plan(m, got: torch.Tensor, **kw) -> None:
+    """`got` (a fused decoder's run on m) against the torch path's through int8 rounding, and
+    against the same plan's call loop bit for bit."""
+    want = run(BitNetDecoder(m, fused=False, **kw))
+    assert_close_through_int8(got, want)
+    assert_argmax_agrees(got, want)
+    loop = BitNetDecoder(m, **kw)
+    loop.plan.use_plan_run = False
+    torch.testing.assert_close(got, run(loop), atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("kv", ["float32", "bfloat16", "float16", "int8"])
 @pytest.mark.parametrize("attention", ["exact", "lmul"])
 def test_compiled_step_matches_torch_step(model, kv, attention):
@@ -71,12 +82,7 @@ def test_int8_head_in_the_plan(ckpts, attention):
     dec = BitNetDecoder(m, attention=attention)
     assert dec.plan.w.head_i8 is not None
     got = run(dec)
-    want = run(BitNetDecoder(m, attention=attention, fused=False))
-    assert_close_through_int8(got, want)
-    assert_argmax_agrees(got, want)
-    loop = BitNetDecoder(m, attention=attention)
-    loop.plan.use_plan_run = False
-    torch.testing.assert_close(got, run(loop), atol=0, rtol=0)
+    assert_head_in_the_plan(m, got, attention=attention)
 
 
 @pytest.mark.parametrize("attention", ["exact", "lmul"])
@@ -94,12 +100,7 @@ def test_int4_head_in_the_plan(ckpts, attention):
     codes, steps = dec.plan.w.head_i4
     twin = head_ref.head_i4(dec.hidden.numpy(), codes, steps)  # the last step's head
     torch.testing.assert_close(got[-1:], torch.from_numpy(twin), atol=0, rtol=0)
-    want = run(BitNetDecoder(m, attention=attention, fused=False))
-    assert_close_through_int8(got, want)
-    assert_argmax_agrees(got, want)
-    loop = BitNetDecoder(m, attention=attention)
-    loop.plan.use_plan_run = False
-    torch.testing.assert_close(got, run(loop), atol=0, rtol=0)
+    assert_head_in_the_plan(m, got, attention=attention)
 
 
 def test_bf16_head_in_the_plan(ckpts):
@@ -114,12 +115,7 @@ def test_bf16_head_in_the_plan(ckpts):
     got = run(dec)
     twin = head_ref.head_bf16(dec.hidden.numpy(), dec.plan.w.head_bf16)
     torch.testing.assert_close(got[-1:], torch.from_numpy(twin), atol=0, rtol=0)
-    want = run(BitNetDecoder(m, fused=False))
-    assert_close_through_int8(got, want)
-    assert_argmax_agrees(got, want)
-    loop = BitNetDecoder(m)
-    loop.plan.use_plan_run = False
-    torch.testing.assert_close(got, run(loop), atol=0, rtol=0)
+    assert_head_in_the_plan(m, got)
 
 
 def test_int4_head_with_other_steps_runs_in_torch(ckpts):

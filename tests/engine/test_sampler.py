@@ -122,8 +122,8 @@ def test_penalties_and_bias_are_the_twins_of_the_numpy_sampler(seed):
     ids=["defaults", "k5-p0.5", "k3-p0.999", "p0.8", "k7", "minp0.2", "k-over-V"],
 )
 def test_row_filter_equals_the_spec_bit_for_bit(params):
-    """sample_batch filters rows with the same params together (_filter_rows, top-p without a
-    full sort): every row equals the one-row spec _filter exactly, ties included (coarse
+    """sample_batch's fallback filters rows with the same params together (_filter_rows):
+    every row equals the one-row spec _filter exactly, ties included (coarse
     logits make many ties at the k-th value and at the top-p boundary), with -inf logits."""
     from mulfree.engine.sampler import _filter, _filter_rows
 
@@ -138,7 +138,7 @@ def test_row_filter_equals_the_spec_bit_for_bit(params):
 
 
 def test_row_filter_with_nan_logits_follows_the_spec():
-    """A NaN logit (a broken model) takes the spec's full sort in _filter_rows too."""
+    """A NaN logit (a broken model): _filter_rows follows the spec there too."""
     from mulfree.engine.sampler import _filter, _filter_rows
 
     x = torch.randn(3, 100, generator=torch.Generator().manual_seed(5))

@@ -154,6 +154,18 @@ class HGRNFusedPlan:
         """The compiled calls of a step on B rows whose states are `runs` (cached)."""
         return self._entry(B, runs)[0]
 
+    def _encode(self, plan: list):
+        """The plan for the core's plan runner (one C call for all of it: csrc/mf_plan.c, the
+        same functions in the same order, the same bits; tests/kernels/test_plan.py), or None
+        where the core has none or the plan holds a call it does not know (a wrapped core):
+        then the call loop."""
+        if not hasattr(self.C, "plan_run"):
+            return None
+        try:
+            return P.encode_plan(self.C, plan)
+        except ValueError:
+            return None
+
     def _entry(self, B: int, runs: tuple):
         """(plan, its encoding for the core's plan runner or None, the runner's arguments for a
         whole step from token ids or None), cached per (B, runs)."""
@@ -167,14 +179,7 @@ class HGRNFusedPlan:
                                 w.head, w.eps, w.bl_eps, self.threads_for,
                                 self._levels[self._family(B)], self._levels[self._stage], self.ptr,
                                 B=B, runs=runs)  # fmt: skip
-            # one C call for the whole step when the core has the plan runner (csrc/mf_plan.c:
-            # the same functions in the same order, the same bits; tests/kernels/test_plan.py)
-            words = step = None
-            if hasattr(self.C, "plan_run"):
-                try:
-                    words = P.encode_plan(self.C, plan)
-                except ValueError:  # a call the runner does not know (a wrapped core): the loop
-                    words = None
+            words, step = self._encode(plan), None
             if words is not None and w.embed_table is not None and hasattr(self.C, "dec_embed"):
                 # the step from token ids: the lookup as its first op (the per-call loop and
                 # `words` leave it to `w.embed`, the NumPy spec it is tested against); the
@@ -222,13 +227,7 @@ class HGRNFusedPlan:
                                 self._levels[self._stage], self.ptr, B=B, runs=runs,
                                 head_rows="last" if last else "none",
                                 head_isa=self._levels[self._family(1)])  # fmt: skip
-            words = None
-            if hasattr(self.C, "plan_run"):
-                try:
-                    words = P.encode_plan(self.C, plan)
-                except ValueError:  # a call the runner does not know (a wrapped core): the loop
-                    words = None
-            entry = self._plans[key] = (plan, words)
+            entry = self._plans[key] = (plan, self._encode(plan))
         return entry
 
     def runner_call(self, slots: Sequence[int]):
