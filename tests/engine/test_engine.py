@@ -180,11 +180,34 @@ def test_engine_logits_close_to_pytorch_and_steps_equal_prefill(trained):
     # not bit-equal: the kernel's exact int32 sum + one division vs F.linear's fp32 sums, and
     # such 1-ulp differences can move a later int8 activation by one step
     assert (full - ref[-1]).abs().max() < 0.05 * ref[-1].abs().max()
+    states = [s.clone() for s in dec.states]
     dec.reset(1)
-    for t, tok in enumerate(prompt):  # recurrent steps vs the parallel (chunked) prefill
+    for t, tok in enumerate(prompt):  # recurrent steps vs the prefill
         step = dec.step([tok])[0]
         assert (step - ref[t]).abs().max() < 0.05 * ref[t].abs().max()
-    assert_argmax_agrees(step, full)
+    # the fused prefill runs the steps' arithmetic (batched kernels are exact per row)
+    assert torch.equal(step, full)
+    assert all(torch.equal(a, b) for a, b in zip(dec.states, states, strict=True))
+
+
+def test_batched_prefill_equals_each_prompt_stepped(trained):
+    """Decoder.prefill on [B, T] (the batch API, HF-style) runs each row as prefill_slot does,
+    not through the model's forward: the same bits as stepping each prompt alone."""
+    model, prompts = trained
+    packed = PackedHGRNBitForCausalLM.from_model(model)
+    T = min(len(p) for p in prompts[:2])
+    rows = [list(p[:T]) for p in prompts[:2]]
+    dec = Decoder(packed)
+    got = dec.prefill(rows).clone()
+    got_states = [s.clone() for s in dec.states]
+    for b, row in enumerate(rows):
+        one = Decoder(packed)
+        for tok in row:
+            want = one.step([tok])[0]
+        assert torch.equal(got[b], want)
+        assert all(torch.equal(g[b], s[0]) for g, s in zip(got_states, one.states, strict=True))
+    with pytest.raises(MulfreeError, match="at least one token"):
+        dec.prefill([[]])
 
 
 def test_hf_generate_on_packed_model(packed_dir):
@@ -600,3 +623,50 @@ def test_hf_generate_leaves_the_users_decoder_alone(packed_dir):
     assert dec.batch == 1
     for s, before in zip(dec.states, states, strict=True):
         torch.testing.assert_close(s, before, atol=0, rtol=0)
+
+
+def test_hf_prompt_runs_the_fused_prefill(trained, monkeypatch):
+    """HF generate's prompt (a fresh cache, the last position's logits) goes through the fused
+    prefill, left-padded rows as their real tokens: the tokens are those of the engine's own
+    greedy loop (prefill, then steps), and the cache's states those of stepping each row. A
+    mask with a hole, a request for every position's logits, or hidden states run the modules."""
+    from mulfree.models.mmfree import HGRNBitCache
+
+    packed = PackedHGRNBitForCausalLM.from_model(trained[0])
+    prompts = []
+    real = Decoder.prefill
+    monkeypatch.setattr(Decoder, "prefill", lambda self, ids: prompts.append(ids) or real(self, ids))
+    a, b = trained[1][1], trained[1][2]
+    pad = len(a) - len(b)
+    assert pad > 0
+    kw = dict(max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
+    out = packed.generate(torch.tensor([a, [0] * pad + b]),
+                          attention_mask=torch.tensor([[1] * len(a), [0] * pad + [1] * len(b)]), **kw)  # fmt: skip
+    assert prompts == [[a, b]]  # one prefill, the padding dropped
+    for row, p in zip(out, (a, b), strict=True):
+        assert row[len(a) :].tolist() == engine_greedy(packed, p, n=6)
+    prompts.clear()
+
+    def forward(ids, **extra):
+        cache = HGRNBitCache(packed.config)
+        with torch.no_grad():
+            o = packed(torch.tensor(ids), **cache_kwargs(cache), use_cache=True, **extra)
+        return o, cache
+
+    fast, cache = forward([a], logits_to_keep=1)
+    assert len(prompts) == 1 and fast.logits.shape == (1, 1, packed.config.vocab_size)
+    assert cache.get_seq_length() == len(a)
+    one = Decoder(packed)
+    for tok in a:
+        want = one.step([tok])[0]
+    assert torch.equal(fast.logits[0, -1], want)
+    for layer, s in zip(cache.layers, one.states, strict=True):
+        assert torch.equal(layer.recurrent_states[0], s)
+    slow, slow_cache = forward([a], logits_to_keep=1, output_hidden_states=True)
+    assert len(prompts) == 1  # hidden states: the modules ran
+    assert_close_through_int8(fast.logits, slow.logits)
+    for x, y in zip(cache.layers, slow_cache.layers, strict=True):
+        assert_close_through_int8(x.recurrent_states[0], y.recurrent_states[0])
+    forward([a])  # every position's logits
+    forward([a], logits_to_keep=1, attention_mask=torch.tensor([[1, 0] + [1] * (len(a) - 2)]))
+    assert len(prompts) == 1

@@ -294,14 +294,33 @@ class Decoder:
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor | list[list[int]] | list[int]) -> torch.Tensor:
         """Run prompts ids [batch, T] (batched kernels) from a zero state; logits of the last
-        position [batch, vocab] (a buffer). The state is then ready for `step`."""
-        ids = torch.as_tensor(ids, dtype=torch.long)
-        if ids.dim() == 1:
-            ids = ids[None]
-        self.reset(ids.shape[0])
-        logits = self._prefill(self._batch_slots, ids)
+        position [batch, vocab] (a buffer). The state is then ready for `step`. On the fused
+        path the logits and states are those of stepping the prompts token by token, bit for bit
+        (`SlotDecoder.prefill`), and the prompts (a list of lists) may differ in length; else
+        the model's forward (chunked scan)."""
+        fused = self.fused and self.exact
+        if fused and isinstance(ids, list) and ids and all(isinstance(r, list) for r in ids):
+            rows = [np.asarray(r, dtype=np.int64) for r in ids]  # lengths may differ
+        else:
+            try:
+                ids = torch.as_tensor(ids, dtype=torch.long)
+            except ValueError as e:  # ragged rows on the model's forward
+                raise MulfreeError(f"prefill: prompts of equal length expected here ({e})") from None
+            rows = ids[None] if ids.dim() == 1 else ids
+            rows = list(rows.numpy()) if fused else rows
+        self.reset(len(rows))
         out = torch.from_numpy(self.family.buf.logits[: self.batch])
-        out.copy_(logits)
+        if fused:
+            # each prompt as prefill_slot runs it (batched kernels over its tokens, the state
+            # stepped token by token: the bits of stepping them), not through the model's
+            # forward: on a busy 2-core machine the forward's torch ops on 2 threads stalled
+            # (28-69 vs 216-263 tok/s at 1 thread, 370M, AMD EPYC Zen 4), and the compiled
+            # prefill has its own busy-core back-off (csrc/mf_ternary.c)
+            with self._visible_calls():
+                for b, (row, slot) in enumerate(zip(rows, self._batch_slots, strict=True)):
+                    out[b].copy_(torch.from_numpy(self.slots.prefill(slot, row)))
+            return out
+        out.copy_(self._prefill(self._batch_slots, rows))
         return out
 
     def _prefill(self, slots: list[int], ids: torch.Tensor) -> torch.Tensor:

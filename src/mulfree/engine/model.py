@@ -96,6 +96,10 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
         forward."""
         cache = one_cache(cache=cache, past_key_values=past_key_values,
                           cache_params=kwargs.pop("cache_params", None))  # fmt: skip
+        rows = self._fused_prompt_rows(input_ids, attention_mask, inputs_embeds, cache, labels,
+                                       use_cache, output_hidden_states, logits_to_keep, kwargs)  # fmt: skip
+        if rows is not None:
+            return self._fused_prompt(rows, input_ids.shape[1], cache, return_dict)
         if self._fused_step_applies(input_ids, attention_mask, inputs_embeds, cache,
                                     labels, use_cache, output_hidden_states, kwargs):  # fmt: skip
             dec = own_decoder(self, "_hf_decoder", lambda: Decoder(self))
@@ -111,6 +115,58 @@ class PackedHGRNBitForCausalLM(HGRNBitForCausalLM):
                                labels=labels, use_cache=use_cache,
                                output_hidden_states=output_hidden_states, return_dict=return_dict,
                                logits_to_keep=logits_to_keep, **kwargs)  # fmt: skip
+
+    def _fused_prompt_rows(self, input_ids, attention_mask, inputs_embeds, cache, labels,
+                           use_cache, output_hidden_states, logits_to_keep,
+                           kwargs) -> list[list[int]] | None:  # fmt: skip
+        """The prompt HF `generate` starts with (into a fresh cache, last position's logits only)
+        as each row's real token ids, when the fused prefill can run it; else None. Left padding
+        (a row's zeros before its first real token) keeps the modules' state at exactly zero
+        (their input is multiplied by the mask), so such a row is its real tokens from a zero
+        state; a mask with a zero after a real token (the state decays there) is the modules'."""
+        from mulfree import energy
+        from mulfree.models.mmfree import HGRNBitCache
+
+        flags = {**kwargs, "output_hidden_states": output_hidden_states}
+        if (
+            not fused_step_applies(self)
+            or not one_token_step(self, input_ids, inputs_embeds, labels, use_cache, flags,
+                                  prompt=True)  # fmt: skip
+            or energy.counting()  # a counted prompt is priced on the modules' ops
+            or not isinstance(cache, HGRNBitCache)
+            or cache.get_seq_length() != 0
+            or any(getattr(layer, "is_recurrent_states_initialized", {0: True})[0]
+                   for layer in cache.layers)  # fmt: skip
+        ):
+            return None
+        B, T = input_ids.shape
+        # generate asks for the last position's logits; every position's (a scoring forward)
+        # is the modules' (the fused prefill computes the head on the last token only)
+        if not (logits_to_keep == 1 or (T == 1 and logits_to_keep == 0)):
+            return None
+        if attention_mask is None:
+            return input_ids.tolist()
+        if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (B, T):
+            return None
+        keep = attention_mask.ne(0)
+        # left padding only: per row zeros, then ones, the last token real
+        if not bool(keep[:, -1].all()) or not bool((keep[:, 1:] >= keep[:, :-1]).all()):
+            return None
+        return [r[k].tolist() for r, k in zip(input_ids, keep, strict=True)]
+
+    def _fused_prompt(self, rows: list[list[int]], T: int, cache, return_dict):
+        """The prompt rows through the fused decoder's prefill (the bits of stepping each row's
+        tokens; close to the modules' chunked scan up to float rounding, as a step is); its
+        states into `cache`, as the modules' forward leaves them."""
+        dec = own_decoder(self, "_hf_decoder", lambda: Decoder(self))
+        with torch.inference_mode():
+            logits = dec.prefill(rows)
+        for layer, states in enumerate(dec.states):
+            # outside inference mode: the cache's tensors stay ordinary ones (transformers may
+            # update them in place, e.g. a beam search's reorder)
+            cache.update_recurrent_state(states.clone(), layer)
+        cache.seen_tokens += T  # as the modules count a prompt: padding included
+        return step_output(self, logits, cache, return_dict)
 
     def _fused_step_applies(self, input_ids, attention_mask, inputs_embeds, cache, labels,
                             use_cache, output_hidden_states, kwargs) -> bool:  # fmt: skip
