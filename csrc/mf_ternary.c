@@ -42,9 +42,17 @@
 #endif
 
 #define ACT_EPS 1e-5f       /* quant.ACT_EPS */
+/* Software prefetch of the weight stream: TQ2_PF_BLOCKS blocks (3 KiB) ahead of each row block's
+ * stream, into L2 (T1), not L1 (T0). Into L1 the prefetched lines evicted the lookup tables (32
+ * KiB at K = 2048 for tq2, more for t81: the L1d is 32 KiB on AMD Zen 3/4, 48 KiB on Sapphire
+ * Rapids) and cold batch-1 calls ran at 40-55 % of the streaming read rate. Interleaved A/B on
+ * the 2-core AMD EPYC Zen 4 dev VM (1 thread, cold weights): T1 takes 0.76-0.92x the time of T0
+ * for tq2 (AVX2 and AVX-512, 1024..5632 inputs) and 0.78-0.81x for t81 at batch 1, and
+ * 0.91-1.05x at batch 8 (compute-bound there); distance 24 beat 12, 16, 32 and 64 with T1. */
 #ifndef TQ2_PF_BLOCKS
 #define TQ2_PF_BLOCKS 24
 #endif
+#define TQ2_PF_HINT _MM_HINT_T1
 #define FLUSH_BLOCKS 64     /* int16 -> int32 every <= 64 blocks (1024 inputs) */
 /* batch-N k-chunk: the tables of all tokens of a chunk fit in half of L2 (512 KiB per core on
  * the AMD EPYC Zen 3 dev machine per lscpu; 1-2 MiB on recent Intel server cores) */
@@ -286,10 +294,10 @@ MF_TARGET_AVX2 static __attribute__((noinline)) void tq2_pair_avx2(const uint8_t
         __m256i e0[4], e1[4]; /* [ae, ao, be, bo] int16 sums of row block 0 / 1 */
         for (int i = 0; i < 4; ++i) e0[i] = e1[i] = _mm256_setzero_si256();
         for (; kb < kend; ++kb) {
-            _mm_prefetch((const char *)(w0 + kb + TQ2_PF_BLOCKS), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w0 + kb + TQ2_PF_BLOCKS) + 64, _MM_HINT_T0);
-            _mm_prefetch((const char *)(w1 + kb + TQ2_PF_BLOCKS), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w1 + kb + TQ2_PF_BLOCKS) + 64, _MM_HINT_T0);
+            _mm_prefetch((const char *)(w0 + kb + TQ2_PF_BLOCKS), TQ2_PF_HINT);
+            _mm_prefetch((const char *)(w0 + kb + TQ2_PF_BLOCKS) + 64, TQ2_PF_HINT);
+            _mm_prefetch((const char *)(w1 + kb + TQ2_PF_BLOCKS), TQ2_PF_HINT);
+            _mm_prefetch((const char *)(w1 + kb + TQ2_PF_BLOCKS) + 64, TQ2_PF_HINT);
             __m256i bs0 = _mm256_setzero_si256(), as0 = bs0, bs1 = bs0, as1 = bs0;
             for (int u = 0; u < MF_TQ2_K / 4; ++u) {
                 const uint8_t *tl = tab + (kb << 8) + (u << 6); /* 256 B/block, pair 2u */
@@ -528,8 +536,8 @@ MF_TARGET_AVX512 static inline __attribute__((always_inline)) void tq2_tile2d_av
             for (; kb < kstop; ++kb) {
                 if (PF)
                     for (int r = 0; r < NR; ++r) {
-                        _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS), _MM_HINT_T0);
-                        _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS) + 64, _MM_HINT_T0);
+                        _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS), TQ2_PF_HINT);
+                        _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS) + 64, TQ2_PF_HINT);
                     }
                 for (int p = 0; p < 2; ++p) { /* units (2p, 2p + 1) of the block */
                     __m512i ilo[2], ihi[2];
@@ -607,8 +615,8 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) void tq2_tile_vbmi(
         for (; kb < kend; ++kb) {
             if (PF)
                 for (int r = 0; r < NR; ++r) {
-                    _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS), _MM_HINT_T0);
-                    _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS) + 64, _MM_HINT_T0);
+                    _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS), TQ2_PF_HINT);
+                    _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS) + 64, TQ2_PF_HINT);
                 }
             __m256i bs[4][2], as_[4][2];
             for (int r = 0; r < NR; ++r)
@@ -737,8 +745,8 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) void tq2_tile_vbmiz(
         for (; kb < kend; ++kb) {
             if (PF)
                 for (int r = 0; r < 2 * NP; ++r) {
-                    _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS), _MM_HINT_T0);
-                    _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS) + 64, _MM_HINT_T0);
+                    _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS), TQ2_PF_HINT);
+                    _mm_prefetch((const char *)(wr[r] + kb + TQ2_PF_BLOCKS) + 64, TQ2_PF_HINT);
                 }
             __m512i bs[2][2], as_[2][2];
             for (int p = 0; p < NP; ++p)
@@ -1062,7 +1070,7 @@ MF_TARGET_VBMI static inline __attribute__((always_inline)) void t81_tile_vbmi(
                     for (int p = 0; p < NP; ++p)
                         for (int l = 0; l < (int)sizeof(mf_t81_pair); l += 64)
                             _mm_prefetch((const char *)wp[p] + (kb + TQ2_PF_BLOCKS) * (int64_t)sizeof(mf_t81_pair) + l,
-                                         _MM_HINT_T0);
+                                         TQ2_PF_HINT);
                 for (int u = 0; u < MF_TQ2_K / 4; ++u) {
                     __m512i vi[8];
                     for (int p = 0; p < NP; ++p)
