@@ -148,6 +148,8 @@ typedef struct {
 int64_t mf_walk_next(mf_walk *w, int64_t n_items);
 /* Item finished (its results written). */
 void mf_walk_done(mf_walk *w);
+/* The spin (ns) of a waiting thread before it sleeps; ns >= 0 sets it. Returns the old value. */
+int64_t mf_team_spin_ns(int64_t ns);
 /* An item failed with MF_OP_* `rc` (call before its mf_walk_done): every walk stops. */
 static inline void mf_walk_fail(mf_walk *w, int rc) {
     atomic_store(&w->team->err_op, w->op);

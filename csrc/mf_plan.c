@@ -16,17 +16,9 @@
  */
 #include "mf_py.h" /* Python.h first, as CPython requires */
 
-#include <limits.h>
 #include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
-#endif
-#ifdef __linux__
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-#else
-#include <sched.h>
 #endif
 
 #include "mf_common.h"
@@ -88,91 +80,9 @@ static const team_op *team_of(int64_t id) {
     return NULL;
 }
 
-/* How long a waiting thread spins before it sleeps (futex on Linux; elsewhere it yields). A
- * quiet machine's waits are a few us (a serial stage, the tail of a kernel call's items), so
- * the spin covers them; on a busy machine a spinning waiter would take the core the thread it
- * waits for needs, hence the bound. Chosen by measurement (docs/engine.md, "Threads"). */
-#ifndef MF_TEAM_SPIN_NS
-#define MF_TEAM_SPIN_NS 50000
-#endif
-/* plan_team() sets these (benchmarks and tests: the per-call walk is the team walk's twin) */
+/* plan_team() sets this (benchmarks and tests: the per-call walk is the team walk's twin) */
 static atomic_int team_on = 1;
-static _Atomic int64_t team_spin_ns = MF_TEAM_SPIN_NS;
 static _Atomic int64_t team_runs; /* plans run on a team (tests: the team path did run) */
-
-static inline void cpu_relax(void) {
-#if MF_X86
-    __builtin_ia32_pause();
-#endif
-}
-
-static void team_sleep(mf_team *t, int64_t target) {
-    atomic_fetch_add(&t->sleepers, 1);
-    const uint32_t seq = atomic_load(&t->seq);
-    if (atomic_load(&t->done) < target && atomic_load_explicit(&t->err, memory_order_relaxed) == 0) {
-#ifdef __linux__
-        /* a timeout as a safety net only: every finish while someone sleeps bumps seq and wakes */
-        const struct timespec ts = {0, 2000000};
-        syscall(SYS_futex, (uint32_t *)&t->seq, FUTEX_WAIT_PRIVATE, seq, &ts, NULL, 0);
-#else
-        (void)seq;
-        sched_yield();
-#endif
-    }
-    atomic_fetch_sub(&t->sleepers, 1);
-}
-
-/* Until every item before ticket `target` is done. The master notes a stall (mf_backoff_note)
- * when it waited longer than MF_STALL_NS and than its own work in the op so far. */
-static void team_wait(mf_walk *w, int64_t target) {
-    mf_team *t = w->team;
-    if (atomic_load_explicit(&t->done, memory_order_acquire) >= target) return;
-    const int64_t t0 = mf_now_ns();
-    for (int64_t now = t0;;) {
-        for (int r = 0; r < 64; ++r) {
-            if (atomic_load_explicit(&t->done, memory_order_acquire) >= target ||
-                atomic_load_explicit(&t->err, memory_order_relaxed) != 0)
-                goto out;
-            cpu_relax();
-        }
-        now = mf_now_ns();
-        if (now - t0 > atomic_load_explicit(&team_spin_ns, memory_order_relaxed)) team_sleep(t, target);
-    }
-out:
-    if (w->tid == 0) {
-        const int64_t waited = mf_now_ns() - t0;
-        if (waited > MF_STALL_NS && waited > t0 - w->op_t0)
-            atomic_store_explicit(&t->stalled, 1, memory_order_relaxed);
-    }
-}
-
-int64_t mf_walk_next(mf_walk *w, int64_t n_items) {
-    mf_team *t = w->team;
-    if (atomic_load_explicit(&t->err, memory_order_relaxed) != 0) return -1;
-    if (w->ticket < 0) w->ticket = atomic_fetch_add_explicit(&t->claimed, 1, memory_order_relaxed);
-    if (w->ticket >= w->base + n_items) { /* the phase has no item left for this thread */
-        w->base += n_items;
-        return -1;
-    }
-    if (w->nt > 1) team_wait(w, w->base);
-    if (atomic_load_explicit(&t->err, memory_order_relaxed) != 0) return -1;
-    const int64_t i = w->ticket - w->base;
-    w->ticket = -1;
-    return i;
-}
-
-void mf_walk_done(mf_walk *w) {
-    mf_team *t = w->team;
-    /* seq_cst with the sleeper count: a waiter registers, then re-checks done; a finisher adds
-     * to done, then checks for sleepers; one of the two sees the other */
-    atomic_fetch_add(&t->done, 1);
-    if (w->nt > 1 && atomic_load(&t->sleepers) > 0) {
-        atomic_fetch_add(&t->seq, 1);
-#ifdef __linux__
-        syscall(SYS_futex, (uint32_t *)&t->seq, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
-#endif
-    }
-}
 
 /* The team size a plan asks for (its kernel calls' largest thread count; 1: run it per call)
  * and, in *calls, how many multi-threaded kernel calls it makes (the back-off's unit); 0 when
@@ -284,9 +194,8 @@ MF_PYFUNC(plan_team, "plan_team(on, spin_ns) -> (on, spin_ns, team runs, back-of
     int64_t on, spin;
     if (mf_parse_args(args, nargs, "ll", &on, &spin) < 0) return NULL;
     const int was = atomic_load(&team_on);
-    const int64_t was_spin = atomic_load(&team_spin_ns);
+    const int64_t was_spin = mf_team_spin_ns(spin);
     if (on >= 0) atomic_store(&team_on, on != 0);
-    if (spin >= 0) atomic_store(&team_spin_ns, spin);
     return Py_BuildValue("(iLLi)", was, (long long)was_spin, (long long)atomic_load(&team_runs),
                          mf_backoff_left());
 }

@@ -27,10 +27,18 @@
  */
 #include "mf_py.h" /* Python.h first, as CPython requires */
 
+#include <limits.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <time.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#else
+#include <sched.h>
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -1302,6 +1310,99 @@ void mf_backoff_note(int stalled, int calls) {
         atomic_store_explicit(&tq2_backoff, len, memory_order_relaxed);
     } else if (atomic_load_explicit(&tq2_calls_since, memory_order_relaxed) < TQ2_BACKOFF_CALLS) {
         atomic_fetch_add_explicit(&tq2_calls_since, calls, memory_order_relaxed); /* saturates */
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Teams (mf_common.h): the walk's waits and counters, shared by the per-call driver below and
+ * the plan runner (csrc/mf_plan.c).
+ * ---------------------------------------------------------------------------------------- */
+/* How long a waiting thread spins before it sleeps (futex on Linux; elsewhere it yields). A
+ * quiet machine's waits are a few us (a serial stage, the tail of a kernel call's items), so
+ * the spin covers them; on a busy machine a spinning waiter would take the core the thread it
+ * waits for needs, hence the bound. Chosen by measurement (docs/engine.md, "Threads"). */
+#ifndef MF_TEAM_SPIN_NS
+#define MF_TEAM_SPIN_NS 50000
+#endif
+static _Atomic int64_t team_spin_ns = MF_TEAM_SPIN_NS;
+
+int64_t mf_team_spin_ns(int64_t ns) {
+    const int64_t was = atomic_load(&team_spin_ns);
+    if (ns >= 0) atomic_store(&team_spin_ns, ns);
+    return was;
+}
+
+static inline void cpu_relax(void) {
+#if MF_X86
+    __builtin_ia32_pause();
+#endif
+}
+
+static void team_sleep(mf_team *t, int64_t target) {
+    atomic_fetch_add(&t->sleepers, 1);
+    const uint32_t seq = atomic_load(&t->seq);
+    if (atomic_load(&t->done) < target && atomic_load_explicit(&t->err, memory_order_relaxed) == 0) {
+#ifdef __linux__
+        /* a timeout as a safety net only: every finish while someone sleeps bumps seq and wakes */
+        const struct timespec ts = {0, 2000000};
+        syscall(SYS_futex, (uint32_t *)&t->seq, FUTEX_WAIT_PRIVATE, seq, &ts, NULL, 0);
+#else
+        (void)seq;
+        sched_yield();
+#endif
+    }
+    atomic_fetch_sub(&t->sleepers, 1);
+}
+
+/* Until every item before ticket `target` is done. The master notes a stall (mf_backoff_note)
+ * when it waited longer than MF_STALL_NS and than its own work in the op so far. */
+static void team_wait(mf_walk *w, int64_t target) {
+    mf_team *t = w->team;
+    if (atomic_load_explicit(&t->done, memory_order_acquire) >= target) return;
+    const int64_t t0 = mf_now_ns();
+    for (int64_t now = t0;;) {
+        for (int r = 0; r < 64; ++r) {
+            if (atomic_load_explicit(&t->done, memory_order_acquire) >= target ||
+                atomic_load_explicit(&t->err, memory_order_relaxed) != 0)
+                goto out;
+            cpu_relax();
+        }
+        now = mf_now_ns();
+        if (now - t0 > atomic_load_explicit(&team_spin_ns, memory_order_relaxed)) team_sleep(t, target);
+    }
+out:
+    if (w->tid == 0) {
+        const int64_t waited = mf_now_ns() - t0;
+        if (waited > MF_STALL_NS && waited > t0 - w->op_t0)
+            atomic_store_explicit(&t->stalled, 1, memory_order_relaxed);
+    }
+}
+
+int64_t mf_walk_next(mf_walk *w, int64_t n_items) {
+    mf_team *t = w->team;
+    if (atomic_load_explicit(&t->err, memory_order_relaxed) != 0) return -1;
+    if (w->ticket < 0) w->ticket = atomic_fetch_add_explicit(&t->claimed, 1, memory_order_relaxed);
+    if (w->ticket >= w->base + n_items) { /* the phase has no item left for this thread */
+        w->base += n_items;
+        return -1;
+    }
+    if (w->nt > 1) team_wait(w, w->base);
+    if (atomic_load_explicit(&t->err, memory_order_relaxed) != 0) return -1;
+    const int64_t i = w->ticket - w->base;
+    w->ticket = -1;
+    return i;
+}
+
+void mf_walk_done(mf_walk *w) {
+    mf_team *t = w->team;
+    /* seq_cst with the sleeper count: a waiter registers, then re-checks done; a finisher adds
+     * to done, then checks for sleepers; one of the two sees the other */
+    atomic_fetch_add(&t->done, 1);
+    if (w->nt > 1 && atomic_load(&t->sleepers) > 0) {
+        atomic_fetch_add(&t->seq, 1);
+#ifdef __linux__
+        syscall(SYS_futex, (uint32_t *)&t->seq, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+#endif
     }
 }
 
