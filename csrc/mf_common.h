@@ -123,7 +123,7 @@ int mf_op_dec_embed(const int64_t *a);  /* "pllllpplp" */
  * of the earlier phases is done (a second counter). So a phase needs no barrier, and a thread
  * that arrives late (descheduled on a busy machine) finds the items taken and holds up nobody:
  * only an item being run is waited for. Results never depend on who runs an item (each item's
- * arithmetic is fixed). Waits spin briefly, then sleep (MF_TEAM_SPIN_NS, csrc/mf_plan.c).
+ * arithmetic is fixed). Waits spin briefly, then sleep (MF_TEAM_SPIN_NS, csrc/mf_ternary.c).
  * ------------------------------------------------------------------------------------------- */
 #include <stdatomic.h>
 typedef struct {

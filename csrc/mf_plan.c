@@ -13,10 +13,14 @@
  * written to the plan's int64 id buffer, which its first op (dec_embed) reads, so the step's
  * Python does no NumPy or torch op at all (Python between two steps runs with cold caches:
  * see csrc/mf_decode.c, dec_embed).
+ *
+ * With kernel calls on several threads the plan runs on one team (below, and mf_common.h
+ * "Teams"): one OpenMP region for the whole step, each op's team version splitting its work in
+ * items, instead of a fork/join per kernel call; the per-call walk stays for plans with an op
+ * that has no team version, during a busy-core back-off, and as the team's twin in the tests.
  */
 #include "mf_py.h" /* Python.h first, as CPython requires */
 
-#include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -121,7 +125,6 @@ static int64_t plan_team_run(const int64_t *ops, int64_t n_words, int nt, int ca
     mf_team team = {0};
     int64_t n_ops = 0;
     atomic_fetch_add_explicit(&team_runs, 1, memory_order_relaxed);
-    const int64_t t_start = mf_now_ns();
     int64_t t_master_done = 0;
 #pragma omp parallel num_threads(nt)
     {
@@ -147,9 +150,10 @@ static int64_t plan_team_run(const int64_t *ops, int64_t n_words, int nt, int ca
     const int64_t t_end = mf_now_ns();
     *rc = atomic_load(&team.err);
     if (*rc < 0) return atomic_load(&team.err_op);
+    /* a stall: a long wait for an item (team_wait), or at the join (the workers' last items
+     * are small: a join this long means one was descheduled, however long the step was) */
     mf_backoff_note(atomic_load_explicit(&team.stalled, memory_order_relaxed) ||
-                    (t_end - t_master_done > MF_STALL_NS && t_end - t_master_done > t_master_done - t_start),
-                    calls);
+                    t_end - t_master_done > MF_STALL_NS, calls);
     return n_ops;
 }
 
