@@ -19,7 +19,12 @@ same weights; their steps (and prefills) are interleaved round by round with the
 (the dispatcher's per-family pick, `Decoder.isas`) so all see the same drift, and printed side by
 side.
 Method: `--threads` (default 2) for torch and the kernels; libgomp's default wait policy unless
-OMP_WAIT_POLICY is set (see benchmarks/bench_ternary_linear.py; run on an idle machine); each
+OMP_WAIT_POLICY is set (see benchmarks/bench_ternary_linear.py; run on an idle machine). With
+several counts (`--threads 1 2`) the most threads is the main decoder, each other count gets a
+Decoder of its own, interleaved with the rest, and a "thread scaling" line gives decode tok/s per
+count, their ratio and the streaming read bandwidth at each count measured in the same run
+(bench_ternary_linear's probe); `--per-call` adds the main count with the step run call by call
+(each kernel call its own OpenMP region: `C.plan_team(0, -1)`), the twin of the team step. Each
 engine number is the median of `--steps` single-token steps after `--warmup` steps (mean also
 printed); wall clock. The load average is printed before and after: on a shared machine the
 absolute numbers move with it, the ratio less so.
@@ -110,13 +115,24 @@ def bench_engine(name: str, args, tmp: str) -> dict:
     model = load_packed(path)
     load_s = time.perf_counter() - t0
     dec = model.fused_decoder(threads=args.threads)
-    # the default decoder ("auto": the dispatcher's picks) and one per ISA level, same weights
+    # the default decoder ("auto": the dispatcher's picks) and one per ISA level, same weights;
+    # one per other thread count (and the main count call by call), all interleaved
     decs = {"auto": dec} | {lv: Decoder(model, threads=args.threads, isa=lv) for lv in args.isas}
+    decs |= {f"{t} threads": Decoder(model, threads=t) for t in args.thread_counts[:-1]}
+    if args.per_call:
+        decs["per-call"] = Decoder(model, threads=args.threads)
+    C = kernels.core()
+
+    def team_for(n: str) -> None:  # the per-call decoder runs its steps without the team
+        if args.per_call:
+            C.plan_team(0 if n == "per-call" else 1, -1)
+
     prompt = torch.randint(0, config.vocab_size, (1, args.prompt), generator=gen)
     prefill = {n: [] for n in decs}
     toks = {}
     for r in range(2):  # warm-up, then timed; interleaved
         for n in decs if r % 2 == 0 else reversed(decs):
+            team_for(n)
             t0 = time.perf_counter()
             logits = decs[n].prefill(prompt)
             prefill[n].append(time.perf_counter() - t0)
@@ -124,16 +140,22 @@ def bench_engine(name: str, args, tmp: str) -> dict:
     steps = {n: [] for n in decs}
     for i in range(args.warmup + args.steps):
         for n in decs if i % 2 == 0 else reversed(decs):  # every level sees the same drift
+            team_for(n)
             t0 = time.perf_counter()
             toks[n] = int(decs[n].step([toks[n]])[0].argmax())
             if i >= args.warmup:
                 steps[n].append(time.perf_counter() - t0)
+    team_for("auto")
     times, tok = steps["auto"], toks["auto"]
     overhead = call_overhead(dec, tok, args.steps)
     per_isa = {n: (args.prompt / prefill[n][-1], 1 / statistics.median(steps[n])) for n in decs}
     picks = dict(dec.isas)
-    for n in args.isas:
-        decs.pop(n)
+    scaling = {
+        n: per_isa.pop(n)[1] for n in list(per_isa) if n.endswith(" threads") or n == "per-call"
+    }
+    scaling[f"{args.threads} threads"] = per_isa["auto"][1]
+    for n in [*args.isas, *scaling]:
+        decs.pop(n, None)
     energy = dec.step_energy([tok])  # after the timing: counting runs the torch path once
     hf_tok_s = bench_hf_generate(model, prompt, args.steps)
     del model, dec
@@ -149,6 +171,7 @@ def bench_engine(name: str, args, tmp: str) -> dict:
         "energy": energy,
         "hf_tok_s": hf_tok_s,
         "overhead": overhead,
+        "scaling": scaling,
     }
 
 
@@ -218,7 +241,10 @@ def bench_official(name: str, args) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", default=["370M", "1.3B"])
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, nargs="+", default=[2],
+                    help="thread counts (several: a thread-scaling line)")  # fmt: skip
+    ap.add_argument("--per-call", action="store_true",
+                    help="also the main count with each kernel call its own OpenMP region")  # fmt: skip
     ap.add_argument("--steps", type=int, default=48, help="timed engine decode steps")
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--prompt", type=int, default=64, help="prefill tokens")
@@ -229,6 +255,15 @@ def main(argv=None) -> int:
     ap.add_argument("--isas", default=None,
                     help="levels timed side by side, e.g. avx2,avx512 (default: SIMD levels)")  # fmt: skip
     args = ap.parse_args(argv)
+    args.thread_counts = sorted(set(args.threads))
+    args.threads = args.thread_counts[-1]  # the main decoder's
+    bandwidth = {}
+    if len(args.thread_counts) > 1:  # the machine's streaming read at each count, this run
+        from bench_ternary_linear import measure_bandwidth
+
+        for t in args.thread_counts:
+            torch.set_num_threads(t)
+            bandwidth[t] = measure_bandwidth(256)[0]
     torch.set_num_threads(args.threads)
     simd = [n for n in kernels.available_isas() if n not in ("torch", "scalar")]
     args.isas = args.isas.split(",") if args.isas else simd
@@ -260,6 +295,15 @@ def main(argv=None) -> int:
                 print(f"{name} call overhead: Decoder.step {full * 1e3:.3f} ms vs its plan runner "
                       f"call alone {bare * 1e3:.3f} ms: Python adds {(full - bare) * 1e6:.0f} µs "
                       f"per token ({(full - bare) / full:.1%} of the step)", flush=True)  # fmt: skip
+            if len(e["scaling"]) > 1:
+                sc, t0 = e["scaling"], args.thread_counts[0]
+                base = sc[f"{t0} threads"]
+                print(f"{name} thread scaling (interleaved): " + "; ".join(
+                    f"{n} {v:.1f} tok/s = {v / base:.2f}x {t0}" for n, v in sc.items())
+                    + "; streaming read " + ", ".join(
+                        f"{t} threads {bw:.1f} GB/s" for t, bw in bandwidth.items())
+                    + (f" ({bandwidth[args.threads] / bandwidth[t0]:.2f}x)" if bandwidth else ""),
+                    flush=True)  # fmt: skip
             print(f"{name} per ISA (interleaved): " + "; ".join(
                 f"{n} decode {d:.1f} tok/s, prefill {p:.0f} tok/s"
                 for n, (p, d) in e["per_isa"].items()) + f"; auto = {e['picks']}", flush=True)  # fmt: skip

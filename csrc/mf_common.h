@@ -113,4 +113,75 @@ int mf_op_dec_norm2(const int64_t *a);  /* "ppllpddpppppp", mf_decode.c */
 int mf_op_dec_mlgru(const int64_t *a);  /* "ppplllppppdpdpl" */
 int mf_op_dec_glu(const int64_t *a);    /* "pllpdpl" */
 int mf_op_dec_embed(const int64_t *a);  /* "pllllpplp" */
+/* ---------------------------------------------------------------------------------------------
+ * Teams: threads sharing a sequence of phases without a fork/join or barrier per phase
+ * (csrc/mf_plan.c runs a whole decode step in one OpenMP region this way; csrc/mf_ternary.c's
+ * per-call driver uses the same code with a team of its own).
+ * Every thread walks the same phases in the same order; phase p has n_p work items. Items are
+ * tickets of one counter shared by the whole walk (phase p owns tickets [base_p, base_p + n_p)):
+ * a thread takes the next ticket, skips to the phase it belongs to and waits until every item
+ * of the earlier phases is done (a second counter). So a phase needs no barrier, and a thread
+ * that arrives late (descheduled on a busy machine) finds the items taken and holds up nobody:
+ * only an item being run is waited for. Results never depend on who runs an item (each item's
+ * arithmetic is fixed). Waits spin briefly, then sleep (MF_TEAM_SPIN_NS, csrc/mf_ternary.c).
+ * ------------------------------------------------------------------------------------------- */
+#include <stdatomic.h>
+typedef struct {
+    _Atomic int64_t claimed;  /* tickets handed out */
+    _Atomic int64_t done;     /* items finished (every item of the earlier phases when >= base) */
+    _Atomic uint32_t seq;     /* bumped on a finish while a thread sleeps (futex word) */
+    _Atomic int sleepers;
+    _Atomic int err;          /* an op failed: every walk stops (its MF_OP_* code) */
+    _Atomic int64_t err_op;   /* the failed op's index in the walk (mf_walk.op) */
+    _Atomic int stalled;      /* the master waited long for another thread (see mf_backoff_note) */
+} mf_team;
+typedef struct {
+    mf_team *team;
+    int tid, nt;     /* this thread, the team's size */
+    int64_t base;    /* the current phase's first ticket */
+    int64_t ticket;  /* a ticket taken and not yet run (-1: none) */
+    int64_t op_t0;   /* master: when its current op began (a stall is a wait longer than that op's work so far) */
+    int64_t op;      /* the current op's index (for errors) */
+} mf_walk;
+/* The next item (0 .. n_items - 1) of the current phase for this thread, or -1 when the phase
+ * has none left for it (the walk then moves to the next phase) or the team stopped on an error. */
+int64_t mf_walk_next(mf_walk *w, int64_t n_items);
+/* Item finished (its results written). */
+void mf_walk_done(mf_walk *w);
+/* The spin (ns) of a waiting thread before it sleeps; ns >= 0 sets it. Returns the old value. */
+int64_t mf_team_spin_ns(int64_t ns);
+/* An item failed with MF_OP_* `rc` (call before its mf_walk_done): every walk stops. */
+static inline void mf_walk_fail(mf_walk *w, int rc) {
+    atomic_store(&w->team->err_op, w->op);
+    atomic_store(&w->team->err, rc);
+}
+/* A one-thread walk on `team` (zeroed by the caller): every item runs in order, no waiting. */
+static inline mf_walk mf_walk_solo(mf_team *team) {
+    mf_walk w = {team, 0, 1, 0, -1, 0, 0};
+    return w;
+}
+
+/* Busy cores (csrc/mf_ternary.c, "Busy cores"): mf_backoff_active() is 1 while multi-threaded
+ * kernel calls should run on one thread (a recent call found a worker descheduled);
+ * mf_backoff_take() also consumes one call of the back-off; mf_backoff_note(stalled, calls)
+ * after a multi-threaded run of `calls` kernel calls. */
+int mf_backoff_active(void);
+int mf_backoff_left(void); /* calls left (<= 0: none) */
+int mf_backoff_take(void);
+void mf_backoff_note(int stalled, int calls);
+int64_t mf_now_ns(void);
+#define MF_STALL_NS 500000 /* a master's wait this long (and longer than its own work): a stall */
+
+/* Team versions of plan ops (all threads of a team call them, in plan order): the same results
+ * as mf_op_* (each output computed by the same code), the work split in items. `scratch` is the
+ * plan's shared buffer of at least mf_team_bytes_* bytes (sized before the region). */
+int mf_team_tq2_linear(const int64_t *a, mf_walk *w, void *scratch);
+int mf_team_t81_linear(const int64_t *a, mf_walk *w, void *scratch);
+size_t mf_team_bytes_tq2_linear(const int64_t *a, int nt);
+size_t mf_team_bytes_t81_linear(const int64_t *a, int nt);
+int mf_op_threads_linear(const int64_t *a); /* the threads a tq2 / t81 linear call asks for */
+int mf_team_dec_norm2(const int64_t *a, mf_walk *w, void *scratch);
+int mf_team_dec_mlgru(const int64_t *a, mf_walk *w, void *scratch);
+int mf_team_dec_glu(const int64_t *a, mf_walk *w, void *scratch);
+int mf_team_dec_embed(const int64_t *a, mf_walk *w, void *scratch);
 #endif

@@ -283,3 +283,76 @@ MF_PYFUNC(dec_glu, "dec_glu(gu, B, I, dw, d_eps, out, isa) -> isa used: silu(gat
     if (mf_parse_slots(args, nargs, "pllpdpl", a) < 0) return NULL;
     return PyLong_FromLong(mf_op_dec_glu(a));
 }
+
+/* The plan runner's team versions (csrc/mf_plan.c): rows are independent, so with B > 1 each
+ * row is an item (the same code on a one-row view: the same bits); one row is one item (its
+ * RMS sums are one fixed-order reduction each: not split). */
+static int64_t stage_items(int64_t B) { return B > 1 ? B : 1; }
+
+int mf_team_dec_norm2(const int64_t *a, mf_walk *w, void *scratch) {
+    (void)scratch;
+    if (mf_slot_ptr(a[7]) == NULL || mf_slot_ptr(a[8]) == NULL) return MF_OP_BADARG;
+    const int64_t B = a[2], n = a[3];
+    int64_t b;
+    while ((b = mf_walk_next(w, stage_items(B))) >= 0) {
+        int64_t r[13];
+        memcpy(r, a, sizeof r);
+        const int64_t rows = B > 1 ? 1 : B, off = B > 1 ? b * n * 4 : 0; /* bytes */
+        r[0] += off;
+        if (r[1] != 0) r[1] += off;
+        r[2] = rows;
+        for (int c = 8; c <= 12; c += 2)
+            if (r[c] != 0) r[c] += off;
+        mf_op_dec_norm2(r);
+        mf_walk_done(w);
+    }
+    return 0;
+}
+
+int mf_team_dec_mlgru(const int64_t *a, mf_walk *w, void *scratch) {
+    (void)scratch;
+    const int64_t B = a[4], E = a[5], ys = a[3];
+    int64_t b, rc = 0;
+    while ((b = mf_walk_next(w, stage_items(B))) >= 0) {
+        int64_t r[15];
+        memcpy(r, a, sizeof r);
+        if (B > 1) {
+            for (int c = 0; c < 3; ++c) r[c] += b * ys * 4;
+            r[4] = 1;
+            r[8] += b * E * 4;
+            r[13] += b * E * 4;
+        }
+        rc = mf_op_dec_mlgru(r);
+        mf_walk_done(w);
+    }
+    return (int)rc;
+}
+
+int mf_team_dec_glu(const int64_t *a, mf_walk *w, void *scratch) {
+    (void)scratch;
+    const int64_t B = a[1], I = a[2];
+    int64_t b, rc = 0;
+    while ((b = mf_walk_next(w, stage_items(B))) >= 0) {
+        int64_t r[7];
+        memcpy(r, a, sizeof r);
+        if (B > 1) {
+            r[0] += b * 2 * I * 4;
+            r[1] = 1;
+            r[5] += b * I * 4;
+        }
+        rc = mf_op_dec_glu(r);
+        mf_walk_done(w);
+    }
+    return (int)rc;
+}
+
+int mf_team_dec_embed(const int64_t *a, mf_walk *w, void *scratch) {
+    (void)scratch;
+    int rc = 0;
+    while (mf_walk_next(w, 1) >= 0) { /* one item: B rows of a table lookup */
+        rc = mf_op_dec_embed(a);
+        if (rc < 0) mf_walk_fail(w, rc); /* before done: no thread runs on past it */
+        mf_walk_done(w);
+    }
+    return rc;
+}

@@ -13,8 +13,17 @@
  * written to the plan's int64 id buffer, which its first op (dec_embed) reads, so the step's
  * Python does no NumPy or torch op at all (Python between two steps runs with cold caches:
  * see csrc/mf_decode.c, dec_embed).
+ *
+ * With kernel calls on several threads the plan runs on one team (below, and mf_common.h
+ * "Teams"): one OpenMP region for the whole step, each op's team version splitting its work in
+ * items, instead of a fork/join per kernel call; the per-call walk stays for plans with an op
+ * that has no team version, during a busy-core back-off, and as the team's twin in the tests.
  */
 #include "mf_py.h" /* Python.h first, as CPython requires */
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "mf_common.h"
 #include "mf_head.h"
@@ -43,6 +52,110 @@ static const plan_op PLAN_OPS[] = {
     {"dec_embed", "pllllpplp", mf_op_dec_embed},
 };
 #define N_PLAN_OPS ((int64_t)(sizeof PLAN_OPS / sizeof PLAN_OPS[0]))
+
+/* ---------------------------------------------------------------------------------------------
+ * A step on a team (mf_common.h, "Teams"): one OpenMP region for the whole plan instead of one
+ * per kernel call (~150 fork/joins a 370M token), every thread walking the ops in order, each op
+ * split in items by its team version. Ops without one (the BitNet stages, the heads: their own
+ * OpenMP regions would run on one thread inside this one) keep the plan on the per-call walk.
+ * ------------------------------------------------------------------------------------------- */
+typedef int (*team_fn)(const int64_t *slots, mf_walk *w, void *scratch);
+typedef size_t (*team_bytes_fn)(const int64_t *slots, int nt);
+typedef struct {
+    mf_op_fn op;         /* the PLAN_OPS entry this stands in for */
+    team_fn team;
+    team_bytes_fn bytes; /* shared scratch it needs (NULL: none) */
+    int linear;          /* its slots are a tq2 / t81 call's (threads in slot 9) */
+} team_op;
+
+static const team_op TEAM_OPS[] = {
+    {mf_op_tq2_linear, mf_team_tq2_linear, mf_team_bytes_tq2_linear, 1},
+    {mf_op_t81_linear, mf_team_t81_linear, mf_team_bytes_t81_linear, 1},
+    {mf_op_dec_norm2, mf_team_dec_norm2, NULL, 0},
+    {mf_op_dec_mlgru, mf_team_dec_mlgru, NULL, 0},
+    {mf_op_dec_glu, mf_team_dec_glu, NULL, 0},
+    {mf_op_dec_embed, mf_team_dec_embed, NULL, 0},
+};
+#define N_TEAM_OPS ((int)(sizeof TEAM_OPS / sizeof TEAM_OPS[0]))
+
+static const team_op *team_of(int64_t id) {
+    for (int j = 0; j < N_TEAM_OPS; ++j)
+        if (TEAM_OPS[j].op == PLAN_OPS[id].fn) return &TEAM_OPS[j];
+    return NULL;
+}
+
+/* plan_team() sets this (benchmarks and tests: the per-call walk is the team walk's twin) */
+static atomic_int team_on = 1;
+static _Atomic int64_t team_runs; /* plans run on a team (tests: the team path did run) */
+
+/* The team size a plan asks for (its kernel calls' largest thread count; 1: run it per call)
+ * and, in *calls, how many multi-threaded kernel calls it makes (the back-off's unit); 0 when
+ * some op has no team version. */
+static int plan_team_size(const int64_t *ops, int64_t n_words, int *calls) {
+    int nt = 1;
+    *calls = 0;
+    for (int64_t i = 0; i < n_words; i += 2 + ops[i + 1]) {
+        const team_op *t = team_of(ops[i]);
+        if (t == NULL) return 0;
+        if (t->linear) {
+            const int k = mf_op_threads_linear(ops + i + 2);
+            if (k > 1) ++*calls;
+            if (k > nt) nt = k;
+        }
+    }
+    return nt;
+}
+
+/* The plan on a team of nt threads. Returns the number of ops run; *rc their status (< 0: the
+ * op at the returned index failed). */
+static int64_t plan_team_run(const int64_t *ops, int64_t n_words, int nt, int calls, int *rc) {
+    size_t bytes = 0;
+    for (int64_t i = 0; i < n_words; i += 2 + ops[i + 1]) {
+        const team_op *t = team_of(ops[i]);
+        if (t->bytes != NULL) {
+            const size_t b = t->bytes(ops + i + 2, nt);
+            if (b > bytes) bytes = b;
+        }
+    }
+    void *scratch = mf_scratch(bytes > 0 ? bytes : 1); /* the master's, shared by the team */
+    if (scratch == NULL) {
+        *rc = MF_OP_NOMEM;
+        return 0;
+    }
+    mf_team team = {0};
+    int64_t n_ops = 0;
+    atomic_fetch_add_explicit(&team_runs, 1, memory_order_relaxed);
+    int64_t t_master_done = 0;
+#pragma omp parallel num_threads(nt)
+    {
+#ifdef _OPENMP
+        const int tid = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+        const int tid = 0, T = 1;
+#endif
+        mf_walk w = {&team, tid, T, 0, -1, 0, 0};
+        int64_t k = 0;
+        for (int64_t i = 0; i < n_words; i += 2 + ops[i + 1], ++k) {
+            if (tid == 0) w.op_t0 = mf_now_ns();
+            w.op = k;
+            const int r = team_of(ops[i])->team(ops + i + 2, &w, scratch);
+            if (r < 0) mf_walk_fail(&w, r); /* an argument check: every thread fails here */
+            if (atomic_load(&team.err) != 0) break;
+        }
+        if (tid == 0) {
+            n_ops = k;
+            t_master_done = mf_now_ns();
+        }
+    }
+    const int64_t t_end = mf_now_ns();
+    *rc = atomic_load(&team.err);
+    if (*rc < 0) return atomic_load(&team.err_op);
+    /* a stall: a long wait for an item (team_wait), or at the join (the workers' last items
+     * are small: a join this long means one was descheduled, however long the step was) */
+    mf_backoff_note(atomic_load_explicit(&team.stalled, memory_order_relaxed) ||
+                    t_end - t_master_done > MF_STALL_NS, calls);
+    return n_ops;
+}
 
 static int64_t fmt_len(const char *f) {
     int64_t n = 0;
@@ -78,6 +191,17 @@ MF_PYFUNC(plan_ops, "plan_ops() -> ((name, format), ...): the op ids of plan_run
         PyTuple_SET_ITEM(t, k, e);
     }
     return t;
+}
+
+MF_PYFUNC(plan_team, "plan_team(on, spin_ns) -> (on, spin_ns, team runs, back-off) before: plan_run on a team (1, the default) or call by call (0), the team's spin before a wait sleeps (ns; -1 keeps a setting), how many plans ran on a team so far, and the busy-core back-off's kernel calls left.") {
+    (void)self;
+    int64_t on, spin;
+    if (mf_parse_args(args, nargs, "ll", &on, &spin) < 0) return NULL;
+    const int was = atomic_load(&team_on);
+    const int64_t was_spin = mf_team_spin_ns(spin);
+    if (on >= 0) atomic_store(&team_on, on != 0);
+    return Py_BuildValue("(iLLi)", was, (long long)was_spin, (long long)atomic_load(&team_runs),
+                         mf_backoff_left());
 }
 
 /* ids (a list or tuple of ints, at most cap) -> buf. 0, or -1 with a Python error set. */
@@ -121,12 +245,19 @@ MF_PYFUNC(plan_run, "plan_run(ops_ptr, n_words[, ids_ptr, ids_cap, ids]) -> numb
         return NULL;
     }
     int64_t k = 0, i = 0;
-    int rc = 0;
+    int rc = 0, calls = 0;
     Py_BEGIN_ALLOW_THREADS;
-    for (; i < n_words; ++k) {
-        rc = PLAN_OPS[ops[i]].fn(ops + i + 2);
-        if (rc < 0) break;
-        i += 2 + ops[i + 1];
+    const int nt = plan_team_size(ops, n_words, &calls);
+    if (nt > 1 && atomic_load(&team_on) && !mf_backoff_active()) { /* one region for the plan */
+        k = plan_team_run(ops, n_words, nt, calls, &rc);
+        for (int64_t j = 0; j < k && rc < 0; ++j) i += 2 + ops[i + 1]; /* the failed op's words */
+    } else { /* call by call (each kernel call its own region, if any; each consumes one call of
+              * a back-off) */
+        for (; i < n_words; ++k) {
+            rc = PLAN_OPS[ops[i]].fn(ops + i + 2);
+            if (rc < 0) break;
+            i += 2 + ops[i + 1];
+        }
     }
     Py_END_ALLOW_THREADS;
     if (rc < 0) {

@@ -27,10 +27,18 @@
  */
 #include "mf_py.h" /* Python.h first, as CPython requires */
 
+#include <limits.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <time.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#else
+#include <sched.h>
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -1266,27 +1274,144 @@ static int t81_level(int isa, int vbmi) { return isa >= MF_ISA_AVX512 && vbmi ? 
  * weights sharing an input (q/k/v, gate/up) can run fused as one packed [sum N_i][K] weight.
  * Returns the ISA level used, or -1 if scratch allocation failed.
  * ---------------------------------------------------------------------------------------- */
-/* Busy cores. When the master waits at the join for longer than TQ2_STALL_NS and longer than its
- * own work took, a worker was descheduled (the cores are shared with other busy processes): the
- * next multi-threaded calls run on one thread, then two threads are tried again. The back-off is
- * TQ2_BACKOFF_CALLS calls (about one 370M decode step), doubled (up to TQ2_BACKOFF_MAX, about a
- * hundred steps) each time the cores are still busy: a stall within TQ2_BACKOFF_CALLS 2-thread
- * calls of the last back-off; a stall after a longer quiet stretch starts over at the base.
+/* Busy cores. When the master waits for longer than MF_STALL_NS and longer than its own work
+ * took (at a call's join, or within a plan run for an item another thread holds), a worker was
+ * descheduled (the cores are shared with other busy processes): the next multi-threaded calls
+ * run on one thread, then two threads are tried again. The back-off is TQ2_BACKOFF_CALLS calls
+ * (about one 370M decode step), doubled (up to TQ2_BACKOFF_MAX, about a hundred steps) each time
+ * the cores are still busy: a stall within TQ2_BACKOFF_CALLS 2-thread calls of the last
+ * back-off; a stall after a longer quiet stretch starts over at the base.
  * Why doubling: with a fixed 256 calls, a machine that stays busy (load 3 on 2 cores) stalled on
  * every retry, ~2 steps apart, and 2 threads decoded 370M 1.7x slower than 1 thread. A quiet
  * machine never triggers it (the join then waits microseconds); results do not depend on the
- * thread count (each row's sum has one order). */
-#define TQ2_STALL_NS 500000
+ * thread count (each row's sum has one order). The plan runner (csrc/mf_plan.c) takes and notes
+ * a whole step's kernel calls at once. */
 #define TQ2_BACKOFF_CALLS 256
 #define TQ2_BACKOFF_MAX (TQ2_BACKOFF_CALLS * 64)
 static atomic_int tq2_backoff;                          /* calls left to run on one thread */
 static atomic_int tq2_backoff_len = TQ2_BACKOFF_CALLS; /* the last back-off's length */
 static atomic_int tq2_calls_since;                      /* 2-thread calls since a back-off */
 
-static inline int64_t now_ns(void) {
+int64_t mf_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int mf_backoff_left(void) { return atomic_load_explicit(&tq2_backoff, memory_order_relaxed); }
+
+int mf_backoff_active(void) { return mf_backoff_left() > 0; }
+
+int mf_backoff_take(void) {
+    if (!mf_backoff_active()) return 0;
+    atomic_fetch_sub_explicit(&tq2_backoff, 1, memory_order_relaxed);
+    return 1;
+}
+
+void mf_backoff_note(int stalled, int calls) {
+    if (stalled) {
+        const int since = atomic_exchange_explicit(&tq2_calls_since, 0, memory_order_relaxed);
+        int len = atomic_load_explicit(&tq2_backoff_len, memory_order_relaxed);
+        len = since < TQ2_BACKOFF_CALLS ? (len * 2 < TQ2_BACKOFF_MAX ? len * 2 : TQ2_BACKOFF_MAX)
+                                        : TQ2_BACKOFF_CALLS;
+        atomic_store_explicit(&tq2_backoff_len, len, memory_order_relaxed);
+        atomic_store_explicit(&tq2_backoff, len, memory_order_relaxed);
+    } else if (atomic_load_explicit(&tq2_calls_since, memory_order_relaxed) < TQ2_BACKOFF_CALLS) {
+        atomic_fetch_add_explicit(&tq2_calls_since, calls, memory_order_relaxed); /* saturates */
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Teams (mf_common.h): the walk's waits and counters, shared by the per-call driver below and
+ * the plan runner (csrc/mf_plan.c).
+ * ---------------------------------------------------------------------------------------- */
+/* How long a waiting thread spins before it sleeps (futex on Linux; elsewhere it yields). A
+ * quiet machine's waits are a few us (a serial stage, the tail of a kernel call's items), so
+ * the spin covers them; on a busy machine a spinning waiter would take the core the thread it
+ * waits for needs, hence the bound. Chosen by measurement (docs/engine.md, "Threads"). */
+#ifndef MF_TEAM_SPIN_NS
+#define MF_TEAM_SPIN_NS 50000
+#endif
+static _Atomic int64_t team_spin_ns = MF_TEAM_SPIN_NS;
+
+int64_t mf_team_spin_ns(int64_t ns) {
+    const int64_t was = atomic_load(&team_spin_ns);
+    if (ns >= 0) atomic_store(&team_spin_ns, ns);
+    return was;
+}
+
+static inline void cpu_relax(void) {
+#if MF_X86
+    __builtin_ia32_pause();
+#endif
+}
+
+static void team_sleep(mf_team *t, int64_t target) {
+    atomic_fetch_add(&t->sleepers, 1);
+    const uint32_t seq = atomic_load(&t->seq);
+    if (atomic_load(&t->done) < target && atomic_load_explicit(&t->err, memory_order_relaxed) == 0) {
+#ifdef __linux__
+        /* a timeout as a safety net only: every finish while someone sleeps bumps seq and wakes */
+        const struct timespec ts = {0, 2000000};
+        syscall(SYS_futex, (uint32_t *)&t->seq, FUTEX_WAIT_PRIVATE, seq, &ts, NULL, 0);
+#else
+        (void)seq;
+        sched_yield();
+#endif
+    }
+    atomic_fetch_sub(&t->sleepers, 1);
+}
+
+/* Until every item before ticket `target` is done. The master notes a stall (mf_backoff_note)
+ * when it waited longer than MF_STALL_NS and than its own work in the op so far. */
+static void team_wait(mf_walk *w, int64_t target) {
+    mf_team *t = w->team;
+    if (atomic_load_explicit(&t->done, memory_order_acquire) >= target) return;
+    const int64_t t0 = mf_now_ns();
+    for (int64_t now = t0;;) {
+        for (int r = 0; r < 64; ++r) {
+            if (atomic_load_explicit(&t->done, memory_order_acquire) >= target ||
+                atomic_load_explicit(&t->err, memory_order_relaxed) != 0)
+                goto out;
+            cpu_relax();
+        }
+        now = mf_now_ns();
+        if (now - t0 > atomic_load_explicit(&team_spin_ns, memory_order_relaxed)) team_sleep(t, target);
+    }
+out:
+    if (w->tid == 0) {
+        const int64_t waited = mf_now_ns() - t0;
+        if (waited > MF_STALL_NS && waited > t0 - w->op_t0)
+            atomic_store_explicit(&t->stalled, 1, memory_order_relaxed);
+    }
+}
+
+int64_t mf_walk_next(mf_walk *w, int64_t n_items) {
+    mf_team *t = w->team;
+    if (atomic_load_explicit(&t->err, memory_order_relaxed) != 0) return -1;
+    if (w->ticket < 0) w->ticket = atomic_fetch_add_explicit(&t->claimed, 1, memory_order_relaxed);
+    if (w->ticket >= w->base + n_items) { /* the phase has no item left for this thread */
+        w->base += n_items;
+        return -1;
+    }
+    if (w->nt > 1) team_wait(w, w->base);
+    if (atomic_load_explicit(&t->err, memory_order_relaxed) != 0) return -1;
+    const int64_t i = w->ticket - w->base;
+    w->ticket = -1;
+    return i;
+}
+
+void mf_walk_done(mf_walk *w) {
+    mf_team *t = w->team;
+    /* seq_cst with the sleeper count: a waiter registers, then re-checks done; a finisher adds
+     * to done, then checks for sleepers; one of the two sees the other */
+    atomic_fetch_add(&t->done, 1);
+    if (w->nt > 1 && atomic_load(&t->sleepers) > 0) {
+        atomic_fetch_add(&t->seq, 1);
+#ifdef __linux__
+        syscall(SYS_futex, (uint32_t *)&t->seq, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+#endif
+    }
 }
 
 /* Work items of the decode path: this many row-block groups (impl.group row blocks each), but
@@ -1331,7 +1456,7 @@ static void tq2_rows(const tq2_args *a, int64_t nb0, int64_t nb1) {
             for (; nb + impl->group2 <= nb1; nb += impl->group2)
                 impl->kernn2(tab, a->tab_tok, a->w + nb * KB + wk, KB, nkb,
                              a->acc + nb * MF_TQ2_ROWS, Np, M);
-        if (impl->kern_pair != NULL) /* nb is even here (tern_linear_impl splits at pairs) */
+        if (impl->kern_pair != NULL) /* nb is even here (the items split at pairs) */
             for (; nb + 2 <= nb1; nb += 2)
                 impl->kern_pair(a->qx + kb0 * MF_TQ2_K, a->Kp, tab, a->tab_tok, a->w + nb * KB + wk,
                                 nkb, a->acc + nb * MF_TQ2_ROWS, Np, M);
@@ -1354,114 +1479,162 @@ static void tq2_rows(const tq2_args *a, int64_t nb0, int64_t nb1) {
     }
 }
 
-/* The driver of both formats (tq2, t81: the same block geometry); `impl` holds the variant's
- * functions and `isa` is the level they belong to (returned). */
+/* One call (both formats: tq2, t81, the same block geometry), as every thread of its team sees
+ * it; `impl` holds the variant's functions. nt: the team's size (it decides whether each thread
+ * quantizes and builds the tables itself, see tern_pass). */
+typedef struct {
+    tq2_impl impl;
+    const float *x;
+    const mf_tq2_block *w;
+    float *y;
+    int32_t *acc_out;
+    const float *row_scales;
+    float w_scale;
+    int64_t M, K, N, KB, Kp, NB, Np, tab_tok;
+    int nt;
+} tern_call;
+
+static tern_call tern_call_of(const float *x, int64_t M, int64_t K, const mf_tq2_block *w,
+                              int64_t N, float w_scale, const float *row_scales, float *y,
+                              int32_t *acc_out, int nt, const tq2_impl impl) {
+    tern_call c = {impl, x, w, y, acc_out, row_scales, w_scale, M, K, N, 0, 0, 0, 0, 0, nt};
+    c.KB = mf_round_up(K, MF_TQ2_K) / MF_TQ2_K;
+    c.Kp = c.KB * MF_TQ2_K;
+    c.NB = mf_round_up(N, MF_TQ2_ROWS) / MF_TQ2_ROWS;
+    c.Np = c.NB * MF_TQ2_ROWS;
+    c.tab_tok = impl.tab_per_block * c.KB;
+    return c;
+}
+
+/* Scratch of a pass over mc tokens: per copy (q, scales, tables) and the accumulators. With
+ * fewer tokens than threads (decode) every thread quantizes and builds the tables itself, into
+ * its own copy (a few us), instead of splitting that work behind a wait. */
+typedef struct {
+    size_t q_bytes, s_bytes, copy_bytes, total;
+    int priv;
+} tern_layout;
+
+static tern_layout tern_layout_of(const tern_call *c, int64_t mc) {
+    tern_layout l;
+    l.priv = mc < c->nt;
+    l.q_bytes = mf_align_up((size_t)(mc * c->Kp));
+    l.s_bytes = mf_align_up((size_t)mc * 4);
+    l.copy_bytes = l.q_bytes + l.s_bytes + mf_align_up((size_t)(mc * c->tab_tok));
+    l.total = l.copy_bytes * (size_t)(l.priv ? c->nt : 1) + mf_align_up((size_t)(mc * c->Np) * 4);
+    return l;
+}
+
+static size_t tern_scratch_bytes(const tern_call *c) {
+    const int64_t first = c->M < TOKENS_PER_PASS ? c->M : TOKENS_PER_PASS;
+    const int64_t last = c->M % TOKENS_PER_PASS == 0 ? first : c->M % TOKENS_PER_PASS;
+    const size_t a = tern_layout_of(c, first).total, b = tern_layout_of(c, last).total;
+    return a > b ? a : b;
+}
+
+/* Tokens [m0, m0 + mc) of a call (mc <= TOKENS_PER_PASS; longer prefill runs several passes:
+ * bounded scratch, the weights re-read per pass), as this thread's part of the team's phases:
+ *   decode (mc < nt): one phase, work items of a few row-block groups handed out dynamically;
+ *     a thread quantizes and builds the tables into its own copy before its first item;
+ *   batches: a phase of one item per token (quantize, tables: shared), then the row items.
+ * One k-chunk (decode, small batches): items of a few row-block groups, so a thread the OS
+ * deschedules on a busy machine delays only the item it holds. Several k-chunks (prefill keeps
+ * the tables of all its tokens in L2): one item per thread's share of row blocks (its
+ * accumulators carry across the chunks). */
+/* Token m of x: int8 codes and scale, then its tables (when the variant has them). */
+static inline void tern_prep(const tern_call *c, const float *x, int64_t m, int8_t *qx, float *sx,
+                             uint8_t *tab) {
+    c->impl.quant(x + m * c->K, c->K, c->Kp, qx + m * c->Kp, &sx[m]);
+    if (c->impl.tables != NULL) c->impl.tables(qx + m * c->Kp, c->KB, tab + m * c->tab_tok);
+}
+
+static void tern_pass(const tern_call *c, int64_t m0, int64_t mc, uint8_t *scratch, mf_walk *wk) {
+    const tq2_impl *impl = &c->impl;
+    const tern_layout l = tern_layout_of(c, mc);
+    const float *x = c->x + m0 * c->K;
+    uint8_t *mine = scratch + (l.priv ? l.copy_bytes * (size_t)wk->tid : 0);
+    int8_t *qx = (int8_t *)mine;
+    float *sx = (float *)(mine + l.q_bytes);
+    uint8_t *tab = mine + l.q_bytes + l.s_bytes;
+    int32_t *acc = (int32_t *)(scratch + l.copy_bytes * (size_t)(l.priv ? c->nt : 1));
+    /* k-chunk: decode keeps the whole k range (weights streamed strictly in order); prefill
+     * limits the chunk so the tables of all mc tokens stay in L2 while each 32-row slab of
+     * weights (<= a few KB) is reused from L1 by every token. */
+    int64_t kcb = c->KB;
+    if (mc > 1 && impl->tab_per_block > 0) {
+        kcb = (impl->tab_per_block == T81_TAB ? T81_L2_BYTES : TAB_L2_BYTES) / (mc * impl->tab_per_block);
+        kcb = kcb < 4 ? 4 : (kcb > c->KB ? c->KB : kcb);
+    }
+    const tq2_args ta = {impl, x, c->w, c->y + m0 * c->N, acc,
+                         c->acc_out != NULL ? c->acc_out + m0 * c->N : NULL, c->row_scales, qx,
+                         sx, tab, c->w_scale, mc, c->K, c->KB, c->Kp, c->N, c->Np, c->tab_tok, kcb};
+    int64_t i;
+    if (!l.priv)
+        while ((i = mf_walk_next(wk, mc)) >= 0) {
+            tern_prep(c, x, i, qx, sx, tab);
+            mf_walk_done(wk);
+        }
+    const int64_t NB = c->NB;
+    int built = !l.priv;
+    const int64_t item = impl->group * TQ2_ITEM_GROUPS <= TQ2_ITEM_BLOCKS ? impl->group * TQ2_ITEM_GROUPS : impl->group;
+    /* paired layouts: every share starts at a pair (its first row block even) */
+    const int64_t even = impl->kern_pair != NULL ? ~(int64_t)1 : ~(int64_t)0, T = c->nt;
+    const int64_t n_items = kcb == c->KB ? (NB + item - 1) / item : T;
+    while ((i = mf_walk_next(wk, n_items)) >= 0) {
+        if (!built) {
+            for (int64_t m = 0; m < mc; ++m) tern_prep(c, x, m, qx, sx, tab);
+            built = 1;
+        }
+        if (kcb == c->KB)
+            tq2_rows(&ta, i * item, (i + 1) * item < NB ? (i + 1) * item : NB);
+        else
+            tq2_rows(&ta, (NB * i / T) & even, i + 1 == T ? NB : (NB * (i + 1) / T) & even);
+        mf_walk_done(wk);
+    }
+}
+
+static void tern_team(const tern_call *c, uint8_t *scratch, mf_walk *wk) {
+    for (int64_t m0 = 0; m0 < c->M; m0 += TOKENS_PER_PASS)
+        tern_pass(c, m0, c->M - m0 < TOKENS_PER_PASS ? c->M - m0 : TOKENS_PER_PASS, scratch, wk);
+}
+
+/* The per-call driver: a team of its own in one OpenMP region. Returns `isa`, or -1 if scratch
+ * allocation failed. */
 static int tern_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_block *w,
                             int64_t N, float w_scale, const float *row_scales, float *y,
                             int32_t *acc_out, int64_t threads, int isa, const tq2_impl impl) {
-    if (M > TOKENS_PER_PASS) { /* long prefill: bounded scratch, weights re-read per pass */
-        for (int64_t m0 = 0; m0 < M; m0 += TOKENS_PER_PASS) {
-            const int64_t mc = M - m0 < TOKENS_PER_PASS ? M - m0 : TOKENS_PER_PASS;
-            const int rc = tern_linear_impl(x + m0 * K, mc, K, w, N, w_scale, row_scales,
-                                            y + m0 * N, acc_out != NULL ? acc_out + m0 * N : NULL,
-                                            threads, isa, impl);
-            if (rc < 0) return rc;
-        }
-        return isa;
-    }
-    const int64_t t_start = now_ns();
-    const int64_t KB = mf_round_up(K, MF_TQ2_K) / MF_TQ2_K, Kp = KB * MF_TQ2_K;
-    const int64_t NB = mf_round_up(N, MF_TQ2_ROWS) / MF_TQ2_ROWS, Np = NB * MF_TQ2_ROWS;
-    const int64_t tab_tok = impl.tab_per_block * KB;
+    const int64_t t_start = mf_now_ns();
+    const int64_t NB = mf_round_up(N, MF_TQ2_ROWS) / MF_TQ2_ROWS;
     int nt = mf_threads(threads);
     if (nt > NB) nt = (int)NB;
     if (nt < 1) nt = 1;
-    if (nt > 1 && atomic_load_explicit(&tq2_backoff, memory_order_relaxed) > 0) {
-        atomic_fetch_sub_explicit(&tq2_backoff, 1, memory_order_relaxed);
-        nt = 1; /* a recent call found the cores busy (see TQ2_STALL_NS) */
-    }
-    /* With fewer tokens than threads (decode), every thread quantizes and builds the tables
-     * itself (a few us) instead of splitting the work: the region then has no barrier but its
-     * join, which matters when the cores are shared and a waiting thread may lose its slice. */
-    const int priv = M < nt;
-    const int ncopy = priv ? nt : 1;
-    const size_t q_bytes = mf_align_up((size_t)(M * Kp)), s_bytes = mf_align_up((size_t)M * 4);
-    const size_t t_bytes = mf_align_up((size_t)(M * tab_tok)), a_bytes = (size_t)(M * Np) * 4;
-    const size_t copy_bytes = q_bytes + s_bytes + t_bytes;
-    uint8_t *scratch = mf_scratch(copy_bytes * (size_t)ncopy + a_bytes);
+    if (nt > 1 && mf_backoff_take()) nt = 1; /* a recent call found the cores busy */
+    const tern_call c = tern_call_of(x, M, K, w, N, w_scale, row_scales, y, acc_out, nt, impl);
+    uint8_t *scratch = mf_scratch(tern_scratch_bytes(&c));
     if (scratch == NULL) return -1;
-    int32_t *acc = (int32_t *)(scratch + copy_bytes * (size_t)ncopy);
-
-    /* k-chunk: decode keeps the whole k range (weights streamed strictly in order); prefill
-     * limits the chunk so the tables of all M tokens stay in L2 while each 32-row slab of
-     * weights (<= a few KB) is reused from L1 by every token. */
-    int64_t kcb = KB;
-    if (M > 1 && impl.tab_per_block > 0) {
-        kcb = (impl.tab_per_block == T81_TAB ? T81_L2_BYTES : TAB_L2_BYTES) / (M * impl.tab_per_block);
-        kcb = kcb < 4 ? 4 : (kcb > KB ? KB : kcb);
+    mf_team team = {0};
+    if (nt == 1) {
+        mf_walk wk = mf_walk_solo(&team);
+        tern_team(&c, scratch, &wk);
+        return isa;
     }
-
     int64_t t_master_done = 0;
 #pragma omp parallel num_threads(nt)
     {
 #ifdef _OPENMP
-        const int tid = omp_get_thread_num(), T = omp_get_num_threads();
+        const int tid = omp_get_thread_num();
 #else
-        const int tid = 0, T = 1;
+        const int tid = 0;
 #endif
-        uint8_t *mine = scratch + (priv ? copy_bytes * (size_t)tid : 0);
-        int8_t *qx = (int8_t *)mine;
-        float *sx = (float *)(mine + q_bytes);
-        uint8_t *tab = mine + q_bytes + s_bytes;
-        /* 1-2. quantize + tables, per token */
-        if (priv) {
-            for (int64_t m = 0; m < M; ++m) {
-                impl.quant(x + m * K, K, Kp, qx + m * Kp, &sx[m]);
-                if (impl.tables != NULL) impl.tables(qx + m * Kp, KB, tab + m * tab_tok);
-            }
-        } else {
-#pragma omp for schedule(static)
-            for (int64_t m = 0; m < M; ++m) {
-                impl.quant(x + m * K, K, Kp, qx + m * Kp, &sx[m]);
-                if (impl.tables != NULL) impl.tables(qx + m * Kp, KB, tab + m * tab_tok);
-            }
-        }
-        /* 3-4. row blocks. One k-chunk (decode, small batches): work items of a few row-block
-         * groups handed out dynamically, with no barrier before the join, so a thread that the
-         * OS deschedules on a busy machine delays only the item it holds (a static split made
-         * the other thread wait for its whole half). Several k-chunks: a static split, the same
-         * row blocks per thread in every chunk (their accumulators carry across chunks). */
-        const tq2_args ta = {&impl, x, w, y, acc, acc_out, row_scales, qx, sx, tab, w_scale,
-                             M, K, KB, Kp, N, Np, tab_tok, kcb};
-        if (kcb == KB) {
-            const int64_t item = impl.group * TQ2_ITEM_GROUPS <= TQ2_ITEM_BLOCKS ? impl.group * TQ2_ITEM_GROUPS : impl.group;
-            const int64_t n_items = (NB + item - 1) / item;
-#pragma omp for schedule(dynamic, 1) nowait
-            for (int64_t i = 0; i < n_items; ++i)
-                tq2_rows(&ta, i * item, (i + 1) * item < NB ? (i + 1) * item : NB);
-        } else {
-            /* paired layouts: every thread's range starts at a pair (its first row block even) */
-            const int64_t even = impl.kern_pair != NULL ? ~(int64_t)1 : ~(int64_t)0;
-            tq2_rows(&ta, (NB * tid / T) & even, tid + 1 == T ? NB : (NB * (tid + 1) / T) & even);
-        }
-        if (tid == 0 && nt > 1) t_master_done = now_ns();
+        mf_walk wk = {&team, tid, nt, 0, -1, t_start, 0};
+        tern_team(&c, scratch, &wk);
+        if (tid == 0) t_master_done = mf_now_ns();
     }
-    if (nt > 1) {
-        /* The master waited this long at the join for the other threads: on cores shared with
-         * other busy processes a worker can lose its core for a whole scheduler slice (ms).
-         * Then run the next calls on one thread rather than stall on every one. */
-        const int64_t t_end = now_ns();
-        if (t_end - t_master_done > TQ2_STALL_NS && t_end - t_master_done > t_master_done - t_start) {
-            const int since = atomic_exchange_explicit(&tq2_calls_since, 0, memory_order_relaxed);
-            int len = atomic_load_explicit(&tq2_backoff_len, memory_order_relaxed);
-            len = since < TQ2_BACKOFF_CALLS ? (len * 2 < TQ2_BACKOFF_MAX ? len * 2 : TQ2_BACKOFF_MAX)
-                                            : TQ2_BACKOFF_CALLS;
-            atomic_store_explicit(&tq2_backoff_len, len, memory_order_relaxed);
-            atomic_store_explicit(&tq2_backoff, len, memory_order_relaxed);
-        } else if (atomic_load_explicit(&tq2_calls_since, memory_order_relaxed) < TQ2_BACKOFF_CALLS) {
-            atomic_fetch_add_explicit(&tq2_calls_since, 1, memory_order_relaxed); /* saturates */
-        }
-    }
+    /* The master waited this long at the join (or for an item) for the other threads: on cores
+     * shared with other busy processes a worker can lose its core for a whole scheduler slice
+     * (ms). Then run the next calls on one thread rather than stall on every one. */
+    const int64_t t_end = mf_now_ns();
+    mf_backoff_note(atomic_load_explicit(&team.stalled, memory_order_relaxed) ||
+                    (t_end - t_master_done > MF_STALL_NS && t_end - t_master_done > t_master_done - t_start), 1);
     return isa;
 }
 
@@ -1521,6 +1694,72 @@ int mf_op_t81_linear(const int64_t *a) {
                                    mf_slot_ptr(a[8]), a[9], isa, isa >= MF_ISA_AVX512 && mf_cpu_vbmi());
     return rc < 0 ? MF_OP_NOMEM : rc;
 }
+
+/* The plan runner's team versions of the two ops (csrc/mf_plan.c): the same call split in the
+ * team's items; a call asking for one thread (a small weight: plan.threads_for) is one item. */
+static int team_linear_threads(const int64_t *a) {
+    const int64_t NB = mf_round_up(a[4], MF_TQ2_ROWS) / MF_TQ2_ROWS;
+    const int nt = mf_threads(a[9]);
+    return nt > NB ? (int)NB : nt;
+}
+
+static tern_call team_call(const int64_t *a, int nt, const tq2_impl impl) {
+    return tern_call_of(mf_slot_ptr(a[0]), a[1], a[2], mf_slot_ptr(a[3]), a[4],
+                        (float)mf_slot_f64(a[5]), mf_slot_ptr(a[6]), mf_slot_ptr(a[7]),
+                        mf_slot_ptr(a[8]), team_linear_threads(a) <= 1 ? 1 : nt, impl);
+}
+
+static int team_linear(const int64_t *a, mf_walk *w, void *scratch, const tq2_impl impl, int isa) {
+    const tern_call c = team_call(a, w->nt, impl);
+    if (c.nt > 1) {
+        tern_team(&c, scratch, w);
+        return isa;
+    }
+    while (mf_walk_next(w, 1) >= 0) { /* one item: the whole call on one thread */
+        mf_team solo = {0};
+        mf_walk s = mf_walk_solo(&solo);
+        tern_team(&c, scratch, &s);
+        mf_walk_done(w);
+    }
+    return isa;
+}
+
+static tq2_impl tq2_impl_of(const int64_t *a, int *isa) {
+    *isa = mf_isa_resolve((int)a[10]);
+    return tq2_select(*isa, *isa >= MF_ISA_AVX512 && mf_cpu_vbmi());
+}
+
+static tq2_impl t81_impl_of(const int64_t *a, int *isa) {
+    const int req = mf_isa_resolve((int)a[10]), vbmi = req >= MF_ISA_AVX512 && mf_cpu_vbmi();
+    *isa = t81_level(req, vbmi);
+    return t81_select(req, vbmi);
+}
+
+int mf_team_tq2_linear(const int64_t *a, mf_walk *w, void *scratch) {
+    int isa;
+    const tq2_impl impl = tq2_impl_of(a, &isa);
+    return team_linear(a, w, scratch, impl, isa);
+}
+
+int mf_team_t81_linear(const int64_t *a, mf_walk *w, void *scratch) {
+    int isa;
+    const tq2_impl impl = t81_impl_of(a, &isa);
+    return team_linear(a, w, scratch, impl, isa);
+}
+
+size_t mf_team_bytes_tq2_linear(const int64_t *a, int nt) {
+    int isa;
+    const tern_call c = team_call(a, nt, tq2_impl_of(a, &isa));
+    return tern_scratch_bytes(&c);
+}
+
+size_t mf_team_bytes_t81_linear(const int64_t *a, int nt) {
+    int isa;
+    const tern_call c = team_call(a, nt, t81_impl_of(a, &isa));
+    return tern_scratch_bytes(&c);
+}
+
+int mf_op_threads_linear(const int64_t *a) { return team_linear_threads(a); }
 
 MF_PYFUNC(t81_linear,
           "t81_linear(x, M, K, w, N, w_scale, row_scales_or_0, y, acc_or_0, threads, isa) -> isa.") {
