@@ -80,6 +80,7 @@ def test_busy_measurement_is_kept_in_process_only(tuner, monkeypatch):
     entry = kernels.isa_report(measure=False)["families"]["ternary_b1"]
     assert entry["source"].startswith("measured, not cached (load 64.00 >")
     assert entry["load"] == 64.0
+    assert "not cached (load 64.00 >" in kernels.isa_summary(measure=False)
     assert not _cache_file().exists()
     dispatch.reset()  # a new process on a quiet machine measures again and caches, with its load
     monkeypatch.setattr(dispatch, "load_average", lambda: 0.25)
@@ -322,7 +323,8 @@ def test_isa_report_and_summary():
     assert set(r["families"]) == set(dispatch.FAMILIES)
     for fam, e in r["families"].items():
         assert e["level"] in dispatch.FAMILIES[fam].levels
-        assert e["source"] in ("measured", "cache", "only candidate")
+        # "measured, not cached (why)" when this run's machine is busy (dispatch.disturbed)
+        assert e["source"].startswith(("measured", "cache", "only candidate"))
     line = kernels.isa_summary()
     assert all(f"{fam}=" in line for fam in dispatch.FAMILIES)
 

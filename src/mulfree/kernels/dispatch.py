@@ -487,6 +487,8 @@ def summary(measure_all: bool = True) -> str:
         lv = r["forced"] if forced else e["level"]
         us = e.get("median_us")
         detail = " ".join(f"{n} {v:g}" for n, v in us.items()) + " µs" if us else e["source"]
+        if us and e["source"] != "measured" and e["source"].startswith("measured"):
+            detail += ", " + e["source"].removeprefix("measured, ")  # "not cached (why)"
         parts.append(f"{fam}={lv} ({detail})")
     head = f"isa ({r['cpu']}; forced {r['forced']})" if forced else f"isa ({r['cpu']})"
     return f"{head}: " + ", ".join(parts)
