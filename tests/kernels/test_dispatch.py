@@ -68,6 +68,10 @@ def test_disturbed_rule_on_fake_load_and_samples():
     why = dispatch.disturbed(noisy, load=0.5, cores=2)
     assert why is not None and why.startswith("avx2/avx512 spread")
     assert dispatch.disturbed(noisy, load=0.5, cores=2, max_spread=1.0) is None
+    # as wide, but every quartile says avx2 wins by more than the margin: cached
+    clear = {"avx2": [0.5, 0.8, 0.5, 0.8, 0.6], "avx512": [1.0] * 5}
+    assert dispatch.ratio_spread(clear["avx2"], clear["avx512"]) > dispatch.MAX_SPREAD
+    assert dispatch.disturbed(clear, load=0.5, cores=2) is None
     assert dispatch.ratio_spread([1.0, 2.0], [1.0, 1.0]) == 0.0  # too few rounds to judge
 
 

@@ -30,7 +30,8 @@ after measuring.
 A busy machine (`disturbed`): a near-tie measured while other work shares the cores is noise,
 and a disk entry would keep it for good. So a measurement taken when the 1-minute load average
 exceeds the core count, or whose paired ratios spread too widely from round to round
-(interquartile range above `MAX_SPREAD` of their median), is used in this process only (its
+(interquartile range above `MAX_SPREAD` of their median, and across the decision threshold), is
+used in this process only (its
 entry says why) and not written; the next process measures again.
 """
 
@@ -118,13 +119,16 @@ def median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
     return statistics.median(a[r] / b[r] for r in range(n))
 
 
+def _ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    return sorted(a[i] / b[i] for i in range(min(len(a), len(b))))
+
+
 def ratio_spread(a: Sequence[float], b: Sequence[float]) -> float:
     """Interquartile range of the paired ratios a[r] / b[r], relative to their median: 0 when
     every round agrees; large when the machine's load changed between the two levels' samples
     (a steady slowdown both levels see does not move it)."""
-    n = min(len(a), len(b))
-    r = sorted(a[i] / b[i] for i in range(n))
-    if n < 4:
+    r = _ratios(a, b)
+    if len(r) < 4:
         return 0.0
     q1, _, q3 = statistics.quantiles(r, n=4, method="inclusive")
     return (q3 - q1) / statistics.median(r)
@@ -135,19 +139,25 @@ def disturbed(
     load: float | None,
     cores: int,
     max_spread: float = MAX_SPREAD,
+    margin: float = MARGIN,
 ) -> str | None:
     """Why a measurement must not be cached on disk, or None when it may be. `load` is the
     1-minute load average when measuring (None: unknown, e.g. no os.getloadavg), `cores` the
     cores this process may run on. Busy: load above the core count (the probe's own thread
-    counts for about 1, so a quiet machine stays below). Noisy: some level's paired ratio to the
-    highest level has a relative IQR above `max_spread`."""
+    counts for about 1, so a quiet machine stays below). Noisy: some level's paired ratios to the
+    highest level spread wider than `max_spread` (relative IQR) AND their interquartile range
+    straddles the decision threshold 1 - margin, i.e. the rounds disagree about which level wins
+    (a wide spread on a clear winner, as a process's first probe often shows, is still cached)."""
     if load is not None and load > cores:
         return f"load {load:.2f} > {cores} cores"
     order = sorted(samples, key=lambda n: _core.ISA_LEVELS[n], reverse=True)
     for low in order[1:]:
-        sp = ratio_spread(samples[low], samples[order[0]])
+        a, b = samples[low], samples[order[0]]
+        sp = ratio_spread(a, b)
         if sp > max_spread:
-            return f"{low}/{order[0]} spread {sp:.2f} > {max_spread:g}"
+            q1, _, q3 = statistics.quantiles(_ratios(a, b), n=4, method="inclusive")
+            if q1 < 1.0 - margin < q3:
+                return f"{low}/{order[0]} spread {sp:.2f} > {max_spread:g} across 1 - margin"
     return None
 
 
