@@ -50,6 +50,7 @@ static const plan_op PLAN_OPS[] = {
     {"tfm_head_i4", "pllplppll", mf_op_tfm_head_i4},
     {"tfm_head_bf16", "pllplpll", mf_op_tfm_head_bf16},
     {"dec_embed", "pllllpplp", mf_op_dec_embed},
+    {"t81_linear", "pllpldpppll", mf_op_t81_linear}, /* tq2_linear's slots, t81 weights */
 };
 #define N_PLAN_OPS ((int64_t)(sizeof PLAN_OPS / sizeof PLAN_OPS[0]))
 

@@ -50,6 +50,35 @@ def test_plan_run_equals_the_per_call_loop(same_norms, batch, threads):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("m", [1, 8])
+def test_plan_run_t81_linear_equals_the_direct_call(m, isa):
+    """The t81_linear op (tq2_linear's slots on t81 bytes) run by plan_run gives the bits of the
+    direct call and of tq2_linear on the same weight (both layouts are exact)."""
+    from mulfree.kernels import ternary as K_
+
+    if isa not in kernels.available_isas():
+        pytest.skip(f"{isa} not on this CPU")
+    C = kernels.core()
+    n, k = 128, 320
+    g = torch.Generator().manual_seed(m)
+    q = torch.randint(-1, 2, (n, k), dtype=torch.int8, generator=g)
+    tq2 = K_.tq2_pack(q, -(-n // 32) * 32 * -(-k // 16) * 16 // 4)
+    t81 = K_.tq2_to_t81(tq2, n, k)
+    x = torch.randn(m, k, generator=g)
+    lv = kernels.ISA_LEVELS[isa]
+    y_plan, y_t81, y_tq2 = (torch.empty(m, n) for _ in range(3))
+
+    def call(fn, w, y):
+        return (fn, (x.data_ptr(), m, k, w.data_ptr(), n, 0.5, 0, y.data_ptr(), 0, 1, lv))
+
+    words = encode_plan(C, [call(C.t81_linear, t81, y_plan)])
+    assert C.plan_run(words.ctypes.data, words.size) == 1
+    for fn, args in (call(C.t81_linear, t81, y_t81), call(C.tq2_linear, tq2, y_tq2)):
+        fn(*args)
+    assert torch.equal(y_plan, y_t81) and torch.equal(y_plan, y_tq2)
+
+
 def test_plan_run_refuses_a_malformed_plan_before_running_anything():
     C = kernels.core()
     _, one = _decoders(False, 1, 1)

@@ -23,8 +23,16 @@ Disk cache: `isa-<key>.json` under `$MULFREE_CACHE`, else `$XDG_CACHE_HOME/mulfr
 `~/.cache/mulfree`. The key is the CPU model, a hash of its feature flags and a hash of the
 compiled core's file, so another CPU or another build measures again. The file (JSON, written
 atomically: temp file + rename) holds `format`, `version`, `key` and `families` (family ->
-level, medians in µs, rounds). A file that does not parse, has another key or names a level
-this CPU or family cannot run is ignored and rewritten after measuring.
+level, medians in µs, rounds, the 1-minute load average when measured). A file that does not
+parse, has another key or names a level this CPU or family cannot run is ignored and rewritten
+after measuring.
+
+A busy machine (`disturbed`): a near-tie measured while other work shares the cores is noise,
+and a disk entry would keep it for good. So a measurement taken when the 1-minute load average
+exceeds the core count, or whose paired ratios spread too widely from round to round
+(interquartile range above `MAX_SPREAD` of their median, and across the decision threshold), is
+used in this process only (its
+entry says why) and not written; the next process measures again.
 """
 
 from __future__ import annotations
@@ -45,13 +53,14 @@ from pathlib import Path
 from mulfree.kernels import _core
 
 FORMAT = "mulfree-isa-choice"
-VERSION = 2  # bump when probes, candidates or the rule change: old files are then foreign
+VERSION = 3  # bump when probes, candidates or the rule change: old files are then foreign
 MARGIN = 0.05  # a lower level must be >= 5 % faster (median paired ratio) to be chosen
 SAMPLE_S = 6e-4  # target seconds per sample
 ROUNDS = 9
 MIN_ROUNDS = 5
 BUDGET_S = 0.05  # per family: stop after MIN_ROUNDS once this is spent
 PROBE_COPIES = 16  # ternary probes: weight copies cycled through (16 x 512 KiB, past L2)
+MAX_SPREAD = 0.25  # paired ratios' IQR / median above this: the rounds disagree, do not cache
 
 TERNARY_B1 = "ternary_b1"
 TERNARY_BATCH = "ternary_batch"
@@ -108,6 +117,63 @@ def median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
     if n == 0:
         raise ValueError("no rounds")
     return statistics.median(a[r] / b[r] for r in range(n))
+
+
+def _ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    return sorted(a[i] / b[i] for i in range(min(len(a), len(b))))
+
+
+def ratio_spread(a: Sequence[float], b: Sequence[float]) -> float:
+    """Interquartile range of the paired ratios a[r] / b[r], relative to their median: 0 when
+    every round agrees; large when the machine's load changed between the two levels' samples
+    (a steady slowdown both levels see does not move it)."""
+    r = _ratios(a, b)
+    if len(r) < 4:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(r, n=4, method="inclusive")
+    return (q3 - q1) / statistics.median(r)
+
+
+def disturbed(
+    samples: Mapping[str, Sequence[float]],
+    load: float | None,
+    cores: int,
+    max_spread: float = MAX_SPREAD,
+    margin: float = MARGIN,
+) -> str | None:
+    """Why a measurement must not be cached on disk, or None when it may be. `load` is the
+    1-minute load average when measuring (None: unknown, e.g. no os.getloadavg), `cores` the
+    cores this process may run on. Busy: load above the core count (the probe's own thread
+    counts for about 1, so a quiet machine stays below). Noisy: some level's paired ratios to the
+    highest level spread wider than `max_spread` (relative IQR) AND their interquartile range
+    straddles the decision threshold 1 - margin, i.e. the rounds disagree about which level wins
+    (a wide spread on a clear winner, as a process's first probe often shows, is still cached)."""
+    if load is not None and load > cores:
+        return f"load {load:.2f} > {cores} cores"
+    order = sorted(samples, key=lambda n: _core.ISA_LEVELS[n], reverse=True)
+    for low in order[1:]:
+        a, b = samples[low], samples[order[0]]
+        sp = ratio_spread(a, b)
+        if sp > max_spread:
+            q1, _, q3 = statistics.quantiles(_ratios(a, b), n=4, method="inclusive")
+            if q1 < 1.0 - margin < q3:
+                return f"{low}/{order[0]} spread {sp:.2f} > {max_spread:g} across 1 - margin"
+    return None
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, or None where the OS has none."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (OSError, AttributeError):
+        return os.cpu_count() or 1
 
 
 def measure(
@@ -338,7 +404,9 @@ def reset() -> None:
         _key = _disk = None
 
 
-def _entry(levels: Sequence[str], samples: Mapping[str, Sequence[float]]) -> dict:
+def _entry(
+    levels: Sequence[str], samples: Mapping[str, Sequence[float]], load: float | None = None
+) -> dict:
     if len(levels) == 1:
         return {"level": levels[0], "source": "only candidate"}
     lv = choose(samples)
@@ -346,6 +414,7 @@ def _entry(levels: Sequence[str], samples: Mapping[str, Sequence[float]]) -> dic
     return {
         "level": lv,
         "source": "measured",
+        "load": None if load is None else round(load, 2),
         "median_us": {n: round(statistics.median(s) * 1e6, 2) for n, s in samples.items()},
         "ratio_to_" + top: {
             n: round(median_ratio(s, samples[top]), 3) for n, s in samples.items() if n != top
@@ -378,10 +447,18 @@ def choice(family: str) -> str:
                 entry = dict(_disk[family], source="cache")
             else:
                 try:
-                    entry = _entry(levels, measure_family(family))
+                    samples = measure_family(family)
+                    load = load_average()
+                    entry = _entry(levels, samples, load)
+                    why = disturbed(samples, load, usable_cores())
                 except Exception as e:  # a probe must never break a kernel call
                     entry = {"level": levels[-1], "source": f"default (probe failed: {e!r})"}
                 else:
+                    if why is not None:  # this process only: the next one measures again
+                        entry["source"] = f"measured, not cached ({why})"
+                        _entries[family] = entry
+                        chosen[family] = entry["level"]
+                        return entry["level"]
                     stored = {k: v for k, v in entry.items() if k != "source"}
                     fresh = read_cache(cache_path(_key), _key)  # another process may have added
                     _disk = {**fresh, family: stored}
@@ -420,6 +497,8 @@ def summary(measure_all: bool = True) -> str:
         lv = r["forced"] if forced else e["level"]
         us = e.get("median_us")
         detail = " ".join(f"{n} {v:g}" for n, v in us.items()) + " µs" if us else e["source"]
+        if us and e["source"] != "measured" and e["source"].startswith("measured"):
+            detail += ", " + e["source"].removeprefix("measured, ")  # "not cached (why)"
         parts.append(f"{fam}={lv} ({detail})")
     head = f"isa ({r['cpu']}; forced {r['forced']})" if forced else f"isa ({r['cpu']})"
     return f"{head}: " + ", ".join(parts)
