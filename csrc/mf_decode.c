@@ -289,11 +289,20 @@ MF_PYFUNC(dec_glu, "dec_glu(gu, B, I, dw, d_eps, out, isa) -> isa used: silu(gat
  * RMS sums are one fixed-order reduction each: not split). */
 static int64_t stage_items(int64_t B) { return B > 1 ? B : 1; }
 
+/* An item finished with status rc: a failed item stops the team before it is marked done, so
+ * no thread runs on past it into the next op. Returns rc. */
+static int stage_done(mf_walk *w, int rc) {
+    if (rc < 0) mf_walk_fail(w, rc);
+    mf_walk_done(w);
+    return rc;
+}
+
 int mf_team_dec_norm2(const int64_t *a, mf_walk *w, void *scratch) {
     (void)scratch;
     if (mf_slot_ptr(a[7]) == NULL || mf_slot_ptr(a[8]) == NULL) return MF_OP_BADARG;
     const int64_t B = a[2], n = a[3];
     int64_t b;
+    int rc = 0;
     while ((b = mf_walk_next(w, stage_items(B))) >= 0) {
         int64_t r[13];
         memcpy(r, a, sizeof r);
@@ -303,16 +312,16 @@ int mf_team_dec_norm2(const int64_t *a, mf_walk *w, void *scratch) {
         r[2] = rows;
         for (int c = 8; c <= 12; c += 2)
             if (r[c] != 0) r[c] += off;
-        mf_op_dec_norm2(r);
-        mf_walk_done(w);
+        rc = stage_done(w, mf_op_dec_norm2(r));
     }
-    return 0;
+    return rc;
 }
 
 int mf_team_dec_mlgru(const int64_t *a, mf_walk *w, void *scratch) {
     (void)scratch;
     const int64_t B = a[4], E = a[5], ys = a[3];
-    int64_t b, rc = 0;
+    int64_t b;
+    int rc = 0;
     while ((b = mf_walk_next(w, stage_items(B))) >= 0) {
         int64_t r[15];
         memcpy(r, a, sizeof r);
@@ -322,16 +331,16 @@ int mf_team_dec_mlgru(const int64_t *a, mf_walk *w, void *scratch) {
             r[8] += b * E * 4;
             r[13] += b * E * 4;
         }
-        rc = mf_op_dec_mlgru(r);
-        mf_walk_done(w);
+        rc = stage_done(w, mf_op_dec_mlgru(r));
     }
-    return (int)rc;
+    return rc;
 }
 
 int mf_team_dec_glu(const int64_t *a, mf_walk *w, void *scratch) {
     (void)scratch;
     const int64_t B = a[1], I = a[2];
-    int64_t b, rc = 0;
+    int64_t b;
+    int rc = 0;
     while ((b = mf_walk_next(w, stage_items(B))) >= 0) {
         int64_t r[7];
         memcpy(r, a, sizeof r);
@@ -340,19 +349,14 @@ int mf_team_dec_glu(const int64_t *a, mf_walk *w, void *scratch) {
             r[1] = 1;
             r[5] += b * I * 4;
         }
-        rc = mf_op_dec_glu(r);
-        mf_walk_done(w);
+        rc = stage_done(w, mf_op_dec_glu(r));
     }
-    return (int)rc;
+    return rc;
 }
 
 int mf_team_dec_embed(const int64_t *a, mf_walk *w, void *scratch) {
     (void)scratch;
     int rc = 0;
-    while (mf_walk_next(w, 1) >= 0) { /* one item: B rows of a table lookup */
-        rc = mf_op_dec_embed(a);
-        if (rc < 0) mf_walk_fail(w, rc); /* before done: no thread runs on past it */
-        mf_walk_done(w);
-    }
+    while (mf_walk_next(w, 1) >= 0) rc = stage_done(w, mf_op_dec_embed(a)); /* one item: B rows */
     return rc;
 }

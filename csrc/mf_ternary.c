@@ -1531,6 +1531,13 @@ static size_t tern_scratch_bytes(const tern_call *c) {
     return a > b ? a : b;
 }
 
+/* Token m of x: int8 codes and scale, then its tables (when the variant has them). */
+static inline void tern_prep(const tern_call *c, const float *x, int64_t m, int8_t *qx, float *sx,
+                             uint8_t *tab) {
+    c->impl.quant(x + m * c->K, c->K, c->Kp, qx + m * c->Kp, &sx[m]);
+    if (c->impl.tables != NULL) c->impl.tables(qx + m * c->Kp, c->KB, tab + m * c->tab_tok);
+}
+
 /* Tokens [m0, m0 + mc) of a call (mc <= TOKENS_PER_PASS; longer prefill runs several passes:
  * bounded scratch, the weights re-read per pass), as this thread's part of the team's phases:
  *   decode (mc < nt): one phase, work items of a few row-block groups handed out dynamically;
@@ -1540,13 +1547,6 @@ static size_t tern_scratch_bytes(const tern_call *c) {
  * deschedules on a busy machine delays only the item it holds. Several k-chunks (prefill keeps
  * the tables of all its tokens in L2): one item per thread's share of row blocks (its
  * accumulators carry across the chunks). */
-/* Token m of x: int8 codes and scale, then its tables (when the variant has them). */
-static inline void tern_prep(const tern_call *c, const float *x, int64_t m, int8_t *qx, float *sx,
-                             uint8_t *tab) {
-    c->impl.quant(x + m * c->K, c->K, c->Kp, qx + m * c->Kp, &sx[m]);
-    if (c->impl.tables != NULL) c->impl.tables(qx + m * c->Kp, c->KB, tab + m * c->tab_tok);
-}
-
 static void tern_pass(const tern_call *c, int64_t m0, int64_t mc, uint8_t *scratch, mf_walk *wk) {
     const tq2_impl *impl = &c->impl;
     const tern_layout l = tern_layout_of(c, mc);
@@ -1638,19 +1638,13 @@ static int tern_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_b
     return isa;
 }
 
+/* A call at a given level with VBMI on or off: the seam of the SIMDe harnesses
+ * (tests/kernels/avx512_emulated_harness.c, t81_emulated_harness.c), which force VBMI where the CPU lacks it. */
 static int tq2_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_block *w,
                            int64_t N, float w_scale, const float *row_scales, float *y,
                            int32_t *acc_out, int64_t threads, int isa, int vbmi) {
     return tern_linear_impl(x, M, K, w, N, w_scale, row_scales, y, acc_out, threads, isa,
                             tq2_select(isa, vbmi));
-}
-
-static int tq2_linear(const float *x, int64_t M, int64_t K, const mf_tq2_block *w, int64_t N,
-                      float w_scale, const float *row_scales, float *y, int32_t *acc_out,
-                      int64_t threads, int isa_req) {
-    const int isa = mf_isa_resolve(isa_req);
-    return tq2_linear_impl(x, M, K, w, N, w_scale, row_scales, y, acc_out, threads, isa,
-                           isa >= MF_ISA_AVX512 && mf_cpu_vbmi());
 }
 
 static int t81_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_block *w,
@@ -1660,6 +1654,34 @@ static int t81_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_bl
                             t81_level(isa, vbmi), t81_select(isa, vbmi));
 }
 
+/* VBMI kernels run at the AVX-512 level where the CPU has them. */
+static int vbmi_at(int isa) { return isa >= MF_ISA_AVX512 && mf_cpu_vbmi(); }
+
+/* The variant a plan's team runs (its functions) and, in *isa, the level it belongs to: the
+ * choice tq2_linear_impl / t81_linear_impl make. */
+static tq2_impl tq2_variant(int isa_req, int *isa) {
+    *isa = mf_isa_resolve(isa_req);
+    return tq2_select(*isa, vbmi_at(*isa));
+}
+
+static tq2_impl t81_variant(int isa_req, int *isa) {
+    const int req = mf_isa_resolve(isa_req), vbmi = vbmi_at(req);
+    *isa = t81_level(req, vbmi);
+    return t81_select(req, vbmi);
+}
+
+typedef int (*tern_impl_fn)(const float *, int64_t, int64_t, const mf_tq2_block *, int64_t, float,
+                            const float *, float *, int32_t *, int64_t, int, int);
+
+/* An op's slots ("pllpldpppll") as one call of the per-call driver. */
+static int tern_op(const int64_t *a, tern_impl_fn run) {
+    const int isa = mf_isa_resolve((int)a[10]);
+    const int rc = run(mf_slot_ptr(a[0]), a[1], a[2], mf_slot_ptr(a[3]), a[4],
+                       (float)mf_slot_f64(a[5]), mf_slot_ptr(a[6]), mf_slot_ptr(a[7]),
+                       mf_slot_ptr(a[8]), a[9], isa, vbmi_at(isa));
+    return rc < 0 ? MF_OP_NOMEM : rc;
+}
+
 static int act_quant(const float *x, int64_t M, int64_t K, int8_t *q, float *s, int isa_req) {
     const int isa = mf_isa_resolve(isa_req);
     const tq2_impl impl = tq2_select(isa, 0); /* the quantizer is the same in every variant */
@@ -1667,12 +1689,7 @@ static int act_quant(const float *x, int64_t M, int64_t K, int8_t *q, float *s, 
     return isa;
 }
 
-int mf_op_tq2_linear(const int64_t *a) {
-    const int rc = tq2_linear(mf_slot_ptr(a[0]), a[1], a[2], mf_slot_ptr(a[3]), a[4],
-                              (float)mf_slot_f64(a[5]), mf_slot_ptr(a[6]), mf_slot_ptr(a[7]),
-                              mf_slot_ptr(a[8]), a[9], (int)a[10]);
-    return rc < 0 ? MF_OP_NOMEM : rc;
-}
+int mf_op_tq2_linear(const int64_t *a) { return tern_op(a, tq2_linear_impl); }
 
 MF_PYFUNC(tq2_linear,
           "tq2_linear(x, M, K, w, N, w_scale, row_scales_or_0, y, acc_or_0, threads, isa) -> isa.") {
@@ -1687,17 +1704,11 @@ MF_PYFUNC(act_quant_i8, "act_quant_i8(x, M, K, q, s, isa) -> isa used: int8 absm
     return PyLong_FromLong(act_quant(x, M, K, q, s, (int)isa));
 }
 
-int mf_op_t81_linear(const int64_t *a) {
-    const int isa = mf_isa_resolve((int)a[10]);
-    const int rc = t81_linear_impl(mf_slot_ptr(a[0]), a[1], a[2], mf_slot_ptr(a[3]), a[4],
-                                   (float)mf_slot_f64(a[5]), mf_slot_ptr(a[6]), mf_slot_ptr(a[7]),
-                                   mf_slot_ptr(a[8]), a[9], isa, isa >= MF_ISA_AVX512 && mf_cpu_vbmi());
-    return rc < 0 ? MF_OP_NOMEM : rc;
-}
+int mf_op_t81_linear(const int64_t *a) { return tern_op(a, t81_linear_impl); }
 
 /* The plan runner's team versions of the two ops (csrc/mf_plan.c): the same call split in the
  * team's items; a call asking for one thread (a small weight: plan.threads_for) is one item. */
-static int team_linear_threads(const int64_t *a) {
+int mf_op_threads_linear(const int64_t *a) {
     const int64_t NB = mf_round_up(a[4], MF_TQ2_ROWS) / MF_TQ2_ROWS;
     const int nt = mf_threads(a[9]);
     return nt > NB ? (int)NB : nt;
@@ -1706,7 +1717,7 @@ static int team_linear_threads(const int64_t *a) {
 static tern_call team_call(const int64_t *a, int nt, const tq2_impl impl) {
     return tern_call_of(mf_slot_ptr(a[0]), a[1], a[2], mf_slot_ptr(a[3]), a[4],
                         (float)mf_slot_f64(a[5]), mf_slot_ptr(a[6]), mf_slot_ptr(a[7]),
-                        mf_slot_ptr(a[8]), team_linear_threads(a) <= 1 ? 1 : nt, impl);
+                        mf_slot_ptr(a[8]), mf_op_threads_linear(a) <= 1 ? 1 : nt, impl);
 }
 
 static int team_linear(const int64_t *a, mf_walk *w, void *scratch, const tq2_impl impl, int isa) {
@@ -1724,42 +1735,29 @@ static int team_linear(const int64_t *a, mf_walk *w, void *scratch, const tq2_im
     return isa;
 }
 
-static tq2_impl tq2_impl_of(const int64_t *a, int *isa) {
-    *isa = mf_isa_resolve((int)a[10]);
-    return tq2_select(*isa, *isa >= MF_ISA_AVX512 && mf_cpu_vbmi());
-}
-
-static tq2_impl t81_impl_of(const int64_t *a, int *isa) {
-    const int req = mf_isa_resolve((int)a[10]), vbmi = req >= MF_ISA_AVX512 && mf_cpu_vbmi();
-    *isa = t81_level(req, vbmi);
-    return t81_select(req, vbmi);
-}
-
 int mf_team_tq2_linear(const int64_t *a, mf_walk *w, void *scratch) {
     int isa;
-    const tq2_impl impl = tq2_impl_of(a, &isa);
+    const tq2_impl impl = tq2_variant((int)a[10], &isa);
     return team_linear(a, w, scratch, impl, isa);
 }
 
 int mf_team_t81_linear(const int64_t *a, mf_walk *w, void *scratch) {
     int isa;
-    const tq2_impl impl = t81_impl_of(a, &isa);
+    const tq2_impl impl = t81_variant((int)a[10], &isa);
     return team_linear(a, w, scratch, impl, isa);
 }
 
 size_t mf_team_bytes_tq2_linear(const int64_t *a, int nt) {
     int isa;
-    const tern_call c = team_call(a, nt, tq2_impl_of(a, &isa));
+    const tern_call c = team_call(a, nt, tq2_variant((int)a[10], &isa));
     return tern_scratch_bytes(&c);
 }
 
 size_t mf_team_bytes_t81_linear(const int64_t *a, int nt) {
     int isa;
-    const tern_call c = team_call(a, nt, t81_impl_of(a, &isa));
+    const tern_call c = team_call(a, nt, t81_variant((int)a[10], &isa));
     return tern_scratch_bytes(&c);
 }
-
-int mf_op_threads_linear(const int64_t *a) { return team_linear_threads(a); }
 
 MF_PYFUNC(t81_linear,
           "t81_linear(x, M, K, w, N, w_scale, row_scales_or_0, y, acc_or_0, threads, isa) -> isa.") {

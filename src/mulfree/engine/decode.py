@@ -316,9 +316,8 @@ class Decoder:
             # forward: on a busy 2-core machine the forward's torch ops on 2 threads stalled
             # (28-69 vs 216-263 tok/s at 1 thread, 370M, AMD EPYC Zen 4), and the compiled
             # prefill has its own busy-core back-off (csrc/mf_ternary.c)
-            with self._visible_calls():
-                for b, (row, slot) in enumerate(zip(rows, self._batch_slots, strict=True)):
-                    out[b].copy_(torch.from_numpy(self.slots.prefill(slot, row)))
+            for b, (row, slot) in enumerate(zip(rows, self._batch_slots, strict=True)):
+                out[b].copy_(self.prefill_slot(slot, row))
             return out
         out.copy_(self._prefill(self._batch_slots, rows))
         return out

@@ -346,12 +346,13 @@ class LiteDecoder:
         from mulfree.engine.core import HGRNFusedPlan, HGRNWeights, SlotDecoder
 
         self.m = model
-        if threads is None:  # torch's default too: one per core this process may run on
-            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
-        self.threads = int(threads) or os.cpu_count() or 1
         # the levels the torch Decoder would run: isa= > MULFREE_ISA > the dispatcher's measured
         # choice per family (cached on disk; measuring, once per CPU and build, imports torch)
         from mulfree import kernels
+
+        if threads is None:  # torch's default too: one per core this process may run on
+            threads = kernels.dispatch.usable_cores()
+        self.threads = int(threads) or os.cpu_count() or 1
 
         self.isas = {f: kernels.resolve_isa(isa, f)
                      for f in (kernels.TERNARY_B1, kernels.TERNARY_BATCH, kernels.DECODE_STAGES)}  # fmt: skip

@@ -119,19 +119,21 @@ def median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
     return statistics.median(a[r] / b[r] for r in range(n))
 
 
-def _ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
-    return sorted(a[i] / b[i] for i in range(min(len(a), len(b))))
+def _quartiles(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float] | None:
+    """(q1, median, q3) of the paired ratios a[r] / b[r]; None with fewer than 4 rounds."""
+    r = [a[i] / b[i] for i in range(min(len(a), len(b)))]
+    if len(r) < 4:
+        return None
+    q1, med, q3 = statistics.quantiles(r, n=4, method="inclusive")
+    return q1, med, q3
 
 
 def ratio_spread(a: Sequence[float], b: Sequence[float]) -> float:
     """Interquartile range of the paired ratios a[r] / b[r], relative to their median: 0 when
     every round agrees; large when the machine's load changed between the two levels' samples
     (a steady slowdown both levels see does not move it)."""
-    r = _ratios(a, b)
-    if len(r) < 4:
-        return 0.0
-    q1, _, q3 = statistics.quantiles(r, n=4, method="inclusive")
-    return (q3 - q1) / statistics.median(r)
+    q = _quartiles(a, b)
+    return 0.0 if q is None else (q[2] - q[0]) / q[1]
 
 
 def disturbed(
@@ -152,12 +154,12 @@ def disturbed(
         return f"load {load:.2f} > {cores} cores"
     order = sorted(samples, key=lambda n: _core.ISA_LEVELS[n], reverse=True)
     for low in order[1:]:
-        a, b = samples[low], samples[order[0]]
-        sp = ratio_spread(a, b)
-        if sp > max_spread:
-            q1, _, q3 = statistics.quantiles(_ratios(a, b), n=4, method="inclusive")
-            if q1 < 1.0 - margin < q3:
-                return f"{low}/{order[0]} spread {sp:.2f} > {max_spread:g} across 1 - margin"
+        q = _quartiles(samples[low], samples[order[0]])
+        if q is None:
+            continue
+        sp = (q[2] - q[0]) / q[1]
+        if sp > max_spread and q[0] < 1.0 - margin < q[2]:
+            return f"{low}/{order[0]} spread {sp:.2f} > {max_spread:g} across 1 - margin"
     return None
 
 
