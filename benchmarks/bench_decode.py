@@ -4,8 +4,8 @@ For each shape (370M, 1.3B; random ternary weights, random norm weights and lowe
 a trained model, so the i/f/g projections run as three kernel calls), this
 1. writes packed files (tq1 ternary + int8 or int4 embeddings, `mulfree.engine`) and prints
    their sizes (the issue's bound: a packed 370M <= 100 MB);
-2. loads the `--embeddings` one (default int4; `load_packed`, tq1 -> tq2) and times `Decoder.step` (all layers + the
-   32000-token ternary head + argmax), after a prefill of `--prompt` tokens (also timed);
+2. loads the `--embeddings` one (default int4; `load_packed`: tq1 -> tq2, t81 where chosen)
+   and times `Decoder.step` (all layers + the 32000-token ternary head + argmax), after a prefill of `--prompt` tokens (also timed);
 3. times transformers' `model.generate` on the same packed model (greedy; its cached steps run
    the fused decoder), decode tokens/s;
 4. estimates the energy of one decode step (`Decoder.step_energy`: counted op by op, priced
@@ -17,7 +17,9 @@ a trained model, so the i/f/g projections run as three kernel calls), this
 Every SIMD ISA level (`--isas`, default all this CPU has but scalar) gets its own Decoder on the
 same weights; their steps (and prefills) are interleaved round by round with the default one
 (the dispatcher's per-family pick, `Decoder.isas`) so all see the same drift, and printed side by
-side.
+side. Where load_packed laid some weights out as t81 (`kernels.dispatch.layout`), a Decoder
+on the same weights all in tq2 ("tq2 layout") is interleaved too, and a "weight layout" line
+gives the ratio.
 Method: `--threads` (default 2) for torch and the kernels; libgomp's default wait policy unless
 OMP_WAIT_POLICY is set (see benchmarks/bench_ternary_linear.py; run on an idle machine). With
 several counts (`--threads 1 2`) the most threads is the main decoder, each other count gets a
@@ -49,6 +51,7 @@ from mulfree import kernels
 from mulfree.engine import load_packed
 from mulfree.engine.decode import Decoder
 from mulfree.engine.format import WEIGHTS_FILE, expected_specs, write_packed
+from mulfree.engine.modules import PackedBitLinear
 from mulfree.models.hf_compat import cache_kwargs
 from mulfree.models.mmfree import HGRNBitConfig, HGRNBitForCausalLM
 from mulfree.ternary import packing
@@ -121,6 +124,12 @@ def bench_engine(name: str, args, tmp: str) -> dict:
     decs |= {f"{t} threads": Decoder(model, threads=t) for t in args.thread_counts[:-1]}
     if args.per_call:
         decs["per-call"] = Decoder(model, threads=args.threads)
+    layouts = {}  # layout -> projections in it (load_packed's choice, kernels.dispatch.layout)
+    for m in model.modules():
+        if isinstance(m, PackedBitLinear):
+            layouts[m.layout] = layouts.get(m.layout, 0) + 1
+    if layouts.get("t81"):  # the same weights all in tq2, the layout every level runs
+        decs["tq2 layout"] = Decoder(load_packed(path, layout="tq2"), threads=args.threads)
     C = kernels.core()
 
     def team_for(n: str) -> None:  # the per-call decoder runs its steps without the team
@@ -172,6 +181,7 @@ def bench_engine(name: str, args, tmp: str) -> dict:
         "hf_tok_s": hf_tok_s,
         "overhead": overhead,
         "scaling": scaling,
+        "layouts": layouts,
     }
 
 
@@ -304,6 +314,13 @@ def main(argv=None) -> int:
                         f"{t} threads {bw:.1f} GB/s" for t, bw in bandwidth.items())
                     + (f" ({bandwidth[args.threads] / bandwidth[t0]:.2f}x)" if bandwidth else ""),
                     flush=True)  # fmt: skip
+            pi = e["per_isa"]
+            if "tq2 layout" in pi:
+                (pa, da), (pt, dt) = pi["auto"], pi["tq2 layout"]
+                print(f"{name} weight layout: " + ", ".join(f"{n} {c}" for n, c in e["layouts"].items())
+                      + f" projections; auto decode {da:.1f} vs all-tq2 {dt:.1f} tok/s = "
+                      f"{da / dt:.2f}x, prefill {pa:.0f} vs {pt:.0f} tok/s = {pa / pt:.2f}x "
+                      "(interleaved)", flush=True)  # fmt: skip
             print(f"{name} per ISA (interleaved): " + "; ".join(
                 f"{n} decode {d:.1f} tok/s, prefill {p:.0f} tok/s"
                 for n, (p, d) in e["per_isa"].items()) + f"; auto = {e['picks']}", flush=True)  # fmt: skip

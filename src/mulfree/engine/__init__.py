@@ -12,7 +12,9 @@ attention).
 
 `pack_model_(model)` swaps a model's BitLinears for packed layers in place (what serve and the
 energy report need); `place_weights_(model)` moves their packed weights into one arena on
-2 MiB pages (load_packed and the decoder do it).
+2 MiB pages (load_packed and the decoder do it); `lay_out_(model)` re-codes them as t81 where
+the dispatcher measured that layout's AVX-512 VBMI kernel faster (load_packed does it, see
+`load_packed(..., layout=)`).
 """
 
 from mulfree._lazy import attach
@@ -35,6 +37,7 @@ _NAMES = {
     "PackedBitLinear": "mulfree.engine.modules",
     "pack_model_": "mulfree.engine.modules",
     "place_weights_": "mulfree.engine.modules",
+    "lay_out_": "mulfree.engine.modules",
 }
 __getattr__, __dir__ = attach(__name__, _NAMES)
 
@@ -53,6 +56,7 @@ __all__ = [
     "is_packed",
     "load_packed",
     "pack_model_",
+    "lay_out_",
     "place_weights_",
     "read_packed",
     "save_packed",

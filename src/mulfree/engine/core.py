@@ -81,7 +81,8 @@ class HGRNWeights:
 class HGRNFusedPlan:
     """The hgrn_bit family on the compiled core: state arena [L, capacity, E] float32,
     scratch buffers [capacity, n], and the fused plan per (batch, runs) (see the module
-    docstring). `isas`: kernel family -> ISA level name (mulfree.kernels.resolve_isa)."""
+    docstring). `isas`: kernel family -> ISA level name (mulfree.kernels.resolve_isa), and
+    "t81" -> the level of the calls on t81 weights (default: the best level of the CPU)."""
 
     def __init__(self, C, w: HGRNWeights, threads: int, isas: Mapping[str, str],
                  min_weights_per_thread: int = P.MIN_WEIGHTS_PER_THREAD, capacity: int = 1):  # fmt: skip
@@ -92,6 +93,7 @@ class HGRNFusedPlan:
         self.vocab = w.vocab
         self.min_weights_per_thread = int(min_weights_per_thread)
         self._levels = {f: kernels.ISA_LEVELS[lv] for f, lv in isas.items()}
+        self._t81 = kernels.ISA_LEVELS[isas.get("t81") or kernels.isa_max()]
         self._family = kernels.ternary_family
         self._stage = kernels.DECODE_STAGES
         self.capacity = 0
@@ -178,7 +180,7 @@ class HGRNFusedPlan:
             plan = P.fused_plan(self.C, self.buf, list(self.states), w.layers, w.final_norm,
                                 w.head, w.eps, w.bl_eps, self.threads_for,
                                 self._levels[self._family(B)], self._levels[self._stage], self.ptr,
-                                B=B, runs=runs)  # fmt: skip
+                                B=B, runs=runs, t81_isa=self._t81)  # fmt: skip
             words, step = self._encode(plan), None
             if words is not None and w.embed_table is not None and hasattr(self.C, "dec_embed"):
                 # the step from token ids: the lookup as its first op (the per-call loop and
@@ -226,7 +228,7 @@ class HGRNFusedPlan:
                                 w.eps, w.bl_eps, self.threads_for, self._levels[self._family(B)],
                                 self._levels[self._stage], self.ptr, B=B, runs=runs,
                                 head_rows="last" if last else "none",
-                                head_isa=self._levels[self._family(1)])  # fmt: skip
+                                head_isa=self._levels[self._family(1)], t81_isa=self._t81)  # fmt: skip
             entry = self._plans[key] = (plan, self._encode(plan))
         return entry
 

@@ -65,7 +65,7 @@ def _linear_of(m: PackedBitLinear) -> P.Linear:
         raise MulfreeError("the fused decoder expects bias-free ternary projections (hgrn_bit)")
     p = m.packed()
     return P.Linear(m.norm.weight.detach().float().contiguous(), p.data, p.out_features,
-                    p.in_features, p.scale_value, None)  # fmt: skip
+                    p.in_features, p.scale_value, None, p.format)  # fmt: skip
 
 
 def _numpy_embedding(module: torch.nn.Module, vocab: int, dim: int):
@@ -89,13 +89,20 @@ def _fused_linear(ms: list[PackedBitLinear]) -> P.Linear | None:
     if any(m.out_features % packing.TQ2_ROWS for m in ms):
         return None
     parts = [m.packed() for m in ms]
+    layout = parts[0].format
     data = adjacent_weights(ms)  # a view when place_weights_ put them back to back
-    if data is None:
+    if layout != "tq2":  # t81: the view only, and only of whole 64-row block pairs
+        if (data is None or any(p.format != layout for p in parts)
+                or any(m.out_features % (2 * packing.TQ2_ROWS) for m in ms)):  # fmt: skip
+            return None
+        row_scales = packing.stacked_row_scales(parts)
+    elif data is None:
         data, row_scales = packing.fuse_rows(parts)
     else:
         row_scales = packing.stacked_row_scales(parts)
     n = sum(m.out_features for m in ms)
-    return P.Linear(w0.detach().float().contiguous(), data, n, ms[0].in_features, 1.0, row_scales)
+    return P.Linear(w0.detach().float().contiguous(), data, n, ms[0].in_features, 1.0, row_scales,
+                    layout)  # fmt: skip
 
 
 def fused_step_applies(model, isa: str | None = None) -> bool:
@@ -184,13 +191,21 @@ class Decoder:
                 ))  # fmt: skip
             self.final_norm = inner.norm.weight.detach().float().contiguous()
             self.head = _linear_of(model.lm_head)
+        lins = [lin for L in self.layers for lin in L.linears()] + [self.head]
+        if self.isa != kernels.TORCH and any(lin.layout == "t81" for lin in lins):
+            # calls on t81 weights run at the level `isa` resolves to (t81's kernel is AVX-512)
+            self.isas["t81"] = self.isa
         self.embed = inner.embeddings
         self._np_embed, table = _numpy_embedding(self.embed, cfg.vocab_size, cfg.hidden_size)
         d, E = cfg.hidden_size, int(cfg.hidden_size * cfg.expand_ratio)
         # the torch-free core holds the state arena and the buffers on every path; its fused
         # plan reads the weights through NumPy views of the tensors above (no copies)
-        w = HGRNWeights([L.map(_np) for L in self.layers], _np(self.final_norm),
-                        P.map_linear(self.head, _np), self._embed_rows, d, E,
+        layers, head = [L.map(_np) for L in self.layers], P.map_linear(self.head, _np)
+        self._tq2_copies = None  # t81 weights at a level without their kernel: tq2 copies
+        if self.isas.get("t81") not in (None, "scalar") and not kernels.dispatch.t81_runs_simd(self.isa):
+            layers, head, self._tq2_copies = P.tq2_layers(core(), layers, head)
+            del self.isas["t81"]
+        w = HGRNWeights(layers, _np(self.final_norm), head, self._embed_rows, d, E,
                         cfg.mlp_intermediate_size, cfg.vocab_size, self.eps, self.bl_eps,
                         table)  # fmt: skip
         self.family = HGRNFusedPlan(core(), w, self.threads, self.isas,
@@ -480,7 +495,8 @@ class Decoder:
     def _kernel(self, lin: P.Linear, u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """out = packed ternary linear of u (int8 absmax inside the kernel)."""
         if self.isa == kernels.TORCH:
-            p = packing.PackedTernary(lin.data, lin.scale, lin.out_features, lin.in_features)
+            p = packing.PackedTernary(lin.data, lin.scale, lin.out_features, lin.in_features,
+                                      lin.layout)  # fmt: skip
             from mulfree.ternary.packed_linear import ternary_linear_torch
 
             if lin.row_scales is None:
@@ -490,10 +506,13 @@ class Decoder:
                 s = u.float().abs().amax(-1, keepdim=True).clamp_min(1e-5).reciprocal() * 127
                 out.copy_(acc.float() / (s * lin.row_scales))
             return out
-        K_.tq2_linear(u, lin.data, lin.out_features, lin.scale,
-                      threads=self._threads_for(lin, u.shape[0]),
-                      isa=self.isas[kernels.ternary_family(u.shape[0])], out=out,
-                      row_scales=lin.row_scales)  # fmt: skip (a custom op the counter prices)
+        t81 = lin.layout == "t81"
+        (K_.t81_linear if t81 else K_.tq2_linear)(
+            u, lin.data, lin.out_features, lin.scale,
+            threads=self._threads_for(lin, u.shape[0]),
+            isa=self.isas.get("t81", self.isa) if t81 else self.isas[kernels.ternary_family(u.shape[0])],
+            out=out,
+            row_scales=lin.row_scales)  # fmt: skip (custom ops the counter prices)
         return out
 
     def _bitlinear(self, lin: P.Linear, xn: torch.Tensor, u: torch.Tensor, out: torch.Tensor):

@@ -4,7 +4,8 @@
 more, while decoding a packed model needs neither: its weights are bytes for the compiled
 kernels, its state a few float32 rows. `LiteModel.load(path)` reads a packed file with
 safetensors' NumPy reader (memory-mapped), puts the ternary weights in one arena on 2 MiB pages
-as tq2 (`mulfree.kernels.memory`, converting tq1 on the way), and `LiteDecoder` runs the very
+as tq2 (`mulfree.kernels.memory`, converting tq1 on the way; re-coded in place as t81 where
+the dispatcher measured that layout faster, `LiteModel.load(..., layout=)`), and `LiteDecoder` runs the very
 plan of compiled calls that `mulfree.engine.decode.Decoder` runs (the same `fused_plan`, the
 same buffers, the same order), on NumPy buffers: its logits equal the torch Decoder's fused
 step bit for bit (tests/engine/test_lite.py). The prompt is fed token by token (the recurrent
@@ -65,13 +66,14 @@ def tq1_nbytes(n: int, k: int) -> int:
 
 @dataclass
 class Projection:
-    """One ternary projection: tq2 bytes (in the arena), its scale and its input norm."""
+    """One ternary projection: packed bytes (in the arena), its scale and its input norm."""
 
-    data: np.ndarray  # uint8 tq2
+    data: np.ndarray  # uint8, tq2 or t81 (`layout`)
     scale: float
     out_features: int
     in_features: int
     norm_w: np.ndarray  # float32 [in_features]: the BitLinear's RMSNorm weight
+    layout: str = "tq2"  # the arena's bytes: "tq2" as in the file, or "t81" (re-coded in place)
 
 
 @dataclass
@@ -96,7 +98,8 @@ class LiteModel:
     """A packed hgrn_bit model as NumPy arrays (see the module docstring)."""
 
     def __init__(self, config: dict, tensors: dict[str, np.ndarray], ternary_format: str,
-                 embedding_format: str, path: Path):  # fmt: skip
+                 embedding_format: str, path: Path, isa: str | None = None,
+                 layout: str = "auto"):  # fmt: skip
         self.config, self.path = config, path
         self.embedding_format = embedding_format
         d, L = int(config["hidden_size"]), int(config["num_hidden_layers"])
@@ -174,14 +177,47 @@ class LiteModel:
                 **{p: self.proj[f"{pre}.{'attn' if p in ('i_proj', 'f_proj', 'g_proj', 'o_proj') else 'mlp'}.{p}"]
                    for p in shapes},
             ))  # fmt: skip
+        self.layouts = self._lay_out(C, layout, isa)
         self.final_norm = norm("model.norm.weight", d)
         self.head = self.proj["lm_head"]
         self.embed = embedding_lookup(tensors, embedding_format, V, d, path)
         self.embed_table = embedding_table(tensors, embedding_format, V, d)  # None: NumPy only
 
+    def _lay_out(self, C, layout: str, isa: str | None) -> dict[str, int]:
+        """Re-code the arena's tq2 weights as t81 in place where that layout is chosen
+        (`layout`: "auto" = mulfree.kernels.dispatch.weight_layout per input width for kernels
+        run at `isa`, or "tq2" / "t81" for all); the same bytes, so no memory is added. i/f/g
+        stay tq2 unless E is a multiple of 64: t81 interleaves pairs of 32-row blocks, and the
+        fused i|f|g call reads the three as one weight. Returns layout -> projections."""
+        if layout not in ("auto", "tq2", "t81"):
+            raise MulfreeError(f"layout must be auto, tq2 or t81, not {layout!r}")
+        picked: dict[int, str] = {}
+        if layout == "auto":
+            from mulfree.kernels import dispatch
+
+            for k in sorted({p.in_features for p in self.proj.values()}):
+                picked[k] = dispatch.weight_layout(k, isa)
+        counts = {"tq2": 0, "t81": 0}
+        for prefix, p in self.proj.items():
+            lay = layout if layout != "auto" else picked[p.in_features]
+            if lay == "t81" and prefix.endswith(("i_proj", "f_proj", "g_proj")) and self.expand % 64:
+                lay = "tq2"
+            if lay == "t81":
+                C.tq2_to_t81(p.data.ctypes.data, p.out_features, p.in_features, p.data.ctypes.data)
+            p.layout = lay
+            counts[lay] += 1
+        return counts
+
+    @property
+    def has_t81(self) -> bool:
+        return any(p.layout == "t81" for p in self.proj.values())
+
     @classmethod
-    def load(cls, path: str | Path, *, verify: bool = True) -> LiteModel:
-        """Read a packed file (or DIR/model.safetensors); one-line MulfreeError on any problem."""
+    def load(cls, path: str | Path, *, verify: bool = True, isa: str | None = None,
+             layout: str = "auto") -> LiteModel:  # fmt: skip
+        """Read a packed file (or DIR/model.safetensors); one-line MulfreeError on any problem.
+        `layout`: the in-memory form of the ternary weights ("auto": t81 where the dispatcher
+        measured it faster for kernels at `isa`, tq2 elsewhere; or "tq2" / "t81")."""
         from mulfree._bounds import check_shape
         from mulfree._memory import check_fits_memory
         from mulfree.engine.header import check_against_config, check_identity, config_metadata
@@ -209,7 +245,7 @@ class LiteModel:
         tfmt, efmt = meta.get("ternary_format"), meta.get("embedding_format")
         if tfmt not in ("tq1", "tq2"):
             raise MulfreeError(f"{file}: unknown ternary_format {tfmt!r}")
-        return cls(config, tensors, tfmt, efmt, file)
+        return cls(config, tensors, tfmt, efmt, file, isa=isa, layout=layout)
 
     @property
     def exact(self) -> bool:
@@ -358,8 +394,14 @@ class LiteDecoder:
                      for f in (kernels.TERNARY_B1, kernels.TERNARY_BATCH, kernels.DECODE_STAGES)}  # fmt: skip
         m = model
         self.layers = [_layer(m, L) for L in m.layers]
-        h = m.head
-        self.head = P.Linear(h.norm_w, h.data, h.out_features, h.in_features, h.scale, None)
+        self.head = _linear(m.head)
+        self._tq2_copies = None
+        if m.has_t81:  # calls on t81 weights run at the level `isa` resolves to
+            self.isas["t81"] = t81 = kernels.resolve_isa(isa)
+            if t81 != "scalar" and not kernels.dispatch.t81_runs_simd(t81):
+                # a level without the t81 kernel (AVX2 on a model laid out for VBMI): tq2 copies
+                self.layers, self.head, self._tq2_copies = P.tq2_layers(_core(), self.layers, self.head)
+                del self.isas["t81"]
         w = HGRNWeights(self.layers, m.final_norm, self.head, m.embed, m.hidden, m.expand,
                         m.inter, m.vocab, m.eps, BITLINEAR_NORM_EPS, m.embed_table)  # fmt: skip
         self.plan = HGRNFusedPlan(_core(), w, self.threads, self.isas)
@@ -390,7 +432,7 @@ class LiteDecoder:
 
 
 def _linear(p: Projection) -> P.Linear:
-    return P.Linear(p.norm_w, p.data, p.out_features, p.in_features, p.scale, None)
+    return P.Linear(p.norm_w, p.data, p.out_features, p.in_features, p.scale, None, p.layout)
 
 
 def _layer(m: LiteModel, L: LiteLayer) -> P.Layer:
@@ -400,6 +442,7 @@ def _layer(m: LiteModel, L: LiteLayer) -> P.Layer:
     at = [m.offsets[f"{L.prefix}.attn.{p}"] for p in ("i_proj", "f_proj", "g_proj")]
     ifg_ok = (all(np.array_equal(p.norm_w, L.i_proj.norm_w) for p in ifg)
               and all(p.out_features % 32 == 0 for p in ifg)  # whole row blocks
+              and all(p.layout == L.i_proj.layout for p in ifg)  # (t81: whole block pairs)
               and at[1] == at[0] + L.i_proj.data.size
               and at[2] == at[1] + L.f_proj.data.size)  # fmt: skip
     fused = None
@@ -408,7 +451,7 @@ def _layer(m: LiteModel, L: LiteLayer) -> P.Layer:
         n = 3 * i.out_features
         data = np.frombuffer(m.arena.buffer(at[0], tq2_nbytes(n, i.in_features)), np.uint8)
         rs = np.concatenate([np.full(p.out_features, p.scale, np.float32) for p in ifg])
-        fused = P.Linear(i.norm_w, data, n, i.in_features, 1.0, rs)
+        fused = P.Linear(i.norm_w, data, n, i.in_features, 1.0, rs, i.layout)
     return P.Layer(attn_norm=L.attn_norm, ifg=fused, i=_linear(L.i_proj), f=_linear(L.f_proj),
                    g=_linear(L.g_proj), lb=L.lb, one_minus_lb=L.one_minus_lb, g_norm=L.g_norm,
                    g_eps=m.eps, o=_linear(L.o_proj), mlp_norm=L.mlp_norm,

@@ -24,6 +24,7 @@ from mulfree.engine.modules import (
     Int8Embedding,
     PackedBitLinear,
     attach_generation_config,
+    lay_out_,
     place_weights_,
 )
 from mulfree.errors import MulfreeError
@@ -237,8 +238,13 @@ def build_packed(config, tensors: dict, ternary_format: str, embedding_format: s
     return model
 
 
-def load_packed(path: str | Path, *, verify: bool = True, **_ignored) -> PackedHGRNBitForCausalLM:
+def load_packed(path: str | Path, *, verify: bool = True, layout: str = "auto",
+                isa: str | None = None, **_ignored) -> PackedHGRNBitForCausalLM:  # fmt: skip
     """Load a packed model file (or a directory with model.safetensors).
+
+    `layout`: the in-memory form of the hgrn_bit ternary weights ("auto": t81 where the
+    dispatcher measured its kernel faster for calls at `isa`, tq2 elsewhere; "tq2"; "t81"),
+    `mulfree.engine.modules.lay_out_`; the file and state dicts stay tq1/tq2.
 
     A packed BitNet file (model_family "bitnet") gives a PackedBitNetForCausalLM
     (mulfree.engine.bitnet_model). Any problem (missing, truncated or corrupt file, another format or version, tensors whose
@@ -252,6 +258,7 @@ def load_packed(path: str | Path, *, verify: bool = True, **_ignored) -> PackedH
     config, tensors, meta = fmt.read_packed(path, verify=verify)
     model = build_packed(config, tensors, meta["ternary_format"], meta["embedding_format"])
     del tensors
+    lay_out_(model, layout, isa)
     place_weights_(model)
     attach_generation_config(model, fmt.weights_file(path).parent)
     return model

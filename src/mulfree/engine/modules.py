@@ -164,6 +164,35 @@ def pack_model_(model: nn.Module) -> nn.Module:
     return model.eval() if hasattr(model, "eval") else model
 
 
+def lay_out_(model: nn.Module, layout: str = "auto", isa: str | None = None) -> dict[str, int]:
+    """Re-code the packed weights of an hgrn_bit `model` in place as t81 where that layout is
+    chosen (`layout` "auto": mulfree.kernels.dispatch.weight_layout per input width, for kernels
+    run at `isa`; or "tq2" / "t81" for every layer). The i/f/g projections of a layer stay tq2
+    unless their widths are multiples of 64 (t81 interleaves pairs of 32-row blocks and the
+    decoder runs the three as one weight). Values, sizes and state dicts are unchanged
+    (PackedTernaryLinear.to_layout_). Returns layout -> number of layers."""
+    if layout not in ("auto", "tq2", "t81"):
+        raise MulfreeError(f"layout must be auto, tq2 or t81, not {layout!r}")
+    from mulfree import kernels
+
+    picked: dict[int, str] = {}
+    counts = {"tq2": 0, "t81": 0}
+    for name, m in model.named_modules():
+        if not isinstance(m, PackedTernaryLinear):
+            continue
+        lay = layout
+        if layout == "auto":
+            if m.in_features not in picked:
+                picked[m.in_features] = (kernels.dispatch.weight_layout(m.in_features, isa)
+                                         if kernels.available() else "tq2")  # fmt: skip
+            lay = picked[m.in_features]
+        if lay == "t81" and name.endswith(("i_proj", "f_proj", "g_proj")) and m.out_features % 64:
+            lay = "tq2"
+        m.to_layout_(lay)
+        counts[lay] += 1
+    return counts
+
+
 def _arena_range(m: nn.Module) -> tuple[object, int] | None:
     """(arena, offset) of the packed weight of `m` when `place_weights_` put it in an arena and
     it is still there (a copied or reloaded model's tensors live elsewhere), else None."""

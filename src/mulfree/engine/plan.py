@@ -41,11 +41,12 @@ class Linear:
     """One kernel call: norm weight(s) applied to the shared normalized input, packed weight."""
 
     norm_w: Any  # float32 [K]
-    data: Any  # tq2 bytes
+    data: Any  # packed bytes in `layout`
     out_features: int
     in_features: int
     scale: float
     row_scales: Any | None
+    layout: str = "tq2"  # "tq2" or "t81" (mulfree.ternary.packing): which kernel reads `data`
 
 
 @dataclass
@@ -80,7 +81,8 @@ class Layer:
 
 def map_linear(lin: Linear, fn: Callable[[Any], Any]) -> Linear:
     rs = None if lin.row_scales is None else fn(lin.row_scales)
-    return Linear(fn(lin.norm_w), fn(lin.data), lin.out_features, lin.in_features, lin.scale, rs)
+    return Linear(fn(lin.norm_w), fn(lin.data), lin.out_features, lin.in_features, lin.scale, rs,
+                  lin.layout)
 
 
 @dataclass
@@ -101,6 +103,54 @@ class Buffers:
     logits: Any  # [B, vocab]
     h_f: Any  # separate f / g norm outputs when i/f/g run as three calls
     h_g: Any
+
+
+def tq2_layers(C, layers: list[Layer], head: Linear) -> tuple[list[Layer], Linear, Any]:
+    """`layers` and `head` (NumPy arrays) with every t81 weight replaced by a tq2 copy (bytes
+    in one new `mulfree.kernels.memory.Arena`, C.t81_to_tq2): for a step at an ISA level
+    without the t81 kernel, e.g. AVX2 on a model laid out for AVX-512 VBMI. Views stay views:
+    the parts of a fused i|f|g read the copy of the fused weight. Returns (layers, head, the
+    arena to keep alive, or None when nothing was t81)."""
+    import numpy as np
+
+    from mulfree.kernels.memory import ALIGN, Arena
+
+    def t81s(L: Layer):
+        if L.ifg is not None and L.ifg.layout == "t81":
+            return [L.ifg] + [x for x in (L.o, L.gate, L.down) if x.layout == "t81"]
+        return [x for x in L.linears() if x.layout == "t81"]
+
+    todo = [x for L in layers for x in t81s(L)] + ([head] if head.layout == "t81" else [])
+    if not todo:
+        return layers, head, None
+    offs, total = {}, 0
+    for x in todo:
+        offs[id(x)] = total
+        total += -(-x.data.size // ALIGN) * ALIGN
+    arena = Arena(total)
+    new: dict[int, Linear] = {}
+    for x in todo:
+        data = np.frombuffer(arena.buffer(offs[id(x)], x.data.size), dtype=np.uint8)
+        bad = C.t81_to_tq2(x.data.ctypes.data, x.out_features, x.in_features, data.ctypes.data)
+        if bad:
+            raise ValueError(f"corrupt t81 weight: {bad} byte(s) >= 81")
+        new[id(x)] = Linear(x.norm_w, data, x.out_features, x.in_features, x.scale,
+                            x.row_scales, "tq2")  # fmt: skip
+    out = []
+    for L in layers:
+        lin = {k: new.get(id(getattr(L, k)), getattr(L, k)) for k in ("i", "f", "g", "o", "gate", "down")}
+        ifg = L.ifg
+        if ifg is not None and id(ifg) in new:  # i, f, g: views of the fused copy, in order
+            ifg, start = new[id(ifg)], 0
+            for k in ("i", "f", "g"):
+                part = getattr(L, k)
+                lin[k] = Linear(part.norm_w, ifg.data[start : start + part.data.size],
+                                part.out_features, part.in_features, part.scale, part.row_scales,
+                                "tq2")  # fmt: skip
+                start += part.data.size
+        out.append(Layer(L.attn_norm, ifg, lin["i"], lin["f"], lin["g"], L.lb, L.one_minus_lb,
+                         L.g_norm, L.g_eps, lin["o"], L.mlp_norm, lin["gate"], lin["down"]))  # fmt: skip
+    return out, new.get(id(head), head), arena
 
 
 # Embedding table formats of the plan's lookup op (csrc/mf_decode.c, dec_embed)
@@ -171,7 +221,8 @@ def fused_plan(C, buf: Buffers, states: list, layers: list[Layer], final_norm, h
                eps: float, bl_eps: float, threads: Callable[[Linear, int], int], kernel_isa: int,
                stage_isa: int, ptr: Callable[[Any], int], B: int | None = None,
                runs: tuple[tuple[int, int, int], ...] | None = None, head_rows: str = "all",
-               head_isa: int | None = None) -> list[tuple[Callable, tuple]]:  # fmt: skip
+               head_isa: int | None = None, t81_isa: int | None = None
+               ) -> list[tuple[Callable, tuple]]:  # fmt: skip
     """The step for B sequences as (C function, args) pairs: per layer attn_norm + BitLinear
     norms, i/f/g kernel(s), MLGRU stage(s), o kernel, mlp norms, gate|up kernel, GLU stage, down
     kernel; then the final norm and the head. Every call works on the first B rows of `buf`
@@ -185,7 +236,9 @@ def fused_plan(C, buf: Buffers, states: list, layers: list[Layer], final_norm, h
     logits in row 0; `head_isa` its kernel level) or "none" (no head: a prompt's inner chunk).
     threads(lin, rows): the kernel threads for a call on `rows` rows. kernel_isa / stage_isa:
     the ISA levels (csrc/mf_common.h's integers) of the ternary kernel calls and of the
-    elementwise decode stages (mulfree.kernels.dispatch picks them per family)."""
+    elementwise decode stages (mulfree.kernels.dispatch picks them per family). A Linear in
+    the t81 layout runs C.t81_linear at `t81_isa` (default: the call's level), one in tq2
+    C.tq2_linear at the family's level: the same arguments, the same bits."""
     B = buf.x.shape[0] if B is None else int(B)
     runs = ((0, 0, B),) if runs is None else runs
     if sum(n for _, _, n in runs) != B:
@@ -195,7 +248,12 @@ def fused_plan(C, buf: Buffers, states: list, layers: list[Layer], final_norm, h
     F32 = 4  # bytes per float32: the plan's addresses are byte addresses
 
     def kernel(lin: Linear, u, out, rows: int = B, isa: int = kernel_isa):
-        return C.tq2_linear, (ptr(u), rows, lin.in_features, ptr(lin.data), lin.out_features,
+        fn = C.tq2_linear
+        if lin.layout == "t81":
+            fn, isa = C.t81_linear, isa if t81_isa is None else t81_isa
+        elif lin.layout != "tq2":
+            raise ValueError(f"unknown weight layout {lin.layout!r}")
+        return fn, (ptr(u), rows, lin.in_features, ptr(lin.data), lin.out_features,
                               float(lin.scale), ptr(lin.row_scales), ptr(out), 0,
                               threads(lin, rows), isa)  # fmt: skip
 

@@ -281,18 +281,27 @@ def _opt(r, shape) -> torch.Tensor | None:
     return None if isinstance(r, int) and r == 0 else r.view(shape)
 
 
+def _ternary_op(name: str):
+    """OpsCore's entry for the compiled linear `name` (tq2_linear / t81_linear), as its op."""
+
+    def call(x, M, K, w, N, w_scale, row_scales, out, acc, threads, isa) -> None:
+        if not (isinstance(acc, int) and acc == 0):
+            raise MulfreeError(f"OpsCore.{name}: the int32 accumulators are not an op output")
+        getattr(torch.ops.mulfree, name)(x.view((M, K)), w.view((tq2_nbytes(N, K),)), N,
+                                         float(w_scale), int(threads), int(isa),
+                                         _opt(row_scales, (N,)), out.view((M, N)))  # fmt: skip
+
+    call.__name__ = call.__qualname__ = name
+    return staticmethod(call)
+
+
 class OpsCore:
     """The compiled core's decode entry points (see csrc/mf_decode.c and csrc/mf_ternary.c for
     the argument lists) with `Ref` addresses, each running as its torch custom op: the per-call
     twin of the plan runner, visible to torch's dispatch (and so to the energy counter)."""
 
-    @staticmethod
-    def tq2_linear(x, M, K, w, N, w_scale, row_scales, out, acc, threads, isa) -> None:
-        if not (isinstance(acc, int) and acc == 0):
-            raise MulfreeError("OpsCore.tq2_linear: the int32 accumulators are not an op output")
-        torch.ops.mulfree.tq2_linear(x.view((M, K)), w.view((tq2_nbytes(N, K),)), N,
-                                     float(w_scale), int(threads),
-                                     int(isa), _opt(row_scales, (N,)), out.view((M, N)))  # fmt: skip
+    tq2_linear = _ternary_op("tq2_linear")
+    t81_linear = _ternary_op("t81_linear")  # tq2_linear's arguments, t81 weights
 
     @staticmethod
     def dec_norm2(x, add, B, n, w1, eps1, eps2, w2, out, w2_b, out_b, w2_c, out_c) -> None:

@@ -27,6 +27,14 @@ level, medians in µs, rounds, the 1-minute load average when measured). A file 
 parse, has another key or names a level this CPU or family cannot run is ignored and rewritten
 after measuring.
 
+Weight layout (`layout(k, isa_b1, isa_batch)`): the same kind of choice for data, not code.
+A ternary weight can sit in memory as tq2 (every level runs it) or as t81 (the same bytes
+re-coded, mulfree.ternary.packing; only the AVX-512 VBMI kernel runs it fast). Where both
+ternary families run at a level with that kernel, t81 and tq2 are timed against each other on
+[2048, K] weights (one token and a batch of 8, cold copies), per input width K, since the t81
+tables grow with K; t81 is kept only where it is clearly faster for one token and not slower
+for a batch (`choose_layout`). The entries ("layout_k<K>") share the cache file and its rules.
+
 A busy machine (`disturbed`): a near-tie measured while other work shares the cores is noise,
 and a disk entry would keep it for good. So a measurement taken when the 1-minute load average
 exceeds the core count, or whose paired ratios spread too widely from round to round
@@ -61,6 +69,11 @@ MIN_ROUNDS = 5
 BUDGET_S = 0.05  # per family: stop after MIN_ROUNDS once this is spent
 PROBE_COPIES = 16  # ternary probes: weight copies cycled through (16 x 512 KiB, past L2)
 MAX_SPREAD = 0.25  # paired ratios' IQR / median above this: the rounds disagree, do not cache
+LAYOUTS = ("tq2", "t81")  # in-memory ternary weight layouts `layout` chooses between
+LAYOUT_PREFIX = "layout_k"  # cache entries "layout_k<K>": the layout for weights of K inputs
+LAYOUT_ROWS = 2048  # layout probe: [2048, K] weights, cycled through at least 40 MiB of copies
+LAYOUT_PROBE_BYTES = 40 << 20  # past a 32 MiB L3: decoding streams weights from DRAM
+LAYOUT_BATCH = 8  # the batched probe's tokens
 
 TERNARY_B1 = "ternary_b1"
 TERNARY_BATCH = "ternary_batch"
@@ -142,6 +155,7 @@ def disturbed(
     cores: int,
     max_spread: float = MAX_SPREAD,
     margin: float = MARGIN,
+    order: Sequence[str] | None = None,
 ) -> str | None:
     """Why a measurement must not be cached on disk, or None when it may be. `load` is the
     1-minute load average when measuring (None: unknown, e.g. no os.getloadavg), `cores` the
@@ -149,10 +163,13 @@ def disturbed(
     counts for about 1, so a quiet machine stays below). Noisy: some level's paired ratios to the
     highest level spread wider than `max_spread` (relative IQR) AND their interquartile range
     straddles the decision threshold 1 - margin, i.e. the rounds disagree about which level wins
-    (a wide spread on a clear winner, as a process's first probe often shows, is still cached)."""
+    (a wide spread on a clear winner, as a process's first probe often shows, is still cached).
+    `order`: the reference first, then the candidates measured against it (default: the
+    levels, highest first)."""
     if load is not None and load > cores:
         return f"load {load:.2f} > {cores} cores"
-    order = sorted(samples, key=lambda n: _core.ISA_LEVELS[n], reverse=True)
+    if order is None:  # ISA levels: each lower level against the highest
+        order = sorted(samples, key=lambda n: _core.ISA_LEVELS[n], reverse=True)
     for low in order[1:]:
         q = _quartiles(samples[low], samples[order[0]])
         if q is None:
@@ -366,6 +383,8 @@ def read_cache(path: Path, key: Mapping[str, str]) -> dict[str, dict]:
         lv = entry.get("level") if isinstance(entry, dict) else None
         if fam in FAMILIES and lv in FAMILIES[fam].levels and _core.ISA_LEVELS[lv] <= best:
             out[fam] = entry
+        elif fam.startswith(LAYOUT_PREFIX) and lv in LAYOUTS and isinstance(entry.get("isas"), dict):
+            out[fam] = entry
     return out
 
 
@@ -470,6 +489,154 @@ def choice(family: str) -> str:
         return entry["level"]
 
 
+# --- the weight layout: tq2 or t81, per input width -----------------------------------------
+def choose_layout(b1: Mapping[str, Sequence[float]], batch: Mapping[str, Sequence[float]],
+                  margin: float = MARGIN) -> str:  # fmt: skip
+    """t81 when its kernel is clearly faster for one token (median paired ratio t81 / tq2
+    below 1 - margin: decoding is one-token calls) and not slower for a batch (ratio below 1);
+    else tq2, the layout every level runs."""
+    if median_ratio(b1["t81"], b1["tq2"]) < 1.0 - margin and median_ratio(batch["t81"], batch["tq2"]) < 1.0:
+        return "t81"
+    return "tq2"
+
+
+def measure_layout(k: int, isa_t81: str, isa_b1: str, isa_batch: str) -> tuple[dict, dict]:
+    """(one-token samples, batch samples), each layout -> seconds per call per round: t81 at
+    `isa_t81` against tq2 at `isa_b1` / `isa_batch` (the levels its families run), one
+    thread, on [LAYOUT_ROWS, k] weights cycled through LAYOUT_PROBE_BYTES of copies (cold, as
+    a decode step streams them). NumPy buffers: no torch import on the way (mulfree generate)."""
+    import numpy as np
+
+    C = _core.core()
+    n = LAYOUT_ROWS
+    nbytes = -(-n // 32) * 32 * -(-k // 16) * 16 // 4  # packing.packed_nbytes("tq2", n, k)
+    copies = max(2, min(64, -(-LAYOUT_PROBE_BYTES // nbytes)))
+    rng = np.random.default_rng(0)
+    q = np.ascontiguousarray(rng.integers(-1, 2, size=(n, k), dtype=np.int8))
+
+    def aligned(shape, dtype):  # 64-byte aligned, as the kernels' weights are (torch, Arena)
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        raw = np.empty(size + 64, dtype=np.uint8)
+        off = -raw.ctypes.data % 64
+        return raw[off : off + size].view(dtype).reshape(shape)
+
+    tq2, t81 = aligned((copies, nbytes), np.uint8), aligned((copies, nbytes), np.uint8)
+    C.tq2_pack(q.ctypes.data, n, k, tq2.ctypes.data)
+    tq2[1:] = tq2[0]
+    t81[:] = tq2
+    for c in range(copies):
+        C.tq2_to_t81(t81[c].ctypes.data, n, k, t81[c].ctypes.data)
+    x, y = aligned((LAYOUT_BATCH, k), np.float32), aligned((LAYOUT_BATCH, n), np.float32)
+    x[:] = rng.standard_normal((LAYOUT_BATCH, k), dtype=np.float32)
+    t81_level = _core.ISA_LEVELS[isa_t81]
+
+    def probe(m: int, tq2_level: int) -> dict[str, list[float]]:
+        fns = {"tq2": (C.tq2_linear, tq2, tq2_level), "t81": (C.t81_linear, t81, t81_level)}
+        turn = [0]
+
+        def run(name: str) -> None:
+            fn, w, lv = fns[name]
+            turn[0] = (turn[0] + 1) % copies
+            fn(x.ctypes.data, m, k, w[turn[0]].ctypes.data, n, 1.0, 0, y.ctypes.data, 0, 1, lv)
+
+        for name in LAYOUTS:  # warm-up: scratch, page faults
+            run(name)
+            run(name)
+        t0 = time.perf_counter()
+        run("tq2")
+        calls = max(1, min(200, round(SAMPLE_S / max(time.perf_counter() - t0, 1e-7))))
+
+        def sample(name: str) -> float:
+            t = time.perf_counter()
+            for _ in range(calls):
+                run(name)
+            return (time.perf_counter() - t) / calls
+
+        return measure(LAYOUTS, sample)
+
+    return (probe(1, _core.ISA_LEVELS[isa_b1]),
+            probe(LAYOUT_BATCH, _core.ISA_LEVELS[isa_batch]))  # fmt: skip
+
+
+def t81_runs_simd(isa: str) -> bool:
+    """True if t81 weights run on the VBMI kernel at level `isa` on this CPU (else on the
+    scalar spec). Torch-free (mulfree.kernels.ternary re-exports it)."""
+    C = _core.core()
+    level = _core.ISA_LEVELS.get(isa, 0)
+    return C is not None and level > 0 and C.isa_resolve(level) >= 2 and bool(C.cpu_vbmi())
+
+
+def layout_levels(isa: str | None = None) -> tuple[str, str, str]:
+    """(t81's level, tq2's one-token level, tq2's batch level) for kernel calls asked to run
+    at `isa` (None: the process setting): t81 runs at the level `isa` resolves to (its VBMI
+    kernel needs AVX-512), tq2 at the level of each ternary family (the dispatcher's pick)."""
+    return (_core.resolve_isa(isa), _core.resolve_isa(isa, TERNARY_B1),
+            _core.resolve_isa(isa, TERNARY_BATCH))  # fmt: skip
+
+
+def weight_layout(k: int, isa: str | None = None) -> str:
+    """`layout(k, *layout_levels(isa))`: the layout for a weight of k inputs run at `isa`."""
+    return layout(k, *layout_levels(isa))
+
+
+def layout(k: int, isa_t81: str, isa_b1: str, isa_batch: str) -> str:
+    """The in-memory layout ("tq2" or "t81") for ternary weights of `k` inputs, t81 calls
+    running at `isa_t81` and tq2's one-token and batched calls at `isa_b1` / `isa_batch`
+    (`layout_levels`). MULFREE_LAYOUT=tq2 or t81 forces one; else tq2 where t81 has no SIMD
+    kernel at `isa_t81` (it needs AVX-512 VBMI), and otherwise the measured choice
+    (`choose_layout`), cached per K and levels like the ISA choice."""
+    forced = os.environ.get("MULFREE_LAYOUT", "auto").strip().lower() or "auto"
+    if forced in LAYOUTS:
+        return forced
+    if forced != "auto":
+        from mulfree.errors import MulfreeError
+
+        raise MulfreeError(f"MULFREE_LAYOUT must be auto, tq2 or t81, not {forced!r}")
+    if not t81_runs_simd(isa_t81):
+        return "tq2"
+    fam = f"{LAYOUT_PREFIX}{int(k)}"
+    isas = {"t81": isa_t81, TERNARY_B1: isa_b1, TERNARY_BATCH: isa_batch}
+    lv = chosen.get(fam)
+    if lv is not None and _entries.get(fam, {}).get("isas") == isas:
+        return lv
+    global _key, _disk
+    with _lock:
+        if _key is None:
+            _key = cache_key()
+            _disk = read_cache(cache_path(_key), _key)
+        assert _disk is not None
+        if _disk.get(fam, {}).get("isas") == isas:
+            entry = dict(_disk[fam], source="cache")
+        else:
+            try:
+                b1, batch = measure_layout(int(k), isa_t81, isa_b1, isa_batch)
+                load = load_average()
+                entry = {
+                    "level": choose_layout(b1, batch), "source": "measured", "isas": isas,
+                    "load": None if load is None else round(load, 2),
+                    "median_us": {f"{n} b{m}": round(statistics.median(s[n]) * 1e6, 2)
+                                  for m, s in ((1, b1), (LAYOUT_BATCH, batch)) for n in LAYOUTS},
+                    "ratio_t81_to_tq2": {f"b{m}": round(median_ratio(s["t81"], s["tq2"]), 3)
+                                         for m, s in ((1, b1), (LAYOUT_BATCH, batch))},
+                    "rounds": min(len(v) for s in (b1, batch) for v in s.values()),
+                }  # fmt: skip
+                why = next((w for w in (disturbed(s, load, usable_cores(), order=("tq2", "t81"))
+                                        for s in (b1, batch)) if w), None)  # fmt: skip
+            except Exception as e:  # a probe must never break loading a model
+                entry = {"level": "tq2", "source": f"default (probe failed: {e!r})", "isas": isas}
+                why = "probe failed"
+            if why is not None:
+                if entry["source"] == "measured":
+                    entry["source"] = f"measured, not cached ({why})"
+            else:
+                stored = {key: v for key, v in entry.items() if key != "source"}
+                _disk = {**read_cache(cache_path(_key), _key), fam: stored}
+                write_cache(cache_path(_key), _key, _disk)
+        _entries[fam] = entry
+        chosen[fam] = entry["level"]
+        return entry["level"]
+
+
 def report(measure_all: bool = True) -> dict:
     """What the dispatcher chose: CPU, forced level, and family -> entry (level, source, µs)."""
     out: dict = {"max": _core.isa_max(), "forced": _core.forced_isa()}
@@ -483,8 +650,9 @@ def report(measure_all: bool = True) -> dict:
     out.update(cpu=key["cpu"], cache=str(cache_path(key)))
     out["families"] = {f: dict(e) for f, e in _entries.items()}
     if _core.forced_isa() not in (None, _core.AUTO):
-        for e in out["families"].values():
-            e["used"] = _core.forced_isa()
+        for fam, e in out["families"].items():
+            if not fam.startswith(LAYOUT_PREFIX):
+                e["used"] = _core.forced_isa()
     return out
 
 
@@ -496,7 +664,7 @@ def summary(measure_all: bool = True) -> str:
     forced = r["forced"] not in (None, _core.AUTO)
     parts = []
     for fam, e in r["families"].items():
-        lv = r["forced"] if forced else e["level"]
+        lv = r["forced"] if forced and not fam.startswith(LAYOUT_PREFIX) else e["level"]
         us = e.get("median_us")
         detail = " ".join(f"{n} {v:g}" for n, v in us.items()) + " µs" if us else e["source"]
         if us and e["source"] != "measured" and e["source"].startswith("measured"):

@@ -20,6 +20,7 @@ from mulfree.energy.counter import register_op_cost
 from mulfree.errors import MulfreeError
 from mulfree.kernels._core import ISA_LEVELS, core
 from mulfree.kernels._ops import define_op
+from mulfree.kernels.dispatch import t81_runs_simd  # noqa: F401  (re-exported)
 
 
 def _lib():
@@ -90,14 +91,6 @@ def _linear(name, x, w, out_features, w_scale, threads, isa, return_acc, out, ro
             acc.data_ptr(), threads, ISA_LEVELS[isa],
         )  # fmt: skip
     return y, acc
-
-
-def t81_runs_simd(isa: str) -> bool:
-    """True if t81 weights run on the VBMI kernel at `isa` on this CPU (else on the scalar spec:
-    keep tq2 there)."""
-    C = core()
-    level = ISA_LEVELS[isa]
-    return C is not None and level != 0 and C.isa_resolve(level) >= 2 and bool(C.cpu_vbmi())
 
 
 def tq2_to_t81(w: torch.Tensor, n: int, k: int, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -22,7 +22,7 @@ from torch import nn
 from mulfree import kernels
 from mulfree.errors import MulfreeError
 from mulfree.kernels import ternary as K_
-from mulfree.ternary.packing import FORMATS, PackedTernary, packed_nbytes
+from mulfree.ternary.packing import FORMATS, PackedTernary, packed_nbytes, recode_
 from mulfree.ternary.quant import act_quant_int8
 
 # fp32 holds every partial sum of the int reference exactly while 128 * K < 2^24.
@@ -97,7 +97,9 @@ class PackedTernaryLinear(nn.Module):
 
     Buffers (saved in state_dict): `weight_packed` uint8 [packed_nbytes("tq2", N, K)],
     `weight_scale` float32 0-d, `bias` [N] when present; `norm` is BitLinear's input RMSNorm
-    when built with `from_bitlinear` (None for a bare linear).
+    when built with `from_bitlinear` (None for a bare linear). In memory `weight_packed` may
+    hold the same weight re-coded as t81 (`to_layout_`, `layout`): state dicts still see tq2
+    bytes (converted on save; bytes loaded into a t81 layer are re-coded).
     For fp32 inputs the output equals BitLinear's no-grad forward within the tolerance stated in
     this module's docstring; for other dtypes activations are quantized from their fp32 value
     (quant.act_quant_int8), as the packed engine does.
@@ -119,6 +121,38 @@ class PackedTernaryLinear(nn.Module):
             self.bias = None
         self._packed: PackedTernary | None = None
         self._packed_key: tuple[int, int, int, int] | None = None
+
+    layout = "tq2"  # what weight_packed holds in memory: "tq2" or "t81" (set by to_layout_)
+
+    def to_layout_(self, layout: str) -> PackedTernaryLinear:
+        """Re-code weight_packed in place as `layout` ("tq2" or "t81": the same weight and size;
+        t81 runs the AVX-512 VBMI kernel, mulfree.ternary.packing). Returns the layer."""
+        if layout not in ("tq2", "t81"):
+            raise MulfreeError(f"layout must be tq2 or t81, not {layout!r}")
+        if layout != self.layout:
+            with torch.no_grad():
+                recode_(self.weight_packed, self.layout, layout, self.out_features, self.in_features)
+            self.layout = layout
+            self._packed = None
+        return self
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        key = prefix + "weight_packed"
+        if self.layout != "tq2" and key in destination:  # the state dict's format is tq2
+            destination[key] = self.packed().to_format("tq2").data
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "weight_packed"
+        src = state_dict.get(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        wp = self.weight_packed
+        if self.layout != "tq2" and src is not None and wp.numel():  # tq2 bytes just came in
+            if wp.data_ptr() == src.data_ptr():  # load_state_dict(assign=True): not the caller's
+                self.weight_packed = wp = wp.clone()
+            with torch.no_grad():
+                recode_(wp, "tq2", self.layout, self.out_features, self.in_features)
+            self._packed = None
 
     @classmethod
     def from_packed(
@@ -161,7 +195,7 @@ class PackedTernaryLinear(nn.Module):
         wp, ws = self.weight_packed, self.weight_scale
         key = (wp.data_ptr(), wp._version, ws.data_ptr(), ws._version)
         if self._packed is None or key != self._packed_key:
-            self._packed = PackedTernary(wp, ws, self.out_features, self.in_features)
+            self._packed = PackedTernary(wp, ws, self.out_features, self.in_features, self.layout)
             self._packed_key = key
         return self._packed
 
@@ -171,4 +205,4 @@ class PackedTernaryLinear(nn.Module):
         return ternary_linear(x, self.packed(), self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, format=tq2"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, format={self.layout}"

@@ -215,6 +215,23 @@ def tq1_to_tq2(data: torch.Tensor, out_features: int, in_features: int) -> torch
     return out
 
 
+def recode_(data: torch.Tensor, src: str, dst: str, out_features: int, in_features: int) -> torch.Tensor:
+    """Re-code packed bytes in place between the in-memory layouts tq2 and t81 (same size,
+    same weight); returns `data`. A noop when src == dst."""
+    if src == dst:
+        return data
+    if (src, dst) == ("tq2", "t81"):
+        _check_data(data, "tq2", out_features, in_features)
+        if _use_c():
+            K_.tq2_to_t81(data, out_features, in_features, out=data)
+        else:
+            data.copy_(tq2_to_t81_ref(data, out_features, in_features))
+        return data
+    if (src, dst) == ("t81", "tq2"):
+        return data.copy_(t81_to_tq2(data, out_features, in_features))
+    raise MulfreeError(f"cannot re-code {src} as {dst} in place (tq2 <-> t81 only)")
+
+
 def t81_to_tq2(data: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
     """t81 bytes -> tq2 bytes of the same weight (raises on bytes >= 81, which no packer
     writes)."""
