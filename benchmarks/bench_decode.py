@@ -28,7 +28,7 @@ count, their ratio and the streaming read bandwidth at each count measured in th
 (bench_ternary_linear's probe); `--per-call` adds the main count with the step run call by call
 (each kernel call its own OpenMP region: `C.plan_team(0, -1)`), the twin of the team step. Each
 engine number is the median of `--steps` single-token steps after `--warmup` steps (mean also
-printed); wall clock. The load average is printed before and after: on a shared machine the
+printed), and prefill tok/s the median of `--prefills` prompts after one warm-up; wall clock. The load average is printed before and after: on a shared machine the
 absolute numbers move with it, the ratio less so.
 
     python benchmarks/bench_decode.py                   # 370M and 1.3B
@@ -139,7 +139,7 @@ def bench_engine(name: str, args, tmp: str) -> dict:
     prompt = torch.randint(0, config.vocab_size, (1, args.prompt), generator=gen)
     prefill = {n: [] for n in decs}
     toks = {}
-    for r in range(2):  # warm-up, then timed; interleaved
+    for r in range(1 + args.prefills):  # warm-up, then timed; interleaved, order alternating
         for n in decs if r % 2 == 0 else reversed(decs):
             team_for(n)
             t0 = time.perf_counter()
@@ -157,7 +157,8 @@ def bench_engine(name: str, args, tmp: str) -> dict:
     team_for("auto")
     times, tok = steps["auto"], toks["auto"]
     overhead = call_overhead(dec, tok, args.steps)
-    per_isa = {n: (args.prompt / prefill[n][-1], 1 / statistics.median(steps[n])) for n in decs}
+    per_isa = {n: (args.prompt / statistics.median(prefill[n][1:]), 1 / statistics.median(steps[n]))
+               for n in decs}  # fmt: skip
     picks = dict(dec.isas)
     scaling = {
         n: per_isa.pop(n)[1] for n in list(per_isa) if n.endswith(" threads") or n == "per-call"
@@ -258,6 +259,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=48, help="timed engine decode steps")
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--prompt", type=int, default=64, help="prefill tokens")
+    ap.add_argument("--prefills", type=int, default=5,
+                    help="timed prefills per decoder (median; after one warm-up)")  # fmt: skip
     ap.add_argument("--baseline-steps", type=int, default=2, help="timed official-method tokens")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--embeddings", choices=["int8", "int4"], default="int4",

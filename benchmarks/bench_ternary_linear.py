@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from mulfree import kernels
-from mulfree.kernels import memory
+from mulfree.kernels import dispatch, memory
 from mulfree.kernels import ternary as K_
 from mulfree.ternary.packed_linear import ternary_linear, ternary_linear_torch
 from mulfree.ternary.packing import PackedTernary
@@ -139,7 +139,8 @@ class Row:
     torch_cold_name: str
     read_gbs: float
     per_isa: dict  # ISA level -> (hot, cold) seconds, the same rounds as the columns above
-    picked: str  # the level the dispatcher runs for this batch (or --isa)
+    picked: str  # the level the dispatcher runs for this batch (or --isa); T81: the t81 layout
+    layout: str = "tq2"  # the main columns' layout (the engine's for this K)
 
     def isa_cells(self, isas: list[str]) -> list[str]:
         cold = {n: self.per_isa[n][1] for n in isas}
@@ -155,7 +156,7 @@ class Row:
     def cells(self) -> list[str]:
         roof = self.packed_mb * 1e6 / (self.read_gbs * 1e9)
         return [
-            f"{self.k}→{self.n}",
+            f"{self.k}→{self.n}" + (f" ({self.layout})" if self.layout != "tq2" else ""),
             str(self.m),
             str(self.threads),
             f"{self.packed_mb:.2f}",
@@ -208,17 +209,26 @@ def bench_shape(
     w = torch.randn(n, k) * 0.02
     packed = PackedTernary.from_float(w)
     pbytes = packed.nbytes
+    # "ours": the layout the engine gives weights of k inputs (load_packed / LiteModel.load:
+    # t81 where kernels.dispatch measured its kernel faster, else tq2), at the dispatcher's levels
+    auto = isa in (None, "auto")
+    layout = "tq2" if kernels.resolve_isa(isa) == kernels.TORCH else dispatch.weight_layout(k, None if auto else isa)
+    main = packed.to_format(layout)
     # cold sets: enough copies to cover cold_mb (at least 2); ours twice: back to back in one
     # huge-page arena (how load_packed / place_weights_ lay out a model) and as ordinary tensors
     n_packed = max(2, -(-cold_mb * (1 << 20) // pbytes))
     _, datas = memory.copy_to_arena([packed.data] * n_packed)
     packed_copies = [PackedTernary(d, packed.scale, n, k) for d in datas]
     layouts = {level: (packed, packed_copies) for level in isas}
+    main_copies = packed_copies
+    if layout != "tq2":
+        main_copies = [PackedTernary(d, packed.scale, n, k, layout)
+                       for d in memory.copy_to_arena([main.data] * n_packed)[1]]  # fmt: skip
     if T81 in isas:  # the t81 layout (kernels.ternary.t81_linear): its own arena of copies
         p81 = packed.to_format("t81")
         _, datas81 = memory.copy_to_arena([p81.data] * n_packed)
         layouts[T81] = (p81, [PackedTernary(d, packed.scale, n, k, "t81") for d in datas81])
-    packed_4k = [PackedTernary(packed.data.clone(), packed.scale, n, k) for _ in range(n_packed)]
+    packed_4k = [PackedTernary(main.data.clone(), packed.scale, n, k, layout) for _ in range(n_packed)]
     dense_copies = {}  # (dtype, pages) -> copies; torch gets the huge pages too, to be fair
     for dt in (torch.float32, torch.bfloat16):
         wd = w.to(dt)
@@ -229,9 +239,9 @@ def bench_shape(
     for m in batches:
         x = torch.randn(m, k)
         # sanity: the timed kernel computes BitLinear's forward (bit-exact vs the int path)
-        y = ternary_linear(x, packed, threads=threads, isa=isa)
+        y = ternary_linear(x, main, threads=threads, isa=isa)
         assert torch.equal(y, ternary_linear_torch(x, packed))
-        assert torch.equal(ternary_linear(x, packed_copies[-1], threads=threads, isa=isa), y)
+        assert torch.equal(ternary_linear(x, main_copies[-1], threads=threads, isa=isa), y)
         ref = F.linear(act_fake_quant(x), weight_fake_quant(w))
         assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
 
@@ -242,8 +252,8 @@ def bench_shape(
             return lambda: ternary_linear(x, p, threads=threads, isa=level)
 
         variants = {
-            "ours_hot": ([ours(packed)], warmup),
-            "ours_cold": ([ours(p) for p in packed_copies], len(packed_copies)),
+            "ours_hot": ([ours(main)], warmup),
+            "ours_cold": ([ours(p) for p in main_copies], len(main_copies)),
             "ours_cold_4k": ([ours(p) for p in packed_4k], len(packed_4k)),
         }
         for level in isas:  # every level side by side, in the same interleaved rounds
@@ -283,7 +293,8 @@ def bench_shape(
                 cold[1],
                 0.0,
                 {level: (t[level, "hot"], t[level, "cold"]) for level in isas},
-                kernels.resolve_isa(isa, kernels.ternary_family(m)),
+                T81 if layout == "t81" and auto else kernels.resolve_isa(isa, kernels.ternary_family(m)),
+                layout,
             )  # fmt: skip
         )
     del dense_copies
@@ -326,7 +337,8 @@ def run(
     load1 = os.getloadavg()
     picked = ", ".join(f"batch {m}: {lv}" for m, lv in picks.items())
     lines = [
-        f"### Ternary linear (tq2, {picked}) vs torch {torch.__version__} F.linear",
+        f"### Ternary linear (the engine's layout per K, tq2 unless marked; {picked}) vs torch "
+        f"{torch.__version__} F.linear",
         "",
         f"Dispatcher: {summary}",
         "",

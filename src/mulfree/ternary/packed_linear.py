@@ -75,9 +75,11 @@ def ternary_linear(
     if x.dim() != 2 or x.dtype != torch.float32 or not x.is_contiguous():
         x2d = x.reshape(-1, K).to(torch.float32).contiguous()  # [M, K]
     path = kernels.resolve_isa(isa, kernels.ternary_family(x2d.shape[0]))
-    if packed.format == "t81" and path != kernels.TORCH and K_.t81_runs_simd(path):
+    # t81 runs at the level `isa` resolves to, not the tq2 family's pick (the decoders' rule)
+    t81 = kernels.resolve_isa(isa) if packed.format == "t81" and path != kernels.TORCH else None
+    if t81 is not None and K_.t81_runs_simd(t81):
         nt = torch.get_num_threads() if threads is None else kernels.resolve_threads(threads)
-        y = K_.t81_linear(x2d, packed.data, N, packed.scale_value, threads=nt, isa=path)
+        y = K_.t81_linear(x2d, packed.data, N, packed.scale_value, threads=nt, isa=t81)
     elif path == kernels.TORCH:
         y = ternary_linear_torch(x2d, packed)
     else:
