@@ -105,10 +105,12 @@ def test_team_plan_names_the_failing_op(packed):
             C.plan_run(*step[1], [300])
 
 
+@pytest.mark.parametrize("layout", ["tq2", "t81"])
 @pytest.mark.parametrize("M", [1, 2, 3, 17, 40])
-def test_kernel_call_is_bit_identical_for_any_thread_count(M):
+def test_kernel_call_is_bit_identical_for_any_thread_count(M, layout):
     """The per-call driver (its own team): int32 sums and outputs equal for 1-3 threads, with
-    fewer tokens than threads (private tables), as many, and several passes (M > 16)."""
+    fewer tokens than threads (private tables), as many, and several passes (M > 16), for both
+    weight layouts."""
     from mulfree.kernels import ternary as K_
     from mulfree.ternary import packing
     from mulfree.ternary.quant import act_quant_int8
@@ -116,15 +118,13 @@ def test_kernel_call_is_bit_identical_for_any_thread_count(M):
     g = torch.Generator().manual_seed(M)
     K, N = 200, 300  # awkward: pads to 208 inputs and 320 rows
     q = torch.randint(-1, 2, (N, K), dtype=torch.int8, generator=g)
-    w = packing.pack(q, "tq2")
+    data = packing.pack(q, layout)
     x = torch.randn(M, K, generator=g)
-    data = w.data if hasattr(w, "data") else w
+    fn = K_.t81_linear if layout == "t81" else K_.tq2_linear
     for isa in kernels.available_isas():
         if isa == "torch":
             continue
-        outs = [
-            K_.tq2_linear(x, data, N, 0.5, threads=t, isa=isa, return_acc=True) for t in THREADS
-        ]
+        outs = [fn(x, data, N, 0.5, threads=t, isa=isa, return_acc=True) for t in THREADS]
         # the int32 sums are exact: the quantized inputs times the ternary weights
         qx, _ = act_quant_int8(x)
         assert torch.equal(outs[0][1].long(), qx.long() @ q.long().T), isa
