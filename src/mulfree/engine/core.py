@@ -93,7 +93,7 @@ class HGRNFusedPlan:
         self.vocab = w.vocab
         self.min_weights_per_thread = int(min_weights_per_thread)
         self._levels = {f: kernels.ISA_LEVELS[lv] for f, lv in isas.items()}
-        self._t81 = kernels.ISA_LEVELS[isas.get("t81") or kernels.isa_max()]
+        self._t81 = kernels.ISA_LEVELS.get(isas.get("t81") or kernels.isa_max(), 0)  # "torch": no core
         self._family = kernels.ternary_family
         self._stage = kernels.DECODE_STAGES
         self.capacity = 0
