@@ -189,19 +189,10 @@ class LiteModel:
         run at `isa`, or "tq2" / "t81" for all); the same bytes, so no memory is added. i/f/g
         stay tq2 unless E is a multiple of 64: t81 interleaves pairs of 32-row blocks, and the
         fused i|f|g call reads the three as one weight. Returns layout -> projections."""
-        if layout not in ("auto", "tq2", "t81"):
-            raise MulfreeError(f"layout must be auto, tq2 or t81, not {layout!r}")
-        picked: dict[int, str] = {}
-        if layout == "auto":
-            from mulfree.kernels import dispatch
-
-            for k in sorted({p.in_features for p in self.proj.values()}):
-                picked[k] = dispatch.weight_layout(k, isa)
         counts = {"tq2": 0, "t81": 0}
-        for prefix, p in self.proj.items():
-            lay = layout if layout != "auto" else picked[p.in_features]
-            if lay == "t81" and prefix.endswith(("i_proj", "f_proj", "g_proj")) and self.expand % 64:
-                lay = "tq2"
+        items = list(self.proj.items())
+        lays = P.choose_layouts([(n, p.out_features, p.in_features) for n, p in items], layout, isa)
+        for (_, p), lay in zip(items, lays, strict=True):
             if lay == "t81":
                 C.tq2_to_t81(p.data.ctypes.data, p.out_features, p.in_features, p.data.ctypes.data)
             p.layout = lay

@@ -171,23 +171,14 @@ def lay_out_(model: nn.Module, layout: str = "auto", isa: str | None = None) -> 
     unless their widths are multiples of 64 (t81 interleaves pairs of 32-row blocks and the
     decoder runs the three as one weight). Values, sizes and state dicts are unchanged
     (PackedTernaryLinear.to_layout_). Returns layout -> number of layers."""
-    if layout not in ("auto", "tq2", "t81"):
-        raise MulfreeError(f"layout must be auto, tq2 or t81, not {layout!r}")
     from mulfree import kernels
+    from mulfree.engine.plan import choose_layouts
 
-    picked: dict[int, str] = {}
+    mods = [(n, m) for n, m in model.named_modules() if isinstance(m, PackedTernaryLinear)]
+    lays = choose_layouts([(n, m.out_features, m.in_features) for n, m in mods],
+                          layout if kernels.available() or layout != "auto" else "tq2", isa)  # fmt: skip
     counts = {"tq2": 0, "t81": 0}
-    for name, m in model.named_modules():
-        if not isinstance(m, PackedTernaryLinear):
-            continue
-        lay = layout
-        if layout == "auto":
-            if m.in_features not in picked:
-                picked[m.in_features] = (kernels.dispatch.weight_layout(m.in_features, isa)
-                                         if kernels.available() else "tq2")  # fmt: skip
-            lay = picked[m.in_features]
-        if lay == "t81" and name.endswith(("i_proj", "f_proj", "g_proj")) and m.out_features % 64:
-            lay = "tq2"
+    for (_, m), lay in zip(mods, lays, strict=True):
         m.to_layout_(lay)
         counts[lay] += 1
     return counts

@@ -105,6 +105,31 @@ class Buffers:
     h_g: Any
 
 
+def choose_layouts(weights: list[tuple[str, int, int]], layout: str, isa: str | None) -> list[str]:
+    """The in-memory layout of each ternary weight (name, out_features, in_features): `layout`
+    "tq2" / "t81" for all, or "auto" = mulfree.kernels.dispatch.weight_layout per input width
+    for kernels run at `isa`. An MLGRU's i/f/g stay tq2 unless their width is a multiple of 64
+    (t81 interleaves pairs of 32-row blocks; the fused i|f|g call reads the three as one)."""
+    if layout not in ("auto", "tq2", "t81"):
+        from mulfree.errors import MulfreeError
+
+        raise MulfreeError(f"layout must be auto, tq2 or t81, not {layout!r}")
+    picked: dict[int, str] = {}
+    out = []
+    for name, n, k in weights:
+        lay = layout
+        if layout == "auto":
+            if k not in picked:
+                from mulfree.kernels import dispatch
+
+                picked[k] = dispatch.weight_layout(k, isa)
+            lay = picked[k]
+        if lay == "t81" and name.endswith(("i_proj", "f_proj", "g_proj")) and n % 64:
+            lay = "tq2"
+        out.append(lay)
+    return out
+
+
 def tq2_layers(C, layers: list[Layer], head: Linear) -> tuple[list[Layer], Linear, Any]:
     """`layers` and `head` (NumPy arrays) with every t81 weight replaced by a tq2 copy (bytes
     in one new `mulfree.kernels.memory.Arena`, C.t81_to_tq2): for a step at an ISA level
