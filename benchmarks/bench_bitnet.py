@@ -12,7 +12,10 @@ Random weights written in the official layout of microsoft/bitnet-b1.58-2B-4T (h
    attention (`--mantissa-bits`, default 3), contexts 128 and 2048, for the compiled step
    (engine.bitnet_plan: every layer in one plan_run, BitNetDecoder's default) and the torch step
    (`fused=False`, its spec): the cache is filled with random keys/values up to the context (a
-   decode step's cost does not depend on their values), bfloat16 KV cache;
+   decode step's cost does not depend on their values), bfloat16 KV cache. `load_packed` lays
+   the weights out as the dispatcher picks (t81 or tq2 per input width); where it picked t81
+   somewhere, a model on the same weights all in tq2 ("tq2 layout") is timed interleaved with
+   it and a "weight layout" line gives the ratios;
 4. transformers' BitNetForCausalLM on the same checkpoint (bfloat16, its BitLinear unpacks
    the 2-bit weights at every call; TORCHDYNAMO_DISABLE=1 as torch.compile on CPU takes
    minutes), decode tok/s at 128 context, a few steps;
@@ -155,34 +158,75 @@ def report(t: int, ctx: int, res: dict[str, float], roof: float | None = None, n
     say(extra)
 
 
+def layouts(model) -> dict[str, int]:
+    """Layout -> number of ternary projections of `model` in it."""
+    from mulfree.engine.modules import PackedBitLinear
+
+    out: dict[str, int] = {}
+    for m in model.modules():
+        if isinstance(m, PackedBitLinear):
+            out[m.layout] = out.get(m.layout, 0) + 1
+    return out
+
+
+def time_prefills(decs: dict[str, BitNetDecoder], prompt: list[int], rounds: int = 3) -> dict:
+    """Prefill tok/s of `prompt` per named decoder: the median of `rounds` prompts, interleaved
+    round by round, after one short warm-up prompt each."""
+    for dec in decs.values():
+        dec.prefill(prompt[:8])
+    times: dict[str, list[float]] = {k: [] for k in decs}
+    for _ in range(rounds):
+        for name, dec in decs.items():
+            t0 = time.perf_counter()
+            dec.prefill(prompt)
+            times[name].append(time.perf_counter() - t0)
+    return {k: len(prompt) / statistics.median(v) for k, v in times.items()}
+
+
+def layout_line(t: int, model, dec_s: tuple[float, float], pf: tuple[float, float]) -> None:
+    """The "weight layout" line: the dispatcher's layout against all-tq2 (seconds per step,
+    prefill tok/s: (auto, tq2))."""
+    lay = ", ".join(f"{n} {k}" for k, n in sorted(layouts(model).items()))
+    say(f"[{t} thread(s)] weight layout: {lay} projections; decode {1 / dec_s[0]:.2f} vs all-tq2 "
+        f"{1 / dec_s[1]:.2f} tok/s = {dec_s[1] / dec_s[0]:.2f}x, prefill {pf[0]:.1f} vs "
+        f"{pf[1]:.1f} tok/s = {pf[0] / pf[1]:.2f}x (interleaved)")
+
+
 def quick(args, threads: list[int]) -> None:
     """Compiled vs torch step at the SMALL shape (no convert, no transformers baseline)."""
     from mulfree.engine.bitnet_model import from_checkpoint
+    from mulfree.engine.modules import lay_out_
 
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        model = from_checkpoint(write_random_checkpoint(Path(d) / "small", SMALL, seed=0),
-                                head_format="int8")  # fmt: skip
+        ck = write_random_checkpoint(Path(d) / "small", SMALL, seed=0)
+        model = from_checkpoint(ck, head_format="int8")
+        lay_out_(model)  # as load_packed does (from_checkpoint keeps tq2)
+        ref = from_checkpoint(ck, head_format="int8") if "t81" in layouts(model) else None
     say(f"small model (hidden 1024, 4 layers, 8 / 2 heads, head_dim 128, MLP 2752, vocab "
           f"16384, int8 head) built in {time.perf_counter() - t0:.1f} s")  # fmt: skip
     for t in threads:
         torch.set_num_threads(t)
         for ctx in (128, 1024):
             runs = decoders(model, t, ctx, args.mantissa_bits)
-            report(t, ctx, time_interleaved(runs, ctx, args.steps))
+            if ref is not None:
+                runs["compiled exact, tq2 layout"] = BitNetDecoder(ref, threads=t, kv_dtype="bfloat16",
+                                                                   max_context=ctx)  # fmt: skip
+            res = time_interleaved(runs, ctx, args.steps)
+            report(t, ctx, res)
             del runs
         prompt = torch.randint(
             0, 16000, (128,), generator=torch.Generator().manual_seed(2)
         ).tolist()
-        pf = {}
-        for name, fused in (("compiled", None), ("torch", False)):
-            dec = BitNetDecoder(model, threads=t, kv_dtype="bfloat16", max_context=256, fused=fused)
-            dec.prefill(prompt[:8])  # warm-up
-            t0 = time.perf_counter()
-            dec.prefill(prompt)
-            pf[name] = len(prompt) / (time.perf_counter() - t0)
+        decs = {name: BitNetDecoder(m, threads=t, kv_dtype="bfloat16", max_context=256, fused=fused)
+                for name, m, fused in (("compiled", model, None), ("torch", model, False),
+                                       ("tq2 layout", ref, None)) if m is not None}  # fmt: skip
+        pf = time_prefills(decs, prompt)
         say(f"[{t} thread(s)] prefill 128 tokens: compiled {pf['compiled']:.0f} tok/s, "
               f"torch {pf['torch']:.0f} tok/s")  # fmt: skip
+        if ref is not None:
+            layout_line(t, model, (res["compiled exact"], res["compiled exact, tq2 layout"]),
+                        (pf["compiled"], pf["tq2 layout"]))  # fmt: skip
     say(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB | {load()}")
 
 
@@ -298,8 +342,10 @@ def main() -> None:
     bar.set_postfix_str("load")
     t0 = time.perf_counter()
     model = load_packed(packed["int8"])
-    say(f"load_packed (int8 head): {time.perf_counter() - t0:.1f} s")
+    say(f"load_packed (int8 head): {time.perf_counter() - t0:.1f} s; weight layout: "
+        + ", ".join(f"{n} {k}" for k, n in sorted(layouts(model).items())) + " projections")
     m4 = load_packed(packed["int4"])
+    ref = load_packed(packed["int8"], layout="tq2") if "t81" in layouts(model) else None
     bar.update()
     g = torch.Generator().manual_seed(1)
     for t in threads:
@@ -316,12 +362,16 @@ def main() -> None:
         long = torch.randint(
             0, min(128000, shape["vocab_size"]), (args.prefill,), generator=g
         ).tolist()
-        t0 = time.perf_counter()
-        dec.prefill(long)
-        pf = args.prefill / (time.perf_counter() - t0)
+        decs = {"auto": dec}
+        if ref is not None:
+            decs["tq2 layout"] = BitNetDecoder(ref, threads=t, kv_dtype="bfloat16",
+                                               max_context=max(contexts + [args.prefill]))  # fmt: skip
+        pfs = time_prefills(decs, long)
+        pf = pfs["auto"]
         say(f"[{t} thread(s)] compiled step: time to first token ({args.prompt}-token prompt, "
-              f"model loaded): {ttft:.2f} s | prefill {args.prefill} tokens: {pf:.1f} tok/s")  # fmt: skip
-        del dec
+              f"model loaded): {ttft:.2f} s | prefill {args.prefill} tokens: {pf:.1f} tok/s "
+              "(median of 3)")  # fmt: skip
+        del dec, decs
         bar.update()
         for ctx in contexts:
             bar.set_postfix_str(f"{t} thread(s): decode at context {ctx}")
@@ -331,15 +381,21 @@ def main() -> None:
             if ctx == min(contexts):
                 runs["compiled exact, int4 head"] = BitNetDecoder(m4, threads=t, kv_dtype="bfloat16",
                                                                   max_context=ctx)  # fmt: skip
+                if ref is not None:
+                    runs["compiled exact, tq2 layout"] = BitNetDecoder(
+                        ref, threads=t, kv_dtype="bfloat16", max_context=ctx)  # fmt: skip
             res = time_interleaved(runs, ctx, args.steps)
             nbytes = step_bytes(model, ctx)
             report(t, ctx, res, bw[t] * 1e9 / nbytes, nbytes, bw[t])
             if "compiled exact, int4 head" in res:
                 n4 = step_bytes(m4, ctx)
                 say(f"  int4 head: roofline {bw[t] * 1e9 / n4:.1f} tok/s ({n4 / 1e6:.0f} MB/step)")
+            if "compiled exact, tq2 layout" in res:
+                layout_line(t, model, (res["compiled exact"], res["compiled exact, tq2 layout"]),
+                            (pf, pfs["tq2 layout"]))  # fmt: skip
             del runs
             bar.update()
-    del model, m4
+    del model, m4, ref
 
     say(f"peak RSS of the packed engine (int8- and int4-head models, caches for context "
           f"{max(contexts)}): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")  # fmt: skip

@@ -133,14 +133,13 @@ typedef struct {
     _Atomic int sleepers;
     _Atomic int err;          /* an op failed: every walk stops (its MF_OP_* code) */
     _Atomic int64_t err_op;   /* the failed op's index in the walk (mf_walk.op) */
-    _Atomic int stalled;      /* the master waited long for another thread (see mf_backoff_note) */
 } mf_team;
 typedef struct {
     mf_team *team;
     int tid, nt;     /* this thread, the team's size */
     int64_t base;    /* the current phase's first ticket */
     int64_t ticket;  /* a ticket taken and not yet run (-1: none) */
-    int64_t op_t0;   /* master: when its current op began (a stall is a wait longer than that op's work so far) */
+    int64_t waited;  /* master: ns it waited for the other threads' items so far (mf_stalled) */
     int64_t op;      /* the current op's index (for errors) */
 } mf_walk;
 /* The next item (0 .. n_items - 1) of the current phase for this thread, or -1 when the phase
@@ -162,15 +161,24 @@ static inline mf_walk mf_walk_solo(mf_team *team) {
 }
 
 /* Busy cores (csrc/mf_ternary.c, "Busy cores"): mf_backoff_active() is 1 while multi-threaded
- * kernel calls should run on one thread (a recent call found a worker descheduled);
- * mf_backoff_take() also consumes one call of the back-off; mf_backoff_note(stalled, calls)
- * after a multi-threaded run of `calls` kernel calls. */
+ * kernel calls should run on one thread (a recent run found a worker descheduled);
+ * mf_backoff_left() the ns it has left; mf_backoff_note(stalled) after a multi-threaded run. */
 int mf_backoff_active(void);
-int mf_backoff_left(void); /* calls left (<= 0: none) */
-int mf_backoff_take(void);
-void mf_backoff_note(int stalled, int calls);
+int64_t mf_backoff_left(void);
+void mf_backoff_note(int stalled);
 int64_t mf_now_ns(void);
 #define MF_STALL_NS 500000 /* a master's wait this long (and longer than its own work): a stall */
+/* Whether a multi-threaded run (a kernel call, a plan) was held up by a descheduled thread: its
+ * master waited for the others (for items and at the join, `waited` ns in all) longer than
+ * MF_STALL_NS and longer than it worked (`busy` ns), i.e. the extra threads did not pay for
+ * themselves. Judged per run, not per wait: a 64-token prefill call's phases have few items of
+ * a millisecond, and one wait for the other thread's item (or one short hiccup of a VM's vCPU)
+ * exceeded the master's own work in the op so far; counted as stalls, those put 2-thread
+ * prefill on one thread on a quiet machine (BitNet 2B4T, 128 tokens, AMD Zen 4: 66-80 tok/s at
+ * 2 threads against 66 at 1). */
+static inline int mf_stalled(int64_t waited, int64_t busy) {
+    return waited > MF_STALL_NS && waited > busy;
+}
 
 /* Team versions of plan ops (all threads of a team call them, in plan order): the same results
  * as mf_op_* (each output computed by the same code), the work split in items. `scratch` is the

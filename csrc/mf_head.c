@@ -203,7 +203,7 @@ static int head_i4(const float *x, int64_t B, int64_t D, const uint8_t *codes, i
 #endif
     }
     const int64_t nt = tfm_head_threads(mf_threads(threads), V);
-#pragma omp parallel for num_threads((int)nt) schedule(static) if (nt > 1)
+#pragma omp parallel for num_threads((int)nt) schedule(dynamic, TFM_HEAD_CHUNK) if (nt > 1)
     for (int64_t v = 0; v < V; ++v) {
         const uint8_t *c = codes + v * 16 * G;
         const uint16_t *st = step + v * G;
@@ -276,7 +276,7 @@ static int head_bf16(const float *x, int64_t B, int64_t D, const uint16_t *w, in
     const int64_t D8 = use ? D / 8 * 8 : 0; /* entries the vector loop takes */
     const int64_t nt = tfm_head_threads(mf_threads(threads), V);
     const int64_t blocks = (V + 3) / 4;
-#pragma omp parallel for num_threads((int)nt) schedule(static) if (nt > 1)
+#pragma omp parallel for num_threads((int)nt) schedule(dynamic, TFM_HEAD_CHUNK / 4) if (nt > 1)
     for (int64_t blk = 0; blk < blocks; ++blk) {
         const int64_t v0 = 4 * blk;
         const int nr = (int)(V - v0 < 4 ? V - v0 : 4);

@@ -89,18 +89,15 @@ static const team_op *team_of(int64_t id) {
 static atomic_int team_on = 1;
 static _Atomic int64_t team_runs; /* plans run on a team (tests: the team path did run) */
 
-/* The team size a plan asks for (its kernel calls' largest thread count; 1: run it per call)
- * and, in *calls, how many multi-threaded kernel calls it makes (the back-off's unit); 0 when
- * some op has no team version. */
-static int plan_team_size(const int64_t *ops, int64_t n_words, int *calls) {
+/* The team size a plan asks for (its kernel calls' largest thread count; 1: run it per call);
+ * 0 when some op has no team version. */
+static int plan_team_size(const int64_t *ops, int64_t n_words) {
     int nt = 1;
-    *calls = 0;
     for (int64_t i = 0; i < n_words; i += 2 + ops[i + 1]) {
         const team_op *t = team_of(ops[i]);
         if (t == NULL) return 0;
         if (t->linear) {
             const int k = mf_op_threads_linear(ops + i + 2);
-            if (k > 1) ++*calls;
             if (k > nt) nt = k;
         }
     }
@@ -109,7 +106,7 @@ static int plan_team_size(const int64_t *ops, int64_t n_words, int *calls) {
 
 /* The plan on a team of nt threads. Returns the number of ops run; *rc their status (< 0: the
  * op at the returned index failed). */
-static int64_t plan_team_run(const int64_t *ops, int64_t n_words, int nt, int calls, int *rc) {
+static int64_t plan_team_run(const int64_t *ops, int64_t n_words, int nt, int *rc) {
     size_t bytes = 0;
     for (int64_t i = 0; i < n_words; i += 2 + ops[i + 1]) {
         const team_op *t = team_of(ops[i]);
@@ -126,7 +123,8 @@ static int64_t plan_team_run(const int64_t *ops, int64_t n_words, int nt, int ca
     mf_team team = {0};
     int64_t n_ops = 0;
     atomic_fetch_add_explicit(&team_runs, 1, memory_order_relaxed);
-    int64_t t_master_done = 0;
+    int64_t t_master_done = 0, waited = 0;
+    const int64_t t_start = mf_now_ns();
 #pragma omp parallel num_threads(nt)
     {
 #ifdef _OPENMP
@@ -137,7 +135,6 @@ static int64_t plan_team_run(const int64_t *ops, int64_t n_words, int nt, int ca
         mf_walk w = {&team, tid, T, 0, -1, 0, 0};
         int64_t k = 0;
         for (int64_t i = 0; i < n_words; i += 2 + ops[i + 1], ++k) {
-            if (tid == 0) w.op_t0 = mf_now_ns();
             w.op = k;
             const int r = team_of(ops[i])->team(ops + i + 2, &w, scratch);
             if (r < 0) mf_walk_fail(&w, r); /* an argument check: every thread fails here */
@@ -146,15 +143,15 @@ static int64_t plan_team_run(const int64_t *ops, int64_t n_words, int nt, int ca
         if (tid == 0) {
             n_ops = k;
             t_master_done = mf_now_ns();
+            waited = w.waited;
         }
     }
     const int64_t t_end = mf_now_ns();
     *rc = atomic_load(&team.err);
     if (*rc < 0) return atomic_load(&team.err_op);
-    /* a stall: a long wait for an item (team_wait), or at the join (the workers' last items
-     * are small: a join this long means one was descheduled, however long the step was) */
-    mf_backoff_note(atomic_load_explicit(&team.stalled, memory_order_relaxed) ||
-                    t_end - t_master_done > MF_STALL_NS, calls);
+    /* a stall: the master waited (for items, team_wait, and at the join) longer than it worked */
+    const int64_t join = t_end - t_master_done;
+    mf_backoff_note(mf_stalled(waited + join, t_master_done - t_start - waited));
     return n_ops;
 }
 
@@ -194,15 +191,15 @@ MF_PYFUNC(plan_ops, "plan_ops() -> ((name, format), ...): the op ids of plan_run
     return t;
 }
 
-MF_PYFUNC(plan_team, "plan_team(on, spin_ns) -> (on, spin_ns, team runs, back-off) before: plan_run on a team (1, the default) or call by call (0), the team's spin before a wait sleeps (ns; -1 keeps a setting), how many plans ran on a team so far, and the busy-core back-off's kernel calls left.") {
+MF_PYFUNC(plan_team, "plan_team(on, spin_ns) -> (on, spin_ns, team runs, back-off) before: plan_run on a team (1, the default) or call by call (0), the team's spin before a wait sleeps (ns; -1 keeps a setting), how many plans ran on a team so far, and the busy-core back-off's time left (ns).") {
     (void)self;
     int64_t on, spin;
     if (mf_parse_args(args, nargs, "ll", &on, &spin) < 0) return NULL;
     const int was = atomic_load(&team_on);
     const int64_t was_spin = mf_team_spin_ns(spin);
     if (on >= 0) atomic_store(&team_on, on != 0);
-    return Py_BuildValue("(iLLi)", was, (long long)was_spin, (long long)atomic_load(&team_runs),
-                         mf_backoff_left());
+    return Py_BuildValue("(iLLL)", was, (long long)was_spin, (long long)atomic_load(&team_runs),
+                         (long long)mf_backoff_left());
 }
 
 /* ids (a list or tuple of ints, at most cap) -> buf. 0, or -1 with a Python error set. */
@@ -246,11 +243,11 @@ MF_PYFUNC(plan_run, "plan_run(ops_ptr, n_words[, ids_ptr, ids_cap, ids]) -> numb
         return NULL;
     }
     int64_t k = 0, i = 0;
-    int rc = 0, calls = 0;
+    int rc = 0;
     Py_BEGIN_ALLOW_THREADS;
-    const int nt = plan_team_size(ops, n_words, &calls);
+    const int nt = plan_team_size(ops, n_words);
     if (nt > 1 && atomic_load(&team_on) && !mf_backoff_active()) { /* one region for the plan */
-        k = plan_team_run(ops, n_words, nt, calls, &rc);
+        k = plan_team_run(ops, n_words, nt, &rc);
         for (int64_t j = 0; j < k && rc < 0; ++j) i += 2 + ops[i + 1]; /* the failed op's words */
     } else { /* call by call (each kernel call its own region, if any; each consumes one call of
               * a back-off) */

@@ -1274,23 +1274,23 @@ static int t81_level(int isa, int vbmi) { return isa >= MF_ISA_AVX512 && vbmi ? 
  * weights sharing an input (q/k/v, gate/up) can run fused as one packed [sum N_i][K] weight.
  * Returns the ISA level used, or -1 if scratch allocation failed.
  * ---------------------------------------------------------------------------------------- */
-/* Busy cores. When the master waits for longer than MF_STALL_NS and longer than its own work
- * took (at a call's join, or within a plan run for an item another thread holds), a worker was
- * descheduled (the cores are shared with other busy processes): the next multi-threaded calls
- * run on one thread, then two threads are tried again. The back-off is TQ2_BACKOFF_CALLS calls
- * (about one 370M decode step), doubled (up to TQ2_BACKOFF_MAX, about a hundred steps) each time
- * the cores are still busy: a stall within TQ2_BACKOFF_CALLS 2-thread calls of the last
- * back-off; a stall after a longer quiet stretch starts over at the base.
- * Why doubling: with a fixed 256 calls, a machine that stays busy (load 3 on 2 cores) stalled on
- * every retry, ~2 steps apart, and 2 threads decoded 370M 1.7x slower than 1 thread. A quiet
- * machine never triggers it (the join then waits microseconds); results do not depend on the
- * thread count (each row's sum has one order). The plan runner (csrc/mf_plan.c) takes and notes
- * a whole step's kernel calls at once. */
-#define TQ2_BACKOFF_CALLS 256
-#define TQ2_BACKOFF_MAX (TQ2_BACKOFF_CALLS * 64)
-static atomic_int tq2_backoff;                          /* calls left to run on one thread */
-static atomic_int tq2_backoff_len = TQ2_BACKOFF_CALLS; /* the last back-off's length */
-static atomic_int tq2_calls_since;                      /* 2-thread calls since a back-off */
+/* Busy cores. When a multi-threaded run's master waited for the other threads longer than it
+ * worked (mf_stalled: a worker was descheduled, the cores are shared with other busy
+ * processes), the multi-threaded calls of the next TQ2_BACKOFF_NS run on one thread, then two
+ * threads are tried again; the back-off doubles (up to TQ2_BACKOFF_MAX_NS) each time the cores
+ * are still busy (a stall within one back-off length of the last back-off's end), and starts
+ * over at the base after a longer quiet stretch.
+ * Why doubling: with a fixed back-off, a machine that stays busy (load 3 on 2 cores) stalled on
+ * every retry, ~2 steps apart, and 2 threads decoded 370M 1.7x slower than 1 thread. Why time,
+ * not calls: the back-off was 256 calls (about one 370M decode step, ~5 ms), but a 64-token
+ * prefill call takes milliseconds, so one hiccup put a second or more of prefill on one thread.
+ * 10 ms is a few decode steps; a quiet machine never triggers it. Results do not depend on the
+ * thread count (each row's sum has one order). The plan runner (csrc/mf_plan.c) notes a whole
+ * step's run at once. */
+#define TQ2_BACKOFF_NS 10000000LL
+#define TQ2_BACKOFF_MAX_NS (TQ2_BACKOFF_NS * 64)
+static _Atomic int64_t tq2_backoff_until;                 /* one thread until then (mf_now_ns) */
+static _Atomic int64_t tq2_backoff_len = TQ2_BACKOFF_NS; /* the last back-off's length */
 
 int64_t mf_now_ns(void) {
     struct timespec ts;
@@ -1298,27 +1298,21 @@ int64_t mf_now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-int mf_backoff_left(void) { return atomic_load_explicit(&tq2_backoff, memory_order_relaxed); }
+int64_t mf_backoff_left(void) {
+    const int64_t left = atomic_load_explicit(&tq2_backoff_until, memory_order_relaxed) - mf_now_ns();
+    return left > 0 ? left : 0;
+}
 
 int mf_backoff_active(void) { return mf_backoff_left() > 0; }
 
-int mf_backoff_take(void) {
-    if (!mf_backoff_active()) return 0;
-    atomic_fetch_sub_explicit(&tq2_backoff, 1, memory_order_relaxed);
-    return 1;
-}
-
-void mf_backoff_note(int stalled, int calls) {
-    if (stalled) {
-        const int since = atomic_exchange_explicit(&tq2_calls_since, 0, memory_order_relaxed);
-        int len = atomic_load_explicit(&tq2_backoff_len, memory_order_relaxed);
-        len = since < TQ2_BACKOFF_CALLS ? (len * 2 < TQ2_BACKOFF_MAX ? len * 2 : TQ2_BACKOFF_MAX)
-                                        : TQ2_BACKOFF_CALLS;
-        atomic_store_explicit(&tq2_backoff_len, len, memory_order_relaxed);
-        atomic_store_explicit(&tq2_backoff, len, memory_order_relaxed);
-    } else if (atomic_load_explicit(&tq2_calls_since, memory_order_relaxed) < TQ2_BACKOFF_CALLS) {
-        atomic_fetch_add_explicit(&tq2_calls_since, calls, memory_order_relaxed); /* saturates */
-    }
+void mf_backoff_note(int stalled) {
+    if (!stalled) return;
+    const int64_t now = mf_now_ns();
+    const int64_t last_end = atomic_load_explicit(&tq2_backoff_until, memory_order_relaxed);
+    int64_t len = atomic_load_explicit(&tq2_backoff_len, memory_order_relaxed);
+    len = now - last_end < len ? (len * 2 < TQ2_BACKOFF_MAX_NS ? len * 2 : TQ2_BACKOFF_MAX_NS) : TQ2_BACKOFF_NS;
+    atomic_store_explicit(&tq2_backoff_len, len, memory_order_relaxed);
+    atomic_store_explicit(&tq2_backoff_until, now + len, memory_order_relaxed);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -1362,8 +1356,8 @@ static void team_sleep(mf_team *t, int64_t target) {
     atomic_fetch_sub(&t->sleepers, 1);
 }
 
-/* Until every item before ticket `target` is done. The master notes a stall (mf_backoff_note)
- * when it waited longer than MF_STALL_NS and than its own work in the op so far. */
+/* Until every item before ticket `target` is done. The master adds its wait to w->waited (the
+ * run's stall test, mf_stalled). */
 static void team_wait(mf_walk *w, int64_t target) {
     mf_team *t = w->team;
     if (atomic_load_explicit(&t->done, memory_order_acquire) >= target) return;
@@ -1379,11 +1373,7 @@ static void team_wait(mf_walk *w, int64_t target) {
         if (now - t0 > atomic_load_explicit(&team_spin_ns, memory_order_relaxed)) team_sleep(t, target);
     }
 out:
-    if (w->tid == 0) {
-        const int64_t waited = mf_now_ns() - t0;
-        if (waited > MF_STALL_NS && waited > t0 - w->op_t0)
-            atomic_store_explicit(&t->stalled, 1, memory_order_relaxed);
-    }
+    if (w->tid == 0) w->waited += mf_now_ns() - t0;
 }
 
 int64_t mf_walk_next(mf_walk *w, int64_t n_items) {
@@ -1611,7 +1601,7 @@ static int tern_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_b
     int nt = mf_threads(threads);
     if (nt > NB) nt = (int)NB;
     if (nt < 1) nt = 1;
-    if (nt > 1 && mf_backoff_take()) nt = 1; /* a recent call found the cores busy */
+    if (nt > 1 && mf_backoff_active()) nt = 1; /* a recent run found the cores busy */
     const tern_call c = tern_call_of(x, M, K, w, N, w_scale, row_scales, y, acc_out, nt, impl);
     uint8_t *scratch = mf_scratch(tern_scratch_bytes(&c));
     if (scratch == NULL) return -1;
@@ -1621,7 +1611,7 @@ static int tern_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_b
         tern_team(&c, scratch, &wk);
         return isa;
     }
-    int64_t t_master_done = 0;
+    int64_t t_master_done = 0, waited = 0;
 #pragma omp parallel num_threads(nt)
     {
 #ifdef _OPENMP
@@ -1629,16 +1619,19 @@ static int tern_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_b
 #else
         const int tid = 0;
 #endif
-        mf_walk wk = {&team, tid, nt, 0, -1, t_start, 0};
+        mf_walk wk = {&team, tid, nt, 0, -1, 0, 0};
         tern_team(&c, scratch, &wk);
-        if (tid == 0) t_master_done = mf_now_ns();
+        if (tid == 0) {
+            t_master_done = mf_now_ns();
+            waited = wk.waited;
+        }
     }
     /* The master waited this long at the join (or for an item) for the other threads: on cores
      * shared with other busy processes a worker can lose its core for a whole scheduler slice
      * (ms). Then run the next calls on one thread rather than stall on every one. */
     const int64_t t_end = mf_now_ns();
-    mf_backoff_note(atomic_load_explicit(&team.stalled, memory_order_relaxed) ||
-                    (t_end - t_master_done > MF_STALL_NS && t_end - t_master_done > t_master_done - t_start), 1);
+    const int64_t join = t_end - t_master_done;
+    mf_backoff_note(mf_stalled(waited + join, t_master_done - t_start - waited));
     return isa;
 }
 

@@ -1069,7 +1069,7 @@ static int head_i8(const float *x, int64_t B, int64_t D, const int8_t *w, int64_
     const int use = MF_X86 && level >= MF_ISA_AVX2;
     const int64_t nt = tfm_head_threads(mf_threads(threads), V);
     const int64_t blocks = (V + 3) / 4;
-#pragma omp parallel for num_threads((int)nt) schedule(static) if (nt > 1)
+#pragma omp parallel for num_threads((int)nt) schedule(dynamic, TFM_HEAD_CHUNK / 4) if (nt > 1)
     for (int64_t blk = 0; blk < blocks; ++blk) {
         const int64_t v0 = blk * 4;
         const int nr = (int)(V - v0 < 4 ? V - v0 : 4);
@@ -1166,7 +1166,7 @@ static int attend_impl(attn_args *A, const float *q, int64_t B, int64_t qs, floa
         const int64_t work = 2 * nmax * A->H * A->hd * B;
         nt = nt < items ? nt : items;
         nt = nt < work / TFM_MIN_WORK ? nt : work / TFM_MIN_WORK;
-        nt = nt < 1 ? 1 : nt;
+        nt = nt < 1 || mf_backoff_active() ? 1 : nt; /* one thread while the back-off runs */
         const int64_t rem = nt > 1 && G >= nt ? items % nt : 0, whole = items - rem;
         const int64_t units = whole + rem * nt;
         int nomem = 0;

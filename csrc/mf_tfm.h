@@ -16,11 +16,18 @@
 #include <math.h>
 #include <stdint.h>
 
-/* Threads for a head of V rows: at most `nt` (already resolved), at least 4096 rows each. */
+#include "mf_common.h"
+
+/* Threads for a head of V rows: at most `nt` (already resolved), at least 4096 rows each, one
+ * while the busy-core back-off runs (csrc/mf_ternary.c: a kernel call found a worker
+ * descheduled). The heads' loops hand out rows in chunks (TFM_HEAD_CHUNK rows, dynamic), so a
+ * descheduled thread holds up one chunk rather than its static half: beside a busy loop on 2
+ * cores, BitNet decode at 2 threads ran 0.4-0.6x the 1-thread speed with static halves. */
 static inline int64_t tfm_head_threads(int64_t nt, int64_t V) {
     nt = nt < V / 4096 ? nt : V / 4096;
-    return nt < 1 ? 1 : nt;
+    return nt < 1 || mf_backoff_active() ? 1 : nt;
 }
+#define TFM_HEAD_CHUNK 1024 /* head rows per handed-out chunk (a multiple of 4) */
 
 /* The heads' activation quantizer (tfm_head_i8 in mf_tfm.c, tfm_head_i4 in mf_head.c): int8
  * absmax per row, s = 127 / max(absmax, 1e-5), q = clamp(rint(x s), -127, 127); returns s. */

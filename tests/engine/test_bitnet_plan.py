@@ -283,3 +283,32 @@ def test_step_energy_counts_on_the_torch_path(model):
     want = BitNetDecoder(model)
     want.prefill(torch.tensor([IDS[:4]]))
     torch.testing.assert_close(dec.step([3]), want.step([3]), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("table", ["int8", "int4", "bfloat16", "float16", "float32"])
+def test_numpy_embedding_is_the_modules_lookup(ckpts, tmp_path, tied, table):
+    """The plan's embedding lookup (NumPy on the module's buffers: no torch op, whose OpenMP
+    pool would then spin on the team's cores) gives the module's rows bit for bit, and refuses
+    ids out of range in one line."""
+    from mulfree.engine.bitnet_plan import numpy_embedding
+    from mulfree.models.bitnet.synthetic import TINY
+
+    if tied:
+        src = write_random_checkpoint(tmp_path / "tied", dict(TINY, tie_word_embeddings=True), seed=4)
+        m = from_checkpoint(src, head_format=table)
+    else:
+        m = from_checkpoint(ckpts["packed"], embedding_format=table)
+    emb, V, D = m.model.embed_tokens, m.config.vocab_size, m.config.hidden_size
+    look = numpy_embedding(emb, V, D)
+    assert look is not None
+    ids = np.array([0, 5, V - 1, 5, 17], dtype=np.int64)
+    with torch.no_grad():
+        want = emb(torch.from_numpy(ids)).float().numpy()
+    got = look(ids)
+    assert got.dtype == np.float32 and got.shape == (5, D)
+    np.testing.assert_array_equal(got, want)
+    assert np.abs(got).max() > 0
+    for bad in ([V], [-1]):
+        with pytest.raises(MulfreeError, match="out of range"):
+            look(np.array(bad, dtype=np.int64))

@@ -5,6 +5,8 @@ a level without the VBMI kernel)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -79,11 +81,14 @@ def test_no_t81_where_its_kernel_does_not_run(monkeypatch):
 def test_choose_layout_rule():
     fast, slow = [1.0] * 5, [1.2] * 5
     assert dispatch.choose_layout({"tq2": slow, "t81": fast}, {"tq2": slow, "t81": fast}) == "t81"
-    # one token decides; a batch only vetoes
+    # clearly faster on one, not slower on the other; slower on either vetoes
     assert dispatch.choose_layout({"tq2": fast, "t81": slow}, {"tq2": slow, "t81": fast}) == "tq2"
     assert dispatch.choose_layout({"tq2": slow, "t81": fast}, {"tq2": fast, "t81": slow}) == "tq2"
-    near = [0.97] * 5  # 3 % faster is within the margin
-    assert dispatch.choose_layout({"tq2": fast, "t81": near}, {"tq2": slow, "t81": fast}) == "tq2"
+    near = [0.97] * 5  # 3 % faster is within the margin: alone it does not decide
+    assert dispatch.choose_layout({"tq2": fast, "t81": near}, {"tq2": slow, "t81": fast}) == "t81"
+    assert dispatch.choose_layout({"tq2": fast, "t81": near}, {"tq2": fast, "t81": near}) == "tq2"
+    assert dispatch.layout_rule(0.97, 0.78) == "t81" and dispatch.layout_rule(1.07, 0.78) == "tq2"
+    assert dispatch.layout_rule(0.91, 0.99) == "t81" and dispatch.layout_rule(0.91, 1.01) == "tq2"
 
 
 @pytest.mark.skipif(not dispatch.t81_runs_simd("avx512"), reason="needs AVX-512 VBMI")
@@ -103,6 +108,15 @@ def test_layout_is_measured_once_and_cached(tmp_path, monkeypatch):
             monkeypatch.setattr(dispatch, "measure_layout", lambda *a: pytest.fail("measured again"))
             assert dispatch.layout(256, "avx512", "avx512", "avx2") == lv
             assert dispatch._entries["layout_k256"]["source"] == "cache"
+            # the level is the rule applied to the stored ratios (a file from an older rule)
+            r = dispatch._entries["layout_k256"]["ratio_t81_to_tq2"]
+            assert lv == dispatch.layout_rule(r["b1"], r["b8"])
+            path = dispatch.cache_path(dispatch.cache_key())
+            doc = json.loads(path.read_text())
+            doc["families"]["layout_k256"].update(level="tq2", ratio_t81_to_tq2={"b1": 0.97, "b8": 0.7})
+            path.write_text(json.dumps(doc))
+            dispatch.reset()
+            assert dispatch.layout(256, "avx512", "avx512", "avx2") == "t81"
     finally:
         dispatch.reset()
 

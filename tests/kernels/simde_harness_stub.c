@@ -23,3 +23,7 @@ PyObject *mf_op_error(const char *name, int rc) {
     (void)rc;
     return NULL;
 }
+
+/* The busy-core back-off lives in mf_ternary.c, which not every harness includes (the head and
+ * transformer stages only ask whether it runs): weak, so a harness with mf_ternary.c uses its own. */
+__attribute__((weak)) int mf_backoff_active(void) { return 0; }

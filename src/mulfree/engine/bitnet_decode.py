@@ -183,16 +183,20 @@ def _linear(ms: list[PackedBitLinear]) -> P.Linear:
     parts = [m.packed() for m in ms]
     if len(ms) == 1:
         p = parts[0]
-        return P.Linear(None, p.data, p.out_features, p.in_features, p.scale_value, None)
-    if any(m.out_features % packing.TQ2_ROWS for m in ms):
-        raise MulfreeError("fused projections need out_features in multiples of 32")
+        return P.Linear(None, p.data, p.out_features, p.in_features, p.scale_value, None, p.format)
+    lay = parts[0].format  # one layout per group (engine.plan.choose_layouts)
+    rows = packing.TQ2_ROWS * (1 if lay == "tq2" else 2)
+    if any(m.out_features % rows for m in ms) or any(p.format != lay for p in parts):
+        raise MulfreeError(
+            f"fused projections need one layout and out_features in multiples of {rows} ({lay})"
+        )
     data = adjacent_weights(ms)
     if data is None:
         data, row_scales = packing.fuse_rows(parts)
     else:
         row_scales = packing.stacked_row_scales(parts)
     n = sum(m.out_features for m in ms)
-    return P.Linear(None, data, n, ms[0].in_features, 1.0, row_scales)
+    return P.Linear(None, data, n, ms[0].in_features, 1.0, row_scales, lay)
 
 
 def _weight(m) -> torch.Tensor | None:
@@ -282,13 +286,21 @@ class BitNetDecoder:
             self.cos = emb.cos() * rope.attention_scaling
             self.sin = emb.sin() * rope.attention_scaling
         self.embed, self.head = inner.embed_tokens, model.lm_head
+        lins = [lin for L in self.layers for lin in (L.qkv, L.o, L.gate_up, L.down)]
+        route = P.t81_route(self.isa, any(lin.layout == "t81" for lin in lins))
+        if route == "kernel":  # calls on t81 weights run at the level `isa` resolves to
+            self.isas["t81"] = self.isa
         self.fused, self.plan = self._fused_plan(fused), None
+        self._tq2_copies = None  # t81 weights at a level without their kernel: tq2 copies
         if self.fused:
-            from mulfree.engine.bitnet_plan import BitNetPlan, weights_of
+            from mulfree.engine.bitnet_plan import BitNetPlan, tq2_weights, weights_of
             from mulfree.kernels._core import core
 
             stage = self.isa if self.isa != kernels.TORCH else "scalar"
-            self.plan = BitNetPlan(core(), weights_of(self), threads=self.threads, isas=self.isas,
+            w = weights_of(self)
+            if route == "copies":
+                w, self._tq2_copies = tq2_weights(core(), w)
+            self.plan = BitNetPlan(core(), w, threads=self.threads, isas=self.isas,
                                    stage_isa=stage, kv_dtype=kv_dtype, attention=attention,
                                    mantissa_bits=mantissa_bits, max_context=self.max_context,
                                    min_weights_per_thread=self.min_weights_per_thread)  # fmt: skip
@@ -365,16 +377,19 @@ class BitNetDecoder:
         if self.isa == kernels.TORCH:
             from mulfree.ternary.packed_linear import ternary_linear_torch
 
-            p = packing.PackedTernary(lin.data, lin.scale, lin.out_features, lin.in_features)
+            p = packing.PackedTernary(lin.data, lin.scale, lin.out_features, lin.in_features,
+                                      lin.layout)  # fmt: skip
             if lin.row_scales is None:
                 return ternary_linear_torch(u, p)
             _, acc = ternary_linear_torch(u, p, return_acc=True)
             s = 127.0 / u.abs().amax(-1, keepdim=True).clamp_min(1e-5)
             return acc.float() / (s * lin.row_scales)
         threads = P.threads_for(lin, self.threads, self.min_weights_per_thread)
-        y = K_.tq2_linear(u, lin.data, lin.out_features, lin.scale, threads=threads,
-                          isa=self.isas[kernels.ternary_family(u.shape[0])],
-                          row_scales=lin.row_scales)  # fmt: skip
+        t81 = lin.layout == "t81"
+        y = (K_.t81_linear if t81 else K_.tq2_linear)(
+            u, lin.data, lin.out_features, lin.scale, threads=threads,
+            isa=self.isas.get("t81", self.isa) if t81 else self.isas[kernels.ternary_family(u.shape[0])],
+            row_scales=lin.row_scales)  # fmt: skip
         return y  # counted by the energy counter as the custom op it is (kernels.ternary)
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:

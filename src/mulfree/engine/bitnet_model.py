@@ -35,6 +35,7 @@ from mulfree.engine.modules import (
     Int8Embedding,
     PackedBitLinear,
     attach_generation_config,
+    lay_out_,
     place_weights_,
 )
 from mulfree.errors import MulfreeError
@@ -224,6 +225,9 @@ class PackedBitNetForCausalLM(_bitnet_base()):
     `from_checkpoint(dir)` (an official-layout checkpoint). `decoder()` gives the fused
     decoder of mulfree.engine.bitnet_decode.
     """
+
+    # q|k|v and gate|up run as one kernel call each (engine.plan.choose_layouts: their layout)
+    fused_projections = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
     def __init__(self, config, layout: BitNetLayout | None = None, *, embedding_format: str = "int8",
                  head_format: str = "int8"):  # fmt: skip
@@ -607,16 +611,20 @@ def config_json(config) -> str:
     return config.to_json_string(use_diff=False)
 
 
-def load_packed_bitnet(path, *, verify: bool = True) -> PackedBitNetForCausalLM:
-    """Load a packed bitnet file (or its directory); one-line MulfreeErrors (format.read_packed)."""
+def load_packed_bitnet(path, *, verify: bool = True, layout: str = "auto",
+                       isa: str | None = None) -> PackedBitNetForCausalLM:  # fmt: skip
+    """Load a packed bitnet file (or its directory); one-line MulfreeErrors (format.read_packed).
+    `layout`: the in-memory form of the ternary weights, as engine.model.load_packed's
+    (engine.modules.lay_out_: t81 where the dispatcher measured its kernel faster at `isa`)."""
     config, tensors, meta = fmt.read_packed(path, verify=verify)
     if fmt.model_family(meta, path) != FAMILY:
         raise MulfreeError(
             f"{path} is a packed {meta.get('model_family', 'hgrn_bit')} model, not bitnet"
         )
-    layout = BitNetLayout.from_json(meta["bitnet_layout"], path)
-    model = build(config, layout, tensors, meta["ternary_format"], meta["embedding_format"],
+    arch = BitNetLayout.from_json(meta["bitnet_layout"], path)
+    model = build(config, arch, tensors, meta["ternary_format"], meta["embedding_format"],
                   meta["head_format"])  # fmt: skip
     del tensors
+    lay_out_(model, layout, isa)  # in place: q|k|v and gate|up stay back to back
     attach_generation_config(model, fmt.weights_file(path).parent)
     return model

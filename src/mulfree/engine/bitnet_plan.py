@@ -49,6 +49,9 @@ MAX_CACHED_PLANS = 256
 F32 = 4  # bytes per float32
 
 
+LINEARS = ("qkv", "o", "gate_up", "down")  # a TfmLayer's kernel calls
+
+
 @dataclass
 class TfmLayer:
     """One decoder layer as the plan reads it (NumPy arrays; norms None when absent)."""
@@ -122,6 +125,7 @@ class BitNetPlan:
         self.ctx = -(-self.max_context // KTILE) * KTILE  # cache positions per slot
         self.min_weights_per_thread = int(min_weights_per_thread)
         self._levels = {f: kernels.ISA_LEVELS[lv] for f, lv in isas.items()}
+        self._levels.setdefault("t81", kernels.ISA_LEVELS[kernels.isa_max()])  # t81 weights' calls
         self._family = kernels.ternary_family
         self._stage = kernels.ISA_LEVELS[stage_isa]
         self.capacity = 0
@@ -234,9 +238,15 @@ class BitNetPlan:
         dt, rows, sc = KV_DTYPES[self.kv_dtype], ptr(buf["rows"]), float(w.head_dim**-0.5)
 
         def kernel(lin: P.Linear, u, out):
-            return C.tq2_linear, (ptr(u), B, lin.in_features, ptr(lin.data), lin.out_features,
-                                  float(lin.scale), ptr(lin.row_scales), ptr(out), 0,
-                                  self.threads_for(lin, B), kisa)  # fmt: skip
+            if lin.layout == "t81":  # at the level its kernel runs at (the decoder's isa)
+                fn, isa = C.t81_linear, self._levels["t81"]
+            elif lin.layout == "tq2":
+                fn, isa = C.tq2_linear, kisa
+            else:
+                raise ValueError(f"unknown weight layout {lin.layout!r}")
+            return fn, (ptr(u), B, lin.in_features, ptr(lin.data), lin.out_features,
+                        float(lin.scale), ptr(lin.row_scales), ptr(out), 0,
+                        self.threads_for(lin, B), isa)  # fmt: skip
 
         x, h, qkv, a, ha, y = (buf[n] for n in ("x", "h", "qkv", "a", "ha", "y"))
         plan, pending = [], 0
@@ -368,7 +378,7 @@ def weights_of(dec) -> TfmWeights:
 
     def lin(x: P.Linear) -> P.Linear:
         return P.Linear(
-            None, np_(x.data), x.out_features, x.in_features, x.scale, np_(x.row_scales)
+            None, np_(x.data), x.out_features, x.in_features, x.scale, np_(x.row_scales), x.layout
         )
 
     layers = [TfmLayer(np_(L.input_norm), np_(L.post_norm), np_(L.attn_sub_norm),
@@ -376,9 +386,12 @@ def weights_of(dec) -> TfmWeights:
               for L in dec.layers]  # fmt: skip
     cfg = dec.config
 
-    def embed(ids: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return dec.embed(torch.from_numpy(ids)).float().contiguous().numpy()
+    embed = numpy_embedding(dec.embed, cfg.vocab_size, cfg.hidden_size)
+    if embed is None:  # a table NumPy cannot read: torch's lookup
+
+        def embed(ids: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return dec.embed(torch.from_numpy(ids)).float().contiguous().numpy()
 
     head = dec.head
     head_i8 = head_i4 = head_bf16 = None
@@ -395,3 +408,59 @@ def weights_of(dec) -> TfmWeights:
                       embed, dec.head, cfg.hidden_size, dec.heads, dec.kv_heads, dec.head_dim,
                       cfg.intermediate_size, cfg.vocab_size, dec.eps, str(cfg.hidden_act),
                       head_i8, head_i4, head_bf16)  # fmt: skip
+
+
+def tq2_weights(C, w: TfmWeights) -> tuple[TfmWeights, Any]:
+    """`w` with every t81 projection replaced by a tq2 copy (engine.plan.tq2_copies): for a step
+    at an ISA level without the t81 kernel. Returns (weights, the copies' arena or None)."""
+    from dataclasses import replace
+
+    lins = [getattr(L, n) for L in w.layers for n in LINEARS]
+    new, arena = P.tq2_copies(C, lins)
+    if arena is None:
+        return w, None
+    layers = [replace(L, **{n: new.get(id(getattr(L, n)), getattr(L, n)) for n in LINEARS})
+              for L in w.layers]  # fmt: skip
+    return replace(w, layers=layers), arena
+
+
+def numpy_embedding(module, vocab: int, dim: int):
+    """ids int64 [B] -> float32 rows [B, dim]: the lookup of a BitNet embedding module (int8,
+    int4 or float tables, or a tied model's head table) in NumPy on the module's own buffers,
+    the same rows bit for bit (tests/engine/test_bitnet_plan.py); None where NumPy cannot read
+    the table. Why not torch's op: a 64-token prefill chunk's lookup runs on torch's OpenMP
+    pool, whose workers then spin for milliseconds on the cores the plan's team needs (the
+    kernels' busy-core back-off then took 2-thread prefill down to one thread)."""
+    import torch
+
+    from mulfree.engine.bitnet_model import TiedEmbedding
+    from mulfree.engine.lite import embedding_lookup
+    from mulfree.engine.modules import Int4Embedding, Int8Embedding
+
+    table = module._head if isinstance(module, TiedEmbedding) else module
+    fmt = getattr(table, "fmt", None) or (
+        "int8" if isinstance(table, Int8Embedding) else "int4" if isinstance(table, Int4Embedding) else None
+    )  # fmt: skip
+    if fmt in ("int8", "int4"):
+        tensors = {f"model.embeddings.{k}": v.detach().numpy() for k, v in table.state_dict().items()}
+        rows = embedding_lookup(tensors, fmt, vocab, dim, "the model")
+    else:
+        w = getattr(table, "weight", None)
+        if w is None or tuple(w.shape) != (vocab, dim):
+            return None
+        w = w.detach()
+        if w.dtype == torch.bfloat16:  # bfloat16 bits -> float32: exact
+            bits = w.view(torch.int16).numpy().view(np.uint16)
+            rows = lambda ids: (bits[ids].astype(np.uint32) << 16).view(np.float32)  # noqa: E731
+        elif w.dtype in (torch.float16, torch.float32):
+            a = w.numpy()
+            rows = lambda ids: a[ids].astype(np.float32)  # noqa: E731
+        else:
+            return None
+
+    def lookup(ids: np.ndarray) -> np.ndarray:
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise MulfreeError(f"token id out of range [0, {vocab})")
+        return np.ascontiguousarray(rows(ids), dtype=np.float32)
+
+    return lookup

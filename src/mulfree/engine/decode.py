@@ -192,8 +192,8 @@ class Decoder:
             self.final_norm = inner.norm.weight.detach().float().contiguous()
             self.head = _linear_of(model.lm_head)
         lins = [lin for L in self.layers for lin in L.linears()] + [self.head]
-        if self.isa != kernels.TORCH and any(lin.layout == "t81" for lin in lins):
-            # calls on t81 weights run at the level `isa` resolves to (t81's kernel is AVX-512)
+        route = P.t81_route(self.isa, any(lin.layout == "t81" for lin in lins))
+        if route == "kernel":  # calls on t81 weights run at the level `isa` resolves to
             self.isas["t81"] = self.isa
         self.embed = inner.embeddings
         self._np_embed, table = _numpy_embedding(self.embed, cfg.vocab_size, cfg.hidden_size)
@@ -202,9 +202,8 @@ class Decoder:
         # plan reads the weights through NumPy views of the tensors above (no copies)
         layers, head = [L.map(_np) for L in self.layers], P.map_linear(self.head, _np)
         self._tq2_copies = None  # t81 weights at a level without their kernel: tq2 copies
-        if self.isas.get("t81") not in (None, "scalar") and not kernels.dispatch.t81_runs_simd(self.isa):
+        if route == "copies":
             layers, head, self._tq2_copies = P.tq2_layers(core(), layers, head)
-            del self.isas["t81"]
         w = HGRNWeights(layers, _np(self.final_norm), head, self._embed_rows, d, E,
                         cfg.mlp_intermediate_size, cfg.vocab_size, self.eps, self.bl_eps,
                         table)  # fmt: skip

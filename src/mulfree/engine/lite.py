@@ -387,12 +387,11 @@ class LiteDecoder:
         self.layers = [_layer(m, L) for L in m.layers]
         self.head = _linear(m.head)
         self._tq2_copies = None
-        if m.has_t81:  # calls on t81 weights run at the level `isa` resolves to
-            self.isas["t81"] = t81 = kernels.resolve_isa(isa)
-            if t81 != "scalar" and not kernels.dispatch.t81_runs_simd(t81):
-                # a level without the t81 kernel (AVX2 on a model laid out for VBMI): tq2 copies
-                self.layers, self.head, self._tq2_copies = P.tq2_layers(_core(), self.layers, self.head)
-                del self.isas["t81"]
+        route = P.t81_route(kernels.resolve_isa(isa), m.has_t81)
+        if route == "kernel":  # calls on t81 weights run at the level `isa` resolves to
+            self.isas["t81"] = kernels.resolve_isa(isa)
+        elif route == "copies":
+            self.layers, self.head, self._tq2_copies = P.tq2_layers(_core(), self.layers, self.head)
         w = HGRNWeights(self.layers, m.final_norm, self.head, m.embed, m.hidden, m.expand,
                         m.inter, m.vocab, m.eps, BITLINEAR_NORM_EPS, m.embed_table)  # fmt: skip
         self.plan = HGRNFusedPlan(_core(), w, self.threads, self.isas)

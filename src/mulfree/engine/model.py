@@ -242,7 +242,7 @@ def load_packed(path: str | Path, *, verify: bool = True, layout: str = "auto",
                 isa: str | None = None, **_ignored) -> PackedHGRNBitForCausalLM:  # fmt: skip
     """Load a packed model file (or a directory with model.safetensors).
 
-    `layout`: the in-memory form of the hgrn_bit ternary weights ("auto": t81 where the
+    `layout`: the in-memory form of the ternary weights ("auto": t81 where the
     dispatcher measured its kernel faster for calls at `isa`, tq2 elsewhere; "tq2"; "t81"),
     `mulfree.engine.modules.lay_out_`; the file and state dicts stay tq1/tq2.
 
@@ -254,7 +254,7 @@ def load_packed(path: str | Path, *, verify: bool = True, layout: str = "auto",
     if fmt.model_family(fmt.read_metadata(fmt.weights_file(path)), path) == "bitnet":
         from mulfree.engine.bitnet_model import load_packed_bitnet
 
-        return load_packed_bitnet(path, verify=verify)  # a PackedBitNetForCausalLM
+        return load_packed_bitnet(path, verify=verify, layout=layout, isa=isa)  # a PackedBitNetForCausalLM
     config, tensors, meta = fmt.read_packed(path, verify=verify)
     model = build_packed(config, tensors, meta["ternary_format"], meta["embedding_format"])
     del tensors

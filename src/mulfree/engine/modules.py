@@ -165,18 +165,20 @@ def pack_model_(model: nn.Module) -> nn.Module:
 
 
 def lay_out_(model: nn.Module, layout: str = "auto", isa: str | None = None) -> dict[str, int]:
-    """Re-code the packed weights of an hgrn_bit `model` in place as t81 where that layout is
-    chosen (`layout` "auto": mulfree.kernels.dispatch.weight_layout per input width, for kernels
-    run at `isa`; or "tq2" / "t81" for every layer). The i/f/g projections of a layer stay tq2
-    unless their widths are multiples of 64 (t81 interleaves pairs of 32-row blocks and the
-    decoder runs the three as one weight). Values, sizes and state dicts are unchanged
-    (PackedTernaryLinear.to_layout_). Returns layout -> number of layers."""
+    """Re-code the packed weights of a packed `model` (hgrn_bit or BitNet) in place as t81 where
+    that layout is chosen (`layout` "auto": mulfree.kernels.dispatch.weight_layout per input
+    width, for kernels run at `isa`; or "tq2" / "t81" for every layer). Projections the decoder
+    runs as one weight (an MLGRU's i/f/g, a transformer's q/k/v and gate/up:
+    `model.fused_projections`) stay tq2 unless each has a multiple of 64 rows (t81 interleaves
+    pairs of 32-row blocks; engine.plan.choose_layouts). Values, sizes and state dicts are
+    unchanged (PackedTernaryLinear.to_layout_). Returns layout -> number of layers."""
     from mulfree import kernels
-    from mulfree.engine.plan import choose_layouts
+    from mulfree.engine.plan import MLGRU_FUSED, choose_layouts
 
     mods = [(n, m) for n, m in model.named_modules() if isinstance(m, PackedTernaryLinear)]
     lays = choose_layouts([(n, m.out_features, m.in_features) for n, m in mods],
-                          layout if kernels.available() or layout != "auto" else "tq2", isa)  # fmt: skip
+                          layout if kernels.available() or layout != "auto" else "tq2", isa,
+                          getattr(model, "fused_projections", MLGRU_FUSED))  # fmt: skip
     counts = {"tq2": 0, "t81": 0}
     for (_, m), lay in zip(mods, lays, strict=True):
         m.to_layout_(lay)

@@ -105,18 +105,26 @@ class Buffers:
     h_g: Any
 
 
-def choose_layouts(weights: list[tuple[str, int, int]], layout: str, isa: str | None) -> list[str]:
+# Projections a decoder runs as one call on their stacked rows (module-name suffixes): an
+# MLGRU's i|f|g; a model class may name its own (`fused_projections`, e.g. BitNet's q|k|v).
+MLGRU_FUSED = (("i_proj", "f_proj", "g_proj"),)
+
+
+def choose_layouts(weights: list[tuple[str, int, int]], layout: str, isa: str | None,
+                   fused: tuple[tuple[str, ...], ...] = MLGRU_FUSED) -> list[str]:  # fmt: skip
     """The in-memory layout of each ternary weight (name, out_features, in_features): `layout`
     "tq2" / "t81" for all, or "auto" = mulfree.kernels.dispatch.weight_layout per input width
-    for kernels run at `isa`. An MLGRU's i/f/g stay tq2 unless their width is a multiple of 64
-    (t81 interleaves pairs of 32-row blocks; the fused i|f|g call reads the three as one)."""
+    for kernels run at `isa`. The projections of a `fused` group (same name prefix) stay tq2
+    unless every one of them has a multiple of 64 rows: t81 interleaves pairs of 32-row blocks,
+    so only whole pairs stack into the one weight the decoder's call reads."""
     if layout not in ("auto", "tq2", "t81"):
         from mulfree.errors import MulfreeError
 
         raise MulfreeError(f"layout must be auto, tq2 or t81, not {layout!r}")
     picked: dict[int, str] = {}
+    rows = {name: n for name, n, _ in weights}
     out = []
-    for name, n, k in weights:
+    for name, _, k in weights:
         lay = layout
         if layout == "auto":
             if k not in picked:
@@ -124,30 +132,46 @@ def choose_layouts(weights: list[tuple[str, int, int]], layout: str, isa: str | 
 
                 picked[k] = dispatch.weight_layout(k, isa)
             lay = picked[k]
-        if lay == "t81" and name.endswith(("i_proj", "f_proj", "g_proj")) and n % 64:
+        if lay == "t81" and any(rows.get(sib, 0) % 64 for sib in _siblings(name, fused)):
             lay = "tq2"
         out.append(lay)
     return out
 
 
-def tq2_layers(C, layers: list[Layer], head: Linear) -> tuple[list[Layer], Linear, Any]:
-    """`layers` and `head` (NumPy arrays) with every t81 weight replaced by a tq2 copy (bytes
-    in one new `mulfree.kernels.memory.Arena`, C.t81_to_tq2): for a step at an ISA level
-    without the t81 kernel, e.g. AVX2 on a model laid out for AVX-512 VBMI. Views stay views:
-    the parts of a fused i|f|g read the copy of the fused weight. Returns (layers, head, the
-    arena to keep alive, or None when nothing was t81)."""
+def _siblings(name: str, fused: tuple[tuple[str, ...], ...]) -> list[str]:
+    """The names of the fused group `name` belongs to (itself included; [] outside a group)."""
+    for group in fused:
+        for suffix in group:
+            if name.endswith(suffix):
+                prefix = name[: len(name) - len(suffix)]
+                return [prefix + s for s in group]
+    return []
+
+
+def t81_route(isa: str, has_t81: bool) -> str:
+    """How a decoder at ISA level `isa` (a resolved name) runs its t81 weights: "kernel" (calls
+    at `isa`: AVX-512 with VBMI, or "scalar", the t81 spec), "copies" (a compiled level without
+    the t81 kernel, e.g. AVX2 on a model laid out for VBMI: the step reads tq2 copies,
+    `tq2_copies`), or "none" (no t81 weight, or the torch level)."""
+    if not has_t81 or isa == "torch":
+        return "none"
+    from mulfree.kernels import dispatch
+
+    return "kernel" if isa == "scalar" or dispatch.t81_runs_simd(isa) else "copies"
+
+
+def tq2_copies(C, linears: list[Linear]) -> tuple[dict[int, Linear], Any]:
+    """A tq2 copy of every t81 weight in `linears` (NumPy arrays; C.t81_to_tq2, bytes in one new
+    `mulfree.kernels.memory.Arena`): for a step at an ISA level without the t81 kernel, e.g.
+    AVX2 on a model laid out for AVX-512 VBMI. Returns ({id(original): copy}, the arena to keep
+    alive, or None when nothing was t81)."""
     import numpy as np
 
     from mulfree.kernels.memory import ALIGN, Arena
 
-    def t81s(L: Layer):
-        if L.ifg is not None and L.ifg.layout == "t81":
-            return [L.ifg] + [x for x in (L.o, L.gate, L.down) if x.layout == "t81"]
-        return [x for x in L.linears() if x.layout == "t81"]
-
-    todo = [x for L in layers for x in t81s(L)] + ([head] if head.layout == "t81" else [])
+    todo = list({id(x): x for x in linears if x.layout == "t81"}.values())
     if not todo:
-        return layers, head, None
+        return {}, None
     offs, total = {}, 0
     for x in todo:
         offs[id(x)] = total
@@ -161,6 +185,22 @@ def tq2_layers(C, layers: list[Layer], head: Linear) -> tuple[list[Layer], Linea
             raise ValueError(f"corrupt t81 weight: {bad} byte(s) >= 81")
         new[id(x)] = Linear(x.norm_w, data, x.out_features, x.in_features, x.scale,
                             x.row_scales, "tq2")  # fmt: skip
+    return new, arena
+
+
+def tq2_layers(C, layers: list[Layer], head: Linear) -> tuple[list[Layer], Linear, Any]:
+    """`layers` and `head` with every t81 weight replaced by a tq2 copy (`tq2_copies`). Views
+    stay views: the parts of a fused i|f|g read the copy of the fused weight. Returns (layers,
+    head, the arena to keep alive, or None when nothing was t81)."""
+
+    def t81s(L: Layer):
+        if L.ifg is not None and L.ifg.layout == "t81":
+            return [L.ifg] + [x for x in (L.o, L.gate, L.down) if x.layout == "t81"]
+        return [x for x in L.linears() if x.layout == "t81"]
+
+    new, arena = tq2_copies(C, [x for L in layers for x in t81s(L)] + [head])
+    if arena is None:
+        return layers, head, None
     out = []
     for L in layers:
         lin = {k: new.get(id(getattr(L, k)), getattr(L, k)) for k in ("i", "f", "g", "o", "gate", "down")}

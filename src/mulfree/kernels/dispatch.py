@@ -32,8 +32,9 @@ A ternary weight can sit in memory as tq2 (every level runs it) or as t81 (the s
 re-coded, mulfree.ternary.packing; only the AVX-512 VBMI kernel runs it fast). Where both
 ternary families run at a level with that kernel, t81 and tq2 are timed against each other on
 [2048, K] weights (one token and a batch of 8, cold copies), per input width K, since the t81
-tables grow with K; t81 is kept only where it is clearly faster for one token and not slower
-for a batch (`choose_layout`). The entries ("layout_k<K>") share the cache file and its rules.
+tables grow with K; t81 is kept only where it is clearly faster for one token or for a batch
+and not slower for the other (`layout_rule`). The entries ("layout_k<K>") share the cache file
+and its rules; they keep the measured ratios, and the rule is applied to them when read.
 
 A busy machine (`disturbed`): a near-tie measured while other work shares the cores is noise,
 and a disk entry would keep it for good. So a measurement taken when the 1-minute load average
@@ -492,10 +493,17 @@ def choice(family: str) -> str:
 # --- the weight layout: tq2 or t81, per input width -----------------------------------------
 def choose_layout(b1: Mapping[str, Sequence[float]], batch: Mapping[str, Sequence[float]],
                   margin: float = MARGIN) -> str:  # fmt: skip
-    """t81 when its kernel is clearly faster for one token (median paired ratio t81 / tq2
-    below 1 - margin: decoding is one-token calls) and not slower for a batch (ratio below 1);
-    else tq2, the layout every level runs."""
-    if median_ratio(b1["t81"], b1["tq2"]) < 1.0 - margin and median_ratio(batch["t81"], batch["tq2"]) < 1.0:
+    """The layout the samples favour (`layout_rule` on the median paired ratios t81 / tq2)."""
+    return layout_rule(median_ratio(b1["t81"], b1["tq2"]), median_ratio(batch["t81"], batch["tq2"]), margin)
+
+
+def layout_rule(r1: float, rb: float, margin: float = MARGIN) -> str:
+    """t81 when its kernel is clearly faster (time ratio t81 / tq2 below 1 - margin) for one
+    token (r1: decoding) or for a batch (rb: prefill, batched serving) and not slower for the
+    other (ratio below 1); else tq2, the layout every level runs. Measured on AMD Zen 4 it
+    keeps t81 at K = 2560 (r1 0.97, rb 0.78: a prompt 1.28x faster, a token no slower), not
+    at K = 2752..6912 (r1 1.03-1.22: decoding would lose)."""
+    if (r1 < 1.0 - margin and rb < 1.0) or (rb < 1.0 - margin and r1 < 1.0):
         return "t81"
     return "tq2"
 
@@ -607,6 +615,9 @@ def layout(k: int, isa_t81: str, isa_b1: str, isa_batch: str) -> str:
         assert _disk is not None
         if _disk.get(fam, {}).get("isas") == isas:
             entry = dict(_disk[fam], source="cache")
+            ratios = entry.get("ratio_t81_to_tq2", {})
+            if {"b1", f"b{LAYOUT_BATCH}"} <= ratios.keys():  # the rule of this build, on the file's ratios
+                entry["level"] = layout_rule(ratios["b1"], ratios[f"b{LAYOUT_BATCH}"])
         else:
             try:
                 b1, batch = measure_layout(int(k), isa_t81, isa_b1, isa_batch)

@@ -320,26 +320,29 @@ class PackedTernary:
 
 
 def fuse_rows(parts: list[PackedTernary]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack tq2 weights that share an input (q/k/v, gate/up) into one weight.
+    """Stack tq2 (or t81) weights that share an input (q/k/v, gate/up) into one weight.
 
-    Returns (data, row_scales): tq2 bytes of the [sum N_i, K] weight and float32 [sum N_i] with
-    each part's tensor scale on its rows, for `mulfree.kernels.ternary.tq2_linear(...,
-    row_scales=row_scales)`: one pass (one table build, one thread fork) for all parts, whose
-    outputs are the column slices of y. Row-block aligned: every N_i must be a multiple of 32.
+    Returns (data, row_scales): the bytes of the [sum N_i, K] weight in the parts' layout and
+    float32 [sum N_i] with each part's tensor scale on its rows, for
+    `mulfree.kernels.ternary.tq2_linear(..., row_scales=row_scales)` (t81_linear for t81): one
+    pass (one table build, one thread fork) for all parts, whose outputs are the column slices
+    of y. Row-block aligned: every N_i must be a multiple of 32 (tq2: row blocks are contiguous,
+    [nb][kb] order) or of 64 (t81: whole pairs of row blocks, [pair][kb] order).
     """
     if not parts:
         raise MulfreeError("fuse_rows: no weights given")
-    k = parts[0].in_features
+    k, lay = parts[0].in_features, parts[0].format
+    rows = TQ2_ROWS if lay == "tq2" else 2 * TQ2_ROWS
     for p in parts:
-        if p.format != "tq2":
-            raise MulfreeError(f"fuse_rows: expected tq2 weights, got {p.format}")
+        if p.format not in ("tq2", "t81") or p.format != lay:
+            raise MulfreeError(f"fuse_rows: expected tq2 or t81 weights in one layout, got {p.format}")
         if p.in_features != k:
             raise MulfreeError(f"fuse_rows: in_features differ ({p.in_features} != {k})")
-        if p.out_features % TQ2_ROWS:
+        if p.out_features % rows:
             raise MulfreeError(
-                f"fuse_rows: out_features {p.out_features} is not a multiple of {TQ2_ROWS}"
+                f"fuse_rows: out_features {p.out_features} is not a multiple of {rows} ({lay})"
             )
-    data = torch.cat([p.data for p in parts])  # row blocks are contiguous: [nb][kb] order
+    data = torch.cat([p.data for p in parts])
     return data, stacked_row_scales(parts)
 
 
