@@ -15,6 +15,7 @@
 #define MF_HEAD_I4_GROUP 32
 
 int mf_op_tfm_head_i4(const int64_t *a);   /* "pllplppll" */
+int mf_op_tfm_head_i8(const int64_t *a);   /* "pllplppll" */
 int mf_op_tfm_head_bf16(const int64_t *a); /* "pllplpll": bfloat16 table [V][D] */
 
 #endif

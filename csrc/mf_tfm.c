@@ -1022,70 +1022,6 @@ static void glu_act_scalar(const float *g, const float *u, int64_t I, int act, f
     }
 }
 
-/* ---------------------------------------------------------------------------------------------
- * tfm_head_i8: logits = int8 table (a step per row) times int8 activations (absmax per row)
- * The head is int8, not ternary: integer multiply-adds (exact int32 sums, so every ISA and
- * thread split gives the same bits), then logit[v] = ((float)acc / s_x) * step[v].
- * ------------------------------------------------------------------------------------------- */
-static inline int32_t dot_i8_scalar(const int8_t *w, const int8_t *q, int64_t D) {
-    int32_t acc = 0;
-    for (int64_t d = 0; d < D; ++d) acc += (int32_t)w[d] * q[d];
-    return acc;
-}
-
-#if MF_X86
-/* 4 rows of w (ld bytes apart) dotted with q: |w| (u8) x sign(w) q (s8) pairs, no saturation
- * (2 x 128 x 127 < 2^15), widened to int32 lanes; the tail d >= D - D % 32 in scalar. */
-MF_TARGET_AVX2 static void dot4_i8_avx2(const int8_t *w, int64_t ld, const int8_t *q, int64_t D,
-                                        int nr, int32_t *out) {
-    __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
-                      _mm256_setzero_si256()};
-    const __m256i ones = _mm256_set1_epi16(1);
-    int64_t d = 0;
-    for (; d + 32 <= D; d += 32) {
-        const __m256i x = _mm256_loadu_si256((const __m256i *)(q + d));
-        for (int r = 0; r < nr; ++r) {
-            const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + r * ld + d));
-            const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(x, wv));
-            acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
-        }
-    }
-    for (int r = 0; r < nr; ++r) {
-        int32_t l[8];
-        _mm256_storeu_si256((__m256i *)l, acc[r]);
-        out[r] = l[0] + l[1] + l[2] + l[3] + l[4] + l[5] + l[6] + l[7] +
-                 dot_i8_scalar(w + r * ld + d, q + d, D - d);
-    }
-}
-#endif
-
-/* x [B][D] float32 -> logits [B][V]; w [V][D] int8 codes, step [V]. q: scratch B x D. */
-static int head_i8(const float *x, int64_t B, int64_t D, const int8_t *w, int64_t V,
-                   const float *step, float *out, int64_t threads, int level) {
-    int8_t *q = mf_scratch((size_t)(B * D + B * 4 + 64));
-    if (q == NULL) return MF_OP_NOMEM;
-    float *sx = (float *)(q + mf_round_up(B * D, 4));
-    for (int64_t b = 0; b < B; ++b) sx[b] = tfm_head_quant(x + b * D, D, q + b * D);
-    const int use = MF_X86 && level >= MF_ISA_AVX2;
-    const int64_t nt = tfm_head_threads(mf_threads(threads), V);
-    const int64_t blocks = (V + 3) / 4;
-#pragma omp parallel for num_threads((int)nt) schedule(dynamic, TFM_HEAD_CHUNK / 4) if (nt > 1)
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-        const int64_t v0 = blk * 4;
-        const int nr = (int)(V - v0 < 4 ? V - v0 : 4);
-        for (int64_t b = 0; b < B; ++b) {
-            int32_t acc[4];
-#if MF_X86
-            if (use)
-                dot4_i8_avx2(w + v0 * D, D, q + b * D, D, nr, acc);
-            else
-#endif
-                for (int r = 0; r < nr; ++r) acc[r] = dot_i8_scalar(w + (v0 + r) * D, q + b * D, D);
-            for (int r = 0; r < nr; ++r) out[b * V + v0 + r] = ((float)acc[r] / sx[b]) * step[v0 + r];
-        }
-    }
-    return use ? MF_ISA_AVX2 : MF_ISA_SCALAR;
-}
 
 /* ---------------------------------------------------------------------------------------------
  * Ops on argument slots (mf_common.h) and their Python entry points
@@ -1245,15 +1181,6 @@ int mf_op_tfm_glu(const int64_t *a) {
     return MF_X86 ? used : MF_ISA_SCALAR;
 }
 
-int mf_op_tfm_head_i8(const int64_t *a) {
-    const float *x = mf_slot_ptr(a[0]), *step = mf_slot_ptr(a[5]);
-    const int8_t *w = mf_slot_ptr(a[3]);
-    float *out = mf_slot_ptr(a[6]);
-    if (x == NULL || w == NULL || step == NULL || out == NULL || a[1] < 0 || a[2] < 1 || a[4] < 1)
-        return MF_OP_BADARG;
-    return head_i8(x, a[1], a[2], w, a[4], step, out, a[7], mf_isa_resolve((int)a[8]));
-}
-
 MF_PYFUNC(tfm_norm, "tfm_norm(x, add_or_0, B, n, w, eps, out) -> 0: x += add; out = w * (x * rsqrt(mean(x^2) + eps)).") {
     MF_OP_ENTRY(tfm_norm, 7, "ppllpdp");
 }
@@ -1272,8 +1199,4 @@ MF_PYFUNC(tfm_attend, "tfm_attend(q, B, qstride, out, ostride, kc, vc, ks_or_0, 
 
 MF_PYFUNC(tfm_glu, "tfm_glu(gu, B, I, w_or_0, eps, out, act, isa) -> isa used: act(gate) * up (0 relu2, 1 silu), then the sub-norm.") {
     MF_OP_ENTRY(tfm_glu, 8, "pllpdpll");
-}
-
-MF_PYFUNC(tfm_head_i8, "tfm_head_i8(x, B, D, w_int8, V, step, out, threads, isa) -> isa used: int8 head on int8 (absmax) activations.") {
-    MF_OP_ENTRY(tfm_head_i8, 9, "pllplppll");
 }

@@ -52,6 +52,5 @@ int mf_op_tfm_rope(const int64_t *a);     /* "plllpppp" */
 int mf_op_tfm_kv_write(const int64_t *a); /* "plllpppppllllp" */
 int mf_op_tfm_attend(const int64_t *a);   /* "pllplpppplllllpdlll" */
 int mf_op_tfm_glu(const int64_t *a);      /* "pllpdpll" */
-int mf_op_tfm_head_i8(const int64_t *a);  /* "pllplppll" */
 
 #endif

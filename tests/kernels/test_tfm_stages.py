@@ -213,10 +213,11 @@ def test_glu(isa, act, I, norm):
 
 
 @pytest.mark.parametrize("isa", LEVELS)
-@pytest.mark.parametrize("V,D,threads", [(37, 100, 1), (9, 64, 1), (8203, 40, 2)])
+@pytest.mark.parametrize("V,D,threads", [(37, 100, 1), (9, 64, 1), (8203, 40, 2), (6, 2560, 1),
+                                          (9219, 200, 2)])  # fmt: skip
 def test_head_i8(isa, V, D, threads):
-    """Rows past a block of 4, a D tail past 32 bytes, codes -128..127 (a file may hold -128),
-    two threads over the rows."""
+    """Rows past a block of 4, D tails past 32 bytes, 2B4T's width, codes -128..127 (a file may
+    hold -128), two threads over the rows (chunks of TFM_HEAD_CHUNK rows, several per thread)."""
     C = _core()
     rng = np.random.default_rng(V)
     codes = rng.integers(-128, 128, (V, D)).astype(np.int8)
@@ -224,8 +225,9 @@ def test_head_i8(isa, V, D, threads):
     x = _rand((2, D), 3, 5.0)
     x[1] = 0.0  # an all-zero row: absmax floor
     out = np.zeros((2, V), dtype=f32)
-    C.tfm_head_i8(_p(x), 2, D, _p(codes), V, _p(step), _p(out), threads, ISA_LEVELS[isa])
+    used = C.tfm_head_i8(_p(x), 2, D, _p(codes), V, _p(step), _p(out), threads, ISA_LEVELS[isa])
     _same_bits(out, ref.head_i8(x, codes, step), f"{isa}")
+    assert used == ISA_LEVELS["scalar" if isa == "scalar" else "avx2"]  # AVX2 code above scalar
 
 
 def test_head_i8_is_the_int8_product():
@@ -451,3 +453,4 @@ def test_attend_lmul_mantissa_bits(isa, mbits):
     rows = np.array([[0, 20]], dtype=np.int64)
     out, _ = _attend_c(C, cache, q, rows, mbits, isa)
     _same_bits(out, ref.attend(cache, q, [0], [20], 32**-0.5, mbits), f"{isa} k={mbits}")
+
