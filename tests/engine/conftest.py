@@ -92,3 +92,24 @@ def packed_dir(model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("packed")
     convert(str(model_dir), str(out))
     return out
+
+
+def load_both_layouts(path, ids: list[int]):
+    """The packed model at `path` loaded all-tq2 and all-t81: equal state dicts (tq2 bytes
+    whatever the layout in memory), equal logits from the modules' own forward and equal greedy
+    tokens from HF generate, bit for bit. Returns (tq2 model, t81 model)."""
+    import torch
+
+    from mulfree.engine import load_packed
+
+    ref, t81 = load_packed(path, layout="tq2"), load_packed(path, layout="t81")
+    sa, sb = ref.state_dict(), t81.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], atol=0, rtol=0)
+    x = torch.tensor([ids])
+    with torch.no_grad():  # the modules' own forward (t81 kernel, or converted per call)
+        torch.testing.assert_close(t81(x).logits, ref(x).logits, atol=0, rtol=0)
+    kw = dict(max_new_tokens=6, do_sample=False, eos_token_id=None)
+    assert t81.generate(x[:, :4], **kw).tolist() == ref.generate(x[:, :4], **kw).tolist()
+    return ref, t81

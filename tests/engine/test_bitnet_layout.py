@@ -24,6 +24,8 @@ from mulfree.kernels import dispatch  # noqa: E402
 from mulfree.models.bitnet.synthetic import TINY, write_random_checkpoint  # noqa: E402
 from mulfree.ternary import packing  # noqa: E402
 
+from .conftest import load_both_layouts  # noqa: E402
+
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="needs the compiled core")
 
 IDS = [1, 5, 7, 9, 33, 100, 7, 8, 250, 3]
@@ -77,17 +79,7 @@ def test_t81_bitnet_gives_the_tq2_logits_bit_for_bit(packed, isa):
 
 
 def test_t81_bitnet_forward_state_dict_and_energy(packed):
-    path, _ = packed
-    ref, t81 = load_packed(path, layout="tq2"), load_packed(path, layout="t81")
-    sa, sb = ref.state_dict(), t81.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:  # the state dict holds tq2 bytes whatever the layout in memory
-        torch.testing.assert_close(sa[k], sb[k], atol=0, rtol=0)
-    x = torch.tensor([IDS])
-    with torch.no_grad():  # transformers' forward on the modules (their own t81 kernel calls)
-        torch.testing.assert_close(t81(x).logits, ref(x).logits, atol=0, rtol=0)
-    kw = dict(max_new_tokens=4, do_sample=False, eos_token_id=None)
-    assert t81.generate(x[:, :4], **kw).tolist() == ref.generate(x[:, :4], **kw).tolist()
+    ref, t81 = load_both_layouts(packed[0], IDS)  # state dicts, forward, generate
     ea = BitNetDecoder(ref).step_energy([IDS[0]])
     eb = BitNetDecoder(t81).step_energy([IDS[0]])  # the t81 op prices the same non-zeros
     assert ea.total_pj == eb.total_pj and ea.dense_fp32_pj == eb.dense_fp32_pj

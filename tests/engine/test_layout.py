@@ -19,7 +19,7 @@ from mulfree.engine.modules import PackedBitLinear
 from mulfree.errors import MulfreeError
 from mulfree.kernels import dispatch
 
-from .conftest import make_model
+from .conftest import load_both_layouts, make_model
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="needs the compiled core")
 IDS = [3, 17, 5, 0, 42, 9, 11, 2, 250, 7]
@@ -148,17 +148,8 @@ def test_torch_decoder_on_t81_modules_gives_the_tq2_logits(packed, isa):
 
 def test_t81_modules_keep_tq2_state_dicts_forward_and_energy(packed, tmp_path):
     path = packed[0]
-    ref, t81 = load_packed(path, layout="tq2"), load_packed(path, layout="t81")
-    sa, sb = ref.state_dict(), t81.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:  # the state dict holds tq2 bytes whatever the layout in memory
-        torch.testing.assert_close(sa[k], sb[k], atol=0, rtol=0)
-    x = torch.tensor([IDS])
-    with torch.no_grad():  # the modules' own forward (t81 kernel, or converted per call)
-        torch.testing.assert_close(t81(x).logits, ref(x).logits, atol=0, rtol=0)
-    out = t81.generate(torch.tensor([IDS[:4]]), max_new_tokens=6, do_sample=False, eos_token_id=None)
-    assert out.tolist() == ref.generate(torch.tensor([IDS[:4]]), max_new_tokens=6,
-                                        do_sample=False, eos_token_id=None).tolist()  # fmt: skip
+    ref, t81 = load_both_layouts(path, IDS)  # state dicts, forward, generate
+    sa, x = ref.state_dict(), torch.tensor([IDS])
     # energy: the t81 op prices the same non-zero weights (its own nnz table)
     ea = ref.fused_decoder().step_energy([IDS[0]])
     eb = t81.fused_decoder().step_energy([IDS[0]])
