@@ -166,6 +166,9 @@ static inline mf_walk mf_walk_solo(mf_team *team) {
 int mf_backoff_active(void);
 int64_t mf_backoff_left(void);
 void mf_backoff_note(int stalled);
+/* After a multi-threaded run begun at t_start whose master finished at t_master_done having
+ * waited `waited` ns for items: mf_backoff_note(mf_stalled(...)), the join's wait included. */
+void mf_backoff_note_run(int64_t t_start, int64_t t_master_done, int64_t waited);
 int64_t mf_now_ns(void);
 #define MF_STALL_NS 500000 /* a master's wait this long (and longer than its own work): a stall */
 /* Whether a multi-threaded run (a kernel call, a plan) was held up by a descheduled thread: its

@@ -264,7 +264,7 @@ MF_TARGET_AVX2 static void dot4_i8_avx2(const int8_t *w, int64_t ld, const int8_
     for (; d + 32 <= D; d += 32) {
         const __m256i x = _mm256_loadu_si256((const __m256i *)(q + d));
         for (int r = 0; r < nr; ++r) {
-            if (HEAD_PF_ROWS && !(d & 63)) /* a 64-byte line per two steps, as the VNNI code */
+            if (HEAD_PF_ROWS && !(d & 63)) /* a 64-byte line per two steps */
                 _mm_prefetch((const char *)(w + (r + HEAD_PF_ROWS) * ld + d), _MM_HINT_T1);
             const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + r * ld + d));
             const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(x, wv));

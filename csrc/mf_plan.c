@@ -146,12 +146,10 @@ static int64_t plan_team_run(const int64_t *ops, int64_t n_words, int nt, int *r
             waited = w.waited;
         }
     }
-    const int64_t t_end = mf_now_ns();
     *rc = atomic_load(&team.err);
     if (*rc < 0) return atomic_load(&team.err_op);
     /* a stall: the master waited (for items, team_wait, and at the join) longer than it worked */
-    const int64_t join = t_end - t_master_done;
-    mf_backoff_note(mf_stalled(waited + join, t_master_done - t_start - waited));
+    mf_backoff_note_run(t_start, t_master_done, waited);
     return n_ops;
 }
 

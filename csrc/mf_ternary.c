@@ -1315,6 +1315,11 @@ void mf_backoff_note(int stalled) {
     atomic_store_explicit(&tq2_backoff_until, now + len, memory_order_relaxed);
 }
 
+void mf_backoff_note_run(int64_t t_start, int64_t t_master_done, int64_t waited) {
+    const int64_t join = mf_now_ns() - t_master_done;
+    mf_backoff_note(mf_stalled(waited + join, t_master_done - t_start - waited));
+}
+
 /* ------------------------------------------------------------------------------------------
  * Teams (mf_common.h): the walk's waits and counters, shared by the per-call driver below and
  * the plan runner (csrc/mf_plan.c).
@@ -1629,9 +1634,7 @@ static int tern_linear_impl(const float *x, int64_t M, int64_t K, const mf_tq2_b
     /* The master waited this long at the join (or for an item) for the other threads: on cores
      * shared with other busy processes a worker can lose its core for a whole scheduler slice
      * (ms). Then run the next calls on one thread rather than stall on every one. */
-    const int64_t t_end = mf_now_ns();
-    const int64_t join = t_end - t_master_done;
-    mf_backoff_note(mf_stalled(waited + join, t_master_done - t_start - waited));
+    mf_backoff_note_run(t_start, t_master_done, waited);
     return isa;
 }
 

@@ -385,11 +385,9 @@ class BitNetDecoder:
             s = 127.0 / u.abs().amax(-1, keepdim=True).clamp_min(1e-5)
             return acc.float() / (s * lin.row_scales)
         threads = P.threads_for(lin, self.threads, self.min_weights_per_thread)
-        t81 = lin.layout == "t81"
-        y = (K_.t81_linear if t81 else K_.tq2_linear)(
-            u, lin.data, lin.out_features, lin.scale, threads=threads,
-            isa=self.isas.get("t81", self.isa) if t81 else self.isas[kernels.ternary_family(u.shape[0])],
-            row_scales=lin.row_scales)  # fmt: skip
+        op, isa = P.torch_linear(lin, self.isas, self.isa, u.shape[0])
+        y = op(u, lin.data, lin.out_features, lin.scale, threads=threads, isa=isa,
+               row_scales=lin.row_scales)  # fmt: skip
         return y  # counted by the energy counter as the custom op it is (kernels.ternary)
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:

@@ -435,27 +435,21 @@ def numpy_embedding(module, vocab: int, dim: int):
 
     from mulfree.engine.bitnet_model import TiedEmbedding
     from mulfree.engine.lite import embedding_lookup
-    from mulfree.engine.modules import Int4Embedding, Int8Embedding
 
     table = module._head if isinstance(module, TiedEmbedding) else module
-    fmt = getattr(table, "fmt", None) or (
-        "int8" if isinstance(table, Int8Embedding) else "int4" if isinstance(table, Int4Embedding) else None
-    )  # fmt: skip
-    if fmt in ("int8", "int4"):
-        tensors = {f"model.embeddings.{k}": v.detach().numpy() for k, v in table.state_dict().items()}
-        rows = embedding_lookup(tensors, fmt, vocab, dim, "the model")
-    else:
-        w = getattr(table, "weight", None)
-        if w is None or tuple(w.shape) != (vocab, dim):
+    fmt = getattr(table, "fmt", None)  # int8 / int4 modules and heads name theirs
+    w = getattr(table, "weight", None)
+    if fmt not in ("int8", "int4") and w is not None and w.dtype == torch.bfloat16:
+        if tuple(w.shape) != (vocab, dim):
             return None
-        w = w.detach()
-        if w.dtype == torch.bfloat16:  # bfloat16 bits -> float32: exact
-            bits = w.view(torch.int16).numpy().view(np.uint16)
-            rows = lambda ids: (bits[ids].astype(np.uint32) << 16).view(np.float32)  # noqa: E731
-        elif w.dtype in (torch.float16, torch.float32):
-            a = w.numpy()
-            rows = lambda ids: a[ids].astype(np.float32)  # noqa: E731
-        else:
+        bits = w.detach().view(torch.int16).numpy().view(np.uint16)  # bfloat16 -> float32: exact
+        rows = lambda ids: (bits[ids].astype(np.uint32) << 16).view(np.float32)  # noqa: E731
+    else:  # engine.lite's lookup (int8, int4, float32, float16), the hgrn_bit engine's twin
+        try:
+            tensors = {f"model.embeddings.{k}": v.detach().numpy() for k, v in table.state_dict().items()}
+            rows = embedding_lookup(tensors, fmt if fmt in ("int8", "int4") else "float32", vocab,
+                                    dim, "the model")  # fmt: skip
+        except (TypeError, RuntimeError, MulfreeError):  # a dtype NumPy or lite cannot read
             return None
 
     def lookup(ids: np.ndarray) -> np.ndarray:

@@ -505,13 +505,9 @@ class Decoder:
                 s = u.float().abs().amax(-1, keepdim=True).clamp_min(1e-5).reciprocal() * 127
                 out.copy_(acc.float() / (s * lin.row_scales))
             return out
-        t81 = lin.layout == "t81"
-        (K_.t81_linear if t81 else K_.tq2_linear)(
-            u, lin.data, lin.out_features, lin.scale,
-            threads=self._threads_for(lin, u.shape[0]),
-            isa=self.isas.get("t81", self.isa) if t81 else self.isas[kernels.ternary_family(u.shape[0])],
-            out=out,
-            row_scales=lin.row_scales)  # fmt: skip (custom ops the counter prices)
+        op, isa = P.torch_linear(lin, self.isas, self.isa, u.shape[0])
+        op(u, lin.data, lin.out_features, lin.scale, threads=self._threads_for(lin, u.shape[0]),
+           isa=isa, out=out, row_scales=lin.row_scales)  # fmt: skip (custom ops the counter prices)
         return out
 
     def _bitlinear(self, lin: P.Linear, xn: torch.Tensor, u: torch.Tensor, out: torch.Tensor):

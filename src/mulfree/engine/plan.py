@@ -160,6 +160,18 @@ def t81_route(isa: str, has_t81: bool) -> str:
     return "kernel" if isa == "scalar" or dispatch.t81_runs_simd(isa) else "copies"
 
 
+def torch_linear(lin: Linear, isas: dict[str, str], isa: str, rows: int) -> tuple[Callable, str]:
+    """(op, ISA level name) of a decoder's torch-path kernel call on `lin` for `rows` tokens:
+    mulfree.kernels.ternary's t81_linear at isas["t81"] (default `isa`) or tq2_linear at its
+    batch family's level; torch ops, which the energy counter prices."""
+    from mulfree import kernels
+    from mulfree.kernels import ternary as K_
+
+    if lin.layout == "t81":
+        return K_.t81_linear, isas.get("t81", isa)
+    return K_.tq2_linear, isas[kernels.ternary_family(rows)]
+
+
 def tq2_copies(C, linears: list[Linear]) -> tuple[dict[int, Linear], Any]:
     """A tq2 copy of every t81 weight in `linears` (NumPy arrays; C.t81_to_tq2, bytes in one new
     `mulfree.kernels.memory.Arena`): for a step at an ISA level without the t81 kernel, e.g.
